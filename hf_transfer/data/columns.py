@@ -1,0 +1,134 @@
+"""Find the image and label columns of a dataset and bring them to one schema.
+
+After :func:`standardize_columns` every domain has exactly ``image`` (``datasets.Image`` decoding
+to RGB, whatever the file's mode: L, RGBA, P, CMYK ...) and, when labelled, ``label``
+(``datasets.ClassLabel``). Errors name the columns so that the user can pass
+``image_column=`` / ``label_column=``.
+"""
+
+from __future__ import annotations
+
+import datasets
+from datasets import ClassLabel, Image, Value
+
+from ..errors import TransferConfigError
+
+IMAGE_COLUMN = "image"
+LABEL_COLUMN = "label"
+_IMAGE_NAMES = ("image", "img", "images", "picture", "photo", "pixel_values")
+_LABEL_NAMES = ("label", "labels", "target", "class", "category", "fine_label", "coarse_label", "y")
+
+
+def _features_of(ds: datasets.DatasetDict | datasets.Dataset) -> datasets.Features:
+    if isinstance(ds, datasets.DatasetDict):
+        return next(iter(ds.values())).features
+    return ds.features
+
+
+def find_image_column(features: datasets.Features, where: str, requested: str | None = None) -> str:
+    if requested is not None:
+        if requested not in features:
+            raise TransferConfigError(
+                f"{where}: image column {requested!r} not found; columns are {sorted(features)}."
+            )
+        return requested
+    typed = [name for name, feat in features.items() if isinstance(feat, Image)]
+    if len(typed) == 1:
+        return typed[0]
+    if len(typed) > 1:
+        raise TransferConfigError(
+            f"{where}: several image columns {typed}; choose one with image_column=..."
+        )
+    named = [name for name in features if name.lower() in _IMAGE_NAMES]
+    if len(named) == 1:
+        return named[0]
+    raise TransferConfigError(
+        f"{where}: no image column found (no datasets.Image feature and none of {list(_IMAGE_NAMES)}); "
+        f"columns are {sorted(features)}. Name it with image_column=..."
+    )
+
+
+def find_label_column(
+    features: datasets.Features, where: str, requested: str | None = None, required: bool = True
+) -> str | None:
+    if requested is not None:
+        if requested not in features:
+            raise TransferConfigError(
+                f"{where}: label column {requested!r} not found; columns are {sorted(features)}."
+            )
+        return requested
+    typed = [name for name, feat in features.items() if isinstance(feat, ClassLabel)]
+    if len(typed) == 1:
+        return typed[0]
+    if len(typed) > 1:
+        raise TransferConfigError(
+            f"{where}: several ClassLabel columns {typed}; choose one with label_column=..."
+        )
+    named = [
+        name for name, feat in features.items()
+        if name.lower() in _LABEL_NAMES and isinstance(feat, Value)
+        and (feat.dtype.startswith("int") or feat.dtype in ("string", "large_string"))
+    ]
+    if len(named) == 1:
+        return named[0]
+    if len(named) > 1:
+        raise TransferConfigError(
+            f"{where}: several candidate label columns {named}; choose one with label_column=..."
+        )
+    if required:
+        raise TransferConfigError(
+            f"{where}: no label column found (no ClassLabel feature and no int/string column named one of "
+            f"{list(_LABEL_NAMES)}); columns are {sorted(features)}. Name it with label_column=..."
+        )
+    return None
+
+
+def _to_class_label(dsd: datasets.DatasetDict, column: str, where: str) -> datasets.DatasetDict:
+    """Strings or ints -> ClassLabel with the SAME names in every split (sorted, as imagefolder does)."""
+    feat = _features_of(dsd)[column]
+    if isinstance(feat, ClassLabel):
+        return dsd
+    values: set = set()
+    for split in dsd.values():
+        values.update(v for v in split.unique(column) if v is not None)
+    if not values:
+        raise TransferConfigError(f"{where}: label column {column!r} holds no values.")
+    names = sorted(values) if feat.dtype.startswith("int") else sorted(values, key=str)
+    label = ClassLabel(names=[str(v) for v in names])
+    index = {v: i for i, v in enumerate(names)}
+
+    def encode(batch):
+        return {column: [index[v] if v is not None else -1 for v in batch[column]]}
+
+    out = {}
+    for split_name, split in dsd.items():
+        features = split.features.copy()
+        features[column] = label
+        out[split_name] = split.map(encode, batched=True, features=features, desc=f"Encoding labels ({split_name})")
+    return datasets.DatasetDict(out)
+
+
+def standardize_columns(
+    dsd: datasets.DatasetDict,
+    where: str,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    require_labels: bool = True,
+) -> datasets.DatasetDict:
+    """Keep only ``image`` (RGB) and ``label`` (ClassLabel), renamed from whatever the data uses."""
+    features = _features_of(dsd)
+    img = find_image_column(features, where, image_column)
+    lab = find_label_column(features, where, label_column, required=require_labels)
+    if not isinstance(features[img], Image):
+        raise TransferConfigError(
+            f"{where}: column {img!r} is {features[img]!r}, not images. Cast it to datasets.Image() "
+            "or name the image column with image_column=..."
+        )
+    keep = [c for c in (img, lab) if c is not None]
+    dsd = dsd.select_columns(keep)
+    if lab is not None:
+        dsd = _to_class_label(dsd, lab, where)
+    renames = {old: new for old, new in ((img, IMAGE_COLUMN), (lab, LABEL_COLUMN)) if old and old != new}
+    if renames:
+        dsd = dsd.rename_columns(renames)
+    return dsd.cast_column(IMAGE_COLUMN, Image(mode="RGB"))
