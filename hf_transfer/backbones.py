@@ -189,6 +189,16 @@ def _data_config_from_timm_cfg(pcfg: dict) -> DataConfig:
     )
 
 
+def _size_dict(size) -> dict:
+    """transformers 5 image processors hold sizes as ``SizeDict`` objects, older ones as dicts."""
+    if size is None:
+        return {}
+    if isinstance(size, int):
+        return {"height": size, "width": size}
+    items = size.items() if hasattr(size, "items") else vars(size).items()
+    return {k: v for k, v in items if v is not None}
+
+
 def _data_config_from_processor(model_id: str, revision: str | None, config, trust_remote_code: bool) -> DataConfig:
     from transformers import AutoImageProcessor
 
@@ -201,13 +211,13 @@ def _data_config_from_processor(model_id: str, revision: str | None, config, tru
         return DataConfig(input_size=(3, size, size), interpolation="bilinear")
     if hasattr(proc, "data_config"):  # a TimmWrapperImageProcessor
         return _data_config_from_timm_cfg(proc.data_config)
-    size = getattr(proc, "crop_size", None) or getattr(proc, "size", None) or {}
-    size = size.get("height") or size.get("shortest_edge") or 224 if isinstance(size, dict) else int(size)
+    crop = _size_dict(getattr(proc, "crop_size", None)) if getattr(proc, "do_center_crop", False) else {}
+    resize = _size_dict(getattr(proc, "size", None))
+    size = crop.get("height") or resize.get("height") or resize.get("shortest_edge") or 224
     crop_pct = getattr(proc, "crop_pct", None)
     if crop_pct is None:
-        resize = getattr(proc, "size", {}) or {}
-        short = resize.get("shortest_edge") if isinstance(resize, dict) else None
-        crop_pct = size / short if getattr(proc, "do_center_crop", False) and short else 1.0
+        short = resize.get("shortest_edge") or resize.get("height")
+        crop_pct = size / short if crop and short else 1.0
     resample = getattr(proc, "resample", 2)
     interp = {0: "nearest", 2: "bilinear", 3: "bicubic"}.get(int(resample) if resample is not None else 2, "bilinear")
     return DataConfig(

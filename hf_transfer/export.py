@@ -62,7 +62,7 @@ def _save_transformers(backbone: Backbone, folder: str) -> None:
     except (OSError, ValueError):
         processor = ViTImageProcessor()
     size = cfg.size
-    if "shortest_edge" in (getattr(processor, "size", None) or {}):
+    if getattr(getattr(processor, "size", None), "shortest_edge", None):
         processor.size = {"shortest_edge": int(round(size / cfg.crop_pct))}
         if getattr(processor, "crop_size", None) is not None:
             processor.crop_size = {"height": size, "width": size}
