@@ -1,0 +1,1 @@
+"""Data layer: dataset specs, column detection, label alignment, transforms and built-in domains."""
