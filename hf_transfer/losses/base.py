@@ -1,0 +1,76 @@
+"""The contract between domain-adaptation losses and the Trainer.
+
+A :class:`TransferLoss` is an alignment term computed on one paired batch of source and target
+features (and, for methods that need them, classifier logits). The Trainer adds it to the source
+classification loss with a trade-off weight that the Trainer owns and schedules; the loss itself
+only owns schedules that the method defines (e.g. the gradient-reversal coefficient of DANN).
+
+This package is a lower layer: nothing here imports anything else from ``hf_transfer``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class TransferLoss(nn.Module):
+    """An alignment term over one (source, target) batch.
+
+    Subclasses implement ``forward(f_s, f_t, logits_s=None, logits_t=None) -> scalar tensor``.
+
+    * ``paper``: link to the method's paper.
+    * ``needs_logits``: True when ``forward`` uses ``logits_s`` / ``logits_t``.
+    * ``set_progress(p)``: training progress ``p = global_step / max_steps`` in [0, 1], set by the
+      Trainer before every step. Every schedule of a loss is a pure function of ``self.progress``
+      (no internal step counter), so restoring a checkpoint and setting the progress restores it.
+    * ``last_metrics``: floats worth logging from the latest ``forward`` (e.g. discriminator
+      accuracy, GRL coefficient, fraction of pseudo-labelled samples).
+
+    Learnable parts (e.g. a domain discriminator) are sub-modules, so ``loss.parameters()`` must be
+    given to the optimizer (and the module moved to the device and switched with train/eval).
+    """
+
+    paper: str = ""
+    needs_logits: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.progress: float = 0.0
+        self.last_metrics: dict[str, float] = {}
+
+    def set_progress(self, progress: float) -> None:
+        """Set the training progress in [0, 1] (``global_step / max_steps``)."""
+        progress = float(progress)
+        if not math.isfinite(progress) or progress < 0.0 or progress > 1.0 + 1e-6:
+            raise ValueError(f"progress must be in [0, 1], got {progress}")
+        self.progress = min(progress, 1.0)
+
+    def forward(  # pragma: no cover - abstract
+        self,
+        f_s: torch.Tensor,
+        f_t: torch.Tensor,
+        logits_s: torch.Tensor | None = None,
+        logits_t: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"progress={self.progress:.4f}"
+
+
+def require_logits(name: str, *logits: torch.Tensor | None) -> None:
+    """Raise a clear error when a method that needs logits was called without them."""
+    if any(x is None for x in logits):
+        raise ValueError(f"{name} needs classifier logits (needs_logits=True); got None")
+
+
+def entropy(probs: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    """Shannon entropy (nats) of probability vectors along ``dim``."""
+    return -(probs * torch.log(probs + eps)).sum(dim=dim)
+
+
+def _atleast_float32(x: torch.Tensor) -> torch.Tensor:
+    """Upcast half/bfloat16 to float32 (softmax/entropy/log terms); keep float64 as is."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))

@@ -1,0 +1,417 @@
+"""Domain-adaptation losses: each behaves as its paper says on a tiny case."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hf_transfer.losses import (
+    LOSSES,
+    TransferLoss,
+    GradientReverseFunction,
+    GradientReverseLayer,
+    adapt_batchnorm,
+    build_loss,
+    grl_coefficient,
+    register_loss,
+)
+from hf_transfer.losses.cdan import CDANLoss
+from hf_transfer.losses.coral import coral
+from hf_transfer.losses.mmd import mk_mmd
+
+D, C = 8, 4
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def batch(n=16, shift=0.0, seed=0, d=D, c=C):
+    g = gen(seed)
+    f_s = torch.randn(n, d, generator=g)
+    f_t = torch.randn(n, d, generator=g) + shift
+    return f_s, f_t, torch.randn(n, c, generator=g), torch.randn(n, c, generator=g)
+
+
+# --------------------------------------------------------------------------- registry and contract
+EXPECTED = {"source_only", "dann", "cdan", "dan", "coral", "mcc", "entropy", "im", "pseudo_label"}
+
+
+def test_registry_has_the_methods():
+    assert EXPECTED <= set(LOSSES)
+    for name, cls in LOSSES.items():
+        assert issubclass(cls, TransferLoss)
+        assert cls.__doc__, name
+        if name != "source_only":
+            assert cls.paper.startswith("http") and cls.paper in cls.__doc__, name
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_loss_is_a_finite_scalar_with_gradients(name):
+    torch.manual_seed(0)
+    loss = build_loss(name, feature_dim=D, num_classes=C)
+    loss.set_progress(0.5)
+    f_s, f_t, l_s, l_t = batch(shift=1.0)
+    f_t.requires_grad_(True)
+    l_t = (3 * l_t).requires_grad_(True)  # confident enough for pseudo_label to pass sometimes
+    out = loss(f_s, f_t, l_s, l_t)
+    assert out.ndim == 0 and torch.isfinite(out)
+    if name == "source_only":
+        assert out.item() == 0.0
+        return
+    out.backward()
+    # CDAN conditions on detached predictions: its gradient goes to the features only
+    grad = f_t.grad if name in ("dann", "cdan", "dan", "coral") else l_t.grad
+    assert grad is not None and torch.isfinite(grad).all()
+    if name != "pseudo_label":
+        assert grad.abs().sum() > 0
+    assert all(isinstance(v, float) for v in loss.last_metrics.values())
+
+
+@pytest.mark.parametrize("name", ["cdan", "mcc", "entropy", "im", "pseudo_label"])
+def test_logit_methods_say_so_and_refuse_missing_logits(name):
+    loss = build_loss(name, D, C)
+    assert loss.needs_logits
+    f_s, f_t, _, _ = batch()
+    with pytest.raises(ValueError, match="logits"):
+        loss(f_s, f_t)
+
+
+def test_build_loss_unknown_name_lists_the_names():
+    with pytest.raises(ValueError, match="nosuchmethod") as e:
+        build_loss("nosuchmethod", D, C)
+    assert "dann" in str(e.value) and "coral" in str(e.value)
+
+
+def test_build_loss_unknown_kwarg_is_named():
+    with pytest.raises(TypeError, match="temprature") as e:
+        build_loss("mcc", D, C, temprature=2.0)
+    assert "temperature" in str(e.value)  # the accepted ones are listed
+    assert build_loss("mcc", D, C, temperature=1.0).temperature == 1.0
+    assert build_loss("dann", D, C, alpha=5.0, hold=0.0, hi=0.5).hi == 0.5
+
+
+def test_register_loss_refuses_duplicates():
+    with pytest.raises(ValueError, match="'dann'"):
+        register_loss("dann")(type("Other", (TransferLoss,), {}))
+    with pytest.raises(TypeError):
+        register_loss("not_a_loss")(object)
+    assert "not_a_loss" not in LOSSES
+
+
+def test_set_progress_validates():
+    loss = build_loss("dann", D, C)
+    with pytest.raises(ValueError):
+        loss.set_progress(1.5)
+    with pytest.raises(ValueError):
+        loss.set_progress(-0.1)
+
+
+# --------------------------------------------------------------------------- gradient reversal
+@pytest.mark.parametrize("coeff", [1.0, 0.3, 0.0])
+def test_grl_negates_and_scales_the_gradient(coeff):
+    x = torch.randn(5, 3, requires_grad=True)
+    w = torch.randn(5, 3)
+    y = GradientReverseFunction.apply(x, coeff)
+    assert torch.equal(y, x)
+    (y * w).sum().backward()
+    assert torch.allclose(x.grad, -coeff * w)
+    x.grad = None
+    (GradientReverseLayer(coeff)(x) * w).sum().backward()
+    assert torch.allclose(x.grad, -coeff * w)
+
+
+@pytest.mark.parametrize("hold", [0.0, 0.2, 0.5])
+@pytest.mark.parametrize("hi", [1.0, 0.5])
+def test_grl_schedule(hold, hi):
+    ps = [i / 100 for i in range(101)]
+    vals = [grl_coefficient(p, alpha=10.0, hi=hi, hold=hold) for p in ps]
+    assert all(v == 0.0 for p, v in zip(ps, vals) if p <= hold)
+    assert all(b >= a for a, b in zip(vals, vals[1:]))  # monotone
+    assert vals[-1] == pytest.approx(hi, rel=1e-3)  # reaches ~hi at p = 1
+    # after the hold it is the DANN ramp over the rescaled progress
+    p = hold + 0.5 * (1 - hold)
+    assert grl_coefficient(p, hi=hi, hold=hold) == pytest.approx(hi * (2 / (1 + math.exp(-5)) - 1))
+
+
+def test_schedule_is_a_pure_function_of_progress():
+    """No hidden step counter: many forwards do not move the coefficient; a fresh module restored
+    from a state_dict with the same progress gives the same loss (what resume relies on)."""
+    torch.manual_seed(0)
+    a = build_loss("dann", D, C, hold=0.1)
+    a.set_progress(0.4)
+    f_s, f_t, _, _ = batch(shift=1.0)
+    c0 = a.coefficient
+    for _ in range(5):
+        a(f_s, f_t)
+    assert a.coefficient == c0 == grl_coefficient(0.4, hold=0.1)
+    a.eval()
+    b = build_loss("dann", D, C, hold=0.1)
+    b.load_state_dict(a.state_dict())
+    b.eval()
+    b.set_progress(0.4)
+    assert b.coefficient == c0
+    assert torch.equal(a(f_s, f_t), b(f_s, f_t))
+    b.set_progress(0.9)
+    assert b.coefficient > c0
+
+
+# --------------------------------------------------------------------------- adversarial: DANN, CDAN
+ADVERSARIAL = [("dann", {}), ("cdan", {}), ("cdan", {"entropy_conditioning": True}),
+               ("cdan", {"randomized": True, "randomized_dim": 32})]
+
+
+@pytest.mark.parametrize("name,kw", ADVERSARIAL)
+def test_adversarial_loss_is_about_log2_at_init(name, kw):
+    vals = []
+    for seed in range(5):
+        torch.manual_seed(seed)
+        loss = build_loss(name, D, C, hidden_size=64, **kw)
+        vals.append(loss(*batch(seed=seed)).item())
+    assert sum(vals) / len(vals) == pytest.approx(math.log(2), abs=0.12)
+
+
+@pytest.mark.parametrize("name,kw", ADVERSARIAL)
+def test_discriminator_learns_to_separate_shifted_domains_when_grl_is_off(name, kw):
+    torch.manual_seed(0)
+    loss = build_loss(name, D, C, hidden_size=64, hold=1.0, **kw)  # coefficient 0 all along
+    loss.set_progress(0.5)
+    f_s, f_t, l_s, l_t = batch(n=32, shift=2.0)
+    f_s.requires_grad_(True)
+    first = None
+    for _ in range(15):  # plain gradient descent (torch.optim's first step imports torch._dynamo: slow)
+        loss.zero_grad()
+        out = loss(f_s, f_t, l_s, l_t)
+        out.backward()
+        with torch.no_grad():
+            for p in loss.parameters():
+                p -= 0.2 * p.grad
+        first = out.item() if first is None else first
+    assert loss.last_metrics["grl_coeff"] == 0.0
+    assert out.item() < 0.5 * first
+    assert loss.last_metrics["domain_acc"] > 0.9
+    assert f_s.grad.abs().max() == 0  # GRL with coefficient 0 blocks the features' gradient
+
+
+@pytest.mark.parametrize("name", ["dann", "cdan"])
+def test_features_get_the_reversed_discriminator_gradient(name):
+    """d(loss)/d(features) = -coeff * d(discriminator BCE)/d(features)."""
+    torch.manual_seed(0)
+    loss = build_loss(name, D, C, hidden_size=32, hold=0.0)
+    loss.set_progress(0.3)
+    coeff = loss.coefficient
+    assert 0 < coeff < 1
+    f_s, f_t, l_s, l_t = batch()
+    f1 = f_s.clone().requires_grad_(True)
+    loss(f1, f_t, l_s, l_t).backward()
+    f2 = f_s.clone().requires_grad_(True)
+    loss.set_progress(1.0)
+    loss.hi = loss.hold = 0.0  # coefficient irrelevant below: plain forward without reversal
+    if name == "dann":
+        d = loss.discriminator(torch.cat([f2, f_t]))
+    else:
+        g = F.softmax(torch.cat([l_s, l_t]), dim=1)
+        d = loss.discriminator(loss.multilinear_map(torch.cat([f2, f_t]), g))
+    n = f_s.shape[0]
+    ref = 0.5 * (F.binary_cross_entropy_with_logits(d[:n, 0], torch.ones(n))
+                 + F.binary_cross_entropy_with_logits(d[n:, 0], torch.zeros(n)))
+    ref.backward()
+    assert torch.allclose(f1.grad, -coeff * f2.grad, atol=1e-6)
+    assert f1.grad.abs().sum() > 0
+
+
+def test_cdan_entropy_conditioning_weights_confident_samples():
+    torch.manual_seed(0)
+    plain = build_loss("cdan", D, C, hidden_size=32)
+    cond = build_loss("cdan", D, C, hidden_size=32, entropy_conditioning=True)
+    cond.load_state_dict(plain.state_dict())
+    f_s, f_t, l_s, l_t = batch()
+    l_s[: 8] *= 20  # half of each domain very confident
+    l_t[: 8] *= 20
+    with torch.no_grad():
+        g = F.softmax(torch.cat([l_s, l_t]), 1)
+        d = plain.discriminator(plain.multilinear_map(torch.cat([f_s, f_t]), g))[:, 0]
+        y = torch.cat([torch.ones(16), torch.zeros(16)])
+        bce = F.binary_cross_entropy_with_logits(d, y, reduction="none")
+        h = -(g * torch.log(g + 1e-8)).sum(1)
+        w = 1 + torch.exp(-h)
+        ref = 0.5 * ((w[:16] * bce[:16]).sum() / w[:16].sum() + (w[16:] * bce[16:]).sum() / w[16:].sum())
+        assert torch.allclose(cond(f_s, f_t, l_s, l_t), ref, atol=1e-6)
+        assert torch.allclose(plain(f_s, f_t, l_s, l_t), 0.5 * (bce[:16].mean() + bce[16:].mean()), atol=1e-6)
+    assert w[:8].min() > w[8:16].max()  # confident samples weigh more
+
+
+def test_cdan_map_is_outer_product_or_randomized():
+    small = build_loss("cdan", 8, 4)
+    assert not small.randomized and small.map_dim == 32
+    f, g = torch.randn(3, 8), F.softmax(torch.randn(3, 4), 1)
+    assert torch.allclose(small.multilinear_map(f, g).view(3, 4, 8), g[:, :, None] * f[:, None, :])
+    big = build_loss("cdan", 256, 31, hidden_size=16)  # 256 * 31 > 4096: randomized by default
+    assert big.randomized and big.map_dim == 1024
+    again = CDANLoss(256, 31, hidden_size=16)
+    assert torch.equal(big.Rf, again.Rf) and "Rf" in big.state_dict()  # same on every process
+
+
+# --------------------------------------------------------------------------- statistics: DAN, CORAL
+@pytest.mark.parametrize("estimator", ["unbiased", "biased", "linear"])
+def test_mmd_zero_for_same_distribution_and_grows_with_shift(estimator):
+    vals = []
+    for shift in [0.0, 0.5, 1.0, 2.0]:
+        f_s, f_t, _, _ = batch(n=128, shift=shift, seed=1)
+        vals.append(mk_mmd(f_s, f_t, estimator=estimator).item())
+    assert abs(vals[0]) < (0.02 if estimator != "linear" else 0.06)
+    assert all(b > a for a, b in zip(vals, vals[1:])), vals
+    assert vals[-1] > 10 * max(abs(vals[0]), 1e-3)
+    same, _, _, _ = batch(n=64)
+    assert mk_mmd(same, same.clone(), estimator="biased").item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_coral_zero_for_equal_covariance_positive_otherwise_and_paper_scale():
+    f_s, f_t, _, _ = batch(n=64)
+    assert coral(f_s, f_s + 5.0).item() == pytest.approx(0.0, abs=1e-6)  # mean shift: invariant
+    assert coral(f_s, f_s[torch.randperm(64)]).item() == pytest.approx(0.0, abs=1e-6)
+    scaled = coral(f_s, 3 * f_t).item()
+    assert scaled > coral(f_s, f_t).item() > 0
+    # exact formula ||C_s - C_t||_F^2 / (4 d^2) with unbiased covariances
+    import numpy as np
+    cs, ct = np.cov(f_s.numpy(), rowvar=False), np.cov(3 * f_t.numpy(), rowvar=False)
+    assert scaled == pytest.approx(((cs - ct) ** 2).sum() / (4 * D * D), rel=1e-4)
+    assert build_loss("coral", D, C)(f_s, 3 * f_t).item() == pytest.approx(scaled)
+
+
+# --------------------------------------------------------------------------- target-prediction losses
+def one_hot_logits(n, c, scale=10.0, collapse=False):
+    y = torch.zeros(n, dtype=torch.long) if collapse else torch.arange(n) % c
+    return scale * F.one_hot(y, c).float()
+
+
+def test_mcc_lower_for_confident_diagonal_than_confused():
+    mcc = build_loss("mcc", D, C)
+    f_s, f_t, _, _ = batch()
+    confident = mcc(f_s, f_t, None, one_hot_logits(16, C, scale=20.0)).item()
+    confused = mcc(f_s, f_t, None, torch.randn(16, C, generator=gen(3)) * 0.5).item()
+    uniform = mcc(f_s, f_t, None, torch.zeros(16, C)).item()
+    assert confident < 0.01 < 0.1 < confused < uniform
+    assert uniform == pytest.approx((C - 1) / C)  # upper bound: everything confused
+
+
+def test_information_maximization_is_best_for_confident_balanced():
+    im = build_loss("im", D, C)
+    ent = build_loss("entropy", D, C)
+    f = torch.zeros(16, D)
+    balanced, collapsed = one_hot_logits(16, C), one_hot_logits(16, C, collapse=True)
+    uniform, noisy = torch.zeros(16, C), torch.randn(16, C, generator=gen(2))
+    scores = {k: im(f, f, None, v).item() for k, v in
+              dict(balanced=balanced, collapsed=collapsed, uniform=uniform, noisy=noisy).items()}
+    assert scores["balanced"] == pytest.approx(-math.log(C), abs=1e-2)  # the minimum
+    assert scores["balanced"] < min(scores["collapsed"], scores["uniform"], scores["noisy"])
+    # entropy minimisation alone cannot tell balanced from collapsed, IM can
+    assert ent(f, f, None, balanced).item() == pytest.approx(ent(f, f, None, collapsed).item(), abs=1e-3)
+    assert ent(f, f, None, balanced).item() < ent(f, f, None, uniform).item() == pytest.approx(math.log(C))
+
+
+def test_pseudo_label_zero_when_nothing_passes_threshold():
+    pl = build_loss("pseudo_label", D, C, threshold=0.95)
+    f = torch.zeros(8, D)
+    logits = torch.randn(8, C, generator=gen(0)).requires_grad_(True)  # max prob well below 0.95
+    out = pl(f, f, None, logits)
+    assert out.item() == 0.0 and pl.last_metrics["mask_rate"] == 0.0
+    out.backward()
+    assert logits.grad.abs().max() == 0
+
+
+def test_pseudo_label_uses_confident_samples_only():
+    pl = build_loss("pseudo_label", D, C, threshold=0.95)
+    f = torch.zeros(8, D)
+    logits = torch.randn(8, C, generator=gen(0))
+    logits[:3] = one_hot_logits(3, C, scale=8.0) + 0.1 * logits[:3]
+    out = pl(f, f, None, logits)
+    assert pl.last_metrics["mask_rate"] == pytest.approx(3 / 8)
+    ref = F.cross_entropy(logits[:3], logits[:3].argmax(1), reduction="sum") / 8
+    assert out.item() == pytest.approx(ref.item(), rel=1e-5) and out.item() > 0
+
+
+# --------------------------------------------------------------------------- AdaBN
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 4 * 4, 6), nn.BatchNorm1d(6))
+
+    def forward(self, pixel_values):
+        return self.head(self.drop(torch.relu(self.bn(self.conv(pixel_values)))))
+
+
+def test_adabn_changes_only_bn_running_stats_and_moves_them_to_target():
+    torch.manual_seed(0)
+    model = TinyNet()
+    model.train()
+    for _ in range(3):  # source statistics: mean ~0
+        model(torch.randn(16, 3, 4, 4))
+    model.head.eval()  # a submodule deliberately in eval mode: its flag must be restored
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    momentum = model.bn.momentum
+    conv_out_src = model.bn.running_mean.clone()
+    target = [{"pixel_values": torch.randn(16, 3, 4, 4, generator=gen(i)) + 5.0, "labels": torch.zeros(16)}
+              for i in range(4)]
+    with torch.no_grad():  # the target mean of the BN input, in the conv's output space
+        true_mean = torch.cat([model.conv(b["pixel_values"]) for b in target]).mean((0, 2, 3))
+
+    adapt_batchnorm(model, target)
+
+    for k, v in model.named_parameters():
+        assert torch.equal(v, params[k]), k  # bit-identical
+        assert v.grad is None
+    changed = {k for k, v in model.named_buffers() if not torch.equal(v, buffers[k])}
+    assert changed == {"bn.running_mean", "bn.running_var", "bn.num_batches_tracked",
+                       "head.2.running_mean", "head.2.running_var", "head.2.num_batches_tracked"}
+    assert int(model.bn.num_batches_tracked) == 4
+    assert torch.allclose(model.bn.running_mean, true_mean, atol=1e-4)  # cumulative average
+    assert (model.bn.running_mean - true_mean).abs().max() < (conv_out_src - true_mean).abs().max()
+    # dropout stays off during the passes: the BN after it saw the deterministic activations
+    with torch.no_grad():
+        means = []
+        for b in target:
+            h = model.conv(b["pixel_values"])
+            h = torch.relu(F.batch_norm(h, None, None, model.bn.weight, model.bn.bias, training=True))
+            means.append(model.head[1](model.head[0](h)).mean(0))
+    assert torch.allclose(model.head[2].running_mean, torch.stack(means).mean(0), atol=1e-5)
+    assert model.training and model.conv.training and model.drop.training
+    assert not model.head.training and not model.head[2].training
+    assert model.bn.momentum == momentum
+
+
+def test_adabn_refuses_empty_target_and_keeps_stats():
+    model = TinyNet()
+    before = model.bn.running_mean.clone()
+    with pytest.raises(ValueError, match="no batches"):
+        adapt_batchnorm(model, [])
+    assert torch.equal(model.bn.running_mean, before) and model.bn.momentum == 0.1
+
+
+def test_losses_validators_and_domain_gap_import_nothing_else_from_hf_transfer():
+    """They are a lower layer: only relative imports inside hf_transfer.losses, no other hf_transfer."""
+    import ast
+    import pathlib
+
+    import hf_transfer.losses as pkg
+
+    root = pathlib.Path(pkg.__file__).parent
+    files = [*root.glob("*.py"), root.parent / "validators.py", root.parent / "domain_gap.py"]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level <= 1 or path.parent == root, path  # no `from ..x import`
+                names = [node.module or ""] if node.level == 0 else []
+            else:
+                continue
+            assert not any(n.split(".")[0] == "hf_transfer" for n in names), (path, names)
