@@ -18,3 +18,6 @@ os.environ.pop("HF_TOKEN", None)
 # Offline unless a test starts the local Hub test server (see hf_transfer.testing).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+# Hub test server fixtures (hub_server, run_with_hub, ...): importing the plugin imports no HF client.
+pytest_plugins = ["hf_transfer.testing.pytest_plugin"]
