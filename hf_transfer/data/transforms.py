@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-import torch
 from torchvision import transforms as T
 
 AUGMENTATIONS = ("standard", "light", "none")
@@ -83,10 +82,3 @@ def make_batch_transform(transform, with_labels: bool = True):
         return out
 
     return apply
-
-
-def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
-    out = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
-    if "labels" in examples[0]:
-        out["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
-    return out

@@ -1,0 +1,106 @@
+"""The ``hf-transfer`` command: ``train``, ``demo``.
+
+``hf-transfer train --config recipes/configs/x.yaml [--flag value ...]`` is the same run as
+``accelerate launch recipes/train.py --config ...``; flags override the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import TransferConfigError
+
+
+def _setup_logging(training_args=None) -> None:
+    import datasets
+    import transformers
+
+    level = logging.INFO
+    if training_args is not None and not training_args.should_log:
+        level = logging.WARNING
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, force=True)
+    transformers.utils.logging.set_verbosity_warning()
+    datasets.utils.logging.set_verbosity_warning()
+
+
+def cmd_train(argv: list[str]) -> int:
+    from .config import parse_args
+    from .run import run_transfer, summarize
+
+    transfer_args, training_args = parse_args(argv)
+    _setup_logging(training_args)
+    results = run_transfer(transfer_args, training_args)
+    if training_args.process_index == 0:
+        print(summarize(results))
+        print(f"Output: {training_args.output_dir}")
+    return 0
+
+
+def cmd_demo(argv: list[str]) -> int:
+    from .demo import main as demo_main
+
+    _setup_logging()
+    return demo_main(argv)
+
+
+def cmd_push(argv: list[str]) -> int:
+    """``hf-transfer push OUTPUT_DIR REPO_ID [--private] [--revision BRANCH] [--create_pr] ...``"""
+    parser = argparse.ArgumentParser(
+        prog="hf-transfer push",
+        description="Check a finished run folder (round trip through pipeline()), write its model card and push "
+                    "it to the Hub in one commit. The token comes from HF_TOKEN or `hf auth login`.")
+    parser.add_argument("output_dir", help="the run's output folder (with results.json)")
+    parser.add_argument("repo_id", help="Hub repo id (namespace/name, or name for your own namespace)")
+    parser.add_argument("--private", action="store_true", default=None, help="create the repo as private")
+    parser.add_argument("--revision", default=None, help="branch to push to (created when new)")
+    parser.add_argument("--create_pr", action="store_true", help="open a pull request instead of committing")
+    parser.add_argument("--commit_message", default=None, help="default: a summary of the run")
+    parser.add_argument("--baseline", default=None,
+                        help="results.json (or run folder) of the source-only baseline, shown in the card")
+    parser.add_argument("--upper_bound", default=None,
+                        help="results.json (or run folder) of a model trained on the target labels")
+    parser.add_argument("--license", default=None, help="default: the base model's license when known")
+    parser.add_argument("--skip_round_trip_check", action="store_true", help="push without the pipeline() check")
+    args = parser.parse_args(argv)
+    _setup_logging()
+
+    from .hub import PushError, RoundTripError, push_run
+
+    try:
+        result = push_run(args.output_dir, args.repo_id, private=args.private, revision=args.revision,
+                          create_pr=args.create_pr, commit_message=args.commit_message,
+                          baseline_results=args.baseline, upper_bound_results=args.upper_bound,
+                          license=args.license, check=not args.skip_round_trip_check)
+    except (PushError, RoundTripError, FileNotFoundError) as err:
+        print(f"hf-transfer push: error: {err}", file=sys.stderr)
+        return 1
+    if result is not None:
+        print(f"Pushed {len(result.files)} files to {result.repo_id}@{result.revision}: "
+              f"{result.pr_url or result.commit_url}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "demo": cmd_demo, "push": cmd_push}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser = argparse.ArgumentParser(prog="hf-transfer", description=__doc__,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("command", choices=sorted(COMMANDS))
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.error(f"unknown command {argv[0]!r}")
+        parser.print_help()
+        return 0 if argv else 2
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except TransferConfigError as err:
+        print(f"hf-transfer: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

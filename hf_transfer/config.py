@@ -1,0 +1,145 @@
+"""Run arguments as dataclasses for ``HfArgumentParser``: one YAML/JSON file, flags, or both.
+
+Every ``transformers.TrainingArguments`` field is accepted as-is next to :class:`TransferArguments`.
+A config file is read first and flags given on the command line override it; a key in the file
+that no dataclass knows is an error that names the key (no silent typos).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+import yaml
+
+from .errors import TransferConfigError
+
+MODES = ("feature", "domain", "task")
+
+
+@dataclass
+class TransferArguments:
+    mode: str = field(metadata={"help": "Transfer mode: feature | domain | task.", "choices": MODES})
+    backbone: str = field(metadata={"help": "Hub id (org/name, timm/name, hf-hub:...), local folder, or a timm "
+                                            "architecture name (random init)."})
+    target: str = field(metadata={"help": "Target dataset spec: org/name[:config][@rev][#split], a local folder, "
+                                          "or builtin:NAME."})
+    source: str | None = field(default=None, metadata={"help": "Source dataset spec (labelled), required by "
+                                                               "mode=domain."})
+    method: str | None = field(default=None, metadata={
+        "help": "domain: source_only | dann | cdan | dan | coral | mcc | ... ; task: full (default) | partial | linear."})
+    method_args: dict | str | None = field(default=None, metadata={
+        "help": "Keyword arguments of the method as a dict (YAML) or JSON string, e.g. '{\"hold\": 0.15}'."})
+    trade_off: float = field(default=1.0, metadata={"help": "Weight of the transfer loss (domain mode)."})
+    backbone_revision: str | None = field(default=None, metadata={"help": "Revision of the backbone on the Hub."})
+    image_column: str | None = field(default=None, metadata={"help": "Image column (default: found automatically)."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (default: found automatically)."})
+    label_policy: str = field(default="shared", metadata={
+        "help": "Classes not in both domains: shared (keep shared only) | partial (target subset of source) | strict."})
+    image_size: int | None = field(default=None, metadata={"help": "Override the backbone's input size."})
+    crop_pct: float | None = field(default=None, metadata={"help": "Override the backbone's eval crop fraction."})
+    augment: str = field(default="standard", metadata={
+        "help": "Training augmentation: standard (random resized crop + flip) | light (small shifts, no flip) | none."})
+    freeze: str | None = field(default=None, metadata={
+        "help": "task mode: comma-separated parameter groups to freeze (stem, stage_0, ..., neck, backbone)."})
+    backbone_lr_scale: float = field(default=1.0, metadata={
+        "help": "Discriminative LR: backbone groups train at learning_rate * backbone_lr_scale, the head at "
+                "learning_rate."})
+    adabn: bool = field(default=False, metadata={"help": "domain mode: re-estimate BatchNorm statistics on the "
+                                                         "target training images after training (AdaBN)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training images per "
+                                                                          "domain (seeded subset)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many test images per "
+                                                                         "domain."})
+    feature_cache_dir: str | None = field(default=None, metadata={
+        "help": "feature mode: where cached features live (default $HF_TRANSFER_CACHE/features)."})
+    feature_batch_size: int = field(default=256, metadata={"help": "Batch size of the feature extraction pass."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code from the Hub (off by default)."})
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise TransferConfigError(f"mode={self.mode!r}: choose one of {MODES}.")
+        if self.mode == "domain" and not self.source:
+            raise TransferConfigError("mode=domain needs --source (the labelled source domain).")
+        if isinstance(self.method_args, str):
+            try:
+                self.method_args = json.loads(self.method_args) if self.method_args.strip() else {}
+            except json.JSONDecodeError as err:
+                raise TransferConfigError(f"method_args is not valid JSON: {err}") from err
+        self.method_args = dict(self.method_args or {})
+        if self.method is None:
+            self.method = {"domain": "source_only", "task": "full", "feature": "linear"}[self.mode]
+
+
+def _parser():
+    from transformers import HfArgumentParser, TrainingArguments
+
+    return HfArgumentParser((TransferArguments, TrainingArguments))
+
+
+def _known_keys() -> set[str]:
+    from transformers import TrainingArguments
+
+    return {f.name for cls in (TransferArguments, TrainingArguments) for f in dataclasses.fields(cls)}
+
+
+def load_config_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise TransferConfigError(f"Config file {path!r} does not exist.")
+    with open(path) as f:
+        data = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    if not isinstance(data, dict):
+        raise TransferConfigError(f"Config file {path!r} must hold a mapping of argument names to values.")
+    unknown = sorted(set(data) - _known_keys())
+    if unknown:
+        raise TransferConfigError(
+            f"Config file {path!r}: unknown key(s) {unknown}; they are neither TransferArguments nor "
+            "TrainingArguments fields."
+        )
+    return data
+
+
+def _to_argv(data: dict) -> list[str]:
+    argv: list[str] = []
+    for key, value in data.items():
+        if value is None:
+            continue
+        argv.append(f"--{key}")
+        if isinstance(value, dict):
+            argv.append(json.dumps(value))
+        elif isinstance(value, (list, tuple)):
+            argv.extend(str(v) for v in value)
+        else:
+            argv.append(str(value))
+    return argv
+
+
+def parse_args(argv: list[str] | None = None):
+    """``[--config FILE] [--flag value ...]`` -> (TransferArguments, TrainingArguments)."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    file_argv: list[str] = []
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise TransferConfigError("--config needs a file path.")
+        file_argv = _to_argv(load_config_file(argv[i + 1]))
+        argv = argv[:i] + argv[i + 2:]
+    parser = _parser()
+    transfer_args, training_args, rest = parser.parse_args_into_dataclasses(
+        args=file_argv + argv, return_remaining_strings=True
+    )
+    if rest:
+        raise TransferConfigError(f"Unknown argument(s): {rest}")
+    return transfer_args, training_args
+
+
+def arguments_from_dict(data: dict):
+    """Python API: the same dataclasses from a plain dict (unknown keys are an error)."""
+    unknown = sorted(set(data) - _known_keys())
+    if unknown:
+        raise TransferConfigError(f"Unknown argument(s) {unknown}.")
+    return _parser().parse_dict(data)

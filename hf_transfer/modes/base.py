@@ -1,0 +1,157 @@
+"""The transfer-mode strategy and its registry.
+
+A mode decides *what* is trained and *how the loss is computed*; the one training loop is
+:class:`hf_transfer.trainer.TransferTrainer`, which delegates to the mode for the loss (through
+:class:`TransferModel`'s forward) and for the optimizer's parameter groups. A new mode is a small
+subclass of :class:`TransferMode` plus one :func:`register_mode` call.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import datasets
+import torch
+from torch import nn
+
+from ..backbones import Backbone
+from ..data.align import AlignmentReport
+from ..errors import TransferConfigError
+
+logger = logging.getLogger(__name__)
+
+MODES: dict[str, type["TransferMode"]] = {}
+
+
+def register_mode(name: str):
+    def wrap(cls):
+        if name in MODES:
+            raise ValueError(f"Transfer mode {name!r} is already registered by {MODES[name].__name__}.")
+        cls.name = name
+        MODES[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_mode(name: str) -> type["TransferMode"]:
+    if name not in MODES:
+        raise TransferConfigError(f"Unknown transfer mode {name!r}; available: {sorted(MODES)}.")
+    return MODES[name]
+
+
+@dataclass
+class TransferData:
+    """What a mode trains and evaluates on. ``source`` is None when no source domain was given."""
+
+    target: datasets.DatasetDict
+    label_names: list[str]
+    source: datasets.DatasetDict | None = None
+    alignment: AlignmentReport | None = None
+    source_name: str | None = None
+    target_name: str | None = None
+
+
+class TransferModel(nn.Module):
+    """What the Trainer trains: the classifier plus the mode's auxiliary modules.
+
+    Everything with gradients runs inside this module's ``forward`` so that one DDP-wrapped forward
+    covers the classifier and e.g. a domain discriminator, and Trainer checkpoints carry both.
+    """
+
+    def __init__(self, mode: "TransferMode", classifier: nn.Module, aux: dict[str, nn.Module] | None = None):
+        super().__init__()
+        self.classifier = classifier
+        self.aux = nn.ModuleDict(aux or {})
+        object.__setattr__(self, "_mode", mode)  # not a submodule: no recursion, not in state_dict
+        self.config = getattr(classifier, "config", None)
+
+    def forward(self, pixel_values=None, labels=None, target_pixel_values=None, features=None,
+                target_labels=None):
+        return self._mode.forward(self, pixel_values=pixel_values, labels=labels,
+                                  target_pixel_values=target_pixel_values, features=features)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            self._mode.on_train_mode(self)
+        return self
+
+
+class TransferMode:
+    """Base class. Subclasses set up the model, the datasets, the parameter groups and the loss."""
+
+    name: str = "base"
+    #: False when the mode does not train a backbone at all (the feature mode trains only a head)
+    trains_backbone: bool = True
+
+    def __init__(self, args, backbone: Backbone, data: TransferData, training_args):
+        self.args = args
+        self.backbone = backbone
+        self.data = data
+        self.training_args = training_args
+        self.last_metrics: dict[str, float] = {}
+        self.frozen_groups: list[str] = []
+
+    # --- hooks a mode writes ----------------------------------------------------------------
+    def build_model(self) -> TransferModel:
+        raise NotImplementedError
+
+    def train_dataset(self) -> torch.utils.data.Dataset:
+        raise NotImplementedError
+
+    def eval_datasets(self) -> dict[str, torch.utils.data.Dataset]:
+        raise NotImplementedError
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, model: TransferModel, **inputs) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # --- hooks with defaults --------------------------------------------------------------------
+    def set_progress(self, progress: float) -> None:
+        """Training progress in [0, 1] from the Trainer's global step (restored on resume)."""
+
+    def optimizer_groups(self, model: TransferModel, lr: float, weight_decay: float) -> list[dict]:
+        """One group per trainable parameter set; no weight decay on biases and norms."""
+        return _decay_split([p for p in model.parameters() if p.requires_grad], model, lr, weight_decay)
+
+    def on_train_mode(self, model: TransferModel) -> None:
+        """Called after ``model.train()``: e.g. keep BatchNorm of frozen groups in eval mode."""
+
+    def finish(self, model: TransferModel, trainer) -> None:
+        """After training, before the final evaluation (e.g. copy a trained head, AdaBN)."""
+
+    def describe(self) -> dict:
+        return {"mode": self.name, "method": self.args.method, "frozen_groups": self.frozen_groups}
+
+
+def _is_no_decay(name: str, param: nn.Parameter) -> bool:
+    return param.ndim <= 1 or name.endswith(".bias")
+
+
+def _decay_split(params: list[nn.Parameter], model: nn.Module, lr: float, weight_decay: float,
+                 name_prefix: str = "") -> list[dict]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = [], []
+    for p in params:
+        (no_decay if _is_no_decay(names.get(id(p), ""), p) else decay).append(p)
+    groups = []
+    if decay:
+        groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay, "name": f"{name_prefix}decay"})
+    if no_decay:
+        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name_prefix}no_decay"})
+    return groups
+
+
+def named_groups_to_optimizer(groups: dict[str, list[nn.Parameter]], model: nn.Module, lrs: dict[str, float],
+                              weight_decay: float) -> list[dict]:
+    """Optimizer groups per named parameter group, each with its own learning rate."""
+    out = []
+    for name, params in groups.items():
+        trainable = [p for p in params if p.requires_grad]
+        if trainable:
+            out.extend(_decay_split(trainable, model, lrs[name], weight_decay, name_prefix=f"{name}/"))
+    return out

@@ -1,0 +1,50 @@
+"""Pieces the image-based modes share: datasets, evaluation sets, frozen BatchNorm."""
+
+from __future__ import annotations
+
+import datasets
+import torch
+from torch import nn
+
+from ..data.paired import ImageDomainDataset
+from ..data.transforms import eval_transform, train_transform
+
+
+def subset(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Dataset:
+    """A seeded subset of at most ``n`` rows (the whole dataset when ``n`` is None)."""
+    if n is None or n >= len(ds):
+        return ds
+    return ds.shuffle(seed=seed).select(range(n))
+
+
+def train_images(mode, ds: datasets.Dataset, with_labels: bool = True) -> ImageDomainDataset:
+    ds = subset(ds, mode.args.max_train_samples, mode.training_args.seed)
+    return ImageDomainDataset(ds, train_transform(mode.backbone.data_config, mode.args.augment), with_labels)
+
+
+def eval_splits(mode) -> dict[str, datasets.Dataset]:
+    """The labelled test split of each domain, named ``target`` and (when given) ``source``."""
+    splits = {"target": mode.data.target["test"]}
+    if mode.data.source is not None:
+        splits["source"] = mode.data.source["test"]
+    return {k: subset(v, mode.args.max_eval_samples, mode.training_args.seed) for k, v in splits.items()}
+
+
+def eval_images(mode) -> dict[str, ImageDomainDataset]:
+    tf = eval_transform(mode.backbone.data_config)
+    return {name: ImageDomainDataset(ds, tf) for name, ds in eval_splits(mode).items()}
+
+
+def freeze_batchnorm_of_frozen(model: nn.Module) -> None:
+    """BatchNorm layers whose parameters are all frozen keep their running statistics."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+    if labels is None:
+        return None
+    return nn.functional.cross_entropy(logits, labels)

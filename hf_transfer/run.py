@@ -1,0 +1,220 @@
+"""One transfer run from arguments to a Hub-ready output folder.
+
+Order matters for the user: everything that can be wrong with the input (dataset specs, columns,
+labels, backbone id, method and its options) is checked before the first training step; outputs
+are written by the main process only, after the metrics are gathered from every process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+
+import torch
+import transformers
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from . import __version__
+from .backbones import load_backbone
+from .config import TransferArguments
+from .data.align import align_domains
+from .data.load import load_domain
+from .data.spec import parse_dataset_spec
+from .errors import TransferConfigError
+from .export import export_model
+from .metrics import classification_report, scalar_metrics_fn
+from .modes import TransferData, get_mode
+from .trainer import TransferTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def load_transfer_data(args: TransferArguments, seed: int) -> TransferData:
+    target_spec = parse_dataset_spec(args.target)
+    source_spec = parse_dataset_spec(args.source) if args.source else None
+    target = load_domain(target_spec, args.image_column, args.label_column, seed=seed)
+    if source_spec is None:
+        names = target["train"].features["label"].names
+        return TransferData(target=target, label_names=list(names), target_name=target_spec.display_name)
+    source = load_domain(source_spec, args.image_column, args.label_column, seed=seed)
+    aligned = align_domains(source, target, policy=args.label_policy)
+    return TransferData(target=aligned.target, source=aligned.source, label_names=aligned.label_names,
+                        alignment=aligned.report, source_name=source_spec.display_name,
+                        target_name=target_spec.display_name)
+
+
+def _resume_checkpoint(training_args) -> str | None:
+    value = training_args.resume_from_checkpoint
+    if value is None:
+        return None
+    if str(value).lower() in ("true", "last", "latest"):
+        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        if last is None:
+            raise TransferConfigError(f"resume_from_checkpoint={value!r}: no checkpoint in {training_args.output_dir!r}.")
+        return last
+    if not os.path.isdir(value):
+        raise TransferConfigError(f"resume_from_checkpoint: {value!r} is not a checkpoint folder.")
+    return value
+
+
+def _prepare_training_args(training_args) -> None:
+    # the mode's datasets are tensors already; the Trainer must not drop "unused" columns
+    training_args.remove_unused_columns = False
+    training_args.label_names = ["labels"]
+
+
+def final_metrics(trainer, eval_sets: dict, num_classes: int) -> dict[str, dict]:
+    """Full metrics per domain (gathered across processes by ``predict``)."""
+    out = {}
+    for name, ds in eval_sets.items():
+        pred = trainer.predict(ds, metric_key_prefix=f"test_{name}")
+        logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+        out[name] = classification_report(logits.argmax(-1), pred.label_ids, num_classes)
+    return out
+
+
+EXAMPLES_DIR = "examples"
+REFERENCE_PREDICTIONS = "reference_predictions.json"
+
+
+@torch.no_grad()
+def write_reference_predictions(backbone, target_test, output_dir: str, k: int = 4) -> list[dict]:
+    """A few target test images (the card's widget examples) and the trained model's predictions on
+    them, so that a later round-trip check can prove the exported folder predicts the same."""
+    from PIL import Image
+
+    from .data.transforms import eval_transform
+
+    model = backbone.model.eval()
+    device = next(model.parameters()).device
+    transform = eval_transform(backbone.data_config)
+    os.makedirs(os.path.join(output_dir, EXAMPLES_DIR), exist_ok=True)
+    label_feature = target_test.features["label"]
+    rows = []
+    for i in range(min(k, len(target_test))):
+        item = target_test[i]
+        image = item["image"].convert("RGB")
+        name = f"{EXAMPLES_DIR}/{i}_{label_feature.int2str(item['label'])}.png"
+        Image.Image.save(image, os.path.join(output_dir, name))
+        reloaded = Image.open(os.path.join(output_dir, name)).convert("RGB")  # predict on the saved bytes
+        probs = model(pixel_values=transform(reloaded)[None].to(device)).logits.softmax(-1)[0].cpu()
+        rows.append({"file": name, "label": label_feature.int2str(item["label"]),
+                     "scores": {backbone.label_names[j]: float(p) for j, p in enumerate(probs)}})
+    with open(os.path.join(output_dir, REFERENCE_PREDICTIONS), "w") as f:
+        json.dump(rows, f, indent=2)
+    return rows
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+    import datasets
+    import timm
+
+    return {"hf_transfer": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "timm": timm.__version__, "datasets": datasets.__version__, "accelerate": accelerate.__version__,
+            "python": platform.python_version()}
+
+
+@dataclass
+class PreparedRun:
+    """Everything a run needs, checked and built, before the first training step."""
+
+    args: TransferArguments
+    training_args: object
+    data: TransferData
+    backbone: object
+    mode: object
+    model: object
+    eval_sets: dict
+    trainer: TransferTrainer
+    resume: str | None
+
+
+def prepare_run(args: TransferArguments, training_args, callbacks=None) -> PreparedRun:
+    """Load and check data, backbone and method; build the mode and the Trainer (no training yet)."""
+    _prepare_training_args(training_args)
+    resume = _resume_checkpoint(training_args)
+    set_seed(training_args.seed)
+    data = load_transfer_data(args, training_args.seed)
+    if data.alignment is not None:
+        logger.info(data.alignment.summary())
+    backbone = load_backbone(args.backbone, data.label_names, revision=args.backbone_revision,
+                             image_size=args.image_size, crop_pct=args.crop_pct,
+                             trust_remote_code=args.trust_remote_code)
+    mode = get_mode(args.mode)(args, backbone, data, training_args)
+    model = mode.build_model()
+    eval_sets = mode.eval_datasets()
+    trainer = TransferTrainer(
+        model=model, args=training_args, train_dataset=mode.train_dataset(), eval_dataset=eval_sets,
+        data_collator=mode.collate, compute_metrics=scalar_metrics_fn(len(data.label_names)),
+        transfer_mode=mode, callbacks=callbacks,
+    )
+    return PreparedRun(args, training_args, data, backbone, mode, model, eval_sets, trainer, resume)
+
+
+def run_transfer(args: TransferArguments, training_args, callbacks=None) -> dict:
+    """Train under ``args.mode`` and write the Hub-ready folder; returns the results dict."""
+    start = time.time()
+    run = prepare_run(args, training_args, callbacks)
+    trainer, mode, model, backbone, data, eval_sets = (
+        run.trainer, run.mode, run.model, run.backbone, run.data, run.eval_sets)
+    resume = run.resume
+    train_output = trainer.train(resume_from_checkpoint=resume)
+    mode.finish(model, trainer)
+    metrics = final_metrics(trainer, eval_sets, len(data.label_names))
+    results = {
+        **mode.describe(),
+        "backbone": args.backbone,
+        "backbone_revision": args.backbone_revision,
+        "base_model": backbone.base_model_id,
+        "source": args.source,
+        "target": args.target,
+        "source_name": data.source_name,
+        "target_name": data.target_name,
+        "label_names": data.label_names,
+        "label_alignment": data.alignment.to_dict() if data.alignment else None,
+        "seed": training_args.seed,
+        "data_config": backbone.data_config.to_dict(),
+        "augment": args.augment,
+        "hyperparameters": {
+            "learning_rate": training_args.learning_rate, "backbone_lr_scale": args.backbone_lr_scale,
+            "per_device_train_batch_size": training_args.per_device_train_batch_size,
+            "world_size": training_args.world_size, "max_steps": trainer.state.max_steps,
+            "num_train_epochs": training_args.num_train_epochs, "weight_decay": training_args.weight_decay,
+            "optim": str(training_args.optim), "lr_scheduler_type": str(training_args.lr_scheduler_type),
+            "warmup_steps": training_args.warmup_steps,
+        },
+        "metrics": metrics,
+        "train_loss": train_output.training_loss,
+        "train_runtime_s": round(time.time() - start, 2),
+        "versions": versions(),
+        "log_history": trainer.state.log_history,
+    }
+    if trainer.is_world_process_zero():
+        export_model(backbone, training_args.output_dir, results=results)
+        write_reference_predictions(backbone, data.target["test"], training_args.output_dir)
+        logger.info("Wrote %s", os.path.join(training_args.output_dir, "results.json"))
+    trainer.accelerator.wait_for_everyone()
+    if training_args.push_to_hub and trainer.is_world_process_zero():
+        from .hub import push_run
+
+        push_run(training_args.output_dir,
+                 training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir)),
+                 private=training_args.hub_private_repo, revision=training_args.hub_revision,
+                 token=training_args.hub_token)
+    return results
+
+
+def summarize(results: dict) -> str:
+    m = results["metrics"]
+    parts = [f"{dom} acc {v['accuracy']:.4f} (macro-F1 {v['macro_f1']:.4f})" for dom, v in m.items()]
+    return f"{results['mode']}/{results['method']}: " + ", ".join(parts)
+
+
+def dump(results: dict) -> str:
+    return json.dumps(results, indent=2, default=str)

@@ -1,0 +1,48 @@
+"""TransferTrainer: the one training loop, a ``transformers.Trainer`` that delegates to a mode.
+
+The mode supplies the loss (inside :class:`~hf_transfer.modes.TransferModel`'s forward, so DDP,
+mixed precision and gradient accumulation apply to all of it) and the optimizer's parameter
+groups (frozen groups left out, per-group learning rates). Everything else (accelerate, DDP/FSDP,
+checkpoints, resume, logging, trackers, ``push_to_hub`` plumbing) is the Trainer's own.
+
+Schedules are restored exactly on resume because the mode reads training progress from
+``state.global_step``, which the Trainer checkpoints, never from a counter of its own.
+"""
+
+from __future__ import annotations
+
+from transformers import Trainer
+
+
+class TransferTrainer(Trainer):
+    def __init__(self, *args, transfer_mode, **kwargs):
+        self.transfer_mode = transfer_mode
+        super().__init__(*args, **kwargs)
+
+    def _progress(self) -> float:
+        max_steps = max(1, self.state.max_steps or 1)
+        return min(1.0, self.state.global_step / max_steps)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.transfer_mode.set_progress(self._progress())
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        loss = outputs["loss"]
+        return (loss, outputs) if return_outputs else loss
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            target = model if model is not None else self.model
+            groups = self.transfer_mode.optimizer_groups(target, self.args.learning_rate, self.args.weight_decay)
+            if not groups:
+                raise ValueError("Nothing to train: every parameter is frozen.")
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, target)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: add the mode's own numbers (e.g. DANN's coefficient)
+            logs = {**logs, **{k: round(v, 5) for k, v in self.transfer_mode.last_metrics.items()}}
+        super().log(logs, start_time)

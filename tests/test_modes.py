@@ -1,0 +1,170 @@
+"""The three modes through the one Trainer: parameters, learning rates, losses, cache, paired data."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from hf_transfer.config import arguments_from_dict
+from hf_transfer.data.paired import PairedDataset
+from hf_transfer.errors import TransferConfigError
+from hf_transfer.losses import grl_coefficient
+from hf_transfer.run import prepare_run, run_transfer
+
+SOURCE, TARGET = "builtin:digits-printed", "builtin:digits-handwritten"
+
+
+def tiny(tmp_path, **overrides) -> dict:
+    args = dict(backbone="test_resnet", source=SOURCE, target=TARGET, image_size=32, crop_pct=1.0,
+                augment="light", output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=16,
+                per_device_eval_batch_size=64, max_train_samples=64, max_eval_samples=32, use_cpu=True,
+                report_to="none", save_strategy="no", eval_strategy="no", learning_rate=0.05, optim="sgd",
+                seed=0, disable_tqdm=True)
+    args.update(overrides)
+    return args
+
+
+def prepared(tmp_path, **overrides):
+    return prepare_run(*arguments_from_dict(tiny(tmp_path, **overrides)))
+
+
+def _snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_task_partial_freeze_and_discriminative_lr(tmp_path):
+    run = prepared(tmp_path, mode="task", method="partial", freeze="stem,stage_0", backbone_lr_scale=0.1)
+    groups = run.backbone.param_groups()
+    frozen = {n for g in ("stem", "stage_0") for n, _ in groups[g]}
+    bn_stats_before = {k: v.clone() for k, v in run.backbone.model.state_dict().items() if "running_mean" in k}
+    before = _snapshot(run.backbone.model)
+    run.trainer.train()
+    after = _snapshot(run.backbone.model)
+    for name in before:
+        changed = not torch.equal(before[name], after[name])
+        assert changed == (name not in frozen), name  # frozen: bit-identical; the rest trained
+    # BatchNorm running statistics of frozen groups are frozen too
+    frozen_modules = {n.rsplit(".", 1)[0] for n in frozen}
+    for key, value in run.backbone.model.state_dict().items():
+        if "running_mean" in key and key.rsplit(".", 1)[0] in frozen_modules:
+            assert torch.equal(value, bn_stats_before[key]), key
+    # learning rates per group: head at lr, backbone groups at lr * 0.1 (before scheduling)
+    lrs = {g["name"]: g["initial_lr"] for g in run.trainer.optimizer.param_groups}
+    assert lrs["head/decay"] == pytest.approx(0.05)
+    assert all(v == pytest.approx(0.005) for k, v in lrs.items() if not k.startswith("head/"))
+    assert not any(k.startswith(("stem/", "stage_0/")) for k in lrs)
+    names = {id(p): n for n, p in run.model.named_parameters()}
+    in_optimizer = {names[id(p)] for g in run.trainer.optimizer.param_groups for p in g["params"]}
+    assert not {f"classifier.{n}" for n in frozen} & in_optimizer
+
+
+def test_task_freeze_errors(tmp_path):
+    with pytest.raises(TransferConfigError, match="group 'stage_9' matches no parameters"):
+        prepared(tmp_path, mode="task", method="partial", freeze="stage_9")
+    with pytest.raises(TransferConfigError, match="needs --freeze"):
+        prepared(tmp_path, mode="task", method="partial")
+    with pytest.raises(TransferConfigError, match="unknown method 'lora-ish'"):
+        prepared(tmp_path, mode="task", method="lora-ish")
+
+
+def test_domain_dann_paired_batches_and_schedule(tmp_path):
+    run = prepared(tmp_path, mode="domain", method="dann", method_args={"hold": 0.25}, max_steps=4)
+    train = run.trainer.train_dataset
+    assert isinstance(train, PairedDataset)
+    assert len(train) == max(len(train.source), len(train.target)) == 64
+    batch = next(iter(run.trainer.get_train_dataloader()))
+    assert batch["pixel_values"].shape == batch["target_pixel_values"].shape == (16, 3, 32, 32)
+    assert "target_labels" not in batch  # target labels never reach training
+    seen = []
+    original = run.mode.set_progress
+    run.mode.set_progress = lambda p: (seen.append(p), original(p))
+    run.trainer.train()
+    assert seen == [0.0, 0.25, 0.5, 0.75]  # progress = global_step / max_steps, from the Trainer's state
+    assert run.mode.transfer_loss.coefficient == pytest.approx(grl_coefficient(0.75, hold=0.25))
+    # the discriminator is part of the trained model (optimizer + checkpoints)
+    disc = {id(p) for p in run.model.aux["transfer"].parameters()}
+    in_opt = {id(p) for g in run.trainer.optimizer.param_groups for p in g["params"]}
+    assert disc and disc <= in_opt
+    assert {"cls_loss", "transfer_loss", "grl_coeff"} <= set(run.mode.last_metrics)
+
+
+def test_domain_gradient_reversal_reaches_backbone(tmp_path):
+    """With the coefficient > 0 the backbone receives the NEGATED discriminator gradient."""
+    run = prepared(tmp_path, mode="domain", method="dann", method_args={"hold": 0.0})
+    model, mode = run.model, run.mode
+    model.train()
+    batch = next(iter(run.trainer.get_train_dataloader()))
+    x = torch.cat([batch["pixel_values"], batch["target_pixel_values"]])
+    mode.set_progress(1.0)
+    feats, _ = run.backbone.features_and_logits(x, model=model.classifier)
+    feats.retain_grad()
+    loss_fn = model.aux["transfer"]
+    loss_fn(feats[:16], feats[16:]).backward()
+    reversed_grad = feats.grad.clone()
+    # same loss without reversal: discriminator on the plain features
+    feats2 = feats.detach().clone().requires_grad_(True)
+    logits = loss_fn.discriminator(feats2)
+    domain = torch.cat([torch.ones(16, 1), torch.zeros(16, 1)])
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, domain).backward()
+    coeff = loss_fn.coefficient
+    assert coeff > 0.99
+    torch.testing.assert_close(reversed_grad, -coeff * feats2.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_source_only_sees_no_target_images(tmp_path):
+    run = prepared(tmp_path, mode="domain", method="source_only")
+    batch = next(iter(run.trainer.get_train_dataloader()))
+    assert "target_pixel_values" not in batch
+
+
+def test_domain_method_errors(tmp_path):
+    with pytest.raises(TransferConfigError, match="unknown method 'nope'"):
+        prepared(tmp_path, mode="domain", method="nope")
+    with pytest.raises(TransferConfigError, match="hold_me"):
+        prepared(tmp_path, mode="domain", method="dann", method_args={"hold_me": 1})
+    with pytest.raises(TransferConfigError, match="needs --source"):
+        arguments_from_dict({"mode": "domain", "backbone": "x", "target": TARGET, "output_dir": str(tmp_path)})
+
+
+def test_feature_cache_hit_and_misses(tmp_path):
+    cache = str(tmp_path / "cache")
+    first = prepared(tmp_path, mode="feature", feature_cache_dir=cache)
+    assert (first.mode.cache.hits, first.mode.cache.misses) == (0, 3)  # train + target test + source test
+    frozen_before = _snapshot(first.backbone.model)
+    first.trainer.train()
+    # only the head copy trained; the backbone (and its own head) untouched until finish()
+    assert all(torch.equal(frozen_before[n], p) for n, p in first.backbone.model.named_parameters())
+    first.mode.finish(first.model, first.trainer)
+    torch.testing.assert_close(first.backbone.head.weight, first.model.classifier.weight)
+
+    again = prepared(tmp_path, mode="feature", feature_cache_dir=cache)
+    assert (again.mode.cache.hits, again.mode.cache.misses) == (3, 0)
+    for split, path in first.mode.cache_files.items():
+        assert again.mode.cache_files[split] == path
+
+    # any key change is a miss: data subset, transform, backbone weights
+    assert prepared(tmp_path, mode="feature", feature_cache_dir=cache, max_train_samples=48).mode.cache.misses == 1
+    assert prepared(tmp_path, mode="feature", feature_cache_dir=cache, crop_pct=0.9).mode.cache.misses == 3
+    assert prepared(tmp_path, mode="feature", feature_cache_dir=cache, seed=1).mode.cache.misses == 3
+
+
+def test_cached_features_match_full_model(tmp_path):
+    """Head-on-cached-features predictions equal the exported full model's predictions."""
+    args = tiny(tmp_path, mode="feature", feature_cache_dir=str(tmp_path / "cache"))
+    results = run_transfer(*arguments_from_dict(args))
+    run = prepared(tmp_path, mode="feature", feature_cache_dir=str(tmp_path / "cache"))
+    feats = run.mode.eval_datasets()["target"].features
+    from transformers import AutoModelForImageClassification
+
+    from hf_transfer.data.transforms import eval_transform
+
+    full = AutoModelForImageClassification.from_pretrained(args["output_dir"]).eval()
+    test = run.mode.data.target["test"].shuffle(seed=0).select(range(32))
+    x = torch.stack([eval_transform(run.backbone.data_config)(im.convert("RGB")) for im in test["image"]])
+    head_w = full.timm_model.fc
+    with torch.no_grad():
+        torch.testing.assert_close(head_w(feats), full(pixel_values=x).logits, rtol=1e-4, atol=1e-4)
+    assert results["feature_cache"] == {"hits": 0, "misses": 3}
+    saved = json.load(open(os.path.join(args["output_dir"], "results.json")))
+    assert saved["metrics"]["target"]["num_samples"] == 32
