@@ -34,7 +34,8 @@ COMMON = {
     "per_device_train_batch_size": 64,
     "per_device_eval_batch_size": 512,
     "optim": "sgd",
-    "weight_decay": 5e-4,
+    "optim_args": "momentum=0.9,nesterov=True",
+    "weight_decay": 1e-3,
     "lr_scheduler_type": "cosine",
     "warmup_steps": 0.05,
     "save_strategy": "no",
@@ -52,19 +53,19 @@ def demo_runs(steps: int) -> list[tuple[str, str, dict]]:
     """(name, description, arguments) in run order; ``{source_only}`` is that run's output folder."""
     return [
         ("scratch", "random init, trained on target labels",
-         {"mode": "task", "method": "full", "target": TARGET, "learning_rate": 0.05, "max_steps": steps}),
+         {"mode": "task", "method": "full", "target": TARGET, "learning_rate": 0.02, "max_steps": steps}),
         ("source_only", "trained on source only (baseline)",
          {"mode": "domain", "method": "source_only", "source": SOURCE, "target": TARGET,
-          "learning_rate": 0.05, "max_steps": steps}),
+          "learning_rate": 0.02, "max_steps": steps}),
         ("feature", "source backbone frozen, cached features, linear head on target labels",
          {"mode": "feature", "backbone": "{source_only}", "source": SOURCE, "target": TARGET,
-          "learning_rate": 0.5, "optim": "sgd", "max_steps": 300, "per_device_train_batch_size": 128}),
+          "learning_rate": 0.1, "max_steps": 300, "per_device_train_batch_size": 128}),
         ("dann", "DANN: source labels + unlabelled target",
-         {"mode": "domain", "method": "dann", "source": SOURCE, "target": TARGET, "learning_rate": 0.05,
+         {"mode": "domain", "method": "dann", "source": SOURCE, "target": TARGET, "learning_rate": 0.02,
           "max_steps": steps, "method_args": {"hold": 0.15}}),
         ("task", "source backbone fine-tuned on target labels",
          {"mode": "task", "method": "full", "backbone": "{source_only}", "source": SOURCE, "target": TARGET,
-          "learning_rate": 0.05, "backbone_lr_scale": 0.1, "max_steps": max(steps // 2, 1)}),
+          "learning_rate": 0.02, "backbone_lr_scale": 0.1, "max_steps": max(steps // 2, 1)}),
     ]
 
 

@@ -21,3 +21,22 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 # Hub test server fixtures (hub_server, run_with_hub, ...): importing the plugin imports no HF client.
 pytest_plugins = ["hf_transfer.testing.pytest_plugin"]
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_dir(tmp_path_factory):
+    """A transformers-native ViT (5-class head) and its image processor, saved as a local 'Hub' folder."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    folder = tmp_path_factory.mktemp("tiny_vit")
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       image_size=32, patch_size=8, num_labels=5)
+    torch.manual_seed(0)
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3,
+                      image_std=[0.5] * 3).save_pretrained(folder)
+    return str(folder)

@@ -16,20 +16,6 @@ from hf_transfer.export import export_model
 NAMES = ["zero", "one", "two"]
 
 
-@pytest.fixture(scope="module")
-def tiny_vit_dir(tmp_path_factory):
-    """A transformers-native ViT with a 5-class head and its image processor, as a local 'Hub' folder."""
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-
-    folder = tmp_path_factory.mktemp("tiny_vit")
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       image_size=32, patch_size=8, num_labels=5)
-    torch.manual_seed(0)
-    ViTForImageClassification(config).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
-    return str(folder)
-
-
 def _images(n=4, size=40):
     rng = np.random.default_rng(0)
     return [PILImage.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]

@@ -168,3 +168,16 @@ def test_cached_features_match_full_model(tmp_path):
     assert results["feature_cache"] == {"hits": 0, "misses": 3}
     saved = json.load(open(os.path.join(args["output_dir"], "results.json")))
     assert saved["metrics"]["target"]["num_samples"] == 32
+
+
+@pytest.mark.parametrize("mode, method", [("feature", "linear"), ("domain", "dann"), ("task", "full")])
+def test_transformers_native_backbone_in_every_mode(tmp_path, tiny_vit_dir, mode, method):
+    from transformers import pipeline
+
+    args = tiny(tmp_path, mode=mode, method=method, backbone=tiny_vit_dir, max_steps=2,
+                feature_cache_dir=str(tmp_path / "cache"))
+    results = run_transfer(*arguments_from_dict(args))
+    assert results["mode"] == mode and set(results["metrics"]) == {"source", "target"}
+    out = args["output_dir"]
+    preds = pipeline("image-classification", model=out)(os.path.join(out, "examples", "0_eight.png"), top_k=3)
+    assert {p["label"] for p in preds} <= set(results["label_names"]) and len(preds) == 3

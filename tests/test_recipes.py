@@ -1,0 +1,162 @@
+"""End to end: configs and flags, every mode through the CLI, resume after a kill, 2-process DDP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from transformers import TrainerCallback
+
+from hf_transfer.cli import main as cli_main
+from hf_transfer.config import arguments_from_dict, load_config_file, parse_args
+from hf_transfer.errors import TransferConfigError
+from hf_transfer.run import run_transfer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE, TARGET = "builtin:digits-printed", "builtin:digits-handwritten"
+TINY = {"backbone": "test_resnet", "source": SOURCE, "target": TARGET, "image_size": 32, "crop_pct": 1.0,
+        "augment": "light", "max_steps": 6, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 32,
+        "max_train_samples": 48, "max_eval_samples": 24, "use_cpu": True, "report_to": "none",
+        "eval_strategy": "no", "learning_rate": 0.05, "optim": "sgd", "seed": 3, "disable_tqdm": True,
+        "dataloader_num_workers": 0}
+MODES = [("feature", "linear", {}), ("domain", "dann", {"method_args": {"hold": 0.0}}),
+         ("task", "partial", {"freeze": "stem", "backbone_lr_scale": 0.1})]
+
+
+def _config(tmp_path, mode, method, extra, **overrides) -> str:
+    cfg = {**TINY, "mode": mode, "method": method, **extra, "output_dir": str(tmp_path / mode),
+           "save_strategy": "steps", "save_steps": 2, **overrides}
+    path = tmp_path / f"{mode}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_every_shipped_config_parses():
+    configs = sorted(os.listdir(os.path.join(ROOT, "recipes", "configs")))
+    assert configs
+    for name in configs:
+        transfer_args, training_args = parse_args(["--config", os.path.join(ROOT, "recipes", "configs", name)])
+        assert transfer_args.mode in ("feature", "domain", "task")
+
+
+def test_config_errors_name_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**TINY, "mode": "task", "output_dir": "x", "learning_rat": 0.1}))
+    with pytest.raises(TransferConfigError, match=r"unknown key\(s\) \['learning_rat'\]"):
+        load_config_file(str(bad))
+    with pytest.raises(TransferConfigError, match=r"Unknown argument"):
+        arguments_from_dict({**TINY, "mode": "task", "output_dir": "x", "bogus": 1})
+    assert cli_main(["train", "--config", str(bad)]) == 2
+
+
+def test_flags_override_config(tmp_path):
+    path = _config(tmp_path, "domain", "dann", {})
+    transfer_args, training_args = parse_args(["--config", path, "--learning_rate", "0.3", "--method", "coral",
+                                               "--method_args", '{"x": 1}', "--warmup_steps", "0.1"])
+    assert training_args.learning_rate == 0.3 and transfer_args.method == "coral"
+    assert transfer_args.method_args == {"x": 1} and training_args.max_steps == 6
+    assert training_args.warmup_steps == 0.1  # every TrainingArguments field is accepted as-is
+
+
+@pytest.mark.parametrize("mode, method, extra", MODES)
+def test_cli_end_to_end_each_mode(tmp_path, mode, method, extra):
+    from transformers import pipeline
+
+    path = _config(tmp_path, mode, method, extra, save_strategy="no")
+    assert cli_main(["train", "--config", path]) == 0
+    out = tmp_path / mode
+    results = json.load(open(out / "results.json"))
+    assert results["mode"] == mode and results["method"] == method and results["seed"] == 3
+    assert set(results["metrics"]) == {"source", "target"}
+    for metrics in results["metrics"].values():
+        assert {"accuracy", "macro_f1", "per_class_accuracy", "confusion_matrix"} <= set(metrics)
+        assert sum(map(sum, metrics["confusion_matrix"])) == 24
+    preds = pipeline("image-classification", model=str(out))(str(out / "examples" / "0_eight.png"), top_k=10)
+    assert {p["label"] for p in preds} == set(results["label_names"])  # real class names
+
+
+class _KillAt(TrainerCallback):
+    """Simulates a crash right after a step (the checkpoint of the step before is on disk)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"killed at step {state.global_step}")
+
+
+def _weights(output_dir):
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(output_dir, "model.safetensors"))
+
+
+@pytest.mark.parametrize("mode, method, extra", MODES)
+def test_resume_matches_uninterrupted(tmp_path, mode, method, extra):
+    base = {**TINY, "mode": mode, "method": method, **extra, "save_strategy": "steps", "save_steps": 2,
+            "feature_cache_dir": str(tmp_path / "cache")}
+    full = run_transfer(*arguments_from_dict({**base, "output_dir": str(tmp_path / "full")}))
+    crashed_dir = str(tmp_path / "crashed")
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(*arguments_from_dict({**base, "output_dir": crashed_dir}), callbacks=[_KillAt(5)])
+    assert os.path.isdir(os.path.join(crashed_dir, "checkpoint-4"))
+    resumed = run_transfer(*arguments_from_dict({**base, "output_dir": crashed_dir,
+                                                 "resume_from_checkpoint": "last"}))
+    assert resumed["metrics"]["target"]["accuracy"] == full["metrics"]["target"]["accuracy"]
+    assert resumed["metrics"]["target"]["confusion_matrix"] == full["metrics"]["target"]["confusion_matrix"]
+    a, b = _weights(tmp_path / "full"), _weights(crashed_dir)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def _env():
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.mark.ddp
+def test_kill_dash_nine_and_resume(tmp_path):
+    """A real SIGKILL in the middle of a DANN run, then --resume_from_checkpoint last."""
+    path = _config(tmp_path, "domain", "dann", {"method_args": {"hold": 0.0}}, max_steps=12, save_steps=3)
+    cmd = [sys.executable, os.path.join(ROOT, "recipes", "train.py"), "--config", path]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    out = tmp_path / "domain"
+    deadline = time.time() + 240
+    while not (out / "checkpoint-6").is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.json").exists()
+    resumed = subprocess.run(cmd + ["--resume_from_checkpoint", "last"], env=_env(), capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reference = run_transfer(*arguments_from_dict({**yaml.safe_load(open(path)),
+                                                   "output_dir": str(tmp_path / "reference")}))
+    got = json.load(open(out / "results.json"))
+    assert got["metrics"]["target"]["confusion_matrix"] == reference["metrics"]["target"]["confusion_matrix"]
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("mode, method, extra", MODES)
+def test_two_process_ddp(tmp_path, mode, method, extra):
+    """accelerate launch --multi_gpu --num_processes 2 on CPU (gloo): a real 2-process run."""
+    path = _config(tmp_path, mode, method, extra, save_strategy="no", max_steps=3)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           os.path.join(ROOT, "recipes", "train.py"), "--config", path]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.load(open(tmp_path / mode / "results.json"))
+    assert results["hyperparameters"]["world_size"] == 2
+    # metrics gathered from both processes: every test image counted once
+    assert sum(map(sum, results["metrics"]["target"]["confusion_matrix"])) == 24
+    # one process wrote the outputs: one summary line printed
+    assert done.stdout.count("Output:") == 1
