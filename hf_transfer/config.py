@@ -57,6 +57,38 @@ class TransferArguments:
         "help": "feature mode: where cached features live (default $HF_TRANSFER_CACHE/features)."})
     feature_batch_size: int = field(default=256, metadata={"help": "Batch size of the feature extraction pass."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code from the Hub (off by default)."})
+    # --- task adaptation strategies (mode=task; see hf_transfer.strategies, regularizers, adapters) ---
+    unfreeze_every: float | None = field(default=None, metadata={
+        "help": "task mode: gradual unfreezing. The head trains from the start; the backbone groups not frozen by "
+                "--freeze are unfrozen one at a time from the head backwards, one every UNFREEZE_EVERY steps or "
+                "epochs (--unfreeze_unit). Resume-safe."})
+    unfreeze_unit: str = field(default="steps", metadata={"help": "Unit of --unfreeze_every: steps | epochs.",
+                                                          "choices": ("steps", "epochs")})
+    layer_decay: float | None = field(default=None, metadata={
+        "help": "task mode: layer-wise LR decay in (0, 1]: group g trains at learning_rate * layer_decay ** d, d its "
+                "distance from the head in stem, stage_0..N, neck, head (times backbone_lr_scale for backbone "
+                "groups)."})
+    regularizer: str | None = field(default=None, metadata={
+        "help": "task mode: regularised fine-tuning: l2sp (penalty towards the pretrained weights; replaces weight "
+                "decay) | bss (batch spectral shrinkage of the features)."})
+    l2sp_alpha: float = field(default=0.01, metadata={"help": "L2-SP: weight alpha of ||w - w_pretrained||^2 / 2 "
+                                                              "on the backbone."})
+    l2sp_beta: float = field(default=0.01, metadata={"help": "L2-SP: weight beta of ||w_head||^2 / 2 on the new "
+                                                             "head."})
+    bss_eta: float = field(default=1e-3, metadata={"help": "BSS: weight eta of the k smallest squared singular "
+                                                           "values of the batch features."})
+    bss_k: int = field(default=1, metadata={"help": "BSS: number k of smallest singular values penalised."})
+    k_shot: int | None = field(default=None, metadata={
+        "help": "task mode: keep only k labelled target training images per class (seeded by --seed)."})
+    lora_r: int = field(default=8, metadata={"help": "method=lora: rank r of the LoRA updates."})
+    lora_alpha: float | None = field(default=None, metadata={"help": "method=lora: LoRA alpha (scaling alpha / r); "
+                                                                     "default r."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "method=lora: dropout on the LoRA input."})
+    lora_target_modules: str | None = field(default=None, metadata={
+        "help": "method=lora: override the automatic per-architecture choice: comma-separated module names or "
+                "suffixes (qkv,proj) or re:<regex> over module names."})
+    merge_adapter: bool = field(default=False, metadata={
+        "help": "method=lora: also export a plain full model with the adapter merged in (output_dir/merged)."})
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -129,9 +161,12 @@ def parse_args(argv: list[str] | None = None):
         file_argv = _to_argv(load_config_file(argv[i + 1]))
         argv = argv[:i] + argv[i + 2:]
     parser = _parser()
-    transfer_args, training_args, rest = parser.parse_args_into_dataclasses(
-        args=file_argv + argv, return_remaining_strings=True
-    )
+    try:
+        transfer_args, training_args, rest = parser.parse_args_into_dataclasses(
+            args=file_argv + argv, return_remaining_strings=True
+        )
+    except ValueError as err:  # TrainingArguments' own validation (e.g. bf16 without a GPU)
+        raise TransferConfigError(str(err)) from err
     if rest:
         raise TransferConfigError(f"Unknown argument(s): {rest}")
     return transfer_args, training_args
@@ -142,4 +177,7 @@ def arguments_from_dict(data: dict):
     unknown = sorted(set(data) - _known_keys())
     if unknown:
         raise TransferConfigError(f"Unknown argument(s) {unknown}.")
-    return _parser().parse_dict(data)
+    try:
+        return _parser().parse_dict(data)
+    except ValueError as err:
+        raise TransferConfigError(str(err)) from err

@@ -36,12 +36,29 @@ def _config(tmp_path, mode, method, extra, **overrides) -> str:
     return str(path)
 
 
-def test_every_shipped_config_parses():
-    configs = sorted(os.listdir(os.path.join(ROOT, "recipes", "configs")))
-    assert configs
-    for name in configs:
-        transfer_args, training_args = parse_args(["--config", os.path.join(ROOT, "recipes", "configs", name)])
-        assert transfer_args.mode in ("feature", "domain", "task")
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "recipes", "configs"))))
+def test_every_shipped_config_resolves_to_a_plan_offline(name):
+    from hf_transfer.plan import plan_run
+
+    # GPU recipes set bf16; on this CPU machine TrainingArguments needs use_cpu for that
+    transfer_args, training_args = parse_args(["--config", os.path.join(ROOT, "recipes", "configs", name),
+                                               "--use_cpu", "true"])
+    plan = plan_run(transfer_args, training_args)
+    assert plan["mode"] in ("feature", "domain", "task")
+    assert plan["datasets"]["target"]["kind"] in ("hub", "builtin", "local")
+    if name.startswith(("office", "officehome")):
+        assert plan["datasets"]["source"]["kind"] == "hub" and plan["datasets"]["source"]["config"]
+        assert plan["backbone"]["kind"] == "timm weights on the Hub"
+        assert plan["method_plan"]["paper"].startswith("https://") or plan["method"] == "source_only"
+
+
+def test_plan_rejects_bad_method_args(tmp_path):
+    from hf_transfer.plan import plan_run
+
+    path = _config(tmp_path, "domain", "dann", {"method_args": {"hold": 0.1, "alpah": 3}})
+    with pytest.raises(TransferConfigError, match="alpah"):
+        plan_run(*parse_args(["--config", path]))
+    assert cli_main(["plan", "--config", path, "--method", "nope"]) == 2
 
 
 def test_config_errors_name_the_key(tmp_path):

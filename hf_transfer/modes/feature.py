@@ -17,6 +17,9 @@ from .base import TransferMode, TransferModel, register_mode
 from .common import classification_loss, eval_splits, subset
 
 
+FEATURE_METHODS = ("linear",)
+
+
 class FeatureDataset(torch.utils.data.Dataset):
     def __init__(self, features: torch.Tensor, labels: torch.Tensor):
         self.features, self.labels = features, labels
@@ -34,8 +37,9 @@ class FeatureMode(TransferMode):
 
     def __init__(self, args, backbone, data, training_args):
         super().__init__(args, backbone, data, training_args)
-        if args.method not in ("linear",):
-            raise TransferConfigError(f"mode=feature: unknown method {args.method!r}; available: ['linear'].")
+        if args.method not in FEATURE_METHODS:
+            raise TransferConfigError(
+                f"mode=feature: unknown method {args.method!r}; available: {list(FEATURE_METHODS)}.")
         self.frozen_groups = [g for g in backbone.param_groups() if g != "head"]
         self.cache = FeatureCache(args.feature_cache_dir)
         self.cache_files: dict[str, str] = {}

@@ -1,0 +1,80 @@
+"""Dry run: resolve a config into a plan without downloading or training anything.
+
+``hf-transfer plan --config recipes/configs/office31_dann.yaml`` checks what can be checked offline
+(mode, method and its options, dataset specs, backbone id form, label policy, launch settings) and
+prints what the run would do, so a typo fails in a second instead of after a download.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .data.align import POLICIES
+from .data.spec import parse_dataset_spec
+from .data.transforms import AUGMENTATIONS
+from .errors import TransferConfigError
+
+_HUB_MODEL_ID = re.compile(r"^(hf-hub:)?[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def _backbone_kind(model_id: str) -> str:
+    import os
+
+    if os.path.isdir(model_id):
+        return "local folder"
+    if model_id.startswith("timm:") or ("/" not in model_id):
+        import timm
+
+        arch = model_id.removeprefix("timm:")
+        if not timm.list_models(arch):
+            raise TransferConfigError(f"backbone {model_id!r}: not a timm architecture, Hub id or local folder.")
+        return "timm architecture, random init"
+    if not _HUB_MODEL_ID.match(model_id):
+        raise TransferConfigError(f"backbone {model_id!r}: not a valid Hub model id (org/name).")
+    return "timm weights on the Hub" if model_id.removeprefix("hf-hub:").startswith("timm/") else "Hub model"
+
+
+def _method_plan(args) -> dict:
+    if args.mode == "domain":
+        from .losses import LOSSES, loss_kwargs
+
+        if args.method not in LOSSES:
+            raise TransferConfigError(f"mode=domain: unknown method {args.method!r}; available: {sorted(LOSSES)}.")
+        accepted = loss_kwargs(args.method)
+        bad = sorted(set(args.method_args) - set(accepted))
+        if bad:
+            raise TransferConfigError(f"method={args.method!r}: unknown method_args {bad}; accepted: {sorted(accepted)}.")
+        cls = LOSSES[args.method]
+        return {"loss": cls.__name__, "paper": getattr(cls, "paper", ""),
+                "options": {**accepted, **args.method_args}, "trade_off": args.trade_off}
+    from .modes.feature import FEATURE_METHODS
+    from .modes.task import TASK_METHODS
+
+    methods = {"task": TASK_METHODS, "feature": FEATURE_METHODS}[args.mode]
+    if args.method not in methods:
+        raise TransferConfigError(f"mode={args.mode}: unknown method {args.method!r}; available: {list(methods)}.")
+    return {"freeze": args.freeze, "backbone_lr_scale": args.backbone_lr_scale}
+
+
+def plan_run(args, training_args) -> dict:
+    """Everything the run would use, checked offline; raises TransferConfigError on the first problem."""
+    if args.label_policy not in POLICIES:
+        raise TransferConfigError(f"label_policy={args.label_policy!r}: choose one of {POLICIES}.")
+    if args.augment not in AUGMENTATIONS:
+        raise TransferConfigError(f"augment={args.augment!r}: choose one of {AUGMENTATIONS}.")
+    datasets = {"target": parse_dataset_spec(args.target)}
+    if args.source:
+        datasets["source"] = parse_dataset_spec(args.source)
+    return {
+        "mode": args.mode,
+        "method": args.method,
+        "method_plan": _method_plan(args),
+        "backbone": {"id": args.backbone, "kind": _backbone_kind(args.backbone), "revision": args.backbone_revision},
+        "datasets": {k: {"kind": v.kind, "name": v.name, "config": v.config, "revision": v.revision,
+                         "split": v.split} for k, v in datasets.items()},
+        "label_policy": args.label_policy,
+        "training": {"output_dir": training_args.output_dir, "learning_rate": training_args.learning_rate,
+                     "per_device_train_batch_size": training_args.per_device_train_batch_size,
+                     "num_train_epochs": training_args.num_train_epochs, "max_steps": training_args.max_steps,
+                     "bf16": training_args.bf16, "seed": training_args.seed},
+    }
