@@ -60,13 +60,53 @@ def classification_report(predictions, references, num_classes: int) -> dict:
     return metric.compute(predictions=np.asarray(predictions).tolist(), references=np.asarray(references).tolist())
 
 
+UNLABELLED = -1
+
+
 def scalar_metrics_fn(num_classes: int):
-    """``compute_metrics`` for the Trainer: scalars only (loggers choke on matrices)."""
+    """``compute_metrics`` for the Trainer: scalars only (loggers choke on matrices).
+
+    Every eval set also gets the unsupervised validators (entropy, IM, SND) of its predictions; an
+    eval set whose labels are all ``UNLABELLED`` (-1) gets ONLY those, so checkpoint selection on
+    unlabelled target images (``metric_for_best_model: target_unlabelled_im``) never sees a label.
+    """
+    from .validators import VALIDATORS
 
     def compute(eval_pred) -> dict[str, float]:
         logits, labels = eval_pred.predictions, eval_pred.label_ids
         logits = logits[0] if isinstance(logits, (tuple, list)) else logits
-        report = classification_report(np.argmax(logits, axis=-1), labels, num_classes)
-        return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
+        out = {name: float(fn(logits)) for name, fn in VALIDATORS.items()}
+        if labels is not None and (np.asarray(labels) != UNLABELLED).any():
+            report = classification_report(np.argmax(logits, axis=-1), labels, num_classes)
+            out.update(accuracy=report["accuracy"], macro_f1=report["macro_f1"])
+        return out
 
     return compute
+
+
+def model_selection(log_history: list[dict], oracle_key: str = "eval_target_accuracy",
+                    unlabelled_prefix: str = "eval_target_unlabelled_") -> dict | None:
+    """Which evaluation step each unsupervised validator would pick, beside the oracle's pick.
+
+    Reads the Trainer's ``log_history``: the oracle uses target TEST labels (not available in real
+    use); each validator uses only predictions on unlabelled target TRAIN images.
+    """
+    from .validators import VALIDATORS
+
+    by_step: dict[int, dict] = {}
+    for entry in log_history:  # the Trainer logs each eval set of a step as its own entry
+        if any(k.startswith("eval_") for k in entry):
+            by_step.setdefault(entry["step"], {"step": entry["step"]}).update(entry)
+    evals = [e for _, e in sorted(by_step.items()) if oracle_key in e]
+    if not evals:
+        return None
+    best = max(evals, key=lambda e: e[oracle_key])
+    out = {"oracle": {"step": best["step"], "target_accuracy": best[oracle_key]},
+           "last": {"step": evals[-1]["step"], "target_accuracy": evals[-1][oracle_key]}}
+    for name in VALIDATORS:
+        key = unlabelled_prefix + name
+        scored = [e for e in evals if key in e]
+        if scored:
+            pick = max(scored, key=lambda e: e[key])
+            out[name] = {"step": pick["step"], "target_accuracy": pick[oracle_key], "score": pick[key]}
+    return out

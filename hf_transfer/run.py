@@ -27,7 +27,7 @@ from .data.load import load_domain
 from .data.spec import parse_dataset_spec
 from .errors import TransferConfigError
 from .export import export_model
-from .metrics import classification_report, scalar_metrics_fn
+from .metrics import classification_report, model_selection, scalar_metrics_fn
 from .modes import TransferData, get_mode
 from .trainer import TransferTrainer
 
@@ -150,7 +150,8 @@ def prepare_run(args: TransferArguments, training_args, callbacks=None) -> Prepa
     model = mode.build_model()
     eval_sets = mode.eval_datasets()
     trainer = TransferTrainer(
-        model=model, args=training_args, train_dataset=mode.train_dataset(), eval_dataset=eval_sets,
+        model=model, args=training_args, train_dataset=mode.train_dataset(),
+        eval_dataset={**eval_sets, **mode.unlabelled_eval_datasets()},
         data_collator=mode.collate, compute_metrics=scalar_metrics_fn(len(data.label_names)),
         transfer_mode=mode, callbacks=callbacks,
     )
@@ -164,9 +165,11 @@ def run_transfer(args: TransferArguments, training_args, callbacks=None) -> dict
     trainer, mode, model, backbone, data, eval_sets = (
         run.trainer, run.mode, run.model, run.backbone, run.data, run.eval_sets)
     resume = run.resume
+    gap_before = mode.domain_gap()
     train_output = trainer.train(resume_from_checkpoint=resume)
     mode.finish(model, trainer)
     metrics = final_metrics(trainer, eval_sets, len(data.label_names))
+    gap_after = mode.domain_gap()
     results = {
         **mode.describe(),
         "backbone": args.backbone,
@@ -190,13 +193,18 @@ def run_transfer(args: TransferArguments, training_args, callbacks=None) -> dict
             "warmup_steps": training_args.warmup_steps,
         },
         "metrics": metrics,
+        "model_selection": model_selection(trainer.state.log_history),
+        "domain_gap": {"before": gap_before, "after": gap_after} if gap_before is not None else None,
         "train_loss": train_output.training_loss,
         "train_runtime_s": round(time.time() - start, 2),
         "versions": versions(),
         "log_history": trainer.state.log_history,
     }
     if trainer.is_world_process_zero():
-        export_model(backbone, training_args.output_dir, results=results)
+        if getattr(mode, "exports_adapter", False):  # LoRA: adapter folder (+ merged/ with merge_adapter)
+            results["adapter"] = mode.export(training_args.output_dir, results)
+        else:
+            export_model(backbone, training_args.output_dir, results=results)
         write_reference_predictions(backbone, data.target["test"], training_args.output_dir)
         logger.info("Wrote %s", os.path.join(training_args.output_dir, "results.json"))
     trainer.accelerator.wait_for_everyone()

@@ -181,3 +181,27 @@ def test_transformers_native_backbone_in_every_mode(tmp_path, tiny_vit_dir, mode
     out = args["output_dir"]
     preds = pipeline("image-classification", model=out)(os.path.join(out, "examples", "0_eight.png"), top_k=3)
     assert {p["label"] for p in preds} <= set(results["label_names"]) and len(preds) == 3
+
+
+def test_unsupervised_model_selection_and_domain_gap(tmp_path):
+    args = tiny(tmp_path, mode="domain", method="dann", max_steps=4, eval_strategy="steps", eval_steps=2,
+                save_strategy="steps", save_steps=2, metric_for_best_model="target_unlabelled_im",
+                greater_is_better=True, load_best_model_at_end=True)
+    results = run_transfer(*arguments_from_dict(args))
+    selection = results["model_selection"]
+    evals = {}
+    for entry in results["log_history"]:
+        if any(k.startswith("eval_") for k in entry):
+            evals.setdefault(entry["step"], {}).update(entry)
+    assert sorted(evals) == [2, 4]
+    unlabelled = [e for e in results["log_history"] if "eval_target_unlabelled_im" in e]
+    assert unlabelled and all("eval_target_unlabelled_accuracy" not in e for e in unlabelled)  # no labels used
+    best_im_step = max(evals, key=lambda s: evals[s]["eval_target_unlabelled_im"])
+    assert selection["im"]["step"] == best_im_step
+    assert selection["im"]["target_accuracy"] == evals[best_im_step]["eval_target_accuracy"]
+    assert selection["oracle"]["target_accuracy"] == max(e["eval_target_accuracy"] for e in evals.values())
+    assert {"entropy", "snd", "last"} <= set(selection)
+    gap = results["domain_gap"]
+    for stage in ("before", "after"):
+        assert 0.0 <= gap[stage]["proxy_a_distance"] <= 2.0 and gap[stage]["mmd"] >= 0.0
+        assert gap[stage]["num_samples"] == {"source": 32, "target": 32}

@@ -121,6 +121,14 @@ class TransferMode:
     def on_train_mode(self, model: TransferModel) -> None:
         """Called after ``model.train()``: e.g. keep BatchNorm of frozen groups in eval mode."""
 
+    def unlabelled_eval_datasets(self) -> dict[str, torch.utils.data.Dataset]:
+        """Eval sets whose labels are all -1: only unsupervised validators are computed on them."""
+        return {}
+
+    def domain_gap(self) -> dict | None:
+        """Distance between source and target features of the current model (None: not applicable)."""
+        return None
+
     def finish(self, model: TransferModel, trainer) -> None:
         """After training, before the final evaluation (e.g. copy a trained head, AdaBN)."""
 

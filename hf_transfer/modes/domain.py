@@ -15,7 +15,10 @@ from torch.utils.data import DataLoader
 
 from ..data.paired import ImageDomainDataset, PairedDataset, collate_images
 from ..data.transforms import eval_transform
+from ..domain_gap import mmd_distance, proxy_a_distance
 from ..errors import TransferConfigError
+from ..features import extract_features
+from ..metrics import UNLABELLED
 from ..losses import LOSSES, adapt_batchnorm, build_loss
 from .base import TransferMode, TransferModel, register_mode
 from .common import classification_loss, eval_images, subset, train_images
@@ -49,6 +52,25 @@ class DomainMode(TransferMode):
 
     def eval_datasets(self):
         return eval_images(self)
+
+    def unlabelled_eval_datasets(self):
+        """Target TRAIN images with their labels hidden (-1): for unsupervised checkpoint selection."""
+        target = subset(self.data.target["train"], self.args.max_eval_samples, self.training_args.seed)
+        hidden = target.remove_columns("label").add_column("label", [UNLABELLED] * len(target))
+        return {"target_unlabelled": ImageDomainDataset(hidden, eval_transform(self.backbone.data_config))}
+
+    def domain_gap(self, max_samples: int = 500) -> dict:
+        """Proxy A-distance and MMD between source and target TEST features of the current backbone."""
+        seed = self.training_args.seed
+        n = min(max_samples, self.args.max_eval_samples or max_samples)
+        feats = {}
+        for name in ("source", "target"):
+            ds = subset(getattr(self.data, name)["test"], n, seed)
+            feats[name] = extract_features(self.backbone, ds, self.args.feature_batch_size,
+                                           self.training_args.device, desc=f"Domain gap ({name})")[0].numpy()
+        return {"proxy_a_distance": proxy_a_distance(feats["source"], feats["target"], seed=seed),
+                "mmd": mmd_distance(feats["source"], feats["target"], seed=seed),
+                "num_samples": {k: int(len(v)) for k, v in feats.items()}}
 
     def collate(self, examples):
         return collate_images(examples)
