@@ -1,4 +1,4 @@
-"""The ``hf-transfer`` command: ``train``, ``demo``.
+"""The ``hf-transfer`` command: ``train``, ``plan`` (offline dry run), ``demo``.
 
 ``hf-transfer train --config recipes/configs/x.yaml [--flag value ...]`` is the same run as
 ``accelerate launch recipes/train.py --config ...``; flags override the file.
@@ -35,6 +35,18 @@ def cmd_train(argv: list[str]) -> int:
     if training_args.process_index == 0:
         print(summarize(results))
         print(f"Output: {training_args.output_dir}")
+    return 0
+
+
+def cmd_plan(argv: list[str]) -> int:
+    """Resolve and check a config offline (no download, no training) and print the plan."""
+    import json
+
+    from .config import parse_args
+    from .plan import plan_run
+
+    transfer_args, training_args = parse_args(argv)
+    print(json.dumps(plan_run(transfer_args, training_args), indent=2, default=str))
     return 0
 
 
@@ -82,7 +94,7 @@ def cmd_push(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "demo": cmd_demo, "push": cmd_push}
+COMMANDS = {"train": cmd_train, "plan": cmd_plan, "demo": cmd_demo, "push": cmd_push}
 
 
 def main(argv: list[str] | None = None) -> int:

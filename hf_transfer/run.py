@@ -66,6 +66,9 @@ def _prepare_training_args(training_args) -> None:
     # the mode's datasets are tensors already; the Trainer must not drop "unused" columns
     training_args.remove_unused_columns = False
     training_args.label_names = ["labels"]
+    # hf_transfer pushes the finished folder in one commit (hub.push_run); the Trainer's own
+    # per-checkpoint pushes would add "Training in progress" commits and checkpoint litter
+    training_args.hub_strategy = "end"
 
 
 def final_metrics(trainer, eval_sets: dict, num_classes: int) -> dict[str, dict]:
@@ -108,6 +111,32 @@ def write_reference_predictions(backbone, target_test, output_dir: str, k: int =
     with open(os.path.join(output_dir, REFERENCE_PREDICTIONS), "w") as f:
         json.dump(rows, f, indent=2)
     return rows
+
+
+def non_default_arguments(args: TransferArguments, training_args) -> dict:
+    """The arguments that differ from their defaults: a config that reproduces the run.
+
+    Compared against default instances built the same way, so values normalised in
+    ``__post_init__`` (enums, ``report_to``, ...) compare equal when the user did not set them."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    skip = {"output_dir", "resume_from_checkpoint", "push_to_hub", "hub_model_id", "label_names",
+            "remove_unused_columns", "hub_strategy", "logging_dir"}
+    default_transfer = TransferArguments(mode=args.mode, backbone=args.backbone, target=args.target,
+                                         source=args.source, method=args.method)
+    default_training = TrainingArguments(output_dir=training_args.output_dir, use_cpu=training_args.use_cpu)
+    out = {}
+    for obj, default in ((args, default_transfer), (training_args, default_training)):
+        for f in dataclasses.fields(obj):
+            if not f.init or f.name in skip or "token" in f.name:
+                continue
+            value, base = getattr(obj, f.name), getattr(default, f.name, None)
+            if f.name in ("mode", "backbone", "target", "source", "method") or repr(value) != repr(base):
+                value = getattr(value, "value", value)
+                out[f.name] = value if isinstance(value, (int, float, str, bool, list, dict, type(None))) else str(value)
+    return out
 
 
 def versions() -> dict[str, str]:
@@ -189,7 +218,9 @@ def run_transfer(args: TransferArguments, training_args, callbacks=None) -> dict
             "per_device_train_batch_size": training_args.per_device_train_batch_size,
             "world_size": training_args.world_size, "max_steps": trainer.state.max_steps,
             "num_train_epochs": training_args.num_train_epochs, "weight_decay": training_args.weight_decay,
-            "optim": str(training_args.optim), "lr_scheduler_type": str(training_args.lr_scheduler_type),
+            "optim": getattr(training_args.optim, "value", str(training_args.optim)),
+            "lr_scheduler_type": getattr(training_args.lr_scheduler_type, "value",
+                                         str(training_args.lr_scheduler_type)),
             "warmup_steps": training_args.warmup_steps,
         },
         "metrics": metrics,
@@ -199,6 +230,7 @@ def run_transfer(args: TransferArguments, training_args, callbacks=None) -> dict
         "train_runtime_s": round(time.time() - start, 2),
         "versions": versions(),
         "log_history": trainer.state.log_history,
+        "arguments": non_default_arguments(args, training_args),
     }
     if trainer.is_world_process_zero():
         if getattr(mode, "exports_adapter", False):  # LoRA: adapter folder (+ merged/ with merge_adapter)

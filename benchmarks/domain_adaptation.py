@@ -1,0 +1,121 @@
+"""Every domain-adaptation method x seeds on a built-in pair: one command, one table.
+
+    python benchmarks/domain_adaptation.py --seeds 0 1 2 --steps 600 \
+        --out benchmarks/results/domain_adaptation.md
+
+Rows: train-on-target (upper bound: task mode on target labels), source_only (baseline),
+source_only + AdaBN, then each alignment method. Columns: target test accuracy mean +- std over
+seeds, source test accuracy, the accuracy of the checkpoint each unsupervised validator (IM on
+unlabelled target TRAIN images) would pick, and wall time per run. Everything runs on CPU through
+the same Trainer as the CLI (no special benchmark loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+PAIRS = {
+    "printed->handwritten": ("builtin:digits-printed", "builtin:digits-handwritten"),
+    "handwritten->blended": ("builtin:digits-handwritten", "builtin:digits-blended"),
+}
+# (row name, mode, method, extra arguments); trade-offs follow the methods' usual scales
+METHODS = [
+    ("train_on_target", "task", "full", {}),
+    ("source_only", "domain", "source_only", {}),
+    ("source_only+adabn", "domain", "source_only", {"adabn": True}),
+    ("dann", "domain", "dann", {"method_args": {"hold": 0.15}}),
+    ("cdan+e", "domain", "cdan", {"method_args": {"hold": 0.15, "entropy_conditioning": True}}),
+    ("dan", "domain", "dan", {}),
+    ("coral", "domain", "coral", {"trade_off": 100.0}),
+    ("mcc", "domain", "mcc", {}),
+    ("im", "domain", "im", {"trade_off": 0.3}),
+    ("pseudo_label", "domain", "pseudo_label", {"method_args": {"threshold": 0.95}}),
+]
+
+
+def common_args(steps: int) -> dict:
+    return {"backbone": "test_resnet", "image_size": 32, "crop_pct": 1.0, "augment": "light",
+            "per_device_train_batch_size": 64, "per_device_eval_batch_size": 512, "learning_rate": 0.02,
+            "optim": "sgd", "optim_args": "momentum=0.9,nesterov=True", "weight_decay": 1e-3,
+            "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "max_steps": steps,
+            "eval_strategy": "steps", "eval_steps": max(steps // 4, 1), "save_strategy": "no",
+            "logging_steps": max(steps // 4, 1), "report_to": "none", "use_cpu": True, "disable_tqdm": True}
+
+
+def run_one(pair: str, name: str, mode: str, method: str, extra: dict, seed: int, steps: int, out: str) -> dict:
+    from hf_transfer.config import arguments_from_dict
+    from hf_transfer.run import run_transfer
+
+    source, target = PAIRS[pair]
+    args = {**common_args(steps), "mode": mode, "method": method, "target": target, "seed": seed,
+            "output_dir": os.path.join(out, pair.replace(">", ""), name, f"seed{seed}"), **extra}
+    if mode == "domain":
+        args["source"] = source
+    start = time.time()
+    results = run_transfer(*arguments_from_dict(args))
+    selection = results.get("model_selection") or {}
+    return {"target": results["metrics"]["target"]["accuracy"],
+            "source": results["metrics"].get("source", {}).get("accuracy"),
+            "im_pick": selection.get("im", {}).get("target_accuracy"),
+            "oracle": selection.get("oracle", {}).get("target_accuracy"),
+            "seconds": time.time() - start}
+
+
+def fmt(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    mean = 100 * statistics.fmean(values)
+    return f"{mean:.1f} +- {100 * statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
+
+
+def table(pair: str, rows: dict, seeds, steps: int) -> str:
+    lines = [f"### {pair} ({steps} steps, seeds {list(seeds)})", "",
+             "| method | target acc | source acc | IM-picked target acc | oracle-picked | s/run |",
+             "|---|---|---|---|---|---|"]
+    for name, runs in rows.items():
+        lines.append(f"| {name} | {fmt([r['target'] for r in runs])} | {fmt([r['source'] for r in runs])} | "
+                     f"{fmt([r['im_pick'] for r in runs])} | {fmt([r['oracle'] for r in runs])} | "
+                     f"{statistics.fmean(r['seconds'] for r in runs):.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", nargs="+", default=["printed->handwritten"], choices=sorted(PAIRS))
+    parser.add_argument("--methods", nargs="+", default=[m[0] for m in METHODS])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--workdir", default="outputs/bench_da")
+    parser.add_argument("--out", default="benchmarks/results/domain_adaptation.md")
+    args = parser.parse_args(argv)
+    chosen = [m for m in METHODS if m[0] in args.methods]
+    sections, raw = [], {}
+    for pair in args.pairs:
+        rows: dict[str, list] = {}
+        for name, mode, method, extra in chosen:
+            for seed in args.seeds:
+                r = run_one(pair, name, mode, method, extra, seed, args.steps, args.workdir)
+                rows.setdefault(name, []).append(r)
+                print(f"[bench] {pair} {name} seed {seed}: target {100 * r['target']:.1f} ({r['seconds']:.0f} s)",
+                      flush=True)
+        raw[pair] = rows
+        sections.append(table(pair, rows, args.seeds, args.steps))
+    command = "python benchmarks/domain_adaptation.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = "\n\n".join(["# Domain adaptation on the built-in pairs", f"Command: `{command}`", *sections])
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(text + "\n")
+    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+        json.dump(raw, f, indent=2)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""PNG figures for model cards, drawn with Pillow only (no plotting dependency).
+
+- :func:`confusion_matrix_png`: a row-normalised heat map with the counts written in the cells.
+- :func:`training_curves_png`: the scalars of the Trainer's ``log_history`` (loss and the mode's own
+  terms such as ``cls_loss`` / ``transfer_loss``; eval accuracy when present) against the step.
+
+Both are deterministic for the same input (no timestamps), so re-pushing an unchanged run uploads
+nothing new.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from PIL import Image, ImageDraw, ImageFont
+
+_PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+_SKIP_KEYS = {"step", "epoch", "learning_rate", "grad_norm", "total_flos", "train_runtime", "train_samples_per_second",
+              "train_steps_per_second", "train_loss", "grl_coeff"}
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType sizing
+        return ImageFont.load_default()
+
+
+def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
+    box = draw.textbbox((0, 0), text, font=font)
+    return box[2] - box[0], box[3] - box[1]
+
+
+def _blues(x: float) -> tuple[int, int, int]:
+    x = min(max(x, 0.0), 1.0)
+    lo, hi = (247, 251, 255), (8, 48, 107)
+    return tuple(int(round(a + (b - a) * x)) for a, b in zip(lo, hi))
+
+
+def confusion_matrix_png(matrix: Sequence[Sequence[int]], labels: Sequence[str], path: str, title: str = "") -> str:
+    """Rows are true classes, columns predicted ones; colour = fraction of the row, text = count."""
+    n = len(labels)
+    font, small = _font(14), _font(11)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max([_text_size(probe, str(lab), font)[0] for lab in labels] + [20])
+    cell = max(28, min(56, 560 // max(n, 1)))
+    left, top = label_w + 40, 60 + label_w
+    width, height = left + n * cell + 20, top + n * cell + 40
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    if title:
+        draw.text((10, 8), title, fill="black", font=_font(16))
+    draw.text((left + n * cell // 2 - 30, top - label_w - 26), "predicted", fill="black", font=font)
+    draw.text((6, top + n * cell + 14), "rows: true class", fill="black", font=font)
+    for i, row in enumerate(matrix):
+        total = sum(row) or 1
+        for j, count in enumerate(row):
+            frac = count / total
+            x0, y0 = left + j * cell, top + i * cell
+            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=_blues(frac), outline=(220, 220, 220))
+            if count:
+                text = str(count)
+                tw, th = _text_size(draw, text, small)
+                draw.text((x0 + (cell - tw) / 2, y0 + (cell - th) / 2 - 1), text, font=small,
+                          fill="white" if frac > 0.5 else "black")
+    for k, lab in enumerate(labels):
+        tw, th = _text_size(draw, str(lab), font)
+        draw.text((left - tw - 8, top + k * cell + (cell - th) / 2 - 2), str(lab), fill="black", font=font)
+        # column labels, rotated
+        tag = Image.new("RGBA", (tw + 4, th + 6), (255, 255, 255, 0))
+        ImageDraw.Draw(tag).text((2, 0), str(lab), fill="black", font=font)
+        tag = tag.rotate(90, expand=True)
+        img.paste(tag, (left + k * cell + (cell - tag.width) // 2, top - tag.height - 6), tag)
+    img.save(path, format="PNG", optimize=True)
+    return path
+
+
+def curve_series(log_history: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """``{name: [(step, value), ...]}`` for every numeric scalar logged during training."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for entry in log_history or []:
+        step = entry.get("step")
+        if step is None:
+            continue
+        for key, value in entry.items():
+            if key in _SKIP_KEYS or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if key.endswith(("_runtime", "_samples_per_second", "_steps_per_second")) or not math.isfinite(value):
+                continue
+            series.setdefault(key, []).append((float(step), float(value)))
+    return {k: v for k, v in series.items() if v}
+
+
+def _panel(draw, box, series: dict[str, list[tuple[float, float]]], title: str, font, small) -> None:
+    x0, y0, x1, y1 = box
+    draw.text((x0, y0 - 22), title, fill="black", font=font)
+    draw.rectangle(box, outline=(120, 120, 120))
+    points = [p for s in series.values() for p in s]
+    if not points:
+        draw.text((x0 + 10, y0 + 10), "nothing logged", fill="gray", font=small)
+        return
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    xmin, xmax = min(xs), max(xs)
+    ymin, ymax = min(ys), max(ys)
+    if xmax == xmin:
+        xmax = xmin + 1
+    if ymax == ymin:
+        ymin, ymax = ymin - 0.5, ymax + 0.5
+    pad = (ymax - ymin) * 0.05
+    ymin, ymax = ymin - pad, ymax + pad
+
+    def to_px(x, y):
+        return (x0 + (x - xmin) / (xmax - xmin) * (x1 - x0), y1 - (y - ymin) / (ymax - ymin) * (y1 - y0))
+
+    for frac in (0.0, 0.5, 1.0):  # y ticks
+        y = ymin + frac * (ymax - ymin)
+        _, py = to_px(xmin, y)
+        draw.line([(x0, py), (x1, py)], fill=(235, 235, 235))
+        draw.text((x0 - 52, py - 7), f"{y:.3g}", fill="black", font=small)
+    for frac in (0.0, 0.5, 1.0):  # x ticks
+        x = xmin + frac * (xmax - xmin)
+        px, _ = to_px(x, ymin)
+        draw.text((px - 10, y1 + 4), f"{x:.0f}", fill="black", font=small)
+    draw.text(((x0 + x1) / 2 - 12, y1 + 18), "step", fill="black", font=small)
+    for k, (name, pts) in enumerate(sorted(series.items())):
+        colour = _PALETTE[k % len(_PALETTE)]
+        pix = [to_px(x, y) for x, y in sorted(pts)]
+        if len(pix) > 1:
+            draw.line(pix, fill=colour, width=2)
+        for px, py in pix if len(pix) <= 40 else []:
+            draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
+        draw.rectangle([x1 + 12, y0 + 6 + 18 * k, x1 + 24, y0 + 16 + 18 * k], fill=colour)
+        draw.text((x1 + 30, y0 + 3 + 18 * k), name, fill="black", font=small)
+
+
+def training_curves_png(log_history: list[dict], path: str, title: str = "Training curves") -> str | None:
+    """Losses in one panel, metrics (accuracy, F1, ...) in another. Returns None if nothing was logged."""
+    series = curve_series(log_history)
+    if not series:
+        return None
+    losses = {k: v for k, v in series.items() if "loss" in k}
+    others = {k: v for k, v in series.items() if "loss" not in k}
+    panels = [(losses, "losses")] + ([(others, "other logged values")] if others else [])
+    font, small = _font(15), _font(12)
+    pw, ph = 520, 260
+    width, height = 80 + pw + 220, 50 + len(panels) * (ph + 70)
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 8), title, fill="black", font=_font(16))
+    for i, (data, name) in enumerate(panels):
+        top = 70 + i * (ph + 70)
+        _panel(draw, (70, top, 70 + pw, top + ph), data, name, font, small)
+    img.save(path, format="PNG", optimize=True)
+    return path

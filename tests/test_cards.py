@@ -1,0 +1,198 @@
+"""Model cards: metadata through ModelCardData (model-index round trip, validate-yaml checks), the body
+that tells the transfer, figures, and updates that keep hand-written text. Offline; one tiny run."""
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import pytest
+
+pytest.importorskip("huggingface_hub")
+from huggingface_hub import ModelCard
+from huggingface_hub.repocard_data import model_index_to_eval_results
+
+from hf_transfer import cards
+from hf_transfer.testing.hub_server import card_metadata
+
+REPO = "user/digits-dann"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from hf_transfer.config import arguments_from_dict
+    from hf_transfer.run import run_transfer
+
+    out = tmp_path_factory.mktemp("card_run") / "dann"
+    a, t = arguments_from_dict(dict(
+        mode="domain", method="dann", backbone="test_resnet", source="builtin:digits-printed",
+        target="builtin:digits-handwritten", image_size=32, crop_pct=1.0, augment="light", output_dir=str(out),
+        max_steps=3, per_device_train_batch_size=8, max_train_samples=32, max_eval_samples=16, use_cpu=True,
+        report_to="none", save_strategy="no", eval_strategy="no", learning_rate=0.01, logging_steps=1,
+        disable_tqdm=True, dataloader_num_workers=0))
+    run_transfer(a, t)
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(run_dir):
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def _variant(results, **changes):
+    r = copy.deepcopy(results)
+    r.update(changes)
+    return r
+
+
+def _baseline(results, target_acc=0.05):
+    b = copy.deepcopy(results)
+    b["method"] = "source_only"
+    b["metrics"]["target"]["accuracy"] = target_acc
+    return b
+
+
+def test_metadata_and_model_index_round_trip(run_dir, results):
+    baseline = _baseline(results)
+    card = cards.render_card(run_dir, REPO, baseline_results=baseline)
+    text = str(card)
+    meta, errors = card_metadata(text)  # the test server's validate-yaml checks
+    assert errors == [] and meta is not None
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "image-classification"
+    assert {"hf-transfer", "domain-adaptation", "dann", "timm", "transfer-mode-domain"} <= set(meta["tags"])
+    # random init: no base_model (and the body says so); built-in data: no Hub dataset ids
+    assert "base_model" not in meta and "base_model_relation" not in meta and "datasets" not in meta
+    assert "random initialisation" in card.text and "no `base_model`" in card.text
+    assert "license" not in meta
+    # model-index: target + source, this model + the source-only baseline, accuracy + macro-F1
+    name, evals = model_index_to_eval_results(meta["model-index"])
+    assert name == "digits-dann"
+    assert cards.validate_card(text) == evals
+    by = {(e.dataset_name, e.metric_type, e.metric_config): e.metric_value for e in evals}
+    tacc = round(results["metrics"]["target"]["accuracy"], 4)
+    assert by[("builtin:digits-handwritten (target)", "accuracy", None)] == tacc
+    assert by[("builtin:digits-handwritten (target)", "accuracy", cards.BASELINE_CONFIG)] == 0.05
+    assert ("builtin:digits-printed (source)", "f1", "macro") in by
+    assert all(e.dataset_split == "test" and e.task_type == "image-classification" for e in evals)
+    # widget examples come from examples/
+    assert [w["src"].rsplit("/", 2)[-2:] for w in meta["widget"]][0][0] == "examples"
+    assert meta["widget"][0]["src"].startswith("https://huggingface.co/user/digits-dann/resolve/main/examples/")
+
+
+def test_body_tells_the_transfer(run_dir, results):
+    baseline = _baseline(results, target_acc=0.05)
+    upper = _variant(results, mode="task", method="full")
+    upper["metrics"] = {"target": {**results["metrics"]["target"], "accuracy": 0.99}}
+    text = cards.render_card(run_dir, REPO, baseline_results=baseline, upper_bound_results=upper).text
+    acc = 100 * results["metrics"]["target"]["accuracy"]
+    assert f"{acc:.1f}% accuracy" in text
+    assert f"{abs(acc - 5.0):.1f} points" in text and "source-only baseline (5.0%)" in text
+    assert "https://arxiv.org/abs/1505.07818" in text  # the method's paper
+    for heading in ("## How it was adapted", "## Data and label alignment", "## Training hyper-parameters",
+                    "## Results", "## Per-class accuracy", "## How to use it", "## Limitations",
+                    "## Reproduce this run", "## Framework versions"):
+        assert heading in text, heading
+    assert "source-only baseline |" in text and "upper bound: trained on target labels" in text
+    assert "10 shared classes" in text and "No class was dropped" in text
+    assert "| zero |" in text and "adamw_torch_fused" not in text or "optim" in text
+    assert 'timm.create_model("hf-hub:user/digits-dann", pretrained=True)' in text
+    assert 'pipeline("image-classification", model="user/digits-dann")' in text
+    assert "hf-transfer train --config train_config.yaml" in text
+    assert "OptimizerNames" not in text and "SchedulerType" not in text
+    assert "More information needed" not in text
+    for v in results["versions"].values():
+        assert v in text
+    # the reproduce block is valid YAML with the run's arguments
+    block = re.search(r"```yaml\n(.*?)```", text, re.DOTALL).group(1)
+    import yaml
+
+    cfg = yaml.safe_load(block)
+    assert cfg["mode"] == "domain" and cfg["method"] == "dann" and cfg["target"] == "builtin:digits-handwritten"
+    assert cfg["image_size"] == 32 and cfg["max_steps"] == 3
+
+
+def test_modes_and_hub_ids(run_dir, results):
+    hub = _variant(results, mode="task", method="full", source=None, base_model="org/backbone",
+                   backbone="org/backbone", target="org/target-ds@v1", label_alignment=None)
+    hub["metrics"] = {"target": results["metrics"]["target"]}
+    card = cards.render_card(run_dir, "user/ft", results=hub, license="apache-2.0", revision="dev")
+    meta = card_metadata(str(card))[0]
+    assert meta["base_model"] == "org/backbone" and meta["base_model_relation"] == "finetune"
+    assert meta["datasets"] == ["org/target-ds"] and meta["license"] == "apache-2.0" and "fine-tuning" in meta["tags"]
+    evals = cards.validate_card(str(card))
+    assert {e.dataset_type for e in evals} == {"org/target-ds"} and evals[0].dataset_revision == "v1"
+    assert "/resolve/dev/examples/" in meta["widget"][0]["src"] and 'revision="dev"' in card.text
+    assert "hf-hub:user/ft@dev" in card.text and "https://arxiv.org/abs/1411.1792" in card.text
+    feat = _variant(results, mode="feature", method="linear")
+    text = cards.render_card(run_dir, "user/probe", results=feat).text
+    assert "linear probe on the frozen features" in text and "https://arxiv.org/abs/1805.08974" in text
+    so = _variant(results, method="source_only", paper="")
+    text = cards.render_card(run_dir, "user/so", results=so).text
+    assert "*is* the source-only baseline" in text
+
+
+def test_update_keeps_hand_written_sections(run_dir, results):
+    first = str(cards.render_card(run_dir, REPO))
+    edited = first.replace("pipeline_tag: image-classification", "pipeline_tag: image-classification\nlanguage: en")
+    edited = edited.replace("<!-- hf-transfer:begin method -->",
+                            "## My notes\n\nHand-written, keep me.\n\n<!-- hf-transfer:begin method -->")
+    edited += "\n## Citation\n\nMine too.\n"
+    edited = edited.replace("## Limitations", "## Limitations (edited inside a generated section)")
+    better = _variant(results)
+    better["metrics"] = copy.deepcopy(results["metrics"])
+    better["metrics"]["target"]["accuracy"] = 0.777
+    merged = str(cards.merge_card(edited, cards.render_card(run_dir, REPO, results=better)))
+    assert "Hand-written, keep me." in merged and "## Citation\n\nMine too." in merged
+    assert merged.index("## My notes") < merged.index("## How it was adapted")
+    assert "77.7% accuracy" in merged and "(edited inside a generated section)" not in merged
+    meta = card_metadata(merged)[0]
+    assert meta["language"] == "en"
+    assert model_index_to_eval_results(meta["model-index"])[1][0].metric_value == 0.777
+    # idempotent, and a missing generated section comes back in place
+    again = str(cards.merge_card(merged, cards.render_card(run_dir, REPO, results=better)))
+    assert again == merged
+    gone = re.sub(r"<!-- hf-transfer:begin usage -->.*?<!-- hf-transfer:end usage -->\n", "", merged, flags=re.DOTALL)
+    back = cards.merge_body(gone, cards.render_card(run_dir, REPO, results=better).text)
+    assert back.index("## Per-class accuracy") < back.index("## How to use it") < back.index("## Limitations")
+    # a hand-written card without markers is kept below the generated one
+    plain = cards.merge_card("---\nlicense: mit\n---\n# Old card\n\nWritten by hand.\n", cards.render_card(run_dir, REPO))
+    assert "Written by hand." in str(plain) and plain.data.license == "mit"
+
+
+def test_write_card_and_figures(run_dir, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    text = cards.write_card(folder, REPO)
+    assert (folder / "README.md").read_text() == text
+    for name in (cards.CONFUSION_PNG, cards.CURVES_PNG):
+        with Image.open(folder / name) as im:
+            assert im.format == "PNG" and im.width > 200
+        assert f"]({name})" in text
+    assert (folder / cards.CONFIG_FILE).is_file()
+    ModelCard(text)
+    # a second write merges into the local README (hand-written text kept)
+    (folder / "README.md").write_text(text + "\n## Local notes\n\nkeep\n")
+    assert "## Local notes" in cards.write_card(folder, REPO)
+
+
+def test_validate_card_rejects_broken_metadata():
+    with pytest.raises(Exception):
+        cards.validate_card("---\nlicense: [unclosed\n---\nbody\n")
+    with pytest.raises(ValueError, match="library_name"):
+        cards.validate_card("---\nlibrary_name: [a, b]\npipeline_tag: image-classification\n---\nbody\n")
+
+
+def test_example_card_in_repo_is_valid():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "model_cards" / "examples" / "README.md"
+    if not example.is_file():
+        pytest.skip("no example card rendered yet")
+    text = example.read_text()
+    assert cards.validate_card(text) and card_metadata(text)[1] == []
+    for name in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text):
+        assert (example.parent / name).is_file(), name
