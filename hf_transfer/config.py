@@ -42,6 +42,12 @@ class TransferArguments:
     crop_pct: float | None = field(default=None, metadata={"help": "Override the backbone's eval crop fraction."})
     augment: str = field(default="standard", metadata={
         "help": "Training augmentation: standard (random resized crop + flip) | light (small shifts, no flip) | none."})
+    input_path: str = field(default="fast", metadata={
+        "help": "fast: decode images once into a uint8 cache and augment whole batches on the model's device "
+                "(exact resume); stock: torchvision PIL transforms per sample in the DataLoader.",
+        "choices": ("fast", "stock")})
+    decoded_cache_dir: str | None = field(default=None, metadata={
+        "help": "fast input path: where decoded images live (default $HF_TRANSFER_CACHE/decoded)."})
     freeze: str | None = field(default=None, metadata={
         "help": "task mode: comma-separated parameter groups to freeze (stem, stage_0, ..., neck, backbone)."})
     backbone_lr_scale: float = field(default=1.0, metadata={

@@ -60,15 +60,25 @@ class TransferModel(nn.Module):
     covers the classifier and e.g. a domain discriminator, and Trainer checkpoints carry both.
     """
 
-    def __init__(self, mode: "TransferMode", classifier: nn.Module, aux: dict[str, nn.Module] | None = None):
+    def __init__(self, mode: "TransferMode", classifier: nn.Module, aux: dict[str, nn.Module] | None = None,
+                 input_transform: nn.Module | None = None):
         super().__init__()
         self.classifier = classifier
         self.aux = nn.ModuleDict(aux or {})
+        # fast input path: uint8 batches are augmented + normalised here, on the model's device and
+        # inside the training step (so the Trainer's RNG checkpoint covers the augmentation draws)
+        self.input_transform = input_transform
         object.__setattr__(self, "_mode", mode)  # not a submodule: no recursion, not in state_dict
         self.config = getattr(classifier, "config", None)
 
+    def _prepare(self, pixels):
+        if pixels is not None and pixels.dtype == torch.uint8 and self.input_transform is not None:
+            return self.input_transform(pixels)
+        return pixels
+
     def forward(self, pixel_values=None, labels=None, target_pixel_values=None, features=None,
                 target_labels=None):
+        pixel_values, target_pixel_values = self._prepare(pixel_values), self._prepare(target_pixel_values)
         return self._mode.forward(self, pixel_values=pixel_values, labels=labels,
                                   target_pixel_values=target_pixel_values, features=features)
 

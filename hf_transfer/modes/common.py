@@ -6,6 +6,7 @@ import datasets
 import torch
 from torch import nn
 
+from ..data.fast import BatchAugment, DecodedImages, split_kind_for
 from ..data.paired import ImageDomainDataset
 from ..metrics import UNLABELLED
 from ..data.transforms import eval_transform, train_transform
@@ -18,9 +19,33 @@ def subset(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Dataset:
     return ds.shuffle(seed=seed).select(range(n))
 
 
-def train_images(mode, ds: datasets.Dataset, with_labels: bool = True) -> ImageDomainDataset:
+def _decoded(mode, ds: datasets.Dataset, kind: str, with_labels: bool = True) -> DecodedImages:
+    """Decode once (the main process first under DDP; the others then read the cache)."""
+    with mode.training_args.main_process_first(desc="decoding images"):
+        return DecodedImages(ds, mode.backbone.data_config, kind, cache_dir=mode.args.decoded_cache_dir,
+                             with_labels=with_labels)
+
+
+def train_images(mode, ds: datasets.Dataset, with_labels: bool = True):
+    """Training images: uint8 storage for the fast path (augmented in the model's forward), or
+    tensors through the stock per-sample PIL transforms."""
     ds = subset(ds, mode.args.max_train_samples, mode.training_args.seed)
+    if mode.args.input_path == "fast":
+        return _decoded(mode, ds, split_kind_for(mode.args.augment, train=True), with_labels)
     return ImageDomainDataset(ds, train_transform(mode.backbone.data_config, mode.args.augment), with_labels)
+
+
+def eval_dataset(mode, ds: datasets.Dataset):
+    if mode.args.input_path == "fast":
+        return _decoded(mode, ds, "eval")
+    return ImageDomainDataset(ds, eval_transform(mode.backbone.data_config))
+
+
+def input_transform(mode) -> BatchAugment | None:
+    """The on-device augmentation + normalisation of the fast path (None for the stock path)."""
+    if mode.args.input_path != "fast":
+        return None
+    return BatchAugment(mode.backbone.data_config, mode.args.augment)
 
 
 def eval_splits(mode) -> dict[str, datasets.Dataset]:
@@ -31,9 +56,8 @@ def eval_splits(mode) -> dict[str, datasets.Dataset]:
     return {k: subset(v, mode.args.max_eval_samples, mode.training_args.seed) for k, v in splits.items()}
 
 
-def eval_images(mode) -> dict[str, ImageDomainDataset]:
-    tf = eval_transform(mode.backbone.data_config)
-    return {name: ImageDomainDataset(ds, tf) for name, ds in eval_splits(mode).items()}
+def eval_images(mode) -> dict:
+    return {name: eval_dataset(mode, ds) for name, ds in eval_splits(mode).items()}
 
 
 def freeze_batchnorm_of_frozen(model: nn.Module) -> None:

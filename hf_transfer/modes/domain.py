@@ -21,7 +21,7 @@ from ..features import extract_features
 from ..metrics import UNLABELLED
 from ..losses import LOSSES, adapt_batchnorm, build_loss
 from .base import TransferMode, TransferModel, register_mode
-from .common import classification_loss, eval_images, subset, train_images
+from .common import classification_loss, eval_dataset, eval_images, input_transform, subset, train_images
 
 
 @register_mode("domain")
@@ -41,7 +41,8 @@ class DomainMode(TransferMode):
             raise TransferConfigError(f"method={args.method!r}, method_args={args.method_args}: {err}") from err
 
     def build_model(self) -> TransferModel:
-        return TransferModel(self, self.backbone.model, aux={"transfer": self.transfer_loss})
+        return TransferModel(self, self.backbone.model, aux={"transfer": self.transfer_loss},
+                             input_transform=input_transform(self))
 
     def train_dataset(self):
         source = train_images(self, self.data.source["train"])
@@ -57,7 +58,7 @@ class DomainMode(TransferMode):
         """Target TRAIN images with their labels hidden (-1): for unsupervised checkpoint selection."""
         target = subset(self.data.target["train"], self.args.max_eval_samples, self.training_args.seed)
         hidden = target.remove_columns("label").add_column("label", [UNLABELLED] * len(target))
-        return {"target_unlabelled": ImageDomainDataset(hidden, eval_transform(self.backbone.data_config))}
+        return {"target_unlabelled": eval_dataset(self, hidden)}
 
     def domain_gap(self, max_samples: int = 500) -> dict:
         """Proxy A-distance and MMD between source and target TEST features of the current backbone."""
