@@ -7,20 +7,18 @@ user's cwd). One compute gives accuracy, macro-F1, per-class accuracy and the co
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import datasets
 import evaluate
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score
 
+from .cache import cache_path
+
 
 def _cache_dir() -> str:
-    root = os.environ.get("HF_TRANSFER_CACHE") or os.path.join(tempfile.gettempdir(), "hf_transfer")
-    path = os.path.join(root, "metrics")
-    os.makedirs(path, exist_ok=True)
-    return path
+    path = cache_path("metrics")
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
 
 
 class TransferClassificationMetric(evaluate.Metric):

@@ -40,6 +40,8 @@ import numpy as np
 
 import datasets
 
+from ..cache import cache_path
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -122,16 +124,9 @@ _LONG_DESCRIPTIONS = {
 
 
 def builtin_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where generated domains are cached.
-
-    ``cache_dir`` if given, else ``$HF_TRANSFER_CACHE/builtin``, else ``~/.cache/hf_transfer/builtin``.
-    """
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("HF_TRANSFER_CACHE")
-    if env:
-        return Path(env).expanduser() / "builtin"
-    return Path.home() / ".cache" / "hf_transfer" / "builtin"
+    """Where generated domains are cached: ``cache_dir`` if given, else ``<cache root>/builtin``
+    (``$HF_TRANSFER_CACHE/builtin`` or ``~/.cache/hf_transfer/builtin``)."""
+    return cache_path("builtin", cache_dir)
 
 
 def _resolve_name(name: str) -> str:

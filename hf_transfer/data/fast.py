@@ -94,6 +94,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cache import cache_path
+
 from ..errors import TransferConfigError
 from .transforms import AUGMENTATIONS, DataConfig
 
@@ -127,12 +129,7 @@ _GRID_MODES = ("bilinear", "bicubic", "nearest")
 
 def decoded_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """``cache_dir`` if given, else ``$HF_TRANSFER_CACHE/decoded``, else ``~/.cache/hf_transfer/decoded``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("HF_TRANSFER_CACHE")
-    if env:
-        return Path(env).expanduser() / "decoded"
-    return Path.home() / ".cache" / "hf_transfer" / "decoded"
+    return cache_path("decoded", cache_dir)
 
 
 def split_kind_for(augment: str, train: bool) -> str:
