@@ -36,9 +36,17 @@ from .backbones import Backbone
 from .cache import cache_path
 from .data.paired import collate_images
 from .data.transforms import eval_transform, make_batch_transform
+from .errors import TransferConfigError
 
 logger = logging.getLogger(__name__)
 CACHE_VERSION = "1"
+INPUT_PATHS = ("stock", "fast")
+
+
+def _check_input_path(input_path: str) -> str:
+    if input_path not in INPUT_PATHS:
+        raise TransferConfigError(f"input_path must be one of {INPUT_PATHS}, got {input_path!r}.")
+    return input_path
 
 
 def default_cache_dir() -> str:
@@ -83,7 +91,8 @@ def extract_features(backbone: Backbone, dataset, batch_size: int = 256, device:
     ``input_path="stock"`` (default): PIL eval transform per image. ``"fast"``: decode once into a
     :class:`~hf_transfer.data.fast.DecodedImages` ``"eval"`` cache under ``decoded_cache_dir``
     (``num_workers`` decoding processes; a later call reuses it), then normalise whole batches on
-    ``device`` (see the module doc). ``num_workers`` also sets the DataLoader's workers.
+    ``device`` (see the module doc). ``num_workers`` also sets the DataLoader's workers (for the
+    fast path: none on the CPU, at most 4 on CUDA, where they only copy from the memmap).
     ``amp_dtype`` (e.g. ``torch.bfloat16`` on CUDA): run the backbone under autocast (default:
     full precision). Rows without a ``label`` column get label -1.
     """
@@ -123,8 +132,11 @@ def _fast_loader(backbone: Backbone, dataset, batch_size: int, device: torch.dev
 
     decoded = DecodedImages(dataset, backbone.data_config, "eval", cache_dir=decoded_cache_dir,
                             with_labels="label" in dataset.column_names, num_workers=num_workers)
+    # reading the memmap is a copy: on the CPU the main process does it (workers would only add their
+    # start-up and compete with the backbone); on CUDA a few workers overlap it with the GPU
+    cuda = device.type == "cuda"
     loader = DataLoader(decoded, batch_size=batch_size, shuffle=False, collate_fn=collate_decoded,
-                        num_workers=num_workers, pin_memory=device.type == "cuda")
+                        num_workers=min(num_workers, 4) if cuda else 0, pin_memory=cuda)
     augment = BatchAugment(backbone.data_config, "none").eval().to(device)
     return loader, augment
 

@@ -41,7 +41,9 @@ class FeatureMode(TransferMode):
             raise TransferConfigError(
                 f"mode=feature: unknown method {args.method!r}; available: {list(FEATURE_METHODS)}.")
         self.frozen_groups = [g for g in backbone.param_groups() if g != "head"]
-        self.cache = FeatureCache(args.feature_cache_dir)
+        self.cache = FeatureCache(
+            args.feature_cache_dir, input_path=args.input_path, decoded_cache_dir=args.decoded_cache_dir,
+            amp_dtype=torch.bfloat16 if training_args.bf16 else None)
         self.cache_files: dict[str, str] = {}
         self._features: dict[str, FeatureDataset] = {}
 
