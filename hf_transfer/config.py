@@ -62,6 +62,8 @@ class TransferArguments:
     feature_cache_dir: str | None = field(default=None, metadata={
         "help": "feature mode: where cached features live (default $HF_TRANSFER_CACHE/features)."})
     feature_batch_size: int = field(default=256, metadata={"help": "Batch size of the feature extraction pass."})
+    hub_create_pr: bool = field(default=False, metadata={
+        "help": "With --push_to_hub: open a pull request on the Hub repo instead of committing to the branch."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code from the Hub (off by default)."})
     # --- task adaptation strategies (mode=task; see hf_transfer.strategies, regularizers, adapters) ---
     unfreeze_every: float | None = field(default=None, metadata={

@@ -246,7 +246,7 @@ def run_transfer(args: TransferArguments, training_args, callbacks=None) -> dict
         push_run(training_args.output_dir,
                  training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir)),
                  private=training_args.hub_private_repo, revision=training_args.hub_revision,
-                 token=training_args.hub_token)
+                 create_pr=args.hub_create_pr, token=training_args.hub_token)
     return results
 
 

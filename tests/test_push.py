@@ -290,3 +290,18 @@ def test_end_to_end_hub_datasets_backbone_train_push_and_fresh_load(hub_server, 
     """, timeout=240)
     worst = float(proc.stdout.split("WORST")[-1])
     assert worst < 1e-4, proc.stdout
+
+
+def test_training_push_can_open_a_pull_request(hub_server, run_copy, tmp_path):
+    """--push_to_hub with --hub_create_pr: the finished run lands on refs/pr/N, main is untouched."""
+    from hf_transfer.config import arguments_from_dict
+    from hf_transfer.run import run_transfer
+
+    push_run(run_copy, "user/pr-target")
+    main_head = hub_server.head("user/pr-target")
+    a, t = arguments_from_dict(dict(mode="task", method="full", backbone="test_resnet",
+                                    target="builtin:digits-handwritten", output_dir=str(tmp_path / "pr"),
+                                    push_to_hub=True, hub_model_id="user/pr-target", hub_create_pr=True, **TINY))
+    run_transfer(a, t)
+    assert hub_server.head("user/pr-target") == main_head
+    assert "model.safetensors" in hub_server.files("user/pr-target", revision="refs/pr/1")
