@@ -31,7 +31,7 @@ from ..strategies.groups import freeze_parameters, resolve_frozen_groups, select
 from ..strategies.lr import group_learning_rates, optimizer_groups_by_name
 from ..strategies.unfreeze import GradualUnfreezing
 from .base import TransferMode, TransferModel, register_mode
-from .common import classification_loss, eval_images, freeze_batchnorm_of_frozen, train_images
+from .common import classification_loss, eval_images, freeze_batchnorm_of_frozen, input_transform, train_images
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class TaskMode(TransferMode):
         return [self.unfreezing] if self.unfreezing is not None else []
 
     def build_model(self) -> TransferModel:
-        return TransferModel(self, self.backbone.model)
+        return TransferModel(self, self.backbone.model, input_transform=input_transform(self))
 
     def train_dataset(self):
         ds = self.data.target["train"]

@@ -1,0 +1,198 @@
+"""LoRA through PEFT: per-architecture targets, and adapter folders that load with one call each
+(AutoModelForImageClassification, PeftModel, pipeline) with the trained logits and the real labels."""
+
+import json
+import os
+import warnings
+
+import pytest
+import torch
+from packaging import version
+from PIL import Image
+
+from hf_transfer.adapters import (ADAPTER_INFO, NotPortableWarning, default_target_modules, load_adapter_model,
+                                  resolve_target_modules)
+from hf_transfer.backbones import load_backbone
+from hf_transfer.config import arguments_from_dict
+from hf_transfer.errors import TransferConfigError
+from hf_transfer.export import export_model
+from hf_transfer.run import run_transfer
+
+TARGET = "builtin:digits-handwritten"
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def make_base(folder, labels=DIGITS) -> str:
+    torch.manual_seed(0)
+    export_model(load_backbone("test_resnet", labels, image_size=32, crop_pct=1.0), str(folder))
+    return str(folder)
+
+
+def lora_args(backbone, out, **overrides) -> dict:
+    args = dict(mode="task", method="lora", backbone=backbone, target=TARGET, image_size=32, crop_pct=1.0,
+                augment="light", output_dir=str(out), max_steps=3, per_device_train_batch_size=16,
+                per_device_eval_batch_size=64, max_train_samples=48, max_eval_samples=16, use_cpu=True,
+                report_to="none", save_strategy="no", eval_strategy="no", learning_rate=0.1, optim="sgd", seed=0,
+                disable_tqdm=True, dataloader_num_workers=0, lora_r=4)
+    args.update(overrides)
+    return args
+
+
+def reference(out):
+    """(an image, the trained model's probabilities on it) as written by the run."""
+    ref = json.load(open(os.path.join(out, "reference_predictions.json")))[0]
+    image = Image.open(os.path.join(out, ref["file"])).convert("RGB")
+    return image, torch.tensor([ref["scores"][name] for name in DIGITS])
+
+
+def pixel_values(base, image):
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(base)(image, return_tensors="pt")["pixel_values"]
+
+
+def test_default_targets_per_architecture():
+    from transformers import ConvNextConfig, ConvNextForImageClassification, ViTConfig, ViTForImageClassification
+
+    def targets(model, head):
+        return default_target_modules(model, head)
+
+    vit = load_backbone("test_vit", ["a", "b"])
+    names, rule = targets(vit.model, vit.head_name)
+    assert {n.rsplit(".", 1)[-1] for n in names} == {"qkv", "proj"} and all(".attn." in n for n in names)
+    cnx = load_backbone("test_convnext", ["a", "b"])
+    names, rule = targets(cnx.model, cnx.head_name)
+    assert names and {n.rsplit(".", 1)[-1] for n in names} <= {"fc1", "fc2"} and "ConvNeXt" in rule
+    res = load_backbone("test_resnet", ["a", "b"])
+    names, _ = targets(res.model, res.head_name)
+    assert names and all(isinstance(res.model.get_submodule(n), torch.nn.Conv2d) for n in names)
+    hf_vit = ViTForImageClassification(ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                                 intermediate_size=16, image_size=16, patch_size=8, num_labels=2))
+    names, _ = targets(hf_vit, "classifier")
+    assert {n.rsplit(".", 1)[-1] for n in names} == {"q_proj", "v_proj"}
+    hf_cnx = ConvNextForImageClassification(ConvNextConfig(num_stages=2, depths=[1, 1], hidden_sizes=[8, 16],
+                                                           num_labels=2))
+    names, _ = targets(hf_cnx, "classifier")
+    assert {n.rsplit(".", 1)[-1] for n in names} == {"pwconv1", "pwconv2"}
+    # overridable; a name that matches nothing is an error; the head is never a target
+    names, rule = resolve_target_modules(vit.model, vit.head_name, "qkv")
+    assert all(n.endswith(".qkv") for n in names) and rule == "user: qkv"
+    assert resolve_target_modules(hf_vit, "classifier", "re:.*layers\\.0\\..*q_proj")[0] == \
+        ["vit.layers.0.attention.q_proj"]
+    with pytest.raises(TransferConfigError, match="matches no Linear/Conv"):
+        resolve_target_modules(vit.model, vit.head_name, "query_key")
+    with pytest.raises(TransferConfigError, match="matches no Linear/Conv"):
+        resolve_target_modules(res.model, res.head_name, "fc")
+
+
+def test_lora_adapter_round_trip_three_loaders_and_merge(tmp_path):
+    from peft import PeftModel
+    from safetensors import safe_open
+    from transformers import AutoModelForImageClassification, pipeline
+
+    base = make_base(tmp_path / "base")
+    out = str(tmp_path / "adapter")
+    with pytest.warns(NotPortableWarning, match="local folder"):
+        results = run_transfer(*arguments_from_dict(lora_args(base, out, merge_adapter=True, k_shot=3)))
+    info = json.load(open(os.path.join(out, ADAPTER_INFO)))
+    config = json.load(open(os.path.join(out, "adapter_config.json")))
+    assert config["base_model_name_or_path"] == os.path.abspath(base)  # absolute, never relative
+    assert info["self_sufficient"] is True and info["label_names"] == DIGITS and not info["portable"]
+    assert results["adapter"]["adapter_bytes"] == os.path.getsize(os.path.join(out, "adapter_model.safetensors"))
+    assert results["strategies"]["k_shot"] == 3 and results["trainable_parameters"] < results["total_parameters"]
+    assert not os.path.exists(os.path.join(out, "config.json"))  # it would make loaders look for full weights here
+    with safe_open(os.path.join(out, "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any("lora_A" in k for k in keys) and any(k.endswith("timm_model.fc.weight") for k in keys)  # head saved
+
+    image, probs = reference(out)
+    x = pixel_values(base, image)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auto = AutoModelForImageClassification.from_pretrained(out).eval()
+        peft = PeftModel.from_pretrained(AutoModelForImageClassification.from_pretrained(base), out).eval()
+        merged = AutoModelForImageClassification.from_pretrained(os.path.join(out, "merged")).eval()
+        pipe = pipeline("image-classification", model=out, top_k=10)
+    with torch.no_grad():
+        logits = {name: m(pixel_values=x).logits[0] for name, m in
+                  [("auto", auto), ("peft", peft), ("merged", merged)]}
+    for name, value in logits.items():
+        torch.testing.assert_close(value.softmax(-1), probs, atol=1e-5, rtol=1e-4, msg=name)
+    torch.testing.assert_close(logits["auto"], logits["peft"])
+    assert auto.config.id2label[3] == "three" and merged.config.id2label[3] == "three"
+    scores = {r["label"]: r["score"] for r in pipe(image)}
+    assert set(scores) == set(DIGITS)
+    torch.testing.assert_close(torch.tensor([scores[n] for n in DIGITS]), probs, atol=1e-5, rtol=1e-4)
+
+
+def test_lora_hub_base_records_hub_id(tmp_path, hub_server):
+    from huggingface_hub import HfApi
+    from transformers import AutoModelForImageClassification, pipeline
+
+    base = make_base(tmp_path / "base")
+    HfApi().create_repo("user/digits-base")
+    HfApi().upload_folder(folder_path=base, repo_id="user/digits-base")
+    out = str(tmp_path / "adapter")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotPortableWarning)
+        run_transfer(*arguments_from_dict(lora_args("user/digits-base", out, max_steps=2)))
+    assert json.load(open(os.path.join(out, "adapter_config.json")))["base_model_name_or_path"] == "user/digits-base"
+    image, probs = reference(out)
+    model = AutoModelForImageClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        got = model(pixel_values=pixel_values("user/digits-base", image)).logits[0].softmax(-1)
+    torch.testing.assert_close(got, probs, atol=1e-5, rtol=1e-4)
+    top = pipeline("image-classification", model=out)(image)[0]
+    assert top["label"] == DIGITS[int(probs.argmax())]
+
+
+def test_base_with_other_labels_is_reported_and_loads_with_helper(tmp_path, caplog):
+    base = make_base(tmp_path / "base", labels=["x", "y", "z"])
+    out = str(tmp_path / "adapter")
+    with pytest.warns(NotPortableWarning):
+        run_transfer(*arguments_from_dict(lora_args(base, out, max_steps=2)))
+    info = json.load(open(os.path.join(out, ADAPTER_INFO)))
+    assert info["self_sufficient"] is False and "labels" in info["reasons"][0]
+    assert "load_adapter_model" in caplog.text
+    image, probs = reference(out)
+    model = load_adapter_model(out).eval()
+    with torch.no_grad():
+        got = model(pixel_values=pixel_values(base, image)).logits[0].softmax(-1)
+    torch.testing.assert_close(got, probs, atol=1e-5, rtol=1e-4)
+    assert model.config.id2label[9] == "nine"
+
+
+def test_lora_needs_pretrained_base_and_excludes_other_strategies(tmp_path):
+    with pytest.raises(TransferConfigError, match="random-init"):
+        run_transfer(*arguments_from_dict(lora_args("test_resnet", tmp_path / "o")))
+    base = make_base(tmp_path / "base")
+    with pytest.raises(TransferConfigError, match="method=lora trains only"):
+        run_transfer(*arguments_from_dict(lora_args(base, tmp_path / "o", regularizer="l2sp")))
+
+
+def _peft_pair_compatible() -> bool:
+    import peft
+    from transformers.integrations.peft import MIN_PEFT_VERSION
+
+    return version.parse(peft.__version__) >= version.parse(MIN_PEFT_VERSION)
+
+
+def test_transformers_peft_integration_apis(tmp_path):
+    """The transformers-side adapter APIs on an auto-loaded adapter check MIN_PEFT_VERSION: they work with
+    a compatible transformers/peft pair (transformers 5.23 + peft 0.21.2) and raise with transformers 5.24 +
+    peft 0.21.2; loading, PeftModel and pipeline (tested above) work with both."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageClassification
+
+    base = make_base(tmp_path / "base")
+    model = AutoModelForImageClassification.from_pretrained(base)
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["conv2"], modules_to_save=["fc"]))
+    peft_model.save_pretrained(tmp_path / "ad")
+    auto = AutoModelForImageClassification.from_pretrained(tmp_path / "ad")
+    if not _peft_pair_compatible():
+        with pytest.raises(ValueError, match="version of PEFT"):
+            auto.active_adapters()
+        pytest.xfail("installed transformers asks for a newer peft (MIN_PEFT_VERSION): pin transformers<5.24")
+    assert auto.active_adapters() == ["default"]
+    auto.set_adapter("default")
+    auto.save_pretrained(tmp_path / "again")
