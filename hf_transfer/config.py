@@ -29,7 +29,7 @@ class TransferArguments:
     source: str | None = field(default=None, metadata={"help": "Source dataset spec (labelled), required by "
                                                                "mode=domain."})
     method: str | None = field(default=None, metadata={
-        "help": "domain: source_only | dann | cdan | dan | coral | mcc | ... ; task: full (default) | partial | linear."})
+        "help": "domain: source_only | dann | cdan | dan | coral | mcc | ... ; task: full (default) | partial | linear | lora."})
     method_args: dict | str | None = field(default=None, metadata={
         "help": "Keyword arguments of the method as a dict (YAML) or JSON string, e.g. '{\"hold\": 0.15}'."})
     trade_off: float = field(default=1.0, metadata={"help": "Weight of the transfer loss (domain mode)."})

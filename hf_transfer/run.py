@@ -182,7 +182,7 @@ def prepare_run(args: TransferArguments, training_args, callbacks=None) -> Prepa
         model=model, args=training_args, train_dataset=mode.train_dataset(),
         eval_dataset={**eval_sets, **mode.unlabelled_eval_datasets()},
         data_collator=mode.collate, compute_metrics=scalar_metrics_fn(len(data.label_names)),
-        transfer_mode=mode, callbacks=callbacks,
+        transfer_mode=mode, callbacks=[*(callbacks or []), *mode.callbacks()],
     )
     return PreparedRun(args, training_args, data, backbone, mode, model, eval_sets, trainer, resume)
 

@@ -128,6 +128,10 @@ class TransferMode:
         """One group per trainable parameter set; no weight decay on biases and norms."""
         return _decay_split([p for p in model.parameters() if p.requires_grad], model, lr, weight_decay)
 
+    def callbacks(self) -> list:
+        """TrainerCallbacks the mode needs (e.g. gradual unfreezing: *when*, beside the mode's *what*)."""
+        return []
+
     def on_train_mode(self, model: TransferModel) -> None:
         """Called after ``model.train()``: e.g. keep BatchNorm of frozen groups in eval mode."""
 
