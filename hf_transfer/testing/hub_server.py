@@ -638,6 +638,15 @@ class HubTestServer:
             patch(hc, "HF_XET_CACHE", str(home / "xet"))
             patch(hc, "HF_ASSETS_CACHE", str(home / "assets"))
             patch(hf_api.api, "endpoint", self.url)
+            # transformers keeps its own module-level HfApi (transformers.utils.hub.hf_api()), created
+            # on first use with the endpoint of that moment: point it here too, or a push made after
+            # an earlier server stopped goes to a dead port
+            try:
+                import transformers.utils.hub as tf_hub
+            except ImportError:
+                tf_hub = None
+            if tf_hub is not None and hasattr(tf_hub, "_hf_api"):
+                patch(tf_hub, "_hf_api", None)
             huggingface_hub.HfFileSystem.clear_instance_cache()
             if "datasets" in sys.modules or importlib.util.find_spec("datasets") is not None:
                 import datasets.config as dc
