@@ -36,6 +36,7 @@ import datasets
 import numpy as np
 import torch
 
+from _measure import mb as _mb, reset_peak as _reset_peak, status_kb as _status_kb, sync as _sync  # noqa: E402
 from hf_transfer.data.builtin import load_builtin
 from hf_transfer.data.fast import AugmentingCollate, BatchAugment, DecodedImages
 from hf_transfer.data.paired import ImageDomainDataset, collate_images
@@ -45,28 +46,7 @@ from hf_transfer.data.transforms import DataConfig, eval_transform, train_transf
 # memory
 
 
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
-
-def _status_kb(pid: int | str, field: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _mb(kb: int | None) -> float | None:
-    return None if kb is None else round(kb / 1024, 1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -105,10 +85,6 @@ def synthetic_jpegs(n: int, folder: str, seed: int = 0, height: int = 256, width
 # ------------------------------------------------------------------------------------------
 # measurement
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run_loader(dataset, batch_size: int, num_workers: int, device: torch.device, max_images: int,

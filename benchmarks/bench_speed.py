@@ -72,6 +72,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 import torch
+from _measure import mb as _mb, reset_peak as _reset_peak, status_kb as _status_kb, sync as _sync
 
 CPU_CASES = ("finetune:test_resnet@64:digits,finetune:test_resnet@64:jpeg,finetune:test_vit@160:jpeg,"
              "probe:test_resnet@64:digits,probe:test_resnet@64:jpeg,"
@@ -86,28 +87,7 @@ CROP_PCT = 0.875  # the stock eval recipe's Resize(int(size / 0.875)); ours gets
 # memory
 
 
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
-
-def _status_kb(pid, field: str = "VmHWM") -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _mb(kb) -> float | None:
-    return None if kb is None else round(kb / 1024, 1)
 
 
 def _children_pss_mb() -> float:
@@ -158,10 +138,6 @@ class Memory:
 # ------------------------------------------------------------------------------------------
 # timing helpers
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @contextlib.contextmanager
