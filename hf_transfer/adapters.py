@@ -35,7 +35,6 @@ import shutil
 import tempfile
 import warnings
 
-import torch
 from torch import nn
 
 from .backbones import Backbone, _data_config_from_processor, _data_config_from_timm_cfg

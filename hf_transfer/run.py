@@ -255,6 +255,3 @@ def summarize(results: dict) -> str:
     parts = [f"{dom} acc {v['accuracy']:.4f} (macro-F1 {v['macro_f1']:.4f})" for dom, v in m.items()]
     return f"{results['mode']}/{results['method']}: " + ", ".join(parts)
 
-
-def dump(results: dict) -> str:
-    return json.dumps(results, indent=2, default=str)
