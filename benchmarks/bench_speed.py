@@ -24,9 +24,11 @@ Three kinds of case (``--cases``, comma list of ``<kind>:<timm architecture>@<in
     ``frozen`` section. ours = feature mode (one extraction pass over train + test, then the head
     trained on cached features for the same epochs). Total wall time, setup included, for both
     arms (setup = data subset + model + Trainer; for ours everything ``prepare_run`` does,
-    extraction included). A third arm, ``ours+fastx``, is feature mode with the fast extraction
-    path of hf_transfer.features (decoded cache, ``--workers`` decoding processes, bf16 on CUDA),
-    patched in here because feature mode does not wire it yet.
+    extraction included; as shipped: the fast input path, decoded in-process with
+    ``dataloader_num_workers=0``, features streamed to a memory-mapped cache). A third arm,
+    ``ours+fastx``, is the same with the one-time decode in ``--workers`` processes (what
+    ``--dataloader_num_workers N`` does in feature mode; patched in here so that the head training's
+    DataLoader keeps no workers in both arms).
 ``extract`` (one inference pass for feature caching)
     stock = the anchor's ``extract`` section (stock eval transforms in ``set_transform``, a
     DataLoader with ``--workers`` workers, ``timm`` model without head, bf16 autocast on CUDA);
@@ -391,7 +393,7 @@ def ours_finetune_arm(args, device, data, arch, size, dname, n):
     t0 = time.perf_counter()
     targs = _ours_arguments(args, device, data, arch, size, dname, "task", n,
                             os.path.join(data.work, "out_ours"), input_path="fast", augment="standard",
-                            max_steps=args.warmup + args.steps)
+                            max_steps=args.warmup + args.steps, channels_last=args.channels_last)
     clock = make_clock(device, memory)
     torch.manual_seed(args.seed)
     with timed_calls(DecodedImages, "_build", decode_times):
@@ -399,9 +401,6 @@ def ours_finetune_arm(args, device, data, arch, size, dname, n):
     _quiet(run.trainer)
     options = {"bf16": args.bf16, "channels_last": args.channels_last, "compile": args.compile,
                "augment_impl": "grid" if device.type == "cuda" else "loop"}
-    if args.channels_last:
-        run.model.classifier.to(memory_format=torch.channels_last)
-        run.model.input_transform.channels_last = True
     if args.compile:
         run.model.classifier.timm_model.compile()  # in place: the wrapper calls timm_model(...)
     setup_s = time.perf_counter() - t0
@@ -419,8 +418,6 @@ def ours_finetune_arm(args, device, data, arch, size, dname, n):
 
 
 def ours_probe_arm(args, device, data, arch, size, dname, n, fast_extraction: bool):
-    import functools
-
     import hf_transfer.modes.feature as feature_mode
     from hf_transfer import features
     from hf_transfer.run import prepare_run
@@ -431,14 +428,16 @@ def ours_probe_arm(args, device, data, arch, size, dname, n, fast_extraction: bo
     out_dir = tempfile.mkdtemp(prefix="out_probe_fastx_" if fast_extraction else "out_probe_", dir=data.work)
     t0 = time.perf_counter()
     targs = _ours_arguments(args, device, data, arch, size, dname, "feature", n, out_dir,
-                            num_train_epochs=args.probe_epochs, dataloader_num_workers=0)
+                            num_train_epochs=args.probe_epochs, dataloader_num_workers=0,
+                            decoded_cache_dir=os.path.join(out_dir, "decoded"))  # cold in every repeat
     clock = make_clock(device, memory)
     torch.manual_seed(args.seed)
     cache_cls = feature_mode.FeatureCache
-    if fast_extraction:  # what wiring input_path into feature mode would do (not wired there yet)
-        cache_cls = functools.partial(
-            features.FeatureCache, input_path="fast", decoded_cache_dir=os.path.join(out_dir, "decoded"),
-            num_workers=args.workers, amp_dtype=torch.bfloat16 if args.bf16 else None)
+    if fast_extraction:  # decode in --workers processes; the head's DataLoader stays without workers
+        class cache_cls(features.FeatureCache):
+            def __init__(self, *a, **k):
+                super().__init__(*a, **{**k, "input_path": "fast", "num_workers": args.workers,
+                                        "decoded_cache_dir": os.path.join(out_dir, "decoded")})
     with memory:
         with timed_calls(features.FeatureCache, "get_or_compute", extract_times), \
                 _patched(feature_mode, "FeatureCache", cache_cls):
@@ -453,7 +452,8 @@ def ours_probe_arm(args, device, data, arch, size, dname, n, fast_extraction: bo
     del run
     return {"setup_s": round(setup_s, 2), "extract_s": round(sum(extract_times), 2),
             "head_train_s": round(train_s, 2), "total_s": round(setup_s + train_s, 2), "images": n_train,
-            "extraction": "fast (decoded cache)" if fast_extraction else "as shipped (stock PIL, no workers)",
+            "extraction": (f"fast, decode in {args.workers} processes" if fast_extraction
+                           else "as shipped (fast, decode in-process)"),
             **memory.as_dict()}
 
 

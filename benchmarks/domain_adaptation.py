@@ -8,6 +8,15 @@ source_only + AdaBN, then each alignment method. Columns: target test accuracy m
 seeds, source test accuracy, the accuracy of the checkpoint each unsupervised validator (IM on
 unlabelled target TRAIN images) would pick, and wall time per run. Everything runs on CPU through
 the same Trainer as the CLI (no special benchmark loop).
+
+Selected arms only (e.g. the shared options: bottleneck, trade-off schedules), appended to an
+existing table instead of rewriting it:
+
+    python benchmarks/domain_adaptation.py --methods dan+bottleneck64 dann+dann_schedule \
+        --seeds 0 1 2 --steps 600 --append --out benchmarks/results/domain_adaptation.md
+
+``--methods`` takes row names of ``METHODS`` (the default table) and of ``ARMS`` (extra variants
+that are not part of the default table).
 """
 
 from __future__ import annotations
@@ -35,6 +44,16 @@ METHODS = [
     ("mcc", "domain", "mcc", {}),
     ("im", "domain", "im", {"trade_off": 0.3}),
     ("pseudo_label", "domain", "pseudo_label", {"method_args": {"threshold": 0.95}}),
+]
+# Variants with the options every method shares; run them with --methods NAME (not in the default table)
+ARMS = [
+    ("dan+bottleneck64", "domain", "dan", {"bottleneck_dim": 64}),
+    ("dann+dann_schedule", "domain", "dann", {"method_args": {"hold": 0.15}, "trade_off_schedule": "dann"}),
+    ("pseudo_label+warmup0.5", "domain", "pseudo_label",
+     {"method_args": {"threshold": 0.95}, "trade_off_schedule": "linear", "trade_off_warmup": 0.5}),
+    ("cdan+e+bottleneck64", "domain", "cdan",
+     {"method_args": {"hold": 0.15, "entropy_conditioning": True}, "bottleneck_dim": 64}),
+    ("dan+target_ratio2", "domain", "dan", {"target_batch_ratio": 2.0}),
 ]
 
 
@@ -88,13 +107,16 @@ def table(pair: str, rows: dict, seeds, steps: int) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", nargs="+", default=["printed->handwritten"], choices=sorted(PAIRS))
-    parser.add_argument("--methods", nargs="+", default=[m[0] for m in METHODS])
+    parser.add_argument("--methods", nargs="+", default=[m[0] for m in METHODS],
+                        choices=[m[0] for m in METHODS + ARMS])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--workdir", default="outputs/bench_da")
     parser.add_argument("--out", default="benchmarks/results/domain_adaptation.md")
+    parser.add_argument("--append", action="store_true",
+                        help="append the new rows (and the command) to --out instead of rewriting it")
     args = parser.parse_args(argv)
-    chosen = [m for m in METHODS if m[0] in args.methods]
+    chosen = [m for m in METHODS + ARMS if m[0] in args.methods]
     sections, raw = [], {}
     for pair in args.pairs:
         rows: dict[str, list] = {}
@@ -107,11 +129,22 @@ def main(argv=None) -> int:
         raw[pair] = rows
         sections.append(table(pair, rows, args.seeds, args.steps))
     command = "python benchmarks/domain_adaptation.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = "\n\n".join(["# Domain adaptation on the built-in pairs", f"Command: `{command}`", *sections])
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text + "\n")
-    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+    if args.append:
+        text = "\n\n".join(["## Selected arms", f"Command: `{command}`", *sections])
+        with open(args.out, "a") as f:
+            f.write("\n" + text + "\n")
+        raw_path = os.path.splitext(args.out)[0] + ".arms.json"
+        previous = json.load(open(raw_path)) if os.path.exists(raw_path) else {}
+        for pair, rows in raw.items():
+            previous.setdefault(pair, {}).update(rows)
+        raw = previous
+    else:
+        text = "\n\n".join(["# Domain adaptation on the built-in pairs", f"Command: `{command}`", *sections])
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+        raw_path = os.path.splitext(args.out)[0] + ".json"
+    with open(raw_path, "w") as f:
         json.dump(raw, f, indent=2)
     print(text)
     return 0

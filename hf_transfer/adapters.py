@@ -15,13 +15,21 @@ BatchNorm statistics are not part of an adapter, so the task mode keeps BatchNor
 mode (their parameters are frozen): the published adapter reproduces the trained model exactly.
 
 The exported folder holds ``adapter_config.json`` + ``adapter_model.safetensors`` (LoRA weights and the
-head), ``preprocessor_config.json``, ``hf_transfer_adapter.json`` (label names, base, targets and a
-self-sufficiency report) and ``results.json``. With stock transformers/peft an adapter folder loads
-its *config and image processor from the base* (``base_model_name_or_path``), so the three one-call
-loaders give the trained logits and the real class names exactly when the base's label names and
-preprocessing are the run's: that is checked and written down (``self_sufficient``); when it does
-not hold, a warning names the reason, :func:`load_adapter_model` still loads the folder in one call,
-and ``merge_adapter`` exports a plain full model (``merged/``) that always does.
+head), ``preprocessor_config.json`` (this run's preprocessing), ``hf_transfer_adapter.json`` (label names,
+base, targets, and how stock loaders load it) and ``results.json``.
+
+Why the loading recipe is recorded: an adapter folder must not hold ``config.json`` (transformers would
+then take it for a full model), so stock transformers reads the config and image processor of the
+*base* (``base_model_name_or_path``) - for a Hub adapter always, whatever the adapter repo holds. When
+the base's labels are the run's (``self_sufficient``), the one-call loaders need nothing else. When they
+differ (an ImageNet base, say), the base's head has the wrong size and names, and no file in the adapter
+repo can change that; the stock loaders then need the label keyword arguments of :func:`label_kwargs`
+(``num_labels``, ``id2label``, ``label2id``, ``ignore_mismatched_sizes``; ``stock_loading.needs_label_kwargs``
+says so), built from ``label_names``, which make ``AutoModelForImageClassification.from_pretrained(repo, **kw)``,
+``PeftModel.from_pretrained(AutoModelForImageClassification.from_pretrained(base, **kw), repo)`` and
+``pipeline(..., model=repo, model_kwargs=kw)`` give the trained logits and the real names (tested). The
+model card prints that code. :func:`load_adapter_model` does it in one call, and ``merge_adapter``
+exports a plain full model (``merged/``) as well.
 """
 
 from __future__ import annotations
@@ -173,21 +181,30 @@ def portability_report(backbone: Backbone, base: str) -> dict:
 
 # --- export ------------------------------------------------------------------------------------
 
-def _save_processor(backbone: Backbone, folder: str) -> None:
+def _save_processor(backbone: Backbone, folder: str) -> dict:
+    """Write this run's preprocessing; returns how a stock loader reads it back (class + kwargs)."""
     from .export import _timm_pretrained_cfg
 
     cfg = backbone.data_config
     if backbone.library == "timm":
-        from transformers import TimmWrapperImageProcessor
-
-        pcfg = _timm_pretrained_cfg(backbone)
-        TimmWrapperImageProcessor(pretrained_cfg=pcfg, architecture=backbone.model.config.architecture
-                                  ).to_json_file(os.path.join(folder, "preprocessor_config.json"))
-        return
+        # TimmWrapperImageProcessor reads config.json by default (which an adapter folder must not have)
+        # and rebuilds itself from ``pretrained_cfg``: write that into preprocessor_config.json.
+        processor = {"image_processor_type": "TimmWrapperImageProcessor",
+                     "architecture": backbone.model.config.architecture, "pretrained_cfg": _timm_pretrained_cfg(backbone)}
+        with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
+            json.dump(processor, f, indent=2)
+        return {"class": "TimmWrapperImageProcessor", "kwargs": {"image_processor_filename": "preprocessor_config.json"}}
     from transformers import ViTImageProcessor
 
     ViTImageProcessor(size={"height": cfg.size, "width": cfg.size}, image_mean=list(cfg.mean),
                       image_std=list(cfg.std)).save_pretrained(folder)
+    return {"class": "AutoImageProcessor", "kwargs": {}}
+
+
+def label_kwargs(label_names: list[str]) -> dict:
+    """Keyword arguments that give a base model this run's head size and class names."""
+    return {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+            "label2id": {n: i for i, n in enumerate(label_names)}, "ignore_mismatched_sizes": True}
 
 
 def merged_backbone(backbone: Backbone, peft_model) -> Backbone:
@@ -211,9 +228,10 @@ def export_adapter(peft_model, backbone: Backbone, output_dir: str, results: dic
     peft_model.peft_config["default"].base_model_name_or_path = base
     report = portability_report(backbone, base)
     if report["self_sufficient"] is False:
-        logger.warning("Adapter in %s: stock loaders read config and preprocessing from the base %s, and %s; "
-                       "load it with hf_transfer.adapters.load_adapter_model or export merged (merge_adapter).",
-                       output_dir, base, "; ".join(report["reasons"]))
+        logger.warning("Adapter in %s: stock loaders read config and preprocessing from the base %s, and %s. "
+                       "Load it with the keyword arguments recorded in %s (stock_loading; the model card shows "
+                       "the code), with hf_transfer.adapters.load_adapter_model, or export merged (merge_adapter).",
+                       output_dir, base, "; ".join(report["reasons"]), ADAPTER_INFO)
     cfg = peft_model.peft_config["default"]
     info = {
         "base_model_name_or_path": base, "base_revision": backbone.revision, "portable": portable,
@@ -231,7 +249,8 @@ def export_adapter(peft_model, backbone: Backbone, output_dir: str, results: dic
         readme = os.path.join(staging, "README.md")
         if os.path.exists(readme):  # PEFT's boilerplate card; the project's cards module writes the real one
             os.remove(readme)
-        _save_processor(backbone, staging)
+        labels_differ = any("labels" in r for r in report["reasons"]) or report["self_sufficient"] is None
+        info["stock_loading"] = {"needs_label_kwargs": labels_differ, "processor": _save_processor(backbone, staging)}
         info["adapter_bytes"] = os.path.getsize(os.path.join(staging, "adapter_model.safetensors"))
         with open(os.path.join(staging, ADAPTER_INFO), "w") as f:
             json.dump(info, f, indent=2)
@@ -252,21 +271,33 @@ def load_adapter_model(folder: str, merge: bool = False):
     """One call for any adapter folder written here, also when the base's labels differ: the base is
     built with the adapter's labels (head size and names), then the adapter is loaded onto it."""
     from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForImageClassification, TimmWrapperConfig
+    from transformers import AutoModelForImageClassification
 
     with open(os.path.join(folder, ADAPTER_INFO)) as f:
         info = json.load(f)
-    names = info["label_names"]
-    config = AutoConfig.from_pretrained(info["base_model_name_or_path"], revision=info.get("base_revision"))
-    config.id2label, config.label2id = dict(enumerate(names)), {n: i for i, n in enumerate(names)}
-    if isinstance(config, TimmWrapperConfig):
-        config.label_names = list(names)
-        config.model_args = config.model_args or {}
     base = AutoModelForImageClassification.from_pretrained(
-        info["base_model_name_or_path"], config=config, revision=info.get("base_revision"),
-        ignore_mismatched_sizes=True)
+        info["base_model_name_or_path"], revision=info.get("base_revision"), **label_kwargs(info["label_names"]))
+    if base.config.model_type == "timm_wrapper":
+        base.config.label_names = list(info["label_names"])
     model = PeftModel.from_pretrained(base, folder)
     return model.merge_and_unload() if merge else model
+
+
+def stock_pipeline_kwargs(folder: str) -> dict:
+    """The arguments that make ``pipeline("image-classification", model=folder, **kwargs)`` reproduce the
+    run with stock transformers only (the model card prints the same code)."""
+    import transformers
+
+    with open(os.path.join(folder, ADAPTER_INFO)) as f:
+        info = json.load(f)
+    loading = info.get("stock_loading") or {}
+    out = {}
+    if loading.get("processor"):
+        proc = loading["processor"]
+        out["image_processor"] = getattr(transformers, proc["class"]).from_pretrained(folder, **proc["kwargs"])
+    if loading.get("needs_label_kwargs", info.get("self_sufficient") is False):
+        out["model_kwargs"] = label_kwargs(info["label_names"])
+    return out
 
 
 def _peft_version() -> str:

@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from .card_domain import domain_gap_table, domain_option_lines, label_space_text
+
 logger = logging.getLogger(__name__)
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_cards" / "model_card.md"
@@ -321,7 +323,8 @@ def _alignment_text(results: dict) -> str:
              f"({al.get('setting', '').replace('-', ' ')}): {len(al.get('shared') or names)} shared classes "
              f"({', '.join(f'`{n}`' for n in (al.get('shared') or names))})."]
     if al.get("source_only"):
-        lines.append(f"Classes only in the source, dropped: {', '.join(f'`{n}`' for n in al['source_only'])}.")
+        fate = "kept in the label space" if al.get("policy") == "partial" else "dropped"
+        lines.append(f"Classes only in the source, {fate}: {', '.join(f'`{n}`' for n in al['source_only'])}.")
     if al.get("target_only"):
         lines.append(f"Classes only in the target, dropped: {', '.join(f'`{n}`' for n in al['target_only'])}.")
     dropped = {d: v for d, v in (al.get("dropped_rows") or {}).items() if any((v or {}).values())}
@@ -330,7 +333,8 @@ def _alignment_text(results: dict) -> str:
                      ", ".join(f"{k} {v}" for k, v in per_split.items() if v) + ".")
     if not al.get("source_only") and not al.get("target_only"):
         lines.append("No class was dropped.")
-    return " ".join(lines)
+    partial = label_space_text(results)
+    return " ".join(lines) + (f"\n\n{partial}" if partial else "")
 
 
 def _ci(acc: float, n: int | None) -> str:
@@ -399,6 +403,20 @@ def _limitations(results: dict, baseline: dict | None, is_random_init: bool) -> 
     if dc.get("input_size"):
         out.append(f"Only evaluated at {dc['input_size'][-1]}x{dc['input_size'][-1]} input resolution.")
     return out
+
+
+def _adapter_usage(adapter: dict) -> dict:
+    """Template variables for the stock-library code that loads a PEFT adapter repo (see adapters.py)."""
+    loading = adapter.get("stock_loading") or {}
+    processor = loading.get("processor") or {"class": "AutoImageProcessor", "kwargs": {}}
+    base_revision = adapter.get("base_revision")
+    return {
+        "adapter_base": adapter.get("base_model_name_or_path"), "adapter_merged": adapter.get("merged"),
+        "adapter_needs_label_kwargs": loading.get("needs_label_kwargs", adapter.get("self_sufficient") is False),
+        "adapter_processor_class": processor["class"],
+        "adapter_processor_kwargs": "".join(f", {k}={v!r}" for k, v in processor["kwargs"].items()),
+        "adapter_base_revision_kwarg": f', revision="{base_revision}"' if base_revision else "",
+    }
 
 
 def render_card(folder: str | os.PathLike, repo_id: str, *, results: dict | None = None,
@@ -473,7 +491,7 @@ def render_card(folder: str | os.PathLike, repo_id: str, *, results: dict | None
         method_paper=(results.get("paper") if mode == "domain" else None) or METHODS.get(method, ("", ""))[1] or _loss_paper(method),
         method_text=METHODS.get(method, ("", "", ""))[2],
         method_args=results.get("method_args") or {}, trade_off=results.get("trade_off") if mode == "domain" else None,
-        adabn=results.get("adabn"), frozen_groups=results.get("frozen_groups") or [],
+        adabn=results.get("adabn"), domain_options=domain_option_lines(results), frozen_groups=results.get("frozen_groups") or [],
         backbone_text=backbone_text, datasets_table=datasets_table, alignment_text=_alignment_text(results),
         image_size=size, crop_pct=dc.get("crop_pct"), interpolation=dc.get("interpolation"),
         mean=dc.get("mean"), std=dc.get("std"), augment=results.get("augment"),
@@ -483,9 +501,10 @@ def render_card(folder: str | os.PathLike, repo_id: str, *, results: dict | None
         results_note=" ".join(note), confusion_png=CONFUSION_PNG if has_cm else None,
         curves_png=CURVES_PNG if has_curves else None,
         **_results_tables(results, baseline, upper),
+        **dict(zip(("domain_gap_rows", "domain_gap_intro"), domain_gap_table(results))),
         is_timm=lib["timm"], is_peft=lib["library"] == "peft",
-        adapter_self_sufficient=(results.get("adapter") or {}).get("self_sufficient") is not False,
-        adapter_merged=(results.get("adapter") or {}).get("merged"), revision_kwarg=rev_kwarg, timm_revision=f"@{revision}" if revision else "",
+        **_adapter_usage(results.get("adapter") or {}),
+        revision_kwarg=rev_kwarg, timm_revision=f"@{revision}" if revision else "",
         example_file=examples[0]["file"] if examples else f"{EXAMPLES_DIR}/0.png",
         limitations=_limitations(results, baseline, results.get("base_model") is None and not os.path.isdir(
             str(results.get("backbone")))),

@@ -17,6 +17,8 @@ import yaml
 from .errors import TransferConfigError
 
 MODES = ("feature", "domain", "task")
+TRADE_OFF_SCHEDULES = ("constant", "dann", "linear")
+PARTIAL_WEIGHTINGS = ("none", "exclude", "pada")
 
 
 @dataclass
@@ -55,6 +57,24 @@ class TransferArguments:
                 "learning_rate."})
     adabn: bool = field(default=False, metadata={"help": "domain mode: re-estimate BatchNorm statistics on the "
                                                          "target training images after training (AdaBN)."})
+    # --- options every domain-adaptation method shares (mode=domain) ---
+    trade_off_schedule: str = field(default="constant", metadata={
+        "help": "domain mode: schedule of the transfer-loss weight over training progress p: constant | dann "
+                "(trade_off * (2 / (1 + exp(-10 p)) - 1)) | linear (0 -> trade_off over the first "
+                "trade_off_warmup of training)."})
+    trade_off_warmup: float = field(default=0.1, metadata={
+        "help": "trade_off_schedule=linear: fraction of training over which the weight ramps up, in (0, 1]."})
+    bottleneck_dim: int | None = field(default=None, metadata={
+        "help": "domain mode: put a bottleneck Linear(feature_dim, d) + BatchNorm1d(d) and a new head Linear(d, K) "
+                "on the backbone; alignment losses see the d-dim features. Folded into one plain Linear head at "
+                "export."})
+    target_batch_ratio: float = field(default=1.0, metadata={
+        "help": "domain mode: target images per source image in each training batch (> 0)."})
+    partial_weighting: str = field(default="exclude", metadata={
+        "help": "domain mode, partial label spaces: none | exclude (drop the source rows of classes the target does "
+                "not declare) | pada (down-weight classes by the mean target prediction, PADA)."})
+    pada_every: int = field(default=100, metadata={
+        "help": "partial_weighting=pada: re-estimate the class weights every this many optimizer steps."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training images per "
                                                                           "domain (seeded subset)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many test images per "
@@ -62,6 +82,14 @@ class TransferArguments:
     feature_cache_dir: str | None = field(default=None, metadata={
         "help": "feature mode: where cached features live (default $HF_TRANSFER_CACHE/features)."})
     feature_batch_size: int = field(default=256, metadata={"help": "Batch size of the feature extraction pass."})
+    channels_last: str = field(default="auto", metadata={
+        "help": "channels_last memory format for the model and its inputs (training and feature extraction): "
+                "auto (on for CUDA + a convolutional backbone, off otherwise) | true | false. For torch.compile "
+                "use TrainingArguments' --torch_compile (it also compiles the feature extraction pass)."})
+    features_on_device: str = field(default="auto", metadata={
+        "help": "feature mode: copy the cached TRAIN features to the training device once and train the head "
+                "on rows gathered there (no per-step host reads or copies): auto (on for CUDA when they take "
+                "under a quarter of the free device memory) | true | false (rows read from the memmap)."})
     hub_create_pr: bool = field(default=False, metadata={
         "help": "With --push_to_hub: open a pull request on the Hub repo instead of committing to the branch."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code from the Hub (off by default)."})
@@ -109,8 +137,44 @@ class TransferArguments:
             except json.JSONDecodeError as err:
                 raise TransferConfigError(f"method_args is not valid JSON: {err}") from err
         self.method_args = dict(self.method_args or {})
+        from .speed import normalize_channels_last
+
+        self.channels_last = normalize_channels_last(self.channels_last)
+        self.features_on_device = normalize_channels_last(self.features_on_device, "features_on_device")
         if self.method is None:
             self.method = {"domain": "source_only", "task": "full", "feature": "linear"}[self.mode]
+        _check_domain_options(self)
+
+
+def _check_domain_options(args: "TransferArguments") -> None:
+    """The shared domain-adaptation options, checked before anything is loaded."""
+    import math
+
+    if args.trade_off_schedule not in TRADE_OFF_SCHEDULES:
+        raise TransferConfigError(f"trade_off_schedule={args.trade_off_schedule!r}: choose one of {TRADE_OFF_SCHEDULES}.")
+    if not 0.0 < args.trade_off_warmup <= 1.0:
+        raise TransferConfigError(f"trade_off_warmup={args.trade_off_warmup}: must be in (0, 1].")
+    if args.partial_weighting not in PARTIAL_WEIGHTINGS:
+        raise TransferConfigError(f"partial_weighting={args.partial_weighting!r}: choose one of {PARTIAL_WEIGHTINGS}.")
+    if args.bottleneck_dim is not None and args.bottleneck_dim < 1:
+        raise TransferConfigError(f"bottleneck_dim={args.bottleneck_dim}: must be a positive integer (or unset).")
+    if not (math.isfinite(args.target_batch_ratio) and args.target_batch_ratio > 0):
+        raise TransferConfigError(f"target_batch_ratio={args.target_batch_ratio}: must be a finite number > 0.")
+    if args.pada_every < 1:
+        raise TransferConfigError(f"pada_every={args.pada_every}: must be >= 1 (optimizer steps).")
+    if args.mode != "domain":
+        for name, default in (("bottleneck_dim", None), ("target_batch_ratio", 1.0), ("trade_off_schedule", "constant")):
+            if getattr(args, name) != default:
+                raise TransferConfigError(f"{name} applies to mode=domain only (mode={args.mode!r}); remove it.")
+        if args.partial_weighting == "pada":
+            raise TransferConfigError(f"partial_weighting='pada' applies to mode=domain only (mode={args.mode!r}).")
+    elif args.partial_weighting == "pada" and args.method == "source_only":
+        raise TransferConfigError("partial_weighting='pada' estimates class weights from target predictions, but "
+                                  "method='source_only' sees no target image; pick another method or "
+                                  "partial_weighting='exclude'.")
+    if args.target_batch_ratio != 1.0 and args.method == "source_only":
+        raise TransferConfigError("target_batch_ratio has no effect with method='source_only' (no target batch); "
+                                  "remove it.")
 
 
 def _parser():

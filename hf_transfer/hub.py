@@ -62,34 +62,26 @@ class PushResult:
 # ------------------------------------------------------------------------------------------------
 # round trip
 # ------------------------------------------------------------------------------------------------
-def round_trip_model_dir(folder: str | os.PathLike) -> Path:
-    """The folder that stock loaders must reproduce the run from: the run folder itself, or for a LoRA
-    adapter that is not self-sufficient (its base's labels/preprocessing differ) the ``merged/`` export."""
-    folder = Path(folder)
+def _pipeline_kwargs(folder: Path) -> dict:
+    """For a LoRA adapter folder, what the model card's stock code passes to pipeline(): this run's image
+    processor and, when the base's labels differ, the label kwargs (see hf_transfer.adapters)."""
     if not (folder / "adapter_config.json").is_file():
-        return folder
-    info = (cards.load_results(folder) or {}).get("adapter") or {}
-    if info.get("self_sufficient") is not False:
-        return folder
-    merged = folder / (info.get("merged") or "merged")
-    if (merged / "config.json").is_file():
-        return merged
-    raise RoundTripError(
-        f"{folder} is a LoRA adapter that stock loaders cannot reproduce on their own "
-        f"({'; '.join(info.get('reasons') or []) or 'the base model differs'}): pipeline() would read the base's "
-        "config and preprocessing. Re-run with --merge_adapter (writes merged/) or use a base whose labels and "
-        "preprocessing match. Nothing was pushed.")
+        return {}
+    from .adapters import stock_pipeline_kwargs
+
+    return stock_pipeline_kwargs(str(folder))
 
 
 def check_round_trip(folder: str | os.PathLike, atol: float = DEFAULT_ATOL, device: str | int | None = "cpu",
                      model_dir: str | os.PathLike | None = None) -> list[dict]:
-    """Load ``folder`` (or ``model_dir``) with ``pipeline("image-classification")`` and compare its
+    """Load ``folder`` (or ``model_dir``) with ``pipeline("image-classification")`` (for an adapter, with the
+    arguments its model card gives) and compare its
     predictions on the example images with ``reference_predictions.json``: top-1 label equal (unless the
     reference's top two are within ``atol``) and every class score within ``atol``. Returns the predictions."""
     from transformers import pipeline
 
     folder = Path(folder)
-    model_dir = Path(model_dir) if model_dir is not None else round_trip_model_dir(folder)
+    model_dir = Path(model_dir) if model_dir is not None else folder
     ref_path = folder / cards.REFERENCE_PREDICTIONS
     if not ref_path.is_file():
         raise RoundTripError(f"{ref_path} is missing: the run folder has no reference predictions to check "
@@ -98,7 +90,7 @@ def check_round_trip(folder: str | os.PathLike, atol: float = DEFAULT_ATOL, devi
     if not reference:
         raise RoundTripError(f"{ref_path} lists no example images.")
     try:
-        clf = pipeline("image-classification", model=str(model_dir), device=device)
+        clf = pipeline("image-classification", model=str(model_dir), device=device, **_pipeline_kwargs(model_dir))
     except Exception as err:
         raise RoundTripError(f"pipeline('image-classification', model={str(model_dir)!r}) could not load the exported "
                              f"folder: {type(err).__name__}: {err}") from err

@@ -46,7 +46,9 @@ def _method_plan(args) -> dict:
             raise TransferConfigError(f"method={args.method!r}: unknown method_args {bad}; accepted: {sorted(accepted)}.")
         cls = LOSSES[args.method]
         return {"loss": cls.__name__, "paper": getattr(cls, "paper", ""),
-                "options": {**accepted, **args.method_args}, "trade_off": args.trade_off}
+                "options": {**accepted, **args.method_args}, "trade_off": args.trade_off,
+                "trade_off_schedule": args.trade_off_schedule, "bottleneck_dim": args.bottleneck_dim,
+                "target_batch_ratio": args.target_batch_ratio, "partial_weighting": args.partial_weighting}
     from .modes.feature import FEATURE_METHODS
     from .modes.task import TASK_METHODS
 

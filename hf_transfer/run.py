@@ -29,6 +29,7 @@ from .errors import TransferConfigError
 from .export import export_model
 from .metrics import classification_report, model_selection, scalar_metrics_fn
 from .modes import TransferData, get_mode
+from .speed import set_memory_format, use_channels_last
 from .trainer import TransferTrainer
 
 logger = logging.getLogger(__name__)
@@ -175,8 +176,13 @@ def prepare_run(args: TransferArguments, training_args, callbacks=None) -> Prepa
     backbone = load_backbone(args.backbone, data.label_names, revision=args.backbone_revision,
                              image_size=args.image_size, crop_pct=args.crop_pct,
                              trust_remote_code=args.trust_remote_code)
+    # before the mode is built: the feature mode extracts in build_model, with this memory format
+    channels_last = use_channels_last(args.channels_last, backbone.model, training_args.device)
+    if channels_last:
+        set_memory_format(backbone.model, True)
     mode = get_mode(args.mode)(args, backbone, data, training_args)
     model = mode.build_model()
+    model.channels_last = channels_last
     eval_sets = mode.eval_datasets()
     trainer = TransferTrainer(
         model=model, args=training_args, train_dataset=mode.train_dataset(),
@@ -198,6 +204,8 @@ def run_transfer(args: TransferArguments, training_args, callbacks=None) -> dict
     train_output = trainer.train(resume_from_checkpoint=resume)
     mode.finish(model, trainer)
     metrics = final_metrics(trainer, eval_sets, len(data.label_names))
+    if model.channels_last:  # exports and reference predictions from plain contiguous weights
+        set_memory_format(backbone.model, False)
     gap_after = mode.domain_gap()
     results = {
         **mode.describe(),
@@ -213,6 +221,8 @@ def run_transfer(args: TransferArguments, training_args, callbacks=None) -> dict
         "seed": training_args.seed,
         "data_config": backbone.data_config.to_dict(),
         "augment": args.augment,
+        "speed": {"input_path": args.input_path, "channels_last": model.channels_last,
+                  "torch_compile": bool(training_args.torch_compile)},
         "hyperparameters": {
             "learning_rate": training_args.learning_rate, "backbone_lr_scale": args.backbone_lr_scale,
             "per_device_train_batch_size": training_args.per_device_train_batch_size,

@@ -42,6 +42,13 @@ class TransferTrainer(Trainer):
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 
+    def _save(self, output_dir=None, state_dict=None):
+        """Checkpoints through safetensors, which refuses channels_last (non-contiguous) weights."""
+        if state_dict is None:
+            state_dict = self.model.state_dict()
+        state_dict = {k: v if v.is_contiguous() else v.contiguous() for k, v in state_dict.items()}
+        super()._save(output_dir, state_dict=state_dict)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log: add the mode's own numbers (e.g. DANN's coefficient)
             logs = {**logs, **{k: round(v, 5) for k, v in self.transfer_mode.last_metrics.items()}}

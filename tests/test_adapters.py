@@ -98,6 +98,9 @@ def test_lora_adapter_round_trip_three_loaders_and_merge(tmp_path):
     config = json.load(open(os.path.join(out, "adapter_config.json")))
     assert config["base_model_name_or_path"] == os.path.abspath(base)  # absolute, never relative
     assert info["self_sufficient"] is True and info["label_names"] == DIGITS and not info["portable"]
+    assert info["stock_loading"]["needs_label_kwargs"] is False  # one call, no kwargs
+    torch.testing.assert_close(stock_processor(out, info)(Image.new("RGB", (40, 30)), return_tensors="pt")["pixel_values"],
+                               pixel_values(base, Image.new("RGB", (40, 30))))
     assert results["adapter"]["adapter_bytes"] == os.path.getsize(os.path.join(out, "adapter_model.safetensors"))
     assert results["strategies"]["k_shot"] == 3 and results["trainable_parameters"] < results["total_parameters"]
     assert not os.path.exists(os.path.join(out, "config.json"))  # it would make loaders look for full weights here
@@ -146,20 +149,100 @@ def test_lora_hub_base_records_hub_id(tmp_path, hub_server):
     assert top["label"] == DIGITS[int(probs.argmax())]
 
 
-def test_base_with_other_labels_is_reported_and_loads_with_helper(tmp_path, caplog):
+def test_pushed_adapter_on_a_base_with_other_labels_loads_with_the_card_code(tmp_path, hub_server, run_with_hub):
+    """The usual Hub case end to end: a Hub base whose head has other labels (and another input size),
+    the adapter pushed by --push_to_hub; in a fresh interpreter with an empty cache, every python block
+    of the pushed card runs, and its three stock loaders give the trained probabilities and names."""
+    from huggingface_hub import HfApi, ModelCard
+
+    base = make_base(tmp_path / "base", labels=["x", "y", "z"])
+    HfApi().create_repo("user/xyz-base")
+    HfApi().upload_folder(folder_path=base, repo_id="user/xyz-base")
+    out = str(tmp_path / "adapter")
+    run_transfer(*arguments_from_dict(lora_args("user/xyz-base", out, max_steps=2, image_size=28, push_to_hub=True,
+                                                hub_model_id="user/digits-lora")))
+    files = hub_server.files("user/digits-lora")
+    assert "adapter_model.safetensors" in files and "config.json" not in files
+    meta = ModelCard(files["README.md"].decode()).data
+    assert meta.base_model == "user/xyz-base" and meta.base_model_relation == "adapter" and meta.library_name == "peft"
+    proc = run_with_hub("""
+        import json, re
+        from huggingface_hub import hf_hub_download
+
+        repo = "user/digits-lora"
+        card = open(hf_hub_download(repo, "README.md")).read()
+        blocks = re.findall(r"```python\\n(.*?)```", card, re.S)
+        assert len(blocks) == 2, len(blocks)  # stock loaders, hf-transfer one call
+        scope = {}
+        exec(compile(blocks[0], "card", "exec"), scope)
+        ref = json.load(open(hf_hub_download(repo, "reference_predictions.json")))[0]
+        import torch
+        from PIL import Image
+        image = Image.open(hf_hub_download(repo, ref["file"])).convert("RGB")
+        expected = torch.tensor(list(ref["scores"].values()))
+        names = list(ref["scores"])
+        x = scope["processor"](image, return_tensors="pt")["pixel_values"]
+        worst = 0.0
+        for model in (scope["model"], scope["base"]):  # PeftModel (block's last) and the base it wraps
+            with torch.no_grad():
+                p = model(pixel_values=x).logits[0].softmax(-1)
+            assert [model.config.id2label[i] for i in range(len(names))] == names
+            worst = max(worst, float((p - expected).abs().max()))
+        preds = {d["label"]: d["score"] for d in scope["classifier"](image, top_k=len(names))}
+        worst = max(worst, max(abs(preds[k] - v) for k, v in ref["scores"].items()))
+        exec(compile(blocks[1], "card", "exec"), {})
+        print("WORST", worst)
+    """, timeout=240)
+    assert float(proc.stdout.split("WORST")[-1]) < 1e-4, proc.stdout
+
+
+def stock_processor(folder, info):
+    """The adapter's own preprocessing, read back by the stock class its info names."""
+    import transformers
+
+    proc = info["stock_loading"]["processor"]
+    return getattr(transformers, proc["class"]).from_pretrained(folder, **proc["kwargs"])
+
+
+def test_base_with_other_labels_and_preprocessing_loads_with_recorded_kwargs(tmp_path, caplog):
+    """The usual Hub case: the base's head has other labels (and here another input size). Stock loaders
+    read the base's config, so they need the recorded label kwargs; with them all three loaders, and the
+    adapter's own image processor, reproduce the trained model exactly, with the real class names."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageClassification, pipeline
+
     base = make_base(tmp_path / "base", labels=["x", "y", "z"])
     out = str(tmp_path / "adapter")
     with pytest.warns(NotPortableWarning):
-        run_transfer(*arguments_from_dict(lora_args(base, out, max_steps=2)))
+        run_transfer(*arguments_from_dict(lora_args(base, out, max_steps=2, image_size=28)))
     info = json.load(open(os.path.join(out, ADAPTER_INFO)))
-    assert info["self_sufficient"] is False and "labels" in info["reasons"][0]
-    assert "load_adapter_model" in caplog.text
+    assert info["self_sufficient"] is False and "labels" in info["reasons"][0] and "preprocessing" in info["reasons"][1]
+    assert "stock_loading" in caplog.text
+    assert info["stock_loading"]["needs_label_kwargs"] is True
+    labels = info["label_names"]  # as the model card's code does it, with stock code only
+    kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+                  ignore_mismatched_sizes=True)
     image, probs = reference(out)
-    model = load_adapter_model(out).eval()
-    with torch.no_grad():
-        got = model(pixel_values=pixel_values(base, image)).logits[0].softmax(-1)
-    torch.testing.assert_close(got, probs, atol=1e-5, rtol=1e-4)
-    assert model.config.id2label[9] == "nine"
+    processor = stock_processor(out, info)
+    x = processor(image, return_tensors="pt")["pixel_values"]
+    assert x.shape[-1] == 28 and pixel_values(base, image).shape[-1] == 32
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        models = {"auto": AutoModelForImageClassification.from_pretrained(out, **kwargs),
+                  "peft": PeftModel.from_pretrained(AutoModelForImageClassification.from_pretrained(base, **kwargs), out),
+                  "helper": load_adapter_model(out)}
+        pipe = pipeline("image-classification", model=out, image_processor=processor, model_kwargs=kwargs, top_k=10)
+    for name, model in models.items():
+        with torch.no_grad():
+            got = model.eval()(pixel_values=x).logits[0].softmax(-1)
+        torch.testing.assert_close(got, probs, atol=1e-5, rtol=1e-4, msg=name)
+        assert model.config.id2label[9] == "nine", name
+    scores = {r["label"]: r["score"] for r in pipe(image)}
+    torch.testing.assert_close(torch.tensor([scores[n] for n in DIGITS]), probs, atol=1e-5, rtol=1e-4)
+    # without the kwargs the stock loader cannot restore the head (why they are recorded)
+    with pytest.raises(RuntimeError, match="mismatch"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        AutoModelForImageClassification.from_pretrained(out)
 
 
 def test_lora_needs_pretrained_base_and_excludes_other_strategies(tmp_path):

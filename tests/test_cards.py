@@ -196,3 +196,43 @@ def test_example_card_in_repo_is_valid():
     assert cards.validate_card(text) and card_metadata(text)[1] == []
     for name in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text):
         assert (example.parent / name).is_file(), name
+
+
+def test_domain_gap_section(run_dir, results):
+    gap = results["domain_gap"]
+    assert {"before", "after"} <= set(gap)
+    text = cards.render_card(run_dir, REPO).text
+    assert "## Domain gap" in text and "<!-- hf-transfer:begin domain-gap -->" in text
+    b, a = gap["before"]["proxy_a_distance"], gap["after"]["proxy_a_distance"]
+    assert f"| proxy A-distance | {b:.3f} | {a:.3f} | {a - b:+.4f} |" in text
+    assert f"| {gap['before']['mmd']:.4f} | {gap['after']['mmd']:.4f} |" in text
+    n = gap["after"]["num_samples"]
+    assert f"on {n['source']} source and {n['target']} target images" in text
+    assert cards.validate_card(str(cards.render_card(run_dir, REPO)))  # still a valid card
+    no_gap = _variant(results, mode="task", method="full", domain_gap=None)
+    assert "## Domain gap" not in cards.render_card(run_dir, "user/ft", results=no_gap).text
+
+
+def test_partial_label_space_and_shared_options_in_card(run_dir, results):
+    al = {**results["label_alignment"], "policy": "partial", "setting": "partial", "source_only": ["eight", "nine"],
+          "shared": results["label_names"][:8]}
+    excl = _variant(results, label_alignment=al, partial_weighting={
+        "method": "exclude", "excluded_classes": ["eight", "nine"], "excluded_source_rows": 7})
+    text = cards.render_card(run_dir, REPO, results=excl).text
+    assert "Classes only in the source, kept in the label space: `eight`, `nine`" in text
+    assert "does not declare `eight`, `nine`, so their 7 source training rows were left out of training" in text
+    weights = {n: (0.1 if n in ("eight", "nine") else 1.0) for n in results["label_names"]}
+    pada = _variant(results, label_alignment=al, partial_weighting={
+        "method": "pada", "every_steps": 50, "updates": 3, "class_weights": weights,
+        "down_weighted": ["eight", "nine"], "down_weighted_below": 0.5, "paper": "https://arxiv.org/abs/1808.04205"})
+    text = cards.render_card(run_dir, REPO, results=pada).text
+    assert "[PADA](https://arxiv.org/abs/1808.04205)" in text and "every 50 steps, 3 estimates" in text
+    assert "`eight` 0.10" in text and "Down-weighted (below 0.5): `eight`, `nine`." in text
+    # nothing to say when nothing was excluded or weighted (the closed-set run itself)
+    assert "Partial label space" not in cards.render_card(run_dir, REPO).text
+    opts = _variant(results, bottleneck_dim=64, trade_off_schedule="dann", target_batch_ratio=2.0)
+    text = cards.render_card(run_dir, REPO, results=opts).text
+    assert "**Bottleneck:** Linear + BatchNorm to 64 dims" in text and "folded exactly" in text
+    assert "**Transfer-loss weight schedule:** `dann`" in text
+    assert "**Target images per source image in a batch:** 2.0." in text
+    assert "Bottleneck" not in cards.render_card(run_dir, REPO).text

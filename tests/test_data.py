@@ -2,15 +2,16 @@
 
 import os
 
-import datasets
 import numpy as np
 import pytest
+import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 
 from hf_transfer.data.align import align_domains
 from hf_transfer.data.columns import standardize_columns
 from hf_transfer.data.load import load_domain
+from hf_transfer.data.paired import PairedDataset, collate_paired
 from hf_transfer.data.spec import DatasetSpec, parse_dataset_spec
 from hf_transfer.errors import TransferConfigError
 
@@ -222,3 +223,53 @@ def test_builtin_spec_loads_through_load_domain():
     assert dsd["train"].features["label"].names[0] == "zero"
     with pytest.raises(TransferConfigError, match="digits-printed"):
         load_domain("builtin:nope")
+
+
+def test_open_set_target_only_classes_are_listed_and_excluded_with_a_warning(caplog):
+    source = DatasetDict(train=_dataset(["a", "b", "c"]), test=_dataset(["a", "b", "c"], 1))
+    target = DatasetDict(train=_dataset(["a", "b", "c", "unknown"]), test=_dataset(["a", "b", "c", "unknown"], 1))
+    with caplog.at_level("WARNING", logger="hf_transfer.data.align"):
+        aligned = align_domains(source, target)
+    assert aligned.report.setting == "open-set" and aligned.report.target_only == ["unknown"]
+    assert aligned.label_names == ["a", "b", "c"]
+    assert aligned.report.dropped_rows["target"] == {"train": 4, "test": 1}
+    for split in ("train", "test"):  # no row of the unseen class is left, in training or evaluation
+        assert "unknown" not in set(_labelled_names(aligned.target, split))
+    assert any("target only: ['unknown']" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+# --- paired batches: target images per source image ------------------------------------------------
+
+class _Tensors:
+    def __init__(self, n, offset, labels=True):
+        self.n, self.offset, self.labels = n, offset, labels
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        item = {"pixel_values": torch.full((3, 2, 2), float(self.offset + i))}
+        if self.labels:
+            item["labels"] = i % 3
+        return item
+
+
+@pytest.mark.parametrize("ratio, expected", [(1.0, 8), (0.5, 4), (1.5, 12), (2.0, 16), (3.0, 24), (0.01, 1)])
+def test_paired_batches_have_the_requested_target_count(ratio, expected):
+    paired = PairedDataset(_Tensors(40, 0), _Tensors(30, 1000, labels=False), target_ratio=ratio)
+    batch = collate_paired([paired[i] for i in range(8)], ratio)
+    assert batch["pixel_values"].shape == (8, 3, 2, 2) and batch["labels"].shape == (8,)
+    assert batch["target_pixel_values"].shape == (expected, 3, 2, 2)
+    assert (batch["target_pixel_values"] >= 1000).all() and (batch["pixel_values"] < 1000).all()
+
+
+def test_paired_ratio_keeps_one_epoch_over_every_image():
+    source, target = _Tensors(10, 0), _Tensors(30, 1000, labels=False)
+    one = PairedDataset(source, target)  # ratio 1: the original layout
+    assert len(one) == 30 and [one.target_index(i) for i in range(3)] == [0, one.stride, 2 * one.stride % 30]
+    two = PairedDataset(source, target, target_ratio=2.0)
+    assert len(two) == 15  # half as many items, two target images each
+    seen = {int(v) for i in range(len(two)) for v in two[i]["target_pixel_values"][:, 0, 0, 0]}
+    assert seen == set(range(1000, 1030))  # every target image once per epoch
+    with pytest.raises(ValueError, match="target_ratio"):
+        PairedDataset(source, target, target_ratio=0.0)

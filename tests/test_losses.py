@@ -1,7 +1,6 @@
 """Domain-adaptation losses: each behaves as its paper says on a tiny case."""
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
@@ -415,3 +414,89 @@ def test_losses_validators_and_domain_gap_import_nothing_else_from_hf_transfer()
             else:
                 continue
             assert not any(n.split(".")[0] == "hf_transfer" for n in names), (path, names)
+
+
+# --- options every method shares: trade-off schedule, bottleneck, PADA source weights ---------------
+
+def test_trade_off_schedules_are_pure_functions_of_progress():
+    from hf_transfer.losses import trade_off_weight
+
+    assert trade_off_weight(0.0, 2.0) == trade_off_weight(0.7, 2.0) == 2.0
+    # DANN ramp: 0 at the start, trade_off * (2 / (1 + e^-10) - 1) at the end, monotone in between
+    assert trade_off_weight(0.0, 2.0, "dann") == 0.0
+    assert trade_off_weight(1.0, 2.0, "dann") == pytest.approx(2.0 * (2 / (1 + math.exp(-10)) - 1))
+    ramp = [trade_off_weight(p / 10, 1.0, "dann") for p in range(11)]
+    assert ramp == sorted(ramp) and ramp[5] == pytest.approx(2 / (1 + math.exp(-5)) - 1)
+    # linear warm-up over the first 20%: half way at p=0.1, full from p=0.2 on
+    assert trade_off_weight(0.1, 3.0, "linear", warmup=0.2) == pytest.approx(1.5)
+    assert trade_off_weight(0.2, 3.0, "linear", warmup=0.2) == trade_off_weight(0.9, 3.0, "linear", warmup=0.2) == 3.0
+    assert trade_off_weight(0.05, 1.0, "linear", warmup=0.1) == trade_off_weight(0.05, 1.0, "linear", warmup=0.1)
+    with pytest.raises(ValueError, match="cosine"):
+        trade_off_weight(0.5, 1.0, "cosine")
+
+
+def test_bottleneck_folds_into_one_exact_linear():
+    from hf_transfer.bottleneck import BottleneckHead, fold_bottleneck, fold_into
+
+    torch.manual_seed(0)
+    head = BottleneckHead(12, 5, 3)
+    with torch.no_grad():  # non-trivial BN affine parameters and running statistics
+        head.bn.weight.uniform_(0.5, 2.0)
+        head.bn.bias.uniform_(-1.0, 1.0)
+    head.train()
+    for _ in range(5):
+        head(torch.randn(16, 12) * 3 + 1)
+    head.eval()
+    assert not torch.allclose(head.bn.running_mean, torch.zeros(5))
+    x = torch.randn(32, 12) * 3
+    weight, bias = fold_bottleneck(head)
+    with torch.no_grad():
+        expected = head(x)[1]
+    torch.testing.assert_close((x.double() @ weight.T + bias).float(), expected, atol=1e-5, rtol=1e-5)
+    linear = nn.Linear(12, 3)
+    fold_into(head, linear)
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="cannot fold"):
+        fold_into(head, nn.Linear(12, 4))
+
+
+def test_dann_source_weight_weights_only_the_source_side():
+    torch.manual_seed(0)
+    loss = build_loss("dann", D, C, hold=0.0).eval()  # eval: the discriminator's BN must not mix rows
+    f_s, f_t = torch.randn(6, D), torch.randn(6, D)
+    unweighted = loss(f_s, f_t)
+    loss.source_weight = torch.ones(6)
+    assert torch.allclose(loss(f_s, f_t), unweighted)
+    # zero weight on the first three source rows: their features no longer matter
+    loss.source_weight = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    a = loss(f_s, f_t)
+    moved = f_s.clone()
+    moved[:3] += 5.0
+    assert torch.allclose(loss(moved, f_t), a)
+    loss.source_weight = None
+    assert not torch.allclose(loss(moved, f_t), unweighted)
+    assert LOSSES["dann"].uses_source_weight and LOSSES["cdan"].uses_source_weight
+    assert not LOSSES["dan"].uses_source_weight
+
+
+def test_cdan_source_weight_weights_only_the_source_side():
+    torch.manual_seed(0)
+    loss = build_loss("cdan", D, C, hold=0.0).eval()
+    f_s, f_t, l_s, l_t = torch.randn(4, D), torch.randn(4, D), torch.randn(4, C), torch.randn(4, C)
+    loss.source_weight = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    a = loss(f_s, f_t, l_s, l_t)
+    moved = f_s.clone()
+    moved[2:] -= 3.0
+    assert torch.allclose(loss(moved, f_t, l_s, l_t), a)
+
+
+def test_pada_class_weights_are_mean_prediction_over_max():
+    from hf_transfer.partial import ClassWeights
+
+    cw = ClassWeights(3)
+    assert torch.equal(cw.weights, torch.ones(3)) and int(cw.updates) == 0  # uniform before any estimate
+    probs = torch.tensor([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.7, 0.2, 0.1]])
+    cw.update(probs)
+    torch.testing.assert_close(cw.weights, torch.tensor([0.7, 0.2, 0.1]) / 0.7)
+    assert int(cw.updates) == 1 and set(cw.state_dict()) == {"weights", "updates"}  # checkpointed

@@ -205,3 +205,149 @@ def test_unsupervised_model_selection_and_domain_gap(tmp_path):
     for stage in ("before", "after"):
         assert 0.0 <= gap[stage]["proxy_a_distance"] <= 2.0 and gap[stage]["mmd"] >= 0.0
         assert gap[stage]["num_samples"] == {"source": 32, "target": 32}
+
+
+# --- options every domain method shares ------------------------------------------------------------
+
+def test_trade_off_schedule_is_logged_and_follows_progress(tmp_path):
+    from hf_transfer.losses import trade_off_weight
+
+    run = prepared(tmp_path, mode="domain", method="dan", trade_off=2.0, trade_off_schedule="linear",
+                   trade_off_warmup=0.5, logging_steps=1)
+    run.trainer.train()
+    logged = [e["trade_off"] for e in run.trainer.state.log_history if "trade_off" in e]
+    assert logged == [pytest.approx(trade_off_weight(s / 4, 2.0, "linear", 0.5), abs=1e-5) for s in range(4)]
+    assert logged == [0.0, 1.0, 2.0, 2.0]
+
+
+def test_target_batch_ratio_through_the_trainer(tmp_path):
+    run = prepared(tmp_path, mode="domain", method="coral", target_batch_ratio=1.5)
+    batch = next(iter(run.trainer.get_train_dataloader()))
+    assert batch["pixel_values"].shape[0] == 16 and batch["target_pixel_values"].shape[0] == 24
+    run.trainer.train()  # the losses take unequal source/target batches
+    with pytest.raises(TransferConfigError, match="target_batch_ratio"):
+        prepared(tmp_path, mode="domain", method="dan", target_batch_ratio=0)
+
+
+def test_bottleneck_trains_d_dim_features_and_exports_one_exact_linear(tmp_path):
+    from transformers import AutoModelForImageClassification, pipeline
+
+    from hf_transfer.export import export_model
+
+    run = prepared(tmp_path, mode="domain", method="dann", bottleneck_dim=8, method_args={"hold": 0.0})
+    loss = run.model.aux["transfer"]
+    assert loss.discriminator[0].in_features == 8  # the alignment loss sees the bottleneck features
+    head_before = run.backbone.head.weight.detach().clone()
+    run.trainer.train()
+    in_opt = {id(p) for g in run.trainer.optimizer.param_groups for p in g["params"]}
+    assert {id(p) for p in run.model.aux["bottleneck"].parameters()} <= in_opt
+    assert not {id(p) for p in run.backbone.head.parameters()} & in_opt  # bypassed during training
+    assert torch.equal(run.backbone.head.weight, head_before)
+    batch = next(iter(run.trainer.get_train_dataloader()))
+    x = run.model._prepare(batch["pixel_values"])
+    run.model.eval()
+    with torch.no_grad():
+        trained = run.model(pixel_values=x)["logits"]
+    run.mode.finish(run.model, run.trainer)  # folds Linear + BN + Linear into the backbone's classifier
+    out = str(tmp_path / "export")
+    export_model(run.backbone, out)
+    reloaded = AutoModelForImageClassification.from_pretrained(out).eval()
+    assert isinstance(reloaded.get_submodule(run.backbone.head_name), torch.nn.Linear)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=x).logits, trained, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(run.model(pixel_values=x)["logits"], trained, atol=1e-5, rtol=1e-5)
+    from PIL import Image
+
+    preds = pipeline("image-classification", model=out)(Image.new("RGB", (32, 32), "white"), top_k=2)
+    assert len(preds) == 2 and preds[0]["label"] in run.data.label_names
+    with pytest.raises(TransferConfigError, match="bottleneck_dim applies to mode=domain only"):
+        prepared(tmp_path, mode="task", bottleneck_dim=8)
+
+
+def _partial_target(tmp_path, keep: int = 5) -> str:
+    """The built-in handwritten digits, declaring (and holding) only the first ``keep`` classes."""
+    from datasets import ClassLabel, DatasetDict
+
+    from hf_transfer.data.load import load_domain
+
+    full = load_domain(TARGET)
+    names = full["train"].features["label"].names[:keep]
+    part = DatasetDict({k: v.filter(lambda y: y < keep, input_columns="label").cast_column("label", ClassLabel(names=names))
+                        for k, v in full.items()})
+    path = tmp_path / "target_partial"
+    part.save_to_disk(str(path))
+    return str(path)
+
+
+def test_partial_exclude_drops_source_rows_of_undeclared_classes(tmp_path):
+    target = _partial_target(tmp_path)
+    run = prepared(tmp_path, mode="domain", method="dan", target=target, label_policy="partial")
+    assert run.data.alignment.setting == "partial" and len(run.data.label_names) == 10
+    source_labels = {int(run.trainer.train_dataset.source[i]["labels"]) for i in range(len(run.trainer.train_dataset.source))}
+    assert source_labels <= set(range(5))
+    info = run.mode.label_space_weighting()
+    assert info["method"] == "exclude" and info["excluded_classes"] == run.data.label_names[5:]
+    assert info["excluded_source_rows"] > 0
+    none = prepared(tmp_path, mode="domain", method="dan", target=target, label_policy="partial",
+                    partial_weighting="none")
+    assert {int(none.trainer.train_dataset.source[i]["labels"]) for i in range(len(none.trainer.train_dataset.source))} - set(range(5))
+
+
+def test_partial_pada_weights_estimated_on_schedule_and_recorded(tmp_path):
+    from hf_transfer import cards
+
+    target = _partial_target(tmp_path)
+    args = tiny(tmp_path, mode="domain", method="dann", target=target, label_policy="partial",
+                partial_weighting="pada", pada_every=2, max_steps=5)
+    run = prepare_run(*arguments_from_dict(args))
+    calls = []
+    original = run.mode.estimate_class_weights
+    run.mode.estimate_class_weights = lambda m: (calls.append(run.trainer.state.global_step), original(m))
+    run.trainer.train()
+    assert calls == [2, 4]  # every pada_every steps from the Trainer's checkpointed step count, never at 0
+    w = run.model.aux["pada"].weights
+    assert float(w.max()) == pytest.approx(1.0) and int(run.model.aux["pada"].updates) == 2
+    # the weights are the mean target softmax over the target train images, divided by its max
+    run.mode.estimate_class_weights(run.model)
+    images = run.mode._pada_images
+    run.model.eval()
+    with torch.no_grad():
+        from hf_transfer.data.paired import collate_images
+
+        probs = run.model(pixel_values=collate_images([images[i] for i in range(len(images))])["pixel_values"])["logits"].softmax(-1)
+    torch.testing.assert_close(w, probs.mean(0) / probs.mean(0).max(), atol=1e-5, rtol=1e-4)
+    info = run.mode.label_space_weighting()
+    assert info["method"] == "pada" and set(info["class_weights"]) == set(run.data.label_names)
+    assert info["down_weighted"] == [n for n, v in info["class_weights"].items() if v < 0.5]
+    text = cards.label_space_text({"partial_weighting": info})
+    assert "PADA" in text and "every 2 steps" in text
+    with pytest.raises(TransferConfigError, match="partial_weighting='pada'"):
+        prepared(tmp_path, mode="domain", method="source_only", partial_weighting="pada")
+
+
+def test_pada_weights_scale_the_source_cross_entropy(tmp_path):
+    run = prepared(tmp_path, mode="domain", method="dan", partial_weighting="pada")
+    torch.manual_seed(0)
+    logits, labels = torch.randn(16, 10), torch.arange(16) % 10
+    weights = torch.rand(10)
+    weights[3] = 0.0
+    run.model.aux["pada"].weights.copy_(weights)
+    got = run.mode._source_loss(run.model, logits, labels)
+    per_row = torch.nn.functional.cross_entropy(logits, labels, reduction="none") * weights[labels]
+    torch.testing.assert_close(got, per_row.sum() / weights[labels].sum())  # a class-weighted mean
+    run.model.aux["pada"].weights.fill_(1.0)
+    torch.testing.assert_close(run.mode._source_loss(run.model, logits, labels),
+                               torch.nn.functional.cross_entropy(logits, labels))
+
+
+def test_adabn_adapts_the_bottleneck_batchnorm_before_the_fold(tmp_path):
+    from hf_transfer.bottleneck import fold_bottleneck
+
+    run = prepared(tmp_path, mode="domain", method="dan", bottleneck_dim=8, adabn=True)
+    bn = run.model.aux["bottleneck"].bn
+    before = bn.running_mean.clone()
+    run.mode.finish(run.model, run.trainer)
+    assert not torch.allclose(bn.running_mean, before) and int(bn.num_batches_tracked) > 0
+    weight, bias = fold_bottleneck(run.model.aux["bottleneck"])  # the fold used the target statistics
+    torch.testing.assert_close(run.backbone.head.weight, weight.float())
+    torch.testing.assert_close(run.backbone.head.bias, bias.float())

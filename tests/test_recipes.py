@@ -180,6 +180,42 @@ def test_two_process_ddp(tmp_path, mode, method, extra):
 
 
 @pytest.mark.ddp
+def test_feature_cache_sharded_under_two_process_ddp(tmp_path):
+    """Each of 2 DDP processes extracts its half of every split; the joined cache equals a 1-process one."""
+    import numpy as np
+
+    from hf_transfer.features import FeatureCache
+    from hf_transfer.run import prepare_run
+
+    cache = tmp_path / "ddp_cache"
+    path = _config(tmp_path, "feature", "linear", {"feature_cache_dir": str(cache)}, save_strategy="no", max_steps=2)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           os.path.join(ROOT, "recipes", "train.py"), "--config", path]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert json.load(open(tmp_path / "feature" / "results.json"))["hyperparameters"]["world_size"] == 2
+    assert not [p.name for p in cache.iterdir() if p.name.startswith(".")]  # no shard or staging folder left
+    # one process, another cache folder: the same keys (the world size is not part of them), same features
+    ref = prepare_run(*arguments_from_dict({**yaml.safe_load(open(path)), "feature_cache_dir": str(tmp_path / "ref"),
+                                            "output_dir": str(tmp_path / "ref_out")}))
+    assert len(ref.mode.cache_files) == 3 and sorted(p.name for p in cache.iterdir()) == \
+        sorted(os.path.basename(p) for p in ref.mode.cache_files.values())
+    for split, ref_path in ref.mode.cache_files.items():
+        ddp_path = str(cache / os.path.basename(ref_path))
+        meta = FeatureCache.meta(ddp_path)
+        n = meta["num_rows"]
+        assert meta["world_size"] == 2 and n == (48 if split == "train" else 24)
+        # rank r extracted exactly rows [r n / 2, (r + 1) n / 2), in its own process
+        assert [(s["rank"], s["start"], s["stop"], s["rows_extracted"]) for s in meta["shards"]] == \
+            [(0, 0, n // 2, n // 2), (1, n // 2, n, n - n // 2)]
+        assert len({s["pid"] for s in meta["shards"]}) == 2
+        (ddp_f, ddp_y), (one_f, one_y) = FeatureCache.load(ddp_path), FeatureCache.load(ref_path)
+        np.testing.assert_allclose(ddp_f, one_f, rtol=1e-5, atol=1e-6, err_msg=split)
+        assert np.array_equal(ddp_y, one_y), split
+
+
+@pytest.mark.ddp
 def test_every_domain_method_under_two_process_ddp(tmp_path):
     from hf_transfer.losses import LOSSES
 
@@ -192,3 +228,53 @@ def test_every_domain_method_under_two_process_ddp(tmp_path):
         results = json.load(open(tmp_path / method / "results.json"))
         assert results["method"] == method and results["hyperparameters"]["world_size"] == 2
         assert sum(map(sum, results["metrics"]["target"]["confusion_matrix"])) == 16
+    shared = json.load(open(tmp_path / "dann_shared_options" / "results.json"))
+    assert shared["bottleneck_dim"] == 16 and shared["hyperparameters"]["world_size"] == 2
+    assert shared["partial_weighting"]["updates"] == 1  # PADA estimate at step 1 of 2, on both processes
+
+
+SHARED_OPTIONS = {"bottleneck_dim": 16, "target_batch_ratio": 1.5, "trade_off_schedule": "linear",
+                  "trade_off_warmup": 0.5, "partial_weighting": "pada", "pada_every": 2}
+
+
+def test_shared_domain_options_parse_from_yaml_and_flags(tmp_path):
+    path = _config(tmp_path, "domain", "dann", SHARED_OPTIONS)
+    transfer_args, _ = parse_args(["--config", path])
+    for key, value in SHARED_OPTIONS.items():
+        assert getattr(transfer_args, key) == value, key
+    transfer_args, _ = parse_args(["--config", path, "--trade_off_schedule", "dann", "--bottleneck_dim", "32",
+                                   "--target_batch_ratio", "0.5", "--partial_weighting", "exclude"])
+    assert (transfer_args.trade_off_schedule, transfer_args.bottleneck_dim, transfer_args.target_batch_ratio,
+            transfer_args.partial_weighting) == ("dann", 32, 0.5, "exclude")
+    defaults, _ = arguments_from_dict({**TINY, "mode": "domain", "method": "dan", "output_dir": "x"})
+    assert (defaults.trade_off_schedule, defaults.bottleneck_dim, defaults.target_batch_ratio,
+            defaults.partial_weighting) == ("constant", None, 1.0, "exclude")
+    bad = [({"trade_off_schedule": "cosine"}, "trade_off_schedule='cosine'"),
+           ({"trade_off_warmup": 0.0}, "trade_off_warmup"),
+           ({"bottleneck_dim": 0}, "bottleneck_dim"),
+           ({"target_batch_ratio": -1.0}, "target_batch_ratio"),
+           ({"partial_weighting": "soft"}, "partial_weighting='soft'"),
+           ({"pada_every": 0}, "pada_every")]
+    for extra, message in bad:
+        with pytest.raises(TransferConfigError, match=message):
+            parse_args(["--config", _config(tmp_path, "domain", "dann", extra)])
+    with pytest.raises(TransferConfigError, match="target_batch_ratio applies to mode=domain only"):
+        arguments_from_dict({**TINY, "mode": "task", "output_dir": "x", "target_batch_ratio": 2.0})
+
+
+def test_resume_matches_uninterrupted_with_shared_domain_options(tmp_path):
+    """Bottleneck, batch ratio, trade-off schedule and PADA weights all come back exactly on resume."""
+    base = {**TINY, "mode": "domain", "method": "dann", "method_args": {"hold": 0.0}, **SHARED_OPTIONS,
+            "save_strategy": "steps", "save_steps": 2}
+    full = run_transfer(*arguments_from_dict({**base, "output_dir": str(tmp_path / "full")}))
+    crashed_dir = str(tmp_path / "crashed")
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(*arguments_from_dict({**base, "output_dir": crashed_dir}), callbacks=[_KillAt(5)])
+    resumed = run_transfer(*arguments_from_dict({**base, "output_dir": crashed_dir,
+                                                 "resume_from_checkpoint": "last"}))
+    assert full["partial_weighting"]["updates"] == 2  # estimates at steps 2 and 4
+    assert resumed["partial_weighting"]["class_weights"] == full["partial_weighting"]["class_weights"]
+    assert resumed["metrics"]["target"]["confusion_matrix"] == full["metrics"]["target"]["confusion_matrix"]
+    a, b = _weights(tmp_path / "full"), _weights(crashed_dir)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)

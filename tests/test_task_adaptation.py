@@ -1,7 +1,6 @@
 """Task adaptation strategies: each changes exactly what it says (freezing, LRs, unfreezing schedule
 incl. resume, L2-SP / BSS, k-shot)."""
 
-import os
 
 import pytest
 import torch

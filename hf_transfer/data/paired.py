@@ -8,6 +8,12 @@ target ``(i * stride) mod Nt`` (``stride`` coprime with ``Nt``): one epoch visit
 the larger domain once and cycles the smaller one; the batch composition is random because the
 indices are shuffled. Alignment losses are set-level, so which target image sits next to which
 source image does not matter. Target labels are never returned.
+
+``target_ratio`` r (target images per source image): every item carries ``k = ceil(r)`` target
+images (item ``i``, slot ``j``: target ``((i * k + j) * stride) mod Nt``) and :func:`collate_paired`
+keeps the first ``max(1, round(r * B))`` of a batch of ``B`` items, so every batch has exactly ``B``
+source and ``round(r * B)`` target images. The length becomes ``max(Ns, ceil(Nt / k))``. It is still
+one map-style dataset (sharding and resume unchanged); ``r = 1`` is exactly the layout above.
 """
 
 from __future__ import annotations
@@ -42,23 +48,30 @@ def _coprime_stride(n: int) -> int:
 class PairedDataset(torch.utils.data.Dataset):
     """Item ``i`` = source image + label, and an unlabelled target image (see module doc)."""
 
-    def __init__(self, source: ImageDomainDataset, target: ImageDomainDataset):
+    def __init__(self, source: ImageDomainDataset, target: ImageDomainDataset, target_ratio: float = 1.0):
         if len(source) == 0 or len(target) == 0:
             raise ValueError("PairedDataset needs a non-empty source and target.")
+        if not (math.isfinite(target_ratio) and target_ratio > 0):
+            raise ValueError(f"target_ratio must be > 0, got {target_ratio}")
         self.source, self.target = source, target
+        self.target_ratio = float(target_ratio)
+        self.targets_per_item = math.ceil(self.target_ratio)
         self.stride = _coprime_stride(len(target))
 
     def __len__(self) -> int:
-        return max(len(self.source), len(self.target))
+        return max(len(self.source), math.ceil(len(self.target) / self.targets_per_item))
 
-    def target_index(self, i: int) -> int:
-        return (i * self.stride) % len(self.target)
+    def target_index(self, i: int, slot: int = 0) -> int:
+        return ((i * self.targets_per_item + slot) * self.stride) % len(self.target)
 
     def __getitem__(self, i: int) -> dict:
         src = self.source[i % len(self.source)]
-        tgt = self.target[self.target_index(i)]
-        return {"pixel_values": src["pixel_values"], "labels": src["labels"],
-                "target_pixel_values": tgt["pixel_values"]}
+        k = self.targets_per_item
+        if k == 1:
+            tgt = self.target[self.target_index(i)]["pixel_values"]
+        else:
+            tgt = torch.stack([self.target[self.target_index(i, j)]["pixel_values"] for j in range(k)])
+        return {"pixel_values": src["pixel_values"], "labels": src["labels"], "target_pixel_values": tgt}
 
 
 def collate_images(examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -67,4 +80,20 @@ def collate_images(examples: list[dict]) -> dict[str, torch.Tensor]:
              if key in examples[0]}
     if "labels" in examples[0]:
         batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
+    return batch
+
+
+def collate_paired(examples: list[dict], target_ratio: float = 1.0) -> dict[str, torch.Tensor]:
+    """:func:`collate_images`, then keep ``max(1, round(target_ratio * B))`` target images (see module doc)."""
+    if not examples or "target_pixel_values" not in examples[0]:
+        return collate_images(examples)
+    src_ndim = examples[0]["pixel_values"].ndim
+    targets = [e["target_pixel_values"] for e in examples]
+    stacked = torch.cat([t if t.ndim > src_ndim else t.unsqueeze(0) for t in targets])
+    batch = collate_images([{k: v for k, v in e.items() if k != "target_pixel_values"} for e in examples])
+    n_target = max(1, round(target_ratio * len(examples)))
+    if n_target > len(stacked):
+        raise ValueError(f"a batch of {len(examples)} items holds {len(stacked)} target images, fewer than the "
+                         f"{n_target} that target_ratio={target_ratio} asks for")
+    batch["target_pixel_values"] = stacked[:n_target]
     return batch

@@ -21,11 +21,12 @@ from .self_training import PseudoLabelLoss
 from .adabn import adapt_batchnorm
 from .discriminator import DomainDiscriminator
 from .grl import GradientReverseFunction, GradientReverseLayer, grad_reverse, grl_coefficient
+from .tradeoff import trade_off_weight
 
 __all__ = [
     "LOSSES", "TransferLoss", "build_loss", "loss_kwargs", "register_loss",
     "SourceOnlyLoss", "DANNLoss", "CDANLoss", "MKMMDLoss", "CORALLoss", "MCCLoss", "EntropyLoss",
     "InformationMaximizationLoss", "PseudoLabelLoss", "adapt_batchnorm", "DomainDiscriminator",
     "GradientReverseFunction", "GradientReverseLayer", "grad_reverse", "grl_coefficient", "mk_mmd",
-    "coral", "mcc",
+    "coral", "mcc", "trade_off_weight",
 ]

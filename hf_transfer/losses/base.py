@@ -34,11 +34,15 @@ class TransferLoss(nn.Module):
 
     paper: str = ""
     needs_logits: bool = False
+    #: True when ``forward`` honours ``source_weight`` (per-sample weights of the source rows, set by
+    #: the caller before ``forward``; e.g. PADA's class weights on the source side of a domain loss)
+    uses_source_weight: bool = False
 
     def __init__(self) -> None:
         super().__init__()
         self.progress: float = 0.0
         self.last_metrics: dict[str, float] = {}
+        self.source_weight: torch.Tensor | None = None
 
     def set_progress(self, progress: float) -> None:
         """Set the training progress in [0, 1] (``global_step / max_steps``)."""

@@ -14,7 +14,7 @@ the randomized map being used when ``d * C > 4096`` (``randomized=None``), as in
 with ``R`` the gradient reversal layer (same schedule as DANN: ``alpha``, ``hi``, ``hold``) and
 ``w = 1`` for CDAN, ``w = 1 + exp(-H(g))`` for CDAN+E (``entropy_conditioning=True``), which puts more
 weight on confidently classified (easy-to-transfer) samples. Weights are detached and normalised
-within each domain, as in the paper's code.
+within each domain, as in the paper's code. ``source_weight`` (PADA) multiplies the source weights.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import TransferLoss, entropy, require_logits
-from .discriminator import DomainDiscriminator, domain_bce
+from .discriminator import DomainDiscriminator, domain_bce, source_side_weight
 from .grl import grad_reverse, grl_coefficient
 from .registry import register_loss
 
@@ -35,6 +35,7 @@ MAX_MULTILINEAR_DIM = 4096
 class CDANLoss(TransferLoss):
     paper = "https://arxiv.org/abs/1705.10667"
     needs_logits = True
+    uses_source_weight = True
 
     def __init__(
         self,
@@ -86,6 +87,9 @@ class CDANLoss(TransferLoss):
         coeff = self.coefficient
         h = grad_reverse(self.multilinear_map(f, g), coeff)
         weight = 1.0 + torch.exp(-entropy(g)) if self.entropy_conditioning else None
+        side = source_side_weight(self.source_weight, f_t.shape[0], f.dtype)
+        if side is not None:  # PADA: class weights on the source side (times CDAN+E's, if any)
+            weight = side if weight is None else weight * side
         loss, acc = domain_bce(self.discriminator(h), f_s.shape[0], weight)
         self.last_metrics = {"grl_coeff": coeff, "domain_acc": acc}
         return loss

@@ -12,13 +12,14 @@ the paper on purpose: in a prototype on digits, DANN collapsed (source accuracy 
 seed out of three when the ramp started at step 0, while the classifier was still at chance loss;
 holding lambda at 0 for the first ~15% of training fixed it. Pass ``hold=0`` for the paper schedule.
 The discriminator still learns during the hold. At initialisation ``L_dann`` is about ``log 2``.
+With ``source_weight`` set (PADA, partial label spaces) the source term is a weighted mean.
 """
 from __future__ import annotations
 
 import torch
 
 from .base import TransferLoss
-from .discriminator import DomainDiscriminator, domain_bce
+from .discriminator import DomainDiscriminator, domain_bce, source_side_weight
 from .grl import grad_reverse, grl_coefficient
 from .registry import register_loss
 
@@ -27,6 +28,7 @@ from .registry import register_loss
 class DANNLoss(TransferLoss):
     paper = "https://arxiv.org/abs/1505.07818"
     needs_logits = False
+    uses_source_weight = True
 
     def __init__(
         self,
@@ -50,7 +52,8 @@ class DANNLoss(TransferLoss):
     def forward(self, f_s, f_t, logits_s=None, logits_t=None) -> torch.Tensor:
         coeff = self.coefficient
         f = grad_reverse(torch.cat([f_s, f_t], dim=0), coeff)
-        loss, acc = domain_bce(self.discriminator(f), f_s.shape[0])
+        weight = source_side_weight(self.source_weight, f_t.shape[0], f.dtype)
+        loss, acc = domain_bce(self.discriminator(f), f_s.shape[0], weight)
         self.last_metrics = {"grl_coeff": coeff, "domain_acc": acc}
         return loss
 

@@ -45,3 +45,11 @@ def domain_bce(d: "torch.Tensor", n_s: int, weight: "torch.Tensor | None" = None
     with torch.no_grad():
         acc = ((d > 0).to(d.dtype) == labels).to(torch.float32).mean().item()
     return 0.5 * (loss_s + loss_t), acc
+
+
+def source_side_weight(source_weight: "torch.Tensor | None", n_t: int, dtype) -> "torch.Tensor | None":
+    """Per-sample weights ``[source_weight, 1 ... 1]`` for :func:`domain_bce` (None when unweighted)."""
+    if source_weight is None:
+        return None
+    w_s = source_weight.detach().reshape(-1).to(dtype)
+    return torch.cat([w_s, torch.ones(n_t, dtype=dtype, device=w_s.device)])

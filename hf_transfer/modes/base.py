@@ -68,19 +68,24 @@ class TransferModel(nn.Module):
         # fast input path: uint8 batches are augmented + normalised here, on the model's device and
         # inside the training step (so the Trainer's RNG checkpoint covers the augmentation draws)
         self.input_transform = input_transform
+        # set by prepare_run (TransferArguments.channels_last): image batches enter the model NHWC
+        self.channels_last = False
         object.__setattr__(self, "_mode", mode)  # not a submodule: no recursion, not in state_dict
         self.config = getattr(classifier, "config", None)
 
     def _prepare(self, pixels):
         if pixels is not None and pixels.dtype == torch.uint8 and self.input_transform is not None:
-            return self.input_transform(pixels)
+            pixels = self.input_transform(pixels)
+        if self.channels_last and pixels is not None and pixels.dim() == 4:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
         return pixels
 
     def forward(self, pixel_values=None, labels=None, target_pixel_values=None, features=None,
-                target_labels=None):
+                target_labels=None, row_index=None):
         pixel_values, target_pixel_values = self._prepare(pixel_values), self._prepare(target_pixel_values)
+        extra = {} if row_index is None else {"row_index": row_index}  # feature mode, features_on_device
         return self._mode.forward(self, pixel_values=pixel_values, labels=labels,
-                                  target_pixel_values=target_pixel_values, features=features)
+                                  target_pixel_values=target_pixel_values, features=features, **extra)
 
     def train(self, mode: bool = True):
         super().train(mode)

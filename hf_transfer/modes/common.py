@@ -20,10 +20,11 @@ def subset(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Dataset:
 
 
 def _decoded(mode, ds: datasets.Dataset, kind: str, with_labels: bool = True) -> DecodedImages:
-    """Decode once (the main process first under DDP; the others then read the cache)."""
+    """Decode once (the main process first under DDP; the others then read the cache), in
+    ``dataloader_num_workers`` processes when > 0 (same bytes as one process: chunks land in order)."""
     with mode.training_args.main_process_first(desc="decoding images"):
         return DecodedImages(ds, mode.backbone.data_config, kind, cache_dir=mode.args.decoded_cache_dir,
-                             with_labels=with_labels)
+                             with_labels=with_labels, num_workers=mode.training_args.dataloader_num_workers)
 
 
 def train_images(mode, ds: datasets.Dataset, with_labels: bool = True):

@@ -1,0 +1,223 @@
+"""Speed options (channels_last, torch.compile for extraction), the memory-mapped feature cache and
+decoding with worker processes: correctness only, never timing."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from types import SimpleNamespace
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hf_transfer.backbones import load_backbone
+from hf_transfer.config import arguments_from_dict
+from hf_transfer.errors import TransferConfigError
+from hf_transfer.features import FeatureCache, ProcessGroup, extract_features
+from hf_transfer.run import prepare_run, run_transfer
+from hf_transfer.speed import compile_options, is_convolutional, normalize_channels_last, set_memory_format, \
+    use_channels_last
+
+SOURCE, TARGET = "builtin:digits-printed", "builtin:digits-handwritten"
+NAMES = ["a", "b", "c"]
+
+
+def tiny(tmp_path, **overrides) -> dict:
+    args = dict(backbone="test_resnet", target=TARGET, image_size=32, crop_pct=1.0, augment="light",
+                output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=16,
+                per_device_eval_batch_size=64, max_train_samples=48, max_eval_samples=32, use_cpu=True,
+                report_to="none", eval_strategy="no", save_strategy="no", learning_rate=0.05, optim="sgd",
+                seed=0, disable_tqdm=True, dataloader_num_workers=0,
+                decoded_cache_dir=str(tmp_path / "decoded"), feature_cache_dir=str(tmp_path / "features"))
+    args.update(overrides)
+    return args
+
+
+def _images(n: int, h: int = 30, w: int = 40) -> datasets.Dataset:
+    rng = np.random.default_rng(0)
+    cells = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
+        cells.append({"bytes": buf.getvalue(), "path": None})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=NAMES)})
+    return datasets.Dataset.from_dict({"image": cells, "label": [k % 3 for k in range(n)]}, features=features)
+
+
+# -- channels_last -----------------------------------------------------------------------------
+
+
+def test_channels_last_values_and_auto():
+    assert [normalize_channels_last(v) for v in (True, "True", "auto", "off", False, "1")] == \
+        ["true", "true", "auto", "false", "false", "true"]
+    with pytest.raises(TransferConfigError, match="channels_last"):
+        normalize_channels_last("sometimes")
+    with pytest.raises(TransferConfigError, match="channels_last"):
+        arguments_from_dict({"mode": "task", "backbone": "test_resnet", "target": TARGET, "output_dir": "x",
+                             "channels_last": "maybe"})
+    convnet = load_backbone("test_resnet", NAMES, image_size=32).model
+    vit = load_backbone("test_vit", NAMES).model
+    assert is_convolutional(convnet) and not is_convolutional(vit)
+    # auto: on only for CUDA + a convnet (the device is only inspected, nothing runs on it)
+    assert use_channels_last("auto", convnet, "cuda") and not use_channels_last("auto", convnet, "cpu")
+    assert not use_channels_last("auto", vit, "cuda")
+    assert use_channels_last("true", vit, "cpu") and not use_channels_last("false", convnet, "cuda")
+
+
+def test_channels_last_same_logits_on_cpu():
+    torch.manual_seed(0)
+    model = load_backbone("test_resnet", NAMES, image_size=32).model.eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(pixel_values=x).logits
+        set_memory_format(model, True)
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+        got = model(pixel_values=x.contiguous(memory_format=torch.channels_last)).logits
+        set_memory_format(model, False)
+        assert conv.weight.is_contiguous()
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_run_is_recorded_and_trains_the_same(tmp_path):
+    """A task run with channels_last=true (checkpoints included) matches the default run."""
+    run_transfer(*arguments_from_dict(tiny(tmp_path, mode="task", channels_last=True, save_strategy="steps",
+                                                save_steps=2, output_dir=str(tmp_path / "on"))))
+    saved = json.loads((tmp_path / "on" / "results.json").read_text())
+    assert saved["arguments"]["channels_last"] == "true" and saved["speed"]["channels_last"] is True
+    assert os.path.isdir(tmp_path / "on" / "checkpoint-2")  # safetensors checkpoint of NHWC weights
+    off = run_transfer(*arguments_from_dict(tiny(tmp_path, mode="task", output_dir=str(tmp_path / "off"))))
+    assert off["speed"]["channels_last"] is False and "channels_last" not in off["arguments"]  # auto on the CPU
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(tmp_path / "on" / "model.safetensors")), load_file(str(tmp_path / "off" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        # float reordering (NHWC kernels) grows through 3 SGD steps to ~3e-4; a layout bug would be O(1)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-2, atol=1e-3, msg=key)
+
+
+def test_extraction_channels_last_and_compile_give_the_same_features(tmp_path):
+    torch.manual_seed(0)
+    backbone = load_backbone("test_resnet", NAMES, image_size=32, crop_pct=0.875)
+    ds = _images(6)
+    ref, _ = extract_features(backbone, ds, batch_size=4)
+    set_memory_format(backbone.model, True)
+    try:
+        got, _ = extract_features(backbone, ds, batch_size=4, channels_last=True,
+                                  compile_options={"backend": "eager"})
+    finally:
+        set_memory_format(backbone.model, False)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    # the extraction pass compiles exactly when TrainingArguments.torch_compile says so
+    plain = SimpleNamespace(torch_compile=False, torch_compile_backend=None, torch_compile_mode=None)
+    assert compile_options(plain) is None
+    on = SimpleNamespace(torch_compile=True, torch_compile_backend="eager", torch_compile_mode="default")
+    assert compile_options(on) == {"backend": "eager", "mode": "default"}
+
+
+# -- the memory-mapped feature cache ----------------------------------------------------------------
+
+
+def test_feature_cache_is_memory_mapped(tmp_path):
+    torch.manual_seed(0)
+    backbone = load_backbone("test_resnet", NAMES, image_size=32, crop_pct=0.875)
+    ds = _images(7)
+    cache = FeatureCache(str(tmp_path / "f"))
+    feats, labels, path = cache.get_or_compute(backbone, ds, "train", batch_size=3, weights_hash="w")
+    mm, _ = FeatureCache.load(path)
+    assert isinstance(mm, np.memmap) and mm.shape == (7, backbone.feature_dim)
+    ref, ref_y = extract_features(backbone, ds, batch_size=5)
+    torch.testing.assert_close(feats, ref, rtol=1e-5, atol=1e-6)
+    assert labels.tolist() == ref_y.tolist()
+    meta = FeatureCache.meta(path)
+    assert meta["world_size"] == 1 and [(s["start"], s["stop"], s["rows_extracted"]) for s in meta["shards"]] == \
+        [(0, 7, 7)]
+    assert sorted(os.listdir(tmp_path / "f")) == [os.path.basename(path)]  # no staging litter
+    # a hit returns tensors over the file's pages (no copy into RAM)
+    again, _, _ = cache.get_or_compute(backbone, ds, "train", batch_size=3, weights_hash="w")
+    assert cache.hits == 1 and torch.equal(again, feats)
+
+
+def test_feature_mode_reads_rows_from_the_memmap(tmp_path):
+    run = prepare_run(*arguments_from_dict(tiny(tmp_path, mode="feature")))
+    train = run.trainer.train_dataset
+    assert isinstance(train.memmap, np.memmap)
+    assert train.features.data_ptr() == train.memmap.ctypes.data  # the tensor IS the memmap, not a copy
+    batch = next(iter(run.trainer.get_train_dataloader()))
+    assert batch["features"].shape == (16, run.backbone.feature_dim) and batch["labels"].dtype == torch.long
+    rows = train.__getitems__([3, 0, 5])
+    torch.testing.assert_close(torch.stack([r["features"] for r in rows]),
+                               torch.from_numpy(np.array(train.memmap[[3, 0, 5]])))
+
+
+def test_shard_bounds_cover_every_row_once():
+    for n in (0, 1, 5, 48):
+        for w in (1, 2, 3):
+            bounds = [ProcessGroup(r, w).bounds(n) for r in range(w)]
+            assert bounds[0][0] == 0 and bounds[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+
+
+# -- decoding with worker processes -------------------------------------------------------------
+
+
+def test_mode_decodes_with_dataloader_workers(tmp_path, monkeypatch):
+    from hf_transfer.data.transforms import DataConfig
+    from hf_transfer.modes import common
+
+    seen = []
+    real = common.DecodedImages
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("num_workers"))
+        return real(*args, chunk_size=2, **kwargs)
+
+    monkeypatch.setattr(common, "DecodedImages", spy)
+    ds = _images(7, 24, 30)
+
+    def fake_mode(workers, cache):
+        training_args = SimpleNamespace(dataloader_num_workers=workers, main_process_first=lambda desc: contextlib.nullcontext())
+        return SimpleNamespace(training_args=training_args, backbone=SimpleNamespace(data_config=DataConfig(input_size=(3, 16, 16))),
+                               args=SimpleNamespace(decoded_cache_dir=str(tmp_path / cache)))
+
+    for kind in ("train", "eval"):
+        one = common._decoded(fake_mode(0, "one"), ds, kind)
+        two = common._decoded(fake_mode(2, "two"), ds, kind)
+        assert one.decoded and two.decoded
+        assert np.array_equal(np.asarray(one.images), np.asarray(two.images))
+        assert np.array_equal(one.image_sizes, two.image_sizes) and np.array_equal(one.labels, two.labels)
+    assert seen == [0, 2, 0, 2]
+
+
+def test_features_on_device_trains_the_same_head(tmp_path):
+    """The device-resident path (forced on, on CPU) gathers the same rows in the same order as the
+    memmap path: the trained head and the metrics are the same; a batch carries only row indices."""
+    from hf_transfer.modes.feature import RowIndexDataset
+    from hf_transfer.speed import use_features_on_device
+
+    assert use_features_on_device("auto", 10, "cpu") is False and use_features_on_device(True, 10, "cpu") is True
+    with pytest.raises(TransferConfigError, match="features_on_device"):
+        arguments_from_dict(tiny(tmp_path, mode="feature", features_on_device="gpu"))
+    runs = {}
+    for flag in ("true", "false"):
+        args, targs = arguments_from_dict(tiny(tmp_path, mode="feature", features_on_device=flag, max_steps=6,
+                                               output_dir=str(tmp_path / flag)))
+        run = prepare_run(args, targs)
+        train = run.trainer.train_dataset
+        assert isinstance(train, RowIndexDataset) == (flag == "true")
+        if flag == "true":
+            batch = next(iter(run.trainer.get_train_dataloader()))
+            assert set(batch) == {"row_index"} and run.mode.device_table[0].shape[0] == len(train)
+        results = run_transfer(args, targs)
+        assert results["features_on_device"] is (flag == "true")
+        from safetensors.torch import load_file
+        runs[flag] = (load_file(os.path.join(tmp_path, flag, "model.safetensors")), results["metrics"])
+    for key, value in runs["true"][0].items():
+        torch.testing.assert_close(value, runs["false"][0][key], msg=key)
+    assert runs["true"][1] == runs["false"][1]
