@@ -86,6 +86,10 @@ class TransferArguments:
         "help": "channels_last memory format for the model and its inputs (training and feature extraction): "
                 "auto (on for CUDA + a convolutional backbone, off otherwise) | true | false. For torch.compile "
                 "use TrainingArguments' --torch_compile (it also compiles the feature extraction pass)."})
+    auto_bf16: bool = field(default=True, metadata={
+        "help": "When neither --bf16 nor --fp16 is given: bf16 mixed precision on a CUDA GPU that supports it "
+                "(tensor cores; no loss scaling needed), fp32 elsewhere (bf16 autocast is slower on most CPUs). "
+                "false: the TrainingArguments as given."})
     features_on_device: str = field(default="auto", metadata={
         "help": "feature mode: copy the cached TRAIN features to the training device once and train the head "
                 "on rows gathered there (no per-step host reads or copies): auto (on for CUDA when they take "
@@ -241,7 +245,18 @@ def parse_args(argv: list[str] | None = None):
         raise TransferConfigError(str(err)) from err
     if rest:
         raise TransferConfigError(f"Unknown argument(s): {rest}")
-    return transfer_args, training_args
+    return transfer_args, resolve_precision(transfer_args, training_args)
+
+
+def resolve_precision(transfer_args: TransferArguments, training_args):
+    """Apply ``auto_bf16``: bf16 on a bf16-capable CUDA device unless the user chose a precision."""
+    import torch
+
+    if (transfer_args.auto_bf16 and not (training_args.bf16 or training_args.fp16) and not training_args.use_cpu
+            and torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        training_args.bf16 = True
+        training_args.mixed_precision = "bf16"  # what the Trainer's Accelerator reads (set in __post_init__)
+    return training_args
 
 
 def arguments_from_dict(data: dict):
@@ -250,6 +265,7 @@ def arguments_from_dict(data: dict):
     if unknown:
         raise TransferConfigError(f"Unknown argument(s) {unknown}.")
     try:
-        return _parser().parse_dict(data)
+        transfer_args, training_args = _parser().parse_dict(data)
     except ValueError as err:
         raise TransferConfigError(str(err)) from err
+    return transfer_args, resolve_precision(transfer_args, training_args)

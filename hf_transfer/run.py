@@ -222,7 +222,8 @@ def run_transfer(args: TransferArguments, training_args, callbacks=None) -> dict
         "data_config": backbone.data_config.to_dict(),
         "augment": args.augment,
         "speed": {"input_path": args.input_path, "channels_last": model.channels_last,
-                  "torch_compile": bool(training_args.torch_compile)},
+                  "torch_compile": bool(training_args.torch_compile),
+                  "mixed_precision": training_args.mixed_precision},
         "hyperparameters": {
             "learning_rate": training_args.learning_rate, "backbone_lr_scale": args.backbone_lr_scale,
             "per_device_train_batch_size": training_args.per_device_train_batch_size,

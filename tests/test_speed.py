@@ -221,3 +221,30 @@ def test_features_on_device_trains_the_same_head(tmp_path):
     for key, value in runs["true"][0].items():
         torch.testing.assert_close(value, runs["false"][0][key], msg=key)
     assert runs["true"][1] == runs["false"][1]
+
+
+def test_auto_bf16_only_on_a_bf16_cuda_device(tmp_path, monkeypatch):
+    from hf_transfer.config import resolve_precision
+
+    args, targs = arguments_from_dict(tiny(tmp_path, mode="task"))
+    assert args.auto_bf16 and not targs.bf16 and targs.mixed_precision == "no"  # CPU: fp32
+
+    def training(**kw):  # TrainingArguments on a GPU machine (cannot be built without one)
+        return SimpleNamespace(**{"bf16": False, "fp16": False, "use_cpu": False, "mixed_precision": "no", **kw})
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    got = resolve_precision(args, training())
+    assert got.bf16 and got.mixed_precision == "bf16"
+    assert resolve_precision(args, training(fp16=True, mixed_precision="fp16")).mixed_precision == "fp16"  # user's choice
+    assert not resolve_precision(args, training(use_cpu=True)).bf16
+    args.auto_bf16 = False
+    assert not resolve_precision(args, training()).bf16
+    args.auto_bf16 = True
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a V100
+    assert not resolve_precision(args, training()).bf16
+
+
+def test_precision_is_recorded(tmp_path):
+    results = run_transfer(*arguments_from_dict(tiny(tmp_path, mode="feature", max_steps=2)))
+    assert results["speed"]["mixed_precision"] == "no"
