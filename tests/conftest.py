@@ -26,6 +26,13 @@ pytest_plugins = ["hf_transfer.testing.pytest_plugin"]
 import pytest  # noqa: E402
 
 
+def pytest_unconfigure(config):
+    """The session's HF_HOME / caches go with the session (they hold decoded images and datasets)."""
+    import shutil
+
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def tiny_vit_dir(tmp_path_factory):
     """A transformers-native ViT (5-class head) and its image processor, saved as a local 'Hub' folder."""
