@@ -54,6 +54,10 @@ ARMS = [
     ("cdan+e+bottleneck64", "domain", "cdan",
      {"method_args": {"hold": 0.15, "entropy_conditioning": True}, "bottleneck_dim": 64}),
     ("dan+target_ratio2", "domain", "dan", {"target_batch_ratio": 2.0}),
+    # self-training variants (issue #4: pseudo_label is below source-only on printed->handwritten)
+    ("pseudo_label+thr0.8", "domain", "pseudo_label", {"method_args": {"threshold": 0.8}}),
+    ("cbst", "domain", "cbst", {"method_args": {"fraction_start": 0.2, "fraction": 0.5}}),
+    ("fixmatch", "domain", "fixmatch", {"method_args": {"threshold": 0.95}}),
 ]
 
 

@@ -37,7 +37,7 @@ def batch(n=16, shift=0.0, seed=0, d=D, c=C):
 
 
 # --------------------------------------------------------------------------- registry and contract
-EXPECTED = {"source_only", "dann", "cdan", "dan", "coral", "mcc", "entropy", "im", "pseudo_label"}
+EXPECTED = {"source_only", "dann", "cdan", "dan", "coral", "mcc", "entropy", "im", "pseudo_label", "cbst", "fixmatch"}
 
 
 def test_registry_has_the_methods():
@@ -66,12 +66,12 @@ def test_every_loss_is_a_finite_scalar_with_gradients(name):
     # CDAN conditions on detached predictions: its gradient goes to the features only
     grad = f_t.grad if name in ("dann", "cdan", "dan", "coral") else l_t.grad
     assert grad is not None and torch.isfinite(grad).all()
-    if name != "pseudo_label":
+    if name not in ("pseudo_label", "fixmatch"):
         assert grad.abs().sum() > 0
     assert all(isinstance(v, float) for v in loss.last_metrics.values())
 
 
-@pytest.mark.parametrize("name", ["cdan", "mcc", "entropy", "im", "pseudo_label"])
+@pytest.mark.parametrize("name", ["cdan", "mcc", "entropy", "im", "pseudo_label", "cbst", "fixmatch"])
 def test_logit_methods_say_so_and_refuse_missing_logits(name):
     loss = build_loss(name, D, C)
     assert loss.needs_logits
@@ -332,6 +332,64 @@ def test_pseudo_label_uses_confident_samples_only():
     assert pl.last_metrics["mask_rate"] == pytest.approx(3 / 8)
     ref = F.cross_entropy(logits[:3], logits[:3].argmax(1), reduction="sum") / 8
     assert out.item() == pytest.approx(ref.item(), rel=1e-5) and out.item() > 0
+
+
+def test_cbst_keeps_the_top_fraction_of_each_predicted_class():
+    from hf_transfer.losses.self_training import class_balanced_mask
+
+    # class 0: 6 samples (a dominant class), class 1: 2 samples; fraction 0.5 -> top 3 of class 0, top 1 of class 1
+    conf = torch.tensor([0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.70, 0.60])
+    labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1])
+    perm = torch.randperm(8, generator=gen(1))
+    mask = class_balanced_mask(conf[perm], labels[perm], 0.5)
+    assert mask.tolist() == torch.tensor([1, 1, 1, 0, 0, 0, 1, 0], dtype=torch.bool)[perm].tolist()
+    assert not class_balanced_mask(conf, labels, 0.0).any() and class_balanced_mask(conf, labels, 1.0).all()
+    # a global 0.95 threshold would keep 5 samples, all of class 0; CBST keeps the rare class's best too
+    cbst = build_loss("cbst", D, C, fraction_start=0.2, fraction=0.5)
+    logits = torch.log(torch.stack([torch.tensor([c, 1 - c, 0, 0]) if y == 0 else torch.tensor([1 - c, c, 0, 0])
+                                    for c, y in zip(conf.tolist(), labels.tolist())]).clamp_min(1e-6))
+    logits.requires_grad_(True)
+    cbst.set_progress(1.0)
+    out = cbst(None, None, None, logits)
+    keep = class_balanced_mask(conf, labels, 0.5)
+    ref = F.cross_entropy(logits[keep], labels[keep], reduction="sum") / 8
+    assert out.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert cbst.last_metrics == {"mask_rate": 0.5, "fraction": 0.5}
+    out.backward()
+    assert logits.grad[~keep].abs().max() == 0 and logits.grad[keep].abs().sum() > 0
+    cbst.set_progress(0.0)  # the fraction grows with progress: 0.2 -> ceil(1.2)=2 of class 0, 1 of class 1
+    cbst(None, None, None, logits)
+    assert cbst.last_metrics["fraction"] == pytest.approx(0.2) and cbst.last_metrics["mask_rate"] == 3 / 8
+
+
+def test_fixmatch_labels_from_weak_view_loss_and_gradient_on_strong_view_only():
+    fm = build_loss("fixmatch", D, C, threshold=0.95)
+    assert fm.target_views == 2
+    weak = torch.randn(6, C, generator=gen(0))
+    weak[:2] = one_hot_logits(2, C, scale=8.0)  # only these two are confident
+    strong = torch.randn(6, C, generator=gen(1))
+    weak.requires_grad_(True)
+    strong.requires_grad_(True)
+    out = fm(None, None, None, torch.cat([weak, strong]))
+    ref = F.cross_entropy(strong[:2], weak[:2].argmax(1), reduction="sum") / 6
+    assert out.item() == pytest.approx(ref.item(), rel=1e-5) and fm.last_metrics["mask_rate"] == pytest.approx(2 / 6)
+    out.backward()
+    assert weak.grad is None or weak.grad.abs().max() == 0  # labels are detached
+    assert strong.grad[2:].abs().max() == 0 and strong.grad[:2].abs().sum() > 0
+    # nothing confident -> exactly 0
+    assert fm(None, None, None, torch.zeros(8, C)).item() == 0.0 and fm.last_metrics["mask_rate"] == 0.0
+    with pytest.raises(ValueError, match="even"):
+        fm(None, None, None, torch.zeros(5, C))
+
+
+def test_fixmatch_strong_view_changes_the_images_keeps_shape_and_dtype():
+    fm = build_loss("fixmatch", D, C)
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 16, 16)
+    y = fm.second_view(x)
+    assert y.shape == x.shape and y.dtype == x.dtype and torch.isfinite(y).all()
+    assert not torch.allclose(x, y)
+    assert (y - x).flatten(1).abs().sum(1).min() > 0  # every sample is changed
 
 
 # --------------------------------------------------------------------------- AdaBN

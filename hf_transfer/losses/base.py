@@ -37,12 +37,20 @@ class TransferLoss(nn.Module):
     #: True when ``forward`` honours ``source_weight`` (per-sample weights of the source rows, set by
     #: the caller before ``forward``; e.g. PADA's class weights on the source side of a domain loss)
     uses_source_weight: bool = False
+    #: 2 when the method needs a second view of the target batch (e.g. FixMatch's strong view): the
+    #: caller then builds it with ``second_view(target_pixels)``, runs it in the same forward, and
+    #: passes ``f_t`` / ``logits_t`` with the first view's rows followed by the second view's rows
+    target_views: int = 1
 
     def __init__(self) -> None:
         super().__init__()
         self.progress: float = 0.0
         self.last_metrics: dict[str, float] = {}
         self.source_weight: torch.Tensor | None = None
+
+    def second_view(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The second target view of a (normalised) target batch; only for ``target_views == 2``."""
+        raise NotImplementedError(f"{type(self).__name__} has target_views={self.target_views}")
 
     def set_progress(self, progress: float) -> None:
         """Set the training progress in [0, 1] (``global_step / max_steps``)."""

@@ -149,11 +149,13 @@ class DomainMode(TransferMode):
             loss = self._source_loss(model, logits, labels) if model.training else classification_loss(logits, labels)
             return {"loss": loss, "logits": logits}
         n_source = pixel_values.shape[0]
+        loss_fn = model.aux["transfer"]
+        if loss_fn.target_views == 2:  # e.g. FixMatch: a strong view of the same target images, same forward
+            target_pixel_values = torch.cat([target_pixel_values, loss_fn.second_view(target_pixel_values)])
         features, logits = self.features_and_logits(model, torch.cat([pixel_values, target_pixel_values]))
         f_s, f_t = features[:n_source], features[n_source:]
         logits_s, logits_t = logits[:n_source], logits[n_source:]
         cls_loss = self._source_loss(model, logits_s, labels)
-        loss_fn = model.aux["transfer"]
         if self.class_weights is not None and loss_fn.uses_source_weight:
             loss_fn.source_weight = model.aux["pada"].weights[labels]
         try:
