@@ -17,15 +17,14 @@ from dataclasses import dataclass
 import torch
 import transformers
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from . import __version__
 from .backbones import load_backbone
+from .checkpoints import resolve_resume
 from .config import TransferArguments
 from .data.align import align_domains
 from .data.load import load_domain
 from .data.spec import parse_dataset_spec
-from .errors import TransferConfigError
 from .export import export_model
 from .metrics import classification_report, model_selection, scalar_metrics_fn
 from .modes import TransferData, get_mode
@@ -50,17 +49,7 @@ def load_transfer_data(args: TransferArguments, seed: int) -> TransferData:
 
 
 def _resume_checkpoint(training_args) -> str | None:
-    value = training_args.resume_from_checkpoint
-    if value is None:
-        return None
-    if str(value).lower() in ("true", "last", "latest"):
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        if last is None:
-            raise TransferConfigError(f"resume_from_checkpoint={value!r}: no checkpoint in {training_args.output_dir!r}.")
-        return last
-    if not os.path.isdir(value):
-        raise TransferConfigError(f"resume_from_checkpoint: {value!r} is not a checkpoint folder.")
-    return value
+    return resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
 
 
 def _prepare_training_args(training_args) -> None:
