@@ -58,6 +58,12 @@ ARMS = [
     ("pseudo_label+thr0.8", "domain", "pseudo_label", {"method_args": {"threshold": 0.8}}),
     ("cbst", "domain", "cbst", {"method_args": {"fraction_start": 0.2, "fraction": 0.5}}),
     ("fixmatch", "domain", "fixmatch", {"method_args": {"threshold": 0.95}}),
+    # two stages: self-training started from the CDAN+E model of the same seed (its run folder as the
+    # backbone; run first when missing), 300 steps at a quarter of the learning rate
+    ("cdan+e->pseudo_label", "domain", "pseudo_label",
+     {"init_from": "cdan+e", "method_args": {"threshold": 0.95}, "max_steps": 300, "learning_rate": 0.005}),
+    ("cdan+e->fixmatch", "domain", "fixmatch",
+     {"init_from": "cdan+e", "method_args": {"threshold": 0.95}, "max_steps": 300, "learning_rate": 0.005}),
 ]
 
 
@@ -75,6 +81,14 @@ def run_one(pair: str, name: str, mode: str, method: str, extra: dict, seed: int
     from hf_transfer.run import run_transfer
 
     source, target = PAIRS[pair]
+    extra = dict(extra)
+    init_from = extra.pop("init_from", None)
+    if init_from:  # a two-stage arm: start from the run folder of another row, same pair and seed
+        first = os.path.join(out, pair.replace(">", ""), init_from, f"seed{seed}")
+        if not os.path.exists(os.path.join(first, "results.json")):
+            _, m0, meth0, extra0 = next(r for r in METHODS + ARMS if r[0] == init_from)
+            run_one(pair, init_from, m0, meth0, extra0, seed, steps, out)
+        extra["backbone"] = first
     args = {**common_args(steps), "mode": mode, "method": method, "target": target, "seed": seed,
             "output_dir": os.path.join(out, pair.replace(">", ""), name, f"seed{seed}"), **extra}
     if mode == "domain":
