@@ -31,6 +31,8 @@ import time
 PAIRS = {
     "printed->handwritten": ("builtin:digits-printed", "builtin:digits-handwritten"),
     "handwritten->blended": ("builtin:digits-handwritten", "builtin:digits-blended"),
+    # partial DA: the target holds (and declares) only digits 0-4; the source has all ten
+    "printed->handwritten0-4": ("builtin:digits-printed", "partial:digits-handwritten:5"),
 }
 # (row name, mode, method, extra arguments); trade-offs follow the methods' usual scales
 METHODS = [
@@ -62,9 +64,35 @@ ARMS = [
     # backbone; run first when missing), 300 steps at a quarter of the learning rate
     ("cdan+e->pseudo_label", "domain", "pseudo_label",
      {"init_from": "cdan+e", "method_args": {"threshold": 0.95}, "max_steps": 300, "learning_rate": 0.005}),
+    # partial label spaces (run on the printed->handwritten0-4 pair): what to do with source-only classes
+    ("partial:source_only", "domain", "source_only", {"label_policy": "partial", "partial_weighting": "none"}),
+    ("partial:cdan+e", "domain", "cdan", {"method_args": {"hold": 0.15, "entropy_conditioning": True},
+                                          "label_policy": "partial", "partial_weighting": "none"}),
+    ("partial:cdan+e+exclude", "domain", "cdan", {"method_args": {"hold": 0.15, "entropy_conditioning": True},
+                                                  "label_policy": "partial", "partial_weighting": "exclude"}),
+    ("partial:cdan+e+pada", "domain", "cdan", {"method_args": {"hold": 0.15, "entropy_conditioning": True},
+                                               "label_policy": "partial", "partial_weighting": "pada"}),
     ("cdan+e->fixmatch", "domain", "fixmatch",
      {"init_from": "cdan+e", "method_args": {"threshold": 0.95}, "max_steps": 300, "learning_rate": 0.005}),
 ]
+
+
+def partial_target(spec: str, workdir: str) -> str:
+    """``partial:<builtin>:<k>`` -> a saved dataset of the first ``k`` classes only (rows and ClassLabel),
+    made once under ``workdir``: a target whose label space is a strict subset of the source's."""
+    import datasets
+
+    from hf_transfer.data.builtin import load_builtin
+
+    _, name, k = spec.split(":")
+    path = os.path.join(workdir, f"{name}-first{k}")
+    if not os.path.exists(os.path.join(path, "dataset_dict.json")):
+        dsd = load_builtin(name)
+        names = dsd["train"].features["label"].names[: int(k)]
+        kept = dsd.filter(lambda row: row["label"] < int(k))
+        kept = kept.cast_column("label", datasets.ClassLabel(names=names))
+        kept.save_to_disk(path)
+    return path
 
 
 def common_args(steps: int) -> dict:
@@ -81,6 +109,8 @@ def run_one(pair: str, name: str, mode: str, method: str, extra: dict, seed: int
     from hf_transfer.run import run_transfer
 
     source, target = PAIRS[pair]
+    if target.startswith("partial:"):
+        target = partial_target(target, out)
     extra = dict(extra)
     init_from = extra.pop("init_from", None)
     if init_from:  # a two-stage arm: start from the run folder of another row, same pair and seed
