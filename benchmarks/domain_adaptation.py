@@ -31,9 +31,10 @@ import time
 PAIRS = {
     "printed->handwritten": ("builtin:digits-printed", "builtin:digits-handwritten"),
     "handwritten->blended": ("builtin:digits-handwritten", "builtin:digits-blended"),
-    # partial DA: the target holds (and declares) only digits 0-4; the source has all ten
-    "printed->handwritten0-4": ("builtin:digits-printed", "partial:digits-handwritten:5"),
+    # partial DA: the target holds (and declares) only digits 0-4 (--target_classes first:5); the source all ten
+    "printed->handwritten0-4": ("builtin:digits-printed", "builtin:digits-handwritten"),
 }
+PAIR_ARGS = {"printed->handwritten0-4": {"target_classes": "first:5"}}
 # (row name, mode, method, extra arguments); trade-offs follow the methods' usual scales
 METHODS = [
     ("train_on_target", "task", "full", {}),
@@ -77,24 +78,6 @@ ARMS = [
 ]
 
 
-def partial_target(spec: str, workdir: str) -> str:
-    """``partial:<builtin>:<k>`` -> a saved dataset of the first ``k`` classes only (rows and ClassLabel),
-    made once under ``workdir``: a target whose label space is a strict subset of the source's."""
-    import datasets
-
-    from hf_transfer.data.builtin import load_builtin
-
-    _, name, k = spec.split(":")
-    path = os.path.join(workdir, f"{name}-first{k}")
-    if not os.path.exists(os.path.join(path, "dataset_dict.json")):
-        dsd = load_builtin(name)
-        names = dsd["train"].features["label"].names[: int(k)]
-        kept = dsd.filter(lambda row: row["label"] < int(k))
-        kept = kept.cast_column("label", datasets.ClassLabel(names=names))
-        kept.save_to_disk(path)
-    return path
-
-
 def common_args(steps: int) -> dict:
     return {"backbone": "test_resnet", "image_size": 32, "crop_pct": 1.0, "augment": "light",
             "per_device_train_batch_size": 64, "per_device_eval_batch_size": 512, "learning_rate": 0.02,
@@ -109,8 +92,6 @@ def run_one(pair: str, name: str, mode: str, method: str, extra: dict, seed: int
     from hf_transfer.run import run_transfer
 
     source, target = PAIRS[pair]
-    if target.startswith("partial:"):
-        target = partial_target(target, out)
     extra = dict(extra)
     init_from = extra.pop("init_from", None)
     if init_from:  # a two-stage arm: start from the run folder of another row, same pair and seed
@@ -119,7 +100,7 @@ def run_one(pair: str, name: str, mode: str, method: str, extra: dict, seed: int
             _, m0, meth0, extra0 = next(r for r in METHODS + ARMS if r[0] == init_from)
             run_one(pair, init_from, m0, meth0, extra0, seed, steps, out)
         extra["backbone"] = first
-    args = {**common_args(steps), "mode": mode, "method": method, "target": target, "seed": seed,
+    args = {**common_args(steps), **PAIR_ARGS.get(pair, {}), "mode": mode, "method": method, "target": target, "seed": seed,
             "output_dir": os.path.join(out, pair.replace(">", ""), name, f"seed{seed}"), **extra}
     if mode == "domain":
         args["source"] = source

@@ -74,7 +74,7 @@ def plan_run(args, training_args) -> dict:
         "backbone": {"id": args.backbone, "kind": _backbone_kind(args.backbone), "revision": args.backbone_revision},
         "datasets": {k: {"kind": v.kind, "name": v.name, "config": v.config, "revision": v.revision,
                          "split": v.split} for k, v in datasets.items()},
-        "label_policy": args.label_policy,
+        "label_policy": args.label_policy, "target_classes": args.target_classes,
         "training": {"output_dir": training_args.output_dir, "learning_rate": training_args.learning_rate,
                      "per_device_train_batch_size": training_args.per_device_train_batch_size,
                      "num_train_epochs": training_args.num_train_epochs, "max_steps": training_args.max_steps,

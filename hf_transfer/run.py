@@ -23,6 +23,7 @@ from .backbones import load_backbone
 from .checkpoints import resolve_resume
 from .config import TransferArguments
 from .data.align import align_domains
+from .data.classes import select_classes
 from .data.load import load_domain
 from .data.spec import parse_dataset_spec
 from .export import export_model
@@ -37,7 +38,8 @@ logger = logging.getLogger(__name__)
 def load_transfer_data(args: TransferArguments, seed: int) -> TransferData:
     target_spec = parse_dataset_spec(args.target)
     source_spec = parse_dataset_spec(args.source) if args.source else None
-    target = load_domain(target_spec, args.image_column, args.label_column, seed=seed)
+    target = select_classes(load_domain(target_spec, args.image_column, args.label_column, seed=seed),
+                            args.target_classes)
     if source_spec is None:
         names = target["train"].features["label"].names
         return TransferData(target=target, label_names=list(names), target_name=target_spec.display_name)

@@ -273,3 +273,26 @@ def test_paired_ratio_keeps_one_epoch_over_every_image():
     assert seen == set(range(1000, 1030))  # every target image once per epoch
     with pytest.raises(ValueError, match="target_ratio"):
         PairedDataset(source, target, target_ratio=0.0)
+
+
+def test_select_classes_keeps_rows_and_declares_only_the_kept_names():
+    from hf_transfer.data.builtin import load_builtin
+    from hf_transfer.data.classes import select_classes
+
+    dsd = load_builtin("digits-handwritten")
+    names = dsd["train"].features["label"].names
+    first = select_classes(dsd, "first:5")
+    for split in dsd:
+        assert first[split].features["label"].names == names[:5]
+        labels = np.asarray(first[split]["label"])
+        assert labels.max() == 4 and len(labels) == int((np.asarray(dsd[split]["label"]) < 5).sum())
+    picked = select_classes(dsd, " Seven, two ")
+    assert picked["test"].features["label"].names == ["seven", "two"]
+    old = np.asarray(dsd["test"]["label"])
+    new = np.asarray(picked["test"]["label"])
+    assert len(new) == int(np.isin(old, [7, 2]).sum())
+    assert [names[i] for i in old[np.isin(old, [7, 2])]] == [["seven", "two"][i] for i in new]  # remapped, same order
+    assert select_classes(dsd, None) is dsd
+    for bad, match in (("first:0", "1..10"), ("first:x", "integer"), ("seven, tree", "tree")):
+        with pytest.raises(TransferConfigError, match=match):
+            select_classes(dsd, bad)

@@ -351,3 +351,16 @@ def test_adabn_adapts_the_bottleneck_batchnorm_before_the_fold(tmp_path):
     weight, bias = fold_bottleneck(run.model.aux["bottleneck"])  # the fold used the target statistics
     torch.testing.assert_close(run.backbone.head.weight, weight.float())
     torch.testing.assert_close(run.backbone.head.bias, bias.float())
+
+
+def test_target_classes_make_a_partial_task_from_a_full_target(tmp_path):
+    """--target_classes first:5 on a 10-class target + label_policy=partial: the standard way the
+    Office partial tasks are built; exclude then drops the source rows of the five other classes."""
+    run = prepared(tmp_path, mode="domain", method="dan", target="builtin:digits-handwritten",
+                   target_classes="first:5", label_policy="partial")
+    assert run.data.alignment.setting == "partial" and len(run.data.label_names) == 10
+    assert run.data.alignment.source_only == run.data.label_names[5:]
+    assert run.mode.label_space_weighting()["excluded_classes"] == run.data.label_names[5:]
+    with pytest.raises(TransferConfigError, match="target_classes"):
+        prepared(tmp_path, mode="domain", method="dan", target="builtin:digits-handwritten",
+                 target_classes="zero, eleven", label_policy="partial")

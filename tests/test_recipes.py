@@ -40,7 +40,7 @@ def _config(tmp_path, mode, method, extra, **overrides) -> str:
 def test_every_shipped_config_resolves_to_a_plan_offline(name):
     from hf_transfer.plan import plan_run
 
-    # GPU recipes set bf16; on this CPU machine TrainingArguments needs use_cpu for that
+    # the plan must not depend on this machine (recipes leave precision to auto_bf16)
     transfer_args, training_args = parse_args(["--config", os.path.join(ROOT, "recipes", "configs", name),
                                                "--use_cpu", "true"])
     plan = plan_run(transfer_args, training_args)
@@ -50,6 +50,8 @@ def test_every_shipped_config_resolves_to_a_plan_offline(name):
         assert plan["datasets"]["source"]["kind"] == "hub" and plan["datasets"]["source"]["config"]
         assert plan["backbone"]["kind"] == "timm weights on the Hub"
         assert plan["method_plan"]["paper"].startswith("https://") or plan["method"] == "source_only"
+    if "partial" in name:
+        assert plan["label_policy"] == "partial" and plan["target_classes"] == "first:25"
 
 
 def test_plan_rejects_bad_method_args(tmp_path):
