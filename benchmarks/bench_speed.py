@@ -620,15 +620,17 @@ def _mem(r: dict) -> str:
     return s
 
 
+def _table(title: str, columns: list[str], rows: list[list]) -> list[str]:
+    """A markdown section: title, header, separator (one per column), one line per row of cells."""
+    line = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"  # noqa: E731
+    return [title, "", line(columns), "|" + "---|" * len(columns), *(line(r) for r in rows), ""]
+
+
 def markdown(rows: list[dict], args) -> str:
     out = []
     ft = [r for r in rows if r["kind"] == "finetune" and "error" not in r]
     if ft:
-        out += [(f"### Fine-tuning: steady-state training img/s (batch {args.batch_size}, {args.steps} timed steps "
-                 f"after {args.warmup} warm-up, {args.workers} loader workers)"), "",
-                ("| model @ px | data | stock img/s | ours img/s | ratio | ours options | ours one-time decode s "
-                 "| setup s stock / ours | memory MB: main peak RSS + workers PSS (GPU peak) stock | ours |"),
-                "|---|---|---|---|---|---|---|---|---|---|"]
+        cells = []
         for r in ft:
             s, o = r["stock"], r["ours"]
             if "error" in o:
@@ -638,41 +640,39 @@ def markdown(rows: list[dict], args) -> str:
                 opts += f", aug {o['options']['augment_impl']}" + (" (compile failed: eager)" if "compile_error" in o
                                                                     else "")
                 decode = f"{o['decode_s']} ({o['decoded_splits']} splits)"
-            out.append(f"| {r['model']} @ {r['size']} | {r['data']} | {_g(s, 'img_per_s')} | {_g(o, 'img_per_s')} | "
-                       f"**{r['ratio']}x** | {opts} | {decode} | "
-                       f"{_g(s, 'setup_s')} / {_g(o, 'setup_s')} | {_mem(s)} | {_mem(o)} |")
-        out.append("")
+            cells.append([f"{r['model']} @ {r['size']}", r["data"], _g(s, "img_per_s"), _g(o, "img_per_s"),
+                          f"**{r['ratio']}x**", opts, decode, f"{_g(s, 'setup_s')} / {_g(o, 'setup_s')}",
+                          _mem(s), _mem(o)])
+        out += _table(f"### Fine-tuning: steady-state training img/s (batch {args.batch_size}, {args.steps} timed "
+                      f"steps after {args.warmup} warm-up, {args.workers} loader workers)",
+                      ["model @ px", "data", "stock img/s", "ours img/s", "ratio", "ours options",
+                       "ours one-time decode s", "setup s stock / ours",
+                       "memory MB: main peak RSS + workers PSS (GPU peak) stock", "ours"], cells)
     pr = [r for r in rows if r["kind"] == "probe" and "error" not in r]
     if pr:
-        out += [f"### {args.probe_epochs}-epoch linear probe: total wall time, setup included", "",
-                ("| model @ px | data | train images | naive frozen Trainer s (per-epoch img/s) | ours: feature "
-                 "mode s (extract + head) | ratio | ours + fast extraction s (extract + head) | ratio | memory MB "
-                 "naive | ours | ours+fastx |"),
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in pr:
-            nv, o, f = r["naive"], r["ours"], r["ours_fastx"]
+        def parts(x):
+            return "ERROR" if "error" in x else f"{x['total_s']} ({x['extract_s']} + {x['head_train_s']})"
 
-            def parts(x):
-                return "ERROR" if "error" in x else f"{x['total_s']} ({x['extract_s']} + {x['head_train_s']})"
-
-            out.append(f"| {r['model']} @ {r['size']} | {r['data']} | {_g(nv, 'images')} | {_g(nv, 'total_s')} "
-                       f"({_g(nv, 'img_per_s_per_epoch')}) | {parts(o)} | **{r['ratio']}x** | {parts(f)} | "
-                       f"**{r['ratio_fastx']}x** | {_mem(nv)} | {_mem(o)} | {_mem(f)} |")
-        out.append("")
+        cells = [[f"{r['model']} @ {r['size']}", r["data"], _g(r["naive"], "images"),
+                  f"{_g(r['naive'], 'total_s')} ({_g(r['naive'], 'img_per_s_per_epoch')})", parts(r["ours"]),
+                  f"**{r['ratio']}x**", parts(r["ours_fastx"]), f"**{r['ratio_fastx']}x**", _mem(r["naive"]),
+                  _mem(r["ours"]), _mem(r["ours_fastx"])] for r in pr]
+        out += _table(f"### {args.probe_epochs}-epoch linear probe: total wall time, setup included",
+                      ["model @ px", "data", "train images", "naive frozen Trainer s (per-epoch img/s)",
+                       "ours: feature mode s (extract + head)", "ratio", "ours + fast extraction s (extract + head)",
+                       "ratio", "memory MB naive", "ours", "ours+fastx"], cells)
     ex = [r for r in rows if r["kind"] == "extract" and "error" not in r]
     if ex:
-        out += [f"### Extraction: one inference pass (batch {2 * args.batch_size}), img/s end to end", "",
-                ("| model @ px | data | images | stock img/s (steady state) | ours fast, cold: decode + pass "
-                 "| ratio | ours fast, warm (decoded cache) | ratio | extract_features stock path, no workers "
-                 "| memory MB stock | ours cold |"),
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in ex:
-            s, c, w, p = r["stock"], r["ours_cold"], r["ours_warm"], r["ours_stock_path"]
-            out.append(f"| {r['model']} @ {r['size']} | {r['data']} | {r['images']} | "
-                       f"{_g(s, 'img_per_s_end_to_end')} ({_g(s, 'img_per_s')}) | {_g(c, 'img_per_s_end_to_end')} "
-                       f"(decode {_g(c, 'decode_s')} s) | **{r['ratio_cold']}x** | {_g(w, 'img_per_s_end_to_end')} | "
-                       f"**{r['ratio_warm']}x** | {_g(p, 'img_per_s_end_to_end')} | {_mem(s)} | {_mem(c)} |")
-        out.append("")
+        cells = [[f"{r['model']} @ {r['size']}", r["data"], r["images"],
+                  f"{_g(r['stock'], 'img_per_s_end_to_end')} ({_g(r['stock'], 'img_per_s')})",
+                  f"{_g(r['ours_cold'], 'img_per_s_end_to_end')} (decode {_g(r['ours_cold'], 'decode_s')} s)",
+                  f"**{r['ratio_cold']}x**", _g(r["ours_warm"], "img_per_s_end_to_end"), f"**{r['ratio_warm']}x**",
+                  _g(r["ours_stock_path"], "img_per_s_end_to_end"), _mem(r["stock"]), _mem(r["ours_cold"])]
+                 for r in ex]
+        out += _table(f"### Extraction: one inference pass (batch {2 * args.batch_size}), img/s end to end",
+                      ["model @ px", "data", "images", "stock img/s (steady state)", "ours fast, cold: decode + pass",
+                       "ratio", "ours fast, warm (decoded cache)", "ratio", "extract_features stock path, no workers",
+                       "memory MB stock", "ours cold"], cells)
     for r in rows:
         errors = {"case": r["error"]} if "error" in r else {
             k: v.get("error") or v.get("compile_error") for k, v in r.items()
