@@ -283,6 +283,15 @@ def load_adapter_model(folder: str, merge: bool = False):
     return model.merge_and_unload() if merge else model
 
 
+def stock_loading(info: dict) -> dict:
+    """How stock loaders load an adapter from its ``hf_transfer_adapter.json`` info: ``needs_label_kwargs``
+    and ``processor`` (class name + kwargs, None when not recorded). Folders exported before
+    ``stock_loading`` was recorded: label kwargs exactly when the base was not self-sufficient."""
+    loading = info.get("stock_loading") or {}
+    return {"needs_label_kwargs": loading.get("needs_label_kwargs", info.get("self_sufficient") is False),
+            "processor": loading.get("processor")}
+
+
 def stock_pipeline_kwargs(folder: str) -> dict:
     """The arguments that make ``pipeline("image-classification", model=folder, **kwargs)`` reproduce the
     run with stock transformers only (the model card prints the same code)."""
@@ -290,12 +299,12 @@ def stock_pipeline_kwargs(folder: str) -> dict:
 
     with open(os.path.join(folder, ADAPTER_INFO)) as f:
         info = json.load(f)
-    loading = info.get("stock_loading") or {}
+    loading = stock_loading(info)
     out = {}
-    if loading.get("processor"):
+    if loading["processor"]:
         proc = loading["processor"]
         out["image_processor"] = getattr(transformers, proc["class"]).from_pretrained(folder, **proc["kwargs"])
-    if loading.get("needs_label_kwargs", info.get("self_sufficient") is False):
+    if loading["needs_label_kwargs"]:
         out["model_kwargs"] = label_kwargs(info["label_names"])
     return out
 

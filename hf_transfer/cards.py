@@ -407,12 +407,14 @@ def _limitations(results: dict, baseline: dict | None, is_random_init: bool) -> 
 
 def _adapter_usage(adapter: dict) -> dict:
     """Template variables for the stock-library code that loads a PEFT adapter repo (see adapters.py)."""
-    loading = adapter.get("stock_loading") or {}
-    processor = loading.get("processor") or {"class": "AutoImageProcessor", "kwargs": {}}
+    from .adapters import stock_loading
+
+    loading = stock_loading(adapter)
+    processor = loading["processor"] or {"class": "AutoImageProcessor", "kwargs": {}}
     base_revision = adapter.get("base_revision")
     return {
         "adapter_base": adapter.get("base_model_name_or_path"), "adapter_merged": adapter.get("merged"),
-        "adapter_needs_label_kwargs": loading.get("needs_label_kwargs", adapter.get("self_sufficient") is False),
+        "adapter_needs_label_kwargs": loading["needs_label_kwargs"],
         "adapter_processor_class": processor["class"],
         "adapter_processor_kwargs": "".join(f", {k}={v!r}" for k, v in processor["kwargs"].items()),
         "adapter_base_revision_kwarg": f', revision="{base_revision}"' if base_revision else "",
