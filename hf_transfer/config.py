@@ -145,10 +145,10 @@ class TransferArguments:
             except json.JSONDecodeError as err:
                 raise TransferConfigError(f"method_args is not valid JSON: {err}") from err
         self.method_args = dict(self.method_args or {})
-        from .speed import normalize_channels_last
+        from .speed import normalize_auto_flag
 
-        self.channels_last = normalize_channels_last(self.channels_last)
-        self.features_on_device = normalize_channels_last(self.features_on_device, "features_on_device")
+        self.channels_last = normalize_auto_flag(self.channels_last)
+        self.features_on_device = normalize_auto_flag(self.features_on_device, "features_on_device")
         if self.method is None:
             self.method = {"domain": "source_only", "task": "full", "feature": "linear"}[self.mode]
         _check_domain_options(self)

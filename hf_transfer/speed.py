@@ -21,8 +21,9 @@ CHANNELS_LAST = ("auto", "true", "false")
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
-def normalize_channels_last(value, option: str = "channels_last") -> str:
-    """``auto`` | ``true`` | ``false`` from a bool or string (YAML gives bools, flags give strings)."""
+def normalize_auto_flag(value, option: str = "channels_last") -> str:
+    """``auto`` | ``true`` | ``false`` from a bool or string (YAML gives bools, flags give strings), for
+    ``channels_last`` and ``features_on_device``; errors name ``option``."""
     text = str(value).strip().lower()
     if text == "auto":
         return "auto"
@@ -40,7 +41,7 @@ def is_convolutional(model: nn.Module) -> bool:
 
 def use_channels_last(value, model: nn.Module, device: torch.device | str) -> bool:
     """The resolved option: ``auto`` is on for CUDA + a convolutional backbone, off otherwise."""
-    value = normalize_channels_last(value)
+    value = normalize_auto_flag(value)
     if value == "auto":
         return torch.device(device).type == "cuda" and is_convolutional(model)
     return value == "true"
@@ -66,7 +67,7 @@ def compile_options(training_args) -> dict | None:
 def use_features_on_device(value, nbytes: int, device: torch.device | str, fraction: float = 0.25) -> bool:
     """The resolved ``features_on_device``: ``auto`` is on for CUDA when ``nbytes`` fit in ``fraction``
     of the device's free memory (the head and its optimizer need almost nothing beside them)."""
-    value = normalize_channels_last(value, "features_on_device")
+    value = normalize_auto_flag(value, "features_on_device")
     if value != "auto":
         return value == "true"
     device = torch.device(device)

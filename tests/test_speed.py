@@ -20,7 +20,7 @@ from hf_transfer.config import arguments_from_dict
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.features import FeatureCache, ProcessGroup, extract_features
 from hf_transfer.run import prepare_run, run_transfer
-from hf_transfer.speed import compile_options, is_convolutional, normalize_channels_last, set_memory_format, \
+from hf_transfer.speed import compile_options, is_convolutional, normalize_auto_flag, set_memory_format, \
     use_channels_last
 
 SOURCE, TARGET = "builtin:digits-printed", "builtin:digits-handwritten"
@@ -53,10 +53,10 @@ def _images(n: int, h: int = 30, w: int = 40) -> datasets.Dataset:
 
 
 def test_channels_last_values_and_auto():
-    assert [normalize_channels_last(v) for v in (True, "True", "auto", "off", False, "1")] == \
+    assert [normalize_auto_flag(v) for v in (True, "True", "auto", "off", False, "1")] == \
         ["true", "true", "auto", "false", "false", "true"]
     with pytest.raises(TransferConfigError, match="channels_last"):
-        normalize_channels_last("sometimes")
+        normalize_auto_flag("sometimes")
     with pytest.raises(TransferConfigError, match="channels_last"):
         arguments_from_dict({"mode": "task", "backbone": "test_resnet", "target": TARGET, "output_dir": "x",
                              "channels_last": "maybe"})
