@@ -42,8 +42,8 @@ class TransferArguments:
         "help": "Classes not in both domains: shared (keep shared only) | partial (target subset of source) | strict."})
     target_classes: str | None = field(default=None, metadata={
         "help": "Keep only these target classes (rows and declared labels): first:K (the first K in the "
-                "target's label order, as the Office-31 10-class and Office-Home 25-class partial tasks) or "
-                "comma-separated names. With label_policy=partial this makes a partial-DA task."})
+                "target's label order, as the Office-Home 25-class partial tasks) or comma-separated names (as "
+                "Office-31's 10 Caltech classes). With label_policy=partial this makes a partial-DA task."})
     image_size: int | None = field(default=None, metadata={"help": "Override the backbone's input size."})
     crop_pct: float | None = field(default=None, metadata={"help": "Override the backbone's eval crop fraction."})
     augment: str = field(default="standard", metadata={
