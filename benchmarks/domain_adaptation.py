@@ -84,7 +84,8 @@ def common_args(steps: int) -> dict:
             "optim": "sgd", "optim_args": "momentum=0.9,nesterov=True", "weight_decay": 1e-3,
             "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "max_steps": steps,
             "eval_strategy": "steps", "eval_steps": max(steps // 4, 1), "save_strategy": "no",
-            "logging_steps": max(steps // 4, 1), "report_to": "none", "use_cpu": True, "disable_tqdm": True}
+            "logging_steps": max(steps // 4, 1), "report_to": "none", "use_cpu": True, "disable_tqdm": True,
+            "overwrite_output_dir": True}
 
 
 def run_one(pair: str, name: str, mode: str, method: str, extra: dict, seed: int, steps: int, out: str) -> dict:

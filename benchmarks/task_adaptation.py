@@ -37,7 +37,7 @@ COMMON = {
     "per_device_train_batch_size": 64, "per_device_eval_batch_size": 512, "optim": "sgd", "weight_decay": 5e-4,
     "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "save_strategy": "no", "eval_strategy": "no",
     "logging_steps": 50, "report_to": "none", "use_cpu": True, "dataloader_num_workers": 0, "disable_tqdm": True,
-    "target": TARGET,
+    "target": TARGET, "overwrite_output_dir": True,  # a rerun replaces the previous run's folder
 }
 
 

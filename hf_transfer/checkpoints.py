@@ -3,7 +3,8 @@
 ``transformers.trainer_utils.get_last_checkpoint`` returns the newest ``checkpoint-N`` folder even
 when the run was killed while writing it (the folder appears first; model, optimizer, RNG and
 ``trainer_state.json`` follow, the state last and not atomically), and resuming from it then fails.
-A checkpoint counts as complete here when its ``trainer_state.json`` parses and names step ``N``;
+A checkpoint counts as complete here when its ``trainer_state.json`` parses and names step ``N`` and
+the run's ``run_identity.json`` (written after the Trainer's files) is there;
 ``last`` means the newest complete one, and incomplete newer ones are named in a warning.
 """
 
@@ -19,6 +20,7 @@ from .errors import TransferConfigError
 logger = logging.getLogger(__name__)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
+IDENTITY_FILE = "run_identity.json"  # written after the Trainer's files (hf_transfer.run_folder)
 
 
 def checkpoint_problem(folder: str) -> str | None:
@@ -34,6 +36,8 @@ def checkpoint_problem(folder: str) -> str | None:
     match = _CHECKPOINT.match(os.path.basename(os.path.normpath(folder)))
     if match and step != int(match.group(1)):
         return f"{TRAINER_STATE} says global_step={step}, not {match.group(1)}"
+    if not os.path.isfile(os.path.join(folder, IDENTITY_FILE)):
+        return f"{IDENTITY_FILE} is missing (the run stopped before recording it, or no hf_transfer run wrote it)"
     return None
 
 

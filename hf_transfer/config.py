@@ -98,6 +98,10 @@ class TransferArguments:
         "help": "feature mode: copy the cached TRAIN features to the training device once and train the head "
                 "on rows gathered there (no per-step host reads or copies): auto (on for CUDA when they take "
                 "under a quarter of the free device memory) | true | false (rows read from the memmap)."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Start over in an output_dir that holds a previous run: its outputs (weights, card, examples, "
+                "checkpoints, plots) are removed first. Without it such a folder is refused, unless the same run "
+                "is resumed with --resume_from_checkpoint."})
     hub_create_pr: bool = field(default=False, metadata={
         "help": "With --push_to_hub: open a pull request on the Hub repo instead of committing to the branch."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code from the Hub (off by default)."})
@@ -188,7 +192,8 @@ def _check_domain_options(args: "TransferArguments") -> None:
 def _parser():
     from transformers import HfArgumentParser, TrainingArguments
 
-    return HfArgumentParser((TransferArguments, TrainingArguments))
+    # allow_abbrev=False: argparse would otherwise take a prefix typo (--max_step) as the full name
+    return HfArgumentParser((TransferArguments, TrainingArguments), allow_abbrev=False)
 
 
 def _known_keys() -> set[str]:
@@ -234,6 +239,10 @@ def parse_args(argv: list[str] | None = None):
 
     argv = list(sys.argv[1:] if argv is None else argv)
     file_argv: list[str] = []
+    argv = [part for arg in argv
+            for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
+    if argv.count("--config") > 1:
+        raise TransferConfigError("--config is given more than once; pass one config file (flags override it).")
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):

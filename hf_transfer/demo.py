@@ -45,6 +45,7 @@ COMMON = {
     "use_cpu": True,
     "dataloader_num_workers": 0,
     "disable_tqdm": True,
+    "overwrite_output_dir": True,  # the demo owns outputs/demo: a rerun replaces the previous one
 }
 SOURCE, TARGET = "builtin:digits-printed", "builtin:digits-handwritten"
 

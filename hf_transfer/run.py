@@ -26,10 +26,13 @@ from .data.align import align_domains
 from .data.classes import select_classes
 from .data.load import load_domain
 from .data.spec import parse_dataset_spec
+from .errors import TransferConfigError
 from .export import export_model
 from .metrics import classification_report, model_selection, scalar_metrics_fn
 from .modes import TransferData, get_mode
 from .speed import set_memory_format, use_channels_last
+from .run_folder import (RunIdentityCallback, check_checkpoint_identity, check_output_dir, clear_previous_outputs,
+                         run_identity, write_identity)
 from .trainer import TransferTrainer
 
 logger = logging.getLogger(__name__)
@@ -50,8 +53,58 @@ def load_transfer_data(args: TransferArguments, seed: int) -> TransferData:
                         target_name=target_spec.display_name)
 
 
-def _resume_checkpoint(training_args) -> str | None:
-    return resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+@dataclass
+class PushRequest:
+    """``--push_to_hub`` and its settings, taken OUT of the TrainingArguments before the Trainer sees them.
+
+    The Trainer pickles its TrainingArguments into every ``checkpoint-*/training_args.bin``, so a
+    ``--hub_token`` left there is written to disk in plaintext; and with ``push_to_hub`` set it creates
+    the Hub repo when training STARTS (an empty repo if the run then fails). hf_transfer pushes the
+    finished folder itself (:func:`hf_transfer.hub.push_run`), so the Trainer gets neither."""
+
+    repo_id: str
+    private: bool | None
+    revision: str | None
+    create_pr: bool
+    token: str | None
+
+    @classmethod
+    def take_from(cls, args: TransferArguments, training_args) -> "PushRequest | None":
+        token, training_args.hub_token = training_args.hub_token, None
+        if not training_args.push_to_hub:
+            return None
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
+        try:
+            validate_repo_id(repo_id)
+        except HFValidationError as err:
+            raise TransferConfigError(f"hub_model_id {repo_id!r} is not a valid Hub repo id: {err}") from err
+        training_args.push_to_hub = False
+        return cls(repo_id, training_args.hub_private_repo, training_args.hub_revision, args.hub_create_pr, token)
+
+
+def _resume_checkpoint(args: TransferArguments, training_args, identity: dict) -> str | None:
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    if resume is not None:
+        check_checkpoint_identity(resume, identity)
+    return resume
+
+
+def _claim_output_dir(args: TransferArguments, training_args, identity: dict, resume: str | None) -> None:
+    """Check the output folder on every process, then (main process) clear it if asked and record the run."""
+    from accelerate import PartialState
+
+    output_dir = training_args.output_dir
+    resuming_here = resume is not None and os.path.abspath(os.path.dirname(os.path.normpath(resume))) == \
+        os.path.abspath(output_dir)
+    stale = check_output_dir(output_dir, identity, resume=resuming_here, overwrite=args.overwrite_output_dir)
+    state = PartialState()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        clear_previous_outputs(output_dir, stale)
+        write_identity(output_dir, identity)
+    state.wait_for_everyone()
 
 
 def _prepare_training_args(training_args) -> None:
@@ -154,12 +207,22 @@ class PreparedRun:
     eval_sets: dict
     trainer: TransferTrainer
     resume: str | None
+    push: PushRequest | None = None
 
 
 def prepare_run(args: TransferArguments, training_args, callbacks=None) -> PreparedRun:
-    """Load and check data, backbone and method; build the mode and the Trainer (no training yet)."""
+    """Load and check data, backbone and method; build the mode and the Trainer (no training yet).
+
+    What can be checked without loading anything (options, method, dataset specs, backbone id form,
+    the output folder, the Hub repo id) is checked first."""
+    from .plan import plan_run
+
+    plan_run(args, training_args)
+    push = PushRequest.take_from(args, training_args)
     _prepare_training_args(training_args)
-    resume = _resume_checkpoint(training_args)
+    identity = run_identity(args, training_args)
+    resume = _resume_checkpoint(args, training_args, identity)
+    _claim_output_dir(args, training_args, identity, resume)
     set_seed(training_args.seed)
     data = load_transfer_data(args, training_args.seed)
     if data.alignment is not None:
@@ -179,9 +242,9 @@ def prepare_run(args: TransferArguments, training_args, callbacks=None) -> Prepa
         model=model, args=training_args, train_dataset=mode.train_dataset(),
         eval_dataset={**eval_sets, **mode.unlabelled_eval_datasets()},
         data_collator=mode.collate, compute_metrics=scalar_metrics_fn(len(data.label_names)),
-        transfer_mode=mode, callbacks=[*(callbacks or []), *mode.callbacks()],
+        transfer_mode=mode, callbacks=[*(callbacks or []), *mode.callbacks(), RunIdentityCallback(identity)],
     )
-    return PreparedRun(args, training_args, data, backbone, mode, model, eval_sets, trainer, resume)
+    return PreparedRun(args, training_args, data, backbone, mode, model, eval_sets, trainer, resume, push)
 
 
 def run_transfer(args: TransferArguments, training_args, callbacks=None) -> dict:
@@ -242,13 +305,11 @@ def run_transfer(args: TransferArguments, training_args, callbacks=None) -> dict
         write_reference_predictions(backbone, data.target["test"], training_args.output_dir)
         logger.info("Wrote %s", os.path.join(training_args.output_dir, "results.json"))
     trainer.accelerator.wait_for_everyone()
-    if training_args.push_to_hub and trainer.is_world_process_zero():
+    if run.push is not None and trainer.is_world_process_zero():
         from .hub import push_run
 
-        push_run(training_args.output_dir,
-                 training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir)),
-                 private=training_args.hub_private_repo, revision=training_args.hub_revision,
-                 create_pr=args.hub_create_pr, token=training_args.hub_token)
+        push_run(training_args.output_dir, run.push.repo_id, private=run.push.private, revision=run.push.revision,
+                 create_pr=run.push.create_pr, token=run.push.token)
     return results
 
 

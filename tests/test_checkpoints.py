@@ -14,8 +14,10 @@ def _checkpoint(root, step, state="complete"):
     folder = root / f"checkpoint-{step}"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"x")
-    if state == "complete":
+    if state in ("complete", "no-identity"):
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    if state == "complete":
+        (folder / "run_identity.json").write_text(json.dumps({"world_size": 1}))
     elif state == "truncated":
         (folder / "trainer_state.json").write_text('{"global_step": ' + str(step) + ', "log_hist')
     return str(folder)
@@ -25,13 +27,15 @@ def test_last_skips_checkpoints_killed_while_being_written(tmp_path, caplog):
     good = _checkpoint(tmp_path, 3)
     _checkpoint(tmp_path, 6, state="no-state")      # killed before trainer_state.json
     _checkpoint(tmp_path, 9, state="truncated")     # killed while writing it
+    _checkpoint(tmp_path, 10, state="no-identity")  # killed before the run's identity was recorded
     _checkpoint(tmp_path, 12, state="complete")
     (tmp_path / "checkpoint-12" / "trainer_state.json").write_text(json.dumps({"global_step": 7}))  # not its own
     (tmp_path / "checkpoint-20").write_text("a file, not a folder")
     with caplog.at_level(logging.WARNING):
         assert last_complete_checkpoint(str(tmp_path)) == good
         assert resolve_resume("last", str(tmp_path)) == good
-    assert all(f"checkpoint-{n}" in caplog.text for n in (6, 9, 12))
+    assert all(f"checkpoint-{n}" in caplog.text for n in (6, 9, 10, 12))
+    assert "run_identity.json is missing" in checkpoint_problem(str(tmp_path / "checkpoint-10"))
     assert "missing" in checkpoint_problem(str(tmp_path / "checkpoint-6"))
     assert "unreadable" in checkpoint_problem(str(tmp_path / "checkpoint-9"))
 
