@@ -3,7 +3,9 @@
 A card is rendered from a run's ``results.json`` (plus, optionally, the ``results.json`` of the
 source-only baseline and of a target-supervised upper bound) through huggingface_hub's
 ``ModelCard.from_template`` with a ``ModelCardData`` (``eval_results`` -> ``model-index``), never by
-string-building YAML. The Jinja template lives in ``model_cards/model_card.md``.
+string-building YAML. The Jinja template lives in ``model_cards/model_card.md``, which the distribution
+ships as the package ``hf_transfer._model_cards`` (read with ``importlib.resources``, so a wheel install
+has it too).
 
 Generated body sections sit between ``<!-- hf-transfer:begin NAME -->`` and
 ``<!-- hf-transfer:end NAME -->`` markers; :func:`merge_card` replaces only those when a card is
@@ -21,6 +23,7 @@ import logging
 import math
 import os
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,8 @@ from .card_domain import domain_gap_table, domain_option_lines, label_space_text
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_cards" / "model_card.md"
+TEMPLATE_PACKAGE = "hf_transfer._model_cards"  # model_cards/, mapped into the package by pyproject.toml
+TEMPLATE = "model_card.md"
 README = "README.md"
 RESULTS_FILE = "results.json"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -518,7 +522,13 @@ def render_card(folder: str | os.PathLike, repo_id: str, *, results: dict | None
         push_command=f"hf-transfer push {config['output_dir']} {repo_id}" + (f" --revision {revision}" if revision else ""),
         versions=sorted((results.get("versions") or {}).items()),
     )
-    return ModelCard.from_template(data, template_path=str(template_path or TEMPLATE_PATH), **kwargs)
+    template = Path(template_path).read_text(encoding="utf-8") if template_path is not None else template_text()
+    return ModelCard.from_template(data, template_str=template, **kwargs)
+
+
+def template_text() -> str:
+    """The shipped card template, from the installed package (not from a checkout's folder)."""
+    return resources.files(TEMPLATE_PACKAGE).joinpath(TEMPLATE).read_text(encoding="utf-8")
 
 
 def _loss_paper(method: str | None) -> str:
