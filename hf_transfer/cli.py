@@ -11,6 +11,7 @@ import logging
 import sys
 
 from .errors import TransferConfigError
+from .logs import quiet_unactionable_logs
 
 
 def _setup_logging(training_args=None) -> None:
@@ -23,6 +24,9 @@ def _setup_logging(training_args=None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, force=True)
     transformers.utils.logging.set_verbosity_warning()
     datasets.utils.logging.set_verbosity_warning()
+    quiet_unactionable_logs()
+
+
 
 
 def cmd_train(argv: list[str]) -> int:

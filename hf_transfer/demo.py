@@ -44,7 +44,6 @@ COMMON = {
     "report_to": "none",
     "use_cpu": True,
     "dataloader_num_workers": 0,
-    "disable_tqdm": True,
     "overwrite_output_dir": True,  # the demo owns outputs/demo: a rerun replaces the previous one
 }
 SOURCE, TARGET = "builtin:digits-printed", "builtin:digits-handwritten"
@@ -60,6 +59,7 @@ def demo_runs(steps: int) -> list[tuple[str, str, dict]]:
           "learning_rate": 0.02, "max_steps": steps}),
         ("feature", "source backbone frozen, cached features, linear head on target labels",
          {"mode": "feature", "backbone": "{source_only}", "source": SOURCE, "target": TARGET,
+          "augment": "standard",  # the default: features are computed once from un-augmented images
           "learning_rate": 0.1, "max_steps": 300, "per_device_train_batch_size": 128}),
         ("dann", "DANN: source labels + unlabelled target",
          {"mode": "domain", "method": "dann", "source": SOURCE, "target": TARGET, "learning_rate": 0.02,
@@ -84,6 +84,8 @@ def run_demo(output_dir: str = DEFAULT_OUTPUT, seeds=(0,), steps: int = 600, onl
             args = {**COMMON, **overrides, "seed": seed, "output_dir": out}
             args = {k: (v.format(**outputs) if isinstance(v, str) and "{" in v else v) for k, v in args.items()}
             transfer_args, training_args = arguments_from_dict(args)
+            print(f"[demo] seed {seed} {name}: {description} ({transfer_args.mode}/{transfer_args.method}, "
+                  f"{training_args.max_steps} steps) ...", flush=True)
             start = time.time()
             results = run_transfer(transfer_args, training_args)
             outputs[name] = out

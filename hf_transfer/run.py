@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import platform
+import re
 import time
 from dataclasses import dataclass
 
@@ -41,16 +42,25 @@ logger = logging.getLogger(__name__)
 def load_transfer_data(args: TransferArguments, seed: int) -> TransferData:
     target_spec = parse_dataset_spec(args.target)
     source_spec = parse_dataset_spec(args.source) if args.source else None
-    target = select_classes(load_domain(target_spec, args.image_column, args.label_column, seed=seed),
-                            args.target_classes)
+    skipped: dict[str, int] = {}  # unreadable images dropped (--skip_bad_images), per "domain/split"
+
+    def load(spec, domain: str):
+        counts: dict[str, int] = {}
+        dsd = load_domain(spec, args.image_column, args.label_column, seed=seed,
+                          skip_bad_images=args.skip_bad_images, skipped=counts)
+        skipped.update({f"{domain}/{split}": n for split, n in counts.items()})
+        return dsd
+
+    target = select_classes(load(target_spec, "target"), args.target_classes)
     if source_spec is None:
         names = target["train"].features["label"].names
-        return TransferData(target=target, label_names=list(names), target_name=target_spec.display_name)
-    source = load_domain(source_spec, args.image_column, args.label_column, seed=seed)
+        return TransferData(target=target, label_names=list(names), target_name=target_spec.display_name,
+                            skipped_images=skipped)
+    source = load(source_spec, "source")
     aligned = align_domains(source, target, policy=args.label_policy)
     return TransferData(target=aligned.target, source=aligned.source, label_names=aligned.label_names,
                         alignment=aligned.report, source_name=source_spec.display_name,
-                        target_name=target_spec.display_name)
+                        target_name=target_spec.display_name, skipped_images=skipped)
 
 
 @dataclass
@@ -114,6 +124,12 @@ def _prepare_training_args(training_args) -> None:
     # hf_transfer pushes the finished folder in one commit (hub.push_run); the Trainer's own
     # per-checkpoint pushes would add "Training in progress" commits and checkpoint litter
     training_args.hub_strategy = "end"
+    if training_args.device.type == "cpu":  # pinned memory needs an accelerator; torch warns on every loader
+        training_args.dataloader_pin_memory = False
+    if training_args.ddp_find_unused_parameters is None:
+        # the Trainer turns it on for any model that is not a PreTrainedModel (ours), which costs a graph
+        # walk per step and warns on every DDP run; every trainable parameter of a mode gets a gradient
+        training_args.ddp_find_unused_parameters = False
 
 
 def final_metrics(trainer, eval_sets: dict, num_classes: int) -> dict[str, dict]:
@@ -130,10 +146,17 @@ EXAMPLES_DIR = "examples"
 REFERENCE_PREDICTIONS = "reference_predictions.json"
 
 
+def example_file_name(index: int, label: str) -> str:
+    """``examples/<index>_<label>.png`` with the label reduced to ``[A-Za-z0-9_-]``: a label is data, and
+    ``a/b``, ``..`` or ``c:\\d`` must never become a path (the index keeps the names unique)."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", str(label)).strip("_")[:64]
+    return f"{EXAMPLES_DIR}/{index}_{stem or 'label'}.png"
+
+
 @torch.no_grad()
 def write_reference_predictions(backbone, target_test, output_dir: str, k: int = 4) -> list[dict]:
-    """A few target test images (the card's widget examples) and the trained model's predictions on
-    them, so that a later round-trip check can prove the exported folder predicts the same."""
+    """A few labelled target test images (the card's widget examples) and the trained model's
+    predictions on them, so that a later round-trip check can prove the exported folder predicts the same."""
     from PIL import Image
 
     from .data.transforms import eval_transform
@@ -143,15 +166,17 @@ def write_reference_predictions(backbone, target_test, output_dir: str, k: int =
     transform = eval_transform(backbone.data_config)
     os.makedirs(os.path.join(output_dir, EXAMPLES_DIR), exist_ok=True)
     label_feature = target_test.features["label"]
+    labelled = [i for i, y in enumerate(target_test["label"]) if y is not None and y >= 0][:k]
     rows = []
-    for i in range(min(k, len(target_test))):
+    for i in labelled:
         item = target_test[i]
         image = item["image"].convert("RGB")
-        name = f"{EXAMPLES_DIR}/{i}_{label_feature.int2str(item['label'])}.png"
+        label = label_feature.int2str(item["label"])
+        name = example_file_name(len(rows), label)
         Image.Image.save(image, os.path.join(output_dir, name))
         reloaded = Image.open(os.path.join(output_dir, name)).convert("RGB")  # predict on the saved bytes
         probs = model(pixel_values=transform(reloaded)[None].to(device)).logits.softmax(-1)[0].cpu()
-        rows.append({"file": name, "label": label_feature.int2str(item["label"]),
+        rows.append({"file": name, "label": label,
                      "scores": {backbone.label_names[j]: float(p) for j, p in enumerate(probs)}})
     with open(os.path.join(output_dir, REFERENCE_PREDICTIONS), "w") as f:
         json.dump(rows, f, indent=2)
@@ -215,8 +240,10 @@ def prepare_run(args: TransferArguments, training_args, callbacks=None) -> Prepa
 
     What can be checked without loading anything (options, method, dataset specs, backbone id form,
     the output folder, the Hub repo id) is checked first."""
+    from .logs import quiet_unactionable_logs
     from .plan import plan_run
 
+    quiet_unactionable_logs(http=False)
     plan_run(args, training_args)
     push = PushRequest.take_from(args, training_args)
     _prepare_training_args(training_args)
@@ -272,6 +299,8 @@ def run_transfer(args: TransferArguments, training_args, callbacks=None) -> dict
         "target_name": data.target_name,
         "label_names": data.label_names,
         "label_alignment": data.alignment.to_dict() if data.alignment else None,
+        "dropped_unlabelled": data.dropped_unlabelled,
+        "unlabelled_target_images_kept": data.kept_unlabelled or None,
         "seed": training_args.seed,
         "data_config": backbone.data_config.to_dict(),
         "augment": args.augment,

@@ -150,7 +150,7 @@ def clear_previous_outputs(output_dir: str, entries: list[str]) -> None:
         elif os.path.lexists(path):
             os.remove(path)
     if entries:
-        logger.warning("overwrite_output_dir: removed %d previous output(s) from %s.", len(entries), output_dir)
+        logger.info("overwrite_output_dir: removed %d previous output(s) from %s.", len(entries), output_dir)
 
 
 def check_checkpoint_identity(checkpoint: str, identity: dict) -> None:

@@ -1,0 +1,29 @@
+"""Console hygiene: the lines a user sees are the project's own and the ones they can act on."""
+
+from __future__ import annotations
+
+import logging
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *prefixes: str):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def quiet_unactionable_logs(http: bool = True) -> None:
+    """Drop log lines a user can do nothing about, so the ones left are worth reading.
+
+    * one INFO line per HTTP request of the Hub client (22 on a push);
+    * transformers' "Requested torchvision backend is not available" on every pipeline() of a timm
+      model: TimmWrapperImageProcessor only has a PIL backend, so nothing can be installed to avoid it.
+
+    ``http=False`` (the Python API) leaves the HTTP loggers to the caller's logging configuration."""
+    for name in ("httpx", "httpx2", "httpcore", "httpcore2") if http else ():
+        logging.getLogger(name).setLevel(logging.WARNING)
+    auto = logging.getLogger("transformers.models.auto.image_processing_auto")
+    if not any(isinstance(f, _DropMessages) for f in auto.filters):
+        auto.addFilter(_DropMessages("Requested torchvision backend is not available"))
