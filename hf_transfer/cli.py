@@ -2,12 +2,16 @@
 
 ``hf-transfer train --config recipes/configs/x.yaml [--flag value ...]`` is the same run as
 ``accelerate launch recipes/train.py --config ...``; flags override the file.
+
+Any error ends in one line naming what to fix and a non-zero exit (2: the input or options, 1: anything
+else); ``--debug`` (or ``HF_TRANSFER_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .errors import TransferConfigError
@@ -82,16 +86,13 @@ def cmd_push(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     _setup_logging()
 
-    from .hub import PushError, RoundTripError, push_run
+    from .hub import push_run
 
-    try:
-        result = push_run(args.output_dir, args.repo_id, private=args.private, revision=args.revision,
-                          create_pr=args.create_pr, commit_message=args.commit_message,
-                          baseline_results=args.baseline, upper_bound_results=args.upper_bound,
-                          license=args.license, check=not args.skip_round_trip_check)
-    except (PushError, RoundTripError, FileNotFoundError) as err:
-        print(f"hf-transfer push: error: {err}", file=sys.stderr)
-        return 1
+    # PushError, RoundTripError and the rest end in main(): one line, or the traceback with --debug
+    result = push_run(args.output_dir, args.repo_id, private=args.private, revision=args.revision,
+                      create_pr=args.create_pr, commit_message=args.commit_message,
+                      baseline_results=args.baseline, upper_bound_results=args.upper_bound,
+                      license=args.license, check=not args.skip_round_trip_check)
     if result is not None:
         print(f"Pushed {len(result.files)} files to {result.repo_id}@{result.revision}: "
               f"{result.pr_url or result.commit_url}")
@@ -111,11 +112,25 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown command {argv[0]!r}")
         parser.print_help()
         return 0 if argv else 2
+    debug = "--debug" in argv or os.environ.get("HF_TRANSFER_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     try:
         return COMMANDS[argv[0]](argv[1:])
     except TransferConfigError as err:
+        if debug:
+            raise
         print(f"hf-transfer: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("hf-transfer: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one clear line; the traceback only when asked for
+        if debug:
+            raise
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        print(f"hf-transfer: error: {type(err).__name__}: {first_line} (run again with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -39,24 +39,32 @@ from .trainer import TransferTrainer
 logger = logging.getLogger(__name__)
 
 
+def _load_checked(spec, args: TransferArguments, seed: int, role: str, skipped: dict[str, int]):
+    """One domain, with load errors that name the dataset; ``skipped["<role>/<split>"]`` counts the
+    rows dropped by ``--skip_bad_images``."""
+    counts: dict[str, int] = {}
+    try:
+        domain = load_domain(spec, args.image_column, args.label_column, seed=seed,
+                             skip_bad_images=args.skip_bad_images, skipped=counts)
+    except TransferConfigError:
+        raise
+    except (ValueError, OSError, KeyError) as err:  # e.g. datasets' "Instruction 'test' corresponds to no data"
+        raise TransferConfigError(f"{role} dataset {spec.display_name!r} could not be loaded: "
+                                  f"{type(err).__name__}: {err}") from err
+    skipped.update({f"{role}/{split}": n for split, n in counts.items() if n})
+    return domain
+
+
 def load_transfer_data(args: TransferArguments, seed: int) -> TransferData:
     target_spec = parse_dataset_spec(args.target)
     source_spec = parse_dataset_spec(args.source) if args.source else None
-    skipped: dict[str, int] = {}  # unreadable images dropped (--skip_bad_images), per "domain/split"
-
-    def load(spec, domain: str):
-        counts: dict[str, int] = {}
-        dsd = load_domain(spec, args.image_column, args.label_column, seed=seed,
-                          skip_bad_images=args.skip_bad_images, skipped=counts)
-        skipped.update({f"{domain}/{split}": n for split, n in counts.items()})
-        return dsd
-
-    target = select_classes(load(target_spec, "target"), args.target_classes)
+    skipped: dict[str, int] = {}
+    target = select_classes(_load_checked(target_spec, args, seed, "target", skipped), args.target_classes)
     if source_spec is None:
         names = target["train"].features["label"].names
         return TransferData(target=target, label_names=list(names), target_name=target_spec.display_name,
                             skipped_images=skipped)
-    source = load(source_spec, "source")
+    source = _load_checked(source_spec, args, seed, "source", skipped)
     aligned = align_domains(source, target, policy=args.label_policy)
     return TransferData(target=aligned.target, source=aligned.source, label_names=aligned.label_names,
                         alignment=aligned.report, source_name=source_spec.display_name,

@@ -32,3 +32,36 @@ def test_unactionable_library_lines_are_dropped(caplog):
         logging.getLogger("httpx").info("HTTP Request: POST http://localhost/api/repos/create")
     assert "something else" in caplog.text
     assert "torchvision backend" not in caplog.text and "HTTP Request" not in caplog.text
+
+
+def test_errors_end_in_one_line_and_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
+    import datasets
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from hf_transfer import cli
+
+    folder = tmp_path / "empty_test"
+    folder.mkdir()
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    images = [Image.fromarray(np.full((8, 8, 3), i, dtype=np.uint8)) for i in range(6)]
+    train = datasets.Dataset.from_dict({"image": images, "label": [0, 1] * 3}, features=features)
+    train.to_parquet(str(folder / "train.parquet"))
+    train.select([]).to_parquet(str(folder / "test.parquet"))
+    capsys.readouterr()
+    argv = ["train", "--mode", "task", "--backbone", "test_resnet", "--target", str(folder), "--max_steps", "2",
+            "--output_dir", str(tmp_path / "out")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("hf-transfer: error: ") and "dataset 'empty_test'" in err and "Traceback" not in err
+
+    def boom(argv):
+        raise RuntimeError("server down\nsecond line")
+
+    monkeypatch.setitem(cli.COMMANDS, "train", boom)
+    assert cli.main(["train"]) == 1
+    err = capsys.readouterr().err
+    assert err == "hf-transfer: error: RuntimeError: server down (run again with --debug for the traceback)\n"
+    with pytest.raises(RuntimeError, match="server down"):
+        cli.main(["train", "--debug"])
