@@ -8,8 +8,9 @@ the transform's data config, the split and the input path. A second run with the
 loads the entry; anything different is a miss.
 
 An entry is a folder ``<key>/`` holding ``features.npy`` (float32 ``[N, D]``), ``labels.npy``
-(int64 ``[N]``) and ``meta.json``. It is written under a temporary name and renamed, so a killed
-run never leaves a half cache. Features are streamed into the file batch by batch while they are
+(int64 ``[N]``) and ``meta.json``. It is written in a staging folder named after the writing
+process and renamed, so a killed run never leaves a half cache, and the next run removes the
+staging folders of killed writers (:func:`hf_transfer.cache.remove_stale_staging`). Features are streamed into the file batch by batch while they are
 extracted and opened memory-mapped when read (:meth:`FeatureCache.load`), so neither the
 extraction nor the head training ever holds the whole feature matrix in RAM; pages are read as
 rows are used.
@@ -39,7 +40,6 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .backbones import Backbone
-from .cache import cache_path
+from .cache import cache_path, make_staging_dir, remove_stale_staging
 from .data.paired import collate_images
 from .data.transforms import eval_transform, make_batch_transform
 from .errors import TransferConfigError
@@ -276,6 +276,7 @@ class FeatureCache:
         """``(features, labels, path)``: memory-mapped tensors of the whole split (computed on a miss)."""
         input_path = _check_input_path(input_path or self.input_path)
         group = self.group or ProcessGroup.current()
+        remove_stale_staging(self.cache_dir)
         key = cache_key(backbone, dataset._fingerprint, split, weights_hash, input_path)
         path = self.path(key)
         if group.agree(os.path.exists(os.path.join(path, "meta.json"))):
@@ -378,7 +379,7 @@ class _Staging:
         self.cache_dir, self.key = cache_dir, key
 
     def __enter__(self) -> str:
-        self.tmp = tempfile.mkdtemp(prefix=f".{self.key}-", suffix=".tmp", dir=self.cache_dir)
+        self.tmp = str(make_staging_dir(self.cache_dir, self.key))
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -257,6 +257,10 @@ def prepare_run(args: TransferArguments, training_args, callbacks=None) -> Prepa
     _prepare_training_args(training_args)
     identity = run_identity(args, training_args)
     resume = _resume_checkpoint(args, training_args, identity)
+    if resume and args.input_path == "stock":
+        logger.warning("Resuming with --input_path stock: the per-sample PIL augmentation draws from the global "
+                       "RNG in the loader, so the resumed run sees other crops than an uninterrupted one and its "
+                       "final numbers differ. Use --input_path fast (the default) for an exact resume.")
     _claim_output_dir(args, training_args, identity, resume)
     set_seed(training_args.seed)
     data = load_transfer_data(args, training_args.seed)

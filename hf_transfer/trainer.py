@@ -11,6 +11,9 @@ Schedules are restored exactly on resume because the mode reads training progres
 
 from __future__ import annotations
 
+import contextlib
+
+from torch import nn
 from transformers import Trainer
 
 
@@ -18,6 +21,37 @@ class TransferTrainer(Trainer):
     def __init__(self, *args, transfer_mode, **kwargs):
         self.transfer_mode = transfer_mode
         super().__init__(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _drop_last(self, value: bool):
+        """``args.dataloader_drop_last`` while one loader is built: the Trainer applies it to every loader."""
+        saved = self.args.dataloader_drop_last
+        self.args.dataloader_drop_last = value
+        try:
+            yield
+        finally:
+            self.args.dataloader_drop_last = saved
+
+    def _single_trailing_batch(self) -> bool:
+        """An epoch would end on a batch of ONE sample, which BatchNorm cannot train on (it crashed).
+
+        One process only: under DDP accelerate fills the last batch of every process. Fixed by the
+        dataset size and the batch size, so an interrupted run drops the same batches on resume."""
+        n = len(self.train_dataset) if self.train_dataset is not None else 0
+        return (self.args.world_size == 1 and n > 1 and n % self.args.train_batch_size == 1
+                and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()))
+
+    def get_train_dataloader(self):
+        with self._drop_last(self.args.dataloader_drop_last or self._single_trailing_batch()):
+            return super().get_train_dataloader()
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        with self._drop_last(False):  # every evaluation row is scored, whatever the training loader does
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        with self._drop_last(False):
+            return super().get_test_dataloader(test_dataset)
 
     def _progress(self) -> float:
         max_steps = max(1, self.state.max_steps or 1)

@@ -333,13 +333,13 @@ def test_train_storage_shapes(tmp_path):
     cfg = DataConfig(input_size=(3, 32, 32))  # storage short side floor(32 / 0.875) = 36
     big = _dataset([_photo(64, 80, k) for k in range(3)])
     d = DecodedImages(big, cfg, "train", cache_dir=tmp_path)
-    assert d.storage_hw == (36, 45) and d.uniform_aspect
+    assert d.storage_hw == (36, 45) and d.same_size and "image_size" not in d[0]
     assert d.image_sizes.tolist() == [[64, 80]] * 3
     small = _dataset([_photo(20, 24, k) for k in range(3)])
     assert DecodedImages(small, cfg, "train", cache_dir=tmp_path).storage_hw == (20, 24)  # native, no upscale
-    mixed = _dataset([_photo(64, 80, 0), _photo(90, 30, 1)])
-    dm = DecodedImages(mixed, cfg, "train", cache_dir=tmp_path, return_image_size=True, with_labels=False)
-    assert dm.storage_hw == (36, 45) and not dm.uniform_aspect
+    mixed = _dataset([_photo(64, 80, 0), _photo(90, 30, 1)])  # no majority size: the square storage
+    dm = DecodedImages(mixed, cfg, "train", cache_dir=tmp_path, with_labels=False)
+    assert dm.storage_hw == (36, 36) and not dm.same_size and dm.return_image_size
     item = dm[1]
     assert set(item) == {"pixel_values", "image_size"} and item["image_size"].tolist() == [90, 30]
     # the storage is the whole image resized with the stock resampler

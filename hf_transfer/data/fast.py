@@ -30,22 +30,24 @@ mode then does ``x.float() / 255``, ``(x - mean) / std`` with the same float32 o
 (bit for bit in practice).
 
 ``split_kind="train"``: every image resized (PIL, ``cfg.interpolation``, antialiased) to ONE storage
-shape ``(Hs, Ws)``: the first image's aspect ratio with short side ``storage_size`` (default
-``floor(size / crop_pct)``, 256 at 224), or the first image's native size when its short side is
-already ``<= storage_size`` (e.g. the 32x32 built-in digits are kept as they are: never upscaled
-in storage). The ORIGINAL ``(H, W)`` of every image is kept too (``image_sizes``).
+shape ``(Hs, Ws)`` chosen from the whole split, never from one image: when more than half of the
+images share one size, that size with its short side brought down to ``storage_size`` (default
+``floor(size / crop_pct)``, 256 at 224; an image already smaller is kept at its native size, e.g.
+the 32x32 built-in digits: never upscaled in storage); otherwise the square ``storage_size x
+storage_size``. The sizes are read from the image headers before anything is decoded. The
+ORIGINAL ``(H, W)`` of every image is kept too (``image_sizes``).
 
 Why this keeps the augmentation equivalent in distribution to the stock transform:
 ``RandomResizedCrop`` picks a box in the full original image from ``(H, W)`` alone. The storage is
-the whole image (no crop), uniformly rescaled per axis, so a box in normalised coordinates is the
-same region of the picture in the original and in the storage. ``BatchAugment`` draws the box with
-the original ``(H, W)``; when every image of a dataset has the same aspect ratio (the usual case:
-the built-in digits, CIFAR-like data, the 320x256 benchmark JPEGs) the storage shape has that
-aspect too and the storage dims can stand in for ``(H, W)``, so nothing else needs to travel with
-the batch. For datasets of mixed aspect ratios, images other than the first are squashed into the
-storage shape; ask for ``return_image_size=True`` and pass the ``image_size`` batch key to
-``BatchAugment`` to keep the exact distribution (without it the boxes are drawn as if each image
-had the storage's aspect ratio: the sampled crop aspect is off by ``W/H`` over ``Ws/Hs``).
+the whole image (no crop), rescaled per axis, so a box in normalised coordinates is the same region
+of the picture in the original and in the storage. ``BatchAugment`` draws the box with the original
+``(H, W)``; when every image has the same size (the usual case: the built-in digits, CIFAR-like
+data, the 320x256 benchmark JPEGs) the storage dims stand in for ``(H, W)`` and nothing else
+travels with the batch. Otherwise (mixed sizes: one odd image is enough) the items carry ``image_size`` (the original ``(H, W)``; ``return_image_size=None``, the default, turns
+it on exactly then), the collate functions keep it and the model's forward hands it to
+``BatchAugment``, so the boxes are drawn for each image's own size and the crop distribution stays
+exact. An image of another size is squashed into the storage shape: its crops are resampled from
+that storage, which only changes their resolution (like any image larger than the storage).
 
 What does differ from the stock transform, by construction:
 
@@ -67,8 +69,13 @@ Cache
 Files live under ``cache_dir`` (default ``$HF_TRANSFER_CACHE/decoded``, else
 ``~/.cache/hf_transfer/decoded``) in one folder per key: the dataset's ``_fingerprint``, image
 column, kind, size, storage size, interpolation, crop_pct and :data:`DECODED_VERSION`. The folder is
-written under a temporary name and renamed into place, so an interrupted or failed decode never
-leaves a cache that a later run would trust; a second construction only opens the memmap.
+written in a staging folder named after the writing process and renamed into place, so an
+interrupted or failed decode never leaves a cache that a later run would trust; staging folders of
+killed writers are removed by the next construction (:func:`hf_transfer.cache.remove_stale_staging`).
+A second construction only opens the memmap.
+
+An image that cannot be decoded is an error naming its row (the data loading checks every image
+before training, see :mod:`hf_transfer.data.load`, so this only fires for direct use).
 
 This module is part of the data layer: it imports nothing from ``hf_transfer`` outside
 ``hf_transfer.data`` and ``hf_transfer.errors``.
@@ -84,7 +91,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -94,9 +100,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cache import cache_path
-
+from ..cache import cache_path, make_staging_dir, remove_stale_staging
 from ..errors import TransferConfigError
+from .load import IMAGE_ERRORS
 from .transforms import AUGMENTATIONS, DataConfig
 
 logger = logging.getLogger(__name__)
@@ -113,7 +119,7 @@ __all__ = [
 ]
 
 #: Bump whenever the stored bytes for the same inputs change: it is part of the cache key.
-DECODED_VERSION = "1"
+DECODED_VERSION = "2"  # 2: the train storage shape no longer comes from the first image
 
 SPLIT_KINDS = ("train", "eval")
 
@@ -188,14 +194,34 @@ def _prepare(img, kind: str, size: int, crop_pct: float, interpolation: str, sto
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
+def _cells(dataset, start: int, stop: int, image_column: str) -> list:
+    """The image cells of rows ``[start, stop)``; an undecodable one is an error that names its row."""
+    try:
+        return dataset[start:stop][image_column]
+    except IMAGE_ERRORS:  # decoded by datasets: find the row
+        for i in range(start, stop):
+            try:
+                dataset[i][image_column]
+            except IMAGE_ERRORS as err:
+                raise _bad_row(i, err) from err
+        raise
+
+
+def _bad_row(i: int, err: Exception) -> TransferConfigError:
+    return TransferConfigError(f"Row {i}: the image cannot be decoded ({type(err).__name__}: {err}).")
+
+
 def _decode_chunk(dataset, start: int, stop: int, image_column: str, kind: str, size: int,
                   crop_pct: float, interpolation: str, storage_hw: tuple[int, int]):
     """Rows ``[start, stop)`` -> (uint8 ``[n, 3, Hs, Ws]``, int32 original ``[n, 2]`` (H, W))."""
-    cells = dataset[start:stop][image_column]
+    cells = _cells(dataset, start, stop, image_column)
     out = np.empty((stop - start, 3, *storage_hw), dtype=np.uint8)
     sizes = np.empty((stop - start, 2), dtype=np.int32)
     for k, cell in enumerate(cells):
-        img = _to_rgb(cell)
+        try:
+            img = _to_rgb(cell)
+        except IMAGE_ERRORS as err:
+            raise _bad_row(start + k, err) from err
         sizes[k] = (img.height, img.width)
         out[k] = _prepare(img, kind, size, crop_pct, interpolation, storage_hw)
     return out, sizes
@@ -218,8 +244,9 @@ class _Chunks(torch.utils.data.Dataset):
         return start, arr, sizes
 
 
-def _storage_shape(first_hw: tuple[int, int], storage_size: int) -> tuple[int, int]:
-    h, w = first_hw
+def _storage_shape(hw: tuple[int, int], storage_size: int) -> tuple[int, int]:
+    """``hw`` with its short side brought down to ``storage_size`` (never up)."""
+    h, w = hw
     short = min(h, w)
     if short <= storage_size:
         return int(h), int(w)  # already small: keep native resolution
@@ -227,6 +254,50 @@ def _storage_shape(first_hw: tuple[int, int], storage_size: int) -> tuple[int, i
     hs = storage_size if h == short else max(storage_size, round(h * scale))
     ws = storage_size if w == short else max(storage_size, round(w * scale))
     return hs, ws
+
+
+def _split_storage_shape(sizes: np.ndarray, storage_size: int) -> tuple[int, int]:
+    """The train storage shape of a split: its majority size (if > half the images) or a square.
+
+    A property of the whole split, so no single image decides how the others are stored."""
+    if len(sizes):
+        values, counts = np.unique(np.asarray(sizes).reshape(-1, 2), axis=0, return_counts=True)
+        best = int(np.argmax(counts))
+        if 2 * counts[best] > len(sizes):
+            return _storage_shape((int(values[best][0]), int(values[best][1])), storage_size)
+    return storage_size, storage_size
+
+
+def _header_size(cell) -> tuple[int, int]:
+    """``(H, W)`` of an undecoded image cell from its header, as datasets would decode it (EXIF rotation)."""
+    from PIL import Image
+
+    if not isinstance(cell, dict):  # already decoded (a PIL image or an array)
+        img = _to_rgb(cell)
+        return img.height, img.width
+    source = io.BytesIO(cell["bytes"]) if cell.get("bytes") is not None else cell.get("path")
+    if source is None:
+        raise TransferConfigError("An image cell has neither bytes nor a path.")
+    with Image.open(source) as img:
+        w, h = img.size
+        rotated = img.getexif().get(0x0112) in (5, 6, 7, 8)  # Orientation: transposed by exif_transpose
+    return (w, h) if rotated else (h, w)
+
+
+def _header_sizes(dataset, image_column: str) -> np.ndarray:
+    """``[N, 2]`` original sizes read from the image headers (no pixel is decoded)."""
+    import datasets
+
+    feature = dataset.features[image_column]
+    if isinstance(feature, datasets.Image):
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    sizes = np.zeros((len(dataset), 2), dtype=np.int64)
+    for i, cell in enumerate(dataset[image_column]):
+        try:
+            sizes[i] = _header_size(cell)
+        except IMAGE_ERRORS as err:
+            raise _bad_row(i, err) from err
+    return sizes
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,7 +318,8 @@ class DecodedImages(torch.utils.data.Dataset):
         storage_size: train storage short side (default ``floor(size / crop_pct)``); ignored for eval.
         image_column, label_column: column names.
         return_image_size: also return ``image_size`` (int64 ``[2]``, the original ``(H, W)``), for
-            :class:`BatchAugment` on datasets of mixed aspect ratios (see the module doc).
+            :class:`BatchAugment` on datasets of mixed sizes (see the module doc). None (default):
+            exactly when the images are not all of one size.
         num_workers: decoding processes (0: decode in this process).
         chunk_size: rows decoded per step (bounds the RAM used while decoding).
         progress: show a tqdm bar while decoding (None: only on a terminal).
@@ -255,14 +327,14 @@ class DecodedImages(torch.utils.data.Dataset):
 
     Items: ``{"pixel_values": uint8 [3, Hs, Ws], "labels": int}`` (+ ``image_size``). After
     construction: ``path`` (the cache folder), ``storage_hw``, ``image_sizes`` (``[N, 2]``),
-    ``uniform_aspect`` (all images share the storage aspect ratio), ``decoded`` (whether this
+    ``same_size`` (all images have one original size), ``decoded`` (whether this
     construction had to decode, False on a cache hit).
     """
 
     def __init__(self, dataset, cfg: DataConfig, split_kind: str = "train", cache_dir=None,
                  with_labels: bool = True, *, storage_size: int | None = None,
                  image_column: str = "image", label_column: str = "label",
-                 return_image_size: bool = False, num_workers: int = 0, chunk_size: int = 256,
+                 return_image_size: bool | None = None, num_workers: int = 0, chunk_size: int = 256,
                  progress: bool | None = None, cache_key: str | None = None):
         if split_kind not in SPLIT_KINDS:
             raise TransferConfigError(f"split_kind must be one of {SPLIT_KINDS}, got {split_kind!r}.")
@@ -279,7 +351,7 @@ class DecodedImages(torch.utils.data.Dataset):
         if not fingerprint:
             raise TransferConfigError("The dataset has no _fingerprint: pass cache_key= to name its cache.")
         self.cfg, self.split_kind = cfg, split_kind
-        self.with_labels, self.return_image_size = with_labels, return_image_size
+        self.with_labels = with_labels
         self.size = cfg.size
         self.storage_size = int(storage_size or math.floor(cfg.size / cfg.crop_pct))
         if self.storage_size < 1:
@@ -297,6 +369,7 @@ class DecodedImages(torch.utils.data.Dataset):
         self.root = decoded_cache_dir(cache_dir)
         self.path = self.root / f"{split_kind}-{label}-{digest}"
         self.decoded = False
+        remove_stale_staging(self.root)
         if not (self.path / "images.npy").exists():
             self._build(dataset, key_fields, image_column, num_workers, chunk_size, progress)
             self.decoded = True
@@ -308,10 +381,8 @@ class DecodedImages(torch.utils.data.Dataset):
                 f"Decoded cache {self.path} holds {len(arr)} images for a dataset of {len(dataset)}; "
                 "delete the folder to rebuild it.")
         self.storage_hw = (int(arr.shape[2]), int(arr.shape[3]))
-        hs, ws = self.storage_hw
-        # same aspect ratio as the storage, up to the rounding of the storage shape
-        self.uniform_aspect = bool(np.all(np.abs(self.image_sizes[:, 1] * hs - self.image_sizes[:, 0] * ws)
-                                          <= np.maximum(self.image_sizes[:, 0], self.image_sizes[:, 1])))
+        self.same_size = bool(len(dataset) == 0 or np.all(self.image_sizes == self.image_sizes[0]))
+        self.return_image_size = not self.same_size if return_image_size is None else return_image_size
         self.labels = (np.asarray(dataset[label_column], dtype=np.int64) if with_labels else None)
 
     # -- cache ------------------------------------------------------------------------------
@@ -323,16 +394,13 @@ class DecodedImages(torch.utils.data.Dataset):
         src = dataset.select_columns([image_column]).with_format(None)
         if self.split_kind == "eval":
             storage_hw = (self.size, self.size)
-        elif n:
-            first = _to_rgb(src[0][image_column])
-            storage_hw = _storage_shape((first.height, first.width), self.storage_size)
         else:
-            storage_hw = (self.storage_size, self.storage_size)
+            storage_hw = _split_storage_shape(_header_sizes(src, image_column), self.storage_size)
         kwargs = {"image_column": image_column, "kind": self.split_kind, "size": self.size,
                       "crop_pct": float(self.cfg.crop_pct), "interpolation": self.cfg.interpolation,
                       "storage_hw": storage_hw}
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{self.path.name}-", dir=self.root))
+        tmp = make_staging_dir(self.root, self.path.name)
         try:
             images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
                                                shape=(n, 3, *storage_hw))

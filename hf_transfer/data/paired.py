@@ -66,18 +66,22 @@ class PairedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         src = self.source[i % len(self.source)]
+        item = {key: src[key] for key in ("pixel_values", "labels", "image_size") if key in src}
         k = self.targets_per_item
-        if k == 1:
-            tgt = self.target[self.target_index(i)]["pixel_values"]
-        else:
-            tgt = torch.stack([self.target[self.target_index(i, j)]["pixel_values"] for j in range(k)])
-        return {"pixel_values": src["pixel_values"], "labels": src["labels"], "target_pixel_values": tgt}
+        targets = [self.target[self.target_index(i, j)] for j in range(k)]
+        for key in ("pixel_values", "image_size"):  # image_size: mixed-size decoded images (data.fast)
+            if key in targets[0]:
+                item[f"target_{key}"] = targets[0][key] if k == 1 else torch.stack([t[key] for t in targets])
+        return item
+
+
+#: per-image tensors a batch carries: pixels, and the original ``(H, W)`` of mixed-size decoded images
+_STACKED = ("pixel_values", "target_pixel_values", "image_size", "target_image_size")
 
 
 def collate_images(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack pixel tensors; labels to int64. Works for plain and paired items."""
-    batch = {key: torch.stack([e[key] for e in examples]) for key in ("pixel_values", "target_pixel_values")
-             if key in examples[0]}
+    """Stack pixel tensors (and image sizes); labels to int64. Works for plain and paired items."""
+    batch = {key: torch.stack([e[key] for e in examples]) for key in _STACKED if key in examples[0]}
     if "labels" in examples[0]:
         batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
     return batch
@@ -87,13 +91,14 @@ def collate_paired(examples: list[dict], target_ratio: float = 1.0) -> dict[str,
     """:func:`collate_images`, then keep ``max(1, round(target_ratio * B))`` target images (see module doc)."""
     if not examples or "target_pixel_values" not in examples[0]:
         return collate_images(examples)
-    src_ndim = examples[0]["pixel_values"].ndim
-    targets = [e["target_pixel_values"] for e in examples]
-    stacked = torch.cat([t if t.ndim > src_ndim else t.unsqueeze(0) for t in targets])
-    batch = collate_images([{k: v for k, v in e.items() if k != "target_pixel_values"} for e in examples])
+    target_keys = [k for k in ("target_pixel_values", "target_image_size") if k in examples[0]]
+    batch = collate_images([{k: v for k, v in e.items() if k not in target_keys} for e in examples])
     n_target = max(1, round(target_ratio * len(examples)))
-    if n_target > len(stacked):
-        raise ValueError(f"a batch of {len(examples)} items holds {len(stacked)} target images, fewer than the "
-                         f"{n_target} that target_ratio={target_ratio} asks for")
-    batch["target_pixel_values"] = stacked[:n_target]
+    for key in target_keys:
+        one_ndim = 3 if key == "target_pixel_values" else 1  # one image [3, H, W], one size [2]
+        stacked = torch.cat([e[key] if e[key].ndim > one_ndim else e[key].unsqueeze(0) for e in examples])
+        if n_target > len(stacked):
+            raise ValueError(f"a batch of {len(examples)} items holds {len(stacked)} target images, fewer than the "
+                             f"{n_target} that target_ratio={target_ratio} asks for")
+        batch[key] = stacked[:n_target]
     return batch
