@@ -54,6 +54,9 @@ class TransferArguments:
         "choices": ("fast", "stock")})
     decoded_cache_dir: str | None = field(default=None, metadata={
         "help": "fast input path: where decoded images live (default $HF_TRANSFER_CACHE/decoded)."})
+    skip_bad_images: bool = field(default=False, metadata={
+        "help": "Drop the rows whose image cannot be decoded (their count is reported) instead of stopping "
+                "before training with an error that names them."})
     freeze: str | None = field(default=None, metadata={
         "help": "task mode: comma-separated parameter groups to freeze (stem, stage_0, ..., neck, backbone)."})
     backbone_lr_scale: float = field(default=1.0, metadata={

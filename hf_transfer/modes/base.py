@@ -9,7 +9,7 @@ subclass of :class:`TransferMode` plus one :func:`register_mode` call.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import datasets
 import torch
@@ -51,6 +51,8 @@ class TransferData:
     alignment: AlignmentReport | None = None
     source_name: str | None = None
     target_name: str | None = None
+    #: rows whose image cannot be decoded, dropped per ``domain/split`` (``--skip_bad_images``)
+    skipped_images: dict[str, int] = field(default_factory=dict)
 
 
 class TransferModel(nn.Module):
@@ -73,16 +75,18 @@ class TransferModel(nn.Module):
         object.__setattr__(self, "_mode", mode)  # not a submodule: no recursion, not in state_dict
         self.config = getattr(classifier, "config", None)
 
-    def _prepare(self, pixels):
+    def _prepare(self, pixels, image_size=None):
         if pixels is not None and pixels.dtype == torch.uint8 and self.input_transform is not None:
-            pixels = self.input_transform(pixels)
+            pixels = self.input_transform(pixels, image_size)
         if self.channels_last and pixels is not None and pixels.dim() == 4:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         return pixels
 
     def forward(self, pixel_values=None, labels=None, target_pixel_values=None, features=None,
-                target_labels=None, row_index=None):
-        pixel_values, target_pixel_values = self._prepare(pixel_values), self._prepare(target_pixel_values)
+                target_labels=None, row_index=None, image_size=None, target_image_size=None):
+        # image_size: the original (H, W) of each image when a split mixes sizes (fast input path)
+        pixel_values = self._prepare(pixel_values, image_size)
+        target_pixel_values = self._prepare(target_pixel_values, target_image_size)
         extra = {} if row_index is None else {"row_index": row_index}  # feature mode, features_on_device
         return self._mode.forward(self, pixel_values=pixel_values, labels=labels,
                                   target_pixel_values=target_pixel_values, features=features, **extra)
