@@ -312,6 +312,7 @@ def run_transfer(args: TransferArguments, training_args, callbacks=None) -> dict
         "label_names": data.label_names,
         "label_alignment": data.alignment.to_dict() if data.alignment else None,
         "dropped_unlabelled": data.dropped_unlabelled,
+        "skipped_images": data.skipped_images,  # rows dropped by --skip_bad_images, per "<domain>/<split>"
         "unlabelled_target_images_kept": data.kept_unlabelled or None,
         "seed": training_args.seed,
         "data_config": backbone.data_config.to_dict(),
