@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from .card_domain import domain_gap_table, domain_option_lines, label_space_text
+from .errors import TransferConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +96,15 @@ def load_results(source: str | os.PathLike | dict | None) -> dict | None:
         path = path / RESULTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"No results.json at {str(source)!r} (expected a hf-transfer output folder).")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise TransferConfigError(f"{path} is not valid JSON ({err}): it is not a results.json written by "
+                                  "hf-transfer; re-run the training or restore the file.") from err
+    if not isinstance(results, dict):
+        raise TransferConfigError(f"{path} holds a JSON {type(results).__name__}, not the object of a results.json "
+                                  "written by hf-transfer; re-run the training or restore the file.")
+    return results
 
 
 def _dataset(spec: str | None) -> dict | None:
@@ -104,7 +112,6 @@ def _dataset(spec: str | None) -> dict | None:
     if not spec:
         return None
     from .data.spec import parse_dataset_spec
-    from .errors import TransferConfigError
 
     try:
         s = parse_dataset_spec(spec)

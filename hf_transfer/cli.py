@@ -50,11 +50,9 @@ def cmd_plan(argv: list[str]) -> int:
     """Resolve and check a config offline (no download, no training) and print the plan."""
     import json
 
-    from .config import parse_args
-    from .plan import plan_run
+    from .plan import plan_from_argv
 
-    transfer_args, training_args = parse_args(argv)
-    print(json.dumps(plan_run(transfer_args, training_args), indent=2, default=str))
+    print(json.dumps(plan_from_argv(argv), indent=2, default=str))  # resolves recipes meant for another machine
     return 0
 
 

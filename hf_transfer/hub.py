@@ -3,6 +3,7 @@
 :func:`push_run` is what ``hf-transfer push OUTPUT_DIR REPO_ID`` and ``--push_to_hub`` on training
 call. In order:
 
+0. The repo id is checked (``validate_repo_id``) and ``results.json`` read, before any slow step.
 1. :func:`check_round_trip`: the folder is loaded with ``pipeline("image-classification")`` (fresh
    objects, from disk only) and its predictions on ``examples/*`` are compared with the trained
    model's (``reference_predictions.json``). On a mismatch :class:`RoundTripError` says which image and
@@ -15,7 +16,11 @@ call. In order:
    hidden files, pinned to the head it read (``parent_commit``), so a concurrent edit of the card
    is never overwritten. The commit either lands whole or not at all: after a failure the remote is
    as it was, the local folder is intact, and running the same command again completes the push
-   (LFS blobs already uploaded are not sent twice).
+   (LFS blobs already uploaded are not sent twice). A repo (or branch) created by a push that then
+   fails is deleted again, so a failed first push leaves no empty repo.
+
+Hub failures (401/403/404, 5xx, a server that cannot be reached) end in one :class:`PushError` line
+naming the repo, the endpoint and what to do; the client's exception is chained for ``--debug``.
 
 Tokens come from the usual places through huggingface_hub (explicit ``token``, ``HF_TOKEN``, the
 ``hf auth login`` cache); this module never prints, logs or writes them.
@@ -23,6 +28,7 @@ Tokens come from the usual places through huggingface_hub (explicit ``token``, `
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
@@ -216,34 +222,56 @@ def push_run(output_dir: str | os.PathLike, repo_id: str, private: bool | None =
     when new). ``create_pr``: open a pull request instead of committing to the branch. ``license``:
     overrides the one read from the base model's card. Returns None on non-main processes.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi, constants
+    from huggingface_hub import HfApi
 
     if not _is_main_process():
         logger.info("Not the main process: not pushing.")
         return None
+    _check_repo_id(repo_id)
     folder = Path(output_dir)
     if not (folder / cards.RESULTS_FILE).is_file():
         raise PushError(f"{str(folder)!r} has no {cards.RESULTS_FILE}: not a finished hf-transfer run folder.")
     results = cards.load_results(folder)
     baseline = cards.load_results(baseline_results)
+    upper_bound = cards.load_results(upper_bound_results)
     if check:
         check_round_trip(folder, atol=atol)
         logger.info("Round-trip check passed: pipeline('image-classification') on the folder reproduces the "
                     "trained model's predictions.")
 
     api = HfApi(token=token)
-    repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    repo_id = repo_url.repo_id
+    with _hub_errors(api, repo_id):
+        repo_id, created = _create_repo(api, repo_id, private)
+    new_branch = None
+    try:
+        with _hub_errors(api, repo_id):
+            if revision and not any(b.name == revision for b in api.list_repo_refs(repo_id).branches):
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+                new_branch = revision
+            return _commit_run(api, folder, repo_id, results, baseline, revision=revision, create_pr=create_pr,
+                               token=token, commit_message=commit_message,
+                               upper_bound=upper_bound, license=license)
+    except Exception as err:
+        leftover = _undo_created(api, repo_id, created, new_branch)
+        if leftover:
+            raise PushError(f"{err} {leftover}") from err
+        raise
+
+
+def _commit_run(api, folder: Path, repo_id: str, results: dict, baseline: dict | None, *, revision: str | None,
+                create_pr: bool, token, commit_message: str | None, upper_bound: dict | None,
+                license: str | None) -> PushResult:
+    """Card merged with the remote one, then ONE commit pinned to the head that card was read at."""
+    from huggingface_hub import CommitOperationAdd, constants
+
     branch = revision or constants.DEFAULT_REVISION
-    if revision and not any(b.name == revision for b in api.list_repo_refs(repo_id).branches):
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
     head = api.repo_info(repo_id, revision=branch).sha
     existing = _remote_readme(api, repo_id, head) if head else None
     if license is None:
         license = cards.base_model_license(results.get("base_model"), token=token)
 
     cards.write_card(folder, repo_id, existing=existing, results=results, baseline_results=baseline,
-                     upper_bound_results=upper_bound_results, license=license, revision=revision,
+                     upper_bound_results=upper_bound, license=license, revision=revision,
                      endpoint=api.endpoint)
     paths = files_to_push(folder)
     if not paths:
@@ -257,3 +285,108 @@ def push_run(output_dir: str | os.PathLike, repo_id: str, private: bool | None =
     return PushResult(repo_id=repo_id, revision=info.pr_revision or branch, commit_url=info.commit_url,
                       commit_oid=info.oid, pr_url=info.pr_url, files=paths,
                       commit_message=commit_message or summary)
+
+
+# ------------------------------------------------------------------------------------------------
+# Hub errors and clean-up
+# ------------------------------------------------------------------------------------------------
+def _check_repo_id(repo_id: str) -> None:
+    """A malformed repo id is refused before the round-trip check, not after it."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        reason = " ".join(str(err).split())
+        raise PushError(f"Invalid repo id {repo_id!r}: {reason} Nothing was pushed.") from err
+
+
+def _create_repo(api, repo_id: str, private: bool | None) -> tuple[str, bool]:
+    """(full repo id, whether this push created the repo), so that a failed first push can delete it."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return api.create_repo(repo_id, private=private, repo_type="model").repo_id, True
+    except HfHubHTTPError as err:
+        if err.response is None or err.response.status_code not in (401, 402, 403, 409):
+            raise
+    # 409: it exists; 401-403: it may exist and be writable (create_repo's exist_ok logic re-checks)
+    return api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model").repo_id, False
+
+
+def _undo_created(api, repo_id: str, created_repo: bool, new_branch: str | None) -> str:
+    """Delete the repo (or branch) a failed push created; returns what could not be deleted, if anything."""
+    if not created_repo and new_branch is None:
+        return ""
+    what = f"the repo {repo_id} it created" if created_repo else f"the branch {new_branch!r} it created in {repo_id}"
+    try:
+        if created_repo:
+            api.delete_repo(repo_id, repo_type="model")
+        else:
+            api.delete_branch(repo_id, branch=new_branch)
+    except Exception as err:  # the Hub that failed the push may fail this too
+        return (f"The failed push could not delete {what} ({type(err).__name__}): delete it, or run the same "
+                "command again.")
+    logger.info("The push failed: deleted %s.", what)
+    return ""
+
+
+_HTTP_HINTS = {
+    401: "The token is invalid or expired: set HF_TOKEN or run `hf auth login` with a write token.",
+    403: "The token has no write access there: use a token that can write to this namespace, or push to your own.",
+    404: "The repo or revision does not exist for this token (a private repo of another user looks the same): "
+         "check the repo id, --revision and the token.",
+    412: "Someone committed to the branch during the push: run the same command again (the card is merged again).",
+}
+_NO_TOKEN = "No token was sent: set HF_TOKEN or run `hf auth login` with a write token."
+
+
+def _http_error_text(err, endpoint: str, repo_id: str, has_token: bool) -> str:
+    response = err.response
+    status = response.status_code if response is not None else "?"
+    reason = f" {response.reason_phrase}" if response is not None and response.reason_phrase else ""
+    server = " ".join((err.server_message or "").split())
+    if isinstance(status, int) and status >= 500:
+        hint = "A server error: a push lands whole or not at all, so run the same command again later."
+    elif status in (401, 403) and not has_token:
+        hint = _NO_TOKEN
+    else:
+        hint = _HTTP_HINTS.get(status, "")
+    return f"Push to {repo_id} failed: the Hub at {endpoint} answered {status}{reason}" + \
+        (f" ({server})." if server else ".") + (f" {hint}" if hint else "")
+
+
+def _hub_cause(err: BaseException):
+    """The Hub client's own error behind ``err`` (huggingface_hub wraps some, e.g. LFS uploads in a RuntimeError)."""
+    import httpx2  # huggingface_hub's HTTP client: connection failures are its TransportError
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    while err is not None and not isinstance(err, (HfHubHTTPError, OfflineModeIsEnabled, httpx2.TransportError)):
+        err = err.__cause__
+    return err
+
+
+@contextlib.contextmanager
+def _hub_errors(api, repo_id: str):
+    """Client exceptions from the Hub -> one PushError line (the original stays chained for --debug)."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        yield
+    except Exception as err:
+        cause = _hub_cause(err)
+        if cause is None:
+            raise
+        if isinstance(cause, HfHubHTTPError):
+            raise PushError(_http_error_text(cause, api.endpoint, repo_id, _has_token(api))) from err
+        if isinstance(cause, OfflineModeIsEnabled):
+            raise PushError(f"Cannot push to {repo_id}: HF_HUB_OFFLINE is set; unset it to reach the Hub.") from err
+        raise PushError(f"Push to {repo_id} failed: cannot reach the Hub at {api.endpoint} ({type(cause).__name__}: "
+                        f"{cause}). Check the network or HF_ENDPOINT, then run the same command again.") from err
+
+
+def _has_token(api) -> bool:
+    from huggingface_hub import get_token
+
+    return api.token is not False and bool(api.token or get_token())

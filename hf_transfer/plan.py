@@ -2,13 +2,16 @@
 
 ``hf-transfer plan --config recipes/configs/office31_dann.yaml`` checks what can be checked offline
 (mode, method and its options, dataset specs, backbone id form, label policy, launch settings) and
-prints what the run would do, so a typo fails in a second instead of after a download.
+prints what the run would do, so a typo fails in a second instead of after a download. A recipe for
+another machine (``--bf16 true`` planned on a CPU-only laptop) still resolves: what this machine lacks
+is reported in the plan, not raised.
 """
 
 from __future__ import annotations
 
 import re
 
+from .config import check_training_arguments
 from .data.align import POLICIES
 from .data.spec import parse_dataset_spec
 from .data.transforms import AUGMENTATIONS
@@ -58,8 +61,35 @@ def _method_plan(args) -> dict:
     return {"freeze": args.freeze, "backbone_lr_scale": args.backbone_lr_scale}
 
 
+def parse_for_plan(argv: list[str]) -> tuple:
+    """``config.parse_args`` for a dry run: (transfer args, training args, device problem or None).
+
+    TrainingArguments refuses a precision this machine cannot run (bf16/fp16 without a GPU). The plan
+    is then resolved as with ``--use_cpu true`` and the refusal is returned, to be reported.
+    """
+    from .config import parse_args
+
+    try:
+        return (*parse_args(argv), None)
+    except TransferConfigError as err:
+        refused = str(err)
+    # any other problem (a device one is off the table now) is raised by this second parse
+    return (*parse_args([*argv, "--use_cpu", "true"]), refused)
+
+
+def plan_from_argv(argv: list[str]) -> dict:
+    """What ``hf-transfer plan`` prints: the plan of ``[--config FILE] [--flag value ...]``."""
+    transfer_args, training_args, device_problem = parse_for_plan(argv)
+    plan = plan_run(transfer_args, training_args)
+    if device_problem is not None:
+        plan["training"]["use_cpu"] = False  # what the recipe asks; it was only parsed as use_cpu
+    plan["training"]["on_this_machine"] = f"train would stop here: {device_problem}" if device_problem else "ok"
+    return plan
+
+
 def plan_run(args, training_args) -> dict:
     """Everything the run would use, checked offline; raises TransferConfigError on the first problem."""
+    check_training_arguments(args, training_args)
     if args.label_policy not in POLICIES:
         raise TransferConfigError(f"label_policy={args.label_policy!r}: choose one of {POLICIES}.")
     if args.augment not in AUGMENTATIONS:
@@ -78,5 +108,6 @@ def plan_run(args, training_args) -> dict:
         "training": {"output_dir": training_args.output_dir, "learning_rate": training_args.learning_rate,
                      "per_device_train_batch_size": training_args.per_device_train_batch_size,
                      "num_train_epochs": training_args.num_train_epochs, "max_steps": training_args.max_steps,
-                     "bf16": training_args.bf16, "seed": training_args.seed},
+                     "bf16": training_args.bf16, "fp16": training_args.fp16, "use_cpu": training_args.use_cpu,
+                     "seed": training_args.seed},
     }

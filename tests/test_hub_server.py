@@ -254,6 +254,21 @@ def test_cli_prints_url(tmp_path):
         proc.wait(timeout=10)
 
 
+def test_a_stopped_server_answers_nothing_on_kept_alive_connections(tmp_path):
+    """Clients pool connections: "server down" tests need stop() to close those too, not only the socket
+    that accepts new ones."""
+    import http.client
+
+    server = HubTestServer(tmp_path).start()
+    conn = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=10)
+    conn.request("GET", "/api/whoami-v2")
+    assert json.loads(conn.getresponse().read())["name"] == "user"
+    server.stop()
+    with pytest.raises(ConnectionError):
+        conn.request("GET", "/api/whoami-v2")
+        conn.getresponse()
+
+
 # ----------------------------------------------------------------------------------------------
 # datasets, transformers, timm
 # ----------------------------------------------------------------------------------------------

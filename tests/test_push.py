@@ -7,17 +7,19 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("huggingface_hub")
+import httpx2  # huggingface_hub's HTTP client
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from hf_transfer import cards
-from hf_transfer.hub import RoundTripError, files_to_push, push_run
+from hf_transfer.hub import PushError, RoundTripError, files_to_push, push_run
 from hf_transfer.testing.hub_server import USER_TOKEN
 
 TINY = dict(image_size=32, crop_pct=1.0, augment="light", max_steps=2, per_device_train_batch_size=8,
@@ -149,7 +151,7 @@ def test_failed_push_leaves_remote_unchanged_and_rerun_completes(hub_server, run
     (run_copy / cards.REFERENCE_PREDICTIONS).write_text(json.dumps(ref[:1]))
     before, local = _state(hub_server), _digests(run_copy)
     hub_server.faults.add(**fault)
-    with pytest.raises(Exception):
+    with pytest.raises(PushError, match="run the same command again"):
         push_run(run_copy, "user/digits")
     assert _state(hub_server) == before and _digests(run_copy) == local
     hub_server.faults.clear()
@@ -203,7 +205,7 @@ def test_tokens_never_leak(hub_server, hub_subprocess_env, run_copy, capfd, capl
     assert res.revision == "explicit"
     # no token anywhere: refused, nothing pushed
     head = hub_server.head("user/digits")
-    with pytest.raises(Exception):
+    with pytest.raises(PushError, match="answered 401 .*No token was sent"):
         push_run(run_copy, "user/digits", token=False, revision="anonymous")
     assert hub_server.head("user/digits") == head
 
@@ -305,3 +307,116 @@ def test_training_push_can_open_a_pull_request(hub_server, run_copy, tmp_path):
     run_transfer(a, t)
     assert hub_server.head("user/pr-target") == main_head
     assert "model.safetensors" in hub_server.files("user/pr-target", revision="refs/pr/1")
+
+
+# ------------------------------------------------------------------------------------------------
+# errors: one line naming the repo and what to do, a non-zero exit, nothing left behind on the Hub
+# ------------------------------------------------------------------------------------------------
+def _fewer_examples(run_copy):
+    """One example image (the round trip and the LFS uploads take less time)."""
+    ref = json.loads((run_copy / cards.REFERENCE_PREDICTIONS).read_text())
+    for row in ref[1:]:
+        (run_copy / row["file"]).unlink()
+    (run_copy / cards.REFERENCE_PREDICTIONS).write_text(json.dumps(ref[:1]))
+
+
+def _cli(capsys, *args) -> tuple[int, list[str], str]:
+    from hf_transfer.cli import main
+
+    rc = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    return rc, err.strip().splitlines(), err
+
+
+HUB_FAILURES = {  # case -> (HF_TOKEN, repo id, fault, expected error line)
+    "401-bad-token": ("hf_not_a_valid_token_0123456789", "user/digits", None,
+                      r"Push to user/digits failed: the Hub at \S+ answered 401 .*Invalid credentials.*HF_TOKEN"),
+    "403-other-namespace": (USER_TOKEN, "other/digits", None, r"answered 403 .*no write access"),
+    "404": (USER_TOKEN, "user/digits", dict(point="repo_info", status=404, code="RepoNotFound",
+                                            message="Repository not found", times=None),
+            r"answered 404 .*Repository not found.*check the repo id"),
+    "503": (USER_TOKEN, "user/digits", dict(point="repo_info", status=503, times=None),
+            r"answered 503 .*run the same command again later"),
+    "server-down": (USER_TOKEN, "user/digits", "stop",
+                    r"cannot reach the Hub at http://127\.0\.0\.1:\d+ .*HF_ENDPOINT"),
+}
+
+
+@pytest.mark.parametrize("case", list(HUB_FAILURES))
+def test_hub_errors_end_in_one_line_and_leave_no_repo(hub_server, run_copy, capsys, monkeypatch, case):
+    token, repo_id, fault, expected = HUB_FAILURES[case]
+    _fewer_examples(run_copy)
+    monkeypatch.setenv("HF_TOKEN", token)
+    if fault == "stop":
+        hub_server.stop()
+    elif fault:
+        hub_server.faults.add(**fault)
+    rc, lines, err = _cli(capsys, "push", run_copy, repo_id)
+    assert rc == 1 and "Traceback" not in err
+    assert lines[-1].startswith("hf-transfer: error: PushError: ") and re.search(expected, lines[-1]), lines[-1]
+    assert hub_server.storage.meta("model", repo_id) is None  # the repo created before the 404/503 was deleted
+
+
+def test_debug_shows_the_hub_error_behind_the_line(hub_server, run_copy):
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from hf_transfer.cli import main
+
+    _fewer_examples(run_copy)
+    hub_server.faults.add("repo_info", status=503, times=None)
+    with pytest.raises(PushError, match="answered 503") as info:
+        main(["push", str(run_copy), "user/digits", "--debug"])
+    assert isinstance(info.value.__cause__, HfHubHTTPError)
+
+
+@pytest.mark.parametrize("case", ["first-push", "new-branch", "cleanup-fails"])
+def test_failed_commit_deletes_the_repo_or_branch_it_created(hub_server, run_copy, monkeypatch, case):
+    _fewer_examples(run_copy)
+    if case == "new-branch":
+        push_run(run_copy, "user/digits")
+    before = _state(hub_server) if case == "new-branch" else None
+    if case == "cleanup-fails":
+        def refuse(*args, **kwargs):
+            raise httpx2.ConnectError("connection refused")
+
+        monkeypatch.setattr(HfApi, "delete_repo", refuse)
+    hub_server.faults.add("commit", status=500, times=None)
+    revision = "exp" if case == "new-branch" else None
+    expected = "could not delete the repo user/digits it created" if case == "cleanup-fails" else "answered 500"
+    with pytest.raises(PushError, match=expected):
+        push_run(run_copy, "digits", revision=revision)
+    if case == "cleanup-fails":
+        assert hub_server.head("user/digits") is not None
+        return
+    if case == "first-push":
+        assert hub_server.storage.meta("model", "user/digits") is None  # no empty repo left behind
+    else:
+        assert _state(hub_server) == before and hub_server.head("user/digits", revision="exp") is None
+    hub_server.faults.clear()
+    res = push_run(run_copy, "digits", revision=revision)
+    assert res.commit_oid == hub_server.head("user/digits", revision=revision or "main")
+
+
+def test_repo_id_is_checked_before_the_round_trip(hub_server, run_copy):
+    (run_copy / cards.REFERENCE_PREDICTIONS).unlink()  # the round trip would fail, and later
+    for bad in ("user/bad..name", "a/b/c", "user/"):
+        with pytest.raises(PushError, match=rf"Invalid repo id {re.escape(repr(bad))}"):
+            push_run(run_copy, bad)
+    assert hub_server.requests == []
+
+
+def test_invalid_results_json_names_the_file(hub_server, run_copy, tmp_path, capsys):
+    from hf_transfer.errors import TransferConfigError
+
+    results = run_copy / cards.RESULTS_FILE
+    good = results.read_text()
+    results.write_text(good[: len(good) // 2])  # cut short, as by a full disk
+    rc, lines, err = _cli(capsys, "push", run_copy, "user/digits")
+    assert rc == 2 and "Traceback" not in err
+    assert f"{results} is not valid JSON" in lines[-1]
+    results.write_text(good)
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text("[0.5]")
+    with pytest.raises(TransferConfigError, match=rf"{re.escape(str(baseline))} holds a JSON list"):
+        push_run(run_copy, "user/digits", baseline_results=baseline)
+    assert hub_server.requests == []

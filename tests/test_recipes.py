@@ -38,12 +38,10 @@ def _config(tmp_path, mode, method, extra, **overrides) -> str:
 
 @pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "recipes", "configs"))))
 def test_every_shipped_config_resolves_to_a_plan_offline(name):
-    from hf_transfer.plan import plan_run
+    from hf_transfer.plan import plan_from_argv
 
-    # the plan must not depend on this machine (recipes leave precision to auto_bf16)
-    transfer_args, training_args = parse_args(["--config", os.path.join(ROOT, "recipes", "configs", name),
-                                               "--use_cpu", "true"])
-    plan = plan_run(transfer_args, training_args)
+    # the plan must not depend on this machine (what `hf-transfer plan --config FILE` resolves)
+    plan = plan_from_argv(["--config", os.path.join(ROOT, "recipes", "configs", name)])
     assert plan["mode"] in ("feature", "domain", "task")
     assert plan["datasets"]["target"]["kind"] in ("hub", "builtin", "local")
     if name.startswith(("office", "officehome")):
@@ -61,6 +59,35 @@ def test_plan_rejects_bad_method_args(tmp_path):
     with pytest.raises(TransferConfigError, match="alpah"):
         plan_run(*parse_args(["--config", path]))
     assert cli_main(["plan", "--config", path, "--method", "nope"]) == 2
+
+
+def test_plan_refuses_unknown_builtin_names(capsys):
+    from hf_transfer.data.spec import parse_dataset_spec
+
+    known = "builtin:digits-blended, builtin:digits-handwritten, builtin:digits-printed"
+    with pytest.raises(TransferConfigError, match=rf"unknown built-in domain 'digits-handwrittn'.*{known}"):
+        parse_dataset_spec("builtin:digits-handwrittn#test")
+    argv = ["plan", "--mode", "domain", "--method", "dann", "--backbone", "test_resnet",
+            "--source", "builtin:digits-printd", "--target", TARGET, "--output_dir", "unused"]
+    assert cli_main(argv) == 2
+    assert "unknown built-in domain 'digits-printd'" in capsys.readouterr().err
+
+
+def test_plan_resolves_a_gpu_recipe_on_any_machine(tmp_path, capsys):
+    """A dry run checks the recipe, not this machine: bf16 without a GPU is reported, not raised."""
+    from hf_transfer.plan import plan_from_argv
+
+    path = _config(tmp_path, "domain", "dann", {}, use_cpu=False, bf16=True)
+    plan = plan_from_argv(["--config", path])
+    assert plan["training"]["bf16"] is True and plan["training"]["use_cpu"] is False
+    if not torch.cuda.is_available():
+        assert plan["training"]["on_this_machine"].startswith("train would stop here:")
+        with pytest.raises(TransferConfigError):
+            parse_args(["--config", path])  # training itself still refuses, before any work
+    assert cli_main(["plan", "--config", path]) == 0
+    assert json.loads(capsys.readouterr().out)["method_plan"]["loss"] == "DANNLoss"
+    with pytest.raises(TransferConfigError, match="learning_rat"):  # other errors are not hidden by the retry
+        plan_from_argv(["--config", path, "--learning_rat", "0.1"])
 
 
 def test_config_errors_name_the_key(tmp_path):

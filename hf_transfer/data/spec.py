@@ -66,6 +66,7 @@ def parse_dataset_spec(spec: str | DatasetSpec) -> DatasetSpec:
         name = text[len(BUILTIN_PREFIX):]
         if not name:
             raise TransferConfigError(f"Dataset spec {spec!r}: missing built-in name after 'builtin:'.")
+        _check_builtin_name(spec, name)
         return DatasetSpec("builtin", name, split=split)
 
     expanded = os.path.expanduser(text)
@@ -92,3 +93,12 @@ def parse_dataset_spec(spec: str | DatasetSpec) -> DatasetSpec:
             "nor a Hub id of the form 'org/name[:config][@revision][#split]'."
         )
     return DatasetSpec("hub", text, config=config, revision=revision, split=split)
+
+
+def _check_builtin_name(spec: str, name: str) -> None:
+    """An unknown built-in name fails when the spec is read (``plan`` included), not when data loads."""
+    from .builtin import BUILTIN_DOMAINS
+
+    if name not in BUILTIN_DOMAINS:
+        raise TransferConfigError(f"Dataset spec {spec!r}: unknown built-in domain {name!r}; the built-in domains "
+                                  f"are {', '.join(BUILTIN_PREFIX + n for n in sorted(BUILTIN_DOMAINS))}.")

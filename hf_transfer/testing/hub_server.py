@@ -390,6 +390,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # our own access log (without headers) is written in _dispatch
 
+    def setup(self) -> None:
+        super().setup()
+        self.hub._connections.add(self.connection)
+
+    def finish(self) -> None:
+        self.hub._connections.discard(self.connection)
+        super().finish()
+
     def do_GET(self) -> None:
         self._dispatch("GET")
 
@@ -508,6 +516,7 @@ class HubTestServer:
         self._tickets: dict[str, dict] = {}
         self._tickets_lock = threading.Lock()
         self._httpd: _ThreadingServer | None = None
+        self._connections: set[socket.socket] = set()  # open (kept-alive) client connections, closed by stop()
         self._thread: threading.Thread | None = None
 
     # lifecycle -----------------------------------------------------------------------------------
@@ -533,6 +542,9 @@ class HubTestServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._httpd = None
+        for conn in list(self._connections):  # a stopped server is down: kept-alive connections get no answer
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -889,7 +901,7 @@ class HubTestServer:
             raise HubError(400, f"Repo type {rtype!r} is not served by the test server")
         name = body.get("name", "")
         ns = body.get("organization") or h._user
-        if ns is None:
+        if h._user is None:  # as the Hub: anonymous writes are 401 whatever the namespace
             raise HubError(401, "You must be authenticated to create or delete a repo")
         repo_id = self._repo_id(f"{ns}/{name}")
         if not self._can_write(h._user, ns):
