@@ -100,6 +100,18 @@ def cmd_push(argv: list[str]) -> int:
 COMMANDS = {"train": cmd_train, "plan": cmd_plan, "demo": cmd_demo, "push": cmd_push}
 
 
+def _take_debug_flag(argv: list[str]) -> tuple[list[str], bool]:
+    """Our bare ``--debug`` (show tracebacks) out of ``argv``; ``--debug VALUE`` is the Trainer's own
+    ``TrainingArguments.debug`` option (e.g. ``underflow_overflow``) and stays."""
+    out, debug = [], False
+    for i, arg in enumerate(argv):
+        if arg == "--debug" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            debug = True
+        else:
+            out.append(arg)
+    return out, debug
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
@@ -110,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown command {argv[0]!r}")
         parser.print_help()
         return 0 if argv else 2
-    debug = "--debug" in argv or os.environ.get("HF_TRANSFER_DEBUG", "") not in ("", "0")
-    argv = [a for a in argv if a != "--debug"]
+    argv, debug = _take_debug_flag(argv)
+    debug = debug or os.environ.get("HF_TRANSFER_DEBUG", "") not in ("", "0")
     try:
         return COMMANDS[argv[0]](argv[1:])
     except TransferConfigError as err:

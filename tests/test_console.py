@@ -65,3 +65,12 @@ def test_errors_end_in_one_line_and_debug_shows_the_traceback(tmp_path, monkeypa
     assert err == "hf-transfer: error: RuntimeError: server down (run again with --debug for the traceback)\n"
     with pytest.raises(RuntimeError, match="server down"):
         cli.main(["train", "--debug"])
+
+
+def test_bare_debug_is_ours_and_debug_with_a_value_is_the_trainers():
+    from hf_transfer.cli import _take_debug_flag
+
+    assert _take_debug_flag(["train", "--debug", "--max_steps", "2"]) == (["train", "--max_steps", "2"], True)
+    assert _take_debug_flag(["train", "--max_steps", "2", "--debug"]) == (["train", "--max_steps", "2"], True)
+    kept = ["train", "--debug", "underflow_overflow"]
+    assert _take_debug_flag(kept) == (kept, False)
