@@ -378,8 +378,9 @@ def _ours_arguments(args, device, data, arch, size, dname, mode, n, out_dir, **o
     cfg = {"mode": mode, "backbone": arch, "target": data.spec(dname), "image_size": size, "crop_pct": CROP_PCT,
            "max_train_samples": n, "max_eval_samples": args.eval_images,
            "decoded_cache_dir": os.path.join(data.work, "decoded"),
-           "feature_cache_dir": os.path.join(out_dir, "features"), "feature_batch_size": 2 * args.batch_size,
            "overwrite_output_dir": True}  # every repeat and case reuses its arm's folder
+    if mode == "feature":  # options of the feature cache are refused in other modes
+        cfg.update(feature_cache_dir=os.path.join(out_dir, "features"), feature_batch_size=2 * args.batch_size)
     cfg.update({k: v for k, v in over.items() if k not in training_fields})
     cfg.update(_training_args(args, device, out_dir, **{k: v for k, v in over.items() if k in training_fields}))
     return arguments_from_dict(cfg)

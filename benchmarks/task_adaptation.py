@@ -50,6 +50,7 @@ def runs(steps: int, kshots: list[str]) -> list[tuple[str, str, dict]]:
                                                     "max_steps": steps}),
         ("linear probe", "feature mode: frozen backbone, cached features",
          {"mode": "feature", "backbone": "{pretrained}", "learning_rate": 0.5, "max_steps": 300,
+          "augment": "standard",  # the default: features are computed once from un-augmented images
           "per_device_train_batch_size": 128}),
         ("full FT", "all layers, backbone lr x0.1", {**ft, "method": "full"}),
         ("partial", "stem + stage_0 frozen", {**ft, "method": "partial", "freeze": "stem,stage_0"}),

@@ -159,6 +159,85 @@ class TransferArguments:
         if self.method is None:
             self.method = {"domain": "source_only", "task": "full", "feature": "linear"}[self.mode]
         _check_domain_options(self)
+        check_options_act(self)
+
+
+def _is_fine_tuning(args) -> bool:
+    return args.mode == "task" and args.method in ("full", "partial")
+
+
+def _transfers(args) -> bool:
+    return args.mode == "domain" and args.method != "source_only"
+
+
+#: where each mode- or method-specific option acts: (predicate on the arguments, what it needs). Set
+#: away from its default anywhere else it would be accepted and ignored, so it is refused instead.
+OPTION_SCOPE = {
+    "method_args": (lambda a: a.mode == "domain", "mode=domain (task and feature methods take no method_args)"),
+    "trade_off": (_transfers, "mode=domain with a method other than source_only"),
+    "trade_off_schedule": (_transfers, "mode=domain with a method other than source_only"),
+    "trade_off_warmup": (lambda a: _transfers(a) and a.trade_off_schedule == "linear", "trade_off_schedule=linear"),
+    "target_batch_ratio": (_transfers, "mode=domain with a method other than source_only"),
+    "bottleneck_dim": (lambda a: a.mode == "domain", "mode=domain"),
+    "adabn": (lambda a: a.mode == "domain", "mode=domain"),
+    "partial_weighting": (lambda a: a.mode == "domain", "mode=domain"),
+    "pada_every": (lambda a: a.mode == "domain" and a.partial_weighting == "pada", "partial_weighting=pada"),
+    "backbone_lr_scale": (lambda a: a.mode == "domain" or _is_fine_tuning(a),
+                          "mode=domain, or mode=task with method full or partial (a backbone that trains)"),
+    "layer_decay": (_is_fine_tuning, "mode=task with method full or partial"),
+    "freeze": (_is_fine_tuning, "mode=task with method full or partial (linear freezes the whole backbone)"),
+    "unfreeze_every": (_is_fine_tuning, "mode=task with method full or partial"),
+    "unfreeze_unit": (lambda a: _is_fine_tuning(a) and a.unfreeze_every is not None, "unfreeze_every"),
+    "regularizer": (lambda a: a.mode == "task" and a.method != "lora", "mode=task with method full, partial or linear"),
+    "l2sp_alpha": (lambda a: a.mode == "task" and a.regularizer == "l2sp", "regularizer=l2sp"),
+    "l2sp_beta": (lambda a: a.mode == "task" and a.regularizer == "l2sp", "regularizer=l2sp"),
+    "bss_eta": (lambda a: a.mode == "task" and a.regularizer == "bss", "regularizer=bss"),
+    "bss_k": (lambda a: a.mode == "task" and a.regularizer == "bss", "regularizer=bss"),
+    "k_shot": (lambda a: a.mode == "task", "mode=task"),
+    **{name: (lambda a: a.mode == "task" and a.method == "lora", "mode=task method=lora")
+       for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_adapter")},
+    "augment": (lambda a: a.mode != "feature", "mode=domain or task (feature mode trains on cached features of "
+                                               "un-augmented images)"),
+    "decoded_cache_dir": (lambda a: a.input_path == "fast", "input_path=fast"),
+    "feature_cache_dir": (lambda a: a.mode == "feature", "mode=feature"),
+    "features_on_device": (lambda a: a.mode == "feature", "mode=feature"),
+    "feature_batch_size": (lambda a: a.mode in ("feature", "domain"),
+                           "mode=feature (extraction) or mode=domain (domain-gap features)"),
+    "label_policy": (lambda a: a.source is not None, "a --source to align with the target"),
+    "backbone_revision": (lambda a: _loads_weights(a.backbone), "a backbone from the Hub or a folder (a timm "
+                                                                  "architecture name starts from random init)"),
+    "trust_remote_code": (lambda a: _loads_weights(a.backbone), "a backbone from the Hub or a folder (a timm "
+                                                                  "architecture name runs no remote code)"),
+}
+
+
+def _loads_weights(backbone: str) -> bool:
+    """A Hub id or a folder, as :func:`hf_transfer.backbones.load_backbone` tells them from timm names."""
+    return not backbone.startswith("timm:") and ("/" in backbone or os.path.exists(backbone))
+
+
+def check_options_act(args: "TransferArguments") -> None:
+    """Refuse an option set where it has no effect (see :data:`OPTION_SCOPE`), naming it."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TransferArguments)}
+    for name, (acts, needs) in OPTION_SCOPE.items():
+        value = getattr(args, name)
+        if value == defaults[name] or (defaults[name] is None and value == {}):
+            continue
+        if not acts(args):
+            raise TransferConfigError(f"{name}={value!r} has no effect with mode={args.mode} method={args.method}: "
+                                      f"it acts only with {needs}. Remove it.")
+
+
+def check_training_arguments(args: "TransferArguments", training_args) -> None:
+    """TrainingArguments the Trainer would take silently although they do not do what they say."""
+    if training_args.max_steps < -1 or training_args.max_steps == 0:
+        raise TransferConfigError(f"max_steps={training_args.max_steps}: give a positive number of optimizer steps, "
+                                  "or -1 (the default) to train for num_train_epochs.")
+    if training_args.max_steps == -1 and not training_args.num_train_epochs > 0:
+        raise TransferConfigError(f"num_train_epochs={training_args.num_train_epochs}: no training step would run "
+                                  "and an untrained model would be exported; give num_train_epochs > 0 or max_steps.")
+    if args.hub_create_pr and not training_args.push_to_hub:
+        raise TransferConfigError("hub_create_pr=True has no effect without --push_to_hub true. Remove it.")
 
 
 def _check_domain_options(args: "TransferArguments") -> None:

@@ -53,12 +53,16 @@ class TransferClassificationMetric(evaluate.Metric):
         }
 
 
-def classification_report(predictions, references, num_classes: int) -> dict:
-    metric = TransferClassificationMetric(num_classes=num_classes)
-    return metric.compute(predictions=np.asarray(predictions).tolist(), references=np.asarray(references).tolist())
-
-
 UNLABELLED = -1
+
+
+def classification_report(predictions, references, num_classes: int) -> dict:
+    """Metrics over the labelled rows only: a row labelled ``UNLABELLED`` is never scored (counted as
+    an error it would lower accuracy, macro-F1 and the confusion matrix's totals)."""
+    preds, refs = np.asarray(predictions), np.asarray(references)
+    scored = refs != UNLABELLED
+    metric = TransferClassificationMetric(num_classes=num_classes)
+    return metric.compute(predictions=preds[scored].tolist(), references=refs[scored].tolist())
 
 
 def scalar_metrics_fn(num_classes: int):

@@ -1,5 +1,6 @@
 """The three modes through the one Trainer: parameters, learning rates, losses, cache, paired data."""
 
+import itertools
 import json
 import os
 
@@ -14,14 +15,18 @@ from hf_transfer.run import prepare_run, run_transfer
 
 SOURCE, TARGET = "builtin:digits-printed", "builtin:digits-handwritten"
 
+_RUN_NUMBER = itertools.count()  # one output_dir per run: a folder holding another run is refused
+
 
 def tiny(tmp_path, **overrides) -> dict:
     args = dict(backbone="test_resnet", source=SOURCE, target=TARGET, image_size=32, crop_pct=1.0,
-                augment="light", output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=16,
+                augment="light", output_dir=str(tmp_path / f"out{next(_RUN_NUMBER)}"), max_steps=4, per_device_train_batch_size=16,
                 per_device_eval_batch_size=64, max_train_samples=64, max_eval_samples=32, use_cpu=True,
                 report_to="none", save_strategy="no", eval_strategy="no", learning_rate=0.05, optim="sgd",
                 seed=0, disable_tqdm=True)
     args.update(overrides)
+    if args.get("mode") == "feature":  # no augmentation acts on cached features (refused there)
+        args.pop("augment")
     return args
 
 
@@ -138,15 +143,16 @@ def test_feature_cache_hit_and_misses(tmp_path):
     first.mode.finish(first.model, first.trainer)
     torch.testing.assert_close(first.backbone.head.weight, first.model.classifier.weight)
 
-    again = prepared(tmp_path, mode="feature", feature_cache_dir=cache)
+    again = prepared(tmp_path, mode="feature", feature_cache_dir=cache, output_dir=str(tmp_path / "again"))
     assert (again.mode.cache.hits, again.mode.cache.misses) == (3, 0)
     for split, path in first.mode.cache_files.items():
         assert again.mode.cache_files[split] == path
 
     # any key change is a miss: data subset, transform, backbone weights
-    assert prepared(tmp_path, mode="feature", feature_cache_dir=cache, max_train_samples=48).mode.cache.misses == 1
-    assert prepared(tmp_path, mode="feature", feature_cache_dir=cache, crop_pct=0.9).mode.cache.misses == 3
-    assert prepared(tmp_path, mode="feature", feature_cache_dir=cache, seed=1).mode.cache.misses == 3
+    for i, (change, misses) in enumerate((({"max_train_samples": 48}, 1), ({"crop_pct": 0.9}, 3), ({"seed": 1}, 3))):
+        run = prepared(tmp_path, mode="feature", feature_cache_dir=cache, output_dir=str(tmp_path / f"miss{i}"),
+                       **change)
+        assert run.mode.cache.misses == misses, change
 
 
 def test_cached_features_match_full_model(tmp_path):
@@ -175,7 +181,7 @@ def test_transformers_native_backbone_in_every_mode(tmp_path, tiny_vit_dir, mode
     from transformers import pipeline
 
     args = tiny(tmp_path, mode=mode, method=method, backbone=tiny_vit_dir, max_steps=2,
-                feature_cache_dir=str(tmp_path / "cache"))
+                **({"feature_cache_dir": str(tmp_path / "cache")} if mode == "feature" else {}))
     results = run_transfer(*arguments_from_dict(args))
     assert results["mode"] == mode and set(results["metrics"]) == {"source", "target"}
     out = args["output_dir"]
@@ -364,3 +370,77 @@ def test_target_classes_make_a_partial_task_from_a_full_target(tmp_path):
     with pytest.raises(TransferConfigError, match="target_classes"):
         prepared(tmp_path, mode="domain", method="dan", target="builtin:digits-handwritten",
                  target_classes="zero, eleven", label_policy="partial")
+
+
+def _labelled_folder(path, labels_by_split: dict, class_label: list[str] | None = None) -> str:
+    """A save_to_disk dataset of random 32 px images with the given labels (None: no label)."""
+    import datasets
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    label_feature = datasets.ClassLabel(names=class_label) if class_label else datasets.Value("string")
+    features = datasets.Features({"image": datasets.Image(), "label": label_feature})
+    datasets.DatasetDict({
+        split: datasets.Dataset.from_dict(
+            {"image": [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in labels], "label": labels},
+            features=features)
+        for split, labels in labels_by_split.items()}).save_to_disk(str(path))
+    return str(path)
+
+
+def test_rows_without_a_label_are_never_scored_and_reported(tmp_path, caplog):
+    """None labels (string column; the FIRST test row among them) are dropped from training and scoring
+    with one warning; results.json says how many; the confusion matrix counts exactly the scored rows."""
+    from hf_transfer.metrics import classification_report
+
+    names = ["cat", "dog"]
+    test = [None, "cat", "dog", None, "cat", "dog", "dog", None]
+    target = _labelled_folder(tmp_path / "data", {"train": [names[i % 2] for i in range(15)] + [None] * 5,
+                                                  "test": test})
+    args = tiny(tmp_path, mode="task", method="full", target=target, source=None, max_steps=2,
+                max_train_samples=None, max_eval_samples=None, per_device_train_batch_size=8)
+    with caplog.at_level("WARNING", logger="hf_transfer.modes.base"):
+        results = run_transfer(*arguments_from_dict(args))
+    assert results["dropped_unlabelled"] == {"target/train": 5, "target/test": 3}
+    warnings = [r for r in caplog.records if "without a label" in r.getMessage()]
+    assert len(warnings) == 1 and "8 dropped" in warnings[0].getMessage()
+    metrics = results["metrics"]["target"]
+    assert metrics["num_samples"] == 5 and sum(map(sum, metrics["confusion_matrix"])) == 5
+    out = args["output_dir"]
+    rows = json.load(open(os.path.join(out, "reference_predictions.json")))
+    assert rows and all(r["label"] in names for r in rows)
+    # the metric itself never scores a -1 row, whoever calls it
+    report = classification_report([0, 1, 1, 0], [0, -1, 1, -1], num_classes=2)
+    assert report["accuracy"] == 1.0 and report["num_samples"] == 2
+
+
+def test_domain_mode_keeps_unlabelled_target_train_rows_as_target_images(tmp_path):
+    """A ClassLabel column holding None: target TRAIN rows without a label are unlabelled target images
+    in domain mode (kept); the target TEST rows without one are dropped (never scored)."""
+    names = ["zero", "one"]
+    target = _labelled_folder(tmp_path / "data", {"train": [0, 1, None, 0, 1, None, 0, 1],
+                                                  "test": [0, None, 1, 0, 1, 0]}, class_label=names)
+    run = prepared(tmp_path, mode="domain", method="dann", target=target)
+    assert run.data.kept_unlabelled == {"target/train": 2}
+    assert run.data.dropped_unlabelled["target/test"] == 1 and len(run.eval_sets["target"]) == 5
+    assert len(run.trainer.train_dataset.target) == 8
+
+
+def test_label_names_never_become_paths(tmp_path):
+    """Labels such as 'a/b', '..' and 'c:\\d' are data: the example files stay in examples/ with safe names."""
+    from hf_transfer.run import example_file_name
+
+    labels = ["a/b", "..", "c:\\d"]
+    target = _labelled_folder(tmp_path / "data", {"train": labels * 6, "test": labels * 2})
+    args = tiny(tmp_path, mode="task", method="full", target=target, source=None, max_steps=1,
+                max_train_samples=None, max_eval_samples=None)
+    run_transfer(*arguments_from_dict(args))
+    out = args["output_dir"]
+    rows = json.load(open(os.path.join(out, "reference_predictions.json")))
+    assert sorted({r["label"] for r in rows}) == sorted(labels)
+    examples = sorted(os.listdir(os.path.join(out, "examples")))
+    assert examples == sorted(os.path.basename(r["file"]) for r in rows) and len(examples) == 4
+    for row in rows:
+        assert os.path.dirname(row["file"]) == "examples" and os.path.isfile(os.path.join(out, row["file"]))
+    assert example_file_name(0, "../../etc/passwd") == "examples/0_etc_passwd.png"
+    assert example_file_name(1, "..") == "examples/1_label.png"

@@ -31,6 +31,8 @@ MODES = [("feature", "linear", {}), ("domain", "dann", {"method_args": {"hold": 
 def _config(tmp_path, mode, method, extra, **overrides) -> str:
     cfg = {**TINY, "mode": mode, "method": method, **extra, "output_dir": str(tmp_path / mode),
            "save_strategy": "steps", "save_steps": 2, **overrides}
+    if mode == "feature":  # no augmentation acts on cached features (refused there)
+        cfg.pop("augment")
     path = tmp_path / f"{mode}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
@@ -145,8 +147,10 @@ def _weights(output_dir):
 
 @pytest.mark.parametrize("mode, method, extra", MODES)
 def test_resume_matches_uninterrupted(tmp_path, mode, method, extra):
-    base = {**TINY, "mode": mode, "method": method, **extra, "save_strategy": "steps", "save_steps": 2,
-            "feature_cache_dir": str(tmp_path / "cache")}
+    base = {**TINY, "mode": mode, "method": method, **extra, "save_strategy": "steps", "save_steps": 2}
+    if mode == "feature":  # feature-mode options are refused in the others, augment is refused here
+        base.update(feature_cache_dir=str(tmp_path / "cache"))
+        base.pop("augment")
     full = run_transfer(*arguments_from_dict({**base, "output_dir": str(tmp_path / "full")}))
     crashed_dir = str(tmp_path / "crashed")
     with pytest.raises(KeyboardInterrupt):
@@ -271,8 +275,11 @@ def test_shared_domain_options_parse_from_yaml_and_flags(tmp_path):
     transfer_args, _ = parse_args(["--config", path])
     for key, value in SHARED_OPTIONS.items():
         assert getattr(transfer_args, key) == value, key
+    # trade_off_warmup and pada_every back to their defaults: they act only with the linear schedule and
+    # with pada (refused otherwise)
     transfer_args, _ = parse_args(["--config", path, "--trade_off_schedule", "dann", "--bottleneck_dim", "32",
-                                   "--target_batch_ratio", "0.5", "--partial_weighting", "exclude"])
+                                   "--target_batch_ratio", "0.5", "--partial_weighting", "exclude",
+                                   "--trade_off_warmup", "0.1", "--pada_every", "100"])
     assert (transfer_args.trade_off_schedule, transfer_args.bottleneck_dim, transfer_args.target_batch_ratio,
             transfer_args.partial_weighting) == ("dann", 32, 0.5, "exclude")
     defaults, _ = arguments_from_dict({**TINY, "mode": "domain", "method": "dan", "output_dir": "x"})

@@ -35,6 +35,8 @@ def tiny(tmp_path, **overrides) -> dict:
                 seed=0, disable_tqdm=True, dataloader_num_workers=0,
                 decoded_cache_dir=str(tmp_path / "decoded"), feature_cache_dir=str(tmp_path / "features"))
     args.update(overrides)
+    # options that act in one kind of mode only are refused elsewhere
+    args.pop("augment" if args.get("mode") == "feature" else "feature_cache_dir")
     return args
 
 

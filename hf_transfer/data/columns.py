@@ -87,7 +87,7 @@ def _to_class_label(dsd: datasets.DatasetDict, column: str, where: str) -> datas
     """Strings or ints -> ClassLabel with the SAME names in every split (sorted, as imagefolder does)."""
     feat = _features_of(dsd)[column]
     if isinstance(feat, ClassLabel):
-        return dsd
+        return _nulls_to_unlabelled(dsd, column)
     values: set = set()
     for split in dsd.values():
         values.update(v for v in split.unique(column) if v is not None)
@@ -105,6 +105,17 @@ def _to_class_label(dsd: datasets.DatasetDict, column: str, where: str) -> datas
         features = split.features.copy()
         features[column] = label
         out[split_name] = split.map(encode, batched=True, features=features, desc=f"Encoding labels ({split_name})")
+    return datasets.DatasetDict(out)
+
+
+def _nulls_to_unlabelled(dsd: datasets.DatasetDict, column: str) -> datasets.DatasetDict:
+    """A ClassLabel column may hold None: make it -1, the one "no label" value the rest of the code knows."""
+    out = {}
+    for split_name, split in dsd.items():
+        if split.data.column(column).null_count:
+            split = split.map(lambda batch: {column: [-1 if v is None else v for v in batch[column]]}, batched=True,
+                              features=split.features, desc=f"Marking missing labels ({split_name})")
+        out[split_name] = split
     return datasets.DatasetDict(out)
 
 

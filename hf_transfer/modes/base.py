@@ -12,12 +12,15 @@ import logging
 from dataclasses import dataclass, field
 
 import datasets
+import numpy as np
 import torch
 from torch import nn
 
 from ..backbones import Backbone
 from ..data.align import AlignmentReport
+from ..data.columns import LABEL_COLUMN
 from ..errors import TransferConfigError
+from ..metrics import UNLABELLED
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +54,47 @@ class TransferData:
     alignment: AlignmentReport | None = None
     source_name: str | None = None
     target_name: str | None = None
+    #: rows without a label dropped per ``domain/split`` (never trained on, never scored)
+    dropped_unlabelled: dict[str, int] = field(default_factory=dict)
+    #: rows without a label kept per ``domain/split``: the domain mode's unlabelled target images
+    kept_unlabelled: dict[str, int] = field(default_factory=dict)
     #: rows whose image cannot be decoded, dropped per ``domain/split`` (``--skip_bad_images``)
     skipped_images: dict[str, int] = field(default_factory=dict)
+
+    def drop_unlabelled(self, keep_target_train: bool = False) -> None:
+        """Remove the rows without a label from every split that is trained on or scored, with ONE
+        warning giving the counts. ``keep_target_train``: the domain mode's target training images are
+        unlabelled by design, so those rows stay (as unlabelled target images)."""
+        if self.dropped_unlabelled or self.kept_unlabelled:
+            return
+        for domain in ("source", "target"):
+            dsd = getattr(self, domain)
+            if dsd is None:
+                continue
+            kept = {}
+            for split, ds in dsd.items():
+                key = f"{domain}/{split}"
+                labelled = np.flatnonzero(np.asarray(ds[LABEL_COLUMN], dtype=np.int64) != UNLABELLED)
+                missing = len(ds) - len(labelled)
+                if keep_target_train and key == "target/train":
+                    self.kept_unlabelled[key] = missing
+                    kept[split] = ds
+                    continue
+                self.dropped_unlabelled[key] = missing
+                if missing == len(ds):
+                    raise TransferConfigError(f"The {domain} dataset's {split!r} split: none of its {len(ds)} rows "
+                                              "has a label, so nothing in it can be trained on or scored.")
+                kept[split] = ds.select(labelled) if missing else ds
+            setattr(self, domain, datasets.DatasetDict(kept))
+        self._warn_unlabelled()
+
+    def _warn_unlabelled(self) -> None:
+        dropped = {k: v for k, v in self.dropped_unlabelled.items() if v}
+        kept = {k: v for k, v in self.kept_unlabelled.items() if v}
+        if dropped or kept:
+            logger.warning("Rows without a label: %d dropped %s (never trained on or scored)%s.",
+                           sum(dropped.values()), dropped,
+                           f"; kept as unlabelled target images: {kept}" if kept else "")
 
 
 class TransferModel(nn.Module):
@@ -104,6 +146,8 @@ class TransferMode:
     name: str = "base"
     #: False when the mode does not train a backbone at all (the feature mode trains only a head)
     trains_backbone: bool = True
+    #: True when the target's training images are used without their labels (then rows that lack one stay)
+    uses_unlabelled_target: bool = False
 
     def __init__(self, args, backbone: Backbone, data: TransferData, training_args):
         self.args = args
@@ -112,6 +156,12 @@ class TransferMode:
         self.training_args = training_args
         self.last_metrics: dict[str, float] = {}
         self.frozen_groups: list[str] = []
+        data.drop_unlabelled(keep_target_train=self.uses_unlabelled_target)
+
+    @property
+    def label_smoothing(self) -> float:
+        """``label_smoothing_factor`` of the classification loss (every mode applies it itself)."""
+        return float(getattr(self.training_args, "label_smoothing_factor", 0.0) or 0.0)
 
     # --- hooks a mode writes ----------------------------------------------------------------
     def build_model(self) -> TransferModel:

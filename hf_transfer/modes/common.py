@@ -70,10 +70,15 @@ def freeze_batchnorm_of_frozen(model: nn.Module) -> None:
                 module.eval()
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
-    """Cross-entropy over the labelled rows; rows labelled ``UNLABELLED`` (-1) are ignored."""
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor | None, label_smoothing: float = 0.0,
+                        weight: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Cross-entropy over the labelled rows; rows labelled ``UNLABELLED`` (-1) are ignored.
+
+    ``label_smoothing`` is ``TrainingArguments.label_smoothing_factor``: the modes compute their own
+    loss, so the Trainer's label smoother never sees it and it is applied here."""
     if labels is None:
         return None
     if not (labels != UNLABELLED).any():  # an unlabelled eval set: no supervised loss exists
         return logits.sum() * 0.0
-    return nn.functional.cross_entropy(logits, labels, ignore_index=UNLABELLED)
+    return nn.functional.cross_entropy(logits, labels, weight=weight, ignore_index=UNLABELLED,
+                                       label_smoothing=label_smoothing)

@@ -12,13 +12,17 @@ bypassed during training and receives the folded bottleneck head in :meth:`Domai
 so the final evaluation and the export see one plain Linear), ``target_batch_ratio`` (see
 :mod:`hf_transfer.data.paired`), ``partial_weighting`` (:mod:`hf_transfer.partial`). ``adabn``
 re-estimates BatchNorm statistics (the bottleneck's too) on the target training images after
-training. The domain gap is always measured on the backbone's pooled features (the input of the
-exported head), so "before" and "after" compare the same space with or without a bottleneck.
+training. ``backbone_lr_scale`` gives discriminative learning rates as in task mode: the backbone's
+groups train at ``learning_rate * backbone_lr_scale``, its head, the bottleneck and the method's own
+modules (discriminator) at ``learning_rate``. The domain gap is always measured on the backbone's
+pooled features (the input of the exported head), so "before" and "after" compare the same space
+with or without a bottleneck.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -33,6 +37,7 @@ from ..features import extract_features
 from ..losses import LOSSES, adapt_batchnorm, build_loss, trade_off_weight
 from ..metrics import UNLABELLED
 from ..partial import ClassWeights, PADACallback, classes_to_exclude, drop_classes, pada_summary
+from ..strategies.lr import group_learning_rates, optimizer_groups_by_name
 from .base import TransferMode, TransferModel, register_mode
 from .common import classification_loss, eval_dataset, eval_images, input_transform, subset, train_images
 
@@ -41,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 @register_mode("domain")
 class DomainMode(TransferMode):
+    uses_unlabelled_target = True
+
     def __init__(self, args, backbone, data, training_args):
         super().__init__(args, backbone, data, training_args)
         if data.source is None:
@@ -77,6 +84,21 @@ class DomainMode(TransferMode):
             aux["pada"] = self.class_weights
         self.model = TransferModel(self, self.backbone.model, aux=aux, input_transform=input_transform(self))
         return self.model
+
+    def optimizer_groups(self, model, lr, weight_decay):
+        """Discriminative learning rates with task mode's group logic: the backbone's groups at
+        ``lr * backbone_lr_scale``; its head, the bottleneck and the method's own modules (e.g. the
+        domain discriminator) at ``lr``."""
+        groups = self.backbone.param_groups()
+        lrs = group_learning_rates(list(groups), lr, self.args.backbone_lr_scale)
+        aux = OrderedDict((f"aux.{name}", list(module.named_parameters())) for name, module in model.aux.items())
+        lrs.update({name: lr for name in aux})
+        out = optimizer_groups_by_name(OrderedDict([*groups.items(), *aux.items()]), lrs, weight_decay)
+        grouped = {id(p) for g in out for p in g["params"]}
+        missed = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in grouped]
+        if missed:  # a trainable module outside the backbone and model.aux would silently never train
+            raise RuntimeError(f"Trainable parameters in no optimizer group: {missed[:5]}")
+        return out
 
     def train_dataset(self):
         source_rows = drop_classes(self.data.source["train"], self.data.label_names, self.excluded)
@@ -135,10 +157,8 @@ class DomainMode(TransferMode):
         return features, logits
 
     def _source_loss(self, model, logits_s, labels):
-        if self.class_weights is None:
-            return classification_loss(logits_s, labels)
-        weights = model.aux["pada"].weights.to(logits_s.dtype)
-        return nn.functional.cross_entropy(logits_s, labels, weight=weights, ignore_index=UNLABELLED)
+        weights = None if self.class_weights is None else model.aux["pada"].weights.to(logits_s.dtype)
+        return classification_loss(logits_s, labels, self.label_smoothing, weight=weights)
 
     def forward(self, model, pixel_values=None, labels=None, target_pixel_values=None, **_):
         if target_pixel_values is None:  # evaluation (or source_only): one domain, no alignment term
@@ -146,7 +166,8 @@ class DomainMode(TransferMode):
                 logits = self.features_and_logits(model, pixel_values)[1]
             else:
                 logits = model.classifier(pixel_values=pixel_values).logits
-            loss = self._source_loss(model, logits, labels) if model.training else classification_loss(logits, labels)
+            loss = (self._source_loss(model, logits, labels) if model.training
+                    else classification_loss(logits, labels, self.label_smoothing))
             return {"loss": loss, "logits": logits}
         n_source = pixel_values.shape[0]
         loss_fn = model.aux["transfer"]

@@ -144,7 +144,7 @@ class FeatureMode(TransferMode):
             row_index = row_index.to(table.device)
             features, labels = table[row_index], table_labels[row_index].long()
         logits = model.classifier(features)
-        return {"loss": classification_loss(logits, labels), "logits": logits}
+        return {"loss": classification_loss(logits, labels, self.label_smoothing), "logits": logits}
 
     def finish(self, model, trainer) -> None:
         """The trained head goes back into the full model."""

@@ -205,7 +205,7 @@ class TaskMode(TransferMode):
 
     def forward(self, model, pixel_values=None, labels=None, **_):
         logits = model.classifier(pixel_values=pixel_values).logits
-        out = {"loss": classification_loss(logits, labels), "logits": logits}
+        out = {"loss": classification_loss(logits, labels, self.label_smoothing), "logits": logits}
         return self.regularization(model, out)
 
 
