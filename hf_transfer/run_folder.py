@@ -129,7 +129,10 @@ def check_output_dir(output_dir: str, identity: dict, *, resume: bool, overwrite
         return []
     if overwrite:
         return entries
-    if recorded is not None and not identity_difference(recorded, identity):
+    same = recorded is not None and not identity_difference(recorded, identity)
+    if same and entries == [IDENTITY_FILE]:  # this run was stopped before it wrote anything: start it again
+        return []
+    if same:
         what = "this same run"
     elif recorded is not None:
         what = f"a different run (arguments that differ, recorded -> now: {'; '.join(identity_difference(recorded, identity))})"

@@ -249,7 +249,8 @@ def test_lora_needs_pretrained_base_and_excludes_other_strategies(tmp_path):
     with pytest.raises(TransferConfigError, match="random-init"):
         run_transfer(*arguments_from_dict(lora_args("test_resnet", tmp_path / "o")))
     base = make_base(tmp_path / "base")
-    with pytest.raises(TransferConfigError, match="method=lora trains only"):
+    # refused when the arguments are built, before anything loads
+    with pytest.raises(TransferConfigError, match="regularizer='l2sp' has no effect with mode=task method=lora"):
         run_transfer(*arguments_from_dict(lora_args(base, tmp_path / "o", regularizer="l2sp")))
 
 

@@ -77,6 +77,17 @@ def test_resume_continues_only_the_same_run(run_a, tmp_path):
         _run(out, resume_from_checkpoint=str(out / "checkpoint-2"))
 
 
+def test_a_run_stopped_before_its_first_output_starts_again(tmp_path):
+    from hf_transfer.run import prepare_run
+
+    out = tmp_path / "claimed"
+    prepare_run(*arguments_from_dict({**TINY, "output_dir": str(out)}))  # claims the folder, trains nothing
+    assert [p.name for p in out.iterdir()] == [IDENTITY_FILE]
+    assert _run(out)["hyperparameters"]["max_steps"] == 4
+    with pytest.raises(TransferConfigError, match="different run"):
+        _run(tmp_path / "claimed", learning_rate=0.5)
+
+
 def test_overwrite_clears_every_previous_output(run_a, tmp_path):
     import shutil
 
