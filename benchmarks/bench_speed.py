@@ -9,7 +9,7 @@ Three kinds of case (``--cases``, comma list of ``<kind>:<timm architecture>@<in
     stock = the recipe of shared/bench/stock_recipe_anchor.py: ``datasets`` Image column +
     per-sample torchvision PIL transforms (RandomResizedCrop + flip + ToTensor + Normalize) in
     ``set_transform`` + a plain ``transformers.Trainer`` around ``timm.create_model`` (logits + CE
-    loss; bf16 on CUDA, nothing else). ours = :func:`hf_transfer.run.prepare_run` in task mode
+    loss; bf16 on CUDA, nothing else). ours = :func:`hf_transfer.training.run.prepare_run` in task mode
     (``input_path=fast``: uint8 decoded cache + batched crop/flip/normalise inside the model's
     forward) + ``trainer.train()``, with bf16 / channels_last / ``torch.compile`` per device
     (``--bf16/--channels_last/--compile auto``: all on for CUDA, all off on the CPU). Same
@@ -260,7 +260,7 @@ class Data:
 
     def train(self, name: str, n: int | None):
         """The seeded subset hf_transfer takes with ``max_train_samples=n``."""
-        from hf_transfer.modes.common import subset
+        from hf_transfer.training.modes.common import subset
 
         return subset(self.domain(name)["train"], n, self.args.seed)
 
@@ -388,7 +388,7 @@ def _ours_arguments(args, device, data, arch, size, dname, mode, n, out_dir, **o
 
 def ours_finetune_arm(args, device, data, arch, size, dname, n):
     from hf_transfer.data.fast import DecodedImages
-    from hf_transfer.run import prepare_run
+    from hf_transfer.training.run import prepare_run
 
     memory = Memory(device)
     decode_times: list[float] = []
@@ -420,9 +420,9 @@ def ours_finetune_arm(args, device, data, arch, size, dname, n):
 
 
 def ours_probe_arm(args, device, data, arch, size, dname, n, fast_extraction: bool):
-    import hf_transfer.modes.feature as feature_mode
-    from hf_transfer import features
-    from hf_transfer.run import prepare_run
+    import hf_transfer.training.modes.feature as feature_mode
+    from hf_transfer.methods.feature import cache as features
+    from hf_transfer.training.run import prepare_run
 
     memory = Memory(device)
     extract_times: list[float] = []
@@ -566,7 +566,7 @@ def stock_extract(args, device, ds, arch, num_classes, size) -> dict:
 
 def ours_extract(args, device, ds, backbone, cache_dir: str, input_path: str, workers: int) -> dict:
     from hf_transfer.data.fast import DecodedImages
-    from hf_transfer.features import extract_features
+    from hf_transfer.methods.feature.cache import extract_features
 
     memory = Memory(device)
     decode_times: list[float] = []
@@ -582,7 +582,7 @@ def ours_extract(args, device, ds, backbone, cache_dir: str, input_path: str, wo
 
 
 def case_extract(args, device, data, arch, size, dname) -> dict:
-    from hf_transfer.backbones import load_backbone
+    from hf_transfer.models.backbones import load_backbone
 
     ds = data.train(dname, args.extract_images)
     k = data.num_classes(dname)

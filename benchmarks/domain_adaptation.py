@@ -90,7 +90,7 @@ def common_args(steps: int) -> dict:
 
 def run_one(pair: str, name: str, mode: str, method: str, extra: dict, seed: int, steps: int, out: str) -> dict:
     from hf_transfer.config import arguments_from_dict
-    from hf_transfer.run import run_transfer
+    from hf_transfer.training.run import run_transfer
 
     source, target = PAIRS[pair]
     extra = dict(extra)

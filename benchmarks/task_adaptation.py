@@ -78,8 +78,8 @@ def _published_bytes(out_dir: str) -> int:
 
 def _run(args: dict) -> dict:
     from hf_transfer.config import arguments_from_dict
-    from hf_transfer.run import run_transfer
-    from hf_transfer.strategies import ModeCallbacks
+    from hf_transfer.training.run import run_transfer
+    from hf_transfer.methods.finetune import ModeCallbacks
 
     transfer_args, training_args = arguments_from_dict(args)
     return run_transfer(transfer_args, training_args, callbacks=[ModeCallbacks()])

@@ -14,8 +14,8 @@ import logging
 import os
 import sys
 
-from .errors import TransferConfigError
-from .logs import quiet_unactionable_logs
+from hf_transfer.errors import TransferConfigError
+from hf_transfer.logs import quiet_unactionable_logs
 
 
 def _setup_logging(training_args=None) -> None:
@@ -34,8 +34,8 @@ def _setup_logging(training_args=None) -> None:
 
 
 def cmd_train(argv: list[str]) -> int:
-    from .config import parse_args
-    from .run import run_transfer, summarize
+    from hf_transfer.config import parse_args
+    from hf_transfer.training.run import run_transfer, summarize
 
     transfer_args, training_args = parse_args(argv)
     _setup_logging(training_args)
@@ -50,14 +50,14 @@ def cmd_plan(argv: list[str]) -> int:
     """Resolve and check a config offline (no download, no training) and print the plan."""
     import json
 
-    from .plan import plan_from_argv
+    from hf_transfer.plan import plan_from_argv
 
     print(json.dumps(plan_from_argv(argv), indent=2, default=str))  # resolves recipes meant for another machine
     return 0
 
 
 def cmd_demo(argv: list[str]) -> int:
-    from .demo import main as demo_main
+    from hf_transfer.demo import main as demo_main
 
     _setup_logging()
     return demo_main(argv)
@@ -84,7 +84,7 @@ def cmd_push(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     _setup_logging()
 
-    from .hub import push_run
+    from hf_transfer.hub.push import push_run
 
     # PushError, RoundTripError and the rest end in main(): one line, or the traceback with --debug
     result = push_run(args.output_dir, args.repo_id, private=args.private, revision=args.revision,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from .errors import TransferConfigError
+from hf_transfer.errors import TransferConfigError
 
 MODES = ("feature", "domain", "task")
 TRADE_OFF_SCHEDULES = ("constant", "dann", "linear")
@@ -108,7 +108,7 @@ class TransferArguments:
     hub_create_pr: bool = field(default=False, metadata={
         "help": "With --push_to_hub: open a pull request on the Hub repo instead of committing to the branch."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code from the Hub (off by default)."})
-    # --- task adaptation strategies (mode=task; see hf_transfer.strategies, regularizers, adapters) ---
+    # --- task adaptation strategies (mode=task; see hf_transfer.methods.finetune, regularizers, adapters) ---
     unfreeze_every: float | None = field(default=None, metadata={
         "help": "task mode: gradual unfreezing. The head trains from the start; the backbone groups not frozen by "
                 "--freeze are unfrozen one at a time from the head backwards, one every UNFREEZE_EVERY steps or "
@@ -152,7 +152,7 @@ class TransferArguments:
             except json.JSONDecodeError as err:
                 raise TransferConfigError(f"method_args is not valid JSON: {err}") from err
         self.method_args = dict(self.method_args or {})
-        from .speed import normalize_auto_flag
+        from hf_transfer.models.speed import normalize_auto_flag
 
         self.channels_last = normalize_auto_flag(self.channels_last)
         self.features_on_device = normalize_auto_flag(self.features_on_device, "features_on_device")
@@ -212,7 +212,7 @@ OPTION_SCOPE = {
 
 
 def _loads_weights(backbone: str) -> bool:
-    """A Hub id or a folder, as :func:`hf_transfer.backbones.load_backbone` tells them from timm names."""
+    """A Hub id or a folder, as :func:`hf_transfer.models.backbones.load_backbone` tells them from timm names."""
     return not backbone.startswith("timm:") and ("/" in backbone or os.path.exists(backbone))
 
 

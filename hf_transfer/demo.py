@@ -71,8 +71,8 @@ def demo_runs(steps: int) -> list[tuple[str, str, dict]]:
 
 
 def run_demo(output_dir: str = DEFAULT_OUTPUT, seeds=(0,), steps: int = 600, only: list[str] | None = None) -> dict:
-    from .config import arguments_from_dict
-    from .run import run_transfer
+    from hf_transfer.config import arguments_from_dict
+    from hf_transfer.training.run import run_transfer
 
     table: dict[str, dict] = {}
     for seed in seeds:

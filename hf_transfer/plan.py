@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import re
 
-from .config import check_training_arguments
-from .data.align import POLICIES
-from .data.spec import parse_dataset_spec
-from .data.transforms import AUGMENTATIONS
-from .errors import TransferConfigError
+from hf_transfer.config import check_training_arguments
+from hf_transfer.data.align import POLICIES
+from hf_transfer.data.spec import parse_dataset_spec
+from hf_transfer.data.transforms import AUGMENTATIONS
+from hf_transfer.errors import TransferConfigError
 
 _HUB_MODEL_ID = re.compile(r"^(hf-hub:)?[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
@@ -39,7 +39,7 @@ def _backbone_kind(model_id: str) -> str:
 
 def _method_plan(args) -> dict:
     if args.mode == "domain":
-        from .losses import LOSSES, loss_kwargs
+        from hf_transfer.methods.domain import LOSSES, loss_kwargs
 
         if args.method not in LOSSES:
             raise TransferConfigError(f"mode=domain: unknown method {args.method!r}; available: {sorted(LOSSES)}.")
@@ -52,8 +52,8 @@ def _method_plan(args) -> dict:
                 "options": {**accepted, **args.method_args}, "trade_off": args.trade_off,
                 "trade_off_schedule": args.trade_off_schedule, "bottleneck_dim": args.bottleneck_dim,
                 "target_batch_ratio": args.target_batch_ratio, "partial_weighting": args.partial_weighting}
-    from .modes.feature import FEATURE_METHODS
-    from .modes.task import TASK_METHODS
+    from hf_transfer.training.modes.feature import FEATURE_METHODS
+    from hf_transfer.training.modes.task import TASK_METHODS
 
     methods = {"task": TASK_METHODS, "feature": FEATURE_METHODS}[args.mode]
     if args.method not in methods:
@@ -67,7 +67,7 @@ def parse_for_plan(argv: list[str]) -> tuple:
     TrainingArguments refuses a precision this machine cannot run (bf16/fp16 without a GPU). The plan
     is then resolved as with ``--use_cpu true`` and the refusal is returned, to be reported.
     """
-    from .config import parse_args
+    from hf_transfer.config import parse_args
 
     try:
         return (*parse_args(argv), None)

@@ -5,8 +5,8 @@ process-group setup are paid once), each writing its results.json from the main 
 import sys
 
 from hf_transfer.config import arguments_from_dict
-from hf_transfer.losses import LOSSES
-from hf_transfer.run import run_transfer
+from hf_transfer.methods.domain import LOSSES
+from hf_transfer.training.run import run_transfer
 
 out = sys.argv[1]
 # every method, plus one run with the options all methods share (bottleneck, batch ratio, schedule, PADA)

@@ -10,13 +10,13 @@ import torch
 from packaging import version
 from PIL import Image
 
-from hf_transfer.adapters import (ADAPTER_INFO, NotPortableWarning, default_target_modules, load_adapter_model,
+from hf_transfer.models.adapters import (ADAPTER_INFO, NotPortableWarning, default_target_modules, load_adapter_model,
                                   resolve_target_modules)
-from hf_transfer.backbones import load_backbone
+from hf_transfer.models.backbones import load_backbone
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.export import export_model
-from hf_transfer.run import run_transfer
+from hf_transfer.models.export import export_model
+from hf_transfer.training.run import run_transfer
 
 TARGET = "builtin:digits-handwritten"
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

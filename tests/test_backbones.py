@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from hf_transfer.backbones import load_backbone
+from hf_transfer.models.backbones import load_backbone
 from hf_transfer.data.transforms import eval_transform
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.export import export_model
+from hf_transfer.models.export import export_model
 
 NAMES = ["zero", "one", "two"]
 
@@ -112,7 +112,7 @@ def test_export_keeps_previous_files_on_failure(tmp_path, monkeypatch):
     folder = export_model(bb, str(tmp_path / "out"), results={"run": 1})
     before = open(os.path.join(folder, "model.safetensors"), "rb").read()
 
-    import hf_transfer.export as export
+    import hf_transfer.models.export as export
 
     def boom(*a, **k):
         raise RuntimeError("disk full")

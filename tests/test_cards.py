@@ -12,7 +12,7 @@ pytest.importorskip("huggingface_hub")
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from hf_transfer import cards
+from hf_transfer.hub import cards
 from hf_transfer.testing.hub_server import card_metadata
 
 REPO = "user/digits-dann"
@@ -21,7 +21,7 @@ REPO = "user/digits-dann"
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     from hf_transfer.config import arguments_from_dict
-    from hf_transfer.run import run_transfer
+    from hf_transfer.training.run import run_transfer
 
     out = tmp_path_factory.mktemp("card_run") / "dann"
     a, t = arguments_from_dict(dict(

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from hf_transfer.checkpoints import checkpoint_problem, last_complete_checkpoint, resolve_resume
+from hf_transfer.training.checkpoints import checkpoint_problem, last_complete_checkpoint, resolve_resume
 from hf_transfer.errors import TransferConfigError
 
 

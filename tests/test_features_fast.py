@@ -1,4 +1,4 @@
-"""The fast feature-extraction path (hf_transfer.features, input_path="fast").
+"""The fast feature-extraction path (hf_transfer.methods.feature.cache, input_path="fast").
 
 Correctness, never speed: the features from the decoded uint8 cache + on-device normalisation equal
 the stock PIL eval path within float tolerance (on images that need the resize + center crop and on
@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_transfer.backbones import load_backbone
+from hf_transfer.models.backbones import load_backbone
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.features import FeatureCache, cache_key, extract_features
+from hf_transfer.methods.feature.cache import FeatureCache, cache_key, extract_features
 
 NAMES = ["a", "b", "c"]
 

@@ -27,7 +27,7 @@ from hf_transfer.data.load import load_domain
 from hf_transfer.data.paired import PairedDataset, collate_images, collate_paired
 from hf_transfer.data.transforms import DataConfig
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.run import prepare_run, run_transfer
+from hf_transfer.training.run import prepare_run, run_transfer
 
 TARGET = "builtin:digits-handwritten"
 
@@ -104,7 +104,7 @@ def test_image_sizes_travel_through_collate_pairing_and_the_model(tmp_path):
             seen.append(image_size)
             return super().forward(x, image_size)
 
-    from hf_transfer.modes.base import TransferModel
+    from hf_transfer.training.modes.base import TransferModel
 
     class Mode:
         def forward(self, model, pixel_values=None, target_pixel_values=None, **_):
@@ -220,7 +220,7 @@ def test_resuming_on_the_stock_path_warns(tmp_path, caplog):
     args = _task_args(TARGET, tmp_path / "out", input_path="stock", save_strategy="steps", save_steps=2)
     with pytest.raises(KeyboardInterrupt):
         run_transfer(*arguments_from_dict(args), callbacks=[_KillAt(3)])
-    with caplog.at_level(logging.WARNING, logger="hf_transfer.run"):
+    with caplog.at_level(logging.WARNING, logger="hf_transfer.training.run"):
         prepare_run(*arguments_from_dict({**args, "resume_from_checkpoint": "last"}))
     assert "Resuming with --input_path stock" in caplog.text
 
@@ -263,8 +263,8 @@ def test_stale_staging_is_removed_only_when_its_writer_is_gone(tmp_path):
 
 
 def test_decode_cache_and_feature_cache_clean_up_after_killed_writers(tmp_path):
-    from hf_transfer.backbones import load_backbone
-    from hf_transfer.features import FeatureCache
+    from hf_transfer.models.backbones import load_backbone
+    from hf_transfer.methods.feature.cache import FeatureCache
 
     decoded_root, feature_root = tmp_path / "decoded", tmp_path / "features"
     stale = [_dead_writer_staging(decoded_root, "eval-16-abc"), _dead_writer_staging(feature_root, "0123abc")]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_transfer.losses import (
+from hf_transfer.methods.domain import (
     LOSSES,
     TransferLoss,
     GradientReverseFunction,
@@ -18,9 +18,9 @@ from hf_transfer.losses import (
     grl_coefficient,
     register_loss,
 )
-from hf_transfer.losses.cdan import CDANLoss
-from hf_transfer.losses.coral import coral
-from hf_transfer.losses.mmd import mk_mmd
+from hf_transfer.methods.domain.cdan import CDANLoss
+from hf_transfer.methods.domain.coral import coral
+from hf_transfer.methods.domain.mmd import mk_mmd
 
 D, C = 8, 4
 
@@ -335,7 +335,7 @@ def test_pseudo_label_uses_confident_samples_only():
 
 
 def test_cbst_keeps_the_top_fraction_of_each_predicted_class():
-    from hf_transfer.losses.self_training import class_balanced_mask
+    from hf_transfer.methods.domain.self_training import class_balanced_mask
 
     # class 0: 6 samples (a dominant class), class 1: 2 samples; fraction 0.5 -> top 3 of class 0, top 1 of class 1
     conf = torch.tensor([0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.70, 0.60])
@@ -454,11 +454,11 @@ def test_adabn_refuses_empty_target_and_keeps_stats():
 
 
 def test_losses_validators_and_domain_gap_import_nothing_else_from_hf_transfer():
-    """They are a lower layer: only relative imports inside hf_transfer.losses, no other hf_transfer."""
+    """They are a lower layer: only relative imports inside hf_transfer.methods.domain, no other hf_transfer."""
     import ast
     import pathlib
 
-    import hf_transfer.losses as pkg
+    import hf_transfer.methods.domain as pkg
 
     root = pathlib.Path(pkg.__file__).parent
     files = [*root.glob("*.py"), root.parent / "validators.py", root.parent / "domain_gap.py"]
@@ -477,7 +477,7 @@ def test_losses_validators_and_domain_gap_import_nothing_else_from_hf_transfer()
 # --- options every method shares: trade-off schedule, bottleneck, PADA source weights ---------------
 
 def test_trade_off_schedules_are_pure_functions_of_progress():
-    from hf_transfer.losses import trade_off_weight
+    from hf_transfer.methods.domain import trade_off_weight
 
     assert trade_off_weight(0.0, 2.0) == trade_off_weight(0.7, 2.0) == 2.0
     # DANN ramp: 0 at the start, trade_off * (2 / (1 + e^-10) - 1) at the end, monotone in between
@@ -494,7 +494,7 @@ def test_trade_off_schedules_are_pure_functions_of_progress():
 
 
 def test_bottleneck_folds_into_one_exact_linear():
-    from hf_transfer.bottleneck import BottleneckHead, fold_bottleneck, fold_into
+    from hf_transfer.models.bottleneck import BottleneckHead, fold_bottleneck, fold_into
 
     torch.manual_seed(0)
     head = BottleneckHead(12, 5, 3)
@@ -550,7 +550,7 @@ def test_cdan_source_weight_weights_only_the_source_side():
 
 
 def test_pada_class_weights_are_mean_prediction_over_max():
-    from hf_transfer.partial import ClassWeights
+    from hf_transfer.methods.domain.partial import ClassWeights
 
     cw = ClassWeights(3)
     assert torch.equal(cw.weights, torch.ones(3)) and int(cw.updates) == 0  # uniform before any estimate

@@ -10,8 +10,8 @@ import torch
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.data.paired import PairedDataset
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.losses import grl_coefficient
-from hf_transfer.run import prepare_run, run_transfer
+from hf_transfer.methods.domain import grl_coefficient
+from hf_transfer.training.run import prepare_run, run_transfer
 
 SOURCE, TARGET = "builtin:digits-printed", "builtin:digits-handwritten"
 
@@ -216,7 +216,7 @@ def test_unsupervised_model_selection_and_domain_gap(tmp_path):
 # --- options every domain method shares ------------------------------------------------------------
 
 def test_trade_off_schedule_is_logged_and_follows_progress(tmp_path):
-    from hf_transfer.losses import trade_off_weight
+    from hf_transfer.methods.domain import trade_off_weight
 
     run = prepared(tmp_path, mode="domain", method="dan", trade_off=2.0, trade_off_schedule="linear",
                    trade_off_warmup=0.5, logging_steps=1)
@@ -238,7 +238,7 @@ def test_target_batch_ratio_through_the_trainer(tmp_path):
 def test_bottleneck_trains_d_dim_features_and_exports_one_exact_linear(tmp_path):
     from transformers import AutoModelForImageClassification, pipeline
 
-    from hf_transfer.export import export_model
+    from hf_transfer.models.export import export_model
 
     run = prepared(tmp_path, mode="domain", method="dann", bottleneck_dim=8, method_args={"hold": 0.0})
     loss = run.model.aux["transfer"]
@@ -300,7 +300,7 @@ def test_partial_exclude_drops_source_rows_of_undeclared_classes(tmp_path):
 
 
 def test_partial_pada_weights_estimated_on_schedule_and_recorded(tmp_path):
-    from hf_transfer import cards
+    from hf_transfer.hub import cards
 
     target = _partial_target(tmp_path)
     args = tiny(tmp_path, mode="domain", method="dann", target=target, label_policy="partial",
@@ -347,7 +347,7 @@ def test_pada_weights_scale_the_source_cross_entropy(tmp_path):
 
 
 def test_adabn_adapts_the_bottleneck_batchnorm_before_the_fold(tmp_path):
-    from hf_transfer.bottleneck import fold_bottleneck
+    from hf_transfer.models.bottleneck import fold_bottleneck
 
     run = prepared(tmp_path, mode="domain", method="dan", bottleneck_dim=8, adabn=True)
     bn = run.model.aux["bottleneck"].bn
@@ -391,7 +391,7 @@ def _labelled_folder(path, labels_by_split: dict, class_label: list[str] | None 
 def test_rows_without_a_label_are_never_scored_and_reported(tmp_path, caplog):
     """None labels (string column; the FIRST test row among them) are dropped from training and scoring
     with one warning; results.json says how many; the confusion matrix counts exactly the scored rows."""
-    from hf_transfer.metrics import classification_report
+    from hf_transfer.evaluation.metrics import classification_report
 
     names = ["cat", "dog"]
     test = [None, "cat", "dog", None, "cat", "dog", "dog", None]
@@ -399,7 +399,7 @@ def test_rows_without_a_label_are_never_scored_and_reported(tmp_path, caplog):
                                                   "test": test})
     args = tiny(tmp_path, mode="task", method="full", target=target, source=None, max_steps=2,
                 max_train_samples=None, max_eval_samples=None, per_device_train_batch_size=8)
-    with caplog.at_level("WARNING", logger="hf_transfer.modes.base"):
+    with caplog.at_level("WARNING", logger="hf_transfer.training.modes.base"):
         results = run_transfer(*arguments_from_dict(args))
     assert results["dropped_unlabelled"] == {"target/train": 5, "target/test": 3}
     warnings = [r for r in caplog.records if "without a label" in r.getMessage()]
@@ -428,7 +428,7 @@ def test_domain_mode_keeps_unlabelled_target_train_rows_as_target_images(tmp_pat
 
 def test_label_names_never_become_paths(tmp_path):
     """Labels such as 'a/b', '..' and 'c:\\d' are data: the example files stay in examples/ with safe names."""
-    from hf_transfer.run import example_file_name
+    from hf_transfer.training.run import example_file_name
 
     labels = ["a/b", "..", "c:\\d"]
     target = _labelled_folder(tmp_path / "data", {"train": labels * 6, "test": labels * 2})

@@ -19,14 +19,14 @@ import pytest
 import torch
 from transformers import TrainerControl, TrainerState
 
-import hf_transfer.features
-import hf_transfer.run
+import hf_transfer.methods.feature.cache
+import hf_transfer.training.run
 import transformers.trainer
-from hf_transfer.backbones import load_backbone
+from hf_transfer.models.backbones import load_backbone
 from hf_transfer.config import TransferArguments, arguments_from_dict, resolve_precision
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.export import export_model
-from hf_transfer.run import prepare_run
+from hf_transfer.models.export import export_model
+from hf_transfer.training.run import prepare_run
 
 _RUN_NUMBER = itertools.count()
 SEEN: dict = {}  # what the spies saw during the last build
@@ -86,7 +86,7 @@ def _base(tmp_path, data, mode: str, /, **extra) -> dict:
 @pytest.fixture
 def spies(monkeypatch):
     """Record what reaches the backbone loader, the feature extractor and the Trainer's reporting."""
-    real_load, real_iter = hf_transfer.run.load_backbone, hf_transfer.features.iter_features
+    real_load, real_iter = hf_transfer.training.run.load_backbone, hf_transfer.methods.feature.cache.iter_features
 
     def load_backbone(model_id, *a, **kw):
         SEEN["load_backbone"] = kw
@@ -100,8 +100,8 @@ def spies(monkeypatch):
         SEEN["report_to"] = report_to
         return []
 
-    monkeypatch.setattr(hf_transfer.run, "load_backbone", load_backbone)
-    monkeypatch.setattr(hf_transfer.features, "iter_features", iter_features)
+    monkeypatch.setattr(hf_transfer.training.run, "load_backbone", load_backbone)
+    monkeypatch.setattr(hf_transfer.methods.feature.cache, "iter_features", iter_features)
     monkeypatch.setattr(transformers.trainer, "get_reporting_integration_callbacks", report)
 
 
@@ -442,6 +442,6 @@ def test_ignored_options_are_refused_before_any_work(tmp_path, data, monkeypatch
     def no_data(*_a, **_k):
         raise AssertionError("the data was loaded before the refusal")
 
-    monkeypatch.setattr(hf_transfer.run, "load_transfer_data", no_data)
+    monkeypatch.setattr(hf_transfer.training.run, "load_transfer_data", no_data)
     with pytest.raises(TransferConfigError, match=message):
         prepare_run(*arguments_from_dict(_base(tmp_path, data, change.pop("mode", "domain"), **change)))

@@ -41,7 +41,7 @@ def test_wheel_ships_every_package_and_the_card_template(tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import hf_transfer._model_cards as m; "
-            "from hf_transfer import cards; print(m.__file__); print(cards.template_text(), end='')")
+            "from hf_transfer.hub import cards; print(m.__file__); print(cards.template_text(), end='')")
     proc = subprocess.run([sys.executable, "-c", code, str(site)], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120, check=True)
     location, template = proc.stdout.split("\n", 1)

@@ -18,8 +18,8 @@ import httpx2  # huggingface_hub's HTTP client
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from hf_transfer import cards
-from hf_transfer.hub import PushError, RoundTripError, files_to_push, push_run
+from hf_transfer.hub import cards
+from hf_transfer.hub.push import PushError, RoundTripError, files_to_push, push_run
 from hf_transfer.testing.hub_server import USER_TOKEN
 
 TINY = dict(image_size=32, crop_pct=1.0, augment="light", max_steps=2, per_device_train_batch_size=8,
@@ -31,7 +31,7 @@ TINY = dict(image_size=32, crop_pct=1.0, augment="light", max_steps=2, per_devic
 def so_run(tmp_path_factory):
     """A tiny source-only run: the baseline, and (pushed) the backbone of the end-to-end test."""
     from hf_transfer.config import arguments_from_dict
-    from hf_transfer.run import run_transfer
+    from hf_transfer.training.run import run_transfer
 
     out = tmp_path_factory.mktemp("push_run") / "source_only"
     a, t = arguments_from_dict(dict(mode="domain", method="source_only", backbone="test_resnet",
@@ -237,7 +237,7 @@ def test_end_to_end_hub_datasets_backbone_train_push_and_fresh_load(hub_server, 
 
     from hf_transfer.config import arguments_from_dict
     from hf_transfer.data.builtin import load_builtin
-    from hf_transfer.run import run_transfer
+    from hf_transfer.training.run import run_transfer
 
     for name in ("digits-printed", "digits-handwritten"):
         dsd = load_builtin(name)
@@ -297,7 +297,7 @@ def test_end_to_end_hub_datasets_backbone_train_push_and_fresh_load(hub_server, 
 def test_training_push_can_open_a_pull_request(hub_server, run_copy, tmp_path):
     """--push_to_hub with --hub_create_pr: the finished run lands on refs/pr/N, main is untouched."""
     from hf_transfer.config import arguments_from_dict
-    from hf_transfer.run import run_transfer
+    from hf_transfer.training.run import run_transfer
 
     push_run(run_copy, "user/pr-target")
     main_head = hub_server.head("user/pr-target")

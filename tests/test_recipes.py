@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 from hf_transfer.cli import main as cli_main
 from hf_transfer.config import arguments_from_dict, load_config_file, parse_args
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.run import run_transfer
+from hf_transfer.training.run import run_transfer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE, TARGET = "builtin:digits-printed", "builtin:digits-handwritten"
@@ -217,8 +217,8 @@ def test_feature_cache_sharded_under_two_process_ddp(tmp_path):
     """Each of 2 DDP processes extracts its half of every split; the joined cache equals a 1-process one."""
     import numpy as np
 
-    from hf_transfer.features import FeatureCache
-    from hf_transfer.run import prepare_run
+    from hf_transfer.methods.feature.cache import FeatureCache
+    from hf_transfer.training.run import prepare_run
 
     cache = tmp_path / "ddp_cache"
     path = _config(tmp_path, "feature", "linear", {"feature_cache_dir": str(cache)}, save_strategy="no", max_steps=2)
@@ -250,7 +250,7 @@ def test_feature_cache_sharded_under_two_process_ddp(tmp_path):
 
 @pytest.mark.ddp
 def test_every_domain_method_under_two_process_ddp(tmp_path):
-    from hf_transfer.losses import LOSSES
+    from hf_transfer.methods.domain import LOSSES
 
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

@@ -11,8 +11,8 @@ import pytest
 
 from hf_transfer.config import arguments_from_dict, parse_args
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.run import run_transfer
-from hf_transfer.run_folder import IDENTITY_FILE
+from hf_transfer.training.run import run_transfer
+from hf_transfer.training.run_folder import IDENTITY_FILE
 
 TINY = dict(mode="task", method="full", backbone="test_resnet", target="builtin:digits-handwritten",
             image_size=32, crop_pct=1.0, augment="light", max_steps=4, per_device_train_batch_size=8,
@@ -48,7 +48,7 @@ def test_every_checkpoint_records_the_run(run_a):
 
 def test_another_runs_folder_is_refused_before_any_work(run_a, monkeypatch):
     before = _tree(run_a)
-    import hf_transfer.run as run_module
+    import hf_transfer.training.run as run_module
 
     monkeypatch.setattr(run_module, "load_transfer_data", lambda *a, **k: pytest.fail("data loaded before the check"))
     with pytest.raises(TransferConfigError, match=r"different run.*learning_rate: 0\.01 -> 0\.05.*overwrite_output_dir"):
@@ -78,7 +78,7 @@ def test_resume_continues_only_the_same_run(run_a, tmp_path):
 
 
 def test_a_run_stopped_before_its_first_output_starts_again(tmp_path):
-    from hf_transfer.run import prepare_run
+    from hf_transfer.training.run import prepare_run
 
     out = tmp_path / "claimed"
     prepare_run(*arguments_from_dict({**TINY, "output_dir": str(out)}))  # claims the folder, trains nothing
@@ -106,7 +106,7 @@ def test_overwrite_clears_every_previous_output(run_a, tmp_path):
 
 
 def test_output_dir_problems_are_caught_before_loading(tmp_path, monkeypatch):
-    import hf_transfer.run as run_module
+    import hf_transfer.training.run as run_module
 
     monkeypatch.setattr(run_module, "load_transfer_data", lambda *a, **k: pytest.fail("data loaded before the check"))
     a_file = tmp_path / "results"

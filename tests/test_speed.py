@@ -15,12 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_transfer.backbones import load_backbone
+from hf_transfer.models.backbones import load_backbone
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.features import FeatureCache, ProcessGroup, extract_features
-from hf_transfer.run import prepare_run, run_transfer
-from hf_transfer.speed import compile_options, is_convolutional, normalize_auto_flag, set_memory_format, \
+from hf_transfer.methods.feature.cache import FeatureCache, ProcessGroup, extract_features
+from hf_transfer.training.run import prepare_run, run_transfer
+from hf_transfer.models.speed import compile_options, is_convolutional, normalize_auto_flag, set_memory_format, \
     use_channels_last
 
 SOURCE, TARGET = "builtin:digits-printed", "builtin:digits-handwritten"
@@ -171,7 +171,7 @@ def test_shard_bounds_cover_every_row_once():
 
 def test_mode_decodes_with_dataloader_workers(tmp_path, monkeypatch):
     from hf_transfer.data.transforms import DataConfig
-    from hf_transfer.modes import common
+    from hf_transfer.training.modes import common
 
     seen = []
     real = common.DecodedImages
@@ -200,8 +200,8 @@ def test_mode_decodes_with_dataloader_workers(tmp_path, monkeypatch):
 def test_features_on_device_trains_the_same_head(tmp_path):
     """The device-resident path (forced on, on CPU) gathers the same rows in the same order as the
     memmap path: the trained head and the metrics are the same; a batch carries only row indices."""
-    from hf_transfer.modes.feature import RowIndexDataset
-    from hf_transfer.speed import use_features_on_device
+    from hf_transfer.training.modes.feature import RowIndexDataset
+    from hf_transfer.models.speed import use_features_on_device
 
     assert use_features_on_device("auto", 10, "cpu") is False and use_features_on_device(True, 10, "cpu") is True
     with pytest.raises(TransferConfigError, match="features_on_device"):

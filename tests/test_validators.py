@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_transfer.domain_gap import mmd_distance, proxy_a_distance
-from hf_transfer.validators import (
+from hf_transfer.evaluation.domain_gap import mmd_distance, proxy_a_distance
+from hf_transfer.evaluation.validators import (
     GREATER_IS_BETTER,
     VALIDATORS,
     dev,

@@ -21,8 +21,8 @@ import datasets
 import numpy as np
 from datasets import ClassLabel
 
-from ..errors import TransferConfigError
-from .columns import LABEL_COLUMN
+from hf_transfer.errors import TransferConfigError
+from hf_transfer.data.columns import LABEL_COLUMN
 
 logger = logging.getLogger(__name__)
 POLICIES = ("shared", "partial", "strict")

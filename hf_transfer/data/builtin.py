@@ -40,7 +40,7 @@ import numpy as np
 
 import datasets
 
-from ..cache import cache_path
+from hf_transfer.cache import cache_path
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datasets
 from datasets import ClassLabel, Image, Value
 
-from ..errors import TransferConfigError
+from hf_transfer.errors import TransferConfigError
 
 IMAGE_COLUMN = "image"
 LABEL_COLUMN = "label"

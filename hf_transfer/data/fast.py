@@ -100,10 +100,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cache import cache_path, make_staging_dir, remove_stale_staging
-from ..errors import TransferConfigError
-from .load import IMAGE_ERRORS
-from .transforms import AUGMENTATIONS, DataConfig
+from hf_transfer.cache import cache_path, make_staging_dir, remove_stale_staging
+from hf_transfer.errors import TransferConfigError
+from hf_transfer.data.load import IMAGE_ERRORS
+from hf_transfer.data.transforms import AUGMENTATIONS, DataConfig
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import logging
 import datasets
 import numpy as np
 
-from ..errors import TransferConfigError
+from hf_transfer.errors import TransferConfigError
 
 logger = logging.getLogger(__name__)
 

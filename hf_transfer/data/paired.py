@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from .transforms import make_batch_transform
+from hf_transfer.data.transforms import make_batch_transform
 
 
 class ImageDomainDataset(torch.utils.data.Dataset):

@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from ..errors import TransferConfigError
+from hf_transfer.errors import TransferConfigError
 
 BUILTIN_PREFIX = "builtin:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
@@ -97,7 +97,7 @@ def parse_dataset_spec(spec: str | DatasetSpec) -> DatasetSpec:
 
 def _check_builtin_name(spec: str, name: str) -> None:
     """An unknown built-in name fails when the spec is read (``plan`` included), not when data loads."""
-    from .builtin import BUILTIN_DOMAINS
+    from hf_transfer.data.builtin import BUILTIN_DOMAINS
 
     if name not in BUILTIN_DOMAINS:
         raise TransferConfigError(f"Dataset spec {spec!r}: unknown built-in domain {name!r}; the built-in domains "

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["HubTestServer", "Faults", "USER_TOKEN", "OTHER_TOKEN", "USER", "OTHER_USER"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .hub_server import OTHER_TOKEN, OTHER_USER, USER, USER_TOKEN, Faults, HubTestServer
+    from hf_transfer.testing.hub_server import OTHER_TOKEN, OTHER_USER, USER, USER_TOKEN, Faults, HubTestServer
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from . import hub_server
+        from hf_transfer.testing import hub_server
 
         return getattr(hub_server, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

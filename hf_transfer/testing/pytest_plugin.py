@@ -49,7 +49,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from .hub_server import OTHER_TOKEN, OTHER_USER, USER, USER_TOKEN, HubTestServer
+from hf_transfer.testing.hub_server import OTHER_TOKEN, OTHER_USER, USER, USER_TOKEN, HubTestServer
 
 __all__ = ["hub_server", "hub_server_bare", "hub_subprocess_env", "run_with_hub"]
 

@@ -1,0 +1,1 @@
+"""Evaluation: metrics per domain, unsupervised validators for checkpoint selection, domain gap."""

@@ -1,0 +1,114 @@
+"""Classification metrics through ``evaluate``, working offline.
+
+``evaluate.load("accuracy")`` fetches a script from the Hub and fails offline, so the metric is an
+in-code ``evaluate.Metric`` (its Arrow cache goes under ``$HF_TRANSFER_CACHE/metrics``, never the
+user's cwd). One compute gives accuracy, macro-F1, per-class accuracy and the confusion matrix.
+"""
+
+from __future__ import annotations
+
+import datasets
+import evaluate
+import numpy as np
+from sklearn.metrics import confusion_matrix, f1_score
+
+from hf_transfer.cache import cache_path
+
+
+def _cache_dir() -> str:
+    path = cache_path("metrics")
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+class TransferClassificationMetric(evaluate.Metric):
+    """Accuracy, macro-F1, per-class accuracy and confusion matrix of a classifier."""
+
+    def __init__(self, num_classes: int, **kwargs):
+        self.num_classes = int(num_classes)
+        kwargs.setdefault("cache_dir", _cache_dir())
+        super().__init__(**kwargs)
+
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=self.__doc__,
+            citation="",
+            inputs_description="predictions and references: class ids",
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+        )
+
+    def _compute(self, predictions, references):
+        preds, refs = np.asarray(predictions), np.asarray(references)
+        labels = np.arange(self.num_classes)
+        cm = confusion_matrix(refs, preds, labels=labels)
+        support = cm.sum(axis=1)
+        per_class = np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
+        present = np.unique(refs)
+        return {
+            "accuracy": float((preds == refs).mean()) if len(refs) else float("nan"),
+            "macro_f1": float(f1_score(refs, preds, labels=present, average="macro", zero_division=0)),
+            "per_class_accuracy": [None if np.isnan(v) else float(v) for v in per_class],
+            "confusion_matrix": cm.tolist(),
+            "num_samples": int(len(refs)),
+        }
+
+
+UNLABELLED = -1
+
+
+def classification_report(predictions, references, num_classes: int) -> dict:
+    """Metrics over the labelled rows only: a row labelled ``UNLABELLED`` is never scored (counted as
+    an error it would lower accuracy, macro-F1 and the confusion matrix's totals)."""
+    preds, refs = np.asarray(predictions), np.asarray(references)
+    scored = refs != UNLABELLED
+    metric = TransferClassificationMetric(num_classes=num_classes)
+    return metric.compute(predictions=preds[scored].tolist(), references=refs[scored].tolist())
+
+
+def scalar_metrics_fn(num_classes: int):
+    """``compute_metrics`` for the Trainer: scalars only (loggers choke on matrices).
+
+    Every eval set also gets the unsupervised validators (entropy, IM, SND) of its predictions; an
+    eval set whose labels are all ``UNLABELLED`` (-1) gets ONLY those, so checkpoint selection on
+    unlabelled target images (``metric_for_best_model: target_unlabelled_im``) never sees a label.
+    """
+    from hf_transfer.evaluation.validators import VALIDATORS
+
+    def compute(eval_pred) -> dict[str, float]:
+        logits, labels = eval_pred.predictions, eval_pred.label_ids
+        logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+        out = {name: float(fn(logits)) for name, fn in VALIDATORS.items()}
+        if labels is not None and (np.asarray(labels) != UNLABELLED).any():
+            report = classification_report(np.argmax(logits, axis=-1), labels, num_classes)
+            out.update(accuracy=report["accuracy"], macro_f1=report["macro_f1"])
+        return out
+
+    return compute
+
+
+def model_selection(log_history: list[dict], oracle_key: str = "eval_target_accuracy",
+                    unlabelled_prefix: str = "eval_target_unlabelled_") -> dict | None:
+    """Which evaluation step each unsupervised validator would pick, beside the oracle's pick.
+
+    Reads the Trainer's ``log_history``: the oracle uses target TEST labels (not available in real
+    use); each validator uses only predictions on unlabelled target TRAIN images.
+    """
+    from hf_transfer.evaluation.validators import VALIDATORS
+
+    by_step: dict[int, dict] = {}
+    for entry in log_history:  # the Trainer logs each eval set of a step as its own entry
+        if any(k.startswith("eval_") for k in entry):
+            by_step.setdefault(entry["step"], {"step": entry["step"]}).update(entry)
+    evals = [e for _, e in sorted(by_step.items()) if oracle_key in e]
+    if not evals:
+        return None
+    best = max(evals, key=lambda e: e[oracle_key])
+    out = {"oracle": {"step": best["step"], "target_accuracy": best[oracle_key]},
+           "last": {"step": evals[-1]["step"], "target_accuracy": evals[-1][oracle_key]}}
+    for name in VALIDATORS:
+        key = unlabelled_prefix + name
+        scored = [e for e in evals if key in e]
+        if scored:
+            pick = max(scored, key=lambda e: e[key])
+            out[name] = {"step": pick["step"], "target_accuracy": pick[oracle_key], "score": pick[key]}
+    return out

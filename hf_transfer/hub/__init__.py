@@ -1,0 +1,1 @@
+"""Publishing: the round-trip check and one-commit push, and the model card with its plots."""

@@ -1,0 +1,392 @@
+"""Round-trip check and push of a finished run folder to the Hub, in one commit.
+
+:func:`push_run` is what ``hf-transfer push OUTPUT_DIR REPO_ID`` and ``--push_to_hub`` on training
+call. In order:
+
+0. The repo id is checked (``validate_repo_id``) and ``results.json`` read, before any slow step.
+1. :func:`check_round_trip`: the folder is loaded with ``pipeline("image-classification")`` (fresh
+   objects, from disk only) and its predictions on ``examples/*`` are compared with the trained
+   model's (``reference_predictions.json``). On a mismatch :class:`RoundTripError` says which image and
+   label differed, and nothing is uploaded.
+2. The repo is created if needed (``exist_ok``), the branch too when ``revision`` is new; the card
+   already on the Hub (if any) is read at the branch head.
+3. Figures, ``train_config.yaml`` and ``README.md`` are written into the folder; the card is merged
+   into the remote one (generated sections replaced, hand-written text kept, see ``cards.py``).
+4. ONE ``create_commit`` with every file of the folder except Trainer checkpoints, temporary and
+   hidden files, pinned to the head it read (``parent_commit``), so a concurrent edit of the card
+   is never overwritten. The commit either lands whole or not at all: after a failure the remote is
+   as it was, the local folder is intact, and running the same command again completes the push
+   (LFS blobs already uploaded are not sent twice). A repo (or branch) created by a push that then
+   fails is deleted again, so a failed first push leaves no empty repo.
+
+Hub failures (401/403/404, 5xx, a server that cannot be reached) end in one :class:`PushError` line
+naming the repo, the endpoint and what to do; the client's exception is chained for ``--debug``.
+
+Tokens come from the usual places through huggingface_hub (explicit ``token``, ``HF_TOKEN``, the
+``hf auth login`` cache); this module never prints, logs or writes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from hf_transfer.hub import cards
+
+logger = logging.getLogger(__name__)
+
+# never pushed: Trainer checkpoints and state, staging/temp files, hidden files, caches
+EXCLUDE = ("checkpoint-*", "runs", "wandb", "mlruns", ".*", "__pycache__", "*.tmp", "*.temp", "*.lock", "*.partial",
+           "*~", "*.pyc", "training_args.bin", "trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state*.pth")
+DEFAULT_ATOL = 1e-3
+
+
+class RoundTripError(RuntimeError):
+    """The exported folder does not predict what the trained model predicted: nothing was pushed."""
+
+
+class PushError(RuntimeError):
+    """The folder cannot be pushed as it is (not a run folder, nothing to push, ...)."""
+
+
+@dataclass
+class PushResult:
+    repo_id: str
+    revision: str
+    commit_url: str
+    commit_oid: str
+    pr_url: str | None
+    files: list[str]
+    commit_message: str
+
+
+# ------------------------------------------------------------------------------------------------
+# round trip
+# ------------------------------------------------------------------------------------------------
+def _pipeline_kwargs(folder: Path) -> dict:
+    """For a LoRA adapter folder, what the model card's stock code passes to pipeline(): this run's image
+    processor and, when the base's labels differ, the label kwargs (see hf_transfer.models.adapters)."""
+    if not (folder / "adapter_config.json").is_file():
+        return {}
+    from hf_transfer.models.adapters import stock_pipeline_kwargs
+
+    return stock_pipeline_kwargs(str(folder))
+
+
+def check_round_trip(folder: str | os.PathLike, atol: float = DEFAULT_ATOL, device: str | int | None = "cpu",
+                     model_dir: str | os.PathLike | None = None) -> list[dict]:
+    """Load ``folder`` (or ``model_dir``) with ``pipeline("image-classification")`` (for an adapter, with the
+    arguments its model card gives) and compare its
+    predictions on the example images with ``reference_predictions.json``: top-1 label equal (unless the
+    reference's top two are within ``atol``) and every class score within ``atol``. Returns the predictions."""
+    from transformers import pipeline
+
+    folder = Path(folder)
+    model_dir = Path(model_dir) if model_dir is not None else folder
+    ref_path = folder / cards.REFERENCE_PREDICTIONS
+    if not ref_path.is_file():
+        raise RoundTripError(f"{ref_path} is missing: the run folder has no reference predictions to check "
+                             "the export against (was it written by hf_transfer.training.run.run_transfer?).")
+    reference = json.loads(ref_path.read_text())
+    if not reference:
+        raise RoundTripError(f"{ref_path} lists no example images.")
+    try:
+        clf = pipeline("image-classification", model=str(model_dir), device=device, **_pipeline_kwargs(model_dir))
+    except Exception as err:
+        raise RoundTripError(f"pipeline('image-classification', model={str(model_dir)!r}) could not load the exported "
+                             f"folder: {type(err).__name__}: {err}") from err
+    out = []
+    for row in reference:
+        image_path = folder / row["file"]
+        if not image_path.is_file():
+            raise RoundTripError(f"Example image {row['file']} listed in {cards.REFERENCE_PREDICTIONS} is missing.")
+        preds = clf(str(image_path), top_k=len(row["scores"]))
+        got = {p["label"]: float(p["score"]) for p in preds}
+        want = {k: float(v) for k, v in row["scores"].items()}
+        if set(got) != set(want):
+            raise RoundTripError(
+                f"{row['file']}: the exported folder's labels {sorted(got)} differ from the trained model's "
+                f"{sorted(want)} (id2label/label_names lost or reordered?).")
+        ref_ranked = sorted(want, key=want.get, reverse=True)
+        ref_top, got_top = ref_ranked[0], max(got, key=got.get)
+        worst = max(want, key=lambda k: abs(got[k] - want[k]))
+        diff = abs(got[worst] - want[worst])
+        tie = len(ref_ranked) > 1 and want[ref_ranked[0]] - want[ref_ranked[1]] <= atol
+        if (got_top != ref_top and not tie) or diff > atol:
+            raise RoundTripError(
+                f"Round-trip check failed on {row['file']} (true label {row.get('label')!r}): the trained model "
+                f"predicted {ref_top!r} ({want[ref_top]:.4f}), the exported folder loaded with pipeline() predicts "
+                f"{got_top!r} ({got[got_top]:.4f}); largest score difference {diff:.4g} on {worst!r} "
+                f"(tolerance {atol}). Check preprocessor_config.json (size/mean/std) and config.json "
+                "(labels, architecture). Nothing was pushed.")
+        out.append({"file": row["file"], "label": got_top, "scores": got})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# files and messages
+# ------------------------------------------------------------------------------------------------
+def _excluded(rel: str) -> bool:
+    parts = rel.split("/")
+    return any(fnmatch.fnmatch(part, pat) for part in parts for pat in EXCLUDE)
+
+
+def files_to_push(folder: str | os.PathLike) -> list[str]:
+    """Relative paths of every file to commit (sorted); see ``EXCLUDE``. Symlinks are not followed."""
+    folder = Path(folder)
+    out = []
+    for root, dirs, files in os.walk(folder):
+        rel_root = os.path.relpath(root, folder)
+        dirs[:] = sorted(d for d in dirs if not _excluded(d) and not os.path.islink(os.path.join(root, d)))
+        for name in files:
+            rel = name if rel_root == "." else f"{rel_root}/{name}".replace(os.sep, "/")
+            full = os.path.join(root, name)
+            if _excluded(rel) or os.path.islink(full) or not os.path.isfile(full):
+                continue
+            out.append(rel)
+    return sorted(out)
+
+
+def run_commit_message(results: dict, baseline: dict | None = None) -> tuple[str, str]:
+    """(summary line, description) of the push commit: mode/method, base, target accuracy vs baseline."""
+    mode, method = results.get("mode"), results.get("method")
+    base = results.get("base_model") or f"{os.path.basename(str(results.get('backbone', '?')).rstrip(os.sep))} (no Hub base)"
+    tgt = cards._dataset(results.get("target"))
+    acc = cards._acc(results, "target")
+    b = cards._acc(baseline, "target")
+    line = f"hf-transfer {mode}/{method} on {base}"
+    if tgt:
+        line += f" -> {tgt['display']}"
+    if acc is not None:
+        line += f": target acc {100 * acc:.1f}%"
+        if b is not None and method != "source_only":
+            line += f" (source-only {100 * b:.1f}%, {100 * (acc - b):+.1f} pts)"
+    src = cards._dataset(results.get("source"))
+    desc = [f"mode: {mode}", f"method: {method}", f"backbone: {results.get('backbone')}",
+            f"base_model: {results.get('base_model')}"]
+    if src:
+        desc.append(f"source: {src['display']}")
+    if tgt:
+        desc.append(f"target: {tgt['display']}")
+    for domain, m in (results.get("metrics") or {}).items():
+        desc.append(f"{domain} test accuracy: {m.get('accuracy'):.4f} (macro-F1 {m.get('macro_f1', float('nan')):.4f}, "
+                    f"n={m.get('num_samples')})")
+    if b is not None:
+        desc.append(f"source-only baseline target accuracy: {b:.4f}")
+    desc.append(f"hf_transfer {(results.get('versions') or {}).get('hf_transfer', '?')}")
+    return line, "\n".join(desc)
+
+
+def _is_main_process() -> bool:
+    for var in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "0") not in ("", "0"):
+            return False
+    try:
+        from accelerate import PartialState
+
+        if PartialState._shared_state:  # initialised by a Trainer/Accelerator in this process
+            return PartialState().is_main_process
+    except Exception:
+        pass
+    return True
+
+
+def _remote_readme(api, repo_id: str, revision: str) -> str | None:
+    from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError
+
+    if not api.file_exists(repo_id, cards.README, revision=revision):
+        return None
+    try:
+        path = api.hf_hub_download(repo_id, cards.README, revision=revision)
+    except (EntryNotFoundError, RemoteEntryNotFoundError):
+        return None
+    return Path(path).read_text(encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------------
+# push
+# ------------------------------------------------------------------------------------------------
+def push_run(output_dir: str | os.PathLike, repo_id: str, private: bool | None = None, revision: str | None = None,
+             create_pr: bool = False, token: str | bool | None = None, commit_message: str | None = None, *,
+             baseline_results: str | os.PathLike | dict | None = None,
+             upper_bound_results: str | os.PathLike | dict | None = None,
+             license: str | None = None, check: bool = True, atol: float = DEFAULT_ATOL) -> PushResult | None:
+    """Check, card and push the run in ``output_dir`` to ``repo_id`` in one commit.
+
+    ``repo_id`` may omit the namespace (the token's user). ``revision``: a branch (created from main
+    when new). ``create_pr``: open a pull request instead of committing to the branch. ``license``:
+    overrides the one read from the base model's card. Returns None on non-main processes.
+    """
+    from huggingface_hub import HfApi
+
+    if not _is_main_process():
+        logger.info("Not the main process: not pushing.")
+        return None
+    _check_repo_id(repo_id)
+    folder = Path(output_dir)
+    if not (folder / cards.RESULTS_FILE).is_file():
+        raise PushError(f"{str(folder)!r} has no {cards.RESULTS_FILE}: not a finished hf-transfer run folder.")
+    results = cards.load_results(folder)
+    baseline = cards.load_results(baseline_results)
+    upper_bound = cards.load_results(upper_bound_results)
+    if check:
+        check_round_trip(folder, atol=atol)
+        logger.info("Round-trip check passed: pipeline('image-classification') on the folder reproduces the "
+                    "trained model's predictions.")
+
+    api = HfApi(token=token)
+    with _hub_errors(api, repo_id):
+        repo_id, created = _create_repo(api, repo_id, private)
+    new_branch = None
+    try:
+        with _hub_errors(api, repo_id):
+            if revision and not any(b.name == revision for b in api.list_repo_refs(repo_id).branches):
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+                new_branch = revision
+            return _commit_run(api, folder, repo_id, results, baseline, revision=revision, create_pr=create_pr,
+                               token=token, commit_message=commit_message,
+                               upper_bound=upper_bound, license=license)
+    except Exception as err:
+        leftover = _undo_created(api, repo_id, created, new_branch)
+        if leftover:
+            raise PushError(f"{err} {leftover}") from err
+        raise
+
+
+def _commit_run(api, folder: Path, repo_id: str, results: dict, baseline: dict | None, *, revision: str | None,
+                create_pr: bool, token, commit_message: str | None, upper_bound: dict | None,
+                license: str | None) -> PushResult:
+    """Card merged with the remote one, then ONE commit pinned to the head that card was read at."""
+    from huggingface_hub import CommitOperationAdd, constants
+
+    branch = revision or constants.DEFAULT_REVISION
+    head = api.repo_info(repo_id, revision=branch).sha
+    existing = _remote_readme(api, repo_id, head) if head else None
+    if license is None:
+        license = cards.base_model_license(results.get("base_model"), token=token)
+
+    cards.write_card(folder, repo_id, existing=existing, results=results, baseline_results=baseline,
+                     upper_bound_results=upper_bound, license=license, revision=revision,
+                     endpoint=api.endpoint)
+    paths = files_to_push(folder)
+    if not paths:
+        raise PushError(f"Nothing to push in {str(folder)!r}.")
+    summary, description = run_commit_message(results, baseline)
+    operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(folder / p)) for p in paths]
+    info = api.create_commit(repo_id, operations, commit_message=commit_message or summary,
+                             commit_description=description, revision=branch, create_pr=create_pr,
+                             parent_commit=head)
+    logger.info("Pushed %d files to %s (%s)", len(paths), repo_id, info.pr_url or info.commit_url)
+    return PushResult(repo_id=repo_id, revision=info.pr_revision or branch, commit_url=info.commit_url,
+                      commit_oid=info.oid, pr_url=info.pr_url, files=paths,
+                      commit_message=commit_message or summary)
+
+
+# ------------------------------------------------------------------------------------------------
+# Hub errors and clean-up
+# ------------------------------------------------------------------------------------------------
+def _check_repo_id(repo_id: str) -> None:
+    """A malformed repo id is refused before the round-trip check, not after it."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        reason = " ".join(str(err).split())
+        raise PushError(f"Invalid repo id {repo_id!r}: {reason} Nothing was pushed.") from err
+
+
+def _create_repo(api, repo_id: str, private: bool | None) -> tuple[str, bool]:
+    """(full repo id, whether this push created the repo), so that a failed first push can delete it."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return api.create_repo(repo_id, private=private, repo_type="model").repo_id, True
+    except HfHubHTTPError as err:
+        if err.response is None or err.response.status_code not in (401, 402, 403, 409):
+            raise
+    # 409: it exists; 401-403: it may exist and be writable (create_repo's exist_ok logic re-checks)
+    return api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model").repo_id, False
+
+
+def _undo_created(api, repo_id: str, created_repo: bool, new_branch: str | None) -> str:
+    """Delete the repo (or branch) a failed push created; returns what could not be deleted, if anything."""
+    if not created_repo and new_branch is None:
+        return ""
+    what = f"the repo {repo_id} it created" if created_repo else f"the branch {new_branch!r} it created in {repo_id}"
+    try:
+        if created_repo:
+            api.delete_repo(repo_id, repo_type="model")
+        else:
+            api.delete_branch(repo_id, branch=new_branch)
+    except Exception as err:  # the Hub that failed the push may fail this too
+        return (f"The failed push could not delete {what} ({type(err).__name__}): delete it, or run the same "
+                "command again.")
+    logger.info("The push failed: deleted %s.", what)
+    return ""
+
+
+_HTTP_HINTS = {
+    401: "The token is invalid or expired: set HF_TOKEN or run `hf auth login` with a write token.",
+    403: "The token has no write access there: use a token that can write to this namespace, or push to your own.",
+    404: "The repo or revision does not exist for this token (a private repo of another user looks the same): "
+         "check the repo id, --revision and the token.",
+    412: "Someone committed to the branch during the push: run the same command again (the card is merged again).",
+}
+_NO_TOKEN = "No token was sent: set HF_TOKEN or run `hf auth login` with a write token."
+
+
+def _http_error_text(err, endpoint: str, repo_id: str, has_token: bool) -> str:
+    response = err.response
+    status = response.status_code if response is not None else "?"
+    reason = f" {response.reason_phrase}" if response is not None and response.reason_phrase else ""
+    server = " ".join((err.server_message or "").split())
+    if isinstance(status, int) and status >= 500:
+        hint = "A server error: a push lands whole or not at all, so run the same command again later."
+    elif status in (401, 403) and not has_token:
+        hint = _NO_TOKEN
+    else:
+        hint = _HTTP_HINTS.get(status, "")
+    return f"Push to {repo_id} failed: the Hub at {endpoint} answered {status}{reason}" + \
+        (f" ({server})." if server else ".") + (f" {hint}" if hint else "")
+
+
+def _hub_cause(err: BaseException):
+    """The Hub client's own error behind ``err`` (huggingface_hub wraps some, e.g. LFS uploads in a RuntimeError)."""
+    import httpx2  # huggingface_hub's HTTP client: connection failures are its TransportError
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    while err is not None and not isinstance(err, (HfHubHTTPError, OfflineModeIsEnabled, httpx2.TransportError)):
+        err = err.__cause__
+    return err
+
+
+@contextlib.contextmanager
+def _hub_errors(api, repo_id: str):
+    """Client exceptions from the Hub -> one PushError line (the original stays chained for --debug)."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        yield
+    except Exception as err:
+        cause = _hub_cause(err)
+        if cause is None:
+            raise
+        if isinstance(cause, HfHubHTTPError):
+            raise PushError(_http_error_text(cause, api.endpoint, repo_id, _has_token(api))) from err
+        if isinstance(cause, OfflineModeIsEnabled):
+            raise PushError(f"Cannot push to {repo_id}: HF_HUB_OFFLINE is set; unset it to reach the Hub.") from err
+        raise PushError(f"Push to {repo_id} failed: cannot reach the Hub at {api.endpoint} ({type(cause).__name__}: "
+                        f"{cause}). Check the network or HF_ENDPOINT, then run the same command again.") from err
+
+
+def _has_token(api) -> bool:
+    from huggingface_hub import get_token
+
+    return api.token is not False and bool(api.token or get_token())

@@ -1,0 +1,57 @@
+"""Entropy minimisation and information maximisation on target predictions.
+
+* ``entropy`` (Grandvalet & Bengio, NeurIPS 2004,
+  https://papers.nips.cc/paper/2740-semi-supervised-learning-by-entropy-minimization):
+  ``L_ent = 1/B * sum_i H(p_i)``, ``p_i = softmax(logits_t_i)``.
+* ``im`` (information maximisation as in SHOT, Liang et al., ICML 2020, https://arxiv.org/abs/2002.08546):
+  ``L_im = 1/B * sum_i H(p_i) - diversity * H(1/B * sum_i p_i)``: confident individual predictions
+  (low mean entropy) that are diverse over the batch (high entropy of the mean prediction). Its
+  minimum, ``-log C`` for ``diversity=1``, is reached by one-hot predictions balanced over the classes;
+  plain entropy minimisation is also minimal when every sample collapses onto one class.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from hf_transfer.methods.domain.base import TransferLoss, _atleast_float32, entropy, require_logits
+from hf_transfer.methods.domain.registry import register_loss
+
+
+def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
+    return entropy(F.softmax(_atleast_float32(logits), dim=1)).mean()
+
+
+def information_maximization_loss(logits: torch.Tensor, diversity: float = 1.0) -> torch.Tensor:
+    p = F.softmax(_atleast_float32(logits), dim=1)
+    return entropy(p).mean() - diversity * entropy(p.mean(0), dim=0)
+
+
+@register_loss("entropy")
+class EntropyLoss(TransferLoss):
+    paper = "https://papers.nips.cc/paper/2740-semi-supervised-learning-by-entropy-minimization"
+    needs_logits = True
+
+    def __init__(self, feature_dim: int = 0, num_classes: int = 0) -> None:
+        super().__init__()
+
+    def forward(self, f_s, f_t, logits_s=None, logits_t=None) -> torch.Tensor:
+        require_logits("entropy", logits_t)
+        return mean_entropy(logits_t)
+
+
+@register_loss("im")
+class InformationMaximizationLoss(TransferLoss):
+    paper = "https://arxiv.org/abs/2002.08546"
+    needs_logits = True
+
+    def __init__(self, feature_dim: int = 0, num_classes: int = 0, diversity: float = 1.0) -> None:
+        super().__init__()
+        self.diversity = float(diversity)
+
+    def forward(self, f_s, f_t, logits_s=None, logits_t=None) -> torch.Tensor:
+        require_logits("im", logits_t)
+        return information_maximization_loss(logits_t, self.diversity)
+
+    def extra_repr(self) -> str:
+        return f"diversity={self.diversity}"

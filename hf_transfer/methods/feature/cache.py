@@ -1,0 +1,395 @@
+"""The feature cache: one frozen-backbone pass per split, stored on disk, reused by later runs.
+
+Linear probing that recomputes the backbone every epoch wastes almost all of its time (anchors.md,
+complaint 9). Here features are computed once (inference mode, eval transform, progress bar) and
+written under a key made of everything that changes them: the backbone id and revision, a hash of
+the backbone's weights (so a local folder that was retrained is a miss), the dataset fingerprint,
+the transform's data config, the split and the input path. A second run with the same inputs
+loads the entry; anything different is a miss.
+
+An entry is a folder ``<key>/`` holding ``features.npy`` (float32 ``[N, D]``), ``labels.npy``
+(int64 ``[N]``) and ``meta.json``. It is written in a staging folder named after the writing
+process and renamed, so a killed run never leaves a half cache, and the next run removes the
+staging folders of killed writers (:func:`hf_transfer.cache.remove_stale_staging`). Features are streamed into the file batch by batch while they are
+extracted and opened memory-mapped when read (:meth:`FeatureCache.load`), so neither the
+extraction nor the head training ever holds the whole feature matrix in RAM; pages are read as
+rows are used.
+
+Under DDP (``accelerate launch``/``torchrun``) every process extracts its own contiguous shard of
+the rows (rank ``r`` of ``w``: rows ``[r N // w, (r + 1) N // w)``) into a shard file, then after
+a barrier the main process joins the shards into the one entry (the same folder a 1-process run
+writes: the world size is not part of the key) and every process opens it after a second barrier.
+``meta.json`` records which rank extracted which rows (``shards``).
+
+Two input paths give the same features (equal within float tolerance, tests/test_features_fast.py):
+
+* ``"stock"``: the torchvision PIL eval transform per image (``Resize`` + ``CenterCrop`` +
+  ``ToTensor`` + ``Normalize``), decoded in the DataLoader;
+* ``"fast"``: the images decoded once into :class:`~hf_transfer.data.fast.DecodedImages`
+  (``"eval"`` kind: the same resize + center crop, stored as uint8, memory-mapped; the decode can
+  use worker processes and is reused by later runs and by the task mode's eval sets), then whole
+  batches converted and normalised on the device by :class:`~hf_transfer.data.fast.BatchAugment`
+  in eval mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from hf_transfer.models.backbones import Backbone
+from hf_transfer.cache import cache_path, make_staging_dir, remove_stale_staging
+from hf_transfer.data.paired import collate_images
+from hf_transfer.data.transforms import eval_transform, make_batch_transform
+from hf_transfer.errors import TransferConfigError
+
+logger = logging.getLogger(__name__)
+CACHE_VERSION = "1"
+INPUT_PATHS = ("stock", "fast")
+#: rows copied per step when shards are joined (bounds the RAM the join uses)
+_JOIN_ROWS = 4096
+
+
+def _check_input_path(input_path: str) -> str:
+    if input_path not in INPUT_PATHS:
+        raise TransferConfigError(f"input_path must be one of {INPUT_PATHS}, got {input_path!r}.")
+    return input_path
+
+
+def default_cache_dir() -> str:
+    return str(cache_path("features"))
+
+
+def cache_key(backbone: Backbone, dataset_fingerprint: str, split: str, weights_hash: str | None = None,
+              input_path: str = "stock") -> str:
+    payload = {
+        "input_path": _check_input_path(input_path),
+        "version": CACHE_VERSION,
+        "backbone": backbone.model_id,
+        "revision": backbone.revision,
+        "weights": weights_hash or body_fingerprint(backbone),
+        "data": dataset_fingerprint,
+        "transform": backbone.data_config.fingerprint(),
+        "split": split,
+    }
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def body_fingerprint(backbone: Backbone) -> str:
+    """Weights hash without the head (a new head does not change the features)."""
+    digest = hashlib.sha1()
+    head_prefix = backbone.head_name + "."
+    for name, tensor in sorted(backbone.model.state_dict().items()):
+        if name.startswith(head_prefix):
+            continue
+        t = tensor.detach().cpu().contiguous().reshape(-1)  # channels_last weights hash like NCHW ones
+        digest.update(name.encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def iter_features(backbone: Backbone, dataset, batch_size: int = 256, device: torch.device | str = "cpu",
+                  desc: str = "Extracting features", *, input_path: str = "stock",
+                  decoded_cache_dir: str | None = None, num_workers: int = 0,
+                  amp_dtype: torch.dtype | None = None, channels_last: bool = False,
+                  compile_options: dict | None = None):
+    """Yield ``(features float32 [b, D] on the CPU, labels int64 [b] or None)`` batch by batch, in order.
+
+    Arguments as :func:`extract_features`; this is what the cache streams to disk.
+    """
+    device = torch.device(device)
+    if _check_input_path(input_path) == "fast":
+        loader, augment = _fast_loader(backbone, dataset, batch_size, device, decoded_cache_dir, num_workers)
+    else:
+        ds = dataset.with_transform(make_batch_transform(eval_transform(backbone.data_config)))
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate_images,
+                            num_workers=num_workers, pin_memory=device.type == "cuda")
+        augment = None
+    model = backbone.model
+    was_training = model.training
+    model.eval().to(device)
+    # one hook for the whole pass (not one per batch): a compiled model then traces it once
+    captured: list[torch.Tensor] = []
+    hook = backbone.head.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0]))
+    run = torch.compile(model, **compile_options) if compile_options is not None else model
+    try:
+        for batch in tqdm(loader, desc=desc, unit="batch"):
+            # the contexts are entered per batch: none of them stays on while the caller runs
+            with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                pixels = batch["pixel_values"].to(device, non_blocking=True)
+                if augment is not None:
+                    pixels = augment(pixels)
+                if channels_last:
+                    pixels = pixels.contiguous(memory_format=torch.channels_last)
+                captured.clear()
+                run(pixel_values=pixels)
+                feats = captured[0].flatten(1).float().cpu()
+            yield feats, batch.get("labels")
+    finally:
+        hook.remove()
+        model.train(was_training)
+
+
+def extract_features(backbone: Backbone, dataset, batch_size: int = 256, device: torch.device | str = "cpu",
+                     desc: str = "Extracting features", *, input_path: str = "stock",
+                     decoded_cache_dir: str | None = None, num_workers: int = 0,
+                     amp_dtype: torch.dtype | None = None, channels_last: bool = False,
+                     compile_options: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features float32 [N, D], labels int64 [N]) of ``dataset`` (columns image, label), in RAM.
+
+    ``input_path="stock"`` (default): PIL eval transform per image. ``"fast"``: decode once into a
+    :class:`~hf_transfer.data.fast.DecodedImages` ``"eval"`` cache under ``decoded_cache_dir``
+    (``num_workers`` decoding processes; a later call reuses it), then normalise whole batches on
+    ``device`` (see the module doc). ``num_workers`` also sets the DataLoader's workers (for the
+    fast path: none on the CPU, at most 4 on CUDA, where they only copy from the memmap).
+    ``amp_dtype`` (e.g. ``torch.bfloat16`` on CUDA): run the backbone under autocast (default:
+    full precision). ``channels_last``: feed the batches in channels_last memory format (give the
+    model channels_last weights too, see :mod:`hf_transfer.models.speed`). ``compile_options``: keyword
+    arguments of ``torch.compile`` for the pass (None: eager). Rows without a ``label`` column get
+    label -1. :class:`FeatureCache` streams the same batches to disk instead.
+    """
+    feats, labels = [], []
+    for f, y in iter_features(backbone, dataset, batch_size, device, desc, input_path=input_path,
+                              decoded_cache_dir=decoded_cache_dir, num_workers=num_workers, amp_dtype=amp_dtype,
+                              channels_last=channels_last, compile_options=compile_options):
+        feats.append(f)
+        if y is not None:
+            labels.append(y)
+    features = torch.cat(feats) if feats else torch.empty(0, backbone.feature_dim)
+    targets = torch.cat(labels) if labels else torch.full((len(features),), -1, dtype=torch.long)
+    return features, targets
+
+
+def _fast_loader(backbone: Backbone, dataset, batch_size: int, device: torch.device, decoded_cache_dir,
+                 num_workers: int):
+    """The ``"fast"`` input path: a loader over the decoded uint8 eval cache + the on-device normaliser."""
+    from hf_transfer.data.fast import BatchAugment, DecodedImages, collate_decoded
+
+    decoded = DecodedImages(dataset, backbone.data_config, "eval", cache_dir=decoded_cache_dir,
+                            with_labels="label" in dataset.column_names, num_workers=num_workers)
+    # reading the memmap is a copy: on the CPU the main process does it (workers would only add their
+    # start-up and compete with the backbone); on CUDA a few workers overlap it with the GPU
+    cuda = device.type == "cuda"
+    loader = DataLoader(decoded, batch_size=batch_size, shuffle=False, collate_fn=collate_decoded,
+                        num_workers=min(num_workers, 4) if cuda else 0, pin_memory=cuda)
+    augment = BatchAugment(backbone.data_config, "none").eval().to(device)
+    return loader, augment
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    """Which process this is (``rank`` of ``world_size``) and how the processes wait for each other.
+
+    :meth:`current` reads an initialised ``torch.distributed`` group (as accelerate/torchrun set
+    up); without one it is a single process and the barriers do nothing.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def current(cls) -> ProcessGroup:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    def agree(self, value):
+        """Rank 0's ``value`` on every rank (so all ranks take the same branch)."""
+        if self.world_size == 1:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def bounds(self, n: int) -> tuple[int, int]:
+        """This rank's contiguous shard ``[start, stop)`` of ``n`` rows."""
+        return n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    """``np.save`` under a temporary name, then rename (atomic on one file system)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def _write_json(path: str, data: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+
+
+class FeatureCache:
+    """On-disk cache of (features, labels) per (backbone weights, data, transform, split, input path).
+
+    ``input_path``, ``decoded_cache_dir``, ``num_workers``, ``amp_dtype``, ``channels_last`` and
+    ``compile_options``: how a miss is computed (see :func:`extract_features`);
+    ``get_or_compute(..., input_path=...)`` overrides the first. ``group``: the processes that
+    share the extraction (default: :meth:`ProcessGroup.current`, read at each call).
+    """
+
+    def __init__(self, cache_dir: str | None = None, input_path: str = "stock", decoded_cache_dir: str | None = None,
+                 num_workers: int = 0, amp_dtype: torch.dtype | None = None, *, channels_last: bool = False,
+                 compile_options: dict | None = None, group: ProcessGroup | None = None):
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.input_path = _check_input_path(input_path)
+        self.decoded_cache_dir, self.num_workers, self.amp_dtype = decoded_cache_dir, num_workers, amp_dtype
+        self.channels_last, self.compile_options, self.group = channels_last, compile_options, group
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, key: str) -> str:
+        """The entry's folder (``features.npy``, ``labels.npy``, ``meta.json``)."""
+        return os.path.join(self.cache_dir, key)
+
+    @staticmethod
+    def load(path: str) -> tuple[np.memmap, np.memmap]:
+        """(features, labels) of an entry, memory-mapped: nothing is read until rows are used.
+
+        Opened copy-on-write (``mmap_mode="c"``): writable for ``torch.from_numpy``, never written back."""
+        return (np.load(os.path.join(path, "features.npy"), mmap_mode="c"),
+                np.load(os.path.join(path, "labels.npy"), mmap_mode="c"))
+
+    @staticmethod
+    def meta(path: str) -> dict:
+        with open(os.path.join(path, "meta.json")) as f:
+            return json.load(f)
+
+    def get_or_compute(self, backbone: Backbone, dataset, split: str, batch_size: int = 256,
+                       device: torch.device | str = "cpu", weights_hash: str | None = None,
+                       input_path: str | None = None):
+        """``(features, labels, path)``: memory-mapped tensors of the whole split (computed on a miss)."""
+        input_path = _check_input_path(input_path or self.input_path)
+        group = self.group or ProcessGroup.current()
+        remove_stale_staging(self.cache_dir)
+        key = cache_key(backbone, dataset._fingerprint, split, weights_hash, input_path)
+        path = self.path(key)
+        if group.agree(os.path.exists(os.path.join(path, "meta.json"))):
+            self.hits += 1
+            logger.info("Feature cache hit for %s (%s).", split, path)
+        else:
+            self.misses += 1
+            self._compute(backbone, dataset, split, batch_size, device, input_path, key, group)
+        features, labels = self.load(path)
+        return torch.from_numpy(features), torch.from_numpy(labels), path
+
+    # -- a miss ----------------------------------------------------------------------------------
+
+    def _compute(self, backbone, dataset, split, batch_size, device, input_path, key, group) -> None:
+        os.makedirs(self.cache_dir, exist_ok=True)
+        meta = {"backbone": backbone.model_id, "split": split, "input_path": input_path,
+                "num_rows": len(dataset), "feature_dim": backbone.feature_dim, "world_size": group.world_size}
+        if group.world_size == 1:
+            with self._staging(key) as tmp:
+                shard = self._extract_into(tmp, "", backbone, dataset, split, batch_size, device, input_path,
+                                           group)
+                _write_json(os.path.join(tmp, "meta.json"), {**meta, "shards": [shard]})
+            return
+        shard_dir = os.path.join(self.cache_dir, f".{key}.shards")
+        os.makedirs(shard_dir, exist_ok=True)
+        prefix = f"shard-{group.rank}-of-{group.world_size}."
+        self._extract_into(shard_dir, prefix, backbone, dataset, split, batch_size, device, input_path, group)
+        group.barrier()  # every shard is on disk
+        try:
+            if group.rank == 0:
+                self._join(key, shard_dir, meta, group.world_size)
+        finally:
+            group.barrier()  # the entry is in place (or rank 0 failed: the others then find no entry)
+
+    def _extract_into(self, folder, prefix, backbone, dataset, split, batch_size, device, input_path, group) -> dict:
+        """Extract this rank's rows into ``folder/<prefix>{features,labels}.npy`` (+ ``.json``), streaming."""
+        start, stop = group.bounds(len(dataset))
+        rows = dataset if (start, stop) == (0, len(dataset)) else dataset.select(range(start, stop))
+        feats_path = os.path.join(folder, prefix + "features.npy")
+        tmp = f"{feats_path}.tmp-{os.getpid()}"
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(stop - start, backbone.feature_dim))
+        labels = np.full(stop - start, -1, dtype=np.int64)
+        done = 0
+        if stop > start:
+            desc = f"Features ({split})" + (f" rank {group.rank}/{group.world_size}" if group.world_size > 1 else "")
+            for f, y in iter_features(backbone, rows, batch_size, device, desc, input_path=input_path,
+                                      decoded_cache_dir=self.decoded_cache_dir, num_workers=self.num_workers,
+                                      amp_dtype=self.amp_dtype, channels_last=self.channels_last,
+                                      compile_options=self.compile_options):
+                out[done:done + len(f)] = f.numpy()
+                if y is not None:
+                    labels[done:done + len(f)] = y.numpy()
+                done += len(f)
+        out.flush()
+        del out
+        if done != stop - start:
+            os.remove(tmp)
+            raise RuntimeError(f"Feature extraction of {split} gave {done} rows for {stop - start}.")
+        os.replace(tmp, feats_path)
+        _save_npy(os.path.join(folder, prefix + "labels.npy"), labels)
+        shard = {"rank": group.rank, "start": start, "stop": stop, "rows_extracted": done,
+                 "host": socket.gethostname(), "pid": os.getpid()}
+        if prefix:  # a shard: its record last, so a record means the shard is complete
+            _write_json(os.path.join(folder, prefix + "json.tmp"), shard)
+            os.replace(os.path.join(folder, prefix + "json.tmp"), os.path.join(folder, prefix + "json"))
+        return shard
+
+    def _join(self, key: str, shard_dir: str, meta: dict, world_size: int) -> None:
+        """Rank 0: the shards, in rank order, copied chunk by chunk into one entry."""
+        prefixes = [os.path.join(shard_dir, f"shard-{r}-of-{world_size}.") for r in range(world_size)]
+        shards = []
+        for p in prefixes:
+            if not os.path.exists(p + "json"):
+                raise RuntimeError(f"Feature cache: shard {p}json is missing after the barrier.")
+            with open(p + "json") as f:
+                shards.append(json.load(f))
+        with self._staging(key) as tmp:
+            out = np.lib.format.open_memmap(os.path.join(tmp, "features.npy"), mode="w+", dtype=np.float32,
+                                            shape=(meta["num_rows"], meta["feature_dim"]))
+            labels = np.empty(meta["num_rows"], dtype=np.int64)
+            for p, shard in zip(prefixes, shards):
+                part = np.load(p + "features.npy", mmap_mode="r")
+                for i in range(0, len(part), _JOIN_ROWS):
+                    out[shard["start"] + i:shard["start"] + min(len(part), i + _JOIN_ROWS)] = part[i:i + _JOIN_ROWS]
+                labels[shard["start"]:shard["stop"]] = np.load(p + "labels.npy")
+            out.flush()
+            del out
+            np.save(os.path.join(tmp, "labels.npy"), labels)
+            _write_json(os.path.join(tmp, "meta.json"), {**meta, "shards": shards})
+        shutil.rmtree(shard_dir, ignore_errors=True)
+
+    def _staging(self, key: str):
+        return _Staging(self.cache_dir, key)
+
+
+class _Staging:
+    """A temporary folder renamed to ``<cache_dir>/<key>`` on success, removed on failure."""
+
+    def __init__(self, cache_dir: str, key: str):
+        self.cache_dir, self.key = cache_dir, key
+
+    def __enter__(self) -> str:
+        self.tmp = str(make_staging_dir(self.cache_dir, self.key))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        final = os.path.join(self.cache_dir, self.key)
+        try:
+            if exc_type is None:
+                try:
+                    os.rename(self.tmp, final)
+                except OSError:
+                    if not os.path.exists(os.path.join(final, "meta.json")):  # not a concurrent writer
+                        raise
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)

@@ -1,0 +1,52 @@
+"""Discriminative learning rates and layer-wise learning-rate decay, per named group.
+
+For the ordered groups ``stem, stage_0 .. stage_N, [neck], head`` the learning rate of group ``g`` is
+
+    lr_g = learning_rate * (backbone_lr_scale if g != head else 1) * layer_decay ** distance(g)
+
+where ``distance`` counts groups back from the head (head 0, the group before it 1, ...): the
+stem, furthest from the task, moves least (ULMFiT's discriminative fine-tuning; timm/BEiT's
+``layer_decay``). With ``layer_decay = 1`` this is plain discriminative LR (head vs backbone).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import nn
+
+from hf_transfer.errors import TransferConfigError
+
+
+def group_learning_rates(group_names: list[str], lr: float, backbone_lr_scale: float = 1.0,
+                         layer_decay: float | None = None) -> "OrderedDict[str, float]":
+    if layer_decay is not None and not 0 < layer_decay <= 1:
+        raise TransferConfigError(f"layer_decay={layer_decay}: must be in (0, 1].")
+    decay = 1.0 if layer_decay is None else float(layer_decay)
+    n = len(group_names)
+    out: OrderedDict[str, float] = OrderedDict()
+    for i, name in enumerate(group_names):
+        scale = 1.0 if name == "head" else backbone_lr_scale
+        out[name] = lr * scale * decay ** (n - 1 - i)
+    return out
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    return param.ndim <= 1 or name.endswith(".bias")
+
+
+def optimizer_groups_by_name(groups: "OrderedDict[str, list[tuple[str, nn.Parameter]]]", lrs: dict[str, float],
+                             weight_decay: float | dict[str, float], include=None) -> list[dict]:
+    """One optimizer group per (named group, decay / no-decay); ``include(param) -> bool`` selects the
+    parameters (default: those with ``requires_grad``). Every group carries its ``name`` and ``lr``."""
+    include = include or (lambda p: p.requires_grad)
+    out = []
+    for gname, params in groups.items():
+        wd = weight_decay[gname] if isinstance(weight_decay, dict) else weight_decay
+        decay = [p for n, p in params if include(p) and not _no_decay(n, p)]
+        no_decay = [p for n, p in params if include(p) and _no_decay(n, p)]
+        if decay:
+            out.append({"params": decay, "lr": lrs[gname], "weight_decay": wd, "name": f"{gname}/decay"})
+        if no_decay:
+            out.append({"params": no_decay, "lr": lrs[gname], "weight_decay": 0.0, "name": f"{gname}/no_decay"})
+    return out

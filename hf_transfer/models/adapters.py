@@ -1,0 +1,315 @@
+"""LoRA adapters through PEFT, and adapter folders that load anywhere with one call.
+
+Target modules are chosen per architecture (first rule that matches, head excluded), overridable:
+
+1. separate attention projections ``q_proj``/``v_proj`` (transformers 5.x ViT, DeiT, DINOv2, ...;
+   older ``query``/``value`` names too): LoRA on q and v, as in the LoRA paper;
+2. a fused ``qkv`` projection (timm ViT/DeiT/EVA/Swin): ``qkv`` and the attention output ``attn.proj``;
+3. ConvNeXt-like nets (depthwise convolutions + pointwise MLP linears: timm ``mlp.fc1/fc2``,
+   transformers ``pwconv1/pwconv2``): those linears;
+4. other convolutional nets (ResNet, ...): every convolution with ``groups == 1``;
+5. anything else: every ``nn.Linear`` of the body.
+
+The new classification head is always trained and saved with the adapter (``modules_to_save``).
+BatchNorm statistics are not part of an adapter, so the task mode keeps BatchNorm layers in eval
+mode (their parameters are frozen): the published adapter reproduces the trained model exactly.
+
+The exported folder holds ``adapter_config.json`` + ``adapter_model.safetensors`` (LoRA weights and the
+head), ``preprocessor_config.json`` (this run's preprocessing), ``hf_transfer_adapter.json`` (label names,
+base, targets, and how stock loaders load it) and ``results.json``.
+
+Why the loading recipe is recorded: an adapter folder must not hold ``config.json`` (transformers would
+then take it for a full model), so stock transformers reads the config and image processor of the
+*base* (``base_model_name_or_path``) - for a Hub adapter always, whatever the adapter repo holds. When
+the base's labels are the run's (``self_sufficient``), the one-call loaders need nothing else. When they
+differ (an ImageNet base, say), the base's head has the wrong size and names, and no file in the adapter
+repo can change that; the stock loaders then need the label keyword arguments of :func:`label_kwargs`
+(``num_labels``, ``id2label``, ``label2id``, ``ignore_mismatched_sizes``; ``stock_loading.needs_label_kwargs``
+says so), built from ``label_names``, which make ``AutoModelForImageClassification.from_pretrained(repo, **kw)``,
+``PeftModel.from_pretrained(AutoModelForImageClassification.from_pretrained(base, **kw), repo)`` and
+``pipeline(..., model=repo, model_kwargs=kw)`` give the trained logits and the real names (tested). The
+model card prints that code. :func:`load_adapter_model` does it in one call, and ``merge_adapter``
+exports a plain full model (``merged/``) as well.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import warnings
+
+from torch import nn
+
+from hf_transfer.models.backbones import Backbone, _data_config_from_processor, _data_config_from_timm_cfg
+from hf_transfer.errors import TransferConfigError
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_INFO = "hf_transfer_adapter.json"
+MERGED_DIR = "merged"
+
+
+class NotPortableWarning(UserWarning):
+    """The adapter records a local base path: it loads on this machine only."""
+
+
+# --- target modules ----------------------------------------------------------------------------
+
+def _body_modules(model: nn.Module, head_name: str):
+    head_prefix = head_name + "."
+    return [(n, m) for n, m in model.named_modules()
+            if n and n != head_name and not n.startswith(head_prefix)]
+
+
+def default_target_modules(model: nn.Module, head_name: str) -> tuple[list[str], str]:
+    """(full module names, the rule that chose them) for ``model`` (see the module docstring)."""
+    modules = _body_modules(model, head_name)
+    linear = [n for n, m in modules if isinstance(m, nn.Linear)]
+    convs = [n for n, m in modules if isinstance(m, nn.Conv2d) and m.groups == 1]
+    last = lambda n: n.rsplit(".", 1)[-1]  # noqa: E731
+    qv = [n for n in linear if last(n) in ("q_proj", "v_proj")] or [n for n in linear if last(n) in ("query", "value")]
+    if qv:
+        return qv, "attention query/value projections"
+    qkv = [n for n in linear if last(n) == "qkv"]
+    if qkv:
+        return qkv + [n for n in linear if n.endswith("attn.proj")], "fused qkv + attention output projection"
+    depthwise = any(isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels for _, m in modules)
+    mlp = [n for n in linear if last(n) in ("pwconv1", "pwconv2", "fc1", "fc2")]
+    if depthwise and mlp:
+        return mlp, "pointwise MLP linears of a ConvNeXt-like net"
+    if convs:
+        return convs, "every ungrouped convolution"
+    if linear:
+        return linear, "every linear layer of the body"
+    raise TransferConfigError(f"LoRA: found no Linear or Conv2d layer outside the head in {type(model).__name__}.")
+
+
+def resolve_target_modules(model: nn.Module, head_name: str, spec: str | list[str] | None) -> tuple[list[str], str]:
+    """The automatic choice, or ``spec``: comma-separated module names or name suffixes
+    (``qkv,proj``), or ``re:<regex>`` matched (fullmatch) against module names. Each must match."""
+    if not spec:
+        return default_target_modules(model, head_name)
+    modules = _body_modules(model, head_name)
+    supported = [n for n, m in modules if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d, nn.Embedding))]
+    items = [spec] if isinstance(spec, str) and spec.startswith("re:") else (
+        [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec))
+    out: list[str] = []
+    for item in items:
+        if item.startswith("re:"):
+            rx = re.compile(item[3:])
+            hits = [n for n in supported if rx.fullmatch(n) or rx.fullmatch(n.removeprefix("timm_model."))]
+        else:
+            hits = [n for n in supported if n == item or n.endswith("." + item)]
+        if not hits:
+            raise TransferConfigError(
+                f"lora_target_modules: {item!r} matches no Linear/Conv layer outside the head "
+                f"(examples: {supported[:4]}).")
+        out.extend(hits)
+    return list(dict.fromkeys(out)), f"user: {spec}"
+
+
+# --- wrapping ----------------------------------------------------------------------------------
+
+def base_reference(backbone: Backbone) -> tuple[str, bool]:
+    """(what ``base_model_name_or_path`` records, portable?) for ``backbone``."""
+    if backbone.base_model_id:
+        return backbone.base_model_id, True
+    if os.path.isdir(backbone.model_id):
+        return os.path.abspath(backbone.model_id), False
+    raise TransferConfigError(
+        f"LoRA needs pretrained base weights that a loader can find again (a Hub id or a local folder); "
+        f"{backbone.model_id!r} is a random-init architecture.")
+
+
+def apply_lora(backbone: Backbone, r: int = 8, alpha: float | None = None, dropout: float = 0.0,
+               target_modules=None):
+    """Inject LoRA into ``backbone.model`` in place; returns the ``PeftModel`` (for saving)."""
+    from peft import LoraConfig, get_peft_model
+
+    if r < 1:
+        raise TransferConfigError(f"lora_r={r}: must be >= 1.")
+    base, _ = base_reference(backbone)
+    targets, rule = resolve_target_modules(backbone.model, backbone.head_name, target_modules)
+    config = LoraConfig(r=int(r), lora_alpha=float(alpha if alpha is not None else r), lora_dropout=float(dropout),
+                        target_modules=targets, modules_to_save=[backbone.head_name], bias="none",
+                        base_model_name_or_path=base, revision=backbone.revision)
+    peft_model = get_peft_model(backbone.model, config)
+    peft_model.peft_config["default"].base_model_name_or_path = base
+    peft_model.hf_transfer_rule = rule
+    return peft_model
+
+
+def trainable_parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# --- portability -------------------------------------------------------------------------------
+
+def _same_data_config(a, b) -> bool:
+    return (tuple(a.input_size) == tuple(b.input_size) and abs(a.crop_pct - b.crop_pct) < 1e-6
+            and all(abs(x - y) < 1e-6 for x, y in zip(a.mean + a.std, b.mean + b.std))
+            and a.interpolation == b.interpolation)
+
+
+def portability_report(backbone: Backbone, base: str) -> dict:
+    """Does a stock loader, which reads config and image processor from ``base``, reproduce this run?"""
+    from transformers import AutoConfig, TimmWrapperConfig
+
+    reasons = []
+    try:
+        config = AutoConfig.from_pretrained(base, revision=backbone.revision)
+    except Exception as err:  # offline without a cached base, ...
+        return {"self_sufficient": None, "reasons": [f"could not read the base config: {type(err).__name__}"]}
+    base_labels = [config.id2label[i] for i in range(len(config.id2label))]
+    if base_labels != backbone.label_names:
+        reasons.append(f"the base's labels ({len(base_labels)}: {base_labels[:4]}...) differ from the adapter's "
+                       f"({len(backbone.label_names)}: {backbone.label_names[:4]}...)")
+    if isinstance(config, TimmWrapperConfig):
+        base_cfg = _data_config_from_timm_cfg(getattr(config, "pretrained_cfg", None) or {})
+    else:
+        base_cfg = _data_config_from_processor(base, backbone.revision, config, False)
+    if not _same_data_config(base_cfg, backbone.data_config):
+        reasons.append(f"the base's preprocessing {base_cfg.to_dict()} differs from the run's "
+                       f"{backbone.data_config.to_dict()}")
+    return {"self_sufficient": not reasons, "reasons": reasons}
+
+
+# --- export ------------------------------------------------------------------------------------
+
+def _save_processor(backbone: Backbone, folder: str) -> dict:
+    """Write this run's preprocessing; returns how a stock loader reads it back (class + kwargs)."""
+    from hf_transfer.models.export import _timm_pretrained_cfg
+
+    cfg = backbone.data_config
+    if backbone.library == "timm":
+        # TimmWrapperImageProcessor reads config.json by default (which an adapter folder must not have)
+        # and rebuilds itself from ``pretrained_cfg``: write that into preprocessor_config.json.
+        processor = {"image_processor_type": "TimmWrapperImageProcessor",
+                     "architecture": backbone.model.config.architecture, "pretrained_cfg": _timm_pretrained_cfg(backbone)}
+        with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
+            json.dump(processor, f, indent=2)
+        return {"class": "TimmWrapperImageProcessor", "kwargs": {"image_processor_filename": "preprocessor_config.json"}}
+    from transformers import ViTImageProcessor
+
+    ViTImageProcessor(size={"height": cfg.size, "width": cfg.size}, image_mean=list(cfg.mean),
+                      image_std=list(cfg.std)).save_pretrained(folder)
+    return {"class": "AutoImageProcessor", "kwargs": {}}
+
+
+def label_kwargs(label_names: list[str]) -> dict:
+    """Keyword arguments that give a base model this run's head size and class names."""
+    return {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+            "label2id": {n: i for i, n in enumerate(label_names)}, "ignore_mismatched_sizes": True}
+
+
+def merged_backbone(backbone: Backbone, peft_model) -> Backbone:
+    """A plain model with the LoRA weights merged in and the trained head (a copy; training state untouched)."""
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    merged.config.id2label = dict(enumerate(backbone.label_names))
+    merged.config.label2id = {n: i for i, n in enumerate(backbone.label_names)}
+    return Backbone(model=merged, model_id=backbone.model_id, library=backbone.library,
+                    data_config=backbone.data_config, pretrained=backbone.pretrained, revision=backbone.revision)
+
+
+def export_adapter(peft_model, backbone: Backbone, output_dir: str, results: dict | None = None,
+                   merge: bool = False) -> dict:
+    """Write the adapter folder (and ``merged/`` when ``merge``); returns the adapter info dict."""
+    from hf_transfer.models.export import RESULTS_FILE, export_model
+
+    base, portable = base_reference(backbone)
+    if not portable:
+        warnings.warn(f"The adapter's base is the local folder {base}: the adapter loads only where that folder "
+                      "exists. Use a Hub id as backbone for a portable adapter.", NotPortableWarning, stacklevel=2)
+    peft_model.peft_config["default"].base_model_name_or_path = base
+    report = portability_report(backbone, base)
+    if report["self_sufficient"] is False:
+        logger.warning("Adapter in %s: stock loaders read config and preprocessing from the base %s, and %s. "
+                       "Load it with the keyword arguments recorded in %s (stock_loading; the model card shows "
+                       "the code), with hf_transfer.models.adapters.load_adapter_model, or export merged (merge_adapter).",
+                       output_dir, base, "; ".join(report["reasons"]), ADAPTER_INFO)
+    cfg = peft_model.peft_config["default"]
+    info = {
+        "base_model_name_or_path": base, "base_revision": backbone.revision, "portable": portable,
+        **report, "label_names": backbone.label_names, "library": backbone.library,
+        "head": backbone.head_name, "target_modules": sorted(cfg.target_modules),
+        "target_rule": getattr(peft_model, "hf_transfer_rule", None), "r": cfg.r, "lora_alpha": cfg.lora_alpha,
+        "lora_dropout": cfg.lora_dropout, "data_config": backbone.data_config.to_dict(),
+        "trainable_parameters": trainable_parameter_count(peft_model), "merged": MERGED_DIR if merge else None,
+        "peft_version": _peft_version(),
+    }
+    os.makedirs(output_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=output_dir)
+    try:
+        peft_model.save_pretrained(staging, safe_serialization=True)
+        readme = os.path.join(staging, "README.md")
+        if os.path.exists(readme):  # PEFT's boilerplate card; the project's cards module writes the real one
+            os.remove(readme)
+        labels_differ = any("labels" in r for r in report["reasons"]) or report["self_sufficient"] is None
+        info["stock_loading"] = {"needs_label_kwargs": labels_differ, "processor": _save_processor(backbone, staging)}
+        info["adapter_bytes"] = os.path.getsize(os.path.join(staging, "adapter_model.safetensors"))
+        with open(os.path.join(staging, ADAPTER_INFO), "w") as f:
+            json.dump(info, f, indent=2)
+        res = {**(results or {}), "adapter": info}
+        with open(os.path.join(staging, RESULTS_FILE), "w") as f:
+            json.dump(res, f, indent=2, sort_keys=True, default=str)
+        for name in os.listdir(staging):
+            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if merge:
+        export_model(merged_backbone(backbone, peft_model), os.path.join(output_dir, MERGED_DIR),
+                     results={**(results or {}), "adapter": {**info, "merged_from": output_dir}})
+    return info
+
+
+def load_adapter_model(folder: str, merge: bool = False):
+    """One call for any adapter folder written here, also when the base's labels differ: the base is
+    built with the adapter's labels (head size and names), then the adapter is loaded onto it."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageClassification
+
+    with open(os.path.join(folder, ADAPTER_INFO)) as f:
+        info = json.load(f)
+    base = AutoModelForImageClassification.from_pretrained(
+        info["base_model_name_or_path"], revision=info.get("base_revision"), **label_kwargs(info["label_names"]))
+    if base.config.model_type == "timm_wrapper":
+        base.config.label_names = list(info["label_names"])
+    model = PeftModel.from_pretrained(base, folder)
+    return model.merge_and_unload() if merge else model
+
+
+def stock_loading(info: dict) -> dict:
+    """How stock loaders load an adapter from its ``hf_transfer_adapter.json`` info: ``needs_label_kwargs``
+    and ``processor`` (class name + kwargs, None when not recorded). Folders exported before
+    ``stock_loading`` was recorded: label kwargs exactly when the base was not self-sufficient."""
+    loading = info.get("stock_loading") or {}
+    return {"needs_label_kwargs": loading.get("needs_label_kwargs", info.get("self_sufficient") is False),
+            "processor": loading.get("processor")}
+
+
+def stock_pipeline_kwargs(folder: str) -> dict:
+    """The arguments that make ``pipeline("image-classification", model=folder, **kwargs)`` reproduce the
+    run with stock transformers only (the model card prints the same code)."""
+    import transformers
+
+    with open(os.path.join(folder, ADAPTER_INFO)) as f:
+        info = json.load(f)
+    loading = stock_loading(info)
+    out = {}
+    if loading["processor"]:
+        proc = loading["processor"]
+        out["image_processor"] = getattr(transformers, proc["class"]).from_pretrained(folder, **proc["kwargs"])
+    if loading["needs_label_kwargs"]:
+        out["model_kwargs"] = label_kwargs(info["label_names"])
+    return out
+
+
+def _peft_version() -> str:
+    import peft
+
+    return peft.__version__

@@ -1,0 +1,297 @@
+"""One small transfer surface over timm and transformers image backbones.
+
+Every backbone is held as a transformers ``PreTrainedModel`` for image classification (timm models
+through transformers' ``TimmWrapperForImageClassification``), so the Trainer, ``save_pretrained``,
+``pipeline("image-classification")`` and the Hub all see one kind of object. On top of it
+:class:`Backbone` gives what transfer needs, in timm's spirit: pooled features (the input of the
+final linear classifier, captured with a forward hook so it works for any architecture), the head,
+named parameter groups (stem / stage_i / neck / head) and the pretrained data config.
+
+Accepted ids:
+- ``timm/<name>`` or ``hf-hub:timm/<name>``: timm weights on the Hub (through TimmWrapper);
+- a plain timm architecture name (``resnet18``, ``test_resnet``): timm architecture, RANDOM init
+  (nothing is downloaded; used by the offline built-in demo); ``timm:<name>`` forces this reading;
+- any other Hub id or a local folder: ``AutoModelForImageClassification.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from hf_transfer.data.transforms import DataConfig
+from hf_transfer.errors import TransferConfigError
+
+logger = logging.getLogger(__name__)
+
+_STAGE = re.compile(r"(?:^|\.)(?:layers?|stages?|blocks?|block)\.(\d+)(?:\.|$)")
+_STEM = re.compile(r"(?:^|\.)(?:embeddings?|embedder|patch_embed|stem|conv1|bn1|cls_token|pos_embed)(?:\.|$)")
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Backbone:
+    """A classification model plus what transfer learning needs to know about it."""
+
+    model: nn.Module
+    model_id: str
+    library: str  # "timm" | "transformers"
+    data_config: DataConfig
+    pretrained: bool = True
+    revision: str | None = None
+    head_name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.head_name = _find_head_name(self.model)
+
+    # --- the head -------------------------------------------------------------------------------
+    @property
+    def head(self) -> nn.Linear:
+        return self.model.get_submodule(self.head_name)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.head.in_features
+
+    @property
+    def num_labels(self) -> int:
+        return self.head.out_features
+
+    @property
+    def label_names(self) -> list[str]:
+        id2label = self.model.config.id2label
+        return [id2label[i] for i in range(len(id2label))]
+
+    @property
+    def base_model_id(self) -> str | None:
+        """The Hub id the weights came from (None for random init or a local folder)."""
+        if not self.pretrained or os.path.isdir(self.model_id):
+            return None
+        return self.model_id.removeprefix("hf-hub:")
+
+    # --- forward --------------------------------------------------------------------------------
+    def features_and_logits(self, pixel_values: torch.Tensor, model: nn.Module | None = None):
+        """One forward pass returning (pooled features, logits). ``model`` may be a DDP wrapper."""
+        captured: list[torch.Tensor] = []
+        hook = self.head.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0]))
+        try:
+            logits = (model or self.model)(pixel_values=pixel_values).logits
+        finally:
+            hook.remove()
+        return captured[0].flatten(1), logits
+
+    @torch.inference_mode()
+    def extract_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.features_and_logits(pixel_values)[0]
+
+    # --- parameter groups -----------------------------------------------------------------------
+    def param_groups(self) -> "OrderedDict[str, list[tuple[str, nn.Parameter]]]":
+        """Named groups in input-to-output order: ``stem``, ``stage_0`` .. ``stage_N``, [``neck``], ``head``."""
+        head_prefix = self.head_name + "."
+        named = list(self.model.named_parameters())
+        head = [(n, p) for n, p in named if n.startswith(head_prefix)]
+        body = [(n, p) for n, p in named if not n.startswith(head_prefix)]
+        groups: OrderedDict[str, list] = OrderedDict()
+        if self.library == "timm":
+            groups.update(_timm_groups(self.model.timm_model, body))
+        else:
+            groups.update(_name_pattern_groups(body))
+        groups["head"] = head
+        return OrderedDict((k, v) for k, v in groups.items() if v)
+
+
+def _find_head_name(model: nn.Module) -> str:
+    """Dotted name of the final classifier ``nn.Linear`` (timm: get_classifier; HF: ``classifier``)."""
+    if hasattr(model, "timm_model"):
+        head = model.timm_model.get_classifier()
+        for name, module in model.named_modules():
+            if module is head:
+                if isinstance(module, nn.Linear):
+                    return name
+        raise TransferConfigError(
+            f"timm model {model.config.architecture!r}: its classifier is not a single nn.Linear; "
+            "this architecture is not supported yet."
+        )
+    num_labels = getattr(model.config, "num_labels", None)
+    candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    named = [(n, m) for n, m in candidates if n.split(".")[0] in ("classifier", "head", "fc", "score")]
+    pool = named or [(n, m) for n, m in candidates if m.out_features == num_labels]
+    if not pool:
+        raise TransferConfigError(
+            f"Could not find the classification head (a final nn.Linear) of {type(model).__name__}."
+        )
+    return pool[-1][0]
+
+
+def _timm_groups(timm_model: nn.Module, body: list[tuple[str, nn.Parameter]]) -> OrderedDict:
+    from timm.models import group_parameters
+
+    matcher = timm_model.group_matcher(coarse=True)
+    by_id = group_parameters(timm_model, matcher)  # {group index: [param names]} in order
+    order = {pname: idx for idx, (_gid, names) in enumerate(sorted(by_id.items())) for pname in names}
+    n_groups = len(by_id)
+    groups: OrderedDict[str, list] = OrderedDict()
+    for name, param in body:
+        idx = order.get(name.removeprefix("timm_model."), n_groups - 1)
+        key = "stem" if idx == 0 else f"stage_{idx - 1}"
+        groups.setdefault(key, []).append((name, param))
+    return OrderedDict(sorted(groups.items(), key=lambda kv: _group_rank(kv[0])))
+
+
+def _name_pattern_groups(body: list[tuple[str, nn.Parameter]]) -> OrderedDict:
+    groups: OrderedDict[str, list] = OrderedDict()
+    for name, param in body:
+        stage = _STAGE.search(name)
+        if stage:
+            key = f"stage_{int(stage.group(1))}"
+        elif _STEM.search(name):
+            key = "stem"
+        else:
+            key = "neck"
+        groups.setdefault(key, []).append((name, param))
+    return OrderedDict(sorted(groups.items(), key=lambda kv: _group_rank(kv[0])))
+
+
+def _group_rank(key: str) -> tuple[int, int]:
+    if key == "stem":
+        return (0, 0)
+    if key.startswith("stage_"):
+        return (1, int(key.split("_")[1]))
+    return (2, 0) if key == "neck" else (3, 0)
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+def _is_plain_timm_name(model_id: str) -> bool:
+    if model_id.startswith("timm:"):
+        return True
+    if "/" in model_id or os.path.exists(model_id):
+        return False
+    import timm
+
+    return bool(timm.list_models(model_id))
+
+
+def _data_config_from_timm_cfg(pcfg: dict) -> DataConfig:
+    return DataConfig(
+        input_size=tuple(pcfg.get("input_size", (3, 224, 224))),
+        mean=tuple(pcfg.get("mean", _IMAGENET_MEAN)),
+        std=tuple(pcfg.get("std", _IMAGENET_STD)),
+        interpolation=pcfg.get("interpolation", "bicubic"),
+        crop_pct=float(pcfg.get("crop_pct", 0.875)),
+        crop_mode=pcfg.get("crop_mode", "center"),
+    )
+
+
+def _size_dict(size) -> dict:
+    """transformers 5 image processors hold sizes as ``SizeDict`` objects, older ones as dicts."""
+    if size is None:
+        return {}
+    if isinstance(size, int):
+        return {"height": size, "width": size}
+    items = size.items() if hasattr(size, "items") else vars(size).items()
+    return {k: v for k, v in items if v is not None}
+
+
+def _data_config_from_processor(model_id: str, revision: str | None, config, trust_remote_code: bool) -> DataConfig:
+    from transformers import AutoImageProcessor
+
+    try:
+        proc = AutoImageProcessor.from_pretrained(model_id, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        size = getattr(config, "image_size", 224)
+        size = size if isinstance(size, int) else size[0]
+        logger.warning("No image processor for %s (%s); using ImageNet mean/std at %d px.", model_id, err, size)
+        return DataConfig(input_size=(3, size, size), interpolation="bilinear")
+    if hasattr(proc, "data_config"):  # a TimmWrapperImageProcessor
+        return _data_config_from_timm_cfg(proc.data_config)
+    crop = _size_dict(getattr(proc, "crop_size", None)) if getattr(proc, "do_center_crop", False) else {}
+    resize = _size_dict(getattr(proc, "size", None))
+    size = crop.get("height") or resize.get("height") or resize.get("shortest_edge") or 224
+    crop_pct = getattr(proc, "crop_pct", None)
+    if crop_pct is None:
+        short = resize.get("shortest_edge") or resize.get("height")
+        crop_pct = size / short if crop and short else 1.0
+    resample = getattr(proc, "resample", 2)
+    interp = {0: "nearest", 2: "bilinear", 3: "bicubic"}.get(int(resample) if resample is not None else 2, "bilinear")
+    return DataConfig(
+        input_size=(3, int(size), int(size)),
+        mean=tuple(getattr(proc, "image_mean", None) or _IMAGENET_MEAN),
+        std=tuple(getattr(proc, "image_std", None) or _IMAGENET_STD),
+        interpolation=interp,
+        crop_pct=float(crop_pct),
+    )
+
+
+def load_backbone(
+    model_id: str,
+    label_names: list[str],
+    revision: str | None = None,
+    image_size: int | None = None,
+    crop_pct: float | None = None,
+    trust_remote_code: bool = False,
+) -> Backbone:
+    """Load ``model_id`` with a fresh head for ``label_names`` (real names go into the config)."""
+    from transformers import (
+        AutoConfig, AutoModelForImageClassification, TimmWrapperConfig, TimmWrapperForImageClassification,
+    )
+
+    if not label_names:
+        raise TransferConfigError("load_backbone needs at least one label name.")
+    id2label = dict(enumerate(label_names))
+    label2id = {name: i for i, name in enumerate(label_names)}
+
+    if _is_plain_timm_name(model_id):
+        import timm
+
+        arch = model_id.removeprefix("timm:")
+        if not timm.list_models(arch):
+            raise TransferConfigError(f"Unknown timm architecture {arch!r} (see timm.list_models()).")
+        pcfg = dict(timm.models.get_pretrained_cfg(arch).to_dict() if timm.models.get_pretrained_cfg(arch) else {})
+        for key in ("url", "hf_hub_id", "hf_hub_filename", "tag", "num_classes", "license"):
+            pcfg.pop(key, None)
+        pcfg["architecture"] = arch
+        config = TimmWrapperConfig(architecture=arch, num_labels=len(label_names), id2label=id2label,
+                                   label2id=label2id, model_args={})
+        config.pretrained_cfg = pcfg
+        model = TimmWrapperForImageClassification(config)
+        library, pretrained, data_config = "timm", False, _data_config_from_timm_cfg(pcfg)
+        logger.info("Backbone %s: timm architecture with random init (no download).", arch)
+    else:
+        hub_id = model_id.removeprefix("hf-hub:")
+        try:
+            config = AutoConfig.from_pretrained(hub_id, revision=revision, trust_remote_code=trust_remote_code)
+        except Exception as err:
+            raise TransferConfigError(
+                f"Could not load backbone {model_id!r} (revision={revision!r}): {type(err).__name__}: {err}. "
+                "Give a Hub id (org/name), a local folder with config.json, or a timm architecture name."
+            ) from err
+        if isinstance(config, TimmWrapperConfig):
+            config.model_args = config.model_args or {}
+            config.label_names = list(label_names)
+        config.id2label, config.label2id = id2label, label2id  # also sets num_labels
+        model = AutoModelForImageClassification.from_pretrained(
+            hub_id, config=config, revision=revision, ignore_mismatched_sizes=True,
+            trust_remote_code=trust_remote_code, use_safetensors=True,
+        )
+        if isinstance(model, TimmWrapperForImageClassification):
+            library, data_config = "timm", _data_config_from_timm_cfg(getattr(model.config, "pretrained_cfg", {}) or {})
+        else:
+            library = "transformers"
+            data_config = _data_config_from_processor(hub_id, revision, model.config, trust_remote_code)
+        pretrained = True
+    model.config.id2label, model.config.label2id = id2label, label2id
+    if library == "timm":
+        model.config.label_names = list(label_names)
+    if image_size is not None:
+        data_config.input_size = (3, int(image_size), int(image_size))
+    if crop_pct is not None:
+        data_config.crop_pct = float(crop_pct)
+    return Backbone(model=model, model_id=model_id, library=library, data_config=data_config,
+                    pretrained=pretrained, revision=revision)

@@ -1,0 +1,94 @@
+"""Write a Hub-ready folder for a backbone + head.
+
+The folder loads with ``AutoModelForImageClassification.from_pretrained``, with
+``pipeline("image-classification")`` (real class names, not ``LABEL_i``) and, for timm backbones,
+with ``timm.create_model("local-dir:<folder>", pretrained=True)``:
+
+- timm: weights are saved with timm's own key names (no ``timm_model.`` prefix) because that is
+  what timm reads and what transformers' TimmWrapper also accepts; ``config.json`` carries
+  ``label_names`` and the data config as ``pretrained_cfg``, and ``model_args`` is never ``None``
+  (timm's local-dir loader calls ``.get`` on it).
+- transformers: ``save_pretrained`` plus an image processor whose size/mean/std are the ones the
+  model was trained with.
+
+Files are first written to a temporary folder beside the target, then moved in one by one, so a
+failure never leaves a half-written export over a previous one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+from safetensors.torch import save_file
+
+from hf_transfer.models.backbones import Backbone
+
+RESULTS_FILE = "results.json"
+
+
+def _timm_pretrained_cfg(backbone: Backbone) -> dict:
+    pcfg = dict(getattr(backbone.model.config, "pretrained_cfg", None) or {})
+    cfg = backbone.data_config
+    pcfg.update(input_size=list(cfg.input_size), mean=list(cfg.mean), std=list(cfg.std),
+                interpolation=cfg.interpolation, crop_pct=cfg.crop_pct, crop_mode=cfg.crop_mode)
+    pcfg.pop("num_classes", None)
+    return pcfg
+
+
+def _save_timm(backbone: Backbone, folder: str) -> None:
+    from transformers import TimmWrapperImageProcessor
+
+    config = backbone.model.config
+    config.label_names = backbone.label_names
+    config.model_args = config.model_args or {}
+    config.pretrained_cfg = _timm_pretrained_cfg(backbone)
+    config.save_pretrained(folder)
+    state = {k: v.detach().contiguous().cpu() for k, v in backbone.model.timm_model.state_dict().items()}
+    save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    processor = TimmWrapperImageProcessor(pretrained_cfg=config.pretrained_cfg, architecture=config.architecture)
+    processor.to_json_file(os.path.join(folder, "preprocessor_config.json"))
+
+
+def _save_transformers(backbone: Backbone, folder: str) -> None:
+    from transformers import AutoImageProcessor, ViTImageProcessor
+
+    backbone.model.save_pretrained(folder, safe_serialization=True)
+    cfg = backbone.data_config
+    try:
+        processor = AutoImageProcessor.from_pretrained(backbone.model_id, revision=backbone.revision)
+    except (OSError, ValueError):
+        processor = ViTImageProcessor()
+    size = cfg.size
+    if getattr(getattr(processor, "size", None), "shortest_edge", None):
+        processor.size = {"shortest_edge": int(round(size / cfg.crop_pct))}
+        if getattr(processor, "crop_size", None) is not None:
+            processor.crop_size = {"height": size, "width": size}
+    else:
+        processor.size = {"height": size, "width": size}
+    processor.image_mean, processor.image_std = list(cfg.mean), list(cfg.std)
+    processor.save_pretrained(folder)
+
+
+def export_model(backbone: Backbone, output_dir: str, results: dict | None = None,
+                 extra_files: dict[str, str] | None = None) -> str:
+    """Write weights, config (id2label/label2id), preprocessor config and ``results.json``."""
+    os.makedirs(output_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=output_dir)
+    try:
+        if backbone.library == "timm":
+            _save_timm(backbone, staging)
+        else:
+            _save_transformers(backbone, staging)
+        with open(os.path.join(staging, RESULTS_FILE), "w") as f:
+            json.dump(results or {}, f, indent=2, sort_keys=True, default=str)
+        for name, content in (extra_files or {}).items():
+            with open(os.path.join(staging, name), "w") as f:
+                f.write(content)
+        for name in os.listdir(staging):
+            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output_dir

@@ -1,0 +1,77 @@
+"""Speed options applied to the model before training and to the feature-extraction pass.
+
+``channels_last`` (TransferArguments): NHWC memory format for convolutional backbones, which
+cuDNN (tensor cores) and oneDNN run faster; ``auto`` turns it on only where it pays: on CUDA and
+for a convolutional backbone. Transformers (ViT: one patch-embedding convolution) gain nothing.
+
+``torch.compile`` is NOT a TransferArguments option: ``TrainingArguments.torch_compile`` (and
+``torch_compile_backend`` / ``torch_compile_mode``) already compiles the training model through
+accelerate; :func:`compile_options` reads the same fields so that the extraction pass of the
+feature mode is compiled too.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hf_transfer.errors import TransferConfigError
+
+CHANNELS_LAST = ("auto", "true", "false")
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def normalize_auto_flag(value, option: str = "channels_last") -> str:
+    """``auto`` | ``true`` | ``false`` from a bool or string (YAML gives bools, flags give strings), for
+    ``channels_last`` and ``features_on_device``; errors name ``option``."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    if text in _TRUE:
+        return "true"
+    if text in _FALSE:
+        return "false"
+    raise TransferConfigError(f"{option} must be one of {CHANNELS_LAST} (or a bool), got {value!r}.")
+
+
+def is_convolutional(model: nn.Module) -> bool:
+    """More than one 2-D convolution: a convnet. A ViT has one (its patch embedding)."""
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1
+
+
+def use_channels_last(value, model: nn.Module, device: torch.device | str) -> bool:
+    """The resolved option: ``auto`` is on for CUDA + a convolutional backbone, off otherwise."""
+    value = normalize_auto_flag(value)
+    if value == "auto":
+        return torch.device(device).type == "cuda" and is_convolutional(model)
+    return value == "true"
+
+
+def set_memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
+    """4-D weights (and buffers) of ``model`` in channels_last, or back to contiguous, in place."""
+    return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def compile_options(training_args) -> dict | None:
+    """``torch.compile`` keyword arguments from ``TrainingArguments.torch_compile*`` (None: eager)."""
+    if not getattr(training_args, "torch_compile", False):
+        return None
+    options = {}
+    if training_args.torch_compile_backend:
+        options["backend"] = training_args.torch_compile_backend
+    if training_args.torch_compile_mode:
+        options["mode"] = training_args.torch_compile_mode
+    return options
+
+
+def use_features_on_device(value, nbytes: int, device: torch.device | str, fraction: float = 0.25) -> bool:
+    """The resolved ``features_on_device``: ``auto`` is on for CUDA when ``nbytes`` fit in ``fraction``
+    of the device's free memory (the head and its optimizer need almost nothing beside them)."""
+    value = normalize_auto_flag(value, "features_on_device")
+    if value != "auto":
+        return value == "true"
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= fraction * free

@@ -1,0 +1,238 @@
+"""The transfer-mode strategy and its registry.
+
+A mode decides *what* is trained and *how the loss is computed*; the one training loop is
+:class:`hf_transfer.training.trainer.TransferTrainer`, which delegates to the mode for the loss (through
+:class:`TransferModel`'s forward) and for the optimizer's parameter groups. A new mode is a small
+subclass of :class:`TransferMode` plus one :func:`register_mode` call.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import datasets
+import numpy as np
+import torch
+from torch import nn
+
+from hf_transfer.models.backbones import Backbone
+from hf_transfer.data.align import AlignmentReport
+from hf_transfer.data.columns import LABEL_COLUMN
+from hf_transfer.errors import TransferConfigError
+from hf_transfer.evaluation.metrics import UNLABELLED
+
+logger = logging.getLogger(__name__)
+
+MODES: dict[str, type["TransferMode"]] = {}
+
+
+def register_mode(name: str):
+    def wrap(cls):
+        if name in MODES:
+            raise ValueError(f"Transfer mode {name!r} is already registered by {MODES[name].__name__}.")
+        cls.name = name
+        MODES[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_mode(name: str) -> type["TransferMode"]:
+    if name not in MODES:
+        raise TransferConfigError(f"Unknown transfer mode {name!r}; available: {sorted(MODES)}.")
+    return MODES[name]
+
+
+@dataclass
+class TransferData:
+    """What a mode trains and evaluates on. ``source`` is None when no source domain was given."""
+
+    target: datasets.DatasetDict
+    label_names: list[str]
+    source: datasets.DatasetDict | None = None
+    alignment: AlignmentReport | None = None
+    source_name: str | None = None
+    target_name: str | None = None
+    #: rows without a label dropped per ``domain/split`` (never trained on, never scored)
+    dropped_unlabelled: dict[str, int] = field(default_factory=dict)
+    #: rows without a label kept per ``domain/split``: the domain mode's unlabelled target images
+    kept_unlabelled: dict[str, int] = field(default_factory=dict)
+    #: rows whose image cannot be decoded, dropped per ``domain/split`` (``--skip_bad_images``)
+    skipped_images: dict[str, int] = field(default_factory=dict)
+
+    def drop_unlabelled(self, keep_target_train: bool = False) -> None:
+        """Remove the rows without a label from every split that is trained on or scored, with ONE
+        warning giving the counts. ``keep_target_train``: the domain mode's target training images are
+        unlabelled by design, so those rows stay (as unlabelled target images)."""
+        if self.dropped_unlabelled or self.kept_unlabelled:
+            return
+        for domain in ("source", "target"):
+            dsd = getattr(self, domain)
+            if dsd is None:
+                continue
+            kept = {}
+            for split, ds in dsd.items():
+                key = f"{domain}/{split}"
+                labelled = np.flatnonzero(np.asarray(ds[LABEL_COLUMN], dtype=np.int64) != UNLABELLED)
+                missing = len(ds) - len(labelled)
+                if keep_target_train and key == "target/train":
+                    self.kept_unlabelled[key] = missing
+                    kept[split] = ds
+                    continue
+                self.dropped_unlabelled[key] = missing
+                if missing == len(ds):
+                    raise TransferConfigError(f"The {domain} dataset's {split!r} split: none of its {len(ds)} rows "
+                                              "has a label, so nothing in it can be trained on or scored.")
+                kept[split] = ds.select(labelled) if missing else ds
+            setattr(self, domain, datasets.DatasetDict(kept))
+        self._warn_unlabelled()
+
+    def _warn_unlabelled(self) -> None:
+        dropped = {k: v for k, v in self.dropped_unlabelled.items() if v}
+        kept = {k: v for k, v in self.kept_unlabelled.items() if v}
+        if dropped or kept:
+            logger.warning("Rows without a label: %d dropped %s (never trained on or scored)%s.",
+                           sum(dropped.values()), dropped,
+                           f"; kept as unlabelled target images: {kept}" if kept else "")
+
+
+class TransferModel(nn.Module):
+    """What the Trainer trains: the classifier plus the mode's auxiliary modules.
+
+    Everything with gradients runs inside this module's ``forward`` so that one DDP-wrapped forward
+    covers the classifier and e.g. a domain discriminator, and Trainer checkpoints carry both.
+    """
+
+    def __init__(self, mode: "TransferMode", classifier: nn.Module, aux: dict[str, nn.Module] | None = None,
+                 input_transform: nn.Module | None = None):
+        super().__init__()
+        self.classifier = classifier
+        self.aux = nn.ModuleDict(aux or {})
+        # fast input path: uint8 batches are augmented + normalised here, on the model's device and
+        # inside the training step (so the Trainer's RNG checkpoint covers the augmentation draws)
+        self.input_transform = input_transform
+        # set by prepare_run (TransferArguments.channels_last): image batches enter the model NHWC
+        self.channels_last = False
+        object.__setattr__(self, "_mode", mode)  # not a submodule: no recursion, not in state_dict
+        self.config = getattr(classifier, "config", None)
+
+    def _prepare(self, pixels, image_size=None):
+        if pixels is not None and pixels.dtype == torch.uint8 and self.input_transform is not None:
+            pixels = self.input_transform(pixels, image_size)
+        if self.channels_last and pixels is not None and pixels.dim() == 4:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        return pixels
+
+    def forward(self, pixel_values=None, labels=None, target_pixel_values=None, features=None,
+                target_labels=None, row_index=None, image_size=None, target_image_size=None):
+        # image_size: the original (H, W) of each image when a split mixes sizes (fast input path)
+        pixel_values = self._prepare(pixel_values, image_size)
+        target_pixel_values = self._prepare(target_pixel_values, target_image_size)
+        extra = {} if row_index is None else {"row_index": row_index}  # feature mode, features_on_device
+        return self._mode.forward(self, pixel_values=pixel_values, labels=labels,
+                                  target_pixel_values=target_pixel_values, features=features, **extra)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            self._mode.on_train_mode(self)
+        return self
+
+
+class TransferMode:
+    """Base class. Subclasses set up the model, the datasets, the parameter groups and the loss."""
+
+    name: str = "base"
+    #: False when the mode does not train a backbone at all (the feature mode trains only a head)
+    trains_backbone: bool = True
+    #: True when the target's training images are used without their labels (then rows that lack one stay)
+    uses_unlabelled_target: bool = False
+
+    def __init__(self, args, backbone: Backbone, data: TransferData, training_args):
+        self.args = args
+        self.backbone = backbone
+        self.data = data
+        self.training_args = training_args
+        self.last_metrics: dict[str, float] = {}
+        self.frozen_groups: list[str] = []
+        data.drop_unlabelled(keep_target_train=self.uses_unlabelled_target)
+
+    @property
+    def label_smoothing(self) -> float:
+        """``label_smoothing_factor`` of the classification loss (every mode applies it itself)."""
+        return float(getattr(self.training_args, "label_smoothing_factor", 0.0) or 0.0)
+
+    # --- hooks a mode writes ----------------------------------------------------------------
+    def build_model(self) -> TransferModel:
+        raise NotImplementedError
+
+    def train_dataset(self) -> torch.utils.data.Dataset:
+        raise NotImplementedError
+
+    def eval_datasets(self) -> dict[str, torch.utils.data.Dataset]:
+        raise NotImplementedError
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, model: TransferModel, **inputs) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # --- hooks with defaults --------------------------------------------------------------------
+    def set_progress(self, progress: float) -> None:
+        """Training progress in [0, 1] from the Trainer's global step (restored on resume)."""
+
+    def optimizer_groups(self, model: TransferModel, lr: float, weight_decay: float) -> list[dict]:
+        """One group per trainable parameter set; no weight decay on biases and norms."""
+        return _decay_split([p for p in model.parameters() if p.requires_grad], model, lr, weight_decay)
+
+    def callbacks(self) -> list:
+        """TrainerCallbacks the mode needs (e.g. gradual unfreezing: *when*, beside the mode's *what*)."""
+        return []
+
+    def on_train_mode(self, model: TransferModel) -> None:
+        """Called after ``model.train()``: e.g. keep BatchNorm of frozen groups in eval mode."""
+
+    def unlabelled_eval_datasets(self) -> dict[str, torch.utils.data.Dataset]:
+        """Eval sets whose labels are all -1: only unsupervised validators are computed on them."""
+        return {}
+
+    def domain_gap(self) -> dict | None:
+        """Distance between source and target features of the current model (None: not applicable)."""
+        return None
+
+    def finish(self, model: TransferModel, trainer) -> None:
+        """After training, before the final evaluation (e.g. copy a trained head, AdaBN)."""
+
+    def describe(self) -> dict:
+        return {"mode": self.name, "method": self.args.method, "frozen_groups": self.frozen_groups}
+
+
+def _is_no_decay(name: str, param: nn.Parameter) -> bool:
+    return param.ndim <= 1 or name.endswith(".bias")
+
+
+def _decay_split(params: list[nn.Parameter], model: nn.Module, lr: float, weight_decay: float,
+                 name_prefix: str = "") -> list[dict]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = [], []
+    for p in params:
+        (no_decay if _is_no_decay(names.get(id(p), ""), p) else decay).append(p)
+    groups = []
+    if decay:
+        groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay, "name": f"{name_prefix}decay"})
+    if no_decay:
+        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name_prefix}no_decay"})
+    return groups
+
+
+def named_groups_to_optimizer(groups: dict[str, list[nn.Parameter]], model: nn.Module, lrs: dict[str, float],
+                              weight_decay: float) -> list[dict]:
+    """Optimizer groups per named parameter group, each with its own learning rate."""
+    out = []
+    for name, params in groups.items():
+        trainable = [p for p in params if p.requires_grad]
+        if trainable:
+            out.extend(_decay_split(trainable, model, lrs[name], weight_decay, name_prefix=f"{name}/"))
+    return out

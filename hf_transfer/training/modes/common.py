@@ -1,0 +1,84 @@
+"""Pieces the image-based modes share: datasets, evaluation sets, frozen BatchNorm."""
+
+from __future__ import annotations
+
+import datasets
+import torch
+from torch import nn
+
+from hf_transfer.data.fast import BatchAugment, DecodedImages, split_kind_for
+from hf_transfer.data.paired import ImageDomainDataset
+from hf_transfer.evaluation.metrics import UNLABELLED
+from hf_transfer.data.transforms import eval_transform, train_transform
+
+
+def subset(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Dataset:
+    """A seeded subset of at most ``n`` rows (the whole dataset when ``n`` is None)."""
+    if n is None or n >= len(ds):
+        return ds
+    return ds.shuffle(seed=seed).select(range(n))
+
+
+def _decoded(mode, ds: datasets.Dataset, kind: str, with_labels: bool = True) -> DecodedImages:
+    """Decode once (the main process first under DDP; the others then read the cache), in
+    ``dataloader_num_workers`` processes when > 0 (same bytes as one process: chunks land in order)."""
+    with mode.training_args.main_process_first(desc="decoding images"):
+        return DecodedImages(ds, mode.backbone.data_config, kind, cache_dir=mode.args.decoded_cache_dir,
+                             with_labels=with_labels, num_workers=mode.training_args.dataloader_num_workers)
+
+
+def train_images(mode, ds: datasets.Dataset, with_labels: bool = True):
+    """Training images: uint8 storage for the fast path (augmented in the model's forward), or
+    tensors through the stock per-sample PIL transforms."""
+    ds = subset(ds, mode.args.max_train_samples, mode.training_args.seed)
+    if mode.args.input_path == "fast":
+        return _decoded(mode, ds, split_kind_for(mode.args.augment, train=True), with_labels)
+    return ImageDomainDataset(ds, train_transform(mode.backbone.data_config, mode.args.augment), with_labels)
+
+
+def eval_dataset(mode, ds: datasets.Dataset):
+    if mode.args.input_path == "fast":
+        return _decoded(mode, ds, "eval")
+    return ImageDomainDataset(ds, eval_transform(mode.backbone.data_config))
+
+
+def input_transform(mode) -> BatchAugment | None:
+    """The on-device augmentation + normalisation of the fast path (None for the stock path)."""
+    if mode.args.input_path != "fast":
+        return None
+    return BatchAugment(mode.backbone.data_config, mode.args.augment)
+
+
+def eval_splits(mode) -> dict[str, datasets.Dataset]:
+    """The labelled test split of each domain, named ``target`` and (when given) ``source``."""
+    splits = {"target": mode.data.target["test"]}
+    if mode.data.source is not None:
+        splits["source"] = mode.data.source["test"]
+    return {k: subset(v, mode.args.max_eval_samples, mode.training_args.seed) for k, v in splits.items()}
+
+
+def eval_images(mode) -> dict:
+    return {name: eval_dataset(mode, ds) for name, ds in eval_splits(mode).items()}
+
+
+def freeze_batchnorm_of_frozen(model: nn.Module) -> None:
+    """BatchNorm layers whose parameters are all frozen keep their running statistics."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor | None, label_smoothing: float = 0.0,
+                        weight: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Cross-entropy over the labelled rows; rows labelled ``UNLABELLED`` (-1) are ignored.
+
+    ``label_smoothing`` is ``TrainingArguments.label_smoothing_factor``: the modes compute their own
+    loss, so the Trainer's label smoother never sees it and it is applied here."""
+    if labels is None:
+        return None
+    if not (labels != UNLABELLED).any():  # an unlabelled eval set: no supervised loss exists
+        return logits.sum() * 0.0
+    return nn.functional.cross_entropy(logits, labels, weight=weight, ignore_index=UNLABELLED,
+                                       label_smoothing=label_smoothing)

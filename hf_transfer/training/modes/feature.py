@@ -1,0 +1,157 @@
+"""Feature transfer: frozen backbone, features computed once and cached, a linear head trained on them.
+
+The Trainer trains only the head, on cached feature tensors read row by row from the cache's
+memmap (no image decoding, no backbone pass per epoch, never the whole matrix in RAM), or, with
+``features_on_device`` (default on CUDA when they fit), on rows gathered from one copy of the train
+features on the training device: a batch is then only its row indices, so an epoch costs a few
+kernel launches instead of host reads, collation and a host-to-device copy per step. After
+training the head's weights go back into the backbone's classifier, so the output is still a full
+model that ``from_pretrained`` and ``pipeline`` load.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from hf_transfer.errors import TransferConfigError
+from hf_transfer.methods.feature.cache import FeatureCache, ProcessGroup, body_fingerprint
+from hf_transfer.models.speed import compile_options, use_channels_last, use_features_on_device
+from hf_transfer.training.modes.base import TransferMode, TransferModel, register_mode
+from hf_transfer.training.modes.common import classification_loss, eval_splits, subset
+
+
+FEATURE_METHODS = ("linear",)
+
+
+class FeatureDataset(torch.utils.data.Dataset):
+    """Rows of cached features. From :meth:`from_cache` the tensors are views of the cache's
+    ``np.memmap`` (kept as ``memmap``): a batch reads only its rows, never the whole matrix."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, path: str | None = None, memmap=None):
+        self.features, self.labels, self.path, self.memmap = features, labels, path, memmap
+
+    @classmethod
+    def from_cache(cls, path: str) -> FeatureDataset:
+        features, labels = FeatureCache.load(path)
+        return cls(torch.from_numpy(features), torch.from_numpy(labels), path, memmap=features)
+
+    def __getstate__(self):  # spawned loader workers reopen the memmap instead of pickling its bytes
+        if self.path is None:
+            return dict(self.__dict__)
+        return {"path": self.path}
+
+    def __setstate__(self, state):
+        if set(state) == {"path"}:
+            state = FeatureDataset.from_cache(state["path"]).__dict__
+        self.__dict__.update(state)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"features": self.features[i], "labels": self.labels[i]}
+
+    def __getitems__(self, indices) -> list[dict]:
+        """One gather per batch (the DataLoader's auto-collation calls this)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        feats, labels = self.features[idx], self.labels[idx]
+        return [{"features": f, "labels": y} for f, y in zip(feats, labels)]
+
+
+class RowIndexDataset(torch.utils.data.Dataset):
+    """Row numbers only: the features are gathered on the device from :attr:`FeatureMode.device_table`."""
+
+    def __init__(self, num_rows: int):
+        self.num_rows = num_rows
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __getitem__(self, i: int) -> dict:
+        return {"row_index": i}
+
+
+@register_mode("feature")
+class FeatureMode(TransferMode):
+    trains_backbone = False
+
+    def __init__(self, args, backbone, data, training_args):
+        super().__init__(args, backbone, data, training_args)
+        if args.method not in FEATURE_METHODS:
+            raise TransferConfigError(
+                f"mode=feature: unknown method {args.method!r}; available: {list(FEATURE_METHODS)}.")
+        self.frozen_groups = [g for g in backbone.param_groups() if g != "head"]
+        self.cache = FeatureCache(
+            args.feature_cache_dir, input_path=args.input_path, decoded_cache_dir=args.decoded_cache_dir,
+            num_workers=training_args.dataloader_num_workers,
+            amp_dtype=torch.bfloat16 if training_args.bf16 else None,
+            channels_last=use_channels_last(args.channels_last, backbone.model, training_args.device),
+            compile_options=compile_options(training_args),
+            group=ProcessGroup(training_args.process_index, training_args.world_size))
+        self.cache_files: dict[str, str] = {}
+        self._features: dict[str, FeatureDataset] = {}
+        #: (features, labels) of the train split on the training device, when features_on_device
+        self.device_table: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _compute_features(self) -> None:
+        """Every split once; under DDP each process extracts its shard, then all read the whole
+        cache entry, memory-mapped (see :mod:`hf_transfer.methods.feature.cache`)."""
+        if self._features:
+            return
+        splits = {"train": subset(self.data.target["train"], self.args.max_train_samples, self.training_args.seed)}
+        splits.update(eval_splits(self))
+        weights = body_fingerprint(self.backbone)
+        for name, ds in splits.items():
+            _, _, path = self.cache.get_or_compute(
+                self.backbone, ds, name, self.args.feature_batch_size, self.training_args.device, weights)
+            self._features[name] = FeatureDataset.from_cache(path)
+            self.cache_files[name] = path
+
+    def build_model(self) -> TransferModel:
+        self._compute_features()
+        for p in self.backbone.model.parameters():
+            p.requires_grad_(False)
+        head = copy.deepcopy(self.backbone.head)
+        for p in head.parameters():
+            p.requires_grad_(True)
+        return TransferModel(self, head)
+
+    def train_dataset(self):
+        self._compute_features()
+        train = self._features["train"]
+        nbytes = train.features.element_size() * train.features.nelement()
+        if use_features_on_device(self.args.features_on_device, nbytes, self.training_args.device):
+            device = self.training_args.device
+            self.device_table = (train.features.to(device), train.labels.to(device))
+            return RowIndexDataset(len(train))
+        return train
+
+    def eval_datasets(self):
+        self._compute_features()
+        return {k: v for k, v in self._features.items() if k != "train"}
+
+    def collate(self, examples):
+        if "row_index" in examples[0]:
+            return {"row_index": torch.tensor([e["row_index"] for e in examples], dtype=torch.long)}
+        return {"features": torch.stack([e["features"] for e in examples]),
+                "labels": torch.stack([e["labels"] for e in examples]).long()}
+
+    def forward(self, model, features=None, labels=None, row_index=None, **_):
+        if row_index is not None:  # a batch of the device-resident train features
+            table, table_labels = self.device_table
+            row_index = row_index.to(table.device)
+            features, labels = table[row_index], table_labels[row_index].long()
+        logits = model.classifier(features)
+        return {"loss": classification_loss(logits, labels, self.label_smoothing), "logits": logits}
+
+    def finish(self, model, trainer) -> None:
+        """The trained head goes back into the full model."""
+        with torch.no_grad():
+            self.backbone.head.load_state_dict(
+                {k: v.to(self.backbone.head.weight.device) for k, v in model.classifier.state_dict().items()})
+
+    def describe(self) -> dict:
+        return {**super().describe(), "feature_cache": {"hits": self.cache.hits, "misses": self.cache.misses},
+                "features_on_device": self.device_table is not None}

@@ -1,0 +1,219 @@
+"""Task adaptation: fine-tune the backbone with a new head on the target's labels.
+
+Methods: ``full`` (everything trains), ``partial`` (the groups/patterns named in ``freeze`` stay
+frozen), ``linear`` (the whole backbone frozen, the head trained through the backbone every step:
+the naive linear probe; the ``feature`` mode does the same from cached features, much faster),
+``lora`` (LoRA adapters through PEFT on per-architecture target modules + the new head; exported
+as a self-sufficient adapter folder, see :mod:`hf_transfer.models.adapters`).
+
+Strategies that compose with ``full``/``partial`` (*what* is decided here, *when* by callbacks):
+
+- ``freeze``: group names (stem, stage_i, neck, backbone), globs or ``re:`` patterns over parameter
+  names (:mod:`hf_transfer.methods.finetune.groups`);
+- ``backbone_lr_scale`` (discriminative LR) and ``layer_decay`` (layer-wise LR decay)
+  (:mod:`hf_transfer.methods.finetune.lr`);
+- ``unfreeze_every`` / ``unfreeze_unit``: gradual unfreezing from the head backwards, a
+  ``TrainerCallback`` returned by :meth:`TaskMode.callbacks` (:mod:`hf_transfer.methods.finetune.unfreeze`);
+- ``regularizer``: ``l2sp`` or ``bss`` added to the loss (:mod:`hf_transfer.methods.finetune.regularizers`);
+- ``k_shot``: k labelled target images per class (:mod:`hf_transfer.data.kshot`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+from hf_transfer.data.kshot import kshot
+from hf_transfer.data.paired import collate_images
+from hf_transfer.errors import TransferConfigError
+from hf_transfer.methods.finetune.regularizers import BSS, L2SP, check_regularizer
+from hf_transfer.methods.finetune.groups import freeze_parameters, resolve_frozen_groups, select_parameters  # noqa: F401
+from hf_transfer.methods.finetune.lr import group_learning_rates, optimizer_groups_by_name
+from hf_transfer.methods.finetune.unfreeze import GradualUnfreezing
+from hf_transfer.training.modes.base import TransferMode, TransferModel, register_mode
+from hf_transfer.training.modes.common import classification_loss, eval_images, freeze_batchnorm_of_frozen, input_transform, train_images
+
+logger = logging.getLogger(__name__)
+
+TASK_METHODS = ("full", "partial", "linear", "lora")
+
+
+@register_mode("task")
+class TaskMode(TransferMode):
+    def __init__(self, args, backbone, data, training_args):
+        super().__init__(args, backbone, data, training_args)
+        if args.method not in TASK_METHODS:
+            raise TransferConfigError(f"mode=task: unknown method {args.method!r}; choose one of {TASK_METHODS}.")
+        self.regularizer_name = check_regularizer(getattr(args, "regularizer", None))
+        self.peft_model = None
+        self.unfreezing: GradualUnfreezing | None = None
+        self.regularizer = None
+        self._bss_features = None
+        groups = backbone.param_groups()
+        if args.method == "lora":
+            self._setup_lora(args)
+            return
+        if args.method == "linear":
+            spec = "backbone"
+        elif args.method == "partial":
+            if not args.freeze:
+                raise TransferConfigError("mode=task method=partial needs --freeze (e.g. 'stem,stage_0').")
+            spec = args.freeze
+        else:
+            spec = args.freeze
+        selected = select_parameters(spec, groups)
+        self.frozen_groups = list(selected)
+        frozen_ids = {id(p) for params in selected.values() for _, p in params}
+        freeze_parameters([(n, p) for params in selected.values() for n, p in params])
+        self._frozen_ids = frozen_ids
+        if getattr(args, "unfreeze_every", None):
+            self._setup_unfreezing(groups, frozen_ids)
+        if self.regularizer_name == "l2sp":
+            body = [(n, p) for g, ps in groups.items() if g != "head" for n, p in ps]
+            self.regularizer = L2SP(body, groups["head"], alpha=args.l2sp_alpha, beta=args.l2sp_beta)
+        elif self.regularizer_name == "bss":
+            self.regularizer = BSS(eta=args.bss_eta, k=args.bss_k)
+            backbone.head.register_forward_hook(self._capture_features)
+
+    # --- setup of the strategies ----------------------------------------------------------------
+    def _setup_lora(self, args) -> None:
+        from hf_transfer.models.adapters import apply_lora
+
+        if args.freeze or getattr(args, "unfreeze_every", None) or self.regularizer_name or \
+                getattr(args, "layer_decay", None):
+            raise TransferConfigError("method=lora trains only the adapters and the head: freeze, unfreeze_every, "
+                                      "layer_decay and regularizer do not apply.")
+        self.peft_model = apply_lora(self.backbone, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                                     target_modules=args.lora_target_modules)
+        self.frozen_groups = ["backbone (LoRA adapters train)"]
+        self._frozen_ids = set()
+
+    def _setup_unfreezing(self, groups, frozen_ids) -> None:
+        scheduled = OrderedDict()
+        for name in reversed([g for g in groups if g != "head"]):  # from the head backwards
+            params = [(n, p) for n, p in groups[name] if id(p) not in frozen_ids]
+            if params:
+                scheduled[name] = params
+        mask = int(getattr(self.training_args, "world_size", 1) or 1) > 1
+        self.unfreezing = GradualUnfreezing(scheduled, self.args.unfreeze_every, self.args.unfreeze_unit, mask=mask)
+        if not mask:
+            for params in scheduled.values():
+                for _, p in params:
+                    p.requires_grad_(False)
+        self._scheduled_ids = {id(p) for params in scheduled.values() for _, p in params}
+
+    def _capture_features(self, _module, inputs, _output):
+        self._bss_features = inputs[0]  # the pooled features of the current forward (used by BSS)
+
+    # --- hooks ----------------------------------------------------------------------------------
+    def callbacks(self) -> list:
+        """Trainer callbacks this mode needs (gradual unfreezing); pass them to the Trainer."""
+        return [self.unfreezing] if self.unfreezing is not None else []
+
+    def build_model(self) -> TransferModel:
+        return TransferModel(self, self.backbone.model, input_transform=input_transform(self))
+
+    def train_dataset(self):
+        ds = self.data.target["train"]
+        if getattr(self.args, "k_shot", None):
+            ds = kshot(ds, self.args.k_shot, self.training_args.seed)
+        return train_images(self, ds)
+
+    def eval_datasets(self):
+        return eval_images(self)
+
+    def collate(self, examples):
+        return collate_images(examples)
+
+    def group_learning_rates(self, lr: float) -> "OrderedDict[str, float]":
+        return group_learning_rates(list(self.backbone.param_groups()), lr, self.args.backbone_lr_scale,
+                                    getattr(self.args, "layer_decay", None))
+
+    def optimizer_groups(self, model, lr, weight_decay):
+        groups = self.backbone.param_groups()
+        if self.peft_model is not None:  # LoRA: the adapters + the head at learning_rate
+            lrs = {name: lr for name in groups}
+            return optimizer_groups_by_name(groups, lrs, weight_decay)
+        lrs = self.group_learning_rates(lr)
+        if self.regularizer_name == "l2sp":
+            weight_decay = 0.0  # L2-SP replaces weight decay (its beta term covers the head)
+        if self.unfreezing is not None:
+            # every scheduled parameter is in the optimizer from the start (resume-safe, see strategies.unfreeze)
+            keep = self._scheduled_ids
+            return optimizer_groups_by_name(groups, lrs, weight_decay,
+                                            include=lambda p: p.requires_grad or id(p) in keep)
+        return optimizer_groups_by_name(groups, lrs, weight_decay)
+
+    def on_train_mode(self, model):
+        freeze_batchnorm_of_frozen(model)
+        if self.unfreezing is not None and self.unfreezing.mask:
+            _batchnorm_eval_for(model, self.unfreezing.frozen_parameter_ids())
+
+    def set_progress(self, progress: float) -> None:
+        if self.unfreezing is not None and not self.unfreezing.attached:
+            raise TransferConfigError(
+                "unfreeze_every is set but the gradual-unfreezing callback is not attached to the Trainer: pass "
+                "TaskMode.callbacks() as Trainer callbacks (prepare_run does) or use "
+                "hf_transfer.methods.finetune.ModeCallbacks().")
+
+    def regularization(self, model, out: dict) -> dict:
+        """Add the regulariser's penalty to ``out['loss']`` (training only)."""
+        if self.regularizer is None or out.get("loss") is None or not model.training:
+            return out
+        if self.regularizer_name == "bss":
+            if self._bss_features is None:
+                return out
+            penalty = self.regularizer(self._bss_features)
+            self._bss_features = None
+        else:
+            penalty = self.regularizer()
+        self.last_metrics = {"cls_loss": float(out["loss"].detach()), "reg_loss": float(penalty.detach())}
+        return {**out, "loss": out["loss"] + penalty}
+
+    def describe(self) -> dict:
+        out = super().describe()
+        out["trainable_parameters"] = sum(p.numel() for p in self.backbone.model.parameters()
+                                          if p.requires_grad or id(p) in getattr(self, "_scheduled_ids", ()))
+        out["total_parameters"] = sum(p.numel() for p in self.backbone.model.parameters())
+        strategies = {"layer_decay": getattr(self.args, "layer_decay", None), "regularizer": self.regularizer_name,
+                      "k_shot": getattr(self.args, "k_shot", None)}
+        if self.regularizer_name == "l2sp":
+            strategies.update(l2sp_alpha=self.args.l2sp_alpha, l2sp_beta=self.args.l2sp_beta)
+        elif self.regularizer_name == "bss":
+            strategies.update(bss_eta=self.args.bss_eta, bss_k=self.args.bss_k)
+        if self.unfreezing is not None:
+            strategies["gradual_unfreezing"] = {"every": self.args.unfreeze_every, "unit": self.args.unfreeze_unit,
+                                                "order": list(self.unfreezing.groups)}
+        if self.peft_model is not None:
+            cfg = self.peft_model.peft_config["default"]
+            strategies["lora"] = {"r": cfg.r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
+                                  "target_modules": sorted(cfg.target_modules),
+                                  "rule": getattr(self.peft_model, "hf_transfer_rule", None)}
+        out["strategies"] = strategies
+        return out
+
+    # --- export (run.py routes here for adapter runs) ---------------------------------------------
+    @property
+    def exports_adapter(self) -> bool:
+        return self.peft_model is not None
+
+    def export(self, output_dir: str, results: dict) -> dict:
+        from hf_transfer.models.adapters import export_adapter
+
+        return export_adapter(self.peft_model, self.backbone, output_dir, results=results,
+                              merge=bool(getattr(self.args, "merge_adapter", False)))
+
+    def forward(self, model, pixel_values=None, labels=None, **_):
+        logits = model.classifier(pixel_values=pixel_values).logits
+        out = {"loss": classification_loss(logits, labels, self.label_smoothing), "logits": logits}
+        return self.regularization(model, out)
+
+
+def _batchnorm_eval_for(model, param_ids: set[int]) -> None:
+    from torch import nn
+
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and all(id(p) in param_ids for p in params):
+                module.eval()

@@ -1,0 +1,182 @@
+"""The output folder belongs to one run: refuse another run's folder, resume only the same run.
+
+transformers 5 dropped ``TrainingArguments.overwrite_output_dir`` and its check, so a second run into
+a used folder silently mixed the two: stale ``examples/`` were published with the new model and
+``--resume_from_checkpoint last`` continued the OTHER run's checkpoint. This module restores the
+convention, with the run's identity written down:
+
+* ``run_identity.json`` (in the folder and in every ``checkpoint-N``) holds the resolved arguments
+  that change the run's result (:func:`run_identity`), so a mismatch can name the arguments that differ;
+* a folder that holds anything is refused before any work unless the user resumes the SAME run
+  (``--resume_from_checkpoint``) or passes ``--overwrite_output_dir true``, which removes the previous
+  run's outputs (weights, card, examples, checkpoints, plots) instead of overwriting some of them;
+* files hf_transfer does not write are never deleted: a folder holding them is refused (they would
+  be pushed to the Hub with the model).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import shutil
+
+from transformers import TrainerCallback
+
+from hf_transfer.training.checkpoints import IDENTITY_FILE
+from hf_transfer.errors import TransferConfigError
+
+logger = logging.getLogger(__name__)
+
+# everything a run (export, adapters, cards, Trainer checkpoints, trackers) writes into its folder
+RUN_OUTPUTS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json", "config.json",
+               "preprocessor_config.json", "results.json", IDENTITY_FILE, "reference_predictions.json", "examples",
+               "checkpoint-*", "README.md", "*.png", "adapter_config.json", "adapter_model.safetensors",
+               "hf_transfer_adapter.json", "merged", "train_config.yaml", "training_args.bin",
+               "trainer_state.json", "all_results.json", "train_results.json", "eval_results.json", "runs",
+               ".export-*", ".gitattributes")
+
+# arguments that do not change the trained weights or the metrics (logging, saving, pushing, caches)
+NOT_IDENTITY = {
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "push_to_hub", "hub_model_id", "hub_token",
+    "hub_private_repo", "hub_revision", "hub_strategy", "hub_always_push", "hub_create_pr", "report_to",
+    "run_name", "project", "trackio_space_id", "logging_steps", "logging_strategy", "logging_first_step",
+    "logging_nan_inf_filter", "save_strategy", "save_steps", "save_total_limit", "save_only_model",
+    "disable_tqdm", "log_level", "log_level_replica", "log_on_each_node", "dataloader_pin_memory",
+    "dataloader_persistent_workers", "dataloader_prefetch_factor", "decoded_cache_dir", "feature_cache_dir",
+    "trust_remote_code", "debug", "skip_memory_metrics",
+}
+
+
+def run_identity(args, training_args) -> dict:
+    """The resolved arguments that change a run's result (non-default ones only, plus the world size).
+
+    ``dataloader_num_workers`` counts on the stock input path only: there the workers' RNG streams
+    draw the augmentation, while the fast path's decode is byte-identical for any worker count."""
+    from hf_transfer.training.run import non_default_arguments
+
+    identity = {k: v for k, v in non_default_arguments(args, training_args).items() if k not in NOT_IDENTITY}
+    if args.input_path != "stock":
+        identity.pop("dataloader_num_workers", None)
+    identity["world_size"] = training_args.world_size
+    return dict(sorted(identity.items()))
+
+
+def read_identity(folder: str) -> dict | None:
+    path = os.path.join(folder, IDENTITY_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_identity(folder: str, identity: dict) -> None:
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{IDENTITY_FILE}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(identity, f, indent=2, default=str)
+    os.replace(tmp, os.path.join(folder, IDENTITY_FILE))
+
+
+def identity_difference(recorded: dict, current: dict) -> list[str]:
+    """``name: recorded -> current`` for every argument that differs."""
+    keys = sorted(set(recorded) | set(current))
+    missing = "<default>"
+    return [f"{k}: {recorded.get(k, missing)!r} -> {current.get(k, missing)!r}"
+            for k in keys if json.dumps(recorded.get(k), default=str) != json.dumps(current.get(k), default=str)]
+
+
+def _is_run_output(name: str) -> bool:
+    return any(fnmatch.fnmatch(name, pattern) for pattern in RUN_OUTPUTS)
+
+
+def check_output_dir(output_dir: str, identity: dict, *, resume: bool, overwrite: bool) -> list[str]:
+    """Refuse a folder that cannot hold this run; return the entries ``--overwrite_output_dir`` will remove.
+
+    Read-only, so every process can call it. Raises :class:`TransferConfigError` naming the folder and,
+    for another run's folder, the arguments that differ."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise TransferConfigError(f"output_dir {output_dir!r} is a file, not a folder: choose another output_dir.")
+    entries = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
+    if not entries:
+        if resume:
+            raise TransferConfigError(f"resume_from_checkpoint: output_dir {output_dir!r} is empty or missing; "
+                                      "there is no run to resume.")
+        return []
+    foreign = [e for e in entries if not _is_run_output(e)]
+    if foreign:
+        raise TransferConfigError(
+            f"output_dir {output_dir!r} holds files hf_transfer did not write ({', '.join(foreign[:5])}"
+            f"{', ...' if len(foreign) > 5 else ''}); they would be published with the model. "
+            "Choose an empty or new output_dir.")
+    recorded = read_identity(output_dir)
+    if resume:
+        if recorded is None:
+            raise TransferConfigError(f"resume_from_checkpoint: output_dir {output_dir!r} has no {IDENTITY_FILE}; "
+                                      "it was not written by this run. Start a new run (--overwrite_output_dir "
+                                      "true, or another output_dir).")
+        diff = identity_difference(recorded, identity)
+        if diff:
+            raise TransferConfigError(
+                f"resume_from_checkpoint: output_dir {output_dir!r} holds a different run; arguments that differ "
+                f"(recorded -> now): {'; '.join(diff)}. Resume with the same arguments, or start over with "
+                "--overwrite_output_dir true.")
+        return []
+    if overwrite:
+        return entries
+    same = recorded is not None and not identity_difference(recorded, identity)
+    if same and entries == [IDENTITY_FILE]:  # this run was stopped before it wrote anything: start it again
+        return []
+    if same:
+        what = "this same run"
+    elif recorded is not None:
+        what = f"a different run (arguments that differ, recorded -> now: {'; '.join(identity_difference(recorded, identity))})"
+    else:
+        what = "another run's outputs"
+    raise TransferConfigError(
+        f"output_dir {output_dir!r} already holds {what}. Continue it with --resume_from_checkpoint last, start over "
+        "with --overwrite_output_dir true (removes its weights, card, examples, checkpoints and plots), or choose "
+        "another output_dir.")
+
+
+def clear_previous_outputs(output_dir: str, entries: list[str]) -> None:
+    """Remove the previous run's outputs (only names :data:`RUN_OUTPUTS` matches)."""
+    for name in entries:
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+    if entries:
+        logger.info("overwrite_output_dir: removed %d previous output(s) from %s.", len(entries), output_dir)
+
+
+def check_checkpoint_identity(checkpoint: str, identity: dict) -> None:
+    """A checkpoint resumes only the run that wrote it."""
+    recorded = read_identity(checkpoint)
+    if recorded is None:
+        raise TransferConfigError(f"resume_from_checkpoint: {checkpoint!r} has no {IDENTITY_FILE}; it was not "
+                                  "written by an hf_transfer run, so it cannot be checked against this one.")
+    diff = identity_difference(recorded, identity)
+    if diff:
+        raise TransferConfigError(f"resume_from_checkpoint: {checkpoint!r} was written by a different run; "
+                                  f"arguments that differ (recorded -> now): {'; '.join(diff)}.")
+
+
+class RunIdentityCallback(TrainerCallback):
+    """Writes ``run_identity.json`` into every checkpoint the Trainer saves (main process only)."""
+
+    def __init__(self, identity: dict):
+        self.identity = identity
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if os.path.isdir(folder):
+                write_identity(folder, self.identity)
+        return control

@@ -1,0 +1,89 @@
+"""TransferTrainer: the one training loop, a ``transformers.Trainer`` that delegates to a mode.
+
+The mode supplies the loss (inside :class:`~hf_transfer.training.modes.TransferModel`'s forward, so DDP,
+mixed precision and gradient accumulation apply to all of it) and the optimizer's parameter
+groups (frozen groups left out, per-group learning rates). Everything else (accelerate, DDP/FSDP,
+checkpoints, resume, logging, trackers, ``push_to_hub`` plumbing) is the Trainer's own.
+
+Schedules are restored exactly on resume because the mode reads training progress from
+``state.global_step``, which the Trainer checkpoints, never from a counter of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from torch import nn
+from transformers import Trainer
+
+
+class TransferTrainer(Trainer):
+    def __init__(self, *args, transfer_mode, **kwargs):
+        self.transfer_mode = transfer_mode
+        super().__init__(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _drop_last(self, value: bool):
+        """``args.dataloader_drop_last`` while one loader is built: the Trainer applies it to every loader."""
+        saved = self.args.dataloader_drop_last
+        self.args.dataloader_drop_last = value
+        try:
+            yield
+        finally:
+            self.args.dataloader_drop_last = saved
+
+    def _single_trailing_batch(self) -> bool:
+        """An epoch would end on a batch of ONE sample, which BatchNorm cannot train on (it crashed).
+
+        One process only: under DDP accelerate fills the last batch of every process. Fixed by the
+        dataset size and the batch size, so an interrupted run drops the same batches on resume."""
+        n = len(self.train_dataset) if self.train_dataset is not None else 0
+        return (self.args.world_size == 1 and n > 1 and n % self.args.train_batch_size == 1
+                and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()))
+
+    def get_train_dataloader(self):
+        with self._drop_last(self.args.dataloader_drop_last or self._single_trailing_batch()):
+            return super().get_train_dataloader()
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        with self._drop_last(False):  # every evaluation row is scored, whatever the training loader does
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        with self._drop_last(False):
+            return super().get_test_dataloader(test_dataset)
+
+    def _progress(self) -> float:
+        max_steps = max(1, self.state.max_steps or 1)
+        return min(1.0, self.state.global_step / max_steps)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.transfer_mode.set_progress(self._progress())
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        loss = outputs["loss"]
+        return (loss, outputs) if return_outputs else loss
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            target = model if model is not None else self.model
+            groups = self.transfer_mode.optimizer_groups(target, self.args.learning_rate, self.args.weight_decay)
+            if not groups:
+                raise ValueError("Nothing to train: every parameter is frozen.")
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, target)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def _save(self, output_dir=None, state_dict=None):
+        """Checkpoints through safetensors, which refuses channels_last (non-contiguous) weights."""
+        if state_dict is None:
+            state_dict = self.model.state_dict()
+        state_dict = {k: v if v.is_contiguous() else v.contiguous() for k, v in state_dict.items()}
+        super()._save(output_dir, state_dict=state_dict)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: add the mode's own numbers (e.g. DANN's coefficient)
+            logs = {**logs, **{k: round(v, 5) for k, v in self.transfer_mode.last_metrics.items()}}
+        super().log(logs, start_time)
