@@ -1,57 +1,14 @@
-"""Classification metrics through ``evaluate``, working offline.
+"""Classification metrics of a run: accuracy, macro-F1, per-class accuracy and the confusion matrix.
 
-``evaluate.load("accuracy")`` fetches a script from the Hub and fails offline, so the metric is an
-in-code ``evaluate.Metric`` (its Arrow cache goes under ``$HF_TRANSFER_CACHE/metrics``, never the
-user's cwd). One compute gives accuracy, macro-F1, per-class accuracy and the confusion matrix.
+Plain scikit-learn on numpy arrays, without ``evaluate``: its Hub metrics (``evaluate.load("accuracy")``)
+fail offline, and an in-code ``evaluate.Metric`` would only add an Arrow round trip and cache files
+around these same sklearn calls (the Trainer already gathers predictions across processes).
 """
 
 from __future__ import annotations
 
-import datasets
-import evaluate
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score
-
-from hf_transfer.cache import cache_path
-
-
-def _cache_dir() -> str:
-    path = cache_path("metrics")
-    path.mkdir(parents=True, exist_ok=True)
-    return str(path)
-
-
-class TransferClassificationMetric(evaluate.Metric):
-    """Accuracy, macro-F1, per-class accuracy and confusion matrix of a classifier."""
-
-    def __init__(self, num_classes: int, **kwargs):
-        self.num_classes = int(num_classes)
-        kwargs.setdefault("cache_dir", _cache_dir())
-        super().__init__(**kwargs)
-
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=self.__doc__,
-            citation="",
-            inputs_description="predictions and references: class ids",
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-        )
-
-    def _compute(self, predictions, references):
-        preds, refs = np.asarray(predictions), np.asarray(references)
-        labels = np.arange(self.num_classes)
-        cm = confusion_matrix(refs, preds, labels=labels)
-        support = cm.sum(axis=1)
-        per_class = np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
-        present = np.unique(refs)
-        return {
-            "accuracy": float((preds == refs).mean()) if len(refs) else float("nan"),
-            "macro_f1": float(f1_score(refs, preds, labels=present, average="macro", zero_division=0)),
-            "per_class_accuracy": [None if np.isnan(v) else float(v) for v in per_class],
-            "confusion_matrix": cm.tolist(),
-            "num_samples": int(len(refs)),
-        }
-
 
 UNLABELLED = -1
 
@@ -59,10 +16,19 @@ UNLABELLED = -1
 def classification_report(predictions, references, num_classes: int) -> dict:
     """Metrics over the labelled rows only: a row labelled ``UNLABELLED`` is never scored (counted as
     an error it would lower accuracy, macro-F1 and the confusion matrix's totals)."""
-    preds, refs = np.asarray(predictions), np.asarray(references)
+    preds, refs = np.asarray(predictions, dtype=np.int64), np.asarray(references, dtype=np.int64)
     scored = refs != UNLABELLED
-    metric = TransferClassificationMetric(num_classes=num_classes)
-    return metric.compute(predictions=preds[scored].tolist(), references=refs[scored].tolist())
+    preds, refs = preds[scored], refs[scored]
+    cm = confusion_matrix(refs, preds, labels=np.arange(int(num_classes)))
+    support = cm.sum(axis=1)
+    per_class = np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
+    return {
+        "accuracy": float((preds == refs).mean()) if len(refs) else float("nan"),
+        "macro_f1": float(f1_score(refs, preds, labels=np.unique(refs), average="macro", zero_division=0)),
+        "per_class_accuracy": [None if np.isnan(v) else float(v) for v in per_class],
+        "confusion_matrix": cm.tolist(),
+        "num_samples": int(len(refs)),
+    }
 
 
 def scalar_metrics_fn(num_classes: int):
