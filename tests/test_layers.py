@@ -14,7 +14,8 @@ ALLOWED = {  # folder -> what its modules may import from hf_transfer (besides S
     "models": ("hf_transfer.data", "hf_transfer.models"),
     "methods/domain": ("hf_transfer.methods.domain",),  # the losses: pure torch, no other layer
     "methods": ("hf_transfer.data", "hf_transfer.models", "hf_transfer.methods"),
-    "evaluation": ("hf_transfer.evaluation",),
+    # evaluation comes after training in the flow; it reuses methods (domain_gap measures with DAN's MMD)
+    "evaluation": ("hf_transfer.evaluation", "hf_transfer.methods"),
     "hub": ("hf_transfer.data", "hf_transfer.models", "hf_transfer.methods", "hf_transfer.evaluation",
             "hf_transfer.hub"),
 }

@@ -4,14 +4,17 @@
   2007/2010; used as in DANN, https://arxiv.org/abs/1505.07818): 0 when the domains cannot be told
   apart, 2 when they are perfectly separable.
 * :func:`mmd_distance`: squared MMD with a multi-kernel Gaussian (bandwidths around the median
-  pairwise distance), biased estimator, so it is >= 0 and 0 for identical samples.
+  pairwise distance), biased estimator, so it is >= 0 and 0 for identical samples: DAN's
+  :func:`~hf_transfer.methods.domain.mmd.mk_mmd` in float64, the one MMD of the package.
 
-Both take numpy arrays (or anything ``np.asarray`` accepts) of shape (N, D). This module imports
-nothing else from ``hf_transfer``.
+Both take numpy arrays (or anything ``np.asarray`` accepts) of shape (N, D).
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from hf_transfer.methods.domain.mmd import mk_mmd
 
 
 def _array(x) -> np.ndarray:
@@ -68,19 +71,9 @@ def mmd_distance(f_s, f_t, num_kernels: int = 5, kernel_mul: float = 2.0,
     xs, xt = _subsample(_array(f_s), max_samples, rng), _subsample(_array(f_t), max_samples, rng)
     if xs.shape[1] != xt.shape[1]:
         raise ValueError(f"feature dims differ: {xs.shape[1]} vs {xt.shape[1]}")
-    z = np.concatenate([xs, xt])
-    sq = (z * z).sum(1)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * z @ z.T, 0.0)
-    n = len(z)
-    off = d2[~np.eye(n, dtype=bool)]
-    s0 = max(float(np.median(off)), 1e-12)
-    k = np.zeros_like(d2)
-    for u in range(num_kernels):
-        k += np.exp(-d2 / (s0 * kernel_mul ** (u - num_kernels // 2)))
-    k /= num_kernels
-    ns = len(xs)
-    val = k[:ns, :ns].mean() + k[ns:, ns:].mean() - 2.0 * k[:ns, ns:].mean()
-    return float(max(val, 0.0))
+    mmd = mk_mmd(torch.from_numpy(xs), torch.from_numpy(xt), num_kernels, kernel_mul, bandwidth="midpoint_median",
+                 estimator="biased")
+    return float(max(mmd.item(), 0.0))
 
 
 __all__ = ["proxy_a_distance", "mmd_distance"]

@@ -24,12 +24,20 @@ def gaussian_kernel_matrix(x: torch.Tensor, y: torch.Tensor, bandwidths: torch.T
 
 
 def base_bandwidth(z: torch.Tensor, how: str = "median") -> torch.Tensor:
-    """Median or mean of the off-diagonal pairwise squared distances of ``z`` (detached)."""
+    """Median or mean of the off-diagonal pairwise squared distances of ``z`` (detached).
+
+    ``"median"`` is torch's (the lower of the two middle values: what DAN trains with);
+    ``"midpoint_median"`` averages the two middle values (numpy's median: the domain-gap report's).
+    """
     with torch.no_grad():
         d2 = torch.cdist(z, z).pow(2)
         n = z.shape[0]
         off = d2[~torch.eye(n, dtype=torch.bool, device=z.device)]
-        s = off.median() if how == "median" else off.mean()
+        if how == "midpoint_median":
+            k = off.numel()
+            s = (off.kthvalue((k + 1) // 2).values + off.kthvalue(k // 2 + 1).values) / 2
+        else:
+            s = off.median() if how == "median" else off.mean()
         return s.clamp_min(1e-8)
 
 
