@@ -13,6 +13,8 @@ from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from hf_transfer.hub import cards
+from hf_transfer.hub.card_merge import merge_body
+from hf_transfer.hub.card_metadata import BASELINE_CONFIG
 from hf_transfer.testing.hub_server import card_metadata
 
 REPO = "user/digits-dann"
@@ -71,7 +73,7 @@ def test_metadata_and_model_index_round_trip(run_dir, results):
     by = {(e.dataset_name, e.metric_type, e.metric_config): e.metric_value for e in evals}
     tacc = round(results["metrics"]["target"]["accuracy"], 4)
     assert by[("builtin:digits-handwritten (target)", "accuracy", None)] == tacc
-    assert by[("builtin:digits-handwritten (target)", "accuracy", cards.BASELINE_CONFIG)] == 0.05
+    assert by[("builtin:digits-handwritten (target)", "accuracy", BASELINE_CONFIG)] == 0.05
     assert ("builtin:digits-printed (source)", "f1", "macro") in by
     assert all(e.dataset_split == "test" and e.task_type == "image-classification" for e in evals)
     # widget examples come from examples/
@@ -152,7 +154,7 @@ def test_update_keeps_hand_written_sections(run_dir, results):
     again = str(cards.merge_card(merged, cards.render_card(run_dir, REPO, results=better)))
     assert again == merged
     gone = re.sub(r"<!-- hf-transfer:begin usage -->.*?<!-- hf-transfer:end usage -->\n", "", merged, flags=re.DOTALL)
-    back = cards.merge_body(gone, cards.render_card(run_dir, REPO, results=better).text)
+    back = merge_body(gone, cards.render_card(run_dir, REPO, results=better).text)
     assert back.index("## Per-class accuracy") < back.index("## How to use it") < back.index("## Limitations")
     # a hand-written card without markers is kept below the generated one
     plain = cards.merge_card("---\nlicense: mit\n---\n# Old card\n\nWritten by hand.\n", cards.render_card(run_dir, REPO))

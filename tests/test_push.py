@@ -18,7 +18,8 @@ import httpx2  # huggingface_hub's HTTP client
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from hf_transfer.hub import cards
+from hf_transfer.hub import card_inputs
+from hf_transfer.hub.card_metadata import BASELINE_CONFIG
 from hf_transfer.hub.push import PushError, RoundTripError, files_to_push, push_run
 from hf_transfer.testing.hub_server import USER_TOKEN
 
@@ -64,7 +65,7 @@ def _baseline(so_run, acc=0.01):
 
 def _digests(folder: Path) -> dict:
     return {p: hashlib.sha256((folder / p).read_bytes()).hexdigest() for p in files_to_push(folder)
-            if p not in ("README.md", cards.CONFUSION_PNG, cards.CURVES_PNG, cards.CONFIG_FILE)}
+            if p not in ("README.md", card_inputs.CONFUSION_PNG, card_inputs.CURVES_PNG, card_inputs.CONFIG_FILE)}
 
 
 def _state(server, repo_id="user/digits"):
@@ -81,7 +82,7 @@ def test_push_one_commit_with_card(hub_server, run_copy, so_run):
     assert sorted(files) == sorted([".gitattributes", *res.files])
     assert not [p for p in files if p.startswith(("checkpoint-", ".export")) or p.endswith((".bin", ".tmp"))]
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "results.json",
-                 "reference_predictions.json", cards.CONFUSION_PNG, cards.CURVES_PNG, cards.CONFIG_FILE):
+                 "reference_predictions.json", card_inputs.CONFUSION_PNG, card_inputs.CURVES_PNG, card_inputs.CONFIG_FILE):
         assert name in files, name
     assert any(p.startswith("examples/") and p.endswith(".png") for p in files)
     assert files["model.safetensors"] == (so_run / "model.safetensors").read_bytes()
@@ -94,7 +95,7 @@ def test_push_one_commit_with_card(hub_server, run_copy, so_run):
     card = ModelCard.load("user/digits")
     assert card.data.pipeline_tag == "image-classification" and "dann" in card.data.tags
     evals = model_index_to_eval_results(card.data.to_dict()["model-index"])[1]
-    assert any(e.metric_config == cards.BASELINE_CONFIG and e.metric_value == 0.01 for e in evals)
+    assert any(e.metric_config == BASELINE_CONFIG and e.metric_value == 0.01 for e in evals)
     assert "/user/digits/resolve/main/examples/" in card.data.widget[0]["src"]
     # unchanged folder pushed again: nothing new is committed
     assert push_run(run_copy, "user/digits", baseline_results=_baseline(so_run)).commit_oid == hub_server.head("user/digits")
@@ -145,10 +146,10 @@ def test_round_trip_mismatch_pushes_nothing(hub_server, run_copy):
 def test_failed_push_leaves_remote_unchanged_and_rerun_completes(hub_server, run_copy, fault):
     api = HfApi()
     api.create_repo("digits")
-    ref = json.loads((run_copy / cards.REFERENCE_PREDICTIONS).read_text())  # fewer LFS files: faster retries
+    ref = json.loads((run_copy / card_inputs.REFERENCE_PREDICTIONS).read_text())  # fewer LFS files: faster retries
     for row in ref[1:]:
         (run_copy / row["file"]).unlink()
-    (run_copy / cards.REFERENCE_PREDICTIONS).write_text(json.dumps(ref[:1]))
+    (run_copy / card_inputs.REFERENCE_PREDICTIONS).write_text(json.dumps(ref[:1]))
     before, local = _state(hub_server), _digests(run_copy)
     hub_server.faults.add(**fault)
     with pytest.raises(PushError, match="run the same command again"):
@@ -314,10 +315,10 @@ def test_training_push_can_open_a_pull_request(hub_server, run_copy, tmp_path):
 # ------------------------------------------------------------------------------------------------
 def _fewer_examples(run_copy):
     """One example image (the round trip and the LFS uploads take less time)."""
-    ref = json.loads((run_copy / cards.REFERENCE_PREDICTIONS).read_text())
+    ref = json.loads((run_copy / card_inputs.REFERENCE_PREDICTIONS).read_text())
     for row in ref[1:]:
         (run_copy / row["file"]).unlink()
-    (run_copy / cards.REFERENCE_PREDICTIONS).write_text(json.dumps(ref[:1]))
+    (run_copy / card_inputs.REFERENCE_PREDICTIONS).write_text(json.dumps(ref[:1]))
 
 
 def _cli(capsys, *args) -> tuple[int, list[str], str]:
@@ -398,7 +399,7 @@ def test_failed_commit_deletes_the_repo_or_branch_it_created(hub_server, run_cop
 
 
 def test_repo_id_is_checked_before_the_round_trip(hub_server, run_copy):
-    (run_copy / cards.REFERENCE_PREDICTIONS).unlink()  # the round trip would fail, and later
+    (run_copy / card_inputs.REFERENCE_PREDICTIONS).unlink()  # the round trip would fail, and later
     for bad in ("user/bad..name", "a/b/c", "user/"):
         with pytest.raises(PushError, match=rf"Invalid repo id {re.escape(repr(bad))}"):
             push_run(run_copy, bad)
@@ -408,7 +409,7 @@ def test_repo_id_is_checked_before_the_round_trip(hub_server, run_copy):
 def test_invalid_results_json_names_the_file(hub_server, run_copy, tmp_path, capsys):
     from hf_transfer.errors import TransferConfigError
 
-    results = run_copy / cards.RESULTS_FILE
+    results = run_copy / card_inputs.RESULTS_FILE
     good = results.read_text()
     results.write_text(good[: len(good) // 2])  # cut short, as by a full disk
     rc, lines, err = _cli(capsys, "push", run_copy, "user/digits")

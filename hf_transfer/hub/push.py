@@ -11,7 +11,7 @@ call. In order:
 2. The repo is created if needed (``exist_ok``), the branch too when ``revision`` is new; the card
    already on the Hub (if any) is read at the branch head.
 3. Figures, ``train_config.yaml`` and ``README.md`` are written into the folder; the card is merged
-   into the remote one (generated sections replaced, hand-written text kept, see ``cards.py``).
+   into the remote one (generated sections replaced, hand-written text kept, see ``card_merge.py``).
 4. ONE ``create_commit`` with every file of the folder except Trainer checkpoints, temporary and
    hidden files, pinned to the head it read (``parent_commit``), so a concurrent edit of the card
    is never overwritten. The commit either lands whole or not at all: after a failure the remote is
@@ -36,7 +36,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hf_transfer.hub import cards
+from hf_transfer.hub import card_inputs, cards
+from hf_transfer.hub.card_metadata import base_model_license
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def check_round_trip(folder: str | os.PathLike, atol: float = DEFAULT_ATOL, devi
 
     folder = Path(folder)
     model_dir = Path(model_dir) if model_dir is not None else folder
-    ref_path = folder / cards.REFERENCE_PREDICTIONS
+    ref_path = folder / card_inputs.REFERENCE_PREDICTIONS
     if not ref_path.is_file():
         raise RoundTripError(f"{ref_path} is missing: the run folder has no reference predictions to check "
                              "the export against (was it written by hf_transfer.training.run.run_transfer?).")
@@ -104,7 +105,7 @@ def check_round_trip(folder: str | os.PathLike, atol: float = DEFAULT_ATOL, devi
     for row in reference:
         image_path = folder / row["file"]
         if not image_path.is_file():
-            raise RoundTripError(f"Example image {row['file']} listed in {cards.REFERENCE_PREDICTIONS} is missing.")
+            raise RoundTripError(f"Example image {row['file']} listed in {card_inputs.REFERENCE_PREDICTIONS} is missing.")
         preds = clf(str(image_path), top_k=len(row["scores"]))
         got = {p["label"]: float(p["score"]) for p in preds}
         want = {k: float(v) for k, v in row["scores"].items()}
@@ -156,9 +157,9 @@ def run_commit_message(results: dict, baseline: dict | None = None) -> tuple[str
     """(summary line, description) of the push commit: mode/method, base, target accuracy vs baseline."""
     mode, method = results.get("mode"), results.get("method")
     base = results.get("base_model") or f"{os.path.basename(str(results.get('backbone', '?')).rstrip(os.sep))} (no Hub base)"
-    tgt = cards._dataset(results.get("target"))
-    acc = cards._acc(results, "target")
-    b = cards._acc(baseline, "target")
+    tgt = card_inputs.dataset_info(results.get("target"))
+    acc = card_inputs.accuracy(results, "target")
+    b = card_inputs.accuracy(baseline, "target")
     line = f"hf-transfer {mode}/{method} on {base}"
     if tgt:
         line += f" -> {tgt['display']}"
@@ -166,7 +167,7 @@ def run_commit_message(results: dict, baseline: dict | None = None) -> tuple[str
         line += f": target acc {100 * acc:.1f}%"
         if b is not None and method != "source_only":
             line += f" (source-only {100 * b:.1f}%, {100 * (acc - b):+.1f} pts)"
-    src = cards._dataset(results.get("source"))
+    src = card_inputs.dataset_info(results.get("source"))
     desc = [f"mode: {mode}", f"method: {method}", f"backbone: {results.get('backbone')}",
             f"base_model: {results.get('base_model')}"]
     if src:
@@ -199,10 +200,10 @@ def _is_main_process() -> bool:
 def _remote_readme(api, repo_id: str, revision: str) -> str | None:
     from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError
 
-    if not api.file_exists(repo_id, cards.README, revision=revision):
+    if not api.file_exists(repo_id, card_inputs.README, revision=revision):
         return None
     try:
-        path = api.hf_hub_download(repo_id, cards.README, revision=revision)
+        path = api.hf_hub_download(repo_id, card_inputs.README, revision=revision)
     except (EntryNotFoundError, RemoteEntryNotFoundError):
         return None
     return Path(path).read_text(encoding="utf-8")
@@ -229,11 +230,11 @@ def push_run(output_dir: str | os.PathLike, repo_id: str, private: bool | None =
         return None
     _check_repo_id(repo_id)
     folder = Path(output_dir)
-    if not (folder / cards.RESULTS_FILE).is_file():
-        raise PushError(f"{str(folder)!r} has no {cards.RESULTS_FILE}: not a finished hf-transfer run folder.")
-    results = cards.load_results(folder)
-    baseline = cards.load_results(baseline_results)
-    upper_bound = cards.load_results(upper_bound_results)
+    if not (folder / card_inputs.RESULTS_FILE).is_file():
+        raise PushError(f"{str(folder)!r} has no {card_inputs.RESULTS_FILE}: not a finished hf-transfer run folder.")
+    results = card_inputs.load_results(folder)
+    baseline = card_inputs.load_results(baseline_results)
+    upper_bound = card_inputs.load_results(upper_bound_results)
     if check:
         check_round_trip(folder, atol=atol)
         logger.info("Round-trip check passed: pipeline('image-classification') on the folder reproduces the "
@@ -268,7 +269,7 @@ def _commit_run(api, folder: Path, repo_id: str, results: dict, baseline: dict |
     head = api.repo_info(repo_id, revision=branch).sha
     existing = _remote_readme(api, repo_id, head) if head else None
     if license is None:
-        license = cards.base_model_license(results.get("base_model"), token=token)
+        license = base_model_license(results.get("base_model"), token=token)
 
     cards.write_card(folder, repo_id, existing=existing, results=results, baseline_results=baseline,
                      upper_bound_results=upper_bound, license=license, revision=revision,

@@ -1,0 +1,132 @@
+"""What a model card is built from: a run folder's ``results.json``, its exported files and the
+arguments that reproduce it. Pure reads and small formatters shared by the card modules and push."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from hf_transfer.errors import TransferConfigError
+
+README = "README.md"
+RESULTS_FILE = "results.json"
+CONFUSION_PNG = "confusion_matrix.png"
+CURVES_PNG = "training_curves.png"
+CONFIG_FILE = "train_config.yaml"
+EXAMPLES_DIR = "examples"
+REFERENCE_PREDICTIONS = "reference_predictions.json"
+HUB = "https://huggingface.co"
+
+
+def load_results(source: str | os.PathLike | dict | None) -> dict | None:
+    """A results dict from a dict, a ``results.json`` path, or a run folder (None passes through)."""
+    if source is None or isinstance(source, dict):
+        return source
+    path = Path(source)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"No results.json at {str(source)!r} (expected a hf-transfer output folder).")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise TransferConfigError(f"{path} is not valid JSON ({err}): it is not a results.json written by "
+                                  "hf-transfer; re-run the training or restore the file.") from err
+    if not isinstance(results, dict):
+        raise TransferConfigError(f"{path} holds a JSON {type(results).__name__}, not the object of a results.json "
+                                  "written by hf-transfer; re-run the training or restore the file.")
+    return results
+
+
+def dataset_info(spec: str | None) -> dict | None:
+    """kind (builtin | local | hub), display name, Hub id/config/revision of a dataset spec string."""
+    if not spec:
+        return None
+    from hf_transfer.data.spec import parse_dataset_spec
+
+    try:
+        s = parse_dataset_spec(spec)
+        kind, name, config, revision, split = s.kind, s.name, s.config, s.revision, s.split
+        display = s.display_name
+    except TransferConfigError:  # a local path of another machine
+        kind, name, config, revision, split = "local", spec, None, None, None
+        display = os.path.basename(spec.rstrip("/"))
+    return {"kind": kind, "id": name if kind == "hub" else None, "config": config, "revision": revision,
+            "split": split, "display": display}
+
+
+def enum_value(value: Any) -> Any:
+    """``OptimizerNames.ADAMW_TORCH`` -> ``adamw_torch`` (``str()`` of an enum, as results.json stores it)."""
+    if isinstance(value, str) and re.fullmatch(r"[A-Z]\w*\.[A-Z0-9_]+", value):
+        return value.split(".", 1)[1].lower()
+    return value
+
+
+def pct(x: float | None) -> str:
+    """A fraction as a percentage with one decimal ("-" when unknown)."""
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def accuracy(results: dict | None, domain: str) -> float | None:
+    """The test accuracy of ``domain`` (target | source) in a results dict, None when not measured."""
+    if not results:
+        return None
+    return ((results.get("metrics") or {}).get(domain) or {}).get("accuracy")
+
+
+def folder_library(folder: str | os.PathLike) -> dict:
+    """What the exported folder is: ``{"library": transformers|peft, "timm": bool}``."""
+    folder = Path(folder)
+    config = {}
+    if (folder / "config.json").is_file():
+        config = json.loads((folder / "config.json").read_text())
+    peft = (folder / "adapter_config.json").is_file()
+    return {"library": "peft" if peft else "transformers",
+            "timm": config.get("model_type") == "timm_wrapper" or "TimmWrapper" in str(config.get("architectures")),
+            "architecture": config.get("architecture") or (config.get("architectures") or [None])[0]}
+
+
+def reference_rows(folder: str | os.PathLike) -> list[dict]:
+    """The example images and their predictions stored at export ([] when the folder has none)."""
+    path = Path(folder) / REFERENCE_PREDICTIONS
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def training_config(results: dict) -> tuple[dict, bool]:
+    """(the arguments that reproduce the run, exact?). Uses ``results["arguments"]`` when the run
+    stored them; otherwise rebuilds them from the recorded fields (then not guaranteed exact)."""
+    if isinstance(results.get("arguments"), dict):
+        return dict(results["arguments"]), True
+    hp = results.get("hyperparameters") or {}
+    dc = results.get("data_config") or {}
+    cfg: dict[str, Any] = {"mode": results.get("mode"), "method": results.get("method"),
+                           "backbone": results.get("backbone"), "backbone_revision": results.get("backbone_revision"),
+                           "source": results.get("source"), "target": results.get("target"),
+                           "method_args": results.get("method_args") or None}
+    if results.get("mode") == "domain":
+        cfg["trade_off"] = results.get("trade_off")
+        cfg["adabn"] = results.get("adabn") or None
+    if results.get("frozen_groups") and results.get("mode") == "task" and results.get("method") == "partial":
+        cfg["freeze"] = ",".join(results["frozen_groups"])
+    if dc.get("input_size"):
+        cfg["image_size"] = int(dc["input_size"][-1])
+    cfg["crop_pct"] = dc.get("crop_pct")
+    cfg["augment"] = results.get("augment")
+    cfg["seed"] = results.get("seed")
+    for key in ("learning_rate", "backbone_lr_scale", "per_device_train_batch_size", "max_steps", "weight_decay",
+                "optim", "lr_scheduler_type", "warmup_steps"):
+        if hp.get(key) is not None:
+            cfg[key] = enum_value(hp[key])
+    if hp.get("max_steps") in (None, -1, 0) and hp.get("num_train_epochs") is not None:
+        cfg["num_train_epochs"] = hp["num_train_epochs"]
+    return {k: v for k, v in cfg.items() if v is not None}, False
+
+
+def run_config(results: dict, repo_id: str) -> tuple[dict, bool]:
+    """:func:`training_config` with an ``output_dir`` named after the repo when the run stored none."""
+    config, exact = training_config(results)
+    config.setdefault("output_dir", f"outputs/{repo_id.split('/')[-1]}")
+    return config, exact

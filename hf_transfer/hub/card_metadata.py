@@ -1,0 +1,123 @@
+"""The card's YAML metadata: ``ModelCardData`` with ``eval_results`` (-> ``model-index``), built through
+huggingface_hub and never by string-building YAML, and the offline checks that it round-trips."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any
+
+import yaml
+
+from hf_transfer.hub.card_inputs import HUB, dataset_info, folder_library, reference_rows
+
+logger = logging.getLogger(__name__)
+
+BASELINE_CONFIG = "source-only-baseline"
+
+
+def eval_results(results: dict, baseline: dict | None = None) -> list:
+    """``EvalResult``s per domain and split (test) for this model and, when known, the source-only baseline."""
+    from huggingface_hub import EvalResult
+
+    out = []
+    for label, res, config in (("", results, None), (" (source-only baseline)", baseline, BASELINE_CONFIG)):
+        if not res:
+            continue
+        for domain in ("target", "source"):
+            m = (res.get("metrics") or {}).get(domain)
+            spec = dataset_info(results.get(domain))
+            if not m or spec is None:
+                continue
+            common = dict(task_type="image-classification", task_name="Image Classification",
+                          dataset_type=spec["id"] or spec["display"], dataset_name=f"{spec['display']} ({domain})",
+                          dataset_split="test", dataset_config=spec["config"], dataset_revision=spec["revision"])
+            out.append(EvalResult(metric_type="accuracy", metric_value=round(float(m["accuracy"]), 4),
+                                  metric_name=f"Accuracy{label}", metric_config=config, **common))
+            if m.get("macro_f1") is not None:
+                out.append(EvalResult(metric_type="f1", metric_value=round(float(m["macro_f1"]), 4),
+                                      metric_name=f"Macro F1{label}", metric_config=config or "macro",
+                                      metric_args={"average": "macro"}, **common))
+    return out
+
+
+def card_data(results: dict, repo_id: str, *, mode_tag: str | None, folder: str | os.PathLike | None = None,
+              baseline: dict | None = None, license: str | None = None, revision: str | None = None,
+              endpoint: str | None = None):
+    """The ``ModelCardData`` of a run (metadata only); ``mode_tag`` is the mode's Hub tag."""
+    from huggingface_hub import ModelCardData
+
+    lib = folder_library(folder) if folder else {"library": "transformers", "timm": False}
+    method = results.get("method")
+    tags = ["hf-transfer", "transfer-learning", "image-classification", f"transfer-mode-{results.get('mode')}",
+            mode_tag]
+    if method:
+        tags.append(str(method).replace("_", "-"))
+    if lib["timm"]:
+        tags.append("timm")
+    if lib["library"] == "peft":
+        tags.append("lora")
+    hub_datasets = [d["id"] for d in (dataset_info(results.get("source")), dataset_info(results.get("target")))
+                    if d and d["id"]]
+    base = results.get("base_model")
+    extra: dict[str, Any] = {}
+    if base:
+        extra["base_model_relation"] = "adapter" if lib["library"] == "peft" else "finetune"
+    widget = []
+    if folder:
+        rev = revision or "main"
+        endpoint = (endpoint or HUB).rstrip("/")
+        for row in reference_rows(folder):
+            widget.append({"src": f"{endpoint}/{repo_id}/resolve/{rev}/{row['file']}", "example_title": row["label"]})
+    if widget:
+        extra["widget"] = widget
+    return ModelCardData(
+        library_name=lib["library"], pipeline_tag="image-classification", base_model=base or None,
+        datasets=list(dict.fromkeys(hub_datasets)) or None, license=license, tags=list(dict.fromkeys(t for t in tags if t)),
+        metrics=["accuracy", "f1"], model_name=repo_id.split("/")[-1], eval_results=eval_results(results, baseline) or None,
+        **extra,
+    )
+
+
+def base_model_license(base_model: str | None, token: str | bool | None = None) -> str | None:
+    """The ``license`` of the base model's card on the Hub (None when unknown or unreachable)."""
+    if not base_model:
+        return None
+    try:
+        from huggingface_hub import ModelCard
+
+        data = ModelCard.load(base_model, token=token).data
+        value = data.get("license")
+        return value if isinstance(value, str) else None
+    except Exception as err:  # no card, offline, gated...: the license is then simply not stated
+        logger.info("No license found for base model %s (%s).", base_model, type(err).__name__)
+        return None
+
+
+def validate_card(text: str, expected=None) -> list:
+    """Offline checks: the metadata parses and ``model-index`` round-trips; returns the eval results.
+
+    Raises ``ValueError`` naming the problem.
+    """
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import (
+        eval_results_to_model_index,
+        model_index_to_eval_results,
+    )
+
+    card = ModelCard(text)  # raises on invalid YAML
+    raw = yaml.safe_load(re.match(r"\A---\n(.*?)\n---\n", text, re.DOTALL).group(1))
+    for key in ("library_name", "pipeline_tag"):
+        if not isinstance(raw.get(key), str):
+            raise ValueError(f"model card metadata: {key!r} must be a string, got {raw.get(key)!r}")
+    if "model-index" not in raw:
+        return []
+    name, results = model_index_to_eval_results(raw["model-index"])
+    if eval_results_to_model_index(name, results) != raw["model-index"]:
+        raise ValueError("model card metadata: model-index does not round-trip through EvalResult")
+    if card.data.eval_results != results:
+        raise ValueError("model card metadata: ModelCardData parses model-index differently")
+    if expected is not None and results != expected:
+        raise ValueError("model card metadata: model-index differs from the results it was rendered from")
+    return results

@@ -1,0 +1,266 @@
+"""The card's body text, section by section: summary, data and label alignment, hyper-parameters,
+results, limitations and the reproduce block. Pure functions of ``results.json`` (and the optional
+baseline / upper-bound results); the method and mode wording comes in from :mod:`hf_transfer.hub.cards`,
+the domain-adaptation wording from :mod:`hf_transfer.hub.card_domain`."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import yaml
+
+from hf_transfer.hub.card_domain import domain_gap_table, label_space_text
+from hf_transfer.hub.card_inputs import (
+    CONFIG_FILE,
+    CONFUSION_PNG,
+    CURVES_PNG,
+    HUB,
+    accuracy,
+    dataset_info,
+    enum_value,
+    pct,
+    run_config,
+)
+
+
+def backbone_text(results: dict, is_timm: bool) -> str:
+    """Where the backbone came from: a Hub model (linked), a local folder, or random initialisation."""
+    backbone, base = results.get("backbone") or "?", results.get("base_model")
+    kind = "timm" if is_timm else "transformers"
+    if base:
+        rev = f" (revision `{results['backbone_revision']}`)" if results.get("backbone_revision") else ""
+        return f"[`{base}`]({HUB}/{base}){rev} from the Hub ({kind}), with a new classification head."
+    if os.path.isabs(backbone) or os.sep in backbone or os.path.isdir(backbone):
+        return (f"a local model folder `{os.path.basename(backbone.rstrip(os.sep))}` ({kind}); it is not on the Hub, "
+                "so no `base_model` is declared in the metadata.")
+    return (f"the `{backbone}` architecture ({kind}) with **random initialisation** (no pretrained weights), so no "
+            "`base_model` is declared in the metadata.")
+
+
+def summary(results: dict, baseline: dict | None, upper: dict | None, backbone: str, method_title: str) -> str:
+    """The opening paragraph: what was adapted from what to what, and how much it helped."""
+    mode, method = results.get("mode"), results.get("method")
+    src = dataset_info(results.get("source"))
+    tgt = dataset_info(results.get("target"))
+    method_title = str(method_title)
+    t = f"**{tgt['display']}**" if tgt else "the target data"
+    s = f"**{src['display']}**" if src else None
+    base = backbone.split(" from the Hub")[0].split(" (")[0] if results.get("base_model") else \
+        f"`{os.path.basename(str(results.get('backbone', '?')).rstrip(os.sep))}`"
+    if mode == "domain":
+        what = (f"This model adapts a {base} image classifier from {s} (labelled source) to {t} (unlabelled target) "
+                f"with {method_title}.")
+    elif mode == "feature":
+        what = f"This model is a linear probe on the frozen features of {base}, trained on the labels of {t}."
+    else:
+        what = f"This model fine-tunes {base} on {t} ({method_title.lower()})."
+    acc = accuracy(results, "target")
+    parts = [what]
+    if acc is not None:
+        n = ((results.get("metrics") or {}).get("target") or {}).get("num_samples")
+        parts.append(f"On the target test set{f' ({n} images)' if n else ''} it reaches {pct(acc)} accuracy")
+        b = accuracy(baseline, "target")
+        if method == "source_only":
+            parts[-1] += " - this *is* the source-only baseline that adapted models are compared with."
+        elif b is not None:
+            gain = 100 * (acc - b)
+            word = "better" if gain >= 0 else "worse"
+            parts[-1] += f", {abs(gain):.1f} points {word} than the source-only baseline ({pct(b)})"
+            u = accuracy(upper, "target")
+            if u is None:
+                parts[-1] += "."
+            elif u >= acc:
+                parts[-1] += f", and {100 * (u - acc):.1f} points below a model trained on the target labels ({pct(u)})."
+            else:
+                parts[-1] += f", and even above a model trained on the target labels ({pct(u)})."
+        else:
+            parts[-1] += " (no source-only baseline was given to compare with)."
+        sa = accuracy(results, "source")
+        if sa is not None and mode == "domain":
+            parts.append(f"Source test accuracy: {pct(sa)}.")
+    return " ".join(parts)
+
+
+def _dataset_link(d: dict | None) -> str:
+    if d is None:
+        return "-"
+    if d["id"]:
+        return f"[{d['display']}]({HUB}/datasets/{d['id']})"
+    return f"`{d['display']}`" + (" (built into hf-transfer)" if d["kind"] == "builtin" else " (local)")
+
+
+def datasets_table(results: dict) -> list[dict]:
+    """Rows ``{role, link, labels, num_test}``: which datasets were used and whether their labels were."""
+    mode = results.get("mode")
+    src, tgt = dataset_info(results.get("source")), dataset_info(results.get("target"))
+    metrics = results.get("metrics") or {}
+    rows = []
+    if src:
+        rows.append({"role": "source", "link": _dataset_link(src),
+                     "labels": "yes" if mode != "feature" and mode != "task" else "no (not used)",
+                     "num_test": (metrics.get("source") or {}).get("num_samples", "-")})
+    rows.append({"role": "target", "link": _dataset_link(tgt),
+                 "labels": "no (evaluation only)" if mode == "domain" else "yes",
+                 "num_test": (metrics.get("target") or {}).get("num_samples", "-")})
+    if mode in ("feature", "task") and src:
+        rows[0]["labels"] = "only through the backbone" if results.get("base_model") is None else "no"
+    return rows
+
+
+def alignment_text(results: dict) -> str:
+    """How the source and target label spaces were matched (or the class list when nothing was aligned)."""
+    al = results.get("label_alignment")
+    names = results.get("label_names") or []
+    if not al:
+        return f"{len(names)} classes: {', '.join(f'`{n}`' for n in names)}."
+    lines = [f"Label spaces were aligned by class name with policy `{al.get('policy')}` "
+             f"({al.get('setting', '').replace('-', ' ')}): {len(al.get('shared') or names)} shared classes "
+             f"({', '.join(f'`{n}`' for n in (al.get('shared') or names))})."]
+    if al.get("source_only"):
+        fate = "kept in the label space" if al.get("policy") == "partial" else "dropped"
+        lines.append(f"Classes only in the source, {fate}: {', '.join(f'`{n}`' for n in al['source_only'])}.")
+    if al.get("target_only"):
+        lines.append(f"Classes only in the target, dropped: {', '.join(f'`{n}`' for n in al['target_only'])}.")
+    dropped = {d: v for d, v in (al.get("dropped_rows") or {}).items() if any((v or {}).values())}
+    for domain, per_split in dropped.items():
+        lines.append(f"Rows dropped from the {domain} domain: " +
+                     ", ".join(f"{k} {v}" for k, v in per_split.items() if v) + ".")
+    if not al.get("source_only") and not al.get("target_only"):
+        lines.append("No class was dropped.")
+    partial = label_space_text(results)
+    return " ".join(lines) + (f"\n\n{partial}" if partial else "")
+
+
+def data_vars(results: dict, backbone: str) -> dict:
+    """Template variables of the "data and label alignment" section (backbone, datasets, preprocessing)."""
+    dc = results.get("data_config") or {}
+    return dict(backbone_text=backbone, datasets_table=datasets_table(results), alignment_text=alignment_text(results),
+                image_size=(dc.get("input_size") or [3, "?", "?"])[-1], crop_pct=dc.get("crop_pct"),
+                interpolation=dc.get("interpolation"), mean=dc.get("mean"), std=dc.get("std"),
+                augment=results.get("augment"))
+
+
+def hyperparameters(results: dict) -> list[tuple]:
+    """(name, value) rows: the Trainer's hyper-parameters, the seed, the runtime and the final loss."""
+    hp = results.get("hyperparameters") or {}
+    rows = [(k, enum_value(v)) for k, v in sorted(hp.items()) if v is not None]
+    rows.append(("seed", results.get("seed")))
+    if results.get("train_runtime_s") is not None:
+        rows.append(("train runtime (s)", results.get("train_runtime_s")))
+    if results.get("train_loss") is not None:
+        rows.append(("final train loss (mean)", round(float(results["train_loss"]), 4)))
+    return rows
+
+
+def _ci(acc: float, n: int | None) -> str:
+    if not n:
+        return ""
+    half = 1.96 * math.sqrt(max(acc * (1 - acc), 1e-12) / n)
+    return f" (+-{100 * half:.1f})"
+
+
+def results_tables(results: dict, baseline: dict | None, upper: dict | None, method_title: str) -> dict:
+    """The results table (this model, baseline, upper bound per domain) and the per-class table."""
+    method = results.get("method")
+    domains = [d for d in ("target", "source") if d in (results.get("metrics") or {})]
+    columns = []
+    for d in domains:
+        columns += [f"{d} test accuracy", f"{d} macro-F1"]
+    rows = []
+    entries = [(f"**this model** ({method_title})", results)]
+    if baseline and method != "source_only":
+        entries.append(("source-only baseline", baseline))
+    if upper:
+        entries.append(("upper bound: trained on target labels", upper))
+    for name, res in entries:
+        values = []
+        for d in domains:
+            m = (res.get("metrics") or {}).get(d)
+            values += ["-", "-"] if not m else [f"{pct(m['accuracy'])}{_ci(m['accuracy'], m.get('num_samples'))}",
+                                                f"{100 * m['macro_f1']:.1f}" if m.get("macro_f1") is not None else "-"]
+        rows.append({"name": name, "values": values})
+    labels = results.get("label_names") or []
+    pc_rows = []
+    sources = [("target (this model)", results, "target")]
+    if baseline and method != "source_only":
+        sources.append(("target (baseline)", baseline, "target"))
+    if "source" in domains:
+        sources.append(("source (this model)", results, "source"))
+    sources = [s for s in sources if ((s[1].get("metrics") or {}).get(s[2]) or {}).get("per_class_accuracy") is not None]
+    pc_cols = [s[0] for s in sources]
+    for i, lab in enumerate(labels):
+        vals = []
+        for _, res, d in sources:
+            pca = res["metrics"][d]["per_class_accuracy"]
+            v = pca.get(lab) if isinstance(pca, dict) else (pca[i] if i < len(pca) else None)
+            vals.append(pct(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else "-")
+        pc_rows.append({"name": lab, "values": vals})
+    return {"result_columns": columns, "results_table": rows, "per_class_columns": pc_cols, "per_class_table": pc_rows}
+
+
+def results_vars(results: dict, baseline: dict | None, upper: dict | None, method_title: str, figures: bool) -> dict:
+    """Template variables of the results sections: tables, figures, the domain gap and what is missing."""
+    from hf_transfer.hub.plots import curve_series
+
+    mode, method = results.get("mode"), results.get("method")
+    has_cm = figures and "confusion_matrix" in ((results.get("metrics") or {}).get("target") or {})
+    has_curves = figures and bool(curve_series(results.get("log_history") or []))
+    note = []
+    if accuracy(baseline, "target") is None and method != "source_only" and mode == "domain":
+        note.append("No source-only baseline was given for this card.")
+    if accuracy(upper, "target") is None:
+        note.append("No target-supervised upper bound was given for this card.")
+    gap_rows, gap_intro = domain_gap_table(results)
+    return dict(
+        results_intro=("Accuracy on the held-out test split of each domain (the +- is a 95% binomial interval); "
+                       "macro-F1 in points."),
+        results_note=" ".join(note), confusion_png=CONFUSION_PNG if has_cm else None,
+        curves_png=CURVES_PNG if has_curves else None,
+        domain_gap_rows=gap_rows, domain_gap_intro=gap_intro,
+        **results_tables(results, baseline, upper, method_title),
+    )
+
+
+def limitations(results: dict, baseline: dict | None) -> list[str]:
+    """Bullet lines: sample size, closed label set, what domain adaptation cannot promise, input size."""
+    mode = results.get("mode")
+    out = []
+    tm = (results.get("metrics") or {}).get("target") or {}
+    if tm.get("num_samples"):
+        out.append(f"The numbers above come from {tm['num_samples']} target test images; the +- column is a 95% "
+                   "binomial interval, so small differences between rows may not be meaningful.")
+    out.append(f"The model only knows the {len(results.get('label_names') or [])} classes listed above; any other "
+               "image is still assigned to one of them.")
+    if mode == "domain":
+        out.append("No target labels were used for training, and none for choosing hyper-parameters by this run; "
+                   "adaptation can still hurt some classes (compare the per-class table with the baseline).")
+    if baseline is None and results.get("method") != "source_only" and mode == "domain":
+        out.append("No source-only baseline was attached to this card, so the gain from adaptation is not shown.")
+    if results.get("base_model") is None and not os.path.isdir(str(results.get("backbone"))):
+        out.append("The backbone started from random weights, not from a large-scale pretrained model: expect it to "
+                   "transfer poorly beyond these domains.")
+    dc = results.get("data_config") or {}
+    if dc.get("input_size"):
+        out.append(f"Only evaluated at {dc['input_size'][-1]}x{dc['input_size'][-1]} input resolution.")
+    return out
+
+
+def reproduce_vars(results: dict, repo_id: str, revision: str | None) -> dict:
+    """Template variables of the "reproduce this run" section: the arguments as YAML and the push command."""
+    config, exact = run_config(results, repo_id)
+    return dict(
+        reproduce_intro=("The exact arguments of this run (`train_config.yaml` in this repo):" if exact else
+                         "The arguments recorded for this run (`train_config.yaml` in this repo; rebuilt from "
+                         "`results.json`, so options left at their defaults are not listed):"),
+        config_yaml=yaml.safe_dump(config, sort_keys=False, default_flow_style=False),
+        config_file=CONFIG_FILE,
+        push_command=f"hf-transfer push {config['output_dir']} {repo_id}" + (f" --revision {revision}" if revision else ""),
+    )
+
+
+def write_config(folder: str | os.PathLike, results: dict, repo_id: str) -> None:
+    """``train_config.yaml`` (the arguments of :func:`reproduce_vars`) written into ``folder``."""
+    config, _ = run_config(results, repo_id)
+    (Path(folder) / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
