@@ -18,7 +18,7 @@ from PIL import Image
 from hf_transfer.models.backbones import load_backbone
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.methods.feature.cache import FeatureCache, ProcessGroup, extract_features
+from hf_transfer.methods.feature.cache import FeatureCache, extract_features, shard_bounds
 from hf_transfer.training.run import prepare_run, run_transfer
 from hf_transfer.models.speed import compile_options, is_convolutional, normalize_auto_flag, set_memory_format, \
     use_channels_last
@@ -161,7 +161,7 @@ def test_feature_mode_reads_rows_from_the_memmap(tmp_path):
 def test_shard_bounds_cover_every_row_once():
     for n in (0, 1, 5, 48):
         for w in (1, 2, 3):
-            bounds = [ProcessGroup(r, w).bounds(n) for r in range(w)]
+            bounds = [shard_bounds(n, r, w) for r in range(w)]
             assert bounds[0][0] == 0 and bounds[-1][1] == n
             assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
 

@@ -184,17 +184,17 @@ def run_commit_message(results: dict, baseline: dict | None = None) -> tuple[str
 
 
 def _is_main_process() -> bool:
-    for var in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "0") not in ("", "0"):
-            return False
-    try:
+    """Only the main process pushes. Once ``torch.distributed`` is up (a launched training run) accelerate's
+    ``PartialState`` says which process this is; before that, creating one would start a process group, so the
+    launchers' rank variables say."""
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
         from accelerate import PartialState
 
-        if PartialState._shared_state:  # initialised by a Trainer/Accelerator in this process
-            return PartialState().is_main_process
-    except Exception:
-        pass
-    return True
+        return PartialState().is_main_process
+    return all(os.environ.get(var, "0") in ("", "0") for var in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK",
+                                                                    "SLURM_PROCID"))
 
 
 def _remote_readme(api, repo_id: str, revision: str) -> str | None:

@@ -25,10 +25,10 @@ Two input paths give the same features (equal within float tolerance, tests/test
 
 * ``"stock"``: the torchvision PIL eval transform per image (``Resize`` + ``CenterCrop`` +
   ``ToTensor`` + ``Normalize``), decoded in the DataLoader;
-* ``"fast"``: the images decoded once into :class:`~hf_transfer.data.fast.DecodedImages`
+* ``"fast"``: the images decoded once into :class:`~hf_transfer.data.decoded.DecodedImages`
   (``"eval"`` kind: the same resize + center crop, stored as uint8, memory-mapped; the decode can
   use worker processes and is reused by later runs and by the task mode's eval sets), then whole
-  batches converted and normalised on the device by :class:`~hf_transfer.data.fast.BatchAugment`
+  batches converted and normalised on the device by :class:`~hf_transfer.data.augment.BatchAugment`
   in eval mode.
 """
 
@@ -40,10 +40,11 @@ import logging
 import os
 import shutil
 import socket
-from dataclasses import dataclass
 
 import numpy as np
 import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -148,7 +149,7 @@ def extract_features(backbone: Backbone, dataset, batch_size: int = 256, device:
     """(features float32 [N, D], labels int64 [N]) of ``dataset`` (columns image, label), in RAM.
 
     ``input_path="stock"`` (default): PIL eval transform per image. ``"fast"``: decode once into a
-    :class:`~hf_transfer.data.fast.DecodedImages` ``"eval"`` cache under ``decoded_cache_dir``
+    :class:`~hf_transfer.data.decoded.DecodedImages` ``"eval"`` cache under ``decoded_cache_dir``
     (``num_workers`` decoding processes; a later call reuses it), then normalise whole batches on
     ``device`` (see the module doc). ``num_workers`` also sets the DataLoader's workers (for the
     fast path: none on the CPU, at most 4 on CUDA, where they only copy from the memmap).
@@ -173,7 +174,8 @@ def extract_features(backbone: Backbone, dataset, batch_size: int = 256, device:
 def _fast_loader(backbone: Backbone, dataset, batch_size: int, device: torch.device, decoded_cache_dir,
                  num_workers: int):
     """The ``"fast"`` input path: a loader over the decoded uint8 eval cache + the on-device normaliser."""
-    from hf_transfer.data.fast import BatchAugment, DecodedImages, collate_decoded
+    from hf_transfer.data.augment import BatchAugment
+    from hf_transfer.data.decoded import DecodedImages, collate_decoded
 
     decoded = DecodedImages(dataset, backbone.data_config, "eval", cache_dir=decoded_cache_dir,
                             with_labels="label" in dataset.column_names, num_workers=num_workers)
@@ -186,39 +188,14 @@ def _fast_loader(backbone: Backbone, dataset, batch_size: int, device: torch.dev
     return loader, augment
 
 
-@dataclass(frozen=True)
-class ProcessGroup:
-    """Which process this is (``rank`` of ``world_size``) and how the processes wait for each other.
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous shard ``[start, stop)`` of ``n`` rows."""
+    return n * rank // world_size, n * (rank + 1) // world_size
 
-    :meth:`current` reads an initialised ``torch.distributed`` group (as accelerate/torchrun set
-    up); without one it is a single process and the barriers do nothing.
-    """
 
-    rank: int = 0
-    world_size: int = 1
-
-    @classmethod
-    def current(cls) -> ProcessGroup:
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size())
-        return cls()
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            torch.distributed.barrier()
-
-    def agree(self, value):
-        """Rank 0's ``value`` on every rank (so all ranks take the same branch)."""
-        if self.world_size == 1:
-            return value
-        box = [value]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def bounds(self, n: int) -> tuple[int, int]:
-        """This rank's contiguous shard ``[start, stop)`` of ``n`` rows."""
-        return n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
+def _agree(state: PartialState, value):
+    """The main process's ``value`` on every process (so all of them take the same branch)."""
+    return broadcast_object_list([value])[0] if state.num_processes > 1 else value
 
 
 def _save_npy(path: str, array: np.ndarray) -> None:
@@ -239,17 +216,17 @@ class FeatureCache:
 
     ``input_path``, ``decoded_cache_dir``, ``num_workers``, ``amp_dtype``, ``channels_last`` and
     ``compile_options``: how a miss is computed (see :func:`extract_features`);
-    ``get_or_compute(..., input_path=...)`` overrides the first. ``group``: the processes that
-    share the extraction (default: :meth:`ProcessGroup.current`, read at each call).
+    ``get_or_compute(..., input_path=...)`` overrides the first. The processes that share a miss are
+    accelerate's ``PartialState`` (the Trainer's; one process when nothing was launched).
     """
 
     def __init__(self, cache_dir: str | None = None, input_path: str = "stock", decoded_cache_dir: str | None = None,
                  num_workers: int = 0, amp_dtype: torch.dtype | None = None, *, channels_last: bool = False,
-                 compile_options: dict | None = None, group: ProcessGroup | None = None):
+                 compile_options: dict | None = None):
         self.cache_dir = cache_dir or default_cache_dir()
         self.input_path = _check_input_path(input_path)
         self.decoded_cache_dir, self.num_workers, self.amp_dtype = decoded_cache_dir, num_workers, amp_dtype
-        self.channels_last, self.compile_options, self.group = channels_last, compile_options, group
+        self.channels_last, self.compile_options = channels_last, compile_options
         self.hits = 0
         self.misses = 0
 
@@ -275,45 +252,46 @@ class FeatureCache:
                        input_path: str | None = None):
         """``(features, labels, path)``: memory-mapped tensors of the whole split (computed on a miss)."""
         input_path = _check_input_path(input_path or self.input_path)
-        group = self.group or ProcessGroup.current()
+        state = PartialState()
         remove_stale_staging(self.cache_dir)
         key = cache_key(backbone, dataset._fingerprint, split, weights_hash, input_path)
         path = self.path(key)
-        if group.agree(os.path.exists(os.path.join(path, "meta.json"))):
+        if _agree(state, os.path.exists(os.path.join(path, "meta.json"))):
             self.hits += 1
             logger.info("Feature cache hit for %s (%s).", split, path)
         else:
             self.misses += 1
-            self._compute(backbone, dataset, split, batch_size, device, input_path, key, group)
+            self._compute(backbone, dataset, split, batch_size, device, input_path, key, state)
         features, labels = self.load(path)
         return torch.from_numpy(features), torch.from_numpy(labels), path
 
     # -- a miss ----------------------------------------------------------------------------------
 
-    def _compute(self, backbone, dataset, split, batch_size, device, input_path, key, group) -> None:
+    def _compute(self, backbone, dataset, split, batch_size, device, input_path, key, state) -> None:
         os.makedirs(self.cache_dir, exist_ok=True)
         meta = {"backbone": backbone.model_id, "split": split, "input_path": input_path,
-                "num_rows": len(dataset), "feature_dim": backbone.feature_dim, "world_size": group.world_size}
-        if group.world_size == 1:
+                "num_rows": len(dataset), "feature_dim": backbone.feature_dim, "world_size": state.num_processes}
+        if state.num_processes == 1:
             with self._staging(key) as tmp:
                 shard = self._extract_into(tmp, "", backbone, dataset, split, batch_size, device, input_path,
-                                           group)
+                                           state)
                 _write_json(os.path.join(tmp, "meta.json"), {**meta, "shards": [shard]})
             return
         shard_dir = os.path.join(self.cache_dir, f".{key}.shards")
         os.makedirs(shard_dir, exist_ok=True)
-        prefix = f"shard-{group.rank}-of-{group.world_size}."
-        self._extract_into(shard_dir, prefix, backbone, dataset, split, batch_size, device, input_path, group)
-        group.barrier()  # every shard is on disk
+        prefix = f"shard-{state.process_index}-of-{state.num_processes}."
+        self._extract_into(shard_dir, prefix, backbone, dataset, split, batch_size, device, input_path, state)
+        state.wait_for_everyone()  # every shard is on disk
         try:
-            if group.rank == 0:
-                self._join(key, shard_dir, meta, group.world_size)
+            if state.process_index == 0:
+                self._join(key, shard_dir, meta, state.num_processes)
         finally:
-            group.barrier()  # the entry is in place (or rank 0 failed: the others then find no entry)
+            state.wait_for_everyone()  # the entry is in place (or rank 0 failed: the others then find no entry)
 
-    def _extract_into(self, folder, prefix, backbone, dataset, split, batch_size, device, input_path, group) -> dict:
+    def _extract_into(self, folder, prefix, backbone, dataset, split, batch_size, device, input_path, state) -> dict:
         """Extract this rank's rows into ``folder/<prefix>{features,labels}.npy`` (+ ``.json``), streaming."""
-        start, stop = group.bounds(len(dataset))
+        rank, world_size = state.process_index, state.num_processes
+        start, stop = shard_bounds(len(dataset), rank, world_size)
         rows = dataset if (start, stop) == (0, len(dataset)) else dataset.select(range(start, stop))
         feats_path = os.path.join(folder, prefix + "features.npy")
         tmp = f"{feats_path}.tmp-{os.getpid()}"
@@ -321,7 +299,7 @@ class FeatureCache:
         labels = np.full(stop - start, -1, dtype=np.int64)
         done = 0
         if stop > start:
-            desc = f"Features ({split})" + (f" rank {group.rank}/{group.world_size}" if group.world_size > 1 else "")
+            desc = f"Features ({split})" + (f" rank {rank}/{world_size}" if world_size > 1 else "")
             for f, y in iter_features(backbone, rows, batch_size, device, desc, input_path=input_path,
                                       decoded_cache_dir=self.decoded_cache_dir, num_workers=self.num_workers,
                                       amp_dtype=self.amp_dtype, channels_last=self.channels_last,
@@ -337,7 +315,7 @@ class FeatureCache:
             raise RuntimeError(f"Feature extraction of {split} gave {done} rows for {stop - start}.")
         os.replace(tmp, feats_path)
         _save_npy(os.path.join(folder, prefix + "labels.npy"), labels)
-        shard = {"rank": group.rank, "start": start, "stop": stop, "rows_extracted": done,
+        shard = {"rank": rank, "start": start, "stop": stop, "rows_extracted": done,
                  "host": socket.gethostname(), "pid": os.getpid()}
         if prefix:  # a shard: its record last, so a record means the shard is complete
             _write_json(os.path.join(folder, prefix + "json.tmp"), shard)

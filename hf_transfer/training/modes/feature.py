@@ -16,7 +16,7 @@ import copy
 import torch
 
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.methods.feature.cache import FeatureCache, ProcessGroup, body_fingerprint
+from hf_transfer.methods.feature.cache import FeatureCache, body_fingerprint
 from hf_transfer.models.speed import compile_options, use_channels_last, use_features_on_device
 from hf_transfer.training.modes.base import TransferMode, TransferModel, register_mode
 from hf_transfer.training.modes.common import classification_loss, eval_splits, subset
@@ -88,8 +88,7 @@ class FeatureMode(TransferMode):
             num_workers=training_args.dataloader_num_workers,
             amp_dtype=torch.bfloat16 if training_args.bf16 else None,
             channels_last=use_channels_last(args.channels_last, backbone.model, training_args.device),
-            compile_options=compile_options(training_args),
-            group=ProcessGroup(training_args.process_index, training_args.world_size))
+            compile_options=compile_options(training_args))
         self.cache_files: dict[str, str] = {}
         self._features: dict[str, FeatureDataset] = {}
         #: (features, labels) of the train split on the training device, when features_on_device
