@@ -38,9 +38,25 @@ import torch
 
 from _measure import mb as _mb, reset_peak as _reset_peak, status_kb as _status_kb, sync as _sync  # noqa: E402
 from hf_transfer.data.builtin import load_builtin
-from hf_transfer.data.fast import AugmentingCollate, BatchAugment, DecodedImages
+from hf_transfer.data.augment import BatchAugment
+from hf_transfer.data.decoded import DecodedImages, collate_decoded
 from hf_transfer.data.paired import ImageDomainDataset, collate_images
 from hf_transfer.data.transforms import DataConfig, eval_transform, train_transform
+
+
+class AugmentingCollate:
+    """A DataLoader ``collate_fn`` that runs :class:`BatchAugment` in the loader workers: the CPU variant
+    measured here (the library keeps the augmentation in the model's forward)."""
+
+    def __init__(self, augment: BatchAugment):
+        self.augment = augment
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        batch = collate_decoded(examples)
+        with torch.no_grad():
+            batch["pixel_values"] = self.augment(batch["pixel_values"], batch.pop("image_size", None))
+        return batch
+
 
 # ------------------------------------------------------------------------------------------
 # memory

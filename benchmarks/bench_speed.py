@@ -387,7 +387,7 @@ def _ours_arguments(args, device, data, arch, size, dname, mode, n, out_dir, **o
 
 
 def ours_finetune_arm(args, device, data, arch, size, dname, n):
-    from hf_transfer.data.fast import DecodedImages
+    from hf_transfer.data.decoded import DecodedImages
     from hf_transfer.training.run import prepare_run
 
     memory = Memory(device)
@@ -565,7 +565,7 @@ def stock_extract(args, device, ds, arch, num_classes, size) -> dict:
 
 
 def ours_extract(args, device, ds, backbone, cache_dir: str, input_path: str, workers: int) -> dict:
-    from hf_transfer.data.fast import DecodedImages
+    from hf_transfer.data.decoded import DecodedImages
     from hf_transfer.methods.feature.cache import extract_features
 
     memory = Memory(device)

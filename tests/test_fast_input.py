@@ -1,4 +1,5 @@
-"""Fast input path: the decoded uint8 cache and batched device augmentation (hf_transfer.data.fast).
+"""Fast input path: the decoded uint8 cache (hf_transfer.data.decoded) and batched device augmentation
+(hf_transfer.data.augment).
 
 Correctness, never speed: crop parameters are distributed like torchvision's
 ``RandomResizedCrop.get_params``, augmented pixels have the stock statistics, eval outputs equal the
@@ -20,15 +21,10 @@ from scipy import stats
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from hf_transfer.data import fast
-from hf_transfer.data.fast import (
-    AugmentingCollate,
-    BatchAugment,
-    DecodedImages,
-    collate_decoded,
-    sample_crop_params,
-    split_kind_for,
-)
+from hf_transfer.data import augment as augment_module
+from hf_transfer.data import decoded as decoded_module
+from hf_transfer.data.augment import BatchAugment, sample_crop_params
+from hf_transfer.data.decoded import DecodedImages, collate_decoded, split_kind_for
 from hf_transfer.data.paired import ImageDomainDataset, PairedDataset, collate_images
 from hf_transfer.data.transforms import DataConfig, eval_transform, train_transform
 from hf_transfer.errors import TransferConfigError
@@ -233,7 +229,7 @@ def test_augmented_pixel_statistics_match_stock(augment, impl, mode, monkeypatch
     # a slightly wrong scale range, and the other recipe, are rejected by the same tolerances
     other = "light" if augment == "standard" else "standard"
     assert not _close(*_pixel_stats_fast(img, cfg, other, 2000, **kw), m_ref, s_ref)
-    monkeypatch.setitem(fast.CROP_RANGES, augment, WRONG_RANGES[augment])
+    monkeypatch.setitem(augment_module.CROP_RANGES, augment, WRONG_RANGES[augment])
     assert not _close(*_pixel_stats_fast(img, cfg, augment, 2000, **kw), m_ref, s_ref)
 
 
@@ -364,9 +360,6 @@ def test_items_and_loader(tmp_path):
     assert "labels" not in tgt[0]
     pair = collate_images([PairedDataset(d, tgt)[i] for i in range(3)])
     assert pair["target_pixel_values"].dtype == torch.uint8 and pair["labels"].tolist() == [0, 1, 2]
-    # augmenting in the loader workers (CPU training)
-    aug_loader = torch.utils.data.DataLoader(d, batch_size=4, collate_fn=AugmentingCollate(BatchAugment(cfg, "none")))
-    assert torch.equal(next(iter(aug_loader))["pixel_values"], BatchAugment(cfg, "none")(first["pixel_values"]))
     # collate_decoded keeps the extra keys
     sized = DecodedImages(ds, cfg, "eval", cache_dir=tmp_path, return_image_size=True)
     b = collate_decoded([sized[i] for i in range(2)])
@@ -385,8 +378,8 @@ def test_cache_hit_memmap_and_keys(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(fast, "_decode_chunk", boom)
-    monkeypatch.setattr(fast, "_to_rgb", boom)
+    monkeypatch.setattr(decoded_module, "_decode_chunk", boom)
+    monkeypatch.setattr(decoded_module, "_to_rgb", boom)
     again = DecodedImages(ds, cfg, "train", cache_dir=tmp_path)
     assert not again.decoded and again.path == first.path
     assert isinstance(again.images, np.memmap) and not again.images.flags.writeable
@@ -405,7 +398,7 @@ def test_cache_hit_memmap_and_keys(tmp_path, monkeypatch):
 def test_failed_decode_leaves_no_cache(tmp_path, monkeypatch):
     cfg = DataConfig(input_size=(3, 16, 16))
     ds = _dataset([_photo(30, 40, k) for k in range(6)])
-    real = fast._decode_chunk
+    real = decoded_module._decode_chunk
     calls = []
 
     def fail_on_second(*a, **k):
@@ -414,11 +407,11 @@ def test_failed_decode_leaves_no_cache(tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         return real(*a, **k)
 
-    monkeypatch.setattr(fast, "_decode_chunk", fail_on_second)
+    monkeypatch.setattr(decoded_module, "_decode_chunk", fail_on_second)
     with pytest.raises(RuntimeError, match="disk full"):
         DecodedImages(ds, cfg, "eval", cache_dir=tmp_path, chunk_size=2)
     assert len(calls) == 2 and list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(fast, "_decode_chunk", real)
+    monkeypatch.setattr(decoded_module, "_decode_chunk", real)
     ok = DecodedImages(ds, cfg, "eval", cache_dir=tmp_path, chunk_size=2)
     assert ok.decoded and [p.name for p in tmp_path.iterdir()] == [ok.path.name]
 
@@ -443,5 +436,5 @@ def test_config_errors(tmp_path):
         DecodedImages(ds.remove_columns("label"), cfg, cache_dir=tmp_path)
     assert split_kind_for("standard", True) == "train" and split_kind_for("none", True) == "eval"
     assert split_kind_for("light", False) == "eval"
-    assert fast.decoded_cache_dir(tmp_path) == tmp_path
+    assert decoded_module.decoded_cache_dir(tmp_path) == tmp_path
     assert math.floor(16 / cfg.crop_pct) == DecodedImages(ds, cfg, cache_dir=tmp_path).storage_size

@@ -22,7 +22,8 @@ from transformers import TrainerCallback
 
 from hf_transfer import cache
 from hf_transfer.config import arguments_from_dict
-from hf_transfer.data.fast import BatchAugment, DecodedImages
+from hf_transfer.data.augment import BatchAugment
+from hf_transfer.data.decoded import DecodedImages
 from hf_transfer.data.load import load_domain
 from hf_transfer.data.paired import PairedDataset, collate_images, collate_paired
 from hf_transfer.data.transforms import DataConfig

@@ -69,7 +69,7 @@ class PairedDataset(torch.utils.data.Dataset):
         item = {key: src[key] for key in ("pixel_values", "labels", "image_size") if key in src}
         k = self.targets_per_item
         targets = [self.target[self.target_index(i, j)] for j in range(k)]
-        for key in ("pixel_values", "image_size"):  # image_size: mixed-size decoded images (data.fast)
+        for key in ("pixel_values", "image_size"):  # image_size: mixed-size decoded images (data.decoded)
             if key in targets[0]:
                 item[f"target_{key}"] = targets[0][key] if k == 1 else torch.stack([t[key] for t in targets])
         return item

@@ -1,0 +1,437 @@
+"""Fast input path, first half: decode once into a memory-mapped uint8 cache.
+
+The stock path (:class:`~hf_transfer.data.paired.ImageDomainDataset` + the torchvision PIL
+transforms of :mod:`hf_transfer.data.transforms`) decodes every image and runs
+``RandomResizedCrop``/``ToTensor``/``Normalize`` per sample, every epoch, on the loader's CPU
+workers. The fast path splits that work in two: this module decodes once, and
+:class:`~hf_transfer.data.augment.BatchAugment` turns the uint8 batches into augmented, normalised
+ones on the model's device.
+
+:class:`DecodedImages`
+    decodes a ``datasets.Dataset`` ONCE into a ``uint8`` array ``[N, 3, Hs, Ws]`` stored as an
+    ``.npy`` file and opened as a ``np.memmap`` (never the whole dataset in RAM). Items are
+    ``{"pixel_values": uint8 [3, Hs, Ws], "labels": int}``, so the loader only copies bytes.
+
+Storage (what ``DecodedImages`` keeps)
+--------------------------------------
+``split_kind="eval"``: exactly the stock eval preprocessing before ``ToTensor``: the PIL image
+converted to RGB, ``Resize(floor(size / crop_pct))`` (short side, same interpolation, PIL
+antialiasing) and ``CenterCrop(size)``, with torchvision's own functions. ``BatchAugment`` in eval
+mode then does ``x.float() / 255``, ``(x - mean) / std`` with the same float32 operations as
+``ToTensor`` + ``Normalize``, so the result equals :func:`~hf_transfer.data.transforms.eval_transform`
+(bit for bit in practice).
+
+``split_kind="train"``: every image resized (PIL, ``cfg.interpolation``, antialiased) to ONE storage
+shape ``(Hs, Ws)`` chosen from the whole split, never from one image: when more than half of the
+images share one size, that size with its short side brought down to ``storage_size`` (default
+``floor(size / crop_pct)``, 256 at 224; an image already smaller is kept at its native size, e.g.
+the 32x32 built-in digits: never upscaled in storage); otherwise the square ``storage_size x
+storage_size``. The sizes are read from the image headers before anything is decoded. The
+ORIGINAL ``(H, W)`` of every image is kept too (``image_sizes``).
+
+Why this keeps the augmentation equivalent in distribution to the stock transform:
+``RandomResizedCrop`` picks a box in the full original image from ``(H, W)`` alone. The storage is
+the whole image (no crop), rescaled per axis, so a box in normalised coordinates is the same region
+of the picture in the original and in the storage. ``BatchAugment`` draws the box with the original
+``(H, W)``; when every image has the same size (the usual case: the built-in digits, CIFAR-like
+data, the 320x256 benchmark JPEGs) the storage dims stand in for ``(H, W)`` and nothing else
+travels with the batch. Otherwise (mixed sizes: one odd image is enough) the items carry ``image_size`` (the original ``(H, W)``; ``return_image_size=None``, the default, turns
+it on exactly then), the collate functions keep it and the model's forward hands it to
+``BatchAugment``, so the boxes are drawn for each image's own size and the crop distribution stays
+exact. An image of another size is squashed into the storage shape: its crops are resampled from
+that storage, which only changes their resolution (like any image larger than the storage).
+
+Cache
+-----
+Files live under ``cache_dir`` (default ``$HF_TRANSFER_CACHE/decoded``, else
+``~/.cache/hf_transfer/decoded``) in one folder per key: the dataset's ``_fingerprint``, image
+column, kind, size, storage size, interpolation, crop_pct and :data:`DECODED_VERSION`. The folder is
+written in a staging folder named after the writing process and renamed into place, so an
+interrupted or failed decode never leaves a cache that a later run would trust; staging folders of
+killed writers are removed by the next construction (:func:`hf_transfer.cache.remove_stale_staging`).
+A second construction only opens the memmap.
+
+An image that cannot be decoded is an error naming its row (the data loading checks every image
+before training, see :mod:`hf_transfer.data.load`, so this only fires for direct use).
+
+This module is part of the data layer: it imports nothing from ``hf_transfer`` outside
+``hf_transfer.data`` and the shared ``hf_transfer.errors`` and ``hf_transfer.cache``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hf_transfer.cache import cache_path, make_staging_dir, remove_stale_staging
+from hf_transfer.data.load import IMAGE_ERRORS
+from hf_transfer.data.transforms import AUGMENTATIONS, DataConfig
+from hf_transfer.errors import TransferConfigError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DECODED_VERSION", "DecodedImages", "collate_decoded", "decoded_cache_dir", "split_kind_for"]
+
+#: Bump whenever the stored bytes for the same inputs change: it is part of the cache key.
+DECODED_VERSION = "2"  # 2: the train storage shape no longer comes from the first image
+
+SPLIT_KINDS = ("train", "eval")
+
+
+def decoded_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir`` if given, else ``$HF_TRANSFER_CACHE/decoded``, else ``~/.cache/hf_transfer/decoded``."""
+    return cache_path("decoded", cache_dir)
+
+
+def split_kind_for(augment: str, train: bool) -> str:
+    """The :class:`DecodedImages` kind a split needs: ``"train"`` only for augmented training data."""
+    if augment not in AUGMENTATIONS:
+        raise TransferConfigError(f"Unknown augmentation {augment!r}; choose one of {AUGMENTATIONS}.")
+    return "train" if train and augment != "none" else "eval"
+
+
+# --------------------------------------------------------------------------------------------
+# decoding (module-level functions so worker processes can run them and tests can patch them)
+
+
+def _pil_interpolation(name: str):
+    from torchvision.transforms import InterpolationMode
+
+    return {
+        "bilinear": InterpolationMode.BILINEAR,
+        "bicubic": InterpolationMode.BICUBIC,
+        "nearest": InterpolationMode.NEAREST,
+    }.get(name, InterpolationMode.BILINEAR)  # the stock transforms' fallback
+
+
+def _to_rgb(value):
+    """A decoded ``Image`` cell (PIL image, ``{"bytes", "path"}`` dict or array) as an RGB PIL image."""
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        img = value
+    elif isinstance(value, dict):
+        if value.get("bytes") is not None:
+            img = Image.open(io.BytesIO(value["bytes"]))
+        elif value.get("path"):
+            img = Image.open(value["path"])
+        else:
+            raise TransferConfigError("An image cell has neither bytes nor a path.")
+    elif isinstance(value, np.ndarray):
+        img = Image.fromarray(value)
+    else:
+        raise TransferConfigError(f"Cannot read an image from a {type(value).__name__}.")
+    return img.convert("RGB")  # exactly what the stock make_batch_transform does
+
+
+def _prepare(img, kind: str, size: int, crop_pct: float, interpolation: str, storage_hw: tuple[int, int]):
+    """One RGB PIL image -> uint8 ``[3, h, w]`` storage array (see the module doc)."""
+    from torchvision.transforms import functional as TF
+
+    interp = _pil_interpolation(interpolation)
+    if kind == "eval":
+        img = TF.resize(img, math.floor(size / crop_pct), interpolation=interp)
+        img = TF.center_crop(img, size)
+    else:
+        hs, ws = storage_hw
+        if (img.height, img.width) != (hs, ws):
+            img = TF.resize(img, [hs, ws], interpolation=interp)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _cells(dataset, start: int, stop: int, image_column: str) -> list:
+    """The image cells of rows ``[start, stop)``; an undecodable one is an error that names its row."""
+    try:
+        return dataset[start:stop][image_column]
+    except IMAGE_ERRORS:  # decoded by datasets: find the row
+        for i in range(start, stop):
+            try:
+                dataset[i][image_column]
+            except IMAGE_ERRORS as err:
+                raise _bad_row(i, err) from err
+        raise
+
+
+def _bad_row(i: int, err: Exception) -> TransferConfigError:
+    return TransferConfigError(f"Row {i}: the image cannot be decoded ({type(err).__name__}: {err}).")
+
+
+def _decode_chunk(dataset, start: int, stop: int, image_column: str, kind: str, size: int,
+                  crop_pct: float, interpolation: str, storage_hw: tuple[int, int]):
+    """Rows ``[start, stop)`` -> (uint8 ``[n, 3, Hs, Ws]``, int32 original ``[n, 2]`` (H, W))."""
+    cells = _cells(dataset, start, stop, image_column)
+    out = np.empty((stop - start, 3, *storage_hw), dtype=np.uint8)
+    sizes = np.empty((stop - start, 2), dtype=np.int32)
+    for k, cell in enumerate(cells):
+        try:
+            img = _to_rgb(cell)
+        except IMAGE_ERRORS as err:
+            raise _bad_row(start + k, err) from err
+        sizes[k] = (img.height, img.width)
+        out[k] = _prepare(img, kind, size, crop_pct, interpolation, storage_hw)
+    return out, sizes
+
+
+class _Chunks(torch.utils.data.Dataset):
+    """Chunk ``k`` of the source dataset, decoded: lets a DataLoader decode with worker processes."""
+
+    def __init__(self, dataset, chunk_size: int, **kwargs):
+        self.dataset, self.chunk_size, self.kwargs = dataset, chunk_size, kwargs
+        self.n = len(dataset)
+
+    def __len__(self) -> int:
+        return (self.n + self.chunk_size - 1) // self.chunk_size
+
+    def __getitem__(self, k: int):
+        start = k * self.chunk_size
+        stop = min(self.n, start + self.chunk_size)
+        arr, sizes = _decode_chunk(self.dataset, start, stop, **self.kwargs)
+        return start, arr, sizes
+
+
+def _storage_shape(hw: tuple[int, int], storage_size: int) -> tuple[int, int]:
+    """``hw`` with its short side brought down to ``storage_size`` (never up)."""
+    h, w = hw
+    short = min(h, w)
+    if short <= storage_size:
+        return int(h), int(w)  # already small: keep native resolution
+    scale = storage_size / short
+    hs = storage_size if h == short else max(storage_size, round(h * scale))
+    ws = storage_size if w == short else max(storage_size, round(w * scale))
+    return hs, ws
+
+
+def _split_storage_shape(sizes: np.ndarray, storage_size: int) -> tuple[int, int]:
+    """The train storage shape of a split: its majority size (if > half the images) or a square.
+
+    A property of the whole split, so no single image decides how the others are stored."""
+    if len(sizes):
+        values, counts = np.unique(np.asarray(sizes).reshape(-1, 2), axis=0, return_counts=True)
+        best = int(np.argmax(counts))
+        if 2 * counts[best] > len(sizes):
+            return _storage_shape((int(values[best][0]), int(values[best][1])), storage_size)
+    return storage_size, storage_size
+
+
+def _header_size(cell) -> tuple[int, int]:
+    """``(H, W)`` of an undecoded image cell from its header, as datasets would decode it (EXIF rotation)."""
+    from PIL import Image
+
+    if not isinstance(cell, dict):  # already decoded (a PIL image or an array)
+        img = _to_rgb(cell)
+        return img.height, img.width
+    source = io.BytesIO(cell["bytes"]) if cell.get("bytes") is not None else cell.get("path")
+    if source is None:
+        raise TransferConfigError("An image cell has neither bytes nor a path.")
+    with Image.open(source) as img:
+        w, h = img.size
+        rotated = img.getexif().get(0x0112) in (5, 6, 7, 8)  # Orientation: transposed by exif_transpose
+    return (w, h) if rotated else (h, w)
+
+
+def _header_sizes(dataset, image_column: str) -> np.ndarray:
+    """``[N, 2]`` original sizes read from the image headers (no pixel is decoded)."""
+    import datasets
+
+    feature = dataset.features[image_column]
+    if isinstance(feature, datasets.Image):
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    sizes = np.zeros((len(dataset), 2), dtype=np.int64)
+    for i, cell in enumerate(dataset[image_column]):
+        try:
+            sizes[i] = _header_size(cell)
+        except IMAGE_ERRORS as err:
+            raise _bad_row(i, err) from err
+    return sizes
+
+
+# --------------------------------------------------------------------------------------------
+# the decoded dataset
+
+
+class DecodedImages(torch.utils.data.Dataset):
+    """A ``datasets.Dataset`` (image, label) decoded once into a memory-mapped uint8 cache.
+
+    Args:
+        dataset: a ``datasets.Dataset`` with an image column (``Image`` feature, decoded or not)
+            and, when ``with_labels``, an integer label column.
+        cfg: the backbone's :class:`DataConfig` (size, crop_pct, interpolation).
+        split_kind: ``"train"`` (storage for random resized crops) or ``"eval"`` (the stock eval
+            preprocessing, ready to normalise). :func:`split_kind_for` picks it from an augmentation.
+        cache_dir: the cache root (see :func:`decoded_cache_dir`).
+        with_labels: return ``labels`` (set False for unlabelled target domains).
+        storage_size: train storage short side (default ``floor(size / crop_pct)``); ignored for eval.
+        image_column, label_column: column names.
+        return_image_size: also return ``image_size`` (int64 ``[2]``, the original ``(H, W)``), for
+            :class:`BatchAugment` on datasets of mixed sizes (see the module doc). None (default):
+            exactly when the images are not all of one size.
+        num_workers: decoding processes (0: decode in this process).
+        chunk_size: rows decoded per step (bounds the RAM used while decoding).
+        progress: show a tqdm bar while decoding (None: only on a terminal).
+        cache_key: use this instead of the dataset's ``_fingerprint`` (for datasets without one).
+
+    Items: ``{"pixel_values": uint8 [3, Hs, Ws], "labels": int}`` (+ ``image_size``). After
+    construction: ``path`` (the cache folder), ``storage_hw``, ``image_sizes`` (``[N, 2]``),
+    ``same_size`` (all images have one original size), ``decoded`` (whether this
+    construction had to decode, False on a cache hit).
+    """
+
+    def __init__(self, dataset, cfg: DataConfig, split_kind: str = "train", cache_dir=None,
+                 with_labels: bool = True, *, storage_size: int | None = None,
+                 image_column: str = "image", label_column: str = "label",
+                 return_image_size: bool | None = None, num_workers: int = 0, chunk_size: int = 256,
+                 progress: bool | None = None, cache_key: str | None = None):
+        if split_kind not in SPLIT_KINDS:
+            raise TransferConfigError(f"split_kind must be one of {SPLIT_KINDS}, got {split_kind!r}.")
+        columns = getattr(dataset, "column_names", None)
+        if columns is None:
+            raise TransferConfigError("DecodedImages needs a datasets.Dataset (map-style, with columns).")
+        if image_column not in columns:
+            raise TransferConfigError(f"No image column {image_column!r} in the dataset (columns: {columns}).")
+        if with_labels and label_column not in columns:
+            raise TransferConfigError(
+                f"No label column {label_column!r} in the dataset (columns: {columns}); "
+                "pass with_labels=False for unlabelled data.")
+        fingerprint = cache_key or getattr(dataset, "_fingerprint", None)
+        if not fingerprint:
+            raise TransferConfigError("The dataset has no _fingerprint: pass cache_key= to name its cache.")
+        self.cfg, self.split_kind = cfg, split_kind
+        self.with_labels = with_labels
+        self.size = cfg.size
+        self.storage_size = int(storage_size or math.floor(cfg.size / cfg.crop_pct))
+        if self.storage_size < 1:
+            raise TransferConfigError(f"storage_size must be positive, got {storage_size}.")
+        key_fields = {
+            "fingerprint": fingerprint, "image_column": image_column, "kind": split_kind,
+            "size": self.size, "interpolation": cfg.interpolation, "version": DECODED_VERSION,
+        }
+        if split_kind == "eval":
+            key_fields["crop_pct"] = float(cfg.crop_pct)
+        else:
+            key_fields["storage_size"] = self.storage_size
+        digest = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:20]
+        label = self.size if split_kind == "eval" else self.storage_size
+        self.root = decoded_cache_dir(cache_dir)
+        self.path = self.root / f"{split_kind}-{label}-{digest}"
+        self.decoded = False
+        remove_stale_staging(self.root)
+        if not (self.path / "images.npy").exists():
+            self._build(dataset, key_fields, image_column, num_workers, chunk_size, progress)
+            self.decoded = True
+        self._mm: np.memmap | None = None
+        arr = self.images  # opens the memmap, checks the file
+        self.image_sizes = np.load(self.path / "sizes.npy")
+        if len(arr) != len(dataset) or len(self.image_sizes) != len(dataset):
+            raise TransferConfigError(
+                f"Decoded cache {self.path} holds {len(arr)} images for a dataset of {len(dataset)}; "
+                "delete the folder to rebuild it.")
+        self.storage_hw = (int(arr.shape[2]), int(arr.shape[3]))
+        self.same_size = bool(len(dataset) == 0 or np.all(self.image_sizes == self.image_sizes[0]))
+        self.return_image_size = not self.same_size if return_image_size is None else return_image_size
+        self.labels = (np.asarray(dataset[label_column], dtype=np.int64) if with_labels else None)
+
+    # -- cache ------------------------------------------------------------------------------
+
+    def _build(self, dataset, key_fields, image_column, num_workers, chunk_size, progress):
+        from tqdm.auto import tqdm
+
+        n = len(dataset)
+        src = dataset.select_columns([image_column]).with_format(None)
+        if self.split_kind == "eval":
+            storage_hw = (self.size, self.size)
+        else:
+            storage_hw = _split_storage_shape(_header_sizes(src, image_column), self.storage_size)
+        kwargs = {"image_column": image_column, "kind": self.split_kind, "size": self.size,
+                      "crop_pct": float(self.cfg.crop_pct), "interpolation": self.cfg.interpolation,
+                      "storage_hw": storage_hw}
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = make_staging_dir(self.root, self.path.name)
+        try:
+            images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
+                                               shape=(n, 3, *storage_hw))
+            sizes = np.zeros((n, 2), dtype=np.int32)
+            chunks = _Chunks(src, max(1, int(chunk_size)), **kwargs)
+            loader = (torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers)
+                      if num_workers > 0 else (chunks[k] for k in range(len(chunks))))
+            with tqdm(total=n, unit="img", desc=f"decoding {self.split_kind} images",
+                      disable=(not progress) if progress is not None else None) as bar:
+                for start, arr, sz in loader:
+                    start = int(start)
+                    arr, sz = np.asarray(arr), np.asarray(sz)
+                    images[start:start + len(arr)] = arr
+                    sizes[start:start + len(arr)] = sz
+                    bar.update(len(arr))
+            images.flush()
+            del images
+            np.save(tmp / "sizes.npy", sizes)
+            (tmp / "meta.json").write_text(json.dumps(
+                {**key_fields, "storage_hw": list(storage_hw), "num_images": n}, indent=1))
+            try:
+                os.rename(tmp, self.path)
+            except OSError:
+                if not (self.path / "images.npy").exists():  # not a concurrent writer: a real error
+                    raise
+                logger.info("Another process wrote %s first; using it.", self.path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @property
+    def images(self) -> np.memmap:
+        """The read-only ``uint8 [N, 3, Hs, Ws]`` memmap (opened lazily, once per process)."""
+        if self._mm is None:
+            self._mm = np.load(self.path / "images.npy", mmap_mode="r")
+        return self._mm
+
+    def __getstate__(self):  # worker processes reopen the memmap instead of pickling its bytes
+        state = dict(self.__dict__)
+        state["_mm"] = None
+        return state
+
+    # -- items ------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.image_sizes)
+
+    def _item(self, i: int, pixels: torch.Tensor) -> dict:
+        item: dict[str, Any] = {"pixel_values": pixels}
+        if self.with_labels:
+            item["labels"] = int(self.labels[i])
+        if self.return_image_size:
+            item["image_size"] = torch.from_numpy(self.image_sizes[i].astype(np.int64))
+        return item
+
+    def __getitem__(self, i: int) -> dict:
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        return self._item(i, torch.from_numpy(np.array(self.images[i])))
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        """One gather from the memmap for a whole batch (used by DataLoader's auto-collation)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        pixels = torch.from_numpy(self.images[idx])  # fancy indexing copies into RAM
+        return [self._item(int(i), pixels[k]) for k, i in enumerate(idx)]
+
+
+def collate_decoded(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack every tensor key (``pixel_values``, ``target_pixel_values``, ``image_size``, ...);
+    labels to int64. Same output as :func:`~hf_transfer.data.paired.collate_images` plus the extra keys."""
+    batch: dict[str, torch.Tensor] = {}
+    for key, value in examples[0].items():
+        if isinstance(value, torch.Tensor):
+            batch[key] = torch.stack([e[key] for e in examples])
+        else:
+            batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.long)
+    return batch
+
