@@ -7,6 +7,13 @@ For the ordered groups ``stem, stage_0 .. stage_N, [neck], head`` the learning r
 where ``distance`` counts groups back from the head (head 0, the group before it 1, ...): the
 stem, furthest from the task, moves least (ULMFiT's discriminative fine-tuning; timm/BEiT's
 ``layer_decay``). With ``layer_decay = 1`` this is plain discriminative LR (head vs backbone).
+
+Why not timm's ``param_groups_layer_decay``: on timm backbones it gives these same per-parameter rates, but
+on a transformers backbone it puts every parameter in one layer (no decay at all: 38 of a tiny ViT's 40
+parameters get another rate), it leaves out parameters with ``requires_grad=False`` (gradual unfreezing
+keeps them in the optimizer from the start), it knows no ``backbone_lr_scale`` and its ``lr_scale`` is
+applied by timm's schedulers only, not by the Trainer's. The no-decay rule is timm's (1-d tensors and
+biases), as in :meth:`hf_transfer.training.modes.base.TransferMode.optimizer_groups`.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import datasets
 import numpy as np
 import torch
+from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from hf_transfer.models.backbones import Backbone
@@ -184,8 +185,10 @@ class TransferMode:
         """Training progress in [0, 1] from the Trainer's global step (restored on resume)."""
 
     def optimizer_groups(self, model: TransferModel, lr: float, weight_decay: float) -> list[dict]:
-        """One group per trainable parameter set; no weight decay on biases and norms."""
-        return _decay_split([p for p in model.parameters() if p.requires_grad], model, lr, weight_decay)
+        """Every trainable parameter at ``lr``, no weight decay on biases and norms: timm's
+        ``param_groups_weight_decay`` (with ``weight_decay=0`` one group holds them all)."""
+        return [{**g, "lr": lr, "name": "decay" if g["weight_decay"] else "no_decay"}
+                for g in param_groups_weight_decay(model, weight_decay)]
 
     def callbacks(self) -> list:
         """TrainerCallbacks the mode needs (e.g. gradual unfreezing: *when*, beside the mode's *what*)."""
@@ -207,32 +210,3 @@ class TransferMode:
 
     def describe(self) -> dict:
         return {"mode": self.name, "method": self.args.method, "frozen_groups": self.frozen_groups}
-
-
-def _is_no_decay(name: str, param: nn.Parameter) -> bool:
-    return param.ndim <= 1 or name.endswith(".bias")
-
-
-def _decay_split(params: list[nn.Parameter], model: nn.Module, lr: float, weight_decay: float,
-                 name_prefix: str = "") -> list[dict]:
-    names = {id(p): n for n, p in model.named_parameters()}
-    decay, no_decay = [], []
-    for p in params:
-        (no_decay if _is_no_decay(names.get(id(p), ""), p) else decay).append(p)
-    groups = []
-    if decay:
-        groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay, "name": f"{name_prefix}decay"})
-    if no_decay:
-        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name_prefix}no_decay"})
-    return groups
-
-
-def named_groups_to_optimizer(groups: dict[str, list[nn.Parameter]], model: nn.Module, lrs: dict[str, float],
-                              weight_decay: float) -> list[dict]:
-    """Optimizer groups per named parameter group, each with its own learning rate."""
-    out = []
-    for name, params in groups.items():
-        trainable = [p for p in params if p.requires_grad]
-        if trainable:
-            out.extend(_decay_split(trainable, model, lrs[name], weight_decay, name_prefix=f"{name}/"))
-    return out
