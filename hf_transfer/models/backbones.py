@@ -86,10 +86,6 @@ class Backbone:
             hook.remove()
         return captured[0].flatten(1), logits
 
-    @torch.inference_mode()
-    def extract_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.features_and_logits(pixel_values)[0]
-
     # --- parameter groups -----------------------------------------------------------------------
     def param_groups(self) -> "OrderedDict[str, list[tuple[str, nn.Parameter]]]":
         """Named groups in input-to-output order: ``stem``, ``stage_0`` .. ``stage_N``, [``neck``], ``head``."""

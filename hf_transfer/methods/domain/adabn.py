@@ -58,14 +58,11 @@ def adapt_batchnorm(
     forward: Callable[[nn.Module, Any], Any] | None = None,
     max_batches: int | None = None,
     device: torch.device | str | None = None,
-    sync_distributed: bool = False,
 ) -> nn.Module:
     """Re-estimate the BN running statistics of ``model`` on target ``batches``; returns ``model``.
 
     ``forward(model, batch)`` runs one batch (default: :func:`default_forward`); ``device``: move
-    tensors there first (default: the device of the model's first parameter or buffer).
-    ``sync_distributed=True`` averages the new statistics over the processes of an initialised
-    ``torch.distributed`` group (a collective: every process must call it). Raises ``ValueError``
+    tensors there first (default: the device of the model's first parameter or buffer). Raises ``ValueError``
     when ``batches`` is empty (the statistics would be left reset); does nothing if the model has
     no BatchNorm layer with running statistics.
     """
@@ -95,12 +92,6 @@ def adapt_batchnorm(
             n += 1
         if n == 0:
             raise ValueError("adapt_batchnorm got no batches; running statistics left unchanged")
-        if sync_distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
-            world = torch.distributed.get_world_size()
-            for bn in bns:
-                for buf in (bn.running_mean, bn.running_var):
-                    torch.distributed.all_reduce(buf)
-                    buf.div_(world)
     except BaseException:
         for bn, (mean, var, nbt) in saved.items():
             bn.running_mean.copy_(mean)

@@ -57,12 +57,6 @@ class L2SP(nn.Module):
         head = sum((p.pow(2).sum() for p in self._head), torch.zeros((), device=device))
         return 0.5 * self.alpha * sp + 0.5 * self.beta * head
 
-    def distance(self) -> float:
-        """||w_S - w_S^0|| (for logging)."""
-        with torch.no_grad():
-            return float(sum(((p - p0.to(p.device)).pow(2).sum() for p, p0 in zip(self._params, self._anchors)),
-                             torch.zeros(())).sqrt())
-
 
 class BSS(nn.Module):
     """Batch Spectral Shrinkage on the pooled features of a batch."""
