@@ -3,7 +3,7 @@
 Target modules are chosen per architecture (first rule that matches, head excluded), overridable:
 
 1. separate attention projections ``q_proj``/``v_proj`` (transformers 5.x ViT, DeiT, DINOv2, ...;
-   older ``query``/``value`` names too): LoRA on q and v, as in the LoRA paper;
+   ``query``/``value`` in Swin V2, MobileViT, YOLOS): LoRA on q and v, as in the LoRA paper;
 2. a fused ``qkv`` projection (timm ViT/DeiT/EVA/Swin): ``qkv`` and the attention output ``attn.proj``;
 3. ConvNeXt-like nets (depthwise convolutions + pointwise MLP linears: timm ``mlp.fc1/fc2``,
    transformers ``pwconv1/pwconv2``): those linears;
@@ -284,12 +284,9 @@ def load_adapter_model(folder: str, merge: bool = False):
 
 
 def stock_loading(info: dict) -> dict:
-    """How stock loaders load an adapter from its ``hf_transfer_adapter.json`` info: ``needs_label_kwargs``
-    and ``processor`` (class name + kwargs, None when not recorded). Folders exported before
-    ``stock_loading`` was recorded: label kwargs exactly when the base was not self-sufficient."""
-    loading = info.get("stock_loading") or {}
-    return {"needs_label_kwargs": loading.get("needs_label_kwargs", info.get("self_sufficient") is False),
-            "processor": loading.get("processor")}
+    """How stock loaders load an adapter, from its ``hf_transfer_adapter.json`` info: ``needs_label_kwargs``
+    and ``processor`` (the image processor class and its ``from_pretrained`` kwargs)."""
+    return info["stock_loading"]
 
 
 def stock_pipeline_kwargs(folder: str) -> dict:

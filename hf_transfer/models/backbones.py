@@ -186,7 +186,7 @@ def _data_config_from_timm_cfg(pcfg: dict) -> DataConfig:
 
 
 def _size_dict(size) -> dict:
-    """transformers 5 image processors hold sizes as ``SizeDict`` objects, older ones as dicts."""
+    """A processor's size as a dict: transformers' processors hold a ``SizeDict``, custom ones a dict or an int."""
     if size is None:
         return {}
     if isinstance(size, int):
