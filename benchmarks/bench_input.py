@@ -1,6 +1,6 @@
 """Input-path benchmark: the stock recipe vs the fast path, side by side in one process run.
 
-    python benchmarks/bench_input.py --out bench_input.json [--num-workers 2] [--device cpu]
+    python benchmarks/bench_input.py [--out benchmarks/results/input_cpu.json] [--num-workers 2] [--device cpu]
 
 For each case (dataset x input size) and split (train = augmented, eval), it measures images/s of
 
@@ -11,12 +11,13 @@ For each case (dataset x input size) and split (train = augmented, eval), it mea
   with torch's threads, and also inside the loader workers through ``AugmentingCollate``).
 
 Datasets: the built-in ``digits-printed`` (32x32 PNGs; train split for train, test split for eval)
-and synthetic 320x256 JPEGs generated with Pillow into a temporary folder (as in
-shared/docs/anchors.md). Throughput is steady state: the clock starts once the first batch is
-through (worker start-up excluded; it is reported as ``first_batch_s``). Peak RSS is measured per phase
+and synthetic photo-like 320x256 JPEGs generated with Pillow into a temporary folder. Throughput is steady
+state: the clock starts once the first batch is through (worker start-up excluded; it is reported as
+``first_batch_s``); a split of one batch or less is timed over its next pass. Peak RSS is measured per phase
 (the process's high-water mark is reset through /proc/self/clear_refs on Linux; loader workers are
 read from /proc/<pid>/status before they exit), and the whole run's ``resource.getrusage`` peaks
-are reported too. Prints a markdown table and writes JSON to ``--out``.
+are reported too. Prints a markdown table and writes JSON to ``--out`` (default under the git-ignored
+``outputs/benchmarks/``; the committed numbers are written with ``--out benchmarks/results/input_cpu.json``).
 """
 
 from __future__ import annotations
@@ -59,13 +60,6 @@ class AugmentingCollate:
 
 
 # ------------------------------------------------------------------------------------------
-# memory
-
-
-
-
-
-# ------------------------------------------------------------------------------------------
 # data
 
 
@@ -102,7 +96,6 @@ def synthetic_jpegs(n: int, folder: str, seed: int = 0, height: int = 256, width
 # measurement
 
 
-
 def run_loader(dataset, batch_size: int, num_workers: int, device: torch.device, max_images: int,
                on_batch, shuffle: bool, collate_fn=collate_images, repeats: int = 1) -> dict:
     """Best of ``repeats`` passes (the machine may be shared: the best pass is the least disturbed)."""
@@ -118,9 +111,12 @@ def run_loader(dataset, batch_size: int, num_workers: int, device: torch.device,
 
 def _run_loader_once(dataset, batch_size: int, num_workers: int, device: torch.device, max_images: int,
                      on_batch, shuffle: bool, collate_fn) -> dict:
-    """Time one pass (up to ``max_images``) over a DataLoader, ``on_batch`` applied on the device."""
+    """Time ``max_images`` images through a DataLoader after a first (warm-up) batch, ``on_batch`` applied on
+    the device; a dataset too small for that is passed over again (the same, persistent workers)."""
+    if len(dataset) == 0:
+        raise ValueError("nothing to time: the dataset is empty")
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, persistent_workers=num_workers > 0,
         collate_fn=collate_fn, pin_memory=device.type == "cuda", drop_last=False)
     had_reset = _reset_peak()
     worker_peak_kb = 0
@@ -129,7 +125,12 @@ def _run_loader_once(dataset, batch_size: int, num_workers: int, device: torch.d
     t_iter = time.perf_counter()
     it = iter(loader)
     start = None
-    for batch in it:
+    while seen < max_images:
+        try:
+            batch = next(it)
+        except StopIteration:  # the pass ended before max_images were timed: another one
+            it = iter(loader)
+            continue
         x = batch["pixel_values"].to(device, non_blocking=True)
         y = on_batch(x)
         checksum += float(y[:, :, 0, 0].float().sum())  # keeps the work from being skipped
@@ -139,8 +140,6 @@ def _run_loader_once(dataset, batch_size: int, num_workers: int, device: torch.d
             start = time.perf_counter()
             continue
         seen += x.shape[0]
-        if seen >= max_images:
-            break
     _sync(device)
     elapsed = time.perf_counter() - start
     for w in getattr(it, "_workers", []) or []:
@@ -158,7 +157,8 @@ def bench_case(name: str, splits: dict, size: int, args, device: torch.device, c
     rows = []
     for split in ("train", "eval"):
         ds = splits[split]
-        n = min(len(ds) - args.batch_size, args.max_images)  # the first batch is warm-up
+        # the first batch is warm-up; a split of one batch or less is timed over its second pass
+        n = min(len(ds) - args.batch_size, args.max_images) if len(ds) > args.batch_size else len(ds)
         augment = args.augment if split == "train" else "none"
         stock_tf = train_transform(cfg, augment) if split == "train" else eval_transform(cfg)
         stock_ds = ImageDomainDataset(ds, stock_tf)
@@ -219,7 +219,8 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="bench_input.json", help="JSON results path")
+    p.add_argument("--out", default="outputs/benchmarks/input.json",
+                   help="JSON results path (the committed numbers: benchmarks/results/input_cpu.json)")
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers (both paths)")
     p.add_argument("--decode-workers", type=int, default=0, help="processes for the one-time decode")
     p.add_argument("--batch-size", type=int, default=64)
@@ -276,6 +277,7 @@ def main(argv=None) -> dict:
           f"{args.num_workers} loader workers, augment {args.augment!r}, best of {args.repeats}")
     result = {"env": env, "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
               "rusage": usage, "markdown": table, "command": " ".join(sys.argv)}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     return result

@@ -142,7 +142,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--workdir", default="outputs/bench_da")
-    parser.add_argument("--out", default="benchmarks/results/domain_adaptation.md")
+    parser.add_argument("--out", default="outputs/benchmarks/domain_adaptation.md",
+                        help="markdown table (the committed one: benchmarks/results/domain_adaptation.md)")
     parser.add_argument("--append", action="store_true",
                         help="append the new rows (and the command) to --out instead of rewriting it")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """Task adaptation benchmark on the built-in digits: one command, one markdown table.
 
-    python benchmarks/task_adaptation.py            # ~10-15 min on 2 CPU cores
+    python benchmarks/task_adaptation.py --results benchmarks/results/task_adaptation.md  # ~10-15 min, 2 CPU cores
     python benchmarks/task_adaptation.py --seeds 0 --steps 60 --pretrain_steps 300   # a quick look
 
 The built-in backbone (timm ``test_resnet``) is random-init and nothing is downloaded, so the
@@ -17,7 +17,8 @@ does, here as a task-mode run on the source's labels). Every other run transfers
 
 Reports target test accuracy (mean +- std over seeds), trainable parameters, the size on disk of
 what a run publishes (the adapter for LoRA, the full model otherwise) and wall time per run;
-writes ``benchmarks/results/task_adaptation.md`` (and ``.json``).
+writes ``--results`` (and its ``.json``): by default under the git-ignored ``outputs/benchmarks/``, so a trial
+run never overwrites the committed ``benchmarks/results/task_adaptation.md``.
 """
 
 from __future__ import annotations
@@ -98,7 +99,9 @@ def _head_parameters(out_dir: str) -> int | None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default=os.path.join(ROOT, "outputs", "task_adaptation"))
-    parser.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "results", "task_adaptation.md"))
+    parser.add_argument("--results", default=os.path.join(ROOT, "outputs", "benchmarks", "task_adaptation.md"),
+                        help="markdown table (and .json beside it); the committed one: "
+                             "benchmarks/results/task_adaptation.md")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=200, help="training steps of each target run")
     parser.add_argument("--pretrain_steps", type=int, default=600, help="steps of the source-only 'pretraining'")
