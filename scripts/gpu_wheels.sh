@@ -2,8 +2,8 @@
 # Run HERE (network to the package registries) before a device run: fetches into .whl/ the Python
 # 3.12 wheels that the lent H200 machine lacks or has in versions this project does not support
 # (it has torch, torchvision, accelerate, numpy, pandas, pyarrow, ... but transformers 5.17,
-# huggingface_hub 1.x and no datasets; see /work/.library/device/KINDS.md), and a copy of
-# ../shared/bench/stock_recipe_anchor.py (../shared does not travel). About 20 MB, under the
+# huggingface_hub 1.x and no datasets), and a copy of the stock anchor script
+# (../shared/bench/stock_recipe_anchor.py, outside this repository; skipped when absent). About 20 MB, under the
 # 64 MiB carry limit. Then: device run with carry [".whl"] and command "bash scripts/gpu_bench.sh".
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,7 @@
 """The feature cache: one frozen-backbone pass per split, stored on disk, reused by later runs.
 
-Linear probing that recomputes the backbone every epoch wastes almost all of its time (anchors.md,
-complaint 9). Here features are computed once (inference mode, eval transform, progress bar) and
+Linear probing that recomputes the frozen backbone every epoch spends almost all of its time there. Here
+features are computed once (inference mode, eval transform, progress bar) and
 written under a key made of everything that changes them: the backbone id and revision, a hash of
 the backbone's weights (so a local folder that was retrained is a miss), the dataset fingerprint,
 the transform's data config, the split and the input path. A second run with the same inputs
