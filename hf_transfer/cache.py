@@ -8,16 +8,23 @@ entry. A writer killed with ``kill -9`` cannot remove its staging folder, so the
 who wrote it (``.staging-<name>-<host>-<pid>-<random>``) and :func:`remove_stale_staging` deletes
 those whose writer is gone: on this host, a pid that no longer runs; from another host (a shared
 file system), a folder untouched for :data:`STALE_AFTER_S`.
+
+The same "write aside, then rename" serves every layer, in three shapes: :func:`staged_entry` (a
+cache entry folder renamed into place), :func:`staged_files` (files moved into an existing folder,
+e.g. an exported model) and :func:`staged_file` / :func:`write_atomic` (one file).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import secrets
 import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -92,3 +99,57 @@ def remove_stale_staging(root: str | os.PathLike) -> int:
     if removed:
         logger.warning("Removed %d staging folder(s) left under %s by interrupted runs.", removed, root)
     return removed
+
+
+@contextlib.contextmanager
+def staged_entry(root: str | os.PathLike, name: str, *, done: str) -> Iterator[Path]:
+    """A new staging folder for the entry ``root/name``, renamed into place when the block ends without
+    an error and removed in any case. When another process renamed its copy first (``root/name/done``
+    exists), that copy is kept: same key, same content."""
+    final = Path(root) / name
+    tmp = make_staging_dir(root, name)
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / done).exists():  # not a concurrent writer: a real error
+                raise
+            logger.info("Another process wrote %s first; using it.", final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_files(folder: str | os.PathLike) -> Iterator[Path]:
+    """A staging folder inside ``folder`` (created if needed); when the block ends without an error, each
+    file written there replaces its namesake in ``folder`` (``os.replace``, one file at a time), so a
+    failed write leaves the folder's earlier files as they were. The staging folder is removed in any case."""
+    folder = Path(folder)
+    tmp = make_staging_dir(folder, "files")
+    try:
+        yield tmp
+        for name in os.listdir(tmp):
+            os.replace(tmp / name, folder / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_file(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary name next to ``path`` to write to; renamed onto ``path`` when the block ends without an
+    error (a reader sees the old file or the new one, never half of one), removed otherwise."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """``path`` holds ``text`` (see :func:`staged_file`)."""
+    with staged_file(path) as tmp:
+        tmp.write_text(text)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
+from hf_transfer.cache import STAGING_PREFIX
 from hf_transfer.models.backbones import load_backbone
 from hf_transfer.data.transforms import eval_transform
 from hf_transfer.errors import TransferConfigError
@@ -122,4 +123,4 @@ def test_export_keeps_previous_files_on_failure(tmp_path, monkeypatch):
         export_model(bb, folder, results={"run": 2})
     assert open(os.path.join(folder, "model.safetensors"), "rb").read() == before
     assert json.load(open(os.path.join(folder, "results.json"))) == {"run": 1}
-    assert not [f for f in os.listdir(folder) if f.startswith(".export-")]
+    assert not [f for f in os.listdir(folder) if f.startswith(STAGING_PREFIX)]

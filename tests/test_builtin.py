@@ -141,7 +141,7 @@ def test_interrupted_generation_leaves_no_cache(tmp_path, monkeypatch):
     real_save = datasets.DatasetDict.save_to_disk
 
     def half_save(self, path, *a, **kw):
-        os.makedirs(path)
+        os.makedirs(path, exist_ok=True)  # save_to_disk writes into an existing folder too
         open(os.path.join(path, "partial.arrow"), "wb").close()
         raise KeyboardInterrupt
 

@@ -50,8 +50,8 @@ def run_copy(so_run, tmp_path):
     (d / "checkpoint-2").mkdir()
     (d / "checkpoint-2" / "model.safetensors").write_bytes(b"old")
     (d / "checkpoint-2" / "trainer_state.json").write_text("{}")
-    (d / ".export-abc").mkdir()
-    (d / ".export-abc" / "config.json").write_text("{}")
+    (d / ".staging-files-host-1-abc").mkdir()
+    (d / ".staging-files-host-1-abc" / "config.json").write_text("{}")
     (d / "training_args.bin").write_bytes(b"x")
     (d / "weights.tmp").write_bytes(b"x")
     return d
@@ -80,7 +80,7 @@ def test_push_one_commit_with_card(hub_server, run_copy, so_run):
     assert res.repo_id == "user/digits" and res.revision == "main"
     files = hub_server.files("user/digits")
     assert sorted(files) == sorted([".gitattributes", *res.files])
-    assert not [p for p in files if p.startswith(("checkpoint-", ".export")) or p.endswith((".bin", ".tmp"))]
+    assert not [p for p in files if p.startswith(("checkpoint-", ".staging-")) or p.endswith((".bin", ".tmp"))]
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "results.json",
                  "reference_predictions.json", card_inputs.CONFUSION_PNG, card_inputs.CURVES_PNG, card_inputs.CONFIG_FILE):
         assert name in files, name

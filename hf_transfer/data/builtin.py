@@ -30,9 +30,6 @@ import io
 import logging
 import math
 import os
-import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -40,7 +37,7 @@ import numpy as np
 
 import datasets
 
-from hf_transfer.cache import cache_path
+from hf_transfer.cache import cache_path, remove_stale_staging, staged_entry
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -160,38 +157,13 @@ def load_builtin(name: str, cache_dir: str | os.PathLike | None = None) -> datas
     root = builtin_cache_dir(cache_dir)
     target = root / f"{key}-v{GENERATOR_VERSION}"
     if not target.is_dir():
-        root.mkdir(parents=True, exist_ok=True)
-        _remove_stale_tmp(root, key)
+        remove_stale_staging(root)
         logger.info("generating built-in domain %r into %s", key, target)
         dsd = _GENERATORS[key]()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-tmp-", dir=root))
-        try:
-            with _quiet_datasets():
-                dsd.save_to_disk(str(tmp / "data"))
-            try:
-                os.rename(tmp / "data", target)
-            except OSError:
-                # Another process finished first: keep its copy (identical content).
-                if not target.is_dir():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with staged_entry(root, target.name, done="dataset_dict.json") as tmp, _quiet_datasets():
+            dsd.save_to_disk(str(tmp))
     with _quiet_datasets():
         return datasets.load_from_disk(str(target))
-
-
-_STALE_TMP_S = 6 * 3600
-
-
-def _remove_stale_tmp(root: Path, key: str) -> None:
-    """Remove temporary folders of generations killed hard (SIGKILL) long ago."""
-    now = time.time()
-    for p in root.glob(f".{key}-tmp-*"):
-        try:
-            if now - p.stat().st_mtime > _STALE_TMP_S:
-                shutil.rmtree(p, ignore_errors=True)
-        except OSError:
-            pass
 
 
 @contextlib.contextmanager

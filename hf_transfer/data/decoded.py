@@ -63,10 +63,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import math
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,12 +72,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from hf_transfer.cache import cache_path, make_staging_dir, remove_stale_staging
+from hf_transfer.cache import cache_path, remove_stale_staging, staged_entry
 from hf_transfer.data.load import IMAGE_ERRORS
 from hf_transfer.data.transforms import AUGMENTATIONS, DataConfig
 from hf_transfer.errors import TransferConfigError
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["DECODED_VERSION", "DecodedImages", "collate_decoded", "decoded_cache_dir", "split_kind_for"]
 
@@ -355,9 +351,7 @@ class DecodedImages(torch.utils.data.Dataset):
         kwargs = {"image_column": image_column, "kind": self.split_kind, "size": self.size,
                       "crop_pct": float(self.cfg.crop_pct), "interpolation": self.cfg.interpolation,
                       "storage_hw": storage_hw}
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = make_staging_dir(self.root, self.path.name)
-        try:
+        with staged_entry(self.root, self.path.name, done="images.npy") as tmp:
             images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
                                                shape=(n, 3, *storage_hw))
             sizes = np.zeros((n, 2), dtype=np.int32)
@@ -377,14 +371,6 @@ class DecodedImages(torch.utils.data.Dataset):
             np.save(tmp / "sizes.npy", sizes)
             (tmp / "meta.json").write_text(json.dumps(
                 {**key_fields, "storage_hw": list(storage_hw), "num_images": n}, indent=1))
-            try:
-                os.rename(tmp, self.path)
-            except OSError:
-                if not (self.path / "images.npy").exists():  # not a concurrent writer: a real error
-                    raise
-                logger.info("Another process wrote %s first; using it.", self.path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     @property
     def images(self) -> np.memmap:

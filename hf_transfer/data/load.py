@@ -21,7 +21,7 @@ import os
 import datasets
 from PIL import Image
 
-from hf_transfer.cache import cache_path
+from hf_transfer.cache import cache_path, write_atomic
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.data.builtin import BUILTIN_DOMAINS, load_builtin
 from hf_transfer.data.columns import IMAGE_COLUMN, LABEL_COLUMN, standardize_columns
@@ -147,10 +147,7 @@ def _bad_rows(ds: datasets.Dataset) -> dict[int, str]:
             if problem is not None:
                 path = cell.get("path")
                 bad[start + k] = f"{problem} (file {path})" if path else problem
-    record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(f"{record.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(bad))
-    os.replace(tmp, record)
+    write_atomic(record, json.dumps(bad))
     return bad
 
 

@@ -27,7 +27,7 @@ def usage_vars(results: dict, library: dict, examples: list[dict], revision: str
     ``examples``: the folder's reference rows."""
     return dict(
         is_timm=library["timm"], is_peft=library["library"] == "peft",
-        **adapter_vars(results.get("adapter") or {}),
+        **(adapter_vars(results["adapter"]) if results.get("adapter") else {}),  # used only for a PEFT folder
         revision_kwarg=f', revision="{revision}"' if revision else "", timm_revision=f"@{revision}" if revision else "",
         example_file=examples[0]["file"] if examples else f"{EXAMPLES_DIR}/0.png",
     )

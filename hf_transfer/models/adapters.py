@@ -39,12 +39,11 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 import warnings
 
 from torch import nn
 
+from hf_transfer.cache import staged_files
 from hf_transfer.models.backbones import Backbone, _data_config_from_processor, _data_config_from_timm_cfg
 from hf_transfer.errors import TransferConfigError
 
@@ -243,8 +242,7 @@ def export_adapter(peft_model, backbone: Backbone, output_dir: str, results: dic
         "peft_version": _peft_version(),
     }
     os.makedirs(output_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=output_dir)
-    try:
+    with staged_files(output_dir) as staging:
         peft_model.save_pretrained(staging, safe_serialization=True)
         readme = os.path.join(staging, "README.md")
         if os.path.exists(readme):  # PEFT's boilerplate card; the project's cards module writes the real one
@@ -257,10 +255,6 @@ def export_adapter(peft_model, backbone: Backbone, output_dir: str, results: dic
         res = {**(results or {}), "adapter": info}
         with open(os.path.join(staging, RESULTS_FILE), "w") as f:
             json.dump(res, f, indent=2, sort_keys=True, default=str)
-        for name in os.listdir(staging):
-            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     if merge:
         export_model(merged_backbone(backbone, peft_model), os.path.join(output_dir, MERGED_DIR),
                      results={**(results or {}), "adapter": {**info, "merged_from": output_dir}})

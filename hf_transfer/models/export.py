@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 
 from safetensors.torch import save_file
 
+from hf_transfer.cache import staged_files
 from hf_transfer.models.backbones import Backbone
 
 RESULTS_FILE = "results.json"
@@ -76,8 +75,7 @@ def export_model(backbone: Backbone, output_dir: str, results: dict | None = Non
                  extra_files: dict[str, str] | None = None) -> str:
     """Write weights, config (id2label/label2id), preprocessor config and ``results.json``."""
     os.makedirs(output_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=output_dir)
-    try:
+    with staged_files(output_dir) as staging:
         if backbone.library == "timm":
             _save_timm(backbone, staging)
         else:
@@ -87,8 +85,4 @@ def export_model(backbone: Backbone, output_dir: str, results: dict | None = Non
         for name, content in (extra_files or {}).items():
             with open(os.path.join(staging, name), "w") as f:
                 f.write(content)
-        for name in os.listdir(staging):
-            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return output_dir

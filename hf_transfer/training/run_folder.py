@@ -24,6 +24,7 @@ import shutil
 
 from transformers import TrainerCallback
 
+from hf_transfer.cache import STAGING_PREFIX, write_atomic
 from hf_transfer.training.checkpoints import IDENTITY_FILE
 from hf_transfer.errors import TransferConfigError
 
@@ -35,7 +36,7 @@ RUN_OUTPUTS = ("model.safetensors", "model-*.safetensors", "model.safetensors.in
                "checkpoint-*", "README.md", "*.png", "adapter_config.json", "adapter_model.safetensors",
                "hf_transfer_adapter.json", "merged", "train_config.yaml", "training_args.bin",
                "trainer_state.json", "all_results.json", "train_results.json", "eval_results.json", "runs",
-               ".export-*", ".gitattributes")
+               f"{STAGING_PREFIX}*", ".gitattributes")
 
 # arguments that do not change the trained weights or the metrics (logging, saving, pushing, caches)
 NOT_IDENTITY = {
@@ -76,11 +77,7 @@ def read_identity(folder: str) -> dict | None:
 
 
 def write_identity(folder: str, identity: dict) -> None:
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{IDENTITY_FILE}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(identity, f, indent=2, default=str)
-    os.replace(tmp, os.path.join(folder, IDENTITY_FILE))
+    write_atomic(os.path.join(folder, IDENTITY_FILE), json.dumps(identity, indent=2, default=str))
 
 
 def identity_difference(recorded: dict, current: dict) -> list[str]:

@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from hf_transfer.models.backbones import Backbone
-from hf_transfer.cache import cache_path, make_staging_dir, remove_stale_staging
+from hf_transfer.cache import cache_path, remove_stale_staging, staged_entry, staged_file, write_atomic
 from hf_transfer.data.paired import collate_images
 from hf_transfer.data.transforms import eval_transform, make_batch_transform
 from hf_transfer.errors import TransferConfigError
@@ -200,10 +200,8 @@ def _agree(state: PartialState, value):
 
 def _save_npy(path: str, array: np.ndarray) -> None:
     """``np.save`` under a temporary name, then rename (atomic on one file system)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with staged_file(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -272,7 +270,7 @@ class FeatureCache:
         meta = {"backbone": backbone.model_id, "split": split, "input_path": input_path,
                 "num_rows": len(dataset), "feature_dim": backbone.feature_dim, "world_size": state.num_processes}
         if state.num_processes == 1:
-            with self._staging(key) as tmp:
+            with staged_entry(self.cache_dir, key, done="meta.json") as tmp:
                 shard = self._extract_into(tmp, "", backbone, dataset, split, batch_size, device, input_path,
                                            state)
                 _write_json(os.path.join(tmp, "meta.json"), {**meta, "shards": [shard]})
@@ -294,32 +292,29 @@ class FeatureCache:
         start, stop = shard_bounds(len(dataset), rank, world_size)
         rows = dataset if (start, stop) == (0, len(dataset)) else dataset.select(range(start, stop))
         feats_path = os.path.join(folder, prefix + "features.npy")
-        tmp = f"{feats_path}.tmp-{os.getpid()}"
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(stop - start, backbone.feature_dim))
         labels = np.full(stop - start, -1, dtype=np.int64)
         done = 0
-        if stop > start:
-            desc = f"Features ({split})" + (f" rank {rank}/{world_size}" if world_size > 1 else "")
-            for f, y in iter_features(backbone, rows, batch_size, device, desc, input_path=input_path,
-                                      decoded_cache_dir=self.decoded_cache_dir, num_workers=self.num_workers,
-                                      amp_dtype=self.amp_dtype, channels_last=self.channels_last,
-                                      compile_options=self.compile_options):
-                out[done:done + len(f)] = f.numpy()
-                if y is not None:
-                    labels[done:done + len(f)] = y.numpy()
-                done += len(f)
-        out.flush()
-        del out
-        if done != stop - start:
-            os.remove(tmp)
-            raise RuntimeError(f"Feature extraction of {split} gave {done} rows for {stop - start}.")
-        os.replace(tmp, feats_path)
+        with staged_file(feats_path) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(stop - start, backbone.feature_dim))
+            if stop > start:
+                desc = f"Features ({split})" + (f" rank {rank}/{world_size}" if world_size > 1 else "")
+                for f, y in iter_features(backbone, rows, batch_size, device, desc, input_path=input_path,
+                                          decoded_cache_dir=self.decoded_cache_dir, num_workers=self.num_workers,
+                                          amp_dtype=self.amp_dtype, channels_last=self.channels_last,
+                                          compile_options=self.compile_options):
+                    out[done:done + len(f)] = f.numpy()
+                    if y is not None:
+                        labels[done:done + len(f)] = y.numpy()
+                    done += len(f)
+            out.flush()
+            del out
+            if done != stop - start:
+                raise RuntimeError(f"Feature extraction of {split} gave {done} rows for {stop - start}.")
         _save_npy(os.path.join(folder, prefix + "labels.npy"), labels)
         shard = {"rank": rank, "start": start, "stop": stop, "rows_extracted": done,
                  "host": socket.gethostname(), "pid": os.getpid()}
         if prefix:  # a shard: its record last, so a record means the shard is complete
-            _write_json(os.path.join(folder, prefix + "json.tmp"), shard)
-            os.replace(os.path.join(folder, prefix + "json.tmp"), os.path.join(folder, prefix + "json"))
+            write_atomic(os.path.join(folder, prefix + "json"), json.dumps(shard, indent=1))
         return shard
 
     def _join(self, key: str, shard_dir: str, meta: dict, world_size: int) -> None:
@@ -331,7 +326,7 @@ class FeatureCache:
                 raise RuntimeError(f"Feature cache: shard {p}json is missing after the barrier.")
             with open(p + "json") as f:
                 shards.append(json.load(f))
-        with self._staging(key) as tmp:
+        with staged_entry(self.cache_dir, key, done="meta.json") as tmp:
             out = np.lib.format.open_memmap(os.path.join(tmp, "features.npy"), mode="w+", dtype=np.float32,
                                             shape=(meta["num_rows"], meta["feature_dim"]))
             labels = np.empty(meta["num_rows"], dtype=np.int64)
@@ -345,29 +340,3 @@ class FeatureCache:
             np.save(os.path.join(tmp, "labels.npy"), labels)
             _write_json(os.path.join(tmp, "meta.json"), {**meta, "shards": shards})
         shutil.rmtree(shard_dir, ignore_errors=True)
-
-    def _staging(self, key: str):
-        return _Staging(self.cache_dir, key)
-
-
-class _Staging:
-    """A temporary folder renamed to ``<cache_dir>/<key>`` on success, removed on failure."""
-
-    def __init__(self, cache_dir: str, key: str):
-        self.cache_dir, self.key = cache_dir, key
-
-    def __enter__(self) -> str:
-        self.tmp = str(make_staging_dir(self.cache_dir, self.key))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        final = os.path.join(self.cache_dir, self.key)
-        try:
-            if exc_type is None:
-                try:
-                    os.rename(self.tmp, final)
-                except OSError:
-                    if not os.path.exists(os.path.join(final, "meta.json")):  # not a concurrent writer
-                        raise
-        finally:
-            shutil.rmtree(self.tmp, ignore_errors=True)
