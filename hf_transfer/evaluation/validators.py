@@ -122,7 +122,5 @@ VALIDATORS: dict[str, Callable[..., float]] = {
 }
 """Validators over target logits alone (name -> fn(logits) -> float, higher is better)."""
 
-GREATER_IS_BETTER: dict[str, bool] = {name: True for name in [*VALIDATORS, "dev"]}
-
-__all__ = ["VALIDATORS", "GREATER_IS_BETTER", "entropy_score", "information_maximization", "snd", "dev"]
+__all__ = ["VALIDATORS", "entropy_score", "information_maximization", "snd", "dev"]
 
