@@ -16,7 +16,9 @@ existing table instead of rewriting it:
         --seeds 0 1 2 --steps 600 --append --out benchmarks/results/domain_adaptation.md
 
 ``--methods`` takes row names of ``METHODS`` (the default table) and of ``ARMS`` (extra variants
-that are not part of the default table).
+that are not part of the default table). Every domain method of the registry
+(:mod:`hf_transfer.methods.registry`) without a row of its own gets one with its registered defaults,
+so a new method is benchmarked without an edit here (``--methods mdd``).
 """
 
 from __future__ import annotations
@@ -78,6 +80,14 @@ ARMS = [
 ]
 
 
+def registry_rows() -> list[tuple]:
+    """A row with the registered defaults for every domain method that has none above."""
+    from hf_transfer.methods.registry import all_methods
+
+    named = {row[0] for row in METHODS + ARMS} | {row[2] for row in METHODS}
+    return [(name, "domain", name, {}) for name in all_methods("domain") if name not in named]
+
+
 def common_args(steps: int) -> dict:
     return {"backbone": "test_resnet", "image_size": 32, "crop_pct": 1.0, "augment": "light",
             "per_device_train_batch_size": 64, "per_device_eval_batch_size": 512, "learning_rate": 0.02,
@@ -137,8 +147,9 @@ def table(pair: str, rows: dict, seeds, steps: int) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", nargs="+", default=["printed->handwritten"], choices=sorted(PAIRS))
-    parser.add_argument("--methods", nargs="+", default=[m[0] for m in METHODS],
-                        choices=[m[0] for m in METHODS + ARMS])
+    default_rows = METHODS + registry_rows()
+    parser.add_argument("--methods", nargs="+", default=[m[0] for m in default_rows],
+                        choices=[m[0] for m in default_rows + ARMS])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--workdir", default="outputs/bench_da")
@@ -147,7 +158,7 @@ def main(argv=None) -> int:
     parser.add_argument("--append", action="store_true",
                         help="append the new rows (and the command) to --out instead of rewriting it")
     args = parser.parse_args(argv)
-    chosen = [m for m in METHODS + ARMS if m[0] in args.methods]
+    chosen = [m for m in default_rows + ARMS if m[0] in args.methods]
     sections, raw = [], {}
     for pair in args.pairs:
         rows: dict[str, list] = {}

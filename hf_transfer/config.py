@@ -15,15 +15,16 @@ from dataclasses import dataclass, field
 import yaml
 
 from hf_transfer.errors import TransferConfigError
+from hf_transfer.methods import registry
 
-MODES = ("feature", "domain", "task")
 TRADE_OFF_SCHEDULES = ("constant", "dann", "linear")
 PARTIAL_WEIGHTINGS = ("none", "exclude", "pada")
 
 
 @dataclass
 class TransferArguments:
-    mode: str = field(metadata={"help": "Transfer mode: feature | domain | task.", "choices": MODES})
+    mode: str = field(metadata={"help": "Transfer mode: feature | domain | task (the modes of the registered "
+                                        "methods)."})
     backbone: str = field(metadata={"help": "Hub id (org/name, timm/name, hf-hub:...), local folder, or a timm "
                                             "architecture name (random init)."})
     target: str = field(metadata={"help": "Target dataset spec: org/name[:config][@rev][#split], a local folder, "
@@ -31,9 +32,12 @@ class TransferArguments:
     source: str | None = field(default=None, metadata={"help": "Source dataset spec (labelled), required by "
                                                                "mode=domain."})
     method: str | None = field(default=None, metadata={
-        "help": "domain: source_only | dann | cdan | dan | coral | mcc | ... ; task: full (default) | partial | linear | lora."})
+        "help": "A registered method of the mode (README's method table, or hf-transfer plan): domain: source_only "
+                "(default) | dann | cdan | dan | coral | mcc | mdd | ... ; task: full (default) | partial | linear | "
+                "lora; feature: linear."})
     method_args: dict | str | None = field(default=None, metadata={
-        "help": "Keyword arguments of the method as a dict (YAML) or JSON string, e.g. '{\"hold\": 0.15}'."})
+        "help": "The method's own options as a dict (YAML) or JSON string, e.g. '{\"hold\": 0.15}'; checked against "
+                "the method's registered options (names and types)."})
     trade_off: float = field(default=1.0, metadata={"help": "Weight of the transfer loss (domain mode)."})
     backbone_revision: str | None = field(default=None, metadata={"help": "Revision of the backbone on the Hub."})
     image_column: str | None = field(default=None, metadata={"help": "Image column (default: found automatically)."})
@@ -59,9 +63,9 @@ class TransferArguments:
                 "before training with an error that names them."})
     freeze: str | None = field(default=None, metadata={
         "help": "task mode: comma-separated parameter groups to freeze (stem, stage_0, ..., neck, backbone)."})
-    backbone_lr_scale: float = field(default=1.0, metadata={
+    backbone_lr_scale: float | None = field(default=None, metadata={
         "help": "Discriminative LR: backbone groups train at learning_rate * backbone_lr_scale, the head at "
-                "learning_rate."})
+                "learning_rate. Default: the method's registered rule (1.0; mdd 0.1)."})
     adabn: bool = field(default=False, metadata={"help": "domain mode: re-estimate BatchNorm statistics on the "
                                                          "target training images after training (AdaBN)."})
     # --- options every domain-adaptation method shares (mode=domain) ---
@@ -142,8 +146,9 @@ class TransferArguments:
         "help": "method=lora: also export a plain full model with the adapter merged in (output_dir/merged)."})
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise TransferConfigError(f"mode={self.mode!r}: choose one of {MODES}.")
+        modes = registry.modes()
+        if self.mode not in modes:
+            raise TransferConfigError(f"mode={self.mode!r}: choose one of {modes}.")
         if self.mode == "domain" and not self.source:
             raise TransferConfigError("mode=domain needs --source (the labelled source domain).")
         if isinstance(self.method_args, str):
@@ -157,9 +162,13 @@ class TransferArguments:
         self.channels_last = normalize_auto_flag(self.channels_last)
         self.features_on_device = normalize_auto_flag(self.features_on_device, "features_on_device")
         if self.method is None:
-            self.method = {"domain": "source_only", "task": "full", "feature": "linear"}[self.mode]
+            self.method = registry.default_method(self.mode)
+        method = registry.get_method(self.method, self.mode)
         _check_domain_options(self)
         check_options_act(self)
+        method.options(self.method_args)
+        if self.backbone_lr_scale is None:
+            self.backbone_lr_scale = method.backbone_lr_scale
 
 
 def _is_fine_tuning(args) -> bool:
@@ -173,7 +182,8 @@ def _transfers(args) -> bool:
 #: where each mode- or method-specific option acts: (predicate on the arguments, what it needs). Set
 #: away from its default anywhere else it would be accepted and ignored, so it is refused instead.
 OPTION_SCOPE = {
-    "method_args": (lambda a: a.mode == "domain", "mode=domain (task and feature methods take no method_args)"),
+    "method_args": (lambda a: bool(registry.get_method(a.method).option_fields()),
+                    "a method with options of its own (domain methods; task and feature methods take none)"),
     "trade_off": (_transfers, "mode=domain with a method other than source_only"),
     "trade_off_schedule": (_transfers, "mode=domain with a method other than source_only"),
     "trade_off_warmup": (lambda a: _transfers(a) and a.trade_off_schedule == "linear", "trade_off_schedule=linear"),
@@ -219,9 +229,11 @@ def _loads_weights(backbone: str) -> bool:
 def check_options_act(args: "TransferArguments") -> None:
     """Refuse an option set where it has no effect (see :data:`OPTION_SCOPE`), naming it."""
     defaults = {f.name: f.default for f in dataclasses.fields(TransferArguments)}
+    unset = {name: (default,) for name, default in defaults.items()}
+    unset["backbone_lr_scale"] = (None, registry.get_method(args.method).backbone_lr_scale)  # the method's LR rule
     for name, (acts, needs) in OPTION_SCOPE.items():
         value = getattr(args, name)
-        if value == defaults[name] or (defaults[name] is None and value == {}):
+        if value in unset[name] or (defaults[name] is None and value == {}):
             continue
         if not acts(args):
             raise TransferConfigError(f"{name}={value!r} has no effect with mode={args.mode} method={args.method}: "

@@ -9,6 +9,7 @@ is reported in the plan, not raised.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from hf_transfer.config import check_training_arguments
@@ -38,27 +39,18 @@ def _backbone_kind(model_id: str) -> str:
 
 
 def _method_plan(args) -> dict:
-    if args.mode == "domain":
-        from hf_transfer.methods.domain import LOSSES, loss_kwargs
+    """The registered method (title, paper, options with their defaults) and the mode's shared options."""
+    from hf_transfer.methods.registry import get_method
 
-        if args.method not in LOSSES:
-            raise TransferConfigError(f"mode=domain: unknown method {args.method!r}; available: {sorted(LOSSES)}.")
-        accepted = loss_kwargs(args.method)
-        bad = sorted(set(args.method_args) - set(accepted))
-        if bad:
-            raise TransferConfigError(f"method={args.method!r}: unknown method_args {bad}; accepted: {sorted(accepted)}.")
-        cls = LOSSES[args.method]
-        return {"loss": cls.__name__, "paper": getattr(cls, "paper", ""),
-                "options": {**accepted, **args.method_args}, "trade_off": args.trade_off,
+    method = get_method(args.method, args.mode)
+    options = dataclasses.asdict(method.options(args.method_args))
+    plan = {"title": method.title, "paper": method.paper, "options": options,
+            "backbone_lr_scale": args.backbone_lr_scale}
+    if args.mode == "domain":
+        return {**plan, "loss": method.implementation.__name__, "trade_off": args.trade_off,
                 "trade_off_schedule": args.trade_off_schedule, "bottleneck_dim": args.bottleneck_dim,
                 "target_batch_ratio": args.target_batch_ratio, "partial_weighting": args.partial_weighting}
-    from hf_transfer.training.modes.feature import FEATURE_METHODS
-    from hf_transfer.training.modes.task import TASK_METHODS
-
-    methods = {"task": TASK_METHODS, "feature": FEATURE_METHODS}[args.mode]
-    if args.method not in methods:
-        raise TransferConfigError(f"mode={args.mode}: unknown method {args.method!r}; available: {list(methods)}.")
-    return {"freeze": args.freeze, "backbone_lr_scale": args.backbone_lr_scale}
+    return {**plan, "freeze": args.freeze}
 
 
 def parse_for_plan(argv: list[str]) -> tuple:

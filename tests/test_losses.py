@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hf_transfer.errors import TransferConfigError
 from hf_transfer.methods.domain import (
     LOSSES,
+    AdversarialLoss,
     TransferLoss,
     GradientReverseFunction,
     GradientReverseLayer,
@@ -21,6 +25,7 @@ from hf_transfer.methods.domain import (
 from hf_transfer.methods.domain.cdan import CDANLoss
 from hf_transfer.methods.domain.coral import coral
 from hf_transfer.methods.domain.mmd import mk_mmd
+from hf_transfer.methods.registry import all_methods
 
 D, C = 8, 4
 
@@ -36,20 +41,45 @@ def batch(n=16, shift=0.0, seed=0, d=D, c=C):
     return f_s, f_t, torch.randn(n, c, generator=g), torch.randn(n, c, generator=g)
 
 
-# --------------------------------------------------------------------------- registry and contract
-EXPECTED = {"source_only", "dann", "cdan", "dan", "coral", "mcc", "entropy", "im", "pseudo_label", "cbst", "fixmatch"}
+# --------------------------------------------------------------------------- the method table
+@dataclass(frozen=True)
+class Row:
+    grad: str  # what receives the loss's gradient: "features", "logits" (the target's) or "none"
+    logits: bool = False  # needs classifier logits
+    adversarial: bool = False  # trained through the gradient reversal layer (AdversarialLoss)
+    source_weight: bool = False  # takes per-sample source weights (PADA)
+    zero_grad_ok: bool = False  # the gradient may vanish on the test batch (thresholded methods)
+    reference: Callable | None = None  # (loss in eval mode, f_s, f_t, l_s, l_t) -> the paper's value
 
 
-def test_registry_has_the_methods():
-    assert EXPECTED <= set(LOSSES)
+# one row per registered domain method: adding a method adds its row here
+METHODS = {
+    "source_only": Row("none"),
+    "dann": Row("features", adversarial=True, source_weight=True),
+    "cdan": Row("features", logits=True, adversarial=True, source_weight=True),
+    "dan": Row("features"),
+    "coral": Row("features"),
+    "mcc": Row("logits", logits=True),
+    "entropy": Row("logits", logits=True),
+    "im": Row("logits", logits=True),
+    "pseudo_label": Row("logits", logits=True, zero_grad_ok=True),
+    "cbst": Row("logits", logits=True),
+    "fixmatch": Row("logits", logits=True, zero_grad_ok=True),
+}
+
+
+def test_the_table_has_one_row_per_registered_method():
+    assert set(METHODS) == set(LOSSES) == set(all_methods("domain"))
     for name, cls in LOSSES.items():
         assert issubclass(cls, TransferLoss)
         assert cls.__doc__, name
         if name != "source_only":
             assert cls.paper.startswith("http") and cls.paper in cls.__doc__, name
+        assert cls.needs_logits == METHODS[name].logits and cls.uses_source_weight == METHODS[name].source_weight
+        assert issubclass(cls, AdversarialLoss) == METHODS[name].adversarial
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_loss_is_a_finite_scalar_with_gradients(name):
     torch.manual_seed(0)
     loss = build_loss(name, feature_dim=D, num_classes=C)
@@ -59,46 +89,93 @@ def test_every_loss_is_a_finite_scalar_with_gradients(name):
     l_t = (3 * l_t).requires_grad_(True)  # confident enough for pseudo_label to pass sometimes
     out = loss(f_s, f_t, l_s, l_t)
     assert out.ndim == 0 and torch.isfinite(out)
-    if name == "source_only":
+    assert all(isinstance(v, float) for v in loss.last_metrics.values())
+    if METHODS[name].grad == "none":
         assert out.item() == 0.0
         return
     out.backward()
-    # CDAN conditions on detached predictions: its gradient goes to the features only
-    grad = f_t.grad if name in ("dann", "cdan", "dan", "coral") else l_t.grad
+    # adversarial methods condition on detached predictions: their gradient goes to the features only
+    grad = f_t.grad if METHODS[name].grad == "features" else l_t.grad
     assert grad is not None and torch.isfinite(grad).all()
-    if name not in ("pseudo_label", "fixmatch"):
-        assert grad.abs().sum() > 0
-    assert all(isinstance(v, float) for v in loss.last_metrics.values())
+    assert METHODS[name].zero_grad_ok or grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["cdan", "mcc", "entropy", "im", "pseudo_label", "cbst", "fixmatch"])
-def test_logit_methods_say_so_and_refuse_missing_logits(name):
+@pytest.mark.parametrize("name", sorted(n for n, row in METHODS.items() if row.logits))
+def test_logit_methods_refuse_missing_logits(name):
     loss = build_loss(name, D, C)
-    assert loss.needs_logits
     f_s, f_t, _, _ = batch()
     with pytest.raises(ValueError, match="logits"):
         loss(f_s, f_t)
 
 
+@pytest.mark.parametrize("name", sorted(n for n, row in METHODS.items() if row.reference))
+def test_value_is_the_papers_formula(name):
+    torch.manual_seed(0)
+    loss = build_loss(name, D, C).eval()
+    f_s, f_t, l_s, l_t = batch()
+    with torch.no_grad():
+        assert loss(f_s, f_t, l_s, l_t).item() == pytest.approx(METHODS[name].reference(loss, f_s, f_t, l_s, l_t).item(),
+                                                               rel=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, row in METHODS.items() if row.adversarial))
+def test_features_get_the_reversed_gradient(name, monkeypatch):
+    """d(loss)/d(features) = -coeff * d(loss without reversal)/d(features); 0 while the schedule holds."""
+    torch.manual_seed(0)
+    loss = build_loss(name, D, C, hold=0.0).eval()  # eval: dropout off, BN statistics fixed
+    loss.set_progress(0.3)
+    coeff = loss.coefficient
+    assert 0 < coeff < loss.hi
+    f_s, f_t, l_s, l_t = batch()
+    f1 = f_s.clone().requires_grad_(True)
+    loss(f1, f_t, l_s, l_t).backward()
+    monkeypatch.setattr(loss, "reverse", lambda x: (x, coeff))
+    f2 = f_s.clone().requires_grad_(True)
+    loss(f2, f_t, l_s, l_t).backward()
+    assert f1.grad.abs().sum() > 0
+    torch.testing.assert_close(f1.grad, -coeff * f2.grad, atol=1e-6, rtol=1e-5)
+    held = build_loss(name, D, C, hold=1.0)
+    f3 = f_s.clone().requires_grad_(True)
+    held(f3, f_t, l_s, l_t).backward()
+    assert held.coefficient == 0.0 and f3.grad.abs().max() == 0
+
+
+@pytest.mark.parametrize("name", sorted(n for n, row in METHODS.items() if row.source_weight))
+def test_source_weight_weights_only_the_source_side(name):
+    torch.manual_seed(0)
+    loss = build_loss(name, D, C, hold=0.0).eval()  # eval: BN must not mix rows, no dropout
+    f_s, f_t, l_s, l_t = torch.randn(6, D), torch.randn(6, D), torch.randn(6, C), torch.randn(6, C)
+    unweighted = loss(f_s, f_t, l_s, l_t)
+    assert torch.allclose(loss(f_s, f_t, l_s, l_t, source_weight=torch.ones(6)), unweighted)
+    # zero weight on the first three source rows: their features no longer matter
+    w = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    moved = f_s.clone()
+    moved[:3] += 5.0
+    assert torch.allclose(loss(moved, f_t, l_s, l_t, source_weight=w), loss(f_s, f_t, l_s, l_t, source_weight=w))
+    assert not torch.allclose(loss(moved, f_t, l_s, l_t), unweighted)
+
+
 def test_build_loss_unknown_name_lists_the_names():
-    with pytest.raises(ValueError, match="nosuchmethod") as e:
+    with pytest.raises(TransferConfigError, match="nosuchmethod") as e:
         build_loss("nosuchmethod", D, C)
     assert "dann" in str(e.value) and "coral" in str(e.value)
 
 
-def test_build_loss_unknown_kwarg_is_named():
-    with pytest.raises(TypeError, match="temprature") as e:
+def test_build_loss_unknown_or_mistyped_option_is_named():
+    with pytest.raises(TransferConfigError, match="temprature") as e:
         build_loss("mcc", D, C, temprature=2.0)
     assert "temperature" in str(e.value)  # the accepted ones are listed
+    with pytest.raises(TransferConfigError, match="hold='0.1' must be of type float"):
+        build_loss("dann", D, C, hold="0.1")
     assert build_loss("mcc", D, C, temperature=1.0).temperature == 1.0
-    assert build_loss("dann", D, C, alpha=5.0, hold=0.0, hi=0.5).hi == 0.5
+    assert build_loss("dann", D, C, alpha=5.0, hold=0, hi=0.5).hi == 0.5  # an int is a float
 
 
 def test_register_loss_refuses_duplicates():
     with pytest.raises(ValueError, match="'dann'"):
-        register_loss("dann")(type("Other", (TransferLoss,), {}))
+        register_loss("dann", title="x", description="x")(type("Other", (TransferLoss,), {}))
     with pytest.raises(TypeError):
-        register_loss("not_a_loss")(object)
+        register_loss("not_a_loss", title="x", description="x")(object)
     assert "not_a_loss" not in LOSSES
 
 
@@ -194,33 +271,6 @@ def test_discriminator_learns_to_separate_shifted_domains_when_grl_is_off(name, 
     assert out.item() < 0.5 * first
     assert loss.last_metrics["domain_acc"] > 0.9
     assert f_s.grad.abs().max() == 0  # GRL with coefficient 0 blocks the features' gradient
-
-
-@pytest.mark.parametrize("name", ["dann", "cdan"])
-def test_features_get_the_reversed_discriminator_gradient(name):
-    """d(loss)/d(features) = -coeff * d(discriminator BCE)/d(features)."""
-    torch.manual_seed(0)
-    loss = build_loss(name, D, C, hidden_size=32, hold=0.0)
-    loss.set_progress(0.3)
-    coeff = loss.coefficient
-    assert 0 < coeff < 1
-    f_s, f_t, l_s, l_t = batch()
-    f1 = f_s.clone().requires_grad_(True)
-    loss(f1, f_t, l_s, l_t).backward()
-    f2 = f_s.clone().requires_grad_(True)
-    loss.set_progress(1.0)
-    loss.hi = loss.hold = 0.0  # coefficient irrelevant below: plain forward without reversal
-    if name == "dann":
-        d = loss.discriminator(torch.cat([f2, f_t]))
-    else:
-        g = F.softmax(torch.cat([l_s, l_t]), dim=1)
-        d = loss.discriminator(loss.multilinear_map(torch.cat([f2, f_t]), g))
-    n = f_s.shape[0]
-    ref = 0.5 * (F.binary_cross_entropy_with_logits(d[:n, 0], torch.ones(n))
-                 + F.binary_cross_entropy_with_logits(d[n:, 0], torch.zeros(n)))
-    ref.backward()
-    assert torch.allclose(f1.grad, -coeff * f2.grad, atol=1e-6)
-    assert f1.grad.abs().sum() > 0
 
 
 def test_cdan_entropy_conditioning_weights_confident_samples():
@@ -496,36 +546,6 @@ def test_bottleneck_folds_into_one_exact_linear():
         torch.testing.assert_close(linear(x), expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="cannot fold"):
         fold_into(head, nn.Linear(12, 4))
-
-
-def test_dann_source_weight_weights_only_the_source_side():
-    torch.manual_seed(0)
-    loss = build_loss("dann", D, C, hold=0.0).eval()  # eval: the discriminator's BN must not mix rows
-    f_s, f_t = torch.randn(6, D), torch.randn(6, D)
-    unweighted = loss(f_s, f_t)
-    loss.source_weight = torch.ones(6)
-    assert torch.allclose(loss(f_s, f_t), unweighted)
-    # zero weight on the first three source rows: their features no longer matter
-    loss.source_weight = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
-    a = loss(f_s, f_t)
-    moved = f_s.clone()
-    moved[:3] += 5.0
-    assert torch.allclose(loss(moved, f_t), a)
-    loss.source_weight = None
-    assert not torch.allclose(loss(moved, f_t), unweighted)
-    assert LOSSES["dann"].uses_source_weight and LOSSES["cdan"].uses_source_weight
-    assert not LOSSES["dan"].uses_source_weight
-
-
-def test_cdan_source_weight_weights_only_the_source_side():
-    torch.manual_seed(0)
-    loss = build_loss("cdan", D, C, hold=0.0).eval()
-    f_s, f_t, l_s, l_t = torch.randn(4, D), torch.randn(4, D), torch.randn(4, C), torch.randn(4, C)
-    loss.source_weight = torch.tensor([1.0, 1.0, 0.0, 0.0])
-    a = loss(f_s, f_t, l_s, l_t)
-    moved = f_s.clone()
-    moved[2:] -= 3.0
-    assert torch.allclose(loss(moved, f_t, l_s, l_t), a)
 
 
 def test_pada_class_weights_are_mean_prediction_over_max():

@@ -91,7 +91,7 @@ def test_domain_dann_paired_batches_and_schedule(tmp_path):
     disc = {id(p) for p in run.model.aux["transfer"].parameters()}
     in_opt = {id(p) for g in run.trainer.optimizer.param_groups for p in g["params"]}
     assert disc and disc <= in_opt
-    assert {"cls_loss", "transfer_loss", "grl_coeff"} <= set(run.mode.last_metrics)
+    assert {"cls_loss", "transfer_loss", "grl_coeff"} <= set(run.trainer.step_metrics)
 
 
 def test_domain_gradient_reversal_reaches_backbone(tmp_path):
@@ -300,22 +300,22 @@ def test_partial_exclude_drops_source_rows_of_undeclared_classes(tmp_path):
 
 
 def test_partial_pada_weights_estimated_on_schedule_and_recorded(tmp_path):
-    from hf_transfer.hub import cards
+    from hf_transfer.hub import card_domain
 
     target = _partial_target(tmp_path)
     args = tiny(tmp_path, mode="domain", method="dann", target=target, label_policy="partial",
                 partial_weighting="pada", pada_every=2, max_steps=5)
     run = prepare_run(*arguments_from_dict(args))
     calls = []
-    original = run.mode.estimate_class_weights
-    run.mode.estimate_class_weights = lambda m: (calls.append(run.trainer.state.global_step), original(m))
+    original = run.mode.weighting.estimate_class_weights
+    run.mode.weighting.estimate_class_weights = lambda m: (calls.append(run.trainer.state.global_step), original(m))
     run.trainer.train()
     assert calls == [2, 4]  # every pada_every steps from the Trainer's checkpointed step count, never at 0
     w = run.model.aux["pada"].weights
     assert float(w.max()) == pytest.approx(1.0) and int(run.model.aux["pada"].updates) == 2
     # the weights are the mean target softmax over the target train images, divided by its max
-    run.mode.estimate_class_weights(run.model)
-    images = run.mode._pada_images
+    run.mode.weighting.estimate_class_weights(run.model)
+    images = run.mode.weighting._pada_images
     run.model.eval()
     with torch.no_grad():
         from hf_transfer.data.paired import collate_images
@@ -325,7 +325,7 @@ def test_partial_pada_weights_estimated_on_schedule_and_recorded(tmp_path):
     info = run.mode.label_space_weighting()
     assert info["method"] == "pada" and set(info["class_weights"]) == set(run.data.label_names)
     assert info["down_weighted"] == [n for n, v in info["class_weights"].items() if v < 0.5]
-    text = cards.label_space_text({"partial_weighting": info})
+    text = card_domain.label_space_text({"partial_weighting": info})
     assert "PADA" in text and "every 2 steps" in text
     with pytest.raises(TransferConfigError, match="partial_weighting='pada'"):
         prepared(tmp_path, mode="domain", method="source_only", partial_weighting="pada")

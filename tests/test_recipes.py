@@ -104,10 +104,10 @@ def test_config_errors_name_the_key(tmp_path):
 
 def test_flags_override_config(tmp_path):
     path = _config(tmp_path, "domain", "dann", {})
-    transfer_args, training_args = parse_args(["--config", path, "--learning_rate", "0.3", "--method", "coral",
-                                               "--method_args", '{"x": 1}', "--warmup_steps", "0.1"])
-    assert training_args.learning_rate == 0.3 and transfer_args.method == "coral"
-    assert transfer_args.method_args == {"x": 1} and training_args.max_steps == 6
+    transfer_args, training_args = parse_args(["--config", path, "--learning_rate", "0.3", "--method", "mcc",
+                                               "--method_args", '{"temperature": 1.0}', "--warmup_steps", "0.1"])
+    assert training_args.learning_rate == 0.3 and transfer_args.method == "mcc"
+    assert transfer_args.method_args == {"temperature": 1.0} and training_args.max_steps == 6
     assert training_args.warmup_steps == 0.1  # every TrainingArguments field is accepted as-is
 
 

@@ -188,7 +188,7 @@ def test_l2sp_penalty_and_no_weight_decay(tmp_path):
     opt = run.trainer.create_optimizer()
     assert all(g["weight_decay"] == 0.0 for g in opt.param_groups)
     run.trainer.train()
-    logs = run.mode.last_metrics
+    logs = run.trainer.step_metrics
     assert logs["reg_loss"] > 0 and "cls_loss" in logs
 
 

@@ -20,6 +20,8 @@ from transformers import Trainer
 class TransferTrainer(Trainer):
     def __init__(self, *args, transfer_mode, **kwargs):
         self.transfer_mode = transfer_mode
+        #: the ``metrics`` the mode returned with the latest training loss, logged with it
+        self.step_metrics: dict[str, float] = {}
         super().__init__(*args, **kwargs)
 
     @contextlib.contextmanager
@@ -63,6 +65,8 @@ class TransferTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
+        if "metrics" in outputs:  # training steps only: evaluation outputs carry none
+            self.step_metrics = outputs.pop("metrics")
         loss = outputs["loss"]
         return (loss, outputs) if return_outputs else loss
 
@@ -85,5 +89,5 @@ class TransferTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log: add the mode's own numbers (e.g. DANN's coefficient)
-            logs = {**logs, **{k: round(v, 5) for k, v in self.transfer_mode.last_metrics.items()}}
+            logs = {**logs, **{k: round(v, 5) for k, v in self.step_metrics.items()}}
         super().log(logs, start_time)

@@ -19,43 +19,43 @@ within each domain, as in the paper's code. ``source_weight`` (PADA) multiplies 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from hf_transfer.methods.domain.base import TransferLoss, entropy, require_logits
+from hf_transfer.methods.domain.base import AdversarialLoss, GRLOptions, entropy, require_logits
 from hf_transfer.methods.domain.discriminator import DomainDiscriminator, domain_bce, source_side_weight
-from hf_transfer.methods.domain.grl import grad_reverse, grl_coefficient
 from hf_transfer.methods.domain.registry import register_loss
 
 MAX_MULTILINEAR_DIM = 4096
 
 
-@register_loss("cdan")
-class CDANLoss(TransferLoss):
-    paper = "https://arxiv.org/abs/1705.10667"
+@dataclass(frozen=True)
+class CDANOptions(GRLOptions):
+    entropy_conditioning: bool = field(default=False, metadata={
+        "help": "CDAN+E: weight samples by 1 + exp(-entropy of their prediction)."})
+    randomized: bool | None = field(default=None, metadata={
+        "help": "Randomized multilinear map (default: when feature_dim * num_classes > 4096)."})
+    randomized_dim: int = field(default=1024, metadata={"help": "Output size of the randomized multilinear map."})
+    hidden_size: int = field(default=1024, metadata={"help": "Width of the domain discriminator's hidden layers."})
+    seed: int = field(default=0, metadata={"help": "Seed of the randomized map's fixed projections."})
+
+
+@register_loss("cdan", title="CDAN, conditional domain-adversarial training", paper="https://arxiv.org/abs/1705.10667",
+               config=CDANOptions, description="The discriminator sees features conditioned on the class predictions "
+                                               "(CDAN+E: confident samples weighted up).")
+class CDANLoss(AdversarialLoss):
     needs_logits = True
     uses_source_weight = True
 
-    def __init__(
-        self,
-        feature_dim: int,
-        num_classes: int,
-        entropy_conditioning: bool = False,
-        randomized: bool | None = None,
-        randomized_dim: int = 1024,
-        hidden_size: int = 1024,
-        alpha: float = 10.0,
-        hi: float = 1.0,
-        hold: float = 0.15,
-        seed: int = 0,
-    ) -> None:
-        super().__init__()
+    def __init__(self, feature_dim: int, num_classes: int, **options) -> None:
+        super().__init__(**options)
         if num_classes < 1:
             raise ValueError(f"CDAN needs num_classes >= 1, got {num_classes}")
-        grl_coefficient(0.0, alpha=alpha, hi=hi, hold=hold)
-        self.alpha, self.hi, self.hold = float(alpha), float(hi), float(hold)
-        self.entropy_conditioning = bool(entropy_conditioning)
+        o = self.options
+        randomized, randomized_dim, hidden_size, seed = o.randomized, o.randomized_dim, o.hidden_size, o.seed
+        self.entropy_conditioning = bool(o.entropy_conditioning)
         if randomized is None:
             randomized = feature_dim * num_classes > MAX_MULTILINEAR_DIM
         self.randomized = bool(randomized)
@@ -71,23 +71,18 @@ class CDANLoss(TransferLoss):
         self.map_dim = in_dim
         self.discriminator = DomainDiscriminator(in_dim, hidden_size)
 
-    @property
-    def coefficient(self) -> float:
-        return grl_coefficient(self.progress, alpha=self.alpha, hi=self.hi, hold=self.hold)
-
     def multilinear_map(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         if self.randomized:
             return (f @ self.Rf.to(f.dtype)) * (g @ self.Rg.to(g.dtype)) / math.sqrt(self.map_dim)
         return torch.bmm(g.unsqueeze(2), f.unsqueeze(1)).flatten(1)
 
-    def forward(self, f_s, f_t, logits_s=None, logits_t=None) -> torch.Tensor:
+    def forward(self, f_s, f_t, logits_s=None, logits_t=None, source_weight=None) -> torch.Tensor:
         require_logits("cdan", logits_s, logits_t)
         f = torch.cat([f_s, f_t], dim=0)
         g = F.softmax(torch.cat([logits_s, logits_t], dim=0).detach().float(), dim=1).to(f.dtype)
-        coeff = self.coefficient
-        h = grad_reverse(self.multilinear_map(f, g), coeff)
+        h, coeff = self.reverse(self.multilinear_map(f, g))
         weight = 1.0 + torch.exp(-entropy(g)) if self.entropy_conditioning else None
-        side = source_side_weight(self.source_weight, f_t.shape[0], f.dtype)
+        side = source_side_weight(source_weight, f_t.shape[0], f.dtype)
         if side is not None:  # PADA: class weights on the source side (times CDAN+E's, if any)
             weight = side if weight is None else weight * side
         loss, acc = domain_bce(self.discriminator(h), f_s.shape[0], weight)
@@ -96,4 +91,4 @@ class CDANLoss(TransferLoss):
 
     def extra_repr(self) -> str:
         return (f"entropy_conditioning={self.entropy_conditioning}, randomized={self.randomized}, "
-                f"map_dim={self.map_dim}, alpha={self.alpha}, hi={self.hi}, hold={self.hold}")
+                f"map_dim={self.map_dim}, {super().extra_repr()}")

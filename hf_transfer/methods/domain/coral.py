@@ -34,9 +34,9 @@ def coral(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
     return (covariance(f_s) - covariance(f_t)).pow(2).sum() / (4.0 * d * d)
 
 
-@register_loss("coral")
+@register_loss("coral", title="Deep CORAL", paper="https://arxiv.org/abs/1607.01719",
+               description="Second-order statistics (feature covariances) of source and target are aligned.")
 class CORALLoss(TransferLoss):
-    paper = "https://arxiv.org/abs/1607.01719"
     needs_logits = False
 
     def __init__(self, feature_dim: int = 0, num_classes: int = 0) -> None:

@@ -12,50 +12,38 @@ the paper on purpose: in a prototype on digits, DANN collapsed (source accuracy 
 seed out of three when the ramp started at step 0, while the classifier was still at chance loss;
 holding lambda at 0 for the first ~15% of training fixed it. Pass ``hold=0`` for the paper schedule.
 The discriminator still learns during the hold. At initialisation ``L_dann`` is about ``log 2``.
-With ``source_weight`` set (PADA, partial label spaces) the source term is a weighted mean.
+With ``source_weight`` (PADA, partial label spaces) the source term is a weighted mean.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
-from hf_transfer.methods.domain.base import TransferLoss
+from hf_transfer.methods.domain.base import AdversarialLoss, GRLOptions
 from hf_transfer.methods.domain.discriminator import DomainDiscriminator, domain_bce, source_side_weight
-from hf_transfer.methods.domain.grl import grad_reverse, grl_coefficient
 from hf_transfer.methods.domain.registry import register_loss
 
 
-@register_loss("dann")
-class DANNLoss(TransferLoss):
-    paper = "https://arxiv.org/abs/1505.07818"
+@dataclass(frozen=True)
+class DANNOptions(GRLOptions):
+    hidden_size: int = field(default=1024, metadata={"help": "Width of the domain discriminator's hidden layers."})
+
+
+@register_loss("dann", title="DANN, domain-adversarial training", paper="https://arxiv.org/abs/1505.07818",
+               config=DANNOptions, description="A domain discriminator behind a gradient-reversal layer makes source "
+                                               "and target features indistinguishable.")
+class DANNLoss(AdversarialLoss):
     needs_logits = False
     uses_source_weight = True
 
-    def __init__(
-        self,
-        feature_dim: int,
-        num_classes: int = 0,
-        hidden_size: int = 1024,
-        alpha: float = 10.0,
-        hi: float = 1.0,
-        hold: float = 0.15,
-    ) -> None:
-        super().__init__()
-        grl_coefficient(0.0, alpha=alpha, hi=hi, hold=hold)  # validate early
-        self.alpha, self.hi, self.hold = float(alpha), float(hi), float(hold)
-        self.discriminator = DomainDiscriminator(feature_dim, hidden_size)
+    def __init__(self, feature_dim: int, num_classes: int = 0, **options) -> None:
+        super().__init__(**options)
+        self.discriminator = DomainDiscriminator(feature_dim, self.options.hidden_size)
 
-    @property
-    def coefficient(self) -> float:
-        """Current gradient-reversal coefficient (a pure function of ``self.progress``)."""
-        return grl_coefficient(self.progress, alpha=self.alpha, hi=self.hi, hold=self.hold)
-
-    def forward(self, f_s, f_t, logits_s=None, logits_t=None) -> torch.Tensor:
-        coeff = self.coefficient
-        f = grad_reverse(torch.cat([f_s, f_t], dim=0), coeff)
-        weight = source_side_weight(self.source_weight, f_t.shape[0], f.dtype)
+    def forward(self, f_s, f_t, logits_s=None, logits_t=None, source_weight=None) -> torch.Tensor:
+        f, coeff = self.reverse(torch.cat([f_s, f_t], dim=0))
+        weight = source_side_weight(source_weight, f_t.shape[0], f.dtype)
         loss, acc = domain_bce(self.discriminator(f), f_s.shape[0], weight)
         self.last_metrics = {"grl_coeff": coeff, "domain_acc": acc}
         return loss
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, hi={self.hi}, hold={self.hold}, progress={self.progress:.4f}"

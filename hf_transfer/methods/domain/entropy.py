@@ -11,6 +11,8 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 
@@ -27,9 +29,10 @@ def information_maximization_loss(logits: torch.Tensor, diversity: float = 1.0) 
     return entropy(p).mean() - diversity * entropy(p.mean(0), dim=0)
 
 
-@register_loss("entropy")
+@register_loss("entropy", title="Entropy minimisation",
+               paper="https://papers.nips.cc/paper/2740-semi-supervised-learning-by-entropy-minimization",
+               description="The entropy of the target predictions is minimised (confident target predictions).")
 class EntropyLoss(TransferLoss):
-    paper = "https://papers.nips.cc/paper/2740-semi-supervised-learning-by-entropy-minimization"
     needs_logits = True
 
     def __init__(self, feature_dim: int = 0, num_classes: int = 0) -> None:
@@ -40,14 +43,19 @@ class EntropyLoss(TransferLoss):
         return mean_entropy(logits_t)
 
 
-@register_loss("im")
+@dataclass(frozen=True)
+class IMOptions:
+    diversity: float = field(default=1.0, metadata={"help": "Weight of the diversity term H(mean prediction)."})
+
+
+@register_loss("im", title="IM, information maximisation", paper="https://arxiv.org/abs/2002.08546", config=IMOptions,
+               description="Target predictions are made confident individually and diverse over the batch (SHOT's IM).")
 class InformationMaximizationLoss(TransferLoss):
-    paper = "https://arxiv.org/abs/2002.08546"
     needs_logits = True
 
-    def __init__(self, feature_dim: int = 0, num_classes: int = 0, diversity: float = 1.0) -> None:
-        super().__init__()
-        self.diversity = float(diversity)
+    def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options) -> None:
+        super().__init__(**options)
+        self.diversity = float(self.options.diversity)
 
     def forward(self, f_s, f_t, logits_s=None, logits_t=None) -> torch.Tensor:
         require_logits("im", logits_t)

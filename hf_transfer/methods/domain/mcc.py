@@ -13,6 +13,8 @@ predictions give a large off-diagonal mass (at most ``(C - 1) / C``). Source fea
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 
@@ -31,13 +33,20 @@ def mcc(logits_t: torch.Tensor, temperature: float = 2.5) -> torch.Tensor:
     return (conf.sum() - conf.trace()) / c
 
 
-@register_loss("mcc")
+@dataclass(frozen=True)
+class MCCOptions:
+    temperature: float = field(default=2.5, metadata={"help": "Softmax temperature T of the target predictions "
+                                                              "(2.5 in the paper)."})
+
+
+@register_loss("mcc", title="MCC, minimum class confusion", paper="https://arxiv.org/abs/1912.03699",
+               config=MCCOptions, description="Confusion between classes in the target predictions is minimised.")
 class MCCLoss(TransferLoss):
-    paper = "https://arxiv.org/abs/1912.03699"
     needs_logits = True
 
-    def __init__(self, feature_dim: int = 0, num_classes: int = 0, temperature: float = 2.5) -> None:
-        super().__init__()
+    def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options) -> None:
+        super().__init__(**options)
+        temperature = self.options.temperature
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)

@@ -12,6 +12,8 @@ over consecutive pairs; needs equal source and target batch sizes, uses the firs
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from hf_transfer.methods.domain.base import TransferLoss
@@ -78,21 +80,24 @@ def mk_mmd(
     return xx + yy - 2 * k_st.mean()
 
 
-@register_loss("dan")
+@dataclass(frozen=True)
+class MKMMDOptions:
+    num_kernels: int = field(default=5, metadata={"help": "Number K of Gaussian kernels."})
+    kernel_mul: float = field(default=2.0, metadata={"help": "Ratio between consecutive kernel bandwidths."})
+    bandwidth: str = field(default="median", metadata={"help": "Base bandwidth s_0: median | mean pairwise squared "
+                                                               "distance of the pooled batch."})
+    estimator: str = field(default="unbiased", metadata={"help": "MMD estimator: unbiased | biased | linear."})
+
+
+@register_loss("dan", title="DAN, multi-kernel MMD", paper="https://arxiv.org/abs/1502.02791", config=MKMMDOptions,
+               description="A multi-kernel maximum mean discrepancy between source and target features is minimised.")
 class MKMMDLoss(TransferLoss):
-    paper = "https://arxiv.org/abs/1502.02791"
     needs_logits = False
 
-    def __init__(
-        self,
-        feature_dim: int = 0,
-        num_classes: int = 0,
-        num_kernels: int = 5,
-        kernel_mul: float = 2.0,
-        bandwidth: str = "median",
-        estimator: str = "unbiased",
-    ) -> None:
-        super().__init__()
+    def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options) -> None:
+        super().__init__(**options)
+        num_kernels, kernel_mul = self.options.num_kernels, self.options.kernel_mul
+        bandwidth, estimator = self.options.bandwidth, self.options.estimator
         if bandwidth not in ("median", "mean"):
             raise ValueError(f"bandwidth must be 'median' or 'mean', got {bandwidth!r}")
         if estimator not in ("unbiased", "biased", "linear"):

@@ -73,13 +73,13 @@ def pada_summary(weights: ClassWeights, label_names: list[str], every: int) -> d
 
 
 class PADACallback(TrainerCallback):
-    """Re-estimate the class weights at the start of every ``every``-th optimizer step (never at
-    step 0: the model is untrained). Steps come from the Trainer's checkpointed state, so the
+    """Re-estimate the class weights (``weighting.estimate_class_weights(model)``) at the start of
+    every ``every``-th optimizer step (never at step 0: the model is untrained). Steps come from the Trainer's checkpointed state, so the
     estimates fall on the same steps after a resume."""
 
-    def __init__(self, mode, every: int):
-        self.mode, self.every = mode, int(every)
+    def __init__(self, weighting, every: int):
+        self.weighting, self.every = weighting, int(every)
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step > 0 and state.global_step % self.every == 0:
-            self.mode.estimate_class_weights(model if model is not None else self.mode.model)
+            self.weighting.estimate_class_weights(model)

@@ -17,6 +17,7 @@ samples above the threshold; ``0`` when nothing passes (the loss is then exactly
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +26,21 @@ from hf_transfer.methods.domain.base import TransferLoss, require_logits
 from hf_transfer.methods.domain.registry import register_loss
 
 
-@register_loss("pseudo_label")
+@dataclass(frozen=True)
+class PseudoLabelOptions:
+    threshold: float = field(default=0.95, metadata={"help": "Confidence a target prediction needs to become a "
+                                                             "pseudo-label (FixMatch's tau)."})
+
+
+@register_loss("pseudo_label", title="Pseudo-labelling (self-training)", paper="https://arxiv.org/abs/2001.07685",
+               config=PseudoLabelOptions,
+               description="Confident target predictions are trained on as labels (confidence-thresholded self-training).")
 class PseudoLabelLoss(TransferLoss):
-    paper = "https://arxiv.org/abs/2001.07685"
     needs_logits = True
 
-    def __init__(self, feature_dim: int = 0, num_classes: int = 0, threshold: float = 0.95) -> None:
-        super().__init__()
+    def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options) -> None:
+        super().__init__(**options)
+        threshold = self.options.threshold
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         self.threshold = float(threshold)
@@ -67,7 +76,17 @@ def class_balanced_mask(conf: torch.Tensor, labels: torch.Tensor, fraction: floa
     return mask
 
 
-@register_loss("cbst")
+@dataclass(frozen=True)
+class CBSTOptions:
+    fraction: float = field(default=0.5, metadata={"help": "Fraction p of each predicted class kept as pseudo-labels "
+                                                           "at the end of training."})
+    fraction_start: float = field(default=0.2, metadata={"help": "Fraction p at the start of training (grows "
+                                                                 "linearly to fraction)."})
+
+
+@register_loss("cbst", title="CBST, class-balanced self-training", paper="https://arxiv.org/abs/1810.07911",
+               config=CBSTOptions,
+               description="Pseudo-labels from the most confident fraction of every predicted class, growing over training.")
 class ClassBalancedSelfTrainingLoss(TransferLoss):
     """Class-balanced self-training (CBST; Zou et al., ECCV 2018, https://arxiv.org/abs/1810.07911).
 
@@ -85,12 +104,11 @@ class ClassBalancedSelfTrainingLoss(TransferLoss):
     ``last_metrics``: ``mask_rate`` (fraction selected) and ``fraction`` (``p(t)``).
     """
 
-    paper = "https://arxiv.org/abs/1810.07911"
     needs_logits = True
 
-    def __init__(self, feature_dim: int = 0, num_classes: int = 0, fraction: float = 0.5,
-                 fraction_start: float = 0.2) -> None:
-        super().__init__()
+    def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options) -> None:
+        super().__init__(**options)
+        fraction, fraction_start = self.options.fraction, self.options.fraction_start
         for name, value in (("fraction", fraction), ("fraction_start", fraction_start)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -152,7 +170,18 @@ def strong_view(x: torch.Tensor, translate: float = 0.125, rotate: float = 15.0,
     return out.to(dtype)
 
 
-@register_loss("fixmatch")
+@dataclass(frozen=True)
+class FixMatchOptions:
+    threshold: float = field(default=0.95, metadata={"help": "Confidence a weak-view prediction needs to become a "
+                                                             "pseudo-label."})
+    translate: float = field(default=0.125, metadata={"help": "Strong view: largest shift, as a fraction of the size."})
+    rotate: float = field(default=15.0, metadata={"help": "Strong view: largest rotation in degrees."})
+    cutout: float = field(default=0.4, metadata={"help": "Strong view: largest cutout side, as a fraction of the size."})
+
+
+@register_loss("fixmatch", title="FixMatch-style consistency", paper="https://arxiv.org/abs/2001.07685",
+               config=FixMatchOptions,
+               description="Pseudo-labels from the target batch train the predictions on a strongly augmented view of it.")
 class FixMatchLoss(TransferLoss):
     """FixMatch-style consistency (Sohn et al., NeurIPS 2020, https://arxiv.org/abs/2001.07685).
 
@@ -170,13 +199,13 @@ class FixMatchLoss(TransferLoss):
     strong-view predictions equal to the weak pseudo-label).
     """
 
-    paper = "https://arxiv.org/abs/2001.07685"
     needs_logits = True
     target_views = 2
 
-    def __init__(self, feature_dim: int = 0, num_classes: int = 0, threshold: float = 0.95,
-                 translate: float = 0.125, rotate: float = 15.0, cutout: float = 0.4) -> None:
-        super().__init__()
+    def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options) -> None:
+        super().__init__(**options)
+        threshold, translate = self.options.threshold, self.options.translate
+        rotate, cutout = self.options.rotate, self.options.cutout
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         self.threshold = float(threshold)

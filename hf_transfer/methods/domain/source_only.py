@@ -10,9 +10,10 @@ from hf_transfer.methods.domain.base import TransferLoss
 from hf_transfer.methods.domain.registry import register_loss
 
 
-@register_loss("source_only")
+@register_loss("source_only", title="Source only (no adaptation)", default=True,
+               description="Trained on the labelled source domain only: the baseline every adaptation method is "
+                           "compared with.")
 class SourceOnlyLoss(TransferLoss):
-    paper = ""
     needs_logits = False
 
     def __init__(self, feature_dim: int = 0, num_classes: int = 0) -> None:

@@ -13,23 +13,28 @@ class ModeCallbacks(TrainerCallback):
 
     For code that builds the Trainer before the mode exists (``run_transfer(..., callbacks=[ModeCallbacks()])``);
     the mode is found through the trained ``TransferModel``. Harmless when the mode's callbacks are
-    also attached directly (they are idempotent functions of ``state.global_step``).
+    also attached directly (they are idempotent functions of ``state.global_step``). One forwarding
+    method per ``TrainerCallback`` event is defined below the class.
     """
 
-    def _targets(self, kwargs):
-        model = kwargs.get("model")
-        mode = getattr(model, "_mode", None)
-        return mode.callbacks() if mode is not None and hasattr(mode, "callbacks") else []
+    @staticmethod
+    def _targets(kwargs) -> list:
+        mode = getattr(kwargs.get("model"), "_mode", None)
+        return mode.callbacks() if mode is not None else []
 
-    def __getattribute__(self, name):
-        if name.startswith("on_"):
-            def forward(args, state, control, **kwargs):
-                for cb in object.__getattribute__(self, "_targets")(kwargs):
-                    if hasattr(cb, name):
-                        getattr(cb, name)(args, state, control, **kwargs)
-                return control
-            return forward
-        return object.__getattribute__(self, name)
+
+def _forward_event(event: str):
+    def forward(self, args, state, control, **kwargs):
+        for cb in self._targets(kwargs):
+            getattr(cb, event)(args, state, control, **kwargs)
+        return control
+
+    forward.__name__ = event
+    return forward
+
+
+for _event in [name for name in vars(TrainerCallback) if name.startswith("on_")]:
+    setattr(ModeCallbacks, _event, _forward_event(_event))
 
 
 __all__ = ["GradualUnfreezing", "ModeCallbacks", "count_parameters", "freeze_parameters", "group_learning_rates",

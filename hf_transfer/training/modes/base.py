@@ -155,7 +155,6 @@ class TransferMode:
         self.backbone = backbone
         self.data = data
         self.training_args = training_args
-        self.last_metrics: dict[str, float] = {}
         self.frozen_groups: list[str] = []
         data.drop_unlabelled(keep_target_train=self.uses_unlabelled_target)
 
@@ -178,6 +177,8 @@ class TransferMode:
         raise NotImplementedError
 
     def forward(self, model: TransferModel, **inputs) -> dict[str, torch.Tensor]:
+        """``{"loss", "logits"}``; a training step may add ``"metrics"``: floats the Trainer logs with the
+        loss (e.g. DANN's coefficient), returned rather than kept on the mode."""
         raise NotImplementedError
 
     # --- hooks with defaults --------------------------------------------------------------------

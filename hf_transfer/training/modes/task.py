@@ -167,8 +167,8 @@ class TaskMode(TransferMode):
             self._bss_features = None
         else:
             penalty = self.regularizer()
-        self.last_metrics = {"cls_loss": float(out["loss"].detach()), "reg_loss": float(penalty.detach())}
-        return {**out, "loss": out["loss"] + penalty}
+        metrics = {"cls_loss": float(out["loss"].detach()), "reg_loss": float(penalty.detach())}
+        return {**out, "loss": out["loss"] + penalty, "metrics": metrics}
 
     def describe(self) -> dict:
         out = super().describe()
