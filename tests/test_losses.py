@@ -52,6 +52,11 @@ class Row:
     reference: Callable | None = None  # (loss in eval mode, f_s, f_t, l_s, l_t) -> the paper's value
 
 
+def _mdd_reference(m, f_s, f_t, l_s, l_t):
+    p_t = F.softmax(m.adversarial_head(f_t), 1).gather(1, l_t.argmax(1)[:, None])
+    return m.margin * F.cross_entropy(m.adversarial_head(f_s), l_s.argmax(1)) - torch.log(1 - p_t).mean()
+
+
 # one row per registered domain method: adding a method adds its row here
 METHODS = {
     "source_only": Row("none"),
@@ -65,6 +70,7 @@ METHODS = {
     "pseudo_label": Row("logits", logits=True, zero_grad_ok=True),
     "cbst": Row("logits", logits=True),
     "fixmatch": Row("logits", logits=True, zero_grad_ok=True),
+    "mdd": Row("features", logits=True, adversarial=True, source_weight=True, reference=_mdd_reference),
 }
 
 
