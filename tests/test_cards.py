@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+import yaml
 
 pytest.importorskip("huggingface_hub")
 from huggingface_hub import ModelCard
@@ -108,8 +109,6 @@ def test_body_tells_the_transfer(run_dir, results):
         assert v in text
     # the reproduce block is valid YAML with the run's arguments
     block = re.search(r"```yaml\n(.*?)```", text, re.DOTALL).group(1)
-    import yaml
-
     cfg = yaml.safe_load(block)
     assert cfg["mode"] == "domain" and cfg["method"] == "dann" and cfg["target"] == "builtin:digits-handwritten"
     assert cfg["image_size"] == 32 and cfg["max_steps"] == 3
@@ -184,7 +183,7 @@ def test_write_card_and_figures(run_dir, tmp_path):
 
 
 def test_validate_card_rejects_broken_metadata():
-    with pytest.raises(Exception):
+    with pytest.raises(yaml.YAMLError):
         cards.validate_card("---\nlicense: [unclosed\n---\nbody\n")
     with pytest.raises(ValueError, match="library_name"):
         cards.validate_card("---\nlibrary_name: [a, b]\npipeline_tag: image-classification\n---\nbody\n")
