@@ -11,10 +11,14 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from hf_transfer.errors import TransferConfigError
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 from hf_transfer.methods import registry
 
 TRADE_OFF_SCHEDULES = ("constant", "dann", "linear")
@@ -327,7 +331,7 @@ def _to_argv(data: dict) -> list[str]:
     return argv
 
 
-def parse_args(argv: list[str] | None = None):
+def parse_args(argv: list[str] | None = None) -> tuple[TransferArguments, TrainingArguments]:
     """``[--config FILE] [--flag value ...]`` -> (TransferArguments, TrainingArguments)."""
     import sys
 
@@ -355,7 +359,7 @@ def parse_args(argv: list[str] | None = None):
     return transfer_args, resolve_precision(transfer_args, training_args)
 
 
-def resolve_precision(transfer_args: TransferArguments, training_args):
+def resolve_precision(transfer_args: TransferArguments, training_args: TrainingArguments) -> TrainingArguments:
     """Apply ``auto_bf16``: bf16 on a bf16-capable CUDA device unless the user chose a precision."""
     import torch
 
@@ -366,7 +370,7 @@ def resolve_precision(transfer_args: TransferArguments, training_args):
     return training_args
 
 
-def arguments_from_dict(data: dict):
+def arguments_from_dict(data: dict[str, Any]) -> tuple[TransferArguments, TrainingArguments]:
     """Python API: the same dataclasses from a plain dict (unknown keys are an error)."""
     unknown = sorted(set(data) - _known_keys())
     if unknown:

@@ -14,10 +14,11 @@ import platform
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import transformers
-from transformers import set_seed
+from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from hf_transfer import __version__
 from hf_transfer.models.backbones import load_backbone
@@ -232,7 +233,7 @@ class PreparedRun:
     """Everything a run needs, checked and built, before the first training step."""
 
     args: TransferArguments
-    training_args: object
+    training_args: TrainingArguments
     data: TransferData
     backbone: object
     mode: object
@@ -243,7 +244,8 @@ class PreparedRun:
     push: PushRequest | None = None
 
 
-def prepare_run(args: TransferArguments, training_args, callbacks=None) -> PreparedRun:
+def prepare_run(args: TransferArguments, training_args: TrainingArguments,
+                callbacks: list[TrainerCallback] | None = None) -> PreparedRun:
     """Load and check data, backbone and method; build the mode and the Trainer (no training yet).
 
     What can be checked without loading anything (options, method, dataset specs, backbone id form,
@@ -286,7 +288,8 @@ def prepare_run(args: TransferArguments, training_args, callbacks=None) -> Prepa
     return PreparedRun(args, training_args, data, backbone, mode, model, eval_sets, trainer, resume, push)
 
 
-def run_transfer(args: TransferArguments, training_args, callbacks=None) -> dict:
+def run_transfer(args: TransferArguments, training_args: TrainingArguments,
+                 callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
     """Train under ``args.mode`` and write the Hub-ready folder; returns the results dict."""
     start = time.time()
     run = prepare_run(args, training_args, callbacks)
