@@ -300,6 +300,17 @@ class Storage:
         return None
 
 
+def _parse_commit(raw: bytes) -> tuple[dict, list[dict]]:
+    """An ndjson commit payload -> (its header's value, the operation lines after it)."""
+    try:
+        lines = [json.loads(ln) for ln in raw.decode().splitlines() if ln.strip()]
+    except ValueError:
+        raise HubError(400, "Invalid ndjson commit payload")
+    if not lines or lines[0].get("key") != "header":
+        raise HubError(400, "The first line of a commit must be its header")
+    return lines[0].get("value", {}), lines[1:]
+
+
 def _file_entry(storage: Storage, data: bytes | None, sha256: str, size: int, lfs: bool) -> dict:
     if lfs:
         return {"sha256": sha256, "size": size, "lfs": True, "oid": git_blob_sha1(lfs_pointer(sha256, size))}
@@ -1171,85 +1182,98 @@ class HubTestServer:
     def _commit(self, h: _Handler, rtype: str, repo_id: str, meta: dict, rev: str, q: dict) -> None:
         raw = h._body()  # read the whole payload before any fault, like a real server would
         self._fault(h, "commit")
-        try:
-            lines = [json.loads(ln) for ln in raw.decode().splitlines() if ln.strip()]
-        except ValueError:
-            raise HubError(400, "Invalid ndjson commit payload")
-        if not lines or lines[0].get("key") != "header":
-            raise HubError(400, "The first line of a commit must be its header")
-        header = lines[0].get("value", {})
+        header, operations = _parse_commit(raw)
         create_pr = q.get("create_pr", ["0"])[0] in ("1", "true")
         with self.storage.lock(rtype, repo_id):
             refs = self.storage.refs(rtype, repo_id)
-            if rev.startswith("refs/pr/"):
-                target_kind, target = "prs", rev[len("refs/pr/"):]
-            elif rev.startswith("refs/heads/"):
-                target_kind, target = "branches", rev[len("refs/heads/"):]
-            elif rev in refs["branches"]:
-                target_kind, target = "branches", rev
-            elif _SHA40.match(rev) and create_pr and self.storage.commit(rtype, repo_id, rev):
-                target_kind, target = "sha", rev
-            else:
-                raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
-            head = rev if target_kind == "sha" else refs[target_kind].get(target)
-            if head is None:
-                raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+            target_kind, target, head = self._commit_target(rtype, repo_id, refs, rev, create_pr)
             parent = header.get("parentCommit")
             if parent and parent != head:
                 raise HubError(412, "A commit has happened since. Please refresh and try again.")
             files = dict(self.storage.commit(rtype, repo_id, head)["files"])
             readme_changed = False
-            for line in lines[1:]:
-                key, v = line.get("key"), line.get("value", {})
-                path = str(v.get("path", "")).strip("/")
-                if key in ("file", "lfsFile", "deletedFile") and (not path or ".." in path.split("/")):
-                    raise HubError(400, f"Invalid path: {path!r}")
-                if key == "file":
-                    if v.get("encoding", "base64") != "base64":
-                        raise HubError(400, "Only base64 file content is accepted")
-                    data = base64.b64decode(v.get("content", ""))
-                    files[path] = _file_entry(self.storage, data, self.storage.put_bytes(data), len(data), False)
-                    readme_changed |= path == "README.md"
-                elif key == "lfsFile":
-                    oid, size = v.get("oid"), v.get("size")
-                    if v.get("algo", "sha256") != "sha256" or not self.storage.has_blob(str(oid), size):
-                        raise HubError(422, f"Your push was rejected because an LFS pointer pointed to a file "
-                                            f"that does not exist: {path} ({oid})")
-                    files[path] = _file_entry(self.storage, None, oid, size, True)
-                    readme_changed |= path == "README.md"
-                elif key == "deletedFile":
-                    if path not in files:
-                        raise HubError(404, f"A file with this name doesn't exist: {path}", "EntryNotFound")
-                    del files[path]
-                elif key == "deletedFolder":
-                    prefix = path + "/" if path else ""
-                    gone = [p for p in files if p.startswith(prefix)]
-                    if not gone:
-                        raise HubError(404, f"A folder with this name doesn't exist: {path}", "EntryNotFound")
-                    for p in gone:
-                        del files[p]
-                else:
-                    raise HubError(400, f"Unsupported commit operation: {key}")
-            if readme_changed and not files["README.md"]["lfs"]:
-                text = self.storage.blob_path(files["README.md"]["sha256"]).read_text(errors="replace")
-                errors = card_metadata(text)[1]
-                if errors:
-                    raise HubError(400, "Invalid metadata in README.md: " + "; ".join(errors))
+            for op in operations:
+                readme_changed |= self._apply_operation(files, op)
+            if readme_changed:
+                self._check_readme(files)
             commit = self.storage.write_commit(rtype, repo_id, [head], files, header.get("summary") or "Commit",
                                                header.get("description") or "", h._user or self.default_user)
-            pr_url = None
-            if create_pr and target_kind != "prs":
-                num = str(max([int(n) for n in refs["prs"]] + [0]) + 1)
-                refs["prs"][num] = commit["id"]
-                pr_url = f"http://{h.headers.get('Host')}/{_PREFIX[rtype]}{repo_id}/discussions/{num}"
-            else:
-                refs[target_kind][target] = commit["id"]
-                if create_pr:
-                    pr_url = f"http://{h.headers.get('Host')}/{_PREFIX[rtype]}{repo_id}/discussions/{target}"
+            pr_url = self._move_ref(h, rtype, repo_id, refs, target_kind, target, commit["id"], create_pr)
             self.storage.set_refs(rtype, repo_id, refs)  # the single atomic step that publishes the commit
         base = f"http://{h.headers.get('Host')}/{_PREFIX[rtype]}{repo_id}"
         h._send_json({"success": True, "commitOid": commit["id"], "commitUrl": f"{base}/commit/{commit['id']}",
                       "commitMessage": commit["title"], "pullRequestUrl": pr_url})
+
+    def _commit_target(self, rtype: str, repo_id: str, refs: dict, rev: str, create_pr: bool) -> tuple[str, str, str]:
+        """``(kind, name, head)`` of what a commit to ``rev`` moves: a PR, a branch, or (a PR on) a commit sha."""
+        if rev.startswith("refs/pr/"):
+            kind, target = "prs", rev[len("refs/pr/"):]
+        elif rev.startswith("refs/heads/"):
+            kind, target = "branches", rev[len("refs/heads/"):]
+        elif rev in refs["branches"]:
+            kind, target = "branches", rev
+        elif _SHA40.match(rev) and create_pr and self.storage.commit(rtype, repo_id, rev):
+            kind, target = "sha", rev
+        else:
+            raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+        head = rev if kind == "sha" else refs[kind].get(target)
+        if head is None:
+            raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+        return kind, target, head
+
+    def _apply_operation(self, files: dict, op: dict) -> bool:
+        """Apply one ndjson commit operation to ``files`` (path -> entry); True when it wrote README.md."""
+        key, v = op.get("key"), op.get("value", {})
+        path = str(v.get("path", "")).strip("/")
+        if key in ("file", "lfsFile", "deletedFile") and (not path or ".." in path.split("/")):
+            raise HubError(400, f"Invalid path: {path!r}")
+        if key == "file":
+            if v.get("encoding", "base64") != "base64":
+                raise HubError(400, "Only base64 file content is accepted")
+            data = base64.b64decode(v.get("content", ""))
+            files[path] = _file_entry(self.storage, data, self.storage.put_bytes(data), len(data), False)
+            return path == "README.md"
+        if key == "lfsFile":
+            oid, size = v.get("oid"), v.get("size")
+            if v.get("algo", "sha256") != "sha256" or not self.storage.has_blob(str(oid), size):
+                raise HubError(422, f"Your push was rejected because an LFS pointer pointed to a file "
+                                    f"that does not exist: {path} ({oid})")
+            files[path] = _file_entry(self.storage, None, oid, size, True)
+            return path == "README.md"
+        if key == "deletedFile":
+            if path not in files:
+                raise HubError(404, f"A file with this name doesn't exist: {path}", "EntryNotFound")
+            del files[path]
+            return False
+        if key == "deletedFolder":
+            prefix = path + "/" if path else ""
+            gone = [p for p in files if p.startswith(prefix)]
+            if not gone:
+                raise HubError(404, f"A folder with this name doesn't exist: {path}", "EntryNotFound")
+            for p in gone:
+                del files[p]
+            return False
+        raise HubError(400, f"Unsupported commit operation: {key}")
+
+    def _check_readme(self, files: dict) -> None:
+        """The Hub refuses a commit whose (non-LFS) README.md has invalid metadata."""
+        if files["README.md"]["lfs"]:
+            return
+        text = self.storage.blob_path(files["README.md"]["sha256"]).read_text(errors="replace")
+        errors = card_metadata(text)[1]
+        if errors:
+            raise HubError(400, "Invalid metadata in README.md: " + "; ".join(errors))
+
+    def _move_ref(self, h: _Handler, rtype: str, repo_id: str, refs: dict, kind: str, target: str, commit_id: str,
+                  create_pr: bool) -> str | None:
+        """Point the target ref (or a new PR) at ``commit_id`` in ``refs``; returns the PR's URL, if any."""
+        discussions = f"http://{h.headers.get('Host')}/{_PREFIX[rtype]}{repo_id}/discussions"
+        if create_pr and kind != "prs":
+            num = str(max([int(n) for n in refs["prs"]] + [0]) + 1)
+            refs["prs"][num] = commit_id
+            return f"{discussions}/{num}"
+        refs[kind][target] = commit_id
+        return f"{discussions}/{target}" if create_pr else None
 
     # downloads -----------------------------------------------------------------------------------
     def _resolve(self, h: _Handler, rtype: str, repo_id: str, rev: str, path: str) -> None:
