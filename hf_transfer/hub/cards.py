@@ -39,7 +39,7 @@ from hf_transfer.hub.card_metadata import card_data, validate_card
 from hf_transfer.hub.card_template import template_text
 from hf_transfer.hub.card_usage import usage_vars
 
-__all__ = ["CONFIG_FILE", "CONFUSION_PNG", "CURVES_PNG", "MODES", "METHODS", "merge_card", "render_card",
+__all__ = ["CONFIG_FILE", "CONFUSION_PNG", "CURVES_PNG", "MODES", "merge_card", "render_card",
            "render_example", "template_text", "validate_card", "write_card", "write_figures"]
 
 MODES = {
@@ -52,54 +52,28 @@ MODES = {
     "task": ("Task adaptation (fine-tuning)",
              "The backbone and a new classification head are trained on the target labels.", "fine-tuning"),
 }
-METHODS = {  # method -> (title, paper, one line)
-    "source_only": ("Source only (no adaptation)", "", "Trained on the labelled source domain only: the baseline "
-                                                     "every adaptation method is compared with."),
-    "dann": ("DANN, domain-adversarial training", "https://arxiv.org/abs/1505.07818",
-             "A domain discriminator behind a gradient-reversal layer makes source and target features "
-             "indistinguishable."),
-    "cdan": ("CDAN, conditional domain-adversarial training", "https://arxiv.org/abs/1705.10667",
-             "The discriminator sees features conditioned on the class predictions."),
-    "cdan_e": ("CDAN+E, entropy-weighted CDAN", "https://arxiv.org/abs/1705.10667",
-               "CDAN with confident target samples weighted up."),
-    "dan": ("DAN, multi-kernel MMD", "https://arxiv.org/abs/1502.02791",
-            "A multi-kernel maximum mean discrepancy between source and target features is minimised."),
-    "mmd": ("MK-MMD", "https://arxiv.org/abs/1502.02791",
-            "A multi-kernel maximum mean discrepancy between source and target features is minimised."),
-    "coral": ("Deep CORAL", "https://arxiv.org/abs/1607.01719",
-              "Second-order statistics (feature covariances) of source and target are aligned."),
-    "mcc": ("MCC, minimum class confusion", "https://arxiv.org/abs/1912.03699",
-            "Confusion between classes in the target predictions is minimised."),
-    "full": ("Full fine-tuning", "https://arxiv.org/abs/1411.1792", "Every layer is trained."),
-    "partial": ("Partial fine-tuning", "https://arxiv.org/abs/1411.1792",
-                "The listed early parameter groups stay frozen; the rest is trained."),
-    "linear": ("Linear probe", "https://arxiv.org/abs/1805.08974",
-               "Only the classification head is trained on frozen features."),
-}
+def _registered(method: str | None):
+    """The method's registration (title, paper, one line), None for a name the registry does not know."""
+    from hf_transfer.methods.registry import all_methods
+
+    return all_methods().get(method)
 
 
 def _method_title(method: str | None):
-    return METHODS.get(method, (method,))[0]
-
-
-def _loss_paper(method: str | None) -> str:
-    try:
-        from hf_transfer.methods.domain.registry import LOSSES
-
-        return getattr(LOSSES.get(method), "paper", "") or ""
-    except Exception:
-        return ""
+    m = _registered(method)
+    return m.title if m else method
 
 
 def _method_vars(results: dict) -> dict:
     """Template variables of the "how it was adapted" section: the mode and method named from
-    :data:`MODES` / :data:`METHODS`, and the options the method ran with."""
+    :data:`MODES` / the method registry, and the options the method ran with."""
     mode, method = results.get("mode"), results.get("method")
+    registered = _registered(method)
     return dict(
         mode=mode, mode_title=MODES.get(mode, (mode, ""))[0], mode_text=MODES.get(mode, ("", ""))[1],
         method=method, method_title=_method_title(method),
-        method_paper=(results.get("paper") if mode == "domain" else None) or METHODS.get(method, ("", ""))[1] or _loss_paper(method),
-        method_text=METHODS.get(method, ("", "", ""))[2],
+        method_paper=(results.get("paper") if mode == "domain" else None) or (registered.paper if registered else ""),
+        method_text=registered.description if registered else "",
         method_args=results.get("method_args") or {}, trade_off=results.get("trade_off") if mode == "domain" else None,
         adabn=results.get("adabn"), domain_options=domain_option_lines(results), frozen_groups=results.get("frozen_groups") or [],
     )

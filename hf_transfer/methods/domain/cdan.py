@@ -43,8 +43,7 @@ class CDANOptions(GRLOptions):
 
 
 @register_loss("cdan", title="CDAN, conditional domain-adversarial training", paper="https://arxiv.org/abs/1705.10667",
-               config=CDANOptions, description="The discriminator sees features conditioned on the class predictions "
-                                               "(CDAN+E: confident samples weighted up).")
+               config=CDANOptions, description="The discriminator sees features conditioned on the class predictions.")
 class CDANLoss(AdversarialLoss):
     needs_logits = True
     uses_source_weight = True
