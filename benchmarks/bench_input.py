@@ -36,10 +36,13 @@ import time
 import datasets
 import numpy as np
 import torch
+from _measure import mb as _mb  # noqa: E402
+from _measure import reset_peak as _reset_peak
+from _measure import status_kb as _status_kb
+from _measure import sync as _sync
 
-from _measure import mb as _mb, reset_peak as _reset_peak, status_kb as _status_kb, sync as _sync  # noqa: E402
-from hf_transfer.data.builtin import load_builtin
 from hf_transfer.data.augment import BatchAugment
+from hf_transfer.data.builtin import load_builtin
 from hf_transfer.data.decoded import DecodedImages, collate_decoded
 from hf_transfer.data.paired import ImageDomainDataset, collate_images
 from hf_transfer.data.transforms import DataConfig, eval_transform, train_transform

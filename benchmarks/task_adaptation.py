@@ -5,7 +5,8 @@
 
 The built-in backbone (timm ``test_resnet``) is random-init and nothing is downloaded, so the
 benchmark first *makes* a pretrained backbone: a source-only run on printed digits (as the demo
-does, here as a task-mode run on the source's labels). Every other run transfers from that folder to the real handwritten digits (target labels):
+does, here as a task-mode run on the source's labels). Every other run transfers from that folder to the real
+handwritten digits (target labels):
 
 - scratch: random init, trained on the target labels (reference)
 - linear probe: feature mode (frozen backbone, cached features, linear head)
@@ -79,8 +80,8 @@ def _published_bytes(out_dir: str) -> int:
 
 def _run(args: dict) -> dict:
     from hf_transfer.config import arguments_from_dict
-    from hf_transfer.training.run import run_transfer
     from hf_transfer.methods.finetune import ModeCallbacks
+    from hf_transfer.training.run import run_transfer
 
     transfer_args, training_args = arguments_from_dict(args)
     return run_transfer(transfer_args, training_args, callbacks=[ModeCallbacks()])
@@ -149,7 +150,8 @@ def main(argv=None) -> int:
             print(f"[bench] seed {seed} {name}: target acc {row['acc'][-1]:.4f} ({seconds:.0f} s)", flush=True)
     summary = {"seeds": opts.seeds, "steps": opts.steps, "pretrain_steps": opts.pretrain_steps, "pretrain": pretrain,
                "runs": table, "total_seconds": time.time() - start_all,
-               "command": "python benchmarks/task_adaptation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "command": "python benchmarks/task_adaptation.py "
+                          + " ".join(argv if argv is not None else sys.argv[1:]),
                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"}
     markdown = format_table(summary)
     os.makedirs(os.path.dirname(opts.results), exist_ok=True)
@@ -175,7 +177,8 @@ def format_table(summary: dict) -> str:
     lines = [
         "# Task adaptation on the built-in digits",
         "",
-        f"Command: `{summary['command'].strip()}` ({summary['machine']}; total {summary['total_seconds'] / 60:.1f} min).",
+        f"Command: `{summary['command'].strip()}` ({summary['machine']}; "
+        f"total {summary['total_seconds'] / 60:.1f} min).",
         "",
         f"'Pretrained' backbone: timm `test_resnet` trained {summary['pretrain_steps']} steps on {SOURCE} (source "
         f"labels only; source test acc {100 * pre['source']:.1f}). Every row "

@@ -10,11 +10,16 @@ import torch
 from packaging import version
 from PIL import Image
 
-from hf_transfer.models.adapters import (ADAPTER_INFO, NotPortableWarning, default_target_modules, load_adapter_model,
-                                  resolve_target_modules)
-from hf_transfer.models.backbones import load_backbone
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.errors import TransferConfigError
+from hf_transfer.models.adapters import (
+    ADAPTER_INFO,
+    NotPortableWarning,
+    default_target_modules,
+    load_adapter_model,
+    resolve_target_modules,
+)
+from hf_transfer.models.backbones import load_backbone
 from hf_transfer.models.export import export_model
 from hf_transfer.training.run import run_transfer
 
@@ -99,8 +104,8 @@ def test_lora_adapter_round_trip_three_loaders_and_merge(tmp_path):
     assert config["base_model_name_or_path"] == os.path.abspath(base)  # absolute, never relative
     assert info["self_sufficient"] is True and info["label_names"] == DIGITS and not info["portable"]
     assert info["stock_loading"]["needs_label_kwargs"] is False  # one call, no kwargs
-    torch.testing.assert_close(stock_processor(out, info)(Image.new("RGB", (40, 30)), return_tensors="pt")["pixel_values"],
-                               pixel_values(base, Image.new("RGB", (40, 30))))
+    stock = stock_processor(out, info)(Image.new("RGB", (40, 30)), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(stock, pixel_values(base, Image.new("RGB", (40, 30))))
     assert results["adapter"]["adapter_bytes"] == os.path.getsize(os.path.join(out, "adapter_model.safetensors"))
     assert results["strategies"]["k_shot"] == 3 and results["trainable_parameters"] < results["total_parameters"]
     assert not os.path.exists(os.path.join(out, "config.json"))  # it would make loaders look for full weights here
@@ -220,8 +225,8 @@ def test_base_with_other_labels_and_preprocessing_loads_with_recorded_kwargs(tmp
     assert "stock_loading" in caplog.text
     assert info["stock_loading"]["needs_label_kwargs"] is True
     labels = info["label_names"]  # as the model card's code does it, with stock code only
-    kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-                  ignore_mismatched_sizes=True)
+    kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                  label2id={n: i for i, n in enumerate(labels)}, ignore_mismatched_sizes=True)
     image, probs = reference(out)
     processor = stock_processor(out, info)
     x = processor(image, return_tensors="pt")["pixel_values"]
@@ -229,7 +234,8 @@ def test_base_with_other_labels_and_preprocessing_loads_with_recorded_kwargs(tmp
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         models = {"auto": AutoModelForImageClassification.from_pretrained(out, **kwargs),
-                  "peft": PeftModel.from_pretrained(AutoModelForImageClassification.from_pretrained(base, **kwargs), out),
+                  "peft": PeftModel.from_pretrained(
+                      AutoModelForImageClassification.from_pretrained(base, **kwargs), out),
                   "helper": load_adapter_model(out)}
         pipe = pipeline("image-classification", model=out, image_processor=processor, model_kwargs=kwargs, top_k=10)
     for name, model in models.items():

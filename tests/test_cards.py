@@ -158,7 +158,8 @@ def test_update_keeps_hand_written_sections(run_dir, results):
     back = merge_body(gone, cards.render_card(run_dir, REPO, results=better).text)
     assert back.index("## Per-class accuracy") < back.index("## How to use it") < back.index("## Limitations")
     # a hand-written card without markers is kept below the generated one
-    plain = cards.merge_card("---\nlicense: mit\n---\n# Old card\n\nWritten by hand.\n", cards.render_card(run_dir, REPO))
+    old = "---\nlicense: mit\n---\n# Old card\n\nWritten by hand.\n"
+    plain = cards.merge_card(old, cards.render_card(run_dir, REPO))
     assert "Written by hand." in str(plain) and plain.data.license == "mit"
 
 

@@ -12,7 +12,8 @@ SHARED = ("hf_transfer.errors", "hf_transfer.cache", "hf_transfer.logs")
 ALLOWED = {  # folder -> what its modules may import from hf_transfer (besides SHARED)
     "data": ("hf_transfer.data",),
     "models": ("hf_transfer.data", "hf_transfer.models"),
-    "methods/domain": ("hf_transfer.methods.domain", "hf_transfer.methods.registry"),  # the losses: pure torch, no other layer
+    # the losses: pure torch, no other layer (the registry is where they register)
+    "methods/domain": ("hf_transfer.methods.domain", "hf_transfer.methods.registry"),
     "methods": ("hf_transfer.data", "hf_transfer.models", "hf_transfer.methods"),
     # evaluation comes after training in the flow; it reuses methods (domain_gap measures with DAN's MMD)
     "evaluation": ("hf_transfer.evaluation", "hf_transfer.methods"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import os
 from types import SimpleNamespace
@@ -15,13 +16,18 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_transfer.models.backbones import load_backbone
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.methods.feature.cache import FeatureCache, extract_features, shard_bounds
+from hf_transfer.models.backbones import load_backbone
+from hf_transfer.models.speed import (
+    compile_options,
+    is_convolutional,
+    normalize_auto_flag,
+    set_memory_format,
+    use_channels_last,
+)
 from hf_transfer.training.run import prepare_run, run_transfer
-from hf_transfer.models.speed import compile_options, is_convolutional, normalize_auto_flag, set_memory_format, \
-    use_channels_last
 
 SOURCE, TARGET = "builtin:digits-printed", "builtin:digits-handwritten"
 NAMES = ["a", "b", "c"]
@@ -163,7 +169,7 @@ def test_shard_bounds_cover_every_row_once():
         for w in (1, 2, 3):
             bounds = [shard_bounds(n, r, w) for r in range(w)]
             assert bounds[0][0] == 0 and bounds[-1][1] == n
-            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
 
 
 # -- decoding with worker processes -------------------------------------------------------------
@@ -184,8 +190,10 @@ def test_mode_decodes_with_dataloader_workers(tmp_path, monkeypatch):
     ds = _images(7, 24, 30)
 
     def fake_mode(workers, cache):
-        training_args = SimpleNamespace(dataloader_num_workers=workers, main_process_first=lambda desc: contextlib.nullcontext())
-        return SimpleNamespace(training_args=training_args, backbone=SimpleNamespace(data_config=DataConfig(input_size=(3, 16, 16))),
+        training_args = SimpleNamespace(dataloader_num_workers=workers,
+                                        main_process_first=lambda desc: contextlib.nullcontext())
+        backbone = SimpleNamespace(data_config=DataConfig(input_size=(3, 16, 16)))
+        return SimpleNamespace(training_args=training_args, backbone=backbone,
                                args=SimpleNamespace(decoded_cache_dir=str(tmp_path / cache)))
 
     for kind in ("train", "eval"):
@@ -200,8 +208,8 @@ def test_mode_decodes_with_dataloader_workers(tmp_path, monkeypatch):
 def test_features_on_device_trains_the_same_head(tmp_path):
     """The device-resident path (forced on, on CPU) gathers the same rows in the same order as the
     memmap path: the trained head and the metrics are the same; a batch carries only row indices."""
-    from hf_transfer.training.modes.feature import RowIndexDataset
     from hf_transfer.models.speed import use_features_on_device
+    from hf_transfer.training.modes.feature import RowIndexDataset
 
     assert use_features_on_device("auto", 10, "cpu") is False and use_features_on_device(True, 10, "cpu") is True
     with pytest.raises(TransferConfigError, match="features_on_device"):
@@ -238,7 +246,8 @@ def test_auto_bf16_only_on_a_bf16_cuda_device(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     got = resolve_precision(args, training())
     assert got.bf16 and got.mixed_precision == "bf16"
-    assert resolve_precision(args, training(fp16=True, mixed_precision="fp16")).mixed_precision == "fp16"  # user's choice
+    # the user's choice
+    assert resolve_precision(args, training(fp16=True, mixed_precision="fp16")).mixed_precision == "fp16"
     assert not resolve_precision(args, training(use_cpu=True)).bf16
     args.auto_bf16 = False
     assert not resolve_precision(args, training()).bf16

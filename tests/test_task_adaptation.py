@@ -7,14 +7,14 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from hf_transfer.models.backbones import Backbone
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.data.kshot import kshot, kshot_indices
 from hf_transfer.data.transforms import DataConfig
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.methods.finetune.regularizers import BSS, L2SP
-from hf_transfer.training.run import prepare_run
 from hf_transfer.methods.finetune import GradualUnfreezing, ModeCallbacks, group_learning_rates, select_parameters
+from hf_transfer.methods.finetune.regularizers import BSS, L2SP
+from hf_transfer.models.backbones import Backbone
+from hf_transfer.training.run import prepare_run
 
 TARGET = "builtin:digits-handwritten"
 

@@ -1,6 +1,7 @@
 """Unsupervised validators and domain-gap measures."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -108,6 +109,6 @@ def test_mmd_distance_zero_for_same_and_grows_with_shift():
     assert mmd_distance(a, a.copy()) == pytest.approx(0.0, abs=1e-12)
     vals = [mmd_distance(a, rng.normal(size=(200, 8)) + s) for s in (0.0, 0.5, 1.0, 3.0)]
     assert vals[0] < 0.02
-    assert all(y > x for x, y in zip(vals, vals[1:])), vals
+    assert all(y > x for x, y in itertools.pairwise(vals)), vals
     assert isinstance(vals[0], float) and min(vals) >= 0
     assert mmd_distance(torch.as_tensor(a), torch.as_tensor(a + 1.0)) == pytest.approx(mmd_distance(a, a + 1.0))

@@ -19,7 +19,7 @@ This module imports nothing else from ``hf_transfer``.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -87,7 +87,7 @@ class Backbone:
         return captured[0].flatten(1), logits
 
     # --- parameter groups -----------------------------------------------------------------------
-    def param_groups(self) -> "OrderedDict[str, list[tuple[str, nn.Parameter]]]":
+    def param_groups(self) -> OrderedDict[str, list[tuple[str, nn.Parameter]]]:
         """Named groups in input-to-output order: ``stem``, ``stage_0`` .. ``stage_N``, [``neck``], ``head``."""
         head_prefix = self.head_name + "."
         named = list(self.model.named_parameters())
@@ -235,7 +235,10 @@ def load_backbone(
 ) -> Backbone:
     """Load ``model_id`` with a fresh head for ``label_names`` (real names go into the config)."""
     from transformers import (
-        AutoConfig, AutoModelForImageClassification, TimmWrapperConfig, TimmWrapperForImageClassification,
+        AutoConfig,
+        AutoModelForImageClassification,
+        TimmWrapperConfig,
+        TimmWrapperForImageClassification,
     )
 
     if not label_names:

@@ -10,10 +10,10 @@ loads the entry; anything different is a miss.
 An entry is a folder ``<key>/`` holding ``features.npy`` (float32 ``[N, D]``), ``labels.npy``
 (int64 ``[N]``) and ``meta.json``. It is written in a staging folder named after the writing
 process and renamed, so a killed run never leaves a half cache, and the next run removes the
-staging folders of killed writers (:func:`hf_transfer.cache.remove_stale_staging`). Features are streamed into the file batch by batch while they are
-extracted and opened memory-mapped when read (:meth:`FeatureCache.load`), so neither the
-extraction nor the head training ever holds the whole feature matrix in RAM; pages are read as
-rows are used.
+staging folders of killed writers (:func:`hf_transfer.cache.remove_stale_staging`). Features are
+streamed into the file batch by batch while they are extracted and opened memory-mapped when read
+(:meth:`FeatureCache.load`), so neither the extraction nor the head training ever holds the whole
+feature matrix in RAM; pages are read as rows are used.
 
 Under DDP (``accelerate launch``/``torchrun``) every process extracts its own contiguous shard of
 the rows (rank ``r`` of ``w``: rows ``[r N // w, (r + 1) N // w)``) into a shard file, then after
@@ -48,11 +48,11 @@ from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from hf_transfer.models.backbones import Backbone
 from hf_transfer.cache import cache_path, remove_stale_staging, staged_entry, staged_file, write_atomic
 from hf_transfer.data.paired import collate_images
 from hf_transfer.data.transforms import eval_transform, make_batch_transform
 from hf_transfer.errors import TransferConfigError
+from hf_transfer.models.backbones import Backbone
 
 logger = logging.getLogger(__name__)
 CACHE_VERSION = "1"
@@ -295,7 +295,8 @@ class FeatureCache:
         labels = np.full(stop - start, -1, dtype=np.int64)
         done = 0
         with staged_file(feats_path) as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(stop - start, backbone.feature_dim))
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                            shape=(stop - start, backbone.feature_dim))
             if stop > start:
                 desc = f"Features ({split})" + (f" rank {rank}/{world_size}" if world_size > 1 else "")
                 for f, y in iter_features(backbone, rows, batch_size, device, desc, input_path=input_path,
@@ -330,7 +331,7 @@ class FeatureCache:
             out = np.lib.format.open_memmap(os.path.join(tmp, "features.npy"), mode="w+", dtype=np.float32,
                                             shape=(meta["num_rows"], meta["feature_dim"]))
             labels = np.empty(meta["num_rows"], dtype=np.int64)
-            for p, shard in zip(prefixes, shards):
+            for p, shard in zip(prefixes, shards, strict=True):
                 part = np.load(p + "features.npy", mmap_mode="r")
                 for i in range(0, len(part), _JOIN_ROWS):
                     out[shard["start"] + i:shard["start"] + min(len(part), i + _JOIN_ROWS)] = part[i:i + _JOIN_ROWS]

@@ -3,7 +3,12 @@ and how fast each group learns (discriminative LR, layer-wise LR decay)."""
 
 from transformers import TrainerCallback
 
-from hf_transfer.methods.finetune.groups import count_parameters, freeze_parameters, resolve_frozen_groups, select_parameters
+from hf_transfer.methods.finetune.groups import (
+    count_parameters,
+    freeze_parameters,
+    resolve_frozen_groups,
+    select_parameters,
+)
 from hf_transfer.methods.finetune.lr import group_learning_rates, optimizer_groups_by_name
 from hf_transfer.methods.finetune.unfreeze import GradualUnfreezing
 

@@ -69,8 +69,8 @@ def resolve_frozen_groups(spec, group_names: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def select_parameters(spec, groups: "OrderedDict[str, list[tuple[str, nn.Parameter]]]"
-                      ) -> "OrderedDict[str, list[tuple[str, nn.Parameter]]]":
+def select_parameters(spec, groups: OrderedDict[str, list[tuple[str, nn.Parameter]]]
+                      ) -> OrderedDict[str, list[tuple[str, nn.Parameter]]]:
     """Resolve a freeze spec (group names, ``backbone``, globs, ``re:`` patterns) to parameters.
 
     Returns ``{spec entry: [(name, param), ...]}`` in spec order; raises

@@ -49,7 +49,7 @@ class L2SP(nn.Module):
     def forward(self) -> torch.Tensor:
         device = self._params[0].device if self._params else self._head[0].device
         sp = torch.zeros((), device=device)
-        for i, (p, p0) in enumerate(zip(self._params, self._anchors)):
+        for i, (p, p0) in enumerate(zip(self._params, self._anchors, strict=True)):
             if p.requires_grad:  # frozen parameters sit at their anchor anyway
                 if p0.device != p.device:  # follow the model to its device once
                     p0 = self._anchors[i] = p0.to(p.device)
