@@ -23,7 +23,28 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 pytest_plugins = ["hf_transfer.testing.pytest_plugin"]
 
 
+import itertools  # noqa: E402
+
 import pytest  # noqa: E402
+
+TARGET = "builtin:digits-handwritten"
+_RUN_NUMBER = itertools.count()  # one output folder per run: a folder holding another run is refused
+
+
+def tiny_args(tmp_path, **overrides) -> dict:
+    """Arguments of a tiny CPU run (timm ``test_resnet`` at 32 px, 4 SGD steps, 64 train / 32 test images of the
+    built-in handwritten digits) in a new folder under ``tmp_path``; ``overrides`` win. ``augment`` is left out in
+    feature mode and ``feature_cache_dir`` in the others (each is refused where it does not act).
+
+    Test modules import it (``from conftest import tiny_args``) and pass what their runs need on top."""
+    args = dict(backbone="test_resnet", target=TARGET, image_size=32, crop_pct=1.0, augment="light",
+                output_dir=str(tmp_path / f"out{next(_RUN_NUMBER)}"), max_steps=4, per_device_train_batch_size=16,
+                per_device_eval_batch_size=64, max_train_samples=64, max_eval_samples=32, use_cpu=True,
+                report_to="none", save_strategy="no", eval_strategy="no", learning_rate=0.05, optim="sgd", seed=0,
+                disable_tqdm=True, dataloader_num_workers=0)
+    args.update(overrides)
+    args.pop("augment" if args.get("mode") == "feature" else "feature_cache_dir", None)
+    return args
 
 
 def pytest_unconfigure(config):

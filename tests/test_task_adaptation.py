@@ -1,8 +1,6 @@
 """Task adaptation strategies: each changes exactly what it says (freezing, LRs, unfreezing schedule
 incl. resume, L2-SP / BSS, k-shot)."""
 
-import itertools
-
 import pytest
 import torch
 from transformers import TrainerCallback
@@ -16,19 +14,11 @@ from hf_transfer.methods.finetune.regularizers import BSS, L2SP
 from hf_transfer.models.backbones import Backbone
 from hf_transfer.training.run import prepare_run
 
-TARGET = "builtin:digits-handwritten"
-
-_RUN_NUMBER = itertools.count()  # one output_dir per run: a folder holding another run is refused
+from conftest import tiny_args
 
 
 def tiny(tmp_path, **overrides) -> dict:
-    args = dict(mode="task", backbone="test_resnet", target=TARGET, image_size=32, crop_pct=1.0, augment="light",
-                output_dir=str(tmp_path / f"out{next(_RUN_NUMBER)}"), max_steps=4, per_device_train_batch_size=16,
-                per_device_eval_batch_size=64, max_train_samples=64, max_eval_samples=32, use_cpu=True,
-                report_to="none", save_strategy="no", eval_strategy="no", learning_rate=0.05, optim="sgd",
-                weight_decay=1e-3, seed=0, disable_tqdm=True, dataloader_num_workers=0)
-    args.update(overrides)
-    return args
+    return tiny_args(tmp_path, **{"mode": "task", "weight_decay": 1e-3, **overrides})
 
 
 def prepared(tmp_path, callbacks=None, **overrides):
