@@ -29,21 +29,15 @@ from hf_transfer.models.speed import (
 )
 from hf_transfer.training.run import prepare_run, run_transfer
 
-SOURCE, TARGET = "builtin:digits-printed", "builtin:digits-handwritten"
+from conftest import tiny_args
+
+TARGET = "builtin:digits-handwritten"
 NAMES = ["a", "b", "c"]
 
 
 def tiny(tmp_path, **overrides) -> dict:
-    args = dict(backbone="test_resnet", target=TARGET, image_size=32, crop_pct=1.0, augment="light",
-                output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=16,
-                per_device_eval_batch_size=64, max_train_samples=48, max_eval_samples=32, use_cpu=True,
-                report_to="none", eval_strategy="no", save_strategy="no", learning_rate=0.05, optim="sgd",
-                seed=0, disable_tqdm=True, dataloader_num_workers=0,
-                decoded_cache_dir=str(tmp_path / "decoded"), feature_cache_dir=str(tmp_path / "features"))
-    args.update(overrides)
-    # options that act in one kind of mode only are refused elsewhere
-    args.pop("augment" if args.get("mode") == "feature" else "feature_cache_dir")
-    return args
+    caches = {"decoded_cache_dir": str(tmp_path / "decoded"), "feature_cache_dir": str(tmp_path / "features")}
+    return tiny_args(tmp_path, **{"max_steps": 3, "max_train_samples": 48, **caches, **overrides})
 
 
 def _images(n: int, h: int = 30, w: int = 40) -> datasets.Dataset:
