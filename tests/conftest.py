@@ -38,10 +38,10 @@ def tiny_args(tmp_path, **overrides) -> dict:
 
     Test modules import it (``from conftest import tiny_args``) and pass what their runs need on top."""
     args = dict(backbone="test_resnet", target=TARGET, image_size=32, crop_pct=1.0, augment="light",
-                output_dir=str(tmp_path / f"out{next(_RUN_NUMBER)}"), max_steps=4, per_device_train_batch_size=16,
-                per_device_eval_batch_size=64, max_train_samples=64, max_eval_samples=32, use_cpu=True,
-                report_to="none", save_strategy="no", eval_strategy="no", learning_rate=0.05, optim="sgd", seed=0,
-                disable_tqdm=True, dataloader_num_workers=0)
+                output_dir=os.path.join(tmp_path, f"out{next(_RUN_NUMBER)}"), max_steps=4,
+                per_device_train_batch_size=16, per_device_eval_batch_size=64, max_train_samples=64,
+                max_eval_samples=32, use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no",
+                learning_rate=0.05, optim="sgd", seed=0, disable_tqdm=True, dataloader_num_workers=0)
     args.update(overrides)
     args.pop("augment" if args.get("mode") == "feature" else "feature_cache_dir", None)
     return args

@@ -23,7 +23,8 @@ from hf_transfer.models.backbones import load_backbone
 from hf_transfer.models.export import export_model
 from hf_transfer.training.run import run_transfer
 
-TARGET = "builtin:digits-handwritten"
+from conftest import tiny_args
+
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
@@ -34,13 +35,9 @@ def make_base(folder, labels=DIGITS) -> str:
 
 
 def lora_args(backbone, out, **overrides) -> dict:
-    args = dict(mode="task", method="lora", backbone=backbone, target=TARGET, image_size=32, crop_pct=1.0,
-                augment="light", output_dir=str(out), max_steps=3, per_device_train_batch_size=16,
-                per_device_eval_batch_size=64, max_train_samples=48, max_eval_samples=16, use_cpu=True,
-                report_to="none", save_strategy="no", eval_strategy="no", learning_rate=0.1, optim="sgd", seed=0,
-                disable_tqdm=True, dataloader_num_workers=0, lora_r=4)
-    args.update(overrides)
-    return args
+    return tiny_args(out, **{"mode": "task", "method": "lora", "backbone": backbone, "output_dir": str(out),
+                             "max_steps": 3, "max_train_samples": 48, "max_eval_samples": 16, "learning_rate": 0.1,
+                             "lora_r": 4, **overrides})
 
 
 def reference(out):
