@@ -30,6 +30,8 @@ from hf_transfer.data.transforms import DataConfig
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.training.run import prepare_run, run_transfer
 
+from conftest import tiny_args
+
 TARGET = "builtin:digits-handwritten"
 
 
@@ -46,12 +48,7 @@ def _dataset(images, labels=None) -> datasets.Dataset:
 
 
 def _task_args(target, out, **overrides) -> dict:
-    args = dict(mode="task", backbone="test_resnet", target=target, image_size=32, crop_pct=1.0, augment="light",
-                output_dir=str(out), max_steps=4, per_device_train_batch_size=16, per_device_eval_batch_size=64,
-                max_train_samples=64, max_eval_samples=32, use_cpu=True, report_to="none", save_strategy="no",
-                eval_strategy="no", learning_rate=0.05, optim="sgd", seed=0, disable_tqdm=True)
-    args.update(overrides)
-    return args
+    return tiny_args(out, **{"mode": "task", "target": target, "output_dir": str(out), **overrides})
 
 
 def _digits_with_first(tmp_path, image: Image.Image) -> str:
@@ -233,7 +230,8 @@ def test_resuming_on_the_stock_path_warns(tmp_path, caplog):
 def _dead_writer_staging(root, name: str) -> str:
     """A staging folder made by a process that then died without cleaning up (as after kill -9)."""
     code = ("import os, sys; from hf_transfer.cache import make_staging_dir; "
-            "d = make_staging_dir(sys.argv[1], sys.argv[2]); open(os.path.join(d, 'part.npy'), 'wb').write(b'x' * 1000); "
+            "d = make_staging_dir(sys.argv[1], sys.argv[2]); "
+            "open(os.path.join(d, 'part.npy'), 'wb').write(b'x' * 1000); "
             "print(d); os._exit(0)")
     out = subprocess.run([sys.executable, "-c", code, str(root), name], capture_output=True, text=True, check=True)
     return out.stdout.strip()
@@ -264,8 +262,8 @@ def test_stale_staging_is_removed_only_when_its_writer_is_gone(tmp_path):
 
 
 def test_decode_cache_and_feature_cache_clean_up_after_killed_writers(tmp_path):
-    from hf_transfer.models.backbones import load_backbone
     from hf_transfer.methods.feature.cache import FeatureCache
+    from hf_transfer.models.backbones import load_backbone
 
     decoded_root, feature_root = tmp_path / "decoded", tmp_path / "features"
     stale = [_dead_writer_staging(decoded_root, "eval-16-abc"), _dead_writer_staging(feature_root, "0123abc")]
