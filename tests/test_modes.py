@@ -1,6 +1,5 @@
 """The three modes through the one Trainer: parameters, learning rates, losses, cache, paired data."""
 
-import itertools
 import json
 import os
 
@@ -13,21 +12,13 @@ from hf_transfer.errors import TransferConfigError
 from hf_transfer.methods.domain import grl_coefficient
 from hf_transfer.training.run import prepare_run, run_transfer
 
-SOURCE, TARGET = "builtin:digits-printed", "builtin:digits-handwritten"
+from conftest import tiny_args
 
-_RUN_NUMBER = itertools.count()  # one output_dir per run: a folder holding another run is refused
+SOURCE, TARGET = "builtin:digits-printed", "builtin:digits-handwritten"
 
 
 def tiny(tmp_path, **overrides) -> dict:
-    args = dict(backbone="test_resnet", source=SOURCE, target=TARGET, image_size=32, crop_pct=1.0,
-                augment="light", output_dir=str(tmp_path / f"out{next(_RUN_NUMBER)}"), max_steps=4, per_device_train_batch_size=16,
-                per_device_eval_batch_size=64, max_train_samples=64, max_eval_samples=32, use_cpu=True,
-                report_to="none", save_strategy="no", eval_strategy="no", learning_rate=0.05, optim="sgd",
-                seed=0, disable_tqdm=True)
-    args.update(overrides)
-    if args.get("mode") == "feature":  # no augmentation acts on cached features (refused there)
-        args.pop("augment")
-    return args
+    return tiny_args(tmp_path, **{"source": SOURCE, **overrides})
 
 
 def prepared(tmp_path, **overrides):
