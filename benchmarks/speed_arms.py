@@ -9,7 +9,10 @@ import tempfile
 import time
 
 import torch
-from _measure import mb as _mb, reset_peak as _reset_peak, status_kb as _status_kb, sync as _sync
+from _measure import mb as _mb
+from _measure import reset_peak as _reset_peak
+from _measure import status_kb as _status_kb
+from _measure import sync as _sync
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 CROP_PCT = 0.875  # the stock eval recipe's Resize(int(size / 0.875)); ours gets the same crop_pct

@@ -230,7 +230,7 @@ def _loads_weights(backbone: str) -> bool:
     return not backbone.startswith("timm:") and ("/" in backbone or os.path.exists(backbone))
 
 
-def check_options_act(args: "TransferArguments") -> None:
+def check_options_act(args: TransferArguments) -> None:
     """Refuse an option set where it has no effect (see :data:`OPTION_SCOPE`), naming it."""
     defaults = {f.name: f.default for f in dataclasses.fields(TransferArguments)}
     unset = {name: (default,) for name, default in defaults.items()}
@@ -244,7 +244,7 @@ def check_options_act(args: "TransferArguments") -> None:
                                       f"it acts only with {needs}. Remove it.")
 
 
-def check_training_arguments(args: "TransferArguments", training_args) -> None:
+def check_training_arguments(args: TransferArguments, training_args) -> None:
     """TrainingArguments the Trainer would take silently although they do not do what they say."""
     if training_args.max_steps < -1 or training_args.max_steps == 0:
         raise TransferConfigError(f"max_steps={training_args.max_steps}: give a positive number of optimizer steps, "
@@ -256,7 +256,7 @@ def check_training_arguments(args: "TransferArguments", training_args) -> None:
         raise TransferConfigError("hub_create_pr=True has no effect without --push_to_hub true. Remove it.")
 
 
-def _check_domain_options(args: "TransferArguments") -> None:
+def _check_domain_options(args: TransferArguments) -> None:
     """The shared domain-adaptation options, checked before anything is loaded."""
     import math
 

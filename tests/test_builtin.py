@@ -5,10 +5,10 @@ import hashlib
 import os
 import warnings
 
+import datasets
 import numpy as np
 import pytest
 
-import datasets
 from hf_transfer.data import builtin
 from hf_transfer.data.builtin import BUILTIN_DOMAINS, DEFAULT_PAIR, load_builtin
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from hf_transfer.training.checkpoints import checkpoint_problem, last_complete_checkpoint, resolve_resume
 from hf_transfer.errors import TransferConfigError
+from hf_transfer.training.checkpoints import checkpoint_problem, last_complete_checkpoint, resolve_resume
 
 
 def _checkpoint(root, step, state="complete"):

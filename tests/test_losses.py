@@ -14,9 +14,9 @@ from hf_transfer.errors import TransferConfigError
 from hf_transfer.methods.domain import (
     LOSSES,
     AdversarialLoss,
-    TransferLoss,
     GradientReverseFunction,
     GradientReverseLayer,
+    TransferLoss,
     adapt_batchnorm,
     build_loss,
     grl_coefficient,

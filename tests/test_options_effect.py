@@ -17,14 +17,14 @@ import datasets
 import numpy as np
 import pytest
 import torch
+import transformers.trainer
 from transformers import TrainerControl, TrainerState
 
 import hf_transfer.methods.feature.cache
 import hf_transfer.training.run
-import transformers.trainer
-from hf_transfer.models.backbones import load_backbone
 from hf_transfer.config import TransferArguments, arguments_from_dict, resolve_precision
 from hf_transfer.errors import TransferConfigError
+from hf_transfer.models.backbones import load_backbone
 from hf_transfer.models.export import export_model
 from hf_transfer.training.run import prepare_run
 

@@ -21,8 +21,8 @@ import datasets
 import numpy as np
 from datasets import ClassLabel
 
-from hf_transfer.errors import TransferConfigError
 from hf_transfer.data.columns import LABEL_COLUMN
+from hf_transfer.errors import TransferConfigError
 
 logger = logging.getLogger(__name__)
 POLICIES = ("shared", "partial", "strict")

@@ -30,12 +30,12 @@ import io
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 import datasets
+import numpy as np
 
 from hf_transfer.cache import cache_path, remove_stale_staging, staged_entry
 
@@ -316,7 +316,7 @@ _FONT_SIZE = 48  # render size; glyphs are then normalised into a 2x canvas and 
 _CANVAS = 2 * IMAGE_SIZE
 
 
-def _glyph(digit: int, stroke: int, font, cache: dict) -> "Image.Image":
+def _glyph(digit: int, stroke: int, font, cache: dict) -> Image.Image:
     """The tight, upright glyph mask of ``digit`` with ``stroke`` (rendered once, then reused)."""
     from PIL import Image, ImageDraw
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import datasets
 
-from hf_transfer.errors import TransferConfigError
 from hf_transfer.data.align import normalize_label_name, remap_labels
 from hf_transfer.data.columns import LABEL_COLUMN
+from hf_transfer.errors import TransferConfigError
 
 
 def parse_class_selection(spec: str, names: list[str], option: str = "target_classes") -> list[str]:

@@ -44,8 +44,8 @@ import warnings
 from torch import nn
 
 from hf_transfer.cache import staged_files
-from hf_transfer.models.backbones import Backbone, _data_config_from_processor, _data_config_from_timm_cfg
 from hf_transfer.errors import TransferConfigError
+from hf_transfer.models.backbones import Backbone, _data_config_from_processor, _data_config_from_timm_cfg
 
 logger = logging.getLogger(__name__)
 

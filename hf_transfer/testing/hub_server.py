@@ -80,8 +80,9 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 USER = "user"
 OTHER_USER = "other"
@@ -396,7 +397,7 @@ def validate_metadata(meta: dict) -> list[str]:
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "HubTestServer/1.0"
-    hub: "HubTestServer"  # set on the subclass made per server
+    hub: HubTestServer  # set on the subclass made per server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # our own access log (without headers) is written in _dispatch
@@ -537,7 +538,7 @@ class HubTestServer:
             raise RuntimeError("HubTestServer is not started")
         return f"http://{self.host}:{self._httpd.server_address[1]}"
 
-    def start(self) -> "HubTestServer":
+    def start(self) -> HubTestServer:
         if self._httpd is not None:
             return self
         handler = type("HubHandler", (_Handler,), {"hub": self})
@@ -559,7 +560,7 @@ class HubTestServer:
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> "HubTestServer":
+    def __enter__(self) -> HubTestServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -621,7 +622,7 @@ class HubTestServer:
 
     @contextlib.contextmanager
     def client_environment(self, home: str | os.PathLike | None = None,
-                           token: str | None = USER_TOKEN) -> Iterator["HubTestServer"]:
+                           token: str | None = USER_TOKEN) -> Iterator[HubTestServer]:
         """Point the *already imported* clients of this process at the server, then restore them.
 
         huggingface_hub and datasets read ``HF_ENDPOINT``/offline flags/cache paths into module

@@ -21,20 +21,26 @@ import transformers
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from hf_transfer import __version__
-from hf_transfer.models.backbones import load_backbone
-from hf_transfer.training.checkpoints import resolve_resume
 from hf_transfer.config import TransferArguments
 from hf_transfer.data.align import align_domains
 from hf_transfer.data.classes import select_classes
 from hf_transfer.data.load import load_domain
 from hf_transfer.data.spec import parse_dataset_spec
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.models.export import export_model
 from hf_transfer.evaluation.metrics import classification_report, model_selection, scalar_metrics_fn
-from hf_transfer.training.modes import TransferData, get_mode
+from hf_transfer.models.backbones import load_backbone
+from hf_transfer.models.export import export_model
 from hf_transfer.models.speed import set_memory_format, use_channels_last
-from hf_transfer.training.run_folder import (RunIdentityCallback, check_checkpoint_identity, check_output_dir, clear_previous_outputs,
-                         run_identity, write_identity)
+from hf_transfer.training.checkpoints import resolve_resume
+from hf_transfer.training.modes import TransferData, get_mode
+from hf_transfer.training.run_folder import (
+    RunIdentityCallback,
+    check_checkpoint_identity,
+    check_output_dir,
+    clear_previous_outputs,
+    run_identity,
+    write_identity,
+)
 from hf_transfer.training.trainer import TransferTrainer
 
 logger = logging.getLogger(__name__)
@@ -88,7 +94,7 @@ class PushRequest:
     token: str | None
 
     @classmethod
-    def take_from(cls, args: TransferArguments, training_args) -> "PushRequest | None":
+    def take_from(cls, args: TransferArguments, training_args) -> PushRequest | None:
         token, training_args.hub_token = training_args.hub_token, None
         if not training_args.push_to_hub:
             return None

@@ -25,8 +25,8 @@ import shutil
 from transformers import TrainerCallback
 
 from hf_transfer.cache import STAGING_PREFIX, write_atomic
-from hf_transfer.training.checkpoints import IDENTITY_FILE
 from hf_transfer.errors import TransferConfigError
+from hf_transfer.training.checkpoints import IDENTITY_FILE
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ class DomainDiscriminator(nn.Sequential):
                          nn.Linear(hidden_size, 1))
 
 
-def domain_bce(d: "torch.Tensor", n_s: int, weight: "torch.Tensor | None" = None) -> tuple["torch.Tensor", float]:
+def domain_bce(d: torch.Tensor, n_s: int, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
     """BCE of discriminator logits ``d`` (first ``n_s`` rows source = 1, rest target = 0).
 
     Each domain's term is averaged separately, then the two are averaged, so a source/target batch
@@ -47,7 +47,7 @@ def domain_bce(d: "torch.Tensor", n_s: int, weight: "torch.Tensor | None" = None
     return 0.5 * (loss_s + loss_t), acc
 
 
-def source_side_weight(source_weight: "torch.Tensor | None", n_t: int, dtype) -> "torch.Tensor | None":
+def source_side_weight(source_weight: torch.Tensor | None, n_t: int, dtype) -> torch.Tensor | None:
     """Per-sample weights ``[source_weight, 1 ... 1]`` for :func:`domain_bce` (None when unweighted)."""
     if source_weight is None:
         return None

@@ -17,15 +17,15 @@ import torch
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
-from hf_transfer.models.backbones import Backbone
 from hf_transfer.data.align import AlignmentReport
 from hf_transfer.data.columns import LABEL_COLUMN
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.metrics import UNLABELLED
+from hf_transfer.models.backbones import Backbone
 
 logger = logging.getLogger(__name__)
 
-MODES: dict[str, type["TransferMode"]] = {}
+MODES: dict[str, type[TransferMode]] = {}
 
 
 def register_mode(name: str):
@@ -39,7 +39,7 @@ def register_mode(name: str):
     return wrap
 
 
-def get_mode(name: str) -> type["TransferMode"]:
+def get_mode(name: str) -> type[TransferMode]:
     if name not in MODES:
         raise TransferConfigError(f"Unknown transfer mode {name!r}; available: {sorted(MODES)}.")
     return MODES[name]
@@ -105,7 +105,7 @@ class TransferModel(nn.Module):
     covers the classifier and e.g. a domain discriminator, and Trainer checkpoints carry both.
     """
 
-    def __init__(self, mode: "TransferMode", classifier: nn.Module, aux: dict[str, nn.Module] | None = None,
+    def __init__(self, mode: TransferMode, classifier: nn.Module, aux: dict[str, nn.Module] | None = None,
                  input_transform: nn.Module | None = None):
         super().__init__()
         self.classifier = classifier

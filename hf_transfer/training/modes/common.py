@@ -9,8 +9,8 @@ from torch import nn
 from hf_transfer.data.augment import BatchAugment
 from hf_transfer.data.decoded import DecodedImages, split_kind_for
 from hf_transfer.data.paired import ImageDomainDataset
-from hf_transfer.evaluation.metrics import UNLABELLED
 from hf_transfer.data.transforms import eval_transform, train_transform
+from hf_transfer.evaluation.metrics import UNLABELLED
 
 
 def subset(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Dataset:

@@ -32,7 +32,14 @@ from hf_transfer.methods.domain import build_loss, trade_off_weight
 from hf_transfer.methods.finetune.lr import group_learning_rates, optimizer_groups_by_name
 from hf_transfer.training.modes import domain_parts
 from hf_transfer.training.modes.base import TransferMode, TransferModel, register_mode
-from hf_transfer.training.modes.common import classification_loss, eval_dataset, eval_images, input_transform, subset, train_images
+from hf_transfer.training.modes.common import (
+    classification_loss,
+    eval_dataset,
+    eval_images,
+    input_transform,
+    subset,
+    train_images,
+)
 
 
 @register_mode("domain")

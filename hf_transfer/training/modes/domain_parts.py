@@ -17,7 +17,13 @@ from hf_transfer.data.transforms import eval_transform
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.domain_gap import mmd_distance, proxy_a_distance
 from hf_transfer.methods.domain import adapt_batchnorm
-from hf_transfer.methods.domain.partial import ClassWeights, PADACallback, classes_to_exclude, drop_classes, pada_summary
+from hf_transfer.methods.domain.partial import (
+    ClassWeights,
+    PADACallback,
+    classes_to_exclude,
+    drop_classes,
+    pada_summary,
+)
 from hf_transfer.methods.feature.cache import extract_features
 from hf_transfer.models.bottleneck import BottleneckHead, fold_into
 from hf_transfer.training.modes.common import subset

@@ -21,7 +21,6 @@ from hf_transfer.models.speed import compile_options, use_channels_last, use_fea
 from hf_transfer.training.modes.base import TransferMode, TransferModel, register_mode
 from hf_transfer.training.modes.common import classification_loss, eval_splits, subset
 
-
 FEATURE_METHODS = ("linear",)
 
 

@@ -26,12 +26,18 @@ from collections import OrderedDict
 from hf_transfer.data.kshot import kshot
 from hf_transfer.data.paired import collate_images
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.methods.finetune.regularizers import BSS, L2SP, check_regularizer
 from hf_transfer.methods.finetune.groups import freeze_parameters, resolve_frozen_groups, select_parameters  # noqa: F401
 from hf_transfer.methods.finetune.lr import group_learning_rates, optimizer_groups_by_name
+from hf_transfer.methods.finetune.regularizers import BSS, L2SP, check_regularizer
 from hf_transfer.methods.finetune.unfreeze import GradualUnfreezing
 from hf_transfer.training.modes.base import TransferMode, TransferModel, register_mode
-from hf_transfer.training.modes.common import classification_loss, eval_images, freeze_batchnorm_of_frozen, input_transform, train_images
+from hf_transfer.training.modes.common import (
+    classification_loss,
+    eval_images,
+    freeze_batchnorm_of_frozen,
+    input_transform,
+    train_images,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +131,7 @@ class TaskMode(TransferMode):
     def collate(self, examples):
         return collate_images(examples)
 
-    def group_learning_rates(self, lr: float) -> "OrderedDict[str, float]":
+    def group_learning_rates(self, lr: float) -> OrderedDict[str, float]:
         return group_learning_rates(list(self.backbone.param_groups()), lr, self.args.backbone_lr_scale,
                                     getattr(self.args, "layer_decay", None))
 
