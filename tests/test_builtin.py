@@ -34,7 +34,7 @@ def _content_hash(ds: datasets.Dataset) -> str:
     """sha256 over the stored PNG bytes and labels, in order."""
     h = hashlib.sha256()
     table = ds.data
-    for img, lab in zip(table.column("image").to_pylist(), table.column("label").to_pylist()):
+    for img, lab in zip(table.column("image").to_pylist(), table.column("label").to_pylist(), strict=True):
         h.update(img["bytes"])
         h.update(int(lab).to_bytes(1, "little"))
     return h.hexdigest()

@@ -125,8 +125,8 @@ def test_crop_params_use_the_global_rng():
     torch.manual_seed(3)
     b = sample_crop_params(torch.full((8,), 64), torch.full((8,), 80))
     c = sample_crop_params(torch.full((8,), 64), torch.full((8,), 80))
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert not all(torch.equal(x, y) for x, y in zip(b, c))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(b, c, strict=True))
 
 
 # ------------------------------------------------------------------------------------------
@@ -259,8 +259,8 @@ def test_batch_augment_options_and_modes():
     # bicubic overshoot is clamped to the normalised image of [0, 255]
     extremes = torch.randint(0, 2, (8, 3, 20, 24), dtype=torch.uint8) * 255
     cub = BatchAugment(cfg, "standard", interpolation="bicubic", impl="grid").train()(extremes)
-    assert (cub >= cub.new_tensor([-m / s for m, s in zip(cfg.mean, cfg.std)]).view(1, 3, 1, 1) - 1e-6).all()
-    assert (cub <= cub.new_tensor([(1 - m) / s for m, s in zip(cfg.mean, cfg.std)]).view(1, 3, 1, 1) + 1e-6).all()
+    assert (cub >= cub.new_tensor([-m / s for m, s in zip(cfg.mean, cfg.std, strict=True)]).view(1, 3, 1, 1) - 1e-6).all()
+    assert (cub <= cub.new_tensor([(1 - m) / s for m, s in zip(cfg.mean, cfg.std, strict=True)]).view(1, 3, 1, 1) + 1e-6).all()
     with pytest.raises(TransferConfigError):
         BatchAugment(cfg, "heavy")
 

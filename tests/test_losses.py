@@ -1,6 +1,7 @@
 """Domain-adaptation losses: each behaves as its paper says on a tiny case."""
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -212,8 +213,8 @@ def test_grl_negates_and_scales_the_gradient(coeff):
 def test_grl_schedule(hold, hi):
     ps = [i / 100 for i in range(101)]
     vals = [grl_coefficient(p, alpha=10.0, hi=hi, hold=hold) for p in ps]
-    assert all(v == 0.0 for p, v in zip(ps, vals) if p <= hold)
-    assert all(b >= a for a, b in zip(vals, vals[1:]))  # monotone
+    assert all(v == 0.0 for p, v in zip(ps, vals, strict=True) if p <= hold)
+    assert all(b >= a for a, b in itertools.pairwise(vals))  # monotone
     assert vals[-1] == pytest.approx(hi, rel=1e-3)  # reaches ~hi at p = 1
     # after the hold it is the DANN ramp over the rescaled progress
     p = hold + 0.5 * (1 - hold)
@@ -319,7 +320,7 @@ def test_mmd_zero_for_same_distribution_and_grows_with_shift(estimator):
         f_s, f_t, _, _ = batch(n=128, shift=shift, seed=1)
         vals.append(mk_mmd(f_s, f_t, estimator=estimator).item())
     assert abs(vals[0]) < (0.02 if estimator != "linear" else 0.06)
-    assert all(b > a for a, b in zip(vals, vals[1:])), vals
+    assert all(b > a for a, b in itertools.pairwise(vals)), vals
     assert vals[-1] > 10 * max(abs(vals[0]), 1e-3)
     same, _, _, _ = batch(n=64)
     assert mk_mmd(same, same.clone(), estimator="biased").item() == pytest.approx(0.0, abs=1e-6)
@@ -403,7 +404,7 @@ def test_cbst_keeps_the_top_fraction_of_each_predicted_class():
     # a global 0.95 threshold would keep 5 samples, all of class 0; CBST keeps the rare class's best too
     cbst = build_loss("cbst", D, C, fraction_start=0.2, fraction=0.5)
     logits = torch.log(torch.stack([torch.tensor([c, 1 - c, 0, 0]) if y == 0 else torch.tensor([1 - c, c, 0, 0])
-                                    for c, y in zip(conf.tolist(), labels.tolist())]).clamp_min(1e-6))
+                                    for c, y in zip(conf.tolist(), labels.tolist(), strict=True)]).clamp_min(1e-6))
     logits.requires_grad_(True)
     cbst.set_progress(1.0)
     out = cbst(None, None, None, logits)

@@ -273,7 +273,7 @@ class BatchAugment(nn.Module):
         out = torch.empty((b, 3, self.size, self.size), dtype=src.dtype, device=x.device)
         aa = self.mode in ("bilinear", "bicubic")
         mode = self.mode if self.mode != "nearest" else "nearest-exact"
-        for k, (a, bb, c, d, f) in enumerate(zip(r0.tolist(), r1.tolist(), c0.tolist(), c1.tolist(), flip.tolist())):
+        for k, (a, bb, c, d, f) in enumerate(zip(r0.tolist(), r1.tolist(), c0.tolist(), c1.tolist(), flip.tolist(), strict=True)):
             crop = F.interpolate(src[k:k + 1, :, a:bb, c:d], size=(self.size, self.size), mode=mode,
                                  antialias=aa, align_corners=False if aa else None)
             out[k] = crop[0].flip(-1) if f else crop[0]

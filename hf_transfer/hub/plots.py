@@ -36,7 +36,7 @@ def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
 def _blues(x: float) -> tuple[int, int, int]:
     x = min(max(x, 0.0), 1.0)
     lo, hi = (247, 251, 255), (8, 48, 107)
-    return tuple(int(round(a + (b - a) * x)) for a, b in zip(lo, hi))
+    return tuple(int(round(a + (b - a) * x)) for a, b in zip(lo, hi, strict=True))
 
 
 def confusion_matrix_png(matrix: Sequence[Sequence[int]], labels: Sequence[str], path: str, title: str = "") -> str:

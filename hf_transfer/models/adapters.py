@@ -151,7 +151,7 @@ def trainable_parameter_count(model: nn.Module) -> int:
 
 def _same_data_config(a, b) -> bool:
     return (tuple(a.input_size) == tuple(b.input_size) and abs(a.crop_pct - b.crop_pct) < 1e-6
-            and all(abs(x - y) < 1e-6 for x, y in zip(a.mean + a.std, b.mean + b.std))
+            and all(abs(x - y) < 1e-6 for x, y in zip(a.mean + a.std, b.mean + b.std, strict=True))
             and a.interpolation == b.interpolation)
 
 

@@ -305,8 +305,8 @@ def _parse_commit(raw: bytes) -> tuple[dict, list[dict]]:
     """An ndjson commit payload -> (its header's value, the operation lines after it)."""
     try:
         lines = [json.loads(ln) for ln in raw.decode().splitlines() if ln.strip()]
-    except ValueError:
-        raise HubError(400, "Invalid ndjson commit payload")
+    except ValueError as e:
+        raise HubError(400, "Invalid ndjson commit payload") from e
     if not lines or lines[0].get("key") != "header":
         raise HubError(400, "The first line of a commit must be its header")
     return lines[0].get("value", {}), lines[1:]
@@ -451,8 +451,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return {}
         try:
             return json.loads(raw)
-        except ValueError:
-            raise HubError(400, "Invalid JSON body")
+        except ValueError as e:
+            raise HubError(400, "Invalid JSON body") from e
 
     def _send(self, status: int, body: bytes = b"", headers: dict | None = None, ctype: str = "application/json"):
         self.send_response(status)
@@ -805,7 +805,7 @@ class HubTestServer:
                 try:
                     rule = self.faults.add(spec.pop("point"), **spec)
                 except (KeyError, TypeError, ValueError) as e:
-                    raise HubError(400, f"Bad fault spec: {e}")
+                    raise HubError(400, f"Bad fault spec: {e}") from e
                 return h._send_json(rule)
             if method == "DELETE":
                 self.faults.clear()

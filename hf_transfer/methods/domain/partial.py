@@ -67,8 +67,8 @@ class ClassWeights(nn.Module):
 def pada_summary(weights: ClassWeights, label_names: list[str], every: int) -> dict:
     w = weights.weights.detach().cpu().tolist()
     return {"method": "pada", "every_steps": every, "updates": int(weights.updates),
-            "class_weights": {n: round(float(v), 4) for n, v in zip(label_names, w)},
-            "down_weighted": [n for n, v in zip(label_names, w) if v < DOWN_WEIGHTED_BELOW],
+            "class_weights": {n: round(float(v), 4) for n, v in zip(label_names, w, strict=True)},
+            "down_weighted": [n for n, v in zip(label_names, w, strict=True) if v < DOWN_WEIGHTED_BELOW],
             "down_weighted_below": DOWN_WEIGHTED_BELOW, "paper": "https://arxiv.org/abs/1808.04205"}
 
 

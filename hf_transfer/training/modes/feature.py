@@ -56,7 +56,7 @@ class FeatureDataset(torch.utils.data.Dataset):
         """One gather per batch (the DataLoader's auto-collation calls this)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         feats, labels = self.features[idx], self.labels[idx]
-        return [{"features": f, "labels": y} for f, y in zip(feats, labels)]
+        return [{"features": f, "labels": y} for f, y in zip(feats, labels, strict=True)]
 
 
 class RowIndexDataset(torch.utils.data.Dataset):
