@@ -92,14 +92,17 @@ def header(env: dict, args, notes: dict, total_s: float) -> str:
     return "\n".join([
         f"# Speed: stock recipe vs hf_transfer, side by side in one process ({machine})", "",
         f"Command: `{cmd}`", "",
-        (f"Versions: torch {env['torch']}, torchvision {env['torchvision']}, transformers {env['transformers']}, "
-         f"timm {env['timm']}, datasets {env['datasets']}, Python {env['python']}; {env['platform']}."), "",
+        (f"Versions: torch {env['torch']}, torchvision {env['torchvision']}, "
+         f"transformers {env['transformers']}, timm {env['timm']}, datasets {env['datasets']}, "
+         f"Python {env['python']}; {env['platform']}."), "",
         (f"Machine: {machine}; OMP_NUM_THREADS={env['OMP_NUM_THREADS']}, torch threads {env['torch_threads']}; "
-         f"load average at start {_fmt_load(env.get('loadavg_start'))}, at end {_fmt_load(env.get('loadavg_end'))}. "
+         f"load average at start {_fmt_load(env.get('loadavg_start'))}, "
+         f"at end {_fmt_load(env.get('loadavg_end'))}. "
          f"Whole run {total_s:.0f} s" + (f" (JPEG generation {notes['jpeg_generation_s']} s)" if notes else "") + "."),
         "",
-        (f"Settings: batch {args.batch_size}, {args.workers} DataLoader workers in every arm, {args.steps} timed "
-         f"steps after {args.warmup} warm-up steps, ours bf16={args.bf16} channels_last={args.channels_last} "
+        (f"Settings: batch {args.batch_size}, {args.workers} DataLoader workers in every arm, "
+         f"{args.steps} timed steps after {args.warmup} warm-up steps, ours bf16={args.bf16} "
+         f"channels_last={args.channels_last} "
          f"compile={args.compile} (the stock arms are the anchor recipe: bf16 on CUDA only), best of "
          f"{args.repeats}."),
         ""])

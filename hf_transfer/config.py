@@ -40,14 +40,15 @@ class TransferArguments:
                 "(default) | dann | cdan | dan | coral | mcc | mdd | ... ; task: full (default) | partial | linear | "
                 "lora; feature: linear."})
     method_args: dict | str | None = field(default=None, metadata={
-        "help": "The method's own options as a dict (YAML) or JSON string, e.g. '{\"hold\": 0.15}'; checked against "
-                "the method's registered options (names and types)."})
+        "help": "The method's own options as a dict (YAML) or JSON string, e.g. '{\"hold\": 0.15}'; "
+                "checked against the method's registered options (names and types)."})
     trade_off: float = field(default=1.0, metadata={"help": "Weight of the transfer loss (domain mode)."})
     backbone_revision: str | None = field(default=None, metadata={"help": "Revision of the backbone on the Hub."})
     image_column: str | None = field(default=None, metadata={"help": "Image column (default: found automatically)."})
     label_column: str | None = field(default=None, metadata={"help": "Label column (default: found automatically)."})
     label_policy: str = field(default="shared", metadata={
-        "help": "Classes not in both domains: shared (keep shared only) | partial (target subset of source) | strict."})
+        "help": "Classes not in both domains: shared (keep shared only) | partial (target subset of source) "
+                "| strict."})
     target_classes: str | None = field(default=None, metadata={
         "help": "Keep only these target classes (rows and declared labels): first:K (the first K in the "
                 "target's label order, as the Office-Home 25-class partial tasks) or comma-separated names (as "
@@ -55,7 +56,8 @@ class TransferArguments:
     image_size: int | None = field(default=None, metadata={"help": "Override the backbone's input size."})
     crop_pct: float | None = field(default=None, metadata={"help": "Override the backbone's eval crop fraction."})
     augment: str = field(default="standard", metadata={
-        "help": "Training augmentation: standard (random resized crop + flip) | light (small shifts, no flip) | none."})
+        "help": "Training augmentation: standard (random resized crop + flip) | light (small shifts, no flip) "
+                "| none."})
     input_path: str = field(default="fast", metadata={
         "help": "fast: decode images once into a uint8 cache and augment whole batches on the model's device "
                 "(exact resume); stock: torchvision PIL transforms per sample in the DataLoader.",
@@ -86,8 +88,8 @@ class TransferArguments:
     target_batch_ratio: float = field(default=1.0, metadata={
         "help": "domain mode: target images per source image in each training batch (> 0)."})
     partial_weighting: str = field(default="exclude", metadata={
-        "help": "domain mode, partial label spaces: none | exclude (drop the source rows of classes the target does "
-                "not declare) | pada (down-weight classes by the mean target prediction, PADA)."})
+        "help": "domain mode, partial label spaces: none | exclude (drop the source rows of classes the target "
+                "does not declare) | pada (down-weight classes by the mean target prediction, PADA)."})
     pada_every: int = field(default=100, metadata={
         "help": "partial_weighting=pada: re-estimate the class weights every this many optimizer steps."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training images per "
@@ -124,9 +126,9 @@ class TransferArguments:
     unfreeze_unit: str = field(default="steps", metadata={"help": "Unit of --unfreeze_every: steps | epochs.",
                                                           "choices": ("steps", "epochs")})
     layer_decay: float | None = field(default=None, metadata={
-        "help": "task mode: layer-wise LR decay in (0, 1]: group g trains at learning_rate * layer_decay ** d, d its "
-                "distance from the head in stem, stage_0..N, neck, head (times backbone_lr_scale for backbone "
-                "groups)."})
+        "help": "task mode: layer-wise LR decay in (0, 1]: group g trains at learning_rate * layer_decay ** d, "
+                "d its distance from the head in stem, stage_0..N, neck, head (times backbone_lr_scale for "
+                "backbone groups)."})
     regularizer: str | None = field(default=None, metadata={
         "help": "task mode: regularised fine-tuning: l2sp (penalty towards the pretrained weights; replaces weight "
                 "decay) | bss (batch spectral shrinkage of the features)."})

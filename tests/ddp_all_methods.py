@@ -1,6 +1,6 @@
 """Launched by tests/test_recipes.py under `accelerate launch --multi_gpu --num_processes 2` (CPU,
-gloo): every registered domain-adaptation method (and DANN with the shared options) trains a few steps in ONE launch (imports and
-process-group setup are paid once), each writing its results.json from the main process."""
+gloo): every registered domain-adaptation method (and DANN with the shared options) trains a few steps in ONE
+launch (imports and process-group setup are paid once), each writing its results.json from the main process."""
 
 import sys
 

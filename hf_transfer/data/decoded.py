@@ -35,11 +35,12 @@ the whole image (no crop), rescaled per axis, so a box in normalised coordinates
 of the picture in the original and in the storage. ``BatchAugment`` draws the box with the original
 ``(H, W)``; when every image has the same size (the usual case: the built-in digits, CIFAR-like
 data, the 320x256 benchmark JPEGs) the storage dims stand in for ``(H, W)`` and nothing else
-travels with the batch. Otherwise (mixed sizes: one odd image is enough) the items carry ``image_size`` (the original ``(H, W)``; ``return_image_size=None``, the default, turns
-it on exactly then), the collate functions keep it and the model's forward hands it to
-``BatchAugment``, so the boxes are drawn for each image's own size and the crop distribution stays
-exact. An image of another size is squashed into the storage shape: its crops are resampled from
-that storage, which only changes their resolution (like any image larger than the storage).
+travels with the batch. Otherwise (mixed sizes: one odd image is enough) the items carry ``image_size``
+(the original ``(H, W)``; ``return_image_size=None``, the default, turns it on exactly then), the
+collate functions keep it and the model's forward hands it to ``BatchAugment``, so the boxes are drawn
+for each image's own size and the crop distribution stays exact. An image of another size is squashed
+into the storage shape: its crops are resampled from that storage, which only changes their resolution
+(like any image larger than the storage).
 
 Cache
 -----

@@ -124,7 +124,8 @@ def write_figures(folder: str | os.PathLike, results: dict | None = None) -> lis
     written = []
     target = (results.get("metrics") or {}).get("target") or {}
     if target.get("confusion_matrix"):
-        title = f"Target test ({dataset_info(results.get('target'))['display']}), {results.get('mode')}/{results.get('method')}"
+        dataset = dataset_info(results.get("target"))["display"]
+        title = f"Target test ({dataset}), {results.get('mode')}/{results.get('method')}"
         written.append(confusion_matrix_png(target["confusion_matrix"], results.get("label_names") or [],
                                             str(folder / CONFUSION_PNG), title=title))
     if results.get("log_history") and training_curves_png(results["log_history"], str(folder / CURVES_PNG)):

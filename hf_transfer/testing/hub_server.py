@@ -865,8 +865,9 @@ class HubTestServer:
             return h._send_json(entries)
         if verb == "refs" and method == "GET":
             refs = self.storage.refs(rtype, repo_id)
-            fmt = lambda kind, items: [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": c}  # noqa: E731
-                                       for n, c in sorted(items.items())]
+            def fmt(kind, items):
+                return [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": c} for n, c in sorted(items.items())]
+
             out = {"branches": fmt("heads", refs["branches"]), "tags": fmt("tags", refs["tags"]), "converts": []}
             if q.get("include_prs"):
                 out["pullRequests"] = fmt("pr", refs["prs"])

@@ -132,7 +132,8 @@ def check_output_dir(output_dir: str, identity: dict, *, resume: bool, overwrite
     if same:
         what = "this same run"
     elif recorded is not None:
-        what = f"a different run (arguments that differ, recorded -> now: {'; '.join(identity_difference(recorded, identity))})"
+        differ = "; ".join(identity_difference(recorded, identity))
+        what = f"a different run (arguments that differ, recorded -> now: {differ})"
     else:
         what = "another run's outputs"
     raise TransferConfigError(

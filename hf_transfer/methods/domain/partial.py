@@ -74,8 +74,8 @@ def pada_summary(weights: ClassWeights, label_names: list[str], every: int) -> d
 
 class PADACallback(TrainerCallback):
     """Re-estimate the class weights (``weighting.estimate_class_weights(model)``) at the start of
-    every ``every``-th optimizer step (never at step 0: the model is untrained). Steps come from the Trainer's checkpointed state, so the
-    estimates fall on the same steps after a resume."""
+    every ``every``-th optimizer step (never at step 0: the model is untrained). Steps come from the Trainer's
+    checkpointed state, so the estimates fall on the same steps after a resume."""
 
     def __init__(self, weighting, every: int):
         self.weighting, self.every = weighting, int(every)

@@ -9,9 +9,9 @@ Sohn et al., NeurIPS 2020, https://arxiv.org/abs/2001.07685).
 with ``tau = threshold`` (0.95 as in FixMatch) and ``B`` the target batch size (FixMatch's
 normalisation, so the loss grows with the fraction of confident samples). FixMatch takes ``q`` from a
 weakly augmented view and the cross-entropy on a strongly augmented view; ``pseudo_label`` uses one
-target view per step (``fixmatch`` below uses two), so the labels come from the same forward pass, detached. That makes it a
-sharpening of confident predictions (akin to entropy minimisation restricted to confident samples)
-rather than consistency regularisation. ``last_metrics["mask_rate"]`` is the fraction of target
+target view per step (``fixmatch`` below uses two), so the labels come from the same forward pass, detached.
+That makes it a sharpening of confident predictions (akin to entropy minimisation restricted to confident
+samples) rather than consistency regularisation. ``last_metrics["mask_rate"]`` is the fraction of target
 samples above the threshold; ``0`` when nothing passes (the loss is then exactly 0).
 """
 from __future__ import annotations
