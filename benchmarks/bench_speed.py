@@ -6,7 +6,7 @@
 Three kinds of case (``--cases``, comma list of ``<kind>:<timm architecture>@<input size>:<data>``):
 
 ``finetune``
-    stock = the recipe of shared/bench/stock_recipe_anchor.py: ``datasets`` Image column +
+    stock = the plain recipe a user writes with the stock libraries: ``datasets`` Image column +
     per-sample torchvision PIL transforms (RandomResizedCrop + flip + ToTensor + Normalize) in
     ``set_transform`` + a plain ``transformers.Trainer`` around ``timm.create_model`` (logits + CE
     loss; bf16 on CUDA, nothing else). ours = :func:`hf_transfer.training.run.prepare_run` in task mode

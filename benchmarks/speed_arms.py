@@ -1,5 +1,5 @@
-"""The arms of the speed benchmark (see bench_speed.py): the stock recipe of
-shared/bench/stock_recipe_anchor.py and ours (hf_transfer), each timed and measured for memory."""
+"""The arms of the speed benchmark (see bench_speed.py): the stock recipe (plain datasets + torchvision +
+transformers.Trainer, as a user writes it) and ours (hf_transfer), each timed and measured for memory."""
 
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ def _training_args(args, device, output_dir: str, **over) -> dict:
 
 
 # ------------------------------------------------------------------------------------------
-# the stock recipe (shared/bench/stock_recipe_anchor.py)
+# the stock recipe
 
 
 class TimmForTrainer(torch.nn.Module):

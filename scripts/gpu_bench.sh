@@ -7,7 +7,7 @@
 #   pytest_cuda.log    the CUDA-only tests + the speed-option tests, on the GPU
 #   speed_h200.json/md benchmarks/bench_speed.py: stock recipe vs ours side by side (fine-tuning
 #                      ViT-B/16 + ResNet-50 at 224, 10-epoch linear probe, extraction)
-#   anchor.json        ../shared/bench/stock_recipe_anchor.py (the stock anchors, same machine)
+#   anchor.json/log    .whl/stock_recipe_anchor.py when gpu_wheels.sh found it (the stock anchors, same machine)
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 # SKIP_WHEELS=1: a dry run with the local .venv's python3 first on PATH (no GPU needed to try the script)
