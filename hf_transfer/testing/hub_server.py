@@ -6,10 +6,11 @@ Pushing to and pulling from the Hugging Face Hub is the part of a transfer-learn
 is hardest to test: mocks of ``huggingface_hub`` drift from what ``transformers.push_to_hub``,
 ``datasets.Dataset.push_to_hub``, ``load_dataset`` or ``timm.create_model("hf-hub:...")`` really
 send, and the real Hub needs a network, credentials and leaves litter behind. This module serves
-the subset of the Hub HTTP API those clients use on 127.0.0.1, so a test points ``HF_ENDPOINT`` at it and drives the *unmodified* clients through a
-whole push/pull round trip - including the failure modes (5xx on upload, a connection dropped at
-commit, a concurrent push) that matter for "a failed push leaves the remote unchanged". It is
-useful to anyone who wants to test their own pipeline offline, not just to this project.
+the subset of the Hub HTTP API those clients use on 127.0.0.1, so a test points ``HF_ENDPOINT`` at it
+and drives the *unmodified* clients through a whole push/pull round trip - including the failure modes
+(5xx on upload, a connection dropped at commit, a concurrent push) that matter for "a failed push leaves
+the remote unchanged". It is useful to anyone who wants to test their own pipeline offline, not just to
+this project.
 
 What it implements
 ------------------
