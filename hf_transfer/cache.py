@@ -1,4 +1,4 @@
-"""Where hf_transfer keeps what it computes once: generated domains, decoded images, features, metrics.
+"""Where hf_transfer keeps what it computes once: generated domains, decoded images, features.
 
 One root for all of them: ``$HF_TRANSFER_CACHE`` if set, else ``~/.cache/hf_transfer``. Imports
 nothing else from the package, so every layer may use it.
