@@ -80,11 +80,15 @@ from speed_arms import (  # noqa: E402
 from speed_data import Data  # noqa: E402
 from speed_report import environment, header, loadavg, markdown, summary  # noqa: E402
 
-CPU_CASES = ("finetune:test_resnet@64:digits,finetune:test_resnet@64:jpeg,finetune:test_vit@160:jpeg,"
-             "probe:test_resnet@64:digits,probe:test_resnet@64:jpeg,"
-             "extract:test_resnet@64:digits,extract:test_resnet@64:jpeg")
-CUDA_CASES = ("finetune:vit_base_patch16_224@224:jpeg,finetune:resnet50@224:jpeg,"
-              "probe:vit_base_patch16_224@224:jpeg,extract:vit_base_patch16_224@224:jpeg")
+CPU_CASES = (
+    "finetune:test_resnet@64:digits,finetune:test_resnet@64:jpeg,finetune:test_vit@160:jpeg,"
+    "probe:test_resnet@64:digits,probe:test_resnet@64:jpeg,"
+    "extract:test_resnet@64:digits,extract:test_resnet@64:jpeg"
+)
+CUDA_CASES = (
+    "finetune:vit_base_patch16_224@224:jpeg,finetune:resnet50@224:jpeg,"
+    "probe:vit_base_patch16_224@224:jpeg,extract:vit_base_patch16_224@224:jpeg"
+)
 
 
 # ------------------------------------------------------------------------------------------
@@ -108,16 +112,26 @@ def _ratio(a, b):
 
 def case_finetune(args, device, data, arch, size, dname) -> dict:
     n = args.train_images
-    stock = _arm(lambda: best_of(args, lambda: stock_trainer_arm(args, device, data, arch, size, dname, n,
-                                                                   freeze=False, epochs=None), "img_per_s", True))
-    ours = _arm(lambda: best_of(args, lambda: ours_finetune_arm(args, device, data, arch, size, dname, n),
-                                "img_per_s", True))
+    stock = _arm(
+        lambda: best_of(
+            args,
+            lambda: stock_trainer_arm(args, device, data, arch, size, dname, n, freeze=False, epochs=None),
+            "img_per_s",
+            True,
+        )
+    )
+    ours = _arm(
+        lambda: best_of(args, lambda: ours_finetune_arm(args, device, data, arch, size, dname, n), "img_per_s", True)
+    )
     if "error" in ours and args.compile:  # one-shot GPU runs: still measure ours, eager
         failed = ours["error"]
         args.compile = False
         try:
-            ours = _arm(lambda: best_of(args, lambda: ours_finetune_arm(args, device, data, arch, size, dname, n),
-                                        "img_per_s", True))
+            ours = _arm(
+                lambda: best_of(
+                    args, lambda: ours_finetune_arm(args, device, data, arch, size, dname, n), "img_per_s", True
+                )
+            )
         finally:
             args.compile = True
         ours["compile_error"] = failed
@@ -126,18 +140,31 @@ def case_finetune(args, device, data, arch, size, dname) -> dict:
 
 def case_probe(args, device, data, arch, size, dname) -> dict:
     n = args.probe_images
-    naive = _arm(lambda: best_of(args, lambda: stock_trainer_arm(args, device, data, arch, size, dname, n, freeze=True,
-                                                                   epochs=args.probe_epochs), "total_s", False,
-                                 total=True))
-    ours = _arm(lambda: best_of(args, lambda: ours_probe_arm(args, device, data, arch, size, dname, n, False),
-                                "total_s", False))
-    fastx = _arm(lambda: best_of(args, lambda: ours_probe_arm(args, device, data, arch, size, dname, n, True),
-                                 "total_s", False))
+    naive = _arm(
+        lambda: best_of(
+            args,
+            lambda: stock_trainer_arm(args, device, data, arch, size, dname, n, freeze=True, epochs=args.probe_epochs),
+            "total_s",
+            False,
+            total=True,
+        )
+    )
+    ours = _arm(
+        lambda: best_of(args, lambda: ours_probe_arm(args, device, data, arch, size, dname, n, False), "total_s", False)
+    )
+    fastx = _arm(
+        lambda: best_of(args, lambda: ours_probe_arm(args, device, data, arch, size, dname, n, True), "total_s", False)
+    )
     if "error" not in naive:
         naive["img_per_s_per_epoch"] = round(naive["images"] * args.probe_epochs / naive["train_s"], 1)
-    return {"naive": naive, "ours": ours, "ours_fastx": fastx, "epochs": args.probe_epochs,
-            "ratio": _ratio(naive.get("total_s"), ours.get("total_s")),
-            "ratio_fastx": _ratio(naive.get("total_s"), fastx.get("total_s"))}
+    return {
+        "naive": naive,
+        "ours": ours,
+        "ours_fastx": fastx,
+        "epochs": args.probe_epochs,
+        "ratio": _ratio(naive.get("total_s"), ours.get("total_s")),
+        "ratio_fastx": _ratio(naive.get("total_s"), fastx.get("total_s")),
+    }
 
 
 def best_of(args, fn, key: str, higher: bool, total: bool = False) -> dict:
@@ -170,10 +197,15 @@ def case_extract(args, device, data, arch, size, dname) -> dict:
     shipped = _arm(lambda: ours_extract(args, device, ds, backbone, cache, "stock", 0))
     shutil.rmtree(cache, ignore_errors=True)
     base = stock.get("img_per_s_end_to_end")
-    return {"stock": stock, "ours_cold": cold, "ours_warm": warm, "ours_stock_path": shipped,
-            "images": len(ds),
-            "ratio_cold": _ratio(cold.get("img_per_s_end_to_end"), base),
-            "ratio_warm": _ratio(warm.get("img_per_s_end_to_end"), base)}
+    return {
+        "stock": stock,
+        "ours_cold": cold,
+        "ours_warm": warm,
+        "ours_stock_path": shipped,
+        "images": len(ds),
+        "ratio_cold": _ratio(cold.get("img_per_s_end_to_end"), base),
+        "ratio_warm": _ratio(warm.get("img_per_s_end_to_end"), base),
+    }
 
 
 CASES = {"finetune": case_finetune, "probe": case_probe, "extract": case_extract}
@@ -188,28 +220,55 @@ def _auto(value: str, default: bool) -> bool:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default=None, help="cpu | cuda[:i] (default: cuda when available)")
-    p.add_argument("--cases", default=None, help=f"comma list of kind:arch@px:data (CPU default {CPU_CASES!r}; "
-                                                 f"CUDA default {CUDA_CASES!r})")
+    p.add_argument(
+        "--cases",
+        default=None,
+        help=f"comma list of kind:arch@px:data (CPU default {CPU_CASES!r}; CUDA default {CUDA_CASES!r})",
+    )
     p.add_argument("--steps", type=int, default=None, help="timed training steps (CPU 20, CUDA 50)")
     p.add_argument("--warmup", type=int, default=None, help="untimed first steps (CPU 3, CUDA 10)")
     p.add_argument("--batch_size", "--batch-size", type=int, default=None, help="CPU 32, CUDA 128")
-    p.add_argument("--workers", type=int, default=None,
-                   help="DataLoader workers, both arms (CPU 2, CUDA min(14, cpus - 2))")
-    p.add_argument("--num_jpegs", "--num-jpegs", type=int, default=None, help="synthetic train JPEGs (CPU 384, CUDA 8192)")
-    p.add_argument("--train_images", "--train-images", type=int, default=None,
-                   help="fine-tuning: at most this many training images (CPU 2048, CUDA all)")
-    p.add_argument("--probe_images", "--probe-images", type=int, default=None, help="linear probe train images "
-                   "(CPU 1024, CUDA 8192)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="DataLoader workers, both arms (CPU 2, CUDA min(14, cpus - 2))"
+    )
+    p.add_argument(
+        "--num_jpegs", "--num-jpegs", type=int, default=None, help="synthetic train JPEGs (CPU 384, CUDA 8192)"
+    )
+    p.add_argument(
+        "--train_images",
+        "--train-images",
+        type=int,
+        default=None,
+        help="fine-tuning: at most this many training images (CPU 2048, CUDA all)",
+    )
+    p.add_argument(
+        "--probe_images",
+        "--probe-images",
+        type=int,
+        default=None,
+        help="linear probe train images (CPU 1024, CUDA 8192)",
+    )
     p.add_argument("--probe_epochs", "--probe-epochs", type=int, default=10)
-    p.add_argument("--eval_images", "--eval-images", type=int, default=None,
-                   help="test images ours decodes / extracts at setup (CPU 256, CUDA 1024)")
+    p.add_argument(
+        "--eval_images",
+        "--eval-images",
+        type=int,
+        default=None,
+        help="test images ours decodes / extracts at setup (CPU 256, CUDA 1024)",
+    )
     p.add_argument("--extract_images", "--extract-images", type=int, default=None, help="CPU 1024, CUDA 8192")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto", help="auto: on for CUDA")
-    p.add_argument("--channels_last", "--channels-last", choices=("auto", "on", "off"), default="auto",
-                   help="ours only; auto: on for CUDA")
+    p.add_argument(
+        "--channels_last",
+        "--channels-last",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="ours only; auto: on for CUDA",
+    )
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto", help="ours only; auto: on for CUDA")
     p.add_argument("--repeats", type=int, default=1, help="passes per arm; the best is kept")
     p.add_argument("--seed", type=int, default=0)
@@ -222,11 +281,19 @@ def parse_args(argv=None):
     if cuda and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch.cuda.is_available() is False")
     cpus = os.cpu_count() or 2
-    defaults = {"cases": CUDA_CASES if cuda else CPU_CASES, "train_images": None if cuda else 2048,
-                "steps": 50 if cuda else 20, "warmup": 10 if cuda else 3, "batch_size": 128 if cuda else 32,
-                "workers": min(14, max(1, cpus - 2)) if cuda else 2, "num_jpegs": 8192 if cuda else 384,
-                "probe_images": 8192 if cuda else 1024, "eval_images": 1024 if cuda else 256,
-                "extract_images": 8192 if cuda else 1024, "gen_processes": min(cpus, 16)}
+    defaults = {
+        "cases": CUDA_CASES if cuda else CPU_CASES,
+        "train_images": None if cuda else 2048,
+        "steps": 50 if cuda else 20,
+        "warmup": 10 if cuda else 3,
+        "batch_size": 128 if cuda else 32,
+        "workers": min(14, max(1, cpus - 2)) if cuda else 2,
+        "num_jpegs": 8192 if cuda else 384,
+        "probe_images": 8192 if cuda else 1024,
+        "eval_images": 1024 if cuda else 256,
+        "extract_images": 8192 if cuda else 1024,
+        "gen_processes": min(cpus, 16),
+    }
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -247,9 +314,11 @@ def main(argv=None) -> dict:
 
     transformers.logging.set_verbosity_error()
     env = environment(device)
-    print(f"# speed benchmark on {env['gpu'] or 'cpu'} ({env['cpu_count']} CPUs, torch {env['torch']}, "
-          f"transformers {env['transformers']}, timm {env['timm']}, OMP_NUM_THREADS={env['OMP_NUM_THREADS']})",
-          flush=True)
+    print(
+        f"# speed benchmark on {env['gpu'] or 'cpu'} ({env['cpu_count']} CPUs, torch {env['torch']}, "
+        f"transformers {env['transformers']}, timm {env['timm']}, OMP_NUM_THREADS={env['OMP_NUM_THREADS']})",
+        flush=True,
+    )
     work = tempfile.mkdtemp(prefix="hf_transfer_bench_speed_")
     data = Data(args, work)
     rows: list[dict] = []
@@ -281,15 +350,26 @@ def main(argv=None) -> dict:
     env["loadavg_end"] = loadavg()
     table = markdown(rows, args)
     head = header(env, args, data.notes, time.perf_counter() - t_start)
-    usage = {"ru_maxrss_self_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-             "ru_maxrss_children_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+    usage = {
+        "ru_maxrss_self_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "ru_maxrss_children_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+    }
     print()
     print(table)
-    print(f"whole run: {round(time.perf_counter() - t_start, 1)} s; peak RSS (getrusage) self "
-          f"{usage['ru_maxrss_self_mb']} MB, largest child {usage['ru_maxrss_children_mb']} MB")
-    result = {"env": env, "args": vars(args), "data": data.notes, "rows": rows, "rusage": usage,
-              "total_s": round(time.perf_counter() - t_start, 1), "markdown": table,
-              "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
+    print(
+        f"whole run: {round(time.perf_counter() - t_start, 1)} s; peak RSS (getrusage) self "
+        f"{usage['ru_maxrss_self_mb']} MB, largest child {usage['ru_maxrss_children_mb']} MB"
+    )
+    result = {
+        "env": env,
+        "args": vars(args),
+        "data": data.notes,
+        "rows": rows,
+        "rusage": usage,
+        "total_s": round(time.perf_counter() - t_start, 1),
+        "markdown": table,
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+    }
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1, default=str)

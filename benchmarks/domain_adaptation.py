@@ -54,10 +54,18 @@ METHODS = [
 ARMS = [
     ("dan+bottleneck64", "domain", "dan", {"bottleneck_dim": 64}),
     ("dann+dann_schedule", "domain", "dann", {"method_args": {"hold": 0.15}, "trade_off_schedule": "dann"}),
-    ("pseudo_label+warmup0.5", "domain", "pseudo_label",
-     {"method_args": {"threshold": 0.95}, "trade_off_schedule": "linear", "trade_off_warmup": 0.5}),
-    ("cdan+e+bottleneck64", "domain", "cdan",
-     {"method_args": {"hold": 0.15, "entropy_conditioning": True}, "bottleneck_dim": 64}),
+    (
+        "pseudo_label+warmup0.5",
+        "domain",
+        "pseudo_label",
+        {"method_args": {"threshold": 0.95}, "trade_off_schedule": "linear", "trade_off_warmup": 0.5},
+    ),
+    (
+        "cdan+e+bottleneck64",
+        "domain",
+        "cdan",
+        {"method_args": {"hold": 0.15, "entropy_conditioning": True}, "bottleneck_dim": 64},
+    ),
     ("dan+target_ratio2", "domain", "dan", {"target_batch_ratio": 2.0}),
     # self-training variants (issue #4: pseudo_label is below source-only on printed->handwritten)
     ("pseudo_label+thr0.8", "domain", "pseudo_label", {"method_args": {"threshold": 0.8}}),
@@ -65,18 +73,50 @@ ARMS = [
     ("fixmatch", "domain", "fixmatch", {"method_args": {"threshold": 0.95}}),
     # two stages: self-training started from the CDAN+E model of the same seed (its run folder as the
     # backbone; run first when missing), 300 steps at a quarter of the learning rate
-    ("cdan+e->pseudo_label", "domain", "pseudo_label",
-     {"init_from": "cdan+e", "method_args": {"threshold": 0.95}, "max_steps": 300, "learning_rate": 0.005}),
+    (
+        "cdan+e->pseudo_label",
+        "domain",
+        "pseudo_label",
+        {"init_from": "cdan+e", "method_args": {"threshold": 0.95}, "max_steps": 300, "learning_rate": 0.005},
+    ),
     # partial label spaces (run on the printed->handwritten0-4 pair): what to do with source-only classes
     ("partial:source_only", "domain", "source_only", {"label_policy": "partial", "partial_weighting": "none"}),
-    ("partial:cdan+e", "domain", "cdan", {"method_args": {"hold": 0.15, "entropy_conditioning": True},
-                                          "label_policy": "partial", "partial_weighting": "none"}),
-    ("partial:cdan+e+exclude", "domain", "cdan", {"method_args": {"hold": 0.15, "entropy_conditioning": True},
-                                                  "label_policy": "partial", "partial_weighting": "exclude"}),
-    ("partial:cdan+e+pada", "domain", "cdan", {"method_args": {"hold": 0.15, "entropy_conditioning": True},
-                                               "label_policy": "partial", "partial_weighting": "pada"}),
-    ("cdan+e->fixmatch", "domain", "fixmatch",
-     {"init_from": "cdan+e", "method_args": {"threshold": 0.95}, "max_steps": 300, "learning_rate": 0.005}),
+    (
+        "partial:cdan+e",
+        "domain",
+        "cdan",
+        {
+            "method_args": {"hold": 0.15, "entropy_conditioning": True},
+            "label_policy": "partial",
+            "partial_weighting": "none",
+        },
+    ),
+    (
+        "partial:cdan+e+exclude",
+        "domain",
+        "cdan",
+        {
+            "method_args": {"hold": 0.15, "entropy_conditioning": True},
+            "label_policy": "partial",
+            "partial_weighting": "exclude",
+        },
+    ),
+    (
+        "partial:cdan+e+pada",
+        "domain",
+        "cdan",
+        {
+            "method_args": {"hold": 0.15, "entropy_conditioning": True},
+            "label_policy": "partial",
+            "partial_weighting": "pada",
+        },
+    ),
+    (
+        "cdan+e->fixmatch",
+        "domain",
+        "fixmatch",
+        {"init_from": "cdan+e", "method_args": {"threshold": 0.95}, "max_steps": 300, "learning_rate": 0.005},
+    ),
 ]
 
 
@@ -89,13 +129,29 @@ def registry_rows() -> list[tuple]:
 
 
 def common_args(steps: int) -> dict:
-    return {"backbone": "test_resnet", "image_size": 32, "crop_pct": 1.0, "augment": "light",
-            "per_device_train_batch_size": 64, "per_device_eval_batch_size": 512, "learning_rate": 0.02,
-            "optim": "sgd", "optim_args": "momentum=0.9,nesterov=True", "weight_decay": 1e-3,
-            "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "max_steps": steps,
-            "eval_strategy": "steps", "eval_steps": max(steps // 4, 1), "save_strategy": "no",
-            "logging_steps": max(steps // 4, 1), "report_to": "none", "use_cpu": True, "disable_tqdm": True,
-            "overwrite_output_dir": True}
+    return {
+        "backbone": "test_resnet",
+        "image_size": 32,
+        "crop_pct": 1.0,
+        "augment": "light",
+        "per_device_train_batch_size": 64,
+        "per_device_eval_batch_size": 512,
+        "learning_rate": 0.02,
+        "optim": "sgd",
+        "optim_args": "momentum=0.9,nesterov=True",
+        "weight_decay": 1e-3,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.05,
+        "max_steps": steps,
+        "eval_strategy": "steps",
+        "eval_steps": max(steps // 4, 1),
+        "save_strategy": "no",
+        "logging_steps": max(steps // 4, 1),
+        "report_to": "none",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "overwrite_output_dir": True,
+    }
 
 
 def run_one(pair: str, name: str, mode: str, method: str, extra: dict, seed: int, steps: int, out: str) -> dict:
@@ -111,18 +167,28 @@ def run_one(pair: str, name: str, mode: str, method: str, extra: dict, seed: int
             _, m0, meth0, extra0 = next(r for r in METHODS + ARMS if r[0] == init_from)
             run_one(pair, init_from, m0, meth0, extra0, seed, steps, out)
         extra["backbone"] = first
-    args = {**common_args(steps), **PAIR_ARGS.get(pair, {}), "mode": mode, "method": method, "target": target, "seed": seed,
-            "output_dir": os.path.join(out, pair.replace(">", ""), name, f"seed{seed}"), **extra}
+    args = {
+        **common_args(steps),
+        **PAIR_ARGS.get(pair, {}),
+        "mode": mode,
+        "method": method,
+        "target": target,
+        "seed": seed,
+        "output_dir": os.path.join(out, pair.replace(">", ""), name, f"seed{seed}"),
+        **extra,
+    }
     if mode == "domain":
         args["source"] = source
     start = time.time()
     results = run_transfer(*arguments_from_dict(args))
     selection = results.get("model_selection") or {}
-    return {"target": results["metrics"]["target"]["accuracy"],
-            "source": results["metrics"].get("source", {}).get("accuracy"),
-            "im_pick": selection.get("im", {}).get("target_accuracy"),
-            "oracle": selection.get("oracle", {}).get("target_accuracy"),
-            "seconds": time.time() - start}
+    return {
+        "target": results["metrics"]["target"]["accuracy"],
+        "source": results["metrics"].get("source", {}).get("accuracy"),
+        "im_pick": selection.get("im", {}).get("target_accuracy"),
+        "oracle": selection.get("oracle", {}).get("target_accuracy"),
+        "seconds": time.time() - start,
+    }
 
 
 def fmt(values: list[float | None]) -> str:
@@ -134,13 +200,18 @@ def fmt(values: list[float | None]) -> str:
 
 
 def table(pair: str, rows: dict, seeds, steps: int) -> str:
-    lines = [f"### {pair} ({steps} steps, seeds {list(seeds)})", "",
-             "| method | target acc | source acc | IM-picked target acc | oracle-picked | s/run |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"### {pair} ({steps} steps, seeds {list(seeds)})",
+        "",
+        "| method | target acc | source acc | IM-picked target acc | oracle-picked | s/run |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, runs in rows.items():
-        lines.append(f"| {name} | {fmt([r['target'] for r in runs])} | {fmt([r['source'] for r in runs])} | "
-                     f"{fmt([r['im_pick'] for r in runs])} | {fmt([r['oracle'] for r in runs])} | "
-                     f"{statistics.fmean(r['seconds'] for r in runs):.0f} |")
+        lines.append(
+            f"| {name} | {fmt([r['target'] for r in runs])} | {fmt([r['source'] for r in runs])} | "
+            f"{fmt([r['im_pick'] for r in runs])} | {fmt([r['oracle'] for r in runs])} | "
+            f"{statistics.fmean(r['seconds'] for r in runs):.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -148,15 +219,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", nargs="+", default=["printed->handwritten"], choices=sorted(PAIRS))
     default_rows = METHODS + registry_rows()
-    parser.add_argument("--methods", nargs="+", default=[m[0] for m in default_rows],
-                        choices=[m[0] for m in default_rows + ARMS])
+    parser.add_argument(
+        "--methods", nargs="+", default=[m[0] for m in default_rows], choices=[m[0] for m in default_rows + ARMS]
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--workdir", default="outputs/bench_da")
-    parser.add_argument("--out", default="outputs/benchmarks/domain_adaptation.md",
-                        help="markdown table (the committed one: benchmarks/results/domain_adaptation.md)")
-    parser.add_argument("--append", action="store_true",
-                        help="append the new rows (and the command) to --out instead of rewriting it")
+    parser.add_argument(
+        "--out",
+        default="outputs/benchmarks/domain_adaptation.md",
+        help="markdown table (the committed one: benchmarks/results/domain_adaptation.md)",
+    )
+    parser.add_argument(
+        "--append", action="store_true", help="append the new rows (and the command) to --out instead of rewriting it"
+    )
     args = parser.parse_args(argv)
     chosen = [m for m in default_rows + ARMS if m[0] in args.methods]
     sections, raw = [], {}
@@ -166,8 +242,10 @@ def main(argv=None) -> int:
             for seed in args.seeds:
                 r = run_one(pair, name, mode, method, extra, seed, args.steps, args.workdir)
                 rows.setdefault(name, []).append(r)
-                print(f"[bench] {pair} {name} seed {seed}: target {100 * r['target']:.1f} ({r['seconds']:.0f} s)",
-                      flush=True)
+                print(
+                    f"[bench] {pair} {name} seed {seed}: target {100 * r['target']:.1f} ({r['seconds']:.0f} s)",
+                    flush=True,
+                )
         raw[pair] = rows
         sections.append(table(pair, rows, args.seeds, args.steps))
     command = "python benchmarks/domain_adaptation.py " + " ".join(sys.argv[1:] if argv is None else argv)

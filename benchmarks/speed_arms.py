@@ -58,13 +58,13 @@ class Memory:
 
     def __exit__(self, *exc):
         self.main_mb = _mb(_status_kb("self")) if self.reset else None
-        self.gpu_mb = (round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
-                       if self.device.type == "cuda" else None)
+        self.gpu_mb = (
+            round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1) if self.device.type == "cuda" else None
+        )
         return False
 
     def as_dict(self) -> dict:
-        return {"peak_rss_main_mb": self.main_mb, "workers_pss_mb": self.workers_mb,
-                "peak_gpu_mb": self.gpu_mb}
+        return {"peak_rss_main_mb": self.main_mb, "workers_pss_mb": self.workers_mb, "peak_gpu_mb": self.gpu_mb}
 
 
 # ------------------------------------------------------------------------------------------
@@ -111,12 +111,24 @@ def make_clock(device: torch.device, memory: Memory):
 def _training_args(args, device, output_dir: str, **over) -> dict:
     """TrainingArguments shared by every Trainer of the benchmark (stock and ours)."""
     cuda = device.type == "cuda"
-    out = {"output_dir": output_dir, "per_device_train_batch_size": args.batch_size, "learning_rate": 1e-3,
-           "bf16": args.bf16, "use_cpu": not cuda, "dataloader_num_workers": args.workers,
-           "dataloader_pin_memory": cuda, "dataloader_persistent_workers": args.workers > 0,
-           "dataloader_drop_last": True, "remove_unused_columns": False, "save_strategy": "no",
-           "logging_strategy": "no", "eval_strategy": "no", "report_to": "none", "disable_tqdm": True,
-           "seed": args.seed}
+    out = {
+        "output_dir": output_dir,
+        "per_device_train_batch_size": args.batch_size,
+        "learning_rate": 1e-3,
+        "bf16": args.bf16,
+        "use_cpu": not cuda,
+        "dataloader_num_workers": args.workers,
+        "dataloader_pin_memory": cuda,
+        "dataloader_persistent_workers": args.workers > 0,
+        "dataloader_drop_last": True,
+        "remove_unused_columns": False,
+        "save_strategy": "no",
+        "logging_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "seed": args.seed,
+    }
     out.update(over)
     if not out["dataloader_num_workers"]:
         out["dataloader_persistent_workers"] = False
@@ -161,8 +173,10 @@ def stock_dataset(ds, res: int, train: bool = True):
 
 
 def stock_collate(examples):
-    return {"pixel_values": torch.stack([e["pixel_values"] for e in examples]),
-            "labels": torch.tensor([e["label"] for e in examples])}
+    return {
+        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+        "labels": torch.tensor([e["label"] for e in examples]),
+    }
 
 
 def stock_model(arch: str, num_classes: int, seed: int):
@@ -187,8 +201,13 @@ def stock_trainer_arm(args, device, data, arch, size, dname, n, *, freeze: bool,
     clock = make_clock(device, memory)
     over = {"num_train_epochs": epochs} if epochs else {"max_steps": args.warmup + args.steps}
     targs = TrainingArguments(**_training_args(args, device, os.path.join(data.work, "out_stock"), **over))
-    trainer = Trainer(model=TimmForTrainer(net), args=targs, train_dataset=stock_dataset(ds, size),
-                      data_collator=stock_collate, callbacks=[clock])
+    trainer = Trainer(
+        model=TimmForTrainer(net),
+        args=targs,
+        train_dataset=stock_dataset(ds, size),
+        data_collator=stock_collate,
+        callbacks=[clock],
+    )
     _quiet(trainer)
     setup_s = time.perf_counter() - t0
     with memory:
@@ -213,8 +232,12 @@ def _throughput(args, stamps, epochs, n) -> dict:
         return {"steps": len(stamps)}
     dt = stamps[-1] - stamps[args.warmup - 1] if args.warmup else stamps[-1] - stamps[0]
     steps = args.steps if args.warmup else args.steps - 1
-    return {"steps": len(stamps), "timed_steps": steps, "img_per_s": round(steps * args.batch_size / dt, 1),
-            "step_ms": round(1000 * dt / steps, 2)}
+    return {
+        "steps": len(stamps),
+        "timed_steps": steps,
+        "img_per_s": round(steps * args.batch_size / dt, 1),
+        "step_ms": round(1000 * dt / steps, 2),
+    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -230,10 +253,17 @@ def _ours_arguments(args, device, data, arch, size, dname, mode, n, out_dir, **o
     from hf_transfer.config import arguments_from_dict
 
     training_fields = {f.name for f in dataclasses.fields(TrainingArguments)}
-    cfg = {"mode": mode, "backbone": arch, "target": data.spec(dname), "image_size": size, "crop_pct": CROP_PCT,
-           "max_train_samples": n, "max_eval_samples": args.eval_images,
-           "decoded_cache_dir": os.path.join(data.work, "decoded"),
-           "overwrite_output_dir": True}  # every repeat and case reuses its arm's folder
+    cfg = {
+        "mode": mode,
+        "backbone": arch,
+        "target": data.spec(dname),
+        "image_size": size,
+        "crop_pct": CROP_PCT,
+        "max_train_samples": n,
+        "max_eval_samples": args.eval_images,
+        "decoded_cache_dir": os.path.join(data.work, "decoded"),
+        "overwrite_output_dir": True,
+    }  # every repeat and case reuses its arm's folder
     if mode == "feature":  # options of the feature cache are refused in other modes
         cfg.update(feature_cache_dir=os.path.join(out_dir, "features"), feature_batch_size=2 * args.batch_size)
     cfg.update({k: v for k, v in over.items() if k not in training_fields})
@@ -248,16 +278,32 @@ def ours_finetune_arm(args, device, data, arch, size, dname, n):
     memory = Memory(device)
     decode_times: list[float] = []
     t0 = time.perf_counter()
-    targs = _ours_arguments(args, device, data, arch, size, dname, "task", n,
-                            os.path.join(data.work, "out_ours"), input_path="fast", augment="standard",
-                            max_steps=args.warmup + args.steps, channels_last=args.channels_last)
+    targs = _ours_arguments(
+        args,
+        device,
+        data,
+        arch,
+        size,
+        dname,
+        "task",
+        n,
+        os.path.join(data.work, "out_ours"),
+        input_path="fast",
+        augment="standard",
+        max_steps=args.warmup + args.steps,
+        channels_last=args.channels_last,
+    )
     clock = make_clock(device, memory)
     torch.manual_seed(args.seed)
     with timed_calls(DecodedImages, "_build", decode_times):
         run = prepare_run(*targs, callbacks=[clock])
     _quiet(run.trainer)
-    options = {"bf16": args.bf16, "channels_last": args.channels_last, "compile": args.compile,
-               "augment_impl": "grid" if device.type == "cuda" else "loop"}
+    options = {
+        "bf16": args.bf16,
+        "channels_last": args.channels_last,
+        "compile": args.compile,
+        "augment_impl": "grid" if device.type == "cuda" else "loop",
+    }
     if args.compile:
         run.model.classifier.timm_model.compile()  # in place: the wrapper calls timm_model(...)
     setup_s = time.perf_counter() - t0
@@ -266,9 +312,15 @@ def ours_finetune_arm(args, device, data, arch, size, dname, n):
         run.trainer.train()
         _sync(device)
         train_s = time.perf_counter() - t1
-    out = {"setup_s": round(setup_s, 2), "decode_s": round(sum(decode_times), 2),
-           "decoded_splits": len(decode_times), "train_s": round(train_s, 2),
-           "images": len(run.trainer.train_dataset), "options": options, **memory.as_dict()}
+    out = {
+        "setup_s": round(setup_s, 2),
+        "decode_s": round(sum(decode_times), 2),
+        "decoded_splits": len(decode_times),
+        "train_s": round(train_s, 2),
+        "images": len(run.trainer.train_dataset),
+        "options": options,
+        **memory.as_dict(),
+    }
     out.update(_throughput(args, clock.stamps, None, None))
     del run
     return out
@@ -284,20 +336,42 @@ def ours_probe_arm(args, device, data, arch, size, dname, n, fast_extraction: bo
     # a fresh folder per call: feature (and decoded) caches must start empty in every repeat
     out_dir = tempfile.mkdtemp(prefix="out_probe_fastx_" if fast_extraction else "out_probe_", dir=data.work)
     t0 = time.perf_counter()
-    targs = _ours_arguments(args, device, data, arch, size, dname, "feature", n, out_dir,
-                            num_train_epochs=args.probe_epochs, dataloader_num_workers=0,
-                            decoded_cache_dir=os.path.join(out_dir, "decoded"))  # cold in every repeat
+    targs = _ours_arguments(
+        args,
+        device,
+        data,
+        arch,
+        size,
+        dname,
+        "feature",
+        n,
+        out_dir,
+        num_train_epochs=args.probe_epochs,
+        dataloader_num_workers=0,
+        decoded_cache_dir=os.path.join(out_dir, "decoded"),
+    )  # cold in every repeat
     clock = make_clock(device, memory)
     torch.manual_seed(args.seed)
     cache_cls = feature_mode.FeatureCache
     if fast_extraction:  # decode in --workers processes; the head's DataLoader stays without workers
+
         class cache_cls(features.FeatureCache):
             def __init__(self, *a, **k):
-                super().__init__(*a, **{**k, "input_path": "fast", "num_workers": args.workers,
-                                        "decoded_cache_dir": os.path.join(out_dir, "decoded")})
+                super().__init__(
+                    *a,
+                    **{
+                        **k,
+                        "input_path": "fast",
+                        "num_workers": args.workers,
+                        "decoded_cache_dir": os.path.join(out_dir, "decoded"),
+                    },
+                )
+
     with memory:
-        with timed_calls(features.FeatureCache, "get_or_compute", extract_times), \
-                _patched(feature_mode, "FeatureCache", cache_cls):
+        with (
+            timed_calls(features.FeatureCache, "get_or_compute", extract_times),
+            _patched(feature_mode, "FeatureCache", cache_cls),
+        ):
             run = prepare_run(*targs, callbacks=[clock])
         _quiet(run.trainer)
         setup_s = time.perf_counter() - t0
@@ -307,11 +381,17 @@ def ours_probe_arm(args, device, data, arch, size, dname, n, fast_extraction: bo
         train_s = time.perf_counter() - t1
     n_train = len(run.trainer.train_dataset)
     del run
-    return {"setup_s": round(setup_s, 2), "extract_s": round(sum(extract_times), 2),
-            "head_train_s": round(train_s, 2), "total_s": round(setup_s + train_s, 2), "images": n_train,
-            "extraction": (f"fast, decode in {args.workers} processes" if fast_extraction
-                           else "as shipped (fast, decode in-process)"),
-            **memory.as_dict()}
+    return {
+        "setup_s": round(setup_s, 2),
+        "extract_s": round(sum(extract_times), 2),
+        "head_train_s": round(train_s, 2),
+        "total_s": round(setup_s + train_s, 2),
+        "images": n_train,
+        "extraction": (
+            f"fast, decode in {args.workers} processes" if fast_extraction else "as shipped (fast, decode in-process)"
+        ),
+        **memory.as_dict(),
+    }
 
 
 @contextlib.contextmanager
@@ -335,9 +415,13 @@ def stock_extract(args, device, ds, arch, num_classes, size) -> dict:
     net.reset_classifier(0)
     net = net.to(device).eval()
     t0 = time.perf_counter()  # like ours: from the loader's creation to the last batch
-    loader = torch.utils.data.DataLoader(stock_dataset(ds, size, train=False), batch_size=2 * args.batch_size,
-                                         num_workers=args.workers, collate_fn=stock_collate,
-                                         pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        stock_dataset(ds, size, train=False),
+        batch_size=2 * args.batch_size,
+        num_workers=args.workers,
+        collate_fn=stock_collate,
+        pin_memory=device.type == "cuda",
+    )
     n, t = 0, None
     with memory, torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
         it = iter(loader)
@@ -351,8 +435,12 @@ def stock_extract(args, device, ds, arch, num_classes, size) -> dict:
         _sync(device)
         del it
     end = time.perf_counter()
-    return {"img_per_s": round(n / (end - t), 1) if t else None, "wall_s": round(end - t0, 2),
-            "img_per_s_end_to_end": round(len(ds) / (end - t0), 1), **memory.as_dict()}
+    return {
+        "img_per_s": round(n / (end - t), 1) if t else None,
+        "wall_s": round(end - t0, 2),
+        "img_per_s_end_to_end": round(len(ds) / (end - t0), 1),
+        **memory.as_dict(),
+    }
 
 
 def ours_extract(args, device, ds, backbone, cache_dir: str, input_path: str, workers: int) -> dict:
@@ -363,10 +451,22 @@ def ours_extract(args, device, ds, backbone, cache_dir: str, input_path: str, wo
     decode_times: list[float] = []
     with memory, timed_calls(DecodedImages, "_build", decode_times):
         t0 = time.perf_counter()
-        feats, _ = extract_features(backbone, ds, 2 * args.batch_size, device, input_path=input_path,
-                                    decoded_cache_dir=cache_dir, num_workers=workers,
-                                    amp_dtype=torch.bfloat16 if args.bf16 else None)
+        feats, _ = extract_features(
+            backbone,
+            ds,
+            2 * args.batch_size,
+            device,
+            input_path=input_path,
+            decoded_cache_dir=cache_dir,
+            num_workers=workers,
+            amp_dtype=torch.bfloat16 if args.bf16 else None,
+        )
         _sync(device)
         wall = time.perf_counter() - t0
-    return {"wall_s": round(wall, 2), "img_per_s_end_to_end": round(len(ds) / wall, 1),
-            "decode_s": round(sum(decode_times), 2), "feature_dim": int(feats.shape[1]), **memory.as_dict()}
+    return {
+        "wall_s": round(wall, 2),
+        "img_per_s_end_to_end": round(len(ds) / wall, 1),
+        "decode_s": round(sum(decode_times), 2),
+        "feature_dim": int(feats.shape[1]),
+        **memory.as_dict(),
+    }

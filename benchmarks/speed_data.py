@@ -33,13 +33,18 @@ def make_jpeg_domain(n_train: int, folder: str, processes: int, num_classes: int
     n_test = max(num_classes, n_train // 8)
     with Pool(max(1, processes)) as pool:
         blobs = pool.map(one_jpeg, range(n_train + n_test), chunksize=64)
-    features = datasets.Features({"image": datasets.Image(),
-                                  "label": datasets.ClassLabel(names=[f"c{i}" for i in range(num_classes)])})
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[f"c{i}" for i in range(num_classes)])}
+    )
 
     def split(lo, hi):
         return datasets.Dataset.from_dict(
-            {"image": [{"bytes": b, "path": None} for b in blobs[lo:hi]],
-             "label": [i % num_classes for i in range(lo, hi)]}, features=features)
+            {
+                "image": [{"bytes": b, "path": None} for b in blobs[lo:hi]],
+                "label": [i % num_classes for i in range(lo, hi)],
+            },
+            features=features,
+        )
 
     datasets.DatasetDict({"train": split(0, n_train), "test": split(n_train, n_train + n_test)}).save_to_disk(folder)
     return folder, time.perf_counter() - t
@@ -56,8 +61,9 @@ class Data:
             if name == "digits":
                 self.specs[name] = "builtin:digits-printed"
             elif name == "jpeg":
-                folder, secs = make_jpeg_domain(self.args.num_jpegs, os.path.join(self.work, "jpeg_domain"),
-                                                self.args.gen_processes)
+                folder, secs = make_jpeg_domain(
+                    self.args.num_jpegs, os.path.join(self.work, "jpeg_domain"), self.args.gen_processes
+                )
                 self.specs[name] = folder
                 self.notes["jpeg_generation_s"] = round(secs, 1)
             else:

@@ -35,35 +35,74 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE, TARGET = "builtin:digits-printed", "builtin:digits-handwritten"
 COMMON = {
-    "backbone": "test_resnet", "image_size": 32, "crop_pct": 1.0, "augment": "light",
-    "per_device_train_batch_size": 64, "per_device_eval_batch_size": 512, "optim": "sgd", "weight_decay": 5e-4,
-    "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "save_strategy": "no", "eval_strategy": "no",
-    "logging_steps": 50, "report_to": "none", "use_cpu": True, "dataloader_num_workers": 0, "disable_tqdm": True,
-    "target": TARGET, "overwrite_output_dir": True,  # a rerun replaces the previous run's folder
+    "backbone": "test_resnet",
+    "image_size": 32,
+    "crop_pct": 1.0,
+    "augment": "light",
+    "per_device_train_batch_size": 64,
+    "per_device_eval_batch_size": 512,
+    "optim": "sgd",
+    "weight_decay": 5e-4,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.05,
+    "save_strategy": "no",
+    "eval_strategy": "no",
+    "logging_steps": 50,
+    "report_to": "none",
+    "use_cpu": True,
+    "dataloader_num_workers": 0,
+    "disable_tqdm": True,
+    "target": TARGET,
+    "overwrite_output_dir": True,  # a rerun replaces the previous run's folder
 }
 
 
 def runs(steps: int, kshots: list[str]) -> list[tuple[str, str, dict]]:
     """(name, description, arguments); ``{pretrained}`` is the source-only run's folder."""
-    ft = {"mode": "task", "backbone": "{pretrained}", "learning_rate": 0.05, "backbone_lr_scale": 0.1,
-          "max_steps": steps}
+    ft = {
+        "mode": "task",
+        "backbone": "{pretrained}",
+        "learning_rate": 0.05,
+        "backbone_lr_scale": 0.1,
+        "max_steps": steps,
+    }
     out = [
-        ("scratch", "random init, target labels", {"mode": "task", "method": "full", "learning_rate": 0.05,
-                                                    "max_steps": steps}),
-        ("linear probe", "feature mode: frozen backbone, cached features",
-         {"mode": "feature", "backbone": "{pretrained}", "learning_rate": 0.5, "max_steps": 300,
-          "augment": "standard",  # the default: features are computed once from un-augmented images
-          "per_device_train_batch_size": 128}),
+        (
+            "scratch",
+            "random init, target labels",
+            {"mode": "task", "method": "full", "learning_rate": 0.05, "max_steps": steps},
+        ),
+        (
+            "linear probe",
+            "feature mode: frozen backbone, cached features",
+            {
+                "mode": "feature",
+                "backbone": "{pretrained}",
+                "learning_rate": 0.5,
+                "max_steps": 300,
+                "augment": "standard",  # the default: features are computed once from un-augmented images
+                "per_device_train_batch_size": 128,
+            },
+        ),
         ("full FT", "all layers, backbone lr x0.1", {**ft, "method": "full"}),
         ("partial", "stem + stage_0 frozen", {**ft, "method": "partial", "freeze": "stem,stage_0"}),
-        ("gradual", f"unfreeze one group every {max(1, steps // 6)} steps",
-         {**ft, "method": "full", "unfreeze_every": max(1, steps // 6)}),
+        (
+            "gradual",
+            f"unfreeze one group every {max(1, steps // 6)} steps",
+            {**ft, "method": "full", "unfreeze_every": max(1, steps // 6)},
+        ),
         ("L2-SP", "full FT + L2-SP (alpha 0.01, beta 0.01)", {**ft, "method": "full", "regularizer": "l2sp"}),
         ("BSS", "full FT + BSS (eta 1e-3, k 1)", {**ft, "method": "full", "regularizer": "bss"}),
     ]
     for k in kshots:
-        lora = {"mode": "task", "method": "lora", "backbone": "{pretrained}", "learning_rate": 0.05,
-                "max_steps": steps, "lora_r": 8}
+        lora = {
+            "mode": "task",
+            "method": "lora",
+            "backbone": "{pretrained}",
+            "learning_rate": 0.05,
+            "max_steps": steps,
+            "lora_r": 8,
+        }
         if k != "all":
             lora["k_shot"] = int(k)
         out.append((f"LoRA k={k}", f"LoRA r=8 on every conv + head, {k} labels/class", lora))
@@ -100,15 +139,20 @@ def _head_parameters(out_dir: str) -> int | None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default=os.path.join(ROOT, "outputs", "task_adaptation"))
-    parser.add_argument("--results", default=os.path.join(ROOT, "outputs", "benchmarks", "task_adaptation.md"),
-                        help="markdown table (and .json beside it); the committed one: "
-                             "benchmarks/results/task_adaptation.md")
+    parser.add_argument(
+        "--results",
+        default=os.path.join(ROOT, "outputs", "benchmarks", "task_adaptation.md"),
+        help="markdown table (and .json beside it); the committed one: benchmarks/results/task_adaptation.md",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=200, help="training steps of each target run")
     parser.add_argument("--pretrain_steps", type=int, default=600, help="steps of the source-only 'pretraining'")
     parser.add_argument("--kshots", nargs="+", default=["1", "5", "10", "all"])
-    parser.add_argument("--reuse_pretrained", action="store_true",
-                        help="reuse output_dir/pretrained_source_only when it was made with the same --pretrain_steps")
+    parser.add_argument(
+        "--reuse_pretrained",
+        action="store_true",
+        help="reuse output_dir/pretrained_source_only when it was made with the same --pretrain_steps",
+    )
     parser.add_argument("--only", nargs="+", default=None, help="run only these rows (names in the table)")
     opts = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -119,15 +163,30 @@ def main(argv=None) -> int:
     t = time.time()
     # source-only training = task mode on the source's labels; reused when the same folder and steps exist
     done = os.path.join(pretrained, "results.json")
-    if opts.reuse_pretrained and os.path.exists(done) and \
-            json.load(open(done)).get("hyperparameters", {}).get("max_steps") == opts.pretrain_steps:
+    if (
+        opts.reuse_pretrained
+        and os.path.exists(done)
+        and json.load(open(done)).get("hyperparameters", {}).get("max_steps") == opts.pretrain_steps
+    ):
         pre = json.load(open(done))
     else:
-        pre = _run({**COMMON, "mode": "task", "method": "full", "target": SOURCE, "learning_rate": 0.05,
-                    "max_steps": opts.pretrain_steps, "seed": 0, "output_dir": pretrained})
+        pre = _run(
+            {
+                **COMMON,
+                "mode": "task",
+                "method": "full",
+                "target": SOURCE,
+                "learning_rate": 0.05,
+                "max_steps": opts.pretrain_steps,
+                "seed": 0,
+                "output_dir": pretrained,
+            }
+        )
     pretrain = {"seconds": time.time() - t, "source": pre["metrics"]["target"]["accuracy"]}
-    print(f"[bench] pretrained on the source: source test acc {pretrain['source']:.3f} ({pretrain['seconds']:.0f} s)",
-          flush=True)
+    print(
+        f"[bench] pretrained on the source: source test acc {pretrain['source']:.3f} ({pretrain['seconds']:.0f} s)",
+        flush=True,
+    )
     table: dict[str, dict] = {}
     for seed in opts.seeds:
         for name, description, overrides in runs(opts.steps, opts.kshots):
@@ -139,8 +198,17 @@ def main(argv=None) -> int:
             t = time.time()
             res = _run(args)
             seconds = time.time() - t
-            row = table.setdefault(name, {"description": description, "acc": [], "seconds": [], "trainable": None,
-                                          "bytes": None, "train_images": None})
+            row = table.setdefault(
+                name,
+                {
+                    "description": description,
+                    "acc": [],
+                    "seconds": [],
+                    "trainable": None,
+                    "bytes": None,
+                    "train_images": None,
+                },
+            )
             row["acc"].append(res["metrics"]["target"]["accuracy"])
             row["seconds"].append(seconds)
             row["trainable"] = res.get("trainable_parameters", row["trainable"])
@@ -148,11 +216,16 @@ def main(argv=None) -> int:
                 row["trainable"] = _head_parameters(out)
             row["bytes"] = _published_bytes(out)
             print(f"[bench] seed {seed} {name}: target acc {row['acc'][-1]:.4f} ({seconds:.0f} s)", flush=True)
-    summary = {"seeds": opts.seeds, "steps": opts.steps, "pretrain_steps": opts.pretrain_steps, "pretrain": pretrain,
-               "runs": table, "total_seconds": time.time() - start_all,
-               "command": "python benchmarks/task_adaptation.py "
-                          + " ".join(argv if argv is not None else sys.argv[1:]),
-               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"}
+    summary = {
+        "seeds": opts.seeds,
+        "steps": opts.steps,
+        "pretrain_steps": opts.pretrain_steps,
+        "pretrain": pretrain,
+        "runs": table,
+        "total_seconds": time.time() - start_all,
+        "command": "python benchmarks/task_adaptation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+    }
     markdown = format_table(summary)
     os.makedirs(os.path.dirname(opts.results), exist_ok=True)
     with open(opts.results, "w") as f:
@@ -192,8 +265,10 @@ def format_table(summary: dict) -> str:
     ]
     for name, row in summary["runs"].items():
         trainable = f"{row['trainable']:,}" if row["trainable"] else "-"
-        lines.append(f"| {name} | {row['description']} | {_fmt_acc(row['acc'])} | {trainable} | "
-                     f"{_fmt_bytes(row['bytes'])} | {statistics.fmean(row['seconds']):.0f} |")
+        lines.append(
+            f"| {name} | {row['description']} | {_fmt_acc(row['acc'])} | {trainable} | "
+            f"{_fmt_bytes(row['bytes'])} | {statistics.fmean(row['seconds']):.0f} |"
+        )
     return "\n".join(lines)
 
 

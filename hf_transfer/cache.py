@@ -57,7 +57,7 @@ def make_staging_dir(root: str | os.PathLike, name: str) -> Path:
 
 def _writer(folder_name: str) -> tuple[str, int] | None:
     """``(host, pid)`` from a staging folder's name (None when it is not one)."""
-    parts = folder_name[len(STAGING_PREFIX):].rsplit("-", 3)
+    parts = folder_name[len(STAGING_PREFIX) :].rsplit("-", 3)
     if not folder_name.startswith(STAGING_PREFIX) or len(parts) != 4 or not parts[2].isdigit():
         return None
     return parts[1], int(parts[2])

@@ -31,8 +31,6 @@ def _setup_logging(training_args=None) -> None:
     quiet_unactionable_logs()
 
 
-
-
 def cmd_train(argv: list[str]) -> int:
     from hf_transfer.config import parse_args
     from hf_transfer.training.run import run_transfer, summarize
@@ -68,17 +66,20 @@ def cmd_push(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="hf-transfer push",
         description="Check a finished run folder (round trip through pipeline()), write its model card and push "
-                    "it to the Hub in one commit. The token comes from HF_TOKEN or `hf auth login`.")
+        "it to the Hub in one commit. The token comes from HF_TOKEN or `hf auth login`.",
+    )
     parser.add_argument("output_dir", help="the run's output folder (with results.json)")
     parser.add_argument("repo_id", help="Hub repo id (namespace/name, or name for your own namespace)")
     parser.add_argument("--private", action="store_true", default=None, help="create the repo as private")
     parser.add_argument("--revision", default=None, help="branch to push to (created when new)")
     parser.add_argument("--create_pr", action="store_true", help="open a pull request instead of committing")
     parser.add_argument("--commit_message", default=None, help="default: a summary of the run")
-    parser.add_argument("--baseline", default=None,
-                        help="results.json (or run folder) of the source-only baseline, shown in the card")
-    parser.add_argument("--upper_bound", default=None,
-                        help="results.json (or run folder) of a model trained on the target labels")
+    parser.add_argument(
+        "--baseline", default=None, help="results.json (or run folder) of the source-only baseline, shown in the card"
+    )
+    parser.add_argument(
+        "--upper_bound", default=None, help="results.json (or run folder) of a model trained on the target labels"
+    )
     parser.add_argument("--license", default=None, help="default: the base model's license when known")
     parser.add_argument("--skip_round_trip_check", action="store_true", help="push without the pipeline() check")
     args = parser.parse_args(argv)
@@ -87,13 +88,23 @@ def cmd_push(argv: list[str]) -> int:
     from hf_transfer.hub.push import push_run
 
     # PushError, RoundTripError and the rest end in main(): one line, or the traceback with --debug
-    result = push_run(args.output_dir, args.repo_id, private=args.private, revision=args.revision,
-                      create_pr=args.create_pr, commit_message=args.commit_message,
-                      baseline_results=args.baseline, upper_bound_results=args.upper_bound,
-                      license=args.license, check=not args.skip_round_trip_check)
+    result = push_run(
+        args.output_dir,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        create_pr=args.create_pr,
+        commit_message=args.commit_message,
+        baseline_results=args.baseline,
+        upper_bound_results=args.upper_bound,
+        license=args.license,
+        check=not args.skip_round_trip_check,
+    )
     if result is not None:
-        print(f"Pushed {len(result.files)} files to {result.repo_id}@{result.revision}: "
-              f"{result.pr_url or result.commit_url}")
+        print(
+            f"Pushed {len(result.files)} files to {result.repo_id}@{result.revision}: "
+            f"{result.pr_url or result.commit_url}"
+        )
     return 0
 
 
@@ -115,8 +126,9 @@ def _take_debug_flag(argv: list[str]) -> tuple[list[str], bool]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        parser = argparse.ArgumentParser(prog="hf-transfer", description=__doc__,
-                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = argparse.ArgumentParser(
+            prog="hf-transfer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         parser.add_argument("command", choices=sorted(COMMANDS))
         if argv and argv[0] not in ("-h", "--help"):
             parser.error(f"unknown command {argv[0]!r}")
@@ -138,8 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         first_line = (str(err).strip().splitlines() or [""])[0]
-        print(f"hf-transfer: error: {type(err).__name__}: {first_line} (run again with --debug for the traceback)",
-              file=sys.stderr)
+        print(
+            f"hf-transfer: error: {type(err).__name__}: {first_line} (run again with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

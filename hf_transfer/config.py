@@ -27,129 +27,247 @@ PARTIAL_WEIGHTINGS = ("none", "exclude", "pada")
 
 @dataclass
 class TransferArguments:
-    mode: str = field(metadata={"help": "Transfer mode: feature | domain | task (the modes of the registered "
-                                        "methods)."})
-    backbone: str = field(metadata={"help": "Hub id (org/name, timm/name, hf-hub:...), local folder, or a timm "
-                                            "architecture name (random init)."})
-    target: str = field(metadata={"help": "Target dataset spec: org/name[:config][@rev][#split], a local folder, "
-                                          "or builtin:NAME."})
-    source: str | None = field(default=None, metadata={"help": "Source dataset spec (labelled), required by "
-                                                               "mode=domain."})
-    method: str | None = field(default=None, metadata={
-        "help": "A registered method of the mode (README's method table, or hf-transfer plan): domain: source_only "
-                "(default) | dann | cdan | dan | coral | mcc | mdd | ... ; task: full (default) | partial | linear | "
-                "lora; feature: linear."})
-    method_args: dict | str | None = field(default=None, metadata={
-        "help": "The method's own options as a dict (YAML) or JSON string, e.g. '{\"hold\": 0.15}'; "
-                "checked against the method's registered options (names and types)."})
+    mode: str = field(
+        metadata={"help": "Transfer mode: feature | domain | task (the modes of the registered methods)."}
+    )
+    backbone: str = field(
+        metadata={
+            "help": "Hub id (org/name, timm/name, hf-hub:...), local folder, or a timm architecture name (random init)."
+        }
+    )
+    target: str = field(
+        metadata={"help": "Target dataset spec: org/name[:config][@rev][#split], a local folder, or builtin:NAME."}
+    )
+    source: str | None = field(
+        default=None, metadata={"help": "Source dataset spec (labelled), required by mode=domain."}
+    )
+    method: str | None = field(
+        default=None,
+        metadata={
+            "help": "A registered method of the mode (README's method table, or hf-transfer plan): domain: source_only "
+            "(default) | dann | cdan | dan | coral | mcc | mdd | ... ; task: full (default) | partial | linear | "
+            "lora; feature: linear."
+        },
+    )
+    method_args: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "The method's own options as a dict (YAML) or JSON string, e.g. '{\"hold\": 0.15}'; "
+            "checked against the method's registered options (names and types)."
+        },
+    )
     trade_off: float = field(default=1.0, metadata={"help": "Weight of the transfer loss (domain mode)."})
     backbone_revision: str | None = field(default=None, metadata={"help": "Revision of the backbone on the Hub."})
     image_column: str | None = field(default=None, metadata={"help": "Image column (default: found automatically)."})
     label_column: str | None = field(default=None, metadata={"help": "Label column (default: found automatically)."})
-    label_policy: str = field(default="shared", metadata={
-        "help": "Classes not in both domains: shared (keep shared only) | partial (target subset of source) "
-                "| strict."})
-    target_classes: str | None = field(default=None, metadata={
-        "help": "Keep only these target classes (rows and declared labels): first:K (the first K in the "
-                "target's label order, as the Office-Home 25-class partial tasks) or comma-separated names (as "
-                "Office-31's 10 Caltech classes). With label_policy=partial this makes a partial-DA task."})
+    label_policy: str = field(
+        default="shared",
+        metadata={
+            "help": "Classes not in both domains: shared (keep shared only) | partial (target subset of source) "
+            "| strict."
+        },
+    )
+    target_classes: str | None = field(
+        default=None,
+        metadata={
+            "help": "Keep only these target classes (rows and declared labels): first:K (the first K in the "
+            "target's label order, as the Office-Home 25-class partial tasks) or comma-separated names (as "
+            "Office-31's 10 Caltech classes). With label_policy=partial this makes a partial-DA task."
+        },
+    )
     image_size: int | None = field(default=None, metadata={"help": "Override the backbone's input size."})
     crop_pct: float | None = field(default=None, metadata={"help": "Override the backbone's eval crop fraction."})
-    augment: str = field(default="standard", metadata={
-        "help": "Training augmentation: standard (random resized crop + flip) | light (small shifts, no flip) "
-                "| none."})
-    input_path: str = field(default="fast", metadata={
-        "help": "fast: decode images once into a uint8 cache and augment whole batches on the model's device "
-                "(exact resume); stock: torchvision PIL transforms per sample in the DataLoader.",
-        "choices": ("fast", "stock")})
-    decoded_cache_dir: str | None = field(default=None, metadata={
-        "help": "fast input path: where decoded images live (default $HF_TRANSFER_CACHE/decoded)."})
-    skip_bad_images: bool = field(default=False, metadata={
-        "help": "Drop the rows whose image cannot be decoded (their count is reported) instead of stopping "
-                "before training with an error that names them."})
-    freeze: str | None = field(default=None, metadata={
-        "help": "task mode: comma-separated parameter groups to freeze (stem, stage_0, ..., neck, backbone)."})
-    backbone_lr_scale: float | None = field(default=None, metadata={
-        "help": "Discriminative LR: backbone groups train at learning_rate * backbone_lr_scale, the head at "
-                "learning_rate. Default: the method's registered rule (1.0; mdd 0.1)."})
-    adabn: bool = field(default=False, metadata={"help": "domain mode: re-estimate BatchNorm statistics on the "
-                                                         "target training images after training (AdaBN)."})
+    augment: str = field(
+        default="standard",
+        metadata={
+            "help": "Training augmentation: standard (random resized crop + flip) | light (small shifts, no flip) "
+            "| none."
+        },
+    )
+    input_path: str = field(
+        default="fast",
+        metadata={
+            "help": "fast: decode images once into a uint8 cache and augment whole batches on the model's device "
+            "(exact resume); stock: torchvision PIL transforms per sample in the DataLoader.",
+            "choices": ("fast", "stock"),
+        },
+    )
+    decoded_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "fast input path: where decoded images live (default $HF_TRANSFER_CACHE/decoded)."},
+    )
+    skip_bad_images: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop the rows whose image cannot be decoded (their count is reported) instead of stopping "
+            "before training with an error that names them."
+        },
+    )
+    freeze: str | None = field(
+        default=None,
+        metadata={
+            "help": "task mode: comma-separated parameter groups to freeze (stem, stage_0, ..., neck, backbone)."
+        },
+    )
+    backbone_lr_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "Discriminative LR: backbone groups train at learning_rate * backbone_lr_scale, the head at "
+            "learning_rate. Default: the method's registered rule (1.0; mdd 0.1)."
+        },
+    )
+    adabn: bool = field(
+        default=False,
+        metadata={
+            "help": "domain mode: re-estimate BatchNorm statistics on the "
+            "target training images after training (AdaBN)."
+        },
+    )
     # --- options every domain-adaptation method shares (mode=domain) ---
-    trade_off_schedule: str = field(default="constant", metadata={
-        "help": "domain mode: schedule of the transfer-loss weight over training progress p: constant | dann "
-                "(trade_off * (2 / (1 + exp(-10 p)) - 1)) | linear (0 -> trade_off over the first "
-                "trade_off_warmup of training)."})
-    trade_off_warmup: float = field(default=0.1, metadata={
-        "help": "trade_off_schedule=linear: fraction of training over which the weight ramps up, in (0, 1]."})
-    bottleneck_dim: int | None = field(default=None, metadata={
-        "help": "domain mode: put a bottleneck Linear(feature_dim, d) + BatchNorm1d(d) and a new head Linear(d, K) "
-                "on the backbone; alignment losses see the d-dim features. Folded into one plain Linear head at "
-                "export."})
-    target_batch_ratio: float = field(default=1.0, metadata={
-        "help": "domain mode: target images per source image in each training batch (> 0)."})
-    partial_weighting: str = field(default="exclude", metadata={
-        "help": "domain mode, partial label spaces: none | exclude (drop the source rows of classes the target "
-                "does not declare) | pada (down-weight classes by the mean target prediction, PADA)."})
-    pada_every: int = field(default=100, metadata={
-        "help": "partial_weighting=pada: re-estimate the class weights every this many optimizer steps."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training images per "
-                                                                          "domain (seeded subset)."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many test images per "
-                                                                         "domain."})
-    feature_cache_dir: str | None = field(default=None, metadata={
-        "help": "feature mode: where cached features live (default $HF_TRANSFER_CACHE/features)."})
+    trade_off_schedule: str = field(
+        default="constant",
+        metadata={
+            "help": "domain mode: schedule of the transfer-loss weight over training progress p: constant | dann "
+            "(trade_off * (2 / (1 + exp(-10 p)) - 1)) | linear (0 -> trade_off over the first "
+            "trade_off_warmup of training)."
+        },
+    )
+    trade_off_warmup: float = field(
+        default=0.1,
+        metadata={"help": "trade_off_schedule=linear: fraction of training over which the weight ramps up, in (0, 1]."},
+    )
+    bottleneck_dim: int | None = field(
+        default=None,
+        metadata={
+            "help": "domain mode: put a bottleneck Linear(feature_dim, d) + BatchNorm1d(d) and a new head Linear(d, K) "
+            "on the backbone; alignment losses see the d-dim features. Folded into one plain Linear head at "
+            "export."
+        },
+    )
+    target_batch_ratio: float = field(
+        default=1.0, metadata={"help": "domain mode: target images per source image in each training batch (> 0)."}
+    )
+    partial_weighting: str = field(
+        default="exclude",
+        metadata={
+            "help": "domain mode, partial label spaces: none | exclude (drop the source rows of classes the target "
+            "does not declare) | pada (down-weight classes by the mean target prediction, PADA)."
+        },
+    )
+    pada_every: int = field(
+        default=100,
+        metadata={"help": "partial_weighting=pada: re-estimate the class weights every this many optimizer steps."},
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many training images per domain (seeded subset)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many test images per domain."}
+    )
+    feature_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "feature mode: where cached features live (default $HF_TRANSFER_CACHE/features)."},
+    )
     feature_batch_size: int = field(default=256, metadata={"help": "Batch size of the feature extraction pass."})
-    channels_last: str = field(default="auto", metadata={
-        "help": "channels_last memory format for the model and its inputs (training and feature extraction): "
-                "auto (on for CUDA + a convolutional backbone, off otherwise) | true | false. For torch.compile "
-                "use TrainingArguments' --torch_compile (it also compiles the feature extraction pass)."})
-    auto_bf16: bool = field(default=True, metadata={
-        "help": "When neither --bf16 nor --fp16 is given: bf16 mixed precision on a CUDA GPU that supports it "
-                "(tensor cores; no loss scaling needed), fp32 elsewhere (bf16 autocast is slower on most CPUs). "
-                "false: the TrainingArguments as given."})
-    features_on_device: str = field(default="auto", metadata={
-        "help": "feature mode: copy the cached TRAIN features to the training device once and train the head "
-                "on rows gathered there (no per-step host reads or copies): auto (on for CUDA when they take "
-                "under a quarter of the free device memory) | true | false (rows read from the memmap)."})
-    overwrite_output_dir: bool = field(default=False, metadata={
-        "help": "Start over in an output_dir that holds a previous run: its outputs (weights, card, examples, "
-                "checkpoints, plots) are removed first. Without it such a folder is refused, unless the same run "
-                "is resumed with --resume_from_checkpoint."})
-    hub_create_pr: bool = field(default=False, metadata={
-        "help": "With --push_to_hub: open a pull request on the Hub repo instead of committing to the branch."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code from the Hub (off by default)."})
+    channels_last: str = field(
+        default="auto",
+        metadata={
+            "help": "channels_last memory format for the model and its inputs (training and feature extraction): "
+            "auto (on for CUDA + a convolutional backbone, off otherwise) | true | false. For torch.compile "
+            "use TrainingArguments' --torch_compile (it also compiles the feature extraction pass)."
+        },
+    )
+    auto_bf16: bool = field(
+        default=True,
+        metadata={
+            "help": "When neither --bf16 nor --fp16 is given: bf16 mixed precision on a CUDA GPU that supports it "
+            "(tensor cores; no loss scaling needed), fp32 elsewhere (bf16 autocast is slower on most CPUs). "
+            "false: the TrainingArguments as given."
+        },
+    )
+    features_on_device: str = field(
+        default="auto",
+        metadata={
+            "help": "feature mode: copy the cached TRAIN features to the training device once and train the head "
+            "on rows gathered there (no per-step host reads or copies): auto (on for CUDA when they take "
+            "under a quarter of the free device memory) | true | false (rows read from the memmap)."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over in an output_dir that holds a previous run: its outputs (weights, card, examples, "
+            "checkpoints, plots) are removed first. Without it such a folder is refused, unless the same run "
+            "is resumed with --resume_from_checkpoint."
+        },
+    )
+    hub_create_pr: bool = field(
+        default=False,
+        metadata={
+            "help": "With --push_to_hub: open a pull request on the Hub repo instead of committing to the branch."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom code from the Hub (off by default)."}
+    )
     # --- task adaptation strategies (mode=task; see hf_transfer.methods.finetune, regularizers, adapters) ---
-    unfreeze_every: float | None = field(default=None, metadata={
-        "help": "task mode: gradual unfreezing. The head trains from the start; the backbone groups not frozen by "
-                "--freeze are unfrozen one at a time from the head backwards, one every UNFREEZE_EVERY steps or "
-                "epochs (--unfreeze_unit). Resume-safe."})
-    unfreeze_unit: str = field(default="steps", metadata={"help": "Unit of --unfreeze_every: steps | epochs.",
-                                                          "choices": ("steps", "epochs")})
-    layer_decay: float | None = field(default=None, metadata={
-        "help": "task mode: layer-wise LR decay in (0, 1]: group g trains at learning_rate * layer_decay ** d, "
-                "d its distance from the head in stem, stage_0..N, neck, head (times backbone_lr_scale for "
-                "backbone groups)."})
-    regularizer: str | None = field(default=None, metadata={
-        "help": "task mode: regularised fine-tuning: l2sp (penalty towards the pretrained weights; replaces weight "
-                "decay) | bss (batch spectral shrinkage of the features)."})
-    l2sp_alpha: float = field(default=0.01, metadata={"help": "L2-SP: weight alpha of ||w - w_pretrained||^2 / 2 "
-                                                              "on the backbone."})
-    l2sp_beta: float = field(default=0.01, metadata={"help": "L2-SP: weight beta of ||w_head||^2 / 2 on the new "
-                                                             "head."})
-    bss_eta: float = field(default=1e-3, metadata={"help": "BSS: weight eta of the k smallest squared singular "
-                                                           "values of the batch features."})
+    unfreeze_every: float | None = field(
+        default=None,
+        metadata={
+            "help": "task mode: gradual unfreezing. The head trains from the start; the backbone groups not frozen by "
+            "--freeze are unfrozen one at a time from the head backwards, one every UNFREEZE_EVERY steps or "
+            "epochs (--unfreeze_unit). Resume-safe."
+        },
+    )
+    unfreeze_unit: str = field(
+        default="steps", metadata={"help": "Unit of --unfreeze_every: steps | epochs.", "choices": ("steps", "epochs")}
+    )
+    layer_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "task mode: layer-wise LR decay in (0, 1]: group g trains at learning_rate * layer_decay ** d, "
+            "d its distance from the head in stem, stage_0..N, neck, head (times backbone_lr_scale for "
+            "backbone groups)."
+        },
+    )
+    regularizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "task mode: regularised fine-tuning: l2sp (penalty towards the pretrained weights; replaces weight "
+            "decay) | bss (batch spectral shrinkage of the features)."
+        },
+    )
+    l2sp_alpha: float = field(
+        default=0.01, metadata={"help": "L2-SP: weight alpha of ||w - w_pretrained||^2 / 2 on the backbone."}
+    )
+    l2sp_beta: float = field(default=0.01, metadata={"help": "L2-SP: weight beta of ||w_head||^2 / 2 on the new head."})
+    bss_eta: float = field(
+        default=1e-3,
+        metadata={"help": "BSS: weight eta of the k smallest squared singular values of the batch features."},
+    )
     bss_k: int = field(default=1, metadata={"help": "BSS: number k of smallest singular values penalised."})
-    k_shot: int | None = field(default=None, metadata={
-        "help": "task mode: keep only k labelled target training images per class (seeded by --seed)."})
+    k_shot: int | None = field(
+        default=None,
+        metadata={"help": "task mode: keep only k labelled target training images per class (seeded by --seed)."},
+    )
     lora_r: int = field(default=8, metadata={"help": "method=lora: rank r of the LoRA updates."})
-    lora_alpha: float | None = field(default=None, metadata={"help": "method=lora: LoRA alpha (scaling alpha / r); "
-                                                                     "default r."})
+    lora_alpha: float | None = field(
+        default=None, metadata={"help": "method=lora: LoRA alpha (scaling alpha / r); default r."}
+    )
     lora_dropout: float = field(default=0.0, metadata={"help": "method=lora: dropout on the LoRA input."})
-    lora_target_modules: str | None = field(default=None, metadata={
-        "help": "method=lora: override the automatic per-architecture choice: comma-separated module names or "
-                "suffixes (qkv,proj) or re:<regex> over module names."})
-    merge_adapter: bool = field(default=False, metadata={
-        "help": "method=lora: also export a plain full model with the adapter merged in (output_dir/merged)."})
+    lora_target_modules: str | None = field(
+        default=None,
+        metadata={
+            "help": "method=lora: override the automatic per-architecture choice: comma-separated module names or "
+            "suffixes (qkv,proj) or re:<regex> over module names."
+        },
+    )
+    merge_adapter: bool = field(
+        default=False,
+        metadata={
+            "help": "method=lora: also export a plain full model with the adapter merged in (output_dir/merged)."
+        },
+    )
 
     def __post_init__(self):
         modes = registry.modes()
@@ -188,8 +306,10 @@ def _transfers(args) -> bool:
 #: where each mode- or method-specific option acts: (predicate on the arguments, what it needs). Set
 #: away from its default anywhere else it would be accepted and ignored, so it is refused instead.
 OPTION_SCOPE = {
-    "method_args": (lambda a: bool(registry.get_method(a.method).option_fields()),
-                    "a method with options of its own (domain methods; task and feature methods take none)"),
+    "method_args": (
+        lambda a: bool(registry.get_method(a.method).option_fields()),
+        "a method with options of its own (domain methods; task and feature methods take none)",
+    ),
     "trade_off": (_transfers, "mode=domain with a method other than source_only"),
     "trade_off_schedule": (_transfers, "mode=domain with a method other than source_only"),
     "trade_off_warmup": (lambda a: _transfers(a) and a.trade_off_schedule == "linear", "trade_off_schedule=linear"),
@@ -198,8 +318,10 @@ OPTION_SCOPE = {
     "adabn": (lambda a: a.mode == "domain", "mode=domain"),
     "partial_weighting": (lambda a: a.mode == "domain", "mode=domain"),
     "pada_every": (lambda a: a.mode == "domain" and a.partial_weighting == "pada", "partial_weighting=pada"),
-    "backbone_lr_scale": (lambda a: a.mode == "domain" or _is_fine_tuning(a),
-                          "mode=domain, or mode=task with method full or partial (a backbone that trains)"),
+    "backbone_lr_scale": (
+        lambda a: a.mode == "domain" or _is_fine_tuning(a),
+        "mode=domain, or mode=task with method full or partial (a backbone that trains)",
+    ),
     "layer_decay": (_is_fine_tuning, "mode=task with method full or partial"),
     "freeze": (_is_fine_tuning, "mode=task with method full or partial (linear freezes the whole backbone)"),
     "unfreeze_every": (_is_fine_tuning, "mode=task with method full or partial"),
@@ -210,20 +332,30 @@ OPTION_SCOPE = {
     "bss_eta": (lambda a: a.mode == "task" and a.regularizer == "bss", "regularizer=bss"),
     "bss_k": (lambda a: a.mode == "task" and a.regularizer == "bss", "regularizer=bss"),
     "k_shot": (lambda a: a.mode == "task", "mode=task"),
-    **{name: (lambda a: a.mode == "task" and a.method == "lora", "mode=task method=lora")
-       for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_adapter")},
-    "augment": (lambda a: a.mode != "feature", "mode=domain or task (feature mode trains on cached features of "
-                                               "un-augmented images)"),
+    **{
+        name: (lambda a: a.mode == "task" and a.method == "lora", "mode=task method=lora")
+        for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_adapter")
+    },
+    "augment": (
+        lambda a: a.mode != "feature",
+        "mode=domain or task (feature mode trains on cached features of un-augmented images)",
+    ),
     "decoded_cache_dir": (lambda a: a.input_path == "fast", "input_path=fast"),
     "feature_cache_dir": (lambda a: a.mode == "feature", "mode=feature"),
     "features_on_device": (lambda a: a.mode == "feature", "mode=feature"),
-    "feature_batch_size": (lambda a: a.mode in ("feature", "domain"),
-                           "mode=feature (extraction) or mode=domain (domain-gap features)"),
+    "feature_batch_size": (
+        lambda a: a.mode in ("feature", "domain"),
+        "mode=feature (extraction) or mode=domain (domain-gap features)",
+    ),
     "label_policy": (lambda a: a.source is not None, "a --source to align with the target"),
-    "backbone_revision": (lambda a: _loads_weights(a.backbone), "a backbone from the Hub or a folder (a timm "
-                                                                  "architecture name starts from random init)"),
-    "trust_remote_code": (lambda a: _loads_weights(a.backbone), "a backbone from the Hub or a folder (a timm "
-                                                                  "architecture name runs no remote code)"),
+    "backbone_revision": (
+        lambda a: _loads_weights(a.backbone),
+        "a backbone from the Hub or a folder (a timm architecture name starts from random init)",
+    ),
+    "trust_remote_code": (
+        lambda a: _loads_weights(a.backbone),
+        "a backbone from the Hub or a folder (a timm architecture name runs no remote code)",
+    ),
 }
 
 
@@ -242,18 +374,24 @@ def check_options_act(args: TransferArguments) -> None:
         if value in unset[name] or (defaults[name] is None and value == {}):
             continue
         if not acts(args):
-            raise TransferConfigError(f"{name}={value!r} has no effect with mode={args.mode} method={args.method}: "
-                                      f"it acts only with {needs}. Remove it.")
+            raise TransferConfigError(
+                f"{name}={value!r} has no effect with mode={args.mode} method={args.method}: "
+                f"it acts only with {needs}. Remove it."
+            )
 
 
 def check_training_arguments(args: TransferArguments, training_args) -> None:
     """TrainingArguments the Trainer would take silently although they do not do what they say."""
     if training_args.max_steps < -1 or training_args.max_steps == 0:
-        raise TransferConfigError(f"max_steps={training_args.max_steps}: give a positive number of optimizer steps, "
-                                  "or -1 (the default) to train for num_train_epochs.")
+        raise TransferConfigError(
+            f"max_steps={training_args.max_steps}: give a positive number of optimizer steps, "
+            "or -1 (the default) to train for num_train_epochs."
+        )
     if training_args.max_steps == -1 and not training_args.num_train_epochs > 0:
-        raise TransferConfigError(f"num_train_epochs={training_args.num_train_epochs}: no training step would run "
-                                  "and an untrained model would be exported; give num_train_epochs > 0 or max_steps.")
+        raise TransferConfigError(
+            f"num_train_epochs={training_args.num_train_epochs}: no training step would run "
+            "and an untrained model would be exported; give num_train_epochs > 0 or max_steps."
+        )
     if args.hub_create_pr and not training_args.push_to_hub:
         raise TransferConfigError("hub_create_pr=True has no effect without --push_to_hub true. Remove it.")
 
@@ -263,7 +401,9 @@ def _check_domain_options(args: TransferArguments) -> None:
     import math
 
     if args.trade_off_schedule not in TRADE_OFF_SCHEDULES:
-        raise TransferConfigError(f"trade_off_schedule={args.trade_off_schedule!r}: choose one of {TRADE_OFF_SCHEDULES}.")
+        raise TransferConfigError(
+            f"trade_off_schedule={args.trade_off_schedule!r}: choose one of {TRADE_OFF_SCHEDULES}."
+        )
     if not 0.0 < args.trade_off_warmup <= 1.0:
         raise TransferConfigError(f"trade_off_warmup={args.trade_off_warmup}: must be in (0, 1].")
     if args.partial_weighting not in PARTIAL_WEIGHTINGS:
@@ -275,18 +415,25 @@ def _check_domain_options(args: TransferArguments) -> None:
     if args.pada_every < 1:
         raise TransferConfigError(f"pada_every={args.pada_every}: must be >= 1 (optimizer steps).")
     if args.mode != "domain":
-        for name, default in (("bottleneck_dim", None), ("target_batch_ratio", 1.0), ("trade_off_schedule", "constant")):
+        for name, default in (
+            ("bottleneck_dim", None),
+            ("target_batch_ratio", 1.0),
+            ("trade_off_schedule", "constant"),
+        ):
             if getattr(args, name) != default:
                 raise TransferConfigError(f"{name} applies to mode=domain only (mode={args.mode!r}); remove it.")
         if args.partial_weighting == "pada":
             raise TransferConfigError(f"partial_weighting='pada' applies to mode=domain only (mode={args.mode!r}).")
     elif args.partial_weighting == "pada" and args.method == "source_only":
-        raise TransferConfigError("partial_weighting='pada' estimates class weights from target predictions, but "
-                                  "method='source_only' sees no target image; pick another method or "
-                                  "partial_weighting='exclude'.")
+        raise TransferConfigError(
+            "partial_weighting='pada' estimates class weights from target predictions, but "
+            "method='source_only' sees no target image; pick another method or "
+            "partial_weighting='exclude'."
+        )
     if args.target_batch_ratio != 1.0 and args.method == "source_only":
-        raise TransferConfigError("target_batch_ratio has no effect with method='source_only' (no target batch); "
-                                  "remove it.")
+        raise TransferConfigError(
+            "target_batch_ratio has no effect with method='source_only' (no target batch); remove it."
+        )
 
 
 def _parser():
@@ -339,8 +486,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TransferArguments, Traini
 
     argv = list(sys.argv[1:] if argv is None else argv)
     file_argv: list[str] = []
-    argv = [part for arg in argv
-            for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
+    argv = [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
     if argv.count("--config") > 1:
         raise TransferConfigError("--config is given more than once; pass one config file (flags override it).")
     if "--config" in argv:
@@ -348,7 +494,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TransferArguments, Traini
         if i + 1 >= len(argv):
             raise TransferConfigError("--config needs a file path.")
         file_argv = _to_argv(load_config_file(argv[i + 1]))
-        argv = argv[:i] + argv[i + 2:]
+        argv = argv[:i] + argv[i + 2 :]
     parser = _parser()
     try:
         transfer_args, training_args, rest = parser.parse_args_into_dataclasses(
@@ -365,8 +511,13 @@ def resolve_precision(transfer_args: TransferArguments, training_args: TrainingA
     """Apply ``auto_bf16``: bf16 on a bf16-capable CUDA device unless the user chose a precision."""
     import torch
 
-    if (transfer_args.auto_bf16 and not (training_args.bf16 or training_args.fp16) and not training_args.use_cpu
-            and torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+    if (
+        transfer_args.auto_bf16
+        and not (training_args.bf16 or training_args.fp16)
+        and not training_args.use_cpu
+        and torch.cuda.is_available()
+        and torch.cuda.is_bf16_supported()
+    ):
         training_args.bf16 = True
         training_args.mixed_precision = "bf16"  # what the Trainer's Accelerator reads (set in __post_init__)
     return training_args

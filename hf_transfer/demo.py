@@ -52,21 +52,64 @@ SOURCE, TARGET = "builtin:digits-printed", "builtin:digits-handwritten"
 def demo_runs(steps: int) -> list[tuple[str, str, dict]]:
     """(name, description, arguments) in run order; ``{source_only}`` is that run's output folder."""
     return [
-        ("scratch", "random init, trained on target labels",
-         {"mode": "task", "method": "full", "target": TARGET, "learning_rate": 0.02, "max_steps": steps}),
-        ("source_only", "trained on source only (baseline)",
-         {"mode": "domain", "method": "source_only", "source": SOURCE, "target": TARGET,
-          "learning_rate": 0.02, "max_steps": steps}),
-        ("feature", "source backbone frozen, cached features, linear head on target labels",
-         {"mode": "feature", "backbone": "{source_only}", "source": SOURCE, "target": TARGET,
-          "augment": "standard",  # the default: features are computed once from un-augmented images
-          "learning_rate": 0.1, "max_steps": 300, "per_device_train_batch_size": 128}),
-        ("dann", "DANN: source labels + unlabelled target",
-         {"mode": "domain", "method": "dann", "source": SOURCE, "target": TARGET, "learning_rate": 0.02,
-          "max_steps": steps, "method_args": {"hold": 0.15}}),
-        ("task", "source backbone fine-tuned on target labels",
-         {"mode": "task", "method": "full", "backbone": "{source_only}", "source": SOURCE, "target": TARGET,
-          "learning_rate": 0.02, "backbone_lr_scale": 0.1, "max_steps": max(steps // 2, 1)}),
+        (
+            "scratch",
+            "random init, trained on target labels",
+            {"mode": "task", "method": "full", "target": TARGET, "learning_rate": 0.02, "max_steps": steps},
+        ),
+        (
+            "source_only",
+            "trained on source only (baseline)",
+            {
+                "mode": "domain",
+                "method": "source_only",
+                "source": SOURCE,
+                "target": TARGET,
+                "learning_rate": 0.02,
+                "max_steps": steps,
+            },
+        ),
+        (
+            "feature",
+            "source backbone frozen, cached features, linear head on target labels",
+            {
+                "mode": "feature",
+                "backbone": "{source_only}",
+                "source": SOURCE,
+                "target": TARGET,
+                "augment": "standard",  # the default: features are computed once from un-augmented images
+                "learning_rate": 0.1,
+                "max_steps": 300,
+                "per_device_train_batch_size": 128,
+            },
+        ),
+        (
+            "dann",
+            "DANN: source labels + unlabelled target",
+            {
+                "mode": "domain",
+                "method": "dann",
+                "source": SOURCE,
+                "target": TARGET,
+                "learning_rate": 0.02,
+                "max_steps": steps,
+                "method_args": {"hold": 0.15},
+            },
+        ),
+        (
+            "task",
+            "source backbone fine-tuned on target labels",
+            {
+                "mode": "task",
+                "method": "full",
+                "backbone": "{source_only}",
+                "source": SOURCE,
+                "target": TARGET,
+                "learning_rate": 0.02,
+                "backbone_lr_scale": 0.1,
+                "max_steps": max(steps // 2, 1),
+            },
+        ),
     ]
 
 
@@ -84,8 +127,11 @@ def run_demo(output_dir: str = DEFAULT_OUTPUT, seeds=(0,), steps: int = 600, onl
             args = {**COMMON, **overrides, "seed": seed, "output_dir": out}
             args = {k: (v.format(**outputs) if isinstance(v, str) and "{" in v else v) for k, v in args.items()}
             transfer_args, training_args = arguments_from_dict(args)
-            print(f"[demo] seed {seed} {name}: {description} ({transfer_args.mode}/{transfer_args.method}, "
-                  f"{training_args.max_steps} steps) ...", flush=True)
+            print(
+                f"[demo] seed {seed} {name}: {description} ({transfer_args.mode}/{transfer_args.method}, "
+                f"{training_args.max_steps} steps) ...",
+                flush=True,
+            )
             start = time.time()
             results = run_transfer(transfer_args, training_args)
             outputs[name] = out
@@ -94,8 +140,10 @@ def run_demo(output_dir: str = DEFAULT_OUTPUT, seeds=(0,), steps: int = 600, onl
             if "source" in results["metrics"]:
                 row["source"].append(results["metrics"]["source"]["accuracy"])
             row["seconds"].append(time.time() - start)
-            print(f"[demo] seed {seed} {name}: target accuracy {row['target'][-1]:.4f} ({row['seconds'][-1]:.0f} s)",
-                  flush=True)
+            print(
+                f"[demo] seed {seed} {name}: target accuracy {row['target'][-1]:.4f} ({row['seconds'][-1]:.0f} s)",
+                flush=True,
+            )
     summary = {"seeds": list(seeds), "steps": steps, "runs": table}
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "demo_results.json"), "w") as f:
@@ -118,20 +166,29 @@ def format_table(summary: dict) -> str:
     runs = summary["runs"]
     base = runs.get("source_only", {}).get("target")
     base_mean = statistics.fmean(base) if base else None
-    lines = [f"Built-in pair {SOURCE} -> {TARGET}, target test accuracy % over seeds {summary['seeds']}:", "",
-             "| run | what | target acc | vs source-only | source acc | time/run (s) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"Built-in pair {SOURCE} -> {TARGET}, target test accuracy % over seeds {summary['seeds']}:",
+        "",
+        "| run | what | target acc | vs source-only | source acc | time/run (s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, row in runs.items():
-        gain = "-" if base_mean is None or name == "source_only" else \
-            f"{100 * (statistics.fmean(row['target']) - base_mean):+.1f}"
-        lines.append(f"| {name} | {row['description']} | {_mean_std(row['target'])} | {gain} | "
-                     f"{_mean_std(row['source'])} | {statistics.fmean(row['seconds']):.0f} |")
+        gain = (
+            "-"
+            if base_mean is None or name == "source_only"
+            else f"{100 * (statistics.fmean(row['target']) - base_mean):+.1f}"
+        )
+        lines.append(
+            f"| {name} | {row['description']} | {_mean_std(row['target'])} | {gain} | "
+            f"{_mean_std(row['source'])} | {statistics.fmean(row['seconds']):.0f} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hf-transfer demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="hf-transfer demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output_dir", default=DEFAULT_OUTPUT)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--steps", type=int, default=600, help="training steps of the image-based runs")

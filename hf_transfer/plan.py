@@ -44,12 +44,22 @@ def _method_plan(args) -> dict:
 
     method = get_method(args.method, args.mode)
     options = dataclasses.asdict(method.options(args.method_args))
-    plan = {"title": method.title, "paper": method.paper, "options": options,
-            "backbone_lr_scale": args.backbone_lr_scale}
+    plan = {
+        "title": method.title,
+        "paper": method.paper,
+        "options": options,
+        "backbone_lr_scale": args.backbone_lr_scale,
+    }
     if args.mode == "domain":
-        return {**plan, "loss": method.implementation.__name__, "trade_off": args.trade_off,
-                "trade_off_schedule": args.trade_off_schedule, "bottleneck_dim": args.bottleneck_dim,
-                "target_batch_ratio": args.target_batch_ratio, "partial_weighting": args.partial_weighting}
+        return {
+            **plan,
+            "loss": method.implementation.__name__,
+            "trade_off": args.trade_off,
+            "trade_off_schedule": args.trade_off_schedule,
+            "bottleneck_dim": args.bottleneck_dim,
+            "target_batch_ratio": args.target_batch_ratio,
+            "partial_weighting": args.partial_weighting,
+        }
     return {**plan, "freeze": args.freeze}
 
 
@@ -94,12 +104,21 @@ def plan_run(args, training_args) -> dict:
         "method": args.method,
         "method_plan": _method_plan(args),
         "backbone": {"id": args.backbone, "kind": _backbone_kind(args.backbone), "revision": args.backbone_revision},
-        "datasets": {k: {"kind": v.kind, "name": v.name, "config": v.config, "revision": v.revision,
-                         "split": v.split} for k, v in datasets.items()},
-        "label_policy": args.label_policy, "target_classes": args.target_classes,
-        "training": {"output_dir": training_args.output_dir, "learning_rate": training_args.learning_rate,
-                     "per_device_train_batch_size": training_args.per_device_train_batch_size,
-                     "num_train_epochs": training_args.num_train_epochs, "max_steps": training_args.max_steps,
-                     "bf16": training_args.bf16, "fp16": training_args.fp16, "use_cpu": training_args.use_cpu,
-                     "seed": training_args.seed},
+        "datasets": {
+            k: {"kind": v.kind, "name": v.name, "config": v.config, "revision": v.revision, "split": v.split}
+            for k, v in datasets.items()
+        },
+        "label_policy": args.label_policy,
+        "target_classes": args.target_classes,
+        "training": {
+            "output_dir": training_args.output_dir,
+            "learning_rate": training_args.learning_rate,
+            "per_device_train_batch_size": training_args.per_device_train_batch_size,
+            "num_train_epochs": training_args.num_train_epochs,
+            "max_steps": training_args.max_steps,
+            "bf16": training_args.bf16,
+            "fp16": training_args.fp16,
+            "use_cpu": training_args.use_cpu,
+            "seed": training_args.seed,
+        },
     }

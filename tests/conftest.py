@@ -3,6 +3,7 @@
 Set before any Hugging Face library is imported, because huggingface_hub reads its
 endpoint and cache locations at import time.
 """
+
 import os
 import tempfile
 
@@ -37,11 +38,28 @@ def tiny_args(tmp_path, **overrides) -> dict:
     feature mode and ``feature_cache_dir`` in the others (each is refused where it does not act).
 
     Test modules import it (``from conftest import tiny_args``) and pass what their runs need on top."""
-    args = dict(backbone="test_resnet", target=TARGET, image_size=32, crop_pct=1.0, augment="light",
-                output_dir=os.path.join(tmp_path, f"out{next(_RUN_NUMBER)}"), max_steps=4,
-                per_device_train_batch_size=16, per_device_eval_batch_size=64, max_train_samples=64,
-                max_eval_samples=32, use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no",
-                learning_rate=0.05, optim="sgd", seed=0, disable_tqdm=True, dataloader_num_workers=0)
+    args = dict(
+        backbone="test_resnet",
+        target=TARGET,
+        image_size=32,
+        crop_pct=1.0,
+        augment="light",
+        output_dir=os.path.join(tmp_path, f"out{next(_RUN_NUMBER)}"),
+        max_steps=4,
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=64,
+        max_train_samples=64,
+        max_eval_samples=32,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        learning_rate=0.05,
+        optim="sgd",
+        seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     args.update(overrides)
     args.pop("augment" if args.get("mode") == "feature" else "feature_cache_dir", None)
     return args
@@ -61,10 +79,18 @@ def tiny_vit_dir(tmp_path_factory):
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     folder = tmp_path_factory.mktemp("tiny_vit")
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       image_size=32, patch_size=8, num_labels=5)
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_labels=5,
+    )
     torch.manual_seed(0)
     ViTForImageClassification(config).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3,
-                      image_std=[0.5] * 3).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        folder
+    )
     return str(folder)

@@ -10,14 +10,40 @@ from hf_transfer.training.run import run_transfer
 
 out = sys.argv[1]
 # every method, plus one run with the options all methods share (bottleneck, batch ratio, schedule, PADA)
-SHARED = {"bottleneck_dim": 16, "target_batch_ratio": 1.5, "trade_off_schedule": "dann",
-          "partial_weighting": "pada", "pada_every": 1}
+SHARED = {
+    "bottleneck_dim": 16,
+    "target_batch_ratio": 1.5,
+    "trade_off_schedule": "dann",
+    "partial_weighting": "pada",
+    "pada_every": 1,
+}
 for method, extra in [(m, {}) for m in sorted(LOSSES)] + [("dann", SHARED)]:
     name = method + ("_shared_options" if extra else "")
-    run_transfer(*arguments_from_dict({**extra,
-        "mode": "domain", "method": method, "backbone": "test_resnet", "source": "builtin:digits-printed",
-        "target": "builtin:digits-handwritten", "image_size": 32, "crop_pct": 1.0, "augment": "light",
-        "max_steps": 2, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 32,
-        "max_train_samples": 32, "max_eval_samples": 16, "use_cpu": True, "report_to": "none",
-        "save_strategy": "no", "eval_strategy": "no", "learning_rate": 0.01, "disable_tqdm": True,
-        "output_dir": f"{out}/{name}", "seed": 0}))
+    run_transfer(
+        *arguments_from_dict(
+            {
+                **extra,
+                "mode": "domain",
+                "method": method,
+                "backbone": "test_resnet",
+                "source": "builtin:digits-printed",
+                "target": "builtin:digits-handwritten",
+                "image_size": 32,
+                "crop_pct": 1.0,
+                "augment": "light",
+                "max_steps": 2,
+                "per_device_train_batch_size": 8,
+                "per_device_eval_batch_size": 32,
+                "max_train_samples": 32,
+                "max_eval_samples": 16,
+                "use_cpu": True,
+                "report_to": "none",
+                "save_strategy": "no",
+                "eval_strategy": "no",
+                "learning_rate": 0.01,
+                "disable_tqdm": True,
+                "output_dir": f"{out}/{name}",
+                "seed": 0,
+            }
+        )
+    )

@@ -35,9 +35,21 @@ def make_base(folder, labels=DIGITS) -> str:
 
 
 def lora_args(backbone, out, **overrides) -> dict:
-    return tiny_args(out, **{"mode": "task", "method": "lora", "backbone": backbone, "output_dir": str(out),
-                             "max_steps": 3, "max_train_samples": 48, "max_eval_samples": 16, "learning_rate": 0.1,
-                             "lora_r": 4, **overrides})
+    return tiny_args(
+        out,
+        **{
+            "mode": "task",
+            "method": "lora",
+            "backbone": backbone,
+            "output_dir": str(out),
+            "max_steps": 3,
+            "max_train_samples": 48,
+            "max_eval_samples": 16,
+            "learning_rate": 0.1,
+            "lora_r": 4,
+            **overrides,
+        },
+    )
 
 
 def reference(out):
@@ -68,19 +80,30 @@ def test_default_targets_per_architecture():
     res = load_backbone("test_resnet", ["a", "b"])
     names, _ = targets(res.model, res.head_name)
     assert names and all(isinstance(res.model.get_submodule(n), torch.nn.Conv2d) for n in names)
-    hf_vit = ViTForImageClassification(ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                                 intermediate_size=16, image_size=16, patch_size=8, num_labels=2))
+    hf_vit = ViTForImageClassification(
+        ViTConfig(
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=16,
+            image_size=16,
+            patch_size=8,
+            num_labels=2,
+        )
+    )
     names, _ = targets(hf_vit, "classifier")
     assert {n.rsplit(".", 1)[-1] for n in names} == {"q_proj", "v_proj"}
-    hf_cnx = ConvNextForImageClassification(ConvNextConfig(num_stages=2, depths=[1, 1], hidden_sizes=[8, 16],
-                                                           num_labels=2))
+    hf_cnx = ConvNextForImageClassification(
+        ConvNextConfig(num_stages=2, depths=[1, 1], hidden_sizes=[8, 16], num_labels=2)
+    )
     names, _ = targets(hf_cnx, "classifier")
     assert {n.rsplit(".", 1)[-1] for n in names} == {"pwconv1", "pwconv2"}
     # overridable; a name that matches nothing is an error; the head is never a target
     names, rule = resolve_target_modules(vit.model, vit.head_name, "qkv")
     assert all(n.endswith(".qkv") for n in names) and rule == "user: qkv"
-    assert resolve_target_modules(hf_vit, "classifier", "re:.*layers\\.0\\..*q_proj")[0] == \
-        ["vit.layers.0.attention.q_proj"]
+    assert resolve_target_modules(hf_vit, "classifier", "re:.*layers\\.0\\..*q_proj")[0] == [
+        "vit.layers.0.attention.q_proj"
+    ]
     with pytest.raises(TransferConfigError, match="matches no Linear/Conv"):
         resolve_target_modules(vit.model, vit.head_name, "query_key")
     with pytest.raises(TransferConfigError, match="matches no Linear/Conv"):
@@ -119,8 +142,7 @@ def test_lora_adapter_round_trip_three_loaders_and_merge(tmp_path):
         merged = AutoModelForImageClassification.from_pretrained(os.path.join(out, "merged")).eval()
         pipe = pipeline("image-classification", model=out, top_k=10)
     with torch.no_grad():
-        logits = {name: m(pixel_values=x).logits[0] for name, m in
-                  [("auto", auto), ("peft", peft), ("merged", merged)]}
+        logits = {name: m(pixel_values=x).logits[0] for name, m in [("auto", auto), ("peft", peft), ("merged", merged)]}
     for name, value in logits.items():
         torch.testing.assert_close(value.softmax(-1), probs, atol=1e-5, rtol=1e-4, msg=name)
     torch.testing.assert_close(logits["auto"], logits["peft"])
@@ -161,13 +183,19 @@ def test_pushed_adapter_on_a_base_with_other_labels_loads_with_the_card_code(tmp
     HfApi().create_repo("user/xyz-base")
     HfApi().upload_folder(folder_path=base, repo_id="user/xyz-base")
     out = str(tmp_path / "adapter")
-    run_transfer(*arguments_from_dict(lora_args("user/xyz-base", out, max_steps=2, image_size=28, push_to_hub=True,
-                                                hub_model_id="user/digits-lora")))
+    run_transfer(
+        *arguments_from_dict(
+            lora_args(
+                "user/xyz-base", out, max_steps=2, image_size=28, push_to_hub=True, hub_model_id="user/digits-lora"
+            )
+        )
+    )
     files = hub_server.files("user/digits-lora")
     assert "adapter_model.safetensors" in files and "config.json" not in files
     meta = ModelCard(files["README.md"].decode()).data
     assert meta.base_model == "user/xyz-base" and meta.base_model_relation == "adapter" and meta.library_name == "peft"
-    proc = run_with_hub("""
+    proc = run_with_hub(
+        """
         import json, re
         from huggingface_hub import hf_hub_download
 
@@ -194,7 +222,9 @@ def test_pushed_adapter_on_a_base_with_other_labels_loads_with_the_card_code(tmp
         worst = max(worst, max(abs(preds[k] - v) for k, v in ref["scores"].items()))
         exec(compile(blocks[1], "card", "exec"), {})
         print("WORST", worst)
-    """, timeout=240)
+    """,
+        timeout=240,
+    )
     assert float(proc.stdout.split("WORST")[-1]) < 1e-4, proc.stdout
 
 
@@ -222,18 +252,23 @@ def test_base_with_other_labels_and_preprocessing_loads_with_recorded_kwargs(tmp
     assert "stock_loading" in caplog.text
     assert info["stock_loading"]["needs_label_kwargs"] is True
     labels = info["label_names"]  # as the model card's code does it, with stock code only
-    kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                  label2id={n: i for i, n in enumerate(labels)}, ignore_mismatched_sizes=True)
+    kwargs = dict(
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+        ignore_mismatched_sizes=True,
+    )
     image, probs = reference(out)
     processor = stock_processor(out, info)
     x = processor(image, return_tensors="pt")["pixel_values"]
     assert x.shape[-1] == 28 and pixel_values(base, image).shape[-1] == 32
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        models = {"auto": AutoModelForImageClassification.from_pretrained(out, **kwargs),
-                  "peft": PeftModel.from_pretrained(
-                      AutoModelForImageClassification.from_pretrained(base, **kwargs), out),
-                  "helper": load_adapter_model(out)}
+        models = {
+            "auto": AutoModelForImageClassification.from_pretrained(out, **kwargs),
+            "peft": PeftModel.from_pretrained(AutoModelForImageClassification.from_pretrained(base, **kwargs), out),
+            "helper": load_adapter_model(out),
+        }
         pipe = pipeline("image-classification", model=out, image_processor=processor, model_kwargs=kwargs, top_k=10)
     for name, model in models.items():
         with torch.no_grad():

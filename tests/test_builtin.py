@@ -1,4 +1,5 @@
 """Built-in domains: API, determinism, disjointness, caching, and a real domain shift."""
+
 from __future__ import annotations
 
 import hashlib
@@ -174,10 +175,9 @@ def _grey16(ds: datasets.Dataset, n: int | None = None, polarity: bool = True):
 
     if n is not None:
         ds = ds.select(range(min(n, len(ds))))
-    X = np.stack([
-        np.asarray(im.convert("L").resize((16, 16), Image.Resampling.BOX), np.float32) / 255.0
-        for im in ds["image"]
-    ])
+    X = np.stack(
+        [np.asarray(im.convert("L").resize((16, 16), Image.Resampling.BOX), np.float32) / 255.0 for im in ds["image"]]
+    )
     if polarity:
         # printed digits come in random colours: measure ink as the distance to the background
         # (the median of the border pixels), so dark-on-light and light-on-dark look alike

@@ -1,5 +1,6 @@
 """Model cards: metadata through ModelCardData (model-index round trip, validate-yaml checks), the body
 that tells the transfer, figures, and updates that keep hand-written text. Offline; one tiny run."""
+
 from __future__ import annotations
 
 import copy
@@ -27,12 +28,31 @@ def run_dir(tmp_path_factory):
     from hf_transfer.training.run import run_transfer
 
     out = tmp_path_factory.mktemp("card_run") / "dann"
-    a, t = arguments_from_dict(dict(
-        mode="domain", method="dann", backbone="test_resnet", source="builtin:digits-printed",
-        target="builtin:digits-handwritten", image_size=32, crop_pct=1.0, augment="light", output_dir=str(out),
-        max_steps=3, per_device_train_batch_size=8, max_train_samples=32, max_eval_samples=16, use_cpu=True,
-        report_to="none", save_strategy="no", eval_strategy="no", learning_rate=0.01, logging_steps=1,
-        disable_tqdm=True, dataloader_num_workers=0))
+    a, t = arguments_from_dict(
+        dict(
+            mode="domain",
+            method="dann",
+            backbone="test_resnet",
+            source="builtin:digits-printed",
+            target="builtin:digits-handwritten",
+            image_size=32,
+            crop_pct=1.0,
+            augment="light",
+            output_dir=str(out),
+            max_steps=3,
+            per_device_train_batch_size=8,
+            max_train_samples=32,
+            max_eval_samples=16,
+            use_cpu=True,
+            report_to="none",
+            save_strategy="no",
+            eval_strategy="no",
+            learning_rate=0.01,
+            logging_steps=1,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
+    )
     run_transfer(a, t)
     return out
 
@@ -91,9 +111,17 @@ def test_body_tells_the_transfer(run_dir, results):
     assert f"{acc:.1f}% accuracy" in text
     assert f"{abs(acc - 5.0):.1f} points" in text and "source-only baseline (5.0%)" in text
     assert "https://arxiv.org/abs/1505.07818" in text  # the method's paper
-    for heading in ("## How it was adapted", "## Data and label alignment", "## Training hyper-parameters",
-                    "## Results", "## Per-class accuracy", "## How to use it", "## Limitations",
-                    "## Reproduce this run", "## Framework versions"):
+    for heading in (
+        "## How it was adapted",
+        "## Data and label alignment",
+        "## Training hyper-parameters",
+        "## Results",
+        "## Per-class accuracy",
+        "## How to use it",
+        "## Limitations",
+        "## Reproduce this run",
+        "## Framework versions",
+    ):
         assert heading in text, heading
     assert "source-only baseline |" in text and "upper bound: trained on target labels" in text
     assert "10 shared classes" in text and "No class was dropped" in text
@@ -115,8 +143,16 @@ def test_body_tells_the_transfer(run_dir, results):
 
 
 def test_modes_and_hub_ids(run_dir, results):
-    hub = _variant(results, mode="task", method="full", source=None, base_model="org/backbone",
-                   backbone="org/backbone", target="org/target-ds@v1", label_alignment=None)
+    hub = _variant(
+        results,
+        mode="task",
+        method="full",
+        source=None,
+        base_model="org/backbone",
+        backbone="org/backbone",
+        target="org/target-ds@v1",
+        label_alignment=None,
+    )
     hub["metrics"] = {"target": results["metrics"]["target"]}
     card = cards.render_card(run_dir, "user/ft", results=hub, license="apache-2.0", revision="dev")
     meta = card_metadata(str(card))[0]
@@ -137,8 +173,10 @@ def test_modes_and_hub_ids(run_dir, results):
 def test_update_keeps_hand_written_sections(run_dir, results):
     first = str(cards.render_card(run_dir, REPO))
     edited = first.replace("pipeline_tag: image-classification", "pipeline_tag: image-classification\nlanguage: en")
-    edited = edited.replace("<!-- hf-transfer:begin method -->",
-                            "## My notes\n\nHand-written, keep me.\n\n<!-- hf-transfer:begin method -->")
+    edited = edited.replace(
+        "<!-- hf-transfer:begin method -->",
+        "## My notes\n\nHand-written, keep me.\n\n<!-- hf-transfer:begin method -->",
+    )
     edited += "\n## Citation\n\nMine too.\n"
     edited = edited.replace("## Limitations", "## Limitations (edited inside a generated section)")
     better = _variant(results)
@@ -218,17 +256,35 @@ def test_domain_gap_section(run_dir, results):
 
 
 def test_partial_label_space_and_shared_options_in_card(run_dir, results):
-    al = {**results["label_alignment"], "policy": "partial", "setting": "partial", "source_only": ["eight", "nine"],
-          "shared": results["label_names"][:8]}
-    excl = _variant(results, label_alignment=al, partial_weighting={
-        "method": "exclude", "excluded_classes": ["eight", "nine"], "excluded_source_rows": 7})
+    al = {
+        **results["label_alignment"],
+        "policy": "partial",
+        "setting": "partial",
+        "source_only": ["eight", "nine"],
+        "shared": results["label_names"][:8],
+    }
+    excl = _variant(
+        results,
+        label_alignment=al,
+        partial_weighting={"method": "exclude", "excluded_classes": ["eight", "nine"], "excluded_source_rows": 7},
+    )
     text = cards.render_card(run_dir, REPO, results=excl).text
     assert "Classes only in the source, kept in the label space: `eight`, `nine`" in text
     assert "does not declare `eight`, `nine`, so their 7 source training rows were left out of training" in text
     weights = {n: (0.1 if n in ("eight", "nine") else 1.0) for n in results["label_names"]}
-    pada = _variant(results, label_alignment=al, partial_weighting={
-        "method": "pada", "every_steps": 50, "updates": 3, "class_weights": weights,
-        "down_weighted": ["eight", "nine"], "down_weighted_below": 0.5, "paper": "https://arxiv.org/abs/1808.04205"})
+    pada = _variant(
+        results,
+        label_alignment=al,
+        partial_weighting={
+            "method": "pada",
+            "every_steps": 50,
+            "updates": 3,
+            "class_weights": weights,
+            "down_weighted": ["eight", "nine"],
+            "down_weighted_below": 0.5,
+            "paper": "https://arxiv.org/abs/1808.04205",
+        },
+    )
     text = cards.render_card(run_dir, REPO, results=pada).text
     assert "[PADA](https://arxiv.org/abs/1808.04205)" in text and "every 50 steps, 3 estimates" in text
     assert "`eight` 0.10" in text and "Down-weighted (below 0.5): `eight`, `nine`." in text

@@ -25,8 +25,8 @@ def _checkpoint(root, step, state="complete"):
 
 def test_last_skips_checkpoints_killed_while_being_written(tmp_path, caplog):
     good = _checkpoint(tmp_path, 3)
-    _checkpoint(tmp_path, 6, state="no-state")      # killed before trainer_state.json
-    _checkpoint(tmp_path, 9, state="truncated")     # killed while writing it
+    _checkpoint(tmp_path, 6, state="no-state")  # killed before trainer_state.json
+    _checkpoint(tmp_path, 9, state="truncated")  # killed while writing it
     _checkpoint(tmp_path, 10, state="no-identity")  # killed before the run's identity was recorded
     _checkpoint(tmp_path, 12, state="complete")
     (tmp_path / "checkpoint-12" / "trainer_state.json").write_text(json.dumps({"global_step": 7}))  # not its own

@@ -1,5 +1,6 @@
 """The console shows the project's own lines and progress; warnings a user cannot act on are gone
 (issue "Nothing silent", item 14)."""
+
 from __future__ import annotations
 
 import logging
@@ -10,10 +11,36 @@ import sys
 
 def test_train_console_has_no_unactionable_warnings(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "hf_transfer.cli", "train", "--mode", "task", "--backbone", "test_resnet",
-           "--target", "builtin:digits-handwritten", "--image_size", "32", "--crop_pct", "1.0", "--max_steps", "3",
-           "--max_train_samples", "48", "--max_eval_samples", "16", "--per_device_train_batch_size", "8",
-           "--input_path", "stock", "--dataloader_num_workers", "2", "--output_dir", str(tmp_path / "out")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hf_transfer.cli",
+        "train",
+        "--mode",
+        "task",
+        "--backbone",
+        "test_resnet",
+        "--target",
+        "builtin:digits-handwritten",
+        "--image_size",
+        "32",
+        "--crop_pct",
+        "1.0",
+        "--max_steps",
+        "3",
+        "--max_train_samples",
+        "48",
+        "--max_eval_samples",
+        "16",
+        "--per_device_train_batch_size",
+        "8",
+        "--input_path",
+        "stock",
+        "--dataloader_num_workers",
+        "2",
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     console = proc.stdout + proc.stderr
@@ -50,8 +77,19 @@ def test_errors_end_in_one_line_and_debug_shows_the_traceback(tmp_path, monkeypa
     train.to_parquet(str(folder / "train.parquet"))
     train.select([]).to_parquet(str(folder / "test.parquet"))
     capsys.readouterr()
-    argv = ["train", "--mode", "task", "--backbone", "test_resnet", "--target", str(folder), "--max_steps", "2",
-            "--output_dir", str(tmp_path / "out")]
+    argv = [
+        "train",
+        "--mode",
+        "task",
+        "--backbone",
+        "test_resnet",
+        "--target",
+        str(folder),
+        "--max_steps",
+        "2",
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.splitlines()[-1]
     assert err.startswith("hf-transfer: error: ") and "dataset 'empty_test'" in err and "Traceback" not in err

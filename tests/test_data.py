@@ -22,28 +22,34 @@ def _img(value: int, mode: str = "RGB", size: int = 12) -> PILImage.Image:
     return img.convert(mode) if mode != "RGB" else img
 
 
-def _dataset(names: list[str], per_class: int = 4, label_col: str = "label", img_col: str = "image",
-             as_strings: bool = False) -> Dataset:
+def _dataset(
+    names: list[str], per_class: int = 4, label_col: str = "label", img_col: str = "image", as_strings: bool = False
+) -> Dataset:
     images, labels = [], []
     for i, name in enumerate(names):
         for j in range(per_class):
             images.append(_img(10 * i + j))
             labels.append(name if as_strings else i)
     label_feat = Value("string") if as_strings else ClassLabel(names=names)
-    return Dataset.from_dict({img_col: images, label_col: labels},
-                             features=Features({img_col: Image(), label_col: label_feat}))
+    return Dataset.from_dict(
+        {img_col: images, label_col: labels}, features=Features({img_col: Image(), label_col: label_feat})
+    )
 
 
 # --- specs --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, expected", [
-    ("org/name", DatasetSpec("hub", "org/name")),
-    ("org/name:cfg@v1.0#test", DatasetSpec("hub", "org/name", "cfg", "v1.0", "test")),
-    ("org/name@refs/pr/1", DatasetSpec("hub", "org/name", revision="refs/pr/1")),
-    ("cifar10", DatasetSpec("hub", "cifar10")),
-    ("builtin:digits-printed", DatasetSpec("builtin", "digits-printed")),
-    ("builtin:digits-printed#train", DatasetSpec("builtin", "digits-printed", split="train")),
-])
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("org/name", DatasetSpec("hub", "org/name")),
+        ("org/name:cfg@v1.0#test", DatasetSpec("hub", "org/name", "cfg", "v1.0", "test")),
+        ("org/name@refs/pr/1", DatasetSpec("hub", "org/name", revision="refs/pr/1")),
+        ("cifar10", DatasetSpec("hub", "cifar10")),
+        ("builtin:digits-printed", DatasetSpec("builtin", "digits-printed")),
+        ("builtin:digits-printed#train", DatasetSpec("builtin", "digits-printed", split="train")),
+    ],
+)
 def test_parse_spec(text, expected):
     assert parse_dataset_spec(text) == expected
 
@@ -62,6 +68,7 @@ def test_parse_spec_local_and_errors(tmp_path):
 
 
 # --- local forms --------------------------------------------------------------------------------
+
 
 def test_load_save_to_disk_folder(tmp_path):
     names = ["cat", "dog"]
@@ -110,12 +117,14 @@ def test_hub_spec_fails_offline_with_named_repo():
 
 # --- columns ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "1", "I;16"])
 def test_image_modes_become_rgb(mode):
     img = _img(100)
     img = img.convert(mode) if mode != "I;16" else img.convert("L").convert("I;16")
-    ds = Dataset.from_dict({"picture": [img], "category": ["x"]},
-                           features=Features({"picture": Image(), "category": Value("string")}))
+    ds = Dataset.from_dict(
+        {"picture": [img], "category": ["x"]}, features=Features({"picture": Image(), "category": Value("string")})
+    )
     out = standardize_columns(DatasetDict(train=ds), "test")
     assert out["train"][0]["image"].mode == "RGB"
     assert out["train"].features["label"] == ClassLabel(names=["x"])
@@ -132,22 +141,26 @@ def test_column_detection_renames_and_converts_labels():
 
 
 def test_int_labels_become_classlabel():
-    ds = Dataset.from_dict({"image": [_img(1), _img(2)], "label": [3, 7]},
-                           features=Features({"image": Image(), "label": Value("int64")}))
+    ds = Dataset.from_dict(
+        {"image": [_img(1), _img(2)], "label": [3, 7]}, features=Features({"image": Image(), "label": Value("int64")})
+    )
     out = standardize_columns(DatasetDict(train=ds), "test")
     assert out["train"].features["label"].names == ["3", "7"]
     assert out["train"]["label"][:] == [0, 1]
 
 
 def test_column_errors_name_the_columns():
-    two_images = Dataset.from_dict({"a": [_img(1)], "b": [_img(2)], "label": [0]},
-                                   features=Features({"a": Image(), "b": Image(), "label": ClassLabel(names=["x"])}))
+    two_images = Dataset.from_dict(
+        {"a": [_img(1)], "b": [_img(2)], "label": [0]},
+        features=Features({"a": Image(), "b": Image(), "label": ClassLabel(names=["x"])}),
+    )
     with pytest.raises(TransferConfigError, match=r"several image columns \['a', 'b'\]"):
         standardize_columns(DatasetDict(train=two_images), "test")
     assert standardize_columns(DatasetDict(train=two_images), "test", image_column="b")["train"].num_rows == 1
 
-    no_label = Dataset.from_dict({"image": [_img(1)], "caption": ["hi"]},
-                                 features=Features({"image": Image(), "caption": Value("string")}))
+    no_label = Dataset.from_dict(
+        {"image": [_img(1)], "caption": ["hi"]}, features=Features({"image": Image(), "caption": Value("string")})
+    )
     with pytest.raises(TransferConfigError, match="no label column found.*caption"):
         standardize_columns(DatasetDict(train=no_label), "test")
     assert "label" not in standardize_columns(DatasetDict(train=no_label), "t", require_labels=False)["train"].features
@@ -155,9 +168,10 @@ def test_column_errors_name_the_columns():
     with pytest.raises(TransferConfigError, match="label column 'klass' not found"):
         standardize_columns(DatasetDict(train=two_images), "test", image_column="a", label_column="klass")
 
-    two_labels = Dataset.from_dict({"image": [_img(1)], "l1": [0], "l2": [0]},
-                                   features=Features({"image": Image(), "l1": ClassLabel(names=["x"]),
-                                                      "l2": ClassLabel(names=["y"])}))
+    two_labels = Dataset.from_dict(
+        {"image": [_img(1)], "l1": [0], "l2": [0]},
+        features=Features({"image": Image(), "l1": ClassLabel(names=["x"]), "l2": ClassLabel(names=["y"])}),
+    )
     with pytest.raises(TransferConfigError, match=r"several ClassLabel columns \['l1', 'l2'\]"):
         standardize_columns(DatasetDict(train=two_labels), "test")
 
@@ -167,6 +181,7 @@ def test_column_errors_name_the_columns():
 
 
 # --- alignment ----------------------------------------------------------------------------------
+
 
 def _labelled_names(dsd, split="train"):
     feat = dsd[split].features["label"]
@@ -239,6 +254,7 @@ def test_open_set_target_only_classes_are_listed_and_excluded_with_a_warning(cap
 
 
 # --- paired batches: target images per source image ------------------------------------------------
+
 
 class _Tensors:
     def __init__(self, n, offset, labels=True):

@@ -87,8 +87,16 @@ def _same_distribution(a: np.ndarray, b: np.ndarray, h: int, w: int) -> float:
 # crop parameters: same distribution as RandomResizedCrop.get_params
 
 
-@pytest.mark.parametrize("augment,hw", [("standard", (256, 320)), ("light", (256, 320)), ("standard", (60, 400)),
-                                        ("standard", (7, 5)), ("light", (32, 32))])
+@pytest.mark.parametrize(
+    "augment,hw",
+    [
+        ("standard", (256, 320)),
+        ("light", (256, 320)),
+        ("standard", (60, 400)),
+        ("standard", (7, 5)),
+        ("light", (32, 32)),
+    ],
+)
 def test_crop_params_distribution_matches_torchvision(augment, hw):
     h, w = hw
     scale, ratio = RANGES[augment]
@@ -145,8 +153,16 @@ def test_batch_augment_geometry_is_the_sampled_crop():
     flips = torch.rand(16, generator=g) < 0.5
     mean, std = torch.tensor(cfg.mean).view(3, 1, 1), torch.tensor(cfg.std).view(3, 1, 1)
     for k in range(16):
-        ref = TF.resized_crop(x.float(), int(top[k]), int(left[k]), int(h[k]), int(w[k]), [24, 24],
-                              interpolation=T.InterpolationMode.BILINEAR, antialias=False)
+        ref = TF.resized_crop(
+            x.float(),
+            int(top[k]),
+            int(left[k]),
+            int(h[k]),
+            int(w[k]),
+            [24, 24],
+            interpolation=T.InterpolationMode.BILINEAR,
+            antialias=False,
+        )
         if flips[k]:
             ref = ref.flip(-1)
         ref = (ref / 255 - mean) / std
@@ -161,13 +177,15 @@ def test_loop_crops_match_pil_resized_crop():
     img = _photo(40, 56, seed=6)
     x = torch.from_numpy(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy())
     out = BatchAugment(cfg, "standard", impl="loop", generator=torch.Generator().manual_seed(9)).train()(
-        x[None].repeat(16, 1, 1, 1))
+        x[None].repeat(16, 1, 1, 1)
+    )
     g = torch.Generator().manual_seed(9)
     top, left, h, w = sample_crop_params(torch.full((16,), 40), torch.full((16,), 56), *RANGES["standard"], generator=g)
     flips = torch.rand(16, generator=g) < 0.5
     for k in range(16):
-        ref = TF.resized_crop(img, int(top[k]), int(left[k]), int(h[k]), int(w[k]), [32, 32],
-                              interpolation=T.InterpolationMode.BICUBIC)
+        ref = TF.resized_crop(
+            img, int(top[k]), int(left[k]), int(h[k]), int(w[k]), [32, 32], interpolation=T.InterpolationMode.BICUBIC
+        )
         if flips[k]:
             ref = TF.hflip(ref)
         ref = TF.normalize(TF.to_tensor(ref), cfg.mean, cfg.std)
@@ -208,12 +226,23 @@ WRONG_RANGES = {"standard": ((0.2, 1.0), (3 / 4, 4 / 3)), "light": ((0.5, 1.0), 
 
 
 def _close(m, s, m_ref, s_ref) -> bool:
-    return bool((m - m_ref).abs().mean() < 0.035 and (m - m_ref).abs().max() < 0.2
-                and (s - s_ref).abs().mean() < 0.035 and (s - s_ref).abs().max() < 0.2)
+    return bool(
+        (m - m_ref).abs().mean() < 0.035
+        and (m - m_ref).abs().max() < 0.2
+        and (s - s_ref).abs().mean() < 0.035
+        and (s - s_ref).abs().max() < 0.2
+    )
 
 
-@pytest.mark.parametrize("augment,impl,mode", [("standard", "loop", "bicubic"), ("light", "loop", "bicubic"),
-                                               ("standard", "grid", "bilinear"), ("light", "grid", "bicubic")])
+@pytest.mark.parametrize(
+    "augment,impl,mode",
+    [
+        ("standard", "loop", "bicubic"),
+        ("light", "loop", "bicubic"),
+        ("standard", "grid", "bilinear"),
+        ("light", "grid", "bicubic"),
+    ],
+)
 def test_augmented_pixel_statistics_match_stock(augment, impl, mode, monkeypatch):
     """Per-pixel mean/std over many draws of a fixed image match the stock PIL transforms.
 
@@ -259,8 +288,12 @@ def test_batch_augment_options_and_modes():
     # bicubic overshoot is clamped to the normalised image of [0, 255]
     extremes = torch.randint(0, 2, (8, 3, 20, 24), dtype=torch.uint8) * 255
     cub = BatchAugment(cfg, "standard", interpolation="bicubic", impl="grid").train()(extremes)
-    assert (cub >= cub.new_tensor([-m / s for m, s in zip(cfg.mean, cfg.std, strict=True)]).view(1, 3, 1, 1) - 1e-6).all()
-    assert (cub <= cub.new_tensor([(1 - m) / s for m, s in zip(cfg.mean, cfg.std, strict=True)]).view(1, 3, 1, 1) + 1e-6).all()
+    assert (
+        cub >= cub.new_tensor([-m / s for m, s in zip(cfg.mean, cfg.std, strict=True)]).view(1, 3, 1, 1) - 1e-6
+    ).all()
+    assert (
+        cub <= cub.new_tensor([(1 - m) / s for m, s in zip(cfg.mean, cfg.std, strict=True)]).view(1, 3, 1, 1) + 1e-6
+    ).all()
     with pytest.raises(TransferConfigError):
         BatchAugment(cfg, "heavy")
 
@@ -307,11 +340,19 @@ def test_cuda_matches_cpu():
 # DecodedImages
 
 
-@pytest.mark.parametrize("cfg", [DataConfig(input_size=(3, 48, 48)),
-                                 DataConfig(input_size=(3, 32, 32), interpolation="bilinear", crop_pct=1.0)])
+@pytest.mark.parametrize(
+    "cfg",
+    [DataConfig(input_size=(3, 48, 48)), DataConfig(input_size=(3, 32, 32), interpolation="bilinear", crop_pct=1.0)],
+)
 def test_eval_storage_equals_stock_eval_transform(tmp_path, cfg):
-    images = [_photo(50, 70, 0), _photo(33, 31, 1, "L"), _photo(120, 80, 2, "RGBA"), _photo(64, 48, 3, "P"),
-              _photo(20, 90, 4), _photo(48, 48, 5, "CMYK")]
+    images = [
+        _photo(50, 70, 0),
+        _photo(33, 31, 1, "L"),
+        _photo(120, 80, 2, "RGBA"),
+        _photo(64, 48, 3, "P"),
+        _photo(20, 90, 4),
+        _photo(48, 48, 5, "CMYK"),
+    ]
     ds = _dataset(images)
     stock = ImageDomainDataset(ds, eval_transform(cfg))
     decoded = DecodedImages(ds, cfg, "eval", cache_dir=tmp_path)
@@ -385,12 +426,16 @@ def test_cache_hit_memmap_and_keys(tmp_path, monkeypatch):
     assert isinstance(again.images, np.memmap) and not again.images.flags.writeable
     assert np.array_equal(np.asarray(again.images), np.asarray(first.images))
     # anything that changes the stored bytes is a different key (so it would decode: boom)
-    for other in ({"split_kind": "eval"}, {"storage_size": 20},
-                  {"cfg": DataConfig(input_size=(3, 16, 16), interpolation="bilinear")}):
+    for other in (
+        {"split_kind": "eval"},
+        {"storage_size": 20},
+        {"cfg": DataConfig(input_size=(3, 16, 16), interpolation="bilinear")},
+    ):
         kwargs = {"cfg": cfg, "split_kind": "train", **other}
         with pytest.raises(AssertionError, match="decoded again"):
-            DecodedImages(ds, kwargs["cfg"], kwargs["split_kind"], cache_dir=tmp_path,
-                          storage_size=kwargs.get("storage_size"))
+            DecodedImages(
+                ds, kwargs["cfg"], kwargs["split_kind"], cache_dir=tmp_path, storage_size=kwargs.get("storage_size")
+            )
     with pytest.raises(AssertionError, match="decoded again"):
         DecodedImages(ds.select([0, 1, 2]), cfg, "train", cache_dir=tmp_path)
 

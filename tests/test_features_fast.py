@@ -50,21 +50,24 @@ def backbone():
 def test_fast_features_equal_stock(backbone, tmp_path, hw):
     ds = _images(10, *hw)
     stock_f, stock_y = extract_features(backbone, ds, batch_size=4)
-    fast_f, fast_y = extract_features(backbone, ds, batch_size=4, input_path="fast",
-                                      decoded_cache_dir=str(tmp_path / "decoded"))
+    fast_f, fast_y = extract_features(
+        backbone, ds, batch_size=4, input_path="fast", decoded_cache_dir=str(tmp_path / "decoded")
+    )
     assert fast_f.shape == stock_f.shape == (10, backbone.feature_dim)
     assert torch.equal(fast_y, stock_y) and stock_y.tolist() == [k % 3 for k in range(10)]
     torch.testing.assert_close(fast_f, stock_f, rtol=1e-4, atol=1e-5)
     # a second call reads the decoded cache and gives the same features
-    again, _ = extract_features(backbone, ds, batch_size=3, input_path="fast",
-                                decoded_cache_dir=str(tmp_path / "decoded"))
+    again, _ = extract_features(
+        backbone, ds, batch_size=3, input_path="fast", decoded_cache_dir=str(tmp_path / "decoded")
+    )
     torch.testing.assert_close(again, fast_f, rtol=1e-5, atol=1e-6)
 
 
 def test_fast_features_without_labels(backbone, tmp_path):
     ds = _images(5, 40, 40).remove_columns("label")
-    feats, labels = extract_features(backbone, ds, batch_size=2, input_path="fast",
-                                     decoded_cache_dir=str(tmp_path / "decoded"))
+    feats, labels = extract_features(
+        backbone, ds, batch_size=2, input_path="fast", decoded_cache_dir=str(tmp_path / "decoded")
+    )
     assert feats.shape[0] == 5 and labels.tolist() == [-1] * 5
 
 
@@ -81,16 +84,16 @@ def test_model_mode_restored_and_bad_input_path(backbone, tmp_path):
 def test_cache_key_includes_input_path(backbone, tmp_path):
     ds = _images(6, 45, 60)
     weights = "w"
-    assert cache_key(backbone, ds._fingerprint, "train", weights, "stock") != \
-        cache_key(backbone, ds._fingerprint, "train", weights, "fast")
+    assert cache_key(backbone, ds._fingerprint, "train", weights, "stock") != cache_key(
+        backbone, ds._fingerprint, "train", weights, "fast"
+    )
     cache = FeatureCache(str(tmp_path / "features"), input_path="fast", decoded_cache_dir=str(tmp_path / "decoded"))
     f1, y1, p1 = cache.get_or_compute(backbone, ds, "train", batch_size=4, weights_hash=weights)
     f2, y2, p2 = cache.get_or_compute(backbone, ds, "train", batch_size=4, weights_hash=weights)
     assert (cache.misses, cache.hits) == (1, 1) and p1 == p2
     assert torch.equal(f1, f2) and torch.equal(y1, y2)
     # the stock path is a different entry (a miss), with the same features within tolerance
-    f3, y3, p3 = cache.get_or_compute(backbone, ds, "train", batch_size=4, weights_hash=weights,
-                                      input_path="stock")
+    f3, y3, p3 = cache.get_or_compute(backbone, ds, "train", batch_size=4, weights_hash=weights, input_path="stock")
     assert p3 != p1 and cache.misses == 2
     torch.testing.assert_close(f3, f1, rtol=1e-4, atol=1e-5)
     assert torch.equal(y3, y1)

@@ -1,5 +1,6 @@
 """The Hub test server, exercised only through the real clients (huggingface_hub, datasets,
 transformers, timm). Nothing here reaches the internet: every client is pointed at 127.0.0.1."""
+
 from __future__ import annotations
 
 import json
@@ -143,9 +144,11 @@ def test_validate_yaml_rejects_bad_model_index(hub_server):
     api = HfApi()
     api.create_repo("carded")
     head = hub_server.head("user/carded")
-    good = ("---\nlicense: apache-2.0\nmodel-index:\n- name: m\n  results:\n  - task: {type: image-classification}\n"
-            "    dataset: {name: Office-31 webcam, type: office31}\n    metrics:\n    - {type: accuracy, value: 0.9}\n"
-            "---\n# Card\n")
+    good = (
+        "---\nlicense: apache-2.0\nmodel-index:\n- name: m\n  results:\n  - task: {type: image-classification}\n"
+        "    dataset: {name: Office-31 webcam, type: office31}\n    metrics:\n    - {type: accuracy, value: 0.9}\n"
+        "---\n# Card\n"
+    )
     bad_index = "---\nmodel-index:\n- name: m\n  results:\n  - task: image-classification\n---\n"
     bad_yaml = "---\nlicense: [unclosed\n---\n"
     hf.ModelCard(good).validate()
@@ -210,8 +213,11 @@ def test_stale_parent_commit_gets_412(hub_server):
         api.create_commit("user/racy", [CommitOperationAdd("b.txt", b"2")], commit_message="x", parent_commit=old)
     assert e.value.response.status_code == 412 and hub_server.head("user/racy") == new
     # the same, injected through the HTTP control endpoint (as a test in another process would)
-    req = urllib.request.Request(f"{hub_server.url}/_test/faults", method="POST",
-                                 data=json.dumps({"point": "commit", "status": 412, "retry_after": None}).encode())
+    req = urllib.request.Request(
+        f"{hub_server.url}/_test/faults",
+        method="POST",
+        data=json.dumps({"point": "commit", "status": 412, "retry_after": None}).encode(),
+    )
     assert json.load(urllib.request.urlopen(req))["status"] == 412
     with pytest.raises(HfHubHTTPError) as e:
         api.create_commit("user/racy", [CommitOperationAdd("b.txt", b"2")], commit_message="x", parent_commit=new)
@@ -219,9 +225,11 @@ def test_stale_parent_commit_gets_412(hub_server):
     # an lfsFile whose content was never uploaded is refused (raw ndjson through the client's session)
     line = {"key": "lfsFile", "value": {"path": "w.bin", "algo": "sha256", "oid": "0" * 64, "size": 3}}
     payload = "\n".join(json.dumps(x) for x in ({"key": "header", "value": {"summary": "s"}}, line))
-    r = hf.utils.get_session().post(f"{hub_server.url}/api/models/user/racy/commit/main", content=payload,
-                                    headers={"Authorization": f"Bearer {USER_TOKEN}",
-                                             "Content-Type": "application/x-ndjson"})
+    r = hf.utils.get_session().post(
+        f"{hub_server.url}/api/models/user/racy/commit/main",
+        content=payload,
+        headers={"Authorization": f"Bearer {USER_TOKEN}", "Content-Type": "application/x-ndjson"},
+    )
     assert r.status_code == 422 and hub_server.head("user/racy") == new
 
 
@@ -242,8 +250,12 @@ def test_concurrent_commits_are_serialised(hub_server):
 
 
 def test_cli_prints_url(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "hf_transfer.testing.hub_server", "--root", str(tmp_path),
-                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hf_transfer.testing.hub_server", "--root", str(tmp_path), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
@@ -291,8 +303,15 @@ def test_datasets_push_to_hub_and_load_dataset(hub_server):
 def test_transformers_push_and_from_pretrained(hub_server, run_with_hub, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                                 image_size=32, patch_size=8, num_labels=3)
+    cfg = transformers.ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        image_size=32,
+        patch_size=8,
+        num_labels=3,
+    )
     torch.manual_seed(0)
     model = transformers.ViTForImageClassification(cfg).eval()
     model.push_to_hub("tiny-vit")

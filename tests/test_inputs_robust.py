@@ -42,9 +42,10 @@ def _photo(h: int, w: int, seed: int = 0) -> Image.Image:
 
 def _dataset(images, labels=None) -> datasets.Dataset:
     labels = labels if labels is not None else [i % 2 for i in range(len(images))]
-    return datasets.Dataset.from_dict({"image": images, "label": labels},
-                                      features=datasets.Features({"image": datasets.Image(),
-                                                                  "label": datasets.ClassLabel(names=["a", "b"])}))
+    return datasets.Dataset.from_dict(
+        {"image": images, "label": labels},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}),
+    )
 
 
 def _task_args(target, out, **overrides) -> dict:
@@ -122,8 +123,16 @@ def test_a_1x1_first_image_scores_like_the_stock_path(tmp_path):
     target = _digits_with_first(tmp_path, Image.new("RGB", (1, 1), (200, 30, 30)))
     acc = {}
     for path in ("fast", "stock"):
-        args = _task_args(target, tmp_path / path, input_path=path, max_steps=60, per_device_train_batch_size=32,
-                          max_train_samples=None, max_eval_samples=200, learning_rate=0.1)
+        args = _task_args(
+            target,
+            tmp_path / path,
+            input_path=path,
+            max_steps=60,
+            per_device_train_batch_size=32,
+            max_train_samples=None,
+            max_eval_samples=200,
+            learning_rate=0.1,
+        )
         acc[path] = run_transfer(*arguments_from_dict(args))["metrics"]["target"]["accuracy"]
     assert acc["stock"] > 0.6 and abs(acc["fast"] - acc["stock"]) < 0.1, acc
 
@@ -152,8 +161,11 @@ def _local_with_bad_rows(tmp_path) -> str:
 
 def test_bad_images_are_an_error_naming_dataset_split_and_rows(tmp_path):
     path = _local_with_bad_rows(tmp_path)
-    with pytest.raises(TransferConfigError, match=r"scraped.*split 'train': 2 image\(s\).*row 3: .*row 7: .*"
-                                                  r"--skip_bad_images"):
+    with pytest.raises(
+        TransferConfigError,
+        match=r"scraped.*split 'train': 2 image\(s\).*row 3: .*row 7: .*"
+        r"--skip_bad_images",
+    ):
         load_domain(path)
 
 
@@ -172,8 +184,9 @@ def test_bad_images_stop_a_run_before_training_on_both_paths(tmp_path, input_pat
     path = _local_with_bad_rows(tmp_path)
     with pytest.raises(TransferConfigError, match="row 3"):
         prepare_run(*arguments_from_dict(_task_args(path, tmp_path / "out", input_path=input_path)))
-    run = prepare_run(*arguments_from_dict(_task_args(path, tmp_path / "out2", input_path=input_path,
-                                                      skip_bad_images=True)))
+    run = prepare_run(
+        *arguments_from_dict(_task_args(path, tmp_path / "out2", input_path=input_path, skip_bad_images=True))
+    )
     assert run.data.skipped_images == {"target/train": 2}
 
 
@@ -195,8 +208,9 @@ def test_a_trailing_batch_of_one_is_dropped_not_crashed_on(tmp_path):
 
 
 def test_drop_last_never_drops_evaluation_rows(tmp_path):
-    args = _task_args(TARGET, tmp_path / "out", max_eval_samples=33, per_device_eval_batch_size=16,
-                      dataloader_drop_last=True)
+    args = _task_args(
+        TARGET, tmp_path / "out", max_eval_samples=33, per_device_eval_batch_size=16, dataloader_drop_last=True
+    )
     results = run_transfer(*arguments_from_dict(args))
     assert sum(map(sum, results["metrics"]["target"]["confusion_matrix"])) == 33
 
@@ -229,10 +243,12 @@ def test_resuming_on_the_stock_path_warns(tmp_path, caplog):
 
 def _dead_writer_staging(root, name: str) -> str:
     """A staging folder made by a process that then died without cleaning up (as after kill -9)."""
-    code = ("import os, sys; from hf_transfer.cache import make_staging_dir; "
-            "d = make_staging_dir(sys.argv[1], sys.argv[2]); "
-            "open(os.path.join(d, 'part.npy'), 'wb').write(b'x' * 1000); "
-            "print(d); os._exit(0)")
+    code = (
+        "import os, sys; from hf_transfer.cache import make_staging_dir; "
+        "d = make_staging_dir(sys.argv[1], sys.argv[2]); "
+        "open(os.path.join(d, 'part.npy'), 'wb').write(b'x' * 1000); "
+        "print(d); os._exit(0)"
+    )
     out = subprocess.run([sys.executable, "-c", code, str(root), name], capture_output=True, text=True, check=True)
     return out.stdout.strip()
 
@@ -253,8 +269,7 @@ def test_stale_staging_is_removed_only_when_its_writer_is_gone(tmp_path):
         entry = tmp_path / "train-36-abc"
         entry.mkdir()
         assert cache.remove_stale_staging(tmp_path) == 2
-        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-            p.name for p in (running, ours, other_new, entry))
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (running, ours, other_new, entry))
         assert not os.path.exists(dead)
     finally:
         alive.kill()
@@ -272,5 +287,6 @@ def test_decode_cache_and_feature_cache_clean_up_after_killed_writers(tmp_path):
     assert not os.path.exists(stale[0]) and len(list(decoded_root.iterdir())) == 1
     backbone = load_backbone("test_resnet", ["a", "b"], image_size=16)
     FeatureCache(str(feature_root), input_path="fast", decoded_cache_dir=str(decoded_root)).get_or_compute(
-        backbone, ds, "train")
+        backbone, ds, "train"
+    )
     assert not os.path.exists(stale[1]) and len(list(feature_root.iterdir())) == 1

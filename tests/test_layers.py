@@ -1,5 +1,6 @@
 """The package is layered along the flow data -> models -> methods -> training -> evaluation -> hub:
 a lower layer never imports a higher one (checked on the source, every module)."""
+
 import ast
 import pathlib
 
@@ -17,8 +18,13 @@ ALLOWED = {  # folder -> what its modules may import from hf_transfer (besides S
     "methods": ("hf_transfer.data", "hf_transfer.models", "hf_transfer.methods"),
     # evaluation comes after training in the flow; it reuses methods (domain_gap measures with DAN's MMD)
     "evaluation": ("hf_transfer.evaluation", "hf_transfer.methods"),
-    "hub": ("hf_transfer.data", "hf_transfer.models", "hf_transfer.methods", "hf_transfer.evaluation",
-            "hf_transfer.hub"),
+    "hub": (
+        "hf_transfer.data",
+        "hf_transfer.models",
+        "hf_transfer.methods",
+        "hf_transfer.evaluation",
+        "hf_transfer.hub",
+    ),
 }
 
 

@@ -1,4 +1,5 @@
 """Domain-adaptation losses: each behaves as its paper says on a tiny case."""
+
 from __future__ import annotations
 
 import itertools
@@ -121,8 +122,9 @@ def test_value_is_the_papers_formula(name):
     loss = build_loss(name, D, C).eval()
     f_s, f_t, l_s, l_t = batch()
     with torch.no_grad():
-        assert loss(f_s, f_t, l_s, l_t).item() == pytest.approx(METHODS[name].reference(loss, f_s, f_t, l_s, l_t).item(),
-                                                               rel=1e-5)
+        assert loss(f_s, f_t, l_s, l_t).item() == pytest.approx(
+            METHODS[name].reference(loss, f_s, f_t, l_s, l_t).item(), rel=1e-5
+        )
 
 
 @pytest.mark.parametrize("name", sorted(n for n, row in METHODS.items() if row.adversarial))
@@ -244,8 +246,12 @@ def test_schedule_is_a_pure_function_of_progress():
 
 
 # --------------------------------------------------------------------------- adversarial: DANN, CDAN
-ADVERSARIAL = [("dann", {}), ("cdan", {}), ("cdan", {"entropy_conditioning": True}),
-               ("cdan", {"randomized": True, "randomized_dim": 32})]
+ADVERSARIAL = [
+    ("dann", {}),
+    ("cdan", {}),
+    ("cdan", {"entropy_conditioning": True}),
+    ("cdan", {"randomized": True, "randomized_dim": 32}),
+]
 
 
 @pytest.mark.parametrize("name,kw", ADVERSARIAL)
@@ -286,8 +292,8 @@ def test_cdan_entropy_conditioning_weights_confident_samples():
     cond = build_loss("cdan", D, C, hidden_size=32, entropy_conditioning=True)
     cond.load_state_dict(plain.state_dict())
     f_s, f_t, l_s, l_t = batch()
-    l_s[: 8] *= 20  # half of each domain very confident
-    l_t[: 8] *= 20
+    l_s[:8] *= 20  # half of each domain very confident
+    l_t[:8] *= 20
     with torch.no_grad():
         g = F.softmax(torch.cat([l_s, l_t]), 1)
         d = plain.discriminator(plain.multilinear_map(torch.cat([f_s, f_t]), g))[:, 0]
@@ -334,6 +340,7 @@ def test_coral_zero_for_equal_covariance_positive_otherwise_and_paper_scale():
     assert scaled > coral(f_s, f_t).item() > 0
     # exact formula ||C_s - C_t||_F^2 / (4 d^2) with unbiased covariances
     import numpy as np
+
     cs, ct = np.cov(f_s.numpy(), rowvar=False), np.cov(3 * f_t.numpy(), rowvar=False)
     assert scaled == pytest.approx(((cs - ct) ** 2).sum() / (4 * D * D), rel=1e-4)
     assert build_loss("coral", D, C)(f_s, 3 * f_t).item() == pytest.approx(scaled)
@@ -361,8 +368,10 @@ def test_information_maximization_is_best_for_confident_balanced():
     f = torch.zeros(16, D)
     balanced, collapsed = one_hot_logits(16, C), one_hot_logits(16, C, collapse=True)
     uniform, noisy = torch.zeros(16, C), torch.randn(16, C, generator=gen(2))
-    scores = {k: im(f, f, None, v).item() for k, v in
-              dict(balanced=balanced, collapsed=collapsed, uniform=uniform, noisy=noisy).items()}
+    scores = {
+        k: im(f, f, None, v).item()
+        for k, v in dict(balanced=balanced, collapsed=collapsed, uniform=uniform, noisy=noisy).items()
+    }
     assert scores["balanced"] == pytest.approx(-math.log(C), abs=1e-2)  # the minimum
     assert scores["balanced"] < min(scores["collapsed"], scores["uniform"], scores["noisy"])
     # entropy minimisation alone cannot tell balanced from collapsed, IM can
@@ -403,8 +412,14 @@ def test_cbst_keeps_the_top_fraction_of_each_predicted_class():
     assert not class_balanced_mask(conf, labels, 0.0).any() and class_balanced_mask(conf, labels, 1.0).all()
     # a global 0.95 threshold would keep 5 samples, all of class 0; CBST keeps the rare class's best too
     cbst = build_loss("cbst", D, C, fraction_start=0.2, fraction=0.5)
-    logits = torch.log(torch.stack([torch.tensor([c, 1 - c, 0, 0]) if y == 0 else torch.tensor([1 - c, c, 0, 0])
-                                    for c, y in zip(conf.tolist(), labels.tolist(), strict=True)]).clamp_min(1e-6))
+    logits = torch.log(
+        torch.stack(
+            [
+                torch.tensor([c, 1 - c, 0, 0]) if y == 0 else torch.tensor([1 - c, c, 0, 0])
+                for c, y in zip(conf.tolist(), labels.tolist(), strict=True)
+            ]
+        ).clamp_min(1e-6)
+    )
     logits.requires_grad_(True)
     cbst.set_progress(1.0)
     out = cbst(None, None, None, logits)
@@ -473,8 +488,9 @@ def test_adabn_changes_only_bn_running_stats_and_moves_them_to_target():
     buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
     momentum = model.bn.momentum
     conv_out_src = model.bn.running_mean.clone()
-    target = [{"pixel_values": torch.randn(16, 3, 4, 4, generator=gen(i)) + 5.0, "labels": torch.zeros(16)}
-              for i in range(4)]
+    target = [
+        {"pixel_values": torch.randn(16, 3, 4, 4, generator=gen(i)) + 5.0, "labels": torch.zeros(16)} for i in range(4)
+    ]
     with torch.no_grad():  # the target mean of the BN input, in the conv's output space
         true_mean = torch.cat([model.conv(b["pixel_values"]) for b in target]).mean((0, 2, 3))
 
@@ -484,8 +500,14 @@ def test_adabn_changes_only_bn_running_stats_and_moves_them_to_target():
         assert torch.equal(v, params[k]), k  # bit-identical
         assert v.grad is None
     changed = {k for k, v in model.named_buffers() if not torch.equal(v, buffers[k])}
-    assert changed == {"bn.running_mean", "bn.running_var", "bn.num_batches_tracked",
-                       "head.2.running_mean", "head.2.running_var", "head.2.num_batches_tracked"}
+    assert changed == {
+        "bn.running_mean",
+        "bn.running_var",
+        "bn.num_batches_tracked",
+        "head.2.running_mean",
+        "head.2.running_var",
+        "head.2.num_batches_tracked",
+    }
     assert int(model.bn.num_batches_tracked) == 4
     assert torch.allclose(model.bn.running_mean, true_mean, atol=1e-4)  # cumulative average
     assert (model.bn.running_mean - true_mean).abs().max() < (conv_out_src - true_mean).abs().max()
@@ -511,6 +533,7 @@ def test_adabn_refuses_empty_target_and_keeps_stats():
 
 
 # --- options every method shares: trade-off schedule, bottleneck, PADA source weights ---------------
+
 
 def test_trade_off_schedules_are_pure_functions_of_progress():
     from hf_transfer.methods.domain import trade_off_weight

@@ -22,8 +22,9 @@ def method_table() -> str:
     for name, m in all_methods().items():
         options = ", ".join(f"`{k}={v}`" for k, v in m.option_defaults().items()) or "-"
         lr = "" if m.backbone_lr_scale == 1.0 else f" Backbone at {m.backbone_lr_scale}x the learning rate."
-        lines.append(f"| `{name}` | {', '.join(m.modes)} | {m.title}: {m.description}{lr} | {options} | "
-                     f"{m.paper or '-'} |")
+        lines.append(
+            f"| `{name}` | {', '.join(m.modes)} | {m.title}: {m.description}{lr} | {options} | {m.paper or '-'} |"
+        )
     return "\n".join(lines)
 
 
@@ -31,7 +32,9 @@ def test_readme_method_table_is_the_registry():
     text = README.read_text()
     found = re.search(r"^\| method \| modes \|.*?(?=\n\n)", text, flags=re.S | re.M)
     assert found, "README.md has no method table"
-    assert found.group(0) == method_table(), "README's method table differs from the registry; paste:\n" + method_table()
+    assert found.group(0) == method_table(), (
+        "README's method table differs from the registry; paste:\n" + method_table()
+    )
 
 
 def test_modes_and_default_methods_come_from_the_registry():
@@ -46,13 +49,31 @@ def test_modes_and_default_methods_come_from_the_registry():
 
 
 def test_method_args_are_checked_against_the_config_dataclass():
-    with pytest.raises(TransferConfigError, match=r"unknown method_args \['hidden', 'hold_me'\]; accepted: alpha, "
-                                                  r"hi, hidden_size, hold"):
+    with pytest.raises(
+        TransferConfigError,
+        match=r"unknown method_args \['hidden', 'hold_me'\]; accepted: alpha, "
+        r"hi, hidden_size, hold",
+    ):
         arguments_from_dict({**DOMAIN, "method": "dann", "method_args": {"hold_me": 1, "hidden": 2}})
     with pytest.raises(TransferConfigError, match="margin='4' must be of type float"):
-        parse_args(["--mode", "domain", "--source", "builtin:digits-printed", "--target", "builtin:digits-handwritten",
-                    "--backbone", "test_resnet", "--output_dir", "x", "--method", "mdd", "--method_args",
-                    json.dumps({"margin": "4"})])
+        parse_args(
+            [
+                "--mode",
+                "domain",
+                "--source",
+                "builtin:digits-printed",
+                "--target",
+                "builtin:digits-handwritten",
+                "--backbone",
+                "test_resnet",
+                "--output_dir",
+                "x",
+                "--method",
+                "mdd",
+                "--method_args",
+                json.dumps({"margin": "4"}),
+            ]
+        )
     with pytest.raises(TransferConfigError, match="method_args"):  # coral takes no options: refused, not ignored
         arguments_from_dict({**DOMAIN, "method": "coral", "method_args": {"x": 1}})
     args, training = arguments_from_dict({**DOMAIN, "method": "cdan", "method_args": {"entropy_conditioning": True}})

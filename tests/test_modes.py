@@ -141,8 +141,9 @@ def test_feature_cache_hit_and_misses(tmp_path):
 
     # any key change is a miss: data subset, transform, backbone weights
     for i, (change, misses) in enumerate((({"max_train_samples": 48}, 1), ({"crop_pct": 0.9}, 3), ({"seed": 1}, 3))):
-        run = prepared(tmp_path, mode="feature", feature_cache_dir=cache, output_dir=str(tmp_path / f"miss{i}"),
-                       **change)
+        run = prepared(
+            tmp_path, mode="feature", feature_cache_dir=cache, output_dir=str(tmp_path / f"miss{i}"), **change
+        )
         assert run.mode.cache.misses == misses, change
 
 
@@ -171,8 +172,14 @@ def test_cached_features_match_full_model(tmp_path):
 def test_transformers_native_backbone_in_every_mode(tmp_path, tiny_vit_dir, mode, method):
     from transformers import pipeline
 
-    args = tiny(tmp_path, mode=mode, method=method, backbone=tiny_vit_dir, max_steps=2,
-                **({"feature_cache_dir": str(tmp_path / "cache")} if mode == "feature" else {}))
+    args = tiny(
+        tmp_path,
+        mode=mode,
+        method=method,
+        backbone=tiny_vit_dir,
+        max_steps=2,
+        **({"feature_cache_dir": str(tmp_path / "cache")} if mode == "feature" else {}),
+    )
     results = run_transfer(*arguments_from_dict(args))
     assert results["mode"] == mode and set(results["metrics"]) == {"source", "target"}
     out = args["output_dir"]
@@ -181,9 +188,19 @@ def test_transformers_native_backbone_in_every_mode(tmp_path, tiny_vit_dir, mode
 
 
 def test_unsupervised_model_selection_and_domain_gap(tmp_path):
-    args = tiny(tmp_path, mode="domain", method="dann", max_steps=4, eval_strategy="steps", eval_steps=2,
-                save_strategy="steps", save_steps=2, metric_for_best_model="target_unlabelled_im",
-                greater_is_better=True, load_best_model_at_end=True)
+    args = tiny(
+        tmp_path,
+        mode="domain",
+        method="dann",
+        max_steps=4,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        metric_for_best_model="target_unlabelled_im",
+        greater_is_better=True,
+        load_best_model_at_end=True,
+    )
     results = run_transfer(*arguments_from_dict(args))
     selection = results["model_selection"]
     evals = {}
@@ -206,11 +223,19 @@ def test_unsupervised_model_selection_and_domain_gap(tmp_path):
 
 # --- options every domain method shares ------------------------------------------------------------
 
+
 def test_trade_off_schedule_is_logged_and_follows_progress(tmp_path):
     from hf_transfer.methods.domain import trade_off_weight
 
-    run = prepared(tmp_path, mode="domain", method="dan", trade_off=2.0, trade_off_schedule="linear",
-                   trade_off_warmup=0.5, logging_steps=1)
+    run = prepared(
+        tmp_path,
+        mode="domain",
+        method="dan",
+        trade_off=2.0,
+        trade_off_schedule="linear",
+        trade_off_warmup=0.5,
+        logging_steps=1,
+    )
     run.trainer.train()
     logged = [e["trade_off"] for e in run.trainer.state.log_history if "trade_off" in e]
     assert logged == [pytest.approx(trade_off_weight(s / 4, 2.0, "linear", 0.5), abs=1e-5) for s in range(4)]
@@ -269,8 +294,12 @@ def _partial_target(tmp_path, keep: int = 5) -> str:
 
     full = load_domain(TARGET)
     names = full["train"].features["label"].names[:keep]
-    part = DatasetDict({k: v.filter(lambda y: y < keep, input_columns="label").cast_column("label", ClassLabel(names=names))
-                        for k, v in full.items()})
+    part = DatasetDict(
+        {
+            k: v.filter(lambda y: y < keep, input_columns="label").cast_column("label", ClassLabel(names=names))
+            for k, v in full.items()
+        }
+    )
     path = tmp_path / "target_partial"
     part.save_to_disk(str(path))
     return str(path)
@@ -280,22 +309,35 @@ def test_partial_exclude_drops_source_rows_of_undeclared_classes(tmp_path):
     target = _partial_target(tmp_path)
     run = prepared(tmp_path, mode="domain", method="dan", target=target, label_policy="partial")
     assert run.data.alignment.setting == "partial" and len(run.data.label_names) == 10
-    source_labels = {int(run.trainer.train_dataset.source[i]["labels"]) for i in range(len(run.trainer.train_dataset.source))}
+    source_labels = {
+        int(run.trainer.train_dataset.source[i]["labels"]) for i in range(len(run.trainer.train_dataset.source))
+    }
     assert source_labels <= set(range(5))
     info = run.mode.label_space_weighting()
     assert info["method"] == "exclude" and info["excluded_classes"] == run.data.label_names[5:]
     assert info["excluded_source_rows"] > 0
-    none = prepared(tmp_path, mode="domain", method="dan", target=target, label_policy="partial",
-                    partial_weighting="none")
-    assert {int(none.trainer.train_dataset.source[i]["labels"]) for i in range(len(none.trainer.train_dataset.source))} - set(range(5))
+    none = prepared(
+        tmp_path, mode="domain", method="dan", target=target, label_policy="partial", partial_weighting="none"
+    )
+    assert {
+        int(none.trainer.train_dataset.source[i]["labels"]) for i in range(len(none.trainer.train_dataset.source))
+    } - set(range(5))
 
 
 def test_partial_pada_weights_estimated_on_schedule_and_recorded(tmp_path):
     from hf_transfer.hub import card_domain
 
     target = _partial_target(tmp_path)
-    args = tiny(tmp_path, mode="domain", method="dann", target=target, label_policy="partial",
-                partial_weighting="pada", pada_every=2, max_steps=5)
+    args = tiny(
+        tmp_path,
+        mode="domain",
+        method="dann",
+        target=target,
+        label_policy="partial",
+        partial_weighting="pada",
+        pada_every=2,
+        max_steps=5,
+    )
     run = prepare_run(*arguments_from_dict(args))
     calls = []
     original = run.mode.weighting.estimate_class_weights
@@ -311,7 +353,9 @@ def test_partial_pada_weights_estimated_on_schedule_and_recorded(tmp_path):
     with torch.no_grad():
         from hf_transfer.data.paired import collate_images
 
-        probs = run.model(pixel_values=collate_images([images[i] for i in range(len(images))])["pixel_values"])["logits"].softmax(-1)
+        probs = run.model(pixel_values=collate_images([images[i] for i in range(len(images))])["pixel_values"])[
+            "logits"
+        ].softmax(-1)
     torch.testing.assert_close(w, probs.mean(0) / probs.mean(0).max(), atol=1e-5, rtol=1e-4)
     info = run.mode.label_space_weighting()
     assert info["method"] == "pada" and set(info["class_weights"]) == set(run.data.label_names)
@@ -333,8 +377,9 @@ def test_pada_weights_scale_the_source_cross_entropy(tmp_path):
     per_row = torch.nn.functional.cross_entropy(logits, labels, reduction="none") * weights[labels]
     torch.testing.assert_close(got, per_row.sum() / weights[labels].sum())  # a class-weighted mean
     run.model.aux["pada"].weights.fill_(1.0)
-    torch.testing.assert_close(run.mode._source_loss(run.model, logits, labels),
-                               torch.nn.functional.cross_entropy(logits, labels))
+    torch.testing.assert_close(
+        run.mode._source_loss(run.model, logits, labels), torch.nn.functional.cross_entropy(logits, labels)
+    )
 
 
 def test_adabn_adapts_the_bottleneck_batchnorm_before_the_fold(tmp_path):
@@ -353,14 +398,26 @@ def test_adabn_adapts_the_bottleneck_batchnorm_before_the_fold(tmp_path):
 def test_target_classes_make_a_partial_task_from_a_full_target(tmp_path):
     """--target_classes first:5 on a 10-class target + label_policy=partial: the standard way the
     Office partial tasks are built; exclude then drops the source rows of the five other classes."""
-    run = prepared(tmp_path, mode="domain", method="dan", target="builtin:digits-handwritten",
-                   target_classes="first:5", label_policy="partial")
+    run = prepared(
+        tmp_path,
+        mode="domain",
+        method="dan",
+        target="builtin:digits-handwritten",
+        target_classes="first:5",
+        label_policy="partial",
+    )
     assert run.data.alignment.setting == "partial" and len(run.data.label_names) == 10
     assert run.data.alignment.source_only == run.data.label_names[5:]
     assert run.mode.label_space_weighting()["excluded_classes"] == run.data.label_names[5:]
     with pytest.raises(TransferConfigError, match="target_classes"):
-        prepared(tmp_path, mode="domain", method="dan", target="builtin:digits-handwritten",
-                 target_classes="zero, eleven", label_policy="partial")
+        prepared(
+            tmp_path,
+            mode="domain",
+            method="dan",
+            target="builtin:digits-handwritten",
+            target_classes="zero, eleven",
+            label_policy="partial",
+        )
 
 
 def _labelled_folder(path, labels_by_split: dict, class_label: list[str] | None = None) -> str:
@@ -371,11 +428,15 @@ def _labelled_folder(path, labels_by_split: dict, class_label: list[str] | None 
     rng = np.random.default_rng(0)
     label_feature = datasets.ClassLabel(names=class_label) if class_label else datasets.Value("string")
     features = datasets.Features({"image": datasets.Image(), "label": label_feature})
-    datasets.DatasetDict({
-        split: datasets.Dataset.from_dict(
-            {"image": [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in labels], "label": labels},
-            features=features)
-        for split, labels in labels_by_split.items()}).save_to_disk(str(path))
+    datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(
+                {"image": [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in labels], "label": labels},
+                features=features,
+            )
+            for split, labels in labels_by_split.items()
+        }
+    ).save_to_disk(str(path))
     return str(path)
 
 
@@ -386,10 +447,20 @@ def test_rows_without_a_label_are_never_scored_and_reported(tmp_path, caplog):
 
     names = ["cat", "dog"]
     test = [None, "cat", "dog", None, "cat", "dog", "dog", None]
-    target = _labelled_folder(tmp_path / "data", {"train": [names[i % 2] for i in range(15)] + [None] * 5,
-                                                  "test": test})
-    args = tiny(tmp_path, mode="task", method="full", target=target, source=None, max_steps=2,
-                max_train_samples=None, max_eval_samples=None, per_device_train_batch_size=8)
+    target = _labelled_folder(
+        tmp_path / "data", {"train": [names[i % 2] for i in range(15)] + [None] * 5, "test": test}
+    )
+    args = tiny(
+        tmp_path,
+        mode="task",
+        method="full",
+        target=target,
+        source=None,
+        max_steps=2,
+        max_train_samples=None,
+        max_eval_samples=None,
+        per_device_train_batch_size=8,
+    )
     with caplog.at_level("WARNING", logger="hf_transfer.training.modes.base"):
         results = run_transfer(*arguments_from_dict(args))
     assert results["dropped_unlabelled"] == {"target/train": 5, "target/test": 3}
@@ -409,8 +480,9 @@ def test_domain_mode_keeps_unlabelled_target_train_rows_as_target_images(tmp_pat
     """A ClassLabel column holding None: target TRAIN rows without a label are unlabelled target images
     in domain mode (kept); the target TEST rows without one are dropped (never scored)."""
     names = ["zero", "one"]
-    target = _labelled_folder(tmp_path / "data", {"train": [0, 1, None, 0, 1, None, 0, 1],
-                                                  "test": [0, None, 1, 0, 1, 0]}, class_label=names)
+    target = _labelled_folder(
+        tmp_path / "data", {"train": [0, 1, None, 0, 1, None, 0, 1], "test": [0, None, 1, 0, 1, 0]}, class_label=names
+    )
     run = prepared(tmp_path, mode="domain", method="dann", target=target)
     assert run.data.kept_unlabelled == {"target/train": 2}
     assert run.data.dropped_unlabelled["target/test"] == 1 and len(run.eval_sets["target"]) == 5
@@ -423,8 +495,16 @@ def test_label_names_never_become_paths(tmp_path):
 
     labels = ["a/b", "..", "c:\\d"]
     target = _labelled_folder(tmp_path / "data", {"train": labels * 6, "test": labels * 2})
-    args = tiny(tmp_path, mode="task", method="full", target=target, source=None, max_steps=1,
-                max_train_samples=None, max_eval_samples=None)
+    args = tiny(
+        tmp_path,
+        mode="task",
+        method="full",
+        target=target,
+        source=None,
+        max_steps=1,
+        max_train_samples=None,
+        max_eval_samples=None,
+    )
     run_transfer(*arguments_from_dict(args))
     out = args["output_dir"]
     rows = json.load(open(os.path.join(out, "reference_predictions.json")))

@@ -31,8 +31,11 @@ from hf_transfer.training.run import prepare_run
 _RUN_NUMBER = itertools.count()
 SEEN: dict = {}  # what the spies saw during the last build
 
-MODES = {"feature": {"mode": "feature"}, "domain": {"mode": "domain", "method": "dann", "source": "{source}"},
-         "task": {"mode": "task"}}
+MODES = {
+    "feature": {"mode": "feature"},
+    "domain": {"mode": "domain", "method": "dann", "source": "{source}"},
+    "task": {"mode": "task"},
+}
 
 
 def _domain(path, classes, n_train, n_test, seed, corrupt: bool = False):
@@ -47,10 +50,16 @@ def _domain(path, classes, n_train, n_test, seed, corrupt: bool = False):
         if bad:
             images[0] = {"bytes": b"not an image", "path": None}
         return datasets.Dataset.from_dict(
-            {"image": images, "image2": inverted, "label": labels,
-             "coarse": [y % 2 for y in labels]},
-            features=datasets.Features({"image": datasets.Image(), "image2": datasets.Image(),
-                                        "label": datasets.ClassLabel(names=classes), "coarse": datasets.Value("int64")}))
+            {"image": images, "image2": inverted, "label": labels, "coarse": [y % 2 for y in labels]},
+            features=datasets.Features(
+                {
+                    "image": datasets.Image(),
+                    "image2": datasets.Image(),
+                    "label": datasets.ClassLabel(names=classes),
+                    "coarse": datasets.Value("int64"),
+                }
+            ),
+        )
 
     datasets.DatasetDict({"train": split(n_train, corrupt), "test": split(n_test)}).save_to_disk(str(path))
     return str(path)
@@ -59,10 +68,12 @@ def _domain(path, classes, n_train, n_test, seed, corrupt: bool = False):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("options_data")
-    return {"target": _domain(root / "target", ["a", "b", "c"], 24, 12, 0),
-            "source": _domain(root / "source", ["a", "b", "c", "d"], 32, 8, 1),
-            "corrupt": _domain(root / "corrupt", ["a", "b", "c"], 24, 12, 0, corrupt=True),
-            "base": _pretrained(root / "base")}
+    return {
+        "target": _domain(root / "target", ["a", "b", "c"], 24, 12, 0),
+        "source": _domain(root / "source", ["a", "b", "c", "d"], 32, 8, 1),
+        "corrupt": _domain(root / "corrupt", ["a", "b", "c"], 24, 12, 0, corrupt=True),
+        "base": _pretrained(root / "base"),
+    }
 
 
 def _pretrained(folder) -> str:
@@ -73,11 +84,26 @@ def _pretrained(folder) -> str:
 
 
 def _base(tmp_path, data, mode: str, /, **extra) -> dict:
-    args = dict(backbone="test_resnet", target=data["target"], image_column="image", image_size=32, crop_pct=1.0,
-                output_dir=str(tmp_path / f"run{next(_RUN_NUMBER)}"), max_steps=2, per_device_train_batch_size=8,
-                per_device_eval_batch_size=16, use_cpu=True, report_to="none", save_strategy="no",
-                eval_strategy="no", learning_rate=0.05, optim="sgd", seed=0, disable_tqdm=True,
-                dataloader_num_workers=0)
+    args = dict(
+        backbone="test_resnet",
+        target=data["target"],
+        image_column="image",
+        image_size=32,
+        crop_pct=1.0,
+        output_dir=str(tmp_path / f"run{next(_RUN_NUMBER)}"),
+        max_steps=2,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        learning_rate=0.05,
+        optim="sgd",
+        seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     args.update({k: v.format(**data) if isinstance(v, str) else v for k, v in MODES[mode].items()})
     args.update(extra)
     return args
@@ -175,14 +201,18 @@ def l2sp_penalty(run):
 
 def batchnorm_after_finish(run):
     run.mode.finish(run.model, run.trainer)
-    return round(sum(m.running_mean.sum().item() for m in run.backbone.model.modules()
-                     if isinstance(m, torch.nn.BatchNorm2d)), 6)
+    return round(
+        sum(m.running_mean.sum().item() for m in run.backbone.model.modules() if isinstance(m, torch.nn.BatchNorm2d)), 6
+    )
 
 
 def lora_layers(run):
     """Wrapped modules with their scaling and dropout: what PEFT built from the lora_* options."""
-    return sorted((n, float(m.scaling["default"]), type(m.lora_dropout["default"]).__name__, m.r["default"])
-                  for n, m in run.model.named_modules() if hasattr(m, "lora_A") and "default" in m.r)
+    return sorted(
+        (n, float(m.scaling["default"]), type(m.lora_dropout["default"]).__name__, m.r["default"])
+        for n, m in run.model.named_modules()
+        if hasattr(m, "lora_A") and "default" in m.r
+    )
 
 
 def exported_files(run):
@@ -200,9 +230,13 @@ def data_shape(run):
     """Rows per split the mode trains and evaluates on, the classes, and the first evaluation image."""
     first = run.eval_sets["target"][0]
     pixels = first.get("pixel_values", first.get("features"))
-    return (len(run.trainer.train_dataset), {k: len(v) for k, v in run.eval_sets.items()}, tuple(run.data.label_names),
-            hashlib.sha1(torch.as_tensor(pixels).numpy().tobytes()).hexdigest(),
-            tuple(run.backbone.data_config.to_dict().items()))
+    return (
+        len(run.trainer.train_dataset),
+        {k: len(v) for k, v in run.eval_sets.items()},
+        tuple(run.data.label_names),
+        hashlib.sha1(torch.as_tensor(pixels).numpy().tobytes()).hexdigest(),
+        tuple(run.backbone.data_config.to_dict().items()),
+    )
 
 
 def files_in(folder_key):
@@ -210,6 +244,7 @@ def files_in(folder_key):
         folder = {"decoded_cache_dir": run.args.decoded_cache_dir, "feature_cache_dir": run.args.feature_cache_dir}
         folder = folder[folder_key]
         return bool(folder) and os.path.isdir(folder) and bool(os.listdir(folder))
+
     return observe
 
 
@@ -218,8 +253,12 @@ def seen(key):
 
 
 def model_type(run):
-    return (type(run.mode).__name__, type(run.backbone.model.timm_model).__name__, trainable(run),
-            type(getattr(run.mode, "transfer_loss", None)).__name__)
+    return (
+        type(run.mode).__name__,
+        type(run.backbone.model.timm_model).__name__,
+        trainable(run),
+        type(getattr(run.mode, "transfer_loss", None)).__name__,
+    )
 
 
 def folder_contents(run):
@@ -294,8 +333,9 @@ PROBES = {
     "augment": Probe(("light", "none"), train_pixels),
     "input_path": Probe(("stock",), input_kind),
     # feature mode decodes only when it extracts: a fresh feature cache
-    "decoded_cache_dir": Probe(("{tmp}/decoded",), files_in("decoded_cache_dir"),
-                               {"feature": {"feature_cache_dir": "{tmp}/features_decoded"}}),
+    "decoded_cache_dir": Probe(
+        ("{tmp}/decoded",), files_in("decoded_cache_dir"), {"feature": {"feature_cache_dir": "{tmp}/features_decoded"}}
+    ),
     "max_train_samples": Probe((8,), data_shape),
     "max_eval_samples": Probe((4,), data_shape),
     "skip_bad_images": Probe((True,), data_shape, {m: {"target": "{corrupt}"} for m in MODES}),
@@ -322,10 +362,14 @@ PROBES = {
     "trade_off_warmup": Probe((0.5,), transfer_weight, {"domain": {"trade_off_schedule": "linear"}}),
     "bottleneck_dim": Probe((8,), optimizer_groups),
     "target_batch_ratio": Probe((2.0,), batch_shapes),
-    "partial_weighting": Probe(("none", "pada"), lambda run: (len(run.trainer.train_dataset.source),
-                                                              sorted(run.model.aux)), PARTIAL),
-    "pada_every": Probe((7,), lambda run: [getattr(c, "every", None) for c in run.trainer.callback_handler.callbacks],
-                        {"domain": {"label_policy": "partial", "partial_weighting": "pada"}}),
+    "partial_weighting": Probe(
+        ("none", "pada"), lambda run: (len(run.trainer.train_dataset.source), sorted(run.model.aux)), PARTIAL
+    ),
+    "pada_every": Probe(
+        (7,),
+        lambda run: [getattr(c, "every", None) for c in run.trainer.callback_handler.callbacks],
+        {"domain": {"label_policy": "partial", "partial_weighting": "pada"}},
+    ),
     "adabn": Probe((True,), batchnorm_after_finish),
     # speed and caches
     "feature_cache_dir": Probe(("{tmp}/features",), files_in("feature_cache_dir")),
@@ -333,8 +377,11 @@ PROBES = {
     "channels_last": Probe(("true",), lambda run: run.model.channels_last),
     "features_on_device": Probe(("true",), lambda run: type(run.trainer.train_dataset).__name__),
     # outputs and the Hub
-    "hub_create_pr": Probe((True,), lambda run: run.push and run.push.create_pr,
-                           {m: {"push_to_hub": True, "hub_model_id": "user/model"} for m in MODES}),
+    "hub_create_pr": Probe(
+        (True,),
+        lambda run: run.push and run.push.create_pr,
+        {m: {"push_to_hub": True, "hub_model_id": "user/model"} for m in MODES},
+    ),
     "overwrite_output_dir": Probe((True,), folder_contents, prepare=_previous_run),
     # TrainingArguments the README promises to pass through
     "learning_rate": Probe((0.01,), optimizer_groups),
@@ -431,13 +478,17 @@ def test_auto_bf16_acts_on_a_bf16_capable_gpu(tmp_path, data, monkeypatch):
     assert (resolve_precision(*on).bf16, resolve_precision(*off).bf16) == (True, False)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"max_steps": -5}, "max_steps=-5"), ({"max_steps": 0}, "max_steps=0"),
-    ({"max_steps": -1, "num_train_epochs": 0}, "num_train_epochs=0"),
-    ({"mode": "task", "method_args": {"hold": 0.1}}, "method_args"),
-    ({"mode": "feature", "backbone_lr_scale": 0.1}, "backbone_lr_scale"),
-    ({"backbone_revision": "v1"}, "backbone_revision"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"max_steps": -5}, "max_steps=-5"),
+        ({"max_steps": 0}, "max_steps=0"),
+        ({"max_steps": -1, "num_train_epochs": 0}, "num_train_epochs=0"),
+        ({"mode": "task", "method_args": {"hold": 0.1}}, "method_args"),
+        ({"mode": "feature", "backbone_lr_scale": 0.1}, "backbone_lr_scale"),
+        ({"backbone_revision": "v1"}, "backbone_revision"),
+    ],
+)
 def test_ignored_options_are_refused_before_any_work(tmp_path, data, monkeypatch, change, message):
     def no_data(*_a, **_k):
         raise AssertionError("the data was loaded before the refusal")

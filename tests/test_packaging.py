@@ -1,6 +1,7 @@
 """The wheel is what `pip install hf-transfer-learning` gives a user: it must hold every package and the
 model card template (model_cards/ sits outside hf_transfer/ in the repository), and the installed code
 must read the template from itself, not from a checkout."""
+
 from __future__ import annotations
 
 import shutil
@@ -23,8 +24,25 @@ def _build_wheel(tmp_path: Path) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-                    "-w", str(dist), str(src)], check=True, capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(dist),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     (wheel,) = dist.glob("hf_transfer_learning-*.whl")
     return wheel
 
@@ -40,10 +58,13 @@ def test_wheel_ships_every_package_and_the_card_template(tmp_path):
     # installed from the wheel (unpacked, first on sys.path), run outside the checkout
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import hf_transfer._model_cards as m; "
-            "from hf_transfer.hub import cards; print(m.__file__); print(cards.template_text(), end='')")
-    proc = subprocess.run([sys.executable, "-c", code, str(site)], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120, check=True)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import hf_transfer._model_cards as m; "
+        "from hf_transfer.hub import cards; print(m.__file__); print(cards.template_text(), end='')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(site)], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True
+    )
     location, template = proc.stdout.split("\n", 1)
     assert Path(location).is_relative_to(site)
     assert template == (ROOT / "model_cards" / "model_card.md").read_text(encoding="utf-8")

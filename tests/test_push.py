@@ -1,6 +1,7 @@
 """Push through the Hub test server with the real clients: round-trip check, one commit, card updates
 that keep hand-written text, failures that leave the remote unchanged, tokens that never leak, and
 the end-to-end loop (Hub datasets + Hub backbone -> training -> push -> fresh-cache load)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,9 +24,23 @@ from hf_transfer.hub.card_metadata import BASELINE_CONFIG
 from hf_transfer.hub.push import PushError, RoundTripError, files_to_push, push_run
 from hf_transfer.testing.hub_server import USER_TOKEN
 
-TINY = dict(image_size=32, crop_pct=1.0, augment="light", max_steps=2, per_device_train_batch_size=8,
-            max_train_samples=32, max_eval_samples=16, use_cpu=True, report_to="none", save_strategy="no",
-            eval_strategy="no", learning_rate=0.01, logging_steps=1, disable_tqdm=True, dataloader_num_workers=0)
+TINY = dict(
+    image_size=32,
+    crop_pct=1.0,
+    augment="light",
+    max_steps=2,
+    per_device_train_batch_size=8,
+    max_train_samples=32,
+    max_eval_samples=16,
+    use_cpu=True,
+    report_to="none",
+    save_strategy="no",
+    eval_strategy="no",
+    learning_rate=0.01,
+    logging_steps=1,
+    disable_tqdm=True,
+    dataloader_num_workers=0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +50,17 @@ def so_run(tmp_path_factory):
     from hf_transfer.training.run import run_transfer
 
     out = tmp_path_factory.mktemp("push_run") / "source_only"
-    a, t = arguments_from_dict(dict(mode="domain", method="source_only", backbone="test_resnet",
-                                    source="builtin:digits-printed", target="builtin:digits-handwritten",
-                                    output_dir=str(out), **TINY))
+    a, t = arguments_from_dict(
+        dict(
+            mode="domain",
+            method="source_only",
+            backbone="test_resnet",
+            source="builtin:digits-printed",
+            target="builtin:digits-handwritten",
+            output_dir=str(out),
+            **TINY,
+        )
+    )
     run_transfer(a, t)
     return out
 
@@ -64,8 +87,11 @@ def _baseline(so_run, acc=0.01):
 
 
 def _digests(folder: Path) -> dict:
-    return {p: hashlib.sha256((folder / p).read_bytes()).hexdigest() for p in files_to_push(folder)
-            if p not in ("README.md", card_inputs.CONFUSION_PNG, card_inputs.CURVES_PNG, card_inputs.CONFIG_FILE)}
+    return {
+        p: hashlib.sha256((folder / p).read_bytes()).hexdigest()
+        for p in files_to_push(folder)
+        if p not in ("README.md", card_inputs.CONFUSION_PNG, card_inputs.CURVES_PNG, card_inputs.CONFIG_FILE)
+    }
 
 
 def _state(server, repo_id="user/digits"):
@@ -81,8 +107,17 @@ def test_push_one_commit_with_card(hub_server, run_copy, so_run):
     files = hub_server.files("user/digits")
     assert sorted(files) == sorted([".gitattributes", *res.files])
     assert not [p for p in files if p.startswith(("checkpoint-", ".staging-")) or p.endswith((".bin", ".tmp"))]
-    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "results.json",
-                 "reference_predictions.json", card_inputs.CONFUSION_PNG, card_inputs.CURVES_PNG, card_inputs.CONFIG_FILE):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+        "README.md",
+        "results.json",
+        "reference_predictions.json",
+        card_inputs.CONFUSION_PNG,
+        card_inputs.CURVES_PNG,
+        card_inputs.CONFIG_FILE,
+    ):
         assert name in files, name
     assert any(p.startswith("examples/") and p.endswith(".png") for p in files)
     assert files["model.safetensors"] == (so_run / "model.safetensors").read_bytes()
@@ -98,7 +133,9 @@ def test_push_one_commit_with_card(hub_server, run_copy, so_run):
     assert any(e.metric_config == BASELINE_CONFIG and e.metric_value == 0.01 for e in evals)
     assert "/user/digits/resolve/main/examples/" in card.data.widget[0]["src"]
     # unchanged folder pushed again: nothing new is committed
-    assert push_run(run_copy, "user/digits", baseline_results=_baseline(so_run)).commit_oid == hub_server.head("user/digits")
+    assert push_run(run_copy, "user/digits", baseline_results=_baseline(so_run)).commit_oid == hub_server.head(
+        "user/digits"
+    )
     assert len(HfApi().list_repo_commits("user/digits")) == 2
 
 
@@ -107,8 +144,13 @@ def test_branch_and_pull_request(hub_server, run_copy):
     res = push_run(run_copy, "user/digits", revision="exp", private=True)
     assert res.revision == "exp" and hub_server.head("user/digits", revision="exp") == res.commit_oid
     assert 'revision="exp"' in hub_server.files("user/digits", revision="exp")["README.md"].decode()
-    pr = push_run(run_copy, "user/digits", create_pr=True, commit_message="Update from a PR",
-                  baseline_results={"metrics": {"target": {"accuracy": 0.03}}})
+    pr = push_run(
+        run_copy,
+        "user/digits",
+        create_pr=True,
+        commit_message="Update from a PR",
+        baseline_results={"metrics": {"target": {"accuracy": 0.03}}},
+    )
     assert pr.pr_url.endswith("/discussions/1") and pr.revision == "refs/pr/1"
     assert HfApi().list_repo_commits("user/digits", revision="refs/pr/1")[0].title == "Update from a PR"
     assert "value: 0.03\n" in hub_server.files("user/digits", revision="refs/pr/1")["README.md"].decode()
@@ -141,8 +183,11 @@ def test_round_trip_mismatch_pushes_nothing(hub_server, run_copy):
         push_run(run_copy, "user/digits")
 
 
-@pytest.mark.parametrize("fault", [dict(point="lfs_upload", status=500, times=None),
-                                   dict(point="commit", drop=True)], ids=["lfs-5xx", "dropped-commit"])
+@pytest.mark.parametrize(
+    "fault",
+    [dict(point="lfs_upload", status=500, times=None), dict(point="commit", drop=True)],
+    ids=["lfs-5xx", "dropped-commit"],
+)
 def test_failed_push_leaves_remote_unchanged_and_rerun_completes(hub_server, run_copy, fault):
     api = HfApi()
     api.create_repo("digits")
@@ -168,11 +213,17 @@ def test_repush_keeps_hand_written_sections(hub_server, run_copy):
     api = HfApi()
     push_run(run_copy, "user/digits")
     remote = hub_server.files("user/digits")["README.md"].decode()
-    edited = remote.replace("<!-- hf-transfer:begin method -->",
-                            "## Team notes\n\nValidated on our lab images.\n\n<!-- hf-transfer:begin method -->")
+    edited = remote.replace(
+        "<!-- hf-transfer:begin method -->",
+        "## Team notes\n\nValidated on our lab images.\n\n<!-- hf-transfer:begin method -->",
+    )
     edited = edited.replace("pipeline_tag: image-classification", "pipeline_tag: image-classification\nlanguage: en")
-    api.upload_file(path_or_fileobj=edited.encode(), path_in_repo="README.md", repo_id="user/digits",
-                    commit_message="Edit the card by hand")
+    api.upload_file(
+        path_or_fileobj=edited.encode(),
+        path_in_repo="README.md",
+        repo_id="user/digits",
+        commit_message="Edit the card by hand",
+    )
     res = push_run(run_copy, "user/digits", baseline_results={"metrics": {"target": {"accuracy": 0.02}}})
     card = hub_server.files("user/digits")["README.md"].decode()
     assert "## Team notes\n\nValidated on our lab images." in card
@@ -193,14 +244,19 @@ def test_tokens_never_leak(hub_server, hub_subprocess_env, run_copy, capfd, capl
     Path(env["HF_HOME"]).mkdir(parents=True, exist_ok=True)
     (Path(env["HF_HOME"]) / "token").write_text(USER_TOKEN)
     env.update(HF_HUB_VERBOSITY="debug", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    proc = subprocess.run([sys.executable, "-m", "hf_transfer.cli", "push", str(run_copy), "user/digits", "--private"],
-                          env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hf_transfer.cli", "push", str(run_copy), "user/digits", "--private"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Pushed" in proc.stdout and HfApi().model_info("user/digits").private
     # 2. from HF_TOKEN (set by the fixture) and 3. an explicit token with nothing in the environment
     logging.getLogger("huggingface_hub").setLevel(logging.DEBUG)
     assert os.environ["HF_TOKEN"] == USER_TOKEN
-    push_run(run_copy, "user/digits", revision="from-env", baseline_results={"metrics": {"target": {"accuracy": .5}}})
+    push_run(run_copy, "user/digits", revision="from-env", baseline_results={"metrics": {"target": {"accuracy": 0.5}}})
     monkeypatch.delenv("HF_TOKEN")
     res = push_run(run_copy, "user/digits", token=USER_TOKEN, revision="explicit")
     assert res.revision == "explicit"
@@ -211,8 +267,14 @@ def test_tokens_never_leak(hub_server, hub_subprocess_env, run_copy, capfd, capl
     assert hub_server.head("user/digits") == head
 
     out = capfd.readouterr()
-    haystacks = {"child stdout": proc.stdout, "child stderr": proc.stderr, "stdout": out.out, "stderr": out.err,
-                 "logs": caplog.text, "server requests": json.dumps(hub_server.requests)}
+    haystacks = {
+        "child stdout": proc.stdout,
+        "child stderr": proc.stderr,
+        "stdout": out.out,
+        "stderr": out.err,
+        "logs": caplog.text,
+        "server requests": json.dumps(hub_server.requests),
+    }
     login_cache = Path(env["HF_HOME"]) / "token"
     for base in (run_copy, hub_server.root, Path(os.environ["HF_HOME"]), Path(env["HF_HOME"])):
         for p in Path(base).rglob("*"):
@@ -248,14 +310,27 @@ def test_end_to_end_hub_datasets_backbone_train_push_and_fresh_load(hub_server, 
     api.create_repo("tiny-backbone")
     base_card = "---\nlicense: apache-2.0\nlibrary_name: transformers\n---\n# a source-only backbone\n"
     (tmp_path / "README.md").write_text(base_card)
-    api.upload_folder(folder_path=so_run, repo_id="user/tiny-backbone",
-                      allow_patterns=["config.json", "model.safetensors", "preprocessor_config.json"])
+    api.upload_folder(
+        folder_path=so_run,
+        repo_id="user/tiny-backbone",
+        allow_patterns=["config.json", "model.safetensors", "preprocessor_config.json"],
+    )
     api.upload_file(path_or_fileobj=base_card.encode(), path_in_repo="README.md", repo_id="user/tiny-backbone")
 
     out = tmp_path / "adapted"
-    a, t = arguments_from_dict(dict(mode="domain", method="dann", backbone="user/tiny-backbone",
-                                    source="user/digits-printed", target="user/digits-handwritten",
-                                    output_dir=str(out), push_to_hub=True, hub_model_id="user/adapted", **TINY))
+    a, t = arguments_from_dict(
+        dict(
+            mode="domain",
+            method="dann",
+            backbone="user/tiny-backbone",
+            source="user/digits-printed",
+            target="user/digits-handwritten",
+            output_dir=str(out),
+            push_to_hub=True,
+            hub_model_id="user/adapted",
+            **TINY,
+        )
+    )
     results = run_transfer(a, t)
     assert results["base_model"] == "user/tiny-backbone"
     files = hub_server.files("user/adapted")
@@ -267,7 +342,8 @@ def test_end_to_end_hub_datasets_backbone_train_push_and_fresh_load(hub_server, 
     assert meta.datasets == ["user/digits-printed", "user/digits-handwritten"]
     assert {e.dataset_type for e in meta.eval_results} == {"user/digits-printed", "user/digits-handwritten"}
 
-    proc = run_with_hub("""
+    proc = run_with_hub(
+        """
         import json, re
         import torch
         from huggingface_hub import hf_hub_download
@@ -290,7 +366,9 @@ def test_end_to_end_hub_datasets_backbone_train_push_and_fresh_load(hub_server, 
         for code in blocks:
             exec(compile(code, "card", "exec"), {})
         print("WORST", worst)
-    """, timeout=240)
+    """,
+        timeout=240,
+    )
     worst = float(proc.stdout.split("WORST")[-1])
     assert worst < 1e-4, proc.stdout
 
@@ -302,9 +380,19 @@ def test_training_push_can_open_a_pull_request(hub_server, run_copy, tmp_path):
 
     push_run(run_copy, "user/pr-target")
     main_head = hub_server.head("user/pr-target")
-    a, t = arguments_from_dict(dict(mode="task", method="full", backbone="test_resnet",
-                                    target="builtin:digits-handwritten", output_dir=str(tmp_path / "pr"),
-                                    push_to_hub=True, hub_model_id="user/pr-target", hub_create_pr=True, **TINY))
+    a, t = arguments_from_dict(
+        dict(
+            mode="task",
+            method="full",
+            backbone="test_resnet",
+            target="builtin:digits-handwritten",
+            output_dir=str(tmp_path / "pr"),
+            push_to_hub=True,
+            hub_model_id="user/pr-target",
+            hub_create_pr=True,
+            **TINY,
+        )
+    )
     run_transfer(a, t)
     assert hub_server.head("user/pr-target") == main_head
     assert "model.safetensors" in hub_server.files("user/pr-target", revision="refs/pr/1")
@@ -330,16 +418,31 @@ def _cli(capsys, *args) -> tuple[int, list[str], str]:
 
 
 HUB_FAILURES = {  # case -> (HF_TOKEN, repo id, fault, expected error line)
-    "401-bad-token": ("hf_not_a_valid_token_0123456789", "user/digits", None,
-                      r"Push to user/digits failed: the Hub at \S+ answered 401 .*Invalid credentials.*HF_TOKEN"),
+    "401-bad-token": (
+        "hf_not_a_valid_token_0123456789",
+        "user/digits",
+        None,
+        r"Push to user/digits failed: the Hub at \S+ answered 401 .*Invalid credentials.*HF_TOKEN",
+    ),
     "403-other-namespace": (USER_TOKEN, "other/digits", None, r"answered 403 .*no write access"),
-    "404": (USER_TOKEN, "user/digits", dict(point="repo_info", status=404, code="RepoNotFound",
-                                            message="Repository not found", times=None),
-            r"answered 404 .*Repository not found.*check the repo id"),
-    "503": (USER_TOKEN, "user/digits", dict(point="repo_info", status=503, times=None),
-            r"answered 503 .*run the same command again later"),
-    "server-down": (USER_TOKEN, "user/digits", "stop",
-                    r"cannot reach the Hub at http://127\.0\.0\.1:\d+ .*HF_ENDPOINT"),
+    "404": (
+        USER_TOKEN,
+        "user/digits",
+        dict(point="repo_info", status=404, code="RepoNotFound", message="Repository not found", times=None),
+        r"answered 404 .*Repository not found.*check the repo id",
+    ),
+    "503": (
+        USER_TOKEN,
+        "user/digits",
+        dict(point="repo_info", status=503, times=None),
+        r"answered 503 .*run the same command again later",
+    ),
+    "server-down": (
+        USER_TOKEN,
+        "user/digits",
+        "stop",
+        r"cannot reach the Hub at http://127\.0\.0\.1:\d+ .*HF_ENDPOINT",
+    ),
 }
 
 
@@ -377,6 +480,7 @@ def test_failed_commit_deletes_the_repo_or_branch_it_created(hub_server, run_cop
         push_run(run_copy, "user/digits")
     before = _state(hub_server) if case == "new-branch" else None
     if case == "cleanup-fails":
+
         def refuse(*args, **kwargs):
             raise httpx2.ConnectError("connection refused")
 

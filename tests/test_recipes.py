@@ -19,18 +19,45 @@ from hf_transfer.training.run import run_transfer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE, TARGET = "builtin:digits-printed", "builtin:digits-handwritten"
-TINY = {"backbone": "test_resnet", "source": SOURCE, "target": TARGET, "image_size": 32, "crop_pct": 1.0,
-        "augment": "light", "max_steps": 6, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 32,
-        "max_train_samples": 48, "max_eval_samples": 24, "use_cpu": True, "report_to": "none",
-        "eval_strategy": "no", "learning_rate": 0.05, "optim": "sgd", "seed": 3, "disable_tqdm": True,
-        "dataloader_num_workers": 0}
-MODES = [("feature", "linear", {}), ("domain", "dann", {"method_args": {"hold": 0.0}}),
-         ("task", "partial", {"freeze": "stem", "backbone_lr_scale": 0.1})]
+TINY = {
+    "backbone": "test_resnet",
+    "source": SOURCE,
+    "target": TARGET,
+    "image_size": 32,
+    "crop_pct": 1.0,
+    "augment": "light",
+    "max_steps": 6,
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 32,
+    "max_train_samples": 48,
+    "max_eval_samples": 24,
+    "use_cpu": True,
+    "report_to": "none",
+    "eval_strategy": "no",
+    "learning_rate": 0.05,
+    "optim": "sgd",
+    "seed": 3,
+    "disable_tqdm": True,
+    "dataloader_num_workers": 0,
+}
+MODES = [
+    ("feature", "linear", {}),
+    ("domain", "dann", {"method_args": {"hold": 0.0}}),
+    ("task", "partial", {"freeze": "stem", "backbone_lr_scale": 0.1}),
+]
 
 
 def _config(tmp_path, mode, method, extra, **overrides) -> str:
-    cfg = {**TINY, "mode": mode, "method": method, **extra, "output_dir": str(tmp_path / mode),
-           "save_strategy": "steps", "save_steps": 2, **overrides}
+    cfg = {
+        **TINY,
+        "mode": mode,
+        "method": method,
+        **extra,
+        "output_dir": str(tmp_path / mode),
+        "save_strategy": "steps",
+        "save_steps": 2,
+        **overrides,
+    }
     if mode == "feature":  # no augmentation acts on cached features (refused there)
         cfg.pop("augment")
     path = tmp_path / f"{mode}.yaml"
@@ -69,8 +96,21 @@ def test_plan_refuses_unknown_builtin_names(capsys):
     known = "builtin:digits-blended, builtin:digits-handwritten, builtin:digits-printed"
     with pytest.raises(TransferConfigError, match=rf"unknown built-in domain 'digits-handwrittn'.*{known}"):
         parse_dataset_spec("builtin:digits-handwrittn#test")
-    argv = ["plan", "--mode", "domain", "--method", "dann", "--backbone", "test_resnet",
-            "--source", "builtin:digits-printd", "--target", TARGET, "--output_dir", "unused"]
+    argv = [
+        "plan",
+        "--mode",
+        "domain",
+        "--method",
+        "dann",
+        "--backbone",
+        "test_resnet",
+        "--source",
+        "builtin:digits-printd",
+        "--target",
+        TARGET,
+        "--output_dir",
+        "unused",
+    ]
     assert cli_main(argv) == 2
     assert "unknown built-in domain 'digits-printd'" in capsys.readouterr().err
 
@@ -104,8 +144,20 @@ def test_config_errors_name_the_key(tmp_path):
 
 def test_flags_override_config(tmp_path):
     path = _config(tmp_path, "domain", "dann", {})
-    transfer_args, training_args = parse_args(["--config", path, "--learning_rate", "0.3", "--method", "mcc",
-                                               "--method_args", '{"temperature": 1.0}', "--warmup_steps", "0.1"])
+    transfer_args, training_args = parse_args(
+        [
+            "--config",
+            path,
+            "--learning_rate",
+            "0.3",
+            "--method",
+            "mcc",
+            "--method_args",
+            '{"temperature": 1.0}',
+            "--warmup_steps",
+            "0.1",
+        ]
+    )
     assert training_args.learning_rate == 0.3 and transfer_args.method == "mcc"
     assert transfer_args.method_args == {"temperature": 1.0} and training_args.max_steps == 6
     assert training_args.warmup_steps == 0.1  # every TrainingArguments field is accepted as-is
@@ -156,8 +208,7 @@ def test_resume_matches_uninterrupted(tmp_path, mode, method, extra):
     with pytest.raises(KeyboardInterrupt):
         run_transfer(*arguments_from_dict({**base, "output_dir": crashed_dir}), callbacks=[_KillAt(5)])
     assert os.path.isdir(os.path.join(crashed_dir, "checkpoint-4"))
-    resumed = run_transfer(*arguments_from_dict({**base, "output_dir": crashed_dir,
-                                                 "resume_from_checkpoint": "last"}))
+    resumed = run_transfer(*arguments_from_dict({**base, "output_dir": crashed_dir, "resume_from_checkpoint": "last"}))
     assert resumed["metrics"]["target"]["accuracy"] == full["metrics"]["target"]["accuracy"]
     assert resumed["metrics"]["target"]["confusion_matrix"] == full["metrics"]["target"]["confusion_matrix"]
     a, b = _weights(tmp_path / "full"), _weights(crashed_dir)
@@ -185,11 +236,13 @@ def test_kill_dash_nine_and_resume(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "results.json").exists()
-    resumed = subprocess.run(cmd + ["--resume_from_checkpoint", "last"], env=_env(), capture_output=True,
-                             text=True, timeout=300)
+    resumed = subprocess.run(
+        cmd + ["--resume_from_checkpoint", "last"], env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    reference = run_transfer(*arguments_from_dict({**yaml.safe_load(open(path)),
-                                                   "output_dir": str(tmp_path / "reference")}))
+    reference = run_transfer(
+        *arguments_from_dict({**yaml.safe_load(open(path)), "output_dir": str(tmp_path / "reference")})
+    )
     got = json.load(open(out / "results.json"))
     assert got["metrics"]["target"]["confusion_matrix"] == reference["metrics"]["target"]["confusion_matrix"]
 
@@ -199,9 +252,23 @@ def test_kill_dash_nine_and_resume(tmp_path):
 def test_two_process_ddp(tmp_path, mode, method, extra):
     """accelerate launch --multi_gpu --num_processes 2 on CPU (gloo): a real 2-process run."""
     path = _config(tmp_path, mode, method, extra, save_strategy="no", max_steps=3)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           os.path.join(ROOT, "recipes", "train.py"), "--config", path]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        os.path.join(ROOT, "recipes", "train.py"),
+        "--config",
+        path,
+    ]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.load(open(tmp_path / mode / "results.json"))
@@ -222,26 +289,50 @@ def test_feature_cache_sharded_under_two_process_ddp(tmp_path):
 
     cache = tmp_path / "ddp_cache"
     path = _config(tmp_path, "feature", "linear", {"feature_cache_dir": str(cache)}, save_strategy="no", max_steps=2)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           os.path.join(ROOT, "recipes", "train.py"), "--config", path]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        os.path.join(ROOT, "recipes", "train.py"),
+        "--config",
+        path,
+    ]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-4000:]
     assert json.load(open(tmp_path / "feature" / "results.json"))["hyperparameters"]["world_size"] == 2
     assert not [p.name for p in cache.iterdir() if p.name.startswith(".")]  # no shard or staging folder left
     # one process, another cache folder: the same keys (the world size is not part of them), same features
-    ref = prepare_run(*arguments_from_dict({**yaml.safe_load(open(path)), "feature_cache_dir": str(tmp_path / "ref"),
-                                            "output_dir": str(tmp_path / "ref_out")}))
-    assert len(ref.mode.cache_files) == 3 and sorted(p.name for p in cache.iterdir()) == \
-        sorted(os.path.basename(p) for p in ref.mode.cache_files.values())
+    ref = prepare_run(
+        *arguments_from_dict(
+            {
+                **yaml.safe_load(open(path)),
+                "feature_cache_dir": str(tmp_path / "ref"),
+                "output_dir": str(tmp_path / "ref_out"),
+            }
+        )
+    )
+    assert len(ref.mode.cache_files) == 3 and sorted(p.name for p in cache.iterdir()) == sorted(
+        os.path.basename(p) for p in ref.mode.cache_files.values()
+    )
     for split, ref_path in ref.mode.cache_files.items():
         ddp_path = str(cache / os.path.basename(ref_path))
         meta = FeatureCache.meta(ddp_path)
         n = meta["num_rows"]
         assert meta["world_size"] == 2 and n == (48 if split == "train" else 24)
         # rank r extracted exactly rows [r n / 2, (r + 1) n / 2), in its own process
-        assert [(s["rank"], s["start"], s["stop"], s["rows_extracted"]) for s in meta["shards"]] == \
-            [(0, 0, n // 2, n // 2), (1, n // 2, n, n - n // 2)]
+        assert [(s["rank"], s["start"], s["stop"], s["rows_extracted"]) for s in meta["shards"]] == [
+            (0, 0, n // 2, n // 2),
+            (1, n // 2, n, n - n // 2),
+        ]
         assert len({s["pid"] for s in meta["shards"]}) == 2
         (ddp_f, ddp_y), (one_f, one_y) = FeatureCache.load(ddp_path), FeatureCache.load(ref_path)
         np.testing.assert_allclose(ddp_f, one_f, rtol=1e-5, atol=1e-6, err_msg=split)
@@ -252,9 +343,22 @@ def test_feature_cache_sharded_under_two_process_ddp(tmp_path):
 def test_every_domain_method_under_two_process_ddp(tmp_path):
     from hf_transfer.methods.domain import LOSSES
 
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           os.path.join(ROOT, "tests", "ddp_all_methods.py"), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        os.path.join(ROOT, "tests", "ddp_all_methods.py"),
+        str(tmp_path),
+    ]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     for method in LOSSES:
@@ -266,8 +370,14 @@ def test_every_domain_method_under_two_process_ddp(tmp_path):
     assert shared["partial_weighting"]["updates"] == 1  # PADA estimate at step 1 of 2, on both processes
 
 
-SHARED_OPTIONS = {"bottleneck_dim": 16, "target_batch_ratio": 1.5, "trade_off_schedule": "linear",
-                  "trade_off_warmup": 0.5, "partial_weighting": "pada", "pada_every": 2}
+SHARED_OPTIONS = {
+    "bottleneck_dim": 16,
+    "target_batch_ratio": 1.5,
+    "trade_off_schedule": "linear",
+    "trade_off_warmup": 0.5,
+    "partial_weighting": "pada",
+    "pada_every": 2,
+}
 
 
 def test_shared_domain_options_parse_from_yaml_and_flags(tmp_path):
@@ -277,20 +387,45 @@ def test_shared_domain_options_parse_from_yaml_and_flags(tmp_path):
         assert getattr(transfer_args, key) == value, key
     # trade_off_warmup and pada_every back to their defaults: they act only with the linear schedule and
     # with pada (refused otherwise)
-    transfer_args, _ = parse_args(["--config", path, "--trade_off_schedule", "dann", "--bottleneck_dim", "32",
-                                   "--target_batch_ratio", "0.5", "--partial_weighting", "exclude",
-                                   "--trade_off_warmup", "0.1", "--pada_every", "100"])
-    assert (transfer_args.trade_off_schedule, transfer_args.bottleneck_dim, transfer_args.target_batch_ratio,
-            transfer_args.partial_weighting) == ("dann", 32, 0.5, "exclude")
+    transfer_args, _ = parse_args(
+        [
+            "--config",
+            path,
+            "--trade_off_schedule",
+            "dann",
+            "--bottleneck_dim",
+            "32",
+            "--target_batch_ratio",
+            "0.5",
+            "--partial_weighting",
+            "exclude",
+            "--trade_off_warmup",
+            "0.1",
+            "--pada_every",
+            "100",
+        ]
+    )
+    assert (
+        transfer_args.trade_off_schedule,
+        transfer_args.bottleneck_dim,
+        transfer_args.target_batch_ratio,
+        transfer_args.partial_weighting,
+    ) == ("dann", 32, 0.5, "exclude")
     defaults, _ = arguments_from_dict({**TINY, "mode": "domain", "method": "dan", "output_dir": "x"})
-    assert (defaults.trade_off_schedule, defaults.bottleneck_dim, defaults.target_batch_ratio,
-            defaults.partial_weighting) == ("constant", None, 1.0, "exclude")
-    bad = [({"trade_off_schedule": "cosine"}, "trade_off_schedule='cosine'"),
-           ({"trade_off_warmup": 0.0}, "trade_off_warmup"),
-           ({"bottleneck_dim": 0}, "bottleneck_dim"),
-           ({"target_batch_ratio": -1.0}, "target_batch_ratio"),
-           ({"partial_weighting": "soft"}, "partial_weighting='soft'"),
-           ({"pada_every": 0}, "pada_every")]
+    assert (
+        defaults.trade_off_schedule,
+        defaults.bottleneck_dim,
+        defaults.target_batch_ratio,
+        defaults.partial_weighting,
+    ) == ("constant", None, 1.0, "exclude")
+    bad = [
+        ({"trade_off_schedule": "cosine"}, "trade_off_schedule='cosine'"),
+        ({"trade_off_warmup": 0.0}, "trade_off_warmup"),
+        ({"bottleneck_dim": 0}, "bottleneck_dim"),
+        ({"target_batch_ratio": -1.0}, "target_batch_ratio"),
+        ({"partial_weighting": "soft"}, "partial_weighting='soft'"),
+        ({"pada_every": 0}, "pada_every"),
+    ]
     for extra, message in bad:
         with pytest.raises(TransferConfigError, match=message):
             parse_args(["--config", _config(tmp_path, "domain", "dann", extra)])
@@ -300,14 +435,20 @@ def test_shared_domain_options_parse_from_yaml_and_flags(tmp_path):
 
 def test_resume_matches_uninterrupted_with_shared_domain_options(tmp_path):
     """Bottleneck, batch ratio, trade-off schedule and PADA weights all come back exactly on resume."""
-    base = {**TINY, "mode": "domain", "method": "dann", "method_args": {"hold": 0.0}, **SHARED_OPTIONS,
-            "save_strategy": "steps", "save_steps": 2}
+    base = {
+        **TINY,
+        "mode": "domain",
+        "method": "dann",
+        "method_args": {"hold": 0.0},
+        **SHARED_OPTIONS,
+        "save_strategy": "steps",
+        "save_steps": 2,
+    }
     full = run_transfer(*arguments_from_dict({**base, "output_dir": str(tmp_path / "full")}))
     crashed_dir = str(tmp_path / "crashed")
     with pytest.raises(KeyboardInterrupt):
         run_transfer(*arguments_from_dict({**base, "output_dir": crashed_dir}), callbacks=[_KillAt(5)])
-    resumed = run_transfer(*arguments_from_dict({**base, "output_dir": crashed_dir,
-                                                 "resume_from_checkpoint": "last"}))
+    resumed = run_transfer(*arguments_from_dict({**base, "output_dir": crashed_dir, "resume_from_checkpoint": "last"}))
     assert full["partial_weighting"]["updates"] == 2  # estimates at steps 2 and 4
     assert resumed["partial_weighting"]["class_weights"] == full["partial_weighting"]["class_weights"]
     assert resumed["metrics"]["target"]["confusion_matrix"] == full["metrics"]["target"]["confusion_matrix"]

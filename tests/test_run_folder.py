@@ -1,6 +1,7 @@
 """An output folder holds one run: another run's folder is refused before any work, resume only continues
 the run that wrote the checkpoint, --overwrite_output_dir clears the old outputs, and no secret is ever
 written to disk (issue "Nothing silent", items 1, 4, 9 and 13)."""
+
 from __future__ import annotations
 
 import json
@@ -14,11 +15,28 @@ from hf_transfer.errors import TransferConfigError
 from hf_transfer.training.run import run_transfer
 from hf_transfer.training.run_folder import IDENTITY_FILE
 
-TINY = dict(mode="task", method="full", backbone="test_resnet", target="builtin:digits-handwritten",
-            image_size=32, crop_pct=1.0, augment="light", max_steps=4, per_device_train_batch_size=8,
-            max_train_samples=32, max_eval_samples=16, use_cpu=True, report_to="none", save_strategy="steps",
-            save_steps=2, eval_strategy="no", learning_rate=0.01, logging_steps=1, disable_tqdm=True,
-            dataloader_num_workers=0)
+TINY = dict(
+    mode="task",
+    method="full",
+    backbone="test_resnet",
+    target="builtin:digits-handwritten",
+    image_size=32,
+    crop_pct=1.0,
+    augment="light",
+    max_steps=4,
+    per_device_train_batch_size=8,
+    max_train_samples=32,
+    max_eval_samples=16,
+    use_cpu=True,
+    report_to="none",
+    save_strategy="steps",
+    save_steps=2,
+    eval_strategy="no",
+    learning_rate=0.01,
+    logging_steps=1,
+    disable_tqdm=True,
+    dataloader_num_workers=0,
+)
 
 
 def _run(out, **overrides):
@@ -51,7 +69,9 @@ def test_another_runs_folder_is_refused_before_any_work(run_a, monkeypatch):
     import hf_transfer.training.run as run_module
 
     monkeypatch.setattr(run_module, "load_transfer_data", lambda *a, **k: pytest.fail("data loaded before the check"))
-    with pytest.raises(TransferConfigError, match=r"different run.*learning_rate: 0\.01 -> 0\.05.*overwrite_output_dir"):
+    with pytest.raises(
+        TransferConfigError, match=r"different run.*learning_rate: 0\.01 -> 0\.05.*overwrite_output_dir"
+    ):
         _run(run_a, learning_rate=0.05)
     # resuming the other run's checkpoint names the argument that differs
     with pytest.raises(TransferConfigError, match=r"checkpoint-4.*different run.*learning_rate: 0\.01 -> 0\.05"):
@@ -129,8 +149,10 @@ def test_output_dir_problems_are_caught_before_loading(tmp_path, monkeypatch):
 
 def test_command_line_is_strict(tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text("mode: task\nbackbone: test_resnet\ntarget: builtin:digits-handwritten\n"
-                      f"output_dir: {tmp_path / 'out'}\nmax_steps: 3\n")
+    config.write_text(
+        "mode: task\nbackbone: test_resnet\ntarget: builtin:digits-handwritten\n"
+        f"output_dir: {tmp_path / 'out'}\nmax_steps: 3\n"
+    )
     args, training_args = parse_args([f"--config={config}", "--learning_rate", "0.5"])
     assert args.mode == "task" and training_args.max_steps == 3 and training_args.learning_rate == 0.5
     with pytest.raises(TransferConfigError, match="--max_step"):  # no argparse abbreviations
@@ -145,8 +167,15 @@ def test_no_token_in_any_written_file(source, hub_server, tmp_path, caplog, capf
     from hf_transfer.testing.hub_server import USER_TOKEN
 
     out = tmp_path / "out"
-    argv = [f"--{k}={v}" for k, v in {**TINY, "output_dir": out, "push_to_hub": True,
-                                      "hub_model_id": f"user/token-{source.strip('-').replace(' ', '-')}"}.items()]
+    argv = [
+        f"--{k}={v}"
+        for k, v in {
+            **TINY,
+            "output_dir": out,
+            "push_to_hub": True,
+            "hub_model_id": f"user/token-{source.strip('-').replace(' ', '-')}",
+        }.items()
+    ]
     if source != "HF_TOKEN":
         monkeypatch.delenv("HF_TOKEN", raising=False)
     if source == "--hub_token":

@@ -55,13 +55,20 @@ def _images(n: int, h: int = 30, w: int = 40) -> datasets.Dataset:
 
 
 def test_channels_last_values_and_auto():
-    assert [normalize_auto_flag(v) for v in (True, "True", "auto", "off", False, "1")] == \
-        ["true", "true", "auto", "false", "false", "true"]
+    assert [normalize_auto_flag(v) for v in (True, "True", "auto", "off", False, "1")] == [
+        "true",
+        "true",
+        "auto",
+        "false",
+        "false",
+        "true",
+    ]
     with pytest.raises(TransferConfigError, match="channels_last"):
         normalize_auto_flag("sometimes")
     with pytest.raises(TransferConfigError, match="channels_last"):
-        arguments_from_dict({"mode": "task", "backbone": "test_resnet", "target": TARGET, "output_dir": "x",
-                             "channels_last": "maybe"})
+        arguments_from_dict(
+            {"mode": "task", "backbone": "test_resnet", "target": TARGET, "output_dir": "x", "channels_last": "maybe"}
+        )
     convnet = load_backbone("test_resnet", NAMES, image_size=32).model
     vit = load_backbone("test_vit", NAMES).model
     assert is_convolutional(convnet) and not is_convolutional(vit)
@@ -88,8 +95,18 @@ def test_channels_last_same_logits_on_cpu():
 
 def test_channels_last_run_is_recorded_and_trains_the_same(tmp_path):
     """A task run with channels_last=true (checkpoints included) matches the default run."""
-    run_transfer(*arguments_from_dict(tiny(tmp_path, mode="task", channels_last=True, save_strategy="steps",
-                                                save_steps=2, output_dir=str(tmp_path / "on"))))
+    run_transfer(
+        *arguments_from_dict(
+            tiny(
+                tmp_path,
+                mode="task",
+                channels_last=True,
+                save_strategy="steps",
+                save_steps=2,
+                output_dir=str(tmp_path / "on"),
+            )
+        )
+    )
     saved = json.loads((tmp_path / "on" / "results.json").read_text())
     assert saved["arguments"]["channels_last"] == "true" and saved["speed"]["channels_last"] is True
     assert os.path.isdir(tmp_path / "on" / "checkpoint-2")  # safetensors checkpoint of NHWC weights
@@ -111,8 +128,7 @@ def test_extraction_channels_last_and_compile_give_the_same_features(tmp_path):
     ref, _ = extract_features(backbone, ds, batch_size=4)
     set_memory_format(backbone.model, True)
     try:
-        got, _ = extract_features(backbone, ds, batch_size=4, channels_last=True,
-                                  compile_options={"backend": "eager"})
+        got, _ = extract_features(backbone, ds, batch_size=4, channels_last=True, compile_options={"backend": "eager"})
     finally:
         set_memory_format(backbone.model, False)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
@@ -138,8 +154,9 @@ def test_feature_cache_is_memory_mapped(tmp_path):
     torch.testing.assert_close(feats, ref, rtol=1e-5, atol=1e-6)
     assert labels.tolist() == ref_y.tolist()
     meta = FeatureCache.meta(path)
-    assert meta["world_size"] == 1 and [(s["start"], s["stop"], s["rows_extracted"]) for s in meta["shards"]] == \
-        [(0, 7, 7)]
+    assert meta["world_size"] == 1 and [(s["start"], s["stop"], s["rows_extracted"]) for s in meta["shards"]] == [
+        (0, 7, 7)
+    ]
     assert sorted(os.listdir(tmp_path / "f")) == [os.path.basename(path)]  # no staging litter
     # a hit returns tensors over the file's pages (no copy into RAM)
     again, _, _ = cache.get_or_compute(backbone, ds, "train", batch_size=3, weights_hash="w")
@@ -154,8 +171,9 @@ def test_feature_mode_reads_rows_from_the_memmap(tmp_path):
     batch = next(iter(run.trainer.get_train_dataloader()))
     assert batch["features"].shape == (16, run.backbone.feature_dim) and batch["labels"].dtype == torch.long
     rows = train.__getitems__([3, 0, 5])
-    torch.testing.assert_close(torch.stack([r["features"] for r in rows]),
-                               torch.from_numpy(np.array(train.memmap[[3, 0, 5]])))
+    torch.testing.assert_close(
+        torch.stack([r["features"] for r in rows]), torch.from_numpy(np.array(train.memmap[[3, 0, 5]]))
+    )
 
 
 def test_shard_bounds_cover_every_row_once():
@@ -184,11 +202,15 @@ def test_mode_decodes_with_dataloader_workers(tmp_path, monkeypatch):
     ds = _images(7, 24, 30)
 
     def fake_mode(workers, cache):
-        training_args = SimpleNamespace(dataloader_num_workers=workers,
-                                        main_process_first=lambda desc: contextlib.nullcontext())
+        training_args = SimpleNamespace(
+            dataloader_num_workers=workers, main_process_first=lambda desc: contextlib.nullcontext()
+        )
         backbone = SimpleNamespace(data_config=DataConfig(input_size=(3, 16, 16)))
-        return SimpleNamespace(training_args=training_args, backbone=backbone,
-                               args=SimpleNamespace(decoded_cache_dir=str(tmp_path / cache)))
+        return SimpleNamespace(
+            training_args=training_args,
+            backbone=backbone,
+            args=SimpleNamespace(decoded_cache_dir=str(tmp_path / cache)),
+        )
 
     for kind in ("train", "eval"):
         one = common._decoded(fake_mode(0, "one"), ds, kind)
@@ -210,8 +232,9 @@ def test_features_on_device_trains_the_same_head(tmp_path):
         arguments_from_dict(tiny(tmp_path, mode="feature", features_on_device="gpu"))
     runs = {}
     for flag in ("true", "false"):
-        args, targs = arguments_from_dict(tiny(tmp_path, mode="feature", features_on_device=flag, max_steps=6,
-                                               output_dir=str(tmp_path / flag)))
+        args, targs = arguments_from_dict(
+            tiny(tmp_path, mode="feature", features_on_device=flag, max_steps=6, output_dir=str(tmp_path / flag))
+        )
         run = prepare_run(args, targs)
         train = run.trainer.train_dataset
         assert isinstance(train, RowIndexDataset) == (flag == "true")
@@ -221,6 +244,7 @@ def test_features_on_device_trains_the_same_head(tmp_path):
         results = run_transfer(args, targs)
         assert results["features_on_device"] is (flag == "true")
         from safetensors.torch import load_file
+
         runs[flag] = (load_file(os.path.join(tmp_path, flag, "model.safetensors")), results["metrics"])
     for key, value in runs["true"][0].items():
         torch.testing.assert_close(value, runs["false"][0][key], msg=key)

@@ -56,8 +56,17 @@ def test_freeze_errors_name_the_entry(tmp_path):
 def test_transformers_module_name_patterns():
     from transformers import ViTConfig, ViTForImageClassification
 
-    model = ViTForImageClassification(ViTConfig(hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
-                                                 intermediate_size=16, image_size=16, patch_size=8, num_labels=3))
+    model = ViTForImageClassification(
+        ViTConfig(
+            hidden_size=16,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=16,
+            image_size=16,
+            patch_size=8,
+            num_labels=3,
+        )
+    )
     bb = Backbone(model=model, model_id="tiny-vit", library="transformers", data_config=DataConfig())
     groups = bb.param_groups()
     assert list(groups)[:2] == ["stem", "stage_0"] and list(groups)[-1] == "head"
@@ -98,8 +107,16 @@ class Recorder(TrainerCallback):
 def _unfreeze_run(tmp_path, out, **overrides):
     # augment="none": with random augmentation a mid-epoch resume is not bit-exact in this stack (the RNG state
     # is saved after accelerate's loader has prefetched the next batch), independent of unfreezing
-    run = prepared(tmp_path, callbacks=[ModeCallbacks()], method="full", unfreeze_every=2, max_steps=6,
-                   augment="none", output_dir=str(out), **overrides)
+    run = prepared(
+        tmp_path,
+        callbacks=[ModeCallbacks()],
+        method="full",
+        unfreeze_every=2,
+        max_steps=6,
+        augment="none",
+        output_dir=str(out),
+        **overrides,
+    )
     rec = Recorder(run.mode)
     run.trainer.add_callback(rec)
     return run, rec
@@ -115,8 +132,14 @@ def test_gradual_unfreezing_schedule_and_resume(tmp_path):
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     assert all(id(p) in in_opt for ps in groups.values() for _, p in ps)
     full.trainer.train()
-    assert rec.seen == {0: [], 1: [], 2: ["stage_3"], 3: ["stage_3"], 4: ["stage_3", "stage_2"],
-                        5: ["stage_3", "stage_2"]}
+    assert rec.seen == {
+        0: [],
+        1: [],
+        2: ["stage_3"],
+        3: ["stage_3"],
+        4: ["stage_3", "stage_2"],
+        5: ["stage_3", "stage_2"],
+    }
     after = snapshot(full.backbone.model)
     for g, ps in groups.items():
         changed = any(not torch.equal(before[n], after[n]) for n, _ in ps)

@@ -1,4 +1,5 @@
 """Unsupervised validators and domain-gap measures."""
+
 from __future__ import annotations
 
 import itertools
@@ -112,3 +113,17 @@ def test_mmd_distance_zero_for_same_and_grows_with_shift():
     assert all(y > x for x, y in itertools.pairwise(vals)), vals
     assert isinstance(vals[0], float) and min(vals) >= 0
     assert mmd_distance(torch.as_tensor(a), torch.as_tensor(a + 1.0)) == pytest.approx(mmd_distance(a, a + 1.0))
+
+
+def test_mmd_distance_is_scale_invariant_down_to_tiny_features():
+    """The median bandwidth makes the report's MMD scale-free; features at initialisation can be tiny
+    (pairwise squared distances ~1e-10), where a training-sized floor on the bandwidth changed it 10x."""
+    import numpy as np
+
+    from hf_transfer.evaluation.domain_gap import mmd_distance
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(120, 16)), rng.normal(size=(120, 16)) + 0.3
+    reference = mmd_distance(a, b)
+    for scale in (1e-6, 1e3):
+        assert abs(mmd_distance(a * scale, b * scale) - reference) < 1e-9 * max(reference, 1.0)

@@ -107,15 +107,11 @@ def remap_labels(dsd: datasets.DatasetDict, names: list[str], where: str) -> tup
         if dropped[split]:
             ds = ds.select(keep)
             mapped = mapped[keep]
-        out[split] = ds.remove_columns(LABEL_COLUMN).add_column(
-            LABEL_COLUMN, mapped.tolist(), feature=target_label
-        )
+        out[split] = ds.remove_columns(LABEL_COLUMN).add_column(LABEL_COLUMN, mapped.tolist(), feature=target_label)
     return datasets.DatasetDict(out), dropped
 
 
-def align_domains(
-    source: datasets.DatasetDict, target: datasets.DatasetDict, policy: str = "shared"
-) -> AlignedDomains:
+def align_domains(source: datasets.DatasetDict, target: datasets.DatasetDict, policy: str = "shared") -> AlignedDomains:
     """Match label spaces by name and re-encode both domains to one shared ``ClassLabel``."""
     if policy not in POLICIES:
         raise TransferConfigError(f"Unknown label policy {policy!r}; choose one of {POLICIES}.")

@@ -54,10 +54,14 @@ _GRID_MODES = ("bilinear", "bicubic", "nearest")
 
 
 @torch.compiler.disable
-def sample_crop_params(heights: torch.Tensor, widths: torch.Tensor,
-                       scale: tuple[float, float] = (0.08, 1.0),
-                       ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
-                       generator: torch.Generator | None = None, attempts: int = 10):
+def sample_crop_params(
+    heights: torch.Tensor,
+    widths: torch.Tensor,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+    generator: torch.Generator | None = None,
+    attempts: int = 10,
+):
     """``RandomResizedCrop.get_params`` for a batch of image sizes, vectorised.
 
     Same algorithm as torchvision: up to ``attempts`` tries of an area fraction uniform in
@@ -157,9 +161,17 @@ class BatchAugment(nn.Module):
     made on the CPU whatever the device (same boxes on CPU and CUDA for the same seed).
     """
 
-    def __init__(self, cfg: DataConfig, augment: str = "standard", *, interpolation: str | None = None,
-                 impl: str = "auto", out_dtype: torch.dtype = torch.float32, channels_last: bool = False,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        augment: str = "standard",
+        *,
+        interpolation: str | None = None,
+        impl: str = "auto",
+        out_dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         if augment not in AUGMENTATIONS:
             raise TransferConfigError(f"Unknown augmentation {augment!r}; choose one of {AUGMENTATIONS}.")
@@ -181,8 +193,10 @@ class BatchAugment(nn.Module):
         self.register_buffer("high", (1.0 - self.mean) / self.std, persistent=False)
 
     def extra_repr(self) -> str:
-        return (f"augment={self.augment!r}, size={self.size}, mode={self.mode!r}, impl={self.impl!r}, "
-                f"out_dtype={self.out_dtype}, channels_last={self.channels_last}")
+        return (
+            f"augment={self.augment!r}, size={self.size}, mode={self.mode!r}, impl={self.impl!r}, "
+            f"out_dtype={self.out_dtype}, channels_last={self.channels_last}"
+        )
 
     def forward(self, x: torch.Tensor, image_size: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
@@ -213,10 +227,15 @@ class BatchAugment(nn.Module):
         else:
             new = (max(short, int(short * hs / ws)), short)
         mode = self.eval_mode if self.eval_mode != "nearest" else "nearest-exact"
-        x = F.interpolate(x, size=new, mode=mode, antialias=mode in ("bilinear", "bicubic"),
-                          align_corners=False if mode != "nearest-exact" else None)
+        x = F.interpolate(
+            x,
+            size=new,
+            mode=mode,
+            antialias=mode in ("bilinear", "bicubic"),
+            align_corners=False if mode != "nearest-exact" else None,
+        )
         top, left = (new[0] - self.size) // 2, (new[1] - self.size) // 2
-        return x[..., top:top + self.size, left:left + self.size].clamp_(0, 255)
+        return x[..., top : top + self.size, left : left + self.size].clamp_(0, 255)
 
     @torch.compiler.disable
     def _draw(self, b: int, hs: int, ws: int, image_size: torch.Tensor | None):
@@ -273,11 +292,17 @@ class BatchAugment(nn.Module):
         out = torch.empty((b, 3, self.size, self.size), dtype=src.dtype, device=x.device)
         aa = self.mode in ("bilinear", "bicubic")
         mode = self.mode if self.mode != "nearest" else "nearest-exact"
-        for k, (a, bb, c, d, f) in enumerate(zip(r0.tolist(), r1.tolist(), c0.tolist(), c1.tolist(), flip.tolist(), strict=True)):
-            crop = F.interpolate(src[k:k + 1, :, a:bb, c:d], size=(self.size, self.size), mode=mode,
-                                 antialias=aa, align_corners=False if aa else None)
+        for k, (a, bb, c, d, f) in enumerate(
+            zip(r0.tolist(), r1.tolist(), c0.tolist(), c1.tolist(), flip.tolist(), strict=True)
+        ):
+            crop = F.interpolate(
+                src[k : k + 1, :, a:bb, c:d],
+                size=(self.size, self.size),
+                mode=mode,
+                antialias=aa,
+                align_corners=False if aa else None,
+            )
             out[k] = crop[0].flip(-1) if f else crop[0]
         if not in_uint8:
             out.clamp_(0, 255)
         return self._normalise(out)
-

@@ -26,15 +26,18 @@ def parse_class_selection(spec: str, names: list[str], option: str = "target_cla
         except ValueError:
             raise TransferConfigError(f"{option}={spec!r}: use first:K with an integer K.") from None
         if not 1 <= k <= len(names):
-            raise TransferConfigError(f"{option}={spec!r}: K must be in 1..{len(names)} (the dataset has "
-                                      f"{len(names)} classes).")
+            raise TransferConfigError(
+                f"{option}={spec!r}: K must be in 1..{len(names)} (the dataset has {len(names)} classes)."
+            )
         return list(names[:k])
     wanted = [s.strip() for s in spec.split(",") if s.strip()]
     lookup = {normalize_label_name(n): n for n in names}  # matched as align.py matches domains
     missing = [w for w in wanted if normalize_label_name(w) not in lookup]
     if missing or not wanted:
-        raise TransferConfigError(f"{option}={spec!r}: {missing or 'no class'} not among the dataset's classes "
-                                  f"{names[:12]}{'...' if len(names) > 12 else ''}.")
+        raise TransferConfigError(
+            f"{option}={spec!r}: {missing or 'no class'} not among the dataset's classes "
+            f"{names[:12]}{'...' if len(names) > 12 else ''}."
+        )
     return list(dict.fromkeys(lookup[normalize_label_name(w)] for w in wanted))
 
 

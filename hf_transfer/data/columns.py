@@ -28,17 +28,13 @@ def _features_of(ds: datasets.DatasetDict | datasets.Dataset) -> datasets.Featur
 def find_image_column(features: datasets.Features, where: str, requested: str | None = None) -> str:
     if requested is not None:
         if requested not in features:
-            raise TransferConfigError(
-                f"{where}: image column {requested!r} not found; columns are {sorted(features)}."
-            )
+            raise TransferConfigError(f"{where}: image column {requested!r} not found; columns are {sorted(features)}.")
         return requested
     typed = [name for name, feat in features.items() if isinstance(feat, Image)]
     if len(typed) == 1:
         return typed[0]
     if len(typed) > 1:
-        raise TransferConfigError(
-            f"{where}: several image columns {typed}; choose one with image_column=..."
-        )
+        raise TransferConfigError(f"{where}: several image columns {typed}; choose one with image_column=...")
     named = [name for name in features if name.lower() in _IMAGE_NAMES]
     if len(named) == 1:
         return named[0]
@@ -53,28 +49,24 @@ def find_label_column(
 ) -> str | None:
     if requested is not None:
         if requested not in features:
-            raise TransferConfigError(
-                f"{where}: label column {requested!r} not found; columns are {sorted(features)}."
-            )
+            raise TransferConfigError(f"{where}: label column {requested!r} not found; columns are {sorted(features)}.")
         return requested
     typed = [name for name, feat in features.items() if isinstance(feat, ClassLabel)]
     if len(typed) == 1:
         return typed[0]
     if len(typed) > 1:
-        raise TransferConfigError(
-            f"{where}: several ClassLabel columns {typed}; choose one with label_column=..."
-        )
+        raise TransferConfigError(f"{where}: several ClassLabel columns {typed}; choose one with label_column=...")
     named = [
-        name for name, feat in features.items()
-        if name.lower() in _LABEL_NAMES and isinstance(feat, Value)
+        name
+        for name, feat in features.items()
+        if name.lower() in _LABEL_NAMES
+        and isinstance(feat, Value)
         and (feat.dtype.startswith("int") or feat.dtype in ("string", "large_string"))
     ]
     if len(named) == 1:
         return named[0]
     if len(named) > 1:
-        raise TransferConfigError(
-            f"{where}: several candidate label columns {named}; choose one with label_column=..."
-        )
+        raise TransferConfigError(f"{where}: several candidate label columns {named}; choose one with label_column=...")
     if required:
         raise TransferConfigError(
             f"{where}: no label column found (no ClassLabel feature and no int/string column named one of "
@@ -113,8 +105,12 @@ def _nulls_to_unlabelled(dsd: datasets.DatasetDict, column: str) -> datasets.Dat
     out = {}
     for split_name, split in dsd.items():
         if split.data.column(column).null_count:
-            split = split.map(lambda batch: {column: [-1 if v is None else v for v in batch[column]]}, batched=True,
-                              features=split.features, desc=f"Marking missing labels ({split_name})")
+            split = split.map(
+                lambda batch: {column: [-1 if v is None else v for v in batch[column]]},
+                batched=True,
+                features=split.features,
+                desc=f"Marking missing labels ({split_name})",
+            )
         out[split_name] = split
     return datasets.DatasetDict(out)
 

@@ -164,8 +164,17 @@ def _bad_row(i: int, err: Exception) -> TransferConfigError:
     return TransferConfigError(f"Row {i}: the image cannot be decoded ({type(err).__name__}: {err}).")
 
 
-def _decode_chunk(dataset, start: int, stop: int, image_column: str, kind: str, size: int,
-                  crop_pct: float, interpolation: str, storage_hw: tuple[int, int]):
+def _decode_chunk(
+    dataset,
+    start: int,
+    stop: int,
+    image_column: str,
+    kind: str,
+    size: int,
+    crop_pct: float,
+    interpolation: str,
+    storage_hw: tuple[int, int],
+):
     """Rows ``[start, stop)`` -> (uint8 ``[n, 3, Hs, Ws]``, int32 original ``[n, 2]`` (H, W))."""
     cells = _cells(dataset, start, stop, image_column)
     out = np.empty((stop - start, 3, *storage_hw), dtype=np.uint8)
@@ -284,11 +293,23 @@ class DecodedImages(torch.utils.data.Dataset):
     construction had to decode, False on a cache hit).
     """
 
-    def __init__(self, dataset, cfg: DataConfig, split_kind: str = "train", cache_dir=None,
-                 with_labels: bool = True, *, storage_size: int | None = None,
-                 image_column: str = "image", label_column: str = "label",
-                 return_image_size: bool | None = None, num_workers: int = 0, chunk_size: int = 256,
-                 progress: bool | None = None, cache_key: str | None = None):
+    def __init__(
+        self,
+        dataset,
+        cfg: DataConfig,
+        split_kind: str = "train",
+        cache_dir=None,
+        with_labels: bool = True,
+        *,
+        storage_size: int | None = None,
+        image_column: str = "image",
+        label_column: str = "label",
+        return_image_size: bool | None = None,
+        num_workers: int = 0,
+        chunk_size: int = 256,
+        progress: bool | None = None,
+        cache_key: str | None = None,
+    ):
         if split_kind not in SPLIT_KINDS:
             raise TransferConfigError(f"split_kind must be one of {SPLIT_KINDS}, got {split_kind!r}.")
         columns = getattr(dataset, "column_names", None)
@@ -299,7 +320,8 @@ class DecodedImages(torch.utils.data.Dataset):
         if with_labels and label_column not in columns:
             raise TransferConfigError(
                 f"No label column {label_column!r} in the dataset (columns: {columns}); "
-                "pass with_labels=False for unlabelled data.")
+                "pass with_labels=False for unlabelled data."
+            )
         fingerprint = cache_key or getattr(dataset, "_fingerprint", None)
         if not fingerprint:
             raise TransferConfigError("The dataset has no _fingerprint: pass cache_key= to name its cache.")
@@ -310,8 +332,12 @@ class DecodedImages(torch.utils.data.Dataset):
         if self.storage_size < 1:
             raise TransferConfigError(f"storage_size must be positive, got {storage_size}.")
         key_fields = {
-            "fingerprint": fingerprint, "image_column": image_column, "kind": split_kind,
-            "size": self.size, "interpolation": cfg.interpolation, "version": DECODED_VERSION,
+            "fingerprint": fingerprint,
+            "image_column": image_column,
+            "kind": split_kind,
+            "size": self.size,
+            "interpolation": cfg.interpolation,
+            "version": DECODED_VERSION,
         }
         if split_kind == "eval":
             key_fields["crop_pct"] = float(cfg.crop_pct)
@@ -332,11 +358,12 @@ class DecodedImages(torch.utils.data.Dataset):
         if len(arr) != len(dataset) or len(self.image_sizes) != len(dataset):
             raise TransferConfigError(
                 f"Decoded cache {self.path} holds {len(arr)} images for a dataset of {len(dataset)}; "
-                "delete the folder to rebuild it.")
+                "delete the folder to rebuild it."
+            )
         self.storage_hw = (int(arr.shape[2]), int(arr.shape[3]))
         self.same_size = bool(len(dataset) == 0 or np.all(self.image_sizes == self.image_sizes[0]))
         self.return_image_size = not self.same_size if return_image_size is None else return_image_size
-        self.labels = (np.asarray(dataset[label_column], dtype=np.int64) if with_labels else None)
+        self.labels = np.asarray(dataset[label_column], dtype=np.int64) if with_labels else None
 
     # -- cache ------------------------------------------------------------------------------
 
@@ -349,29 +376,41 @@ class DecodedImages(torch.utils.data.Dataset):
             storage_hw = (self.size, self.size)
         else:
             storage_hw = _split_storage_shape(_header_sizes(src, image_column), self.storage_size)
-        kwargs = {"image_column": image_column, "kind": self.split_kind, "size": self.size,
-                      "crop_pct": float(self.cfg.crop_pct), "interpolation": self.cfg.interpolation,
-                      "storage_hw": storage_hw}
+        kwargs = {
+            "image_column": image_column,
+            "kind": self.split_kind,
+            "size": self.size,
+            "crop_pct": float(self.cfg.crop_pct),
+            "interpolation": self.cfg.interpolation,
+            "storage_hw": storage_hw,
+        }
         with staged_entry(self.root, self.path.name, done="images.npy") as tmp:
-            images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
-                                               shape=(n, 3, *storage_hw))
+            images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, 3, *storage_hw))
             sizes = np.zeros((n, 2), dtype=np.int32)
             chunks = _Chunks(src, max(1, int(chunk_size)), **kwargs)
-            loader = (torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers)
-                      if num_workers > 0 else (chunks[k] for k in range(len(chunks))))
-            with tqdm(total=n, unit="img", desc=f"decoding {self.split_kind} images",
-                      disable=(not progress) if progress is not None else None) as bar:
+            loader = (
+                torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers)
+                if num_workers > 0
+                else (chunks[k] for k in range(len(chunks)))
+            )
+            with tqdm(
+                total=n,
+                unit="img",
+                desc=f"decoding {self.split_kind} images",
+                disable=(not progress) if progress is not None else None,
+            ) as bar:
                 for start, arr, sz in loader:
                     start = int(start)
                     arr, sz = np.asarray(arr), np.asarray(sz)
-                    images[start:start + len(arr)] = arr
-                    sizes[start:start + len(arr)] = sz
+                    images[start : start + len(arr)] = arr
+                    sizes[start : start + len(arr)] = sz
                     bar.update(len(arr))
             images.flush()
             del images
             np.save(tmp / "sizes.npy", sizes)
-            (tmp / "meta.json").write_text(json.dumps(
-                {**key_fields, "storage_hw": list(storage_hw), "num_images": n}, indent=1))
+            (tmp / "meta.json").write_text(
+                json.dumps({**key_fields, "storage_hw": list(storage_hw), "num_images": n}, indent=1)
+            )
 
     @property
     def images(self) -> np.memmap:
@@ -421,4 +460,3 @@ def collate_decoded(examples: list[dict]) -> dict[str, torch.Tensor]:
         else:
             batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.long)
     return batch
-

@@ -45,8 +45,7 @@ CHECK_VERSION = "1"
 def _load_local(spec: DatasetSpec) -> datasets.DatasetDict:
     path = spec.name
     if os.path.isdir(path) and (
-        os.path.exists(os.path.join(path, "dataset_dict.json"))
-        or os.path.exists(os.path.join(path, "state.json"))
+        os.path.exists(os.path.join(path, "dataset_dict.json")) or os.path.exists(os.path.join(path, "state.json"))
     ):
         loaded = datasets.load_from_disk(path)
         return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({TRAIN: loaded})
@@ -103,16 +102,21 @@ def _pick_splits(dsd: datasets.DatasetDict, spec: DatasetSpec) -> tuple[datasets
     return datasets.DatasetDict({name: dsd[name] for name in names}), train_name, test_name
 
 
-def _train_test(dsd: datasets.DatasetDict, spec: DatasetSpec, train_name: str, test_name: str | None,
-                test_size: float, seed: int) -> datasets.DatasetDict:
+def _train_test(
+    dsd: datasets.DatasetDict, spec: DatasetSpec, train_name: str, test_name: str | None, test_size: float, seed: int
+) -> datasets.DatasetDict:
     """``train`` and ``test``; one split is divided (stratified, seeded) when there is no test split."""
     if test_name is not None:
         return datasets.DatasetDict({TRAIN: dsd[train_name], TEST: dsd[test_name]})
     train = dsd[train_name]
-    stratify = LABEL_COLUMN if LABEL_COLUMN in train.features and isinstance(
-        train.features[LABEL_COLUMN], datasets.ClassLabel) else None
-    logger.warning("Dataset %s has no test split: holding out %.0f%% of %r (seed %d).",
-                   spec, 100 * test_size, train_name, seed)
+    stratify = (
+        LABEL_COLUMN
+        if LABEL_COLUMN in train.features and isinstance(train.features[LABEL_COLUMN], datasets.ClassLabel)
+        else None
+    )
+    logger.warning(
+        "Dataset %s has no test split: holding out %.0f%% of %r (seed %d).", spec, 100 * test_size, train_name, seed
+    )
     try:
         parts = train.train_test_split(test_size=test_size, seed=seed, stratify_by_column=stratify)
     except ValueError:  # too few rows of some class to stratify
@@ -142,7 +146,7 @@ def _bad_rows(ds: datasets.Dataset) -> dict[int, str]:
     cells = ds.select_columns([IMAGE_COLUMN]).cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
     bad = {}
     for start in range(0, len(cells), _CHECK_ROWS):
-        for k, cell in enumerate(cells[start:start + _CHECK_ROWS][IMAGE_COLUMN]):
+        for k, cell in enumerate(cells[start : start + _CHECK_ROWS][IMAGE_COLUMN]):
             problem = _image_problem(cell)
             if problem is not None:
                 path = cell.get("path")
@@ -151,8 +155,9 @@ def _bad_rows(ds: datasets.Dataset) -> dict[int, str]:
     return bad
 
 
-def check_images(dsd: datasets.DatasetDict, where: str, skip: bool = False,
-                 skipped: dict[str, int] | None = None) -> datasets.DatasetDict:
+def check_images(
+    dsd: datasets.DatasetDict, where: str, skip: bool = False, skipped: dict[str, int] | None = None
+) -> datasets.DatasetDict:
     """Decode every image once. A bad one is an error naming ``where``, the split and the row;
     with ``skip`` its row is dropped, with one warning, and ``skipped[split]`` counts them."""
     out = {}
@@ -163,10 +168,16 @@ def check_images(dsd: datasets.DatasetDict, where: str, skip: bool = False,
             more = f" (and {len(bad) - _SHOWN_ROWS} more)" if len(bad) > _SHOWN_ROWS else ""
             raise TransferConfigError(
                 f"{where}, split {split!r}: {len(bad)} image(s) cannot be decoded: {shown}{more}. Fix or remove "
-                "them, or pass --skip_bad_images true to drop those rows.")
+                "them, or pass --skip_bad_images true to drop those rows."
+            )
         if bad:
-            logger.warning("%s, split %r: dropped %d image(s) that cannot be decoded (rows %s).", where, split,
-                           len(bad), sorted(bad)[:_SHOWN_ROWS * 4])
+            logger.warning(
+                "%s, split %r: dropped %d image(s) that cannot be decoded (rows %s).",
+                where,
+                split,
+                len(bad),
+                sorted(bad)[: _SHOWN_ROWS * 4],
+            )
             ds = ds.select([i for i in range(len(ds)) if i not in bad])
         if skipped is not None:
             skipped[split] = len(bad)

@@ -98,7 +98,9 @@ def collate_paired(examples: list[dict], target_ratio: float = 1.0) -> dict[str,
         one_ndim = 3 if key == "target_pixel_values" else 1  # one image [3, H, W], one size [2]
         stacked = torch.cat([e[key] if e[key].ndim > one_ndim else e[key].unsqueeze(0) for e in examples])
         if n_target > len(stacked):
-            raise ValueError(f"a batch of {len(examples)} items holds {len(stacked)} target images, fewer than the "
-                             f"{n_target} that target_ratio={target_ratio} asks for")
+            raise ValueError(
+                f"a batch of {len(examples)} items holds {len(stacked)} target images, fewer than the "
+                f"{n_target} that target_ratio={target_ratio} asks for"
+            )
         batch[key] = stacked[:n_target]
     return batch

@@ -63,7 +63,7 @@ def parse_dataset_spec(spec: str | DatasetSpec) -> DatasetSpec:
             raise TransferConfigError(f"Dataset spec {spec!r}: empty split after '#'.")
 
     if text.startswith(BUILTIN_PREFIX):
-        name = text[len(BUILTIN_PREFIX):]
+        name = text[len(BUILTIN_PREFIX) :]
         if not name:
             raise TransferConfigError(f"Dataset spec {spec!r}: missing built-in name after 'builtin:'.")
         _check_builtin_name(spec, name)
@@ -73,9 +73,7 @@ def parse_dataset_spec(spec: str | DatasetSpec) -> DatasetSpec:
     if os.path.exists(expanded):
         return DatasetSpec("local", os.path.abspath(expanded), split=split)
     if text.startswith((".", "/", "~")) or text.split("@", 1)[0].count("/") > 1:
-        raise TransferConfigError(
-            f"Dataset spec {spec!r} looks like a local path, but {expanded!r} does not exist."
-        )
+        raise TransferConfigError(f"Dataset spec {spec!r} looks like a local path, but {expanded!r} does not exist.")
 
     revision = None
     if "@" in text:
@@ -100,5 +98,7 @@ def _check_builtin_name(spec: str, name: str) -> None:
     from hf_transfer.data.builtin import BUILTIN_DOMAINS
 
     if name not in BUILTIN_DOMAINS:
-        raise TransferConfigError(f"Dataset spec {spec!r}: unknown built-in domain {name!r}; the built-in domains "
-                                  f"are {', '.join(BUILTIN_PREFIX + n for n in sorted(BUILTIN_DOMAINS))}.")
+        raise TransferConfigError(
+            f"Dataset spec {spec!r}: unknown built-in domain {name!r}; the built-in domains "
+            f"are {', '.join(BUILTIN_PREFIX + n for n in sorted(BUILTIN_DOMAINS))}."
+        )

@@ -49,12 +49,14 @@ def eval_transform(cfg: DataConfig) -> T.Compose:
     """Resize the short side to size/crop_pct, then center-crop: timm's eval recipe."""
     interp = _INTERPOLATION.get(cfg.interpolation, T.InterpolationMode.BILINEAR)
     resize = int(math.floor(cfg.size / cfg.crop_pct))
-    return T.Compose([
-        T.Resize(resize, interpolation=interp),
-        T.CenterCrop(cfg.size),
-        T.ToTensor(),
-        T.Normalize(cfg.mean, cfg.std),
-    ])
+    return T.Compose(
+        [
+            T.Resize(resize, interpolation=interp),
+            T.CenterCrop(cfg.size),
+            T.ToTensor(),
+            T.Normalize(cfg.mean, cfg.std),
+        ]
+    )
 
 
 def train_transform(cfg: DataConfig, augment: str = "standard") -> T.Compose:

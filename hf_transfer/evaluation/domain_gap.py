@@ -9,6 +9,7 @@
 
 Both take numpy arrays (or anything ``np.asarray`` accepts) of shape (N, D).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +34,9 @@ def _subsample(a: np.ndarray, n: int | None, rng: np.random.Generator) -> np.nda
     return a[rng.choice(len(a), n, replace=False)]
 
 
-def proxy_a_distance(f_s, f_t, seed: int = 0, test_size: float = 0.5, C: float = 1.0,
-                     max_samples: int | None = 5000) -> float:
+def proxy_a_distance(
+    f_s, f_t, seed: int = 0, test_size: float = 0.5, C: float = 1.0, max_samples: int | None = 5000
+) -> float:
     """Proxy A-distance ``2 * (1 - 2 * err)``, clipped to [0, 2].
 
     Pools the (standardised) features with domain labels, splits them into stratified train/test
@@ -60,8 +62,9 @@ def proxy_a_distance(f_s, f_t, seed: int = 0, test_size: float = 0.5, C: float =
     return float(np.clip(2.0 * (1.0 - 2.0 * err), 0.0, 2.0))
 
 
-def mmd_distance(f_s, f_t, num_kernels: int = 5, kernel_mul: float = 2.0,
-                 max_samples: int | None = 2000, seed: int = 0) -> float:
+def mmd_distance(
+    f_s, f_t, num_kernels: int = 5, kernel_mul: float = 2.0, max_samples: int | None = 2000, seed: int = 0
+) -> float:
     """Squared multi-kernel MMD (biased V-statistic, >= 0) between the two feature sets.
 
     Gaussian kernels ``exp(-||a - b||^2 / s_u)``, ``s_u = s_0 * kernel_mul^(u - K//2)``, ``s_0`` the
@@ -71,8 +74,15 @@ def mmd_distance(f_s, f_t, num_kernels: int = 5, kernel_mul: float = 2.0,
     xs, xt = _subsample(_array(f_s), max_samples, rng), _subsample(_array(f_t), max_samples, rng)
     if xs.shape[1] != xt.shape[1]:
         raise ValueError(f"feature dims differ: {xs.shape[1]} vs {xt.shape[1]}")
-    mmd = mk_mmd(torch.from_numpy(xs), torch.from_numpy(xt), num_kernels, kernel_mul, bandwidth="midpoint_median",
-                 estimator="biased")
+    mmd = mk_mmd(
+        torch.from_numpy(xs),
+        torch.from_numpy(xt),
+        num_kernels,
+        kernel_mul,
+        bandwidth="midpoint_median",
+        estimator="biased",
+        bandwidth_floor=1e-12,
+    )
     return float(max(mmd.item(), 0.0))
 
 

@@ -52,8 +52,11 @@ def scalar_metrics_fn(num_classes: int):
     return compute
 
 
-def model_selection(log_history: list[dict], oracle_key: str = "eval_target_accuracy",
-                    unlabelled_prefix: str = "eval_target_unlabelled_") -> dict | None:
+def model_selection(
+    log_history: list[dict],
+    oracle_key: str = "eval_target_accuracy",
+    unlabelled_prefix: str = "eval_target_unlabelled_",
+) -> dict | None:
     """Which evaluation step each unsupervised validator would pick, beside the oracle's pick.
 
     Reads the Trainer's ``log_history``: the oracle uses target TEST labels (not available in real
@@ -69,8 +72,10 @@ def model_selection(log_history: list[dict], oracle_key: str = "eval_target_accu
     if not evals:
         return None
     best = max(evals, key=lambda e: e[oracle_key])
-    out = {"oracle": {"step": best["step"], "target_accuracy": best[oracle_key]},
-           "last": {"step": evals[-1]["step"], "target_accuracy": evals[-1][oracle_key]}}
+    out = {
+        "oracle": {"step": best["step"], "target_accuracy": best[oracle_key]},
+        "last": {"step": evals[-1]["step"], "target_accuracy": evals[-1][oracle_key]},
+    }
     for name in VALIDATORS:
         key = unlabelled_prefix + name
         scored = [e for e in evals if key in e]

@@ -17,6 +17,7 @@ torch tensors of shape (N, C) (logits, or features for ``snd(..., from_logits=Fa
 
 This module imports nothing else from ``hf_transfer``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -50,8 +51,7 @@ def information_maximization(logits) -> float:
     return float(_entropy(p.mean(0)) - _entropy(p).mean())
 
 
-def snd(features_or_logits, temperature: float = 0.05, from_logits: bool = True,
-        chunk_size: int = 1024) -> float:
+def snd(features_or_logits, temperature: float = 0.05, from_logits: bool = True, chunk_size: int = 1024) -> float:
     """Soft Neighborhood Density; higher is better.
 
     ``z_i``: softmax of the logits (``from_logits=True``, the paper's default) or the raw features,
@@ -68,7 +68,7 @@ def snd(features_or_logits, temperature: float = 0.05, from_logits: bool = True,
         raise ValueError("snd needs at least 2 samples")
     total = 0.0
     for start in range(0, n, chunk_size):
-        rows = z[start:start + chunk_size]
+        rows = z[start : start + chunk_size]
         sim = rows @ z.T / temperature
         idx = torch.arange(rows.shape[0])
         sim[idx, idx + start] = float("-inf")
@@ -97,7 +97,7 @@ def dev(source_features, source_losses, target_features, seed: int = 0, C: float
         raise ValueError("source_losses must have one value per source sample")
     rng = np.random.default_rng(seed)
     ps, pt = rng.permutation(len(fs)), rng.permutation(len(ft))
-    fit_s, val_s = ps[: len(fs) // 2], ps[len(fs) // 2:]
+    fit_s, val_s = ps[: len(fs) // 2], ps[len(fs) // 2 :]
     fit_t = pt[: max(len(ft) // 2, 1)]
     if len(fit_s) == 0 or len(val_s) == 0:
         raise ValueError("dev needs at least 2 source samples")
@@ -123,4 +123,3 @@ VALIDATORS: dict[str, Callable[..., float]] = {
 """Validators over target logits alone (name -> fn(logits) -> float, higher is better)."""
 
 __all__ = ["VALIDATORS", "entropy_score", "information_maximization", "snd", "dev"]
-

@@ -33,11 +33,15 @@ def load_results(source: str | os.PathLike | dict | None) -> dict | None:
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise TransferConfigError(f"{path} is not valid JSON ({err}): it is not a results.json written by "
-                                  "hf-transfer; re-run the training or restore the file.") from err
+        raise TransferConfigError(
+            f"{path} is not valid JSON ({err}): it is not a results.json written by "
+            "hf-transfer; re-run the training or restore the file."
+        ) from err
     if not isinstance(results, dict):
-        raise TransferConfigError(f"{path} holds a JSON {type(results).__name__}, not the object of a results.json "
-                                  "written by hf-transfer; re-run the training or restore the file.")
+        raise TransferConfigError(
+            f"{path} holds a JSON {type(results).__name__}, not the object of a results.json "
+            "written by hf-transfer; re-run the training or restore the file."
+        )
     return results
 
 
@@ -54,8 +58,14 @@ def dataset_info(spec: str | None) -> dict | None:
     except TransferConfigError:  # a local path of another machine
         kind, name, config, revision, split = "local", spec, None, None, None
         display = os.path.basename(spec.rstrip("/"))
-    return {"kind": kind, "id": name if kind == "hub" else None, "config": config, "revision": revision,
-            "split": split, "display": display}
+    return {
+        "kind": kind,
+        "id": name if kind == "hub" else None,
+        "config": config,
+        "revision": revision,
+        "split": split,
+        "display": display,
+    }
 
 
 def enum_value(value: Any) -> Any:
@@ -84,9 +94,11 @@ def folder_library(folder: str | os.PathLike) -> dict:
     if (folder / "config.json").is_file():
         config = json.loads((folder / "config.json").read_text())
     peft = (folder / "adapter_config.json").is_file()
-    return {"library": "peft" if peft else "transformers",
-            "timm": config.get("model_type") == "timm_wrapper" or "TimmWrapper" in str(config.get("architectures")),
-            "architecture": config.get("architecture") or (config.get("architectures") or [None])[0]}
+    return {
+        "library": "peft" if peft else "transformers",
+        "timm": config.get("model_type") == "timm_wrapper" or "TimmWrapper" in str(config.get("architectures")),
+        "architecture": config.get("architecture") or (config.get("architectures") or [None])[0],
+    }
 
 
 def reference_rows(folder: str | os.PathLike) -> list[dict]:
@@ -102,10 +114,15 @@ def training_config(results: dict) -> tuple[dict, bool]:
         return dict(results["arguments"]), True
     hp = results.get("hyperparameters") or {}
     dc = results.get("data_config") or {}
-    cfg: dict[str, Any] = {"mode": results.get("mode"), "method": results.get("method"),
-                           "backbone": results.get("backbone"), "backbone_revision": results.get("backbone_revision"),
-                           "source": results.get("source"), "target": results.get("target"),
-                           "method_args": results.get("method_args") or None}
+    cfg: dict[str, Any] = {
+        "mode": results.get("mode"),
+        "method": results.get("method"),
+        "backbone": results.get("backbone"),
+        "backbone_revision": results.get("backbone_revision"),
+        "source": results.get("source"),
+        "target": results.get("target"),
+        "method_args": results.get("method_args") or None,
+    }
     if results.get("mode") == "domain":
         cfg["trade_off"] = results.get("trade_off")
         cfg["adabn"] = results.get("adabn") or None
@@ -116,8 +133,16 @@ def training_config(results: dict) -> tuple[dict, bool]:
     cfg["crop_pct"] = dc.get("crop_pct")
     cfg["augment"] = results.get("augment")
     cfg["seed"] = results.get("seed")
-    for key in ("learning_rate", "backbone_lr_scale", "per_device_train_batch_size", "max_steps", "weight_decay",
-                "optim", "lr_scheduler_type", "warmup_steps"):
+    for key in (
+        "learning_rate",
+        "backbone_lr_scale",
+        "per_device_train_batch_size",
+        "max_steps",
+        "weight_decay",
+        "optim",
+        "lr_scheduler_type",
+        "warmup_steps",
+    ):
         if hp.get(key) is not None:
             cfg[key] = enum_value(hp[key])
     if hp.get("max_steps") in (None, -1, 0) and hp.get("num_train_epochs") is not None:

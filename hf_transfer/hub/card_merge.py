@@ -34,10 +34,10 @@ def merge_body(old: str, new: str) -> str:
         block = new_sections[name]
         if prev is None:
             first = _SECTION.search(out)
-            out = out[:first.start()] + block + "\n" + out[first.start():] if first else out.rstrip() + "\n\n" + block
+            out = out[: first.start()] + block + "\n" + out[first.start() :] if first else out.rstrip() + "\n\n" + block
         else:
             m = re.search(re.escape(f"<!-- hf-transfer:end {prev} -->") + r"\n?", out)
-            out = out[:m.end()] + "\n" + block + out[m.end():]
+            out = out[: m.end()] + "\n" + block + out[m.end() :]
         present.add(name)
     return out
 

@@ -30,36 +30,70 @@ def eval_results(results: dict, baseline: dict | None = None) -> list:
             spec = dataset_info(results.get(domain))
             if not m or spec is None:
                 continue
-            common = dict(task_type="image-classification", task_name="Image Classification",
-                          dataset_type=spec["id"] or spec["display"], dataset_name=f"{spec['display']} ({domain})",
-                          dataset_split="test", dataset_config=spec["config"], dataset_revision=spec["revision"])
-            out.append(EvalResult(metric_type="accuracy", metric_value=round(float(m["accuracy"]), 4),
-                                  metric_name=f"Accuracy{label}", metric_config=config, **common))
+            common = dict(
+                task_type="image-classification",
+                task_name="Image Classification",
+                dataset_type=spec["id"] or spec["display"],
+                dataset_name=f"{spec['display']} ({domain})",
+                dataset_split="test",
+                dataset_config=spec["config"],
+                dataset_revision=spec["revision"],
+            )
+            out.append(
+                EvalResult(
+                    metric_type="accuracy",
+                    metric_value=round(float(m["accuracy"]), 4),
+                    metric_name=f"Accuracy{label}",
+                    metric_config=config,
+                    **common,
+                )
+            )
             if m.get("macro_f1") is not None:
-                out.append(EvalResult(metric_type="f1", metric_value=round(float(m["macro_f1"]), 4),
-                                      metric_name=f"Macro F1{label}", metric_config=config or "macro",
-                                      metric_args={"average": "macro"}, **common))
+                out.append(
+                    EvalResult(
+                        metric_type="f1",
+                        metric_value=round(float(m["macro_f1"]), 4),
+                        metric_name=f"Macro F1{label}",
+                        metric_config=config or "macro",
+                        metric_args={"average": "macro"},
+                        **common,
+                    )
+                )
     return out
 
 
-def card_data(results: dict, repo_id: str, *, mode_tag: str | None, folder: str | os.PathLike | None = None,
-              baseline: dict | None = None, license: str | None = None, revision: str | None = None,
-              endpoint: str | None = None):
+def card_data(
+    results: dict,
+    repo_id: str,
+    *,
+    mode_tag: str | None,
+    folder: str | os.PathLike | None = None,
+    baseline: dict | None = None,
+    license: str | None = None,
+    revision: str | None = None,
+    endpoint: str | None = None,
+):
     """The ``ModelCardData`` of a run (metadata only); ``mode_tag`` is the mode's Hub tag."""
     from huggingface_hub import ModelCardData
 
     lib = folder_library(folder) if folder else {"library": "transformers", "timm": False}
     method = results.get("method")
-    tags = ["hf-transfer", "transfer-learning", "image-classification", f"transfer-mode-{results.get('mode')}",
-            mode_tag]
+    tags = [
+        "hf-transfer",
+        "transfer-learning",
+        "image-classification",
+        f"transfer-mode-{results.get('mode')}",
+        mode_tag,
+    ]
     if method:
         tags.append(str(method).replace("_", "-"))
     if lib["timm"]:
         tags.append("timm")
     if lib["library"] == "peft":
         tags.append("lora")
-    hub_datasets = [d["id"] for d in (dataset_info(results.get("source")), dataset_info(results.get("target")))
-                    if d and d["id"]]
+    hub_datasets = [
+        d["id"] for d in (dataset_info(results.get("source")), dataset_info(results.get("target"))) if d and d["id"]
+    ]
     base = results.get("base_model")
     extra: dict[str, Any] = {}
     if base:
@@ -73,9 +107,15 @@ def card_data(results: dict, repo_id: str, *, mode_tag: str | None, folder: str 
     if widget:
         extra["widget"] = widget
     return ModelCardData(
-        library_name=lib["library"], pipeline_tag="image-classification", base_model=base or None,
-        datasets=list(dict.fromkeys(hub_datasets)) or None, license=license, tags=list(dict.fromkeys(t for t in tags if t)),
-        metrics=["accuracy", "f1"], model_name=repo_id.split("/")[-1], eval_results=eval_results(results, baseline) or None,
+        library_name=lib["library"],
+        pipeline_tag="image-classification",
+        base_model=base or None,
+        datasets=list(dict.fromkeys(hub_datasets)) or None,
+        license=license,
+        tags=list(dict.fromkeys(t for t in tags if t)),
+        metrics=["accuracy", "f1"],
+        model_name=repo_id.split("/")[-1],
+        eval_results=eval_results(results, baseline) or None,
         **extra,
     )
 

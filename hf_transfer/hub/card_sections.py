@@ -33,10 +33,14 @@ def backbone_text(results: dict, is_timm: bool) -> str:
         rev = f" (revision `{results['backbone_revision']}`)" if results.get("backbone_revision") else ""
         return f"[`{base}`]({HUB}/{base}){rev} from the Hub ({kind}), with a new classification head."
     if os.path.isabs(backbone) or os.sep in backbone or os.path.isdir(backbone):
-        return (f"a local model folder `{os.path.basename(backbone.rstrip(os.sep))}` ({kind}); it is not on the Hub, "
-                "so no `base_model` is declared in the metadata.")
-    return (f"the `{backbone}` architecture ({kind}) with **random initialisation** (no pretrained weights), so no "
-            "`base_model` is declared in the metadata.")
+        return (
+            f"a local model folder `{os.path.basename(backbone.rstrip(os.sep))}` ({kind}); it is not on the Hub, "
+            "so no `base_model` is declared in the metadata."
+        )
+    return (
+        f"the `{backbone}` architecture ({kind}) with **random initialisation** (no pretrained weights), so no "
+        "`base_model` is declared in the metadata."
+    )
 
 
 def summary(results: dict, baseline: dict | None, upper: dict | None, backbone: str, method_title: str) -> str:
@@ -47,11 +51,16 @@ def summary(results: dict, baseline: dict | None, upper: dict | None, backbone: 
     method_title = str(method_title)
     t = f"**{tgt['display']}**" if tgt else "the target data"
     s = f"**{src['display']}**" if src else None
-    base = backbone.split(" from the Hub")[0].split(" (")[0] if results.get("base_model") else \
-        f"`{os.path.basename(str(results.get('backbone', '?')).rstrip(os.sep))}`"
+    base = (
+        backbone.split(" from the Hub")[0].split(" (")[0]
+        if results.get("base_model")
+        else f"`{os.path.basename(str(results.get('backbone', '?')).rstrip(os.sep))}`"
+    )
     if mode == "domain":
-        what = (f"This model adapts a {base} image classifier from {s} (labelled source) to {t} (unlabelled target) "
-                f"with {method_title}.")
+        what = (
+            f"This model adapts a {base} image classifier from {s} (labelled source) to {t} (unlabelled target) "
+            f"with {method_title}."
+        )
     elif mode == "feature":
         what = f"This model is a linear probe on the frozen features of {base}, trained on the labels of {t}."
     else:
@@ -72,7 +81,9 @@ def summary(results: dict, baseline: dict | None, upper: dict | None, backbone: 
             if u is None:
                 parts[-1] += "."
             elif u >= acc:
-                parts[-1] += f", and {100 * (u - acc):.1f} points below a model trained on the target labels ({pct(u)})."
+                parts[-1] += (
+                    f", and {100 * (u - acc):.1f} points below a model trained on the target labels ({pct(u)})."
+                )
             else:
                 parts[-1] += f", and even above a model trained on the target labels ({pct(u)})."
         else:
@@ -98,12 +109,22 @@ def datasets_table(results: dict) -> list[dict]:
     metrics = results.get("metrics") or {}
     rows = []
     if src:
-        rows.append({"role": "source", "link": _dataset_link(src),
-                     "labels": "yes" if mode != "feature" and mode != "task" else "no (not used)",
-                     "num_test": (metrics.get("source") or {}).get("num_samples", "-")})
-    rows.append({"role": "target", "link": _dataset_link(tgt),
-                 "labels": "no (evaluation only)" if mode == "domain" else "yes",
-                 "num_test": (metrics.get("target") or {}).get("num_samples", "-")})
+        rows.append(
+            {
+                "role": "source",
+                "link": _dataset_link(src),
+                "labels": "yes" if mode != "feature" and mode != "task" else "no (not used)",
+                "num_test": (metrics.get("source") or {}).get("num_samples", "-"),
+            }
+        )
+    rows.append(
+        {
+            "role": "target",
+            "link": _dataset_link(tgt),
+            "labels": "no (evaluation only)" if mode == "domain" else "yes",
+            "num_test": (metrics.get("target") or {}).get("num_samples", "-"),
+        }
+    )
     if mode in ("feature", "task") and src:
         rows[0]["labels"] = "only through the backbone" if results.get("base_model") is None else "no"
     return rows
@@ -115,9 +136,11 @@ def alignment_text(results: dict) -> str:
     names = results.get("label_names") or []
     if not al:
         return f"{len(names)} classes: {', '.join(f'`{n}`' for n in names)}."
-    lines = [f"Label spaces were aligned by class name with policy `{al.get('policy')}` "
-             f"({al.get('setting', '').replace('-', ' ')}): {len(al.get('shared') or names)} shared classes "
-             f"({', '.join(f'`{n}`' for n in (al.get('shared') or names))})."]
+    lines = [
+        f"Label spaces were aligned by class name with policy `{al.get('policy')}` "
+        f"({al.get('setting', '').replace('-', ' ')}): {len(al.get('shared') or names)} shared classes "
+        f"({', '.join(f'`{n}`' for n in (al.get('shared') or names))})."
+    ]
     if al.get("source_only"):
         fate = "kept in the label space" if al.get("policy") == "partial" else "dropped"
         lines.append(f"Classes only in the source, {fate}: {', '.join(f'`{n}`' for n in al['source_only'])}.")
@@ -125,8 +148,9 @@ def alignment_text(results: dict) -> str:
         lines.append(f"Classes only in the target, dropped: {', '.join(f'`{n}`' for n in al['target_only'])}.")
     dropped = {d: v for d, v in (al.get("dropped_rows") or {}).items() if any((v or {}).values())}
     for domain, per_split in dropped.items():
-        lines.append(f"Rows dropped from the {domain} domain: " +
-                     ", ".join(f"{k} {v}" for k, v in per_split.items() if v) + ".")
+        lines.append(
+            f"Rows dropped from the {domain} domain: " + ", ".join(f"{k} {v}" for k, v in per_split.items() if v) + "."
+        )
     if not al.get("source_only") and not al.get("target_only"):
         lines.append("No class was dropped.")
     partial = label_space_text(results)
@@ -136,10 +160,17 @@ def alignment_text(results: dict) -> str:
 def data_vars(results: dict, backbone: str) -> dict:
     """Template variables of the "data and label alignment" section (backbone, datasets, preprocessing)."""
     dc = results.get("data_config") or {}
-    return dict(backbone_text=backbone, datasets_table=datasets_table(results), alignment_text=alignment_text(results),
-                image_size=(dc.get("input_size") or [3, "?", "?"])[-1], crop_pct=dc.get("crop_pct"),
-                interpolation=dc.get("interpolation"), mean=dc.get("mean"), std=dc.get("std"),
-                augment=results.get("augment"))
+    return dict(
+        backbone_text=backbone,
+        datasets_table=datasets_table(results),
+        alignment_text=alignment_text(results),
+        image_size=(dc.get("input_size") or [3, "?", "?"])[-1],
+        crop_pct=dc.get("crop_pct"),
+        interpolation=dc.get("interpolation"),
+        mean=dc.get("mean"),
+        std=dc.get("std"),
+        augment=results.get("augment"),
+    )
 
 
 def hyperparameters(results: dict) -> list[tuple]:
@@ -178,8 +209,14 @@ def results_tables(results: dict, baseline: dict | None, upper: dict | None, met
         values = []
         for d in domains:
             m = (res.get("metrics") or {}).get(d)
-            values += ["-", "-"] if not m else [f"{pct(m['accuracy'])}{_ci(m['accuracy'], m.get('num_samples'))}",
-                                                f"{100 * m['macro_f1']:.1f}" if m.get("macro_f1") is not None else "-"]
+            values += (
+                ["-", "-"]
+                if not m
+                else [
+                    f"{pct(m['accuracy'])}{_ci(m['accuracy'], m.get('num_samples'))}",
+                    f"{100 * m['macro_f1']:.1f}" if m.get("macro_f1") is not None else "-",
+                ]
+            )
         rows.append({"name": name, "values": values})
     labels = results.get("label_names") or []
     pc_rows = []
@@ -188,7 +225,9 @@ def results_tables(results: dict, baseline: dict | None, upper: dict | None, met
         sources.append(("target (baseline)", baseline, "target"))
     if "source" in domains:
         sources.append(("source (this model)", results, "source"))
-    sources = [s for s in sources if ((s[1].get("metrics") or {}).get(s[2]) or {}).get("per_class_accuracy") is not None]
+    sources = [
+        s for s in sources if ((s[1].get("metrics") or {}).get(s[2]) or {}).get("per_class_accuracy") is not None
+    ]
     pc_cols = [s[0] for s in sources]
     for i, lab in enumerate(labels):
         vals = []
@@ -214,11 +253,15 @@ def results_vars(results: dict, baseline: dict | None, upper: dict | None, metho
         note.append("No target-supervised upper bound was given for this card.")
     gap_rows, gap_intro = domain_gap_table(results)
     return dict(
-        results_intro=("Accuracy on the held-out test split of each domain (the +- is a 95% binomial interval); "
-                       "macro-F1 in points."),
-        results_note=" ".join(note), confusion_png=CONFUSION_PNG if has_cm else None,
+        results_intro=(
+            "Accuracy on the held-out test split of each domain (the +- is a 95% binomial interval); "
+            "macro-F1 in points."
+        ),
+        results_note=" ".join(note),
+        confusion_png=CONFUSION_PNG if has_cm else None,
         curves_png=CURVES_PNG if has_curves else None,
-        domain_gap_rows=gap_rows, domain_gap_intro=gap_intro,
+        domain_gap_rows=gap_rows,
+        domain_gap_intro=gap_intro,
         **results_tables(results, baseline, upper, method_title),
     )
 
@@ -229,18 +272,26 @@ def limitations(results: dict, baseline: dict | None) -> list[str]:
     out = []
     tm = (results.get("metrics") or {}).get("target") or {}
     if tm.get("num_samples"):
-        out.append(f"The numbers above come from {tm['num_samples']} target test images; the +- column is a 95% "
-                   "binomial interval, so small differences between rows may not be meaningful.")
-    out.append(f"The model only knows the {len(results.get('label_names') or [])} classes listed above; any other "
-               "image is still assigned to one of them.")
+        out.append(
+            f"The numbers above come from {tm['num_samples']} target test images; the +- column is a 95% "
+            "binomial interval, so small differences between rows may not be meaningful."
+        )
+    out.append(
+        f"The model only knows the {len(results.get('label_names') or [])} classes listed above; any other "
+        "image is still assigned to one of them."
+    )
     if mode == "domain":
-        out.append("No target labels were used for training, and none for choosing hyper-parameters by this run; "
-                   "adaptation can still hurt some classes (compare the per-class table with the baseline).")
+        out.append(
+            "No target labels were used for training, and none for choosing hyper-parameters by this run; "
+            "adaptation can still hurt some classes (compare the per-class table with the baseline)."
+        )
     if baseline is None and results.get("method") != "source_only" and mode == "domain":
         out.append("No source-only baseline was attached to this card, so the gain from adaptation is not shown.")
     if results.get("base_model") is None and not os.path.isdir(str(results.get("backbone"))):
-        out.append("The backbone started from random weights, not from a large-scale pretrained model: expect it to "
-                   "transfer poorly beyond these domains.")
+        out.append(
+            "The backbone started from random weights, not from a large-scale pretrained model: expect it to "
+            "transfer poorly beyond these domains."
+        )
     dc = results.get("data_config") or {}
     if dc.get("input_size"):
         out.append(f"Only evaluated at {dc['input_size'][-1]}x{dc['input_size'][-1]} input resolution.")
@@ -251,12 +302,16 @@ def reproduce_vars(results: dict, repo_id: str, revision: str | None) -> dict:
     """Template variables of the "reproduce this run" section: the arguments as YAML and the push command."""
     config, exact = run_config(results, repo_id)
     return dict(
-        reproduce_intro=("The exact arguments of this run (`train_config.yaml` in this repo):" if exact else
-                         "The arguments recorded for this run (`train_config.yaml` in this repo; rebuilt from "
-                         "`results.json`, so options left at their defaults are not listed):"),
+        reproduce_intro=(
+            "The exact arguments of this run (`train_config.yaml` in this repo):"
+            if exact
+            else "The arguments recorded for this run (`train_config.yaml` in this repo; rebuilt from "
+            "`results.json`, so options left at their defaults are not listed):"
+        ),
         config_yaml=yaml.safe_dump(config, sort_keys=False, default_flow_style=False),
         config_file=CONFIG_FILE,
-        push_command=f"hf-transfer push {config['output_dir']} {repo_id}" + (f" --revision {revision}" if revision else ""),
+        push_command=f"hf-transfer push {config['output_dir']} {repo_id}"
+        + (f" --revision {revision}" if revision else ""),
     )
 
 

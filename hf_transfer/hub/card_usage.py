@@ -14,7 +14,8 @@ def adapter_vars(adapter: dict) -> dict:
     processor = loading["processor"] or {"class": "AutoImageProcessor", "kwargs": {}}
     base_revision = adapter.get("base_revision")
     return {
-        "adapter_base": adapter.get("base_model_name_or_path"), "adapter_merged": adapter.get("merged"),
+        "adapter_base": adapter.get("base_model_name_or_path"),
+        "adapter_merged": adapter.get("merged"),
         "adapter_needs_label_kwargs": loading["needs_label_kwargs"],
         "adapter_processor_class": processor["class"],
         "adapter_processor_kwargs": "".join(f", {k}={v!r}" for k, v in processor["kwargs"].items()),
@@ -26,8 +27,10 @@ def usage_vars(results: dict, library: dict, examples: list[dict], revision: str
     """Template variables of the usage section. ``library``: :func:`~hf_transfer.hub.card_inputs.folder_library`;
     ``examples``: the folder's reference rows."""
     return dict(
-        is_timm=library["timm"], is_peft=library["library"] == "peft",
+        is_timm=library["timm"],
+        is_peft=library["library"] == "peft",
         **(adapter_vars(results["adapter"]) if results.get("adapter") else {}),  # used only for a PEFT folder
-        revision_kwarg=f', revision="{revision}"' if revision else "", timm_revision=f"@{revision}" if revision else "",
+        revision_kwarg=f', revision="{revision}"' if revision else "",
+        timm_revision=f"@{revision}" if revision else "",
         example_file=examples[0]["file"] if examples else f"{EXAMPLES_DIR}/0.png",
     )

@@ -39,19 +39,41 @@ from hf_transfer.hub.card_metadata import card_data, validate_card
 from hf_transfer.hub.card_template import template_text
 from hf_transfer.hub.card_usage import usage_vars
 
-__all__ = ["CONFIG_FILE", "CONFUSION_PNG", "CURVES_PNG", "MODES", "merge_card", "render_card",
-           "render_example", "template_text", "validate_card", "write_card", "write_figures"]
+__all__ = [
+    "CONFIG_FILE",
+    "CONFUSION_PNG",
+    "CURVES_PNG",
+    "MODES",
+    "merge_card",
+    "render_card",
+    "render_example",
+    "template_text",
+    "validate_card",
+    "write_card",
+    "write_figures",
+]
 
 MODES = {
-    "domain": ("Unsupervised domain adaptation",
-               "Source images with labels and target images *without* labels are seen in training; the "
-               "target labels are used only to evaluate.", "domain-adaptation"),
-    "feature": ("Feature transfer (linear probe)",
-                "The backbone is frozen; its features are computed once (cached) and a linear classifier is "
-                "trained on the target labels.", "linear-probe"),
-    "task": ("Task adaptation (fine-tuning)",
-             "The backbone and a new classification head are trained on the target labels.", "fine-tuning"),
+    "domain": (
+        "Unsupervised domain adaptation",
+        "Source images with labels and target images *without* labels are seen in training; the "
+        "target labels are used only to evaluate.",
+        "domain-adaptation",
+    ),
+    "feature": (
+        "Feature transfer (linear probe)",
+        "The backbone is frozen; its features are computed once (cached) and a linear classifier is "
+        "trained on the target labels.",
+        "linear-probe",
+    ),
+    "task": (
+        "Task adaptation (fine-tuning)",
+        "The backbone and a new classification head are trained on the target labels.",
+        "fine-tuning",
+    ),
 }
+
+
 def _registered(method: str | None):
     """The method's registration (title, paper, one line), None for a name the registry does not know."""
     from hf_transfer.methods.registry import all_methods
@@ -70,20 +92,34 @@ def _method_vars(results: dict) -> dict:
     mode, method = results.get("mode"), results.get("method")
     registered = _registered(method)
     return dict(
-        mode=mode, mode_title=MODES.get(mode, (mode, ""))[0], mode_text=MODES.get(mode, ("", ""))[1],
-        method=method, method_title=_method_title(method),
+        mode=mode,
+        mode_title=MODES.get(mode, (mode, ""))[0],
+        mode_text=MODES.get(mode, ("", ""))[1],
+        method=method,
+        method_title=_method_title(method),
         method_paper=(results.get("paper") if mode == "domain" else None) or (registered.paper if registered else ""),
         method_text=registered.description if registered else "",
-        method_args=results.get("method_args") or {}, trade_off=results.get("trade_off") if mode == "domain" else None,
-        adabn=results.get("adabn"), domain_options=domain_option_lines(results), frozen_groups=results.get("frozen_groups") or [],
+        method_args=results.get("method_args") or {},
+        trade_off=results.get("trade_off") if mode == "domain" else None,
+        adabn=results.get("adabn"),
+        domain_options=domain_option_lines(results),
+        frozen_groups=results.get("frozen_groups") or [],
     )
 
 
-def render_card(folder: str | os.PathLike, repo_id: str, *, results: dict | None = None,
-                baseline_results: str | os.PathLike | dict | None = None,
-                upper_bound_results: str | os.PathLike | dict | None = None,
-                license: str | None = None, revision: str | None = None, endpoint: str | None = None,
-                template_path: str | os.PathLike | None = None, figures: bool = True):
+def render_card(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    results: dict | None = None,
+    baseline_results: str | os.PathLike | dict | None = None,
+    upper_bound_results: str | os.PathLike | dict | None = None,
+    license: str | None = None,
+    revision: str | None = None,
+    endpoint: str | None = None,
+    template_path: str | os.PathLike | None = None,
+    figures: bool = True,
+):
     """Render the card of the run in ``folder`` as it would be pushed to ``repo_id`` (nothing written).
 
     ``figures``: reference ``confusion_matrix.png``/``training_curves.png`` (see :func:`write_figures`).
@@ -96,13 +132,23 @@ def render_card(folder: str | os.PathLike, repo_id: str, *, results: dict | None
     upper = load_results(upper_bound_results)
     library = folder_library(folder)
     mode = results.get("mode")
-    data = card_data(results, repo_id, mode_tag=MODES.get(mode, ("", "", mode))[2], folder=folder, baseline=baseline,
-                     license=license, revision=revision, endpoint=endpoint)
+    data = card_data(
+        results,
+        repo_id,
+        mode_tag=MODES.get(mode, ("", "", mode))[2],
+        folder=folder,
+        baseline=baseline,
+        license=license,
+        revision=revision,
+        endpoint=endpoint,
+    )
     backbone = sections.backbone_text(results, library["timm"])
     title = _method_title(results.get("method"))
     return ModelCard.from_template(
-        data, template_str=template_text(template_path),
-        repo_id=repo_id, model_name=repo_id.split("/")[-1],
+        data,
+        template_str=template_text(template_path),
+        repo_id=repo_id,
+        model_name=repo_id.split("/")[-1],
         summary=sections.summary(results, baseline, upper, backbone, title),
         **_method_vars(results),
         **sections.data_vars(results, backbone),
@@ -126,8 +172,11 @@ def write_figures(folder: str | os.PathLike, results: dict | None = None) -> lis
     if target.get("confusion_matrix"):
         dataset = dataset_info(results.get("target"))["display"]
         title = f"Target test ({dataset}), {results.get('mode')}/{results.get('method')}"
-        written.append(confusion_matrix_png(target["confusion_matrix"], results.get("label_names") or [],
-                                            str(folder / CONFUSION_PNG), title=title))
+        written.append(
+            confusion_matrix_png(
+                target["confusion_matrix"], results.get("label_names") or [], str(folder / CONFUSION_PNG), title=title
+            )
+        )
     if results.get("log_history") and training_curves_png(results["log_history"], str(folder / CURVES_PNG)):
         written.append(str(folder / CURVES_PNG))
     return written
@@ -149,10 +198,13 @@ def write_card(folder: str | os.PathLike, repo_id: str, *, existing: str | None 
     return text
 
 
-def render_example(run_dir: str | os.PathLike, out_dir: str | os.PathLike = "model_cards/examples",
-                   repo_id: str = "hf-transfer/digits-printed-to-handwritten-dann",
-                   baseline_results: str | os.PathLike | dict | None = None,
-                   upper_bound_results: str | os.PathLike | dict | None = None) -> str:
+def render_example(
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike = "model_cards/examples",
+    repo_id: str = "hf-transfer/digits-printed-to-handwritten-dann",
+    baseline_results: str | os.PathLike | dict | None = None,
+    upper_bound_results: str | os.PathLike | dict | None = None,
+) -> str:
     """Render the committed example card from a run folder (e.g. the demo's ``seed0/dann``):
     ``README.md`` and its figures go to ``out_dir``. Nothing is fetched from the network."""
     import shutil
@@ -162,8 +214,9 @@ def render_example(run_dir: str | os.PathLike, out_dir: str | os.PathLike = "mod
     for name in (RESULTS_FILE, REFERENCE_PREDICTIONS, "config.json"):
         if (run_dir / name).is_file():
             shutil.copy(run_dir / name, out_dir / name)
-    text = write_card(out_dir, repo_id, existing="", baseline_results=baseline_results,
-                      upper_bound_results=upper_bound_results)
+    text = write_card(
+        out_dir, repo_id, existing="", baseline_results=baseline_results, upper_bound_results=upper_bound_results
+    )
     for name in (RESULTS_FILE, REFERENCE_PREDICTIONS, "config.json"):
         (out_dir / name).unlink(missing_ok=True)
     return text

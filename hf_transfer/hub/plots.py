@@ -15,10 +15,30 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-_PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
-_SKIP_KEYS = {"step", "epoch", "learning_rate", "grad_norm", "total_flos", "train_runtime", "train_samples_per_second",
-              "train_steps_per_second", "train_loss", "grl_coeff"}
+_PALETTE = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
+_SKIP_KEYS = {
+    "step",
+    "epoch",
+    "learning_rate",
+    "grad_norm",
+    "total_flos",
+    "train_runtime",
+    "train_samples_per_second",
+    "train_steps_per_second",
+    "train_loss",
+    "grl_coeff",
+}
 
 
 def _font(size: int):
@@ -63,8 +83,12 @@ def confusion_matrix_png(matrix: Sequence[Sequence[int]], labels: Sequence[str],
             if count:
                 text = str(count)
                 tw, th = _text_size(draw, text, small)
-                draw.text((x0 + (cell - tw) / 2, y0 + (cell - th) / 2 - 1), text, font=small,
-                          fill="white" if frac > 0.5 else "black")
+                draw.text(
+                    (x0 + (cell - tw) / 2, y0 + (cell - th) / 2 - 1),
+                    text,
+                    font=small,
+                    fill="white" if frac > 0.5 else "black",
+                )
     for k, lab in enumerate(labels):
         tw, th = _text_size(draw, str(lab), font)
         draw.text((left - tw - 8, top + k * cell + (cell - th) / 2 - 2), str(lab), fill="black", font=font)

@@ -42,8 +42,25 @@ from hf_transfer.hub.card_metadata import base_model_license
 logger = logging.getLogger(__name__)
 
 # never pushed: Trainer checkpoints and state, staging/temp files, hidden files, caches
-EXCLUDE = ("checkpoint-*", "runs", "wandb", "mlruns", ".*", "__pycache__", "*.tmp", "*.temp", "*.lock", "*.partial",
-           "*~", "*.pyc", "training_args.bin", "trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state*.pth")
+EXCLUDE = (
+    "checkpoint-*",
+    "runs",
+    "wandb",
+    "mlruns",
+    ".*",
+    "__pycache__",
+    "*.tmp",
+    "*.temp",
+    "*.lock",
+    "*.partial",
+    "*~",
+    "*.pyc",
+    "training_args.bin",
+    "trainer_state.json",
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state*.pth",
+)
 DEFAULT_ATOL = 1e-3
 
 
@@ -79,8 +96,12 @@ def _pipeline_kwargs(folder: Path) -> dict:
     return stock_pipeline_kwargs(str(folder))
 
 
-def check_round_trip(folder: str | os.PathLike, atol: float = DEFAULT_ATOL, device: str | int | None = "cpu",
-                     model_dir: str | os.PathLike | None = None) -> list[dict]:
+def check_round_trip(
+    folder: str | os.PathLike,
+    atol: float = DEFAULT_ATOL,
+    device: str | int | None = "cpu",
+    model_dir: str | os.PathLike | None = None,
+) -> list[dict]:
     """Load ``folder`` (or ``model_dir``) with ``pipeline("image-classification")`` (for an adapter, with the
     arguments its model card gives) and compare its
     predictions on the example images with ``reference_predictions.json``: top-1 label equal (unless the
@@ -91,28 +112,35 @@ def check_round_trip(folder: str | os.PathLike, atol: float = DEFAULT_ATOL, devi
     model_dir = Path(model_dir) if model_dir is not None else folder
     ref_path = folder / card_inputs.REFERENCE_PREDICTIONS
     if not ref_path.is_file():
-        raise RoundTripError(f"{ref_path} is missing: the run folder has no reference predictions to check "
-                             "the export against (was it written by hf_transfer.training.run.run_transfer?).")
+        raise RoundTripError(
+            f"{ref_path} is missing: the run folder has no reference predictions to check "
+            "the export against (was it written by hf_transfer.training.run.run_transfer?)."
+        )
     reference = json.loads(ref_path.read_text())
     if not reference:
         raise RoundTripError(f"{ref_path} lists no example images.")
     try:
         clf = pipeline("image-classification", model=str(model_dir), device=device, **_pipeline_kwargs(model_dir))
     except Exception as err:
-        raise RoundTripError(f"pipeline('image-classification', model={str(model_dir)!r}) could not load the exported "
-                             f"folder: {type(err).__name__}: {err}") from err
+        raise RoundTripError(
+            f"pipeline('image-classification', model={str(model_dir)!r}) could not load the exported "
+            f"folder: {type(err).__name__}: {err}"
+        ) from err
     out = []
     for row in reference:
         image_path = folder / row["file"]
         if not image_path.is_file():
-            raise RoundTripError(f"Example image {row['file']} listed in {card_inputs.REFERENCE_PREDICTIONS} is missing.")
+            raise RoundTripError(
+                f"Example image {row['file']} listed in {card_inputs.REFERENCE_PREDICTIONS} is missing."
+            )
         preds = clf(str(image_path), top_k=len(row["scores"]))
         got = {p["label"]: float(p["score"]) for p in preds}
         want = {k: float(v) for k, v in row["scores"].items()}
         if set(got) != set(want):
             raise RoundTripError(
                 f"{row['file']}: the exported folder's labels {sorted(got)} differ from the trained model's "
-                f"{sorted(want)} (id2label/label_names lost or reordered?).")
+                f"{sorted(want)} (id2label/label_names lost or reordered?)."
+            )
         ref_ranked = sorted(want, key=want.get, reverse=True)
         ref_top, got_top = ref_ranked[0], max(got, key=got.get)
         worst = max(want, key=lambda k: abs(got[k] - want[k]))
@@ -124,7 +152,8 @@ def check_round_trip(folder: str | os.PathLike, atol: float = DEFAULT_ATOL, devi
                 f"predicted {ref_top!r} ({want[ref_top]:.4f}), the exported folder loaded with pipeline() predicts "
                 f"{got_top!r} ({got[got_top]:.4f}); largest score difference {diff:.4g} on {worst!r} "
                 f"(tolerance {atol}). Check preprocessor_config.json (size/mean/std) and config.json "
-                "(labels, architecture). Nothing was pushed.")
+                "(labels, architecture). Nothing was pushed."
+            )
         out.append({"file": row["file"], "label": got_top, "scores": got})
     return out
 
@@ -156,7 +185,10 @@ def files_to_push(folder: str | os.PathLike) -> list[str]:
 def run_commit_message(results: dict, baseline: dict | None = None) -> tuple[str, str]:
     """(summary line, description) of the push commit: mode/method, base, target accuracy vs baseline."""
     mode, method = results.get("mode"), results.get("method")
-    base = results.get("base_model") or f"{os.path.basename(str(results.get('backbone', '?')).rstrip(os.sep))} (no Hub base)"
+    base = (
+        results.get("base_model")
+        or f"{os.path.basename(str(results.get('backbone', '?')).rstrip(os.sep))} (no Hub base)"
+    )
     tgt = card_inputs.dataset_info(results.get("target"))
     acc = card_inputs.accuracy(results, "target")
     b = card_inputs.accuracy(baseline, "target")
@@ -168,15 +200,21 @@ def run_commit_message(results: dict, baseline: dict | None = None) -> tuple[str
         if b is not None and method != "source_only":
             line += f" (source-only {100 * b:.1f}%, {100 * (acc - b):+.1f} pts)"
     src = card_inputs.dataset_info(results.get("source"))
-    desc = [f"mode: {mode}", f"method: {method}", f"backbone: {results.get('backbone')}",
-            f"base_model: {results.get('base_model')}"]
+    desc = [
+        f"mode: {mode}",
+        f"method: {method}",
+        f"backbone: {results.get('backbone')}",
+        f"base_model: {results.get('base_model')}",
+    ]
     if src:
         desc.append(f"source: {src['display']}")
     if tgt:
         desc.append(f"target: {tgt['display']}")
     for domain, m in (results.get("metrics") or {}).items():
-        desc.append(f"{domain} test accuracy: {m.get('accuracy'):.4f} (macro-F1 {m.get('macro_f1', float('nan')):.4f}, "
-                    f"n={m.get('num_samples')})")
+        desc.append(
+            f"{domain} test accuracy: {m.get('accuracy'):.4f} (macro-F1 {m.get('macro_f1', float('nan')):.4f}, "
+            f"n={m.get('num_samples')})"
+        )
     if b is not None:
         desc.append(f"source-only baseline target accuracy: {b:.4f}")
     desc.append(f"hf_transfer {(results.get('versions') or {}).get('hf_transfer', '?')}")
@@ -193,8 +231,9 @@ def _is_main_process() -> bool:
         from accelerate import PartialState
 
         return PartialState().is_main_process
-    return all(os.environ.get(var, "0") in ("", "0") for var in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK",
-                                                                    "SLURM_PROCID"))
+    return all(
+        os.environ.get(var, "0") in ("", "0") for var in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
+    )
 
 
 def _remote_readme(api, repo_id: str, revision: str) -> str | None:
@@ -212,11 +251,21 @@ def _remote_readme(api, repo_id: str, revision: str) -> str | None:
 # ------------------------------------------------------------------------------------------------
 # push
 # ------------------------------------------------------------------------------------------------
-def push_run(output_dir: str | os.PathLike, repo_id: str, private: bool | None = None, revision: str | None = None,
-             create_pr: bool = False, token: str | bool | None = None, commit_message: str | None = None, *,
-             baseline_results: str | os.PathLike | dict | None = None,
-             upper_bound_results: str | os.PathLike | dict | None = None,
-             license: str | None = None, check: bool = True, atol: float = DEFAULT_ATOL) -> PushResult | None:
+def push_run(
+    output_dir: str | os.PathLike,
+    repo_id: str,
+    private: bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    token: str | bool | None = None,
+    commit_message: str | None = None,
+    *,
+    baseline_results: str | os.PathLike | dict | None = None,
+    upper_bound_results: str | os.PathLike | dict | None = None,
+    license: str | None = None,
+    check: bool = True,
+    atol: float = DEFAULT_ATOL,
+) -> PushResult | None:
     """Check, card and push the run in ``output_dir`` to ``repo_id`` in one commit.
 
     ``repo_id`` may omit the namespace (the token's user). ``revision``: a branch (created from main
@@ -237,8 +286,10 @@ def push_run(output_dir: str | os.PathLike, repo_id: str, private: bool | None =
     upper_bound = card_inputs.load_results(upper_bound_results)
     if check:
         check_round_trip(folder, atol=atol)
-        logger.info("Round-trip check passed: pipeline('image-classification') on the folder reproduces the "
-                    "trained model's predictions.")
+        logger.info(
+            "Round-trip check passed: pipeline('image-classification') on the folder reproduces the "
+            "trained model's predictions."
+        )
 
     api = HfApi(token=token)
     with _hub_errors(api, repo_id):
@@ -249,9 +300,19 @@ def push_run(output_dir: str | os.PathLike, repo_id: str, private: bool | None =
             if revision and not any(b.name == revision for b in api.list_repo_refs(repo_id).branches):
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
                 new_branch = revision
-            return _commit_run(api, folder, repo_id, results, baseline, revision=revision, create_pr=create_pr,
-                               token=token, commit_message=commit_message,
-                               upper_bound=upper_bound, license=license)
+            return _commit_run(
+                api,
+                folder,
+                repo_id,
+                results,
+                baseline,
+                revision=revision,
+                create_pr=create_pr,
+                token=token,
+                commit_message=commit_message,
+                upper_bound=upper_bound,
+                license=license,
+            )
     except Exception as err:
         leftover = _undo_created(api, repo_id, created, new_branch)
         if leftover:
@@ -259,9 +320,20 @@ def push_run(output_dir: str | os.PathLike, repo_id: str, private: bool | None =
         raise
 
 
-def _commit_run(api, folder: Path, repo_id: str, results: dict, baseline: dict | None, *, revision: str | None,
-                create_pr: bool, token, commit_message: str | None, upper_bound: dict | None,
-                license: str | None) -> PushResult:
+def _commit_run(
+    api,
+    folder: Path,
+    repo_id: str,
+    results: dict,
+    baseline: dict | None,
+    *,
+    revision: str | None,
+    create_pr: bool,
+    token,
+    commit_message: str | None,
+    upper_bound: dict | None,
+    license: str | None,
+) -> PushResult:
     """Card merged with the remote one, then ONE commit pinned to the head that card was read at."""
     from huggingface_hub import CommitOperationAdd, constants
 
@@ -271,21 +343,41 @@ def _commit_run(api, folder: Path, repo_id: str, results: dict, baseline: dict |
     if license is None:
         license = base_model_license(results.get("base_model"), token=token)
 
-    cards.write_card(folder, repo_id, existing=existing, results=results, baseline_results=baseline,
-                     upper_bound_results=upper_bound, license=license, revision=revision,
-                     endpoint=api.endpoint)
+    cards.write_card(
+        folder,
+        repo_id,
+        existing=existing,
+        results=results,
+        baseline_results=baseline,
+        upper_bound_results=upper_bound,
+        license=license,
+        revision=revision,
+        endpoint=api.endpoint,
+    )
     paths = files_to_push(folder)
     if not paths:
         raise PushError(f"Nothing to push in {str(folder)!r}.")
     summary, description = run_commit_message(results, baseline)
     operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(folder / p)) for p in paths]
-    info = api.create_commit(repo_id, operations, commit_message=commit_message or summary,
-                             commit_description=description, revision=branch, create_pr=create_pr,
-                             parent_commit=head)
+    info = api.create_commit(
+        repo_id,
+        operations,
+        commit_message=commit_message or summary,
+        commit_description=description,
+        revision=branch,
+        create_pr=create_pr,
+        parent_commit=head,
+    )
     logger.info("Pushed %d files to %s (%s)", len(paths), repo_id, info.pr_url or info.commit_url)
-    return PushResult(repo_id=repo_id, revision=info.pr_revision or branch, commit_url=info.commit_url,
-                      commit_oid=info.oid, pr_url=info.pr_url, files=paths,
-                      commit_message=commit_message or summary)
+    return PushResult(
+        repo_id=repo_id,
+        revision=info.pr_revision or branch,
+        commit_url=info.commit_url,
+        commit_oid=info.oid,
+        pr_url=info.pr_url,
+        files=paths,
+        commit_message=commit_message or summary,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -327,8 +419,9 @@ def _undo_created(api, repo_id: str, created_repo: bool, new_branch: str | None)
         else:
             api.delete_branch(repo_id, branch=new_branch)
     except Exception as err:  # the Hub that failed the push may fail this too
-        return (f"The failed push could not delete {what} ({type(err).__name__}): delete it, or run the same "
-                "command again.")
+        return (
+            f"The failed push could not delete {what} ({type(err).__name__}): delete it, or run the same command again."
+        )
     logger.info("The push failed: deleted %s.", what)
     return ""
 
@@ -337,7 +430,7 @@ _HTTP_HINTS = {
     401: "The token is invalid or expired: set HF_TOKEN or run `hf auth login` with a write token.",
     403: "The token has no write access there: use a token that can write to this namespace, or push to your own.",
     404: "The repo or revision does not exist for this token (a private repo of another user looks the same): "
-         "check the repo id, --revision and the token.",
+    "check the repo id, --revision and the token.",
     412: "Someone committed to the branch during the push: run the same command again (the card is merged again).",
 }
 _NO_TOKEN = "No token was sent: set HF_TOKEN or run `hf auth login` with a write token."
@@ -354,8 +447,11 @@ def _http_error_text(err, endpoint: str, repo_id: str, has_token: bool) -> str:
         hint = _NO_TOKEN
     else:
         hint = _HTTP_HINTS.get(status, "")
-    return f"Push to {repo_id} failed: the Hub at {endpoint} answered {status}{reason}" + \
-        (f" ({server})." if server else ".") + (f" {hint}" if hint else "")
+    return (
+        f"Push to {repo_id} failed: the Hub at {endpoint} answered {status}{reason}"
+        + (f" ({server})." if server else ".")
+        + (f" {hint}" if hint else "")
+    )
 
 
 def _hub_cause(err: BaseException):
@@ -383,8 +479,10 @@ def _hub_errors(api, repo_id: str):
             raise PushError(_http_error_text(cause, api.endpoint, repo_id, _has_token(api))) from err
         if isinstance(cause, OfflineModeIsEnabled):
             raise PushError(f"Cannot push to {repo_id}: HF_HUB_OFFLINE is set; unset it to reach the Hub.") from err
-        raise PushError(f"Push to {repo_id} failed: cannot reach the Hub at {api.endpoint} ({type(cause).__name__}: "
-                        f"{cause}). Check the network or HF_ENDPOINT, then run the same command again.") from err
+        raise PushError(
+            f"Push to {repo_id} failed: cannot reach the Hub at {api.endpoint} ({type(cause).__name__}: "
+            f"{cause}). Check the network or HF_ENDPOINT, then run the same command again."
+        ) from err
 
 
 def _has_token(api) -> bool:

@@ -65,8 +65,9 @@ class Method:
         hints = typing.get_type_hints(self.config)
         for key, value in given.items():
             if not _has_type(value, hints[key]):
-                raise TransferConfigError(f"method={self.name!r}: method_args {key}={value!r} must be of type "
-                                          f"{_type_name(hints[key])}.")
+                raise TransferConfigError(
+                    f"method={self.name!r}: method_args {key}={value!r} must be of type {_type_name(hints[key])}."
+                )
         return self.config(**given)
 
 
@@ -90,9 +91,18 @@ def _type_name(hint: Any) -> str:
 METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, *, title: str, description: str, modes: tuple[str, ...], paper: str = "",
-                    config: type = NoOptions, default_for: tuple[str, ...] = (), backbone_lr_scale: float = 1.0,
-                    implementation: type | None = None) -> Method:
+def register_method(
+    name: str,
+    *,
+    title: str,
+    description: str,
+    modes: tuple[str, ...],
+    paper: str = "",
+    config: type = NoOptions,
+    default_for: tuple[str, ...] = (),
+    backbone_lr_scale: float = 1.0,
+    implementation: type | None = None,
+) -> Method:
     """Register one method (see the module docstring); a second method of the same name is refused."""
     if name in METHODS:
         raise ValueError(f"a method named {name!r} is already registered; choose another name")
@@ -103,8 +113,17 @@ def register_method(name: str, *, title: str, description: str, modes: tuple[str
         raise ValueError(f"register_method({name!r}): options without a help text: {missing}")
     if not set(default_for) <= set(modes):
         raise ValueError(f"register_method({name!r}): default_for={default_for} outside modes={modes}")
-    method = Method(name, title, description, paper, tuple(modes), config, tuple(default_for),
-                    float(backbone_lr_scale), implementation)
+    method = Method(
+        name,
+        title,
+        description,
+        paper,
+        tuple(modes),
+        config,
+        tuple(default_for),
+        float(backbone_lr_scale),
+        implementation,
+    )
     METHODS[name] = method
     return method
 

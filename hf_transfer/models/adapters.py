@@ -59,10 +59,10 @@ class NotPortableWarning(UserWarning):
 
 # --- target modules ----------------------------------------------------------------------------
 
+
 def _body_modules(model: nn.Module, head_name: str):
     head_prefix = head_name + "."
-    return [(n, m) for n, m in model.named_modules()
-            if n and n != head_name and not n.startswith(head_prefix)]
+    return [(n, m) for n, m in model.named_modules() if n and n != head_name and not n.startswith(head_prefix)]
 
 
 def default_target_modules(model: nn.Module, head_name: str) -> tuple[list[str], str]:
@@ -95,8 +95,11 @@ def resolve_target_modules(model: nn.Module, head_name: str, spec: str | list[st
         return default_target_modules(model, head_name)
     modules = _body_modules(model, head_name)
     supported = [n for n, m in modules if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d, nn.Embedding))]
-    items = [spec] if isinstance(spec, str) and spec.startswith("re:") else (
-        [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec))
+    items = (
+        [spec]
+        if isinstance(spec, str) and spec.startswith("re:")
+        else ([s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec))
+    )
     out: list[str] = []
     for item in items:
         if item.startswith("re:"):
@@ -107,12 +110,14 @@ def resolve_target_modules(model: nn.Module, head_name: str, spec: str | list[st
         if not hits:
             raise TransferConfigError(
                 f"lora_target_modules: {item!r} matches no Linear/Conv layer outside the head "
-                f"(examples: {supported[:4]}).")
+                f"(examples: {supported[:4]})."
+            )
         out.extend(hits)
     return list(dict.fromkeys(out)), f"user: {spec}"
 
 
 # --- wrapping ----------------------------------------------------------------------------------
+
 
 def base_reference(backbone: Backbone) -> tuple[str, bool]:
     """(what ``base_model_name_or_path`` records, portable?) for ``backbone``."""
@@ -122,11 +127,11 @@ def base_reference(backbone: Backbone) -> tuple[str, bool]:
         return os.path.abspath(backbone.model_id), False
     raise TransferConfigError(
         f"LoRA needs pretrained base weights that a loader can find again (a Hub id or a local folder); "
-        f"{backbone.model_id!r} is a random-init architecture.")
+        f"{backbone.model_id!r} is a random-init architecture."
+    )
 
 
-def apply_lora(backbone: Backbone, r: int = 8, alpha: float | None = None, dropout: float = 0.0,
-               target_modules=None):
+def apply_lora(backbone: Backbone, r: int = 8, alpha: float | None = None, dropout: float = 0.0, target_modules=None):
     """Inject LoRA into ``backbone.model`` in place; returns the ``PeftModel`` (for saving)."""
     from peft import LoraConfig, get_peft_model
 
@@ -134,9 +139,16 @@ def apply_lora(backbone: Backbone, r: int = 8, alpha: float | None = None, dropo
         raise TransferConfigError(f"lora_r={r}: must be >= 1.")
     base, _ = base_reference(backbone)
     targets, rule = resolve_target_modules(backbone.model, backbone.head_name, target_modules)
-    config = LoraConfig(r=int(r), lora_alpha=float(alpha if alpha is not None else r), lora_dropout=float(dropout),
-                        target_modules=targets, modules_to_save=[backbone.head_name], bias="none",
-                        base_model_name_or_path=base, revision=backbone.revision)
+    config = LoraConfig(
+        r=int(r),
+        lora_alpha=float(alpha if alpha is not None else r),
+        lora_dropout=float(dropout),
+        target_modules=targets,
+        modules_to_save=[backbone.head_name],
+        bias="none",
+        base_model_name_or_path=base,
+        revision=backbone.revision,
+    )
     peft_model = get_peft_model(backbone.model, config)
     peft_model.peft_config["default"].base_model_name_or_path = base
     peft_model.hf_transfer_rule = rule
@@ -149,10 +161,14 @@ def trainable_parameter_count(model: nn.Module) -> int:
 
 # --- portability -------------------------------------------------------------------------------
 
+
 def _same_data_config(a, b) -> bool:
-    return (tuple(a.input_size) == tuple(b.input_size) and abs(a.crop_pct - b.crop_pct) < 1e-6
-            and all(abs(x - y) < 1e-6 for x, y in zip(a.mean + a.std, b.mean + b.std, strict=True))
-            and a.interpolation == b.interpolation)
+    return (
+        tuple(a.input_size) == tuple(b.input_size)
+        and abs(a.crop_pct - b.crop_pct) < 1e-6
+        and all(abs(x - y) < 1e-6 for x, y in zip(a.mean + a.std, b.mean + b.std, strict=True))
+        and a.interpolation == b.interpolation
+    )
 
 
 def portability_report(backbone: Backbone, base: str) -> dict:
@@ -166,19 +182,23 @@ def portability_report(backbone: Backbone, base: str) -> dict:
         return {"self_sufficient": None, "reasons": [f"could not read the base config: {type(err).__name__}"]}
     base_labels = [config.id2label[i] for i in range(len(config.id2label))]
     if base_labels != backbone.label_names:
-        reasons.append(f"the base's labels ({len(base_labels)}: {base_labels[:4]}...) differ from the adapter's "
-                       f"({len(backbone.label_names)}: {backbone.label_names[:4]}...)")
+        reasons.append(
+            f"the base's labels ({len(base_labels)}: {base_labels[:4]}...) differ from the adapter's "
+            f"({len(backbone.label_names)}: {backbone.label_names[:4]}...)"
+        )
     if isinstance(config, TimmWrapperConfig):
         base_cfg = _data_config_from_timm_cfg(getattr(config, "pretrained_cfg", None) or {})
     else:
         base_cfg = _data_config_from_processor(base, backbone.revision, config, False)
     if not _same_data_config(base_cfg, backbone.data_config):
-        reasons.append(f"the base's preprocessing {base_cfg.to_dict()} differs from the run's "
-                       f"{backbone.data_config.to_dict()}")
+        reasons.append(
+            f"the base's preprocessing {base_cfg.to_dict()} differs from the run's {backbone.data_config.to_dict()}"
+        )
     return {"self_sufficient": not reasons, "reasons": reasons}
 
 
 # --- export ------------------------------------------------------------------------------------
+
 
 def _save_processor(backbone: Backbone, folder: str) -> dict:
     """Write this run's preprocessing; returns how a stock loader reads it back (class + kwargs)."""
@@ -188,22 +208,33 @@ def _save_processor(backbone: Backbone, folder: str) -> dict:
     if backbone.library == "timm":
         # TimmWrapperImageProcessor reads config.json by default (which an adapter folder must not have)
         # and rebuilds itself from ``pretrained_cfg``: write that into preprocessor_config.json.
-        processor = {"image_processor_type": "TimmWrapperImageProcessor",
-                     "architecture": backbone.model.config.architecture, "pretrained_cfg": _timm_pretrained_cfg(backbone)}
+        processor = {
+            "image_processor_type": "TimmWrapperImageProcessor",
+            "architecture": backbone.model.config.architecture,
+            "pretrained_cfg": _timm_pretrained_cfg(backbone),
+        }
         with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
             json.dump(processor, f, indent=2)
-        return {"class": "TimmWrapperImageProcessor", "kwargs": {"image_processor_filename": "preprocessor_config.json"}}
+        return {
+            "class": "TimmWrapperImageProcessor",
+            "kwargs": {"image_processor_filename": "preprocessor_config.json"},
+        }
     from transformers import ViTImageProcessor
 
-    ViTImageProcessor(size={"height": cfg.size, "width": cfg.size}, image_mean=list(cfg.mean),
-                      image_std=list(cfg.std)).save_pretrained(folder)
+    ViTImageProcessor(
+        size={"height": cfg.size, "width": cfg.size}, image_mean=list(cfg.mean), image_std=list(cfg.std)
+    ).save_pretrained(folder)
     return {"class": "AutoImageProcessor", "kwargs": {}}
 
 
 def label_kwargs(label_names: list[str]) -> dict:
     """Keyword arguments that give a base model this run's head size and class names."""
-    return {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
-            "label2id": {n: i for i, n in enumerate(label_names)}, "ignore_mismatched_sizes": True}
+    return {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {n: i for i, n in enumerate(label_names)},
+        "ignore_mismatched_sizes": True,
+    }
 
 
 def merged_backbone(backbone: Backbone, peft_model) -> Backbone:
@@ -211,34 +242,59 @@ def merged_backbone(backbone: Backbone, peft_model) -> Backbone:
     merged = copy.deepcopy(peft_model).merge_and_unload()
     merged.config.id2label = dict(enumerate(backbone.label_names))
     merged.config.label2id = {n: i for i, n in enumerate(backbone.label_names)}
-    return Backbone(model=merged, model_id=backbone.model_id, library=backbone.library,
-                    data_config=backbone.data_config, pretrained=backbone.pretrained, revision=backbone.revision)
+    return Backbone(
+        model=merged,
+        model_id=backbone.model_id,
+        library=backbone.library,
+        data_config=backbone.data_config,
+        pretrained=backbone.pretrained,
+        revision=backbone.revision,
+    )
 
 
-def export_adapter(peft_model, backbone: Backbone, output_dir: str, results: dict | None = None,
-                   merge: bool = False) -> dict:
+def export_adapter(
+    peft_model, backbone: Backbone, output_dir: str, results: dict | None = None, merge: bool = False
+) -> dict:
     """Write the adapter folder (and ``merged/`` when ``merge``); returns the adapter info dict."""
     from hf_transfer.models.export import RESULTS_FILE, export_model
 
     base, portable = base_reference(backbone)
     if not portable:
-        warnings.warn(f"The adapter's base is the local folder {base}: the adapter loads only where that folder "
-                      "exists. Use a Hub id as backbone for a portable adapter.", NotPortableWarning, stacklevel=2)
+        warnings.warn(
+            f"The adapter's base is the local folder {base}: the adapter loads only where that folder "
+            "exists. Use a Hub id as backbone for a portable adapter.",
+            NotPortableWarning,
+            stacklevel=2,
+        )
     peft_model.peft_config["default"].base_model_name_or_path = base
     report = portability_report(backbone, base)
     if report["self_sufficient"] is False:
-        logger.warning("Adapter in %s: stock loaders read config and preprocessing from the base %s, and %s. "
-                       "Load it with the keyword arguments recorded in %s (stock_loading; the model card shows "
-                       "the code), with hf_transfer.models.adapters.load_adapter_model, or export merged (merge_adapter).",
-                       output_dir, base, "; ".join(report["reasons"]), ADAPTER_INFO)
+        logger.warning(
+            "Adapter in %s: stock loaders read config and preprocessing from the base %s, and %s. "
+            "Load it with the keyword arguments recorded in %s (stock_loading; the model card shows "
+            "the code), with hf_transfer.models.adapters.load_adapter_model, or export merged (merge_adapter).",
+            output_dir,
+            base,
+            "; ".join(report["reasons"]),
+            ADAPTER_INFO,
+        )
     cfg = peft_model.peft_config["default"]
     info = {
-        "base_model_name_or_path": base, "base_revision": backbone.revision, "portable": portable,
-        **report, "label_names": backbone.label_names, "library": backbone.library,
-        "head": backbone.head_name, "target_modules": sorted(cfg.target_modules),
-        "target_rule": getattr(peft_model, "hf_transfer_rule", None), "r": cfg.r, "lora_alpha": cfg.lora_alpha,
-        "lora_dropout": cfg.lora_dropout, "data_config": backbone.data_config.to_dict(),
-        "trainable_parameters": trainable_parameter_count(peft_model), "merged": MERGED_DIR if merge else None,
+        "base_model_name_or_path": base,
+        "base_revision": backbone.revision,
+        "portable": portable,
+        **report,
+        "label_names": backbone.label_names,
+        "library": backbone.library,
+        "head": backbone.head_name,
+        "target_modules": sorted(cfg.target_modules),
+        "target_rule": getattr(peft_model, "hf_transfer_rule", None),
+        "r": cfg.r,
+        "lora_alpha": cfg.lora_alpha,
+        "lora_dropout": cfg.lora_dropout,
+        "data_config": backbone.data_config.to_dict(),
+        "trainable_parameters": trainable_parameter_count(peft_model),
+        "merged": MERGED_DIR if merge else None,
         "peft_version": _peft_version(),
     }
     os.makedirs(output_dir, exist_ok=True)
@@ -256,8 +312,11 @@ def export_adapter(peft_model, backbone: Backbone, output_dir: str, results: dic
         with open(os.path.join(staging, RESULTS_FILE), "w") as f:
             json.dump(res, f, indent=2, sort_keys=True, default=str)
     if merge:
-        export_model(merged_backbone(backbone, peft_model), os.path.join(output_dir, MERGED_DIR),
-                     results={**(results or {}), "adapter": {**info, "merged_from": output_dir}})
+        export_model(
+            merged_backbone(backbone, peft_model),
+            os.path.join(output_dir, MERGED_DIR),
+            results={**(results or {}), "adapter": {**info, "merged_from": output_dir}},
+        )
     return info
 
 
@@ -270,7 +329,8 @@ def load_adapter_model(folder: str, merge: bool = False):
     with open(os.path.join(folder, ADAPTER_INFO)) as f:
         info = json.load(f)
     base = AutoModelForImageClassification.from_pretrained(
-        info["base_model_name_or_path"], revision=info.get("base_revision"), **label_kwargs(info["label_names"]))
+        info["base_model_name_or_path"], revision=info.get("base_revision"), **label_kwargs(info["label_names"])
+    )
     if base.config.model_type == "timm_wrapper":
         base.config.label_names = list(info["label_names"])
     model = PeftModel.from_pretrained(base, folder)

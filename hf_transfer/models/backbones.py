@@ -164,6 +164,7 @@ def _group_rank(key: str) -> tuple[int, int]:
 
 # --- loading ------------------------------------------------------------------------------------
 
+
 def _is_plain_timm_name(model_id: str) -> bool:
     if model_id.startswith("timm:"):
         return True
@@ -256,8 +257,9 @@ def load_backbone(
         for key in ("url", "hf_hub_id", "hf_hub_filename", "tag", "num_classes", "license"):
             pcfg.pop(key, None)
         pcfg["architecture"] = arch
-        config = TimmWrapperConfig(architecture=arch, num_labels=len(label_names), id2label=id2label,
-                                   label2id=label2id, model_args={})
+        config = TimmWrapperConfig(
+            architecture=arch, num_labels=len(label_names), id2label=id2label, label2id=label2id, model_args={}
+        )
         config.pretrained_cfg = pcfg
         model = TimmWrapperForImageClassification(config)
         library, pretrained, data_config = "timm", False, _data_config_from_timm_cfg(pcfg)
@@ -276,8 +278,12 @@ def load_backbone(
             config.label_names = list(label_names)
         config.id2label, config.label2id = id2label, label2id  # also sets num_labels
         model = AutoModelForImageClassification.from_pretrained(
-            hub_id, config=config, revision=revision, ignore_mismatched_sizes=True,
-            trust_remote_code=trust_remote_code, use_safetensors=True,
+            hub_id,
+            config=config,
+            revision=revision,
+            ignore_mismatched_sizes=True,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
         )
         if isinstance(model, TimmWrapperForImageClassification):
             library, data_config = "timm", _data_config_from_timm_cfg(getattr(model.config, "pretrained_cfg", {}) or {})
@@ -292,5 +298,11 @@ def load_backbone(
         data_config.input_size = (3, int(image_size), int(image_size))
     if crop_pct is not None:
         data_config.crop_pct = float(crop_pct)
-    return Backbone(model=model, model_id=model_id, library=library, data_config=data_config,
-                    pretrained=pretrained, revision=revision)
+    return Backbone(
+        model=model,
+        model_id=model_id,
+        library=library,
+        data_config=data_config,
+        pretrained=pretrained,
+        revision=revision,
+    )

@@ -10,6 +10,7 @@ folder then has the backbone's stock architecture and loads with
 ``z`` (the d-dim bottleneck features), which is where the bottleneck matters: the BatchNorm
 standardises the features the discrepancy terms compare.
 """
+
 from __future__ import annotations
 
 import torch

@@ -31,8 +31,14 @@ RESULTS_FILE = "results.json"
 def _timm_pretrained_cfg(backbone: Backbone) -> dict:
     pcfg = dict(getattr(backbone.model.config, "pretrained_cfg", None) or {})
     cfg = backbone.data_config
-    pcfg.update(input_size=list(cfg.input_size), mean=list(cfg.mean), std=list(cfg.std),
-                interpolation=cfg.interpolation, crop_pct=cfg.crop_pct, crop_mode=cfg.crop_mode)
+    pcfg.update(
+        input_size=list(cfg.input_size),
+        mean=list(cfg.mean),
+        std=list(cfg.std),
+        interpolation=cfg.interpolation,
+        crop_pct=cfg.crop_pct,
+        crop_mode=cfg.crop_mode,
+    )
     pcfg.pop("num_classes", None)
     return pcfg
 
@@ -71,8 +77,9 @@ def _save_transformers(backbone: Backbone, folder: str) -> None:
     processor.save_pretrained(folder)
 
 
-def export_model(backbone: Backbone, output_dir: str, results: dict | None = None,
-                 extra_files: dict[str, str] | None = None) -> str:
+def export_model(
+    backbone: Backbone, output_dir: str, results: dict | None = None, extra_files: dict[str, str] | None = None
+) -> str:
     """Write weights, config (id2label/label2id), preprocessor config and ``results.json``."""
     os.makedirs(output_dir, exist_ok=True)
     with staged_files(output_dir) as staging:

@@ -8,6 +8,7 @@ turns it into pytest fixtures (``hub_server``, ``hub_subprocess_env``, ``run_wit
 This module stays light: it imports neither ``huggingface_hub`` nor ``transformers``; the names
 below are loaded on first access.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any

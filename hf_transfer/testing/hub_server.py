@@ -60,6 +60,7 @@ Usage::
 
 By hand: ``python -m hf_transfer.testing.hub_server --root DIR --port 0`` prints the endpoint URL.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -153,18 +154,39 @@ class Faults:
         self.seen: dict[str, int] = {}  # requests that reached each point
         self.fired: dict[str, int] = {}  # faults served at each point
 
-    def add(self, point: str, *, status: int = 503, times: int | None = 1, skip: int = 0, drop: bool = False,
-            delay: float = 0.0, retry_after: int | None = 0, code: str | None = None, message: str | None = None,
-            path: str | None = None) -> dict:
+    def add(
+        self,
+        point: str,
+        *,
+        status: int = 503,
+        times: int | None = 1,
+        skip: int = 0,
+        drop: bool = False,
+        delay: float = 0.0,
+        retry_after: int | None = 0,
+        code: str | None = None,
+        message: str | None = None,
+        path: str | None = None,
+    ) -> dict:
         """Fail requests at ``point``: let ``skip`` through, then fail ``times`` (None: forever).
 
         ``path`` (a regex) restricts the rule to matching request paths.
         """
         if point not in FAULT_POINTS:
             raise ValueError(f"unknown fault point {point!r}; expected one of {FAULT_POINTS}")
-        rule = {"point": point, "status": int(status), "times": times, "skip": int(skip), "drop": bool(drop),
-                "delay": float(delay), "retry_after": retry_after, "code": code,
-                "message": message or f"Injected fault at {point}", "path": path, "fired": 0}
+        rule = {
+            "point": point,
+            "status": int(status),
+            "times": times,
+            "skip": int(skip),
+            "drop": bool(drop),
+            "delay": float(delay),
+            "retry_after": retry_after,
+            "code": code,
+            "message": message or f"Injected fault at {point}",
+            "path": path,
+            "fired": 0,
+        }
         with self._lock:
             self._rules.append(rule)
         return rule
@@ -245,8 +267,11 @@ class Storage:
                 n += len(chunk)
         if n != size or h.hexdigest() != sha256:
             tmp_path.unlink(missing_ok=True)
-            raise HubError(400, f"Uploaded content does not match: expected sha256 {sha256} and size {size}, "
-                                f"got {h.hexdigest()} and {n}")
+            raise HubError(
+                400,
+                f"Uploaded content does not match: expected sha256 {sha256} and size {size}, "
+                f"got {h.hexdigest()} and {n}",
+            )
         os.replace(tmp_path, self.blob_path(sha256))
 
     # repos -----------------------------------------------------------------------------------
@@ -275,10 +300,18 @@ class Storage:
         p = self.repo_dir(rtype, repo_id) / "commits" / f"{oid}.json"
         return json.loads(p.read_text()) if p.is_file() else None
 
-    def write_commit(self, rtype: str, repo_id: str, parents: list[str], files: dict, title: str, message: str,
-                     author: str) -> dict:
-        body = {"parents": parents, "files": files, "title": title, "message": message, "date": _now(),
-                "authors": [author], "nonce": secrets.token_hex(8)}
+    def write_commit(
+        self, rtype: str, repo_id: str, parents: list[str], files: dict, title: str, message: str, author: str
+    ) -> dict:
+        body = {
+            "parents": parents,
+            "files": files,
+            "title": title,
+            "message": message,
+            "date": _now(),
+            "authors": [author],
+            "nonce": secrets.token_hex(8),
+        }
         body["id"] = hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()
         _write_json_atomic(self.repo_dir(rtype, repo_id) / "commits" / f"{body['id']}.json", body)
         return body
@@ -287,11 +320,11 @@ class Storage:
         """A branch, tag, ``refs/heads|tags/x``, ``refs/pr/N`` or commit id -> commit id."""
         refs = self.refs(rtype, repo_id)
         if rev.startswith("refs/pr/"):
-            return refs["prs"].get(rev[len("refs/pr/"):])
+            return refs["prs"].get(rev[len("refs/pr/") :])
         if rev.startswith("refs/heads/"):
-            return refs["branches"].get(rev[len("refs/heads/"):])
+            return refs["branches"].get(rev[len("refs/heads/") :])
         if rev.startswith("refs/tags/"):
-            return refs["tags"].get(rev[len("refs/tags/"):])
+            return refs["tags"].get(rev[len("refs/tags/") :])
         if rev in refs["branches"]:
             return refs["branches"][rev]
         if rev in refs["tags"]:
@@ -362,7 +395,7 @@ def validate_metadata(meta: dict) -> list[str]:
     for i, model in enumerate(mi):
         where = f'"model-index[{i}]"'
         if not isinstance(model, dict) or not isinstance(model.get("name"), str):
-            errors.append(f'{where}.name must be a string')
+            errors.append(f"{where}.name must be a string")
             continue
         results = model.get("results")
         if not isinstance(results, list):
@@ -509,10 +542,19 @@ class _ThreadingServer(http.server.ThreadingHTTPServer):
 class HubTestServer:
     """A Hub-compatible server on 127.0.0.1. ``start()``/``stop()`` or use it as a context manager."""
 
-    def __init__(self, root: str | os.PathLike | None = None, *, host: str = "127.0.0.1", port: int = 0,
-                 tokens: dict[str, str] | None = None, default_user: str = USER,
-                 orgs: dict[str, list[str]] | None = None, multipart_threshold: int = 64 * 1024 * 1024,
-                 multipart_chunk_size: int = 16 * 1024 * 1024, log: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tokens: dict[str, str] | None = None,
+        default_user: str = USER,
+        orgs: dict[str, list[str]] | None = None,
+        multipart_threshold: int = 64 * 1024 * 1024,
+        multipart_chunk_size: int = 16 * 1024 * 1024,
+        log: bool = False,
+    ) -> None:
         self._own_root = root is None
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="hub_test_server_"))
         self.storage = Storage(self.root)
@@ -543,8 +585,9 @@ class HubTestServer:
             return self
         handler = type("HubHandler", (_Handler,), {"hub": self})
         self._httpd = _ThreadingServer((self.host, self.port), handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="hub-test-server",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), name="hub-test-server", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -582,16 +625,29 @@ class HubTestServer:
         files = self.storage.commit(repo_type, repo_id, oid)["files"]
         return {p: self.storage.blob_path(e["sha256"]).read_bytes() for p, e in sorted(files.items())}
 
-    def create_repo(self, repo_id: str, repo_type: str = "model", private: bool = False, gated: bool = False,
-                    owner: str | None = None) -> str:
+    def create_repo(
+        self,
+        repo_id: str,
+        repo_type: str = "model",
+        private: bool = False,
+        gated: bool = False,
+        owner: str | None = None,
+    ) -> str:
         """Create a repo directly (no HTTP); returns its url."""
         self._create(repo_type, repo_id, private, owner or repo_id.split("/")[0])
         if gated:
             self.set_repo_settings(repo_id, repo_type, gated=True)
         return self.repo_url(repo_id, repo_type)
 
-    def set_repo_settings(self, repo_id: str, repo_type: str = "model", *, private: bool | None = None,
-                          gated: bool | str | None = None, grant: list[str] | None = None) -> None:
+    def set_repo_settings(
+        self,
+        repo_id: str,
+        repo_type: str = "model",
+        *,
+        private: bool | None = None,
+        gated: bool | str | None = None,
+        grant: list[str] | None = None,
+    ) -> None:
         with self.storage.lock(repo_type, repo_id):
             meta = self.storage.meta(repo_type, repo_id)
             if meta is None:
@@ -604,16 +660,35 @@ class HubTestServer:
                 meta["granted"] = sorted(set(meta.get("granted", [])) | set(grant))
             self.storage.set_meta(repo_type, repo_id, meta)
 
-    def subprocess_env(self, home: str | os.PathLike, token: str | None = USER_TOKEN,
-                       base: dict | None = None) -> dict[str, str]:
+    def subprocess_env(
+        self, home: str | os.PathLike, token: str | None = USER_TOKEN, base: dict | None = None
+    ) -> dict[str, str]:
         """Environment for a child process whose real clients talk to this server with a fresh cache."""
         env = dict(os.environ if base is None else base)
-        for key in ("HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_XET_CACHE", "HF_ASSETS_CACHE", "HF_TOKEN_PATH",
-                    "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HUGGINGFACE_CO_STAGING", "TRANSFORMERS_OFFLINE"):
+        for key in (
+            "HF_HUB_CACHE",
+            "HF_DATASETS_CACHE",
+            "HF_XET_CACHE",
+            "HF_ASSETS_CACHE",
+            "HF_TOKEN_PATH",
+            "HUGGINGFACE_HUB_CACHE",
+            "TRANSFORMERS_CACHE",
+            "HUGGINGFACE_CO_STAGING",
+            "TRANSFORMERS_OFFLINE",
+        ):
             env.pop(key, None)
-        env.update(HF_ENDPOINT=self.url, HF_HOME=str(home), HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0",
-                   HF_HUB_DISABLE_XET="1", HF_UPDATE_DOWNLOAD_COUNTS="0", HF_HUB_DISABLE_TELEMETRY="1",
-                   HF_HUB_DISABLE_PROGRESS_BARS="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+        env.update(
+            HF_ENDPOINT=self.url,
+            HF_HOME=str(home),
+            HF_HUB_OFFLINE="0",
+            HF_DATASETS_OFFLINE="0",
+            HF_HUB_DISABLE_XET="1",
+            HF_UPDATE_DOWNLOAD_COUNTS="0",
+            HF_HUB_DISABLE_TELEMETRY="1",
+            HF_HUB_DISABLE_PROGRESS_BARS="1",
+            NO_PROXY="127.0.0.1,localhost",
+            no_proxy="127.0.0.1,localhost",
+        )
         if token:
             env["HF_TOKEN"] = token
         else:
@@ -621,8 +696,9 @@ class HubTestServer:
         return env
 
     @contextlib.contextmanager
-    def client_environment(self, home: str | os.PathLike | None = None,
-                           token: str | None = USER_TOKEN) -> Iterator[HubTestServer]:
+    def client_environment(
+        self, home: str | os.PathLike | None = None, token: str | None = USER_TOKEN
+    ) -> Iterator[HubTestServer]:
         """Point the *already imported* clients of this process at the server, then restore them.
 
         huggingface_hub and datasets read ``HF_ENDPOINT``/offline flags/cache paths into module
@@ -681,10 +757,13 @@ class HubTestServer:
                 patch(dc, "HF_DATASETS_OFFLINE", False)
                 patch(dc, "USE_PARQUET_EXPORT", False)
                 cache = home / "datasets"
-                for name, value in (("HF_CACHE_HOME", home), ("HF_DATASETS_CACHE", cache),
-                                    ("DOWNLOADED_DATASETS_PATH", cache / "downloads"),
-                                    ("EXTRACTED_DATASETS_PATH", cache / "downloads" / "extracted"),
-                                    ("HF_MODULES_CACHE", home / "modules")):
+                for name, value in (
+                    ("HF_CACHE_HOME", home),
+                    ("HF_DATASETS_CACHE", cache),
+                    ("DOWNLOADED_DATASETS_PATH", cache / "downloads"),
+                    ("EXTRACTED_DATASETS_PATH", cache / "downloads" / "extracted"),
+                    ("HF_MODULES_CACHE", home / "modules"),
+                ):
                     if hasattr(dc, name):
                         patch(dc, name, value if isinstance(getattr(dc, name), Path) else str(value))
             yield self
@@ -702,8 +781,13 @@ class HubTestServer:
             print(_redact(line), file=sys.stderr, flush=True)
 
     def _record(self, method: str, raw_path: str, status: int, user: str | None, seconds: float) -> None:
-        entry = {"method": method, "path": _redact(urllib.parse.unquote(raw_path)), "status": status,
-                 "user": user, "seconds": round(seconds, 4)}
+        entry = {
+            "method": method,
+            "path": _redact(urllib.parse.unquote(raw_path)),
+            "status": status,
+            "user": user,
+            "seconds": round(seconds, 4),
+        }
         self.requests.append(entry)
         self._log(f"{method} {entry['path']} -> {status if status >= 0 else 'dropped'} ({user or 'anonymous'})")
 
@@ -766,7 +850,7 @@ class HubTestServer:
         if "resolve" in rest and method in ("GET", "HEAD"):
             i = rest.index("resolve")
             repo_id = self._repo_id("/".join(rest[:i]))
-            rev, path = self._split_rev(rest[i + 1:])
+            rev, path = self._split_rev(rest[i + 1 :])
             return self._resolve(h, rtype, repo_id, rev, path)
         raise HubError(404, f"Not found: {method} {urllib.parse.unquote(raw_path)}")
 
@@ -820,20 +904,40 @@ class HubTestServer:
             if h._user is None:
                 raise HubError(401, "Invalid credentials in Authorization header")
             orgs = [{"name": o, "type": "org"} for o, members in self.orgs.items() if h._user in members]
-            return h._send_json({"type": "user", "name": h._user, "fullname": h._user, "orgs": orgs,
-                                 "auth": {"type": "access_token",
-                                          "accessToken": {"displayName": "test", "role": "write"}}})
+            return h._send_json(
+                {
+                    "type": "user",
+                    "name": h._user,
+                    "fullname": h._user,
+                    "orgs": orgs,
+                    "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}},
+                }
+            )
         if segs == ["validate-yaml"] and method == "POST":
             return self._validate_yaml(h)
         if segs[:1] == ["repos"] and method in ("POST", "DELETE"):
             return self._repos(h, method, segs[1:])
         if len(segs) >= 2 and segs[0] in ("models", "datasets"):
             # The repo id is 1 or 2 segments ("gpt2" or "ns/name"): a known verb in 3rd place ends it.
-            verbs = ("revision", "tree", "paths-info", "refs", "commits", "branch", "tag", "preupload", "commit",
-                     "settings", "xet-write-token", "xet-read-token", "parquet", "discussions")
+            verbs = (
+                "revision",
+                "tree",
+                "paths-info",
+                "refs",
+                "commits",
+                "branch",
+                "tag",
+                "preupload",
+                "commit",
+                "settings",
+                "xet-write-token",
+                "xet-read-token",
+                "parquet",
+                "discussions",
+            )
             n = 2 if len(segs) >= 3 and segs[2] not in verbs else 1
-            repo_id = self._repo_id("/".join(segs[1:1 + n]))
-            return self._repo_api(h, method, segs[0][:-1], repo_id, segs[1 + n:], q)
+            repo_id = self._repo_id("/".join(segs[1 : 1 + n]))
+            return self._repo_api(h, method, segs[0][:-1], repo_id, segs[1 + n :], q)
         raise HubError(404, f"Not found: /api/{'/'.join(segs)}")
 
     def _repo_api(self, h: _Handler, method: str, rtype: str, repo_id: str, rest: list[str], q: dict) -> None:
@@ -865,6 +969,7 @@ class HubTestServer:
             return h._send_json(entries)
         if verb == "refs" and method == "GET":
             refs = self.storage.refs(rtype, repo_id)
+
             def fmt(kind, items):
                 return [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": c} for n, c in sorted(items.items())]
 
@@ -877,9 +982,16 @@ class HubTestServer:
             log = []
             while oid:
                 c = self.storage.commit(rtype, repo_id, oid)
-                log.append({"id": c["id"], "title": c["title"], "message": c["message"], "date": c["date"],
-                            "authors": [{"user": a, "avatar": ""} for a in c["authors"]],
-                            "formatted": {"title": c["title"], "message": c["message"]}})
+                log.append(
+                    {
+                        "id": c["id"],
+                        "title": c["title"],
+                        "message": c["message"],
+                        "date": c["date"],
+                        "authors": [{"user": a, "avatar": ""} for a in c["authors"]],
+                        "formatted": {"title": c["title"], "message": c["message"]},
+                    }
+                )
                 oid = c["parents"][0] if c["parents"] else None
             return h._send_json(log)
         if verb == "branch" and len(rest) >= 2:
@@ -898,12 +1010,29 @@ class HubTestServer:
         with self.storage.lock(rtype, repo_id):
             if self.storage.meta(rtype, repo_id) is not None:
                 return False
-            self.storage.set_meta(rtype, repo_id, {"id": repo_id, "type": rtype, "private": bool(private),
-                                                   "owner": owner, "gated": False, "createdAt": _now()})
+            self.storage.set_meta(
+                rtype,
+                repo_id,
+                {
+                    "id": repo_id,
+                    "type": rtype,
+                    "private": bool(private),
+                    "owner": owner,
+                    "gated": False,
+                    "createdAt": _now(),
+                },
+            )
             data = DEFAULT_GITATTRIBUTES.encode()
             sha = self.storage.put_bytes(data)
-            c = self.storage.write_commit(rtype, repo_id, [], {".gitattributes": _file_entry(
-                self.storage, data, sha, len(data), False)}, "initial commit", "", owner)
+            c = self.storage.write_commit(
+                rtype,
+                repo_id,
+                [],
+                {".gitattributes": _file_entry(self.storage, data, sha, len(data), False)},
+                "initial commit",
+                "",
+                owner,
+            )
             self.storage.set_refs(rtype, repo_id, {"branches": {"main": c["id"]}, "tags": {}, "prs": {}})
             return True
 
@@ -925,8 +1054,11 @@ class HubTestServer:
                 raise HubError(400, "Spaces are not served by the test server")
             private = body.get("private", body.get("visibility") == "private")
             if not self._create(rtype, repo_id, bool(private), ns):
-                return h._send_json({"error": "You already created this repo", "url": url}, 409,
-                                    {"X-Error-Message": "You already created this repo"})
+                return h._send_json(
+                    {"error": "You already created this repo", "url": url},
+                    409,
+                    {"X-Error-Message": "You already created this repo"},
+                )
             return h._send_json({"url": url, "name": repo_id, "id": repo_id})
         if segs == ["delete"] and method == "DELETE":
             with self.storage.lock(rtype, repo_id):
@@ -958,19 +1090,35 @@ class HubTestServer:
         for path, e in sorted(files.items()):
             s = {"rfilename": path, "size": e["size"], "blobId": e["oid"]}
             if e["lfs"]:
-                s["lfs"] = {"sha256": e["sha256"], "size": e["size"],
-                            "pointerSize": len(lfs_pointer(e["sha256"], e["size"]))}
+                s["lfs"] = {
+                    "sha256": e["sha256"],
+                    "size": e["size"],
+                    "pointerSize": len(lfs_pointer(e["sha256"], e["size"])),
+                }
             siblings.append(s)
         card = {}
         if "README.md" in files and not files["README.md"]["lfs"]:
             text = self.storage.blob_path(files["README.md"]["sha256"]).read_text(errors="replace")
             card = card_metadata(text)[0] or {}
-        h._send_json({"_id": hashlib.sha1(f"{rtype}/{repo_id}".encode()).hexdigest()[:24], "id": repo_id,
-                      "author": meta["owner"], "sha": oid, "private": meta.get("private", False),
-                      "gated": meta.get("gated", False), "disabled": False, "downloads": 0, "likes": 0,
-                      "tags": list(card.get("tags") or []) if isinstance(card.get("tags"), list) else [],
-                      "cardData": card, "siblings": siblings, "createdAt": meta.get("createdAt", _now()),
-                      "lastModified": commit["date"], "usedStorage": sum(e["size"] for e in files.values())})
+        h._send_json(
+            {
+                "_id": hashlib.sha1(f"{rtype}/{repo_id}".encode()).hexdigest()[:24],
+                "id": repo_id,
+                "author": meta["owner"],
+                "sha": oid,
+                "private": meta.get("private", False),
+                "gated": meta.get("gated", False),
+                "disabled": False,
+                "downloads": 0,
+                "likes": 0,
+                "tags": list(card.get("tags") or []) if isinstance(card.get("tags"), list) else [],
+                "cardData": card,
+                "siblings": siblings,
+                "createdAt": meta.get("createdAt", _now()),
+                "lastModified": commit["date"],
+                "usedStorage": sum(e["size"] for e in files.values()),
+            }
+        )
 
     @staticmethod
     def _entry(files: dict, path: str) -> dict | None:
@@ -979,15 +1127,22 @@ class HubTestServer:
             e = files[path]
             out = {"type": "file", "path": path, "size": e["size"], "oid": e["oid"]}
             if e["lfs"]:
-                out["lfs"] = {"oid": e["sha256"], "size": e["size"],
-                              "pointerSize": len(lfs_pointer(e["sha256"], e["size"]))}
+                out["lfs"] = {
+                    "oid": e["sha256"],
+                    "size": e["size"],
+                    "pointerSize": len(lfs_pointer(e["sha256"], e["size"])),
+                }
             return out
         prefix = path + "/" if path else ""
         inside = sorted(f"{p}:{e['oid']}" for p, e in files.items() if p.startswith(prefix))
         if not inside:
             return None
-        return {"type": "directory", "path": path, "size": 0,
-                "oid": hashlib.sha1("\n".join(inside).encode()).hexdigest()}
+        return {
+            "type": "directory",
+            "path": path,
+            "size": 0,
+            "oid": hashlib.sha1("\n".join(inside).encode()).hexdigest(),
+        }
 
     def _tree(self, h: _Handler, rtype: str, repo_id: str, rev: str, path: str, q: dict) -> None:
         _, files = self._files(rtype, repo_id, rev)
@@ -1000,7 +1155,7 @@ class HubTestServer:
         for p in files:
             if not p.startswith(prefix):
                 continue
-            parts = p[len(prefix):].split("/")
+            parts = p[len(prefix) :].split("/")
             stop = len(parts) if recursive else 1
             for i in range(1, stop + 1):
                 names.add(prefix + "/".join(parts[:i]))
@@ -1109,8 +1264,13 @@ class HubTestServer:
         for obj in body.get("objects", []):
             oid, size = str(obj.get("oid", "")), obj.get("size")
             if not re.fullmatch(r"[0-9a-f]{64}", oid) or not isinstance(size, int) or size < 0:
-                objects.append({"oid": oid, "size": size if isinstance(size, int) else 0,
-                                "error": {"code": 422, "message": "Invalid oid or size"}})
+                objects.append(
+                    {
+                        "oid": oid,
+                        "size": size if isinstance(size, int) else 0,
+                        "error": {"code": 422, "message": "Invalid oid or size"},
+                    }
+                )
                 continue
             if self.storage.has_blob(oid, size):
                 objects.append({"oid": oid, "size": size})
@@ -1128,8 +1288,11 @@ class HubTestServer:
             else:
                 actions["upload"] = {"href": f"{base}/_lfs/upload/{ticket}", "header": {}}
             objects.append({"oid": oid, "size": size, "authenticated": True, "actions": actions})
-        h._send(200, json.dumps({"transfer": chosen, "objects": objects, "hash_algo": "sha256"}).encode(),
-                ctype="application/vnd.git-lfs+json")
+        h._send(
+            200,
+            json.dumps({"transfer": chosen, "objects": objects, "hash_algo": "sha256"}).encode(),
+            ctype="application/vnd.git-lfs+json",
+        )
 
     def _ticket(self, ticket: str) -> dict:
         with self._tickets_lock:
@@ -1198,20 +1361,34 @@ class HubTestServer:
                 readme_changed |= self._apply_operation(files, op)
             if readme_changed:
                 self._check_readme(files)
-            commit = self.storage.write_commit(rtype, repo_id, [head], files, header.get("summary") or "Commit",
-                                               header.get("description") or "", h._user or self.default_user)
+            commit = self.storage.write_commit(
+                rtype,
+                repo_id,
+                [head],
+                files,
+                header.get("summary") or "Commit",
+                header.get("description") or "",
+                h._user or self.default_user,
+            )
             pr_url = self._move_ref(h, rtype, repo_id, refs, target_kind, target, commit["id"], create_pr)
             self.storage.set_refs(rtype, repo_id, refs)  # the single atomic step that publishes the commit
         base = f"http://{h.headers.get('Host')}/{_PREFIX[rtype]}{repo_id}"
-        h._send_json({"success": True, "commitOid": commit["id"], "commitUrl": f"{base}/commit/{commit['id']}",
-                      "commitMessage": commit["title"], "pullRequestUrl": pr_url})
+        h._send_json(
+            {
+                "success": True,
+                "commitOid": commit["id"],
+                "commitUrl": f"{base}/commit/{commit['id']}",
+                "commitMessage": commit["title"],
+                "pullRequestUrl": pr_url,
+            }
+        )
 
     def _commit_target(self, rtype: str, repo_id: str, refs: dict, rev: str, create_pr: bool) -> tuple[str, str, str]:
         """``(kind, name, head)`` of what a commit to ``rev`` moves: a PR, a branch, or (a PR on) a commit sha."""
         if rev.startswith("refs/pr/"):
-            kind, target = "prs", rev[len("refs/pr/"):]
+            kind, target = "prs", rev[len("refs/pr/") :]
         elif rev.startswith("refs/heads/"):
-            kind, target = "branches", rev[len("refs/heads/"):]
+            kind, target = "branches", rev[len("refs/heads/") :]
         elif rev in refs["branches"]:
             kind, target = "branches", rev
         elif _SHA40.match(rev) and create_pr and self.storage.commit(rtype, repo_id, rev):
@@ -1238,8 +1415,11 @@ class HubTestServer:
         if key == "lfsFile":
             oid, size = v.get("oid"), v.get("size")
             if v.get("algo", "sha256") != "sha256" or not self.storage.has_blob(str(oid), size):
-                raise HubError(422, f"Your push was rejected because an LFS pointer pointed to a file "
-                                    f"that does not exist: {path} ({oid})")
+                raise HubError(
+                    422,
+                    f"Your push was rejected because an LFS pointer pointed to a file "
+                    f"that does not exist: {path} ({oid})",
+                )
             files[path] = _file_entry(self.storage, None, oid, size, True)
             return path == "README.md"
         if key == "deletedFile":
@@ -1266,8 +1446,9 @@ class HubTestServer:
         if errors:
             raise HubError(400, "Invalid metadata in README.md: " + "; ".join(errors))
 
-    def _move_ref(self, h: _Handler, rtype: str, repo_id: str, refs: dict, kind: str, target: str, commit_id: str,
-                  create_pr: bool) -> str | None:
+    def _move_ref(
+        self, h: _Handler, rtype: str, repo_id: str, refs: dict, kind: str, target: str, commit_id: str, create_pr: bool
+    ) -> str | None:
         """Point the target ref (or a new PR) at ``commit_id`` in ``refs``; returns the PR's URL, if any."""
         discussions = f"http://{h.headers.get('Host')}/{_PREFIX[rtype]}{repo_id}/discussions"
         if create_pr and kind != "prs":
@@ -1290,8 +1471,12 @@ class HubTestServer:
             raise HubError(404, f"Entry not found: {path}", "EntryNotFound", {"X-Repo-Commit": oid})
         self._check_gated(h, meta, path)
         etag = e["sha256"] if e["lfs"] else e["oid"]
-        headers = {"X-Repo-Commit": oid, "ETag": f'"{etag}"', "Accept-Ranges": "bytes",
-                   "Content-Disposition": f'inline; filename="{path.rsplit("/", 1)[-1]}"'}
+        headers = {
+            "X-Repo-Commit": oid,
+            "ETag": f'"{etag}"',
+            "Accept-Ranges": "bytes",
+            "Content-Disposition": f'inline; filename="{path.rsplit("/", 1)[-1]}"',
+        }
         size = e["size"]
         start, end, status = 0, size - 1, 200
         rng = h.headers.get("Range")
@@ -1330,19 +1515,27 @@ class HubTestServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hf_transfer.testing.hub_server",
-                                description="Serve a Hub-compatible test server on 127.0.0.1 until interrupted.")
+    p = argparse.ArgumentParser(
+        prog="python -m hf_transfer.testing.hub_server",
+        description="Serve a Hub-compatible test server on 127.0.0.1 until interrupted.",
+    )
     p.add_argument("--root", required=True, help="folder holding the repos (created if missing)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    p.add_argument("--token", action="append", default=[], metavar="TOKEN=USER",
-                   help="accept TOKEN as USER (repeatable); without any, every request acts as --user")
+    p.add_argument(
+        "--token",
+        action="append",
+        default=[],
+        metavar="TOKEN=USER",
+        help="accept TOKEN as USER (repeatable); without any, every request acts as --user",
+    )
     p.add_argument("--user", default=USER, help="the user when no --token is given")
     p.add_argument("--log", action="store_true", help="print an access log (tokens redacted) to stderr")
     args = p.parse_args(argv)
     tokens = dict(t.split("=", 1) for t in args.token) if args.token else None
-    server = HubTestServer(args.root, host=args.host, port=args.port, tokens=tokens, default_user=args.user,
-                           log=args.log).start()
+    server = HubTestServer(
+        args.root, host=args.host, port=args.port, tokens=tokens, default_user=args.user, log=args.log
+    ).start()
     print(server.url, flush=True)
     print(f"export HF_ENDPOINT={server.url} HF_HUB_DISABLE_XET=1 HF_HUB_OFFLINE=0", file=sys.stderr, flush=True)
     try:

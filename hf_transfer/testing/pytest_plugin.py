@@ -37,6 +37,7 @@ Example::
         assert hub_server.files("user/demo")["a.txt"] == b"hi"
         hub_server.faults.add("commit", drop=True)  # the next commit's connection is dropped
 """
+
 from __future__ import annotations
 
 import itertools
@@ -90,17 +91,32 @@ def run_with_hub(hub_subprocess_env: Callable[..., dict], tmp_path: Path) -> Cal
     stdout/stderr). With ``check=True`` a non-zero exit fails the test and shows the output."""
     counter = itertools.count()
 
-    def run(code: str, *, token: str | None = USER_TOKEN, timeout: float = 300, check: bool = True,
-            args: list[str] | None = None) -> subprocess.CompletedProcess:
+    def run(
+        code: str,
+        *,
+        token: str | None = USER_TOKEN,
+        timeout: float = 300,
+        check: bool = True,
+        args: list[str] | None = None,
+    ) -> subprocess.CompletedProcess:
         script = tmp_path / f"hub_client_{next(counter)}.py"
         script.write_text(textwrap.dedent(code))
         env = hub_subprocess_env(token)
         env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
-        proc = subprocess.run([sys.executable, str(script), *(args or [])], env=env, cwd=str(tmp_path),
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, str(script), *(args or [])],
+            env=env,
+            cwd=str(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and proc.returncode != 0:
-            pytest.fail(f"hub client subprocess failed (exit {proc.returncode})\n--- stdout ---\n{proc.stdout}"
-                        f"\n--- stderr ---\n{proc.stderr[-6000:]}", pytrace=False)
+            pytest.fail(
+                f"hub client subprocess failed (exit {proc.returncode})\n--- stdout ---\n{proc.stdout}"
+                f"\n--- stderr ---\n{proc.stderr[-6000:]}",
+                pytrace=False,
+            )
         return proc
 
     return run

@@ -45,8 +45,14 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     """The newest complete ``checkpoint-N`` in ``output_dir`` (None when there is none)."""
     if not os.path.isdir(output_dir):
         return None
-    found = sorted(((int(m.group(1)), name) for name in os.listdir(output_dir)
-                    if (m := _CHECKPOINT.match(name)) and os.path.isdir(os.path.join(output_dir, name))), reverse=True)
+    found = sorted(
+        (
+            (int(m.group(1)), name)
+            for name in os.listdir(output_dir)
+            if (m := _CHECKPOINT.match(name)) and os.path.isdir(os.path.join(output_dir, name))
+        ),
+        reverse=True,
+    )
     for _, name in found:
         folder = os.path.join(output_dir, name)
         problem = checkpoint_problem(folder)
@@ -69,6 +75,8 @@ def resolve_resume(value, output_dir: str) -> str | None:
         raise TransferConfigError(f"resume_from_checkpoint: {value!r} is not a checkpoint folder.")
     problem = checkpoint_problem(value)
     if problem is not None:
-        raise TransferConfigError(f"resume_from_checkpoint: cannot resume from {value!r}: {problem}. "
-                                  "Use resume_from_checkpoint=last for the newest complete checkpoint.")
+        raise TransferConfigError(
+            f"resume_from_checkpoint: cannot resume from {value!r}: {problem}. "
+            "Use resume_from_checkpoint=last for the newest complete checkpoint."
+        )
     return value

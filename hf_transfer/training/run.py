@@ -51,13 +51,15 @@ def _load_checked(spec, args: TransferArguments, seed: int, role: str, skipped: 
     rows dropped by ``--skip_bad_images``."""
     counts: dict[str, int] = {}
     try:
-        domain = load_domain(spec, args.image_column, args.label_column, seed=seed,
-                             skip_bad_images=args.skip_bad_images, skipped=counts)
+        domain = load_domain(
+            spec, args.image_column, args.label_column, seed=seed, skip_bad_images=args.skip_bad_images, skipped=counts
+        )
     except TransferConfigError:
         raise
     except (ValueError, OSError, KeyError) as err:  # e.g. datasets' "Instruction 'test' corresponds to no data"
-        raise TransferConfigError(f"{role} dataset {spec.display_name!r} could not be loaded: "
-                                  f"{type(err).__name__}: {err}") from err
+        raise TransferConfigError(
+            f"{role} dataset {spec.display_name!r} could not be loaded: {type(err).__name__}: {err}"
+        ) from err
     skipped.update({f"{role}/{split}": n for split, n in counts.items() if n})
     return domain
 
@@ -69,13 +71,20 @@ def load_transfer_data(args: TransferArguments, seed: int) -> TransferData:
     target = select_classes(_load_checked(target_spec, args, seed, "target", skipped), args.target_classes)
     if source_spec is None:
         names = target["train"].features["label"].names
-        return TransferData(target=target, label_names=list(names), target_name=target_spec.display_name,
-                            skipped_images=skipped)
+        return TransferData(
+            target=target, label_names=list(names), target_name=target_spec.display_name, skipped_images=skipped
+        )
     source = _load_checked(source_spec, args, seed, "source", skipped)
     aligned = align_domains(source, target, policy=args.label_policy)
-    return TransferData(target=aligned.target, source=aligned.source, label_names=aligned.label_names,
-                        alignment=aligned.report, source_name=source_spec.display_name,
-                        target_name=target_spec.display_name, skipped_images=skipped)
+    return TransferData(
+        target=aligned.target,
+        source=aligned.source,
+        label_names=aligned.label_names,
+        alignment=aligned.report,
+        source_name=source_spec.display_name,
+        target_name=target_spec.display_name,
+        skipped_images=skipped,
+    )
 
 
 @dataclass
@@ -121,8 +130,9 @@ def _claim_output_dir(args: TransferArguments, training_args, identity: dict, re
     from accelerate import PartialState
 
     output_dir = training_args.output_dir
-    resuming_here = resume is not None and os.path.abspath(os.path.dirname(os.path.normpath(resume))) == \
-        os.path.abspath(output_dir)
+    resuming_here = resume is not None and os.path.abspath(
+        os.path.dirname(os.path.normpath(resume))
+    ) == os.path.abspath(output_dir)
     stale = check_output_dir(output_dir, identity, resume=resuming_here, overwrite=args.overwrite_output_dir)
     state = PartialState()
     state.wait_for_everyone()
@@ -191,8 +201,9 @@ def write_reference_predictions(backbone, target_test, output_dir: str, k: int =
         Image.Image.save(image, os.path.join(output_dir, name))
         reloaded = Image.open(os.path.join(output_dir, name)).convert("RGB")  # predict on the saved bytes
         probs = model(pixel_values=transform(reloaded)[None].to(device)).logits.softmax(-1)[0].cpu()
-        rows.append({"file": name, "label": label,
-                     "scores": {backbone.label_names[j]: float(p) for j, p in enumerate(probs)}})
+        rows.append(
+            {"file": name, "label": label, "scores": {backbone.label_names[j]: float(p) for j, p in enumerate(probs)}}
+        )
     with open(os.path.join(output_dir, REFERENCE_PREDICTIONS), "w") as f:
         json.dump(rows, f, indent=2)
     return rows
@@ -207,10 +218,19 @@ def non_default_arguments(args: TransferArguments, training_args) -> dict:
 
     from transformers import TrainingArguments
 
-    skip = {"output_dir", "resume_from_checkpoint", "push_to_hub", "hub_model_id", "label_names",
-            "remove_unused_columns", "hub_strategy", "logging_dir"}
-    default_transfer = TransferArguments(mode=args.mode, backbone=args.backbone, target=args.target,
-                                         source=args.source, method=args.method)
+    skip = {
+        "output_dir",
+        "resume_from_checkpoint",
+        "push_to_hub",
+        "hub_model_id",
+        "label_names",
+        "remove_unused_columns",
+        "hub_strategy",
+        "logging_dir",
+    }
+    default_transfer = TransferArguments(
+        mode=args.mode, backbone=args.backbone, target=args.target, source=args.source, method=args.method
+    )
     default_training = TrainingArguments(output_dir=training_args.output_dir, use_cpu=training_args.use_cpu)
     out = {}
     for obj, default in ((args, default_transfer), (training_args, default_training)):
@@ -220,7 +240,9 @@ def non_default_arguments(args: TransferArguments, training_args) -> dict:
             value, base = getattr(obj, f.name), getattr(default, f.name, None)
             if f.name in ("mode", "backbone", "target", "source", "method") or repr(value) != repr(base):
                 value = getattr(value, "value", value)
-                out[f.name] = value if isinstance(value, (int, float, str, bool, list, dict, type(None))) else str(value)
+                out[f.name] = (
+                    value if isinstance(value, (int, float, str, bool, list, dict, type(None))) else str(value)
+                )
     return out
 
 
@@ -229,9 +251,15 @@ def versions() -> dict[str, str]:
     import datasets
     import timm
 
-    return {"hf_transfer": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "timm": timm.__version__, "datasets": datasets.__version__, "accelerate": accelerate.__version__,
-            "python": platform.python_version()}
+    return {
+        "hf_transfer": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "timm": timm.__version__,
+        "datasets": datasets.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+    }
 
 
 @dataclass
@@ -250,8 +278,9 @@ class PreparedRun:
     push: PushRequest | None = None
 
 
-def prepare_run(args: TransferArguments, training_args: TrainingArguments,
-                callbacks: list[TrainerCallback] | None = None) -> PreparedRun:
+def prepare_run(
+    args: TransferArguments, training_args: TrainingArguments, callbacks: list[TrainerCallback] | None = None
+) -> PreparedRun:
     """Load and check data, backbone and method; build the mode and the Trainer (no training yet).
 
     What can be checked without loading anything (options, method, dataset specs, backbone id form,
@@ -266,17 +295,24 @@ def prepare_run(args: TransferArguments, training_args: TrainingArguments,
     identity = run_identity(args, training_args)
     resume = _resume_checkpoint(args, training_args, identity)
     if resume and args.input_path == "stock":
-        logger.warning("Resuming with --input_path stock: the per-sample PIL augmentation draws from the global "
-                       "RNG in the loader, so the resumed run sees other crops than an uninterrupted one and its "
-                       "final numbers differ. Use --input_path fast (the default) for an exact resume.")
+        logger.warning(
+            "Resuming with --input_path stock: the per-sample PIL augmentation draws from the global "
+            "RNG in the loader, so the resumed run sees other crops than an uninterrupted one and its "
+            "final numbers differ. Use --input_path fast (the default) for an exact resume."
+        )
     _claim_output_dir(args, training_args, identity, resume)
     set_seed(training_args.seed)
     data = load_transfer_data(args, training_args.seed)
     if data.alignment is not None:
         logger.info(data.alignment.summary())
-    backbone = load_backbone(args.backbone, data.label_names, revision=args.backbone_revision,
-                             image_size=args.image_size, crop_pct=args.crop_pct,
-                             trust_remote_code=args.trust_remote_code)
+    backbone = load_backbone(
+        args.backbone,
+        data.label_names,
+        revision=args.backbone_revision,
+        image_size=args.image_size,
+        crop_pct=args.crop_pct,
+        trust_remote_code=args.trust_remote_code,
+    )
     # before the mode is built: the feature mode extracts in build_model, with this memory format
     channels_last = use_channels_last(args.channels_last, backbone.model, training_args.device)
     if channels_last:
@@ -286,21 +322,32 @@ def prepare_run(args: TransferArguments, training_args: TrainingArguments,
     model.channels_last = channels_last
     eval_sets = mode.eval_datasets()
     trainer = TransferTrainer(
-        model=model, args=training_args, train_dataset=mode.train_dataset(),
+        model=model,
+        args=training_args,
+        train_dataset=mode.train_dataset(),
         eval_dataset={**eval_sets, **mode.unlabelled_eval_datasets()},
-        data_collator=mode.collate, compute_metrics=scalar_metrics_fn(len(data.label_names)),
-        transfer_mode=mode, callbacks=[*(callbacks or []), *mode.callbacks(), RunIdentityCallback(identity)],
+        data_collator=mode.collate,
+        compute_metrics=scalar_metrics_fn(len(data.label_names)),
+        transfer_mode=mode,
+        callbacks=[*(callbacks or []), *mode.callbacks(), RunIdentityCallback(identity)],
     )
     return PreparedRun(args, training_args, data, backbone, mode, model, eval_sets, trainer, resume, push)
 
 
-def run_transfer(args: TransferArguments, training_args: TrainingArguments,
-                 callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
+def run_transfer(
+    args: TransferArguments, training_args: TrainingArguments, callbacks: list[TrainerCallback] | None = None
+) -> dict[str, Any]:
     """Train under ``args.mode`` and write the Hub-ready folder; returns the results dict."""
     start = time.time()
     run = prepare_run(args, training_args, callbacks)
     trainer, mode, model, backbone, data, eval_sets = (
-        run.trainer, run.mode, run.model, run.backbone, run.data, run.eval_sets)
+        run.trainer,
+        run.mode,
+        run.model,
+        run.backbone,
+        run.data,
+        run.eval_sets,
+    )
     resume = run.resume
     gap_before = mode.domain_gap()
     train_output = trainer.train(resume_from_checkpoint=resume)
@@ -326,17 +373,24 @@ def run_transfer(args: TransferArguments, training_args: TrainingArguments,
         "seed": training_args.seed,
         "data_config": backbone.data_config.to_dict(),
         "augment": args.augment,
-        "speed": {"input_path": args.input_path, "channels_last": model.channels_last,
-                  "torch_compile": bool(training_args.torch_compile),
-                  "mixed_precision": training_args.mixed_precision},
+        "speed": {
+            "input_path": args.input_path,
+            "channels_last": model.channels_last,
+            "torch_compile": bool(training_args.torch_compile),
+            "mixed_precision": training_args.mixed_precision,
+        },
         "hyperparameters": {
-            "learning_rate": training_args.learning_rate, "backbone_lr_scale": args.backbone_lr_scale,
+            "learning_rate": training_args.learning_rate,
+            "backbone_lr_scale": args.backbone_lr_scale,
             "per_device_train_batch_size": training_args.per_device_train_batch_size,
-            "world_size": training_args.world_size, "max_steps": trainer.state.max_steps,
-            "num_train_epochs": training_args.num_train_epochs, "weight_decay": training_args.weight_decay,
+            "world_size": training_args.world_size,
+            "max_steps": trainer.state.max_steps,
+            "num_train_epochs": training_args.num_train_epochs,
+            "weight_decay": training_args.weight_decay,
             "optim": getattr(training_args.optim, "value", str(training_args.optim)),
-            "lr_scheduler_type": getattr(training_args.lr_scheduler_type, "value",
-                                         str(training_args.lr_scheduler_type)),
+            "lr_scheduler_type": getattr(
+                training_args.lr_scheduler_type, "value", str(training_args.lr_scheduler_type)
+            ),
             "warmup_steps": training_args.warmup_steps,
         },
         "metrics": metrics,
@@ -359,8 +413,14 @@ def run_transfer(args: TransferArguments, training_args: TrainingArguments,
     if run.push is not None and trainer.is_world_process_zero():
         from hf_transfer.hub.push import push_run
 
-        push_run(training_args.output_dir, run.push.repo_id, private=run.push.private, revision=run.push.revision,
-                 create_pr=run.push.create_pr, token=run.push.token)
+        push_run(
+            training_args.output_dir,
+            run.push.repo_id,
+            private=run.push.private,
+            revision=run.push.revision,
+            create_pr=run.push.create_pr,
+            token=run.push.token,
+        )
     return results
 
 
@@ -368,4 +428,3 @@ def summarize(results: dict) -> str:
     m = results["metrics"]
     parts = [f"{dom} acc {v['accuracy']:.4f} (macro-F1 {v['macro_f1']:.4f})" for dom, v in m.items()]
     return f"{results['mode']}/{results['method']}: " + ", ".join(parts)
-

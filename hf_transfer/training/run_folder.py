@@ -31,22 +31,71 @@ from hf_transfer.training.checkpoints import IDENTITY_FILE
 logger = logging.getLogger(__name__)
 
 # everything a run (export, adapters, cards, Trainer checkpoints, trackers) writes into its folder
-RUN_OUTPUTS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json", "config.json",
-               "preprocessor_config.json", "results.json", IDENTITY_FILE, "reference_predictions.json", "examples",
-               "checkpoint-*", "README.md", "*.png", "adapter_config.json", "adapter_model.safetensors",
-               "hf_transfer_adapter.json", "merged", "train_config.yaml", "training_args.bin",
-               "trainer_state.json", "all_results.json", "train_results.json", "eval_results.json", "runs",
-               f"{STAGING_PREFIX}*", ".gitattributes")
+RUN_OUTPUTS = (
+    "model.safetensors",
+    "model-*.safetensors",
+    "model.safetensors.index.json",
+    "config.json",
+    "preprocessor_config.json",
+    "results.json",
+    IDENTITY_FILE,
+    "reference_predictions.json",
+    "examples",
+    "checkpoint-*",
+    "README.md",
+    "*.png",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "hf_transfer_adapter.json",
+    "merged",
+    "train_config.yaml",
+    "training_args.bin",
+    "trainer_state.json",
+    "all_results.json",
+    "train_results.json",
+    "eval_results.json",
+    "runs",
+    f"{STAGING_PREFIX}*",
+    ".gitattributes",
+)
 
 # arguments that do not change the trained weights or the metrics (logging, saving, pushing, caches)
 NOT_IDENTITY = {
-    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "push_to_hub", "hub_model_id", "hub_token",
-    "hub_private_repo", "hub_revision", "hub_strategy", "hub_always_push", "hub_create_pr", "report_to",
-    "run_name", "project", "trackio_space_id", "logging_steps", "logging_strategy", "logging_first_step",
-    "logging_nan_inf_filter", "save_strategy", "save_steps", "save_total_limit", "save_only_model",
-    "disable_tqdm", "log_level", "log_level_replica", "log_on_each_node", "dataloader_pin_memory",
-    "dataloader_persistent_workers", "dataloader_prefetch_factor", "decoded_cache_dir", "feature_cache_dir",
-    "trust_remote_code", "debug", "skip_memory_metrics",
+    "output_dir",
+    "overwrite_output_dir",
+    "resume_from_checkpoint",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_token",
+    "hub_private_repo",
+    "hub_revision",
+    "hub_strategy",
+    "hub_always_push",
+    "hub_create_pr",
+    "report_to",
+    "run_name",
+    "project",
+    "trackio_space_id",
+    "logging_steps",
+    "logging_strategy",
+    "logging_first_step",
+    "logging_nan_inf_filter",
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+    "save_only_model",
+    "disable_tqdm",
+    "log_level",
+    "log_level_replica",
+    "log_on_each_node",
+    "dataloader_pin_memory",
+    "dataloader_persistent_workers",
+    "dataloader_prefetch_factor",
+    "decoded_cache_dir",
+    "feature_cache_dir",
+    "trust_remote_code",
+    "debug",
+    "skip_memory_metrics",
 }
 
 
@@ -84,8 +133,11 @@ def identity_difference(recorded: dict, current: dict) -> list[str]:
     """``name: recorded -> current`` for every argument that differs."""
     keys = sorted(set(recorded) | set(current))
     missing = "<default>"
-    return [f"{k}: {recorded.get(k, missing)!r} -> {current.get(k, missing)!r}"
-            for k in keys if json.dumps(recorded.get(k), default=str) != json.dumps(current.get(k), default=str)]
+    return [
+        f"{k}: {recorded.get(k, missing)!r} -> {current.get(k, missing)!r}"
+        for k in keys
+        if json.dumps(recorded.get(k), default=str) != json.dumps(current.get(k), default=str)
+    ]
 
 
 def _is_run_output(name: str) -> bool:
@@ -102,27 +154,32 @@ def check_output_dir(output_dir: str, identity: dict, *, resume: bool, overwrite
     entries = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
     if not entries:
         if resume:
-            raise TransferConfigError(f"resume_from_checkpoint: output_dir {output_dir!r} is empty or missing; "
-                                      "there is no run to resume.")
+            raise TransferConfigError(
+                f"resume_from_checkpoint: output_dir {output_dir!r} is empty or missing; there is no run to resume."
+            )
         return []
     foreign = [e for e in entries if not _is_run_output(e)]
     if foreign:
         raise TransferConfigError(
             f"output_dir {output_dir!r} holds files hf_transfer did not write ({', '.join(foreign[:5])}"
             f"{', ...' if len(foreign) > 5 else ''}); they would be published with the model. "
-            "Choose an empty or new output_dir.")
+            "Choose an empty or new output_dir."
+        )
     recorded = read_identity(output_dir)
     if resume:
         if recorded is None:
-            raise TransferConfigError(f"resume_from_checkpoint: output_dir {output_dir!r} has no {IDENTITY_FILE}; "
-                                      "it was not written by this run. Start a new run (--overwrite_output_dir "
-                                      "true, or another output_dir).")
+            raise TransferConfigError(
+                f"resume_from_checkpoint: output_dir {output_dir!r} has no {IDENTITY_FILE}; "
+                "it was not written by this run. Start a new run (--overwrite_output_dir "
+                "true, or another output_dir)."
+            )
         diff = identity_difference(recorded, identity)
         if diff:
             raise TransferConfigError(
                 f"resume_from_checkpoint: output_dir {output_dir!r} holds a different run; arguments that differ "
                 f"(recorded -> now): {'; '.join(diff)}. Resume with the same arguments, or start over with "
-                "--overwrite_output_dir true.")
+                "--overwrite_output_dir true."
+            )
         return []
     if overwrite:
         return entries
@@ -139,7 +196,8 @@ def check_output_dir(output_dir: str, identity: dict, *, resume: bool, overwrite
     raise TransferConfigError(
         f"output_dir {output_dir!r} already holds {what}. Continue it with --resume_from_checkpoint last, start over "
         "with --overwrite_output_dir true (removes its weights, card, examples, checkpoints and plots), or choose "
-        "another output_dir.")
+        "another output_dir."
+    )
 
 
 def clear_previous_outputs(output_dir: str, entries: list[str]) -> None:
@@ -158,12 +216,16 @@ def check_checkpoint_identity(checkpoint: str, identity: dict) -> None:
     """A checkpoint resumes only the run that wrote it."""
     recorded = read_identity(checkpoint)
     if recorded is None:
-        raise TransferConfigError(f"resume_from_checkpoint: {checkpoint!r} has no {IDENTITY_FILE}; it was not "
-                                  "written by an hf_transfer run, so it cannot be checked against this one.")
+        raise TransferConfigError(
+            f"resume_from_checkpoint: {checkpoint!r} has no {IDENTITY_FILE}; it was not "
+            "written by an hf_transfer run, so it cannot be checked against this one."
+        )
     diff = identity_difference(recorded, identity)
     if diff:
-        raise TransferConfigError(f"resume_from_checkpoint: {checkpoint!r} was written by a different run; "
-                                  f"arguments that differ (recorded -> now): {'; '.join(diff)}.")
+        raise TransferConfigError(
+            f"resume_from_checkpoint: {checkpoint!r} was written by a different run; "
+            f"arguments that differ (recorded -> now): {'; '.join(diff)}."
+        )
 
 
 class RunIdentityCallback(TrainerCallback):

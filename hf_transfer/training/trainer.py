@@ -40,8 +40,12 @@ class TransferTrainer(Trainer):
         One process only: under DDP accelerate fills the last batch of every process. Fixed by the
         dataset size and the batch size, so an interrupted run drops the same batches on resume."""
         n = len(self.train_dataset) if self.train_dataset is not None else 0
-        return (self.args.world_size == 1 and n > 1 and n % self.args.train_batch_size == 1
-                and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()))
+        return (
+            self.args.world_size == 1
+            and n > 1
+            and n % self.args.train_batch_size == 1
+            and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        )
 
     def get_train_dataloader(self):
         with self._drop_last(self.args.dataloader_drop_last or self._single_trailing_batch()):

@@ -7,6 +7,7 @@ loss: see :func:`adapt_batchnorm`.
 
 This package imports nothing else from ``hf_transfer`` but the method registry.
 """
+
 import importlib
 import pkgutil
 
@@ -31,10 +32,31 @@ from hf_transfer.methods.domain.source_only import SourceOnlyLoss  # noqa: E402
 from hf_transfer.methods.domain.tradeoff import trade_off_weight  # noqa: E402
 
 __all__ = [
-    "LOSSES", "AdversarialLoss", "GRLOptions", "TransferLoss", "build_loss", "register_loss",
-    "SourceOnlyLoss", "DANNLoss", "CDANLoss", "MKMMDLoss", "CORALLoss", "MCCLoss", "EntropyLoss",
-    "InformationMaximizationLoss", "PseudoLabelLoss", "ClassBalancedSelfTrainingLoss", "FixMatchLoss",
-    "adapt_batchnorm", "DomainDiscriminator",
-    "GradientReverseFunction", "GradientReverseLayer", "grad_reverse", "grl_coefficient", "mk_mmd",
-    "coral", "mcc", "trade_off_weight",
+    "LOSSES",
+    "AdversarialLoss",
+    "GRLOptions",
+    "TransferLoss",
+    "build_loss",
+    "register_loss",
+    "SourceOnlyLoss",
+    "DANNLoss",
+    "CDANLoss",
+    "MKMMDLoss",
+    "CORALLoss",
+    "MCCLoss",
+    "EntropyLoss",
+    "InformationMaximizationLoss",
+    "PseudoLabelLoss",
+    "ClassBalancedSelfTrainingLoss",
+    "FixMatchLoss",
+    "adapt_batchnorm",
+    "DomainDiscriminator",
+    "GradientReverseFunction",
+    "GradientReverseLayer",
+    "grad_reverse",
+    "grl_coefficient",
+    "mk_mmd",
+    "coral",
+    "mcc",
+    "trade_off_weight",
 ]

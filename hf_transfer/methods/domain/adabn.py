@@ -11,6 +11,7 @@ re-estimated on target data,
 and each BN layer's momentum are restored afterwards. Dropout and the like stay in eval mode during
 the passes (only BN layers are put in train mode).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping

@@ -8,6 +8,7 @@ only owns schedules that the method defines (e.g. the gradient-reversal coeffici
 This package is a lower layer: nothing here imports anything else from ``hf_transfer`` but the
 method registry.
 """
+
 from __future__ import annotations
 
 import math
@@ -86,11 +87,19 @@ class TransferLoss(nn.Module):
 class GRLOptions:
     """The gradient-reversal schedule every adversarial method takes (see :func:`grl_coefficient`)."""
 
-    alpha: float = field(default=10.0, metadata={"help": "Steepness of the GRL coefficient ramp "
-                                                         "hi * (2 / (1 + exp(-alpha * q)) - 1) over progress q."})
+    alpha: float = field(
+        default=10.0,
+        metadata={
+            "help": "Steepness of the GRL coefficient ramp hi * (2 / (1 + exp(-alpha * q)) - 1) over progress q."
+        },
+    )
     hi: float = field(default=1.0, metadata={"help": "Final GRL coefficient."})
-    hold: float = field(default=0.15, metadata={"help": "GRL coefficient held at 0 for this first fraction of "
-                                                        "training (0: the paper's ramp from step 0)."})
+    hold: float = field(
+        default=0.15,
+        metadata={
+            "help": "GRL coefficient held at 0 for this first fraction of training (0: the paper's ramp from step 0)."
+        },
+    )
 
 
 class AdversarialLoss(TransferLoss):

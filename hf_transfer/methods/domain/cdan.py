@@ -16,6 +16,7 @@ with ``R`` the gradient reversal layer (same schedule as DANN: ``alpha``, ``hi``
 weight on confidently classified (easy-to-transfer) samples. Weights are detached and normalised
 within each domain, as in the paper's code. ``source_weight`` (PADA) multiplies the source weights.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,17 +34,24 @@ MAX_MULTILINEAR_DIM = 4096
 
 @dataclass(frozen=True)
 class CDANOptions(GRLOptions):
-    entropy_conditioning: bool = field(default=False, metadata={
-        "help": "CDAN+E: weight samples by 1 + exp(-entropy of their prediction)."})
-    randomized: bool | None = field(default=None, metadata={
-        "help": "Randomized multilinear map (default: when feature_dim * num_classes > 4096)."})
+    entropy_conditioning: bool = field(
+        default=False, metadata={"help": "CDAN+E: weight samples by 1 + exp(-entropy of their prediction)."}
+    )
+    randomized: bool | None = field(
+        default=None, metadata={"help": "Randomized multilinear map (default: when feature_dim * num_classes > 4096)."}
+    )
     randomized_dim: int = field(default=1024, metadata={"help": "Output size of the randomized multilinear map."})
     hidden_size: int = field(default=1024, metadata={"help": "Width of the domain discriminator's hidden layers."})
     seed: int = field(default=0, metadata={"help": "Seed of the randomized map's fixed projections."})
 
 
-@register_loss("cdan", title="CDAN, conditional domain-adversarial training", paper="https://arxiv.org/abs/1705.10667",
-               config=CDANOptions, description="The discriminator sees features conditioned on the class predictions.")
+@register_loss(
+    "cdan",
+    title="CDAN, conditional domain-adversarial training",
+    paper="https://arxiv.org/abs/1705.10667",
+    config=CDANOptions,
+    description="The discriminator sees features conditioned on the class predictions.",
+)
 class CDANLoss(AdversarialLoss):
     needs_logits = True
     uses_source_weight = True
@@ -89,5 +97,7 @@ class CDANLoss(AdversarialLoss):
         return loss
 
     def extra_repr(self) -> str:
-        return (f"entropy_conditioning={self.entropy_conditioning}, randomized={self.randomized}, "
-                f"map_dim={self.map_dim}, {super().extra_repr()}")
+        return (
+            f"entropy_conditioning={self.entropy_conditioning}, randomized={self.randomized}, "
+            f"map_dim={self.map_dim}, {super().extra_repr()}"
+        )

@@ -11,6 +11,7 @@ CORAL and classification losses are about equal at the end of training; in pract
 trade-off weight of 100 or more (set by the Trainer, not here). Unlike TLlib's
 ``CorrelationAlignmentLoss`` no mean-difference term is added and the scale is not changed.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,8 +35,12 @@ def coral(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
     return (covariance(f_s) - covariance(f_t)).pow(2).sum() / (4.0 * d * d)
 
 
-@register_loss("coral", title="Deep CORAL", paper="https://arxiv.org/abs/1607.01719",
-               description="Second-order statistics (feature covariances) of source and target are aligned.")
+@register_loss(
+    "coral",
+    title="Deep CORAL",
+    paper="https://arxiv.org/abs/1607.01719",
+    description="Second-order statistics (feature covariances) of source and target are aligned.",
+)
 class CORALLoss(TransferLoss):
     needs_logits = False
 

@@ -14,6 +14,7 @@ holding lambda at 0 for the first ~15% of training fixed it. Pass ``hold=0`` for
 The discriminator still learns during the hold. At initialisation ``L_dann`` is about ``log 2``.
 With ``source_weight`` (PADA, partial label spaces) the source term is a weighted mean.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,9 +31,14 @@ class DANNOptions(GRLOptions):
     hidden_size: int = field(default=1024, metadata={"help": "Width of the domain discriminator's hidden layers."})
 
 
-@register_loss("dann", title="DANN, domain-adversarial training", paper="https://arxiv.org/abs/1505.07818",
-               config=DANNOptions, description="A domain discriminator behind a gradient-reversal layer makes source "
-                                               "and target features indistinguishable.")
+@register_loss(
+    "dann",
+    title="DANN, domain-adversarial training",
+    paper="https://arxiv.org/abs/1505.07818",
+    config=DANNOptions,
+    description="A domain discriminator behind a gradient-reversal layer makes source "
+    "and target features indistinguishable.",
+)
 class DANNLoss(AdversarialLoss):
     needs_logits = False
     uses_source_weight = True

@@ -4,6 +4,7 @@ As in TLlib: ``Linear -> BatchNorm1d -> ReLU -> Linear -> BatchNorm1d -> ReLU ->
 one logit per sample (source = 1, target = 0) and is used with ``binary_cross_entropy_with_logits``
 (numerically safer than a sigmoid followed by BCE).
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,7 @@ class DomainDiscriminator(nn.Sequential):
                 return [nn.Linear(i, o), nn.BatchNorm1d(o), nn.ReLU()]
             return [nn.Linear(i, o), nn.ReLU(), nn.Dropout(0.5)]
 
-        super().__init__(*block(in_feature, hidden_size), *block(hidden_size, hidden_size),
-                         nn.Linear(hidden_size, 1))
+        super().__init__(*block(in_feature, hidden_size), *block(hidden_size, hidden_size), nn.Linear(hidden_size, 1))
 
 
 def domain_bce(d: torch.Tensor, n_s: int, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:

@@ -9,6 +9,7 @@
   minimum, ``-log C`` for ``diversity=1``, is reached by one-hot predictions balanced over the classes;
   plain entropy minimisation is also minimal when every sample collapses onto one class.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,9 +30,12 @@ def information_maximization_loss(logits: torch.Tensor, diversity: float = 1.0) 
     return entropy(p).mean() - diversity * entropy(p.mean(0), dim=0)
 
 
-@register_loss("entropy", title="Entropy minimisation",
-               paper="https://papers.nips.cc/paper/2740-semi-supervised-learning-by-entropy-minimization",
-               description="The entropy of the target predictions is minimised (confident target predictions).")
+@register_loss(
+    "entropy",
+    title="Entropy minimisation",
+    paper="https://papers.nips.cc/paper/2740-semi-supervised-learning-by-entropy-minimization",
+    description="The entropy of the target predictions is minimised (confident target predictions).",
+)
 class EntropyLoss(TransferLoss):
     needs_logits = True
 
@@ -48,8 +52,13 @@ class IMOptions:
     diversity: float = field(default=1.0, metadata={"help": "Weight of the diversity term H(mean prediction)."})
 
 
-@register_loss("im", title="IM, information maximisation", paper="https://arxiv.org/abs/2002.08546", config=IMOptions,
-               description="Target predictions are made confident individually and diverse over the batch (SHOT's IM).")
+@register_loss(
+    "im",
+    title="IM, information maximisation",
+    paper="https://arxiv.org/abs/2002.08546",
+    config=IMOptions,
+    description="Target predictions are made confident individually and diverse over the batch (SHOT's IM).",
+)
 class InformationMaximizationLoss(TransferLoss):
     needs_logits = True
 

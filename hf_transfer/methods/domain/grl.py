@@ -9,6 +9,7 @@ optional hold at 0 for the first ``hold`` fraction of training (``p`` is then re
 rest). The hold matters in practice: if the adversarial weight rises while the classifier is still at
 chance, features can become trivially domain-invariant and never recover.
 """
+
 from __future__ import annotations
 
 import math

@@ -11,6 +11,7 @@ On the target batch, with ``Y = softmax(logits_t / T)`` (B x C) and temperature 
 Confident, class-separated predictions give a near-diagonal ``C~`` and a loss near 0; confused
 predictions give a large off-diagonal mass (at most ``(C - 1) / C``). Source features are unused.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -35,12 +36,18 @@ def mcc(logits_t: torch.Tensor, temperature: float = 2.5) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class MCCOptions:
-    temperature: float = field(default=2.5, metadata={"help": "Softmax temperature T of the target predictions "
-                                                              "(2.5 in the paper)."})
+    temperature: float = field(
+        default=2.5, metadata={"help": "Softmax temperature T of the target predictions (2.5 in the paper)."}
+    )
 
 
-@register_loss("mcc", title="MCC, minimum class confusion", paper="https://arxiv.org/abs/1912.03699",
-               config=MCCOptions, description="Confusion between classes in the target predictions is minimised.")
+@register_loss(
+    "mcc",
+    title="MCC, minimum class confusion",
+    paper="https://arxiv.org/abs/1912.03699",
+    config=MCCOptions,
+    description="Confusion between classes in the target predictions is minimised.",
+)
 class MCCLoss(TransferLoss):
     needs_logits = True
 

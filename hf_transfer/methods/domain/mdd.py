@@ -20,6 +20,7 @@ progress, no hold), and the backbone trains at 0.1x the learning rate (registere
 ``Linear(d, width) -> ReLU -> Dropout -> Linear(width, C)`` at the full learning rate. With
 ``source_weight`` (PADA) the source term is a weighted mean.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,18 +38,25 @@ CLAMP = 1e-6
 @dataclass(frozen=True)
 class MDDOptions(GRLOptions):
     hi: float = field(default=0.1, metadata={"help": "Final GRL coefficient (0.1 in the paper's code)."})
-    hold: float = field(default=0.0, metadata={"help": "GRL coefficient held at 0 for this first fraction of "
-                                                       "training."})
-    margin: float = field(default=4.0, metadata={"help": "Margin gamma: weight of the source disparity (4 in the "
-                                                         "paper's code)."})
+    hold: float = field(
+        default=0.0, metadata={"help": "GRL coefficient held at 0 for this first fraction of training."}
+    )
+    margin: float = field(
+        default=4.0, metadata={"help": "Margin gamma: weight of the source disparity (4 in the paper's code)."}
+    )
     width: int = field(default=1024, metadata={"help": "Hidden width of the adversarial head."})
     dropout: float = field(default=0.5, metadata={"help": "Dropout in the adversarial head."})
 
 
-@register_loss("mdd", title="MDD, margin disparity discrepancy", paper="https://arxiv.org/abs/1904.05801",
-               config=MDDOptions, backbone_lr_scale=0.1,
-               description="An adversarial auxiliary classifier behind a gradient-reversal layer measures the margin "
-                           "disparity discrepancy, which the features minimise.")
+@register_loss(
+    "mdd",
+    title="MDD, margin disparity discrepancy",
+    paper="https://arxiv.org/abs/1904.05801",
+    config=MDDOptions,
+    backbone_lr_scale=0.1,
+    description="An adversarial auxiliary classifier behind a gradient-reversal layer measures the margin "
+    "disparity discrepancy, which the features minimise.",
+)
 class MDDLoss(AdversarialLoss):
     needs_logits = True
     uses_source_weight = True
@@ -58,8 +66,12 @@ class MDDLoss(AdversarialLoss):
         if num_classes < 1 or self.options.margin <= 0:
             raise ValueError(f"MDD needs num_classes >= 1 and margin > 0, got {num_classes}, {self.options.margin}")
         self.margin = float(self.options.margin)
-        self.adversarial_head = nn.Sequential(nn.Linear(feature_dim, self.options.width), nn.ReLU(),
-                                              nn.Dropout(self.options.dropout), nn.Linear(self.options.width, num_classes))
+        self.adversarial_head = nn.Sequential(
+            nn.Linear(feature_dim, self.options.width),
+            nn.ReLU(),
+            nn.Dropout(self.options.dropout),
+            nn.Linear(self.options.width, num_classes),
+        )
 
     def forward(self, f_s, f_t, logits_s=None, logits_t=None, source_weight=None) -> torch.Tensor:
         require_logits("mdd", logits_s, logits_t)
@@ -76,8 +88,11 @@ class MDDLoss(AdversarialLoss):
         else:
             w = source_weight.detach().reshape(-1).to(source.dtype)
             source_term = (source * w).sum() / w.sum()
-        self.last_metrics = {"grl_coeff": coeff, "source_disparity": float(source_term.detach()),
-                             "target_disparity": float(target.detach().mean())}
+        self.last_metrics = {
+            "grl_coeff": coeff,
+            "source_disparity": float(source_term.detach()),
+            "target_disparity": float(target.detach().mean()),
+        }
         return self.margin * source_term + target.mean()
 
     def extra_repr(self) -> str:

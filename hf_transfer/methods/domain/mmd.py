@@ -10,6 +10,7 @@ Estimators: ``"unbiased"`` (U-statistic: within-domain means exclude the diagona
 negative; O(n^2)), ``"biased"`` (V-statistic, >= 0), or ``"linear"`` (DAN's linear-time estimator
 over consecutive pairs; needs equal source and target batch sizes, uses the first min(n_s, n_t)).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -25,11 +26,13 @@ def gaussian_kernel_matrix(x: torch.Tensor, y: torch.Tensor, bandwidths: torch.T
     return torch.exp(-d2.unsqueeze(0) / bandwidths.view(-1, 1, 1)).mean(0)
 
 
-def base_bandwidth(z: torch.Tensor, how: str = "median") -> torch.Tensor:
+def base_bandwidth(z: torch.Tensor, how: str = "median", floor: float = 1e-8) -> torch.Tensor:
     """Median or mean of the off-diagonal pairwise squared distances of ``z`` (detached).
 
     ``"median"`` is torch's (the lower of the two middle values: what DAN trains with);
     ``"midpoint_median"`` averages the two middle values (numpy's median: the domain-gap report's).
+    ``floor`` keeps a degenerate (all-equal) sample finite: 1e-8 in training; the domain-gap report
+    uses 1e-12, since features at initialisation can have pairwise distances far below 1e-8.
     """
     with torch.no_grad():
         d2 = torch.cdist(z, z).pow(2)
@@ -40,7 +43,7 @@ def base_bandwidth(z: torch.Tensor, how: str = "median") -> torch.Tensor:
             s = (off.kthvalue((k + 1) // 2).values + off.kthvalue(k // 2 + 1).values) / 2
         else:
             s = off.median() if how == "median" else off.mean()
-        return s.clamp_min(1e-8)
+        return s.clamp_min(floor)
 
 
 def mk_mmd(
@@ -50,15 +53,16 @@ def mk_mmd(
     kernel_mul: float = 2.0,
     bandwidth: str = "median",
     estimator: str = "unbiased",
+    bandwidth_floor: float = 1e-8,
 ) -> torch.Tensor:
     if f_s.shape[0] < 2 or f_t.shape[0] < 2:
         raise ValueError("MMD needs at least 2 samples per domain")
     # kernels in at least float32 (cdist has no bfloat16 kernel and half precision is too coarse)
     dt = torch.promote_types(f_s.dtype, torch.float32)
     f_s, f_t = f_s.flatten(1).to(dt), f_t.flatten(1).to(dt)
-    s0 = base_bandwidth(torch.cat([f_s, f_t]), bandwidth)
+    s0 = base_bandwidth(torch.cat([f_s, f_t]), bandwidth, bandwidth_floor)
     exps = torch.arange(num_kernels, device=f_s.device, dtype=f_s.dtype) - num_kernels // 2
-    bw = s0 * kernel_mul ** exps
+    bw = s0 * kernel_mul**exps
     if estimator == "linear":
         n = min(f_s.shape[0], f_t.shape[0]) // 2 * 2
         x1, x2, y1, y2 = f_s[0:n:2], f_s[1:n:2], f_t[0:n:2], f_t[1:n:2]
@@ -84,13 +88,20 @@ def mk_mmd(
 class MKMMDOptions:
     num_kernels: int = field(default=5, metadata={"help": "Number K of Gaussian kernels."})
     kernel_mul: float = field(default=2.0, metadata={"help": "Ratio between consecutive kernel bandwidths."})
-    bandwidth: str = field(default="median", metadata={"help": "Base bandwidth s_0: median | mean pairwise squared "
-                                                               "distance of the pooled batch."})
+    bandwidth: str = field(
+        default="median",
+        metadata={"help": "Base bandwidth s_0: median | mean pairwise squared distance of the pooled batch."},
+    )
     estimator: str = field(default="unbiased", metadata={"help": "MMD estimator: unbiased | biased | linear."})
 
 
-@register_loss("dan", title="DAN, multi-kernel MMD", paper="https://arxiv.org/abs/1502.02791", config=MKMMDOptions,
-               description="A multi-kernel maximum mean discrepancy between source and target features is minimised.")
+@register_loss(
+    "dan",
+    title="DAN, multi-kernel MMD",
+    paper="https://arxiv.org/abs/1502.02791",
+    config=MKMMDOptions,
+    description="A multi-kernel maximum mean discrepancy between source and target features is minimised.",
+)
 class MKMMDLoss(TransferLoss):
     needs_logits = False
 
@@ -111,5 +122,7 @@ class MKMMDLoss(TransferLoss):
         return mk_mmd(f_s, f_t, self.num_kernels, self.kernel_mul, self.bandwidth, self.estimator)
 
     def extra_repr(self) -> str:
-        return (f"num_kernels={self.num_kernels}, kernel_mul={self.kernel_mul}, "
-                f"bandwidth={self.bandwidth!r}, estimator={self.estimator!r}")
+        return (
+            f"num_kernels={self.num_kernels}, kernel_mul={self.kernel_mul}, "
+            f"bandwidth={self.bandwidth!r}, estimator={self.estimator!r}"
+        )

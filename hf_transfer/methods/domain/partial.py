@@ -16,6 +16,7 @@ Source classes the target lacks pull target features towards classes that never 
   side of the domain loss. For targets whose declared labels do not reveal the subset.
 - ``none``: train on every source class as is.
 """
+
 from __future__ import annotations
 
 import logging
@@ -66,10 +67,15 @@ class ClassWeights(nn.Module):
 
 def pada_summary(weights: ClassWeights, label_names: list[str], every: int) -> dict:
     w = weights.weights.detach().cpu().tolist()
-    return {"method": "pada", "every_steps": every, "updates": int(weights.updates),
-            "class_weights": {n: round(float(v), 4) for n, v in zip(label_names, w, strict=True)},
-            "down_weighted": [n for n, v in zip(label_names, w, strict=True) if v < DOWN_WEIGHTED_BELOW],
-            "down_weighted_below": DOWN_WEIGHTED_BELOW, "paper": "https://arxiv.org/abs/1808.04205"}
+    return {
+        "method": "pada",
+        "every_steps": every,
+        "updates": int(weights.updates),
+        "class_weights": {n: round(float(v), 4) for n, v in zip(label_names, w, strict=True)},
+        "down_weighted": [n for n, v in zip(label_names, w, strict=True) if v < DOWN_WEIGHTED_BELOW],
+        "down_weighted_below": DOWN_WEIGHTED_BELOW,
+        "paper": "https://arxiv.org/abs/1808.04205",
+    }
 
 
 class PADACallback(TrainerCallback):

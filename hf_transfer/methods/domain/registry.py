@@ -1,4 +1,5 @@
 """Registration of the domain-adaptation losses in the method registry (:mod:`hf_transfer.methods.registry`)."""
+
 from __future__ import annotations
 
 import sys
@@ -14,17 +15,33 @@ LOSSES: dict[str, type[TransferLoss]] = {}
 T = TypeVar("T", bound=type)
 
 
-def register_loss(name: str, *, title: str, description: str, paper: str = "", config: type = NoOptions,
-                  backbone_lr_scale: float = 1.0, default: bool = False) -> Callable[[T], T]:
+def register_loss(
+    name: str,
+    *,
+    title: str,
+    description: str,
+    paper: str = "",
+    config: type = NoOptions,
+    backbone_lr_scale: float = 1.0,
+    default: bool = False,
+) -> Callable[[T], T]:
     """Class decorator: the one registration call of a domain method (mode ``domain``; ``default``:
     the method used when none is given; see :func:`~hf_transfer.methods.registry.register_method`)."""
 
     def deco(cls: T) -> T:
         if not (isinstance(cls, type) and issubclass(cls, TransferLoss)):
             raise TypeError(f"register_loss({name!r}) expects a TransferLoss subclass, got {cls!r}")
-        register_method(name, title=title, description=description, paper=paper, modes=("domain",),
-                        config=config, default_for=("domain",) if default else (),
-                        backbone_lr_scale=backbone_lr_scale, implementation=cls)
+        register_method(
+            name,
+            title=title,
+            description=description,
+            paper=paper,
+            modes=("domain",),
+            config=config,
+            default_for=("domain",) if default else (),
+            backbone_lr_scale=backbone_lr_scale,
+            implementation=cls,
+        )
         LOSSES[name] = cls
         if not cls.__doc__:  # the method's module docstring holds the paper link and the formula
             cls.__doc__ = sys.modules[cls.__module__].__doc__

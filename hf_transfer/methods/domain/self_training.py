@@ -14,6 +14,7 @@ That makes it a sharpening of confident predictions (akin to entropy minimisatio
 samples) rather than consistency regularisation. ``last_metrics["mask_rate"]`` is the fraction of target
 samples above the threshold; ``0`` when nothing passes (the loss is then exactly 0).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,13 +29,19 @@ from hf_transfer.methods.domain.registry import register_loss
 
 @dataclass(frozen=True)
 class PseudoLabelOptions:
-    threshold: float = field(default=0.95, metadata={"help": "Confidence a target prediction needs to become a "
-                                                             "pseudo-label (FixMatch's tau)."})
+    threshold: float = field(
+        default=0.95,
+        metadata={"help": "Confidence a target prediction needs to become a pseudo-label (FixMatch's tau)."},
+    )
 
 
-@register_loss("pseudo_label", title="Pseudo-labelling (self-training)", paper="https://arxiv.org/abs/2001.07685",
-               config=PseudoLabelOptions,
-               description="Confident target predictions are trained on as labels (confidence-thresholded self-training).")
+@register_loss(
+    "pseudo_label",
+    title="Pseudo-labelling (self-training)",
+    paper="https://arxiv.org/abs/2001.07685",
+    config=PseudoLabelOptions,
+    description="Confident target predictions are trained on as labels (confidence-thresholded self-training).",
+)
 class PseudoLabelLoss(TransferLoss):
     needs_logits = True
 
@@ -78,15 +85,22 @@ def class_balanced_mask(conf: torch.Tensor, labels: torch.Tensor, fraction: floa
 
 @dataclass(frozen=True)
 class CBSTOptions:
-    fraction: float = field(default=0.5, metadata={"help": "Fraction p of each predicted class kept as pseudo-labels "
-                                                           "at the end of training."})
-    fraction_start: float = field(default=0.2, metadata={"help": "Fraction p at the start of training (grows "
-                                                                 "linearly to fraction)."})
+    fraction: float = field(
+        default=0.5,
+        metadata={"help": "Fraction p of each predicted class kept as pseudo-labels at the end of training."},
+    )
+    fraction_start: float = field(
+        default=0.2, metadata={"help": "Fraction p at the start of training (grows linearly to fraction)."}
+    )
 
 
-@register_loss("cbst", title="CBST, class-balanced self-training", paper="https://arxiv.org/abs/1810.07911",
-               config=CBSTOptions,
-               description="Pseudo-labels from the most confident fraction of every predicted class, growing over training.")
+@register_loss(
+    "cbst",
+    title="CBST, class-balanced self-training",
+    paper="https://arxiv.org/abs/1810.07911",
+    config=CBSTOptions,
+    description="Pseudo-labels from the most confident fraction of every predicted class, growing over training.",
+)
 class ClassBalancedSelfTrainingLoss(TransferLoss):
     """Class-balanced self-training (CBST; Zou et al., ECCV 2018, https://arxiv.org/abs/1810.07911).
 
@@ -131,9 +145,16 @@ class ClassBalancedSelfTrainingLoss(TransferLoss):
         return f"fraction_start={self.fraction_start}, fraction={self.fraction}, progress={self.progress:.4f}"
 
 
-def strong_view(x: torch.Tensor, translate: float = 0.125, rotate: float = 15.0, shear: float = 0.2,
-                contrast: float = 0.5, brightness: float = 0.5, cutout: float = 0.4,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def strong_view(
+    x: torch.Tensor,
+    translate: float = 0.125,
+    rotate: float = 15.0,
+    shear: float = 0.2,
+    contrast: float = 0.5,
+    brightness: float = 0.5,
+    cutout: float = 0.4,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """A cheap strong augmentation of an already normalised float batch ``[B, C, H, W]``.
 
     Per sample: a random affine warp (rotation +-``rotate`` degrees, shear +-``shear``, translation
@@ -152,8 +173,9 @@ def strong_view(x: torch.Tensor, translate: float = 0.125, rotate: float = 15.0,
     theta = u(b) * math.radians(rotate)
     sh = u(b) * shear
     cos, sin = torch.cos(theta), torch.sin(theta)
-    mat = torch.stack([torch.stack([cos, -sin + sh, u(b) * 2 * translate], 1),
-                       torch.stack([sin, cos, u(b) * 2 * translate], 1)], 1).float()
+    mat = torch.stack(
+        [torch.stack([cos, -sin + sh, u(b) * 2 * translate], 1), torch.stack([sin, cos, u(b) * 2 * translate], 1)], 1
+    ).float()
     grid = F.affine_grid(mat, [b, x.shape[1], h, w], align_corners=False)
     out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
@@ -172,16 +194,23 @@ def strong_view(x: torch.Tensor, translate: float = 0.125, rotate: float = 15.0,
 
 @dataclass(frozen=True)
 class FixMatchOptions:
-    threshold: float = field(default=0.95, metadata={"help": "Confidence a weak-view prediction needs to become a "
-                                                             "pseudo-label."})
+    threshold: float = field(
+        default=0.95, metadata={"help": "Confidence a weak-view prediction needs to become a pseudo-label."}
+    )
     translate: float = field(default=0.125, metadata={"help": "Strong view: largest shift, as a fraction of the size."})
     rotate: float = field(default=15.0, metadata={"help": "Strong view: largest rotation in degrees."})
-    cutout: float = field(default=0.4, metadata={"help": "Strong view: largest cutout side, as a fraction of the size."})
+    cutout: float = field(
+        default=0.4, metadata={"help": "Strong view: largest cutout side, as a fraction of the size."}
+    )
 
 
-@register_loss("fixmatch", title="FixMatch-style consistency", paper="https://arxiv.org/abs/2001.07685",
-               config=FixMatchOptions,
-               description="Pseudo-labels from the target batch train the predictions on a strongly augmented view of it.")
+@register_loss(
+    "fixmatch",
+    title="FixMatch-style consistency",
+    paper="https://arxiv.org/abs/2001.07685",
+    config=FixMatchOptions,
+    description="Pseudo-labels from the target batch train the predictions on a strongly augmented view of it.",
+)
 class FixMatchLoss(TransferLoss):
     """FixMatch-style consistency (Sohn et al., NeurIPS 2020, https://arxiv.org/abs/2001.07685).
 
@@ -218,15 +247,18 @@ class FixMatchLoss(TransferLoss):
     def forward(self, f_s, f_t, logits_s=None, logits_t=None) -> torch.Tensor:
         require_logits("fixmatch", logits_t)
         if logits_t.shape[0] % 2:
-            raise ValueError(f"fixmatch expects the weak then the strong target rows (an even count), "
-                             f"got {logits_t.shape[0]} rows")
+            raise ValueError(
+                f"fixmatch expects the weak then the strong target rows (an even count), got {logits_t.shape[0]} rows"
+            )
         weak, strong = logits_t.chunk(2)
         with torch.no_grad():
             conf, labels = F.softmax(weak.detach().float(), dim=1).max(dim=1)
             mask = (conf >= self.threshold).to(strong.dtype)
         ce = F.cross_entropy(strong, labels, reduction="none")
-        self.last_metrics = {"mask_rate": mask.float().mean().item(),
-                             "strong_agreement": (strong.detach().argmax(1) == labels).float().mean().item()}
+        self.last_metrics = {
+            "mask_rate": mask.float().mean().item(),
+            "strong_agreement": (strong.detach().argmax(1) == labels).float().mean().item(),
+        }
         return (ce * mask).sum() / max(weak.shape[0], 1)
 
     def extra_repr(self) -> str:

@@ -2,6 +2,7 @@
 
 Registered so that ``source_only`` is a method like the others; the Trainer may also skip it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -10,9 +11,12 @@ from hf_transfer.methods.domain.base import TransferLoss
 from hf_transfer.methods.domain.registry import register_loss
 
 
-@register_loss("source_only", title="Source only (no adaptation)", default=True,
-               description="Trained on the labelled source domain only: the baseline every adaptation method is "
-                           "compared with.")
+@register_loss(
+    "source_only",
+    title="Source only (no adaptation)",
+    default=True,
+    description="Trained on the labelled source domain only: the baseline every adaptation method is compared with.",
+)
 class SourceOnlyLoss(TransferLoss):
     needs_logits = False
 

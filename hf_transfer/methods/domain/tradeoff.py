@@ -10,6 +10,7 @@ ramps keep a (possibly noisy) alignment term from dominating while the classifie
 This is the weight in front of the whole transfer loss; a method's own schedules (e.g. DANN's
 gradient-reversal coefficient) still apply inside it.
 """
+
 from __future__ import annotations
 
 import math

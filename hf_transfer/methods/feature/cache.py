@@ -71,8 +71,9 @@ def default_cache_dir() -> str:
     return str(cache_path("features"))
 
 
-def cache_key(backbone: Backbone, dataset_fingerprint: str, split: str, weights_hash: str | None = None,
-              input_path: str = "stock") -> str:
+def cache_key(
+    backbone: Backbone, dataset_fingerprint: str, split: str, weights_hash: str | None = None, input_path: str = "stock"
+) -> str:
     payload = {
         "input_path": _check_input_path(input_path),
         "version": CACHE_VERSION,
@@ -99,11 +100,20 @@ def body_fingerprint(backbone: Backbone) -> str:
     return digest.hexdigest()
 
 
-def iter_features(backbone: Backbone, dataset, batch_size: int = 256, device: torch.device | str = "cpu",
-                  desc: str = "Extracting features", *, input_path: str = "stock",
-                  decoded_cache_dir: str | None = None, num_workers: int = 0,
-                  amp_dtype: torch.dtype | None = None, channels_last: bool = False,
-                  compile_options: dict | None = None):
+def iter_features(
+    backbone: Backbone,
+    dataset,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    desc: str = "Extracting features",
+    *,
+    input_path: str = "stock",
+    decoded_cache_dir: str | None = None,
+    num_workers: int = 0,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    compile_options: dict | None = None,
+):
     """Yield ``(features float32 [b, D] on the CPU, labels int64 [b] or None)`` batch by batch, in order.
 
     Arguments as :func:`extract_features`; this is what the cache streams to disk.
@@ -113,8 +123,14 @@ def iter_features(backbone: Backbone, dataset, batch_size: int = 256, device: to
         loader, augment = _fast_loader(backbone, dataset, batch_size, device, decoded_cache_dir, num_workers)
     else:
         ds = dataset.with_transform(make_batch_transform(eval_transform(backbone.data_config)))
-        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate_images,
-                            num_workers=num_workers, pin_memory=device.type == "cuda")
+        loader = DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=False,
+            collate_fn=collate_images,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+        )
         augment = None
     model = backbone.model
     was_training = model.training
@@ -141,11 +157,20 @@ def iter_features(backbone: Backbone, dataset, batch_size: int = 256, device: to
         model.train(was_training)
 
 
-def extract_features(backbone: Backbone, dataset, batch_size: int = 256, device: torch.device | str = "cpu",
-                     desc: str = "Extracting features", *, input_path: str = "stock",
-                     decoded_cache_dir: str | None = None, num_workers: int = 0,
-                     amp_dtype: torch.dtype | None = None, channels_last: bool = False,
-                     compile_options: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    backbone: Backbone,
+    dataset,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    desc: str = "Extracting features",
+    *,
+    input_path: str = "stock",
+    decoded_cache_dir: str | None = None,
+    num_workers: int = 0,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    compile_options: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(features float32 [N, D], labels int64 [N]) of ``dataset`` (columns image, label), in RAM.
 
     ``input_path="stock"`` (default): PIL eval transform per image. ``"fast"``: decode once into a
@@ -160,9 +185,19 @@ def extract_features(backbone: Backbone, dataset, batch_size: int = 256, device:
     label -1. :class:`FeatureCache` streams the same batches to disk instead.
     """
     feats, labels = [], []
-    for f, y in iter_features(backbone, dataset, batch_size, device, desc, input_path=input_path,
-                              decoded_cache_dir=decoded_cache_dir, num_workers=num_workers, amp_dtype=amp_dtype,
-                              channels_last=channels_last, compile_options=compile_options):
+    for f, y in iter_features(
+        backbone,
+        dataset,
+        batch_size,
+        device,
+        desc,
+        input_path=input_path,
+        decoded_cache_dir=decoded_cache_dir,
+        num_workers=num_workers,
+        amp_dtype=amp_dtype,
+        channels_last=channels_last,
+        compile_options=compile_options,
+    ):
         feats.append(f)
         if y is not None:
             labels.append(y)
@@ -171,19 +206,32 @@ def extract_features(backbone: Backbone, dataset, batch_size: int = 256, device:
     return features, targets
 
 
-def _fast_loader(backbone: Backbone, dataset, batch_size: int, device: torch.device, decoded_cache_dir,
-                 num_workers: int):
+def _fast_loader(
+    backbone: Backbone, dataset, batch_size: int, device: torch.device, decoded_cache_dir, num_workers: int
+):
     """The ``"fast"`` input path: a loader over the decoded uint8 eval cache + the on-device normaliser."""
     from hf_transfer.data.augment import BatchAugment
     from hf_transfer.data.decoded import DecodedImages, collate_decoded
 
-    decoded = DecodedImages(dataset, backbone.data_config, "eval", cache_dir=decoded_cache_dir,
-                            with_labels="label" in dataset.column_names, num_workers=num_workers)
+    decoded = DecodedImages(
+        dataset,
+        backbone.data_config,
+        "eval",
+        cache_dir=decoded_cache_dir,
+        with_labels="label" in dataset.column_names,
+        num_workers=num_workers,
+    )
     # reading the memmap is a copy: on the CPU the main process does it (workers would only add their
     # start-up and compete with the backbone); on CUDA a few workers overlap it with the GPU
     cuda = device.type == "cuda"
-    loader = DataLoader(decoded, batch_size=batch_size, shuffle=False, collate_fn=collate_decoded,
-                        num_workers=min(num_workers, 4) if cuda else 0, pin_memory=cuda)
+    loader = DataLoader(
+        decoded,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collate_decoded,
+        num_workers=min(num_workers, 4) if cuda else 0,
+        pin_memory=cuda,
+    )
     augment = BatchAugment(backbone.data_config, "none").eval().to(device)
     return loader, augment
 
@@ -218,9 +266,17 @@ class FeatureCache:
     accelerate's ``PartialState`` (the Trainer's; one process when nothing was launched).
     """
 
-    def __init__(self, cache_dir: str | None = None, input_path: str = "stock", decoded_cache_dir: str | None = None,
-                 num_workers: int = 0, amp_dtype: torch.dtype | None = None, *, channels_last: bool = False,
-                 compile_options: dict | None = None):
+    def __init__(
+        self,
+        cache_dir: str | None = None,
+        input_path: str = "stock",
+        decoded_cache_dir: str | None = None,
+        num_workers: int = 0,
+        amp_dtype: torch.dtype | None = None,
+        *,
+        channels_last: bool = False,
+        compile_options: dict | None = None,
+    ):
         self.cache_dir = cache_dir or default_cache_dir()
         self.input_path = _check_input_path(input_path)
         self.decoded_cache_dir, self.num_workers, self.amp_dtype = decoded_cache_dir, num_workers, amp_dtype
@@ -237,17 +293,26 @@ class FeatureCache:
         """(features, labels) of an entry, memory-mapped: nothing is read until rows are used.
 
         Opened copy-on-write (``mmap_mode="c"``): writable for ``torch.from_numpy``, never written back."""
-        return (np.load(os.path.join(path, "features.npy"), mmap_mode="c"),
-                np.load(os.path.join(path, "labels.npy"), mmap_mode="c"))
+        return (
+            np.load(os.path.join(path, "features.npy"), mmap_mode="c"),
+            np.load(os.path.join(path, "labels.npy"), mmap_mode="c"),
+        )
 
     @staticmethod
     def meta(path: str) -> dict:
         with open(os.path.join(path, "meta.json")) as f:
             return json.load(f)
 
-    def get_or_compute(self, backbone: Backbone, dataset, split: str, batch_size: int = 256,
-                       device: torch.device | str = "cpu", weights_hash: str | None = None,
-                       input_path: str | None = None):
+    def get_or_compute(
+        self,
+        backbone: Backbone,
+        dataset,
+        split: str,
+        batch_size: int = 256,
+        device: torch.device | str = "cpu",
+        weights_hash: str | None = None,
+        input_path: str | None = None,
+    ):
         """``(features, labels, path)``: memory-mapped tensors of the whole split (computed on a miss)."""
         input_path = _check_input_path(input_path or self.input_path)
         state = PartialState()
@@ -267,12 +332,17 @@ class FeatureCache:
 
     def _compute(self, backbone, dataset, split, batch_size, device, input_path, key, state) -> None:
         os.makedirs(self.cache_dir, exist_ok=True)
-        meta = {"backbone": backbone.model_id, "split": split, "input_path": input_path,
-                "num_rows": len(dataset), "feature_dim": backbone.feature_dim, "world_size": state.num_processes}
+        meta = {
+            "backbone": backbone.model_id,
+            "split": split,
+            "input_path": input_path,
+            "num_rows": len(dataset),
+            "feature_dim": backbone.feature_dim,
+            "world_size": state.num_processes,
+        }
         if state.num_processes == 1:
             with staged_entry(self.cache_dir, key, done="meta.json") as tmp:
-                shard = self._extract_into(tmp, "", backbone, dataset, split, batch_size, device, input_path,
-                                           state)
+                shard = self._extract_into(tmp, "", backbone, dataset, split, batch_size, device, input_path, state)
                 _write_json(os.path.join(tmp, "meta.json"), {**meta, "shards": [shard]})
             return
         shard_dir = os.path.join(self.cache_dir, f".{key}.shards")
@@ -295,25 +365,41 @@ class FeatureCache:
         labels = np.full(stop - start, -1, dtype=np.int64)
         done = 0
         with staged_file(feats_path) as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                            shape=(stop - start, backbone.feature_dim))
+            out = np.lib.format.open_memmap(
+                tmp, mode="w+", dtype=np.float32, shape=(stop - start, backbone.feature_dim)
+            )
             if stop > start:
                 desc = f"Features ({split})" + (f" rank {rank}/{world_size}" if world_size > 1 else "")
-                for f, y in iter_features(backbone, rows, batch_size, device, desc, input_path=input_path,
-                                          decoded_cache_dir=self.decoded_cache_dir, num_workers=self.num_workers,
-                                          amp_dtype=self.amp_dtype, channels_last=self.channels_last,
-                                          compile_options=self.compile_options):
-                    out[done:done + len(f)] = f.numpy()
+                for f, y in iter_features(
+                    backbone,
+                    rows,
+                    batch_size,
+                    device,
+                    desc,
+                    input_path=input_path,
+                    decoded_cache_dir=self.decoded_cache_dir,
+                    num_workers=self.num_workers,
+                    amp_dtype=self.amp_dtype,
+                    channels_last=self.channels_last,
+                    compile_options=self.compile_options,
+                ):
+                    out[done : done + len(f)] = f.numpy()
                     if y is not None:
-                        labels[done:done + len(f)] = y.numpy()
+                        labels[done : done + len(f)] = y.numpy()
                     done += len(f)
             out.flush()
             del out
             if done != stop - start:
                 raise RuntimeError(f"Feature extraction of {split} gave {done} rows for {stop - start}.")
         _save_npy(os.path.join(folder, prefix + "labels.npy"), labels)
-        shard = {"rank": rank, "start": start, "stop": stop, "rows_extracted": done,
-                 "host": socket.gethostname(), "pid": os.getpid()}
+        shard = {
+            "rank": rank,
+            "start": start,
+            "stop": stop,
+            "rows_extracted": done,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
         if prefix:  # a shard: its record last, so a record means the shard is complete
             write_atomic(os.path.join(folder, prefix + "json"), json.dumps(shard, indent=1))
         return shard
@@ -328,14 +414,18 @@ class FeatureCache:
             with open(p + "json") as f:
                 shards.append(json.load(f))
         with staged_entry(self.cache_dir, key, done="meta.json") as tmp:
-            out = np.lib.format.open_memmap(os.path.join(tmp, "features.npy"), mode="w+", dtype=np.float32,
-                                            shape=(meta["num_rows"], meta["feature_dim"]))
+            out = np.lib.format.open_memmap(
+                os.path.join(tmp, "features.npy"),
+                mode="w+",
+                dtype=np.float32,
+                shape=(meta["num_rows"], meta["feature_dim"]),
+            )
             labels = np.empty(meta["num_rows"], dtype=np.int64)
             for p, shard in zip(prefixes, shards, strict=True):
                 part = np.load(p + "features.npy", mmap_mode="r")
                 for i in range(0, len(part), _JOIN_ROWS):
-                    out[shard["start"] + i:shard["start"] + min(len(part), i + _JOIN_ROWS)] = part[i:i + _JOIN_ROWS]
-                labels[shard["start"]:shard["stop"]] = np.load(p + "labels.npy")
+                    out[shard["start"] + i : shard["start"] + min(len(part), i + _JOIN_ROWS)] = part[i : i + _JOIN_ROWS]
+                labels[shard["start"] : shard["stop"]] = np.load(p + "labels.npy")
             out.flush()
             del out
             np.save(os.path.join(tmp, "labels.npy"), labels)

@@ -42,5 +42,13 @@ for _event in [name for name in vars(TrainerCallback) if name.startswith("on_")]
     setattr(ModeCallbacks, _event, _forward_event(_event))
 
 
-__all__ = ["GradualUnfreezing", "ModeCallbacks", "count_parameters", "freeze_parameters", "group_learning_rates",
-           "optimizer_groups_by_name", "resolve_frozen_groups", "select_parameters"]
+__all__ = [
+    "GradualUnfreezing",
+    "ModeCallbacks",
+    "count_parameters",
+    "freeze_parameters",
+    "group_learning_rates",
+    "optimizer_groups_by_name",
+    "resolve_frozen_groups",
+    "select_parameters",
+]

@@ -6,12 +6,34 @@ Their options are TransferArguments fields of their own (``freeze``, ``lora_*``,
 
 from hf_transfer.methods.registry import register_method
 
-register_method("full", title="Full fine-tuning", paper="https://arxiv.org/abs/1411.1792", modes=("task",),
-                default_for=("task",), description="Every layer is trained.")
-register_method("partial", title="Partial fine-tuning", paper="https://arxiv.org/abs/1411.1792", modes=("task",),
-                description="The listed early parameter groups stay frozen; the rest is trained.")
-register_method("linear", title="Linear probe", paper="https://arxiv.org/abs/1805.08974", modes=("task", "feature"),
-                default_for=("feature",), description="Only the classification head is trained on frozen features.")
-register_method("lora", title="LoRA adapters", paper="https://arxiv.org/abs/2106.09685", modes=("task",),
-                description="Low-rank adapters on the attention/projection layers and the head are trained; "
-                            "the backbone's weights stay frozen.")
+register_method(
+    "full",
+    title="Full fine-tuning",
+    paper="https://arxiv.org/abs/1411.1792",
+    modes=("task",),
+    default_for=("task",),
+    description="Every layer is trained.",
+)
+register_method(
+    "partial",
+    title="Partial fine-tuning",
+    paper="https://arxiv.org/abs/1411.1792",
+    modes=("task",),
+    description="The listed early parameter groups stay frozen; the rest is trained.",
+)
+register_method(
+    "linear",
+    title="Linear probe",
+    paper="https://arxiv.org/abs/1805.08974",
+    modes=("task", "feature"),
+    default_for=("feature",),
+    description="Only the classification head is trained on frozen features.",
+)
+register_method(
+    "lora",
+    title="LoRA adapters",
+    paper="https://arxiv.org/abs/2106.09685",
+    modes=("task",),
+    description="Low-rank adapters on the attention/projection layers and the head are trained; "
+    "the backbone's weights stay frozen.",
+)

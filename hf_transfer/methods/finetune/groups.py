@@ -69,8 +69,9 @@ def resolve_frozen_groups(spec, group_names: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def select_parameters(spec, groups: OrderedDict[str, list[tuple[str, nn.Parameter]]]
-                      ) -> OrderedDict[str, list[tuple[str, nn.Parameter]]]:
+def select_parameters(
+    spec, groups: OrderedDict[str, list[tuple[str, nn.Parameter]]]
+) -> OrderedDict[str, list[tuple[str, nn.Parameter]]]:
     """Resolve a freeze spec (group names, ``backbone``, globs, ``re:`` patterns) to parameters.
 
     Returns ``{spec entry: [(name, param), ...]}`` in spec order; raises
@@ -97,8 +98,9 @@ def select_parameters(spec, groups: OrderedDict[str, list[tuple[str, nn.Paramete
                     f"groups are {group_names})."
                 )
             if any(n in head for n, _ in hits):
-                raise TransferConfigError(f"freeze: pattern {entry!r} matches head parameters; the head is "
-                                          "always trained.")
+                raise TransferConfigError(
+                    f"freeze: pattern {entry!r} matches head parameters; the head is always trained."
+                )
             out[entry] = hits
         else:
             raise TransferConfigError(

@@ -25,8 +25,9 @@ from torch import nn
 from hf_transfer.errors import TransferConfigError
 
 
-def group_learning_rates(group_names: list[str], lr: float, backbone_lr_scale: float = 1.0,
-                         layer_decay: float | None = None) -> OrderedDict[str, float]:
+def group_learning_rates(
+    group_names: list[str], lr: float, backbone_lr_scale: float = 1.0, layer_decay: float | None = None
+) -> OrderedDict[str, float]:
     if layer_decay is not None and not 0 < layer_decay <= 1:
         raise TransferConfigError(f"layer_decay={layer_decay}: must be in (0, 1].")
     decay = 1.0 if layer_decay is None else float(layer_decay)
@@ -42,8 +43,12 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim <= 1 or name.endswith(".bias")
 
 
-def optimizer_groups_by_name(groups: OrderedDict[str, list[tuple[str, nn.Parameter]]], lrs: dict[str, float],
-                             weight_decay: float | dict[str, float], include=None) -> list[dict]:
+def optimizer_groups_by_name(
+    groups: OrderedDict[str, list[tuple[str, nn.Parameter]]],
+    lrs: dict[str, float],
+    weight_decay: float | dict[str, float],
+    include=None,
+) -> list[dict]:
     """One optimizer group per (named group, decay / no-decay); ``include(param) -> bool`` selects the
     parameters (default: those with ``requires_grad``). Every group carries its ``name`` and ``lr``."""
     include = include or (lambda p: p.requires_grad)

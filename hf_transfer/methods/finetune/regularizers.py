@@ -35,8 +35,13 @@ REGULARIZERS = ("l2sp", "bss")
 class L2SP(nn.Module):
     """Penalty towards the pretrained weights (backbone) plus L2 on the new head."""
 
-    def __init__(self, backbone_params: list[tuple[str, nn.Parameter]], head_params: list[tuple[str, nn.Parameter]],
-                 alpha: float = 0.01, beta: float = 0.01):
+    def __init__(
+        self,
+        backbone_params: list[tuple[str, nn.Parameter]],
+        head_params: list[tuple[str, nn.Parameter]],
+        alpha: float = 0.01,
+        beta: float = 0.01,
+    ):
         super().__init__()
         self.alpha, self.beta = float(alpha), float(beta)
         # the anchors are plain attributes (not buffers): never in the model's state_dict or checkpoints,

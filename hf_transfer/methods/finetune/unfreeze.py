@@ -40,8 +40,13 @@ UNITS = ("steps", "epochs")
 class GradualUnfreezing(TrainerCallback):
     """Unfreeze ``groups`` (ordered from the head backwards) one every ``every`` steps/epochs."""
 
-    def __init__(self, groups: OrderedDict[str, list[tuple[str, torch.nn.Parameter]]], every: float,
-                 unit: str = "steps", mask: bool = False):
+    def __init__(
+        self,
+        groups: OrderedDict[str, list[tuple[str, torch.nn.Parameter]]],
+        every: float,
+        unit: str = "steps",
+        mask: bool = False,
+    ):
         if unit not in UNITS:
             raise TransferConfigError(f"unfreeze_unit={unit!r}: choose one of {UNITS}.")
         if not every or every <= 0:

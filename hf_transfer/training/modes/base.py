@@ -83,8 +83,10 @@ class TransferData:
                     continue
                 self.dropped_unlabelled[key] = missing
                 if missing == len(ds):
-                    raise TransferConfigError(f"The {domain} dataset's {split!r} split: none of its {len(ds)} rows "
-                                              "has a label, so nothing in it can be trained on or scored.")
+                    raise TransferConfigError(
+                        f"The {domain} dataset's {split!r} split: none of its {len(ds)} rows "
+                        "has a label, so nothing in it can be trained on or scored."
+                    )
                 kept[split] = ds.select(labelled) if missing else ds
             setattr(self, domain, datasets.DatasetDict(kept))
         self._warn_unlabelled()
@@ -93,9 +95,12 @@ class TransferData:
         dropped = {k: v for k, v in self.dropped_unlabelled.items() if v}
         kept = {k: v for k, v in self.kept_unlabelled.items() if v}
         if dropped or kept:
-            logger.warning("Rows without a label: %d dropped %s (never trained on or scored)%s.",
-                           sum(dropped.values()), dropped,
-                           f"; kept as unlabelled target images: {kept}" if kept else "")
+            logger.warning(
+                "Rows without a label: %d dropped %s (never trained on or scored)%s.",
+                sum(dropped.values()),
+                dropped,
+                f"; kept as unlabelled target images: {kept}" if kept else "",
+            )
 
 
 class TransferModel(nn.Module):
@@ -105,8 +110,13 @@ class TransferModel(nn.Module):
     covers the classifier and e.g. a domain discriminator, and Trainer checkpoints carry both.
     """
 
-    def __init__(self, mode: TransferMode, classifier: nn.Module, aux: dict[str, nn.Module] | None = None,
-                 input_transform: nn.Module | None = None):
+    def __init__(
+        self,
+        mode: TransferMode,
+        classifier: nn.Module,
+        aux: dict[str, nn.Module] | None = None,
+        input_transform: nn.Module | None = None,
+    ):
         super().__init__()
         self.classifier = classifier
         self.aux = nn.ModuleDict(aux or {})
@@ -125,14 +135,29 @@ class TransferModel(nn.Module):
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         return pixels
 
-    def forward(self, pixel_values=None, labels=None, target_pixel_values=None, features=None,
-                target_labels=None, row_index=None, image_size=None, target_image_size=None):
+    def forward(
+        self,
+        pixel_values=None,
+        labels=None,
+        target_pixel_values=None,
+        features=None,
+        target_labels=None,
+        row_index=None,
+        image_size=None,
+        target_image_size=None,
+    ):
         # image_size: the original (H, W) of each image when a split mixes sizes (fast input path)
         pixel_values = self._prepare(pixel_values, image_size)
         target_pixel_values = self._prepare(target_pixel_values, target_image_size)
         extra = {} if row_index is None else {"row_index": row_index}  # feature mode, features_on_device
-        return self._mode.forward(self, pixel_values=pixel_values, labels=labels,
-                                  target_pixel_values=target_pixel_values, features=features, **extra)
+        return self._mode.forward(
+            self,
+            pixel_values=pixel_values,
+            labels=labels,
+            target_pixel_values=target_pixel_values,
+            features=features,
+            **extra,
+        )
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -188,8 +213,10 @@ class TransferMode:
     def optimizer_groups(self, model: TransferModel, lr: float, weight_decay: float) -> list[dict]:
         """Every trainable parameter at ``lr``, no weight decay on biases and norms: timm's
         ``param_groups_weight_decay`` (with ``weight_decay=0`` one group holds them all)."""
-        return [{**g, "lr": lr, "name": "decay" if g["weight_decay"] else "no_decay"}
-                for g in param_groups_weight_decay(model, weight_decay)]
+        return [
+            {**g, "lr": lr, "name": "decay" if g["weight_decay"] else "no_decay"}
+            for g in param_groups_weight_decay(model, weight_decay)
+        ]
 
     def callbacks(self) -> list:
         """TrainerCallbacks the mode needs (e.g. gradual unfreezing: *when*, beside the mode's *what*)."""

@@ -24,8 +24,14 @@ def _decoded(mode, ds: datasets.Dataset, kind: str, with_labels: bool = True) ->
     """Decode once (the main process first under DDP; the others then read the cache), in
     ``dataloader_num_workers`` processes when > 0 (same bytes as one process: chunks land in order)."""
     with mode.training_args.main_process_first(desc="decoding images"):
-        return DecodedImages(ds, mode.backbone.data_config, kind, cache_dir=mode.args.decoded_cache_dir,
-                             with_labels=with_labels, num_workers=mode.training_args.dataloader_num_workers)
+        return DecodedImages(
+            ds,
+            mode.backbone.data_config,
+            kind,
+            cache_dir=mode.args.decoded_cache_dir,
+            with_labels=with_labels,
+            num_workers=mode.training_args.dataloader_num_workers,
+        )
 
 
 def train_images(mode, ds: datasets.Dataset, with_labels: bool = True):
@@ -71,8 +77,9 @@ def freeze_batchnorm_of_frozen(model: nn.Module) -> None:
                 module.eval()
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor | None, label_smoothing: float = 0.0,
-                        weight: torch.Tensor | None = None) -> torch.Tensor | None:
+def classification_loss(
+    logits: torch.Tensor, labels: torch.Tensor | None, label_smoothing: float = 0.0, weight: torch.Tensor | None = None
+) -> torch.Tensor | None:
     """Cross-entropy over the labelled rows; rows labelled ``UNLABELLED`` (-1) are ignored.
 
     ``label_smoothing`` is ``TrainingArguments.label_smoothing_factor``: the modes compute their own
@@ -81,5 +88,6 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor | None, label
         return None
     if not (labels != UNLABELLED).any():  # an unlabelled eval set: no supervised loss exists
         return logits.sum() * 0.0
-    return nn.functional.cross_entropy(logits, labels, weight=weight, ignore_index=UNLABELLED,
-                                       label_smoothing=label_smoothing)
+    return nn.functional.cross_entropy(
+        logits, labels, weight=weight, ignore_index=UNLABELLED, label_smoothing=label_smoothing
+    )

@@ -58,8 +58,12 @@ class DomainMode(TransferMode):
         except (TypeError, ValueError) as err:
             raise TransferConfigError(f"method={args.method!r}, method_args={args.method_args}: {err}") from err
         self.weighting = domain_parts.label_space_weighting(
-            args, data, backbone.num_labels, lambda: self.unlabelled_eval_datasets()["target_unlabelled"],
-            training_args.per_device_eval_batch_size)
+            args,
+            data,
+            backbone.num_labels,
+            lambda: self.unlabelled_eval_datasets()["target_unlabelled"],
+            training_args.per_device_eval_batch_size,
+        )
 
     def build_model(self) -> TransferModel:
         aux = {"transfer": self.transfer_loss}
@@ -114,8 +118,9 @@ class DomainMode(TransferMode):
 
     def trade_off(self) -> float:
         """The transfer-loss weight now (a pure function of the progress)."""
-        return trade_off_weight(self.progress, self.args.trade_off, self.args.trade_off_schedule,
-                                self.args.trade_off_warmup)
+        return trade_off_weight(
+            self.progress, self.args.trade_off, self.args.trade_off_schedule, self.args.trade_off_warmup
+        )
 
     def features_and_logits(self, model, pixel_values):
         """(features the losses see, logits): the bottleneck's when there is one and it is not folded yet."""
@@ -134,8 +139,11 @@ class DomainMode(TransferMode):
                 logits = self.features_and_logits(model, pixel_values)[1]
             else:
                 logits = model.classifier(pixel_values=pixel_values).logits
-            loss = (self._source_loss(model, logits, labels) if model.training
-                    else classification_loss(logits, labels, self.label_smoothing))
+            loss = (
+                self._source_loss(model, logits, labels)
+                if model.training
+                else classification_loss(logits, labels, self.label_smoothing)
+            )
             return {"loss": loss, "logits": logits}
         n_source = pixel_values.shape[0]
         loss_fn = model.aux["transfer"]
@@ -149,8 +157,12 @@ class DomainMode(TransferMode):
         extra = {"source_weight": source_weight} if source_weight is not None and loss_fn.uses_source_weight else {}
         transfer = loss_fn(f_s, f_t, logits_s, logits_t, **extra)
         weight = self.trade_off()
-        metrics = {"cls_loss": float(cls_loss.detach()), "transfer_loss": float(transfer.detach()),
-                   "trade_off": weight, **loss_fn.last_metrics}
+        metrics = {
+            "cls_loss": float(cls_loss.detach()),
+            "transfer_loss": float(transfer.detach()),
+            "trade_off": weight,
+            **loss_fn.last_metrics,
+        }
         return {"loss": cls_loss + weight * transfer, "logits": logits_s, "metrics": metrics}
 
     def finish(self, model, trainer) -> None:
@@ -165,10 +177,15 @@ class DomainMode(TransferMode):
         return self.weighting.summary(self.data.label_names)
 
     def describe(self) -> dict:
-        return {**super().describe(), "trade_off": self.args.trade_off,
-                "trade_off_schedule": self.args.trade_off_schedule,
-                "trade_off_warmup": self.args.trade_off_warmup if self.args.trade_off_schedule == "linear" else None,
-                "bottleneck_dim": self.args.bottleneck_dim, "target_batch_ratio": self.args.target_batch_ratio,
-                "partial_weighting": self.label_space_weighting(),
-                "method_args": self.args.method_args, "adabn": self.args.adabn,
-                "paper": getattr(self.transfer_loss, "paper", "")}
+        return {
+            **super().describe(),
+            "trade_off": self.args.trade_off,
+            "trade_off_schedule": self.args.trade_off_schedule,
+            "trade_off_warmup": self.args.trade_off_warmup if self.args.trade_off_schedule == "linear" else None,
+            "bottleneck_dim": self.args.bottleneck_dim,
+            "target_batch_ratio": self.args.target_batch_ratio,
+            "partial_weighting": self.label_space_weighting(),
+            "method_args": self.args.method_args,
+            "adabn": self.args.adabn,
+            "paper": getattr(self.transfer_loss, "paper", ""),
+        }

@@ -57,14 +57,17 @@ class SourceClasses:
         self.method, self.excluded, self.excluded_rows = method, excluded, 0
         self.aux: dict[str, nn.Module] = {}
         if excluded:
-            logger.warning("partial_weighting=exclude: source classes the target does not declare are left out of "
-                           "training: %s", excluded)
+            logger.warning(
+                "partial_weighting=exclude: source classes the target does not declare are left out of training: %s",
+                excluded,
+            )
 
     def source_rows(self, ds, label_names: list[str]):
         rows = drop_classes(ds, label_names, self.excluded)
         if len(rows) == 0:
-            raise TransferConfigError("partial_weighting='exclude' leaves no source training row; "
-                                      "use partial_weighting='none' or 'pada'.")
+            raise TransferConfigError(
+                "partial_weighting='exclude' leaves no source training row; use partial_weighting='none' or 'pada'."
+            )
         self.excluded_rows = len(ds) - len(rows)
         return rows
 
@@ -78,8 +81,11 @@ class SourceClasses:
         return []
 
     def summary(self, label_names: list[str]) -> dict:
-        return {"method": self.method, "excluded_classes": list(self.excluded),
-                "excluded_source_rows": int(self.excluded_rows)}
+        return {
+            "method": self.method,
+            "excluded_classes": list(self.excluded),
+            "excluded_source_rows": int(self.excluded_rows),
+        }
 
 
 class PADAWeighting:
@@ -144,12 +150,17 @@ def adabn(backbone, bottleneck: Bottleneck | None, target, batch_size: int) -> N
     loader = DataLoader(images, batch_size=batch_size, collate_fn=collate_images)
     device = next(backbone.model.parameters()).device
     if bottleneck is None or bottleneck.folded:
-        adapt_batchnorm(backbone.model, loader, forward=lambda m, batch: m(pixel_values=batch["pixel_values"]),
-                        device=device)
+        adapt_batchnorm(
+            backbone.model, loader, forward=lambda m, batch: m(pixel_values=batch["pixel_values"]), device=device
+        )
         return
     both = nn.ModuleList([backbone.model, bottleneck.head])
-    adapt_batchnorm(both, loader, device=device,
-                    forward=lambda m, batch: m[1](backbone.features_and_logits(batch["pixel_values"])[0]))
+    adapt_batchnorm(
+        both,
+        loader,
+        device=device,
+        forward=lambda m, batch: m[1](backbone.features_and_logits(batch["pixel_values"])[0]),
+    )
 
 
 def domain_gap(backbone, data, args, training_args, max_samples: int = 500) -> dict:
@@ -160,8 +171,11 @@ def domain_gap(backbone, data, args, training_args, max_samples: int = 500) -> d
     feats = {}
     for name in ("source", "target"):
         ds = subset(getattr(data, name)["test"], n, seed)
-        feats[name] = extract_features(backbone, ds, args.feature_batch_size, training_args.device,
-                                       desc=f"Domain gap ({name})")[0].numpy()
-    return {"proxy_a_distance": proxy_a_distance(feats["source"], feats["target"], seed=seed),
-            "mmd": mmd_distance(feats["source"], feats["target"], seed=seed),
-            "num_samples": {k: int(len(v)) for k, v in feats.items()}}
+        feats[name] = extract_features(
+            backbone, ds, args.feature_batch_size, training_args.device, desc=f"Domain gap ({name})"
+        )[0].numpy()
+    return {
+        "proxy_a_distance": proxy_a_distance(feats["source"], feats["target"], seed=seed),
+        "mmd": mmd_distance(feats["source"], feats["target"], seed=seed),
+        "num_samples": {k: int(len(v)) for k, v in feats.items()},
+    }

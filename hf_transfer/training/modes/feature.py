@@ -80,14 +80,18 @@ class FeatureMode(TransferMode):
         super().__init__(args, backbone, data, training_args)
         if args.method not in FEATURE_METHODS:
             raise TransferConfigError(
-                f"mode=feature: unknown method {args.method!r}; available: {list(FEATURE_METHODS)}.")
+                f"mode=feature: unknown method {args.method!r}; available: {list(FEATURE_METHODS)}."
+            )
         self.frozen_groups = [g for g in backbone.param_groups() if g != "head"]
         self.cache = FeatureCache(
-            args.feature_cache_dir, input_path=args.input_path, decoded_cache_dir=args.decoded_cache_dir,
+            args.feature_cache_dir,
+            input_path=args.input_path,
+            decoded_cache_dir=args.decoded_cache_dir,
             num_workers=training_args.dataloader_num_workers,
             amp_dtype=torch.bfloat16 if training_args.bf16 else None,
             channels_last=use_channels_last(args.channels_last, backbone.model, training_args.device),
-            compile_options=compile_options(training_args))
+            compile_options=compile_options(training_args),
+        )
         self.cache_files: dict[str, str] = {}
         self._features: dict[str, FeatureDataset] = {}
         #: (features, labels) of the train split on the training device, when features_on_device
@@ -103,7 +107,8 @@ class FeatureMode(TransferMode):
         weights = body_fingerprint(self.backbone)
         for name, ds in splits.items():
             _, _, path = self.cache.get_or_compute(
-                self.backbone, ds, name, self.args.feature_batch_size, self.training_args.device, weights)
+                self.backbone, ds, name, self.args.feature_batch_size, self.training_args.device, weights
+            )
             self._features[name] = FeatureDataset.from_cache(path)
             self.cache_files[name] = path
 
@@ -133,8 +138,10 @@ class FeatureMode(TransferMode):
     def collate(self, examples):
         if "row_index" in examples[0]:
             return {"row_index": torch.tensor([e["row_index"] for e in examples], dtype=torch.long)}
-        return {"features": torch.stack([e["features"] for e in examples]),
-                "labels": torch.stack([e["labels"] for e in examples]).long()}
+        return {
+            "features": torch.stack([e["features"] for e in examples]),
+            "labels": torch.stack([e["labels"] for e in examples]).long(),
+        }
 
     def forward(self, model, features=None, labels=None, row_index=None, **_):
         if row_index is not None:  # a batch of the device-resident train features
@@ -148,8 +155,12 @@ class FeatureMode(TransferMode):
         """The trained head goes back into the full model."""
         with torch.no_grad():
             self.backbone.head.load_state_dict(
-                {k: v.to(self.backbone.head.weight.device) for k, v in model.classifier.state_dict().items()})
+                {k: v.to(self.backbone.head.weight.device) for k, v in model.classifier.state_dict().items()}
+            )
 
     def describe(self) -> dict:
-        return {**super().describe(), "feature_cache": {"hits": self.cache.hits, "misses": self.cache.misses},
-                "features_on_device": self.device_table is not None}
+        return {
+            **super().describe(),
+            "feature_cache": {"hits": self.cache.hits, "misses": self.cache.misses},
+            "features_on_device": self.device_table is not None,
+        }

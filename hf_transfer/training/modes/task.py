@@ -85,12 +85,23 @@ class TaskMode(TransferMode):
     def _setup_lora(self, args) -> None:
         from hf_transfer.models.adapters import apply_lora
 
-        if args.freeze or getattr(args, "unfreeze_every", None) or self.regularizer_name or \
-                getattr(args, "layer_decay", None):
-            raise TransferConfigError("method=lora trains only the adapters and the head: freeze, unfreeze_every, "
-                                      "layer_decay and regularizer do not apply.")
-        self.peft_model = apply_lora(self.backbone, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                                     target_modules=args.lora_target_modules)
+        if (
+            args.freeze
+            or getattr(args, "unfreeze_every", None)
+            or self.regularizer_name
+            or getattr(args, "layer_decay", None)
+        ):
+            raise TransferConfigError(
+                "method=lora trains only the adapters and the head: freeze, unfreeze_every, "
+                "layer_decay and regularizer do not apply."
+            )
+        self.peft_model = apply_lora(
+            self.backbone,
+            r=args.lora_r,
+            alpha=args.lora_alpha,
+            dropout=args.lora_dropout,
+            target_modules=args.lora_target_modules,
+        )
         self.frozen_groups = ["backbone (LoRA adapters train)"]
         self._frozen_ids = set()
 
@@ -132,8 +143,9 @@ class TaskMode(TransferMode):
         return collate_images(examples)
 
     def group_learning_rates(self, lr: float) -> OrderedDict[str, float]:
-        return group_learning_rates(list(self.backbone.param_groups()), lr, self.args.backbone_lr_scale,
-                                    getattr(self.args, "layer_decay", None))
+        return group_learning_rates(
+            list(self.backbone.param_groups()), lr, self.args.backbone_lr_scale, getattr(self.args, "layer_decay", None)
+        )
 
     def optimizer_groups(self, model, lr, weight_decay):
         groups = self.backbone.param_groups()
@@ -146,8 +158,9 @@ class TaskMode(TransferMode):
         if self.unfreezing is not None:
             # every scheduled parameter is in the optimizer from the start (resume-safe, see strategies.unfreeze)
             keep = self._scheduled_ids
-            return optimizer_groups_by_name(groups, lrs, weight_decay,
-                                            include=lambda p: p.requires_grad or id(p) in keep)
+            return optimizer_groups_by_name(
+                groups, lrs, weight_decay, include=lambda p: p.requires_grad or id(p) in keep
+            )
         return optimizer_groups_by_name(groups, lrs, weight_decay)
 
     def on_train_mode(self, model):
@@ -160,7 +173,8 @@ class TaskMode(TransferMode):
             raise TransferConfigError(
                 "unfreeze_every is set but the gradual-unfreezing callback is not attached to the Trainer: pass "
                 "TaskMode.callbacks() as Trainer callbacks (prepare_run does) or use "
-                "hf_transfer.methods.finetune.ModeCallbacks().")
+                "hf_transfer.methods.finetune.ModeCallbacks()."
+            )
 
     def regularization(self, model, out: dict) -> dict:
         """Add the regulariser's penalty to ``out['loss']`` (training only)."""
@@ -178,23 +192,36 @@ class TaskMode(TransferMode):
 
     def describe(self) -> dict:
         out = super().describe()
-        out["trainable_parameters"] = sum(p.numel() for p in self.backbone.model.parameters()
-                                          if p.requires_grad or id(p) in getattr(self, "_scheduled_ids", ()))
+        out["trainable_parameters"] = sum(
+            p.numel()
+            for p in self.backbone.model.parameters()
+            if p.requires_grad or id(p) in getattr(self, "_scheduled_ids", ())
+        )
         out["total_parameters"] = sum(p.numel() for p in self.backbone.model.parameters())
-        strategies = {"layer_decay": getattr(self.args, "layer_decay", None), "regularizer": self.regularizer_name,
-                      "k_shot": getattr(self.args, "k_shot", None)}
+        strategies = {
+            "layer_decay": getattr(self.args, "layer_decay", None),
+            "regularizer": self.regularizer_name,
+            "k_shot": getattr(self.args, "k_shot", None),
+        }
         if self.regularizer_name == "l2sp":
             strategies.update(l2sp_alpha=self.args.l2sp_alpha, l2sp_beta=self.args.l2sp_beta)
         elif self.regularizer_name == "bss":
             strategies.update(bss_eta=self.args.bss_eta, bss_k=self.args.bss_k)
         if self.unfreezing is not None:
-            strategies["gradual_unfreezing"] = {"every": self.args.unfreeze_every, "unit": self.args.unfreeze_unit,
-                                                "order": list(self.unfreezing.groups)}
+            strategies["gradual_unfreezing"] = {
+                "every": self.args.unfreeze_every,
+                "unit": self.args.unfreeze_unit,
+                "order": list(self.unfreezing.groups),
+            }
         if self.peft_model is not None:
             cfg = self.peft_model.peft_config["default"]
-            strategies["lora"] = {"r": cfg.r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
-                                  "target_modules": sorted(cfg.target_modules),
-                                  "rule": getattr(self.peft_model, "hf_transfer_rule", None)}
+            strategies["lora"] = {
+                "r": cfg.r,
+                "alpha": cfg.lora_alpha,
+                "dropout": cfg.lora_dropout,
+                "target_modules": sorted(cfg.target_modules),
+                "rule": getattr(self.peft_model, "hf_transfer_rule", None),
+            }
         out["strategies"] = strategies
         return out
 
@@ -206,8 +233,13 @@ class TaskMode(TransferMode):
     def export(self, output_dir: str, results: dict) -> dict:
         from hf_transfer.models.adapters import export_adapter
 
-        return export_adapter(self.peft_model, self.backbone, output_dir, results=results,
-                              merge=bool(getattr(self.args, "merge_adapter", False)))
+        return export_adapter(
+            self.peft_model,
+            self.backbone,
+            output_dir,
+            results=results,
+            merge=bool(getattr(self.args, "merge_adapter", False)),
+        )
 
     def forward(self, model, pixel_values=None, labels=None, **_):
         logits = model.classifier(pixel_values=pixel_values).logits
