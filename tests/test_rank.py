@@ -32,6 +32,12 @@ def _rank(argv, capsys):
     return rc, out, err
 
 
+def _train(argv, capsys):
+    rc = main([*argv, "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true"])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 def test_rank_tiny_zoo_end_to_end(tmp_path, capsys, tiny_vit_dir, resnet_with_head):
     zoo = ["test_resnet", tiny_vit_dir, resnet_with_head]
     out_dir, cache = str(tmp_path / "rank"), str(tmp_path / "features")
@@ -66,6 +72,11 @@ def test_rank_tiny_zoo_end_to_end(tmp_path, capsys, tiny_vit_dir, resnet_with_he
     assert top["backbone"] == result["ranking"][0]
     plan = json.dumps(plan_from_argv(["--config", top["config"]]), default=str)
     assert top["backbone"] in plan and '"feature"' in plan
+    # ... and trains on the features the ranking cached (the train split is a cache hit)
+    rc, _, err = _train(["train", "--config", top["config"], "--max_steps", "2", "--max_eval_samples", "16"], capsys)
+    assert rc == 0, err
+    run = json.load(open(os.path.join(out_dir, "runs", os.listdir(os.path.join(out_dir, "runs"))[0], "results.json")))
+    assert run["feature_cache"]["hits"] == 1
 
     # a second ranking reads every candidate's features from the cache
     rc, _, err = _rank(argv, capsys)
