@@ -1,4 +1,4 @@
-"""The ``hf-transfer`` command: ``train``, ``plan`` (offline dry run), ``demo``.
+"""The ``hf-transfer`` command: ``train``, ``plan`` (offline dry run), ``demo``, ``push``, ``rank`` (choose a backbone).
 
 ``hf-transfer train --config recipes/configs/x.yaml [--flag value ...]`` is the same run as
 ``accelerate launch recipes/train.py --config ...``; flags override the file.
@@ -108,7 +108,15 @@ def cmd_push(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "plan": cmd_plan, "demo": cmd_demo, "push": cmd_push}
+def cmd_rank(argv: list[str]) -> int:
+    """``hf-transfer rank --target DATASET --backbones ID [ID ...] --output_dir DIR``: transferability scores."""
+    from hf_transfer.rank import main as rank_main
+
+    _setup_logging()
+    return rank_main(argv)
+
+
+COMMANDS = {"train": cmd_train, "plan": cmd_plan, "demo": cmd_demo, "push": cmd_push, "rank": cmd_rank}
 
 
 def _take_debug_flag(argv: list[str]) -> tuple[list[str], bool]:

@@ -178,3 +178,37 @@ def training_curves_png(log_history: list[dict], path: str, title: str = "Traini
         _panel(draw, (70, top, 70 + pw, top + ph), data, name, font, small)
     img.save(path, format="PNG", optimize=True)
     return path
+
+
+def ranking_png(
+    candidates: Sequence[str], scores: dict[str, Sequence[float | None]], path: str, title: str = "Backbone ranking"
+) -> str:
+    """One horizontal bar panel per score (candidates in ranked order, one colour each); bars are scaled
+    from the panel's lowest to its highest value, the value written beside each bar, "n/a" where missing."""
+    font, small = _font(15), _font(12)
+    name_w, bar_w, row_h = 230, 260, 20
+    panel_h = 30 + row_h * len(candidates)
+    width, height = name_w + bar_w + 110, 50 + len(scores) * (panel_h + 16)
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 8), title, fill="black", font=_font(16))
+    top = 44
+    for metric, values in scores.items():
+        draw.text((10, top), metric, fill="black", font=font)
+        known = [v for v in values if v is not None and math.isfinite(v)]
+        lo, hi = (min(known), max(known)) if known else (0.0, 1.0)
+        span = hi - lo if hi > lo else 1.0
+        for i, (name, value) in enumerate(zip(candidates, values, strict=True)):
+            y = top + 24 + i * row_h
+            label = name if len(name) <= 34 else "..." + name[-31:]
+            draw.text((10, y + 2), label, fill="black", font=small)
+            x0 = name_w
+            if value is None or not math.isfinite(value):
+                draw.text((x0 + 4, y + 2), "n/a", fill="gray", font=small)
+                continue
+            length = 8 + (bar_w - 8) * (value - lo) / span  # the lowest still gets a visible bar
+            draw.rectangle([x0, y + 3, x0 + length, y + row_h - 3], fill=_PALETTE[i % len(_PALETTE)])
+            draw.text((x0 + length + 6, y + 2), f"{value:.4g}", fill="black", font=small)
+        top += panel_h + 16
+    img.save(path, format="PNG", optimize=True)
+    return path

@@ -45,6 +45,8 @@ class Backbone:
     data_config: DataConfig
     pretrained: bool = True
     revision: str | None = None
+    #: the classifier's weights came from the checkpoint (its classes were kept): a real source head
+    head_pretrained: bool = False
     head_name: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -263,6 +265,7 @@ def load_backbone(
         config.pretrained_cfg = pcfg
         model = TimmWrapperForImageClassification(config)
         library, pretrained, data_config = "timm", False, _data_config_from_timm_cfg(pcfg)
+        head_pretrained = False
         logger.info("Backbone %s: timm architecture with random init (no download).", arch)
     else:
         hub_id = model_id.removeprefix("hf-hub:")
@@ -277,14 +280,18 @@ def load_backbone(
             config.model_args = config.model_args or {}
             config.label_names = list(label_names)
         config.id2label, config.label2id = id2label, label2id  # also sets num_labels
-        model = AutoModelForImageClassification.from_pretrained(
+        model, info = AutoModelForImageClassification.from_pretrained(
             hub_id,
             config=config,
             revision=revision,
             ignore_mismatched_sizes=True,
             trust_remote_code=trust_remote_code,
             use_safetensors=True,
+            output_loading_info=True,
         )
+        head_prefix = _find_head_name(model) + "."
+        fresh = set(info.get("missing_keys", ())) | {k[0] for k in info.get("mismatched_keys", ())}
+        head_pretrained = not any(k.startswith(head_prefix) for k in fresh)
         if isinstance(model, TimmWrapperForImageClassification):
             library, data_config = "timm", _data_config_from_timm_cfg(getattr(model.config, "pretrained_cfg", {}) or {})
         else:
@@ -305,4 +312,27 @@ def load_backbone(
         data_config=data_config,
         pretrained=pretrained,
         revision=revision,
+        head_pretrained=head_pretrained,
     )
+
+
+def checkpoint_label_names(model_id: str, revision: str | None = None, trust_remote_code: bool = False) -> list[str]:
+    """The class names of ``model_id``'s own classifier (its source classes), read from its config only.
+
+    Loading the backbone with exactly these names keeps its pretrained head (``Backbone.head_pretrained``
+    then says whether the checkpoint really held one). A plain timm name (random init) has none: ``[]``."""
+    from transformers import AutoConfig
+
+    if _is_plain_timm_name(model_id):
+        return []
+    try:
+        config = AutoConfig.from_pretrained(
+            model_id.removeprefix("hf-hub:"), revision=revision, trust_remote_code=trust_remote_code
+        )
+    except Exception as err:
+        raise TransferConfigError(
+            f"Could not load backbone {model_id!r} (revision={revision!r}): {type(err).__name__}: {err}. "
+            "Give a Hub id (org/name), a local folder with config.json, or a timm architecture name."
+        ) from err
+    id2label = getattr(config, "id2label", None) or {}
+    return [str(id2label[i]) for i in sorted(id2label)]

@@ -1,0 +1,315 @@
+"""``hf-transfer rank``: choose the backbone before training, from one frozen feature pass per candidate.
+
+For every candidate the target's train split goes once through the frozen backbone into the feature cache
+(:class:`~hf_transfer.methods.feature.cache.FeatureCache`, under the same key a later ``--mode feature``
+run with the same target, source, image size, sample cap and seed computes: that run then reads the
+features instead of extracting them), and the transferability scores of
+:mod:`hf_transfer.evaluation.transferability` are computed on them. LEEP and NCE need the candidate's own
+source-class predictions: they are computed from its pretrained classifier applied to the cached features
+(the classifier's input is what the cache stores), and are "n/a" for a candidate without one (a plain timm
+architecture name is random init, and a checkpoint without classifier weights has none either).
+
+Outputs in ``--output_dir``: ``ranking.json`` (every candidate with its scores, seconds, feature dim,
+parameter count, cache hit or miss), ``ranking.png`` (one bar panel per score) and, with ``--top_k K``, one
+training config per best candidate (``train_top<i>.yaml``, feature mode on the same data and cache) that
+``hf-transfer train --config`` runs as is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import time
+
+import numpy as np
+
+from hf_transfer.errors import TransferConfigError
+
+logger = logging.getLogger(__name__)
+
+#: every score, in the table's order; "probe" only with --probe
+SCORES = ("logme", "leep", "nce", "hscore", "sfda", "knn", "probe")
+NEEDS_SOURCE_HEAD = ("leep", "nce")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hf-transfer rank",
+        allow_abbrev=False,
+        description="Rank candidate backbones for a target dataset from one cached frozen feature pass each "
+        "(LogME, LEEP, NCE, H-score, SFDA, leave-one-out k-NN; optionally a cross-validated linear probe).",
+    )
+    p.add_argument("--target", required=True, help="target dataset spec (labelled): org/name, ./folder, builtin:NAME")
+    p.add_argument("--backbones", required=True, nargs="+", metavar="ID", help="candidate backbone ids (two or more)")
+    p.add_argument("--source", default=None, help="source dataset spec: the target's classes are aligned with it")
+    p.add_argument("--output_dir", required=True, help="folder for ranking.json, ranking.png (and train configs)")
+    p.add_argument("--rank_by", default="sfda", choices=SCORES, help="the score that orders the table (sfda)")
+    p.add_argument("--probe", action="store_true", help="also a 5-fold cross-validated linear-probe accuracy")
+    p.add_argument("--top_k", type=int, default=None, help="write a feature-mode training config for the K best")
+    p.add_argument("--image_size", type=int, default=None, help="override every candidate's input size")
+    p.add_argument("--crop_pct", type=float, default=None, help="override every candidate's eval crop fraction")
+    p.add_argument("--max_train_samples", type=int, default=None, help="score a seeded subset of the train split")
+    p.add_argument("--seed", type=int, default=42, help="seed of the subset and of random-init weights (42)")
+    p.add_argument("--knn_k", type=int, default=5, help="neighbours of the k-NN score (5)")
+    p.add_argument("--label_policy", default=None, help="with --source: shared | partial | strict")
+    p.add_argument("--image_column", default=None)
+    p.add_argument("--label_column", default=None)
+    p.add_argument("--feature_cache_dir", default=None, help="default: $HF_TRANSFER_CACHE/features")
+    p.add_argument("--input_path", default="fast", choices=("fast", "stock"))
+    p.add_argument("--feature_batch_size", type=int, default=256)
+    return p
+
+
+def _run_dict(args, backbone: str, output_dir: str) -> dict:
+    """The feature-mode run whose train features this ranking computes (also the --top_k config)."""
+    run = {"mode": "feature", "method": "linear", "backbone": backbone, "target": args.target}
+    run["output_dir"] = output_dir
+    optional = {
+        "source": args.source,
+        "label_policy": args.label_policy,
+        "image_size": args.image_size,
+        "crop_pct": args.crop_pct,
+        "max_train_samples": args.max_train_samples,
+        "image_column": args.image_column,
+        "label_column": args.label_column,
+        "feature_cache_dir": args.feature_cache_dir,
+    }
+    run.update({k: v for k, v in optional.items() if v is not None})
+    run.update(seed=args.seed, input_path=args.input_path, feature_batch_size=args.feature_batch_size)
+    return run
+
+
+def check_args(args) -> None:
+    """Everything checkable before loading anything, each error one line naming what to fix."""
+    from hf_transfer.data.spec import parse_dataset_spec
+    from hf_transfer.plan import _backbone_kind
+
+    if len(args.backbones) < 2:
+        raise TransferConfigError("rank needs at least two --backbones to compare.")
+    dupes = sorted({b for b in args.backbones if args.backbones.count(b) > 1})
+    if dupes:
+        raise TransferConfigError(f"--backbones lists {dupes} more than once; give each candidate once.")
+    for b in args.backbones:
+        _backbone_kind(b)
+    parse_dataset_spec(args.target)
+    if args.source:
+        parse_dataset_spec(args.source)
+    elif args.label_policy is not None:
+        raise TransferConfigError("--label_policy has no effect without --source; remove it.")
+    if args.rank_by == "probe" and not args.probe:
+        raise TransferConfigError("--rank_by probe needs --probe.")
+    if args.top_k is not None and not 1 <= args.top_k <= len(args.backbones):
+        raise TransferConfigError(f"--top_k must be between 1 and the number of candidates, got {args.top_k}.")
+    if args.knn_k < 1:
+        raise TransferConfigError(f"--knn_k must be >= 1, got {args.knn_k}.")
+    if args.max_train_samples is not None and args.max_train_samples < 4:
+        raise TransferConfigError(f"--max_train_samples must be >= 4, got {args.max_train_samples}.")
+    if os.path.isfile(args.output_dir):
+        raise TransferConfigError(f"--output_dir {args.output_dir!r} is a file; give a folder.")
+
+
+def probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int, folds: int = 5) -> float:
+    """Mean accuracy of a logistic-regression probe on standardised features, stratified k-fold
+    cross-validated (the costly reference the cheap scores stand in for)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = max(2, min(folds, int(np.bincount(labels).min())))
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return float(cross_val_score(model, features, labels, cv=cv).mean())
+
+
+def score_features(features, labels, source_probs, *, knn_k: int = 5, probe: bool = False, seed: int = 0) -> dict:
+    """Every score of one candidate; LEEP and NCE are None without ``source_probs``."""
+    from hf_transfer.evaluation import transferability as t
+
+    f = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels)
+    out = {
+        "logme": t.logme(f, y),
+        "leep": t.leep(f, y, source_probs) if source_probs is not None else None,
+        "nce": t.nce(f, y, source_probs) if source_probs is not None else None,
+        "hscore": t.hscore(f, y),
+        "sfda": t.sfda(f, y),
+        "knn": t.knn_accuracy(f, y, k=knn_k),
+    }
+    if probe:
+        out["probe"] = probe_accuracy(f, y, seed)
+    return out
+
+
+def _source_probs(backbone, features) -> np.ndarray:
+    """The pretrained classifier's softmax over its own classes, from the cached (pooled) features."""
+    import torch
+
+    head = backbone.head
+    with torch.inference_mode():
+        w = head.weight.detach().cpu().double()
+        b = head.bias.detach().cpu().double() if head.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
+        logits = torch.from_numpy(np.asarray(features, dtype=np.float64)) @ w.T + b
+        return torch.softmax(logits, 1).numpy()
+
+
+def rank_candidate(args, model_id: str, train, cache, device) -> dict:
+    """Load one candidate (keeping its own classifier when it has one), cache its features, score them."""
+    import torch
+    from transformers import set_seed
+
+    from hf_transfer.methods.feature.cache import body_fingerprint
+    from hf_transfer.models.backbones import checkpoint_label_names, load_backbone
+    from hf_transfer.models.speed import set_memory_format, use_channels_last
+
+    start = time.perf_counter()
+    source_labels = checkpoint_label_names(model_id)
+    set_seed(args.seed)  # a random-init candidate gets the weights a feature run with this seed gets
+    backbone = load_backbone(
+        model_id,
+        source_labels or train.features["label"].names,
+        image_size=args.image_size,
+        crop_pct=args.crop_pct,
+    )
+    if use_channels_last("auto", backbone.model, device):
+        set_memory_format(backbone.model, True)
+        cache.channels_last = True
+    misses = cache.misses
+    features, labels, path = cache.get_or_compute(
+        backbone, train, "train", args.feature_batch_size, device, body_fingerprint(backbone)
+    )
+    cache.channels_last = False
+    feature_seconds = time.perf_counter() - start
+    has_head = backbone.pretrained and backbone.head_pretrained
+    probs = _source_probs(backbone, features.numpy()) if has_head else None
+    scores = score_features(features.numpy(), labels.numpy(), probs, knn_k=args.knn_k, probe=args.probe, seed=args.seed)
+    head_prefix = backbone.head_name + "."
+    params = sum(p.numel() for n, p in backbone.model.named_parameters() if not n.startswith(head_prefix))
+    seconds = time.perf_counter() - start
+    del backbone
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return {
+        "backbone": model_id,
+        "scores": scores,
+        "source_head": {"classes": len(source_labels)} if has_head else None,
+        "feature_dim": int(features.shape[1]),
+        "num_params": int(params),
+        "num_images": int(features.shape[0]),
+        "seconds": round(seconds, 3),
+        "feature_seconds": round(feature_seconds, 3),
+        "feature_cache": {"hit": cache.misses == misses, "path": path},
+    }
+
+
+def _order(candidates: list[dict], rank_by: str) -> list[dict]:
+    """Best first by ``rank_by``; candidates without that score (n/a) last, in the given order."""
+
+    def key(c):
+        v = c["scores"].get(rank_by)
+        return (0, -v) if v is not None and math.isfinite(v) else (1, 0.0)
+
+    return sorted(candidates, key=key)
+
+
+def format_table(candidates: list[dict], rank_by: str, score_names: list[str]) -> str:
+    names = [rank_by] + [s for s in score_names if s != rank_by]
+    header = ["#", "backbone", *names, "dim", "params", "seconds", "cache"]
+    rows = []
+    for i, c in enumerate(candidates, 1):
+        cells = [str(i), c["backbone"]]
+        for s in names:
+            v = c["scores"].get(s)
+            cells.append("n/a" if v is None else f"{v:.4f}")
+        cache = "hit" if c["feature_cache"]["hit"] else "miss"
+        cells += [str(c["feature_dim"]), f"{c['num_params'] / 1e6:.2f}M", f"{c['seconds']:.1f}", cache]
+        rows.append(cells)
+    widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_.")[:60] or "backbone"
+
+
+def rank_backbones(args) -> dict:
+    """The ranking of ``args.backbones`` on ``args.target`` (see the module doc); writes the outputs."""
+    import torch
+    from transformers import set_seed
+
+    from hf_transfer.config import arguments_from_dict
+    from hf_transfer.hub.plots import ranking_png
+    from hf_transfer.methods.feature.cache import FeatureCache
+    from hf_transfer.training.modes.common import subset
+    from hf_transfer.training.run import load_transfer_data
+
+    check_args(args)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    transfer_args, _ = arguments_from_dict(_run_dict(args, args.backbones[0], args.output_dir))
+    set_seed(args.seed)  # as a training run does before it loads its data
+    data = load_transfer_data(transfer_args, args.seed)
+    train = subset(data.target["train"], args.max_train_samples, args.seed)
+    cache = FeatureCache(args.feature_cache_dir, input_path=args.input_path, decoded_cache_dir=None)
+    total = time.perf_counter()
+    candidates = []
+    for model_id in args.backbones:
+        logger.info("Ranking %s on %s (%d images).", model_id, data.target_name, len(train))
+        candidates.append(rank_candidate(args, model_id, train, cache, device))
+    candidates = _order(candidates, args.rank_by)
+    score_names = [s for s in SCORES if s != "probe" or args.probe]
+    result = {
+        "target": data.target_name,
+        "source": data.source_name,
+        "label_names": list(data.label_names),
+        "num_images": len(train),
+        "rank_by": args.rank_by,
+        "seed": args.seed,
+        "image_size": args.image_size,
+        "device": str(device),
+        "seconds": round(time.perf_counter() - total, 3),
+        "ranking": [c["backbone"] for c in candidates],
+        "candidates": candidates,
+    }
+    os.makedirs(args.output_dir, exist_ok=True)
+    if args.top_k:
+        result["top_k"] = _write_top_k(args, candidates[: args.top_k])
+    with open(os.path.join(args.output_dir, "ranking.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    ranking_png(
+        [c["backbone"] for c in candidates],
+        {s: [c["scores"].get(s) for c in candidates] for s in score_names},
+        os.path.join(args.output_dir, "ranking.png"),
+        title=f"Backbones for {data.target_name} (ranked by {args.rank_by})",
+    )
+    result["table"] = format_table(candidates, args.rank_by, score_names)
+    return result
+
+
+def _write_top_k(args, best: list[dict]) -> list[dict]:
+    """One feature-mode config per best candidate: the same data and cache, so its features are a hit."""
+    import yaml
+
+    out = []
+    for i, c in enumerate(best, 1):
+        run_dir = os.path.join(args.output_dir, "runs", f"{i}-{_safe(c['backbone'])}")
+        config = os.path.join(args.output_dir, f"train_top{i}.yaml")
+        with open(config, "w") as f:
+            yaml.safe_dump(_run_dict(args, c["backbone"], run_dir), f, sort_keys=False)
+        out.append({"backbone": c["backbone"], "config": config, "command": f"hf-transfer train --config {config}"})
+    return out
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    result = rank_backbones(args)
+    print(result["table"])
+    print(f"Ranking of {len(result['ranking'])} backbones in {result['seconds']:.1f}s: {args.output_dir}/ranking.json")
+    for entry in result.get("top_k", []):
+        print(f"Train {entry['backbone']}: {entry['command']}")
+    return 0
