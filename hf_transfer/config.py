@@ -210,6 +210,15 @@ class TransferArguments:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom code from the Hub (off by default)."}
     )
+    ranking: str | None = field(
+        default=None,
+        metadata={
+            "help": "The ranking.json of the `hf-transfer rank` that chose this backbone (the --top_k configs set "
+            "it): its candidates and scores are recorded in results.json and shown in the model card's "
+            "'Why this backbone' section. Refused when the file is not a ranking, or ranked other data or "
+            "did not rank this backbone."
+        },
+    )
     # --- task adaptation strategies (mode=task; see hf_transfer.methods.finetune, regularizers, adapters) ---
     unfreeze_every: float | None = field(
         default=None,

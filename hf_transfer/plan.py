@@ -99,6 +99,11 @@ def plan_run(args, training_args) -> dict:
     datasets = {"target": parse_dataset_spec(args.target)}
     if args.source:
         datasets["source"] = parse_dataset_spec(args.source)
+    ranking = None
+    if args.ranking is not None:
+        from hf_transfer.rank import ranking_summary
+
+        ranking = ranking_summary(args.ranking, args.backbone, args.target)
     return {
         "mode": args.mode,
         "method": args.method,
@@ -110,6 +115,7 @@ def plan_run(args, training_args) -> dict:
         },
         "label_policy": args.label_policy,
         "target_classes": args.target_classes,
+        "ranking": ranking,
         "training": {
             "output_dir": training_args.output_dir,
             "learning_rate": training_args.learning_rate,

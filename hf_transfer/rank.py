@@ -265,6 +265,7 @@ def rank_backbones(args) -> dict:
     score_names = [s for s in SCORES if s != "probe" or args.probe]
     result = {
         "target": data.target_name,
+        "target_spec": args.target,
         "source": data.source_name,
         "label_names": list(data.label_names),
         "num_images": len(train),
@@ -296,13 +297,56 @@ def _write_top_k(args, best: list[dict]) -> list[dict]:
     import yaml
 
     out = []
+    ranking = os.path.abspath(os.path.join(args.output_dir, "ranking.json"))
     for i, c in enumerate(best, 1):
         run_dir = os.path.join(args.output_dir, "runs", f"{i}-{_safe(c['backbone'])}")
         config = os.path.join(args.output_dir, f"train_top{i}.yaml")
+        run = {**_run_dict(args, c["backbone"], run_dir), "ranking": ranking}  # the card's "Why this backbone"
         with open(config, "w") as f:
-            yaml.safe_dump(_run_dict(args, c["backbone"], run_dir), f, sort_keys=False)
+            yaml.safe_dump(run, f, sort_keys=False)
         out.append({"backbone": c["backbone"], "config": config, "command": f"hf-transfer train --config {config}"})
     return out
+
+
+def ranking_summary(path: str, backbone: str, target: str) -> dict:
+    """What a run started from ``path`` (a ranking.json) records: every candidate's scores, best first,
+    and where this run's backbone stood. Refused (naming ``ranking``) where it cannot act: not a ranking,
+    a ranking of another target, or one that did not rank ``backbone``."""
+    try:
+        with open(path) as f:
+            ranking = json.load(f)
+        candidates = ranking["candidates"]
+        order = [c["backbone"] for c in candidates]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise TransferConfigError(
+            f"ranking={path!r}: not a ranking.json written by hf-transfer rank ({type(err).__name__}: {err})."
+        ) from None
+    if ranking.get("target_spec") not in (None, target):
+        raise TransferConfigError(
+            f"ranking={path!r} ranked backbones for target {ranking['target_spec']!r}, not {target!r}: "
+            "rank for this target, or remove ranking."
+        )
+    if backbone not in order:
+        raise TransferConfigError(
+            f"ranking={path!r} did not rank backbone {backbone!r} (its candidates: {order}); remove ranking."
+        )
+    names = [s for s in SCORES if any(c["scores"].get(s) is not None for c in candidates)]
+    return {
+        "path": os.path.abspath(path),
+        "target": ranking.get("target"),
+        "rank_by": ranking.get("rank_by"),
+        "num_images": ranking.get("num_images"),
+        "position": order.index(backbone) + 1,
+        "score_names": names,
+        "candidates": [
+            {
+                "backbone": c["backbone"],
+                "scores": {s: c["scores"].get(s) for s in names},
+                "num_params": c.get("num_params"),
+            }
+            for c in candidates
+        ],
+    }
 
 
 def main(argv: list[str]) -> int:

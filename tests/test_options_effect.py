@@ -306,6 +306,26 @@ def _same_run_checkpoint(args):
     run.trainer.train()
 
 
+def _write_ranking(args, backbones=None, target=None):
+    """The ranking.json that ``ranking`` points at: one by ``hf-transfer rank`` that ranked this run's
+    backbone (or ``backbones``) on this run's target (or ``target``)."""
+    import json
+
+    path = args.get("ranking")
+    if not path or path.endswith("missing.json"):
+        return
+    backbones = backbones or [args["backbone"], "test_vit"]
+    scores = [{"backbone": b, "scores": {"sfda": 1.0 - i, "leep": None}} for i, b in enumerate(backbones)]
+    ranking = {"target": "t", "target_spec": target or args["target"], "rank_by": "sfda", "num_images": 8}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({**ranking, "ranking": backbones, "candidates": scores}, f)
+
+
+def ranking_recorded(run):
+    return run.ranking and (run.ranking["position"], [c["backbone"] for c in run.ranking["candidates"]])
+
+
 LORA = {"task": {"method": "lora", "backbone": "{base}"}}
 L2SP = {"task": {"regularizer": "l2sp"}}
 BSS = {"task": {"regularizer": "bss"}}
@@ -383,6 +403,7 @@ PROBES = {
         {m: {"push_to_hub": True, "hub_model_id": "user/model"} for m in MODES},
     ),
     "overwrite_output_dir": Probe((True,), folder_contents, prepare=_previous_run),
+    "ranking": Probe(("{tmp}/rank/ranking.json",), ranking_recorded, prepare=_write_ranking),
     # TrainingArguments the README promises to pass through
     "learning_rate": Probe((0.01,), optimizer_groups),
     "weight_decay": Probe((0.1,), optimizer_groups),
@@ -496,3 +517,24 @@ def test_ignored_options_are_refused_before_any_work(tmp_path, data, monkeypatch
     monkeypatch.setattr(hf_transfer.training.run, "load_transfer_data", no_data)
     with pytest.raises(TransferConfigError, match=message):
         prepare_run(*arguments_from_dict(_base(tmp_path, data, change.pop("mode", "domain"), **change)))
+
+
+@pytest.mark.parametrize(
+    ("ranked", "message"),
+    [
+        ({"backbones": None, "name": "missing.json"}, "not a ranking.json"),
+        ({"backbones": ["test_vit", "test_efficientnet"]}, "did not rank backbone 'test_resnet'"),
+        ({"target": "builtin:digits-printed"}, "ranked backbones for target 'builtin:digits-printed'"),
+    ],
+)
+def test_ranking_is_refused_where_it_cannot_act(tmp_path, data, monkeypatch, ranked, message):
+    """A card must not claim a ranking that did not choose this backbone for this target."""
+
+    def no_data(*_a, **_k):
+        raise AssertionError("the data was loaded before the refusal")
+
+    monkeypatch.setattr(hf_transfer.training.run, "load_transfer_data", no_data)
+    args = _base(tmp_path, data, "task", ranking=str(tmp_path / "rank" / ranked.pop("name", "ranking.json")))
+    _write_ranking(args, **ranked)
+    with pytest.raises(TransferConfigError, match=f"ranking=.*{message}"):
+        prepare_run(*arguments_from_dict(args))

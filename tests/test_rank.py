@@ -75,8 +75,24 @@ def test_rank_tiny_zoo_end_to_end(tmp_path, capsys, tiny_vit_dir, resnet_with_he
     # ... and trains on the features the ranking cached (the train split is a cache hit)
     rc, _, err = _train(["train", "--config", top["config"], "--max_steps", "2", "--max_eval_samples", "16"], capsys)
     assert rc == 0, err
-    run = json.load(open(os.path.join(out_dir, "runs", os.listdir(os.path.join(out_dir, "runs"))[0], "results.json")))
+    run_dir = os.path.join(out_dir, "runs", os.listdir(os.path.join(out_dir, "runs"))[0])
+    run = json.load(open(os.path.join(run_dir, "results.json")))
     assert run["feature_cache"]["hits"] == 1
+    # ... and its model card says why: every candidate with its scores, this one marked (section rendered
+    # from this checkout's template, not from whichever install the environment's package points at)
+    from hf_transfer.hub.cards import render_card
+
+    assert (
+        run["ranking"]["position"] == 1 and [c["backbone"] for c in run["ranking"]["candidates"]] == result["ranking"]
+    )
+    template = os.path.join(os.path.dirname(os.path.dirname(__file__)), "model_cards", "model_card.md")
+    card = str(render_card(run_dir, "user/top1", template_path=template, figures=False))
+    section = card.split("## Why this backbone")[1].split("<!-- hf-transfer:end why-backbone -->")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == len(zoo) and "(this model)" in rows[0] and "(this model)" not in "".join(rows[1:])
+    assert "test_resnet" in section and "n/a" in section and "| sfda |" in section
+    sfda = f"{result['candidates'][0]['scores']['sfda']:.4f}"
+    assert sfda in rows[0]
 
     # a second ranking reads every candidate's features from the cache
     rc, _, err = _rank(argv, capsys)

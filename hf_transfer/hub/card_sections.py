@@ -43,6 +43,39 @@ def backbone_text(results: dict, is_timm: bool) -> str:
     )
 
 
+def _candidate_name(backbone: str) -> str:
+    """A candidate as the card names it: a local folder by its base name, anything else as given."""
+    if os.path.isabs(backbone) or (os.sep in backbone.rstrip(os.sep) and os.path.isdir(backbone)):
+        return os.path.basename(backbone.rstrip(os.sep)) + " (local)"
+    return backbone
+
+
+def why_backbone_vars(results: dict) -> dict:
+    """Template variables of the "Why this backbone" section, from ``results["ranking"]`` (a run started
+    from a ``hf-transfer rank`` config); empty rows (no section) for a run without a ranking."""
+    ranking = results.get("ranking")
+    if not ranking:
+        return dict(why_backbone_intro="", why_backbone_columns=[], why_backbone_rows=[])
+    names = ranking.get("score_names") or []
+    rank_by = ranking.get("rank_by")
+    rows = []
+    for i, c in enumerate(ranking.get("candidates") or [], 1):
+        values = [("n/a" if c["scores"].get(s) is None else f"{c['scores'][s]:.4f}") for s in names]
+        chosen = c["backbone"] == results.get("backbone")
+        name = f"`{_candidate_name(c['backbone'])}`"
+        rows.append({"rank": i, "name": f"**{name}** (this model)" if chosen else name, "values": values})
+    n = len(rows)
+    intro = (
+        f"This backbone was chosen by `hf-transfer rank` before training: {n} candidates were scored on "
+        f"{ranking.get('num_images')} training images of {ranking.get('target') or 'the target'} from one frozen "
+        f"feature pass each, ranked by `{rank_by}` (higher = more transferable); this model's backbone was "
+        f"number {ranking.get('position')} of {n}. LEEP and NCE need a candidate's own pretrained classifier "
+        "(n/a without one); `knn` is leave-one-out k-NN accuracy. The scores predict, they do not measure: "
+        "the results below are this model's."
+    )
+    return dict(why_backbone_intro=intro, why_backbone_columns=names, why_backbone_rows=rows)
+
+
 def summary(results: dict, baseline: dict | None, upper: dict | None, backbone: str, method_title: str) -> str:
     """The opening paragraph: what was adapted from what to what, and how much it helped."""
     mode, method = results.get("mode"), results.get("method")

@@ -151,6 +151,7 @@ def render_card(
         model_name=repo_id.split("/")[-1],
         summary=sections.summary(results, baseline, upper, backbone, title),
         **_method_vars(results),
+        **sections.why_backbone_vars(results),
         **sections.data_vars(results, backbone),
         hyperparameters=sections.hyperparameters(results),
         **sections.results_vars(results, baseline, upper, title, figures),

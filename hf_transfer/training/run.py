@@ -227,6 +227,7 @@ def non_default_arguments(args: TransferArguments, training_args) -> dict:
         "remove_unused_columns",
         "hub_strategy",
         "logging_dir",
+        "ranking",  # a path on this machine; what it says is in results["ranking"]
     }
     default_transfer = TransferArguments(
         mode=args.mode, backbone=args.backbone, target=args.target, source=args.source, method=args.method
@@ -276,6 +277,7 @@ class PreparedRun:
     trainer: TransferTrainer
     resume: str | None
     push: PushRequest | None = None
+    ranking: dict | None = None  # --ranking: the ranking that chose this backbone (the card's "Why this backbone")
 
 
 def prepare_run(
@@ -289,7 +291,7 @@ def prepare_run(
     from hf_transfer.plan import plan_run
 
     quiet_unactionable_logs(http=False)
-    plan_run(args, training_args)
+    plan = plan_run(args, training_args)
     push = PushRequest.take_from(args, training_args)
     _prepare_training_args(training_args)
     identity = run_identity(args, training_args)
@@ -331,7 +333,9 @@ def prepare_run(
         transfer_mode=mode,
         callbacks=[*(callbacks or []), *mode.callbacks(), RunIdentityCallback(identity)],
     )
-    return PreparedRun(args, training_args, data, backbone, mode, model, eval_sets, trainer, resume, push)
+    return PreparedRun(
+        args, training_args, data, backbone, mode, model, eval_sets, trainer, resume, push, plan["ranking"]
+    )
 
 
 def run_transfer(
@@ -401,6 +405,7 @@ def run_transfer(
         "versions": versions(),
         "log_history": trainer.state.log_history,
         "arguments": non_default_arguments(args, training_args),
+        "ranking": run.ranking,
     }
     if trainer.is_world_process_zero():
         if getattr(mode, "exports_adapter", False):  # LoRA: adapter folder (+ merged/ with merge_adapter)
