@@ -82,6 +82,11 @@ def cmd_push(argv: list[str]) -> int:
     )
     parser.add_argument("--license", default=None, help="default: the base model's license when known")
     parser.add_argument("--skip_round_trip_check", action="store_true", help="push without the pipeline() check")
+    parser.add_argument(
+        "--allow_local_base",
+        action="store_true",
+        help="push a LoRA adapter whose base is a local folder (it then loads only where that folder exists)",
+    )
     args = parser.parse_args(argv)
     _setup_logging()
 
@@ -99,6 +104,7 @@ def cmd_push(argv: list[str]) -> int:
         upper_bound_results=args.upper_bound,
         license=args.license,
         check=not args.skip_round_trip_check,
+        allow_local_base=args.allow_local_base,
     )
     if result is not None:
         print(

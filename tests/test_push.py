@@ -525,3 +525,30 @@ def test_invalid_results_json_names_the_file(hub_server, run_copy, tmp_path, cap
     with pytest.raises(TransferConfigError, match=rf"{re.escape(str(baseline))} holds a JSON list"):
         push_run(run_copy, "user/digits", baseline_results=baseline)
     assert hub_server.requests == []
+
+
+def test_adapter_on_a_local_base_is_refused_unless_allowed(hub_server, tmp_path, capsys):
+    """A LoRA adapter whose base is a folder on this machine: refused in one line naming the base and the
+    flag, before the round-trip check and before any Hub call; pushed with --allow_local_base."""
+    import sys
+    import warnings
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_adapters import lora_args, make_base
+
+    from hf_transfer.config import arguments_from_dict
+    from hf_transfer.training.run import run_transfer
+
+    base = make_base(tmp_path / "base")
+    out = tmp_path / "adapter"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_transfer(*arguments_from_dict(lora_args(base, out, max_steps=1)))
+    with pytest.raises(PushError, match=r"local folder .*base.*--allow_local_base") as err:
+        push_run(out, "user/lora-local", check=False)
+    assert str(Path(base).resolve()) in str(err.value) and "\n" not in str(err.value)
+    assert hub_server.storage.meta("model", "user/lora-local") is None
+    rc, lines, _ = _cli(capsys, "push", out, "user/lora-local")
+    assert rc == 1 and "--allow_local_base" in lines[-1]
+    rc, _, _ = _cli(capsys, "push", out, "user/lora-local", "--allow_local_base")
+    assert rc == 0 and "adapter_model.safetensors" in hub_server.files("user/lora-local")

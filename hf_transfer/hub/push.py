@@ -265,12 +265,15 @@ def push_run(
     license: str | None = None,
     check: bool = True,
     atol: float = DEFAULT_ATOL,
+    allow_local_base: bool = False,
 ) -> PushResult | None:
     """Check, card and push the run in ``output_dir`` to ``repo_id`` in one commit.
 
     ``repo_id`` may omit the namespace (the token's user). ``revision``: a branch (created from main
     when new). ``create_pr``: open a pull request instead of committing to the branch. ``license``:
-    overrides the one read from the base model's card. Returns None on non-main processes.
+    overrides the one read from the base model's card. ``allow_local_base``: push a LoRA adapter whose base
+    is a local folder (refused otherwise: the pushed adapter and its card's code would point at a path on
+    this machine). Returns None on non-main processes.
     """
     from huggingface_hub import HfApi
 
@@ -284,6 +287,8 @@ def push_run(
     results = card_inputs.load_results(folder)
     baseline = card_inputs.load_results(baseline_results)
     upper_bound = card_inputs.load_results(upper_bound_results)
+    if not allow_local_base:
+        _check_adapter_base(folder)
     if check:
         check_round_trip(folder, atol=atol)
         logger.info(
@@ -393,6 +398,25 @@ def _check_repo_id(repo_id: str) -> None:
     except HFValidationError as err:
         reason = " ".join(str(err).split())
         raise PushError(f"Invalid repo id {repo_id!r}: {reason} Nothing was pushed.") from err
+
+
+def local_adapter_base(folder: str | os.PathLike) -> str | None:
+    """The local folder a LoRA adapter in ``folder`` records as its base; None for a Hub base or no adapter."""
+    config = Path(folder) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    base = json.loads(config.read_text()).get("base_model_name_or_path")
+    return base if base and os.path.isabs(base) else None  # a local base is recorded absolute
+
+
+def _check_adapter_base(folder: Path) -> None:
+    base = local_adapter_base(folder)
+    if base is not None:
+        raise PushError(
+            f"The adapter's base is the local folder {base}: pushed, it would load only on this machine. "
+            "Train on a Hub id as backbone, or push anyway with --allow_local_base (allow_local_base=True). "
+            "Nothing was pushed."
+        )
 
 
 def _create_repo(api, repo_id: str, private: bool | None) -> tuple[str, bool]:
