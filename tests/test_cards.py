@@ -48,6 +48,8 @@ def run_dir(tmp_path_factory):
             save_strategy="no",
             eval_strategy="no",
             learning_rate=0.01,
+            optim="sgd",
+            optim_args="momentum=0.9",
             logging_steps=1,
             disable_tqdm=True,
             dataloader_num_workers=0,
@@ -126,8 +128,7 @@ def test_body_tells_the_transfer(run_dir, results):
     assert "source-only baseline |" in text and "upper bound: trained on target labels" in text
     assert "10 shared classes" in text and "No class was dropped" in text
     assert "| zero |" in text  # the per-class table names the classes
-    assert results["hyperparameters"]["optim"] == "adamw_torch_fused"
-    assert "| optim | adamw_torch_fused |" in text  # the optimizer by its plain name
+    assert "| optim | sgd |" in text  # the optimizer by its plain name
     assert 'timm.create_model("hf-hub:user/digits-dann", pretrained=True)' in text
     assert 'pipeline("image-classification", model="user/digits-dann")' in text
     assert "hf-transfer train --config train_config.yaml" in text
@@ -296,3 +297,51 @@ def test_partial_label_space_and_shared_options_in_card(run_dir, results):
     assert "**Transfer-loss weight schedule:** `dann`" in text
     assert "**Target images per source image in a batch:** 2.0." in text
     assert "Bottleneck" not in cards.render_card(run_dir, REPO).text
+
+
+def test_finished_run_folder_has_its_card_and_figures(run_dir, results, tmp_path):
+    """Training ends with README.md + figures in the folder; a later push (write_card, no remote card) renders
+    exactly what it renders for a folder without that card, with or without a baseline."""
+    import shutil
+
+    text = (run_dir / "README.md").read_text()
+    assert (run_dir / cards.CONFUSION_PNG).is_file() and (run_dir / cards.CURVES_PNG).is_file()
+    ModelCard(text)
+    assert f'"{run_dir.name}"' in text  # no --hub_model_id: the card names the folder
+    for kwargs in ({}, {"baseline_results": _baseline(results)}):
+        with_card, without = tmp_path / f"with{len(kwargs)}", tmp_path / f"without{len(kwargs)}"
+        shutil.copytree(run_dir, with_card)
+        shutil.copytree(run_dir, without)
+        (without / "README.md").unlink()
+        assert cards.write_card(with_card, REPO, **kwargs) == cards.write_card(without, REPO, **kwargs)
+
+
+def test_optimizer_arguments_in_hyperparameter_table(run_dir, results):
+    assert results["hyperparameters"]["optim_args"] == "momentum=0.9"
+    assert "| optim_args | momentum=0.9 |" in str(cards.render_card(run_dir, REPO))
+    old = _variant(results, hyperparameters={k: v for k, v in results["hyperparameters"].items() if k != "optim_args"})
+    assert "| optim_args | momentum=0.9 |" in str(cards.render_card(run_dir, REPO, results=old))  # from arguments
+
+
+def test_training_curves_one_quantity_per_panel():
+    from hf_transfer.hub.plots import curve_panels
+
+    history = []
+    for step in range(1, 9):
+        history.append(
+            {"step": step, "loss": 0.02 / step, "cls_loss": 0.01, "trade_off": 1.0, "domain_acc": 0.5 + step / 100}
+        )
+        if step % 4 == 0:
+            for domain, acc in (("target", 0.3 + step / 100), ("source", 0.9)):
+                history.append({"step": step, f"eval_{domain}_accuracy": acc, f"eval_{domain}_loss": 1.0 / step})
+            history.append({"step": step, "eval_target_unlabelled_loss": 0.0})
+    panels = {p["title"]: p for p in curve_panels(history)}
+    assert sorted(panels["evaluation accuracy"]["series"]) == ["source", "target"]
+    assert panels["evaluation accuracy"]["ylim"] == (0.0, 1.0)
+    assert panels["training loss"]["ylim"][0] == 0.0  # losses >= 0: the axis starts at 0, not below
+    assert sorted(panels["evaluation loss"]["series"]) == ["source", "target"]  # unlabelled (all 0) left out
+    assert list(panels["domain_acc"]["series"]) == ["domain_acc"]
+    assert not any("trade_off" in p["series"] for p in panels.values())  # a constant is not plotted
+    assert all(
+        len(p["series"]) == 1 for t, p in panels.items() if t not in ("training loss",) and "evaluation" not in t
+    )

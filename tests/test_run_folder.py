@@ -119,7 +119,8 @@ def test_overwrite_clears_every_previous_output(run_a, tmp_path):
     _run(out, learning_rate=0.05, max_steps=2, save_strategy="no", overwrite_output_dir=True)
     names = {p.name for p in out.iterdir()}
     assert not any(n.startswith("checkpoint-") for n in names)  # run A's checkpoints are gone
-    assert {"README.md", "training_curves.png"}.isdisjoint(names)
+    # the previous card and plot are gone; the new run wrote its own
+    assert (out / "README.md").read_text() != "old card" and (out / "training_curves.png").read_bytes() != b"old plot"
     assert not (out / "examples" / "9_stale.png").exists()
     assert json.loads((out / "results.json").read_text())["hyperparameters"]["learning_rate"] == 0.05
     assert json.loads((out / IDENTITY_FILE).read_text())["learning_rate"] == 0.05

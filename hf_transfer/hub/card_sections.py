@@ -208,7 +208,9 @@ def data_vars(results: dict, backbone: str) -> dict:
 
 def hyperparameters(results: dict) -> list[tuple]:
     """(name, value) rows: the Trainer's hyper-parameters, the seed, the runtime and the final loss."""
-    hp = results.get("hyperparameters") or {}
+    hp = dict(results.get("hyperparameters") or {})
+    if hp.get("optim_args") is None:  # runs recorded before optim_args was a hyper-parameter
+        hp["optim_args"] = (results.get("arguments") or {}).get("optim_args")
     rows = [(k, enum_value(v)) for k, v in sorted(hp.items()) if v is not None]
     rows.append(("seed", results.get("seed")))
     if results.get("train_runtime_s") is not None:

@@ -44,6 +44,7 @@ __all__ = [
     "CONFUSION_PNG",
     "CURVES_PNG",
     "MODES",
+    "local_repo_id",
     "merge_card",
     "render_card",
     "render_example",
@@ -181,6 +182,12 @@ def write_figures(folder: str | os.PathLike, results: dict | None = None) -> lis
     if results.get("log_history") and training_curves_png(results["log_history"], str(folder / CURVES_PNG)):
         written.append(str(folder / CURVES_PNG))
     return written
+
+
+def local_repo_id(folder: str | os.PathLike) -> str:
+    """The repo id a card written at the end of training names when no ``--hub_model_id`` was given: the
+    folder's name (a push re-renders every generated part with the real repo id)."""
+    return Path(folder).resolve().name
 
 
 def write_card(folder: str | os.PathLike, repo_id: str, *, existing: str | None = None, **kwargs) -> str:

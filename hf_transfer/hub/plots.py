@@ -1,8 +1,8 @@
 """PNG figures for model cards, drawn with Pillow only (no plotting dependency).
 
 - :func:`confusion_matrix_png`: a row-normalised heat map with the counts written in the cells.
-- :func:`training_curves_png`: the scalars of the Trainer's ``log_history`` (loss and the mode's own
-  terms such as ``cls_loss`` / ``transfer_loss``; eval accuracy when present) against the step.
+- :func:`training_curves_png`: the Trainer's ``log_history`` against the step, one quantity per panel
+  (:func:`curve_panels`): training losses, evaluation accuracy per domain, then each other changing scalar.
 
 Both are deterministic for the same input (no timestamps), so re-pushing an unchanged run uploads
 nothing new.
@@ -117,28 +117,66 @@ def curve_series(log_history: list[dict]) -> dict[str, list[tuple[float, float]]
     return {k: v for k, v in series.items() if v}
 
 
-def _panel(draw, box, series: dict[str, list[tuple[float, float]]], title: str, font, small) -> None:
+def _range(values: list[float], *, unit: bool = False) -> tuple[float, float]:
+    """The y range of a panel: [0, 1] for fractions (accuracy), from 0 when every value is >= 0 (losses),
+    else the data's range; padded so that lines do not sit on the frame."""
+    lo, hi = min(values), max(values)
+    if unit and lo >= 0 and hi <= 1:
+        return 0.0, 1.0
+    if lo >= 0:
+        return 0.0, (hi * 1.05 if hi > 0 else 1.0)
+    if hi == lo:
+        return lo - 0.5, hi + 0.5
+    pad = (hi - lo) * 0.05
+    return lo - pad, hi + pad
+
+
+def curve_panels(log_history: list[dict]) -> list[dict]:
+    """What :func:`training_curves_png` draws: one quantity per panel, each ``{"title", "series", "ylim"}``.
+
+    - ``training loss``: the logged training losses (``loss`` and the mode's terms, e.g. ``cls_loss``);
+    - ``evaluation accuracy`` / ``evaluation macro-F1`` / ``evaluation loss``: one line per evaluated domain,
+      from the ``eval_<domain>_<metric>`` entries (a domain whose loss is 0 throughout, i.e. no labels, is left out);
+    - one panel for each other training scalar that changes (e.g. DANN's ``domain_acc``); constants such as
+      ``trade_off`` are stated in the card, not plotted.
+    """
+    series = curve_series(log_history)
+    panels: list[dict] = []
+    train_losses = {k: v for k, v in series.items() if "loss" in k and not k.startswith("eval_")}
+    if train_losses:
+        panels.append({"title": "training loss", "series": train_losses})
+    for metric, title in (
+        ("accuracy", "evaluation accuracy"),
+        ("macro_f1", "evaluation macro-F1"),
+        ("loss", "evaluation loss"),
+    ):
+        per_domain = {
+            k[len("eval_") : -len(f"_{metric}")]: v
+            for k, v in series.items()
+            if k.startswith("eval_") and k.endswith(f"_{metric}") and any(y != 0 for _, y in v)
+        }
+        if per_domain:
+            panels.append({"title": title, "series": per_domain, "unit": metric != "loss"})
+    for key, pts in sorted(series.items()):
+        if key.startswith("eval_") or key in train_losses or len({y for _, y in pts}) < 2:
+            continue
+        panels.append({"title": key, "series": {key: pts}, "unit": key.endswith(("_acc", "accuracy"))})
+    for panel in panels:
+        values = [y for pts in panel["series"].values() for _, y in pts]
+        panel["ylim"] = _range(values, unit=panel.pop("unit", False))
+    return panels
+
+
+def _panel(draw, box, series: dict[str, list[tuple[float, float]]], title: str, ylim, xlim, font, small) -> None:
     x0, y0, x1, y1 = box
     draw.text((x0, y0 - 22), title, fill="black", font=font)
     draw.rectangle(box, outline=(120, 120, 120))
-    points = [p for s in series.values() for p in s]
-    if not points:
-        draw.text((x0 + 10, y0 + 10), "nothing logged", fill="gray", font=small)
-        return
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    xmin, xmax = min(xs), max(xs)
-    ymin, ymax = min(ys), max(ys)
-    if xmax == xmin:
-        xmax = xmin + 1
-    if ymax == ymin:
-        ymin, ymax = ymin - 0.5, ymax + 0.5
-    pad = (ymax - ymin) * 0.05
-    ymin, ymax = ymin - pad, ymax + pad
+    (ymin, ymax), (xmin, xmax) = ylim, xlim
 
     def to_px(x, y):
         return (x0 + (x - xmin) / (xmax - xmin) * (x1 - x0), y1 - (y - ymin) / (ymax - ymin) * (y1 - y0))
 
-    for frac in (0.0, 0.5, 1.0):  # y ticks
+    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):  # y ticks
         y = ymin + frac * (ymax - ymin)
         _, py = to_px(xmin, y)
         draw.line([(x0, py), (x1, py)], fill=(235, 235, 235))
@@ -160,22 +198,21 @@ def _panel(draw, box, series: dict[str, list[tuple[float, float]]], title: str, 
 
 
 def training_curves_png(log_history: list[dict], path: str, title: str = "Training curves") -> str | None:
-    """Losses in one panel, metrics (accuracy, F1, ...) in another. Returns None if nothing was logged."""
-    series = curve_series(log_history)
-    if not series:
+    """The panels of :func:`curve_panels`, stacked, on one step axis. Returns None if nothing was logged."""
+    panels = curve_panels(log_history)
+    if not panels:
         return None
-    losses = {k: v for k, v in series.items() if "loss" in k}
-    others = {k: v for k, v in series.items() if "loss" not in k}
-    panels = [(losses, "losses")] + ([(others, "other logged values")] if others else [])
+    steps = [x for p in panels for pts in p["series"].values() for x, _ in pts]
+    xlim = (min(steps), max(steps) if max(steps) > min(steps) else min(steps) + 1)
     font, small = _font(15), _font(12)
-    pw, ph = 520, 260
+    pw, ph = 520, 200
     width, height = 80 + pw + 220, 50 + len(panels) * (ph + 70)
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     draw.text((10, 8), title, fill="black", font=_font(16))
-    for i, (data, name) in enumerate(panels):
+    for i, panel in enumerate(panels):
         top = 70 + i * (ph + 70)
-        _panel(draw, (70, top, 70 + pw, top + ph), data, name, font, small)
+        _panel(draw, (70, top, 70 + pw, top + ph), panel["series"], panel["title"], panel["ylim"], xlim, font, small)
     img.save(path, format="PNG", optimize=True)
     return path
 

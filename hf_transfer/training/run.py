@@ -392,6 +392,7 @@ def run_transfer(
             "num_train_epochs": training_args.num_train_epochs,
             "weight_decay": training_args.weight_decay,
             "optim": getattr(training_args.optim, "value", str(training_args.optim)),
+            "optim_args": training_args.optim_args,
             "lr_scheduler_type": getattr(
                 training_args.lr_scheduler_type, "value", str(training_args.lr_scheduler_type)
             ),
@@ -413,7 +414,11 @@ def run_transfer(
         else:
             export_model(backbone, training_args.output_dir, results=results)
         write_reference_predictions(backbone, data.target["test"], training_args.output_dir)
-        logger.info("Wrote %s", os.path.join(training_args.output_dir, "results.json"))
+        # the folder is Hub-ready as it is: README.md card + its figures (a later push re-renders them)
+        from hf_transfer.hub.cards import local_repo_id, write_card
+
+        write_card(training_args.output_dir, run.push.repo_id if run.push else local_repo_id(training_args.output_dir))
+        logger.info("Wrote %s and its model card README.md", os.path.join(training_args.output_dir, "results.json"))
     trainer.accelerator.wait_for_everyone()
     if run.push is not None and trainer.is_world_process_zero():
         from hf_transfer.hub.push import push_run
