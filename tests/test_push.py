@@ -19,6 +19,7 @@ import httpx2  # huggingface_hub's HTTP client
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
+from hf_transfer.errors import TransferConfigError
 from hf_transfer.hub import card_inputs
 from hf_transfer.hub.card_metadata import BASELINE_CONFIG
 from hf_transfer.hub.push import PushError, RoundTripError, files_to_push, push_run
@@ -552,3 +553,9 @@ def test_adapter_on_a_local_base_is_refused_unless_allowed(hub_server, tmp_path,
     assert rc == 1 and "--allow_local_base" in lines[-1]
     rc, _, _ = _cli(capsys, "push", out, "user/lora-local", "--allow_local_base")
     assert rc == 0 and "adapter_model.safetensors" in hub_server.files("user/lora-local")
+    # --push_to_hub at training time: refused before any training, not after it
+    with pytest.raises(TransferConfigError, match=r"--push_to_hub with method=lora on the local base"):
+        run_transfer(
+            *arguments_from_dict(lora_args(base, tmp_path / "never", push_to_hub=True, hub_model_id="user/lora-local2"))
+        )
+    assert not (tmp_path / "never").exists()

@@ -114,6 +114,13 @@ class PushRequest:
             validate_repo_id(repo_id)
         except HFValidationError as err:
             raise TransferConfigError(f"hub_model_id {repo_id!r} is not a valid Hub repo id: {err}") from err
+        if args.method == "lora" and os.path.isdir(args.backbone):
+            # the push would refuse the adapter at the end (its base is a path on this disk): say it first
+            raise TransferConfigError(
+                f"--push_to_hub with method=lora on the local base {args.backbone!r}: the adapter would point at a "
+                "path on this machine. Train without --push_to_hub, then run `hf-transfer push OUTPUT_DIR REPO_ID "
+                "--allow_local_base` if that is what you want, or use a Hub base."
+            )
         training_args.push_to_hub = False
         return cls(repo_id, training_args.hub_private_repo, training_args.hub_revision, args.hub_create_pr, token)
 
