@@ -216,6 +216,26 @@ def test_resume_matches_uninterrupted(tmp_path, mode, method, extra):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+def _two_process_launch(script: str, *args: str) -> list[str]:
+    """``accelerate launch`` of a real 2-process DDP run on CPU (gloo); ``--cpu`` would start ONE process."""
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        script,
+        *args,
+    ]
+
+
 def _env():
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -252,23 +272,7 @@ def test_kill_dash_nine_and_resume(tmp_path):
 def test_two_process_ddp(tmp_path, mode, method, extra):
     """accelerate launch --multi_gpu --num_processes 2 on CPU (gloo): a real 2-process run."""
     path = _config(tmp_path, mode, method, extra, save_strategy="no", max_steps=3)
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        os.path.join(ROOT, "recipes", "train.py"),
-        "--config",
-        path,
-    ]
+    cmd = _two_process_launch(os.path.join(ROOT, "recipes", "train.py"), "--config", path)
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.load(open(tmp_path / mode / "results.json"))
@@ -289,23 +293,7 @@ def test_feature_cache_sharded_under_two_process_ddp(tmp_path):
 
     cache = tmp_path / "ddp_cache"
     path = _config(tmp_path, "feature", "linear", {"feature_cache_dir": str(cache)}, save_strategy="no", max_steps=2)
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        os.path.join(ROOT, "recipes", "train.py"),
-        "--config",
-        path,
-    ]
+    cmd = _two_process_launch(os.path.join(ROOT, "recipes", "train.py"), "--config", path)
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-4000:]
     assert json.load(open(tmp_path / "feature" / "results.json"))["hyperparameters"]["world_size"] == 2
@@ -343,22 +331,7 @@ def test_feature_cache_sharded_under_two_process_ddp(tmp_path):
 def test_every_domain_method_under_two_process_ddp(tmp_path):
     from hf_transfer.methods.domain import LOSSES
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        os.path.join(ROOT, "tests", "ddp_all_methods.py"),
-        str(tmp_path),
-    ]
+    cmd = _two_process_launch(os.path.join(ROOT, "tests", "ddp_all_methods.py"), str(tmp_path))
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     for method in LOSSES:
