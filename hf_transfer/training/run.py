@@ -35,9 +35,9 @@ from hf_transfer.training.checkpoints import resolve_resume
 from hf_transfer.training.modes import TransferData, get_mode
 from hf_transfer.training.run_folder import (
     RunIdentityCallback,
-    check_checkpoint_identity,
     check_output_dir,
     clear_previous_outputs,
+    require_same_run,
     run_identity,
     write_identity,
 )
@@ -128,7 +128,7 @@ class PushRequest:
 def _resume_checkpoint(args: TransferArguments, training_args, identity: dict) -> str | None:
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     if resume is not None:
-        check_checkpoint_identity(resume, identity)
+        require_same_run(resume, identity)
     return resume
 
 

@@ -165,32 +165,19 @@ def check_output_dir(output_dir: str, identity: dict, *, resume: bool, overwrite
             f"{', ...' if len(foreign) > 5 else ''}); they would be published with the model. "
             "Choose an empty or new output_dir."
         )
-    recorded = read_identity(output_dir)
     if resume:
-        if recorded is None:
-            raise TransferConfigError(
-                f"resume_from_checkpoint: output_dir {output_dir!r} has no {IDENTITY_FILE}; "
-                "it was not written by this run. Start a new run (--overwrite_output_dir "
-                "true, or another output_dir)."
-            )
-        diff = identity_difference(recorded, identity)
-        if diff:
-            raise TransferConfigError(
-                f"resume_from_checkpoint: output_dir {output_dir!r} holds a different run; arguments that differ "
-                f"(recorded -> now): {'; '.join(diff)}. Resume with the same arguments, or start over with "
-                "--overwrite_output_dir true."
-            )
+        require_same_run(output_dir, identity)
         return []
     if overwrite:
         return entries
-    same = recorded is not None and not identity_difference(recorded, identity)
-    if same and entries == [IDENTITY_FILE]:  # this run was stopped before it wrote anything: start it again
+    recorded = read_identity(output_dir)
+    diff = identity_difference(recorded, identity) if recorded is not None else None
+    if diff == [] and entries == [IDENTITY_FILE]:  # this run was stopped before it wrote anything: start it again
         return []
-    if same:
+    if diff == []:
         what = "this same run"
-    elif recorded is not None:
-        differ = "; ".join(identity_difference(recorded, identity))
-        what = f"a different run (arguments that differ, recorded -> now: {differ})"
+    elif diff:
+        what = f"a different run (arguments that differ, recorded -> now: {'; '.join(diff)})"
     else:
         what = "another run's outputs"
     raise TransferConfigError(
@@ -212,19 +199,20 @@ def clear_previous_outputs(output_dir: str, entries: list[str]) -> None:
         logger.info("overwrite_output_dir: removed %d previous output(s) from %s.", len(entries), output_dir)
 
 
-def check_checkpoint_identity(checkpoint: str, identity: dict) -> None:
-    """A checkpoint resumes only the run that wrote it."""
-    recorded = read_identity(checkpoint)
+def require_same_run(folder: str, identity: dict) -> None:
+    """A run folder or checkpoint is resumed only by the run that wrote it (its recorded identity)."""
+    recorded = read_identity(folder)
     if recorded is None:
         raise TransferConfigError(
-            f"resume_from_checkpoint: {checkpoint!r} has no {IDENTITY_FILE}; it was not "
-            "written by an hf_transfer run, so it cannot be checked against this one."
+            f"resume_from_checkpoint: {folder!r} has no {IDENTITY_FILE}; no hf_transfer run wrote it, so it cannot "
+            "be checked against this one. Start over with --overwrite_output_dir true, or another output_dir."
         )
     diff = identity_difference(recorded, identity)
     if diff:
         raise TransferConfigError(
-            f"resume_from_checkpoint: {checkpoint!r} was written by a different run; "
-            f"arguments that differ (recorded -> now): {'; '.join(diff)}."
+            f"resume_from_checkpoint: {folder!r} was written by a different run; arguments that differ "
+            f"(recorded -> now): {'; '.join(diff)}. Resume with the same arguments, or start over with "
+            "--overwrite_output_dir true."
         )
 
 
