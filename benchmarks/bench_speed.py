@@ -1,7 +1,7 @@
 """Speed benchmark: the stock recipe vs hf_transfer, side by side in ONE process run.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_speed.py --out benchmarks/results/speed_cpu.json   # CPU
-    python benchmarks/bench_speed.py --out speed_h200.json                                        # on a GPU
+    python benchmarks/bench_speed.py --wait_idle 300 --out benchmarks/results/speed_cpu.json   # CPU, idle machine
+    python benchmarks/bench_speed.py --out speed_h200.json                                      # on a GPU
 
 Three kinds of case (``--cases``, comma list of ``<kind>:<timm architecture>@<input size>:<data>``):
 
@@ -21,20 +21,33 @@ Three kinds of case (``--cases``, comma list of ``<kind>:<timm architecture>@<in
 ``probe`` (the 10-epoch linear probe)
     naive = the same stock recipe with every parameter but the classifier frozen, for
     ``--probe_epochs`` epochs (images -> backbone -> head every epoch), as the anchor's
-    ``frozen`` section. ours = feature mode (one extraction pass over train + test, then the head
-    trained on cached features for the same epochs). Total wall time, setup included, for both
-    arms (setup = data subset + model + Trainer; for ours everything ``prepare_run`` does,
-    extraction included; as shipped: the fast input path, decoded in-process with
-    ``dataloader_num_workers=0``, features streamed to a memory-mapped cache). A third arm,
-    ``ours+fastx``, is the same with the one-time decode in ``--workers`` processes (what
-    ``--dataloader_num_workers N`` does in feature mode; patched in here so that the head training's
-    DataLoader keeps no workers in both arms).
+    ``frozen`` section. ours = feature mode as shipped (one extraction pass over train + test through the
+    fast input path, decoded in-process threads, features streamed to a memory-mapped cache), with the
+    head trained by the Trainer for the same epochs (``ours``, ``head_solver=sgd``, the default) or by one
+    full-batch L-BFGS solve (``ours_lbfgs``, ``head_solver=lbfgs``). Total wall time, setup included, for
+    every arm (setup = data subset + model + Trainer; for ours everything ``prepare_run`` does, extraction
+    included, caches cold in every pass); then each arm's test accuracy (untimed), so a faster probe
+    cannot hide a worse one.
 ``extract`` (one inference pass for feature caching)
     stock = the anchor's ``extract`` section (stock eval transforms in ``set_transform``, a
     DataLoader with ``--workers`` workers, ``timm`` model without head, bf16 autocast on CUDA);
     ours = ``extract_features(input_path="fast")`` cold (decode into the uint8 cache included)
     and warm (decoded cache present); also ``extract_features(input_path="stock")`` as feature
     mode calls it today (no loader workers).
+
+Threads: every arm says how many intra-op threads it ran with. The stock arms run twice per pass: with
+torch's default (all cores: what a user of the stock recipe gets) and, on the CPU, with ``cores - workers``
+(a core left to each PIL loader worker); the faster of the two is the anchor of the ratio. Ours runs as
+shipped (``cpu_threads=auto``: ``OMP_NUM_THREADS`` if set, else the cores, since its loader workers only copy
+uint8 rows). Setting ``OMP_NUM_THREADS`` pins every arm to that many threads.
+
+Repeats: ``--repeats`` passes (default 3), each running every arm once in the same order; tables give the
+median of each arm (the pass nearest it for the other numbers) and the range, and the ratio is the median
+of the per-pass ratios, with their range.
+
+Load: the machine's load average before and after, and the cores OTHER processes kept busy during the
+run (``_load.py``); a run whose start load or foreign load exceeded 0.5 per core is marked "busy: not
+for the README" in its header. ``--wait_idle S`` waits up to S seconds for an idle machine first.
 
 Data: ``digits`` = the built-in ``digits-printed`` domain (32x32 PNGs); ``jpeg`` = synthetic
 320x256 JPEGs made like the anchors' (``one_jpeg`` of the anchor script, ``--num_jpegs`` of them +
@@ -46,10 +59,6 @@ Memory: per arm, the main process's peak RSS (the high-water mark is reset throu
 share the parent's pages, which RSS would count once per worker; read at the last step), and on
 CUDA ``torch.cuda.max_memory_allocated`` (reset per arm); the whole run's ``resource.getrusage``
 peaks at the end. Prints markdown tables; ``--out X.json`` writes the JSON and ``X.md``.
-
-On a shared CPU run with ``OMP_NUM_THREADS=1``: OpenMP threads oversubscribe badly under
-contention. Ratios come from arms run one after the other in the same process, so they share the
-machine's state; repeat (``--repeats``) when the machine is busy (the best pass of each arm is kept).
 """
 
 from __future__ import annotations
@@ -59,6 +68,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -69,6 +79,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from _load import LoadMonitor, wait_until_idle  # noqa: E402
 from speed_arms import (  # noqa: E402
     CROP_PCT,
     ours_extract,
@@ -78,7 +89,7 @@ from speed_arms import (  # noqa: E402
     stock_trainer_arm,
 )
 from speed_data import Data  # noqa: E402
-from speed_report import environment, header, loadavg, markdown, summary  # noqa: E402
+from speed_report import environment, header, markdown, summary  # noqa: E402
 
 CPU_CASES = (
     "finetune:test_resnet@64:digits,finetune:test_resnet@64:jpeg,finetune:test_vit@160:jpeg,"
@@ -110,76 +121,117 @@ def _ratio(a, b):
     return round(a / b, 2) if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
 
 
+def stock_threads(args, device) -> dict[str, int]:
+    """The stock arms' thread settings: torch's default (what a user of the stock recipe gets) and, on the CPU
+    with loader workers, ``cores - workers`` (one core left to each PIL worker). The faster one is the anchor,
+    so ours is compared with the stock recipe at its best thread setting, not at a bad one."""
+    configs = {"stock": args.default_threads}
+    if device.type == "cpu" and args.workers > 0:
+        tuned = max(1, (os.cpu_count() or 1) - args.workers)
+        if tuned != args.default_threads:
+            configs[f"stock_{tuned}t"] = tuned
+    return configs
+
+
+def interleaved(args, arms: dict) -> dict[str, list[dict]]:
+    """Every arm once per pass, always in the same order, ``--repeats`` passes: the arms of one pass share the
+    machine's state, and the per-pass ratios give the spread."""
+    passes: dict[str, list[dict]] = {name: [] for name in arms}
+    for _ in range(max(1, args.repeats)):
+        for name, fn in arms.items():
+            passes[name].append(_arm(fn))
+    return passes
+
+
+def summarise(runs: list[dict], key: str) -> dict:
+    """The pass nearest the median of ``key`` (its other numbers with it), the median itself, every pass's
+    value (``all_<key>``) and their range (``spread``)."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+    values = [r[key] for r in ok]
+    median = statistics.median(values)
+    out = dict(min(ok, key=lambda r: abs(r[key] - median)))
+    out[key] = round(median, 2)
+    out["all_" + key] = values
+    out["spread"] = [min(values), max(values)]
+    if "decode_s" in ok[0]:  # the one-time decode happens in the first pass (later ones hit the cache)
+        out["decode_s"], out["decoded_splits"] = ok[0]["decode_s"], ok[0]["decoded_splits"]
+    return out
+
+
+def ratios(passes: dict, ours: str, anchors: list[str], key: str, higher: bool) -> dict:
+    """Per-pass ratio of ``ours`` to the best anchor arm of the same pass; their median and range."""
+    per_pass = []
+    for i, mine in enumerate(passes[ours]):
+        base = [passes[a][i][key] for a in anchors if "error" not in passes[a][i]]
+        if "error" in mine or not base:
+            continue
+        per_pass.append(_ratio(mine[key], max(base)) if higher else _ratio(min(base), mine[key]))
+    if not per_pass:
+        return {"ratio": None}
+    return {
+        "ratio": round(statistics.median(per_pass), 2),
+        "ratio_all": per_pass,
+        "ratio_range": [min(per_pass), max(per_pass)],
+    }
+
+
 def case_finetune(args, device, data, arch, size, dname) -> dict:
     n = args.train_images
-    stock = _arm(
-        lambda: best_of(
-            args,
-            lambda: stock_trainer_arm(args, device, data, arch, size, dname, n, freeze=False, epochs=None),
-            "img_per_s",
-            True,
+    arms = {
+        name: (
+            lambda t=threads: stock_trainer_arm(
+                args, device, data, arch, size, dname, n, freeze=False, epochs=None, threads=t
+            )
         )
-    )
-    ours = _arm(
-        lambda: best_of(args, lambda: ours_finetune_arm(args, device, data, arch, size, dname, n), "img_per_s", True)
-    )
-    if "error" in ours and args.compile:  # one-shot GPU runs: still measure ours, eager
-        failed = ours["error"]
+        for name, threads in stock_threads(args, device).items()
+    }
+    arms["ours"] = lambda: ours_finetune_arm(args, device, data, arch, size, dname, n)
+    passes = interleaved(args, arms)
+    if args.compile and all("error" in r for r in passes["ours"]):  # one-shot GPU runs: still measure ours, eager
+        failed = passes["ours"][0]["error"]
         args.compile = False
         try:
-            ours = _arm(
-                lambda: best_of(
-                    args, lambda: ours_finetune_arm(args, device, data, arch, size, dname, n), "img_per_s", True
-                )
-            )
+            passes["ours"] = [_arm(arms["ours"]) for _ in range(max(1, args.repeats))]
         finally:
             args.compile = True
-        ours["compile_error"] = failed
-    return {"stock": stock, "ours": ours, "ratio": _ratio(ours.get("img_per_s"), stock.get("img_per_s"))}
+        for r in passes["ours"]:
+            r["compile_error"] = failed
+    anchors = [a for a in arms if a != "ours"]
+    out = {name: summarise(runs, "img_per_s") for name, runs in passes.items()}
+    out["anchor"] = max(anchors, key=lambda a: out[a].get("img_per_s") or 0)
+    out.update(ratios(passes, "ours", anchors, "img_per_s", higher=True))
+    return out
 
 
 def case_probe(args, device, data, arch, size, dname) -> dict:
     n = args.probe_images
-    naive = _arm(
-        lambda: best_of(
-            args,
-            lambda: stock_trainer_arm(args, device, data, arch, size, dname, n, freeze=True, epochs=args.probe_epochs),
-            "total_s",
-            False,
-            total=True,
+    arms = {
+        f"naive{name[5:]}": (
+            lambda t=threads: stock_trainer_arm(
+                args, device, data, arch, size, dname, n, freeze=True, epochs=args.probe_epochs, threads=t
+            )
         )
-    )
-    ours = _arm(
-        lambda: best_of(args, lambda: ours_probe_arm(args, device, data, arch, size, dname, n, False), "total_s", False)
-    )
-    fastx = _arm(
-        lambda: best_of(args, lambda: ours_probe_arm(args, device, data, arch, size, dname, n, True), "total_s", False)
-    )
-    if "error" not in naive:
-        naive["img_per_s_per_epoch"] = round(naive["images"] * args.probe_epochs / naive["train_s"], 1)
-    return {
-        "naive": naive,
-        "ours": ours,
-        "ours_fastx": fastx,
-        "epochs": args.probe_epochs,
-        "ratio": _ratio(naive.get("total_s"), ours.get("total_s")),
-        "ratio_fastx": _ratio(naive.get("total_s"), fastx.get("total_s")),
+        for name, threads in stock_threads(args, device).items()
     }
-
-
-def best_of(args, fn, key: str, higher: bool, total: bool = False) -> dict:
-    runs = []
-    for _ in range(max(1, args.repeats)):
-        r = fn()
-        if total:
-            r["total_s"] = round(r["setup_s"] + r["train_s"], 2)
-        runs.append(r)
-    best = dict((max if higher else min)(runs, key=lambda r: r[key]))
-    if len(runs) > 1:
-        best["all_" + key] = [r[key] for r in runs]
-        if "decode_s" in runs[0]:  # the one-time decode happens in the first pass (later ones hit the cache)
-            best["decode_s"], best["decoded_splits"] = runs[0]["decode_s"], runs[0]["decoded_splits"]
-    return best
+    arms["ours"] = lambda: ours_probe_arm(args, device, data, arch, size, dname, n, "sgd")
+    arms["ours_lbfgs"] = lambda: ours_probe_arm(args, device, data, arch, size, dname, n, "lbfgs")
+    passes = interleaved(args, arms)
+    for runs in passes.values():
+        for r in runs:
+            if "error" not in r and "setup_s" in r and "total_s" not in r:
+                r["total_s"] = round(r["setup_s"] + r["train_s"], 2)
+            if "error" not in r and "train_s" in r and "head_train_s" not in r:
+                r["img_per_s_per_epoch"] = round(r["images"] * args.probe_epochs / r["train_s"], 1)
+    anchors = [a for a in arms if a.startswith("naive")]
+    out = {name: summarise(runs, "total_s") for name, runs in passes.items()}
+    out["anchor"] = min(anchors, key=lambda a: out[a].get("total_s") or float("inf"))
+    out["epochs"] = args.probe_epochs
+    out.update(ratios(passes, "ours", anchors, "total_s", higher=False))
+    lbfgs = ratios(passes, "ours_lbfgs", anchors, "total_s", higher=False)
+    out.update({k.replace("ratio", "ratio_lbfgs"): v for k, v in lbfgs.items()})
+    return out
 
 
 def case_extract(args, device, data, arch, size, dname) -> dict:
@@ -187,6 +239,7 @@ def case_extract(args, device, data, arch, size, dname) -> dict:
 
     ds = data.train(dname, args.extract_images)
     k = data.num_classes(dname)
+    torch.set_num_threads(args.default_threads)  # both arms at the default: this case is about the input path
     stock = _arm(lambda: stock_extract(args, device, ds, arch, k, size))
     torch.manual_seed(args.seed)
     backbone = load_backbone(arch, [str(i) for i in range(k)], image_size=size, crop_pct=CROP_PCT)
@@ -270,11 +323,21 @@ def parse_args(argv=None):
         help="ours only; auto: on for CUDA",
     )
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto", help="ours only; auto: on for CUDA")
-    p.add_argument("--repeats", type=int, default=1, help="passes per arm; the best is kept")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="passes; every arm once per pass, interleaved; medians and ranges"
+    )
+    p.add_argument(
+        "--wait_idle",
+        "--wait-idle",
+        type=float,
+        default=0,
+        help="wait up to this many seconds for the load average to fall to 0.5 per core before starting",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gen_processes", type=int, default=None, help="processes generating JPEGs")
     p.add_argument("--out", default=None, help="write JSON here and the markdown tables next to it (.md)")
     args = p.parse_args(argv)
+    args.default_threads = torch.get_num_threads()  # before any arm changes it (ours sets its own)
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     cuda = args.device.startswith("cuda")
@@ -308,8 +371,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cpu" and os.environ.get("OMP_NUM_THREADS") is None:
-        print("note: OMP_NUM_THREADS is not set; on a shared CPU set OMP_NUM_THREADS=1", file=sys.stderr)
+    waited = wait_until_idle(args.wait_idle) if args.wait_idle > 0 else 0.0
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -323,6 +385,7 @@ def main(argv=None) -> dict:
     data = Data(args, work)
     rows: list[dict] = []
     t_start = time.perf_counter()
+    monitor = LoadMonitor().__enter__()
     try:
         for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
             try:
@@ -346,8 +409,11 @@ def main(argv=None) -> dict:
             rows.append(row)
             print(f"{case}: {summary(row)} [{row['case_s']} s]", flush=True)
     finally:
+        monitor.__exit__(None, None, None)
         shutil.rmtree(work, ignore_errors=True)
-    env["loadavg_end"] = loadavg()
+    env["load"] = {**monitor.report(), "waited_for_idle_s": waited}
+    env["loadavg_end"] = env["load"]["loadavg_end"]
+    print(f"machine load: {env['load']}", flush=True)
     table = markdown(rows, args)
     head = header(env, args, data.notes, time.perf_counter() - t_start)
     usage = {

@@ -186,10 +186,12 @@ def stock_model(arch: str, num_classes: int, seed: int):
     return timm.create_model(arch, pretrained=False, num_classes=num_classes)
 
 
-def stock_trainer_arm(args, device, data, arch, size, dname, n, *, freeze: bool, epochs: int | None):
-    """The stock Trainer; fine-tuning (``max_steps``) or the naive frozen linear probe (``epochs``)."""
+def stock_trainer_arm(args, device, data, arch, size, dname, n, *, freeze: bool, epochs: int | None, threads: int):
+    """The stock Trainer; fine-tuning (``max_steps``) or the naive frozen linear probe (``epochs``, then its
+    test accuracy, untimed). ``threads``: the training process's intra-op threads for this arm."""
     from transformers import Trainer, TrainingArguments
 
+    torch.set_num_threads(threads)
     memory = Memory(device)
     t0 = time.perf_counter()
     ds = data.train(dname, n)
@@ -215,8 +217,18 @@ def stock_trainer_arm(args, device, data, arch, size, dname, n, *, freeze: bool,
         trainer.train()
         _sync(device)
         train_s = time.perf_counter() - t1
-    out = {"setup_s": round(setup_s, 2), "train_s": round(train_s, 2), "images": len(ds), **memory.as_dict()}
+    out = {
+        "setup_s": round(setup_s, 2),
+        "train_s": round(train_s, 2),
+        "images": len(ds),
+        "threads": threads,
+        **memory.as_dict(),
+    }
     out.update(_throughput(args, clock.stamps, epochs, len(ds)))
+    if epochs:  # the probe: what it reached (not timed)
+        test = stock_dataset(data.test(dname, args.eval_images), size, train=False)
+        pred = trainer.predict(test)
+        out["accuracy"] = round(float((pred.predictions.argmax(-1) == pred.label_ids).mean()), 4)
     del trainer
     return out
 
@@ -268,6 +280,8 @@ def _ours_arguments(args, device, data, arch, size, dname, mode, n, out_dir, **o
         cfg.update(feature_cache_dir=os.path.join(out_dir, "features"), feature_batch_size=2 * args.batch_size)
     cfg.update({k: v for k, v in over.items() if k not in training_fields})
     cfg.update(_training_args(args, device, out_dir, **{k: v for k, v in over.items() if k in training_fields}))
+    if cfg.get("head_solver") == "lbfgs":  # a full-batch solve: no learning rate (refused)
+        cfg.pop("learning_rate")
     return arguments_from_dict(cfg)
 
 
@@ -318,6 +332,7 @@ def ours_finetune_arm(args, device, data, arch, size, dname, n):
         "decoded_splits": len(decode_times),
         "train_s": round(train_s, 2),
         "images": len(run.trainer.train_dataset),
+        "threads": torch.get_num_threads(),
         "options": options,
         **memory.as_dict(),
     }
@@ -326,15 +341,19 @@ def ours_finetune_arm(args, device, data, arch, size, dname, n):
     return out
 
 
-def ours_probe_arm(args, device, data, arch, size, dname, n, fast_extraction: bool):
-    import hf_transfer.training.modes.feature as feature_mode
+def ours_probe_arm(args, device, data, arch, size, dname, n, solver: str):
+    """Feature mode as shipped (fast input path, decode in-process threads, features streamed to a
+    memory-mapped cache, cold caches in every call) with the head trained by ``solver``: ``sgd`` (the
+    Trainer, ``--probe_epochs`` epochs, as the naive arm) or ``lbfgs`` (one full-batch solve). Total wall
+    time, setup included; then the test accuracy (untimed)."""
     from hf_transfer.methods.feature import cache as features
-    from hf_transfer.training.run import prepare_run
+    from hf_transfer.training.run import final_metrics, prepare_run
 
     memory = Memory(device)
     extract_times: list[float] = []
     # a fresh folder per call: feature (and decoded) caches must start empty in every repeat
-    out_dir = tempfile.mkdtemp(prefix="out_probe_fastx_" if fast_extraction else "out_probe_", dir=data.work)
+    out_dir = tempfile.mkdtemp(prefix=f"out_probe_{solver}_", dir=data.work)
+    over = {"head_solver": solver} if solver == "lbfgs" else {"num_train_epochs": args.probe_epochs}
     t0 = time.perf_counter()
     targs = _ours_arguments(
         args,
@@ -346,32 +365,14 @@ def ours_probe_arm(args, device, data, arch, size, dname, n, fast_extraction: bo
         "feature",
         n,
         out_dir,
-        num_train_epochs=args.probe_epochs,
         dataloader_num_workers=0,
         decoded_cache_dir=os.path.join(out_dir, "decoded"),
-    )  # cold in every repeat
+        **over,
+    )
     clock = make_clock(device, memory)
     torch.manual_seed(args.seed)
-    cache_cls = feature_mode.FeatureCache
-    if fast_extraction:  # decode in --workers processes; the head's DataLoader stays without workers
-
-        class cache_cls(features.FeatureCache):
-            def __init__(self, *a, **k):
-                super().__init__(
-                    *a,
-                    **{
-                        **k,
-                        "input_path": "fast",
-                        "num_workers": args.workers,
-                        "decoded_cache_dir": os.path.join(out_dir, "decoded"),
-                    },
-                )
-
     with memory:
-        with (
-            timed_calls(features.FeatureCache, "get_or_compute", extract_times),
-            _patched(feature_mode, "FeatureCache", cache_cls),
-        ):
+        with timed_calls(features.FeatureCache, "get_or_compute", extract_times):
             run = prepare_run(*targs, callbacks=[clock])
         _quiet(run.trainer)
         setup_s = time.perf_counter() - t0
@@ -380,6 +381,9 @@ def ours_probe_arm(args, device, data, arch, size, dname, n, fast_extraction: bo
         _sync(device)
         train_s = time.perf_counter() - t1
     n_train = len(run.trainer.train_dataset)
+    accuracy = final_metrics(run.trainer, {"target": run.eval_sets["target"]}, len(run.data.label_names))["target"]
+    solved = run.mode.solver_info or {}
+    threads = torch.get_num_threads()
     del run
     return {
         "setup_s": round(setup_s, 2),
@@ -387,21 +391,12 @@ def ours_probe_arm(args, device, data, arch, size, dname, n, fast_extraction: bo
         "head_train_s": round(train_s, 2),
         "total_s": round(setup_s + train_s, 2),
         "images": n_train,
-        "extraction": (
-            f"fast, decode in {args.workers} processes" if fast_extraction else "as shipped (fast, decode in-process)"
-        ),
+        "threads": threads,
+        "solver": solver,
+        "lbfgs_iterations": solved.get("iterations"),
+        "accuracy": round(float(accuracy["accuracy"]), 4),
         **memory.as_dict(),
     }
-
-
-@contextlib.contextmanager
-def _patched(owner, name, value):
-    original = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, original)
 
 
 # ------------------------------------------------------------------------------------------

@@ -83,5 +83,11 @@ class Data:
 
         return subset(self.domain(name)["train"], n, self.args.seed)
 
+    def test(self, name: str, n: int | None):
+        """The seeded test subset hf_transfer takes with ``max_eval_samples=n``."""
+        from hf_transfer.training.modes.common import subset
+
+        return subset(self.domain(name)["test"], n, self.args.seed)
+
     def num_classes(self, name: str) -> int:
         return len(self.domain(name)["train"].features["label"].names)

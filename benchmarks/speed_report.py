@@ -29,48 +29,78 @@ def _table(title: str, columns: list[str], rows: list[list]) -> list[str]:
     return [title, "", line(columns), "|" + "---|" * len(columns), *(line(r) for r in rows), ""]
 
 
+def _med(r: dict, key: str) -> str:
+    """``median (min-max)`` of an arm over the passes, or the single value."""
+    if "error" in r:
+        return "ERROR"
+    lo, hi = r.get("spread", [None, None])
+    return f"{r[key]} ({lo}-{hi})" if lo is not None and len(r.get("all_" + key, [])) > 1 else str(r[key])
+
+
+def _ratio_cell(r: dict, prefix: str = "ratio") -> str:
+    value, rng = r.get(prefix), r.get(prefix + "_range")
+    if value is None:
+        return "-"
+    return f"**{value}x** ({rng[0]}-{rng[1]})" if rng and rng[0] != rng[1] else f"**{value}x**"
+
+
+def _stock_arms(r: dict, prefix: str) -> list[str]:
+    return [k for k in r if k.startswith(prefix) and isinstance(r[k], dict)]
+
+
+def _stock_cell(r: dict, prefix: str, key: str) -> str:
+    """Every stock thread setting, the anchor (the faster) in bold."""
+    cells = []
+    for arm in _stock_arms(r, prefix):
+        a = r[arm]
+        text = f"{_med(a, key)} [{a.get('threads', '?')}t]"
+        cells.append(f"**{text}**" if arm == r.get("anchor") else text)
+    return "<br>".join(cells)
+
+
 def markdown(rows: list[dict], args) -> str:
     out = []
     ft = [r for r in rows if r["kind"] == "finetune" and "error" not in r]
     if ft:
         cells = []
         for r in ft:
-            s, o = r["stock"], r["ours"]
+            o = r["ours"]
             if "error" in o:
                 opts, decode = "-", "-"
             else:
                 opts = ", ".join(k for k, v in o["options"].items() if v is True) or "eager fp32"
-                opts += f", aug {o['options']['augment_impl']}" + (
+                opts += f", aug {o['options']['augment_impl']}, {o.get('threads', '?')} threads" + (
                     " (compile failed: eager)" if "compile_error" in o else ""
                 )
                 decode = f"{o['decode_s']} ({o['decoded_splits']} splits)"
+            anchor = r[r["anchor"]]
             cells.append(
                 [
                     f"{r['model']} @ {r['size']}",
                     r["data"],
-                    _g(s, "img_per_s"),
-                    _g(o, "img_per_s"),
-                    f"**{r['ratio']}x**",
+                    _stock_cell(r, "stock", "img_per_s"),
+                    _med(o, "img_per_s"),
+                    _ratio_cell(r),
                     opts,
                     decode,
-                    f"{_g(s, 'setup_s')} / {_g(o, 'setup_s')}",
-                    _mem(s),
+                    f"{_g(anchor, 'setup_s')} / {_g(o, 'setup_s')}",
+                    _mem(anchor),
                     _mem(o),
                 ]
             )
         out += _table(
-            f"### Fine-tuning: steady-state training img/s (batch {args.batch_size}, {args.steps} timed "
-            f"steps after {args.warmup} warm-up, {args.workers} loader workers)",
+            f"### Fine-tuning: steady-state training img/s, median (range) of {args.repeats} passes (batch "
+            f"{args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up, {args.workers} loader workers)",
             [
                 "model @ px",
                 "data",
-                "stock img/s",
+                "stock img/s [threads] (anchor in bold)",
                 "ours img/s",
-                "ratio",
+                "ratio to the anchor (range of per-pass ratios)",
                 "ours options",
                 "ours one-time decode s",
-                "setup s stock / ours",
-                "memory MB: main peak RSS + workers PSS (GPU peak) stock",
+                "setup s anchor / ours",
+                "memory MB: main peak RSS + workers PSS (GPU peak) anchor",
                 "ours",
             ],
             cells,
@@ -79,38 +109,45 @@ def markdown(rows: list[dict], args) -> str:
     if pr:
 
         def parts(x):
-            return "ERROR" if "error" in x else f"{x['total_s']} ({x['extract_s']} + {x['head_train_s']})"
+            if "error" in x:
+                return "ERROR"
+            extra = f", {x['lbfgs_iterations']} iterations" if x.get("lbfgs_iterations") else ""
+            return f"{_med(x, 'total_s')} ({x['extract_s']} + {x['head_train_s']}{extra})"
+
+        def accuracy(r):
+            return " / ".join(
+                str(_g(r[a], "accuracy")) for a in (r["anchor"], "ours", "ours_lbfgs") if isinstance(r.get(a), dict)
+            )
 
         cells = [
             [
                 f"{r['model']} @ {r['size']}",
                 r["data"],
-                _g(r["naive"], "images"),
-                f"{_g(r['naive'], 'total_s')} ({_g(r['naive'], 'img_per_s_per_epoch')})",
+                _g(r["ours"], "images"),
+                _stock_cell(r, "naive", "total_s"),
                 parts(r["ours"]),
-                f"**{r['ratio']}x**",
-                parts(r["ours_fastx"]),
-                f"**{r['ratio_fastx']}x**",
-                _mem(r["naive"]),
-                _mem(r["ours"]),
-                _mem(r["ours_fastx"]),
+                _ratio_cell(r),
+                parts(r["ours_lbfgs"]),
+                _ratio_cell(r, "ratio_lbfgs"),
+                accuracy(r),
+                f"{_mem(r[r['anchor']])} / {_mem(r['ours'])} / {_mem(r['ours_lbfgs'])}",
             ]
             for r in pr
         ]
         out += _table(
-            f"### {args.probe_epochs}-epoch linear probe: total wall time, setup included",
+            f"### {args.probe_epochs}-epoch linear probe: total wall time s, setup included, median (range) of "
+            f"{args.repeats} passes",
             [
                 "model @ px",
                 "data",
                 "train images",
-                "naive frozen Trainer s (per-epoch img/s)",
-                "ours: feature mode s (extract + head)",
+                "naive frozen Trainer s [threads] (anchor in bold)",
+                "ours, SGD head (Trainer) s (extract + head)",
                 "ratio",
-                "ours + fast extraction s (extract + head)",
+                "ours, L-BFGS head s (extract + head)",
                 "ratio",
-                "memory MB naive",
-                "ours",
-                "ours+fastx",
+                "test accuracy anchor / ours SGD / ours L-BFGS",
+                "memory MB anchor / ours / ours L-BFGS",
             ],
             cells,
         )
@@ -168,9 +205,18 @@ def header(env: dict, args, notes: dict, total_s: float) -> str:
     machine = env["gpu"] or f"CPU only, {env['cpu_count']} cores"
     cmd = " ".join(["OMP_NUM_THREADS=" + env["OMP_NUM_THREADS"]] if env["OMP_NUM_THREADS"] else [])
     cmd = (cmd + " python " + " ".join(sys.argv)).strip()
+    load = env.get("load") or {}
+    verdict = load.get("verdict", "unknown")
     return "\n".join(
         [
             f"# Speed: stock recipe vs hf_transfer, side by side in one process ({machine})",
+            "",
+            f"**Machine: {verdict}.** Load average (1/5/15 min) at the start {_fmt_load(load.get('loadavg_start'))}, "
+            f"at the end {_fmt_load(load.get('loadavg_end'))} (the end counts this benchmark's own processes); "
+            f"cores kept busy by OTHER processes during the run: mean {load.get('foreign_cores_mean')}, "
+            f"max {load.get('foreign_cores_max')} (limit for an idle run: {load.get('busy_limit_cores')} = 0.5 per "
+            f"core, at the start and on average)."
+            + (f" Waited {load['waited_for_idle_s']} s for an idle machine." if load.get("waited_for_idle_s") else ""),
             "",
             f"Command: `{cmd}`",
             "",
@@ -181,10 +227,8 @@ def header(env: dict, args, notes: dict, total_s: float) -> str:
             ),
             "",
             (
-                f"Machine: {machine}; OMP_NUM_THREADS={env['OMP_NUM_THREADS']}, torch threads {env['torch_threads']}; "
-                f"load average at start {_fmt_load(env.get('loadavg_start'))}, "
-                f"at end {_fmt_load(env.get('loadavg_end'))}. "
-                f"Whole run {total_s:.0f} s"
+                f"Machine: {machine}; OMP_NUM_THREADS={env['OMP_NUM_THREADS']}, torch's default threads "
+                f"{env['torch_threads']}. Whole run {total_s:.0f} s"
                 + (f" (JPEG generation {notes['jpeg_generation_s']} s)" if notes else "")
                 + "."
             ),
@@ -193,8 +237,8 @@ def header(env: dict, args, notes: dict, total_s: float) -> str:
                 f"Settings: batch {args.batch_size}, {args.workers} DataLoader workers in every arm, "
                 f"{args.steps} timed steps after {args.warmup} warm-up steps, ours bf16={args.bf16} "
                 f"channels_last={args.channels_last} "
-                f"compile={args.compile} (the stock arms are the anchor recipe: bf16 on CUDA only), best of "
-                f"{args.repeats}."
+                f"compile={args.compile} (the stock arms are the anchor recipe: bf16 on CUDA only); {args.repeats} "
+                "passes, every arm once per pass, interleaved."
             ),
             "",
         ]
@@ -224,15 +268,7 @@ def environment(device: torch.device) -> dict:
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
-        "loadavg_start": loadavg(),
     }
-
-
-def loadavg():
-    try:
-        return os.getloadavg()
-    except OSError:
-        return None
 
 
 def summary(row: dict) -> str:
@@ -240,14 +276,18 @@ def summary(row: dict) -> str:
     if "error" in row:
         return "ERROR " + row["error"]
     if row["kind"] == "finetune":
+        stock = ", ".join(f"{a} {_g(row[a], 'img_per_s')}" for a in _stock_arms(row, "stock"))
         return (
-            f"stock {_g(row['stock'], 'img_per_s')} img/s, ours {_g(row['ours'], 'img_per_s')} img/s "
-            f"(x{row['ratio']}; ours decode once {_g(row['ours'], 'decode_s')} s)"
+            f"{stock} img/s, ours {_g(row['ours'], 'img_per_s')} img/s "
+            f"(x{row['ratio']} vs {row['anchor']}, per pass {row.get('ratio_all')})"
         )
     if row["kind"] == "probe":
+        naive = ", ".join(f"{a} {_g(row[a], 'total_s')} s" for a in _stock_arms(row, "naive"))
         return (
-            f"naive {_g(row['naive'], 'total_s')} s, ours {_g(row['ours'], 'total_s')} s (x{row['ratio']}), "
-            f"ours+fast extraction {_g(row['ours_fastx'], 'total_s')} s (x{row['ratio_fastx']})"
+            f"{naive}; ours {_g(row['ours'], 'total_s')} s (x{row['ratio']}), ours L-BFGS "
+            f"{_g(row['ours_lbfgs'], 'total_s')} s (x{row.get('ratio_lbfgs')}); accuracy "
+            f"{_g(row[row['anchor']], 'accuracy')} / {_g(row['ours'], 'accuracy')} / "
+            f"{_g(row['ours_lbfgs'], 'accuracy')}"
         )
     return (
         f"stock {_g(row['stock'], 'img_per_s_end_to_end')} img/s, ours cold "

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 from hf_transfer.methods import registry
 
 TRADE_OFF_SCHEDULES = ("constant", "dann", "linear")
+HEAD_SOLVERS = ("sgd", "lbfgs")
 PARTIAL_WEIGHTINGS = ("none", "exclude", "pada")
 
 
@@ -185,6 +186,24 @@ class TransferArguments:
             "false: the TrainingArguments as given."
         },
     )
+    head_solver: str = field(
+        default="sgd",
+        metadata={
+            "help": "feature mode: how the linear head is trained on the cached features: sgd (the Trainer's "
+            "optimizer over num_train_epochs) | lbfgs (full-batch L-BFGS to the optimum of the L2-regularised "
+            "logistic loss, as scikit-learn's probes: at most max_steps iterations, default 100; L2 = "
+            "weight_decay, or 1/n when weight_decay is 0). With lbfgs, learning_rate and num_train_epochs do not "
+            "apply and are refused."
+        },
+    )
+    cpu_threads: str = field(
+        default="auto",
+        metadata={
+            "help": "intra-op threads of the training process: auto (OMP_NUM_THREADS when set; else the usable "
+            "cores per local process, minus one per loader worker on --input_path stock, whose workers decode and "
+            "augment with PIL) | a number. The resolved value is in results.json (speed.cpu_threads)."
+        },
+    )
     features_on_device: str = field(
         default="auto",
         metadata={
@@ -290,9 +309,13 @@ class TransferArguments:
             except json.JSONDecodeError as err:
                 raise TransferConfigError(f"method_args is not valid JSON: {err}") from err
         self.method_args = dict(self.method_args or {})
-        from hf_transfer.models.speed import normalize_auto_flag
+        from hf_transfer.models.speed import normalize_auto_flag, resolve_cpu_threads
 
         self.channels_last = normalize_auto_flag(self.channels_last)
+        self.cpu_threads = str(self.cpu_threads).strip().lower()
+        if self.head_solver not in HEAD_SOLVERS:
+            raise TransferConfigError(f"head_solver={self.head_solver!r}: choose one of {HEAD_SOLVERS}.")
+        resolve_cpu_threads(self.cpu_threads, self.input_path, 0)  # a bad value is refused here, before any work
         self.features_on_device = normalize_auto_flag(self.features_on_device, "features_on_device")
         if self.method is None:
             self.method = registry.default_method(self.mode)
@@ -352,6 +375,7 @@ OPTION_SCOPE = {
     "decoded_cache_dir": (lambda a: a.input_path == "fast", "input_path=fast"),
     "feature_cache_dir": (lambda a: a.mode == "feature", "mode=feature"),
     "features_on_device": (lambda a: a.mode == "feature", "mode=feature"),
+    "head_solver": (lambda a: a.mode == "feature", "mode=feature"),
     "feature_batch_size": (
         lambda a: a.mode in ("feature", "domain"),
         "mode=feature (extraction) or mode=domain (domain-gap features)",
@@ -401,6 +425,18 @@ def check_training_arguments(args: TransferArguments, training_args) -> None:
             f"num_train_epochs={training_args.num_train_epochs}: no training step would run "
             "and an untrained model would be exported; give num_train_epochs > 0 or max_steps."
         )
+    if args.head_solver == "lbfgs":
+        from transformers import TrainingArguments
+
+        defaults = TrainingArguments.__dataclass_fields__
+        for name in ("learning_rate", "num_train_epochs"):
+            if getattr(training_args, name) != defaults[name].default:
+                raise TransferConfigError(
+                    f"{name}={getattr(training_args, name)} has no effect with head_solver=lbfgs (a full-batch "
+                    "solve with a line search, at most max_steps iterations). Remove it, or use head_solver=sgd."
+                )
+        if args.features_on_device == "true":
+            raise TransferConfigError("features_on_device=true has no effect with head_solver=lbfgs. Remove it.")
     if args.hub_create_pr and not training_args.push_to_hub:
         raise TransferConfigError("hub_create_pr=True has no effect without --push_to_hub true. Remove it.")
 

@@ -395,6 +395,12 @@ PROBES = {
     "feature_cache_dir": Probe(("{tmp}/features",), files_in("feature_cache_dir")),
     "feature_batch_size": Probe((4,), extraction_batch_sizes, {"feature": {"feature_cache_dir": "{tmp}/features_bs"}}),
     "channels_last": Probe(("true",), lambda run: run.model.channels_last),
+    "cpu_threads": Probe(("1",), lambda run: torch.get_num_threads()),
+    "head_solver": Probe(
+        ("lbfgs",),
+        lambda run: sorted(run.trainer.train().metrics) and run.trainer.state.log_history[-1],
+        {"feature": {"learning_rate": 5e-5}},  # the TrainingArguments default: lbfgs refuses a learning rate
+    ),
     "features_on_device": Probe(("true",), lambda run: type(run.trainer.train_dataset).__name__),
     # outputs and the Hub
     "hub_create_pr": Probe(

@@ -24,7 +24,9 @@ from hf_transfer.models.speed import (
     compile_options,
     is_convolutional,
     normalize_auto_flag,
+    resolve_cpu_threads,
     set_memory_format,
+    usable_cores,
     use_channels_last,
 )
 from hf_transfer.training.run import prepare_run, run_transfer
@@ -277,3 +279,70 @@ def test_auto_bf16_only_on_a_bf16_cuda_device(tmp_path, monkeypatch):
 def test_precision_is_recorded(tmp_path):
     results = run_transfer(*arguments_from_dict(tiny(tmp_path, mode="feature", max_steps=2)))
     assert results["speed"]["mixed_precision"] == "no"
+
+
+def test_cpu_threads_follow_the_cores_and_what_the_workers_do(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert usable_cores() == 8
+    assert resolve_cpu_threads("auto", "fast", 4)[0] == 8  # fast path: the workers only copy uint8 rows
+    assert resolve_cpu_threads("auto", "stock", 3) == (5, "8 cores - 3 PIL loader workers")
+    assert resolve_cpu_threads("auto", "stock", 20)[0] == 1  # never below one thread
+    assert resolve_cpu_threads("auto", "fast", 0, local_processes=2)[0] == 4  # two DDP processes share the cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert resolve_cpu_threads("auto", "fast", 0) == (3, "OMP_NUM_THREADS")  # the user's setting wins
+    assert resolve_cpu_threads("6", "fast", 0) == (6, "cpu_threads")
+    for bad in ("0", "-2", "many"):
+        with pytest.raises(TransferConfigError, match="cpu_threads"):
+            resolve_cpu_threads(bad, "fast", 0)
+
+
+def test_cpu_threads_are_set_and_recorded(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        results = run_transfer(*arguments_from_dict(tiny(tmp_path, mode="task", cpu_threads="1")))
+        assert results["speed"]["cpu_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(TransferConfigError, match="cpu_threads='none'"):
+        arguments_from_dict(tiny(tmp_path, mode="task", cpu_threads="none"))
+
+
+def test_threaded_decode_gives_the_bytes_of_one_thread(tmp_path, monkeypatch):
+    """num_workers=0 decodes in torch.get_num_threads() threads, chunks a few ahead: same cache as one thread."""
+    from hf_transfer.data import decoded as decoded_module
+    from hf_transfer.data.decoded import DecodedImages
+    from hf_transfer.data.transforms import DataConfig
+
+    ds = _images(23, 24, 30)
+    cfg = DataConfig(input_size=(3, 16, 16))
+    used = []
+    real = decoded_module._in_threads
+    monkeypatch.setattr(
+        decoded_module, "_in_threads", lambda chunks, n: used.append((n, len(chunks))) or real(chunks, n)
+    )
+    before = torch.get_num_threads()
+    try:
+        for kind in ("train", "eval"):
+            torch.set_num_threads(1)
+            one = DecodedImages(ds, cfg, kind, cache_dir=tmp_path / "one")
+            torch.set_num_threads(3)
+            three = DecodedImages(ds, cfg, kind, cache_dir=tmp_path / "three", chunk_size=4)
+            assert one.decoded and three.decoded
+            assert np.array_equal(np.asarray(one.images), np.asarray(three.images))
+            assert np.array_equal(one.image_sizes, three.image_sizes)
+    finally:
+        torch.set_num_threads(before)
+    # one thread: one chunk of 256 rows; three threads: chunks of ceil(23 / (4 * 3)) = 2 rows, 12 of them
+    assert used == [(1, 1), (3, 12), (1, 1), (3, 12)]
+
+
+def test_a_busy_machine_is_named_not_silently_given_fewer_threads(monkeypatch):
+    from hf_transfer.models.speed import busy_machine_note
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 2.0, 1.0))
+    assert "OMP_NUM_THREADS=1" in busy_machine_note(2) and "load average 3.0 on 2 cores" in busy_machine_note(2)
+    assert busy_machine_note(1) is None  # one thread waits for nobody
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.4, 0.2, 0.1))
+    assert busy_machine_note(2) is None

@@ -8,9 +8,14 @@ for a convolutional backbone. Transformers (ViT: one patch-embedding convolution
 ``torch_compile_backend`` / ``torch_compile_mode``) already compiles the training model through
 accelerate; :func:`compile_options` reads the same fields so that the extraction pass of the
 feature mode is compiled too.
+
+``cpu_threads`` (TransferArguments): the training process's intra-op threads, from the core count and
+what the loader workers do (:func:`resolve_cpu_threads`).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 from torch import nn
@@ -75,3 +80,55 @@ def use_features_on_device(value, nbytes: int, device: torch.device | str, fract
         return False
     free, _ = torch.cuda.mem_get_info(device)
     return nbytes <= fraction * free
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a container quota)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_cpu_threads(value, input_path: str, num_workers: int, local_processes: int = 1) -> tuple[int, str]:
+    """(intra-op threads, why) for the training process from ``cpu_threads``.
+
+    ``auto``: ``OMP_NUM_THREADS`` when the user set it (a shared machine's choice wins); otherwise the
+    usable cores shared by the local processes, minus one core per loader worker on the stock input path
+    (each worker decodes and augments with PIL: about a core's worth of work, which would otherwise
+    oversubscribe the cores and slow every step), at least 1. The fast path's workers only copy uint8 rows
+    out of a memmap, so its compute keeps every core. An integer is used as given."""
+    text = str(value).strip().lower()
+    if text != "auto":
+        try:
+            n = int(text)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise TransferConfigError(f"cpu_threads={value!r}: give 'auto' or a positive number of threads.")
+        return n, "cpu_threads"
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env), "OMP_NUM_THREADS"
+    cores = max(1, usable_cores() // max(1, local_processes))
+    busy = min(num_workers, cores - 1) if input_path == "stock" else 0
+    return max(1, cores - busy), f"{cores} cores" + (f" - {busy} PIL loader workers" if busy else "")
+
+
+def busy_machine_note(threads: int) -> str | None:
+    """A warning when ``threads`` intra-op threads start on a machine whose cores other processes already
+    keep busy (1-minute load average above half the usable cores): OpenMP threads that wait for each other
+    on shared cores make every step several times slower, and the thread count is not lowered silently
+    (results depend on it, so it must follow the command, not the machine's load)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    cores = usable_cores()
+    if threads <= 1 or load <= 0.5 * cores:
+        return None
+    return (
+        f"The machine is busy (load average {load:.1f} on {cores} cores) and training starts {threads} intra-op "
+        "threads, which then wait for each other on shared cores; on a shared machine set OMP_NUM_THREADS=1 "
+        "or --cpu_threads 1."
+    )

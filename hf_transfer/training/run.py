@@ -30,7 +30,7 @@ from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.metrics import classification_report, model_selection, scalar_metrics_fn
 from hf_transfer.models.backbones import load_backbone
 from hf_transfer.models.export import export_model
-from hf_transfer.models.speed import set_memory_format, use_channels_last
+from hf_transfer.models.speed import busy_machine_note, resolve_cpu_threads, set_memory_format, use_channels_last
 from hf_transfer.training.checkpoints import resolve_resume
 from hf_transfer.training.modes import TransferData, get_mode
 from hf_transfer.training.run_folder import (
@@ -310,6 +310,15 @@ def prepare_run(
             "final numbers differ. Use --input_path fast (the default) for an exact resume."
         )
     _claim_output_dir(args, training_args, identity, resume)
+    threads, threads_from = resolve_cpu_threads(
+        args.cpu_threads,
+        args.input_path,
+        training_args.dataloader_num_workers,
+        int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1),
+    )
+    torch.set_num_threads(threads)
+    if threads_from != "OMP_NUM_THREADS" and (note := busy_machine_note(threads)):
+        logger.warning(note)
     set_seed(training_args.seed)
     data = load_transfer_data(args, training_args.seed)
     if data.alignment is not None:
@@ -387,6 +396,7 @@ def run_transfer(
         "speed": {
             "input_path": args.input_path,
             "channels_last": model.channels_last,
+            "cpu_threads": torch.get_num_threads(),
             "torch_compile": bool(training_args.torch_compile),
             "mixed_precision": training_args.mixed_precision,
         },

@@ -59,6 +59,20 @@ class TransferTrainer(Trainer):
         with self._drop_last(False):
             return super().get_test_dataloader(test_dataset)
 
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """The Trainer's loop, unless the mode fits in one solve (feature mode's ``head_solver=lbfgs``)."""
+        fit = getattr(self.transfer_mode, "fit", None)
+        if fit is None:
+            return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        if resume_from_checkpoint:
+            from hf_transfer.errors import TransferConfigError
+
+            raise TransferConfigError(
+                "resume_from_checkpoint: head_solver=lbfgs fits the head in one solve and writes no checkpoints; "
+                "run it again instead."
+            )
+        return fit(self)
+
     def _progress(self) -> float:
         max_steps = max(1, self.state.max_steps or 1)
         return min(1.0, self.state.global_step / max_steps)

@@ -17,11 +17,14 @@ import torch
 
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.methods.feature.cache import FeatureCache, body_fingerprint
+from hf_transfer.methods.feature.lbfgs_head import fit_linear_head
 from hf_transfer.models.speed import compile_options, use_channels_last, use_features_on_device
 from hf_transfer.training.modes.base import TransferMode, TransferModel, register_mode
 from hf_transfer.training.modes.common import classification_loss, eval_splits, subset
 
 FEATURE_METHODS = ("linear",)
+#: L-BFGS iterations when max_steps is not given (scikit-learn's LogisticRegression default)
+LBFGS_MAX_ITER = 100
 
 
 class FeatureDataset(torch.utils.data.Dataset):
@@ -93,6 +96,10 @@ class FeatureMode(TransferMode):
             compile_options=compile_options(training_args),
         )
         self.cache_files: dict[str, str] = {}
+        #: what the L-BFGS fit reported (head_solver=lbfgs), else None
+        self.solver_info: dict | None = None
+        if args.head_solver == "sgd":
+            self.fit = None  # the Trainer's own loop trains the head
         self._features: dict[str, FeatureDataset] = {}
         #: (features, labels) of the train split on the training device, when features_on_device
         self.device_table: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -143,6 +150,38 @@ class FeatureMode(TransferMode):
             "labels": torch.stack([e["labels"] for e in examples]).long(),
         }
 
+    def fit(self, trainer):
+        """``head_solver=lbfgs``: the head fit full-batch by L-BFGS on the cached train features (see
+        :mod:`hf_transfer.methods.feature.lbfgs_head`), in place of the Trainer's epochs of SGD; logged
+        like a training step (loss, iterations) so the card and trackers see it."""
+        from transformers.trainer_utils import TrainOutput
+
+        train = self._features["train"]
+        weight_decay = self.training_args.weight_decay
+        max_iter = self.training_args.max_steps if self.training_args.max_steps > 0 else LBFGS_MAX_ITER
+        trainer.callback_handler.on_train_begin(trainer.args, trainer.state, trainer.control)
+        info = fit_linear_head(
+            trainer.model.classifier,
+            train.features,
+            train.labels,
+            l2=weight_decay if weight_decay > 0 else None,
+            max_iter=max_iter,
+            label_smoothing=self.label_smoothing,
+        )
+        self.solver_info = info
+        trainer.state.global_step = trainer.state.max_steps = info["iterations"]
+        trainer.state.epoch = float(info["iterations"])  # one full-batch pass per iteration
+        trainer.log(
+            {
+                "loss": round(info["loss"], 6),
+                "lbfgs_iterations": info["iterations"],
+                "lbfgs_converged": float(info["converged"]),
+                "grad_norm": info["grad_norm"],
+            }
+        )
+        trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
+        return TrainOutput(info["iterations"], info["loss"], {"train_loss": info["loss"]})
+
     def forward(self, model, features=None, labels=None, row_index=None, **_):
         if row_index is not None:  # a batch of the device-resident train features
             table, table_labels = self.device_table
@@ -161,6 +200,7 @@ class FeatureMode(TransferMode):
     def describe(self) -> dict:
         return {
             **super().describe(),
+            "head_solver": {"name": self.args.head_solver, **(self.solver_info or {})},
             "feature_cache": {"hits": self.cache.hits, "misses": self.cache.misses},
             "features_on_device": self.device_table is not None,
         }
