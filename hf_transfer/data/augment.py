@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +101,21 @@ def sample_crop_params(
     top = torch.where(found, top_rand, (heights - ch) // 2)
     left = torch.where(found, left_rand, (widths - cw) // 2)
     return top, left, ch, cw
+
+
+#: fewer rows than this per thread: the CPU crop loop stays on one thread (a thread hand-off costs more)
+LOOP_ROWS_PER_THREAD = 8
+_POOLS: dict = {}
+
+
+def _loop_pool(threads: int):
+    """A process-wide pool of ``threads`` threads for the CPU crop loop (created once per size)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    key = (os.getpid(), threads)  # a forked child (a loader worker) must not reuse its parent's dead threads
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hf_transfer-augment")
+    return _POOLS[key]
 
 
 @contextlib.contextmanager
@@ -203,11 +219,12 @@ class BatchAugment(nn.Module):
             raise ValueError(f"BatchAugment expects [B, 3, H, W], got {tuple(x.shape)}.")
         if x.dtype != torch.uint8:
             raise TypeError(f"BatchAugment expects uint8 pixels (DecodedImages), got {x.dtype}.")
+        threads = torch.get_num_threads()
         with _one_cpu_thread(x.device.type == "cpu"):
             if self.training and self.augment != "none":
                 impl = self.impl if self.impl != "auto" else ("grid" if x.is_cuda else "loop")
                 boxes = self._draw(x.shape[0], x.shape[2], x.shape[3], image_size)
-                out = self._crops_grid(x, *boxes) if impl == "grid" else self._crops_loop(x, *boxes)
+                out = self._crops_grid(x, *boxes) if impl == "grid" else self._crops_loop(x, *boxes, threads=threads)
             else:
                 out = self._eval_resize(x.float())
                 out = out.div_(255.0).sub_(self.mean).div_(self.std)  # the same float32 ops as ToTensor + Normalize
@@ -280,7 +297,7 @@ class BatchAugment(nn.Module):
         return out
 
     @torch.compiler.disable
-    def _crops_loop(self, x, x0, y0, x1, y1, flip) -> torch.Tensor:
+    def _crops_loop(self, x, x0, y0, x1, y1, flip, threads: int = 1) -> torch.Tensor:
         b, _, hs, ws = x.shape
         # box edges in storage pixels (exact when the storage is at the original resolution)
         c0 = torch.round(x0 * ws).long().clamp_(0, ws - 1)
@@ -292,17 +309,25 @@ class BatchAugment(nn.Module):
         out = torch.empty((b, 3, self.size, self.size), dtype=src.dtype, device=x.device)
         aa = self.mode in ("bilinear", "bicubic")
         mode = self.mode if self.mode != "nearest" else "nearest-exact"
-        for k, (a, bb, c, d, f) in enumerate(
-            zip(r0.tolist(), r1.tolist(), c0.tolist(), c1.tolist(), flip.tolist(), strict=True)
-        ):
-            crop = F.interpolate(
-                src[k : k + 1, :, a:bb, c:d],
-                size=(self.size, self.size),
-                mode=mode,
-                antialias=aa,
-                align_corners=False if aa else None,
-            )
-            out[k] = crop[0].flip(-1) if f else crop[0]
+        boxes = list(zip(r0.tolist(), r1.tolist(), c0.tolist(), c1.tolist(), flip.tolist(), strict=True))
+
+        def crop_rows(rows: range) -> None:
+            for k in rows:
+                a, bb, c, d, f = boxes[k]
+                crop = F.interpolate(
+                    src[k : k + 1, :, a:bb, c:d],
+                    size=(self.size, self.size),
+                    mode=mode,
+                    antialias=aa,
+                    align_corners=False if aa else None,
+                )
+                out[k] = crop[0].flip(-1) if f else crop[0]
+
+        parts = min(threads, b // LOOP_ROWS_PER_THREAD) if in_uint8 else 1
+        if parts > 1:  # the resize kernels release the GIL: the rows split over the process's intra-op threads
+            list(_loop_pool(parts).map(crop_rows, [range(i, b, parts) for i in range(parts)]))  # waits; raises
+        else:
+            crop_rows(range(b))
         if not in_uint8:
             out.clamp_(0, 255)
         return self._normalise(out)

@@ -220,12 +220,16 @@ def _in_threads(chunks: _Chunks, threads: int):
 
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hf_transfer-decode") as pool:
         pending: deque = deque()
-        for k in range(len(chunks)):
-            pending.append(pool.submit(chunks.__getitem__, k))
-            if len(pending) >= 2 * threads:
+        try:
+            for k in range(len(chunks)):
+                pending.append(pool.submit(chunks.__getitem__, k))
+                if len(pending) >= 2 * threads:
+                    yield pending.popleft().result()
+            while pending:
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        finally:  # a failed chunk (or a consumer that stops) cancels the chunks not started yet
+            for future in pending:
+                future.cancel()
 
 
 def _storage_shape(hw: tuple[int, int], storage_size: int) -> tuple[int, int]:
