@@ -76,6 +76,10 @@ def test_feature_run_with_lbfgs_head(tmp_path):
     solver = lbfgs["head_solver"]
     assert solver["name"] == "lbfgs" and 0 < solver["iterations"] <= 100
     assert sgd["head_solver"] == {"name": "sgd"}
+    # the card's hyper-parameters are the solve's, not the Trainer optimizer's (which did not run)
+    hp = lbfgs["hyperparameters"]
+    assert hp["iterations"] == solver["iterations"] and "learning_rate" not in hp and "optim" not in hp
+    assert "learning_rate" in sgd["hyperparameters"]
     logged = [e for e in lbfgs["log_history"] if "lbfgs_iterations" in e]
     assert len(logged) == 1 and logged[0]["lbfgs_iterations"] == solver["iterations"]
     # the convex optimum on the same cached features: at least as good as 3 epochs of SGD on the train rows

@@ -425,6 +425,8 @@ def run_transfer(
         "arguments": non_default_arguments(args, training_args),
         "ranking": run.ranking,
     }
+    if getattr(mode, "solver_info", None):  # head_solver=lbfgs: the Trainer's optimizer settings did not apply
+        results["hyperparameters"] = mode.solver_hyperparameters(results["hyperparameters"])
     if trainer.is_world_process_zero():
         if getattr(mode, "exports_adapter", False):  # LoRA: adapter folder (+ merged/ with merge_adapter)
             results["adapter"] = mode.export(training_args.output_dir, results)

@@ -182,6 +182,19 @@ class FeatureMode(TransferMode):
         trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
         return TrainOutput(info["iterations"], info["loss"], {"train_loss": info["loss"]})
 
+    def solver_hyperparameters(self, trainer_hyperparameters: dict) -> dict:
+        """The card's hyper-parameters of an L-BFGS head: the solve's own, not the Trainer optimizer's."""
+        info = self.solver_info
+        return {
+            "head_solver": "lbfgs (full batch, strong-Wolfe line search)",
+            "l2": info["l2"],
+            "max_iterations": self.training_args.max_steps if self.training_args.max_steps > 0 else LBFGS_MAX_ITER,
+            "iterations": info["iterations"],
+            "converged": info["converged"],
+            "label_smoothing": self.label_smoothing or None,
+            "world_size": trainer_hyperparameters.get("world_size"),
+        }
+
     def forward(self, model, features=None, labels=None, row_index=None, **_):
         if row_index is not None:  # a batch of the device-resident train features
             table, table_labels = self.device_table
