@@ -52,6 +52,7 @@ CONFUSION_PNG = "confusion_matrix.png"
 OUTPUTS = (EVALUATION_JSON, CONFUSION_JSON, CONFUSION_PNG)
 _PLACEHOLDER = re.compile(r"^LABEL_\d+$")
 _SHOWN = 8  # label names shown in one error line
+DEFAULT_SEED = 42  # the Trainer's: the hold-out a training run with default arguments makes
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,7 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--image_column", default=None, help="the image column (default: found by type)")
     p.add_argument("--label_column", default=None, help="the label column (default: found by type / name)")
-    p.add_argument("--seed", type=int, default=42, help="seed of the hold-out split and of --max_samples (42)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the hold-out test split (datasets without one) and of --max_samples: a run folder's own seed, "
+        "else 42 (the Trainer's default)",
+    )
     p.add_argument("--max_samples", type=int, default=None, help="score a seeded subset (as max_eval_samples)")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N, mps")
@@ -98,6 +105,7 @@ class ModelSource:
     revision: str | None = None
     folder: str | None = None  # a local (or downloaded) folder
     data_config: dict | None = None  # recorded by hf_transfer (results.json / hf_transfer_adapter.json)
+    seed: int | None = None  # a run's seed (results.json): the hold-out and subset it was scored on
 
 
 def _read_json(path: str) -> dict | None:
@@ -109,10 +117,11 @@ def _read_json(path: str) -> dict | None:
         return None
 
 
-def _recorded_data_config(folder: str) -> dict | None:
+def _recorded(folder: str) -> dict:
+    """What a run folder (or downloaded repo) written by hf_transfer records in results.json ({} if none)."""
     from hf_transfer.models.export import RESULTS_FILE
 
-    return (_read_json(os.path.join(folder, RESULTS_FILE)) or {}).get("data_config")
+    return _read_json(os.path.join(folder, RESULTS_FILE)) or {}
 
 
 def _adapter_source(model_id: str, folder: str, revision: str | None) -> ModelSource:
@@ -124,7 +133,8 @@ def _adapter_source(model_id: str, folder: str, revision: str | None) -> ModelSo
             f"{model_id!r} is a LoRA adapter without {ADAPTER_INFO} (not written by hf-transfer): merge it into "
             "its base and evaluate the merged folder."
         )
-    return ModelSource(model_id, "adapter", list(info["label_names"]), revision, folder, info.get("data_config"))
+    seed = _recorded(folder).get("seed")
+    return ModelSource(model_id, "adapter", list(info["label_names"]), revision, folder, info.get("data_config"), seed)
 
 
 def _hub_file(repo: str, name: str, revision: str | None) -> str | None:
@@ -143,8 +153,8 @@ def resolve_model(model_id: str, revision: str | None = None) -> ModelSource:
     if os.path.isdir(model_id):
         folder = os.path.abspath(model_id)
         if os.path.isfile(os.path.join(folder, "config.json")):
-            names = checkpoint_label_names(folder)
-            return ModelSource(model_id, "full", names, None, folder, _recorded_data_config(folder))
+            names, run = checkpoint_label_names(folder), _recorded(folder)
+            return ModelSource(model_id, "full", names, None, folder, run.get("data_config"), run.get("seed"))
         if os.path.isfile(os.path.join(folder, "adapter_config.json")):
             return _adapter_source(model_id, folder, None)
         raise TransferConfigError(
@@ -164,13 +174,13 @@ def resolve_model(model_id: str, revision: str | None = None) -> ModelSource:
             f"{model_id!r} is a timm architecture name (random init): it has no trained classifier to evaluate; "
             "give a Hub id (timm/NAME) or a folder."
         )
-    recorded = None
-    if "/" in model_id and not model_id.startswith("timm/"):  # a published hf-transfer repo records its data config
+    run = {}
+    if "/" in model_id and not model_id.startswith("timm/"):  # a published hf-transfer repo records its run
         from hf_transfer.models.export import RESULTS_FILE
 
         path = _hub_file(model_id.removeprefix("hf-hub:"), RESULTS_FILE, revision)
-        recorded = (_read_json(path) or {}).get("data_config") if path else None
-    return ModelSource(model_id, "full", names, revision, None, recorded)
+        run = (_read_json(path) or {}) if path else {}
+    return ModelSource(model_id, "full", names, revision, None, run.get("data_config"), run.get("seed"))
 
 
 def load_model(source: ModelSource):
@@ -439,15 +449,16 @@ def evaluate(args) -> dict:
     check_output_dir(args.output_dir, args.overwrite_output_dir)
     device = resolve_device(args.device)
     source = resolve_model(args.model, args.revision)
+    seed = args.seed if args.seed is not None else (source.seed if source.seed is not None else DEFAULT_SEED)
     ds = load_split(
         spec,
         args.split,
         args.image_column,
         args.label_column,
-        seed=args.seed,
+        seed=seed,
         skip_bad_images=args.skip_bad_images,
     )
-    ds = subset(ds, args.max_samples, args.seed)
+    ds = subset(ds, args.max_samples, seed)
     dataset_names = list(ds.features["label"].names)
     match = match_labels(args.model, source.label_names, spec.display_name, dataset_names)
     rows, excluded, lookup = known_rows(ds, match)
@@ -473,7 +484,7 @@ def evaluate(args) -> dict:
         "dataset": spec.display_name,
         "split": args.split,
         "max_samples": args.max_samples,
-        "seed": args.seed,
+        "seed": seed,
         "num_rows": len(ds),
         "excluded_rows": excluded,
         "label_names": match.names,

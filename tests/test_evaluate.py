@@ -38,9 +38,10 @@ def make_model(folder, labels, bias: dict[str, float] | None = None, seed: int =
     return str(folder)
 
 
-def eval_args(model, dataset=TARGET, *extra) -> argparse.Namespace:
+def eval_args(model, dataset=TARGET, *extra, seed: int | None = 0) -> argparse.Namespace:
     # the tiny runs: seed 0, 32 test images (max_eval_samples); CPU
-    return _parser().parse_args([str(model), dataset, "--seed", "0", "--max_samples", "32", "--device", "cpu", *extra])
+    seed_args = ["--seed", str(seed)] if seed is not None else []
+    return _parser().parse_args([str(model), dataset, *seed_args, "--max_samples", "32", "--device", "cpu", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,8 @@ def run_results(run_dir):
 
 
 def test_evaluate_reproduces_the_runs_own_test_metrics(run_dir, run_results):
-    result = evaluate(eval_args(run_dir))
+    result = evaluate(eval_args(run_dir, seed=None))
+    assert result["seed"] == run_results["seed"] == 0  # a run folder's own seed by default
     expected = run_results["metrics"]["target"]
     assert 0.0 < expected["accuracy"] < 1.0  # a model with errors: equality below means something
     assert result["label_names"] == run_results["label_names"] == DIGITS
@@ -69,20 +71,37 @@ def test_evaluate_reproduces_the_runs_own_test_metrics(run_dir, run_results):
     assert stock["metrics"]["confusion_matrix"] == expected["confusion_matrix"]
 
 
-def test_evaluate_a_lora_run_folder_reproduces_its_metrics(tmp_path):
-    base = make_model(tmp_path / "base", ["cat", "dog"])  # other labels than the task's: the usual adapter case
-    out = tmp_path / "lora"
+def test_published_repos_full_and_adapter_reproduce_the_metrics(run_dir, run_results, tmp_path, hub_server):
+    """A run folder pushed as is (a full model, on a branch: --revision) and a LoRA run (its folder, and its
+    adapter as a repo whose root has no config.json): all scored equal their runs' results.json."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo("user/digits-full")
+    api.create_branch("user/digits-full", branch="v1")
+    api.upload_folder(folder_path=str(run_dir), repo_id="user/digits-full", revision="v1")
+    result = evaluate(eval_args("user/digits-full", TARGET, "--revision", "v1", seed=None))
+    assert result["model_kind"] == "full" and result["seed"] == 0
+    for key in METRIC_KEYS:
+        assert result["metrics"][key] == run_results["metrics"]["target"][key], key
+
+    adapter = tmp_path / "adapter"
+    base = make_model(tmp_path / "base", ["cat", "dog"])
     run_transfer(
         *arguments_from_dict(
-            tiny_args(tmp_path, mode="task", method="lora", backbone=base, output_dir=str(out), lora_r=4, max_steps=3)
+            tiny_args(tmp_path, mode="task", method="lora", backbone=base, output_dir=str(adapter), lora_r=4)
         )
     )
-    expected = json.loads((out / "results.json").read_text())["metrics"]["target"]
-    result = evaluate(eval_args(out))
-    kind = "full" if (out / "config.json").is_file() else "adapter"  # a root with a merged model is a full model
-    assert result["model_kind"] == kind
+    folder = adapter / "adapter" if (adapter / "adapter" / "adapter_config.json").is_file() else adapter
+    api.create_repo("user/digits-lora")
+    api.upload_folder(folder_path=str(folder), repo_id="user/digits-lora", ignore_patterns=["config.json", "merged/*"])
+    expected = json.loads((adapter / "results.json").read_text())["metrics"]["target"]
+    local = evaluate(eval_args(adapter))  # the run folder itself (its root: the adapter, or the merged model)
+    assert local["model_kind"] == ("full" if (adapter / "config.json").is_file() else "adapter")
+    result = evaluate(eval_args("user/digits-lora"))
+    assert result["model_kind"] == "adapter"
     for key in METRIC_KEYS:
-        assert result["metrics"][key] == expected[key], key
+        assert local["metrics"][key] == result["metrics"][key] == expected[key], key
 
 
 def _stock_logits(model_dir, rows):
