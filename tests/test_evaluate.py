@@ -252,3 +252,24 @@ def test_no_before_row_without_overlapping_labels(run_dir, run_results, tmp_path
     cfg = load_backbone("test_resnet", DIGITS, image_size=32, crop_pct=1.0).data_config
     assert evaluate_base(tiny_vit_dir, test, cfg) is None
     assert evaluate_base(make_model(tmp_path / "other", ["zebra", "yak"]), test, cfg) is None
+
+
+def test_split_choices(tmp_path):
+    """--split: training's test / train splits, or a stored split scored whole; unknown names are one-line errors."""
+    import datasets
+
+    from hf_transfer.data.load import load_split
+    from hf_transfer.errors import TransferConfigError
+
+    test = load_split(TARGET, "test")
+    assert len(load_split(TARGET, "train")) > len(test) > 0
+    folder = tmp_path / "local"
+    datasets.DatasetDict(
+        {"train": test.select(range(20)), "validation": test.select(range(20, 32)), "extra": test.select(range(5))}
+    ).save_to_disk(str(folder))
+    assert len(load_split(str(folder), "extra")) == 5  # any stored split, whole
+    assert len(load_split(str(folder), "test")) == 12  # training's test split: "validation" here
+    with pytest.raises(TransferConfigError, match=r"no split 'nope'; splits are \['extra', 'train', 'validation'\]"):
+        load_split(str(folder), "nope")
+    with pytest.raises(TransferConfigError, match="already names its split"):
+        load_split(f"{folder}#train", "extra")
