@@ -151,6 +151,8 @@ def resolve_model(model_id: str, revision: str | None = None) -> ModelSource:
     from hf_transfer.models.backbones import checkpoint_label_names
 
     if os.path.isdir(model_id):
+        if revision is not None:
+            raise TransferConfigError(f"--revision {revision!r} applies to Hub models; {model_id!r} is a local folder.")
         folder = os.path.abspath(model_id)
         if os.path.isfile(os.path.join(folder, "config.json")):
             names, run = checkpoint_label_names(folder), _recorded(folder)
@@ -168,7 +170,11 @@ def resolve_model(model_id: str, revision: str | None = None) -> ModelSource:
             from huggingface_hub import snapshot_download
 
             return _adapter_source(model_id, snapshot_download(hub_id, revision=revision), revision)
-        raise err
+        cause = err.__cause__ or err
+        raise TransferConfigError(
+            f"Could not load model {model_id!r} (revision={revision!r}): {type(cause).__name__}: "
+            f"{_one_line(str(cause))} Give a Hub id (org/name, timm/name), a run folder or a published repo."
+        ) from err
     if not names:
         raise TransferConfigError(
             f"{model_id!r} is a timm architecture name (random init): it has no trained classifier to evaluate; "
@@ -218,6 +224,11 @@ def load_model(source: ModelSource):
 
 
 # --- labels ----------------------------------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    """Messages of other libraries span lines; an error of this command is one line."""
+    return " ".join(str(text).split())
 
 
 def _first(names: list[str]) -> str:
@@ -545,7 +556,10 @@ def format_summary(result: dict) -> str:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    result = evaluate(args)
+    try:
+        result = evaluate(args)
+    except TransferConfigError as err:  # e.g. a datasets or Hub message quoted inside: keep the error one line
+        raise TransferConfigError(_one_line(str(err))) from err
     print(format_summary(result))
     where = f"; wrote {', '.join(OUTPUTS)} to {args.output_dir}" if args.output_dir else ""
     print(f"Evaluated in {result['seconds']:.1f}s on {result['device']}{where}")

@@ -164,17 +164,21 @@ def _cli(capsys, *argv) -> tuple[int, str, str]:
     [
         ("no_overlap", "share no class name"),
         ("placeholder", "LABEL_0"),
-        ("unknown_model", "Could not load backbone"),
+        ("unknown_model", "holds neither config.json"),
+        ("unknown_hub_model", "Could not load model 'user/nope'"),
+        ("revision_of_a_folder", "--revision 'v1' applies to Hub models"),
         ("bad_spec", "unknown built-in domain"),
         ("missing_split", "no split 'validation'"),
     ],
 )
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys, tiny_vit_dir, case, needle):
-    model = make_model(tmp_path / "m", ["zebra", "yak"]) if case not in ("placeholder", "unknown_model") else None
+    model = make_model(tmp_path / "m", ["zebra", "yak"])
     argv = {
         "no_overlap": (model, TARGET),
         "placeholder": (tiny_vit_dir, TARGET),
-        "unknown_model": (tmp_path / "nope", TARGET),
+        "unknown_model": (tmp_path, TARGET),
+        "unknown_hub_model": ("user/nope", TARGET),  # offline: the Hub's multi-line message, on one line
+        "revision_of_a_folder": (model, TARGET, "--revision", "v1"),
         "bad_spec": (model, "builtin:nope"),
         "missing_split": (model, TARGET, "--split", "validation"),
     }[case]
@@ -226,6 +230,12 @@ def test_card_shows_base_before_adaptation_when_its_labels_overlap(tmp_path):
     assert f"{100 * direct['accuracy']:.1f}%" in row and "†" not in row
     assert "Before adaptation, the base model's own classifier scored" in card
     assert "target (base model, before)" in card  # per-class column
+    from huggingface_hub import ModelCard
+
+    evals = ModelCard(card).data.eval_results  # model-index holds this model's results only
+    assert evals and {e.metric_value for e in evals if e.metric_type == "accuracy"} == {
+        round(results["metrics"][d]["accuracy"], 4) for d in results["metrics"]
+    }
 
 
 def test_card_before_row_on_partial_overlap_names_the_rows(tmp_path):
