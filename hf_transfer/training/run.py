@@ -449,19 +449,23 @@ def base_model_evaluation(run: PreparedRun, metrics: dict) -> dict | None:
     from hf_transfer.training.modes.common import subset
 
     args, training_args = run.args, run.training_args
-    return evaluate_base(
-        args.backbone,
-        subset(run.data.target["test"], args.max_eval_samples, training_args.seed),
-        run.backbone.data_config,
-        revision=args.backbone_revision,
-        after=metrics.get("target"),
-        trust_remote_code=args.trust_remote_code,
-        batch_size=training_args.per_device_eval_batch_size,
-        device=training_args.device,
-        input_path=args.input_path,
-        decoded_cache_dir=args.decoded_cache_dir,
-        progress=False,
-    )
+    try:
+        return evaluate_base(
+            args.backbone,
+            subset(run.data.target["test"], args.max_eval_samples, training_args.seed),
+            run.backbone.data_config,
+            revision=args.backbone_revision,
+            after=metrics.get("target"),
+            trust_remote_code=args.trust_remote_code,
+            batch_size=training_args.per_device_eval_batch_size,
+            device=training_args.device,
+            input_path=args.input_path,
+            decoded_cache_dir=args.decoded_cache_dir,
+            progress=False,
+        )
+    except Exception as err:  # an extra row of the card: it never costs the trained model its export
+        logger.warning("The base model's before-adaptation row was not computed: %s: %s", type(err).__name__, err)
+        return None
 
 
 def summarize(results: dict) -> str:
