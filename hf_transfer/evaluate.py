@@ -527,7 +527,8 @@ def write_outputs(result: dict, output_dir: str) -> list[str]:
     return paths
 
 
-def format_summary(result: dict) -> str:
+def format_summary(result: dict, max_classes: int = 20) -> str:
+    """What was scored, accuracy and macro-F1, and per-class accuracy (the weakest ``max_classes`` when more)."""
     m = result["metrics"]
     excluded = sum(result["excluded_rows"].values())
     lines = [
@@ -546,10 +547,14 @@ def format_summary(result: dict) -> str:
         "",
     ]
     support = np.asarray(m["confusion_matrix"]).sum(axis=1)
-    width = max(len("class"), *(len(str(n)) for n in result["label_names"]))
+    rows = list(zip(result["label_names"], m["per_class_accuracy"], support, strict=True))
+    if len(rows) > max_classes:  # a short table: the weakest classes (all of them are in evaluation.json)
+        rows = sorted((r for r in rows if r[1] is not None), key=lambda r: r[1])[:max_classes]
+        lines.append(f"the {len(rows)} classes with the lowest accuracy (of {len(result['label_names'])}):")
+    width = max(len("class"), *(len(str(r[0])) for r in rows))
     lines.append(f"{'class'.ljust(width)}  accuracy  rows")
     lines.append(f"{'-' * width}  --------  ----")
-    for name, acc, n in zip(result["label_names"], m["per_class_accuracy"], support, strict=True):
+    for name, acc, n in rows:
         lines.append(f"{str(name).ljust(width)}  {'-' if acc is None else f'{acc:.4f}':>8}  {int(n):>4}")
     return "\n".join(lines)
 

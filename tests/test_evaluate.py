@@ -283,3 +283,36 @@ def test_split_choices(tmp_path):
         load_split(str(folder), "nope")
     with pytest.raises(TransferConfigError, match="already names its split"):
         load_split(f"{folder}#train", "extra")
+
+
+def test_summary_lists_the_weakest_classes_when_there_are_many():
+    from hf_transfer.evaluate import format_summary
+
+    names = ["ant", "bee", "cat", "dog", "eel"]
+    per_class = [0.9, 0.1, 0.5, None, 0.3]
+    cm = np.diag([9, 1, 5, 0, 3]) + 1
+    result = {
+        "model": "m",
+        "model_kind": "full",
+        "dataset": "d",
+        "split": "test",
+        "excluded_rows": {},
+        "label_names": names,
+        "model_only_classes": [],
+        "dataset_only_classes": [],
+        "metrics": {
+            "num_samples": int(cm.sum()),
+            "accuracy": 0.5,
+            "macro_f1": 0.4,
+            "per_class_accuracy": per_class,
+            "confusion_matrix": cm.tolist(),
+        },
+    }
+
+    def table(text):
+        lines = text.splitlines()
+        start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["class", "accuracy"])
+        return [line.split()[0] for line in lines[start + 2 :]]
+
+    assert table(format_summary(result)) == names  # all classes, in the model's order
+    assert table(format_summary(result, max_classes=2)) == ["bee", "eel"]  # the two weakest
