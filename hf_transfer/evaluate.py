@@ -17,7 +17,8 @@ Label alignment (the rule, also in the README): the model's class names (``id2la
 - Only rows whose class the model knows are scored; the others are excluded and counted per class.
 - The prediction is the argmax over the shared classes only (a model class the dataset does not have
   cannot be predicted); ``unrestricted_accuracy`` also gives the argmax over all the model's classes.
-- The reported classes are the shared ones, in the model's order (a run folder's are then the run's).
+- The reported classes are the shared ones, in the model's order (a run folder's are then the run's); a
+  name the model repeats (ImageNet's two "crane" classes) is one class, predicted by either column.
 - No shared class at all, or a model whose names are only ``LABEL_i``, is a one-line error.
 
 Preprocessing is the model's own: a run folder's or adapter's recorded data config (what it was trained
@@ -240,7 +241,8 @@ class LabelMatch:
     """The shared classes, in the model's order, and where each sits in the model and in the dataset."""
 
     names: list[str]  # the model's spelling
-    model_index: list[int]
+    model_index: list[int]  # the model's logit columns of the shared classes
+    column_class: list[int]  # the shared class of each of those columns (two columns when the model repeats a name)
     model_only: list[str]
     dataset_only: list[str]
 
@@ -262,9 +264,15 @@ def match_labels(model_id: str, model_names: list[str], dataset: str, dataset_na
             f"{model_id!r} and {dataset} share no class name: the model's classes are {_first(model_names)}, "
             f"the dataset's {_first(dataset_names)}."
         )
+    names, position = [], {}  # a name the model repeats (ImageNet's two "crane"s) is one class
+    for _, n in shared:
+        if norm(n) not in position:
+            position[norm(n)] = len(names)
+            names.append(n)
     return LabelMatch(
-        names=[n for _, n in shared],
+        names=names,
         model_index=[i for i, _ in shared],
+        column_class=[position[norm(n)] for _, n in shared],
         model_only=[n for n in model_names if norm(n) not in dataset_norm],
         dataset_only=[n for n in dataset_names if norm(n) not in model_norm],
     )
@@ -349,11 +357,12 @@ def score(logits: np.ndarray, labels: np.ndarray, match: LabelMatch) -> dict:
     ``labels`` are shared-class indices (-1: not scored)."""
     from hf_transfer.evaluation.metrics import UNLABELLED, classification_report
 
-    columns = np.asarray(match.model_index)
-    report = classification_report(logits[:, columns].argmax(-1), labels, len(match.names))
+    columns, column_class = np.asarray(match.model_index), np.asarray(match.column_class)
+    report = classification_report(column_class[logits[:, columns].argmax(-1)], labels, len(match.names))
     scored = labels != UNLABELLED
-    full = logits.argmax(-1)
-    hit = np.asarray(full[scored]) == columns[labels[scored]]
+    class_of = np.full(logits.shape[1], -2, dtype=np.int64)  # a model-only column is never a hit
+    class_of[columns] = column_class
+    hit = class_of[logits[scored].argmax(-1)] == labels[scored]
     report["unrestricted_accuracy"] = float(hit.mean()) if hit.size else float("nan")
     return report
 

@@ -316,3 +316,15 @@ def test_summary_lists_the_weakest_classes_when_there_are_many():
 
     assert table(format_summary(result)) == names  # all classes, in the model's order
     assert table(format_summary(result, max_classes=2)) == ["bee", "eel"]  # the two weakest
+
+
+def test_a_name_the_model_repeats_is_one_class():
+    """ImageNet heads repeat names ("crane" the bird and the machine): both columns predict that one class."""
+    from hf_transfer.evaluate import match_labels, score
+
+    match = match_labels("m", ["Crane", "zebra", "dog", "crane"], "d", ["dog", "crane", "cat"])
+    assert match.names == ["Crane", "dog"] and match.model_only == ["zebra"] and match.dataset_only == ["cat"]
+    logits = np.array([[0, 0, 0, 5.0], [0, 9, 1, 0], [3, 0, 1, 0]])  # crane (2nd column), dog (zebra wins), crane
+    report = score(logits, np.array([0, 1, 0]), match)
+    assert report["confusion_matrix"] == [[2, 0], [0, 1]] and report["accuracy"] == 1.0
+    assert report["unrestricted_accuracy"] == pytest.approx(2 / 3)  # over all classes "zebra" takes the dog
