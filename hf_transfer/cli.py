@@ -1,4 +1,5 @@
-"""The ``hf-transfer`` command: ``train``, ``plan`` (offline dry run), ``demo``, ``push``, ``rank`` (choose a backbone).
+"""The ``hf-transfer`` command: ``train``, ``plan`` (offline dry run), ``demo``, ``push``, ``rank`` (choose a
+backbone), ``evaluate`` (score a classifier on a dataset).
 
 ``hf-transfer train --config recipes/configs/x.yaml [--flag value ...]`` is the same run as
 ``accelerate launch recipes/train.py --config ...``; flags override the file.
@@ -122,7 +123,22 @@ def cmd_rank(argv: list[str]) -> int:
     return rank_main(argv)
 
 
-COMMANDS = {"train": cmd_train, "plan": cmd_plan, "demo": cmd_demo, "push": cmd_push, "rank": cmd_rank}
+def cmd_evaluate(argv: list[str]) -> int:
+    """``hf-transfer evaluate MODEL DATASET [--split test] [--output_dir DIR]``: score a classifier, classes by name."""
+    from hf_transfer.evaluate import main as evaluate_main
+
+    _setup_logging()
+    return evaluate_main(argv)
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "plan": cmd_plan,
+    "demo": cmd_demo,
+    "push": cmd_push,
+    "rank": cmd_rank,
+    "evaluate": cmd_evaluate,
+}
 
 
 def _take_debug_flag(argv: list[str]) -> tuple[list[str], bool]:

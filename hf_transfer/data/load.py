@@ -214,3 +214,41 @@ def load_domain(
         if len(ds) == 0:
             raise TransferConfigError(f"Dataset {spec}: split {split!r} is empty.")
     return out
+
+
+def load_split(
+    spec: str | DatasetSpec,
+    split: str = TEST,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    seed: int = 42,
+    cache_dir: str | None = None,
+    skip_bad_images: bool = False,
+) -> datasets.Dataset:
+    """One labelled split to score (``hf-transfer evaluate``).
+
+    ``test`` / ``train`` are the splits a training run on ``spec`` uses (:func:`load_domain`): a dataset
+    without a test split gets the same seeded hold-out as a run with ``seed`` (the Trainer's default
+    is 42). Any other name is that stored split, whole (e.g. ``validation`` beside a ``test`` split)."""
+    spec = parse_dataset_spec(spec)
+    if split in (TRAIN, TEST):
+        domain = load_domain(
+            spec, image_column, label_column, seed=seed, cache_dir=cache_dir, skip_bad_images=skip_bad_images
+        )
+        return domain[split]
+    if spec.split is not None:
+        raise TransferConfigError(
+            f"Dataset {spec} already names its split ('#{spec.split}'); with --split use 'train' or 'test' "
+            "(its parts), or drop '#...' from the spec."
+        )
+    raw = _raw_load(spec, cache_dir)
+    if split not in raw:
+        raise TransferConfigError(f"Dataset {spec}: no split {split!r}; splits are {sorted(raw)} (or train / test).")
+    std = standardize_columns(
+        datasets.DatasetDict({split: raw[split]}), f"Dataset {spec}", image_column, label_column, True
+    )
+    if spec.kind != "builtin":
+        std = check_images(std, f"Dataset {spec}", skip_bad_images)
+    if len(std[split]) == 0:
+        raise TransferConfigError(f"Dataset {spec}: split {split!r} is empty.")
+    return std[split]

@@ -121,6 +121,12 @@ def summary(results: dict, baseline: dict | None, upper: dict | None, backbone: 
                 parts[-1] += f", and even above a model trained on the target labels ({pct(u)})."
         else:
             parts[-1] += " (no source-only baseline was given to compare with)."
+        before = base_before(results)
+        if before is not None:
+            parts.append(
+                f"Before adaptation, the base model's own classifier scored {pct(accuracy(before, 'target'))}"
+                f"{' on the test images of the classes it knows' if before['partial'] else ''}."
+            )
         sa = accuracy(results, "source")
         if sa is not None and mode == "domain":
             parts.append(f"Source test accuracy: {pct(sa)}.")
@@ -227,8 +233,45 @@ def _ci(acc: float, n: int | None) -> str:
     return f" (+-{100 * half:.1f})"
 
 
+def base_before(results: dict) -> dict | None:
+    """The base checkpoint's own head on the target test set before adaptation (``base_model_evaluation``,
+    written by training only when its class names overlap the target's), shaped like a results dict."""
+    ev = results.get("base_model_evaluation")
+    if not ev or not ev.get("metrics"):
+        return None
+    name = results.get("base_model") or os.path.basename(str(ev.get("model", "base")).rstrip(os.sep))
+    metrics = {**ev["metrics"], "per_class_accuracy": ev.get("per_class_accuracy_by_target_class") or {}}
+    return {"name": name, "partial": bool(ev.get("excluded_rows")), "metrics": {"target": metrics}, "eval": ev}
+
+
+def base_before_note(before: dict | None) -> str:
+    """What the base row is, and, when its head knows only some target classes, which rows it was scored on."""
+    if before is None:
+        return ""
+    ev, m = before["eval"], before["metrics"]["target"]
+    text = (
+        "The base-model row is the base checkpoint with its own pretrained classifier, before any adaptation, "
+        "on the same target test images with the same preprocessing (classes matched by name)."
+    )
+    if before["partial"]:
+        same = ev.get("this_model_same_rows") or {}
+        text += (
+            f" † Its head knows {len(ev['label_names'])} of the target classes: it is scored on the "
+            f"{m['num_samples']} test images of those classes (argmax over them; "
+            f"{sum(ev['excluded_rows'].values())} images of other classes excluded)"
+        )
+        if same.get("accuracy") is not None:
+            text += (
+                f"; this model scores {pct(same['accuracy'])} (macro-F1 {100 * same['macro_f1']:.1f}) "
+                "on the same images"
+            )
+        text += "."
+    return text
+
+
 def results_tables(results: dict, baseline: dict | None, upper: dict | None, method_title: str) -> dict:
-    """The results table (this model, baseline, upper bound per domain) and the per-class table."""
+    """The results table (this model, base model before adaptation, baseline, upper bound per domain) and
+    the per-class table."""
     method = results.get("method")
     domains = [d for d in ("target", "source") if d in (results.get("metrics") or {})]
     columns = []
@@ -236,6 +279,14 @@ def results_tables(results: dict, baseline: dict | None, upper: dict | None, met
         columns += [f"{d} test accuracy", f"{d} macro-F1"]
     rows = []
     entries = [(f"**this model** ({method_title})", results)]
+    before = base_before(results)
+    if before is not None:
+        entries.append(
+            (
+                f"base model before adaptation (`{before['name']}`, its own head){' †' if before['partial'] else ''}",
+                before,
+            )
+        )
     if baseline and method != "source_only":
         entries.append(("source-only baseline", baseline))
     if upper:
@@ -256,6 +307,8 @@ def results_tables(results: dict, baseline: dict | None, upper: dict | None, met
     labels = results.get("label_names") or []
     pc_rows = []
     sources = [("target (this model)", results, "target")]
+    if before is not None:
+        sources.append(("target (base model, before)", before, "target"))
     if baseline and method != "source_only":
         sources.append(("target (baseline)", baseline, "target"))
     if "source" in domains:
@@ -286,6 +339,9 @@ def results_vars(results: dict, baseline: dict | None, upper: dict | None, metho
         note.append("No source-only baseline was given for this card.")
     if accuracy(upper, "target") is None:
         note.append("No target-supervised upper bound was given for this card.")
+    before_note = base_before_note(base_before(results))
+    if before_note:
+        note.insert(0, before_note)
     gap_rows, gap_intro = domain_gap_table(results)
     return dict(
         results_intro=(

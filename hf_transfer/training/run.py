@@ -428,6 +428,7 @@ def run_transfer(
     if getattr(mode, "solver_info", None):  # head_solver=lbfgs: the Trainer's optimizer settings did not apply
         results["hyperparameters"] = mode.solver_hyperparameters(results["hyperparameters"])
     if trainer.is_world_process_zero():
+        results["base_model_evaluation"] = base_model_evaluation(run, metrics)
         if getattr(mode, "exports_adapter", False):  # LoRA: adapter folder (+ merged/ with merge_adapter)
             results["adapter"] = mode.export(training_args.output_dir, results)
         else:
@@ -451,6 +452,32 @@ def run_transfer(
             token=run.push.token,
         )
     return results
+
+
+def base_model_evaluation(run: PreparedRun, metrics: dict) -> dict | None:
+    """The base checkpoint with its own head on the run's target test rows (the card's "before" beside
+    "after"): one batched pass, main process only; None when its class names do not overlap the target's."""
+    from hf_transfer.evaluate import evaluate_base
+    from hf_transfer.training.modes.common import subset
+
+    args, training_args = run.args, run.training_args
+    try:
+        return evaluate_base(
+            args.backbone,
+            subset(run.data.target["test"], args.max_eval_samples, training_args.seed),
+            run.backbone.data_config,
+            revision=args.backbone_revision,
+            after=metrics.get("target"),
+            trust_remote_code=args.trust_remote_code,
+            batch_size=training_args.per_device_eval_batch_size,
+            device=training_args.device,
+            input_path=args.input_path,
+            decoded_cache_dir=args.decoded_cache_dir,
+            progress=False,
+        )
+    except Exception as err:  # an extra row of the card: it never costs the trained model its export
+        logger.warning("The base model's before-adaptation row was not computed: %s: %s", type(err).__name__, err)
+        return None
 
 
 def summarize(results: dict) -> str:
