@@ -37,13 +37,21 @@ import argparse
 import json
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from hf_transfer.errors import TransferConfigError
+from hf_transfer.evaluation.label_match import (  # noqa: F401 - the command's API
+    LabelMatch,
+    _first,
+    known_rows,
+    match_labels,
+    same_rows_metrics,
+    score,
+)
+from hf_transfer.evaluation.predict import predict_logits, resolve_device  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +59,6 @@ EVALUATION_JSON = "evaluation.json"
 CONFUSION_JSON = "confusion_matrix.json"
 CONFUSION_PNG = "confusion_matrix.png"
 OUTPUTS = (EVALUATION_JSON, CONFUSION_JSON, CONFUSION_PNG)
-_PLACEHOLDER = re.compile(r"^LABEL_\d+$")
-_SHOWN = 8  # label names shown in one error line
 DEFAULT_SEED = 42  # the Trainer's: the hold-out a training run with default arguments makes
 
 
@@ -232,154 +238,10 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _first(names: list[str]) -> str:
-    return f"{names[:_SHOWN]}{' ...' if len(names) > _SHOWN else ''}"
-
-
-@dataclass
-class LabelMatch:
-    """The shared classes, in the model's order, and where each sits in the model and in the dataset."""
-
-    names: list[str]  # the model's spelling
-    model_index: list[int]  # the model's logit columns of the shared classes
-    column_class: list[int]  # the shared class of each of those columns (two columns when the model repeats a name)
-    model_only: list[str]
-    dataset_only: list[str]
-
-
-def match_labels(model_id: str, model_names: list[str], dataset: str, dataset_names: list[str]) -> LabelMatch:
-    """Match by normalised name (see the module doc); one-line errors for placeholder names or no overlap."""
-    from hf_transfer.data.align import normalize_label_name as norm
-
-    if model_names and all(_PLACEHOLDER.match(str(n)) for n in model_names):
-        raise TransferConfigError(
-            f"{model_id!r} names its classes only {_first(model_names)}: without real class names nothing can be "
-            "matched to the dataset's classes; give a model whose config has real id2label names."
-        )
-    dataset_norm = {norm(n) for n in dataset_names}
-    model_norm = {norm(n) for n in model_names}
-    shared = [(i, n) for i, n in enumerate(model_names) if norm(n) in dataset_norm]
-    if not shared:
-        raise TransferConfigError(
-            f"{model_id!r} and {dataset} share no class name: the model's classes are {_first(model_names)}, "
-            f"the dataset's {_first(dataset_names)}."
-        )
-    names, position = [], {}  # a name the model repeats (ImageNet's two "crane"s) is one class
-    for _, n in shared:
-        if norm(n) not in position:
-            position[norm(n)] = len(names)
-            names.append(n)
-    return LabelMatch(
-        names=names,
-        model_index=[i for i, _ in shared],
-        column_class=[position[norm(n)] for _, n in shared],
-        model_only=[n for n in model_names if norm(n) not in dataset_norm],
-        dataset_only=[n for n in dataset_names if norm(n) not in model_norm],
-    )
-
-
-def known_rows(ds, match: LabelMatch):
-    """``(rows of the classes the model knows, {class: rows} of the others, lookup)``; ``lookup`` maps a
-    dataset label id to its shared-class index (-1: not shared; ``lookup[-1]`` keeps unlabelled rows -1)."""
-    from hf_transfer.data.align import normalize_label_name as norm
-
-    names = list(ds.features["label"].names)
-    index = {norm(n): i for i, n in enumerate(match.names)}
-    lookup = np.array([index.get(norm(n), -1) for n in names] + [-1], dtype=np.int64)
-    ids = np.asarray(ds["label"], dtype=np.int64)
-    known = lookup[ids] >= 0
-    counts = np.bincount(ids[(ids >= 0) & ~known], minlength=len(names))
-    excluded = {names[i]: int(c) for i, c in enumerate(counts) if c}
-    return (ds if known.all() else ds.select(np.flatnonzero(known))), excluded, lookup
-
-
 # --- scoring ---------------------------------------------------------------------------------------------
 
 
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise TransferConfigError(f"--device {name!r}: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TransferConfigError(f"--device {name!r}: CUDA is not available here; use --device cpu or auto.")
-    return device
-
-
-def predict_logits(
-    backbone,
-    ds,
-    *,
-    batch_size: int = 64,
-    device=None,
-    input_path: str = "fast",
-    decoded_cache_dir: str | None = None,
-    num_workers: int = 0,
-    progress: bool | None = None,
-):
-    """``(logits [N, C] float32, labels [N])`` of ``backbone`` on ``ds`` through training's eval path."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from hf_transfer.data.augment import BatchAugment
-    from hf_transfer.data.decoded import DecodedImages, collate_decoded
-    from hf_transfer.data.paired import ImageDomainDataset, collate_images
-    from hf_transfer.data.transforms import eval_transform
-
-    device = device or torch.device("cpu")
-    cfg = backbone.data_config
-    if input_path == "fast":
-        items = DecodedImages(ds, cfg, "eval", cache_dir=decoded_cache_dir, num_workers=num_workers, progress=progress)
-        collate, to_input = collate_decoded, BatchAugment(cfg, "none").eval().to(device)
-    else:
-        items, collate, to_input = ImageDomainDataset(ds, eval_transform(cfg)), collate_images, None
-    loader = torch.utils.data.DataLoader(items, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
-    model = backbone.model.to(device).eval()
-    logits, labels = [], []
-    with torch.inference_mode():
-        for batch in tqdm(
-            loader, desc="evaluating", unit="batch", disable=(not progress) if progress is not None else None
-        ):
-            pixels = batch["pixel_values"].to(device)
-            if to_input is not None:
-                pixels = to_input(pixels)
-            logits.append(model(pixel_values=pixels).logits.float().cpu())
-            labels.append(batch["labels"])
-    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
-
-
-def score(logits: np.ndarray, labels: np.ndarray, match: LabelMatch) -> dict:
-    """Training's metrics of the argmax over the shared classes, plus the argmax over all the model's classes.
-    ``labels`` are shared-class indices (-1: not scored)."""
-    from hf_transfer.evaluation.metrics import UNLABELLED, classification_report
-
-    columns, column_class = np.asarray(match.model_index), np.asarray(match.column_class)
-    report = classification_report(column_class[logits[:, columns].argmax(-1)], labels, len(match.names))
-    scored = labels != UNLABELLED
-    class_of = np.full(logits.shape[1], -2, dtype=np.int64)  # a model-only column is never a hit
-    class_of[columns] = column_class
-    hit = class_of[logits[scored].argmax(-1)] == labels[scored]
-    report["unrestricted_accuracy"] = float(hit.mean()) if hit.size else float("nan")
-    return report
-
-
 # --- the base model's "before" row of a training run ----------------------------------------------------
-
-
-def same_rows_metrics(confusion: list[list[int]], known: list[int]) -> dict:
-    """Training's metrics of a model, from its confusion matrix, on only the rows whose true class is in
-    ``known`` (its predictions stay what they were): the adapted model on the rows the base was scored on."""
-    from hf_transfer.evaluation.metrics import classification_report
-
-    cm = np.asarray(confusion, dtype=np.int64)
-    refs = np.concatenate([np.full(int(cm[r].sum()), r) for r in known]).astype(np.int64)
-    preds = np.concatenate([np.repeat(np.arange(cm.shape[1]), cm[r]) for r in known]).astype(np.int64)
-    report = classification_report(preds, refs, cm.shape[1])
-    return {k: report[k] for k in ("accuracy", "macro_f1", "num_samples")}
 
 
 def evaluate_base(

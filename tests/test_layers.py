@@ -16,8 +16,9 @@ ALLOWED = {  # folder -> what its modules may import from hf_transfer (besides S
     # the losses: pure torch, no other layer (the registry is where they register)
     "methods/domain": ("hf_transfer.methods.domain", "hf_transfer.methods.registry"),
     "methods": ("hf_transfer.data", "hf_transfer.models", "hf_transfer.methods"),
-    # evaluation comes after training in the flow; it reuses methods (domain_gap measures with DAN's MMD)
-    "evaluation": ("hf_transfer.evaluation", "hf_transfer.methods"),
+    # evaluation comes after training in the flow; it reuses methods (domain_gap measures with DAN's MMD) and
+    # reads data through the data layer (label matching by name, the eval input path)
+    "evaluation": ("hf_transfer.data", "hf_transfer.models", "hf_transfer.evaluation", "hf_transfer.methods"),
     "hub": (
         "hf_transfer.data",
         "hf_transfer.models",
