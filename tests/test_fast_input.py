@@ -212,6 +212,24 @@ def test_loop_crops_split_over_threads_are_the_one_thread_bytes():
     assert torch.equal(outs[0], outs[1])
 
 
+def test_crop_loop_threads_use_one_openmp_thread_and_leave_the_process_setting_alone():
+    """The pool threads set their own OpenMP thread count (1); torch.set_num_threads would change every thread's,
+    and toggling it around each forward slowed the model's steps."""
+    from hf_transfer.data import augment
+
+    runtime = augment._openmp_runtime()
+    if runtime is None:
+        pytest.skip("no OpenMP runtime found next to torch")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        seen = list(augment._loop_pool(2).map(lambda _: runtime.omp_get_max_threads(), range(4)))
+        assert seen == [1, 1, 1, 1]
+        assert torch.get_num_threads() == 2 and runtime.omp_get_max_threads() == 2  # this thread: unchanged
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("augment,expected", [("standard", 0.5), ("light", 0.0)])
 def test_flip_rate(augment, expected):
     cfg = DataConfig(input_size=(3, 16, 16), interpolation="bilinear", mean=(0, 0, 0), std=(1, 1, 1))

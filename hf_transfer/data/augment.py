@@ -32,6 +32,7 @@ What does differ from the stock transform, by construction:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 
@@ -103,30 +104,62 @@ def sample_crop_params(
     return top, left, ch, cw
 
 
-#: fewer rows than this per thread: the CPU crop loop stays on one thread (a thread hand-off costs more)
+#: fewer rows than this per thread: the CPU crop loop uses fewer threads (a thread hand-off costs more)
 LOOP_ROWS_PER_THREAD = 8
 _POOLS: dict = {}
 
 
+@functools.lru_cache(maxsize=1)
+def _openmp_runtime():
+    """The OpenMP runtime torch's kernels use (``libgomp`` shipped in ``torch/lib``), or None."""
+    import ctypes
+    import ctypes.util
+    import glob
+
+    lib_dir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    candidates = sorted(
+        glob.glob(os.path.join(lib_dir, "libgomp*.so*")) + glob.glob(os.path.join(lib_dir, "libiomp5*"))
+    )
+    candidates += [c for c in (ctypes.util.find_library("gomp"), ctypes.util.find_library("iomp5")) if c]
+    for path in candidates:
+        try:
+            lib = ctypes.CDLL(path)
+            lib.omp_set_num_threads  # noqa: B018 - the symbol must exist
+            return lib
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def _one_openmp_thread() -> None:
+    """Pool-thread initializer: the kernels this thread runs use ONE OpenMP thread.
+
+    The crop loop's ops are small (one image each); with several OpenMP threads each pays a barrier,
+    which on a busy machine costs far more than it gains (the loop ran 15x slower with 2 threads on 2
+    shared cores). ``torch.set_num_threads`` would change the count for every thread, and changing it
+    back and forth around each forward made the model's own steps slower; ``omp_set_num_threads``
+    called in this thread sets this thread's OpenMP setting only (after ATen's per-thread lazy init,
+    which would otherwise overwrite it on the thread's first kernel)."""
+    torch.zeros(1).add_(1)
+    _openmp_runtime().omp_set_num_threads(1)
+
+
 def _loop_pool(threads: int):
-    """A process-wide pool of ``threads`` threads for the CPU crop loop (created once per size)."""
+    """A process-wide pool of ``threads`` one-OpenMP-thread threads for the CPU crop loop (one per size)."""
     from concurrent.futures import ThreadPoolExecutor
 
     key = (os.getpid(), threads)  # a forked child (a loader worker) must not reuse its parent's dead threads
     if key not in _POOLS:
-        _POOLS[key] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hf_transfer-augment")
+        _POOLS[key] = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="hf_transfer-augment", initializer=_one_openmp_thread
+        )
     return _POOLS[key]
 
 
 @contextlib.contextmanager
 def _one_cpu_thread(enabled: bool = True):
-    """Run BatchAugment's CPU ops with one intra-op thread, then restore the setting.
-
-    Its ops are small (one image in the ``loop`` crops, one batch of uint8 images elsewhere); with
-    several OpenMP threads every op pays a barrier, which on a busy machine costs far more than it
-    gains (the loop ran 15x slower with 2 threads on 2 shared cores, the main process competing
-    with the DataLoader workers). The augmentation is a small part of a CPU training step.
-    """
+    """Without an OpenMP runtime to set per thread (see :func:`_one_openmp_thread`): the crop loop runs in
+    this thread with one intra-op thread, then the setting is restored."""
     n = torch.get_num_threads()
     if not enabled or n == 1:
         yield
@@ -159,7 +192,8 @@ class BatchAugment(nn.Module):
       until the output, about 3x faster than ``grid``, and it antialiases like PIL. When the
       storage is not at the original resolution, box edges are rounded to storage pixels.
 
-    On the CPU the whole forward runs with one intra-op thread (see :func:`_one_cpu_thread`).
+    On the CPU the crop loop's per-image resizes run in a pool of threads that each use one OpenMP thread
+    (see :func:`_one_openmp_thread`); the batched conversion and normalisation use the process's threads.
 
     Args:
         cfg: the backbone's data config (size, mean, std, interpolation, crop_pct).
@@ -219,19 +253,17 @@ class BatchAugment(nn.Module):
             raise ValueError(f"BatchAugment expects [B, 3, H, W], got {tuple(x.shape)}.")
         if x.dtype != torch.uint8:
             raise TypeError(f"BatchAugment expects uint8 pixels (DecodedImages), got {x.dtype}.")
-        threads = torch.get_num_threads()
-        with _one_cpu_thread(x.device.type == "cpu"):
-            if self.training and self.augment != "none":
-                impl = self.impl if self.impl != "auto" else ("grid" if x.is_cuda else "loop")
-                boxes = self._draw(x.shape[0], x.shape[2], x.shape[3], image_size)
-                out = self._crops_grid(x, *boxes) if impl == "grid" else self._crops_loop(x, *boxes, threads=threads)
-            else:
-                out = self._eval_resize(x.float())
-                out = out.div_(255.0).sub_(self.mean).div_(self.std)  # the same float32 ops as ToTensor + Normalize
-            if out.dtype != self.out_dtype:
-                out = out.to(self.out_dtype)
-            if self.channels_last:
-                out = out.contiguous(memory_format=torch.channels_last)
+        if self.training and self.augment != "none":
+            impl = self.impl if self.impl != "auto" else ("grid" if x.is_cuda else "loop")
+            boxes = self._draw(x.shape[0], x.shape[2], x.shape[3], image_size)
+            out = self._crops_grid(x, *boxes) if impl == "grid" else self._crops_loop(x, *boxes)
+        else:
+            out = self._eval_resize(x.float())
+            out = out.div_(255.0).sub_(self.mean).div_(self.std)  # the same float32 ops as ToTensor + Normalize
+        if out.dtype != self.out_dtype:
+            out = out.to(self.out_dtype)
+        if self.channels_last:
+            out = out.contiguous(memory_format=torch.channels_last)
         return out
 
     def _eval_resize(self, x: torch.Tensor) -> torch.Tensor:
@@ -297,7 +329,7 @@ class BatchAugment(nn.Module):
         return out
 
     @torch.compiler.disable
-    def _crops_loop(self, x, x0, y0, x1, y1, flip, threads: int = 1) -> torch.Tensor:
+    def _crops_loop(self, x, x0, y0, x1, y1, flip) -> torch.Tensor:
         b, _, hs, ws = x.shape
         # box edges in storage pixels (exact when the storage is at the original resolution)
         c0 = torch.round(x0 * ws).long().clamp_(0, ws - 1)
@@ -323,11 +355,17 @@ class BatchAugment(nn.Module):
                 )
                 out[k] = crop[0].flip(-1) if f else crop[0]
 
-        parts = min(threads, b // LOOP_ROWS_PER_THREAD) if in_uint8 else 1
-        if parts > 1:  # the resize kernels release the GIL: the rows split over the process's intra-op threads
+        threads = torch.get_num_threads()
+        if not in_uint8 or threads == 1:
+            crop_rows(range(b))
+        elif _openmp_runtime() is not None:
+            # the resize kernels release the GIL: the rows split over up to the process's intra-op thread count
+            # of pool threads, each running its kernels on one OpenMP thread
+            parts = max(1, min(threads, b // LOOP_ROWS_PER_THREAD))
             list(_loop_pool(parts).map(crop_rows, [range(i, b, parts) for i in range(parts)]))  # waits; raises
         else:
-            crop_rows(range(b))
+            with _one_cpu_thread():
+                crop_rows(range(b))
         if not in_uint8:
             out.clamp_(0, 255)
         return self._normalise(out)
