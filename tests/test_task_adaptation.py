@@ -236,3 +236,33 @@ def test_kshot_seeded_nested(tmp_path):
     assert len(ds) == 20
     assert sorted(int(ds[i]["labels"]) for i in range(len(ds))) == sorted(list(range(10)) * 2)
     assert kshot(run.data.target["train"], 2, seed=0)["label"] == kshot(run.data.target["train"], 2, seed=0)["label"]
+
+
+def test_groups_with_equal_rates_merge_and_train_bit_identically():
+    """One optimizer group per (rate, decay): the fused AdamW kernel runs once per group, and the update of
+    every parameter is the same as with one group per named group."""
+    from hf_transfer.methods.finetune.lr import merge_equal_groups
+
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    split = [
+        {"params": list(m.parameters()), "lr": lr, "weight_decay": wd, "name": f"g{i}"}
+        for i, (m, lr, wd) in enumerate(zip(nets[0], (0.1, 0.1, 0.01), (0.0, 0.0, 0.0), strict=True))
+    ]
+    merged = merge_equal_groups(
+        [
+            {"params": list(m.parameters()), "lr": lr, "weight_decay": 0.0, "name": f"g{i}"}
+            for i, (m, lr) in enumerate(zip(nets[1], (0.1, 0.1, 0.01), strict=True))
+        ]
+    )
+    assert [(g["name"], g["lr"], len(g["params"])) for g in merged] == [("g0+g1", 0.1, 4), ("g2", 0.01, 2)]
+    optimizers = [torch.optim.AdamW(split, fused=True), torch.optim.AdamW(merged, fused=True)]
+    x = torch.randn(16, 4)
+    for _ in range(3):
+        for net, opt in zip(nets, optimizers, strict=True):
+            net(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert torch.equal(a, b)

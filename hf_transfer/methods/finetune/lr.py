@@ -49,7 +49,8 @@ def optimizer_groups_by_name(
     weight_decay: float | dict[str, float],
     include=None,
 ) -> list[dict]:
-    """One optimizer group per (named group, decay / no-decay); ``include(param) -> bool`` selects the
+    """One optimizer group per (named group, decay / no-decay), then groups with the same learning rate and
+    weight decay merged into one (see :func:`merge_equal_groups`); ``include(param) -> bool`` selects the
     parameters (default: those with ``requires_grad``). Every group carries its ``name`` and ``lr``."""
     include = include or (lambda p: p.requires_grad)
     out = []
@@ -61,4 +62,23 @@ def optimizer_groups_by_name(
             out.append({"params": decay, "lr": lrs[gname], "weight_decay": wd, "name": f"{gname}/decay"})
         if no_decay:
             out.append({"params": no_decay, "lr": lrs[gname], "weight_decay": 0.0, "name": f"{gname}/no_decay"})
-    return out
+    return merge_equal_groups(out)
+
+
+def merge_equal_groups(groups: list[dict]) -> list[dict]:
+    """Optimizer groups with equal hyper-parameters merged (names joined with ``+``, first-seen order).
+
+    Why: the optimizer's fused/foreach kernels run once per group, at a fixed cost per call; a backbone split
+    into a dozen named groups that all train at one rate paid it a dozen times per step (the AdamW step was
+    13x the stock recipe's on a small CPU model). The update of every parameter is the same either way
+    (AdamW is per tensor; schedulers scale every group's rate by the same factor); groups whose rates or
+    decay differ stay apart."""
+    merged: dict[tuple, dict] = {}
+    for group in groups:
+        key = tuple(sorted((k, v) for k, v in group.items() if k not in ("params", "name")))
+        if key in merged:
+            merged[key]["params"] = merged[key]["params"] + list(group["params"])
+            merged[key]["name"] += "+" + group["name"]
+        else:
+            merged[key] = {**group, "params": list(group["params"])}
+    return list(merged.values())
