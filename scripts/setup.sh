@@ -10,3 +10,5 @@ fi
 # torch first, pinned: on this project's machines these wheels come from local disk (see docs)
 .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/python -m pip install --quiet -e ".[test]"
+# the Inference Endpoints toolkit's pins, for the serving-contract tests (tests/test_serving.py)
+PYTHON="$PYTHON" ./scripts/setup_endpoints.sh
