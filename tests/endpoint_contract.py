@@ -15,6 +15,8 @@ huggingface_hub 0.30.2, peft 0.15.1) and HF_ENDPOINT/HF_HOME pointing at the Hub
 
     .venv-endpoints/bin/python tests/endpoint_contract.py user/repo --examples
 
+``--toolkit`` uses the REAL toolkit instead (its ``_load_repository_from_hf`` download filter and
+``get_inference_handler_either_custom_or_default_handler``; its ``src`` on PYTHONPATH, under its pins).
 ``--no-handler`` ignores ``handler.py`` (what ``pipeline(model=repo)`` with no arguments does);
 ``--peft-subfolder adapter`` instead loads the adapter in that subfolder the way the model card says
 (``PeftModel.from_pretrained(base, repo, subfolder=...)``), to check that the pinned peft supports it.
@@ -91,6 +93,7 @@ def main(argv=None):
     parser.add_argument("--top_k", type=int, default=None, help="default: every class")
     parser.add_argument("--no-handler", action="store_true", help="ignore handler.py: the default pipeline only")
     parser.add_argument("--peft-subfolder", default=None, help="load the adapter in this subfolder as the card does")
+    parser.add_argument("--toolkit", action="store_true", help="serve with huggingface_inference_toolkit itself")
     args = parser.parse_args(argv)
 
     import huggingface_hub
@@ -100,13 +103,25 @@ def main(argv=None):
 
     out = {"repo": args.repo, "transformers": transformers.__version__, "huggingface_hub": huggingface_hub.__version__}
     model_dir = tempfile.mkdtemp(prefix="endpoint_repo_")
-    snapshot_download(args.repo, revision=args.revision, local_dir=model_dir)
+    if args.toolkit:
+        from huggingface_inference_toolkit.utils import _load_repository_from_hf
+
+        _load_repository_from_hf(args.repo, model_dir, framework="pytorch", revision=args.revision)
+    else:
+        snapshot_download(args.repo, revision=args.revision, local_dir=model_dir)
     files = list(args.images)
     if args.examples:
         refs = json.load(open(os.path.join(model_dir, "reference_predictions.json")))
         files += [os.path.join(model_dir, r["file"]) for r in refs]
     try:
-        if args.peft_subfolder:
+        if args.toolkit:
+            from pathlib import Path
+
+            from huggingface_inference_toolkit.handler import get_inference_handler_either_custom_or_default_handler
+
+            out["how"] = "huggingface_inference_toolkit get_inference_handler_either_custom_or_default_handler"
+            serve = get_inference_handler_either_custom_or_default_handler(Path(model_dir), task="image-classification")
+        elif args.peft_subfolder:
             out["how"] = f"PeftModel.from_pretrained(base, repo, subfolder={args.peft_subfolder!r})"
             serve = _peft_subfolder(args.repo, args.revision, model_dir, args.peft_subfolder)
         elif os.path.isfile(os.path.join(model_dir, "handler.py")) and not args.no_handler:

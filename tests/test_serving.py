@@ -30,10 +30,19 @@ from conftest import tiny_args
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT = ROOT / "tests" / "endpoint_contract.py"
 ENDPOINTS_PYTHON = ROOT / ".venv-endpoints" / "bin" / "python"
+TOOLKIT_SRC = ROOT.parent / "shared" / "peers" / "huggingface-inference-toolkit" / "src"  # optional, never installed
 PYTHONS = {
     "project": sys.executable,
     "endpoints-pins": str(ENDPOINTS_PYTHON),
 }
+NEEDS_ENDPOINTS_VENV = pytest.mark.skipif(
+    not ENDPOINTS_PYTHON.is_file(),
+    reason=".venv-endpoints is missing: run scripts/setup_endpoints.sh (scripts/setup.sh calls it)",
+)
+NEEDS_TOOLKIT = pytest.mark.skipif(
+    not TOOLKIT_SRC.is_dir(), reason=f"the Endpoints toolkit's source is not at {TOOLKIT_SRC}"
+)
+VENVS = ["project", pytest.param("endpoints-pins", marks=NEEDS_ENDPOINTS_VENV)]
 
 #: (case, repo, contract flags): every published form, plus the card's adapter-subfolder code under the pins
 CASES = [
@@ -109,10 +118,12 @@ def hub(tmp_path_factory):
             yield server
 
 
-def contract(hub, tmp_path, python: str, repo: str, *flags: str) -> dict:
+def contract(hub, tmp_path, python: str, repo: str, *flags: str, pythonpath: str | None = None) -> dict:
     """Run tests/endpoint_contract.py in ``python`` against ``repo`` from a fresh HF_HOME; its JSON answer."""
     env = hub.subprocess_env(tmp_path / "endpoint_home")
     env.pop("PYTHONPATH", None)  # the serving container has no hf_transfer
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
         [python, str(CONTRACT), repo, "--examples", *flags],
@@ -142,26 +153,20 @@ def assert_served_like_trained(hub, repo: str, answer: dict) -> None:
         assert max(abs(got[k] - v) for k, v in ref["scores"].items()) < 1e-3, (ref["file"], got, ref["scores"])
 
 
-def _python(venv: str) -> str:
-    if venv == "endpoints-pins" and not ENDPOINTS_PYTHON.is_file():
-        pytest.skip(".venv-endpoints is missing: run scripts/setup_endpoints.sh (scripts/setup.sh calls it)")
-    return PYTHONS[venv]
-
-
-@pytest.mark.parametrize("venv", list(PYTHONS))
+@pytest.mark.parametrize("venv", VENVS)
 @pytest.mark.parametrize("case, repo, flags", CASES, ids=[c[0] for c in CASES])
 def test_published_form_is_served_with_real_names(hub, tmp_path, venv, case, repo, flags):
-    answer = contract(hub, tmp_path, _python(venv), repo, *flags)
+    answer = contract(hub, tmp_path, PYTHONS[venv], repo, *flags)
     if venv == "endpoints-pins":
         assert answer["transformers"] == "4.51.3" and answer["huggingface_hub"] == "0.30.2"
     assert_served_like_trained(hub, repo, answer)
 
 
-@pytest.mark.parametrize("venv", list(PYTHONS))
+@pytest.mark.parametrize("venv", VENVS)
 def test_adapter_only_repo_on_a_base_with_other_labels_is_documented_as_not_servable_without_args(hub, tmp_path, venv):
     """pipeline(model=repo) with no arguments cannot load such a repo (the head is built from the base's
     config): by design, so the card must say so and point at what works (handler.py, --publish both)."""
-    answer = contract(hub, tmp_path, _python(venv), "user/lora-adapter-other", "--no-handler")
+    answer = contract(hub, tmp_path, PYTHONS[venv], "user/lora-adapter-other", "--no-handler")
     assert not answer["served"], answer
     assert "size mismatch" in answer["error"] + answer["stderr"], answer["error"]  # the head of the run
     card = hub.files("user/lora-adapter-other")["README.md"].decode()
@@ -170,3 +175,15 @@ def test_adapter_only_repo_on_a_base_with_other_labels_is_documented_as_not_serv
     assert "handler.py" in usage
     same = hub.files("user/lora-adapter-same")["README.md"].decode().split("hf-transfer:begin usage")[1]
     assert "works with no other arguments" in same
+
+
+@pytest.mark.parametrize(
+    "case, repo", [(c, r) for c, r, flags in CASES if not flags], ids=[c for c, _, flags in CASES if not flags]
+)
+@NEEDS_ENDPOINTS_VENV
+@NEEDS_TOOLKIT
+def test_the_real_endpoints_toolkit_serves_every_default_form(hub, tmp_path, case, repo):
+    """The toolkit itself (its download filter and handler factory), when its source is at hand."""
+    answer = contract(hub, tmp_path, PYTHONS["endpoints-pins"], repo, "--toolkit", pythonpath=str(TOOLKIT_SRC))
+    assert answer["how"].startswith("huggingface_inference_toolkit")
+    assert_served_like_trained(hub, repo, answer)
