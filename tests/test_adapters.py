@@ -154,6 +154,15 @@ def test_lora_adapter_round_trip_three_loaders_and_handler(tmp_path):
     answer = endpoint_handler(out)({"inputs": image, "parameters": {"top_k": 10}})
     assert [r["score"] for r in answer] == sorted((r["score"] for r in answer), reverse=True)
     torch.testing.assert_close(torch.tensor([{r["label"]: r["score"] for r in answer}[n] for n in DIGITS]), probs)
+    from hf_transfer.hub.push import RoundTripError, check_round_trip, published_forms
+
+    assert published_forms(out) == ["adapter", "endpoint handler"]
+    check_round_trip(out)
+    handler = os.path.join(out, "handler.py")  # a handler that answers other scores is caught before any upload
+    source = open(handler).read()
+    open(handler, "w").write(source.replace("softmax(-1)[0]", "softmax(-1)[0] * 0.5"))
+    with pytest.raises(RoundTripError, match="handler.py"):
+        check_round_trip(out)
 
 
 def endpoint_handler(folder):
@@ -173,7 +182,7 @@ def test_default_publish_is_the_merged_model_at_the_root_and_the_adapter_in_a_su
     --publish merged: the root only. Both reproduce the trained model; the round-trip check checks each form."""
     from transformers import AutoModelForImageClassification, pipeline
 
-    from hf_transfer.hub.push import check_round_trip, published_forms
+    from hf_transfer.hub.push import RoundTripError, check_round_trip, published_forms
     from hf_transfer.models.adapters import ADAPTER_SUBDIR
 
     base = make_base(tmp_path / "base", labels=["x", "y", "z"])  # other labels: the usual Hub case
@@ -210,6 +219,10 @@ def test_default_publish_is_the_merged_model_at_the_root_and_the_adapter_in_a_su
     else:
         assert not os.path.exists(os.path.join(out, ADAPTER_SUBDIR)) and published_forms(out) == ["model"]
     check_round_trip(out)
+    if publish == "both":  # the check covers the subfolder too: a broken adapter/ is caught before any upload
+        os.remove(os.path.join(out, ADAPTER_SUBDIR, "adapter_model.safetensors"))
+        with pytest.raises(RoundTripError, match="^adapter/: could not load"):
+            check_round_trip(out)
 
 
 def test_lora_hub_base_records_hub_id(tmp_path, hub_server):

@@ -89,7 +89,7 @@ def hub(tmp_path_factory):
             for repo, labels in (("user/digits-base", DIGITS), ("user/xyz-base", ["x", "y", "z"])):
                 api.create_repo(repo)
                 api.upload_folder(folder_path=make_base(tmp / repo.split("/")[1], labels=labels), repo_id=repo)
-            push = {"push_to_hub": True, "max_steps": 3}
+            push = {"push_to_hub": True, "max_steps": 40, "learning_rate": 0.2}  # peaked predictions: a real check
             full = {"mode": "task", "method": "full"}
             _train(tmp, backbone=_convnext_base(tmp / "convnext"), hub_model_id="user/convnext-full", **full, **push)
             _train(tmp, hub_model_id="user/timm-full", **full, **push)
@@ -144,12 +144,16 @@ def assert_served_like_trained(hub, repo: str, answer: dict) -> None:
     assert answer["served"], f"{answer['how']}: {answer['error']}\n{answer['stderr']}"
     reference = json.loads(hub.files(repo)["reference_predictions.json"])
     assert len(answer["predictions"]) == len(reference) > 0
+    spread = max(max(r["scores"].values()) - min(r["scores"].values()) for r in reference)
+    assert spread > 0.02, f"the trained model is too close to uniform for this check to mean anything: {spread}"
     for ref, preds in zip(reference, answer["predictions"], strict=True):
         assert [p["score"] for p in preds] == sorted((p["score"] for p in preds), reverse=True)
         got = {p["label"]: p["score"] for p in preds}
         assert set(got) == set(ref["scores"]), (ref["file"], sorted(got))  # real class names, every class
+        ranked = sorted(ref["scores"].values(), reverse=True)
         want_top = max(ref["scores"], key=ref["scores"].get)
-        assert preds[0]["label"] == want_top, (ref["file"], preds[:2], want_top)
+        if ranked[0] - ranked[1] > 1e-3:  # the trained model's top-1 (a near-tie may swap, as in the round trip)
+            assert preds[0]["label"] == want_top, (ref["file"], preds[:2], want_top)
         assert max(abs(got[k] - v) for k, v in ref["scores"].items()) < 1e-3, (ref["file"], got, ref["scores"])
 
 
