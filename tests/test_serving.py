@@ -54,6 +54,13 @@ CASES = [
     ("LoRA --publish adapter, base with other labels (handler.py)", "user/lora-adapter-other", []),
     ("LoRA --publish adapter, base with the same labels (handler.py)", "user/lora-adapter-same", []),
     ("LoRA --publish adapter, same-label base, pipeline with no args", "user/lora-adapter-same", ["--no-handler"]),
+    ("LoRA on transformers-native ConvNeXt, --publish both", "user/convnext-lora-both", []),
+    (
+        "LoRA on ConvNeXt, adapter/ with PeftModel subfolder=",
+        "user/convnext-lora-both",
+        ["--peft-subfolder", "adapter"],
+    ),
+    ("LoRA on ConvNeXt, --publish adapter (handler.py)", "user/convnext-lora-adapter", []),
 ]
 
 
@@ -91,7 +98,18 @@ def hub(tmp_path_factory):
                 api.upload_folder(folder_path=make_base(tmp / repo.split("/")[1], labels=labels), repo_id=repo)
             push = {"push_to_hub": True, "max_steps": 40, "learning_rate": 0.2}  # peaked predictions: a real check
             full = {"mode": "task", "method": "full"}
-            _train(tmp, backbone=_convnext_base(tmp / "convnext"), hub_model_id="user/convnext-full", **full, **push)
+            convnext = _convnext_base(tmp / "convnext")  # 5 labels: "other labels" for a LoRA on it
+            api.create_repo("user/convnext-base")
+            api.upload_folder(folder_path=convnext, repo_id="user/convnext-base")
+            _train(tmp, backbone=convnext, hub_model_id="user/convnext-full", **full, **push)
+            for publish in ("both", "adapter"):
+                _train(
+                    tmp,
+                    **lora_args(
+                        "user/convnext-base", tmp / f"cnx-{publish}", hub_model_id=f"user/convnext-lora-{publish}",
+                        publish=publish, **push,
+                    ),
+                )  # fmt: skip
             _train(tmp, hub_model_id="user/timm-full", **full, **push)
             for publish in ("both", "merged", "adapter"):
                 _train(
