@@ -75,12 +75,21 @@ def forms_text(results: dict, library: dict) -> list[str]:
             '`pipeline("image-classification", model=repo)` loads with no other arguments (the base has this '
             "run's labels) but preprocesses as the base does: pass this run's image processor as below."
         )
+    if adapter.get("publish") == "adapter":  # written with handler.py + requirements.txt
+        endpoint = (
+            "**Inference Endpoints:** the repo carries `handler.py` (the Endpoints' custom-handler convention, stock "
+            "libraries only) and `requirements.txt`: an Endpoint builds the base with this run's labels, loads the "
+            'adapter with peft and answers `[{"label": ..., "score": ...}, ...]`.'
+        )
+    else:  # a folder exported before --publish existed: no handler.py
+        endpoint = (
+            "**Inference Endpoints:** this repo has no `handler.py`; the default handler serves it only where "
+            '`pipeline("image-classification", model=repo)` works with no arguments (see above).'
+        )
     return [
         f"The repo holds only the **LoRA adapter** (PEFT) and the new classification head, on the base model `{base}`.",
         no_args,
-        "**Inference Endpoints:** the repo carries `handler.py` (the Endpoints' custom-handler convention, stock "
-        "libraries only) and `requirements.txt`: an Endpoint builds the base with this run's labels, loads the "
-        'adapter with peft and answers `[{"label": ..., "score": ...}, ...]`.',
+        endpoint,
     ]
 
 
