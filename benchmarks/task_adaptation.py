@@ -102,6 +102,7 @@ def runs(steps: int, kshots: list[str]) -> list[tuple[str, str, dict]]:
             "learning_rate": 0.05,
             "max_steps": steps,
             "lora_r": 8,
+            "publish": "adapter",  # what is measured: the adapter alone (the default also holds the merged model)
         }
         if k != "all":
             lora["k_shot"] = int(k)

@@ -290,11 +290,16 @@ class TransferArguments:
             "suffixes (qkv,proj) or re:<regex> over module names."
         },
     )
-    merge_adapter: bool = field(
-        default=False,
+    publish: str = field(
+        default="both",
         metadata={
-            "help": "method=lora: also export a plain full model with the adapter merged in (output_dir/merged)."
+            "help": "method=lora: what the run folder (and a push) holds: both (the merged full model at the root, "
+            "which pipeline/AutoModel/Inference Endpoints serve with no arguments, and the adapter in adapter/) | "
+            "merged (only the merged model) | adapter (only the adapter, plus an Endpoints handler.py)."
         },
+    )
+    merge_adapter: bool = field(
+        default=False, metadata={"help": "Replaced by --publish (both or merged): refused when set."}
     )
 
     def __post_init__(self):
@@ -321,6 +326,7 @@ class TransferArguments:
             self.method = registry.default_method(self.mode)
         method = registry.get_method(self.method, self.mode)
         _check_domain_options(self)
+        _check_publish(self)
         check_options_act(self)
         method.options(self.method_args)
         if self.backbone_lr_scale is None:
@@ -366,7 +372,7 @@ OPTION_SCOPE = {
     "k_shot": (lambda a: a.mode == "task", "mode=task"),
     **{
         name: (lambda a: a.mode == "task" and a.method == "lora", "mode=task method=lora")
-        for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_adapter")
+        for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "publish")
     },
     "augment": (
         lambda a: a.mode != "feature",
@@ -411,6 +417,18 @@ def check_options_act(args: TransferArguments) -> None:
                 f"{name}={value!r} has no effect with mode={args.mode} method={args.method}: "
                 f"it acts only with {needs}. Remove it."
             )
+
+
+def _check_publish(args: TransferArguments) -> None:
+    from hf_transfer.models.adapters import PUBLISH_FORMS
+
+    if args.merge_adapter:
+        raise TransferConfigError(
+            "merge_adapter is replaced by --publish: both (the default: merged model at the root + adapter/) "
+            "or merged (merged model only). Remove merge_adapter."
+        )
+    if args.publish not in PUBLISH_FORMS:
+        raise TransferConfigError(f"publish={args.publish!r}: choose one of {', '.join(PUBLISH_FORMS)}.")
 
 
 def check_training_arguments(args: TransferArguments, training_args) -> None:

@@ -110,7 +110,7 @@ def test_default_targets_per_architecture():
         resolve_target_modules(res.model, res.head_name, "fc")
 
 
-def test_lora_adapter_round_trip_three_loaders_and_merge(tmp_path):
+def test_lora_adapter_round_trip_three_loaders_and_handler(tmp_path):
     from peft import PeftModel
     from safetensors import safe_open
     from transformers import AutoModelForImageClassification, pipeline
@@ -118,7 +118,7 @@ def test_lora_adapter_round_trip_three_loaders_and_merge(tmp_path):
     base = make_base(tmp_path / "base")
     out = str(tmp_path / "adapter")
     with pytest.warns(NotPortableWarning, match="local folder"):
-        results = run_transfer(*arguments_from_dict(lora_args(base, out, merge_adapter=True, k_shot=3)))
+        results = run_transfer(*arguments_from_dict(lora_args(base, out, publish="adapter", k_shot=3)))
     info = json.load(open(os.path.join(out, ADAPTER_INFO)))
     config = json.load(open(os.path.join(out, "adapter_config.json")))
     assert config["base_model_name_or_path"] == os.path.abspath(base)  # absolute, never relative
@@ -139,17 +139,90 @@ def test_lora_adapter_round_trip_three_loaders_and_merge(tmp_path):
         warnings.simplefilter("ignore")
         auto = AutoModelForImageClassification.from_pretrained(out).eval()
         peft = PeftModel.from_pretrained(AutoModelForImageClassification.from_pretrained(base), out).eval()
-        merged = AutoModelForImageClassification.from_pretrained(os.path.join(out, "merged")).eval()
         pipe = pipeline("image-classification", model=out, top_k=10)
     with torch.no_grad():
-        logits = {name: m(pixel_values=x).logits[0] for name, m in [("auto", auto), ("peft", peft), ("merged", merged)]}
+        logits = {name: m(pixel_values=x).logits[0] for name, m in [("auto", auto), ("peft", peft)]}
     for name, value in logits.items():
         torch.testing.assert_close(value.softmax(-1), probs, atol=1e-5, rtol=1e-4, msg=name)
     torch.testing.assert_close(logits["auto"], logits["peft"])
-    assert auto.config.id2label[3] == "three" and merged.config.id2label[3] == "three"
+    assert auto.config.id2label[3] == "three"
     scores = {r["label"]: r["score"] for r in pipe(image)}
     assert set(scores) == set(DIGITS)
     torch.testing.assert_close(torch.tensor([scores[n] for n in DIGITS]), probs, atol=1e-5, rtol=1e-4)
+    # the Endpoints custom-handler convention: handler.py + requirements.txt, sorted [{label, score}]
+    assert open(os.path.join(out, "requirements.txt")).read().split() == ["peft>=0.15.1", "timm"]
+    answer = endpoint_handler(out)({"inputs": image, "parameters": {"top_k": 10}})
+    assert [r["score"] for r in answer] == sorted((r["score"] for r in answer), reverse=True)
+    torch.testing.assert_close(torch.tensor([{r["label"]: r["score"] for r in answer}[n] for n in DIGITS]), probs)
+    from hf_transfer.hub.push import RoundTripError, check_round_trip, published_forms
+
+    assert published_forms(out) == ["adapter", "endpoint handler"]
+    check_round_trip(out)
+    handler = os.path.join(out, "handler.py")  # a handler that answers other scores is caught before any upload
+    source = open(handler).read()
+    open(handler, "w").write(source.replace("softmax(-1)[0]", "softmax(-1)[0] * 0.5"))
+    with pytest.raises(RoundTripError, match="handler.py"):
+        check_round_trip(out)
+
+
+def endpoint_handler(folder):
+    """``handler.py`` of ``folder`` imported as the Endpoints toolkit does, then ``EndpointHandler(folder)``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("handler", os.path.join(folder, "handler.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.EndpointHandler(folder)
+
+
+@pytest.mark.parametrize("publish", ["both", "merged"])
+def test_default_publish_is_the_merged_model_at_the_root_and_the_adapter_in_a_subfolder(tmp_path, publish):
+    """--publish both (the default): the root is exactly what export_model writes for a full model (so every
+    stock loader and the Endpoints' default handler serve it with no arguments) and adapter/ holds the adapter;
+    --publish merged: the root only. Both reproduce the trained model; the round-trip check checks each form."""
+    from transformers import AutoModelForImageClassification, pipeline
+
+    from hf_transfer.hub.push import RoundTripError, check_round_trip, published_forms
+    from hf_transfer.models.adapters import ADAPTER_SUBDIR
+
+    base = make_base(tmp_path / "base", labels=["x", "y", "z"])  # other labels: the usual Hub case
+    out = str(tmp_path / "run")
+    overrides = {} if publish == "both" else {"publish": publish}
+    with pytest.warns(NotPortableWarning):
+        results = run_transfer(*arguments_from_dict(lora_args(base, out, max_steps=2, image_size=28, **overrides)))
+    root = set(os.listdir(out))
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "results.json"} <= root
+    assert (ADAPTER_SUBDIR in root) == (publish == "both")
+    assert not os.path.exists(os.path.join(out, "adapter_config.json"))
+    assert not os.path.exists(os.path.join(out, "handler.py"))
+    assert results["adapter"]["publish"] == publish
+    image, probs = reference(out)
+    pipe = pipeline("image-classification", model=out, top_k=10)  # no arguments
+    scores = {r["label"]: r["score"] for r in pipe(image)}
+    torch.testing.assert_close(torch.tensor([scores[n] for n in DIGITS]), probs, atol=1e-5, rtol=1e-4)
+    assert AutoModelForImageClassification.from_pretrained(out).config.id2label[9] == "nine"
+    if publish == "both":
+        sub = os.path.join(out, ADAPTER_SUBDIR)
+        assert sorted(os.listdir(sub)) == [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            ADAPTER_INFO,
+            "preprocessor_config.json",
+        ]
+        info = json.load(open(os.path.join(sub, ADAPTER_INFO)))
+        assert info["subfolder"] == ADAPTER_SUBDIR and info["stock_loading"]["needs_label_kwargs"] is True
+        model = load_adapter_model(out, subfolder=ADAPTER_SUBDIR).eval()
+        x = stock_processor(sub, info)(image, return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            torch.testing.assert_close(model(pixel_values=x).logits[0].softmax(-1), probs, atol=1e-5, rtol=1e-4)
+        assert published_forms(out) == ["model", "adapter/"]
+    else:
+        assert not os.path.exists(os.path.join(out, ADAPTER_SUBDIR)) and published_forms(out) == ["model"]
+    check_round_trip(out)
+    if publish == "both":  # the check covers the subfolder too: a broken adapter/ is caught before any upload
+        os.remove(os.path.join(out, ADAPTER_SUBDIR, "adapter_model.safetensors"))
+        with pytest.raises(RoundTripError, match="^adapter/: could not load"):
+            check_round_trip(out)
 
 
 def test_lora_hub_base_records_hub_id(tmp_path, hub_server):
@@ -162,7 +235,7 @@ def test_lora_hub_base_records_hub_id(tmp_path, hub_server):
     out = str(tmp_path / "adapter")
     with warnings.catch_warnings():
         warnings.simplefilter("error", NotPortableWarning)
-        run_transfer(*arguments_from_dict(lora_args("user/digits-base", out, max_steps=2)))
+        run_transfer(*arguments_from_dict(lora_args("user/digits-base", out, max_steps=2, publish="adapter")))
     assert json.load(open(os.path.join(out, "adapter_config.json")))["base_model_name_or_path"] == "user/digits-base"
     image, probs = reference(out)
     model = AutoModelForImageClassification.from_pretrained(out).eval()
@@ -173,59 +246,98 @@ def test_lora_hub_base_records_hub_id(tmp_path, hub_server):
     assert top["label"] == DIGITS[int(probs.argmax())]
 
 
-def test_pushed_adapter_on_a_base_with_other_labels_loads_with_the_card_code(tmp_path, hub_server, run_with_hub):
-    """The usual Hub case end to end: a Hub base whose head has other labels (and another input size),
-    the adapter pushed by --push_to_hub; in a fresh interpreter with an empty cache, every python block
-    of the pushed card runs, and its three stock loaders give the trained probabilities and names."""
+#: runs every python block of a pushed card's usage section in a fresh interpreter (empty cache) and
+#: prints, per block, what each loader it built gives on the card's first example image
+CARD_CODE_CHECK = """
+import json, re, sys
+import torch
+from huggingface_hub import hf_hub_download
+from PIL import Image
+
+repo = sys.argv[1]
+card = open(hf_hub_download(repo, "README.md")).read()
+usage = card.split("<!-- hf-transfer:begin usage -->")[1].split("<!-- hf-transfer:end usage -->")[0]
+blocks = re.findall(r"```python\\n(.*?)```", usage, re.S)
+ref = json.load(open(hf_hub_download(repo, "reference_predictions.json")))[0]
+image = Image.open(hf_hub_download(repo, ref["file"])).convert("RGB")
+names = list(ref["scores"])
+expected = torch.tensor([ref["scores"][n] for n in names])
+report = []
+for i, code in enumerate(blocks):
+    scope = {}
+    exec(compile(code, f"card block {i}", "exec"), scope)
+    checks = []
+    if "classifier" in scope:
+        got = {d["label"]: d["score"] for d in scope["classifier"](image, top_k=len(names))}
+        worst = max(abs(got.get(n, 9) - ref["scores"][n]) for n in names)
+        checks.append(("pipeline", sorted(got) == sorted(names), worst))
+    model = scope.get("model")
+    if model is not None and "processor" in scope:
+        with torch.no_grad():
+            p = model.eval()(**scope["processor"](image, return_tensors="pt")).logits[0].softmax(-1)
+        got_names = [model.config.id2label[j] for j in range(len(names))]
+        checks.append((type(model).__name__, got_names == names, float((p - expected).abs().max())))
+    if model is not None and "transform" in scope:  # timm
+        with torch.no_grad():
+            p = model.eval()(scope["transform"](image).unsqueeze(0)).softmax(-1)[0]
+        got_names = list(model.pretrained_cfg["label_names"])
+        checks.append(("timm", got_names == names, float((p - expected).abs().max())))
+    report.append({"block": i, "peft": "PeftModel.from_pretrained" in code, "subfolder": "subfolder=" in code,
+                   "checks": checks})
+print("REPORT" + json.dumps(report))
+"""
+
+
+def run_card_code(run_with_hub, repo: str) -> list[dict]:
+    proc = run_with_hub(CARD_CODE_CHECK, args=[repo], timeout=300)
+    return json.loads(proc.stdout.split("REPORT")[-1])
+
+
+@pytest.mark.parametrize("publish", ["both", "merged", "adapter"])
+def test_pushed_lora_card_code_runs_for_every_publish_form(tmp_path, hub_server, run_with_hub, publish):
+    """The usual Hub case end to end: a Hub base whose head has other labels (and another input size), the
+    run pushed by --push_to_hub with each --publish form; in a fresh interpreter with an empty cache, every
+    python block of the pushed card runs, and each loader it builds gives the trained probabilities and the
+    real class names. The repo holds what the form says; a form that pipeline() cannot load with no
+    arguments says so in the card."""
     from huggingface_hub import HfApi, ModelCard
 
     base = make_base(tmp_path / "base", labels=["x", "y", "z"])
     HfApi().create_repo("user/xyz-base")
     HfApi().upload_folder(folder_path=base, repo_id="user/xyz-base")
-    out = str(tmp_path / "adapter")
+    out = str(tmp_path / "run")
+    repo = f"user/digits-lora-{publish}"
     run_transfer(
         *arguments_from_dict(
             lora_args(
-                "user/xyz-base", out, max_steps=2, image_size=28, push_to_hub=True, hub_model_id="user/digits-lora"
+                "user/xyz-base", out, max_steps=2, image_size=28, push_to_hub=True, hub_model_id=repo, publish=publish
             )
         )
     )
-    files = hub_server.files("user/digits-lora")
-    assert "adapter_model.safetensors" in files and "config.json" not in files
-    meta = ModelCard(files["README.md"].decode()).data
-    assert meta.base_model == "user/xyz-base" and meta.base_model_relation == "adapter" and meta.library_name == "peft"
-    proc = run_with_hub(
-        """
-        import json, re
-        from huggingface_hub import hf_hub_download
-
-        repo = "user/digits-lora"
-        card = open(hf_hub_download(repo, "README.md")).read()
-        blocks = re.findall(r"```python\\n(.*?)```", card, re.S)
-        assert len(blocks) == 2, len(blocks)  # stock loaders, hf-transfer one call
-        scope = {}
-        exec(compile(blocks[0], "card", "exec"), scope)
-        ref = json.load(open(hf_hub_download(repo, "reference_predictions.json")))[0]
-        import torch
-        from PIL import Image
-        image = Image.open(hf_hub_download(repo, ref["file"])).convert("RGB")
-        expected = torch.tensor(list(ref["scores"].values()))
-        names = list(ref["scores"])
-        x = scope["processor"](image, return_tensors="pt")["pixel_values"]
-        worst = 0.0
-        for model in (scope["model"], scope["base"]):  # PeftModel (block's last) and the base it wraps
-            with torch.no_grad():
-                p = model(pixel_values=x).logits[0].softmax(-1)
-            assert [model.config.id2label[i] for i in range(len(names))] == names
-            worst = max(worst, float((p - expected).abs().max()))
-        preds = {d["label"]: d["score"] for d in scope["classifier"](image, top_k=len(names))}
-        worst = max(worst, max(abs(preds[k] - v) for k, v in ref["scores"].items()))
-        exec(compile(blocks[1], "card", "exec"), {})
-        print("WORST", worst)
-    """,
-        timeout=240,
-    )
-    assert float(proc.stdout.split("WORST")[-1]) < 1e-4, proc.stdout
+    files = hub_server.files(repo)
+    card = files["README.md"].decode()
+    meta = ModelCard(card).data
+    assert meta.base_model == "user/xyz-base" and "lora" in meta.tags
+    usage = card.split("hf-transfer:begin usage")[1]
+    if publish == "adapter":
+        assert {"adapter_model.safetensors", "handler.py", "requirements.txt"} <= set(files)
+        assert "config.json" not in files and meta.library_name == "peft" and meta.base_model_relation == "adapter"
+        assert "**does not work**" in usage and "handler.py" in usage  # documented, not silently broken
+    else:
+        assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= set(files)
+        assert "adapter_config.json" not in files and "handler.py" not in files
+        assert meta.library_name == "transformers" and meta.base_model_relation == "finetune"
+        assert ("adapter/adapter_model.safetensors" in files) == (publish == "both")
+        assert "default handler serves the model at the root" in usage
+    report = run_card_code(run_with_hub, repo)
+    checks = [c for block in report for c in block["checks"]]
+    assert checks and all(names_ok and worst < 1e-4 for _, names_ok, worst in checks), report
+    kinds = {kind for kind, _, _ in checks}
+    if publish == "adapter":  # stock loaders (pipeline, AutoModel, PeftModel) + hf-transfer's one call
+        assert len(report) == 2 and {"pipeline", "PeftModel"} <= kinds, report
+    else:  # pipeline, AutoModel (+ timm) on the root; PeftModel with subfolder= for both
+        assert {"pipeline", "TimmWrapperForImageClassification", "timm"} <= kinds, report
+        assert any(b["peft"] and b["subfolder"] for b in report) == (publish == "both"), report
 
 
 def stock_processor(folder, info):
@@ -246,7 +358,7 @@ def test_base_with_other_labels_and_preprocessing_loads_with_recorded_kwargs(tmp
     base = make_base(tmp_path / "base", labels=["x", "y", "z"])
     out = str(tmp_path / "adapter")
     with pytest.warns(NotPortableWarning):
-        run_transfer(*arguments_from_dict(lora_args(base, out, max_steps=2, image_size=28)))
+        run_transfer(*arguments_from_dict(lora_args(base, out, max_steps=2, image_size=28, publish="adapter")))
     info = json.load(open(os.path.join(out, ADAPTER_INFO)))
     assert info["self_sufficient"] is False and "labels" in info["reasons"][0] and "preprocessing" in info["reasons"][1]
     assert "stock_loading" in caplog.text

@@ -552,7 +552,7 @@ def test_adapter_on_a_local_base_is_refused_unless_allowed(hub_server, tmp_path,
     rc, lines, _ = _cli(capsys, "push", out, "user/lora-local")
     assert rc == 1 and "--allow_local_base" in lines[-1]
     rc, _, _ = _cli(capsys, "push", out, "user/lora-local", "--allow_local_base")
-    assert rc == 0 and "adapter_model.safetensors" in hub_server.files("user/lora-local")
+    assert rc == 0 and "adapter/adapter_model.safetensors" in hub_server.files("user/lora-local")
     # --push_to_hub at training time: refused before any training, not after it
     with pytest.raises(TransferConfigError, match=r"--push_to_hub with method=lora on the local base"):
         run_transfer(

@@ -89,7 +89,7 @@ def card_data(
         tags.append(str(method).replace("_", "-"))
     if lib["timm"]:
         tags.append("timm")
-    if lib["library"] == "peft":
+    if lib["library"] == "peft" or results.get("adapter"):  # an adapter, or a LoRA run's merged model
         tags.append("lora")
     hub_datasets = [
         d["id"] for d in (dataset_info(results.get("source")), dataset_info(results.get("target"))) if d and d["id"]

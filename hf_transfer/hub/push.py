@@ -4,9 +4,10 @@
 call. In order:
 
 0. The repo id is checked (``validate_repo_id``) and ``results.json`` read, before any slow step.
-1. :func:`check_round_trip`: the folder is loaded with ``pipeline("image-classification")`` (fresh
-   objects, from disk only) and its predictions on ``examples/*`` are compared with the trained
-   model's (``reference_predictions.json``). On a mismatch :class:`RoundTripError` says which image and
+1. :func:`check_round_trip`: every form the folder holds (the root with ``pipeline("image-classification")``,
+   the Endpoints ``handler.py``, the ``adapter/`` subfolder with PeftModel; fresh objects, from disk only)
+   is loaded and its predictions on ``examples/*`` are compared with the trained model's
+   (``reference_predictions.json``). On a mismatch :class:`RoundTripError` says which form, image and
    label differed, and nothing is uploaded.
 2. The repo is created if needed (``exist_ok``), the branch too when ``revision`` is new; the card
    already on the Hub (if any) is read at the branch head.
@@ -96,18 +97,88 @@ def _pipeline_kwargs(folder: Path) -> dict:
     return stock_pipeline_kwargs(str(folder))
 
 
+def _pipeline_form(model_dir: Path, device):
+    """The folder's root with ``pipeline("image-classification")`` (for an adapter, with its card's arguments)."""
+    from transformers import pipeline
+
+    clf = pipeline("image-classification", model=str(model_dir), device=device, **_pipeline_kwargs(model_dir))
+    return lambda image, k: clf(image, top_k=k)
+
+
+def _handler_form(model_dir: Path):
+    """The folder's ``handler.py`` as an Inference Endpoint runs it: ``EndpointHandler(dir)({"inputs": image})``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hf_transfer_checked_handler", model_dir / "handler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    handler = module.EndpointHandler(str(model_dir))
+    return lambda image, k: handler({"inputs": image, "parameters": {"top_k": k}})
+
+
+def _subfolder_adapter_form(model_dir: Path, subfolder: str):
+    """The adapter in ``subfolder`` as the card loads it: ``PeftModel.from_pretrained(base, repo, subfolder=...)``
+    on the base built with the run's labels, preprocessed by the subfolder's own image processor."""
+    import torch
+
+    from hf_transfer.models.adapters import ADAPTER_INFO, load_adapter_model, stock_loading
+
+    info = json.loads((model_dir / subfolder / ADAPTER_INFO).read_text())
+    model = load_adapter_model(str(model_dir), subfolder=subfolder).eval()
+    proc = stock_loading(info)["processor"]
+    import transformers
+
+    processor = getattr(transformers, proc["class"]).from_pretrained(str(model_dir / subfolder), **proc["kwargs"])
+    labels = info["label_names"]
+
+    def predict(image, k):
+        from PIL import Image
+
+        with torch.no_grad():
+            x = processor(Image.open(image).convert("RGB"), return_tensors="pt")["pixel_values"]
+            probs = model(pixel_values=x).logits.softmax(-1)[0]
+        return [{"label": labels[i], "score": float(probs[i])} for i in probs.argsort(descending=True)[:k].tolist()]
+
+    return predict
+
+
+def published_forms(model_dir: str | os.PathLike) -> list[str]:
+    """The forms a run folder holds, each checked by :func:`check_round_trip`: ``model`` or ``adapter`` (the
+    root, with pipeline()), ``endpoint handler`` (``handler.py``), ``adapter/`` (the PEFT subfolder)."""
+    from hf_transfer.models.adapters import ADAPTER_SUBDIR, HANDLER_FILE
+
+    model_dir = Path(model_dir)
+    forms = ["adapter" if (model_dir / "adapter_config.json").is_file() else "model"]
+    if (model_dir / HANDLER_FILE).is_file():
+        forms.append("endpoint handler")
+    if (model_dir / ADAPTER_SUBDIR / "adapter_config.json").is_file():
+        forms.append(f"{ADAPTER_SUBDIR}/")
+    return forms
+
+
+def _load_form(form: str, model_dir: Path, device):
+    if form == "endpoint handler":
+        return _handler_form(model_dir), f"handler.py EndpointHandler({str(model_dir)!r})"
+    if form.endswith("/"):
+        sub = form.rstrip("/")
+        return _subfolder_adapter_form(
+            model_dir, sub
+        ), f"PeftModel.from_pretrained(base, {str(model_dir)!r}, subfolder={sub!r})"
+    return _pipeline_form(model_dir, device), f"pipeline('image-classification', model={str(model_dir)!r})"
+
+
 def check_round_trip(
     folder: str | os.PathLike,
     atol: float = DEFAULT_ATOL,
     device: str | int | None = "cpu",
     model_dir: str | os.PathLike | None = None,
 ) -> list[dict]:
-    """Load ``folder`` (or ``model_dir``) with ``pipeline("image-classification")`` (for an adapter, with the
-    arguments its model card gives) and compare its
-    predictions on the example images with ``reference_predictions.json``: top-1 label equal (unless the
-    reference's top two are within ``atol``) and every class score within ``atol``. Returns the predictions."""
-    from transformers import pipeline
-
+    """Load every form ``folder`` (or ``model_dir``) holds (:func:`published_forms`: the root with
+    ``pipeline("image-classification")``, for an adapter with the arguments its model card gives; the
+    Endpoints ``handler.py``; the ``adapter/`` subfolder with PeftModel as the card says) and compare each
+    one's predictions on the example images with ``reference_predictions.json``: top-1 label equal (unless
+    the reference's top two are within ``atol``) and every class score within ``atol``. Returns the root
+    form's predictions."""
     folder = Path(folder)
     model_dir = Path(model_dir) if model_dir is not None else folder
     ref_path = folder / card_inputs.REFERENCE_PREDICTIONS
@@ -119,27 +190,34 @@ def check_round_trip(
     reference = json.loads(ref_path.read_text())
     if not reference:
         raise RoundTripError(f"{ref_path} lists no example images.")
-    try:
-        clf = pipeline("image-classification", model=str(model_dir), device=device, **_pipeline_kwargs(model_dir))
-    except Exception as err:
-        raise RoundTripError(
-            f"pipeline('image-classification', model={str(model_dir)!r}) could not load the exported "
-            f"folder: {type(err).__name__}: {err}"
-        ) from err
-    out = []
     for row in reference:
-        image_path = folder / row["file"]
-        if not image_path.is_file():
+        if not (folder / row["file"]).is_file():
             raise RoundTripError(
                 f"Example image {row['file']} listed in {card_inputs.REFERENCE_PREDICTIONS} is missing."
             )
-        preds = clf(str(image_path), top_k=len(row["scores"]))
+    outputs = []
+    for form in published_forms(model_dir):
+        try:
+            predict, how = _load_form(form, model_dir, device)
+        except Exception as err:
+            raise RoundTripError(
+                f"{form}: could not load the exported folder the way its card says ({type(err).__name__}: {err}). "
+                "Nothing was pushed."
+            ) from err
+        outputs.append(_compare(folder, reference, predict, how, atol))
+    return outputs[0]
+
+
+def _compare(folder: Path, reference: list[dict], predict, how: str, atol: float) -> list[dict]:
+    out = []
+    for row in reference:
+        preds = predict(str(folder / row["file"]), len(row["scores"]))
         got = {p["label"]: float(p["score"]) for p in preds}
         want = {k: float(v) for k, v in row["scores"].items()}
         if set(got) != set(want):
             raise RoundTripError(
-                f"{row['file']}: the exported folder's labels {sorted(got)} differ from the trained model's "
-                f"{sorted(want)} (id2label/label_names lost or reordered?)."
+                f"{row['file']}: {how} gives the labels {sorted(got)}, the trained model "
+                f"{sorted(want)} (id2label/label_names lost or reordered?). Nothing was pushed."
             )
         ref_ranked = sorted(want, key=want.get, reverse=True)
         ref_top, got_top = ref_ranked[0], max(got, key=got.get)
@@ -149,7 +227,7 @@ def check_round_trip(
         if (got_top != ref_top and not tie) or diff > atol:
             raise RoundTripError(
                 f"Round-trip check failed on {row['file']} (true label {row.get('label')!r}): the trained model "
-                f"predicted {ref_top!r} ({want[ref_top]:.4f}), the exported folder loaded with pipeline() predicts "
+                f"predicted {ref_top!r} ({want[ref_top]:.4f}), the exported folder loaded with {how} predicts "
                 f"{got_top!r} ({got[got_top]:.4f}); largest score difference {diff:.4g} on {worst!r} "
                 f"(tolerance {atol}). Check preprocessor_config.json (size/mean/std) and config.json "
                 "(labels, architecture). Nothing was pushed."
@@ -292,8 +370,8 @@ def push_run(
     if check:
         check_round_trip(folder, atol=atol)
         logger.info(
-            "Round-trip check passed: pipeline('image-classification') on the folder reproduces the "
-            "trained model's predictions."
+            "Round-trip check passed: every published form (%s) reproduces the trained model's predictions.",
+            ", ".join(published_forms(folder)),
         )
 
     api = HfApi(token=token)
@@ -401,12 +479,16 @@ def _check_repo_id(repo_id: str) -> None:
 
 
 def local_adapter_base(folder: str | os.PathLike) -> str | None:
-    """The local folder a LoRA adapter in ``folder`` records as its base; None for a Hub base or no adapter."""
-    config = Path(folder) / "adapter_config.json"
-    if not config.is_file():
-        return None
-    base = json.loads(config.read_text()).get("base_model_name_or_path")
-    return base if base and os.path.isabs(base) else None  # a local base is recorded absolute
+    """The local folder a LoRA adapter in ``folder`` (at the root, or in ``adapter/`` beside a merged model)
+    records as its base; None for a Hub base or no adapter (a merged-only folder points at no base)."""
+    from hf_transfer.models.adapters import ADAPTER_SUBDIR
+
+    for config in (Path(folder) / "adapter_config.json", Path(folder) / ADAPTER_SUBDIR / "adapter_config.json"):
+        if config.is_file():
+            base = json.loads(config.read_text()).get("base_model_name_or_path")
+            if base and os.path.isabs(base):  # a local base is recorded absolute
+                return base
+    return None
 
 
 def _check_adapter_base(folder: Path) -> None:

@@ -14,9 +14,21 @@ The new classification head is always trained and saved with the adapter (``modu
 BatchNorm statistics are not part of an adapter, so the task mode keeps BatchNorm layers in eval
 mode (their parameters are frozen): the published adapter reproduces the trained model exactly.
 
-The exported folder holds ``adapter_config.json`` + ``adapter_model.safetensors`` (LoRA weights and the
-head), ``preprocessor_config.json`` (this run's preprocessing), ``hf_transfer_adapter.json`` (label names,
-base, targets, and how stock loaders load it) and ``results.json``.
+What a LoRA run publishes (``--publish``, :func:`export_lora`):
+
+- ``both`` (default): the folder root is the MERGED full model (exactly what
+  :func:`~hf_transfer.models.export.export_model` writes: ``config.json`` with this run's labels,
+  ``model.safetensors``, ``preprocessor_config.json``), so ``pipeline(model=repo)``,
+  ``AutoModelForImageClassification.from_pretrained(repo)`` and an Inference Endpoint's default handler
+  serve it with no arguments; the adapter lies in ``adapter/`` (loaded with
+  ``PeftModel.from_pretrained(base, repo, subfolder="adapter")``);
+- ``merged``: only the merged full model;
+- ``adapter``: the adapter at the root, plus ``handler.py`` + ``requirements.txt`` (the Endpoints'
+  custom-handler convention, :mod:`hf_transfer.models.endpoint_handler`) so that an Endpoint serves it.
+
+An adapter folder holds ``adapter_config.json`` + ``adapter_model.safetensors`` (LoRA weights and the
+head), ``preprocessor_config.json`` (this run's preprocessing) and ``hf_transfer_adapter.json`` (label
+names, base, targets, and how stock loaders load it).
 
 Why the loading recipe is recorded: an adapter folder must not hold ``config.json`` (transformers would
 then take it for a full model), so stock transformers reads the config and image processor of the
@@ -28,8 +40,8 @@ repo can change that; the stock loaders then need the label keyword arguments of
 says so), built from ``label_names``, which make ``AutoModelForImageClassification.from_pretrained(repo, **kw)``,
 ``PeftModel.from_pretrained(AutoModelForImageClassification.from_pretrained(base, **kw), repo)`` and
 ``pipeline(..., model=repo, model_kwargs=kw)`` give the trained logits and the real names (tested). The
-model card prints that code. :func:`load_adapter_model` does it in one call, and ``merge_adapter``
-exports a plain full model (``merged/``) as well.
+model card prints that code; :func:`load_adapter_model` does it in one call. Nothing that serves repos
+passes such arguments, which is why the default publishes the merged model at the root.
 """
 
 from __future__ import annotations
@@ -50,7 +62,10 @@ from hf_transfer.models.backbones import Backbone, _data_config_from_processor, 
 logger = logging.getLogger(__name__)
 
 ADAPTER_INFO = "hf_transfer_adapter.json"
-MERGED_DIR = "merged"
+ADAPTER_SUBDIR = "adapter"  # where --publish both puts the adapter, beside the merged model at the root
+PUBLISH_FORMS = ("both", "merged", "adapter")
+HANDLER_FILE = "handler.py"  # the Inference Endpoints' custom-handler convention
+REQUIREMENTS_FILE = "requirements.txt"
 
 
 class NotPortableWarning(UserWarning):
@@ -252,34 +267,21 @@ def merged_backbone(backbone: Backbone, peft_model) -> Backbone:
     )
 
 
-def export_adapter(
-    peft_model, backbone: Backbone, output_dir: str, results: dict | None = None, merge: bool = False
-) -> dict:
-    """Write the adapter folder (and ``merged/`` when ``merge``); returns the adapter info dict."""
-    from hf_transfer.models.export import RESULTS_FILE, export_model
-
+def adapter_info(peft_model, backbone: Backbone) -> dict:
+    """What ``hf_transfer_adapter.json`` records (base, labels, targets, portability); logs when stock loaders
+    need the label kwargs. Sets the adapter config's base to :func:`base_reference`."""
     base, portable = base_reference(backbone)
     if not portable:
         warnings.warn(
             f"The adapter's base is the local folder {base}: the adapter loads only where that folder "
             "exists. Use a Hub id as backbone for a portable adapter.",
             NotPortableWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     peft_model.peft_config["default"].base_model_name_or_path = base
     report = portability_report(backbone, base)
-    if report["self_sufficient"] is False:
-        logger.warning(
-            "Adapter in %s: stock loaders read config and preprocessing from the base %s, and %s. "
-            "Load it with the keyword arguments recorded in %s (stock_loading; the model card shows "
-            "the code), with hf_transfer.models.adapters.load_adapter_model, or export merged (merge_adapter).",
-            output_dir,
-            base,
-            "; ".join(report["reasons"]),
-            ADAPTER_INFO,
-        )
     cfg = peft_model.peft_config["default"]
-    info = {
+    return {
         "base_model_name_or_path": base,
         "base_revision": backbone.revision,
         "portable": portable,
@@ -294,46 +296,102 @@ def export_adapter(
         "lora_dropout": cfg.lora_dropout,
         "data_config": backbone.data_config.to_dict(),
         "trainable_parameters": trainable_parameter_count(peft_model),
-        "merged": MERGED_DIR if merge else None,
         "peft_version": _peft_version(),
     }
+
+
+def export_adapter(
+    peft_model, backbone: Backbone, output_dir: str, results: dict | None = None, info: dict | None = None
+) -> dict:
+    """Write the adapter folder (with ``results.json`` unless ``results`` is None); returns the adapter info."""
+    from hf_transfer.models.export import RESULTS_FILE
+
+    info = dict(info or adapter_info(peft_model, backbone))
+    if info["self_sufficient"] is False:
+        # at the root of a published repo (--publish adapter) this is what a user meets first
+        log = logger.warning if info.get("subfolder") is None else logger.info
+        log(
+            "Adapter in %s: stock loaders read config and preprocessing from the base %s, and %s. "
+            "Load it with the keyword arguments recorded in %s (stock_loading; the model card shows the code); "
+            "an Inference Endpoint serves it through handler.py, pipeline(model=repo) without them fails.",
+            output_dir,
+            info["base_model_name_or_path"],
+            "; ".join(info["reasons"]),
+            ADAPTER_INFO,
+        )
     os.makedirs(output_dir, exist_ok=True)
     with staged_files(output_dir) as staging:
         peft_model.save_pretrained(staging, safe_serialization=True)
         readme = os.path.join(staging, "README.md")
         if os.path.exists(readme):  # PEFT's boilerplate card; the project's cards module writes the real one
             os.remove(readme)
-        labels_differ = any("labels" in r for r in report["reasons"]) or report["self_sufficient"] is None
+        labels_differ = any("labels" in r for r in info["reasons"]) or info["self_sufficient"] is None
         info["stock_loading"] = {"needs_label_kwargs": labels_differ, "processor": _save_processor(backbone, staging)}
         info["adapter_bytes"] = os.path.getsize(os.path.join(staging, "adapter_model.safetensors"))
         with open(os.path.join(staging, ADAPTER_INFO), "w") as f:
             json.dump(info, f, indent=2)
-        res = {**(results or {}), "adapter": info}
-        with open(os.path.join(staging, RESULTS_FILE), "w") as f:
-            json.dump(res, f, indent=2, sort_keys=True, default=str)
-    if merge:
-        export_model(
-            merged_backbone(backbone, peft_model),
-            os.path.join(output_dir, MERGED_DIR),
-            results={**(results or {}), "adapter": {**info, "merged_from": output_dir}},
-        )
+        if results is not None:
+            with open(os.path.join(staging, RESULTS_FILE), "w") as f:
+                json.dump({**results, "adapter": info}, f, indent=2, sort_keys=True, default=str)
     return info
 
 
-def load_adapter_model(folder: str, merge: bool = False):
-    """One call for any adapter folder written here, also when the base's labels differ: the base is
-    built with the adapter's labels (head size and names), then the adapter is loaded onto it."""
+def write_endpoint_handler(output_dir: str, library: str) -> None:
+    """``handler.py`` (:mod:`hf_transfer.models.endpoint_handler`, stock libraries only) and
+    ``requirements.txt``: an Inference Endpoint then serves the adapter folder with this run's labels."""
+    from pathlib import Path
+
+    source = Path(__file__).with_name("endpoint_handler.py").read_text(encoding="utf-8")
+    with open(os.path.join(output_dir, HANDLER_FILE), "w", encoding="utf-8") as f:
+        f.write(source)
+    requirements = [f"peft>={_peft_floor()}"] + (["timm"] if library == "timm" else [])
+    with open(os.path.join(output_dir, REQUIREMENTS_FILE), "w") as f:
+        f.write("\n".join(requirements) + "\n")
+
+
+def export_lora(
+    peft_model, backbone: Backbone, output_dir: str, results: dict | None = None, publish: str = "both"
+) -> dict:
+    """Write the published form ``publish`` (see the module docstring) into ``output_dir``; returns the
+    adapter info (``publish`` and ``subfolder`` say where the adapter is, None for ``merged``)."""
+    from hf_transfer.models.export import export_model
+
+    if publish not in PUBLISH_FORMS:
+        raise TransferConfigError(f"publish={publish!r}: choose one of {PUBLISH_FORMS}.")
+    info = adapter_info(peft_model, backbone)
+    if publish == "adapter":
+        info = {**info, "publish": publish, "subfolder": None}
+        info = export_adapter(peft_model, backbone, output_dir, results=results or {}, info=info)
+        write_endpoint_handler(output_dir, backbone.library)
+        return info
+    if publish == "both":
+        info = export_adapter(
+            peft_model,
+            backbone,
+            os.path.join(output_dir, ADAPTER_SUBDIR),
+            info={**info, "publish": publish, "subfolder": ADAPTER_SUBDIR},
+        )
+    else:
+        info = {**info, "publish": publish, "subfolder": None}
+    export_model(merged_backbone(backbone, peft_model), output_dir, results={**(results or {}), "adapter": info})
+    return info
+
+
+def load_adapter_model(folder: str, merge: bool = False, subfolder: str | None = None):
+    """One call for any adapter folder written here (``subfolder``: ``adapter`` for ``--publish both``), also
+    when the base's labels differ: the base is built with the adapter's labels (head size and names), then
+    the adapter is loaded onto it the way the model card says (``PeftModel.from_pretrained``)."""
     from peft import PeftModel
     from transformers import AutoModelForImageClassification
 
-    with open(os.path.join(folder, ADAPTER_INFO)) as f:
+    with open(os.path.join(folder, subfolder or "", ADAPTER_INFO)) as f:
         info = json.load(f)
     base = AutoModelForImageClassification.from_pretrained(
         info["base_model_name_or_path"], revision=info.get("base_revision"), **label_kwargs(info["label_names"])
     )
     if base.config.model_type == "timm_wrapper":
         base.config.label_names = list(info["label_names"])
-    model = PeftModel.from_pretrained(base, folder)
+    model = PeftModel.from_pretrained(base, folder, **({"subfolder": subfolder} if subfolder else {}))
     return model.merge_and_unload() if merge else model
 
 
@@ -358,6 +416,11 @@ def stock_pipeline_kwargs(folder: str) -> dict:
     if loading["needs_label_kwargs"]:
         out["model_kwargs"] = label_kwargs(info["label_names"])
     return out
+
+
+def _peft_floor() -> str:
+    """The oldest peft the handler is tested with (the Endpoints toolkit's pin)."""
+    return "0.15.1"
 
 
 def _peft_version() -> str:

@@ -54,7 +54,14 @@ def _save_timm(backbone: Backbone, folder: str) -> None:
     state = {k: v.detach().contiguous().cpu() for k, v in backbone.model.timm_model.state_dict().items()}
     save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
     processor = TimmWrapperImageProcessor(pretrained_cfg=config.pretrained_cfg, architecture=config.architecture)
-    processor.to_json_file(os.path.join(folder, "preprocessor_config.json"))
+    path = os.path.join(folder, "preprocessor_config.json")
+    processor.to_json_file(path)
+    # transformers 5 writes only ``data_config``; transformers 4.x (4.51.3 in the Inference Endpoints container)
+    # rebuilds the processor from ``pretrained_cfg`` and, for a Hub id, fails without it in this file
+    with open(path) as f:
+        saved = json.load(f)
+    with open(path, "w") as f:
+        json.dump({**saved, "pretrained_cfg": config.pretrained_cfg}, f, indent=2, sort_keys=True)
 
 
 def _save_transformers(backbone: Backbone, folder: str) -> None:

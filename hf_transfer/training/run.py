@@ -114,7 +114,7 @@ class PushRequest:
             validate_repo_id(repo_id)
         except HFValidationError as err:
             raise TransferConfigError(f"hub_model_id {repo_id!r} is not a valid Hub repo id: {err}") from err
-        if args.method == "lora" and os.path.isdir(args.backbone):
+        if args.method == "lora" and args.publish != "merged" and os.path.isdir(args.backbone):
             # the push would refuse the adapter at the end (its base is a path on this disk): say it first
             raise TransferConfigError(
                 f"--push_to_hub with method=lora on the local base {args.backbone!r}: the adapter would point at a "
@@ -429,7 +429,7 @@ def run_transfer(
         results["hyperparameters"] = mode.solver_hyperparameters(results["hyperparameters"])
     if trainer.is_world_process_zero():
         results["base_model_evaluation"] = base_model_evaluation(run, metrics)
-        if getattr(mode, "exports_adapter", False):  # LoRA: adapter folder (+ merged/ with merge_adapter)
+        if getattr(mode, "exports_adapter", False):  # LoRA: the --publish form (merged model, adapter)
             results["adapter"] = mode.export(training_args.output_dir, results)
         else:
             export_model(backbone, training_args.output_dir, results=results)

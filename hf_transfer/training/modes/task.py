@@ -231,15 +231,9 @@ class TaskMode(TransferMode):
         return self.peft_model is not None
 
     def export(self, output_dir: str, results: dict) -> dict:
-        from hf_transfer.models.adapters import export_adapter
+        from hf_transfer.models.adapters import export_lora
 
-        return export_adapter(
-            self.peft_model,
-            self.backbone,
-            output_dir,
-            results=results,
-            merge=bool(getattr(self.args, "merge_adapter", False)),
-        )
+        return export_lora(self.peft_model, self.backbone, output_dir, results=results, publish=self.args.publish)
 
     def forward(self, model, pixel_values=None, labels=None, **_):
         logits = model.classifier(pixel_values=pixel_values).logits
