@@ -27,7 +27,7 @@ PY
 cat "$OUT/env.txt"
 timeout ${PYTEST_S:-90} python3 -m pytest -q -x -p no:cacheprovider --timeout 80 tests/test_fast_input.py tests/test_speed.py \
   > "$OUT/pytest_cuda.log" 2>&1; echo "pytest exit $?"; tail -4 "$OUT/pytest_cuda.log"
-timeout ${BENCH_S:-300} python3 benchmarks/bench_speed.py --out "$OUT/speed_h200.json" 2>&1 | tee "$OUT/bench.log" | tail -45
+timeout ${BENCH_S:-300} python3 benchmarks/bench_speed.py --repeats ${BENCH_REPEATS:-1} --out "$OUT/speed_h200.json" 2>&1 | tee "$OUT/bench.log" | tail -45
 if [ -f .whl/stock_recipe_anchor.py ]; then
   timeout ${ANCHOR_S:-150} python3 .whl/stock_recipe_anchor.py > "$OUT/anchor.log" 2>&1; echo "anchor exit $?"; tail -25 "$OUT/anchor.log"
 fi

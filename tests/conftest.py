@@ -94,3 +94,18 @@ def tiny_vit_dir(tmp_path_factory):
         folder
     )
     return str(folder)
+
+
+@pytest.fixture(autouse=True)
+def _cli_log_handler_removed_after_the_test():
+    """The CLI's ``logging.basicConfig(force=True)`` gives the root logger a handler bound to the test's captured
+    stderr, which is closed when the test ends; a later test that logs before calling the CLI itself then wrote
+    "--- Logging error ---" tracebacks into its own stderr. Remove the handlers a test added to the root logger."""
+    import logging
+
+    root = logging.getLogger()
+    before = set(map(id, root.handlers))
+    yield
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler and id(handler) not in before:
+            root.removeHandler(handler)

@@ -155,7 +155,7 @@ def _cli(capsys, *argv) -> tuple[int, str, str]:
     finally:  # the CLI's log handler writes to this test's captured stderr: not to a later test's closed one
         logging.getLogger().handlers.clear()
     out, err = capsys.readouterr()
-    assert "Traceback" not in err
+    assert "Traceback" not in err, err
     return rc, out, (err.strip().splitlines() or [""])[-1]
 
 
