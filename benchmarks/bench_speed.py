@@ -282,8 +282,8 @@ def parse_args(argv=None):
         default=None,
         help=f"comma list of kind:arch@px:data (CPU default {CPU_CASES!r}; CUDA default {CUDA_CASES!r})",
     )
-    p.add_argument("--steps", type=int, default=None, help="timed training steps (CPU 20, CUDA 50)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed first steps (CPU 3, CUDA 10)")
+    p.add_argument("--steps", type=int, default=None, help="timed training steps (CPU 60, CUDA 50)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed first steps (CPU 5, CUDA 10)")
     p.add_argument("--batch_size", "--batch-size", type=int, default=None, help="CPU 32, CUDA 128")
     p.add_argument(
         "--workers", type=int, default=None, help="DataLoader workers, both arms (CPU 2, CUDA min(14, cpus - 2))"
@@ -347,8 +347,8 @@ def parse_args(argv=None):
     defaults = {
         "cases": CUDA_CASES if cuda else CPU_CASES,
         "train_images": None if cuda else 2048,
-        "steps": 50 if cuda else 20,
-        "warmup": 10 if cuda else 3,
+        "steps": 50 if cuda else 60,
+        "warmup": 10 if cuda else 5,
         "batch_size": 128 if cuda else 32,
         "workers": min(14, max(1, cpus - 2)) if cuda else 2,
         "num_jpegs": 8192 if cuda else 384,
