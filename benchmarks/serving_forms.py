@@ -64,19 +64,6 @@ def train(args: dict) -> dict:
         return run_transfer(*arguments_from_dict({**COMMON, **args}))
 
 
-def convnext_folder(folder: Path) -> str:
-    import torch
-    from transformers import ConvNextConfig, ConvNextForImageClassification, ViTImageProcessor
-
-    torch.manual_seed(0)
-    config = ConvNextConfig(num_stages=2, depths=[1, 1], hidden_sizes=[16, 32], num_labels=10, image_size=32)
-    ConvNextForImageClassification(config).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
-        folder
-    )
-    return str(folder)
-
-
 def test_images(folder: Path) -> tuple[list[str], list[str]]:
     """The target's whole test split as PNG files, and the true label names."""
     from hf_transfer.data.load import load_domain
@@ -125,6 +112,7 @@ def main() -> None:
     from huggingface_hub import HfApi
 
     from hf_transfer.testing.hub_server import USER, USER_TOKEN, HubTestServer
+    from hf_transfer.testing.tiny_models import convnext_folder
 
     start = time.time()
     tmp = Path(tempfile.mkdtemp(prefix="serving_forms_"))
@@ -155,7 +143,7 @@ def main() -> None:
                     {
                         **push,
                         "method": "full",
-                        "backbone": convnext_folder(tmp / "convnext"),
+                        "backbone": convnext_folder(tmp / "convnext", num_labels=10, hidden_sizes=(16, 32)),
                         "hub_model_id": "user/convnext-full",
                         "output_dir": str(tmp / "r1"),
                     }  # fmt: skip

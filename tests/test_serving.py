@@ -23,6 +23,7 @@ from test_adapters import DIGITS, lora_args, make_base
 
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.testing.hub_server import USER, USER_TOKEN, HubTestServer
+from hf_transfer.testing.tiny_models import convnext_folder
 from hf_transfer.training.run import run_transfer
 
 from conftest import tiny_args
@@ -64,20 +65,6 @@ CASES = [
 ]
 
 
-def _convnext_base(folder: Path) -> str:
-    """A transformers-native ConvNeXt (5-class head) with its image processor, as a local 'Hub' folder."""
-    import torch
-    from transformers import ConvNextConfig, ConvNextForImageClassification, ViTImageProcessor
-
-    torch.manual_seed(0)
-    config = ConvNextConfig(num_stages=2, depths=[1, 1], hidden_sizes=[8, 16], num_labels=5, image_size=32)
-    ConvNextForImageClassification(config).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
-        folder
-    )
-    return str(folder)
-
-
 def _train(tmp: Path, **args) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -98,7 +85,7 @@ def hub(tmp_path_factory):
                 api.upload_folder(folder_path=make_base(tmp / repo.split("/")[1], labels=labels), repo_id=repo)
             push = {"push_to_hub": True, "max_steps": 40, "learning_rate": 0.2}  # peaked predictions: a real check
             full = {"mode": "task", "method": "full"}
-            convnext = _convnext_base(tmp / "convnext")  # 5 labels: "other labels" for a LoRA on it
+            convnext = convnext_folder(tmp / "convnext", num_labels=5)  # "other labels" for a LoRA on it
             api.create_repo("user/convnext-base")
             api.upload_folder(folder_path=convnext, repo_id="user/convnext-base")
             _train(tmp, backbone=convnext, hub_model_id="user/convnext-full", **full, **push)
