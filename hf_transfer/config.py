@@ -455,6 +455,10 @@ def check_training_arguments(args: TransferArguments, training_args) -> None:
                 )
         if args.features_on_device == "true":
             raise TransferConfigError("features_on_device=true has no effect with head_solver=lbfgs. Remove it.")
+        if training_args.resume_from_checkpoint:
+            from hf_transfer.methods.feature.lbfgs_head import NO_RESUME
+
+            raise TransferConfigError(NO_RESUME)
     if args.hub_create_pr and not training_args.push_to_hub:
         raise TransferConfigError("hub_create_pr=True has no effect without --push_to_hub true. Remove it.")
 

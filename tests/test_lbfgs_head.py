@@ -93,6 +93,7 @@ def test_feature_run_with_lbfgs_head(tmp_path):
         ({"learning_rate": 0.1}, "learning_rate=0.1 has no effect with head_solver=lbfgs"),
         ({"num_train_epochs": 10}, "num_train_epochs=10"),
         ({"features_on_device": "true"}, "features_on_device=true"),
+        ({"resume_from_checkpoint": "last"}, "resume_from_checkpoint: head_solver=lbfgs"),
     ],
 )
 def test_options_that_lbfgs_does_not_use_are_refused(tmp_path, extra, message):

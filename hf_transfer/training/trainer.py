@@ -61,17 +61,14 @@ class TransferTrainer(Trainer):
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """The Trainer's loop, unless the mode fits in one solve (feature mode's ``head_solver=lbfgs``)."""
-        fit = getattr(self.transfer_mode, "fit", None)
-        if fit is None:
+        if not self.transfer_mode.fits_in_one_solve:
             return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
         if resume_from_checkpoint:
             from hf_transfer.errors import TransferConfigError
+            from hf_transfer.methods.feature.lbfgs_head import NO_RESUME
 
-            raise TransferConfigError(
-                "resume_from_checkpoint: head_solver=lbfgs fits the head in one solve and writes no checkpoints; "
-                "run it again instead."
-            )
-        return fit(self)
+            raise TransferConfigError(NO_RESUME)
+        return self.transfer_mode.fit(self)
 
     def _progress(self) -> float:
         max_steps = max(1, self.state.max_steps or 1)

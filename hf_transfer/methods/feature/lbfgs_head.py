@@ -18,7 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["fit_linear_head"]
+__all__ = ["NO_RESUME", "fit_linear_head"]
+
+#: why a resumed L-BFGS head is refused (by the argument checks before any work, and by the trainer itself)
+NO_RESUME = (
+    "resume_from_checkpoint: head_solver=lbfgs fits the head in one solve and writes no checkpoints; "
+    "run it again instead."
+)
 
 CHUNK_ROWS = 65536
 
@@ -45,7 +51,7 @@ def fit_linear_head(
 ) -> dict:
     """Fit ``head`` (in place, from its current weights) on ``features`` ``[N, D]`` and ``labels`` ``[N]``.
 
-    Returns ``{"loss", "iterations", "function_evaluations", "converged", "l2", "grad_norm"}``:
+    Returns ``{"loss", "iterations", "max_iterations", "function_evaluations", "converged", "l2", "grad_norm"}``:
     ``loss`` is the final objective, ``converged`` whether the gradient fell below
     ``tolerance_grad`` before ``max_iter`` iterations."""
     n = len(features)
@@ -91,6 +97,7 @@ def fit_linear_head(
     return {
         "loss": loss,
         "iterations": iterations,
+        "max_iterations": int(max_iter),
         "function_evaluations": evaluations,
         "converged": iterations < max_iter,
         "l2": l2,
