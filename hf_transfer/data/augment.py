@@ -157,11 +157,11 @@ def _loop_pool(threads: int):
 
 
 @contextlib.contextmanager
-def _one_cpu_thread(enabled: bool = True):
+def _one_cpu_thread():
     """Without an OpenMP runtime to set per thread (see :func:`_one_openmp_thread`): the crop loop runs in
     this thread with one intra-op thread, then the setting is restored."""
     n = torch.get_num_threads()
-    if not enabled or n == 1:
+    if n == 1:
         yield
         return
     torch.set_num_threads(1)

@@ -414,12 +414,14 @@ class DecodedImages(torch.utils.data.Dataset):
             images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, 3, *storage_hw))
             sizes = np.zeros((n, 2), dtype=np.int32)
             threads = torch.get_num_threads() if num_workers == 0 else 1
-            chunk = max(1, min(int(chunk_size), -(-n // (4 * threads)) if threads > 1 else int(chunk_size)))
+            chunk = max(1, int(chunk_size))
+            if threads > 1:  # chunks small enough that every thread gets a few
+                chunk = min(chunk, -(-n // (4 * threads)))
             chunks = _Chunks(src, chunk, **kwargs)
             if num_workers > 0:
                 loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers)
             else:
-                loader = _in_threads(chunks, torch.get_num_threads())
+                loader = _in_threads(chunks, threads)
             with tqdm(
                 total=n,
                 unit="img",

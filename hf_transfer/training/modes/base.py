@@ -174,6 +174,8 @@ class TransferMode:
     trains_backbone: bool = True
     #: True when the target's training images are used without their labels (then rows that lack one stay)
     uses_unlabelled_target: bool = False
+    #: True when the mode trains in one solve (its ``fit(trainer)``) instead of the Trainer's loop
+    fits_in_one_solve: bool = False
 
     def __init__(self, args, backbone: Backbone, data: TransferData, training_args):
         self.args = args

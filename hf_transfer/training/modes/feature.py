@@ -96,10 +96,10 @@ class FeatureMode(TransferMode):
             compile_options=compile_options(training_args),
         )
         self.cache_files: dict[str, str] = {}
-        #: what the L-BFGS fit reported (head_solver=lbfgs), else None
+        #: head_solver=lbfgs: TransferTrainer.train calls :meth:`fit` instead of its loop
+        self.fits_in_one_solve = args.head_solver == "lbfgs"
+        #: what the L-BFGS fit reported, else None
         self.solver_info: dict | None = None
-        if args.head_solver == "sgd":
-            self.fit = None  # the Trainer's own loop trains the head
         self._features: dict[str, FeatureDataset] = {}
         #: (features, labels) of the train split on the training device, when features_on_device
         self.device_table: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -188,7 +188,7 @@ class FeatureMode(TransferMode):
         return {
             "head_solver": "lbfgs (full batch, strong-Wolfe line search)",
             "l2": info["l2"],
-            "max_iterations": self.training_args.max_steps if self.training_args.max_steps > 0 else LBFGS_MAX_ITER,
+            "max_iterations": info["max_iterations"],
             "iterations": info["iterations"],
             "converged": info["converged"],
             "label_smoothing": self.label_smoothing or None,
