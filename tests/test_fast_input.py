@@ -223,8 +223,15 @@ def test_crop_loop_threads_use_one_openmp_thread_and_leave_the_process_setting_a
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        seen = list(augment._loop_pool(2).map(lambda _: runtime.omp_get_max_threads(), range(4)))
-        assert seen == [1, 1, 1, 1]
+
+        def after_a_big_kernel(_):
+            # a copy big enough for ATen's parallel_for: its per-thread lazy init must not reset the count
+            x = torch.arange(1 << 17, dtype=torch.int32)
+            torch.empty_like(x).copy_(x.flip(0))
+            return runtime.omp_get_max_threads(), torch.get_num_threads()
+
+        seen = list(augment._loop_pool(2).map(after_a_big_kernel, range(4)))
+        assert seen == [(1, 1)] * 4
         assert torch.get_num_threads() == 2 and runtime.omp_get_max_threads() == 2  # this thread: unchanged
     finally:
         torch.set_num_threads(before)

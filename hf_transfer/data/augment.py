@@ -138,9 +138,16 @@ def _one_openmp_thread() -> None:
     which on a busy machine costs far more than it gains (the loop ran 15x slower with 2 threads on 2
     shared cores). ``torch.set_num_threads`` would change the count for every thread, and changing it
     back and forth around each forward made the model's own steps slower; ``omp_set_num_threads``
-    called in this thread sets this thread's OpenMP setting only (after ATen's per-thread lazy init,
-    which would otherwise overwrite it on the thread's first kernel)."""
-    torch.zeros(1).add_(1)
+    called in this thread sets this thread's OpenMP setting only.
+
+    It must come AFTER ATen's per-thread lazy init, which sets the thread's count to the process's on the
+    thread's first ``parallel_for`` (a small op such as ``zeros(1).add_(1)`` runs serially and does not
+    trigger it; ``torch.get_num_threads()`` does). Otherwise every pool thread started its own team of
+    OpenMP threads on its first big copy, and with more OpenMP threads than cores libgomp stops spinning
+    between parallel regions for the whole process: the model's forward + backward of test_vit ran
+    25-35% slower from the first augmented batch on (tests/test_fast_input.py checks the count after a
+    big kernel)."""
+    torch.get_num_threads()  # ATen's lazy init of this thread, now rather than on its first big kernel
     _openmp_runtime().omp_set_num_threads(1)
 
 
