@@ -12,9 +12,15 @@ Three kinds of case (``--cases``, comma list of ``<kind>:<timm architecture>@<in
     loss; bf16 on CUDA, nothing else). ours = :func:`hf_transfer.training.run.prepare_run` in task mode
     (``input_path=fast``: uint8 decoded cache + batched crop/flip/normalise inside the model's
     forward) + ``trainer.train()``, with bf16 / channels_last / ``torch.compile`` per device
-    (``--bf16/--channels_last/--compile auto``: all on for CUDA, all off on the CPU). Same
-    architecture (random init), batch size, steps, loader workers, optimizer (the Trainer's
-    default AdamW) and learning rate. img/s is steady state: the clock starts after
+    (``--bf16/--compile auto``: on for CUDA, off on the CPU; ``--channels_last auto``: as shipped, on for
+    a convolutional backbone on CUDA and the CPU; the options column gives what each arm resolved). Same
+    architecture (random init), batch size, steps, optimizer (the Trainer's default AdamW) and
+    learning rate. Loader workers: the stock arms get ``--workers`` (their PIL work needs them);
+    ours gets ``--ours_workers``: on the CPU 0 by default, which is hf_transfer's default
+    (``dataloader_num_workers=0``) and its fastest setting there (its loader only gathers uint8 rows, ~1 ms
+    per batch in-process; workers add a hand-off through shared memory, a stall at every epoch start and
+    compete with the model for the cores); ours also runs at ``--workers`` (``ours_same_workers``, shown
+    beside it), so the table shows both. img/s is steady state: the clock starts after
     ``--warmup`` steps (compilation, worker start-up) and stops at the last step; the one-time
     setup (building the model, the Trainer, and for ours the decode of the train + test images)
     is reported apart, with the decode time on its own.
@@ -187,7 +193,9 @@ def case_finetune(args, device, data, arch, size, dname) -> dict:
         )
         for name, threads in stock_threads(args, device).items()
     }
-    arms["ours"] = lambda: ours_finetune_arm(args, device, data, arch, size, dname, n)
+    arms["ours"] = lambda: ours_finetune_arm(args, device, data, arch, size, dname, n, args.ours_workers)
+    if args.ours_workers != args.workers:  # ours also at the stock arms' worker count, shown beside it
+        arms["ours_same_workers"] = lambda: ours_finetune_arm(args, device, data, arch, size, dname, n, args.workers)
     passes = interleaved(args, arms)
     if args.compile and all("error" in r for r in passes["ours"]):  # one-shot GPU runs: still measure ours, eager
         failed = passes["ours"][0]["error"]
@@ -198,10 +206,13 @@ def case_finetune(args, device, data, arch, size, dname) -> dict:
             args.compile = True
         for r in passes["ours"]:
             r["compile_error"] = failed
-    anchors = [a for a in arms if a != "ours"]
+    anchors = [a for a in arms if not a.startswith("ours")]
     out = {name: summarise(runs, "img_per_s") for name, runs in passes.items()}
     out["anchor"] = max(anchors, key=lambda a: out[a].get("img_per_s") or 0)
     out.update(ratios(passes, "ours", anchors, "img_per_s", higher=True))
+    if "ours_same_workers" in passes:
+        same = ratios(passes, "ours_same_workers", anchors, "img_per_s", higher=True)
+        out.update({f"{k}_same_workers": v for k, v in same.items()})
     return out
 
 
@@ -289,6 +300,14 @@ def parse_args(argv=None):
         "--workers", type=int, default=None, help="DataLoader workers, both arms (CPU 2, CUDA min(14, cpus - 2))"
     )
     p.add_argument(
+        "--ours_workers",
+        "--ours-workers",
+        type=int,
+        default=None,
+        help="ours' DataLoader workers (CPU 0: hf_transfer's default, the fastest there; CUDA: --workers); "
+        "when it differs from --workers, ours also runs at --workers, shown beside it",
+    )
+    p.add_argument(
         "--num_jpegs", "--num-jpegs", type=int, default=None, help="synthetic train JPEGs (CPU 384, CUDA 8192)"
     )
     p.add_argument(
@@ -320,7 +339,7 @@ def parse_args(argv=None):
         "--channels-last",
         choices=("auto", "on", "off"),
         default="auto",
-        help="ours only; auto: on for CUDA",
+        help="ours only; auto (as shipped): on for a convolutional backbone on CUDA and the CPU",
     )
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto", help="ours only; auto: on for CUDA")
     p.add_argument(
@@ -360,8 +379,10 @@ def parse_args(argv=None):
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.ours_workers is None:
+        args.ours_workers = args.workers if cuda else 0
     args.bf16 = _auto(args.bf16, cuda)
-    args.channels_last = _auto(args.channels_last, cuda)
+    args.channels_last = {"on": "true", "off": "false"}.get(args.channels_last, "auto")  # ours resolves auto
     args.compile = _auto(args.compile, cuda)
     if args.bf16 and not cuda:
         raise SystemExit("--bf16 on needs CUDA here (the Trainer's bf16 on CPU is not what the anchors measured)")

@@ -103,7 +103,9 @@ def main(argv=None) -> None:
                     threads=threads,
                 )
             else:
-                speed_arms.ours_finetune_arm(args, device, data, arch, int(size), dname, args.train_images)
+                speed_arms.ours_finetune_arm(
+                    args, device, data, arch, int(size), dname, args.train_images, args.ours_workers
+                )
             _report(f"{arm} [{torch.get_num_threads()} threads]", out, a.steps, a.top, a.trace)
 
 

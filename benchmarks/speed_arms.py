@@ -285,7 +285,7 @@ def _ours_arguments(args, device, data, arch, size, dname, mode, n, out_dir, **o
     return arguments_from_dict(cfg)
 
 
-def ours_finetune_arm(args, device, data, arch, size, dname, n):
+def ours_finetune_arm(args, device, data, arch, size, dname, n, workers: int):
     from hf_transfer.data.decoded import DecodedImages
     from hf_transfer.training.run import prepare_run
 
@@ -306,6 +306,7 @@ def ours_finetune_arm(args, device, data, arch, size, dname, n):
         augment="standard",
         max_steps=args.warmup + args.steps,
         channels_last=args.channels_last,
+        dataloader_num_workers=workers,
     )
     clock = make_clock(device, memory)
     torch.manual_seed(args.seed)
@@ -314,7 +315,7 @@ def ours_finetune_arm(args, device, data, arch, size, dname, n):
     _quiet(run.trainer)
     options = {
         "bf16": args.bf16,
-        "channels_last": args.channels_last,
+        "channels_last": bool(run.model.channels_last),  # resolved (auto: a convnet)
         "compile": args.compile,
         "augment_impl": "grid" if device.type == "cuda" else "loop",
     }
@@ -333,6 +334,7 @@ def ours_finetune_arm(args, device, data, arch, size, dname, n):
         "train_s": round(train_s, 2),
         "images": len(run.trainer.train_dataset),
         "threads": torch.get_num_threads(),
+        "workers": workers,
         "options": options,
         **memory.as_dict(),
     }
@@ -441,7 +443,9 @@ def stock_extract(args, device, ds, arch, num_classes, size) -> dict:
 def ours_extract(args, device, ds, backbone, cache_dir: str, input_path: str, workers: int) -> dict:
     from hf_transfer.data.decoded import DecodedImages
     from hf_transfer.methods.feature.cache import extract_features
+    from hf_transfer.models.speed import use_channels_last
 
+    channels_last = use_channels_last(args.channels_last, backbone.model, device)  # as feature mode resolves it
     memory = Memory(device)
     decode_times: list[float] = []
     with memory, timed_calls(DecodedImages, "_build", decode_times):
@@ -455,6 +459,7 @@ def ours_extract(args, device, ds, backbone, cache_dir: str, input_path: str, wo
             decoded_cache_dir=cache_dir,
             num_workers=workers,
             amp_dtype=torch.bfloat16 if args.bf16 else None,
+            channels_last=channels_last,
         )
         _sync(device)
         wall = time.perf_counter() - t0
@@ -463,5 +468,6 @@ def ours_extract(args, device, ds, backbone, cache_dir: str, input_path: str, wo
         "img_per_s_end_to_end": round(len(ds) / wall, 1),
         "decode_s": round(sum(decode_times), 2),
         "feature_dim": int(feats.shape[1]),
+        "channels_last": channels_last,
         **memory.as_dict(),
     }

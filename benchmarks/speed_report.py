@@ -58,6 +58,15 @@ def _stock_cell(r: dict, prefix: str, key: str) -> str:
     return "<br>".join(cells)
 
 
+def _ours_cell(r: dict) -> str:
+    """Ours as shipped, and ours at the stock arms' worker count when that was run too."""
+    cells = []
+    for arm in ("ours", "ours_same_workers"):
+        if isinstance(r.get(arm), dict):
+            cells.append(f"{_med(r[arm], 'img_per_s')} [{r[arm].get('workers', '?')}w]")
+    return "<br>".join(cells)
+
+
 def markdown(rows: list[dict], args) -> str:
     out = []
     ft = [r for r in rows if r["kind"] == "finetune" and "error" not in r]
@@ -79,8 +88,9 @@ def markdown(rows: list[dict], args) -> str:
                     f"{r['model']} @ {r['size']}",
                     r["data"],
                     _stock_cell(r, "stock", "img_per_s"),
-                    _med(o, "img_per_s"),
-                    _ratio_cell(r),
+                    _ours_cell(r),
+                    _ratio_cell(r)
+                    + (f"<br>{_ratio_cell(r, 'ratio_same_workers')}" if "ratio_same_workers" in r else ""),
                     opts,
                     decode,
                     f"{_g(anchor, 'setup_s')} / {_g(o, 'setup_s')}",
@@ -90,12 +100,13 @@ def markdown(rows: list[dict], args) -> str:
             )
         out += _table(
             f"### Fine-tuning: steady-state training img/s, median (range) of {args.repeats} passes (batch "
-            f"{args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up, {args.workers} loader workers)",
+            f"{args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up; loader workers: stock "
+            f"{args.workers}, ours {args.ours_workers} as shipped, and {args.workers} below it)",
             [
                 "model @ px",
                 "data",
                 "stock img/s [threads] (anchor in bold)",
-                "ours img/s",
+                "ours img/s [loader workers]",
                 "ratio to the anchor (range of per-pass ratios)",
                 "ours options",
                 "ours one-time decode s",
@@ -234,9 +245,11 @@ def header(env: dict, args, notes: dict, total_s: float) -> str:
             ),
             "",
             (
-                f"Settings: batch {args.batch_size}, {args.workers} DataLoader workers in every arm, "
+                f"Settings: batch {args.batch_size}, {args.workers} DataLoader workers in every stock arm and the "
+                f"probe/extraction arms that use them; ours fine-tunes with {args.ours_workers} (hf_transfer's default"
+                f"{' on the CPU' if args.ours_workers == 0 else ''}) and also with {args.workers} when that differs, "
                 f"{args.steps} timed steps after {args.warmup} warm-up steps, ours bf16={args.bf16} "
-                f"channels_last={args.channels_last} "
+                f"channels_last={args.channels_last} (resolved per arm: the options column) "
                 f"compile={args.compile} (the stock arms are the anchor recipe: bf16 on CUDA only); {args.repeats} "
                 "passes, every arm once per pass, interleaved."
             ),
@@ -280,6 +293,12 @@ def summary(row: dict) -> str:
         return (
             f"{stock} img/s, ours {_g(row['ours'], 'img_per_s')} img/s "
             f"(x{row['ratio']} vs {row['anchor']}, per pass {row.get('ratio_all')})"
+            + (
+                f"; ours at the stock's workers {_g(row['ours_same_workers'], 'img_per_s')} img/s "
+                f"(x{row.get('ratio_same_workers')}, per pass {row.get('ratio_all_same_workers')})"
+                if isinstance(row.get("ours_same_workers"), dict)
+                else ""
+            )
         )
     if row["kind"] == "probe":
         naive = ", ".join(f"{a} {_g(row[a], 'total_s')} s" for a in _stock_arms(row, "naive"))

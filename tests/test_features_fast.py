@@ -97,3 +97,22 @@ def test_cache_key_includes_input_path(backbone, tmp_path):
     assert p3 != p1 and cache.misses == 2
     torch.testing.assert_close(f3, f1, rtol=1e-4, atol=1e-5)
     assert torch.equal(y3, y1)
+
+
+def test_cache_key_includes_the_extraction_numerics(backbone, tmp_path):
+    """A channels_last or bf16 extraction gives (slightly) other features: its own entry, never reused by an
+    fp32 / NCHW run (the defaults differ between CPU and CUDA, and `channels_last auto` follows the backbone)."""
+    ds = _images(6, 45, 60)
+    folder = str(tmp_path / "features")
+    paths = {}
+    for name, options in {
+        "fp32": {},
+        "channels_last": {"channels_last": True},
+        "bf16": {"amp_dtype": torch.bfloat16},
+    }.items():
+        cache = FeatureCache(folder, input_path="fast", decoded_cache_dir=str(tmp_path / "decoded"), **options)
+        _, _, paths[name] = cache.get_or_compute(backbone, ds, "train", batch_size=4, weights_hash="w")
+        assert cache.misses == 1, name
+        _, _, again = cache.get_or_compute(backbone, ds, "train", batch_size=4, weights_hash="w")
+        assert (cache.hits, again) == (1, paths[name])
+    assert len(set(paths.values())) == 3

@@ -74,9 +74,10 @@ def test_channels_last_values_and_auto():
     convnet = load_backbone("test_resnet", NAMES, image_size=32).model
     vit = load_backbone("test_vit", NAMES).model
     assert is_convolutional(convnet) and not is_convolutional(vit)
-    # auto: on only for CUDA + a convnet (the device is only inspected, nothing runs on it)
-    assert use_channels_last("auto", convnet, "cuda") and not use_channels_last("auto", convnet, "cpu")
-    assert not use_channels_last("auto", vit, "cuda")
+    # auto: on for a convnet on CUDA or the CPU (the device is only inspected, nothing runs on it), never a ViT
+    assert use_channels_last("auto", convnet, "cuda") and use_channels_last("auto", convnet, "cpu")
+    assert not use_channels_last("auto", convnet, "mps")
+    assert not use_channels_last("auto", vit, "cuda") and not use_channels_last("auto", vit, "cpu")
     assert use_channels_last("true", vit, "cpu") and not use_channels_last("false", convnet, "cuda")
 
 
@@ -112,8 +113,12 @@ def test_channels_last_run_is_recorded_and_trains_the_same(tmp_path):
     saved = json.loads((tmp_path / "on" / "results.json").read_text())
     assert saved["arguments"]["channels_last"] == "true" and saved["speed"]["channels_last"] is True
     assert os.path.isdir(tmp_path / "on" / "checkpoint-2")  # safetensors checkpoint of NHWC weights
-    off = run_transfer(*arguments_from_dict(tiny(tmp_path, mode="task", output_dir=str(tmp_path / "off"))))
-    assert off["speed"]["channels_last"] is False and "channels_last" not in off["arguments"]  # auto on the CPU
+    off = run_transfer(
+        *arguments_from_dict(tiny(tmp_path, mode="task", channels_last=False, output_dir=str(tmp_path / "off")))
+    )
+    assert off["speed"]["channels_last"] is False and off["arguments"]["channels_last"] == "false"
+    auto = run_transfer(*arguments_from_dict(tiny(tmp_path, mode="task", output_dir=str(tmp_path / "auto"))))
+    assert auto["speed"]["channels_last"] is True and "channels_last" not in auto["arguments"]  # auto: a convnet
     from safetensors.torch import load_file
 
     a, b = load_file(str(tmp_path / "on" / "model.safetensors")), load_file(str(tmp_path / "off" / "model.safetensors"))

@@ -72,9 +72,17 @@ def default_cache_dir() -> str:
 
 
 def cache_key(
-    backbone: Backbone, dataset_fingerprint: str, split: str, weights_hash: str | None = None, input_path: str = "stock"
+    backbone: Backbone,
+    dataset_fingerprint: str,
+    split: str,
+    weights_hash: str | None = None,
+    input_path: str = "stock",
+    numerics: dict | None = None,
 ) -> str:
+    """``numerics``: what else changes the features' values (the extraction's autocast dtype, memory format):
+    a bf16 or channels_last extraction is not reused by an fp32 / NCHW run, nor the reverse."""
     payload = {
+        "numerics": numerics or {},
         "input_path": _check_input_path(input_path),
         "version": CACHE_VERSION,
         "backbone": backbone.model_id,
@@ -317,7 +325,8 @@ class FeatureCache:
         input_path = _check_input_path(input_path or self.input_path)
         state = PartialState()
         remove_stale_staging(self.cache_dir)
-        key = cache_key(backbone, dataset._fingerprint, split, weights_hash, input_path)
+        numerics = {"amp_dtype": str(self.amp_dtype), "channels_last": bool(self.channels_last)}
+        key = cache_key(backbone, dataset._fingerprint, split, weights_hash, input_path, numerics)
         path = self.path(key)
         if _agree(state, os.path.exists(os.path.join(path, "meta.json"))):
             self.hits += 1
