@@ -183,7 +183,7 @@ def run_one(pair: str, name: str, mode: str, method: str, extra: dict, seed: int
     if mode == "domain":
         args["source"] = source
     start = time.time()
-    results = run_transfer(*arguments_from_dict(args))
+    results = run_transfer(*arguments_from_dict({"channels_last": CHANNELS_LAST, **args}))
     selection = results.get("model_selection") or {}
     return {
         "target": results["metrics"]["target"]["accuracy"],
@@ -218,8 +218,19 @@ def table(pair: str, rows: dict, seeds, steps: int) -> str:
     return "\n".join(lines)
 
 
+#: every run's channels_last (``--channels_last``)
+CHANNELS_LAST = "auto"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--channels_last",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="every run's channels_last (auto: NHWC for a convnet, also on the CPU; false: NCHW, the setting of "
+        "the committed results measured before auto covered the CPU)",
+    )
     parser.add_argument("--pairs", nargs="+", default=["printed->handwritten"], choices=sorted(PAIRS))
     default_rows = METHODS + registry_rows()
     parser.add_argument(
@@ -237,6 +248,8 @@ def main(argv=None) -> int:
         "--append", action="store_true", help="append the new rows (and the command) to --out instead of rewriting it"
     )
     args = parser.parse_args(argv)
+    global CHANNELS_LAST
+    CHANNELS_LAST = args.channels_last
     chosen = [m for m in default_rows + ARMS if m[0] in args.methods]
     sections, raw = [], {}
     for pair in args.pairs:

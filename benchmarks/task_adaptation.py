@@ -123,7 +123,7 @@ def _run(args: dict) -> dict:
     from hf_transfer.methods.finetune import ModeCallbacks
     from hf_transfer.training.run import run_transfer
 
-    transfer_args, training_args = arguments_from_dict(args)
+    transfer_args, training_args = arguments_from_dict({"channels_last": CHANNELS_LAST, **args})
     return run_transfer(transfer_args, training_args, callbacks=[ModeCallbacks()])
 
 
@@ -137,8 +137,19 @@ def _head_parameters(out_dir: str) -> int | None:
         return sum(f.get_slice(k).get_shape()[0] * (f.get_slice(k).get_shape()[1:] or [1])[0] for k in keys) or None
 
 
+#: every run's channels_last (``--channels_last``)
+CHANNELS_LAST = "auto"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--channels_last",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="every run's channels_last (auto: NHWC for a convnet, also on the CPU; false: NCHW, the setting of "
+        "the committed results measured before auto covered the CPU)",
+    )
     parser.add_argument("--output_dir", default=os.path.join(ROOT, "outputs", "task_adaptation"))
     parser.add_argument(
         "--results",
@@ -156,6 +167,8 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--only", nargs="+", default=None, help="run only these rows (names in the table)")
     opts = parser.parse_args(argv)
+    global CHANNELS_LAST
+    CHANNELS_LAST = opts.channels_last
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 

@@ -395,7 +395,7 @@ PROBES = {
     # speed and caches
     "feature_cache_dir": Probe(("{tmp}/features",), files_in("feature_cache_dir")),
     "feature_batch_size": Probe((4,), extraction_batch_sizes, {"feature": {"feature_cache_dir": "{tmp}/features_bs"}}),
-    "channels_last": Probe(("true",), lambda run: run.model.channels_last),
+    "channels_last": Probe(("false",), lambda run: run.model.channels_last),  # auto: on for this convnet
     "cpu_threads": Probe(("1",), lambda run: torch.get_num_threads()),
     "head_solver": Probe(
         ("lbfgs",),
