@@ -174,7 +174,8 @@ class TransferArguments:
         default="auto",
         metadata={
             "help": "channels_last memory format for the model and its inputs (training and feature extraction): "
-            "auto (on for CUDA + a convolutional backbone, off otherwise) | true | false. For torch.compile "
+            "auto (on for a convolutional backbone on CUDA or the CPU, off for transformers) | true | false. "
+            "For torch.compile "
             "use TrainingArguments' --torch_compile (it also compiles the feature extraction pass)."
         },
     )
