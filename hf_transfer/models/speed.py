@@ -3,10 +3,11 @@
 ``channels_last`` (TransferArguments): NHWC memory format for convolutional backbones, which
 cuDNN (tensor cores) and oneDNN run faster; ``auto`` turns it on for a convolutional backbone on CUDA
 and on the CPU. Transformers (ViT: one patch-embedding convolution) gain nothing and stay NCHW.
-Measured on the CPU (2 cores, one training step fwd + bwd + AdamW, fp32, NCHW ms / NHWC ms):
-test_resnet 64 px 1.33x, 128 px 1.40x; resnet18 224 px 1.14x; resnet50 160 px 1.11x;
-efficientnet_b0 160 px 1.22x; convnext_atto 160 px 0.99x; one loss: resnet18 at 64 px 0.88x
-(``--channels_last false`` turns it off). Same results as NCHW up to float rounding.
+Measured on the CPU (2 cores, one training step fwd + bwd + AdamW, fp32, NCHW ms / NHWC ms, idle,
+``python benchmarks/channels_last_cpu.py``): test_resnet 1.30x at 64 px and 1.18x at 128 px; resnet18 1.19x
+at 64 px and 1.17x at 224 px; resnet50 1.10x at 160 px; efficientnet_b0 1.31x at 160 px; convnext_atto 0.97x
+(about even: ``--channels_last false`` turns it off). An earlier ad-hoc run of the same loop had resnet18 at
+64 px at 0.88x, so short steps can go either way. Same results as NCHW up to float rounding.
 
 ``torch.compile`` is NOT a TransferArguments option: ``TrainingArguments.torch_compile`` (and
 ``torch_compile_backend`` / ``torch_compile_mode``) already compiles the training model through
