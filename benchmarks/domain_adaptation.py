@@ -30,6 +30,8 @@ import statistics
 import sys
 import time
 
+from _runs import add_run_options, set_run_options, transfer_arguments
+
 PAIRS = {
     "printed->handwritten": ("builtin:digits-printed", "builtin:digits-handwritten"),
     "handwritten->blended": ("builtin:digits-handwritten", "builtin:digits-blended"),
@@ -158,7 +160,6 @@ def common_args(steps: int) -> dict:
 
 
 def run_one(pair: str, name: str, mode: str, method: str, extra: dict, seed: int, steps: int, out: str) -> dict:
-    from hf_transfer.config import arguments_from_dict
     from hf_transfer.training.run import run_transfer
 
     source, target = PAIRS[pair]
@@ -183,7 +184,7 @@ def run_one(pair: str, name: str, mode: str, method: str, extra: dict, seed: int
     if mode == "domain":
         args["source"] = source
     start = time.time()
-    results = run_transfer(*arguments_from_dict({"channels_last": CHANNELS_LAST, **args}))
+    results = run_transfer(*transfer_arguments(args))
     selection = results.get("model_selection") or {}
     return {
         "target": results["metrics"]["target"]["accuracy"],
@@ -218,19 +219,9 @@ def table(pair: str, rows: dict, seeds, steps: int) -> str:
     return "\n".join(lines)
 
 
-#: every run's channels_last (``--channels_last``)
-CHANNELS_LAST = "auto"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--channels_last",
-        choices=("auto", "true", "false"),
-        default="auto",
-        help="every run's channels_last (auto: NHWC for a convnet, also on the CPU; false: NCHW, the setting of "
-        "the committed results measured before auto covered the CPU)",
-    )
+    add_run_options(parser)
     parser.add_argument("--pairs", nargs="+", default=["printed->handwritten"], choices=sorted(PAIRS))
     default_rows = METHODS + registry_rows()
     parser.add_argument(
@@ -248,8 +239,7 @@ def main(argv=None) -> int:
         "--append", action="store_true", help="append the new rows (and the command) to --out instead of rewriting it"
     )
     args = parser.parse_args(argv)
-    global CHANNELS_LAST
-    CHANNELS_LAST = args.channels_last
+    set_run_options(args)
     chosen = [m for m in default_rows + ARMS if m[0] in args.methods]
     sections, raw = [], {}
     for pair in args.pairs:

@@ -27,6 +27,8 @@ import statistics
 import sys
 import time
 
+from _runs import add_run_options, set_run_options, train
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOMAINS = ("digits-handwritten", "digits-blended", "digits-printed")
 SCORES = ("logme", "leep", "nce", "hscore", "sfda", "knn")
@@ -70,15 +72,6 @@ COMMON = {
     "seed": 0,
     "overwrite_output_dir": True,
 }
-
-
-def _train(args: dict) -> dict:
-    from hf_transfer.config import arguments_from_dict
-    from hf_transfer.methods.finetune import ModeCallbacks
-    from hf_transfer.training.run import run_transfer
-
-    transfer_args, training_args = arguments_from_dict({"channels_last": CHANNELS_LAST, **args})
-    return run_transfer(transfer_args, training_args, callbacks=[ModeCallbacks()])
 
 
 def _zoo_for(target: str, zoo: list[tuple]) -> list[tuple]:
@@ -136,19 +129,9 @@ def summarize_scores(per_target: dict, targets) -> dict:
     return out
 
 
-#: every run's channels_last (``--channels_last``)
-CHANNELS_LAST = "auto"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--channels_last",
-        choices=("auto", "true", "false"),
-        default="auto",
-        help="every run's channels_last (auto: NHWC for a convnet, also on the CPU; false: NCHW, the setting of "
-        "the committed results measured before auto covered the CPU)",
-    )
+    add_run_options(parser)
     parser.add_argument("--work_dir", default=os.path.join(ROOT, "outputs", "rank_backbones"))
     parser.add_argument(
         "--out",
@@ -162,8 +145,7 @@ def main(argv=None) -> int:
         "--from_json", default=None, help="no training: recompute the statistics and the report from a saved .json"
     )
     opts = parser.parse_args(argv)
-    global CHANNELS_LAST
-    CHANNELS_LAST = opts.channels_last
+    set_run_options(opts)
     if opts.from_json:
         return _rewrite(opts.from_json, opts.out)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -185,8 +167,8 @@ def main(argv=None) -> int:
             continue
         out = os.path.join(pre_dir, name)
         t = time.time()
-        res = _train({**COMMON, "backbone": arch, "target": f"builtin:{source}", "output_dir": out,
-                      "max_steps": max(1, int(steps * steps_scale))})  # fmt: skip
+        res = train({**COMMON, "backbone": arch, "target": f"builtin:{source}", "output_dir": out,
+                     "max_steps": max(1, int(steps * steps_scale))})  # fmt: skip
         pretrain[name] = {"seconds": time.time() - t, "source_accuracy": res["metrics"]["target"]["accuracy"]}
         paths[name] = out
         print(f"[bench] pretrained {name}: source acc {pretrain[name]['source_accuracy']:.3f} "
@@ -210,8 +192,8 @@ def main(argv=None) -> int:
         for name, _arch, source, _steps in cands:
             out = os.path.join(opts.work_dir, "finetune", target, name)
             t = time.time()
-            res = _train({**COMMON, "backbone": paths[name], "target": f"builtin:{target}", "output_dir": out,
-                          "max_steps": opts.steps, "backbone_lr_scale": 0.1})  # fmt: skip
+            res = train({**COMMON, "backbone": paths[name], "target": f"builtin:{target}", "output_dir": out,
+                         "max_steps": opts.steps, "backbone_lr_scale": 0.1})  # fmt: skip
             seconds = time.time() - t
             ft_seconds += seconds
             acc = res["metrics"]["target"]["accuracy"]

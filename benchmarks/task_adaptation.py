@@ -32,6 +32,8 @@ import statistics
 import sys
 import time
 
+from _runs import add_run_options, set_run_options, train
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE, TARGET = "builtin:digits-printed", "builtin:digits-handwritten"
 COMMON = {
@@ -118,15 +120,6 @@ def _published_bytes(out_dir: str) -> int:
     return 0
 
 
-def _run(args: dict) -> dict:
-    from hf_transfer.config import arguments_from_dict
-    from hf_transfer.methods.finetune import ModeCallbacks
-    from hf_transfer.training.run import run_transfer
-
-    transfer_args, training_args = arguments_from_dict({"channels_last": CHANNELS_LAST, **args})
-    return run_transfer(transfer_args, training_args, callbacks=[ModeCallbacks()])
-
-
 def _head_parameters(out_dir: str) -> int | None:
     """Parameters of the exported classifier head (the only thing a linear probe trains)."""
     from safetensors import safe_open
@@ -137,19 +130,9 @@ def _head_parameters(out_dir: str) -> int | None:
         return sum(f.get_slice(k).get_shape()[0] * (f.get_slice(k).get_shape()[1:] or [1])[0] for k in keys) or None
 
 
-#: every run's channels_last (``--channels_last``)
-CHANNELS_LAST = "auto"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--channels_last",
-        choices=("auto", "true", "false"),
-        default="auto",
-        help="every run's channels_last (auto: NHWC for a convnet, also on the CPU; false: NCHW, the setting of "
-        "the committed results measured before auto covered the CPU)",
-    )
+    add_run_options(parser)
     parser.add_argument("--output_dir", default=os.path.join(ROOT, "outputs", "task_adaptation"))
     parser.add_argument(
         "--results",
@@ -167,8 +150,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--only", nargs="+", default=None, help="run only these rows (names in the table)")
     opts = parser.parse_args(argv)
-    global CHANNELS_LAST
-    CHANNELS_LAST = opts.channels_last
+    set_run_options(opts)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
@@ -184,7 +166,7 @@ def main(argv=None) -> int:
     ):
         pre = json.load(open(done))
     else:
-        pre = _run(
+        pre = train(
             {
                 **COMMON,
                 "mode": "task",
@@ -210,7 +192,7 @@ def main(argv=None) -> int:
             args = {**COMMON, **overrides, "seed": seed, "output_dir": out}
             args = {k: (v.format(pretrained=pretrained) if isinstance(v, str) else v) for k, v in args.items()}
             t = time.time()
-            res = _run(args)
+            res = train(args)
             seconds = time.time() - t
             row = table.setdefault(
                 name,
