@@ -11,7 +11,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
@@ -28,6 +28,10 @@ PARTIAL_WEIGHTINGS = ("none", "exclude", "pada")
 
 @dataclass
 class TransferArguments:
+    #: the recipe defaults the parser filled in for what the user left unset (hf_transfer.training.defaults);
+    #: set by parse_args / arguments_from_dict, recorded in results.json and the card. Not an option.
+    recipe_defaults: ClassVar[dict[str, Any]] = {}
+
     mode: str = field(
         metadata={"help": "Transfer mode: feature | domain | task (the modes of the registered methods)."}
     )
@@ -548,12 +552,19 @@ def _to_argv(data: dict) -> list[str]:
     return argv
 
 
+def _given_keys(argv: list[str]) -> set[str]:
+    """The argument names a command line sets (``--name value`` and ``--name=value``)."""
+    return {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[TransferArguments, TrainingArguments]:
-    """``[--config FILE] [--flag value ...]`` -> (TransferArguments, TrainingArguments)."""
+    """``[--config FILE] [--flag value ...]`` -> (TransferArguments, TrainingArguments), with the recipe defaults
+    (:mod:`hf_transfer.training.defaults`) for what neither sets."""
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
     file_argv: list[str] = []
+    given: set[str] = set()
     argv = [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
     if argv.count("--config") > 1:
         raise TransferConfigError("--config is given more than once; pass one config file (flags override it).")
@@ -561,18 +572,40 @@ def parse_args(argv: list[str] | None = None) -> tuple[TransferArguments, Traini
         i = argv.index("--config")
         if i + 1 >= len(argv):
             raise TransferConfigError("--config needs a file path.")
-        file_argv = _to_argv(load_config_file(argv[i + 1]))
+        data = load_config_file(argv[i + 1])
+        given |= {key for key, value in data.items() if value is not None}
+        file_argv = _to_argv(data)
         argv = argv[:i] + argv[i + 2 :]
-    parser = _parser()
+    given |= _given_keys(argv)
+    transfer_args, training_args = _parse_argv(file_argv + argv)
+    recipe = _recipe_defaults(transfer_args, given)
+    if recipe:
+        transfer_args, training_args = _parse_argv(_to_argv(recipe) + file_argv + argv)
+    transfer_args.recipe_defaults = recipe
+    return transfer_args, resolve_precision(transfer_args, training_args)
+
+
+def _parse_argv(argv: list[str]) -> tuple[TransferArguments, TrainingArguments]:
+    """The two dataclasses from an argv; unknown arguments and TrainingArguments' own refusals named."""
     try:
-        transfer_args, training_args, rest = parser.parse_args_into_dataclasses(
-            args=file_argv + argv, return_remaining_strings=True
+        transfer_args, training_args, rest = _parser().parse_args_into_dataclasses(
+            args=argv, return_remaining_strings=True
         )
     except ValueError as err:  # TrainingArguments' own validation (e.g. bf16 without a GPU)
         raise TransferConfigError(str(err)) from err
     if rest:
         raise TransferConfigError(f"Unknown argument(s): {rest}")
-    return transfer_args, resolve_precision(transfer_args, training_args)
+    return transfer_args, training_args
+
+
+def _recipe_defaults(transfer_args: TransferArguments, given: set[str]) -> dict[str, Any]:
+    """The mode's and method's recipe values for what the user left unset (see hf_transfer.training.defaults)."""
+    from hf_transfer.training.defaults import defaults_to_apply, recipe_for
+
+    if transfer_args.head_solver == "lbfgs":  # one full-batch solve: no optimizer, schedule or epochs to default
+        return {}
+    method = registry.get_method(transfer_args.method, transfer_args.mode)
+    return defaults_to_apply(recipe_for(transfer_args.mode, method.recipe), given)
 
 
 def resolve_precision(transfer_args: TransferArguments, training_args: TrainingArguments) -> TrainingArguments:
@@ -592,12 +625,20 @@ def resolve_precision(transfer_args: TransferArguments, training_args: TrainingA
 
 
 def arguments_from_dict(data: dict[str, Any]) -> tuple[TransferArguments, TrainingArguments]:
-    """Python API: the same dataclasses from a plain dict (unknown keys are an error)."""
+    """Python API: the same dataclasses from a plain dict (unknown keys are an error), with the recipe defaults."""
     unknown = sorted(set(data) - _known_keys())
     if unknown:
         raise TransferConfigError(f"Unknown argument(s) {unknown}.")
+    transfer_args, training_args = _parse_dict(data)
+    recipe = _recipe_defaults(transfer_args, {key for key, value in data.items() if value is not None})
+    if recipe:
+        transfer_args, training_args = _parse_dict({**recipe, **data})
+    transfer_args.recipe_defaults = recipe
+    return transfer_args, resolve_precision(transfer_args, training_args)
+
+
+def _parse_dict(data: dict[str, Any]) -> tuple[TransferArguments, TrainingArguments]:
     try:
-        transfer_args, training_args = _parser().parse_dict(data)
+        return _parser().parse_dict(data)
     except ValueError as err:
         raise TransferConfigError(str(err)) from err
-    return transfer_args, resolve_precision(transfer_args, training_args)

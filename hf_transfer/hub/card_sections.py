@@ -215,9 +215,13 @@ def data_vars(results: dict, backbone: str) -> dict:
 def hyperparameters(results: dict) -> list[tuple]:
     """(name, value) rows: the Trainer's hyper-parameters, the seed, the runtime and the final loss."""
     hp = dict(results.get("hyperparameters") or {})
+    recipe = hp.pop("recipe_defaults", None) or {}
     if hp.get("optim_args") is None:  # runs recorded before optim_args was a hyper-parameter
         hp["optim_args"] = (results.get("arguments") or {}).get("optim_args")
     rows = [(k, enum_value(v)) for k, v in sorted(hp.items()) if v is not None]
+    if recipe:  # which of the values above hf_transfer's recipe chose (the run left them unset)
+        label = f"from hf_transfer's {results.get('mode')} recipe (not set by the run)"
+        rows.append((label, ", ".join(sorted(recipe))))
     rows.append(("seed", results.get("seed")))
     if results.get("train_runtime_s") is not None:
         rows.append(("train runtime (s)", results.get("train_runtime_s")))

@@ -12,7 +12,9 @@ and the benchmarks all read :data:`METHODS`.
   the method used when none is given;
 * ``backbone_lr_scale``: the method's learning-rate rule, the backbone groups train at
   ``learning_rate * backbone_lr_scale`` unless ``--backbone_lr_scale`` is given (e.g. MDD's 0.1x);
-* ``implementation``: the class that carries the method out (a domain method's loss), if any.
+* ``implementation``: the class that carries the method out (a domain method's loss), if any;
+* ``recipe``: training defaults of the method on top of its mode's (``hf_transfer.training.defaults``), used
+  for what the user leaves unset (e.g. LoRA's learning rate).
 
 This module imports nothing else from ``hf_transfer`` but the errors; the registrations live with
 the methods (``methods/domain/<method>.py``, ``methods/finetune/catalog.py``) and are imported on first use.
@@ -46,6 +48,7 @@ class Method:
     default_for: tuple[str, ...] = ()
     backbone_lr_scale: float = 1.0
     implementation: type | None = None
+    recipe: Mapping[str, Any] | None = None
 
     def option_fields(self) -> dict[str, dataclasses.Field]:
         return {f.name: f for f in dataclasses.fields(self.config)}
@@ -102,6 +105,7 @@ def register_method(
     default_for: tuple[str, ...] = (),
     backbone_lr_scale: float = 1.0,
     implementation: type | None = None,
+    recipe: Mapping[str, Any] | None = None,
 ) -> Method:
     """Register one method (see the module docstring); a second method of the same name is refused."""
     if name in METHODS:
@@ -123,6 +127,7 @@ def register_method(
         tuple(default_for),
         float(backbone_lr_scale),
         implementation,
+        dict(recipe) if recipe else None,
     )
     METHODS[name] = method
     return method

@@ -414,6 +414,8 @@ def run_transfer(
                 training_args.lr_scheduler_type, "value", str(training_args.lr_scheduler_type)
             ),
             "warmup_steps": training_args.warmup_steps,
+            # the values hf_transfer's recipe filled in because the run left them unset (training/defaults.py)
+            "recipe_defaults": dict(args.recipe_defaults),
         },
         "metrics": metrics,
         "model_selection": model_selection(trainer.state.log_history),
