@@ -303,9 +303,6 @@ class TransferArguments:
             "merged (only the merged model) | adapter (only the adapter, plus an Endpoints handler.py)."
         },
     )
-    merge_adapter: bool = field(
-        default=False, metadata={"help": "Replaced by --publish (both or merged): refused when set."}
-    )
 
     def __post_init__(self):
         modes = registry.modes()
@@ -427,11 +424,6 @@ def check_options_act(args: TransferArguments) -> None:
 def _check_publish(args: TransferArguments) -> None:
     from hf_transfer.models.adapters import PUBLISH_FORMS
 
-    if args.merge_adapter:
-        raise TransferConfigError(
-            "merge_adapter is replaced by --publish: both (the default: merged model at the root + adapter/) "
-            "or merged (merged model only). Remove merge_adapter."
-        )
     if args.publish not in PUBLISH_FORMS:
         raise TransferConfigError(f"publish={args.publish!r}: choose one of {', '.join(PUBLISH_FORMS)}.")
 
@@ -515,6 +507,19 @@ def _parser():
     return HfArgumentParser((TransferArguments, TrainingArguments), allow_abbrev=False)
 
 
+#: options that were removed: naming one is refused with what replaced it (they are in no dataclass or help)
+RETIRED_OPTIONS = {
+    "merge_adapter": "merge_adapter is replaced by --publish: both (the default: merged model at the root + "
+    "adapter/) or merged (merged model only). Remove merge_adapter.",
+}
+
+
+def _refuse_retired(keys: set[str]) -> None:
+    """A removed option is refused naming its replacement, not as an unknown key."""
+    for key in sorted(keys & set(RETIRED_OPTIONS)):
+        raise TransferConfigError(RETIRED_OPTIONS[key])
+
+
 def _known_keys() -> set[str]:
     from transformers import TrainingArguments
 
@@ -528,6 +533,7 @@ def load_config_file(path: str) -> dict:
         data = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
     if not isinstance(data, dict):
         raise TransferConfigError(f"Config file {path!r} must hold a mapping of argument names to values.")
+    _refuse_retired(set(data))
     unknown = sorted(set(data) - _known_keys())
     if unknown:
         raise TransferConfigError(
@@ -563,6 +569,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[TransferArguments, Traini
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help-all" in argv or "-h" in argv or "--help" in argv:
+        from hf_transfer.help import full_help, short_help
+
+        print(full_help() if "--help-all" in argv else short_help())
+        raise SystemExit(0)
     file_argv: list[str] = []
     given: set[str] = set()
     argv = [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
@@ -577,6 +588,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TransferArguments, Traini
         file_argv = _to_argv(data)
         argv = argv[:i] + argv[i + 2 :]
     given |= _given_keys(argv)
+    _refuse_retired(given)
     transfer_args, training_args = _parse_argv(file_argv + argv)
     recipe = _recipe_defaults(transfer_args, given)
     if recipe:
@@ -626,6 +638,7 @@ def resolve_precision(transfer_args: TransferArguments, training_args: TrainingA
 
 def arguments_from_dict(data: dict[str, Any]) -> tuple[TransferArguments, TrainingArguments]:
     """Python API: the same dataclasses from a plain dict (unknown keys are an error), with the recipe defaults."""
+    _refuse_retired(set(data))
     unknown = sorted(set(data) - _known_keys())
     if unknown:
         raise TransferConfigError(f"Unknown argument(s) {unknown}.")

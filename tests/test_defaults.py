@@ -66,3 +66,36 @@ def test_python_dict_api_applies_the_same_rule(given):
     expected = _parse("--mode", "task", *[p for k, v in given.items() for p in (f"--{k}", str(v))])
     assert args.recipe_defaults == expected[0].recipe_defaults
     assert training.learning_rate == expected[1].learning_rate
+
+
+def test_train_help_is_short_grouped_names_the_subcommand_and_lists_no_removed_option(capsys):
+    import dataclasses
+
+    from hf_transfer.config import RETIRED_OPTIONS, TransferArguments
+    from hf_transfer.help import GROUPS
+
+    grouped = [name for names in GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(f.name for f in dataclasses.fields(TransferArguments))  # each once
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: hf-transfer train") and len(text.splitlines()) < 250
+    assert text.index("What to adapt:") < text.index("Trainer (transformers.TrainingArguments")
+    assert not any(f"--{name}" in text for name in RETIRED_OPTIONS)
+    with pytest.raises(SystemExit):
+        parse_args(["--help-all"])
+    full = capsys.readouterr().out
+    assert full.startswith("usage: hf-transfer train") and "--gradient_accumulation_steps" in full
+    assert not any(f"--{name}" in full for name in RETIRED_OPTIONS)
+
+
+def test_a_removed_option_is_refused_naming_its_replacement(tmp_path):
+    from hf_transfer.errors import TransferConfigError
+
+    with pytest.raises(TransferConfigError, match="replaced by --publish"):
+        _parse("--mode", "task", "--method", "lora", "--merge_adapter", "true")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("merge_adapter: true\n")
+    with pytest.raises(TransferConfigError, match="replaced by --publish"):
+        parse_args(["--config", str(cfg), *BASE, "--mode", "task"])

@@ -376,7 +376,6 @@ PROBES = {
     "lora_dropout": Probe((0.1,), lora_layers, LORA),
     "lora_target_modules": Probe(("conv1",), lora_layers, LORA),
     "publish": Probe(("merged", "adapter", "nothing"), exported_files, LORA, refused=("nothing",)),
-    "merge_adapter": Probe((True,), exported_files, LORA, refused=(True,)),
     # domain adaptation
     "trade_off": Probe((0.5,), transfer_weight),
     "trade_off_schedule": Probe(("dann",), transfer_weight),
@@ -427,8 +426,6 @@ PROBES = {
 }
 #: auto_bf16 only acts on a bf16-capable CUDA device: tested below with the device faked
 ARGS_ONLY = {"auto_bf16"}
-#: options kept only to be refused with a pointer to what replaced them (their probe asserts the refusal)
-RETIRED = {"merge_adapter"}
 TRAINING_FIELDS = [k for k in PROBES if k not in {f.name for f in dataclasses.fields(TransferArguments)}]
 
 
@@ -476,7 +473,7 @@ def test_every_option_changes_the_run_or_is_refused(tmp_path, data, spies):
                 before = _observe(_base(tmp_path, data, mode, **context), probe)
                 assert after != before, f"{name}={value!r} is accepted and ignored in mode={mode}: {after!r}"
                 effective.setdefault(name, []).append((mode, value))
-    never = sorted(set(PROBES) - set(effective) - RETIRED)
+    never = sorted(set(PROBES) - set(effective))
     assert not never, f"options refused in every mode (no probe showed an effect): {never}"
     # the domain recipes' backbone_lr_scale acts in domain mode (it did nothing before)
     assert ("domain", 0.1) in effective["backbone_lr_scale"]
