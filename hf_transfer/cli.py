@@ -5,7 +5,8 @@ backbone), ``evaluate`` (score a classifier on a dataset).
 ``accelerate launch recipes/train.py --config ...``; flags override the file.
 
 Any error ends in one line naming what to fix and a non-zero exit (2: the input or options, 1: anything
-else); ``--debug`` (or ``HF_TRANSFER_DEBUG=1``) shows the traceback instead.
+else); ``--debug`` (or ``HF_TRANSFER_DEBUG=1``) shows the traceback instead, and ``--verbose`` (or
+``HF_TRANSFER_VERBOSE=1``) keeps the library log lines the quiet default leaves out.
 """
 
 from __future__ import annotations
@@ -165,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     argv, debug = _take_debug_flag(argv)
+    if "--verbose" in argv:  # every library's log lines and tables (the LOAD REPORT of a replaced head, ...)
+        argv.remove("--verbose")
+        os.environ["HF_TRANSFER_VERBOSE"] = "1"
     debug = debug or os.environ.get("HF_TRANSFER_DEBUG", "") not in ("", "0")
     try:
         return COMMANDS[argv[0]](argv[1:])

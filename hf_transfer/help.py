@@ -111,7 +111,7 @@ def short_help() -> str:
     out += [
         "",
         "Every other TrainingArguments field is accepted too: hf-transfer train --help-all lists them all.",
-        "--debug shows the traceback of an error.",
+        "--debug shows the traceback of an error; --verbose keeps every library log line.",
     ]
     return "\n".join(out)
 

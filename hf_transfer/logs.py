@@ -27,3 +27,31 @@ def quiet_unactionable_logs(http: bool = True) -> None:
     auto = logging.getLogger("transformers.models.auto.image_processing_auto")
     if not any(isinstance(f, _DropMessages) for f in auto.filters):
         auto.addFilter(_DropMessages("Requested torchvision backend is not available"))
+
+
+def verbose() -> bool:
+    """``--verbose`` (or ``HF_TRANSFER_VERBOSE=1``): show what the quiet defaults leave out."""
+    import os
+
+    return os.environ.get("HF_TRANSFER_VERBOSE", "") not in ("", "0")
+
+
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
+class quiet_load_report:
+    """Drop transformers' LOAD REPORT table (``MISMATCH | Reinit due to size mismatch``) while a backbone loads with
+    a head we replace on purpose; the caller logs one line instead, and names any other key that did not load.
+    With :func:`verbose` the table is kept."""
+
+    def __enter__(self) -> quiet_load_report:
+        self._logger = logging.getLogger("transformers.modeling_utils")
+        self._filter = _DropLoadReport()
+        if not verbose():
+            self._logger.addFilter(self._filter)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._logger.removeFilter(self._filter)

@@ -112,3 +112,24 @@ def test_bare_debug_is_ours_and_debug_with_a_value_is_the_trainers():
     assert _take_debug_flag(["train", "--max_steps", "2", "--debug"]) == (["train", "--max_steps", "2"], True)
     kept = ["train", "--debug", "underflow_overflow"]
     assert _take_debug_flag(kept) == (kept, False)
+
+
+def _load_new_head(tmp_path, monkeypatch, caplog, capfd, verbose: bool) -> str:
+    from hf_transfer.models.backbones import load_backbone
+    from hf_transfer.testing.tiny_models import convnext_folder
+
+    folder = convnext_folder(tmp_path / f"base{int(verbose)}", num_labels=10)
+    monkeypatch.setenv("HF_TRANSFER_VERBOSE", "1" if verbose else "0")
+    with caplog.at_level(logging.INFO):
+        load_backbone(folder, ["a", "b", "c"])
+    out, err = capfd.readouterr()  # transformers' own handler writes to stderr (its loggers do not propagate)
+    return caplog.text + out + err
+
+
+def test_a_head_replaced_on_purpose_is_one_line_not_a_load_report(tmp_path, monkeypatch, caplog, capfd):
+    """transformers' LOAD REPORT table (MISMATCH | Reinit due to size mismatch) on every new-head load is replaced
+    by one line; --verbose (HF_TRANSFER_VERBOSE=1) keeps the table."""
+    quiet = _load_new_head(tmp_path, monkeypatch, caplog, capfd, verbose=False)
+    assert "LOAD REPORT" not in quiet and "a new 3-class head replaces the checkpoint's classifier" in quiet
+    caplog.clear()
+    assert "LOAD REPORT" in _load_new_head(tmp_path, monkeypatch, caplog, capfd, verbose=True)

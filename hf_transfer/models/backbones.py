@@ -27,6 +27,7 @@ from torch import nn
 
 from hf_transfer.data.transforms import DataConfig
 from hf_transfer.errors import TransferConfigError
+from hf_transfer.logs import quiet_load_report
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +199,21 @@ def _size_dict(size) -> dict:
     return {k: v for k, v in items if v is not None}
 
 
+def _log_load(model_id: str, num_labels: int, head_pretrained: bool, other_fresh: list[str]) -> None:
+    """One line for the head we replace on purpose (instead of transformers' LOAD REPORT table); a warning naming
+    any other weight the checkpoint did not provide, which would start from random init."""
+    if not head_pretrained:
+        logger.info("Backbone %s: a new %d-class head replaces the checkpoint's classifier.", model_id, num_labels)
+    if other_fresh:
+        shown = ", ".join(other_fresh[:8]) + (f" and {len(other_fresh) - 8} more" if len(other_fresh) > 8 else "")
+        logger.warning(
+            "Backbone %s: %d weight(s) outside the head were not in the checkpoint and start from random init: %s",
+            model_id,
+            len(other_fresh),
+            shown,
+        )
+
+
 def _data_config_from_processor(model_id: str, revision: str | None, config, trust_remote_code: bool) -> DataConfig:
     from transformers import AutoImageProcessor
 
@@ -280,18 +296,21 @@ def load_backbone(
             config.model_args = config.model_args or {}
             config.label_names = list(label_names)
         config.id2label, config.label2id = id2label, label2id  # also sets num_labels
-        model, info = AutoModelForImageClassification.from_pretrained(
-            hub_id,
-            config=config,
-            revision=revision,
-            ignore_mismatched_sizes=True,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=True,
-            output_loading_info=True,
-        )
+        with quiet_load_report():
+            model, info = AutoModelForImageClassification.from_pretrained(
+                hub_id,
+                config=config,
+                revision=revision,
+                ignore_mismatched_sizes=True,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=True,
+                output_loading_info=True,
+            )
         head_prefix = _find_head_name(model) + "."
         fresh = set(info.get("missing_keys", ())) | {k[0] for k in info.get("mismatched_keys", ())}
         head_pretrained = not any(k.startswith(head_prefix) for k in fresh)
+        other_fresh = sorted(k for k in fresh if not k.startswith(head_prefix))
+        _log_load(model_id, len(label_names), head_pretrained, other_fresh)
         if isinstance(model, TimmWrapperForImageClassification):
             library, data_config = "timm", _data_config_from_timm_cfg(getattr(model.config, "pretrained_cfg", {}) or {})
         else:
