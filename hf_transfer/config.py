@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -517,6 +518,40 @@ def _known_keys() -> set[str]:
     return {f.name for cls in (TransferArguments, TrainingArguments) for f in dataclasses.fields(cls)}
 
 
+# a model card's reproduce block writes local paths as <OUTPUT_DIR>, <PATH_TO: outputs/x>, <REPO_ID>
+CARD_PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*(?::[^>]*)?>")
+PLACEHOLDER_MEANING = {
+    "OUTPUT_DIR": "a new folder of your choice",
+    "PATH_TO": "that folder's path on this machine",
+    "REPO_ID": "your Hub repo id",
+}
+
+
+def reject_placeholders(values: dict[str, Any], where: str) -> None:
+    """Refuse a value still holding a placeholder of a model card's reproduce block, before anything runs
+    (otherwise ``<OUTPUT_DIR>`` becomes a folder of that name, and ``<PATH_TO: ...>`` a confusing load error)."""
+    for key, value in values.items():
+        found = CARD_PLACEHOLDER.search(value) if isinstance(value, str) else None
+        if found:
+            name = found.group(0)[1:-1].split(":")[0]
+            raise TransferConfigError(
+                f"{where}: {key} is {value!r}, a placeholder from a model card's reproduce block; replace "
+                f"{found.group(0)!r} with {PLACEHOLDER_MEANING.get(name, 'the value it stands for')}."
+            )
+
+
+def _flag_values(argv: list[str]) -> dict[str, str]:
+    """``--key value`` pairs of a command line (``--key=value`` too), for :func:`reject_placeholders`."""
+    out = {}
+    for i, arg in enumerate(argv):
+        if arg.startswith("--") and "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            out[key] = value
+        elif arg.startswith("--") and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            out[arg[2:]] = argv[i + 1]
+    return out
+
+
 def load_config_file(path: str) -> dict:
     if not os.path.isfile(path):
         raise TransferConfigError(f"Config file {path!r} does not exist.")
@@ -530,6 +565,7 @@ def load_config_file(path: str) -> dict:
             f"Config file {path!r}: unknown key(s) {unknown}; they are neither TransferArguments nor "
             "TrainingArguments fields."
         )
+    reject_placeholders(data, f"Config file {path!r}")
     return data
 
 
@@ -563,6 +599,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TransferArguments, Traini
             raise TransferConfigError("--config needs a file path.")
         file_argv = _to_argv(load_config_file(argv[i + 1]))
         argv = argv[:i] + argv[i + 2 :]
+    reject_placeholders(_flag_values(argv), "Command line")
     parser = _parser()
     try:
         transfer_args, training_args, rest = parser.parse_args_into_dataclasses(
@@ -596,6 +633,7 @@ def arguments_from_dict(data: dict[str, Any]) -> tuple[TransferArguments, Traini
     unknown = sorted(set(data) - _known_keys())
     if unknown:
         raise TransferConfigError(f"Unknown argument(s) {unknown}.")
+    reject_placeholders(data, "Arguments")
     try:
         transfer_args, training_args = _parser().parse_dict(data)
     except ValueError as err:
