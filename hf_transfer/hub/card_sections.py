@@ -95,7 +95,7 @@ def why_backbone_vars(results: dict) -> dict:
 
 
 def _before_text(results: dict) -> str:
-    """The chain before this run in words: ``a test_resnet (random init) trained source_only on ...``."""
+    """The chain before this run in words: ``test_resnet (random init) -> source_only on builtin:digits-printed``."""
     chain = provenance_of(results)
     return " -> ".join(link_text(link) for link in chain)
 
@@ -114,7 +114,6 @@ def summary(results: dict, baseline: dict | None, upper: dict | None, backbone: 
     method_title = str(method_title)
     t = f"**{tgt['display']}**" if tgt else "the target data"
     s = f"**{src['display']}**" if src else None
-    init = initialisation(results) if not results.get("base_model") else "hub"
     previous = base_run(results)
     if results.get("base_model"):
         base = backbone.split(" from the Hub")[0].split(" (")[0]
@@ -122,7 +121,7 @@ def summary(results: dict, baseline: dict | None, upper: dict | None, backbone: 
         base = f"`{previous['folder']}` ({_before_text(results)})"
     else:
         base = f"`{os.path.basename(str(results.get('backbone', '?')).rstrip('/' + os.sep))}`"
-    random = init == "random" and previous is None
+    random = not results.get("base_model") and previous is None and initialisation(results) == "random"
     if mode == "domain":
         start = "a randomly initialised " if random else "a "
         what = (
