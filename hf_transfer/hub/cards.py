@@ -5,6 +5,7 @@ source-only baseline and of a target-supervised upper bound) through huggingface
 ``ModelCard.from_template``. This module names the modes and methods and assembles the pieces:
 
 - :mod:`~hf_transfer.hub.card_inputs`: reading the run folder (results, exported library, arguments);
+- :mod:`~hf_transfer.hub.card_provenance`: the chain of runs a model came from (its lineage);
 - :mod:`~hf_transfer.hub.card_metadata`: ``ModelCardData`` / ``model-index`` and :func:`validate_card`;
 - :mod:`~hf_transfer.hub.card_sections` and :mod:`~hf_transfer.hub.card_domain`: the body text;
 - :mod:`~hf_transfer.hub.card_usage`: the code that loads the pushed model;
