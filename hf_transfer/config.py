@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -526,6 +527,40 @@ def _known_keys() -> set[str]:
     return {f.name for cls in (TransferArguments, TrainingArguments) for f in dataclasses.fields(cls)}
 
 
+# a model card's reproduce block writes local paths as <OUTPUT_DIR>, <PATH_TO: outputs/x>, <REPO_ID>
+CARD_PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*(?::[^>]*)?>")
+PLACEHOLDER_MEANING = {
+    "OUTPUT_DIR": "a new folder of your choice",
+    "PATH_TO": "that folder's path on this machine",
+    "REPO_ID": "your Hub repo id",
+}
+
+
+def reject_placeholders(values: dict[str, Any], where: str) -> None:
+    """Refuse a value still holding a placeholder of a model card's reproduce block, before anything runs
+    (otherwise ``<OUTPUT_DIR>`` becomes a folder of that name, and ``<PATH_TO: ...>`` a confusing load error)."""
+    for key, value in values.items():
+        found = CARD_PLACEHOLDER.search(value) if isinstance(value, str) else None
+        if found:
+            name = found.group(0)[1:-1].split(":")[0]
+            raise TransferConfigError(
+                f"{where}: {key} is {value!r}, a placeholder from a model card's reproduce block; replace "
+                f"{found.group(0)!r} with {PLACEHOLDER_MEANING.get(name, 'the value it stands for')}."
+            )
+
+
+def _flag_values(argv: list[str]) -> dict[str, str]:
+    """``--key value`` pairs of a command line (``--key=value`` too), for :func:`reject_placeholders`."""
+    out = {}
+    for i, arg in enumerate(argv):
+        if arg.startswith("--") and "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            out[key] = value
+        elif arg.startswith("--") and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            out[arg[2:]] = argv[i + 1]
+    return out
+
+
 def load_config_file(path: str) -> dict:
     if not os.path.isfile(path):
         raise TransferConfigError(f"Config file {path!r} does not exist.")
@@ -540,6 +575,7 @@ def load_config_file(path: str) -> dict:
             f"Config file {path!r}: unknown key(s) {unknown}; they are neither TransferArguments nor "
             "TrainingArguments fields."
         )
+    reject_placeholders(data, f"Config file {path!r}")
     return data
 
 
@@ -589,6 +625,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TransferArguments, Traini
         argv = argv[:i] + argv[i + 2 :]
     given |= _given_keys(argv)
     _refuse_retired(given)
+    reject_placeholders(_flag_values(argv), "Command line")
     transfer_args, training_args = _parse_argv(file_argv + argv)
     recipe = _recipe_defaults(transfer_args, given)
     if recipe:
@@ -642,6 +679,7 @@ def arguments_from_dict(data: dict[str, Any]) -> tuple[TransferArguments, Traini
     unknown = sorted(set(data) - _known_keys())
     if unknown:
         raise TransferConfigError(f"Unknown argument(s) {unknown}.")
+    reject_placeholders(data, "Arguments")
     transfer_args, training_args = _parse_dict(data)
     recipe = _recipe_defaults(transfer_args, {key for key, value in data.items() if value is not None})
     if recipe:

@@ -13,7 +13,8 @@ pretrained backbone (the source-only run) and the feature / task runs transfer f
                     ``learning_rate``, backbone at 0.1x)
 
 Prints a table of target accuracy (mean +- std over seeds) with the gain over source-only and
-writes one output folder per run plus ``demo_results.json`` and ``demo_results.md``.
+writes one output folder per run plus ``demo_results.json`` and ``demo_results.md``; every run's card
+compares with its seed's source-only run (:func:`attach_baseline`).
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ def run_demo(output_dir: str = DEFAULT_OUTPUT, seeds=(0,), steps: int = 600, onl
                 f"[demo] seed {seed} {name}: target accuracy {row['target'][-1]:.4f} ({row['seconds'][-1]:.0f} s)",
                 flush=True,
             )
+        attach_baseline(outputs)
     summary = {"seeds": list(seeds), "steps": steps, "runs": table}
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "demo_results.json"), "w") as f:
@@ -153,6 +155,21 @@ def run_demo(output_dir: str = DEFAULT_OUTPUT, seeds=(0,), steps: int = 600, onl
         f.write(markdown + "\n")
     print(markdown)
     return summary
+
+
+def attach_baseline(outputs: dict[str, str]) -> list[str]:
+    """Re-write the card of every other run of a seed with that seed's ``source_only`` run as its source-only
+    baseline (training writes each card alone, and the scratch run comes before the baseline exists);
+    returns the folders whose cards now compare with it ([] when the seed had no source-only run)."""
+    from hf_transfer.hub.cards import write_card
+
+    baseline = outputs.get("source_only")
+    if baseline is None:
+        return []
+    others = [folder for name, folder in outputs.items() if name != "source_only"]
+    for folder in others:
+        write_card(folder, None, baseline_results=baseline)
+    return others
 
 
 def _mean_std(values: list[float]) -> str:

@@ -307,7 +307,7 @@ def test_finished_run_folder_has_its_card_and_figures(run_dir, results, tmp_path
     text = (run_dir / "README.md").read_text()
     assert (run_dir / cards.CONFUSION_PNG).is_file() and (run_dir / cards.CURVES_PNG).is_file()
     ModelCard(text)
-    assert f'"{run_dir.name}"' in text  # no --hub_model_id: the card names the folder
+    assert f"# {run_dir.name}\n" in text  # no --hub_model_id: the card is titled after the folder
     for kwargs in ({}, {"baseline_results": _baseline(results)}):
         with_card, without = tmp_path / f"with{len(kwargs)}", tmp_path / f"without{len(kwargs)}"
         shutil.copytree(run_dir, with_card)
@@ -345,3 +345,278 @@ def test_training_curves_one_quantity_per_panel():
     assert all(
         len(p["series"]) == 1 for t, p in panels.items() if t not in ("training loss",) and "evaluation" not in t
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# cards that tell the chain (issue 28)
+# ------------------------------------------------------------------------------------------------
+def _write_run(folder, results) -> str:
+    """A run folder as far as a card reads it: its results.json (no weights needed)."""
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(results))
+    return str(folder)
+
+
+def _summary(text: str) -> str:
+    return text.split("<!-- hf-transfer:begin summary -->")[1].split("<!-- hf-transfer:end summary -->")[0]
+
+
+def _reproduce_yaml(text: str) -> dict:
+    block = text.split("## Reproduce this run")[1]
+    return yaml.safe_load(re.search(r"```yaml\n(.*?)```", block, re.DOTALL).group(1))
+
+
+@pytest.fixture(scope="module")
+def chained_dir(run_dir):
+    """A tiny task run whose backbone is the DANN run folder (a local run folder, not a Hub id)."""
+    from hf_transfer.config import arguments_from_dict
+    from hf_transfer.training.run import run_transfer
+
+    out = run_dir.parent / "task_on_dann"
+    a, t = arguments_from_dict(
+        dict(
+            mode="task",
+            method="full",
+            backbone=str(run_dir),
+            target="builtin:digits-handwritten",
+            image_size=32,
+            crop_pct=1.0,
+            output_dir=str(out),
+            max_steps=2,
+            per_device_train_batch_size=8,
+            max_train_samples=16,
+            max_eval_samples=16,
+            use_cpu=True,
+            report_to="none",
+            save_strategy="no",
+            eval_strategy="no",
+            learning_rate=0.01,
+            optim="sgd",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
+    )
+    run_transfer(a, t)
+    return out
+
+
+def test_run_on_a_local_run_folder_records_and_tells_its_chain(run_dir, chained_dir):
+    """results.json records where the base folder's own weights came from; the card tells the chain, and the
+    metadata declares no base_model (a local folder is not a Hub id; the chain started from random init)."""
+    results = json.loads((chained_dir / "results.json").read_text())
+    assert results["base_model"] is None
+    assert results["provenance"] == [
+        {"step": "origin", "init": "random", "model": "test_resnet"},
+        {
+            "step": "run",
+            "folder": "dann",
+            "path": str(run_dir),
+            "mode": "domain",
+            "method": "dann",
+            "source": "builtin:digits-printed",
+            "target": "builtin:digits-handwritten",
+            "target_accuracy": json.loads((run_dir / "results.json").read_text())["metrics"]["target"]["accuracy"],
+        },
+    ]
+    text = (chained_dir / "README.md").read_text()
+    chain = (
+        "test_resnet (random init) -> dann on builtin:digits-printed + unlabelled builtin:digits-handwritten -> "
+        "this run: task on builtin:digits-handwritten"
+    )
+    assert f"- **Lineage:** {chain}" in text
+    assert "the local run folder `dann`" in text and "random initialisation" not in _summary(text)
+    meta = card_metadata(text)[0]
+    assert "base_model" not in meta and "base_model_relation" not in meta
+    # the backbone was trained from random weights, through the chain: the limitation still applies
+    assert "The backbone started from random weights" in text
+
+
+def test_chain_is_read_recursively_from_results_files(tmp_path, results):
+    """The named case (a test_resnet trained source-only on printed digits, then fine-tuned on handwritten
+    ones), a chain two runs deep from a Hub model (the card declares that Hub id, never a folder), a run
+    recorded before provenance existed, and a loop of folders naming each other."""
+    from hf_transfer.hub.card_provenance import run_provenance
+
+    so = _write_run(
+        tmp_path / "outputs" / "demo" / "seed0" / "source_only",
+        _variant(results, method="source_only", provenance=None),  # recorded before the chain was
+    )
+    task = _variant(results, mode="task", method="full", backbone=so, base_model=None)
+    task["provenance"] = run_provenance(so)
+    text = cards.render_card(tmp_path, "user/task", results=task, figures=False).text
+    assert (
+        "test_resnet (random init) -> source_only on builtin:digits-printed -> this run: task on "
+        "builtin:digits-handwritten"
+    ) in text
+    # recursively: a run on the task folder carries the whole chain, from the task folder's own results.json
+    task_dir = _write_run(tmp_path / "task", task)
+    deeper = _variant(results, mode="feature", method="linear", backbone=task_dir, base_model=None, provenance=None)
+    assert [link.get("folder") or link["model"] for link in run_provenance(task_dir)] == [
+        "test_resnet",
+        "source_only",
+        "task",
+    ]
+    assert "source_only on builtin:digits-printed -> task on builtin:digits-handwritten -> this run: feature on" in (
+        cards.render_card(tmp_path, "user/probe", results=deeper, figures=False).text
+    )
+    # from a Hub model: metadata base_model is that Hub id, the local folders never are
+    hub_so = _write_run(
+        tmp_path / "hub_so",
+        _variant(results, method="source_only", backbone="org/backbone", base_model="org/backbone", provenance=None),
+    )
+    on_hub = _variant(results, mode="task", method="full", backbone=hub_so, base_model=None)
+    on_hub["provenance"] = run_provenance(hub_so)
+    card = cards.render_card(tmp_path, "user/on-hub", results=on_hub, figures=False)
+    meta = card_metadata(str(card))[0]
+    assert meta["base_model"] == "org/backbone" and meta["base_model_relation"] == "finetune"
+    assert "org/backbone (Hub) -> source_only on builtin:digits-printed -> this run: task" in card.text
+    # a loop (a folder whose results.json names itself as backbone) ends instead of recursing forever
+    loop = tmp_path / "loop"
+    _write_run(loop, _variant(results, backbone=str(loop), base_model=None, provenance=None))
+    chain = run_provenance(str(loop))
+    assert chain[0]["init"] == "local" and len(chain) <= 3
+
+
+def test_demo_cards_include_the_demo_baseline(run_dir, results, tmp_path):
+    """The demo re-writes every run's card with its seed's source-only run as the baseline."""
+    import shutil
+
+    from hf_transfer import demo
+
+    outputs = {}
+    for name in ("scratch", "source_only", "dann"):
+        outputs[name] = str(tmp_path / "seed0" / name)
+        shutil.copytree(run_dir, outputs[name])
+    so = _variant(results, method="source_only")
+    so["metrics"]["target"]["accuracy"] = 0.05
+    (tmp_path / "seed0" / "source_only" / "results.json").write_text(json.dumps(so))
+    (tmp_path / "seed0" / "scratch" / "results.json").write_text(
+        json.dumps(_variant(results, mode="task", method="full", source=None))
+    )
+    assert sorted(demo.attach_baseline(outputs)) == sorted([outputs["scratch"], outputs["dann"]])
+    for name in ("scratch", "dann"):
+        text = (tmp_path / "seed0" / name / "README.md").read_text()
+        assert "source-only baseline (5.0%)" in _summary(text), name
+        assert "no source-only baseline was given" not in text.lower(), name
+        assert "| source-only baseline |" in text
+    configs = {e.metric_config for e in cards.validate_card((tmp_path / "seed0" / "dann" / "README.md").read_text())}
+    assert BASELINE_CONFIG in configs
+    assert demo.attach_baseline({"dann": outputs["dann"]}) == []  # no source-only run: nothing to attach
+
+
+def test_wording_follows_the_initialisation(run_dir, results):
+    """Random init: "trains ... from random initialisation", never "fine-tunes"; a Hub base is fine-tuned."""
+    scratch = _variant(results, mode="task", method="full", source=None, label_alignment=None)
+    summary = _summary(cards.render_card(run_dir, "user/scratch", results=scratch, figures=False).text)
+    assert "trains a `test_resnet` from random initialisation" in summary and "fine-tunes" not in summary
+    probe = _variant(results, mode="feature", method="linear")
+    summary = _summary(cards.render_card(run_dir, "user/probe", results=probe, figures=False).text)
+    assert "frozen features of a randomly initialised `test_resnet`" in summary
+    summary = _summary(cards.render_card(run_dir, REPO, figures=False).text)
+    assert "adapts a randomly initialised `test_resnet` image classifier" in summary
+    hub = _variant(scratch, backbone="org/backbone", base_model="org/backbone")
+    summary = _summary(cards.render_card(run_dir, "user/ft", results=hub, figures=False).text)
+    assert "fine-tunes [`org/backbone`]" in summary and "random" not in summary
+
+
+def test_accuracy_intervals_are_wilson(run_dir, results):
+    """18/18 correct is not "100.0% (+-0.0)": its 95% Wilson interval starts at 82.4%; no count, no interval."""
+    perfect = _variant(results)
+    perfect["metrics"]["target"].update(accuracy=1.0, num_samples=18)
+    perfect["metrics"]["source"].update(accuracy=0.0, num_samples=18)
+    text = cards.render_card(run_dir, REPO, results=perfect, figures=False).text
+    row = next(line for line in text.splitlines() if line.startswith("| **this model**"))
+    assert "100.0% (82.4-100.0)" in row and "0.0% (0.0-17.6)" in row and "+-" not in text
+    assert "95% Wilson score interval" in text
+    uncounted = _variant(results)
+    uncounted["metrics"]["target"].pop("num_samples")
+    row = next(
+        line
+        for line in cards.render_card(run_dir, REPO, results=uncounted, figures=False).text.splitlines()
+        if line.startswith("| **this model**")
+    )
+    assert row.split(" | ")[1] == f"{100 * results['metrics']['target']['accuracy']:.1f}%"
+
+
+def test_reproduce_block_uses_placeholders_for_local_paths(run_dir, results, tmp_path):
+    """The output folder, a local backbone, a local dataset and a cache folder become placeholders, said as
+    such; a config that still holds one is refused before anything runs."""
+    from hf_transfer.config import arguments_from_dict, load_config_file, parse_args
+    from hf_transfer.errors import TransferConfigError
+
+    local = _variant(
+        results,
+        mode="task",
+        method="full",
+        backbone="outputs/demo/seed0/source_only",
+        base_model=None,
+        target="/data/my_digits",
+    )
+    local["arguments"] = {
+        **results["arguments"],
+        "mode": "task",
+        "method": "full",
+        "backbone": "outputs/demo/seed0/source_only",
+        "target": "/data/my_digits",
+        "decoded_cache_dir": "cache/decoded",
+    }
+    text = cards.render_card(run_dir, None, results=local, figures=False).text
+    cfg = _reproduce_yaml(text)
+    assert cfg["output_dir"] == "<OUTPUT_DIR>"
+    assert cfg["backbone"] == "<PATH_TO: outputs/demo/seed0/source_only>"
+    assert cfg["target"] == "<PATH_TO: /data/my_digits>" and cfg["decoded_cache_dir"] == "<PATH_TO: cache/decoded>"
+    assert cfg["source"] == "builtin:digits-printed" and cfg["max_steps"] == 3  # the rest as it ran
+    assert "placeholders to replace before running it" in text and "`<OUTPUT_DIR>` is a new folder" in text
+    assert "hf-transfer push <OUTPUT_DIR> <REPO_ID>" in text and "outputs/dann" not in text
+    # the card of the DANN run itself: only the output folder is local
+    cfg = _reproduce_yaml(cards.render_card(run_dir, REPO, figures=False).text)
+    assert cfg["output_dir"] == "<OUTPUT_DIR>" and cfg["backbone"] == "test_resnet"
+    # train_config.yaml holds the same; running it unchanged is refused, naming the placeholder
+    cards.write_card(tmp_path, None, results=local, existing="")
+    with pytest.raises(TransferConfigError, match=r"backbone is '<PATH_TO: outputs/demo/seed0/source_only>'"):
+        load_config_file(str(tmp_path / cards.CONFIG_FILE))
+    with pytest.raises(TransferConfigError, match="output_dir.*a new folder of your choice"):
+        parse_args(["--mode", "task", "--backbone", "test_resnet", "--target", "x", "--output_dir=<OUTPUT_DIR>"])
+    with pytest.raises(TransferConfigError, match="output_dir"):
+        arguments_from_dict(dict(mode="task", backbone="test_resnet", target="x", output_dir="<OUTPUT_DIR>"))
+
+
+def test_hyperparameter_table_shows_what_governed_the_length(run_dir, results):
+    """max_steps > 0 overrides the epochs: the table shows max_steps, not num_train_epochs 3.0; a run whose
+    epochs governed shows the epochs (and the steps they came to)."""
+    text = cards.render_card(run_dir, REPO, figures=False).text
+    assert "| max_steps | 3 |" in text and "num_train_epochs" not in text.split("## Training hyper-parameters")[1]
+    by_epochs = _variant(results, arguments={k: v for k, v in results["arguments"].items() if k != "max_steps"})
+    by_epochs["arguments"]["num_train_epochs"] = 2.0
+    by_epochs["hyperparameters"] = {**results["hyperparameters"], "num_train_epochs": 2.0, "max_steps": 8}
+    table = cards.render_card(run_dir, REPO, results=by_epochs, figures=False).text.split("## Results")[0]
+    assert "| num_train_epochs | 2.0 |" in table and "| training steps (set by num_train_epochs) | 8 |" in table
+    assert "| max_steps |" not in table
+
+
+def test_local_card_has_no_hub_links_until_a_push(run_dir, tmp_path):
+    """Training without a repo writes a card with no links into a repo that does not exist; a push (write_card
+    with the real repo id) fills them in."""
+    import shutil
+
+    text = (run_dir / "README.md").read_text()
+    meta = card_metadata(text)[0]
+    assert "widget" not in meta and "huggingface.co/" not in text
+    assert f'"{run_dir.name}"' not in text and 'model="<REPO_ID>"' in text and "hf-hub:<REPO_ID>" in text
+    assert "`hf-transfer push` fills it in" in text
+    folder = tmp_path / "pushed"
+    shutil.copytree(run_dir, folder)
+    pushed = cards.write_card(folder, REPO)
+    assert f'model="{REPO}"' in pushed and "<REPO_ID>" not in pushed
+    assert card_metadata(pushed)[0]["widget"][0]["src"].startswith(f"https://huggingface.co/{REPO}/resolve/main/")
+
+
+def test_example_card_links_to_no_model_repo():
+    """The committed example card is a local card: no link to a Hub model repo (none was pushed)."""
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "model_cards" / "examples" / "README.md"
+    text = example.read_text()
+    repo_links = re.findall(r"huggingface\.co/(?!datasets/)[\w.-]+/[\w.-]+", text)
+    assert repo_links == [] and "hf-hub:<REPO_ID>" in text
+    assert "no source-only baseline was given" not in text.lower() and "+-" not in text

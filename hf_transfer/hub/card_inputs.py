@@ -150,8 +150,53 @@ def training_config(results: dict) -> tuple[dict, bool]:
     return {k: v for k, v in cfg.items() if v is not None}, False
 
 
-def run_config(results: dict, repo_id: str) -> tuple[dict, bool]:
-    """:func:`training_config` with an ``output_dir`` named after the repo when the run stored none."""
+OUTPUT_DIR_PLACEHOLDER = "<OUTPUT_DIR>"
+REPO_ID_PLACEHOLDER = "<REPO_ID>"
+
+
+def is_local_backbone(backbone: str | None, base_model: str | None) -> bool:
+    """Whether ``backbone`` named a folder on the training machine (not a Hub id, not a timm architecture).
+
+    Decided from the recorded strings, so it holds on another machine where the folder does not exist."""
+    if not backbone or base_model:
+        return False
+    return os.path.isabs(backbone) or "/" in backbone or os.sep in backbone or os.path.isdir(backbone)
+
+
+def path_placeholder(path: str) -> str:
+    """A local path of the training machine as a placeholder the reader must fill in."""
+    return f"<PATH_TO: {path}>"
+
+
+def _is_local_value(key: str, value: Any, results: dict) -> bool:
+    """Whether an argument's value is a path on the machine that trained the run."""
+    if not isinstance(value, str) or not value:
+        return False
+    if key == "backbone":
+        return is_local_backbone(value, results.get("base_model"))
+    if key in ("source", "target"):
+        return (dataset_info(value) or {}).get("kind") == "local"
+    return key.endswith("_dir") or os.path.isabs(value) or value.startswith(("./", "../", "~"))
+
+
+def run_config(results: dict) -> tuple[dict, bool]:
+    """:func:`training_config` as a card shows it: every local path (the output folder, a local backbone or
+    dataset, a cache folder) replaced by a placeholder, since the path means nothing on another machine."""
     config, exact = training_config(results)
-    config.setdefault("output_dir", f"outputs/{repo_id.split('/')[-1]}")
+    config = {k: (path_placeholder(v) if _is_local_value(k, v, results) else v) for k, v in config.items()}
+    config["output_dir"] = OUTPUT_DIR_PLACEHOLDER
     return config, exact
+
+
+def placeholders_in(config: dict) -> list[str]:
+    """The placeholder values of a config (what a reader replaces before running it)."""
+    return [v for v in config.values() if isinstance(v, str) and v.startswith("<") and v.endswith(">")]
+
+
+def governing_schedule(results: dict) -> str | None:
+    """Which argument set the training length: ``max_steps`` (when set > 0, it overrides the epochs) or
+    ``num_train_epochs``; None when the run did not record its arguments."""
+    arguments = results.get("arguments")
+    if not isinstance(arguments, dict):
+        return None
+    return "max_steps" if (arguments.get("max_steps") or -1) > 0 else "num_train_epochs"

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from hf_transfer.hub.card_inputs import HUB, dataset_info, folder_library, reference_rows
+from hf_transfer.hub.card_provenance import hub_origin
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def eval_results(results: dict, baseline: dict | None = None) -> list:
 
 def card_data(
     results: dict,
-    repo_id: str,
+    repo_id: str | None,
     *,
     mode_tag: str | None,
     folder: str | os.PathLike | None = None,
@@ -72,8 +73,10 @@ def card_data(
     license: str | None = None,
     revision: str | None = None,
     endpoint: str | None = None,
+    model_name: str | None = None,
 ):
-    """The ``ModelCardData`` of a run (metadata only); ``mode_tag`` is the mode's Hub tag."""
+    """The ``ModelCardData`` of a run (metadata only); ``mode_tag`` is the mode's Hub tag. ``repo_id`` None: a
+    local card (no widget: its images would be links into a repo that does not exist yet)."""
     from huggingface_hub import ModelCardData
 
     lib = folder_library(folder) if folder else {"library": "transformers", "timm": False}
@@ -94,12 +97,12 @@ def card_data(
     hub_datasets = [
         d["id"] for d in (dataset_info(results.get("source")), dataset_info(results.get("target"))) if d and d["id"]
     ]
-    base = results.get("base_model")
+    base = declared_base_model(results)
     extra: dict[str, Any] = {}
     if base:
         extra["base_model_relation"] = "adapter" if lib["library"] == "peft" else "finetune"
     widget = []
-    if folder:
+    if folder and repo_id:
         rev = revision or "main"
         endpoint = (endpoint or HUB).rstrip("/")
         for row in reference_rows(folder):
@@ -114,10 +117,28 @@ def card_data(
         license=license,
         tags=list(dict.fromkeys(t for t in tags if t)),
         metrics=["accuracy", "f1"],
-        model_name=repo_id.split("/")[-1],
+        model_name=model_name or (repo_id.split("/")[-1] if repo_id else None),
         eval_results=eval_results(results, baseline) or None,
         **extra,
     )
+
+
+def declared_base_model(results: dict) -> str | None:
+    """The ``base_model`` a card declares: the Hub id the weights came from, directly or through a chain of
+    local runs (:func:`~hf_transfer.hub.card_provenance.hub_origin`); never a local folder or a timm
+    architecture name, which are not Hub ids (None then)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    base = hub_origin(results)
+    if not base or os.path.isabs(base) or os.path.isdir(base):
+        return None
+    try:
+        validate_repo_id(base)
+    except HFValidationError:
+        logger.warning("Not declaring base_model %r in the card: it is not a Hub repo id.", base)
+        return None
+    return base
 
 
 def base_model_license(base_model: str | None, token: str | bool | None = None) -> str | None:

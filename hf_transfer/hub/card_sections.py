@@ -17,12 +17,17 @@ from hf_transfer.hub.card_inputs import (
     CONFUSION_PNG,
     CURVES_PNG,
     HUB,
+    OUTPUT_DIR_PLACEHOLDER,
+    REPO_ID_PLACEHOLDER,
     accuracy,
     dataset_info,
     enum_value,
+    governing_schedule,
     pct,
+    placeholders_in,
     run_config,
 )
+from hf_transfer.hub.card_provenance import base_run, chain_text, hub_origin, initialisation, link_text, provenance_of
 
 
 def backbone_text(results: dict, is_timm: bool) -> str:
@@ -32,10 +37,23 @@ def backbone_text(results: dict, is_timm: bool) -> str:
     if base:
         rev = f" (revision `{results['backbone_revision']}`)" if results.get("backbone_revision") else ""
         return f"[`{base}`]({HUB}/{base}){rev} from the Hub ({kind}), with a new classification head."
-    if os.path.isabs(backbone) or os.sep in backbone or os.path.isdir(backbone):
+    previous = base_run(results)
+    if previous is not None:
+        origin = hub_origin(results)
+        declared = (
+            f"`base_model` in the metadata is the Hub model the chain started from, `{origin}`."
+            if origin
+            else "no link of the chain is on the Hub, so no `base_model` is declared in the metadata."
+        )
         return (
-            f"a local model folder `{os.path.basename(backbone.rstrip(os.sep))}` ({kind}); it is not on the Hub, "
-            "so no `base_model` is declared in the metadata."
+            f"the local run folder `{previous['folder']}` ({kind}), an earlier hf-transfer run (its own origin, "
+            f"data and mode are in the lineage above); it is not on the Hub, and {declared}"
+        )
+    if initialisation(results) == "local":
+        return (
+            f"a local model folder `{os.path.basename(backbone.rstrip('/' + os.sep))}` ({kind}) with no "
+            "`results.json` (its history is unknown); it is not on the Hub, so no `base_model` is declared in the "
+            "metadata."
         )
     return (
         f"the `{backbone}` architecture ({kind}) with **random initialisation** (no pretrained weights), so no "
@@ -76,6 +94,18 @@ def why_backbone_vars(results: dict) -> dict:
     return dict(why_backbone_intro=intro, why_backbone_columns=names, why_backbone_rows=rows)
 
 
+def _before_text(results: dict) -> str:
+    """The chain before this run in words: ``test_resnet (random init) -> source_only on builtin:digits-printed``."""
+    chain = provenance_of(results)
+    return " -> ".join(link_text(link) for link in chain)
+
+
+def lineage(results: dict) -> str:
+    """The card's lineage line (the whole chain up to this run), "" for a run straight from an origin that
+    the backbone line already says (Hub model, random init)."""
+    return chain_text(results) if base_run(results) is not None else ""
+
+
 def summary(results: dict, baseline: dict | None, upper: dict | None, backbone: str, method_title: str) -> str:
     """The opening paragraph: what was adapted from what to what, and how much it helped."""
     mode, method = results.get("mode"), results.get("method")
@@ -84,18 +114,25 @@ def summary(results: dict, baseline: dict | None, upper: dict | None, backbone: 
     method_title = str(method_title)
     t = f"**{tgt['display']}**" if tgt else "the target data"
     s = f"**{src['display']}**" if src else None
-    base = (
-        backbone.split(" from the Hub")[0].split(" (")[0]
-        if results.get("base_model")
-        else f"`{os.path.basename(str(results.get('backbone', '?')).rstrip(os.sep))}`"
-    )
+    previous = base_run(results)
+    if results.get("base_model"):
+        base = backbone.split(" from the Hub")[0].split(" (")[0]
+    elif previous is not None:
+        base = f"`{previous['folder']}` ({_before_text(results)})"
+    else:
+        base = f"`{os.path.basename(str(results.get('backbone', '?')).rstrip('/' + os.sep))}`"
+    random = not results.get("base_model") and previous is None and initialisation(results) == "random"
     if mode == "domain":
+        start = "a randomly initialised " if random else "a "
         what = (
-            f"This model adapts a {base} image classifier from {s} (labelled source) to {t} (unlabelled target) "
-            f"with {method_title}."
+            f"This model adapts {start}{base} image classifier from {s} (labelled source) to {t} (unlabelled "
+            f"target) with {method_title}."
         )
     elif mode == "feature":
-        what = f"This model is a linear probe on the frozen features of {base}, trained on the labels of {t}."
+        frozen = f"a randomly initialised {base}" if random else base
+        what = f"This model is a linear probe on the frozen features of {frozen}, trained on the labels of {t}."
+    elif random:
+        what = f"This model trains a {base} from random initialisation on {t} ({method_title.lower()})."
     else:
         what = f"This model fine-tunes {base} on {t} ({method_title.lower()})."
     acc = accuracy(results, "target")
@@ -218,6 +255,11 @@ def hyperparameters(results: dict) -> list[tuple]:
     recipe = hp.pop("recipe_defaults", None) or {}
     if hp.get("optim_args") is None:  # runs recorded before optim_args was a hyper-parameter
         hp["optim_args"] = (results.get("arguments") or {}).get("optim_args")
+    governing = governing_schedule(results)
+    if governing == "max_steps":  # max_steps > 0 overrides the epochs: num_train_epochs did nothing
+        hp.pop("num_train_epochs", None)
+    elif governing == "num_train_epochs" and hp.get("max_steps") is not None:  # the steps the epochs came to
+        hp["training steps (set by num_train_epochs)"] = hp.pop("max_steps")
     rows = [(k, enum_value(v)) for k, v in sorted(hp.items()) if v is not None]
     if recipe:  # which of the values above hf_transfer's recipe chose (the run left them unset)
         label = f"from hf_transfer's {results.get('mode')} recipe (not set by the run)"
@@ -230,11 +272,20 @@ def hyperparameters(results: dict) -> list[tuple]:
     return rows
 
 
+def wilson_interval(acc: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of an accuracy measured on ``n`` images (scipy's ``binomtest``): unlike
+    the normal approximation it does not collapse to +-0 at 0% or 100%, and stays inside [0, 1]."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(round(acc * n)), n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def _ci(acc: float, n: int | None) -> str:
-    if not n:
+    if not n:  # no count, no interval
         return ""
-    half = 1.96 * math.sqrt(max(acc * (1 - acc), 1e-12) / n)
-    return f" (+-{100 * half:.1f})"
+    low, high = wilson_interval(acc, int(n))
+    return f" ({100 * low:.1f}-{100 * high:.1f})"
 
 
 def base_before(results: dict) -> dict | None:
@@ -349,8 +400,8 @@ def results_vars(results: dict, baseline: dict | None, upper: dict | None, metho
     gap_rows, gap_intro = domain_gap_table(results)
     return dict(
         results_intro=(
-            "Accuracy on the held-out test split of each domain (the +- is a 95% binomial interval); "
-            "macro-F1 in points."
+            "Accuracy on the held-out test split of each domain (in brackets: its 95% Wilson score interval "
+            "from the number of test images); macro-F1 in points."
         ),
         results_note=" ".join(note),
         confusion_png=CONFUSION_PNG if has_cm else None,
@@ -368,8 +419,9 @@ def limitations(results: dict, baseline: dict | None) -> list[str]:
     tm = (results.get("metrics") or {}).get("target") or {}
     if tm.get("num_samples"):
         out.append(
-            f"The numbers above come from {tm['num_samples']} target test images; the +- column is a 95% "
-            "binomial interval, so small differences between rows may not be meaningful."
+            f"The numbers above come from {tm['num_samples']} target test images; the bracketed 95% Wilson "
+            "intervals show how far the true accuracy may lie, so differences between rows whose intervals "
+            "overlap may not be meaningful."
         )
     out.append(
         f"The model only knows the {len(results.get('label_names') or [])} classes listed above; any other "
@@ -382,7 +434,7 @@ def limitations(results: dict, baseline: dict | None) -> list[str]:
         )
     if baseline is None and results.get("method") != "source_only" and mode == "domain":
         out.append("No source-only baseline was attached to this card, so the gain from adaptation is not shown.")
-    if results.get("base_model") is None and not os.path.isdir(str(results.get("backbone"))):
+    if results.get("base_model") is None and initialisation(results) == "random":
         out.append(
             "The backbone started from random weights, not from a large-scale pretrained model: expect it to "
             "transfer poorly beyond these domains."
@@ -393,24 +445,37 @@ def limitations(results: dict, baseline: dict | None) -> list[str]:
     return out
 
 
-def reproduce_vars(results: dict, repo_id: str, revision: str | None) -> dict:
-    """Template variables of the "reproduce this run" section: the arguments as YAML and the push command."""
-    config, exact = run_config(results, repo_id)
+def reproduce_vars(results: dict, repo_id: str | None, revision: str | None) -> dict:
+    """Template variables of the "reproduce this run" section: the arguments as YAML, what the placeholders
+    stand for, and the push command (``repo_id`` None: a local card, not pushed yet)."""
+    config, exact = run_config(results)
+    intro = (
+        "The exact arguments of this run (`train_config.yaml` beside this card)."
+        if exact
+        else "The arguments recorded for this run (`train_config.yaml` beside this card; rebuilt from "
+        "`results.json`, so options left at their defaults are not listed)."
+    )
+    notes = [f"`{OUTPUT_DIR_PLACEHOLDER}` is a new folder of your choice"]
+    local = [v for v in placeholders_in(config) if v.startswith("<PATH_TO:")]
+    if local:
+        notes.append(
+            "`<PATH_TO: ...>` stands for a folder on the machine that trained this run (named as it was there): "
+            "use your copy of it"
+            + (" (a local run: retrain it first with its own card's reproduce block)" if base_run(results) else "")
+        )
+    if repo_id is None:
+        notes.append(f"`{REPO_ID_PLACEHOLDER}` is the Hub repo to push to")
+    intro += " Values in angle brackets are placeholders to replace before running it: " + "; ".join(notes) + "."
     return dict(
-        reproduce_intro=(
-            "The exact arguments of this run (`train_config.yaml` in this repo):"
-            if exact
-            else "The arguments recorded for this run (`train_config.yaml` in this repo; rebuilt from "
-            "`results.json`, so options left at their defaults are not listed):"
-        ),
+        reproduce_intro=intro,
         config_yaml=yaml.safe_dump(config, sort_keys=False, default_flow_style=False),
         config_file=CONFIG_FILE,
-        push_command=f"hf-transfer push {config['output_dir']} {repo_id}"
+        push_command=f"hf-transfer push {OUTPUT_DIR_PLACEHOLDER} {repo_id or REPO_ID_PLACEHOLDER}"
         + (f" --revision {revision}" if revision else ""),
     )
 
 
-def write_config(folder: str | os.PathLike, results: dict, repo_id: str) -> None:
+def write_config(folder: str | os.PathLike, results: dict) -> None:
     """``train_config.yaml`` (the arguments of :func:`reproduce_vars`) written into ``folder``."""
-    config, _ = run_config(results, repo_id)
+    config, _ = run_config(results)
     (Path(folder) / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))

@@ -4,7 +4,7 @@ the pushed revision, with an example image from the repo."""
 
 from __future__ import annotations
 
-from hf_transfer.hub.card_inputs import EXAMPLES_DIR
+from hf_transfer.hub.card_inputs import EXAMPLES_DIR, REPO_ID_PLACEHOLDER
 
 
 def adapter_vars(adapter: dict) -> dict:
@@ -93,14 +93,23 @@ def forms_text(results: dict, library: dict) -> list[str]:
     ]
 
 
-def usage_vars(results: dict, library: dict, examples: list[dict], revision: str | None) -> dict:
+LOCAL_NOTE = (
+    f"This card was written with the run folder, before any push: `{REPO_ID_PLACEHOLDER}` below stands for the Hub "
+    "repo it goes to (`hf-transfer push` fills it in). Until then, pass the folder's path instead of the repo id "
+    "(for timm: `local-dir:` and the path) and an image of your own."
+)
+
+
+def usage_vars(
+    results: dict, library: dict, examples: list[dict], revision: str | None, *, local: bool = False
+) -> dict:
     """Template variables of the usage section. ``library``: :func:`~hf_transfer.hub.card_inputs.folder_library`;
-    ``examples``: the folder's reference rows."""
+    ``examples``: the folder's reference rows; ``local``: a card written before any push (no repo yet)."""
     adapter = results.get("adapter") or {}
     return dict(
         is_timm=library["timm"],
         is_peft=library["library"] == "peft",
-        forms_text=forms_text(results, library),
+        forms_text=([LOCAL_NOTE] if local else []) + forms_text(results, library),
         has_adapter_subfolder=bool(adapter.get("subfolder")),
         **adapter_vars(adapter),
         revision_kwarg=f', revision="{revision}"' if revision else "",

@@ -5,6 +5,7 @@ source-only baseline and of a target-supervised upper bound) through huggingface
 ``ModelCard.from_template``. This module names the modes and methods and assembles the pieces:
 
 - :mod:`~hf_transfer.hub.card_inputs`: reading the run folder (results, exported library, arguments);
+- :mod:`~hf_transfer.hub.card_provenance`: the chain of runs a model came from (its lineage);
 - :mod:`~hf_transfer.hub.card_metadata`: ``ModelCardData`` / ``model-index`` and :func:`validate_card`;
 - :mod:`~hf_transfer.hub.card_sections` and :mod:`~hf_transfer.hub.card_domain`: the body text;
 - :mod:`~hf_transfer.hub.card_usage`: the code that loads the pushed model;
@@ -28,6 +29,7 @@ from hf_transfer.hub.card_inputs import (
     CURVES_PNG,
     README,
     REFERENCE_PREDICTIONS,
+    REPO_ID_PLACEHOLDER,
     RESULTS_FILE,
     dataset_info,
     folder_library,
@@ -110,7 +112,7 @@ def _method_vars(results: dict) -> dict:
 
 def render_card(
     folder: str | os.PathLike,
-    repo_id: str,
+    repo_id: str | None,
     *,
     results: dict | None = None,
     baseline_results: str | os.PathLike | dict | None = None,
@@ -120,10 +122,14 @@ def render_card(
     endpoint: str | None = None,
     template_path: str | os.PathLike | None = None,
     figures: bool = True,
+    model_name: str | None = None,
 ):
     """Render the card of the run in ``folder`` as it would be pushed to ``repo_id`` (nothing written).
 
-    ``figures``: reference ``confusion_matrix.png``/``training_curves.png`` (see :func:`write_figures`).
+    ``repo_id`` None: a local card, written before any push; it links to no Hub repo (none exists yet) and
+    shows ``<REPO_ID>`` where the repo goes; a push re-renders it for the real repo. ``model_name``: the
+    title (default: the repo's name, else the folder's). ``figures``: reference
+    ``confusion_matrix.png``/``training_curves.png`` (see :func:`write_figures`).
     """
     from huggingface_hub import ModelCard
 
@@ -133,6 +139,7 @@ def render_card(
     upper = load_results(upper_bound_results)
     library = folder_library(folder)
     mode = results.get("mode")
+    model_name = model_name or (repo_id.split("/")[-1] if repo_id else local_repo_id(folder))
     data = card_data(
         results,
         repo_id,
@@ -142,21 +149,23 @@ def render_card(
         license=license,
         revision=revision,
         endpoint=endpoint,
+        model_name=model_name,
     )
     backbone = sections.backbone_text(results, library["timm"])
     title = _method_title(results.get("method"))
     return ModelCard.from_template(
         data,
         template_str=template_text(template_path),
-        repo_id=repo_id,
-        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id or REPO_ID_PLACEHOLDER,
+        model_name=model_name,
         summary=sections.summary(results, baseline, upper, backbone, title),
         **_method_vars(results),
+        lineage=sections.lineage(results),
         **sections.why_backbone_vars(results),
         **sections.data_vars(results, backbone),
         hyperparameters=sections.hyperparameters(results),
         **sections.results_vars(results, baseline, upper, title, figures),
-        **usage_vars(results, library, reference_rows(folder), revision),
+        **usage_vars(results, library, reference_rows(folder), revision, local=repo_id is None),
         limitations=sections.limitations(results, baseline),
         **sections.reproduce_vars(results, repo_id, revision),
         versions=sorted((results.get("versions") or {}).items()),
@@ -185,18 +194,18 @@ def write_figures(folder: str | os.PathLike, results: dict | None = None) -> lis
 
 
 def local_repo_id(folder: str | os.PathLike) -> str:
-    """The repo id a card written at the end of training names when no ``--hub_model_id`` was given: the
-    folder's name (a push re-renders every generated part with the real repo id)."""
+    """The name a local card (no repo yet) is titled with: the folder's name."""
     return Path(folder).resolve().name
 
 
-def write_card(folder: str | os.PathLike, repo_id: str, *, existing: str | None = None, **kwargs) -> str:
+def write_card(folder: str | os.PathLike, repo_id: str | None, *, existing: str | None = None, **kwargs) -> str:
     """Figures + ``train_config.yaml`` + ``README.md`` (merged into ``existing``, else into the folder's
-    README.md when there is one) written into ``folder``; returns the card text."""
+    README.md when there is one) written into ``folder``; returns the card text. ``repo_id`` None: a local
+    card (see :func:`render_card`)."""
     folder = Path(folder)
     results = load_results(kwargs.pop("results", None) or folder)
     write_figures(folder, results)
-    sections.write_config(folder, results, repo_id)
+    sections.write_config(folder, results)
     card = render_card(folder, repo_id, results=results, **kwargs)
     if existing is None and (folder / README).is_file():
         existing = (folder / README).read_text()
@@ -209,12 +218,14 @@ def write_card(folder: str | os.PathLike, repo_id: str, *, existing: str | None 
 def render_example(
     run_dir: str | os.PathLike,
     out_dir: str | os.PathLike = "model_cards/examples",
-    repo_id: str = "hf-transfer/digits-printed-to-handwritten-dann",
+    model_name: str = "digits-printed-to-handwritten-dann",
     baseline_results: str | os.PathLike | dict | None = None,
     upper_bound_results: str | os.PathLike | dict | None = None,
 ) -> str:
-    """Render the committed example card from a run folder (e.g. the demo's ``seed0/dann``):
-    ``README.md`` and its figures go to ``out_dir``. Nothing is fetched from the network."""
+    """Render the committed example card from a run folder (e.g. the demo's ``seed0/dann``, with its
+    ``seed0/source_only`` as baseline): ``README.md`` and its figures go to ``out_dir``. It is a local card,
+    as training writes one: no repo of that name exists on the Hub, so it links to none. Nothing is fetched
+    from the network."""
     import shutil
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -223,7 +234,12 @@ def render_example(
         if (run_dir / name).is_file():
             shutil.copy(run_dir / name, out_dir / name)
     text = write_card(
-        out_dir, repo_id, existing="", baseline_results=baseline_results, upper_bound_results=upper_bound_results
+        out_dir,
+        None,
+        existing="",
+        baseline_results=baseline_results,
+        upper_bound_results=upper_bound_results,
+        model_name=model_name,
     )
     for name in (RESULTS_FILE, REFERENCE_PREDICTIONS, "config.json"):
         (out_dir / name).unlink(missing_ok=True)

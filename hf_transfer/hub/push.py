@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hf_transfer.hub import card_inputs, cards
-from hf_transfer.hub.card_metadata import base_model_license
+from hf_transfer.hub.card_metadata import base_model_license, declared_base_model
 
 logger = logging.getLogger(__name__)
 
@@ -424,7 +424,7 @@ def _commit_run(
     head = api.repo_info(repo_id, revision=branch).sha
     existing = _remote_readme(api, repo_id, head) if head else None
     if license is None:
-        license = base_model_license(results.get("base_model"), token=token)
+        license = base_model_license(declared_base_model(results), token=token)
 
     cards.write_card(
         folder,

@@ -358,6 +358,8 @@ def run_transfer(
     args: TransferArguments, training_args: TrainingArguments, callbacks: list[TrainerCallback] | None = None
 ) -> dict[str, Any]:
     """Train under ``args.mode`` and write the Hub-ready folder; returns the results dict."""
+    from hf_transfer.hub.card_provenance import run_provenance
+
     start = time.time()
     run = prepare_run(args, training_args, callbacks)
     trainer, mode, model, backbone, data, eval_sets = (
@@ -381,6 +383,8 @@ def run_transfer(
         "backbone": args.backbone,
         "backbone_revision": args.backbone_revision,
         "base_model": backbone.base_model_id,
+        # where the weights came from, through any local run folders (each one's own base, data and mode)
+        "provenance": run_provenance(args.backbone, backbone.base_model_id, args.backbone_revision),
         "source": args.source,
         "target": args.target,
         "source_name": data.source_name,
@@ -437,9 +441,10 @@ def run_transfer(
             export_model(backbone, training_args.output_dir, results=results)
         write_reference_predictions(backbone, data.target["test"], training_args.output_dir)
         # the folder is Hub-ready as it is: README.md card + its figures (a later push re-renders them)
-        from hf_transfer.hub.cards import local_repo_id, write_card
+        from hf_transfer.hub.cards import write_card
 
-        write_card(training_args.output_dir, run.push.repo_id if run.push else local_repo_id(training_args.output_dir))
+        # no push requested: a local card, with no links into a repo that does not exist (yet)
+        write_card(training_args.output_dir, run.push.repo_id if run.push else None)
         logger.info("Wrote %s and its model card README.md", os.path.join(training_args.output_dir, "results.json"))
     trainer.accelerator.wait_for_everyone()
     if run.push is not None and trainer.is_world_process_zero():
