@@ -13,6 +13,7 @@ be documented as such in its card.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -31,7 +32,16 @@ from conftest import tiny_args
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT = ROOT / "tests" / "endpoint_contract.py"
 ENDPOINTS_PYTHON = ROOT / ".venv-endpoints" / "bin" / "python"
-TOOLKIT_SRC = ROOT.parent / "shared" / "peers" / "huggingface-inference-toolkit" / "src"  # optional, never installed
+# The Endpoints toolkit is not on PyPI: its source, when at hand (ENDPOINTS_TOOLKIT_SRC, or a checkout beside this
+# repository), is put on the path of .venv-endpoints for the tests that run its own handler factory
+TOOLKIT_SRC = Path(
+    os.environ.get("ENDPOINTS_TOOLKIT_SRC")
+    or ROOT.parent / "shared" / "peers" / "huggingface-inference-toolkit" / "src"
+)
+TOOLKIT_INSTALL = (
+    "git clone https://github.com/huggingface/huggingface-inference-toolkit /tmp/hfit && "
+    "ENDPOINTS_TOOLKIT_SRC=/tmp/hfit/src ./scripts/test.sh tests/test_serving.py"
+)
 PYTHONS = {
     "project": sys.executable,
     "endpoints-pins": str(ENDPOINTS_PYTHON),
@@ -41,7 +51,8 @@ NEEDS_ENDPOINTS_VENV = pytest.mark.skipif(
     reason=".venv-endpoints is missing: run scripts/setup_endpoints.sh (scripts/setup.sh calls it)",
 )
 NEEDS_TOOLKIT = pytest.mark.skipif(
-    not TOOLKIT_SRC.is_dir(), reason=f"the Endpoints toolkit's source is not at {TOOLKIT_SRC}"
+    not TOOLKIT_SRC.is_dir(),
+    reason=f"the Endpoints toolkit (not on PyPI) is not at {TOOLKIT_SRC}; to run these: {TOOLKIT_INSTALL}",
 )
 VENVS = ["project", pytest.param("endpoints-pins", marks=NEEDS_ENDPOINTS_VENV)]
 
