@@ -242,20 +242,40 @@ def _env():
     return env
 
 
+#: a training process that holds still once checkpoint-6 is written (marker file first), so that the SIGKILL lands
+#: mid-run whatever the machine's load: a poll for the checkpoint raced the remaining steps on a busy machine
+_HOLD_AFTER_CHECKPOINT_6 = """
+import pathlib, sys, time
+from transformers import TrainerCallback
+from hf_transfer.config import parse_args
+from hf_transfer.training.run import run_transfer
+
+class Hold(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == 6:
+            pathlib.Path(sys.argv[1]).touch()
+            time.sleep(3600)
+
+run_transfer(*parse_args(sys.argv[2:]), callbacks=[Hold()])
+"""
+
+
 @pytest.mark.ddp
 def test_kill_dash_nine_and_resume(tmp_path):
     """A real SIGKILL in the middle of a DANN run, then --resume_from_checkpoint last."""
     path = _config(tmp_path, "domain", "dann", {"method_args": {"hold": 0.0}}, max_steps=12, save_steps=3)
     cmd = [sys.executable, os.path.join(ROOT, "recipes", "train.py"), "--config", path]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    marker = tmp_path / "checkpoint-6-written"
+    held = [sys.executable, "-c", _HOLD_AFTER_CHECKPOINT_6, str(marker), "--config", path]
+    proc = subprocess.Popen(held, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     out = tmp_path / "domain"
-    deadline = time.time() + 240
-    while not (out / "checkpoint-6").is_dir() and proc.poll() is None and time.time() < deadline:
+    deadline = time.time() + 600
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    assert proc.poll() is None and marker.exists(), proc.stderr.read().decode()[-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (out / "results.json").exists()
+    assert (out / "checkpoint-6").is_dir() and not (out / "results.json").exists()
     resumed = subprocess.run(
         cmd + ["--resume_from_checkpoint", "last"], env=_env(), capture_output=True, text=True, timeout=300
     )
