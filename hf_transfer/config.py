@@ -32,6 +32,8 @@ class TransferArguments:
     #: the recipe defaults the parser filled in for what the user left unset (hf_transfer.training.defaults);
     #: set by parse_args / arguments_from_dict, recorded in results.json and the card. Not an option.
     recipe_defaults: ClassVar[dict[str, Any]] = {}
+    #: ``--learning_rate auto``: a range test picks the rate before training (hf_transfer.training.lr_find)
+    lr_find: ClassVar[bool] = False
 
     mode: str = field(
         metadata={"help": "Transfer mode: feature | domain | task (the modes of the registered methods)."}
@@ -612,6 +614,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TransferArguments, Traini
         raise SystemExit(0)
     file_argv: list[str] = []
     given: set[str] = set()
+    auto_lr = False
     argv = [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
     if argv.count("--config") > 1:
         raise TransferConfigError("--config is given more than once; pass one config file (flags override it).")
@@ -621,8 +624,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[TransferArguments, Traini
             raise TransferConfigError("--config needs a file path.")
         data = load_config_file(argv[i + 1])
         given |= {key for key, value in data.items() if value is not None}
-        file_argv = _to_argv(data)
+        auto_lr = _is_auto(data.get("learning_rate"))
+        file_argv = _to_argv({k: v for k, v in data.items() if not (k == "learning_rate" and auto_lr)})
         argv = argv[:i] + argv[i + 2 :]
+    flag_lr = _flag_values(argv).get("learning_rate")
+    if flag_lr is not None:  # a flag overrides the file, "auto" or a number
+        auto_lr = _is_auto(flag_lr)
+        if auto_lr:
+            argv = _drop_flag(argv, "learning_rate")
+            given.add("learning_rate")
     given |= _given_keys(argv)
     _refuse_retired(given)
     reject_placeholders(_flag_values(argv), "Command line")
@@ -631,7 +641,35 @@ def parse_args(argv: list[str] | None = None) -> tuple[TransferArguments, Traini
     if recipe:
         transfer_args, training_args = _parse_argv(_to_argv(recipe) + file_argv + argv)
     transfer_args.recipe_defaults = recipe
+    _set_lr_find(transfer_args, auto_lr)
     return transfer_args, resolve_precision(transfer_args, training_args)
+
+
+def _is_auto(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "auto"
+
+
+def _drop_flag(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``--name value`` / ``--name=value``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == f"--{name}":
+            skip = True
+        elif not arg.startswith(f"--{name}="):
+            out.append(arg)
+    return out
+
+
+def _set_lr_find(transfer_args: TransferArguments, auto: bool) -> None:
+    """``learning_rate: auto``: a range test picks the rate (refused where nothing trains with a rate)."""
+    if auto and transfer_args.head_solver == "lbfgs":
+        raise TransferConfigError(
+            "learning_rate=auto has no effect with head_solver=lbfgs (a full-batch solve with a line search, no "
+            "learning rate). Remove it, or use head_solver=sgd."
+        )
+    transfer_args.lr_find = auto
 
 
 def _parse_argv(argv: list[str]) -> tuple[TransferArguments, TrainingArguments]:
@@ -680,11 +718,15 @@ def arguments_from_dict(data: dict[str, Any]) -> tuple[TransferArguments, Traini
     if unknown:
         raise TransferConfigError(f"Unknown argument(s) {unknown}.")
     reject_placeholders(data, "Arguments")
+    auto_lr = _is_auto(data.get("learning_rate"))
+    given = {key for key, value in data.items() if value is not None}
+    data = {k: v for k, v in data.items() if not (k == "learning_rate" and auto_lr)}
     transfer_args, training_args = _parse_dict(data)
-    recipe = _recipe_defaults(transfer_args, {key for key, value in data.items() if value is not None})
+    recipe = _recipe_defaults(transfer_args, given)
     if recipe:
         transfer_args, training_args = _parse_dict({**recipe, **data})
     transfer_args.recipe_defaults = recipe
+    _set_lr_find(transfer_args, auto_lr)
     return transfer_args, resolve_precision(transfer_args, training_args)
 
 

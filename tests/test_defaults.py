@@ -1,5 +1,7 @@
 """Recipe defaults (hf_transfer.training.defaults): what a run that sets no optimizer, rate, batch or length gets."""
 
+import json
+
 import pytest
 import yaml
 
@@ -99,3 +101,39 @@ def test_a_removed_option_is_refused_naming_its_replacement(tmp_path):
     cfg.write_text("merge_adapter: true\n")
     with pytest.raises(TransferConfigError, match="replaced by --publish"):
         parse_args(["--config", str(cfg), *BASE, "--mode", "task"])
+
+
+@pytest.mark.slow
+def test_learning_rate_auto_picks_by_range_test_and_leaves_the_run_as_if_given(tmp_path):
+    """--learning_rate auto: the range test records its curve and pick (results.json, lr_find.json, the card and
+    lr_find.png), the identity says "auto", and the model trains from the same start: the run equals one given the
+    picked rate explicitly."""
+    from pathlib import Path
+
+    from hf_transfer.training.run import run_transfer
+
+    from conftest import tiny_args
+
+    auto = run_transfer(*arguments_from_dict(tiny_args(tmp_path, mode="task", learning_rate="auto")))
+    found = auto["lr_find"]
+    assert found["steps_run"] > 10 and found["picked"] == max(found["min_loss_lr"] / 10, 1e-7)
+    assert auto["hyperparameters"]["learning_rate"] == found["picked"]
+    assert auto["arguments"]["learning_rate"] == "auto"
+    folder = next(p.parent for p in Path(tmp_path).glob("out*/lr_find.json"))
+    assert json.loads((folder / "run_identity.json").read_text())["learning_rate"] == "auto"
+    assert (folder / "lr_find.png").is_file()
+    assert "a range test (--learning_rate auto" in (folder / "README.md").read_text()
+    given = run_transfer(*arguments_from_dict(tiny_args(tmp_path, mode="task", learning_rate=found["picked"])))
+    assert given["metrics"]["target"]["confusion_matrix"] == auto["metrics"]["target"]["confusion_matrix"]
+    assert given["train_loss"] == pytest.approx(auto["train_loss"], rel=1e-6)
+
+
+def test_learning_rate_auto_is_refused_where_no_rate_applies():
+    from hf_transfer.errors import TransferConfigError
+
+    with pytest.raises(TransferConfigError, match="learning_rate=auto has no effect with head_solver=lbfgs"):
+        _parse("--mode", "feature", "--head_solver", "lbfgs", "--learning_rate", "auto")
+    args, training = _parse("--mode", "task", "--learning_rate", "auto")
+    assert args.lr_find and "learning_rate" not in args.recipe_defaults and training.optim.value == "adamw_torch_fused"
+    args, _ = _parse("--mode", "task", "--learning_rate", "0.01")
+    assert not args.lr_find

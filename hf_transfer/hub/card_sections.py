@@ -261,6 +261,15 @@ def hyperparameters(results: dict) -> list[tuple]:
     elif governing == "num_train_epochs" and hp.get("max_steps") is not None:  # the steps the epochs came to
         hp["training steps (set by num_train_epochs)"] = hp.pop("max_steps")
     rows = [(k, enum_value(v)) for k, v in sorted(hp.items()) if v is not None]
+    if results.get("lr_find"):  # --learning_rate auto: the range test's pick and the curve it came from
+        found = results["lr_find"]
+        rows.append(
+            (
+                "learning_rate picked by",
+                f"a range test (--learning_rate auto, {found['steps_run']} steps): {found['picked']:.3g}, a tenth of "
+                f"the rate at the minimum smoothed loss ({found['min_loss_lr']:.3g}); curve: lr_find.png",
+            )
+        )
     if recipe:  # which of the values above hf_transfer's recipe chose (the run left them unset)
         label = f"from hf_transfer's {results.get('mode')} recipe (not set by the run)"
         rows.append((label, ", ".join(sorted(recipe))))

@@ -27,6 +27,7 @@ from hf_transfer.hub.card_inputs import (
     CONFIG_FILE,
     CONFUSION_PNG,
     CURVES_PNG,
+    LR_FIND_PNG,
     README,
     REFERENCE_PREDICTIONS,
     REPO_ID_PLACEHOLDER,
@@ -174,7 +175,7 @@ def render_card(
 
 def write_figures(folder: str | os.PathLike, results: dict | None = None) -> list[str]:
     """Write ``confusion_matrix.png`` (target test) and ``training_curves.png`` into ``folder``."""
-    from hf_transfer.hub.plots import confusion_matrix_png, training_curves_png
+    from hf_transfer.hub.plots import confusion_matrix_png, lr_find_png, training_curves_png
 
     folder = Path(folder)
     results = load_results(results if results is not None else folder)
@@ -190,6 +191,8 @@ def write_figures(folder: str | os.PathLike, results: dict | None = None) -> lis
         )
     if results.get("log_history") and training_curves_png(results["log_history"], str(folder / CURVES_PNG)):
         written.append(str(folder / CURVES_PNG))
+    if results.get("lr_find") and lr_find_png(results["lr_find"], str(folder / LR_FIND_PNG)):
+        written.append(str(folder / LR_FIND_PNG))
     return written
 
 

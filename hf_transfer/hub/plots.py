@@ -167,7 +167,9 @@ def curve_panels(log_history: list[dict]) -> list[dict]:
     return panels
 
 
-def _panel(draw, box, series: dict[str, list[tuple[float, float]]], title: str, ylim, xlim, font, small) -> None:
+def _panel(
+    draw, box, series: dict[str, list[tuple[float, float]]], title: str, ylim, xlim, font, small, xlabel: str = "step"
+) -> None:
     x0, y0, x1, y1 = box
     draw.text((x0, y0 - 22), title, fill="black", font=font)
     draw.rectangle(box, outline=(120, 120, 120))
@@ -185,7 +187,7 @@ def _panel(draw, box, series: dict[str, list[tuple[float, float]]], title: str, 
         x = xmin + frac * (xmax - xmin)
         px, _ = to_px(x, ymin)
         draw.text((px - 10, y1 + 4), f"{x:.0f}", fill="black", font=small)
-    draw.text(((x0 + x1) / 2 - 12, y1 + 18), "step", fill="black", font=small)
+    draw.text(((x0 + x1) / 2 - 12, y1 + 18), xlabel, fill="black", font=small)
     for k, (name, pts) in enumerate(sorted(series.items())):
         colour = _PALETTE[k % len(_PALETTE)]
         pix = [to_px(x, y) for x, y in sorted(pts)]
@@ -248,4 +250,35 @@ def ranking_png(
             draw.text((x0 + length + 6, y + 2), f"{value:.4g}", fill="black", font=small)
         top += panel_h + 16
     img.save(path, format="PNG", optimize=True)
+    return path
+
+
+def lr_find_png(lr_find: dict, path: str) -> str | None:
+    """The learning-rate range test (``results["lr_find"]``): smoothed loss against log10 of the rate, with the
+    rate at the minimum and the pick marked in the legend. None when there is no curve."""
+    import math
+
+    rates, losses = lr_find.get("learning_rates") or [], lr_find.get("losses") or []
+    pts = [(math.log10(lr), loss) for lr, loss in zip(rates, losses, strict=True)]
+    pts = [(x, y) for x, y in pts if math.isfinite(y)]
+    if len(pts) < 2:
+        return None
+    xs, ys = [x for x, _ in pts], [y for _, y in pts]
+    picked = f"picked {lr_find['picked']:.3g} (a tenth of {lr_find['min_loss_lr']:.3g}, the minimum)"
+    font, small = _font(15), _font(12)
+    pw, ph = 520, 240
+    img = Image.new("RGB", (80 + pw + 360, 70 + ph + 60), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 8), "Learning-rate range test (--learning_rate auto)", fill="black", font=_font(16))
+    ylim = (min(ys), min(max(ys), 4 * min(ys)) if min(ys) > 0 else max(ys))
+    if ylim[1] <= ylim[0]:
+        ylim = (ylim[0], ylim[0] + 1)
+    clipped = {
+        "smoothed loss": [(x, min(y, ylim[1])) for x, y in pts],
+        picked: [(math.log10(lr_find["picked"]), ylim[0])],
+    }
+    _panel(
+        draw, (70, 70, 70 + pw, 70 + ph), clipped, "loss", ylim, (min(xs), max(xs)), font, small, "log10(learning rate)"
+    )
+    img.save(path)
     return path

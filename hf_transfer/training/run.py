@@ -32,6 +32,7 @@ from hf_transfer.models.backbones import load_backbone
 from hf_transfer.models.export import export_model
 from hf_transfer.models.speed import busy_machine_note, resolve_cpu_threads, set_memory_format, use_channels_last
 from hf_transfer.training.checkpoints import resolve_resume
+from hf_transfer.training.lr_find import apply_range_test
 from hf_transfer.training.modes import TransferData, get_mode
 from hf_transfer.training.run_folder import (
     RunIdentityCallback,
@@ -251,6 +252,8 @@ def non_default_arguments(args: TransferArguments, training_args) -> dict:
                 out[f.name] = (
                     value if isinstance(value, (int, float, str, bool, list, dict, type(None))) else str(value)
                 )
+    if args.lr_find:  # the range test's pick is a result, not an argument: "auto" reproduces (and identifies) it
+        out["learning_rate"] = "auto"
     return out
 
 
@@ -371,6 +374,9 @@ def run_transfer(
         run.eval_sets,
     )
     resume = run.resume
+    lr_find = None
+    if args.lr_find:
+        lr_find = apply_range_test(trainer, training_args.output_dir, bool(resume), trainer.is_world_process_zero())
     gap_before = mode.domain_gap()
     train_output = trainer.train(resume_from_checkpoint=resume)
     mode.finish(model, trainer)
@@ -430,6 +436,7 @@ def run_transfer(
         "log_history": trainer.state.log_history,
         "arguments": non_default_arguments(args, training_args),
         "ranking": run.ranking,
+        "lr_find": lr_find.to_dict() if lr_find else None,
     }
     if getattr(mode, "solver_info", None):  # head_solver=lbfgs: the Trainer's optimizer settings did not apply
         results["hyperparameters"] = mode.solver_hyperparameters(results["hyperparameters"])

@@ -40,6 +40,7 @@ RUN_OUTPUTS = (
     "results.json",
     IDENTITY_FILE,
     "reference_predictions.json",
+    "lr_find.json",
     "examples",
     "checkpoint-*",
     "README.md",
