@@ -3,7 +3,9 @@
 :func:`push_run` is what ``hf-transfer push OUTPUT_DIR REPO_ID`` and ``--push_to_hub`` on training
 call. In order:
 
-0. The repo id is checked (``validate_repo_id``) and ``results.json`` read, before any slow step.
+0. The repo id is checked (``validate_repo_id``), the folder locked for the whole push
+   (:mod:`hf_transfer.folder_lock`: a folder a run is still writing is refused, naming the run's pid and
+   host) and ``results.json`` read, before any slow step.
 1. :func:`check_round_trip`: every form the folder holds (the root with ``pipeline("image-classification")``,
    the Endpoints ``handler.py``, the ``adapter/`` subfolder with PeftModel; fresh objects, from disk only)
    is loaded and its predictions on ``examples/*`` are compared with the trained model's
@@ -39,6 +41,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hf_transfer.folder_lock import lock_folder
 from hf_transfer.hub import card_inputs, cards
 from hf_transfer.hub.card_metadata import base_model_license
 
@@ -362,46 +365,52 @@ def push_run(
         return None
     _check_repo_id(repo_id)
     folder = Path(output_dir)
-    if not (folder / card_inputs.RESULTS_FILE).is_file():
+    if not folder.is_dir():
         raise PushError(f"{str(folder)!r} has no {card_inputs.RESULTS_FILE}: not a finished hf-transfer run folder.")
-    results = card_inputs.load_results(folder)
-    baseline = card_inputs.load_results(baseline_results)
-    upper_bound = card_inputs.load_results(upper_bound_results)
-    if not allow_local_base:
-        _check_adapter_base(folder)
-    if check:
-        check_round_trip(folder, atol=atol)
-        logger.info(
-            "Round-trip check passed: every published form (%s) reproduces the trained model's predictions.",
-            ", ".join(published_forms(folder)),
-        )
-
-    api = HfApi(token=token)
-    with _hub_errors(api, repo_id):
-        repo_id, created = _create_repo(api, repo_id, private)
-    new_branch = None
-    try:
-        with _hub_errors(api, repo_id):
-            if revision:
-                new_branch = _create_branch(api, repo_id, revision)
-            return _commit_run(
-                api,
-                folder,
-                repo_id,
-                results,
-                baseline,
-                revision=revision,
-                create_pr=create_pr,
-                token=token,
-                commit_message=commit_message,
-                upper_bound=upper_bound,
-                license=license,
+    # the folder's lock (nested when a run pushes its own folder): a push never reads a folder a run is writing
+    with lock_folder(folder, "hf-transfer push", create=False):
+        if not (folder / card_inputs.RESULTS_FILE).is_file():
+            raise PushError(
+                f"{str(folder)!r} has no {card_inputs.RESULTS_FILE}: not a finished hf-transfer run folder."
             )
-    except Exception as err:
-        leftover = _undo_created(api, repo_id, created, new_branch)
-        if leftover:
-            raise PushError(f"{err} {leftover}") from err
-        raise
+        results = card_inputs.load_results(folder)
+        baseline = card_inputs.load_results(baseline_results)
+        upper_bound = card_inputs.load_results(upper_bound_results)
+        if not allow_local_base:
+            _check_adapter_base(folder)
+        if check:
+            check_round_trip(folder, atol=atol)
+            logger.info(
+                "Round-trip check passed: every published form (%s) reproduces the trained model's predictions.",
+                ", ".join(published_forms(folder)),
+            )
+
+        api = HfApi(token=token)
+        with _hub_errors(api, repo_id):
+            repo_id, created = _create_repo(api, repo_id, private)
+        new_branch = None
+        try:
+            with _hub_errors(api, repo_id):
+                if revision:
+                    new_branch = _create_branch(api, repo_id, revision)
+                return _commit_run(
+                    api,
+                    folder,
+                    repo_id,
+                    results,
+                    baseline,
+                    revision=revision,
+                    create_pr=create_pr,
+                    token=token,
+                    commit_message=commit_message,
+                    upper_bound=upper_bound,
+                    license=license,
+                )
+        except Exception as err:
+            leftover = _undo_created(api, repo_id, created, new_branch)
+            if leftover:
+                raise PushError(f"{err} {leftover}") from err
+            raise
 
 
 def _commit_run(
