@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -176,3 +177,33 @@ def _try_lock(folder) -> str:
     except FolderInUseError as err:
         return str(err)
     return "not refused"
+
+
+DDP_RUN = """
+import sys
+from conftest import tiny_args
+from hf_transfer.config import arguments_from_dict
+from hf_transfer.training.run import run_transfer
+run_transfer(*arguments_from_dict(tiny_args(sys.argv[1], mode="task", method="full", output_dir=sys.argv[2])))
+"""
+
+
+@pytest.mark.ddp
+def test_a_refused_ddp_launch_ends_on_every_rank(holder, tmp_path):
+    """Under DDP only the main process locks; when it is refused, every rank ends with the same refusal
+    (none waits forever at the next barrier)."""
+    folder, proc = holder
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_RUN)
+    env = {**_env(), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    done = subprocess.run(
+        [*launch, str(script), str(tmp_path), str(folder)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode != 0
+    for rank in (0, 1):
+        assert re.search(rf"\[rank{rank}\]: .*FolderInUseError: .*pid {proc.pid} on host", done.stderr), done.stderr[
+            -3000:
+        ]
+    assert sorted(p.name for p in folder.iterdir()) == [LOCK_FILE]  # the holder's folder: nothing written
