@@ -620,7 +620,13 @@ def test_a_failed_push_never_deletes_another_writers_work(hub_server, run_copy, 
         c.commit_id == winner.commit_oid for c in HfApi().list_repo_commits("user/race", revision=winner.revision)
     )
     assert isinstance(outcome["a"], PushError) and re.search(loser_error, str(outcome["a"])), outcome["a"]
-    if case in ("new-repo", "new-repo-work-on-another-branch"):
-        assert "left the repo user/race it created: it holds another writer's work" in str(outcome["a"])
+    if case == "new-repo":  # the message says what was left and why: the winner's commit
+        assert "left the repo user/race it created: it holds more than that creation" in str(outcome["a"])
+        assert f"the newest {winner.commit_message!r} by user" in str(outcome["a"])
+    elif case == "new-repo-work-on-another-branch":
+        assert "left the repo user/race it created: it holds more than that creation (the branch 'b-work')" in str(
+            outcome["a"]
+        )
     elif case == "new-branch":
-        assert "left the branch 'exp' it created in user/race" in str(outcome["a"])
+        assert "left the branch 'exp' it created in user/race: it holds more than that creation" in str(outcome["a"])
+        assert f"the newest {winner.commit_message!r} by user" in str(outcome["a"])

@@ -555,7 +555,8 @@ def _create_branch(api, repo_id: str, branch: str) -> NewBranch | None:
 def _others_work(api, repo_id: str, new_branch: NewBranch | None, whole_repo: bool) -> list[str]:
     """What the repo (``whole_repo``) or the new branch holds beyond what this push's creation put there:
     [] when it holds nothing but that (the Hub's initial commit of a repo we created, or the commit a branch
-    we created started at). A failed push made no commit, so anything else is another writer's."""
+    we created started at). Anything else is another writer's, or this push's own commit whose answer was
+    lost after it landed: either way it is not deleted."""
     from huggingface_hub import constants
 
     refs = api.list_repo_refs(repo_id, include_pull_requests=whole_repo)
@@ -612,8 +613,8 @@ def _undo_created(api, repo_id: str, created_repo: bool, new_branch: NewBranch |
             "run the same command again to complete the push."
         )
     if found:
-        logger.warning("The push failed; %s holds another writer's work (%s): left as it is.", what, "; ".join(found))
-        return f"The failed push left {what}: it holds another writer's work ({'; '.join(found)})."
+        logger.warning("The push failed; %s holds more than that creation (%s): left as it is.", what, "; ".join(found))
+        return f"The failed push left {what}: it holds more than that creation ({'; '.join(found)})."
     try:
         if created_repo:
             api.delete_repo(repo_id, repo_type="model")
