@@ -52,6 +52,7 @@ from hf_transfer.evaluation.label_match import (  # noqa: F401 - the command's A
     score,
 )
 from hf_transfer.evaluation.predict import predict_logits, resolve_device  # noqa: F401
+from hf_transfer.folder_lock import LOCK_FILE, lock_folder
 
 logger = logging.getLogger(__name__)
 
@@ -308,7 +309,9 @@ def check_output_dir(output_dir: str | None, overwrite: bool) -> None:
         return
     if os.path.isfile(output_dir):
         raise TransferConfigError(f"--output_dir {output_dir!r} is a file; give a folder.")
-    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+    if os.path.isdir(output_dir):  # a folder a run is writing: refused now, not after the scoring
+        lock_folder(output_dir, "hf-transfer evaluate", create=False).release()
+    if os.path.isdir(output_dir) and set(os.listdir(output_dir)) - {LOCK_FILE} and not overwrite:
         raise TransferConfigError(
             f"--output_dir {output_dir!r} already holds files; pass --overwrite_output_dir to write "
             f"{', '.join(OUTPUTS)} there (other files are kept), or choose an empty folder."
@@ -386,15 +389,15 @@ def evaluate(args) -> dict:
 def write_outputs(result: dict, output_dir: str) -> list[str]:
     from hf_transfer.hub.plots import confusion_matrix_png
 
-    os.makedirs(output_dir, exist_ok=True)
     paths = [os.path.join(output_dir, name) for name in OUTPUTS]
-    with open(paths[0], "w") as f:
-        json.dump(result, f, indent=1)
-    m = result["metrics"]
-    with open(paths[1], "w") as f:
-        json.dump({"labels": result["label_names"], "matrix": m["confusion_matrix"]}, f, indent=1)
-    title = f"{os.path.basename(str(result['model']).rstrip('/'))} on {result['dataset']} ({result['split']})"
-    confusion_matrix_png(m["confusion_matrix"], result["label_names"], paths[2], title=title)
+    with lock_folder(output_dir, "hf-transfer evaluate"):  # never into a folder a run or push is writing
+        with open(paths[0], "w") as f:
+            json.dump(result, f, indent=1)
+        m = result["metrics"]
+        with open(paths[1], "w") as f:
+            json.dump({"labels": result["label_names"], "matrix": m["confusion_matrix"]}, f, indent=1)
+        title = f"{os.path.basename(str(result['model']).rstrip('/'))} on {result['dataset']} ({result['split']})"
+        confusion_matrix_png(m["confusion_matrix"], result["label_names"], paths[2], title=title)
     return paths
 
 

@@ -249,6 +249,34 @@ def test_concurrent_commits_are_serialised(hub_server):
     assert len(history) == 7 and {c.commit_id for c in history[:6]} == set(oids)  # linear, nothing lost
 
 
+def test_a_held_request_waits_then_is_served_as_usual(hub_server):
+    """faults.hold orders two clients' requests exactly (a race test's tool): the held commit waits, another
+    client's commit lands meanwhile, and the held one is then answered by the Hub's own rules (412 here)."""
+    import threading
+
+    api = HfApi()
+    api.create_repo("held")
+    first = hub_server.head("user/held")
+    hold = hub_server.faults.hold("commit")
+    outcome = []
+
+    def held_commit():
+        try:
+            api.create_commit("user/held", [CommitOperationAdd("a.txt", b"a")], commit_message="a", parent_commit=first)
+        except HfHubHTTPError as err:
+            outcome.append(err.response.status_code)
+
+    thread = threading.Thread(target=held_commit)
+    thread.start()
+    assert hold.wait_reached(30)
+    other = api.create_commit("user/held", [CommitOperationAdd("b.txt", b"b")], commit_message="b")  # not held
+    assert thread.is_alive() and hub_server.head("user/held") == other.oid
+    hold.release()
+    thread.join(30)
+    assert outcome == [412] and hub_server.head("user/held") == other.oid
+    assert hub_server.faults.fired == {}  # a hold is latency, never an injected fault
+
+
 def test_cli_prints_url(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "hf_transfer.testing.hub_server", "--root", str(tmp_path), "--port", "0"],

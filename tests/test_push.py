@@ -559,3 +559,74 @@ def test_adapter_on_a_local_base_is_refused_unless_allowed(hub_server, tmp_path,
             *arguments_from_dict(lora_args(base, tmp_path / "never", push_to_hub=True, hub_model_id="user/lora-local2"))
         )
     assert not (tmp_path / "never").exists()
+
+
+RACES = {  # case -> (revision, the point A is held at, fault A meets after B's push, what A's error says)
+    # A creates the repo, B finds it (409) and lands its commit while A's commit is on the way: A's commit,
+    # pinned to the initial commit, gets 412
+    "new-repo": (None, "commit", None, r"answered 412"),
+    # the same for a new branch of an existing repo
+    "new-branch": ("exp", "commit", None, r"answered 412"),
+    # both list the refs before either creates the branch: B's create lands first, A's gets 409 (the branch
+    # is B's, not A's), then A's commit fails on its own
+    "new-branch-created-twice": ("exp", "branch", dict(point="commit", status=500, times=None), r"answered 500"),
+    # A created the repo and B's work is on another branch only (main untouched): still not A's to delete
+    "new-repo-work-on-another-branch": (None, "commit", dict(point="commit", status=500, times=None), "answered 500"),
+}
+
+
+@pytest.mark.parametrize("case", list(RACES))
+def test_a_failed_push_never_deletes_another_writers_work(hub_server, run_copy, tmp_path, case):
+    """Two first pushes to one new repo (or branch) at the same moment, one failing after the creation: the
+    loser never deletes what the winner pushed, and the winner's result points at a commit that exists."""
+    import threading
+
+    revision, point, fault, loser_error = RACES[case]
+    _fewer_examples(run_copy)
+    other = tmp_path / "other_run"  # the second writer: another run (other results, so other files)
+    shutil.copytree(run_copy, other)
+    results = json.loads((other / card_inputs.RESULTS_FILE).read_text())
+    results["train_loss"] = 1.0 + (results.get("train_loss") or 0.0)
+    (other / card_inputs.RESULTS_FILE).write_text(json.dumps(results))
+    if revision:
+        push_run(run_copy, "user/race", check=False)
+    hold = hub_server.faults.hold(point)
+    outcome = {}
+
+    def push_a():
+        try:
+            outcome["a"] = push_run(run_copy, "race", revision=revision, check=False)
+        except Exception as err:
+            outcome["a"] = err
+
+    a = threading.Thread(target=push_a)
+    a.start()
+    try:
+        assert hold.wait_reached(120), "push A never reached the held request"
+        if case == "new-repo-work-on-another-branch":
+            winner = push_run(other, "user/race", revision="b-work", check=False)
+        else:
+            winner = push_run(other, "user/race", revision=revision, check=False)
+        if fault:
+            hub_server.faults.add(**fault)
+    finally:
+        hold.release()
+        a.join(120)
+    hub_server.faults.clear()
+    # the winner's commit survives, and the winner's result points at it
+    assert hub_server.head("user/race", revision=winner.revision) == winner.commit_oid
+    assert "model.safetensors" in hub_server.files("user/race", revision=winner.revision)
+    assert any(
+        c.commit_id == winner.commit_oid for c in HfApi().list_repo_commits("user/race", revision=winner.revision)
+    )
+    assert isinstance(outcome["a"], PushError) and re.search(loser_error, str(outcome["a"])), outcome["a"]
+    if case == "new-repo":  # the message says what was left and why: the winner's commit
+        assert "left the repo user/race it created: it holds more than that creation" in str(outcome["a"])
+        assert f"the newest {winner.commit_message!r} by user" in str(outcome["a"])
+    elif case == "new-repo-work-on-another-branch":
+        assert "left the repo user/race it created: it holds more than that creation (the branch 'b-work')" in str(
+            outcome["a"]
+        )
+    elif case == "new-branch":
+        assert "left the branch 'exp' it created in user/race: it holds more than that creation" in str(outcome["a"])
+        assert f"the newest {winner.commit_message!r} by user" in str(outcome["a"])

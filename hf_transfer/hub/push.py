@@ -3,7 +3,9 @@
 :func:`push_run` is what ``hf-transfer push OUTPUT_DIR REPO_ID`` and ``--push_to_hub`` on training
 call. In order:
 
-0. The repo id is checked (``validate_repo_id``) and ``results.json`` read, before any slow step.
+0. The repo id is checked (``validate_repo_id``), the folder locked for the whole push
+   (:mod:`hf_transfer.folder_lock`: a folder a run is still writing is refused, naming the run's pid and
+   host) and ``results.json`` read, before any slow step.
 1. :func:`check_round_trip`: every form the folder holds (the root with ``pipeline("image-classification")``,
    the Endpoints ``handler.py``, the ``adapter/`` subfolder with PeftModel; fresh objects, from disk only)
    is loaded and its predictions on ``examples/*`` are compared with the trained model's
@@ -18,7 +20,9 @@ call. In order:
    is never overwritten. The commit either lands whole or not at all: after a failure the remote is
    as it was, the local folder is intact, and running the same command again completes the push
    (LFS blobs already uploaded are not sent twice). A repo (or branch) created by a push that then
-   fails is deleted again, so a failed first push leaves no empty repo.
+   fails is deleted again, so a failed first push leaves no empty repo; but only while it holds nothing
+   but what that creation put there: another writer's commit, branch, tag or pull request keeps it (two
+   first pushes at the same moment: the loser never deletes the winner's repo, see ``_undo_created``).
 
 Hub failures (401/403/404, 5xx, a server that cannot be reached) end in one :class:`PushError` line
 naming the repo, the endpoint and what to do; the client's exception is chained for ``--debug``.
@@ -37,6 +41,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hf_transfer.folder_lock import lock_folder
 from hf_transfer.hub import card_inputs, cards
 from hf_transfer.hub.card_metadata import base_model_license, declared_base_model
 
@@ -360,47 +365,52 @@ def push_run(
         return None
     _check_repo_id(repo_id)
     folder = Path(output_dir)
-    if not (folder / card_inputs.RESULTS_FILE).is_file():
+    if not folder.is_dir():
         raise PushError(f"{str(folder)!r} has no {card_inputs.RESULTS_FILE}: not a finished hf-transfer run folder.")
-    results = card_inputs.load_results(folder)
-    baseline = card_inputs.load_results(baseline_results)
-    upper_bound = card_inputs.load_results(upper_bound_results)
-    if not allow_local_base:
-        _check_adapter_base(folder)
-    if check:
-        check_round_trip(folder, atol=atol)
-        logger.info(
-            "Round-trip check passed: every published form (%s) reproduces the trained model's predictions.",
-            ", ".join(published_forms(folder)),
-        )
-
-    api = HfApi(token=token)
-    with _hub_errors(api, repo_id):
-        repo_id, created = _create_repo(api, repo_id, private)
-    new_branch = None
-    try:
-        with _hub_errors(api, repo_id):
-            if revision and not any(b.name == revision for b in api.list_repo_refs(repo_id).branches):
-                api.create_branch(repo_id, branch=revision, exist_ok=True)
-                new_branch = revision
-            return _commit_run(
-                api,
-                folder,
-                repo_id,
-                results,
-                baseline,
-                revision=revision,
-                create_pr=create_pr,
-                token=token,
-                commit_message=commit_message,
-                upper_bound=upper_bound,
-                license=license,
+    # the folder's lock (nested when a run pushes its own folder): a push never reads a folder a run is writing
+    with lock_folder(folder, "hf-transfer push", create=False):
+        if not (folder / card_inputs.RESULTS_FILE).is_file():
+            raise PushError(
+                f"{str(folder)!r} has no {card_inputs.RESULTS_FILE}: not a finished hf-transfer run folder."
             )
-    except Exception as err:
-        leftover = _undo_created(api, repo_id, created, new_branch)
-        if leftover:
-            raise PushError(f"{err} {leftover}") from err
-        raise
+        results = card_inputs.load_results(folder)
+        baseline = card_inputs.load_results(baseline_results)
+        upper_bound = card_inputs.load_results(upper_bound_results)
+        if not allow_local_base:
+            _check_adapter_base(folder)
+        if check:
+            check_round_trip(folder, atol=atol)
+            logger.info(
+                "Round-trip check passed: every published form (%s) reproduces the trained model's predictions.",
+                ", ".join(published_forms(folder)),
+            )
+
+        api = HfApi(token=token)
+        with _hub_errors(api, repo_id):
+            repo_id, created = _create_repo(api, repo_id, private)
+        new_branch = None
+        try:
+            with _hub_errors(api, repo_id):
+                if revision:
+                    new_branch = _create_branch(api, repo_id, revision)
+                return _commit_run(
+                    api,
+                    folder,
+                    repo_id,
+                    results,
+                    baseline,
+                    revision=revision,
+                    create_pr=create_pr,
+                    token=token,
+                    commit_message=commit_message,
+                    upper_bound=upper_bound,
+                    license=license,
+                )
+        except Exception as err:
+            leftover = _undo_created(api, repo_id, created, new_branch)
+            if leftover:
+                raise PushError(f"{err} {leftover}") from err
+            raise
 
 
 def _commit_run(
@@ -502,7 +512,8 @@ def _check_adapter_base(folder: Path) -> None:
 
 
 def _create_repo(api, repo_id: str, private: bool | None) -> tuple[str, bool]:
-    """(full repo id, whether this push created the repo), so that a failed first push can delete it."""
+    """(full repo id, whether this push created the repo): the Hub answers 200 to one creator and 409 to
+    every other, so of two first pushes at the same moment exactly one owns the creation."""
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
@@ -514,16 +525,101 @@ def _create_repo(api, repo_id: str, private: bool | None) -> tuple[str, bool]:
     return api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model").repo_id, False
 
 
-def _undo_created(api, repo_id: str, created_repo: bool, new_branch: str | None) -> str:
-    """Delete the repo (or branch) a failed push created; returns what could not be deleted, if anything."""
-    if not created_repo and new_branch is None:
+@dataclass
+class NewBranch:
+    """A branch this push created, and the commit it was created at (None: not known, never deleted)."""
+
+    name: str
+    start: str | None
+
+
+def _create_branch(api, repo_id: str, branch: str) -> NewBranch | None:
+    """Create ``branch`` from the head of main when it does not exist; None when it exists, including when
+    another writer created it between our listing and our request (409: the branch is theirs, not ours)."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    branches = api.list_repo_refs(repo_id).branches
+    if any(b.name == branch for b in branches):
+        return None
+    start = next((b.target_commit for b in branches if b.name == constants.DEFAULT_REVISION), None)
+    try:
+        api.create_branch(repo_id, branch=branch, revision=start)  # no exist_ok: a 409 must say "not ours"
+    except HfHubHTTPError as err:
+        if err.response is not None and err.response.status_code == 409:
+            return None
+        raise
+    return NewBranch(branch, start)
+
+
+def _others_work(api, repo_id: str, new_branch: NewBranch | None, whole_repo: bool) -> list[str]:
+    """What the repo (``whole_repo``) or the new branch holds beyond what this push's creation put there:
+    [] when it holds nothing but that (the Hub's initial commit of a repo we created, or the commit a branch
+    we created started at). Anything else is another writer's, or this push's own commit whose answer was
+    lost after it landed: either way it is not deleted."""
+    from huggingface_hub import constants
+
+    refs = api.list_repo_refs(repo_id, include_pull_requests=whole_repo)
+    heads = {b.name: b.target_commit for b in refs.branches}
+    found = []
+    if whole_repo:
+        main = heads.get(constants.DEFAULT_REVISION)
+        history = api.list_repo_commits(repo_id, revision=main) if main else []
+        if len(history) != 1:  # the initial commit the Hub made when WE created the repo, and nothing after it
+            newest = history[0] if history else None
+            found.append(
+                f"{len(history) - 1} commit(s) on {constants.DEFAULT_REVISION} after its creation"
+                + (f", the newest {newest.title!r} by {', '.join(newest.authors)}" if newest else "")
+            )
+        ours = {constants.DEFAULT_REVISION: main, **({new_branch.name: new_branch.start} if new_branch else {})}
+        found += [f"the branch {n!r}" for n, oid in heads.items() if n not in ours or oid != ours[n]]
+        found += [f"the tag {t.name!r}" for t in refs.tags]
+        found += [f"the pull request {p.ref}" for p in refs.pull_requests or []]
+        return found
+    head = heads.get(new_branch.name)
+    if head is not None and head != new_branch.start:
+        history = api.list_repo_commits(repo_id, revision=head)
+        found.append(
+            f"commits made after its creation, the newest {history[0].title!r} by {', '.join(history[0].authors)}"
+        )
+    return found
+
+
+def _undo_created(api, repo_id: str, created_repo: bool, new_branch: NewBranch | None) -> str:
+    """Delete the repo (or branch) a failed push created, only while it holds nothing but what the creation
+    put there; returns what was left and why (empty when nothing was created, or it was deleted).
+
+    Check, then delete: the Hub has no conditional delete (``delete_repo``/``delete_branch`` take no
+    expected head), so a commit that lands after the listing in :func:`_others_work` and before the DELETE
+    (one request round trip, milliseconds) would go with it. That window is accepted: the race that made
+    pushes lose work is closed (a push that fails BECAUSE another writer's commit landed, 412, or that lost
+    the creation to it, 409, sees that commit and leaves everything); what is left needs a commit that did not
+    cause our failure to land inside that one round trip right after it; and never deleting would
+    leave an empty repo behind every failed first push, which users then delete by hand with a far wider
+    window. Anything found, or a listing that fails, leaves the repo and branch as they are."""
+    if not created_repo and (new_branch is None):
         return ""
-    what = f"the repo {repo_id} it created" if created_repo else f"the branch {new_branch!r} it created in {repo_id}"
+    if created_repo:
+        what = f"the repo {repo_id} it created"
+    else:
+        what = f"the branch {new_branch.name!r} it created in {repo_id}"
+    if not created_repo and new_branch.start is None:
+        return f"The failed push left {what} (its starting commit is unknown): run the same command again."
+    try:
+        found = _others_work(api, repo_id, new_branch, whole_repo=created_repo)
+    except Exception as err:  # the Hub that failed the push may fail this too: then nothing is deleted
+        return (
+            f"The failed push could not check what {what} holds ({type(err).__name__}), so it left it: "
+            "run the same command again to complete the push."
+        )
+    if found:
+        logger.warning("The push failed; %s holds more than that creation (%s): left as it is.", what, "; ".join(found))
+        return f"The failed push left {what}: it holds more than that creation ({'; '.join(found)})."
     try:
         if created_repo:
             api.delete_repo(repo_id, repo_type="model")
         else:
-            api.delete_branch(repo_id, branch=new_branch)
+            api.delete_branch(repo_id, branch=new_branch.name)
     except Exception as err:  # the Hub that failed the push may fail this too
         return (
             f"The failed push could not delete {what} ({type(err).__name__}): delete it, or run the same command again."

@@ -48,7 +48,13 @@ point: ``server.faults.add("lfs_upload", status=503, times=2)`` fails the next t
 ~1 s instead of 1-8 s); ``times=None`` makes it persistent; ``skip=N`` lets N requests through
 first; ``drop=True`` closes the socket without an answer (a dropped commit does NOT apply);
 ``delay=`` sleeps first. Points: ``lfs_batch``, ``lfs_upload`` (single PUT and multipart parts),
-``lfs_verify``, ``preupload``, ``commit``, ``resolve``, ``repo_info``, ``tree``, ``any``.
+``lfs_verify``, ``preupload``, ``commit``, ``branch`` (create/delete), ``resolve``, ``repo_info``, ``tree``,
+``any``.
+
+Holds (in-process only, for race tests): ``hold = server.faults.hold("commit")`` parks the next request that
+reaches the point (before it is applied) until ``hold.release()``; ``hold.wait_reached()`` says it arrived. A
+held request is then served as usual: a hold is latency (a slow link or a busy server), never a failure, so
+a test can order two clients' requests exactly as a real race would. ``faults.clear()`` releases every hold.
 
 Usage::
 
@@ -98,7 +104,18 @@ LFS_PATTERNS = (
     "*.mds *.lz4 *.jpg *.jpeg *.png *.webp *.gif *.bmp *.tiff *.mp3 *.wav *.flac *.ogg *.mp4"
 ).split()
 DEFAULT_GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS)
-FAULT_POINTS = ("lfs_batch", "lfs_upload", "lfs_verify", "preupload", "commit", "resolve", "repo_info", "tree", "any")
+FAULT_POINTS = (
+    "lfs_batch",
+    "lfs_upload",
+    "lfs_verify",
+    "preupload",
+    "commit",
+    "branch",
+    "resolve",
+    "repo_info",
+    "tree",
+    "any",
+)
 _SHA40 = re.compile(r"^[0-9a-f]{40}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9_]{6,}")
@@ -145,6 +162,29 @@ class _Drop(Exception):
 # --------------------------------------------------------------------------------------------
 # Fault injection
 # --------------------------------------------------------------------------------------------
+class Hold:
+    """Requests parked at a point until :meth:`release`: the interleaving of a race, made exact."""
+
+    def __init__(self, point: str, times: int, path: str | None, timeout: float) -> None:
+        self.point, self.times, self.path, self.timeout = point, times, path, timeout
+        self.held = 0  # requests parked so far
+        self.reached = threading.Event()
+        self._released = threading.Event()
+
+    def wait_reached(self, timeout: float = 60.0) -> bool:
+        """True once a request is parked here (False after ``timeout`` seconds)."""
+        return self.reached.wait(timeout)
+
+    def release(self) -> None:
+        """Let the parked requests (and any later ones this hold would take) go on."""
+        self._released.set()
+
+    def _park(self) -> None:
+        self.reached.set()
+        if not self._released.wait(self.timeout):  # a test that forgot to release must not hang the server
+            self._released.set()
+
+
 class Faults:
     """Count-based fault plan, thread safe. See the module docstring for the points."""
 
@@ -153,6 +193,33 @@ class Faults:
         self._rules: list[dict] = []
         self.seen: dict[str, int] = {}  # requests that reached each point
         self.fired: dict[str, int] = {}  # faults served at each point
+        self._holds: list[Hold] = []
+
+    def hold(self, point: str, *, times: int = 1, path: str | None = None, timeout: float = 120.0) -> Hold:
+        """Park the next ``times`` requests at ``point`` (``path``: a regex on the request path) until the
+        returned hold is released; they are then served normally. ``timeout``: released by itself after it."""
+        if point not in FAULT_POINTS:
+            raise ValueError(f"unknown fault point {point!r}; expected one of {FAULT_POINTS}")
+        hold = Hold(point, times, path, timeout)
+        with self._lock:
+            self._holds.append(hold)
+        return hold
+
+    def wait_if_held(self, point: str, path: str) -> None:
+        """Called by the server at each point, before :meth:`check`: parks the request if a hold takes it."""
+        with self._lock:
+            hold = next(
+                (
+                    h
+                    for h in self._holds
+                    if h.point in (point, "any") and h.held < h.times and not (h.path and not re.search(h.path, path))
+                ),
+                None,
+            )
+            if hold is not None:
+                hold.held += 1
+        if hold is not None:
+            hold._park()
 
     def add(
         self,
@@ -191,7 +258,14 @@ class Faults:
             self._rules.append(rule)
         return rule
 
+    def release_holds(self) -> None:
+        with self._lock:
+            for hold in self._holds:
+                hold.release()
+            self._holds.clear()
+
     def clear(self) -> None:
+        self.release_holds()
         with self._lock:
             self._rules.clear()
             self.seen.clear()
@@ -594,6 +668,7 @@ class HubTestServer:
     def stop(self) -> None:
         if self._httpd is None:
             return
+        self.faults.release_holds()  # parked requests end before the server does
         self._httpd.shutdown()
         self._httpd.server_close()
         self._httpd = None
@@ -871,6 +946,7 @@ class HubTestServer:
         return segs[0], "/".join(s for s in segs[1:] if s)
 
     def _fault(self, h: _Handler, point: str) -> None:
+        self.faults.wait_if_held(point, urllib.parse.unquote(h.path))
         rule = self.faults.check(point, urllib.parse.unquote(h.path))
         if rule is None:
             return
@@ -1164,6 +1240,7 @@ class HubTestServer:
         h._send_json(entries)
 
     def _branch(self, h: _Handler, method: str, rtype: str, repo_id: str, name: str) -> None:
+        self._fault(h, "branch")
         with self.storage.lock(rtype, repo_id):
             refs = self.storage.refs(rtype, repo_id)
             if method == "DELETE":

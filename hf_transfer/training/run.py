@@ -7,6 +7,7 @@ are written by the main process only, after the metrics are gathered from every 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from hf_transfer.data.load import load_domain
 from hf_transfer.data.spec import parse_dataset_spec
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.metrics import classification_report, model_selection, scalar_metrics_fn
+from hf_transfer.folder_lock import FolderInUseError, FolderLock, lock_folder
 from hf_transfer.models.backbones import load_backbone
 from hf_transfer.models.export import export_model
 from hf_transfer.models.speed import busy_machine_note, resolve_cpu_threads, set_memory_format, use_channels_last
@@ -133,21 +135,49 @@ def _resume_checkpoint(args: TransferArguments, training_args, identity: dict) -
     return resume
 
 
-def _claim_output_dir(args: TransferArguments, training_args, identity: dict, resume: str | None) -> None:
-    """Check the output folder on every process, then (main process) clear it if asked and record the run."""
+def _lock_output_dir(output_dir: str) -> FolderLock | None:
+    """The main process locks the folder for the whole run; every process learns whether it could, so that
+    a refused launch ends on all its ranks with the same error (the other ranks never lock: one lock per run)."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    state = PartialState()
+    lock, refusal = None, None
+    if state.is_main_process and not os.path.isfile(output_dir):  # a file: check_output_dir says so
+        try:
+            lock = lock_folder(output_dir, "hf-transfer train")
+        except FolderInUseError as err:
+            refusal = str(err)
+    if state.num_processes > 1:
+        refusal = broadcast_object_list([refusal], from_process=0)[0]
+    if refusal is not None:
+        raise FolderInUseError(refusal)
+    return lock
+
+
+def _claim_output_dir(args: TransferArguments, training_args, identity: dict, resume: str | None) -> FolderLock | None:
+    """Lock the output folder (main process; returned, held until the run ends), check it on every process,
+    then (main process) clear it if asked and record the run."""
     from accelerate import PartialState
 
     output_dir = training_args.output_dir
-    resuming_here = resume is not None and os.path.abspath(
-        os.path.dirname(os.path.normpath(resume))
-    ) == os.path.abspath(output_dir)
-    stale = check_output_dir(output_dir, identity, resume=resuming_here, overwrite=args.overwrite_output_dir)
-    state = PartialState()
-    state.wait_for_everyone()
-    if state.is_main_process:
-        clear_previous_outputs(output_dir, stale)
-        write_identity(output_dir, identity)
-    state.wait_for_everyone()
+    lock = _lock_output_dir(output_dir)
+    try:
+        resuming_here = resume is not None and os.path.abspath(
+            os.path.dirname(os.path.normpath(resume))
+        ) == os.path.abspath(output_dir)
+        stale = check_output_dir(output_dir, identity, resume=resuming_here, overwrite=args.overwrite_output_dir)
+        state = PartialState()
+        state.wait_for_everyone()
+        if state.is_main_process:
+            clear_previous_outputs(output_dir, stale)
+            write_identity(output_dir, identity)
+        state.wait_for_everyone()
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
 
 
 def _prepare_training_args(training_args) -> None:
@@ -288,6 +318,8 @@ class PreparedRun:
     resume: str | None
     push: PushRequest | None = None
     ranking: dict | None = None  # --ranking: the ranking that chose this backbone (the card's "Why this backbone")
+    # the output folder's lock (main process; None on the others): held until run_transfer's last write
+    folder_lock: FolderLock | None = None
 
 
 def prepare_run(
@@ -312,7 +344,27 @@ def prepare_run(
             "RNG in the loader, so the resumed run sees other crops than an uninterrupted one and its "
             "final numbers differ. Use --input_path fast (the default) for an exact resume."
         )
-    _claim_output_dir(args, training_args, identity, resume)
+    folder_lock = _claim_output_dir(args, training_args, identity, resume)
+    try:
+        run = _build_run(args, training_args, callbacks, identity, resume, push, plan["ranking"])
+    except BaseException:
+        if folder_lock is not None:
+            folder_lock.release()
+        raise
+    run.folder_lock = folder_lock
+    return run
+
+
+def _build_run(
+    args: TransferArguments,
+    training_args: TrainingArguments,
+    callbacks: list[TrainerCallback] | None,
+    identity: dict,
+    resume: str | None,
+    push: PushRequest | None,
+    ranking: dict | None,
+) -> PreparedRun:
+    """Data, backbone, mode and Trainer, once the output folder is this run's."""
     threads, threads_from = resolve_cpu_threads(
         args.cpu_threads,
         args.input_path,
@@ -352,9 +404,7 @@ def prepare_run(
         transfer_mode=mode,
         callbacks=[*(callbacks or []), *mode.callbacks(), RunIdentityCallback(identity)],
     )
-    return PreparedRun(
-        args, training_args, data, backbone, mode, model, eval_sets, trainer, resume, push, plan["ranking"]
-    )
+    return PreparedRun(args, training_args, data, backbone, mode, model, eval_sets, trainer, resume, push, ranking)
 
 
 def run_transfer(
@@ -365,6 +415,13 @@ def run_transfer(
 
     start = time.time()
     run = prepare_run(args, training_args, callbacks)
+    with run.folder_lock or contextlib.nullcontext():  # until the last write (export, card, push); errors too
+        return _train_and_write(run, start)
+
+
+def _train_and_write(run: PreparedRun, start: float) -> dict[str, Any]:
+    """Train, gather the metrics, then (main process) export, card and push."""
+    args, training_args = run.args, run.training_args
     trainer, mode, model, backbone, data, eval_sets = (
         run.trainer,
         run.mode,

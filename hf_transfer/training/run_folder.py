@@ -11,7 +11,10 @@ convention, with the run's identity written down:
   (``--resume_from_checkpoint``) or passes ``--overwrite_output_dir true``, which removes the previous
   run's outputs (weights, card, examples, checkpoints, plots) instead of overwriting some of them;
 * files hf_transfer does not write are never deleted: a folder holding them is refused (they would
-  be pushed to the Hub with the model).
+  be pushed to the Hub with the model);
+* the folder is locked (:mod:`hf_transfer.folder_lock`) before it is checked and until the run's last write,
+  so two runs started together cannot both find it free: the second is refused, naming the first's pid and
+  host. The lock file is not a run output: it is never listed, cleared or counted as "used".
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from transformers import TrainerCallback
 
 from hf_transfer.cache import STAGING_PREFIX, write_atomic
 from hf_transfer.errors import TransferConfigError
+from hf_transfer.folder_lock import LOCK_FILE
 from hf_transfer.training.checkpoints import IDENTITY_FILE
 
 logger = logging.getLogger(__name__)
@@ -155,7 +159,8 @@ def check_output_dir(output_dir: str, identity: dict, *, resume: bool, overwrite
     for another run's folder, the arguments that differ."""
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise TransferConfigError(f"output_dir {output_dir!r} is a file, not a folder: choose another output_dir.")
-    entries = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
+    # the lock this run holds (or one a killed run left) is neither an output nor "another run's" file
+    entries = sorted(e for e in os.listdir(output_dir) if e != LOCK_FILE) if os.path.isdir(output_dir) else []
     if not entries:
         if resume:
             raise TransferConfigError(
