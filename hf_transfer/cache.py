@@ -15,11 +15,13 @@ e.g. an exported model) and :func:`staged_file` / :func:`write_atomic` (one file
 
 A renamed entry can still go bad later on disk (truncated by a full disk or a copy, zeroed by a crash of
 the file system), and a memory-mapped reader then fails with an mmap error or, worse, reads zeros and
-trains on them. So a writer records each file's size and CRC-32 in the entry's metadata
+trains on them. So a writer records each file's size and checksum in the entry's metadata
 (:func:`file_records`, written after the data), and a reader checks them on first use in a process
 (:func:`entry_problem`); a bad entry is removed with a warning naming it (:func:`discard_entry`) and
-rebuilt by the caller. CRC-32 (zlib) because it detects the accidental damage meant here at about
-3 GB/s on one core, in the standard library.
+rebuilt by the caller. The checksum is XXH3-64 (``xxhash``, already a dependency of ``datasets``): made
+for detecting accidental damage, and about as fast as reading the file from the page cache (one core,
+a file in the page cache: 12.7 GB/s, where zlib's CRC-32 did 3.1 and BLAKE2b 0.7; on a loaded machine
+3.8 GB/s against CRC-32's 0.8), so a check costs little next to an epoch that reads the same bytes.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ import shutil
 import socket
 import tempfile
 import time
-import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+import xxhash
 
 from hf_transfer.disk import ensure_free_space, space_errors
 from hf_transfer.errors import TransferConfigError
@@ -47,6 +50,8 @@ STAGING_PREFIX = ".staging-"
 STALE_AFTER_S = 7 * 24 * 3600
 #: the key of an entry's metadata that holds its files' sizes and checksums
 FILES_RECORD = "files"
+#: the checksum in each file's record (another name, e.g. from a later version, counts as no record)
+CHECKSUM = "xxh3_64"
 #: bytes read per step while a file is checksummed
 _CHECKSUM_CHUNK = 8 << 20
 #: files this process has checked or written, as (device, inode, size, mtime): checked once per process
@@ -190,28 +195,28 @@ def _identity(path: str | os.PathLike) -> tuple[int, int, int, int]:
 
 
 def file_checksum(path: str | os.PathLike) -> str:
-    """The CRC-32 of the file's bytes, as 8 hex digits (read in chunks: any file size, little RAM)."""
-    crc = 0
+    """The XXH3-64 of the file's bytes, as 16 hex digits (read in chunks: any file size, little RAM)."""
+    digest = xxhash.xxh3_64()
     buf = bytearray(_CHECKSUM_CHUNK)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buf):
-            crc = zlib.crc32(view[:n], crc)
-    return f"{crc:08x}"
+            digest.update(view[:n])
+    return digest.hexdigest()
 
 
 def file_records(folder: str | os.PathLike, names: Iterable[str]) -> dict[str, dict]:
-    """``{name: {"bytes", "crc32"}}`` of the finished files ``folder/name``, for the entry's metadata."""
+    """``{name: {"bytes", "xxh3_64"}}`` of the finished files ``folder/name``, for the entry's metadata."""
     records = {}
     for name in names:
         path = Path(folder) / name
-        records[name] = {"bytes": path.stat().st_size, "crc32": file_checksum(path)}
+        records[name] = {"bytes": path.stat().st_size, CHECKSUM: file_checksum(path)}
         _VERIFIED.add(_identity(path))  # written by this process: its first use needs no second read
     return records
 
 
 def _file_problem(path: Path, record) -> str | None:
-    if not isinstance(record, dict) or not {"bytes", "crc32"} <= set(record):
+    if not isinstance(record, dict) or not {"bytes", CHECKSUM} <= set(record):
         return f"the record of {path.name} is malformed"
     try:
         identity = _identity(path)
@@ -221,7 +226,7 @@ def _file_problem(path: Path, record) -> str | None:
         return f"{path.name} has {identity[2]} bytes, its record says {record['bytes']} (truncated or overwritten)"
     if identity in _VERIFIED:
         return None
-    if file_checksum(path) != record["crc32"]:
+    if file_checksum(path) != record[CHECKSUM]:
         return f"{path.name} does not match its checksum (its bytes changed on disk, e.g. zeroed)"
     _VERIFIED.add(identity)
     return None

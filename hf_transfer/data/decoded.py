@@ -50,7 +50,7 @@ column, kind, size, storage size, interpolation, crop_pct and :data:`DECODED_VER
 written in a staging folder named after the writing process and renamed into place, so an
 interrupted or failed decode never leaves a cache that a later run would trust; staging folders of
 killed writers are removed by the next construction (:func:`hf_transfer.cache.remove_stale_staging`).
-``meta.json``, written last, records each file's size and CRC-32; the first construction in a process
+``meta.json``, written last, records each file's size and checksum; the first construction in a process
 checks them (a file truncated or zeroed on disk later), and a bad or unrecorded entry is removed with a
 warning naming it and decoded again (:func:`hf_transfer.cache.entry_problem`). Later constructions in
 the same process only open the memmap. The space the cache needs is checked, and its file's blocks

@@ -21,7 +21,7 @@ a barrier the main process joins the shards into the one entry (the same folder 
 writes: the world size is not part of the key) and every process opens it after a second barrier.
 ``meta.json`` records which rank extracted which rows (``shards``).
 
-``meta.json``, written last, also records each file's size and CRC-32 (``files``). Every process checks
+``meta.json``, written last, also records each file's size and checksum (``files``). Every process checks
 them the first time it uses an entry (a file truncated or zeroed on disk since it was written, or an
 entry from before the record); the processes share what they found, and a bad entry is removed by the
 main process with a warning naming it, then computed again by all of them, so no rank trains on what
