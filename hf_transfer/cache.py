@@ -260,7 +260,7 @@ def discard_entry(folder: str | os.PathLike, problem: str, what: str = "cache en
     It is first renamed to a staging name (a reader never sees it half deleted; a removal killed midway is
     cleaned up by :func:`remove_stale_staging`). An entry that cannot be removed is refused, naming it."""
     folder = Path(folder)
-    logger.warning("The %s %s is damaged (%s); rebuilding it.", what, folder, problem)
+    logger.warning("The %s %s is damaged or incomplete (%s); rebuilding it.", what, folder, problem)
     try:
         trash = make_staging_dir(folder.parent, f"{folder.name}_bad")
         try:
@@ -271,6 +271,6 @@ def discard_entry(folder: str | os.PathLike, problem: str, what: str = "cache en
             shutil.rmtree(trash, ignore_errors=True)
     except OSError as err:
         raise TransferConfigError(
-            f"The {what} {folder} is damaged ({problem}) and cannot be removed ({type(err).__name__}: {err}); "
-            "delete it, or use another cache folder."
+            f"The {what} {folder} is damaged or incomplete ({problem}) and cannot be removed "
+            f"({type(err).__name__}: {err}); delete it, or use another cache folder."
         ) from err

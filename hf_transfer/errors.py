@@ -19,3 +19,6 @@ class NoSpaceError(OSError):
         super().__init__(f"no space left on {path}, {mb_needed} MB needed{free_text}")
         self.errno = errno.ENOSPC
         self.path, self.nbytes, self.free = str(path), int(nbytes), free
+
+    def __reduce__(self):  # OSError pickles its message as the only argument
+        return type(self), (self.path, self.nbytes, self.free)

@@ -224,3 +224,10 @@ def test_export_refused_on_a_short_disk_keeps_the_previous_export(tmp_path, monk
         export_model(backbone, folder, results={"run": 2})
     _assert_names(err, folder)
     assert {name: open(os.path.join(folder, name), "rb").read() for name in os.listdir(folder)} == before
+
+
+def test_no_space_error_keeps_its_message_across_processes():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(NoSpaceError("/data/cache", 3 * MB + 1, MB)))
+    assert str(err) == "no space left on /data/cache, 4 MB needed (1 MB free)" and err.errno == errno.ENOSPC

@@ -354,7 +354,8 @@ def test_damaged_feature_cache_is_rebuilt_once_under_two_process_ddp(tmp_path):
     entries = sorted(str(p) for p in cache.iterdir() if not p.name.startswith("."))
     assert len(entries) == 3
     for entry in entries:
-        assert runs[1].stderr.count(f"The feature cache entry {entry} is damaged") == 1, runs[1].stderr[-4000:]
+        warning = f"The feature cache entry {entry} is damaged or incomplete"
+        assert runs[1].stderr.count(warning) == 1, runs[1].stderr[-4000:]
     first, second = (json.load(open(tmp_path / name / "results.json")) for name in ("first", "second"))
     assert second["feature_cache"] == {"hits": 0, "misses": 3}
     assert second["metrics"]["target"]["accuracy"] == first["metrics"]["target"]["accuracy"]
