@@ -189,3 +189,21 @@ def test_truncated_feature_cache_in_a_run_is_rebuilt_and_the_accuracy_is_unchang
     for entry in entries:
         assert os.path.join(features, entry) in caplog.text
     _same_metrics(after, before)
+
+
+def test_a_damaged_feature_entry_that_cannot_be_removed_is_refused_naming_it(tmp_path, backbone, monkeypatch):
+    ds = _images(6)
+    cache = FeatureCache(str(tmp_path / "features"))
+    _, _, path = cache.get_or_compute(backbone, ds, "train", batch_size=4, weights_hash="w")
+    damage(os.path.join(path, "labels.npy"), "flip")
+    real_rename = os.rename
+
+    def read_only_rename(src, dst):
+        if str(src) == path:
+            raise PermissionError(13, "Permission denied")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(cache_module.os, "rename", read_only_rename)
+    with pytest.raises(TransferConfigError, match="cannot be removed") as err:
+        cache.get_or_compute(backbone, ds, "train", batch_size=4, weights_hash="w")
+    assert path in str(err.value) and "labels.npy" in str(err.value)

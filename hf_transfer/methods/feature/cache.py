@@ -364,8 +364,15 @@ class FeatureCache:
             logger.info("Feature cache hit for %s (%s).", split, path)
         else:
             self.misses += 1
-            if problems and state.is_main_process and os.path.isdir(path):
-                discard_entry(path, problems[0], "feature cache entry")
+            if problems:  # the main process removes the entry; a refusal there is raised by every process
+                refused = None
+                if state.is_main_process and os.path.isdir(path):
+                    try:
+                        discard_entry(path, problems[0], "feature cache entry")
+                    except TransferConfigError as err:
+                        refused = str(err)
+                if (refused := _all(state, refused)[0]) is not None:
+                    raise TransferConfigError(refused)
             free = min(f for _, _, f in reports)
             if free < needed:  # every process raises: none waits at a barrier for the others
                 raise NoSpaceError(self.cache_dir, needed, free)
