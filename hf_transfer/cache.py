@@ -12,11 +12,22 @@ file system), a folder untouched for :data:`STALE_AFTER_S`.
 The same "write aside, then rename" serves every layer, in three shapes: :func:`staged_entry` (a
 cache entry folder renamed into place), :func:`staged_files` (files moved into an existing folder,
 e.g. an exported model) and :func:`staged_file` / :func:`write_atomic` (one file).
+
+A renamed entry can still go bad later on disk (truncated by a full disk or a copy, zeroed by a crash of
+the file system), and a memory-mapped reader then fails with an mmap error or, worse, reads zeros and
+trains on them. So a writer records each file's size and checksum in the entry's metadata
+(:func:`file_records`, written after the data), and a reader checks them on first use in a process
+(:func:`entry_problem`); a bad entry is removed with a warning naming it (:func:`discard_entry`) and
+rebuilt by the caller. The checksum is XXH3-64 (``xxhash``, already a dependency of ``datasets``): made
+for detecting accidental damage, and about as fast as reading the file from the page cache (one core,
+a file in the page cache: 12.7 GB/s, where zlib's CRC-32 did 3.1 and BLAKE2b 0.7; on a loaded machine
+3.8 GB/s against CRC-32's 0.8), so a check costs little next to an epoch that reads the same bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -24,14 +35,27 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+import xxhash
+
+from hf_transfer.disk import ensure_free_space, space_errors
+from hf_transfer.errors import TransferConfigError
 
 logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging-"
 #: a staging folder written from another host counts as abandoned after this long without a change
 STALE_AFTER_S = 7 * 24 * 3600
+#: the key of an entry's metadata that holds its files' sizes and checksums
+FILES_RECORD = "files"
+#: the checksum in each file's record (another name, e.g. from a later version, counts as no record)
+CHECKSUM = "xxh3_64"
+#: bytes read per step while a file is checksummed
+_CHECKSUM_CHUNK = 8 << 20
+#: files this process has checked or written, as (device, inode, size, mtime): checked once per process
+_VERIFIED: set[tuple[int, int, int, int]] = set()
 
 
 def cache_root() -> Path:
@@ -121,16 +145,22 @@ def staged_entry(root: str | os.PathLike, name: str, *, done: str) -> Iterator[P
 
 
 @contextlib.contextmanager
-def staged_files(folder: str | os.PathLike) -> Iterator[Path]:
+def staged_files(folder: str | os.PathLike, nbytes: int = 0) -> Iterator[Path]:
     """A staging folder inside ``folder`` (created if needed); when the block ends without an error, each
     file written there replaces its namesake in ``folder`` (``os.replace``, one file at a time), so a
-    failed write leaves the folder's earlier files as they were. The staging folder is removed in any case."""
+    failed write leaves the folder's earlier files as they were. The staging folder is removed in any case.
+
+    ``nbytes``: about what the files take; a disk with less free room is refused before anything is
+    written, and a full disk met while writing is a :class:`~hf_transfer.errors.NoSpaceError` naming
+    ``folder`` (:mod:`hf_transfer.disk`)."""
     folder = Path(folder)
+    ensure_free_space(folder, nbytes)
     tmp = make_staging_dir(folder, "files")
     try:
-        yield tmp
-        for name in os.listdir(tmp):
-            os.replace(tmp / name, folder / name)
+        with space_errors(folder, nbytes):
+            yield tmp
+            for name in os.listdir(tmp):
+                os.replace(tmp / name, folder / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -153,3 +183,94 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
     """``path`` holds ``text`` (see :func:`staged_file`)."""
     with staged_file(path) as tmp:
         tmp.write_text(text)
+
+
+# --------------------------------------------------------------------------------------------
+# entry records: size + checksum of each file, checked on first use
+
+
+def _identity(path: str | os.PathLike) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def file_checksum(path: str | os.PathLike) -> str:
+    """The XXH3-64 of the file's bytes, as 16 hex digits (read in chunks: any file size, little RAM)."""
+    digest = xxhash.xxh3_64()
+    buf = bytearray(_CHECKSUM_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def file_records(folder: str | os.PathLike, names: Iterable[str]) -> dict[str, dict]:
+    """``{name: {"bytes", "xxh3_64"}}`` of the finished files ``folder/name``, for the entry's metadata."""
+    records = {}
+    for name in names:
+        path = Path(folder) / name
+        records[name] = {"bytes": path.stat().st_size, CHECKSUM: file_checksum(path)}
+        _VERIFIED.add(_identity(path))  # written by this process: its first use needs no second read
+    return records
+
+
+def _file_problem(path: Path, record) -> str | None:
+    if not isinstance(record, dict) or not {"bytes", CHECKSUM} <= set(record):
+        return f"the record of {path.name} is malformed"
+    try:
+        identity = _identity(path)
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    if identity[2] != record["bytes"]:
+        return f"{path.name} has {identity[2]} bytes, its record says {record['bytes']} (truncated or overwritten)"
+    if identity in _VERIFIED:
+        return None
+    if file_checksum(path) != record[CHECKSUM]:
+        return f"{path.name} does not match its checksum (its bytes changed on disk, e.g. zeroed)"
+    _VERIFIED.add(identity)
+    return None
+
+
+def entry_problem(folder: str | os.PathLike, meta_name: str = "meta.json") -> str | None:
+    """Why the cache entry ``folder`` cannot be used (None: it can): its metadata ``meta_name`` must
+    parse and hold a :data:`FILES_RECORD` (an entry without one is incomplete), and every recorded file
+    must have its size and checksum. Each file is read once per process (a checked file is remembered
+    by device, inode, size and mtime)."""
+    meta_path = Path(folder) / meta_name
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        return f"{meta_name} is missing"
+    except (OSError, ValueError) as err:
+        return f"{meta_name} is unreadable ({type(err).__name__})"
+    records = meta.get(FILES_RECORD) if isinstance(meta, dict) else None
+    if not isinstance(records, dict) or not records:
+        return f"{meta_name} has no size/checksum record of its files (written by an older version, or incomplete)"
+    for name, record in records.items():
+        problem = _file_problem(Path(folder) / name, record)
+        if problem is not None:
+            return problem
+    return None
+
+
+def discard_entry(folder: str | os.PathLike, problem: str, what: str = "cache entry") -> None:
+    """Remove the bad entry ``folder`` with a warning naming it and ``problem``, so the caller rebuilds it.
+
+    It is first renamed to a staging name (a reader never sees it half deleted; a removal killed midway is
+    cleaned up by :func:`remove_stale_staging`). An entry that cannot be removed is refused, naming it."""
+    folder = Path(folder)
+    logger.warning("The %s %s is damaged or incomplete (%s); rebuilding it.", what, folder, problem)
+    try:
+        trash = make_staging_dir(folder.parent, f"{folder.name}_bad")
+        try:
+            os.rename(folder, trash / "entry")
+        except FileNotFoundError:  # another process removed it first
+            pass
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
+    except OSError as err:
+        raise TransferConfigError(
+            f"The {what} {folder} is damaged or incomplete ({problem}) and cannot be removed "
+            f"({type(err).__name__}: {err}); delete it, or use another cache folder."
+        ) from err

@@ -3,3 +3,22 @@
 
 class TransferConfigError(ValueError):
     """A dataset spec, column, label, backbone id or option that cannot work as given."""
+
+
+class NoSpaceError(OSError):
+    """A disk too full for a file hf_transfer is about to write (a cache entry, a checkpoint, an export).
+
+    An ``OSError`` with ``errno.ENOSPC`` whose message names the folder and the megabytes needed, because
+    the libraries' own errors do not (torch: ``unexpected pos``; a memory-mapped write: SIGBUS)."""
+
+    def __init__(self, path, nbytes: int, free: int | None = None):
+        import errno
+
+        mb_needed = max(1, -(-int(nbytes) // 2**20))
+        free_text = f" ({free // 2**20} MB free)" if free is not None else ""
+        super().__init__(f"no space left on {path}, {mb_needed} MB needed{free_text}")
+        self.errno = errno.ENOSPC
+        self.path, self.nbytes, self.free = str(path), int(nbytes), free
+
+    def __reduce__(self):  # OSError pickles its message as the only argument
+        return type(self), (self.path, self.nbytes, self.free)

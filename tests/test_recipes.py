@@ -348,6 +348,41 @@ def test_feature_cache_sharded_under_two_process_ddp(tmp_path):
 
 
 @pytest.mark.ddp
+def test_damaged_feature_cache_is_rebuilt_once_under_two_process_ddp(tmp_path):
+    """Every entry zeroed on disk after a 2-process run: both processes find the damage on first use, the main
+    one removes each entry with one warning naming it, both extract their shards again (no rank reads what
+    the other refused, none waits for the other at a barrier) and the second run scores as the first."""
+    cache = tmp_path / "ddp_cache"
+    runs = []
+    for name in ("first", "second"):
+        path = _config(
+            tmp_path,
+            "feature",
+            "linear",
+            {"feature_cache_dir": str(cache)},
+            save_strategy="no",
+            max_steps=2,
+            output_dir=str(tmp_path / name),
+        )
+        if name == "second":
+            for entry in (p for p in cache.iterdir() if not p.name.startswith(".")):
+                features = entry / "features.npy"
+                features.write_bytes(features.read_bytes()[:128] + bytes(features.stat().st_size - 128))
+        cmd = _two_process_launch(os.path.join(ROOT, "recipes", "train.py"), "--config", path)
+        runs.append(subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400))
+        assert runs[-1].returncode == 0, runs[-1].stderr[-4000:]
+    entries = sorted(str(p) for p in cache.iterdir() if not p.name.startswith("."))
+    assert len(entries) == 3
+    for entry in entries:
+        warning = f"The feature cache entry {entry} is damaged or incomplete"
+        assert runs[1].stderr.count(warning) == 1, runs[1].stderr[-4000:]
+    first, second = (json.load(open(tmp_path / name / "results.json")) for name in ("first", "second"))
+    assert second["feature_cache"] == {"hits": 0, "misses": 3}
+    assert second["metrics"]["target"]["accuracy"] == first["metrics"]["target"]["accuracy"]
+    assert second["metrics"]["target"]["confusion_matrix"] == first["metrics"]["target"]["confusion_matrix"]
+
+
+@pytest.mark.ddp
 def test_every_domain_method_under_two_process_ddp(tmp_path):
     from hf_transfer.methods.domain import LOSSES
 

@@ -50,7 +50,12 @@ column, kind, size, storage size, interpolation, crop_pct and :data:`DECODED_VER
 written in a staging folder named after the writing process and renamed into place, so an
 interrupted or failed decode never leaves a cache that a later run would trust; staging folders of
 killed writers are removed by the next construction (:func:`hf_transfer.cache.remove_stale_staging`).
-A second construction only opens the memmap.
+``meta.json``, written last, records each file's size and checksum; the first construction in a process
+checks them (a file truncated or zeroed on disk later), and a bad or unrecorded entry is removed with a
+warning naming it and decoded again (:func:`hf_transfer.cache.entry_problem`). Later constructions in
+the same process only open the memmap. The space the cache needs is checked, and its file's blocks
+reserved, before decoding starts: a full disk is an error naming the folder and the megabytes, never
+SIGBUS (:mod:`hf_transfer.disk`).
 
 An image that cannot be decoded is an error naming its row (the data loading checks every image
 before training, see :mod:`hf_transfer.data.load`, so this only fires for direct use).
@@ -73,9 +78,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from hf_transfer.cache import cache_path, remove_stale_staging, staged_entry
+from hf_transfer.cache import (
+    FILES_RECORD,
+    cache_path,
+    discard_entry,
+    entry_problem,
+    file_records,
+    remove_stale_staging,
+    staged_entry,
+)
 from hf_transfer.data.load import IMAGE_ERRORS
 from hf_transfer.data.transforms import AUGMENTATIONS, DataConfig
+from hf_transfer.disk import allocated_memmap, space_errors
 from hf_transfer.errors import TransferConfigError
 
 __all__ = ["DECODED_VERSION", "DecodedImages", "collate_decoded", "decoded_cache_dir", "split_kind_for"]
@@ -375,7 +389,9 @@ class DecodedImages(torch.utils.data.Dataset):
         self.path = self.root / f"{split_kind}-{label}-{digest}"
         self.decoded = False
         remove_stale_staging(self.root)
-        if not (self.path / "images.npy").exists():
+        if self.path.exists() and (problem := entry_problem(self.path)) is not None:
+            discard_entry(self.path, problem, "decoded-image cache")
+        if not self.path.exists():
             self._build(dataset, key_fields, image_column, num_workers, chunk_size, progress)
             self.decoded = True
         self._mm: np.memmap | None = None
@@ -410,8 +426,9 @@ class DecodedImages(torch.utils.data.Dataset):
             "interpolation": self.cfg.interpolation,
             "storage_hw": storage_hw,
         }
-        with staged_entry(self.root, self.path.name, done="images.npy") as tmp:
-            images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, 3, *storage_hw))
+        nbytes = n * (3 * storage_hw[0] * storage_hw[1] + 8)  # the images and their sizes
+        with staged_entry(self.root, self.path.name, done="meta.json") as tmp, space_errors(self.root, nbytes):
+            images = allocated_memmap(tmp / "images.npy", np.uint8, (n, 3, *storage_hw))
             sizes = np.zeros((n, 2), dtype=np.int32)
             threads = torch.get_num_threads() if num_workers == 0 else 1
             chunk = max(1, int(chunk_size))
@@ -437,8 +454,11 @@ class DecodedImages(torch.utils.data.Dataset):
             images.flush()
             del images
             np.save(tmp / "sizes.npy", sizes)
+            files = file_records(tmp, ["images.npy", "sizes.npy"])  # last: a record means the data is complete
             (tmp / "meta.json").write_text(
-                json.dumps({**key_fields, "storage_hw": list(storage_hw), "num_images": n}, indent=1)
+                json.dumps(
+                    {**key_fields, "storage_hw": list(storage_hw), "num_images": n, FILES_RECORD: files}, indent=1
+                )
             )
 
     @property

@@ -56,6 +56,7 @@ import warnings
 from torch import nn
 
 from hf_transfer.cache import staged_files
+from hf_transfer.disk import tensors_bytes
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.models.backbones import Backbone, _data_config_from_processor, _data_config_from_timm_cfg
 
@@ -304,7 +305,7 @@ def export_adapter(
     peft_model, backbone: Backbone, output_dir: str, results: dict | None = None, info: dict | None = None
 ) -> dict:
     """Write the adapter folder (with ``results.json`` unless ``results`` is None); returns the adapter info."""
-    from hf_transfer.models.export import RESULTS_FILE
+    from hf_transfer.models.export import EXPORT_OVERHEAD_BYTES, RESULTS_FILE
 
     info = dict(info or adapter_info(peft_model, backbone))
     if info["self_sufficient"] is False:
@@ -320,7 +321,8 @@ def export_adapter(
             ADAPTER_INFO,
         )
     os.makedirs(output_dir, exist_ok=True)
-    with staged_files(output_dir) as staging:
+    saved = [p for p in peft_model.parameters() if p.requires_grad]  # the adapter and the modules it saves
+    with staged_files(output_dir, tensors_bytes(saved) + EXPORT_OVERHEAD_BYTES) as staging:
         peft_model.save_pretrained(staging, safe_serialization=True)
         readme = os.path.join(staging, "README.md")
         if os.path.exists(readme):  # PEFT's boilerplate card; the project's cards module writes the real one

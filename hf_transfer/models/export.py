@@ -12,7 +12,9 @@ with ``timm.create_model("local-dir:<folder>", pretrained=True)``:
   model was trained with.
 
 Files are first written to a temporary folder beside the target, then moved in one by one, so a
-failure never leaves a half-written export over a previous one.
+failure never leaves a half-written export over a previous one. A disk without room for the weights is
+refused before anything is written, and a full disk met while writing names the folder and the
+megabytes (:func:`hf_transfer.cache.staged_files`).
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ import os
 from safetensors.torch import save_file
 
 from hf_transfer.cache import staged_files
+from hf_transfer.disk import tensors_bytes
 from hf_transfer.models.backbones import Backbone
 
 RESULTS_FILE = "results.json"
+#: room asked for besides the weights: configs, processor, results, headers
+EXPORT_OVERHEAD_BYTES = 256 * 2**10
 
 
 def _timm_pretrained_cfg(backbone: Backbone) -> dict:
@@ -89,7 +94,8 @@ def export_model(
 ) -> str:
     """Write weights, config (id2label/label2id), preprocessor config and ``results.json``."""
     os.makedirs(output_dir, exist_ok=True)
-    with staged_files(output_dir) as staging:
+    nbytes = tensors_bytes(backbone.model.state_dict().values()) + EXPORT_OVERHEAD_BYTES
+    with staged_files(output_dir, nbytes) as staging:
         if backbone.library == "timm":
             _save_timm(backbone, staging)
         else:

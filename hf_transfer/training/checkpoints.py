@@ -6,6 +6,10 @@ when the run was killed while writing it (the folder appears first; model, optim
 A checkpoint counts as complete here when its ``trainer_state.json`` parses and names step ``N`` and
 the run's ``run_identity.json`` (written after the Trainer's files) is there;
 ``last`` means the newest complete one, and incomplete newer ones are named in a warning.
+
+A checkpoint is written into its own new ``checkpoint-N`` folder, so a save that fails (a full disk:
+see :meth:`~hf_transfer.training.trainer.TransferTrainer._save_checkpoint`) leaves the earlier ones as
+they were, and the Trainer removes old ones (``save_total_limit``) only after a save succeeded.
 """
 
 from __future__ import annotations
@@ -14,13 +18,30 @@ import json
 import logging
 import os
 import re
+from typing import TYPE_CHECKING
 
+from hf_transfer.disk import tensors_bytes
 from hf_transfer.errors import TransferConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
 IDENTITY_FILE = "run_identity.json"  # written after the Trainer's files (hf_transfer.training.run_folder)
+#: room asked for besides the weights and the optimizer state: scheduler, RNG, trainer state, configs
+CHECKPOINT_OVERHEAD_BYTES = 256 * 2**10
+
+
+def checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
+    """About what one checkpoint of ``model`` (and ``optimizer``'s state) takes on disk."""
+    import torch  # here: resolving a checkpoint folder needs no torch
+
+    tensors = list(model.state_dict().values())
+    if optimizer is not None:
+        tensors += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    return tensors_bytes(tensors) + CHECKPOINT_OVERHEAD_BYTES
 
 
 def checkpoint_problem(folder: str) -> str | None:

@@ -7,14 +7,22 @@ checkpoints, resume, logging, trackers, ``push_to_hub`` plumbing) is the Trainer
 
 Schedules are restored exactly on resume because the mode reads training progress from
 ``state.global_step``, which the Trainer checkpoints, never from a counter of its own.
+
+Saves check the disk first and name it when it is full (torch itself only says ``unexpected pos``):
+see :meth:`TransferTrainer._save_checkpoint`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 from torch import nn
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from hf_transfer.disk import ensure_free_space, space_errors
+from hf_transfer.training.checkpoints import checkpoint_bytes
 
 
 class TransferTrainer(Trainer):
@@ -95,12 +103,29 @@ class TransferTrainer(Trainer):
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 
+    def _save_checkpoint(self, model, trial):
+        """The Trainer's checkpoint, refused before anything is written when the disk has less room than it
+        takes, and a full disk met while writing it re-raised as "no space left on <folder>, N MB needed".
+
+        The new ``checkpoint-N`` folder is the only one written: the earlier checkpoints stay complete, and
+        :func:`~hf_transfer.training.checkpoints.last_complete_checkpoint` skips a half-written one."""
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        needed = checkpoint_bytes(self.model, self.optimizer)
+        ensure_free_space(folder, needed)
+        with space_errors(folder, needed):
+            super()._save_checkpoint(model, trial)
+
     def _save(self, output_dir=None, state_dict=None):
-        """Checkpoints through safetensors, which refuses channels_last (non-contiguous) weights."""
+        """Checkpoints through safetensors, which refuses channels_last (non-contiguous) weights; a full disk
+        is named (see :meth:`_save_checkpoint`)."""
         if state_dict is None:
             state_dict = self.model.state_dict()
         state_dict = {k: v if v.is_contiguous() else v.contiguous() for k, v in state_dict.items()}
-        super()._save(output_dir, state_dict=state_dict)
+        folder = output_dir if output_dir is not None else self.args.output_dir
+        needed = checkpoint_bytes(self.model)
+        ensure_free_space(folder, needed)
+        with space_errors(folder, needed):
+            super()._save(output_dir, state_dict=state_dict)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log: add the mode's own numbers (e.g. DANN's coefficient)

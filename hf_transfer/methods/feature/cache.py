@@ -21,6 +21,14 @@ a barrier the main process joins the shards into the one entry (the same folder 
 writes: the world size is not part of the key) and every process opens it after a second barrier.
 ``meta.json`` records which rank extracted which rows (``shards``).
 
+``meta.json``, written last, also records each file's size and checksum (``files``). Every process checks
+them the first time it uses an entry (a file truncated or zeroed on disk since it was written, or an
+entry from before the record); the processes share what they found, and a bad entry is removed by the
+main process with a warning naming it, then computed again by all of them, so no rank trains on what
+another refused. Before a miss is computed the processes also check together that the cache's disk has
+room for it (the shards and the joined entry), and every file is allocated before it is memory-mapped:
+a full disk is an error naming the folder and the megabytes, not SIGBUS (:mod:`hf_transfer.disk`).
+
 Two input paths give the same features (equal within float tolerance, tests/test_features_fast.py):
 
 * ``"stock"``: the torchvision PIL eval transform per image (``Resize`` + ``CenterCrop`` +
@@ -44,14 +52,25 @@ import socket
 import numpy as np
 import torch
 from accelerate import PartialState
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from hf_transfer.cache import cache_path, remove_stale_staging, staged_entry, staged_file, write_atomic
+from hf_transfer.cache import (
+    FILES_RECORD,
+    cache_path,
+    discard_entry,
+    entry_problem,
+    file_records,
+    remove_stale_staging,
+    staged_entry,
+    staged_file,
+    write_atomic,
+)
 from hf_transfer.data.paired import collate_images
 from hf_transfer.data.transforms import eval_transform, make_batch_transform
-from hf_transfer.errors import TransferConfigError
+from hf_transfer.disk import allocated_memmap, free_bytes, space_errors
+from hf_transfer.errors import NoSpaceError, TransferConfigError
 from hf_transfer.models.backbones import Backbone
 
 logger = logging.getLogger(__name__)
@@ -249,9 +268,14 @@ def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return n * rank // world_size, n * (rank + 1) // world_size
 
 
-def _agree(state: PartialState, value):
-    """The main process's ``value`` on every process (so all of them take the same branch)."""
-    return broadcast_object_list([value])[0] if state.num_processes > 1 else value
+def _all(state: PartialState, value) -> list:
+    """``value`` of every process, in rank order, on every process (so all of them take the same branch)."""
+    return gather_object([value]) if state.num_processes > 1 else [value]
+
+
+def _entry_bytes(num_rows: int, feature_dim: int) -> int:
+    """Bytes of an entry's features and labels."""
+    return num_rows * (feature_dim * 4 + 8)
 
 
 def _save_npy(path: str, array: np.ndarray) -> None:
@@ -260,9 +284,11 @@ def _save_npy(path: str, array: np.ndarray) -> None:
         np.save(f, array)
 
 
-def _write_json(path: str, data: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1)
+def _write_meta(folder: str, meta: dict) -> None:
+    """The entry's ``meta.json`` with its files' sizes and checksums: written last, it marks the entry complete."""
+    files = file_records(folder, ["features.npy", "labels.npy"])
+    with open(os.path.join(folder, "meta.json"), "w") as f:
+        json.dump({**meta, FILES_RECORD: files}, f, indent=1)
 
 
 class FeatureCache:
@@ -328,12 +354,31 @@ class FeatureCache:
         numerics = {"amp_dtype": str(self.amp_dtype), "channels_last": bool(self.channels_last)}
         key = cache_key(backbone, dataset._fingerprint, split, weights_hash, input_path, numerics)
         path = self.path(key)
-        if _agree(state, os.path.exists(os.path.join(path, "meta.json"))):
+        # every process checks the entry on its first use; a shard writer also needs room for the join
+        needed = _entry_bytes(len(dataset), backbone.feature_dim) * (1 if state.num_processes == 1 else 2)
+        found = entry_problem(path) if os.path.isdir(path) else None
+        reports = _all(state, (os.path.isdir(path), found, free_bytes(self.cache_dir)))
+        problems = [p for _, p, _ in reports if p is not None]
+        if all(present for present, _, _ in reports) and not problems:
             self.hits += 1
             logger.info("Feature cache hit for %s (%s).", split, path)
         else:
             self.misses += 1
-            self._compute(backbone, dataset, split, batch_size, device, input_path, key, state)
+            if problems:  # the main process removes the entry; a refusal there is raised by every process
+                refused = None
+                if state.is_main_process and os.path.isdir(path):
+                    try:
+                        discard_entry(path, problems[0], "feature cache entry")
+                    except TransferConfigError as err:
+                        refused = str(err)
+                if (refused := _all(state, refused)[0]) is not None:
+                    raise TransferConfigError(refused)
+            free = min(f for _, _, f in reports)
+            if free < needed:  # every process raises: none waits at a barrier for the others
+                raise NoSpaceError(self.cache_dir, needed, free)
+            state.wait_for_everyone()  # the bad entry is gone before anyone writes or reads it
+            with space_errors(self.cache_dir, needed):
+                self._compute(backbone, dataset, split, batch_size, device, input_path, key, state)
         features, labels = self.load(path)
         return torch.from_numpy(features), torch.from_numpy(labels), path
 
@@ -352,7 +397,7 @@ class FeatureCache:
         if state.num_processes == 1:
             with staged_entry(self.cache_dir, key, done="meta.json") as tmp:
                 shard = self._extract_into(tmp, "", backbone, dataset, split, batch_size, device, input_path, state)
-                _write_json(os.path.join(tmp, "meta.json"), {**meta, "shards": [shard]})
+                _write_meta(tmp, {**meta, "shards": [shard]})
             return
         shard_dir = os.path.join(self.cache_dir, f".{key}.shards")
         os.makedirs(shard_dir, exist_ok=True)
@@ -374,9 +419,7 @@ class FeatureCache:
         labels = np.full(stop - start, -1, dtype=np.int64)
         done = 0
         with staged_file(feats_path) as tmp:
-            out = np.lib.format.open_memmap(
-                tmp, mode="w+", dtype=np.float32, shape=(stop - start, backbone.feature_dim)
-            )
+            out = allocated_memmap(tmp, np.float32, (stop - start, backbone.feature_dim))
             if stop > start:
                 desc = f"Features ({split})" + (f" rank {rank}/{world_size}" if world_size > 1 else "")
                 for f, y in iter_features(
@@ -423,11 +466,8 @@ class FeatureCache:
             with open(p + "json") as f:
                 shards.append(json.load(f))
         with staged_entry(self.cache_dir, key, done="meta.json") as tmp:
-            out = np.lib.format.open_memmap(
-                os.path.join(tmp, "features.npy"),
-                mode="w+",
-                dtype=np.float32,
-                shape=(meta["num_rows"], meta["feature_dim"]),
+            out = allocated_memmap(
+                os.path.join(tmp, "features.npy"), np.float32, (meta["num_rows"], meta["feature_dim"])
             )
             labels = np.empty(meta["num_rows"], dtype=np.int64)
             for p, shard in zip(prefixes, shards, strict=True):
@@ -438,5 +478,5 @@ class FeatureCache:
             out.flush()
             del out
             np.save(os.path.join(tmp, "labels.npy"), labels)
-            _write_json(os.path.join(tmp, "meta.json"), {**meta, "shards": shards})
+            _write_meta(tmp, {**meta, "shards": shards})
         shutil.rmtree(shard_dir, ignore_errors=True)
