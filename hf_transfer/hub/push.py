@@ -33,10 +33,12 @@ import contextlib
 import fnmatch
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hf_transfer.evaluation.run_health import stop_marker_problem
 from hf_transfer.hub import card_inputs, cards
 from hf_transfer.hub.card_metadata import base_model_license
 
@@ -208,12 +210,25 @@ def check_round_trip(
     return outputs[0]
 
 
+def _nonfinite(scores: dict[str, float]) -> list[str]:
+    return [label for label, v in scores.items() if not math.isfinite(v)]
+
+
 def _compare(folder: Path, reference: list[dict], predict, how: str, atol: float) -> list[dict]:
+    """Every comparison with NaN is false, so non-finite scores (the exported model's or the reference's)
+    fail first, by name: a NaN model "passed" the tolerance checks below."""
     out = []
     for row in reference:
         preds = predict(str(folder / row["file"]), len(row["scores"]))
         got = {p["label"]: float(p["score"]) for p in preds}
         want = {k: float(v) for k, v in row["scores"].items()}
+        for whose, scores in (("the trained model's reference", want), (f"the exported folder's ({how})", got)):
+            if bad := _nonfinite(scores):
+                raise RoundTripError(
+                    f"Round-trip check failed on {row['file']}: {whose} scores are not finite "
+                    f"({', '.join(f'{k!r}={scores[k]}' for k in bad[:3])}): the model outputs NaN/inf and "
+                    "must not be published. Nothing was pushed."
+                )
         if set(got) != set(want):
             raise RoundTripError(
                 f"{row['file']}: {how} gives the labels {sorted(got)}, the trained model "
@@ -360,6 +375,9 @@ def push_run(
         return None
     _check_repo_id(repo_id)
     folder = Path(output_dir)
+    stopped = stop_marker_problem(folder)
+    if stopped:  # before "no results.json": say why the run has none
+        raise PushError(f"{stopped} Nothing was pushed.")
     if not (folder / card_inputs.RESULTS_FILE).is_file():
         raise PushError(f"{str(folder)!r} has no {card_inputs.RESULTS_FILE}: not a finished hf-transfer run folder.")
     results = card_inputs.load_results(folder)
