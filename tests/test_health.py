@@ -248,3 +248,54 @@ def test_resumed_run_reports_the_whole_runs_train_loss(tmp_path):
             assert resumed["train_loss"] == pytest.approx(trainer_mean, rel=1e-5)
             assert resumed["train_loss_covers"].startswith("steps 3-4 only: resumed at step 2")
             assert "train loss (mean over steps 3-4 only" in card
+
+
+def test_pending_losses_are_packed_and_read_back_per_step(monkeypatch):
+    """A run that never logs keeps one stacked tensor per PACK_EVERY batches; the check reads them back the same:
+    micro-batches (gradient accumulation) summed per step, the supervised part where a mode gives one."""
+    from types import SimpleNamespace
+
+    import hf_transfer.training.health_guard as guard_module
+
+    monkeypatch.setattr(guard_module, "PACK_EVERY", 2)
+    guard = guard_module.HealthGuard(SimpleNamespace(accelerator=SimpleNamespace(num_processes=1)))
+    for step, loss, sup in [(1, 0.5, 0.375), (1, 0.5, 0.375), (2, 0.25, None), (2, 0.25, None), (3, 1.0, None)]:
+        guard.observe(step, torch.tensor(loss), sup)
+    assert len(guard._packed) == 2 and len(guard._losses) == 1
+    assert guard._step_losses() == [(1, 1.0, 0.75), (2, 0.5, 0.5), (3, 1.0, 1.0)]  # exact in float32
+    assert guard._step_losses() == []  # read once
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("learning_rate, reason", [(1e38, "non-finite"), (1e4, "exploding loss")])
+def test_two_process_ddp_run_stops_on_every_process(tmp_path, learning_rate, reason):
+    """Under DDP the losses are gathered before the verdict, so both processes stop together (a lone raise would
+    leave the other waiting in the next collective) and one marker is written."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = tiny_args(tmp_path, mode="task", method="full", learning_rate=learning_rate, per_device_train_batch_size=8)
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        os.path.join(root, "recipes", "train.py"),
+        *_flags(args),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    marker = _marker(args["output_dir"])
+    assert marker["reason"].startswith(reason), marker
+    lines = [x for x in done.stderr.splitlines() if x.startswith("hf-transfer: error: TrainingHealthError")]
+    assert len(lines) == 2 and all(f"step {marker['step']}" in x for x in lines), done.stderr[-3000:]

@@ -8,8 +8,9 @@ model; ``--learning_rate 1e4`` at chance accuracy with a loss near 1e10. See
 Cost: :meth:`HealthGuard.observe` keeps a reference to each batch's loss tensor and never syncs with the
 device; the losses are read (one copy, and under DDP one gather) and the weights checked only at the
 steps where the Trainer logs, evaluates or saves, and at the end. So a non-finite loss never reaches a
-checkpoint or an export, and no step pays a device sync of its own (the Trainer's own per-step sync,
-``logging_nan_inf_filter``, is turned off by the run: the guard stops at the first non-finite loss instead).
+checkpoint or an export, and no step pays a device sync of its own. (The Trainer's ``logging_nan_inf_filter``,
+on by default, logged a NaN step as the mean of the others, so a NaN run logged a loss of 0; the guard checks
+before the Trainer logs, so that can no longer hide a NaN. The filter's own per-step sync is the Trainer's.)
 
 The guard also keeps the whole run's loss record across a resume (a small ``hf_transfer_health.json`` in
 every checkpoint): the mean loss over every step, and the first and last steps' losses that the
@@ -39,6 +40,8 @@ EXPLOSION_FACTOR = 1e4
 #: the reference loss never counts as lower than this: a run that starts near 0 may rise a little
 EXPLOSION_FLOOR = 1.0
 STATE_FILE = "hf_transfer_health.json"
+#: batch losses kept as separate scalars before they are stacked into one tensor (no sync either way)
+PACK_EVERY = 1024
 
 
 class TrainingHealthError(RuntimeError):
@@ -66,7 +69,12 @@ class HealthGuard(TrainerCallback):
 
     def __init__(self, trainer):
         self.trainer = trainer
-        self._pending: list[tuple[int, torch.Tensor, float | None]] = []
+        # the batches since the last check: steps and supervised losses on the host, losses on the device (a
+        # scalar tensor each, stacked into one every PACK_EVERY batches: a run that never logs holds no more)
+        self._steps: list[int] = []
+        self._supervised: list[float] = []
+        self._losses: list[torch.Tensor] = []
+        self._packed: list[torch.Tensor] = []
         self._reset()
 
     def _reset(self) -> None:
@@ -78,13 +86,20 @@ class HealthGuard(TrainerCallback):
         self.first_losses: list[float] = []  # supervised loss of the first LOSS_WINDOW steps
         self.last_losses: deque[float] = deque(maxlen=LOSS_WINDOW)
         self.resumed_without_record: int | None = None  # resumed at this step from a checkpoint with no record
-        self._pending.clear()
+        self.note: str | None = None  # what train_loss covers, when a mode says it (the L-BFGS solve)
+        for pending in (self._steps, self._supervised, self._losses, self._packed):
+            pending.clear()
 
     # --- feeding ---------------------------------------------------------------------------------
     def observe(self, step: int, loss: torch.Tensor, supervised: float | None = None) -> None:
         """One micro-batch's loss (as the Trainer accumulates it) for optimizer step ``step``; no device sync.
         ``supervised``: the mode's classification part of it (domain mode), for the divergence warning."""
-        self._pending.append((step, loss.detach(), supervised))
+        self._steps.append(step)
+        self._supervised.append(math.nan if supervised is None else float(supervised))
+        self._losses.append(loss.detach().float().reshape(()))
+        if len(self._losses) >= PACK_EVERY:
+            self._packed.append(torch.stack(self._losses))
+            self._losses.clear()
 
     def resume_from(self, checkpoint: str | None) -> None:
         """Continue the loss record of the checkpoint a run resumes from (or note that it has none)."""
@@ -97,7 +112,8 @@ class HealthGuard(TrainerCallback):
                 saved = json.load(f)
         except (OSError, ValueError):
             saved = None
-        if not isinstance(saved, dict):  # a checkpoint written before the guard kept a record
+        keys = ("first_step", "last_step", "loss_sum", "loss_steps", "reference", "first_losses", "last_losses")
+        if not isinstance(saved, dict) or not all(k in saved for k in keys):  # written before the guard kept one
             try:
                 with open(os.path.join(checkpoint, "trainer_state.json")) as f:
                     self.resumed_without_record = int(json.load(f).get("global_step", 0))
@@ -127,12 +143,13 @@ class HealthGuard(TrainerCallback):
     def _step_losses(self) -> list[tuple[int, float, float]]:
         """(step, loss, supervised loss) of the pending batches: one copy from the device (one gather under
         DDP), micro-batches summed per step and the processes averaged, as the Trainer logs its loss."""
-        if not self._pending:
+        if not self._steps:
             return []
-        steps = [step for step, _, _ in self._pending]
-        losses = torch.stack([loss.float().reshape(()) for _, loss, _ in self._pending])
-        sups = torch.tensor([math.nan if s is None else s for _, _, s in self._pending], device=losses.device)
-        self._pending.clear()
+        steps = list(self._steps)
+        losses = torch.cat([*self._packed, *([torch.stack(self._losses)] if self._losses else [])])
+        sups = torch.tensor(self._supervised, device=losses.device, dtype=losses.dtype)
+        for pending in (self._steps, self._supervised, self._losses, self._packed):
+            pending.clear()
         rows = torch.stack([losses, sups], dim=1)
         accelerator = self.trainer.accelerator
         if accelerator.num_processes > 1:
@@ -250,7 +267,9 @@ class HealthGuard(TrainerCallback):
         if not self.loss_steps:
             return None
         out = {"mean": self.loss_sum / self.loss_steps, "first_step": self.first_step, "last_step": self.last_step}
-        if self.resumed_without_record is not None:
+        if self.note:
+            out["note"] = self.note
+        elif self.resumed_without_record is not None:
             out["note"] = (
                 f"steps {self.first_step}-{self.last_step} only: resumed at step {self.resumed_without_record} "
                 "from a checkpoint that recorded no loss"

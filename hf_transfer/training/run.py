@@ -157,9 +157,6 @@ def _prepare_training_args(training_args) -> None:
     # hf_transfer pushes the finished folder in one commit (hub.push_run); the Trainer's own
     # per-checkpoint pushes would add "Training in progress" commits and checkpoint litter
     training_args.hub_strategy = "end"
-    # the health guard stops a run at its first non-finite loss; the Trainer's filter would log such a loss as the
-    # mean of the earlier ones (a NaN run logged a loss of 0), at the cost of a device sync every step
-    training_args.logging_nan_inf_filter = False
     if training_args.device.type == "cpu":  # pinned memory needs an accelerator; torch warns on every loader
         training_args.dataloader_pin_memory = False
     if training_args.ddp_find_unused_parameters is None:

@@ -193,6 +193,7 @@ class FeatureMode(TransferMode):
         # cache holding inf/NaN gives NaN weights): stopped here, before it is logged or exported
         trainer.health.observe(trainer.state.global_step, torch.tensor(info["loss"]))
         trainer.health.check(trainer.state, trainer.model)
+        trainer.health.note = f"the final objective of the L-BFGS solve ({info['iterations']} iterations)"
         trainer.log(
             {
                 "loss": round(info["loss"], 6),
