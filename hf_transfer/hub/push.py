@@ -3,12 +3,14 @@
 :func:`push_run` is what ``hf-transfer push OUTPUT_DIR REPO_ID`` and ``--push_to_hub`` on training
 call. In order:
 
-0. The repo id is checked (``validate_repo_id``) and ``results.json`` read, before any slow step.
+0. The repo id is checked (``validate_repo_id``), a folder whose run was stopped for its health (its
+   ``run_health.json``, see :mod:`hf_transfer.evaluation.run_health`) is refused naming the step and the loss,
+   and ``results.json`` is read, before any slow step.
 1. :func:`check_round_trip`: every form the folder holds (the root with ``pipeline("image-classification")``,
    the Endpoints ``handler.py``, the ``adapter/`` subfolder with PeftModel; fresh objects, from disk only)
    is loaded and its predictions on ``examples/*`` are compared with the trained model's
-   (``reference_predictions.json``). On a mismatch :class:`RoundTripError` says which form, image and
-   label differed, and nothing is uploaded.
+   (``reference_predictions.json``). On a mismatch, or a NaN/inf score on either side, :class:`RoundTripError`
+   says which form, image and label differed, and nothing is uploaded.
 2. The repo is created if needed (``exist_ok``), the branch too when ``revision`` is new; the card
    already on the Hub (if any) is read at the branch head.
 3. Figures, ``train_config.yaml`` and ``README.md`` are written into the folder; the card is merged

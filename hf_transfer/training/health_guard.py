@@ -80,6 +80,7 @@ class HealthGuard(TrainerCallback):
     def _reset(self) -> None:
         self.first_step: int | None = None  # the first step the loss record covers
         self.last_step = 0
+        self.last_loss: float | None = None  # the newest healthy step's loss
         self.loss_sum = 0.0
         self.loss_steps = 0
         self.reference: float | None = None  # the run's first step loss (the explosion's yardstick)
@@ -172,7 +173,7 @@ class HealthGuard(TrainerCallback):
             if loss > EXPLOSION_FACTOR * max(self.reference, EXPLOSION_FLOOR):
                 return "exploding loss", step, loss
             self.first_step = step if self.first_step is None else self.first_step
-            self.last_step = step
+            self.last_step, self.last_loss = step, loss
             self.loss_sum += loss
             self.loss_steps += 1
             if len(self.first_losses) < LOSS_WINDOW:
@@ -203,11 +204,11 @@ class HealthGuard(TrainerCallback):
                 detail = f"the loss is {fmt_loss(loss)}"
             self.stop(reason, step, loss, f"at step {step} {detail}")
         if bad_weights:
-            last = fmt_loss(self.last_losses[-1]) if self.last_losses else "not recorded"
+            last = fmt_loss(self.last_loss) if self.last_loss is not None else "not recorded"
             self.stop(
                 "non-finite weights",
                 state.global_step,
-                self.last_losses[-1] if self.last_losses else math.nan,
+                self.last_loss if self.last_loss is not None else math.nan,
                 f"after step {state.global_step}{where} the weights are not finite ({', '.join(bad_weights[:3])}"
                 f"{', ...' if len(bad_weights) > 3 else ''}); the last step's loss was {last}",
             )
