@@ -136,7 +136,8 @@ def summary(results: dict, baseline: dict | None, upper: dict | None, backbone: 
     else:
         what = f"This model fine-tunes {base} on {t} ({method_title.lower()})."
     acc = accuracy(results, "target")
-    parts = [what]
+    warnings = health_warnings(results)
+    parts = [f"**Warning: this run may have diverged.** {' '.join(warnings)}", what] if warnings else [what]
     if acc is not None:
         n = ((results.get("metrics") or {}).get("target") or {}).get("num_samples")
         parts.append(f"On the target test set{f' ({n} images)' if n else ''} it reaches {pct(acc)} accuracy")
@@ -277,7 +278,8 @@ def hyperparameters(results: dict) -> list[tuple]:
     if results.get("train_runtime_s") is not None:
         rows.append(("train runtime (s)", results.get("train_runtime_s")))
     if results.get("train_loss") is not None:
-        rows.append(("final train loss (mean)", round(float(results["train_loss"]), 4)))
+        covers = results.get("train_loss_covers")  # a resumed run: the whole run's steps, or which ones
+        rows.append((f"train loss (mean over {covers})" if covers else "train loss (mean)", _loss(results)))
     return rows
 
 
@@ -288,6 +290,16 @@ def wilson_interval(acc: float, n: int, confidence: float = 0.95) -> tuple[float
 
     ci = binomtest(int(round(acc * n)), n).proportion_ci(confidence_level=confidence, method="wilson")
     return float(ci.low), float(ci.high)
+
+
+def _loss(results: dict) -> float | str:
+    value = float(results["train_loss"])
+    return round(value, 4) if math.isfinite(value) else str(value)
+
+
+def health_warnings(results: dict) -> list[str]:
+    """The run's divergence warnings (loss ended far above its start, accuracy at chance), from results.json."""
+    return list((results.get("health") or {}).get("warnings") or [])
 
 
 def _ci(acc: float, n: int | None) -> str:
@@ -424,7 +436,7 @@ def results_vars(results: dict, baseline: dict | None, upper: dict | None, metho
 def limitations(results: dict, baseline: dict | None) -> list[str]:
     """Bullet lines: sample size, closed label set, what domain adaptation cannot promise, input size."""
     mode = results.get("mode")
-    out = []
+    out = [f"Training health: {line}" for line in health_warnings(results)]
     tm = (results.get("metrics") or {}).get("target") or {}
     if tm.get("num_samples"):
         out.append(

@@ -3,14 +3,15 @@
 :func:`push_run` is what ``hf-transfer push OUTPUT_DIR REPO_ID`` and ``--push_to_hub`` on training
 call. In order:
 
-0. The repo id is checked (``validate_repo_id``), the folder locked for the whole push
-   (:mod:`hf_transfer.folder_lock`: a folder a run is still writing is refused, naming the run's pid and
-   host) and ``results.json`` read, before any slow step.
+0. The repo id is checked (``validate_repo_id``), a folder whose run was stopped for its health (its
+   ``run_health.json``, see :mod:`hf_transfer.evaluation.run_health`) is refused naming the step and the loss,
+   the folder locked for the whole push (:mod:`hf_transfer.folder_lock`: a folder a run is still writing is
+   refused, naming the run's pid and host) and ``results.json`` read, before any slow step.
 1. :func:`check_round_trip`: every form the folder holds (the root with ``pipeline("image-classification")``,
    the Endpoints ``handler.py``, the ``adapter/`` subfolder with PeftModel; fresh objects, from disk only)
    is loaded and its predictions on ``examples/*`` are compared with the trained model's
-   (``reference_predictions.json``). On a mismatch :class:`RoundTripError` says which form, image and
-   label differed, and nothing is uploaded.
+   (``reference_predictions.json``). On a mismatch, or a NaN/inf score on either side, :class:`RoundTripError`
+   says which form, image and label differed, and nothing is uploaded.
 2. The repo is created if needed (``exist_ok``), the branch too when ``revision`` is new; the card
    already on the Hub (if any) is read at the branch head.
 3. Figures, ``train_config.yaml`` and ``README.md`` are written into the folder; the card is merged
@@ -37,10 +38,12 @@ import contextlib
 import fnmatch
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hf_transfer.evaluation.run_health import stop_marker_problem
 from hf_transfer.folder_lock import lock_folder
 from hf_transfer.hub import card_inputs, cards
 from hf_transfer.hub.card_metadata import base_model_license, declared_base_model
@@ -213,12 +216,25 @@ def check_round_trip(
     return outputs[0]
 
 
+def _nonfinite(scores: dict[str, float]) -> list[str]:
+    return [label for label, v in scores.items() if not math.isfinite(v)]
+
+
 def _compare(folder: Path, reference: list[dict], predict, how: str, atol: float) -> list[dict]:
+    """Every comparison with NaN is false, so non-finite scores (the exported model's or the reference's)
+    fail first, by name: a NaN model "passed" the tolerance checks below."""
     out = []
     for row in reference:
         preds = predict(str(folder / row["file"]), len(row["scores"]))
         got = {p["label"]: float(p["score"]) for p in preds}
         want = {k: float(v) for k, v in row["scores"].items()}
+        for whose, scores in (("the trained model's reference", want), (f"the exported folder's ({how})", got)):
+            if bad := _nonfinite(scores):
+                raise RoundTripError(
+                    f"Round-trip check failed on {row['file']}: {whose} scores are not finite "
+                    f"({', '.join(f'{k!r}={scores[k]}' for k in bad[:3])}): the model outputs NaN/inf and "
+                    "must not be published. Nothing was pushed."
+                )
         if set(got) != set(want):
             raise RoundTripError(
                 f"{row['file']}: {how} gives the labels {sorted(got)}, the trained model "
@@ -365,6 +381,9 @@ def push_run(
         return None
     _check_repo_id(repo_id)
     folder = Path(output_dir)
+    stopped = stop_marker_problem(folder)
+    if stopped:  # before "no results.json": say why the run has none
+        raise PushError(f"{stopped} Nothing was pushed.")
     if not folder.is_dir():
         raise PushError(f"{str(folder)!r} has no {card_inputs.RESULTS_FILE}: not a finished hf-transfer run folder.")
     # the folder's lock (nested when a run pushes its own folder): a push never reads a folder a run is writing

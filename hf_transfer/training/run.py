@@ -29,6 +29,7 @@ from hf_transfer.data.load import load_domain
 from hf_transfer.data.spec import parse_dataset_spec
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.metrics import classification_report, model_selection, scalar_metrics_fn
+from hf_transfer.evaluation.run_health import remove_stop_marker
 from hf_transfer.folder_lock import FolderInUseError, FolderLock, lock_folder
 from hf_transfer.models.backbones import load_backbone
 from hf_transfer.models.export import export_model
@@ -196,13 +197,51 @@ def _prepare_training_args(training_args) -> None:
 
 
 def final_metrics(trainer, eval_sets: dict, num_classes: int) -> dict[str, dict]:
-    """Full metrics per domain (gathered across processes by ``predict``)."""
+    """Full metrics per domain (gathered across processes by ``predict``); a model whose outputs are not
+    finite stops the run (:class:`~hf_transfer.training.health_guard.HealthGuard`) instead of being scored."""
+    import numpy as np
+
     out = {}
     for name, ds in eval_sets.items():
         pred = trainer.predict(ds, metric_key_prefix=f"test_{name}")
         logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+        bad_rows = int((~np.isfinite(logits)).any(axis=-1).sum())
+        if bad_rows:
+            trainer.health.stop(
+                "non-finite outputs",
+                trainer.state.global_step,
+                float("nan"),
+                f"after step {trainer.state.global_step} the model's outputs are not finite on {bad_rows} of "
+                f"the {len(logits)} {name} test images",
+            )
         out[name] = classification_report(logits.argmax(-1), pred.label_ids, num_classes)
     return out
+
+
+def health_report(trainer, metrics: dict, num_classes: int, fallback_train_loss: float) -> dict:
+    """results.json's ``train_loss`` (the whole run's mean, across resumes), the steps it covers, and
+    ``health``: the loss at the start and end of the run and the divergence warnings (also logged)."""
+    from hf_transfer.evaluation.run_health import divergence_warnings, window_means
+
+    guard = trainer.health
+    loss = guard.train_loss()
+    ends = window_means(guard.first_losses, list(guard.last_losses), guard.loss_steps)
+    warnings = divergence_warnings(*(ends or (None, None)), metrics.get("target"), num_classes)
+    for line in warnings:
+        logger.warning("Run health: %s", line)
+    if loss is None:  # nothing observed (no training step ran)
+        covers = None
+    else:
+        covers = loss.get("note") or f"steps {loss['first_step']}-{loss['last_step']} (the whole run)"
+    return {
+        "train_loss": loss["mean"] if loss else fallback_train_loss,
+        "train_loss_covers": covers,
+        "health": {
+            "loss_start": ends[0] if ends else None,
+            "loss_end": ends[1] if ends else None,
+            "warnings": warnings,
+        },
+    }
 
 
 EXAMPLES_DIR = "examples"
@@ -411,8 +450,6 @@ def run_transfer(
     args: TransferArguments, training_args: TrainingArguments, callbacks: list[TrainerCallback] | None = None
 ) -> dict[str, Any]:
     """Train under ``args.mode`` and write the Hub-ready folder; returns the results dict."""
-    from hf_transfer.hub.card_provenance import run_provenance
-
     start = time.time()
     run = prepare_run(args, training_args, callbacks)
     with run.folder_lock or contextlib.nullcontext():  # until the last write (export, card, push); errors too
@@ -421,6 +458,8 @@ def run_transfer(
 
 def _train_and_write(run: PreparedRun, start: float) -> dict[str, Any]:
     """Train, gather the metrics, then (main process) export, card and push."""
+    from hf_transfer.hub.card_provenance import run_provenance
+
     args, training_args = run.args, run.training_args
     trainer, mode, model, backbone, data, eval_sets = (
         run.trainer,
@@ -437,6 +476,7 @@ def _train_and_write(run: PreparedRun, start: float) -> dict[str, Any]:
     gap_before = mode.domain_gap()
     train_output = trainer.train(resume_from_checkpoint=resume)
     mode.finish(model, trainer)
+    trainer.health.check(trainer.state, backbone.model, " and the mode's finishing step (e.g. AdaBN, head copy)")
     metrics = final_metrics(trainer, eval_sets, len(data.label_names))
     if model.channels_last:  # exports and reference predictions from plain contiguous weights
         set_memory_format(backbone.model, False)
@@ -487,7 +527,7 @@ def _train_and_write(run: PreparedRun, start: float) -> dict[str, Any]:
         "metrics": metrics,
         "model_selection": model_selection(trainer.state.log_history),
         "domain_gap": {"before": gap_before, "after": gap_after} if gap_before is not None else None,
-        "train_loss": train_output.training_loss,
+        **health_report(trainer, metrics, len(data.label_names), train_output.training_loss),
         "train_runtime_s": round(time.time() - start, 2),
         "versions": versions(),
         "log_history": trainer.state.log_history,
@@ -498,6 +538,7 @@ def _train_and_write(run: PreparedRun, start: float) -> dict[str, Any]:
     if getattr(mode, "solver_info", None):  # head_solver=lbfgs: the Trainer's optimizer settings did not apply
         results["hyperparameters"] = mode.solver_hyperparameters(results["hyperparameters"])
     if trainer.is_world_process_zero():
+        remove_stop_marker(training_args.output_dir)  # this run, resumed, finished healthy
         results["base_model_evaluation"] = base_model_evaluation(run, metrics)
         if getattr(mode, "exports_adapter", False):  # LoRA: the --publish form (merged model, adapter)
             results["adapter"] = mode.export(training_args.output_dir, results)

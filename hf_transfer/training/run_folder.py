@@ -29,6 +29,7 @@ from transformers import TrainerCallback
 
 from hf_transfer.cache import STAGING_PREFIX, write_atomic
 from hf_transfer.errors import TransferConfigError
+from hf_transfer.evaluation.run_health import HEALTH_FILE
 from hf_transfer.folder_lock import LOCK_FILE
 from hf_transfer.training.checkpoints import IDENTITY_FILE
 
@@ -43,6 +44,7 @@ RUN_OUTPUTS = (
     "preprocessor_config.json",
     "results.json",
     IDENTITY_FILE,
+    HEALTH_FILE,
     "reference_predictions.json",
     "lr_find.json",
     "examples",

@@ -10,6 +10,9 @@ Schedules are restored exactly on resume because the mode reads training progres
 
 Saves check the disk first and name it when it is full (torch itself only says ``unexpected pos``):
 see :meth:`TransferTrainer._save_checkpoint`.
+Every TransferTrainer carries a :class:`~hf_transfer.training.health_guard.HealthGuard` (``self.health``):
+each batch's loss goes to it, and it stops the run before a non-finite or exploding loss, or non-finite
+weights, reach a checkpoint or an export.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_transfer.disk import ensure_free_space, space_errors
 from hf_transfer.training.checkpoints import checkpoint_bytes
+from hf_transfer.training.health_guard import HealthGuard
 
 
 class TransferTrainer(Trainer):
@@ -30,6 +34,10 @@ class TransferTrainer(Trainer):
         self.transfer_mode = transfer_mode
         #: the ``metrics`` the mode returned with the latest training loss, logged with it
         self.step_metrics: dict[str, float] = {}
+        #: first among our callbacks: it checks after the Trainer's flow callback has decided to log or save, and
+        #: writes its record into a checkpoint before run_identity.json marks the checkpoint complete
+        self.health = HealthGuard(self)
+        kwargs["callbacks"] = [self.health, *(kwargs.get("callbacks") or [])]
         super().__init__(*args, **kwargs)
 
     @contextlib.contextmanager
@@ -70,6 +78,12 @@ class TransferTrainer(Trainer):
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """The Trainer's loop, unless the mode fits in one solve (feature mode's ``head_solver=lbfgs``)."""
         if not self.transfer_mode.fits_in_one_solve:
+            checkpoint = resume_from_checkpoint
+            if checkpoint is True:  # the Trainer's own meaning of True: the newest checkpoint-N
+                from transformers.trainer_utils import get_last_checkpoint
+
+                checkpoint = get_last_checkpoint(self.args.output_dir)
+            self.health.resume_from(checkpoint if isinstance(checkpoint, str) else None)
             return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
         if resume_from_checkpoint:
             from hf_transfer.errors import TransferConfigError
@@ -84,7 +98,12 @@ class TransferTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.transfer_mode.set_progress(self._progress())
-        return super().training_step(model, inputs, num_items_in_batch)
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        supervised = self.step_metrics.get("cls_loss")  # domain mode: the classification part of the loss
+        if supervised is not None:  # scaled as the Trainer scales the loss under gradient accumulation
+            supervised = supervised / self.current_gradient_accumulation_steps
+        self.health.observe(self.state.global_step + 1, loss, supervised)
+        return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 
 from hf_transfer.errors import TransferConfigError
@@ -25,6 +26,14 @@ from hf_transfer.training.modes.common import classification_loss, eval_splits, 
 FEATURE_METHODS = ("linear",)
 #: L-BFGS iterations when max_steps is not given (scikit-learn's LogisticRegression default)
 LBFGS_MAX_ITER = 100
+
+
+def nonfinite_rows(features, chunk_rows: int = 65536) -> int:
+    """How many rows of a feature matrix (a memmap: read in chunks) hold a NaN or an infinity."""
+    return sum(
+        int((~np.isfinite(np.asarray(features[i : i + chunk_rows]))).any(axis=1).sum())
+        for i in range(0, len(features), chunk_rows)
+    )
 
 
 class FeatureDataset(torch.utils.data.Dataset):
@@ -160,6 +169,15 @@ class FeatureMode(TransferMode):
         weight_decay = self.training_args.weight_decay
         max_iter = self.training_args.max_steps if self.training_args.max_steps > 0 else LBFGS_MAX_ITER
         trainer.callback_handler.on_train_begin(trainer.args, trainer.state, trainer.control)
+        if bad := nonfinite_rows(train.features):  # L-BFGS would fail deep in its line search, or fit NaN
+            trainer.health.stop(
+                "non-finite input",
+                0,
+                float("nan"),
+                f"before the L-BFGS solve: {bad} of the {len(train.features)} cached train feature rows hold NaN/inf "
+                f"({self.cache_files.get('train')})",
+                advice="the backbone's features overflow: delete that cache entry, check the images, try without bf16,",
+            )
         info = fit_linear_head(
             trainer.model.classifier,
             train.features,
@@ -171,6 +189,11 @@ class FeatureMode(TransferMode):
         self.solver_info = info
         trainer.state.global_step = trainer.state.max_steps = info["iterations"]
         trainer.state.epoch = float(info["iterations"])  # one full-batch pass per iteration
+        # the solve's loss and head through the same health check as a step of the Trainer's loop (a feature
+        # cache holding inf/NaN gives NaN weights): stopped here, before it is logged or exported
+        trainer.health.observe(trainer.state.global_step, torch.tensor(info["loss"]))
+        trainer.health.check(trainer.state, trainer.model)
+        trainer.health.note = f"the final objective of the L-BFGS solve ({info['iterations']} iterations)"
         trainer.log(
             {
                 "loss": round(info["loss"], 6),
