@@ -12,7 +12,8 @@ id, a local folder).
 
 Label alignment (the rule, also in the README): the model's class names (``id2label``; timm's
 ``label_names``) and the dataset's are matched by name, normalised as training matches domains
-(:func:`hf_transfer.data.align.normalize_label_name`: case, spaces, ``_``/``-``), never by id.
+(:func:`hf_transfer.data.class_names.class_key`: case, spaces, ``_``/``-``), never by id. A dataset with two
+names of one class (``Cat`` and ``cat``) is refused, naming them, as training refuses it.
 
 - Only rows whose class the model knows are scored; the others are excluded and counted per class.
 - The prediction is the argmax over the shared classes only (a model class the dataset does not have

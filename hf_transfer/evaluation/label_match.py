@@ -2,8 +2,9 @@
 
 The rule (``hf-transfer evaluate`` and the base model's "before" row of a training run, README "Checking a
 model on your data"): names are normalised as training matches domains
-(:func:`hf_transfer.data.align.normalize_label_name`), never matched by id; only rows of shared classes are
-scored, the prediction is the argmax over the shared classes, and a name the model repeats is one class.
+(:func:`hf_transfer.data.class_names.class_key`, the one rule), never matched by id; only rows of shared classes are
+scored, the prediction is the argmax over the shared classes, and a name the model repeats is one class (a
+dataset whose names collide never gets here: loading refuses it).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class LabelMatch:
 
 def match_labels(model_id: str, model_names: list[str], dataset: str, dataset_names: list[str]) -> LabelMatch:
     """Match by normalised name (see the module doc); one-line errors for placeholder names or no overlap."""
-    from hf_transfer.data.align import normalize_label_name as norm
+    from hf_transfer.data.class_names import class_key as norm
 
     if model_names and all(_PLACEHOLDER.match(str(n)) for n in model_names):
         raise TransferConfigError(
@@ -68,7 +69,7 @@ def match_labels(model_id: str, model_names: list[str], dataset: str, dataset_na
 def known_rows(ds, match: LabelMatch):
     """``(rows of the classes the model knows, {class: rows} of the others, lookup)``; ``lookup`` maps a
     dataset label id to its shared-class index (-1: not shared; ``lookup[-1]`` keeps unlabelled rows -1)."""
-    from hf_transfer.data.align import normalize_label_name as norm
+    from hf_transfer.data.class_names import class_key as norm
 
     names = list(ds.features["label"].names)
     index = {norm(n): i for i, n in enumerate(match.names)}

@@ -191,6 +191,7 @@ def write_reference_predictions(backbone, target_test, output_dir: str, k: int =
     predictions on them, so that a later round-trip check can prove the exported folder predicts the same."""
     from PIL import Image
 
+    from hf_transfer.data.images import to_rgb
     from hf_transfer.data.transforms import eval_transform
 
     model = backbone.model.eval()
@@ -202,7 +203,7 @@ def write_reference_predictions(backbone, target_test, output_dir: str, k: int =
     rows = []
     for i in labelled:
         item = target_test[i]
-        image = item["image"].convert("RGB")
+        image = to_rgb(item["image"])
         label = label_feature.int2str(item["label"])
         name = example_file_name(len(rows), label)
         Image.Image.save(image, os.path.join(output_dir, name))
