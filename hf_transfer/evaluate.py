@@ -52,6 +52,7 @@ from hf_transfer.evaluation.label_match import (  # noqa: F401 - the command's A
     same_rows_metrics,
     score,
 )
+from hf_transfer.evaluation.metrics import unscored_classes, unscored_message
 from hf_transfer.evaluation.predict import predict_logits, resolve_device  # noqa: F401
 
 logger = logging.getLogger(__name__)
@@ -379,6 +380,9 @@ def evaluate(args) -> dict:
         "device": str(device),
         "seconds": round(time.perf_counter() - start, 3),
     }
+    result["unscored_classes"] = unscored_classes(result["metrics"]["per_class_accuracy"], match.names)
+    if result["unscored_classes"]:
+        logger.warning(unscored_message(f"scored {args.split!r}", result["unscored_classes"], len(match.names)))
     if args.output_dir:
         write_outputs(result, args.output_dir)
     return result
@@ -416,8 +420,10 @@ def format_summary(result: dict, max_classes: int = 20) -> str:
             if result["model_only_classes"]
             else ""
         ),
-        "",
     ]
+    if result.get("unscored_classes"):
+        lines.append(unscored_message("scored", result["unscored_classes"], len(result["label_names"])))
+    lines.append("")
     support = np.asarray(m["confusion_matrix"]).sum(axis=1)
     rows = list(zip(result["label_names"], m["per_class_accuracy"], support, strict=True))
     if len(rows) > max_classes:  # a short table: the weakest classes (all of them are in evaluation.json)

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import transformers
 from transformers import TrainerCallback, TrainingArguments, set_seed
@@ -27,12 +28,19 @@ from hf_transfer.data.classes import select_classes
 from hf_transfer.data.load import load_domain
 from hf_transfer.data.spec import parse_dataset_spec
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.evaluation.metrics import classification_report, model_selection, scalar_metrics_fn
+from hf_transfer.evaluation.metrics import (
+    classification_report,
+    model_selection,
+    scalar_metrics_fn,
+    unscored_classes,
+    unscored_message,
+)
 from hf_transfer.models.backbones import load_backbone
 from hf_transfer.models.export import export_model
 from hf_transfer.models.speed import busy_machine_note, resolve_cpu_threads, set_memory_format, use_channels_last
 from hf_transfer.training.checkpoints import resolve_resume
 from hf_transfer.training.modes import TransferData, get_mode
+from hf_transfer.training.modes.common import eval_splits
 from hf_transfer.training.run_folder import (
     RunIdentityCallback,
     check_output_dir,
@@ -337,6 +345,7 @@ def prepare_run(
     if channels_last:
         set_memory_format(backbone.model, True)
     mode = get_mode(args.mode)(args, backbone, data, training_args)
+    warn_unscored_classes(eval_splits(mode), data.label_names)
     model = mode.build_model()
     model.channels_last = channels_last
     eval_sets = mode.eval_datasets()
@@ -353,6 +362,18 @@ def prepare_run(
     return PreparedRun(
         args, training_args, data, backbone, mode, model, eval_sets, trainer, resume, push, plan["ranking"]
     )
+
+
+def warn_unscored_classes(splits: dict, label_names: list[str]) -> dict[str, list[str]]:
+    """Say, before training, which classes no evaluated test row belongs to (``{domain: names}``, also returned)."""
+    out = {}
+    for domain, ds in splits.items():
+        present = set(np.unique(np.asarray(ds["label"], dtype=np.int64)).tolist())
+        missing = [name for i, name in enumerate(label_names) if i not in present]
+        if missing:
+            out[domain] = missing
+            logger.warning(unscored_message(f"{domain} test", missing, len(label_names)))
+    return out
 
 
 def run_transfer(
@@ -417,6 +438,11 @@ def run_transfer(
             "warmup_steps": training_args.warmup_steps,
         },
         "metrics": metrics,
+        "unscored_classes": {  # classes without a test row: the card names them
+            d: names
+            for d, m in metrics.items()
+            if (names := unscored_classes(m["per_class_accuracy"], data.label_names))
+        },
         "model_selection": model_selection(trainer.state.log_history),
         "domain_gap": {"before": gap_before, "after": gap_after} if gap_before is not None else None,
         "train_loss": train_output.training_loss,
