@@ -359,6 +359,11 @@ def results_vars(results: dict, baseline: dict | None, upper: dict | None, metho
         note.insert(0, before_note)
     if unscored := unscored_note(results):
         note.insert(0, unscored)
+    if has_cm:  # names the figure had to cut, or could not draw with the fonts installed here
+        from hf_transfer.hub.plot_text import label_note
+
+        if names_note := label_note(results.get("label_names") or []):
+            note.append(names_note)
     gap_rows, gap_intro = domain_gap_table(results)
     return dict(
         results_intro=(
