@@ -329,6 +329,12 @@ def prepare_run(
     if threads_from != "OMP_NUM_THREADS" and (note := busy_machine_note(threads)):
         logger.warning(note)
     set_seed(training_args.seed)
+    if args.mode == "domain" and args.adabn and not args.bottleneck_dim:  # before any data is loaded
+        from hf_transfer.models.norm_layers import architecture_without_weights
+        from hf_transfer.training.modes.domain_parts import refuse_adabn_without_batchnorm
+
+        architecture = architecture_without_weights(args.backbone, args.backbone_revision, args.trust_remote_code)
+        refuse_adabn_without_batchnorm(args, architecture, args.backbone)
     data = load_transfer_data(args, training_args.seed)
     if data.alignment is not None:
         logger.info(data.alignment.summary())
