@@ -100,3 +100,57 @@ def test_decoded_cache_key_includes_crop_mode(tmp_path):
         for m in CROP_MODES
     }
     assert len(paths) == 3
+
+
+def _transformers_folder(tmp_path, kind: str) -> str:
+    """A tiny transformers classifier with the processor of its family: ViT's (resize to height x width) or
+    ConvNeXt's (shortest_edge divided by its own crop_pct)."""
+    from transformers import (
+        ConvNextConfig,
+        ConvNextForImageClassification,
+        ConvNextImageProcessor,
+        ViTConfig,
+        ViTForImageClassification,
+        ViTImageProcessor,
+    )
+
+    folder = str(tmp_path / kind)
+    torch.manual_seed(0)
+    if kind == "vit":
+        config = ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+        config.image_size, config.patch_size, config.num_labels = 32, 8, 3
+        ViTForImageClassification(config).save_pretrained(folder)
+        ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    else:
+        config = ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=3)
+        ConvNextForImageClassification(config).save_pretrained(folder)
+        ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(("kind", "crop_mode"), [("vit", "squash"), ("convnext", "center")])
+def test_transformers_processors_serve_the_eval_pixels(tmp_path, kind, crop_mode):
+    """ViT's processor squashes a non-square image (our eval center-cropped it: 1.3 apart); ConvNeXt's divides
+    by its own crop_pct (the export resized twice: 2.0 apart). Now the served tensor is the eval tensor."""
+    from transformers import pipeline
+
+    from hf_transfer.models.backbones import load_backbone
+    from hf_transfer.models.export import export_model
+
+    backbone = load_backbone(_transformers_folder(tmp_path, kind), NAMES)
+    cfg = backbone.data_config
+    assert cfg.crop_mode == crop_mode
+    folder = export_model(backbone, str(tmp_path / "export"))
+    images = [_image(40, 64), _image(70, 30, 1)]
+    stock = torch.stack([eval_transform(cfg)(im) for im in images])
+    served = torch.cat([pipeline("image-classification", model=folder).preprocess(im)["pixel_values"] for im in images])
+    torch.testing.assert_close(_fast(cfg, images, tmp_path), stock, atol=1e-5, rtol=0)
+    assert served.shape == stock.shape and (served - stock).abs().max() < 0.05  # resampling rounding only
+
+
+def test_border_cannot_be_served_by_a_transformers_processor(tmp_path):
+    from hf_transfer.models.served_processor import served_processor
+
+    cfg = DataConfig(input_size=(3, 32, 32), crop_mode="border")
+    with pytest.raises(TransferConfigError, match="crop_mode='border'"):
+        served_processor(_transformers_folder(tmp_path, "vit"), None, cfg)

@@ -225,6 +225,8 @@ def _data_config_from_processor(model_id: str, revision: str | None, config, tru
         std=tuple(getattr(proc, "image_std", None) or _IMAGENET_STD),
         interpolation=interp,
         crop_pct=float(crop_pct),
+        # a processor that resizes to height x width (ViT's) squashes a non-square image: so must training's eval
+        crop_mode="squash" if resize.get("height") and not resize.get("shortest_edge") else "center",
     )
 
 

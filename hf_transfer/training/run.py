@@ -346,6 +346,10 @@ def prepare_run(
         crop_pct=args.crop_pct,
         trust_remote_code=args.trust_remote_code,
     )
+    if backbone.library == "transformers":  # the processor the export will write gives the eval pixels: or stop now
+        from hf_transfer.models.served_processor import served_processor
+
+        served_processor(backbone.model_id, backbone.revision, backbone.data_config)
     # before the mode is built: the feature mode extracts in build_model, with this memory format
     channels_last = use_channels_last(args.channels_last, backbone.model, training_args.device)
     if channels_last:
