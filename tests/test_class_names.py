@@ -96,3 +96,16 @@ def test_evaluate_refuses_it_instead_of_merging(tmp_path):
     folder = _imagefolder(tmp_path / "pets", ["Cat", "cat", "dog"])
     with pytest.raises(TransferConfigError, match=r"'Cat' = 'cat'"):
         evaluate(_parser().parse_args([model, folder, "--device", "cpu"]))
+
+
+def test_a_model_naming_one_class_twice_is_said(caplog):
+    """The model side of evaluate: two columns of one class (a Hub model's 'Cat' and 'cat', ImageNet's two
+    'crane's) are scored as one class, and the log says so, naming them."""
+    import logging
+
+    from hf_transfer.evaluation.label_match import match_labels
+
+    with caplog.at_level(logging.WARNING, logger="hf_transfer.evaluation.label_match"):
+        match = match_labels("org/pets", ["Cat", "dog", "cat"], "pets", ["cat", "dog"])
+    assert match.names == ["Cat", "dog"] and match.column_class == [0, 1, 0]
+    assert any("'Cat' = 'cat'" in r.getMessage() and "org/pets" in r.getMessage() for r in caplog.records)
