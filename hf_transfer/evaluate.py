@@ -400,6 +400,10 @@ def write_outputs(result: dict, output_dir: str) -> list[str]:
         json.dump({"labels": result["label_names"], "matrix": m["confusion_matrix"]}, f, indent=1)
     title = f"{os.path.basename(str(result['model']).rstrip('/'))} on {result['dataset']} ({result['split']})"
     confusion_matrix_png(m["confusion_matrix"], result["label_names"], paths[2], title=title)
+    from hf_transfer.hub.plot_text import label_note
+
+    if note := label_note(result["label_names"]):  # names the figure cut or could not draw: said, as in a card
+        logger.warning("%s: %s", CONFUSION_PNG, note)
     return paths
 
 
