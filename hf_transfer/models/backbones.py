@@ -184,7 +184,7 @@ def _data_config_from_timm_cfg(pcfg: dict) -> DataConfig:
         std=tuple(pcfg.get("std", _IMAGENET_STD)),
         interpolation=pcfg.get("interpolation", "bicubic"),
         crop_pct=float(pcfg.get("crop_pct", 0.875)),
-        crop_mode=pcfg.get("crop_mode", "center"),
+        crop_mode=pcfg.get("crop_mode") or "center",  # timm reads None as center
     )
 
 
