@@ -12,7 +12,8 @@ id, a local folder).
 
 Label alignment (the rule, also in the README): the model's class names (``id2label``; timm's
 ``label_names``) and the dataset's are matched by name, normalised as training matches domains
-(:func:`hf_transfer.data.align.normalize_label_name`: case, spaces, ``_``/``-``), never by id.
+(:func:`hf_transfer.data.class_names.class_key`: case, spaces, ``_``/``-``), never by id. A dataset with two
+names of one class (``Cat`` and ``cat``) is refused, naming them, as training refuses it.
 
 - Only rows whose class the model knows are scored; the others are excluded and counted per class.
 - The prediction is the argmax over the shared classes only (a model class the dataset does not have
@@ -51,6 +52,7 @@ from hf_transfer.evaluation.label_match import (  # noqa: F401 - the command's A
     same_rows_metrics,
     score,
 )
+from hf_transfer.evaluation.metrics import unscored_classes, unscored_message
 from hf_transfer.evaluation.predict import predict_logits, resolve_device  # noqa: F401
 from hf_transfer.folder_lock import LOCK_FILE, lock_folder
 
@@ -381,6 +383,9 @@ def evaluate(args) -> dict:
         "device": str(device),
         "seconds": round(time.perf_counter() - start, 3),
     }
+    result["unscored_classes"] = unscored_classes(result["metrics"]["per_class_accuracy"], match.names)
+    if result["unscored_classes"]:
+        logger.warning(unscored_message(f"scored {args.split!r}", result["unscored_classes"], len(match.names)))
     if args.output_dir:
         write_outputs(result, args.output_dir)
     return result
@@ -398,6 +403,10 @@ def write_outputs(result: dict, output_dir: str) -> list[str]:
             json.dump({"labels": result["label_names"], "matrix": m["confusion_matrix"]}, f, indent=1)
         title = f"{os.path.basename(str(result['model']).rstrip('/'))} on {result['dataset']} ({result['split']})"
         confusion_matrix_png(m["confusion_matrix"], result["label_names"], paths[2], title=title)
+    from hf_transfer.hub.plot_text import label_note
+
+    if note := label_note(result["label_names"]):  # names the figure cut or could not draw: said, as in a card
+        logger.warning("%s: %s", CONFUSION_PNG, note)
     return paths
 
 
@@ -418,8 +427,10 @@ def format_summary(result: dict, max_classes: int = 20) -> str:
             if result["model_only_classes"]
             else ""
         ),
-        "",
     ]
+    if result.get("unscored_classes"):
+        lines.append(unscored_message("scored", result["unscored_classes"], len(result["label_names"])))
+    lines.append("")
     support = np.asarray(m["confusion_matrix"]).sum(axis=1)
     rows = list(zip(result["label_names"], m["per_class_accuracy"], support, strict=True))
     if len(rows) > max_classes:  # a short table: the weakest classes (all of them are in evaluation.json)

@@ -10,6 +10,7 @@ from PIL import Image as PILImage
 
 from hf_transfer.data.align import align_domains
 from hf_transfer.data.columns import standardize_columns
+from hf_transfer.data.images import to_rgb
 from hf_transfer.data.load import load_domain
 from hf_transfer.data.paired import PairedDataset, collate_paired
 from hf_transfer.data.spec import DatasetSpec, parse_dataset_spec
@@ -98,7 +99,8 @@ def test_load_imagefolder_and_holdout_split(tmp_path):
     assert len(dsd["train"]) == 16 and len(dsd["test"]) == 4
     # stratified: both classes in the held-out split
     assert sorted(set(dsd["test"]["label"])) == [0, 1]
-    assert dsd["train"][0]["image"].mode == "RGB"  # grayscale files come out RGB
+    assert dsd["train"][0]["image"].mode == "L"  # decoded in the file's mode; every input path converts it
+    assert to_rgb(dsd["train"][0]["image"]).mode == "RGB"
 
 
 def test_load_spec_split_restricts(tmp_path):
@@ -120,13 +122,18 @@ def test_hub_spec_fails_offline_with_named_repo():
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "1", "I;16"])
 def test_image_modes_become_rgb(mode):
+    """The column keeps the file's mode; :func:`to_rgb` (what every input path calls) makes it RGB, 16-bit
+    greyscale from its 16-bit range (tests/test_image_modes.py), so here the picture keeps its grey levels."""
     img = _img(100)
     img = img.convert(mode) if mode != "I;16" else img.convert("L").convert("I;16")
     ds = Dataset.from_dict(
         {"picture": [img], "category": ["x"]}, features=Features({"picture": Image(), "category": Value("string")})
     )
     out = standardize_columns(DatasetDict(train=ds), "test")
-    assert out["train"][0]["image"].mode == "RGB"
+    rgb = to_rgb(out["train"][0]["image"])
+    assert rgb.mode == "RGB"
+    if mode in ("L", "I;16"):  # "I;16" made from L holds 100 of 65535: near black (Pillow's convert gave 100)
+        assert np.asarray(rgb).max() == (100 if mode == "L" else round(100 / 257))
     assert out["train"].features["label"] == ClassLabel(names=["x"])
 
 

@@ -1,7 +1,8 @@
 """Align the label spaces of a source and a target domain **by class name**, never by id.
 
 Two datasets rarely agree on label ids: ``cat`` may be 3 in one and 0 in the other. Names are
-compared after normalisation (case, surrounding space, ``_``/``-`` vs space). The aligned domains
+compared by :func:`hf_transfer.data.class_names.class_key` (case, spaces, ``_``/``-`` vs space), the rule
+every command uses. The aligned domains
 carry one shared ``ClassLabel`` whose order is the source's.
 
 Policies for classes not in both domains:
@@ -21,15 +22,12 @@ import datasets
 import numpy as np
 from datasets import ClassLabel
 
+from hf_transfer.data.class_names import check_distinct_class_names, class_key
 from hf_transfer.data.columns import LABEL_COLUMN
 from hf_transfer.errors import TransferConfigError
 
 logger = logging.getLogger(__name__)
 POLICIES = ("shared", "partial", "strict")
-
-
-def normalize_label_name(name: str) -> str:
-    return " ".join(str(name).replace("_", " ").replace("-", " ").casefold().split())
 
 
 @dataclass
@@ -85,18 +83,15 @@ def _names(dsd: datasets.DatasetDict, where: str) -> list[str]:
     feat = next(iter(dsd.values())).features.get(LABEL_COLUMN)
     if not isinstance(feat, ClassLabel):
         raise TransferConfigError(f"{where} has no ClassLabel column {LABEL_COLUMN!r} to align.")
-    normalized = [normalize_label_name(n) for n in feat.names]
-    dupes = sorted({n for n in normalized if normalized.count(n) > 1})
-    if dupes:
-        raise TransferConfigError(f"{where}: class names collide after normalisation: {dupes}.")
+    check_distinct_class_names(feat.names, where)
     return list(feat.names)
 
 
 def remap_labels(dsd: datasets.DatasetDict, names: list[str], where: str) -> tuple[datasets.DatasetDict, dict]:
     """Drop rows whose class is not in ``names`` and re-encode the rest to ``ClassLabel(names)``."""
     old = next(iter(dsd.values())).features[LABEL_COLUMN].names
-    new_index = {normalize_label_name(n): i for i, n in enumerate(names)}
-    lookup = np.array([new_index.get(normalize_label_name(n), -1) for n in old] + [-1], dtype=np.int64)
+    new_index = {class_key(n): i for i, n in enumerate(names)}
+    lookup = np.array([new_index.get(class_key(n), -1) for n in old] + [-1], dtype=np.int64)
     target_label = ClassLabel(names=list(names))
     out, dropped = {}, {}
     for split, ds in dsd.items():
@@ -117,11 +112,11 @@ def align_domains(source: datasets.DatasetDict, target: datasets.DatasetDict, po
         raise TransferConfigError(f"Unknown label policy {policy!r}; choose one of {POLICIES}.")
     src_names = _names(source, "source domain")
     tgt_names = _names(target, "target domain")
-    tgt_norm = {normalize_label_name(n) for n in tgt_names}
-    src_norm = {normalize_label_name(n) for n in src_names}
-    shared = [n for n in src_names if normalize_label_name(n) in tgt_norm]
-    source_only = [n for n in src_names if normalize_label_name(n) not in tgt_norm]
-    target_only = [n for n in tgt_names if normalize_label_name(n) not in src_norm]
+    tgt_norm = {class_key(n) for n in tgt_names}
+    src_norm = {class_key(n) for n in src_names}
+    shared = [n for n in src_names if class_key(n) in tgt_norm]
+    source_only = [n for n in src_names if class_key(n) not in tgt_norm]
+    target_only = [n for n in tgt_names if class_key(n) not in src_norm]
     if not shared:
         raise TransferConfigError(
             "Source and target share no class name. "

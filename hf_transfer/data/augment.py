@@ -184,9 +184,10 @@ class BatchAugment(nn.Module):
     ``.train()``: per-sample random resized crop (torchvision's ``get_params``, see
     :func:`sample_crop_params`) + horizontal flip with p=0.5 for ``"standard"``; ``"light"`` is
     the smaller crop range without flip; ``"none"`` behaves as in eval mode. ``.eval()``:
-    ``x / 255`` and ``Normalize`` only (if the input is not ``size x size``: antialiased resize of
-    the short side to ``floor(size / crop_pct)`` and a center crop first, i.e. the eval recipe on
-    the stored image).
+    ``x / 255`` and ``Normalize`` only (if the input is not ``size x size``: the eval recipe of the
+    config's ``crop_mode`` on the stored image first: antialiased resize to ``floor(size / crop_pct)``
+    of the short side (center), of both sides (squash) or of the long side and a pad with the mean
+    colour (border), then a center crop).
 
     Two implementations of the crops, same parameters (the same draws give the same boxes):
 
@@ -241,6 +242,10 @@ class BatchAugment(nn.Module):
         self.augment, self.mode, self.eval_mode, self.impl = augment, mode, eval_mode, impl
         self.size = cfg.size
         self.crop_pct = float(cfg.crop_pct)
+        self.crop_mode = cfg.crop_mode
+        self.register_buffer(
+            "fill", torch.tensor(cfg.border_fill, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
         self.out_dtype, self.channels_last, self.generator = out_dtype, channels_last, generator
         # buffers (not parameters): move with .to(device); not saved in state_dicts
         self.register_buffer("mean", torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -278,7 +283,12 @@ class BatchAugment(nn.Module):
         if (hs, ws) == (self.size, self.size):
             return x
         short = math.floor(self.size / self.crop_pct)
-        if hs <= ws:
+        if self.crop_mode == "squash":
+            new = (short, short)
+        elif self.crop_mode == "border":  # the long side to ``short``, as timm's ResizeKeepRatio(longest=1)
+            ratio = max(hs, ws) / short
+            new = (max(1, round(hs / ratio)), max(1, round(ws / ratio)))
+        elif hs <= ws:
             new = (short, max(short, int(short * ws / hs)))
         else:
             new = (max(short, int(short * hs / ws)), short)
@@ -290,6 +300,11 @@ class BatchAugment(nn.Module):
             antialias=mode in ("bilinear", "bicubic"),
             align_corners=False if mode != "nearest-exact" else None,
         )
+        if min(new) < self.size:  # border: pad with the mean colour to the size first (CenterCropOrPad)
+            pad_h, pad_w = max(0, self.size - new[0]), max(0, self.size - new[1])
+            padded = self.fill.expand(x.shape[0], 3, new[0] + pad_h, new[1] + pad_w).clone()
+            padded[..., pad_h // 2 : pad_h // 2 + new[0], pad_w // 2 : pad_w // 2 + new[1]] = x
+            x, new = padded, (new[0] + pad_h, new[1] + pad_w)
         top, left = (new[0] - self.size) // 2, (new[1] - self.size) // 2
         return x[..., top : top + self.size, left : left + self.size].clamp_(0, 255)
 

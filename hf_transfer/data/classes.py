@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import datasets
 
-from hf_transfer.data.align import normalize_label_name, remap_labels
+from hf_transfer.data.align import remap_labels
+from hf_transfer.data.class_names import class_key
 from hf_transfer.data.columns import LABEL_COLUMN
 from hf_transfer.errors import TransferConfigError
 
@@ -31,14 +32,14 @@ def parse_class_selection(spec: str, names: list[str], option: str = "target_cla
             )
         return list(names[:k])
     wanted = [s.strip() for s in spec.split(",") if s.strip()]
-    lookup = {normalize_label_name(n): n for n in names}  # matched as align.py matches domains
-    missing = [w for w in wanted if normalize_label_name(w) not in lookup]
+    lookup = {class_key(n): n for n in names}  # matched as align.py matches domains
+    missing = [w for w in wanted if class_key(w) not in lookup]
     if missing or not wanted:
         raise TransferConfigError(
             f"{option}={spec!r}: {missing or 'no class'} not among the dataset's classes "
             f"{names[:12]}{'...' if len(names) > 12 else ''}."
         )
-    return list(dict.fromkeys(lookup[normalize_label_name(w)] for w in wanted))
+    return list(dict.fromkeys(lookup[class_key(w)] for w in wanted))
 
 
 def select_classes(dsd: datasets.DatasetDict, spec: str | None, option: str = "target_classes") -> datasets.DatasetDict:

@@ -1,9 +1,11 @@
 """Find the image and label columns of a dataset and bring them to one schema.
 
-After :func:`standardize_columns` every domain has exactly ``image`` (``datasets.Image`` decoding
-to RGB, whatever the file's mode: L, RGBA, P, CMYK ...) and, when labelled, ``label``
+After :func:`standardize_columns` every domain has exactly ``image`` (``datasets.Image``, decoded in the
+file's own mode: every input path converts it to RGB with :func:`hf_transfer.data.images.to_rgb`, which
+keeps the real value range of 16-bit and float images) and, when labelled, ``label``
 (``datasets.ClassLabel``). Errors name the columns so that the user can pass
-``image_column=`` / ``label_column=``.
+``image_column=`` / ``label_column=``. Class names that are one class under the one class-name rule
+(:mod:`hf_transfer.data.class_names`, e.g. ``Cat`` and ``cat``) are refused here, for every command.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import datasets
 from datasets import ClassLabel, Image, Value
 
+from hf_transfer.data.class_names import check_distinct_class_names
 from hf_transfer.errors import TransferConfigError
 
 IMAGE_COLUMN = "image"
@@ -122,7 +125,7 @@ def standardize_columns(
     label_column: str | None = None,
     require_labels: bool = True,
 ) -> datasets.DatasetDict:
-    """Keep only ``image`` (RGB) and ``label`` (ClassLabel), renamed from whatever the data uses."""
+    """Keep only ``image`` and ``label`` (ClassLabel), renamed from whatever the data uses."""
     features = _features_of(dsd)
     img = find_image_column(features, where, image_column)
     lab = find_label_column(features, where, label_column, required=require_labels)
@@ -135,7 +138,8 @@ def standardize_columns(
     dsd = dsd.select_columns(keep)
     if lab is not None:
         dsd = _to_class_label(dsd, lab, where)
+        check_distinct_class_names(_features_of(dsd)[lab].names, f"{where}, label column {lab!r}")
     renames = {old: new for old, new in ((img, IMAGE_COLUMN), (lab, LABEL_COLUMN)) if old and old != new}
     if renames:
         dsd = dsd.rename_columns(renames)
-    return dsd.cast_column(IMAGE_COLUMN, Image(mode="RGB"))
+    return dsd.cast_column(IMAGE_COLUMN, Image())  # decoded in the file's own mode: see data/images.py

@@ -15,8 +15,9 @@ ones on the model's device.
 Storage (what ``DecodedImages`` keeps)
 --------------------------------------
 ``split_kind="eval"``: exactly the stock eval preprocessing before ``ToTensor``: the PIL image
-converted to RGB, ``Resize(floor(size / crop_pct))`` (short side, same interpolation, PIL
-antialiasing) and ``CenterCrop(size)``, with torchvision's own functions. ``BatchAugment`` in eval
+converted to RGB (:func:`hf_transfer.data.images.to_rgb`) and the resize and crop of
+:func:`~hf_transfer.data.transforms.eval_geometry` (timm's, for the config's ``crop_mode``: center, squash or
+border), the same functions. ``BatchAugment`` in eval
 mode then does ``x.float() / 255``, ``(x - mean) / std`` with the same float32 operations as
 ``ToTensor`` + ``Normalize``, so the result equals :func:`~hf_transfer.data.transforms.eval_transform`
 (bit for bit in practice).
@@ -87,15 +88,16 @@ from hf_transfer.cache import (
     remove_stale_staging,
     staged_entry,
 )
+from hf_transfer.data.images import to_rgb
 from hf_transfer.data.load import IMAGE_ERRORS
-from hf_transfer.data.transforms import AUGMENTATIONS, DataConfig
+from hf_transfer.data.transforms import AUGMENTATIONS, DataConfig, eval_geometry
 from hf_transfer.disk import allocated_memmap, space_errors
 from hf_transfer.errors import TransferConfigError
 
 __all__ = ["DECODED_VERSION", "DecodedImages", "collate_decoded", "decoded_cache_dir", "split_kind_for"]
 
 #: Bump whenever the stored bytes for the same inputs change: it is part of the cache key.
-DECODED_VERSION = "2"  # 2: the train storage shape no longer comes from the first image
+DECODED_VERSION = "3"  # 2: the train storage shape no longer comes from the first image; 3: crop_mode, 16-bit images
 
 SPLIT_KINDS = ("train", "eval")
 
@@ -143,17 +145,28 @@ def _to_rgb(value):
         img = Image.fromarray(value)
     else:
         raise TransferConfigError(f"Cannot read an image from a {type(value).__name__}.")
-    return img.convert("RGB")  # exactly what the stock make_batch_transform does
+    return to_rgb(img)  # exactly what the stock make_batch_transform does
 
 
-def _prepare(img, kind: str, size: int, crop_pct: float, interpolation: str, storage_hw: tuple[int, int]):
+def _prepare(
+    img,
+    kind: str,
+    size: int,
+    crop_pct: float,
+    interpolation: str,
+    storage_hw: tuple[int, int],
+    crop_mode: str = "center",
+    mean: tuple[float, float, float] = DataConfig.mean,
+):
     """One RGB PIL image -> uint8 ``[3, h, w]`` storage array (see the module doc)."""
     from torchvision.transforms import functional as TF
 
     interp = _pil_interpolation(interpolation)
-    if kind == "eval":
-        img = TF.resize(img, math.floor(size / crop_pct), interpolation=interp)
-        img = TF.center_crop(img, size)
+    if kind == "eval":  # the stock eval transform's own geometry, every crop_mode
+        cfg = DataConfig(
+            (3, size, size), tuple(mean), interpolation=interpolation, crop_pct=crop_pct, crop_mode=crop_mode
+        )
+        img = eval_geometry(cfg)(img)
     else:
         hs, ws = storage_hw
         if (img.height, img.width) != (hs, ws):
@@ -188,6 +201,8 @@ def _decode_chunk(
     crop_pct: float,
     interpolation: str,
     storage_hw: tuple[int, int],
+    crop_mode: str = "center",
+    mean: tuple[float, float, float] = DataConfig.mean,
 ):
     """Rows ``[start, stop)`` -> (uint8 ``[n, 3, Hs, Ws]``, int32 original ``[n, 2]`` (H, W))."""
     cells = _cells(dataset, start, stop, image_column)
@@ -199,7 +214,7 @@ def _decode_chunk(
         except IMAGE_ERRORS as err:
             raise _bad_row(start + k, err) from err
         sizes[k] = (img.height, img.width)
-        out[k] = _prepare(img, kind, size, crop_pct, interpolation, storage_hw)
+        out[k] = _prepare(img, kind, size, crop_pct, interpolation, storage_hw, crop_mode, mean)
     return out, sizes
 
 
@@ -381,6 +396,9 @@ class DecodedImages(torch.utils.data.Dataset):
         }
         if split_kind == "eval":
             key_fields["crop_pct"] = float(cfg.crop_pct)
+            key_fields["crop_mode"] = cfg.crop_mode
+            if cfg.crop_mode == "border":  # the padding colour
+                key_fields["border_fill"] = list(cfg.border_fill)
         else:
             key_fields["storage_size"] = self.storage_size
         digest = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:20]
@@ -424,6 +442,8 @@ class DecodedImages(torch.utils.data.Dataset):
             "size": self.size,
             "crop_pct": float(self.cfg.crop_pct),
             "interpolation": self.cfg.interpolation,
+            "crop_mode": self.cfg.crop_mode,
+            "mean": tuple(self.cfg.mean),
             "storage_hw": storage_hw,
         }
         nbytes = n * (3 * storage_hw[0] * storage_hw[1] + 8)  # the images and their sizes

@@ -196,7 +196,8 @@ def load_domain(
     skip_bad_images: bool = False,
     skipped: dict[str, int] | None = None,
 ) -> datasets.DatasetDict:
-    """Load a domain: ``train`` and ``test`` splits with columns ``image`` (RGB) and ``label``.
+    """Load a domain: ``train`` and ``test`` splits with columns ``image`` (in the file's mode: input paths convert it
+    with :func:`hf_transfer.data.images.to_rgb`) and ``label``.
 
     Images that cannot be decoded are an error, or dropped with ``skip_bad_images`` (see the module
     doc); ``skipped``, when given, receives the number dropped per split of the dataset as stored

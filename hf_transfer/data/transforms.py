@@ -1,8 +1,16 @@
 """Train and eval transforms built from a backbone's pretrained data config.
 
-The config (mean, std, input size, crop_pct, interpolation) comes from the backbone (timm's
+The config (mean, std, input size, crop_pct, interpolation, crop_mode) comes from the backbone (timm's
 ``pretrained_cfg`` or a transformers image processor), so preprocessing always matches what the
 backbone was pretrained with, and the same numbers are written to the exported folder.
+
+The eval geometry (:func:`eval_geometry`) is timm's ``transforms_imagenet_eval`` for every ``crop_mode``
+(what the exported ``TimmWrapperImageProcessor`` runs when the model is served), built from timm's own
+ops, and both input paths use it: the stock :func:`eval_transform` and the decoded cache's eval storage.
+
+- ``center``: short side to ``floor(size / crop_pct)``, aspect kept, center crop (image is lost at the sides);
+- ``squash``: both sides to ``floor(size / crop_pct)`` (aspect NOT kept), center crop;
+- ``border``: long side to ``floor(size / crop_pct)``, aspect kept, center crop or pad with the mean colour.
 """
 
 from __future__ import annotations
@@ -12,7 +20,11 @@ from dataclasses import asdict, dataclass, field
 
 from torchvision import transforms as T
 
+from hf_transfer.data.images import to_rgb
+from hf_transfer.errors import TransferConfigError
+
 AUGMENTATIONS = ("standard", "light", "none")
+CROP_MODES = ("center", "squash", "border")
 _INTERPOLATION = {
     "bilinear": T.InterpolationMode.BILINEAR,
     "bicubic": T.InterpolationMode.BICUBIC,
@@ -30,9 +42,20 @@ class DataConfig:
     crop_mode: str = "center"
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.crop_mode not in CROP_MODES:  # timm's create_transform would silently fall back to center
+            raise TransferConfigError(
+                f"Data config crop_mode={self.crop_mode!r} is not one of {CROP_MODES} (timm's eval crop modes)."
+            )
+
     @property
     def size(self) -> int:
         return int(self.input_size[-1])
+
+    @property
+    def border_fill(self) -> tuple[int, int, int]:
+        """The padding colour of ``crop_mode='border'``: the mean, in 0..255, as timm pads."""
+        return tuple(round(255 * v) for v in self.mean)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -45,18 +68,27 @@ class DataConfig:
         return repr(sorted(self.to_dict().items()))
 
 
-def eval_transform(cfg: DataConfig) -> T.Compose:
-    """Resize the short side to size/crop_pct, then center-crop: timm's eval recipe."""
+def eval_geometry(cfg: DataConfig) -> T.Compose:
+    """PIL -> PIL: the resize and crop of timm's ``transforms_imagenet_eval`` for ``cfg.crop_mode`` (module doc)."""
+    from timm.data.transforms import CenterCropOrPad, ResizeKeepRatio
+
     interp = _INTERPOLATION.get(cfg.interpolation, T.InterpolationMode.BILINEAR)
-    resize = int(math.floor(cfg.size / cfg.crop_pct))
-    return T.Compose(
-        [
-            T.Resize(resize, interpolation=interp),
-            T.CenterCrop(cfg.size),
-            T.ToTensor(),
-            T.Normalize(cfg.mean, cfg.std),
-        ]
-    )
+    scale = int(math.floor(cfg.size / cfg.crop_pct))
+    if cfg.crop_mode == "squash":
+        return T.Compose([T.Resize((scale, scale), interpolation=interp), T.CenterCrop(cfg.size)])
+    if cfg.crop_mode == "border":
+        return T.Compose(
+            [
+                ResizeKeepRatio((scale, scale), interpolation=interp.value, longest=1.0),
+                CenterCropOrPad(cfg.size, fill=list(cfg.border_fill)),
+            ]
+        )
+    return T.Compose([T.Resize(scale, interpolation=interp), T.CenterCrop(cfg.size)])
+
+
+def eval_transform(cfg: DataConfig) -> T.Compose:
+    """:func:`eval_geometry`, then ``ToTensor`` and ``Normalize``: timm's eval recipe."""
+    return T.Compose([*eval_geometry(cfg).transforms, T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
 
 
 def train_transform(cfg: DataConfig, augment: str = "standard") -> T.Compose:
@@ -78,7 +110,7 @@ def make_batch_transform(transform, with_labels: bool = True):
     """A ``Dataset.with_transform`` function: PIL images -> ``pixel_values`` (+ ``labels``)."""
 
     def apply(batch):
-        out = {"pixel_values": [transform(img.convert("RGB")) for img in batch["image"]]}
+        out = {"pixel_values": [transform(to_rgb(img)) for img in batch["image"]]}
         if with_labels and "label" in batch:
             out["labels"] = batch["label"]
         return out

@@ -2,12 +2,14 @@
 
 The rule (``hf-transfer evaluate`` and the base model's "before" row of a training run, README "Checking a
 model on your data"): names are normalised as training matches domains
-(:func:`hf_transfer.data.align.normalize_label_name`), never matched by id; only rows of shared classes are
-scored, the prediction is the argmax over the shared classes, and a name the model repeats is one class.
+(:func:`hf_transfer.data.class_names.class_key`, the one rule), never matched by id; only rows of shared classes are
+scored, the prediction is the argmax over the shared classes, and a name the model repeats is one class (a
+dataset whose names collide never gets here: loading refuses it).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
@@ -15,6 +17,7 @@ import numpy as np
 
 from hf_transfer.errors import TransferConfigError
 
+logger = logging.getLogger(__name__)
 _PLACEHOLDER = re.compile(r"^LABEL_\d+$")
 _SHOWN = 8  # label names shown in one error line
 
@@ -36,7 +39,8 @@ class LabelMatch:
 
 def match_labels(model_id: str, model_names: list[str], dataset: str, dataset_names: list[str]) -> LabelMatch:
     """Match by normalised name (see the module doc); one-line errors for placeholder names or no overlap."""
-    from hf_transfer.data.align import normalize_label_name as norm
+    from hf_transfer.data.class_names import class_key as norm
+    from hf_transfer.data.class_names import colliding_names
 
     if model_names and all(_PLACEHOLDER.match(str(n)) for n in model_names):
         raise TransferConfigError(
@@ -50,6 +54,15 @@ def match_labels(model_id: str, model_names: list[str], dataset: str, dataset_na
         raise TransferConfigError(
             f"{model_id!r} and {dataset} share no class name: the model's classes are {_first(model_names)}, "
             f"the dataset's {_first(dataset_names)}."
+        )
+    merged = colliding_names(n for _, n in shared)
+    if merged:  # said, not silent: their columns predict one class
+        logger.warning(
+            "%s names %d class(es) twice under the class-name rule (case, spaces, '_' and '-' ignored): %s; each "
+            "group is scored as one class, predicted by any of its columns.",
+            model_id,
+            len(merged),
+            "; ".join(" = ".join(repr(n) for n in group) for group in merged[:_SHOWN]),
         )
     names, position = [], {}  # a name the model repeats (ImageNet's two "crane"s) is one class
     for _, n in shared:
@@ -68,7 +81,7 @@ def match_labels(model_id: str, model_names: list[str], dataset: str, dataset_na
 def known_rows(ds, match: LabelMatch):
     """``(rows of the classes the model knows, {class: rows} of the others, lookup)``; ``lookup`` maps a
     dataset label id to its shared-class index (-1: not shared; ``lookup[-1]`` keeps unlabelled rows -1)."""
-    from hf_transfer.data.align import normalize_label_name as norm
+    from hf_transfer.data.class_names import class_key as norm
 
     names = list(ds.features["label"].names)
     index = {norm(n): i for i, n in enumerate(match.names)}

@@ -31,6 +31,22 @@ def classification_report(predictions, references, num_classes: int) -> dict:
     }
 
 
+def unscored_classes(per_class_accuracy: list[float | None], label_names: list[str]) -> list[str]:
+    """The classes without a labelled test row: no number of the report says anything about them."""
+    return [name for name, acc in zip(label_names, per_class_accuracy, strict=True) if acc is None]
+
+
+def unscored_message(where: str, names: list[str], num_classes: int, shown: int = 20) -> str:
+    """One sentence for the log and the card: how many classes cannot be scored, and which."""
+    listed = ", ".join(repr(n) for n in names[:shown]) + (
+        f" ... (+{len(names) - shown} more)" if len(names) > shown else ""
+    )
+    return (
+        f"{len(names)} of {num_classes} classes have no {where} row and cannot be scored (accuracy, macro-F1 and "
+        f"the confusion matrix say nothing about them): {listed}."
+    )
+
+
 def scalar_metrics_fn(num_classes: int):
     """``compute_metrics`` for the Trainer: scalars only (loggers choke on matrices).
 

@@ -403,6 +403,21 @@ def results_tables(results: dict, baseline: dict | None, upper: dict | None, met
     return {"result_columns": columns, "results_table": rows, "per_class_columns": pc_cols, "per_class_table": pc_rows}
 
 
+def unscored_note(results: dict) -> str:
+    """Which classes the card's numbers say nothing about (no test row in a domain): '' when none."""
+    from hf_transfer.evaluation.metrics import unscored_classes, unscored_message
+
+    labels = results.get("label_names") or []
+    notes = []
+    for domain in ("target", "source"):
+        per_class = ((results.get("metrics") or {}).get(domain) or {}).get("per_class_accuracy")
+        if isinstance(per_class, list) and len(per_class) == len(labels):
+            names = unscored_classes(per_class, labels)
+            if names:
+                notes.append(unscored_message(f"{domain} test", names, len(labels)) + " Their per-class cells are '-'.")
+    return " ".join(notes)
+
+
 def results_vars(results: dict, baseline: dict | None, upper: dict | None, method_title: str, figures: bool) -> dict:
     """Template variables of the results sections: tables, figures, the domain gap and what is missing."""
     from hf_transfer.hub.plots import curve_series
@@ -418,6 +433,13 @@ def results_vars(results: dict, baseline: dict | None, upper: dict | None, metho
     before_note = base_before_note(base_before(results))
     if before_note:
         note.insert(0, before_note)
+    if unscored := unscored_note(results):
+        note.insert(0, unscored)
+    if has_cm:  # names the figure had to cut, or could not draw with the fonts installed here
+        from hf_transfer.hub.plot_text import label_note
+
+        if names_note := label_note(results.get("label_names") or []):
+            note.append(names_note)
     gap_rows, gap_intro = domain_gap_table(results)
     return dict(
         results_intro=(

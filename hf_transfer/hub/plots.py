@@ -59,19 +59,41 @@ def _blues(x: float) -> tuple[int, int, int]:
     return tuple(int(round(a + (b - a) * x)) for a, b in zip(lo, hi, strict=True))
 
 
+#: the confusion matrix's grid is at most this many pixels wide (cells shrink, then labels and counts go)
+MAX_GRID_PX = 1600
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    """``text`` cut with an ellipsis to fit ``width`` pixels."""
+    if _text_size(draw, text, font)[0] <= width:
+        return text
+    while text and _text_size(draw, text + "…", font)[0] > width:
+        text = text[:-1]
+    return text + "…"
+
+
 def confusion_matrix_png(matrix: Sequence[Sequence[int]], labels: Sequence[str], path: str, title: str = "") -> str:
-    """Rows are true classes, columns predicted ones; colour = fraction of the row, text = count."""
+    """Rows are true classes, columns predicted ones; colour = fraction of the row, text = count.
+
+    Any labels give a readable figure: long names are cut and names no installed font can draw become their
+    class id (:mod:`hf_transfer.hub.plot_text`, whose ``label_note`` the card prints); the grid is at most
+    :data:`MAX_GRID_PX` wide, counts are written only in cells that fit them and names only in rows that do."""
+    from hf_transfer.hub.plot_text import label_font, plot_labels
+
     n = len(labels)
-    font, small = _font(14), _font(11)
+    cell = max(1, min(56, max(28, 560 // max(n, 1)), MAX_GRID_PX // max(n, 1)))
+    font_size = min(14, cell - 2)
+    names = plot_labels([str(lab) for lab in labels], size=max(font_size, 6))
+    font, small = label_font(names, max(font_size, 6)), _font(11)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = max([_text_size(probe, str(lab), font)[0] for lab in labels] + [20])
-    cell = max(28, min(56, 560 // max(n, 1)))
+    show_names = font_size >= 6
+    label_w = max([_text_size(probe, t, font)[0] for t in names.texts] + [20]) if show_names else 20
     left, top = label_w + 40, 60 + label_w
-    width, height = left + n * cell + 20, top + n * cell + 40
+    width, height = max(left + n * cell + 20, 320), top + n * cell + 40
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     if title:
-        draw.text((10, 8), title, fill="black", font=_font(16))
+        draw.text((10, 8), _fit(draw, title, _font(16), width - 20), fill="black", font=_font(16))
     draw.text((left + n * cell // 2 - 30, top - label_w - 26), "predicted", fill="black", font=font)
     draw.text((6, top + n * cell + 14), "rows: true class", fill="black", font=font)
     for i, row in enumerate(matrix):
@@ -80,21 +102,23 @@ def confusion_matrix_png(matrix: Sequence[Sequence[int]], labels: Sequence[str],
             frac = count / total
             x0, y0 = left + j * cell, top + i * cell
             draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=_blues(frac), outline=(220, 220, 220))
-            if count:
+            if count and cell >= 20:
                 text = str(count)
                 tw, th = _text_size(draw, text, small)
+                if tw > cell - 2:
+                    continue
                 draw.text(
                     (x0 + (cell - tw) / 2, y0 + (cell - th) / 2 - 1),
                     text,
                     font=small,
                     fill="white" if frac > 0.5 else "black",
                 )
-    for k, lab in enumerate(labels):
-        tw, th = _text_size(draw, str(lab), font)
-        draw.text((left - tw - 8, top + k * cell + (cell - th) / 2 - 2), str(lab), fill="black", font=font)
+    for k, lab in enumerate(names.texts if show_names else []):
+        tw, th = _text_size(draw, lab, font)
+        draw.text((left - tw - 8, top + k * cell + (cell - th) / 2 - 2), lab, fill="black", font=font)
         # column labels, rotated
         tag = Image.new("RGBA", (tw + 4, th + 6), (255, 255, 255, 0))
-        ImageDraw.Draw(tag).text((2, 0), str(lab), fill="black", font=font)
+        ImageDraw.Draw(tag).text((2, 0), lab, fill="black", font=font)
         tag = tag.rotate(90, expand=True)
         img.paste(tag, (left + k * cell + (cell - tag.width) // 2, top - tag.height - 6), tag)
     img.save(path, format="PNG", optimize=True)

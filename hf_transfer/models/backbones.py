@@ -185,7 +185,7 @@ def _data_config_from_timm_cfg(pcfg: dict) -> DataConfig:
         std=tuple(pcfg.get("std", _IMAGENET_STD)),
         interpolation=pcfg.get("interpolation", "bicubic"),
         crop_pct=float(pcfg.get("crop_pct", 0.875)),
-        crop_mode=pcfg.get("crop_mode", "center"),
+        crop_mode=pcfg.get("crop_mode") or "center",  # timm reads None as center
     )
 
 
@@ -241,6 +241,8 @@ def _data_config_from_processor(model_id: str, revision: str | None, config, tru
         std=tuple(getattr(proc, "image_std", None) or _IMAGENET_STD),
         interpolation=interp,
         crop_pct=float(crop_pct),
+        # a processor that resizes to height x width (ViT's) squashes a non-square image: so must training's eval
+        crop_mode="squash" if resize.get("height") and not resize.get("shortest_edge") else "center",
     )
 
 

@@ -8,8 +8,8 @@ with ``timm.create_model("local-dir:<folder>", pretrained=True)``:
   what timm reads and what transformers' TimmWrapper also accepts; ``config.json`` carries
   ``label_names`` and the data config as ``pretrained_cfg``, and ``model_args`` is never ``None``
   (timm's local-dir loader calls ``.get`` on it).
-- transformers: ``save_pretrained`` plus an image processor whose size/mean/std are the ones the
-  model was trained with.
+- transformers: ``save_pretrained`` plus the model's image processor set to the eval recipe it was trained
+  and evaluated with, checked to give the same pixels (:mod:`hf_transfer.models.served_processor`).
 
 Files are first written to a temporary folder beside the target, then moved in one by one, so a
 failure never leaves a half-written export over a previous one. A disk without room for the weights is
@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from hf_transfer.cache import staged_files
 from hf_transfer.disk import tensors_bytes
 from hf_transfer.models.backbones import Backbone
+from hf_transfer.models.served_processor import served_processor
 
 RESULTS_FILE = "results.json"
 #: room asked for besides the weights: configs, processor, results, headers
@@ -70,22 +71,8 @@ def _save_timm(backbone: Backbone, folder: str) -> None:
 
 
 def _save_transformers(backbone: Backbone, folder: str) -> None:
-    from transformers import AutoImageProcessor, ViTImageProcessor
-
+    processor = served_processor(backbone.model_id, backbone.revision, backbone.data_config)  # checked first
     backbone.model.save_pretrained(folder, safe_serialization=True)
-    cfg = backbone.data_config
-    try:
-        processor = AutoImageProcessor.from_pretrained(backbone.model_id, revision=backbone.revision)
-    except (OSError, ValueError):
-        processor = ViTImageProcessor()
-    size = cfg.size
-    if getattr(getattr(processor, "size", None), "shortest_edge", None):
-        processor.size = {"shortest_edge": int(round(size / cfg.crop_pct))}
-        if getattr(processor, "crop_size", None) is not None:
-            processor.crop_size = {"height": size, "width": size}
-    else:
-        processor.size = {"height": size, "width": size}
-    processor.image_mean, processor.image_std = list(cfg.mean), list(cfg.std)
     processor.save_pretrained(folder)
 
 

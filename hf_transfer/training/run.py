@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import transformers
 from transformers import TrainerCallback, TrainingArguments, set_seed
@@ -28,7 +29,13 @@ from hf_transfer.data.classes import select_classes
 from hf_transfer.data.load import load_domain
 from hf_transfer.data.spec import parse_dataset_spec
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.evaluation.metrics import classification_report, model_selection, scalar_metrics_fn
+from hf_transfer.evaluation.metrics import (
+    classification_report,
+    model_selection,
+    scalar_metrics_fn,
+    unscored_classes,
+    unscored_message,
+)
 from hf_transfer.evaluation.run_health import remove_stop_marker
 from hf_transfer.folder_lock import FolderInUseError, FolderLock, lock_folder
 from hf_transfer.models.backbones import load_backbone
@@ -37,6 +44,7 @@ from hf_transfer.models.speed import busy_machine_note, resolve_cpu_threads, set
 from hf_transfer.training.checkpoints import resolve_resume
 from hf_transfer.training.lr_find import apply_range_test
 from hf_transfer.training.modes import TransferData, get_mode
+from hf_transfer.training.modes.common import eval_splits
 from hf_transfer.training.run_folder import (
     RunIdentityCallback,
     check_output_dir,
@@ -261,6 +269,7 @@ def write_reference_predictions(backbone, target_test, output_dir: str, k: int =
     predictions on them, so that a later round-trip check can prove the exported folder predicts the same."""
     from PIL import Image
 
+    from hf_transfer.data.images import to_rgb
     from hf_transfer.data.transforms import eval_transform
 
     model = backbone.model.eval()
@@ -272,7 +281,7 @@ def write_reference_predictions(backbone, target_test, output_dir: str, k: int =
     rows = []
     for i in labelled:
         item = target_test[i]
-        image = item["image"].convert("RGB")
+        image = to_rgb(item["image"])
         label = label_feature.int2str(item["label"])
         name = example_file_name(len(rows), label)
         Image.Image.save(image, os.path.join(output_dir, name))
@@ -414,6 +423,12 @@ def _build_run(
     if threads_from != "OMP_NUM_THREADS" and (note := busy_machine_note(threads)):
         logger.warning(note)
     set_seed(training_args.seed)
+    if args.mode == "domain" and args.adabn and not args.bottleneck_dim:  # before any data is loaded
+        from hf_transfer.models.norm_layers import architecture_without_weights
+        from hf_transfer.training.modes.domain_parts import refuse_adabn_without_batchnorm
+
+        architecture = architecture_without_weights(args.backbone, args.backbone_revision, args.trust_remote_code)
+        refuse_adabn_without_batchnorm(args, architecture, args.backbone)
     data = load_transfer_data(args, training_args.seed)
     if data.alignment is not None:
         logger.info(data.alignment.summary())
@@ -425,11 +440,16 @@ def _build_run(
         crop_pct=args.crop_pct,
         trust_remote_code=args.trust_remote_code,
     )
+    if backbone.library == "transformers":  # the processor the export will write gives the eval pixels: or stop now
+        from hf_transfer.models.served_processor import served_processor
+
+        served_processor(backbone.model_id, backbone.revision, backbone.data_config)
     # before the mode is built: the feature mode extracts in build_model, with this memory format
     channels_last = use_channels_last(args.channels_last, backbone.model, training_args.device)
     if channels_last:
         set_memory_format(backbone.model, True)
     mode = get_mode(args.mode)(args, backbone, data, training_args)
+    warn_unscored_classes(eval_splits(mode), data.label_names)
     model = mode.build_model()
     model.channels_last = channels_last
     eval_sets = mode.eval_datasets()
@@ -444,6 +464,18 @@ def _build_run(
         callbacks=[*(callbacks or []), *mode.callbacks(), RunIdentityCallback(identity)],
     )
     return PreparedRun(args, training_args, data, backbone, mode, model, eval_sets, trainer, resume, push, ranking)
+
+
+def warn_unscored_classes(splits: dict, label_names: list[str]) -> dict[str, list[str]]:
+    """Say, before training, which classes no evaluated test row belongs to (``{domain: names}``, also returned)."""
+    out = {}
+    for domain, ds in splits.items():
+        present = set(np.unique(np.asarray(ds["label"], dtype=np.int64)).tolist())
+        missing = [name for i, name in enumerate(label_names) if i not in present]
+        if missing:
+            out[domain] = missing
+            logger.warning(unscored_message(f"{domain} test", missing, len(label_names)))
+    return out
 
 
 def run_transfer(
@@ -525,6 +557,11 @@ def _train_and_write(run: PreparedRun, start: float) -> dict[str, Any]:
             "recipe_defaults": dict(args.recipe_defaults),
         },
         "metrics": metrics,
+        "unscored_classes": {  # classes without a test row: the card names them
+            d: names
+            for d, m in metrics.items()
+            if (names := unscored_classes(m["per_class_accuracy"], data.label_names))
+        },
         "model_selection": model_selection(trainer.state.log_history),
         "domain_gap": {"before": gap_before, "after": gap_after} if gap_before is not None else None,
         **health_report(trainer, metrics, len(data.label_names), train_output.training_loss),

@@ -74,7 +74,7 @@ from hf_transfer.errors import NoSpaceError, TransferConfigError
 from hf_transfer.models.backbones import Backbone
 
 logger = logging.getLogger(__name__)
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: images converted by data/images.to_rgb (16-bit and float images keep their range)
 INPUT_PATHS = ("stock", "fast")
 #: rows copied per step when shards are joined (bounds the RAM the join uses)
 _JOIN_ROWS = 4096

@@ -50,6 +50,7 @@ class DomainMode(TransferMode):
         super().__init__(args, backbone, data, training_args)
         if data.source is None:
             raise TransferConfigError("mode=domain needs a source domain (--source).")
+        domain_parts.refuse_adabn_without_batchnorm(args, backbone.model, backbone.model_id)
         self.progress = 0.0
         self.bottleneck = domain_parts.Bottleneck(backbone, args.bottleneck_dim) if args.bottleneck_dim else None
         feature_dim = args.bottleneck_dim or backbone.feature_dim
