@@ -156,7 +156,7 @@ def main() -> None:
     lines = [
         "# Recipe defaults: the sweep",
         "",
-        f"`python benchmarks/defaults_sweep.py --seeds {' '.join(map(str, opts.seeds))}` on the CPU "
+        f"`python benchmarks/defaults_sweep.py {' '.join(sys.argv[1:])}` on the CPU "
         f"({time.time() - start:.0f} s). Target test accuracy %, mean +- std over {len(opts.seeds)} seeds. "
         "Backbone: the demo's source-only run (test_resnet, 600 steps on printed digits, 32 px). "
         "'recipe' is a run that sets no optimizer, learning rate, schedule, batch or length: what a user gets.",
