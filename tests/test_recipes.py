@@ -483,3 +483,22 @@ def test_resume_matches_uninterrupted_with_shared_domain_options(tmp_path):
     a, b = _weights(tmp_path / "full"), _weights(crashed_dir)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.ddp
+def test_learning_rate_auto_under_two_process_ddp(tmp_path):
+    """--learning_rate auto under DDP: the range test's loss is averaged over the processes, so both pick the same
+    rate (checked across the processes by the run itself, which stops otherwise) and train with it."""
+    path = _config(tmp_path, "task", "full", {"learning_rate": "auto"}, save_strategy="no", max_steps=3)
+    done = subprocess.run(
+        _two_process_launch(os.path.join(ROOT, "recipes", "train.py"), "--config", path),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.load(open(tmp_path / "task" / "results.json"))
+    assert results["hyperparameters"]["world_size"] == 2
+    assert "learning_rate auto: range test" in done.stderr  # the main process says what it picked
+    assert results["hyperparameters"]["learning_rate"] == results["lr_find"]["picked"]

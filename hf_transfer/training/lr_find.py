@@ -135,6 +135,17 @@ def range_test(trainer, steps: int = 100, start: float = 1e-7, end: float = 1.0)
     return result
 
 
+def _check_same_pick(picked: float, device: torch.device) -> None:
+    """Under DDP every process must train at one rate (its own would drift from the others' weights unnoticed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    picks = [torch.zeros(1, dtype=torch.float64, device=device) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(picks, torch.tensor([picked], dtype=torch.float64, device=device))
+    values = [float(p.item()) for p in picks]
+    if len(set(values)) != 1:
+        raise RuntimeError(f"learning_rate auto: the processes picked different rates {values}; rerun with a number")
+
+
 def apply_range_test(trainer, output_dir: str, resuming: bool, is_main_process: bool) -> RangeTestResult:
     """Pick the rate (or, when resuming, reuse the pick recorded in the folder) and set it on the trainer."""
     path = os.path.join(output_dir, LR_FIND_FILE)
@@ -156,6 +167,7 @@ def apply_range_test(trainer, output_dir: str, resuming: bool, is_main_process: 
             from hf_transfer.cache import write_atomic
 
             write_atomic(path, json.dumps(result.to_dict(), indent=1))
+    _check_same_pick(result.picked, next(trainer.model.parameters()).device)
     trainer.args.learning_rate = result.picked
     trainer.optimizer, trainer.lr_scheduler = None, None  # built by train() at the picked rate
     return result
