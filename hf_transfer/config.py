@@ -13,8 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
+from hf_transfer.config_file import read_config_file
 from hf_transfer.errors import TransferConfigError
 
 if TYPE_CHECKING:
@@ -518,10 +517,8 @@ def _known_keys() -> set[str]:
 
 
 def load_config_file(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise TransferConfigError(f"Config file {path!r} does not exist.")
-    with open(path) as f:
-        data = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    """The arguments in a YAML/JSON config file, read within bounds (:mod:`hf_transfer.config_file`)."""
+    data = read_config_file(path)
     if not isinstance(data, dict):
         raise TransferConfigError(f"Config file {path!r} must hold a mapping of argument names to values.")
     unknown = sorted(set(data) - _known_keys())
