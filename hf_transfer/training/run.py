@@ -21,7 +21,7 @@ import transformers
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from hf_transfer import __version__
-from hf_transfer.config import TransferArguments
+from hf_transfer.config import TransferArguments, push_repo_id, report_to_problem
 from hf_transfer.data.align import align_domains
 from hf_transfer.data.classes import select_classes
 from hf_transfer.data.load import load_domain
@@ -37,6 +37,7 @@ from hf_transfer.training.run_folder import (
     RunIdentityCallback,
     check_output_dir,
     clear_previous_outputs,
+    released_on_failure,
     require_same_run,
     run_identity,
     write_identity,
@@ -105,22 +106,9 @@ class PushRequest:
     @classmethod
     def take_from(cls, args: TransferArguments, training_args) -> PushRequest | None:
         token, training_args.hub_token = training_args.hub_token, None
-        if not training_args.push_to_hub:
+        repo_id = push_repo_id(args, training_args)  # checked by plan_run already, with the same function
+        if repo_id is None:
             return None
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-        repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
-        try:
-            validate_repo_id(repo_id)
-        except HFValidationError as err:
-            raise TransferConfigError(f"hub_model_id {repo_id!r} is not a valid Hub repo id: {err}") from err
-        if args.method == "lora" and args.publish != "merged" and os.path.isdir(args.backbone):
-            # the push would refuse the adapter at the end (its base is a path on this disk): say it first
-            raise TransferConfigError(
-                f"--push_to_hub with method=lora on the local base {args.backbone!r}: the adapter would point at a "
-                "path on this machine. Train without --push_to_hub, then run `hf-transfer push OUTPUT_DIR REPO_ID "
-                "--allow_local_base` if that is what you want, or use a Hub base."
-            )
         training_args.push_to_hub = False
         return cls(repo_id, training_args.hub_private_repo, training_args.hub_revision, args.hub_create_pr, token)
 
@@ -285,6 +273,7 @@ class PreparedRun:
     resume: str | None
     push: PushRequest | None = None
     ranking: dict | None = None  # --ranking: the ranking that chose this backbone (the card's "Why this backbone")
+    identity: dict | None = None  # what run_identity.json records (released again if the run fails: run_folder)
 
 
 def prepare_run(
@@ -298,7 +287,9 @@ def prepare_run(
     from hf_transfer.plan import plan_run
 
     quiet_unactionable_logs(http=False)
-    plan = plan_run(args, training_args)
+    plan = plan_run(args, training_args)  # every check plan makes: train refuses what plan refuses, and back
+    if problem := report_to_problem(training_args):  # plan reports it as a problem of this machine
+        raise TransferConfigError(problem)
     push = PushRequest.take_from(args, training_args)
     _prepare_training_args(training_args)
     identity = run_identity(args, training_args)
@@ -310,6 +301,12 @@ def prepare_run(
             "final numbers differ. Use --input_path fast (the default) for an exact resume."
         )
     _claim_output_dir(args, training_args, identity, resume)
+    with released_on_failure(training_args.output_dir, identity):
+        return _build_run(args, training_args, callbacks, identity, resume, push, plan["ranking"])
+
+
+def _build_run(args, training_args, callbacks, identity: dict, resume: str | None, push, ranking) -> PreparedRun:
+    """prepare_run once the output folder is claimed: data, backbone, mode and Trainer."""
     threads, threads_from = resolve_cpu_threads(
         args.cpu_threads,
         args.input_path,
@@ -350,7 +347,7 @@ def prepare_run(
         callbacks=[*(callbacks or []), *mode.callbacks(), RunIdentityCallback(identity)],
     )
     return PreparedRun(
-        args, training_args, data, backbone, mode, model, eval_sets, trainer, resume, push, plan["ranking"]
+        args, training_args, data, backbone, mode, model, eval_sets, trainer, resume, push, ranking, identity
     )
 
 
@@ -360,6 +357,13 @@ def run_transfer(
     """Train under ``args.mode`` and write the Hub-ready folder; returns the results dict."""
     start = time.time()
     run = prepare_run(args, training_args, callbacks)
+    with released_on_failure(training_args.output_dir, run.identity):
+        return _train_and_export(run, start)
+
+
+def _train_and_export(run: PreparedRun, start: float) -> dict[str, Any]:
+    """The training of a prepared run, its metrics and its Hub-ready folder (and the push, if asked)."""
+    args, training_args = run.args, run.training_args
     trainer, mode, model, backbone, data, eval_sets = (
         run.trainer,
         run.mode,
