@@ -468,10 +468,10 @@ def check_training_arguments(args: TransferArguments, training_args) -> None:
 def check_report_to(training_args) -> None:
     """Refuse a ``report_to`` the Trainer does not know: it checks the names only when it is built, after the
     data and the backbone are loaded (and ``plan`` never builds it)."""
-    from transformers.integrations import get_reporting_integration_callbacks
+    from transformers import trainer  # the name the Trainer resolves when it is built
 
     try:
-        get_reporting_integration_callbacks(training_args.report_to)
+        trainer.get_reporting_integration_callbacks(training_args.report_to)
     except ValueError as err:
         raise TransferConfigError(f"report_to={training_args.report_to!r}: {err} Or none.") from None
 
@@ -479,9 +479,9 @@ def check_report_to(training_args) -> None:
 def report_to_problem(training_args) -> str | None:
     """What this machine lacks for ``report_to`` (the integration's package: its callback refuses to start), or
     None. ``train`` raises it before any work; ``plan`` reports it (the recipe may be meant for another machine)."""
-    from transformers.integrations import get_reporting_integration_callbacks
+    from transformers import trainer
 
-    for callback in get_reporting_integration_callbacks(training_args.report_to):
+    for callback in trainer.get_reporting_integration_callbacks(training_args.report_to):
         try:
             callback()  # what the Trainer does when it is built: imports the package, starts nothing
         except Exception as err:
