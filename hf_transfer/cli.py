@@ -16,13 +16,14 @@ import logging
 import os
 import sys
 
-from hf_transfer.errors import TransferConfigError
-from hf_transfer.logs import quiet_unactionable_logs
+from hf_transfer.installation import conflict  # before any module that imports hf_transfer.errors
 
 
 def _setup_logging(training_args=None) -> None:
     import datasets
     import transformers
+
+    from hf_transfer.logs import quiet_unactionable_logs
 
     level = logging.INFO
     if training_args is not None and not training_args.should_log:
@@ -155,6 +156,12 @@ def _take_debug_flag(argv: list[str]) -> tuple[list[str], bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    problem = conflict(thorough=True)  # PyPI's hf-transfer shares our import name: nothing else can be trusted
+    if problem:
+        print(f"hf-transfer: error: {problem}", file=sys.stderr)
+        return 2
+    from hf_transfer.errors import TransferConfigError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         parser = argparse.ArgumentParser(

@@ -14,8 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import yaml
-
+from hf_transfer.config_file import read_config_file
 from hf_transfer.errors import TransferConfigError
 
 if TYPE_CHECKING:
@@ -461,6 +460,53 @@ def check_training_arguments(args: TransferArguments, training_args) -> None:
             raise TransferConfigError(NO_RESUME)
     if args.hub_create_pr and not training_args.push_to_hub:
         raise TransferConfigError("hub_create_pr=True has no effect without --push_to_hub true. Remove it.")
+    check_report_to(training_args)
+    push_repo_id(args, training_args)
+
+
+def check_report_to(training_args) -> None:
+    """Refuse a ``report_to`` the Trainer does not know: it checks the names only when it is built, after the
+    data and the backbone are loaded (and ``plan`` never builds it)."""
+    from transformers import trainer  # the name the Trainer resolves when it is built
+
+    try:
+        trainer.get_reporting_integration_callbacks(training_args.report_to)
+    except ValueError as err:
+        raise TransferConfigError(f"report_to={training_args.report_to!r}: {err} Or none.") from None
+
+
+def report_to_problem(training_args) -> str | None:
+    """What this machine lacks for ``report_to`` (the integration's package: its callback refuses to start), or
+    None. ``train`` raises it before any work; ``plan`` reports it (the recipe may be meant for another machine)."""
+    from transformers import trainer
+
+    for callback in trainer.get_reporting_integration_callbacks(training_args.report_to):
+        try:
+            callback()  # what the Trainer does when it is built: imports the package, starts nothing
+        except Exception as err:
+            return f"report_to={training_args.report_to!r}: {type(err).__name__}: {err}"
+    return None
+
+
+def push_repo_id(args: TransferArguments, training_args) -> str | None:
+    """The Hub repo ``--push_to_hub`` pushes to (None without it), refused when the push could not work."""
+    if not training_args.push_to_hub:
+        return None
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise TransferConfigError(f"hub_model_id {repo_id!r} is not a valid Hub repo id: {err}") from err
+    if args.method == "lora" and args.publish != "merged" and os.path.isdir(args.backbone):
+        # the push would refuse the adapter at the end (its base is a path on this disk): say it first
+        raise TransferConfigError(
+            f"--push_to_hub with method=lora on the local base {args.backbone!r}: the adapter would point at a "
+            "path on this machine. Train without --push_to_hub, then run `hf-transfer push OUTPUT_DIR REPO_ID "
+            "--allow_local_base` if that is what you want, or use a Hub base."
+        )
+    return repo_id
 
 
 def _check_domain_options(args: TransferArguments) -> None:
@@ -564,10 +610,8 @@ def _flag_values(argv: list[str]) -> dict[str, str]:
 
 
 def load_config_file(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise TransferConfigError(f"Config file {path!r} does not exist.")
-    with open(path) as f:
-        data = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    """The arguments in a YAML/JSON config file, read within bounds (:mod:`hf_transfer.config_file`)."""
+    data = read_config_file(path)
     if not isinstance(data, dict):
         raise TransferConfigError(f"Config file {path!r} must hold a mapping of argument names to values.")
     _refuse_retired(set(data))

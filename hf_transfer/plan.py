@@ -1,8 +1,10 @@
 """Dry run: resolve a config into a plan without downloading or training anything.
 
 ``hf-transfer plan --config recipes/configs/office31_dann.yaml`` checks what can be checked offline
-(mode, method and its options, dataset specs, backbone id form, label policy, launch settings) and
-prints what the run would do, so a typo fails in a second instead of after a download. A recipe for
+(mode, method and its options, dataset specs, backbone id form and its weight files on this disk, label
+policy, launch settings, report_to, the push target) and prints what the run would do, so a typo fails in a
+second instead of after a download. ``train`` runs the same checks (:func:`plan_run`) before any work, so
+the two refuse the same things. A recipe for
 another machine (``--bf16 true`` planned on a CPU-only laptop) still resolves: what this machine lacks
 is reported in the plan, not raised.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from hf_transfer.config import check_training_arguments
+from hf_transfer.config import check_training_arguments, report_to_problem
 from hf_transfer.data.align import POLICIES
 from hf_transfer.data.spec import parse_dataset_spec
 from hf_transfer.data.transforms import AUGMENTATIONS
@@ -36,6 +38,17 @@ def _backbone_kind(model_id: str) -> str:
     if not _HUB_MODEL_ID.match(model_id):
         raise TransferConfigError(f"backbone {model_id!r}: not a valid Hub model id (org/name).")
     return "timm weights on the Hub" if model_id.removeprefix("hf-hub:").startswith("timm/") else "Hub model"
+
+
+def check_backbone(model_id: str, revision: str | None = None) -> str:
+    """The backbone's kind (:func:`_backbone_kind`), its weight files on this disk checked readable (a local
+    folder, or Hub files already in the cache): a damaged one is named before any work."""
+    from hf_transfer.models.weights import raise_if_unreadable
+
+    kind = _backbone_kind(model_id)
+    if kind != "timm architecture, random init":
+        raise_if_unreadable(model_id.removeprefix("hf-hub:"), revision)
+    return kind
 
 
 def _method_plan(args) -> dict:
@@ -85,7 +98,8 @@ def plan_from_argv(argv: list[str]) -> dict:
     plan = plan_run(transfer_args, training_args)
     if device_problem is not None:
         plan["training"]["use_cpu"] = False  # what the recipe asks; it was only parsed as use_cpu
-    plan["training"]["on_this_machine"] = f"train would stop here: {device_problem}" if device_problem else "ok"
+    problems = [p for p in (device_problem, report_to_problem(training_args)) if p]
+    plan["training"]["on_this_machine"] = f"train would stop here: {'; '.join(problems)}" if problems else "ok"
     return plan
 
 
@@ -108,7 +122,11 @@ def plan_run(args, training_args) -> dict:
         "mode": args.mode,
         "method": args.method,
         "method_plan": _method_plan(args),
-        "backbone": {"id": args.backbone, "kind": _backbone_kind(args.backbone), "revision": args.backbone_revision},
+        "backbone": {
+            "id": args.backbone,
+            "kind": check_backbone(args.backbone, args.backbone_revision),
+            "revision": args.backbone_revision,
+        },
         "datasets": {
             k: {"kind": v.kind, "name": v.name, "config": v.config, "revision": v.revision, "split": v.split}
             for k, v in datasets.items()

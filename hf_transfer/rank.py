@@ -13,6 +13,10 @@ Outputs in ``--output_dir``: ``ranking.json`` (every candidate with its scores, 
 parameter count, cache hit or miss), ``ranking.png`` (one bar panel per score) and, with ``--top_k K``, one
 training config per best candidate (``train_top<i>.yaml``, feature mode on the same data and cache) that
 ``hf-transfer train --config`` runs as is.
+
+A candidate whose weight files on this disk are damaged is refused before any work, by name. One that fails
+to load during the ranking (a damaged download, an unsupported head) is listed in ``not_ranked`` with its
+error, the others are ranked and written, and the command exits 2.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ def _run_dict(args, backbone: str, output_dir: str) -> dict:
 def check_args(args) -> None:
     """Everything checkable before loading anything, each error one line naming what to fix."""
     from hf_transfer.data.spec import parse_dataset_spec
-    from hf_transfer.plan import _backbone_kind
+    from hf_transfer.plan import check_backbone
 
     if len(args.backbones) < 2:
         raise TransferConfigError("rank needs at least two --backbones to compare.")
@@ -94,7 +98,7 @@ def check_args(args) -> None:
     if dupes:
         raise TransferConfigError(f"--backbones lists {dupes} more than once; give each candidate once.")
     for b in args.backbones:
-        _backbone_kind(b)
+        check_backbone(b)
     parse_dataset_spec(args.target)
     if args.source:
         parse_dataset_spec(args.source)
@@ -257,10 +261,16 @@ def rank_backbones(args) -> dict:
     train = subset(data.target["train"], args.max_train_samples, args.seed)
     cache = FeatureCache(args.feature_cache_dir, input_path=args.input_path, decoded_cache_dir=None)
     total = time.perf_counter()
-    candidates = []
+    candidates, not_ranked = [], []
     for model_id in args.backbones:
         logger.info("Ranking %s on %s (%d images).", model_id, data.target_name, len(train))
-        candidates.append(rank_candidate(args, model_id, train, cache, device))
+        try:
+            candidates.append(rank_candidate(args, model_id, train, cache, device))
+        except TransferConfigError as err:  # one candidate that cannot load (e.g. a damaged download): the rest
+            logger.error("Not ranked: %s", err)
+            not_ranked.append({"backbone": model_id, "error": str(err)})
+    if not candidates:
+        raise TransferConfigError("no candidate could be ranked: " + "; ".join(e["error"] for e in not_ranked))
     candidates = _order(candidates, args.rank_by)
     score_names = [s for s in SCORES if s != "probe" or args.probe]
     result = {
@@ -276,6 +286,7 @@ def rank_backbones(args) -> dict:
         "seconds": round(time.perf_counter() - total, 3),
         "ranking": [c["backbone"] for c in candidates],
         "candidates": candidates,
+        "not_ranked": not_ranked,
     }
     os.makedirs(args.output_dir, exist_ok=True)
     if args.top_k:
@@ -350,10 +361,15 @@ def ranking_summary(path: str, backbone: str, target: str) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    """The command; exit 2 when a candidate could not be ranked (the others are, and are written)."""
+    import sys
+
     args = _parser().parse_args(argv)
     result = rank_backbones(args)
     print(result["table"])
     print(f"Ranking of {len(result['ranking'])} backbones in {result['seconds']:.1f}s: {args.output_dir}/ranking.json")
     for entry in result.get("top_k", []):
         print(f"Train {entry['backbone']}: {entry['command']}")
-    return 0
+    for entry in result["not_ranked"]:
+        print(f"hf-transfer rank: error: not ranked: {entry['error']}", file=sys.stderr)
+    return 2 if result["not_ranked"] else 0

@@ -47,12 +47,41 @@ def find_image_column(features: datasets.Features, where: str, requested: str | 
     )
 
 
+def _is_class_value(feat) -> bool:
+    """One class per row, as labels: a ClassLabel, or ints / strings / bools that become one."""
+    if isinstance(feat, ClassLabel):
+        return True
+    return isinstance(feat, Value) and (
+        feat.dtype.startswith(("int", "uint")) or feat.dtype in ("string", "large_string", "bool")
+    )
+
+
+def check_label_feature(feat, column: str, where: str) -> None:
+    """Refuse a label column that does not hold one class per image, naming it and what it holds.
+
+    A list column (multi-label tags) reached Arrow's ``unique`` and failed there; a float column became one
+    "class" per distinct value."""
+    if _is_class_value(feat):
+        return
+    if isinstance(feat, (datasets.List, datasets.Sequence, datasets.LargeList, list)):
+        what = "a list per image (multi-label)"
+        fix = "hf_transfer trains single-label classifiers: give a column with one class per image"
+    elif isinstance(feat, Value) and feat.dtype.startswith(("float", "double", "decimal")):
+        what = f"{feat.dtype} numbers (a regression target?)"
+        fix = "give a column of class ids or class names"
+    else:
+        what = f"{feat!r}"
+        fix = "give a column of class ids or class names (ClassLabel, int or string)"
+    raise TransferConfigError(f"{where}: label column {column!r} holds {what}, not one class per image; {fix}.")
+
+
 def find_label_column(
     features: datasets.Features, where: str, requested: str | None = None, required: bool = True
 ) -> str | None:
     if requested is not None:
         if requested not in features:
             raise TransferConfigError(f"{where}: label column {requested!r} not found; columns are {sorted(features)}.")
+        check_label_feature(features[requested], requested, where)
         return requested
     typed = [name for name, feat in features.items() if isinstance(feat, ClassLabel)]
     if len(typed) == 1:

@@ -28,6 +28,7 @@ from torch import nn
 from hf_transfer.data.transforms import DataConfig
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.logs import quiet_load_report
+from hf_transfer.models.weights import raise_if_unreadable
 
 logger = logging.getLogger(__name__)
 
@@ -299,15 +300,19 @@ def load_backbone(
             config.label_names = list(label_names)
         config.id2label, config.label2id = id2label, label2id  # also sets num_labels
         with quiet_load_report():
-            model, info = AutoModelForImageClassification.from_pretrained(
-                hub_id,
-                config=config,
-                revision=revision,
-                ignore_mismatched_sizes=True,
-                trust_remote_code=trust_remote_code,
-                use_safetensors=True,
-                output_loading_info=True,
-            )
+            try:
+                model, info = AutoModelForImageClassification.from_pretrained(
+                    hub_id,
+                    config=config,
+                    revision=revision,
+                    ignore_mismatched_sizes=True,
+                    trust_remote_code=trust_remote_code,
+                    use_safetensors=True,
+                    output_loading_info=True,
+                )
+            except Exception as err:
+                raise_if_unreadable(hub_id, revision, err)  # a damaged weight file: named
+                raise
         head_prefix = _find_head_name(model) + "."
         fresh = set(info.get("missing_keys", ())) | {k[0] for k in info.get("mismatched_keys", ())}
         head_pretrained = not any(k.startswith(head_prefix) for k in fresh)

@@ -23,7 +23,7 @@ import transformers
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from hf_transfer import __version__
-from hf_transfer.config import TransferArguments
+from hf_transfer.config import TransferArguments, push_repo_id, report_to_problem
 from hf_transfer.data.align import align_domains
 from hf_transfer.data.classes import select_classes
 from hf_transfer.data.load import load_domain
@@ -49,6 +49,7 @@ from hf_transfer.training.run_folder import (
     RunIdentityCallback,
     check_output_dir,
     clear_previous_outputs,
+    released_on_failure,
     require_same_run,
     run_identity,
     write_identity,
@@ -117,22 +118,9 @@ class PushRequest:
     @classmethod
     def take_from(cls, args: TransferArguments, training_args) -> PushRequest | None:
         token, training_args.hub_token = training_args.hub_token, None
-        if not training_args.push_to_hub:
+        repo_id = push_repo_id(args, training_args)  # checked by plan_run already, with the same function
+        if repo_id is None:
             return None
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-        repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
-        try:
-            validate_repo_id(repo_id)
-        except HFValidationError as err:
-            raise TransferConfigError(f"hub_model_id {repo_id!r} is not a valid Hub repo id: {err}") from err
-        if args.method == "lora" and args.publish != "merged" and os.path.isdir(args.backbone):
-            # the push would refuse the adapter at the end (its base is a path on this disk): say it first
-            raise TransferConfigError(
-                f"--push_to_hub with method=lora on the local base {args.backbone!r}: the adapter would point at a "
-                "path on this machine. Train without --push_to_hub, then run `hf-transfer push OUTPUT_DIR REPO_ID "
-                "--allow_local_base` if that is what you want, or use a Hub base."
-            )
         training_args.push_to_hub = False
         return cls(repo_id, training_args.hub_private_repo, training_args.hub_revision, args.hub_create_pr, token)
 
@@ -368,6 +356,7 @@ class PreparedRun:
     ranking: dict | None = None  # --ranking: the ranking that chose this backbone (the card's "Why this backbone")
     # the output folder's lock (main process; None on the others): held until run_transfer's last write
     folder_lock: FolderLock | None = None
+    identity: dict | None = None  # what run_identity.json records (released again if the run fails: run_folder)
 
 
 def prepare_run(
@@ -381,7 +370,9 @@ def prepare_run(
     from hf_transfer.plan import plan_run
 
     quiet_unactionable_logs(http=False)
-    plan = plan_run(args, training_args)
+    plan = plan_run(args, training_args)  # every check plan makes: train refuses what plan refuses, and back
+    if problem := report_to_problem(training_args):  # plan reports it as a problem of this machine
+        raise TransferConfigError(problem)
     push = PushRequest.take_from(args, training_args)
     _prepare_training_args(training_args)
     identity = run_identity(args, training_args)
@@ -394,7 +385,8 @@ def prepare_run(
         )
     folder_lock = _claim_output_dir(args, training_args, identity, resume)
     try:
-        run = _build_run(args, training_args, callbacks, identity, resume, push, plan["ranking"])
+        with released_on_failure(training_args.output_dir, identity):
+            run = _build_run(args, training_args, callbacks, identity, resume, push, plan["ranking"])
     except BaseException:
         if folder_lock is not None:
             folder_lock.release()
@@ -463,7 +455,9 @@ def _build_run(
         transfer_mode=mode,
         callbacks=[*(callbacks or []), *mode.callbacks(), RunIdentityCallback(identity)],
     )
-    return PreparedRun(args, training_args, data, backbone, mode, model, eval_sets, trainer, resume, push, ranking)
+    return PreparedRun(
+        args, training_args, data, backbone, mode, model, eval_sets, trainer, resume, push, ranking, identity=identity
+    )
 
 
 def warn_unscored_classes(splits: dict, label_names: list[str]) -> dict[str, list[str]]:
@@ -485,7 +479,8 @@ def run_transfer(
     start = time.time()
     run = prepare_run(args, training_args, callbacks)
     with run.folder_lock or contextlib.nullcontext():  # until the last write (export, card, push); errors too
-        return _train_and_write(run, start)
+        with released_on_failure(training_args.output_dir, run.identity):
+            return _train_and_write(run, start)
 
 
 def _train_and_write(run: PreparedRun, start: float) -> dict[str, Any]:

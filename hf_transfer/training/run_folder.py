@@ -15,6 +15,10 @@ convention, with the run's identity written down:
 * the folder is locked (:mod:`hf_transfer.folder_lock`) before it is checked and until the run's last write,
   so two runs started together cannot both find it free: the second is refused, naming the first's pid and
   host. The lock file is not a run output: it is never listed, cleared or counted as "used".
+* a run that fails before it wrote anything but its ``run_identity.json`` (a damaged backbone, a wrong
+  column, a crash before the first checkpoint) removes that file again (:func:`released_on_failure`): the
+  corrected retry, with other arguments, must not be refused as "a different run" over a folder that holds
+  nothing of value.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from transformers import TrainerCallback
 
@@ -196,6 +202,36 @@ def check_output_dir(output_dir: str, identity: dict, *, resume: bool, overwrite
         "with --overwrite_output_dir true (removes its weights, card, examples, checkpoints and plots), or choose "
         "another output_dir."
     )
+
+
+def release_claim(output_dir: str, identity: dict) -> bool:
+    """Remove this run's ``run_identity.json`` when the folder holds nothing else (main process); True if it did.
+
+    The folder itself stays (it may be one the user made). A folder with any other entry keeps its identity:
+    checkpoints or outputs are resumed or overwritten only with it."""
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process or not os.path.isdir(output_dir):
+        return False
+    recorded = read_identity(output_dir)
+    if os.listdir(output_dir) != [IDENTITY_FILE] or recorded is None or identity_difference(recorded, identity):
+        return False
+    os.remove(os.path.join(output_dir, IDENTITY_FILE))
+    logger.info("The run failed before writing anything: released output_dir %s for the next run.", output_dir)
+    return True
+
+
+@contextmanager
+def released_on_failure(output_dir: str, identity: dict) -> Iterator[None]:
+    """Run the block; if it raises, :func:`release_claim` (the error goes on unchanged)."""
+    try:
+        yield
+    except BaseException:
+        try:
+            release_claim(output_dir, identity)
+        except OSError as err:  # never hide the run's own error behind this one
+            logger.warning("Could not release output_dir %s: %s", output_dir, err)
+        raise
 
 
 def clear_previous_outputs(output_dir: str, entries: list[str]) -> None:
