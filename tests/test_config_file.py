@@ -2,7 +2,6 @@
 at load time, fast and in little memory, with a message naming the file and the key."""
 
 import json
-import time
 import tracemalloc
 
 import pytest
@@ -30,17 +29,16 @@ def _bomb_in_mapping(key: str, levels: int = 40) -> str:
 
 
 def _refused_quickly(path) -> str:
-    """The TransferConfigError of loading ``path``, checked to take under 5 s and 20 MB (the bombs took minutes and
-    4 GB; PyYAML's scanner looks up to 1024 characters ahead on a line of ``[``, ~0.2 s, slower under tracemalloc)."""
+    """The TransferConfigError of loading ``path``, checked to peak under 20 MB (the bombs took minutes and 4 GB).
+    No wall-clock bound: the memory one is what a bomb breaks, and it does not depend on the machine's load (a
+    bomb that got through would also run into the suite's per-test timeout)."""
     tracemalloc.start()
-    start = time.perf_counter()
     try:
         with pytest.raises(TransferConfigError) as err:
             load_config_file(str(path))
     finally:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-    assert time.perf_counter() - start < 5.0
     assert peak < 20e6, f"peak {peak / 1e6:.1f} MB while loading {path}"
     return str(err.value)
 
