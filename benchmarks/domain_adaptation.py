@@ -72,7 +72,7 @@ ARMS = [
     # MDD's registered 0.1x backbone rate assumes a pretrained backbone; this one starts from random init
     # (its 0.1x run reaches only 29.6% SOURCE accuracy: chosen from that, not from target labels)
     ("mdd+backbone_lr1", "domain", "mdd", {"backbone_lr_scale": 1.0}),
-    # self-training variants (issue #4: pseudo_label is below source-only on printed->handwritten)
+    # self-training variants (pseudo_label is below source-only on printed->handwritten)
     ("pseudo_label+thr0.8", "domain", "pseudo_label", {"method_args": {"threshold": 0.8}}),
     ("cbst", "domain", "cbst", {"method_args": {"fraction_start": 0.2, "fraction": 0.5}}),
     ("fixmatch", "domain", "fixmatch", {"method_args": {"threshold": 0.95}}),

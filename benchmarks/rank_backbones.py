@@ -1,4 +1,4 @@
-"""How well ``hf-transfer rank``'s scores predict fine-tuned accuracy, on a zoo built offline (issue 14).
+"""How well ``hf-transfer rank``'s scores predict fine-tuned accuracy, on a zoo built offline.
 
     OMP_NUM_THREADS=1 python benchmarks/rank_backbones.py --out benchmarks/results/rank_backbones.md  # ~10 min
     OMP_NUM_THREADS=1 python benchmarks/rank_backbones.py --quick   # a smoke run: tiny budgets
@@ -264,7 +264,7 @@ def _f(v, fmt="{:.3f}") -> str:
 def format_report(s: dict) -> str:
     targets = s["targets"]
     lines = [
-        "# Backbone ranking on a zoo built offline (issue 14)",
+        "# Backbone ranking on a zoo built offline",
         "",
         f"Command: `OMP_NUM_THREADS=1 {s['command']}` ({s['machine']}; total {s['total_seconds'] / 60:.1f} min; "
         f"load average at start {s['load_average_at_start'][0]}, at end {s['load_average_at_end'][0]}: the "
@@ -326,7 +326,7 @@ def format_report(s: dict) -> str:
     lines += [
         f"| all | | | {s['rank_seconds']:.1f} | {s['finetune_seconds']:.0f} | 1/{1 / ratio:.0f} |",
         "",
-        f"Targets of issue 14: best mean weighted tau >= 0.7: **{'met' if best[1]['mean_tau'] >= 0.7 else 'not met'}** "
+        f"Targets: best mean weighted tau >= 0.7: **{'met' if best[1]['mean_tau'] >= 0.7 else 'not met'}** "
         f"(best: {best[0]}, {best[1]['mean_tau']:.3f}, over every candidate); ranking <= 1/20 of fine-tuning all: "
         f"**{'met' if ratio <= 1 / 20 else 'not met'}** (1/{1 / ratio:.1f}). Rank times include loading the target "
         "and every candidate; fine-tune times are each run_transfer call (training, evaluation, export), "

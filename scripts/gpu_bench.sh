@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs ON the lent GPU machine (device tool: carry [".whl"], command "bash scripts/gpu_bench.sh",
-# timeout_s 590), from the repo root, after scripts/gpu_wheels.sh ran here. One call does all the
-# GPU checks of issue #7, each stage under its own time limit so that a slow stage cannot eat the
+# Runs on a CUDA machine, from the repo root (with the .whl/ folder that scripts/gpu_wheels.sh filled on a
+# machine that reaches the package registries, when the CUDA machine does not). One call does all the
+# GPU checks, each stage under its own time limit so that a slow stage cannot eat the
 # others, writing to $OUT as it goes (what finished comes back even if the call is cut):
 #   env.txt            nvidia-smi, versions
 #   pytest_cuda.log    the CUDA-only tests + the speed-option tests, on the GPU

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run HERE (network to the package registries) before a device run: fetches into .whl/ the Python
-# 3.12 wheels that the lent H200 machine lacks or has in versions this project does not support
+# Run on a machine that reaches the package registries, before scripts/gpu_bench.sh on a CUDA machine that
+# does not: fetches into .whl/ the Python 3.12 wheels that such a machine (an H200 image) lacks or has in versions this project does not support
 # (it has torch, torchvision, accelerate, numpy, pandas, pyarrow, ... but transformers 5.17,
 # huggingface_hub 1.x and no datasets), and a copy of the stock anchor script
 # (../shared/bench/stock_recipe_anchor.py, outside this repository; skipped when absent). About 20 MB, under the

@@ -1,4 +1,4 @@
-"""Cache entries are checked before use (issue 22, guard 4).
+"""Cache entries are checked before use.
 
 An entry damaged on disk after it was written (truncated, zeroed, one byte flipped, or written before the
 size/checksum record existed) is found on its first use in a process, removed with a warning naming it and

@@ -348,7 +348,7 @@ def test_training_curves_one_quantity_per_panel():
 
 
 # ------------------------------------------------------------------------------------------------
-# cards that tell the chain (issue 28)
+# cards that tell the chain
 # ------------------------------------------------------------------------------------------------
 def _write_run(folder, results) -> str:
     """A run folder as far as a card reads it: its results.json (no weights needed)."""

@@ -1,5 +1,4 @@
-"""The console shows the project's own lines and progress; warnings a user cannot act on are gone
-(issue "Nothing silent", item 14)."""
+"""The console shows the project's own lines and progress; warnings a user cannot act on are gone."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Disks fill up (issue 22, guard 5): "no space left on PATH, N MB needed", never SIGBUS or torch's
+"""Disks fill up: "no space left on PATH, N MB needed", never SIGBUS or torch's
 ``unexpected pos``, and the last complete checkpoint (or export) stays as it was.
 
 Real full disks are small tmpfs mounts (root only: skipped with the reason otherwise); the same paths are

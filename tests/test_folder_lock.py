@@ -1,4 +1,4 @@
-"""One output folder, one writer (issue 22, guard 3): two runs started together into one folder cannot both
+"""One output folder, one writer: two runs started together into one folder cannot both
 write it, a lock left by a killed process is taken over, and a push or evaluate into a folder a run is
 writing is refused, naming the run's pid and host."""
 

@@ -1,4 +1,4 @@
-"""A run's health (issue 22, guard 1): a non-finite or exploding loss, non-finite weights or outputs stop the run
+"""A run's health: a non-finite or exploding loss, non-finite weights or outputs stop the run
 with an error naming the step and the loss, before anything is saved from it; the folder is marked and ``push``
 refuses it; softer signs (loss ended far above its start, accuracy at chance) are warned about in the log,
 results.json and the card; the round-trip check fails on NaN; ``train_loss`` covers the whole run after a resume."""

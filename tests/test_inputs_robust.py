@@ -1,6 +1,6 @@
 """Odd inputs on the data path: odd image sizes, unreadable images, a last batch of one, killed writers.
 
-Issue 11 items 2, 6, 8, 10 and 11: each either does what it says or stops before training with an
+Each either does what it says or stops before training with an
 error that names the dataset, split and row.
 """
 

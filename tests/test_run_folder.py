@@ -1,6 +1,6 @@
 """An output folder holds one run: another run's folder is refused before any work, resume only continues
 the run that wrote the checkpoint, --overwrite_output_dir clears the old outputs, and no secret is ever
-written to disk (issue "Nothing silent", items 1, 4, 9 and 13)."""
+written to disk."""
 
 from __future__ import annotations
 

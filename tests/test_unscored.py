@@ -44,7 +44,7 @@ def test_unscored_helpers():
 
 @pytest.mark.slow
 def test_hundred_classes_of_two_images_say_which_are_not_scored(tmp_path, caplog):
-    """The issue's case: 100 classes x 2 images (no test split: a 20% hold-out) leaves most classes without
+    """The reported case: 100 classes x 2 images (no test split: a 20% hold-out) leaves most classes without
     a test row; the run warns before training, records them and the card names them."""
     labels = [f"kind {k:03d}" for k in range(100) for _ in range(2)]
     folder = _parquet_dir(tmp_path / "hundred", {"train": labels})
