@@ -214,7 +214,8 @@ def release_claim(output_dir: str, identity: dict) -> bool:
     if not PartialState().is_main_process or not os.path.isdir(output_dir):
         return False
     recorded = read_identity(output_dir)
-    if os.listdir(output_dir) != [IDENTITY_FILE] or recorded is None or identity_difference(recorded, identity):
+    held = [name for name in os.listdir(output_dir) if name != LOCK_FILE]  # the run's own lock is not an output
+    if held != [IDENTITY_FILE] or recorded is None or identity_difference(recorded, identity):
         return False
     os.remove(os.path.join(output_dir, IDENTITY_FILE))
     logger.info("The run failed before writing anything: released output_dir %s for the next run.", output_dir)
