@@ -243,7 +243,17 @@ def _safe(name: str) -> str:
 
 
 def rank_backbones(args) -> dict:
-    """The ranking of ``args.backbones`` on ``args.target`` (see the module doc); writes the outputs."""
+    """The ranking of ``args.backbones`` on ``args.target`` (see the module doc); writes the outputs, holding
+    ``--output_dir``'s lock from the argument checks to the last write (one writer per folder, as ``train``)."""
+    from hf_transfer.folder_lock import lock_folder
+
+    check_args(args)
+    with lock_folder(args.output_dir, "hf-transfer rank"):
+        return _rank_backbones(args)
+
+
+def _rank_backbones(args) -> dict:
+    """:func:`rank_backbones` once the output folder is held."""
     import torch
     from transformers import set_seed
 
@@ -253,7 +263,6 @@ def rank_backbones(args) -> dict:
     from hf_transfer.training.modes.common import subset
     from hf_transfer.training.run import load_transfer_data
 
-    check_args(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     transfer_args, _ = arguments_from_dict(_run_dict(args, args.backbones[0], args.output_dir))
     set_seed(args.seed)  # as a training run does before it loads its data

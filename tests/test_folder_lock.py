@@ -207,3 +207,25 @@ def test_a_refused_ddp_launch_ends_on_every_rank(holder, tmp_path):
             -3000:
         ]
     assert sorted(p.name for p in folder.iterdir()) == [LOCK_FILE]  # the holder's folder: nothing written
+
+
+def test_rank_into_a_folder_another_writer_holds_is_refused_before_any_work(holder, capsys):
+    """hf-transfer rank writes ranking.json, ranking.png and train configs into --output_dir: it holds the folder's
+    lock too, and a held folder is refused naming the holder, before a candidate is loaded."""
+    from hf_transfer.cli import main
+
+    folder, proc = holder
+    argv = [
+        "rank",
+        "--target",
+        "builtin:digits-handwritten",
+        "--backbones",
+        "test_resnet",
+        "test_vit",
+        "--image_size",
+        "32",
+    ]
+    rc = main([*argv, "--output_dir", str(folder)])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"pid {proc.pid} on host {socket.gethostname()}" in err, err
+    assert not (folder / "ranking.json").exists()
