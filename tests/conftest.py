@@ -65,6 +65,47 @@ def tiny_args(tmp_path, **overrides) -> dict:
     return args
 
 
+def two_process_launch(script: str, *args: str) -> list[str]:
+    """``accelerate launch`` of a real 2-process DDP run on CPU (gloo); ``--cpu`` would start ONE process."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        script,
+        *args,
+    ]
+
+
+def random_png_dataset(n: int, h: int, w: int, names: list[str], seed: int = 0):
+    """``n`` random-noise RGB PNGs of ``h x w`` in a ``datasets.Dataset`` with labels ``k % len(names)``."""
+    import io
+
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    cells = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
+        cells.append({"bytes": buf.getvalue(), "path": None})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    labels = [k % len(names) for k in range(n)]
+    return datasets.Dataset.from_dict({"image": cells, "label": labels}, features=features)
+
+
 def pytest_unconfigure(config):
     """The session's HF_HOME / caches go with the session (they hold decoded images and datasets)."""
     import shutil

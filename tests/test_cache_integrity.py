@@ -7,7 +7,6 @@ stands for a new process (a process checks each file once)."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -16,7 +15,6 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from hf_transfer import cache as cache_module
 from hf_transfer.config import arguments_from_dict
@@ -27,20 +25,13 @@ from hf_transfer.methods.feature.cache import FeatureCache
 from hf_transfer.models.backbones import load_backbone
 from hf_transfer.training.run import run_transfer
 
-from conftest import tiny_args
+from conftest import random_png_dataset, tiny_args
 
 NAMES = ["a", "b", "c"]
 
 
 def _images(n: int, h: int = 24, w: int = 20) -> datasets.Dataset:
-    rng = np.random.default_rng(n)
-    cells = []
-    for _ in range(n):
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
-        cells.append({"bytes": buf.getvalue(), "path": None})
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=NAMES)})
-    return datasets.Dataset.from_dict({"image": cells, "label": [k % 3 for k in range(n)]}, features=features)
+    return random_png_dataset(n, h, w, NAMES, seed=n)
 
 
 def damage(path: str, how: str) -> None:

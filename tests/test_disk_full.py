@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import os
 import shutil
 import subprocess
@@ -16,10 +15,8 @@ import sys
 from collections import namedtuple
 
 import datasets
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from hf_transfer import disk
 from hf_transfer.config import arguments_from_dict
@@ -31,7 +28,7 @@ from hf_transfer.models.backbones import load_backbone
 from hf_transfer.training.checkpoints import checkpoint_problem, last_complete_checkpoint
 from hf_transfer.training.run import run_transfer
 
-from conftest import tiny_args
+from conftest import random_png_dataset, tiny_args
 
 MB = 2**20
 Usage = namedtuple("Usage", "total used free")
@@ -51,14 +48,7 @@ def tiny_tmpfs(folder, size: str):
 
 
 def _images(n: int, h: int, w: int) -> datasets.Dataset:
-    rng = np.random.default_rng(0)
-    cells = []
-    for _ in range(n):
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
-        cells.append({"bytes": buf.getvalue(), "path": None})
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
-    return datasets.Dataset.from_dict({"image": cells, "label": [k % 2 for k in range(n)]}, features=features)
+    return random_png_dataset(n, h, w, ["a", "b"])
 
 
 def _assert_names(err: pytest.ExceptionInfo, path) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from hf_transfer.folder_lock import LOCK_FILE, FolderInUseError, lock_folder
 
-from conftest import tiny_args
+from conftest import tiny_args, two_process_launch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -196,10 +196,12 @@ def test_a_refused_ddp_launch_ends_on_every_rank(holder, tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_RUN)
     env = {**_env(), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     done = subprocess.run(
-        [*launch, str(script), str(tmp_path), str(folder)], env=env, capture_output=True, text=True, timeout=300
+        two_process_launch(str(script), str(tmp_path), str(folder)),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode != 0
     for rank in (0, 1):

@@ -23,7 +23,7 @@ from hf_transfer.training.checkpoints import resolve_resume
 from hf_transfer.training.health_guard import STATE_FILE, TrainingHealthError
 from hf_transfer.training.run import run_transfer
 
-from conftest import tiny_args
+from conftest import tiny_args, two_process_launch
 
 SOURCE = "builtin:digits-printed"
 
@@ -272,26 +272,10 @@ def test_two_process_ddp_run_stops_on_every_process(tmp_path, learning_rate, rea
     """Under DDP the losses are gathered before the verdict, so both processes stop together (a lone raise would
     leave the other waiting in the next collective) and one marker is written."""
     import subprocess
-    import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     args = tiny_args(tmp_path, mode="task", method="full", learning_rate=learning_rate, per_device_train_batch_size=8)
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        os.path.join(root, "recipes", "train.py"),
-        *_flags(args),
-    ]
+    cmd = two_process_launch(os.path.join(root, "recipes", "train.py"), *_flags(args))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0

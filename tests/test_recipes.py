@@ -17,6 +17,8 @@ from hf_transfer.config import arguments_from_dict, load_config_file, parse_args
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.training.run import run_transfer
 
+from conftest import two_process_launch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE, TARGET = "builtin:digits-printed", "builtin:digits-handwritten"
 TINY = {
@@ -216,26 +218,6 @@ def test_resume_matches_uninterrupted(tmp_path, mode, method, extra):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-def _two_process_launch(script: str, *args: str) -> list[str]:
-    """``accelerate launch`` of a real 2-process DDP run on CPU (gloo); ``--cpu`` would start ONE process."""
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        script,
-        *args,
-    ]
-
-
 def _env():
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -292,7 +274,7 @@ def test_kill_dash_nine_and_resume(tmp_path):
 def test_two_process_ddp(tmp_path, mode, method, extra):
     """accelerate launch --multi_gpu --num_processes 2 on CPU (gloo): a real 2-process run."""
     path = _config(tmp_path, mode, method, extra, save_strategy="no", max_steps=3)
-    cmd = _two_process_launch(os.path.join(ROOT, "recipes", "train.py"), "--config", path)
+    cmd = two_process_launch(os.path.join(ROOT, "recipes", "train.py"), "--config", path)
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.load(open(tmp_path / mode / "results.json"))
@@ -313,7 +295,7 @@ def test_feature_cache_sharded_under_two_process_ddp(tmp_path):
 
     cache = tmp_path / "ddp_cache"
     path = _config(tmp_path, "feature", "linear", {"feature_cache_dir": str(cache)}, save_strategy="no", max_steps=2)
-    cmd = _two_process_launch(os.path.join(ROOT, "recipes", "train.py"), "--config", path)
+    cmd = two_process_launch(os.path.join(ROOT, "recipes", "train.py"), "--config", path)
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-4000:]
     assert json.load(open(tmp_path / "feature" / "results.json"))["hyperparameters"]["world_size"] == 2
@@ -368,7 +350,7 @@ def test_damaged_feature_cache_is_rebuilt_once_under_two_process_ddp(tmp_path):
             for entry in (p for p in cache.iterdir() if not p.name.startswith(".")):
                 features = entry / "features.npy"
                 features.write_bytes(features.read_bytes()[:128] + bytes(features.stat().st_size - 128))
-        cmd = _two_process_launch(os.path.join(ROOT, "recipes", "train.py"), "--config", path)
+        cmd = two_process_launch(os.path.join(ROOT, "recipes", "train.py"), "--config", path)
         runs.append(subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400))
         assert runs[-1].returncode == 0, runs[-1].stderr[-4000:]
     entries = sorted(str(p) for p in cache.iterdir() if not p.name.startswith("."))
@@ -386,7 +368,7 @@ def test_damaged_feature_cache_is_rebuilt_once_under_two_process_ddp(tmp_path):
 def test_every_domain_method_under_two_process_ddp(tmp_path):
     from hf_transfer.methods.domain import LOSSES
 
-    cmd = _two_process_launch(os.path.join(ROOT, "tests", "ddp_all_methods.py"), str(tmp_path))
+    cmd = two_process_launch(os.path.join(ROOT, "tests", "ddp_all_methods.py"), str(tmp_path))
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     for method in LOSSES:
@@ -491,7 +473,7 @@ def test_learning_rate_auto_under_two_process_ddp(tmp_path):
     rate (checked across the processes by the run itself, which stops otherwise) and train with it."""
     path = _config(tmp_path, "task", "full", {"learning_rate": "auto"}, save_strategy="no", max_steps=3)
     done = subprocess.run(
-        _two_process_launch(os.path.join(ROOT, "recipes", "train.py"), "--config", path),
+        two_process_launch(os.path.join(ROOT, "recipes", "train.py"), "--config", path),
         env=_env(),
         capture_output=True,
         text=True,

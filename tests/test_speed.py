@@ -4,7 +4,6 @@ decoding with worker processes: correctness only, never timing."""
 from __future__ import annotations
 
 import contextlib
-import io
 import itertools
 import json
 import os
@@ -14,7 +13,6 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.errors import TransferConfigError
@@ -31,7 +29,7 @@ from hf_transfer.models.speed import (
 )
 from hf_transfer.training.run import prepare_run, run_transfer
 
-from conftest import tiny_args
+from conftest import random_png_dataset, tiny_args
 
 TARGET = "builtin:digits-handwritten"
 NAMES = ["a", "b", "c"]
@@ -43,14 +41,7 @@ def tiny(tmp_path, **overrides) -> dict:
 
 
 def _images(n: int, h: int = 30, w: int = 40) -> datasets.Dataset:
-    rng = np.random.default_rng(0)
-    cells = []
-    for _ in range(n):
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
-        cells.append({"bytes": buf.getvalue(), "path": None})
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=NAMES)})
-    return datasets.Dataset.from_dict({"image": cells, "label": [k % 3 for k in range(n)]}, features=features)
+    return random_png_dataset(n, h, w, NAMES)
 
 
 # -- channels_last -----------------------------------------------------------------------------

@@ -168,7 +168,7 @@ def iter_features(
     run = torch.compile(model, **compile_options) if compile_options is not None else model
     try:
         # one bar per run, not one per DDP process (each extracts its own shard, or, for the domain gap, all rows)
-        for batch in tqdm(loader, desc=desc, unit="batch", disable=_process_rank() != 0 or None):
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=not PartialState().is_main_process or None):
             # the contexts are entered per batch: none of them stays on while the caller runs
             with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 pixels = batch["pixel_values"].to(device, non_blocking=True)
@@ -262,13 +262,6 @@ def _fast_loader(
     )
     augment = BatchAugment(backbone.data_config, "none").eval().to(device)
     return loader, augment
-
-
-def _process_rank() -> int:
-    """This process's global rank under torch.distributed / accelerate launch (0 on one process)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return int(os.environ.get("RANK", "0") or 0)
 
 
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
