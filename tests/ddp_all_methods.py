@@ -1,11 +1,13 @@
 """Launched by tests/test_recipes.py under `accelerate launch --multi_gpu --num_processes 2` (CPU,
-gloo): every registered domain-adaptation method (and DANN with the shared options) trains a few steps in ONE
+gloo): every registered domain-adaptation method (and DANN with the shared options, and the methods that own
+their training step with gradient accumulation) trains a few steps in ONE
 launch (imports and process-group setup are paid once), each writing its results.json from the main process."""
 
 import sys
 
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.methods.domain import LOSSES
+from hf_transfer.methods.domain.step import SteppedLoss
 from hf_transfer.training.run import run_transfer
 
 out = sys.argv[1]
@@ -17,8 +19,11 @@ SHARED = {
     "partial_weighting": "pada",
     "pada_every": 1,
 }
-for method, extra in [(m, {}) for m in sorted(LOSSES)] + [("dann", SHARED)]:
-    name = method + ("_shared_options" if extra else "")
+# the methods that own their step, once more with gradient accumulation (their passes hold the micro-batches)
+ACCUMULATED = {"gradient_accumulation_steps": 2}
+stepped = [(m, ACCUMULATED) for m in sorted(LOSSES) if issubclass(LOSSES[m], SteppedLoss)]
+for method, extra in [(m, {}) for m in sorted(LOSSES)] + [("dann", SHARED)] + stepped:
+    name = method + ("_shared_options" if extra is SHARED else "_accumulated" if extra else "")
     run_transfer(
         *arguments_from_dict(
             {

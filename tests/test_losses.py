@@ -27,6 +27,7 @@ from hf_transfer.methods.domain import (
 from hf_transfer.methods.domain.cdan import CDANLoss
 from hf_transfer.methods.domain.coral import coral
 from hf_transfer.methods.domain.mmd import mk_mmd
+from hf_transfer.methods.domain.step import SteppedLoss
 from hf_transfer.methods.registry import all_methods
 
 D, C = 8, 4
@@ -52,6 +53,7 @@ class Row:
     source_weight: bool = False  # takes per-sample source weights (PADA)
     zero_grad_ok: bool = False  # the gradient may vanish on the test batch (thresholded methods)
     reference: Callable | None = None  # (loss in eval mode, f_s, f_t, l_s, l_t) -> the paper's value
+    stepped: bool = False  # owns its training step (SteppedLoss): several passes per optimizer step
 
 
 def _mdd_reference(m, f_s, f_t, l_s, l_t):
@@ -73,6 +75,8 @@ METHODS = {
     "cbst": Row("logits", logits=True),
     "fixmatch": Row("logits", logits=True, zero_grad_ok=True),
     "mdd": Row("features", logits=True, adversarial=True, source_weight=True, reference=_mdd_reference),
+    "mcd": Row("logits", logits=True, stepped=True),
+    "sdat": Row("features", logits=True, stepped=True),
 }
 
 
@@ -85,6 +89,7 @@ def test_the_table_has_one_row_per_registered_method():
             assert cls.paper.startswith("http") and cls.paper in cls.__doc__, name
         assert cls.needs_logits == METHODS[name].logits and cls.uses_source_weight == METHODS[name].source_weight
         assert issubclass(cls, AdversarialLoss) == METHODS[name].adversarial
+        assert issubclass(cls, SteppedLoss) == METHODS[name].stepped
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

@@ -15,6 +15,8 @@ from transformers import TrainerCallback
 from hf_transfer.cli import main as cli_main
 from hf_transfer.config import arguments_from_dict, load_config_file, parse_args
 from hf_transfer.errors import TransferConfigError
+from hf_transfer.methods.domain import LOSSES
+from hf_transfer.methods.domain.step import SteppedLoss
 from hf_transfer.training.run import run_transfer
 
 from conftest import two_process_launch
@@ -46,6 +48,14 @@ MODES = [
     ("feature", "linear", {}),
     ("domain", "dann", {"method_args": {"hold": 0.0}}),
     ("task", "partial", {"freeze": "stem", "backbone_lr_scale": 0.1}),
+]
+
+#: every method that owns its training step, resumed with gradient accumulation and clipping on (its passes
+#: hold the micro-batches of a step and clip each update)
+STEPPED = [
+    ("domain", name, {"gradient_accumulation_steps": 2, "max_grad_norm": 0.5, "logging_steps": 1})
+    for name, cls in LOSSES.items()
+    if issubclass(cls, SteppedLoss)
 ]
 
 
@@ -199,7 +209,7 @@ def _weights(output_dir):
     return load_file(os.path.join(output_dir, "model.safetensors"))
 
 
-@pytest.mark.parametrize("mode, method, extra", MODES)
+@pytest.mark.parametrize("mode, method, extra", MODES + STEPPED)
 def test_resume_matches_uninterrupted(tmp_path, mode, method, extra):
     base = {**TINY, "mode": mode, "method": method, **extra, "save_strategy": "steps", "save_steps": 2}
     if mode == "feature":  # feature-mode options are refused in the others, augment is refused here
@@ -216,6 +226,15 @@ def test_resume_matches_uninterrupted(tmp_path, mode, method, extra):
     a, b = _weights(tmp_path / "full"), _weights(crashed_dir)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    if (mode, method, extra) in STEPPED:  # every pass's loss is logged, the same after the resume
+        with open(os.path.join(crashed_dir, "checkpoint-6", "trainer_state.json")) as f:
+            resumed_log = json.load(f)["log_history"]
+        with open(tmp_path / "full" / "checkpoint-6" / "trainer_state.json") as f:
+            full_log = json.load(f)["log_history"]
+        phases = {k for row in full_log for k in row if k.endswith("_loss") and k not in ("cls_loss", "train_loss")}
+        assert len(phases) >= 2, phases  # more than one pass per step, each logged
+        last = [{k: v for k, v in row.items() if k in phases} for row in (full_log[-1], resumed_log[-1])]
+        assert last[0] == last[1] and set(last[0]) == phases
 
 
 def _env():

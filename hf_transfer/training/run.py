@@ -38,6 +38,8 @@ from hf_transfer.evaluation.metrics import (
 )
 from hf_transfer.evaluation.run_health import remove_stop_marker
 from hf_transfer.folder_lock import FolderInUseError, FolderLock, lock_folder
+from hf_transfer.methods import registry
+from hf_transfer.methods.domain.step import SteppedLoss
 from hf_transfer.models.backbones import load_backbone
 from hf_transfer.models.export import export_model
 from hf_transfer.models.speed import busy_machine_note, resolve_cpu_threads, set_memory_format, use_channels_last
@@ -177,7 +179,15 @@ def _claim_output_dir(args: TransferArguments, training_args, identity: dict, re
     return lock
 
 
-def _prepare_training_args(training_args) -> None:
+def _prepare_training_args(args: TransferArguments, training_args) -> None:
+    implementation = registry.get_method(args.method, args.mode).implementation
+    if isinstance(implementation, type) and issubclass(implementation, SteppedLoss):
+        if training_args.fsdp or training_args.deepspeed:
+            raise TransferConfigError(
+                f"method={args.method} owns its training step (several optimizer updates per batch on parts of the "
+                "model), which FSDP and DeepSpeed do not allow: their engines take one update per step over the "
+                "sharded model. Remove --fsdp/--deepspeed (DDP is fine), or pick a one-loss method."
+            )
     # the mode's datasets are tensors already; the Trainer must not drop "unused" columns
     training_args.remove_unused_columns = False
     training_args.label_names = ["labels"]
@@ -188,8 +198,9 @@ def _prepare_training_args(training_args) -> None:
         training_args.dataloader_pin_memory = False
     if training_args.ddp_find_unused_parameters is None:
         # the Trainer turns it on for any model that is not a PreTrainedModel (ours), which costs a graph
-        # walk per step and warns on every DDP run; every trainable parameter of a mode gets a gradient
-        training_args.ddp_find_unused_parameters = False
+        # walk per step and warns on every DDP run: on only for a method that declares a backward pass
+        # leaving trainable parameters without a gradient (e.g. MCD's step B)
+        training_args.ddp_find_unused_parameters = bool(getattr(implementation, "find_unused_parameters", False))
 
 
 def final_metrics(trainer, eval_sets: dict, num_classes: int) -> dict[str, dict]:
@@ -374,7 +385,7 @@ def prepare_run(
     if problem := report_to_problem(training_args):  # plan reports it as a problem of this machine
         raise TransferConfigError(problem)
     push = PushRequest.take_from(args, training_args)
-    _prepare_training_args(training_args)
+    _prepare_training_args(args, training_args)
     identity = run_identity(args, training_args)
     resume = _resume_checkpoint(args, training_args, identity)
     if resume and args.input_path == "stock":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+import torch
 from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -27,6 +28,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from hf_transfer.disk import ensure_free_space, space_errors
 from hf_transfer.training.checkpoints import checkpoint_bytes
 from hf_transfer.training.health_guard import HealthGuard
+from hf_transfer.training.stepped import TrainerStepRunner, prepared_batches
 
 
 class TransferTrainer(Trainer):
@@ -34,6 +36,8 @@ class TransferTrainer(Trainer):
         self.transfer_mode = transfer_mode
         #: the ``metrics`` the mode returned with the latest training loss, logged with it
         self.step_metrics: dict[str, float] = {}
+        #: a stepped method's micro-batches of the optimizer step under way (see _stepped_training_step)
+        self._held_batches: list[dict] = []
         #: first among our callbacks: it checks after the Trainer's flow callback has decided to log or save, and
         #: writes its record into a checkpoint before run_identity.json marks the checkpoint complete
         self.health = HealthGuard(self)
@@ -98,12 +102,35 @@ class TransferTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.transfer_mode.set_progress(self._progress())
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        supervised = self.step_metrics.get("cls_loss")  # domain mode: the classification part of the loss
-        if supervised is not None:  # scaled as the Trainer scales the loss under gradient accumulation
-            supervised = supervised / self.current_gradient_accumulation_steps
+        stepped = self.transfer_mode.stepped_method(self.accelerator.unwrap_model(model))
+        if stepped is None:  # the one-loss path: the Trainer's own step
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            supervised = self.step_metrics.get("cls_loss")  # domain mode: the classification part of the loss
+            if supervised is not None:  # scaled as the Trainer scales the loss under gradient accumulation
+                supervised = supervised / self.current_gradient_accumulation_steps
+        else:
+            loss, supervised = self._stepped_training_step(model, inputs, stepped)
         self.health.observe(self.state.global_step + 1, loss, supervised)
         return loss
+
+    def _stepped_training_step(self, model, inputs, stepped) -> tuple[torch.Tensor, float | None]:
+        """A method that owns its step (:mod:`hf_transfer.training.stepped`): the micro-batches of an optimizer
+        step are held until its last one, then the method's passes run over all of them; the method's last
+        update is left to the Trainer's own optimizer step. Returns what the Trainer adds to its loss record:
+        zero for a held micro-batch, the method's reported loss (a mean over the micro-batches) at the last; and
+        the classification part of it, for the health guard, likewise."""
+        self._held_batches.append(inputs)
+        if not self.accelerator.gradient_state.sync_gradients:
+            return torch.zeros((), device=self.args.device), 0.0
+        batches, self._held_batches = self._held_batches, []
+        model.train()
+        unwrapped = self.accelerator.unwrap_model(model)
+        runner = TrainerStepRunner(
+            self, model, prepared_batches(self, model, batches), self.transfer_mode.parameter_parts(unwrapped)
+        )
+        loss = stepped.train_step(runner)
+        self.step_metrics = runner.metrics
+        return loss.detach(), runner.metrics.get("cls_loss")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)

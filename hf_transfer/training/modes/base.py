@@ -145,11 +145,14 @@ class TransferModel(nn.Module):
         row_index=None,
         image_size=None,
         target_image_size=None,
+        phase=None,
     ):
         # image_size: the original (H, W) of each image when a split mixes sizes (fast input path)
         pixel_values = self._prepare(pixel_values, image_size)
         target_pixel_values = self._prepare(target_pixel_values, target_image_size)
         extra = {} if row_index is None else {"row_index": row_index}  # feature mode, features_on_device
+        if phase is not None:  # one pass of a method that owns its training step
+            extra["phase"] = phase
         return self._mode.forward(
             self,
             pixel_values=pixel_values,
@@ -158,6 +161,15 @@ class TransferModel(nn.Module):
             features=features,
             **extra,
         )
+
+    def prepare_batch(self, inputs: dict) -> dict:
+        """``inputs`` with its image batches augmented and normalised once (fast input path), for a method
+        whose passes must all see the same augmented batch; the sizes the augmentation read are dropped."""
+        out = dict(inputs)
+        for pixels, sizes in (("pixel_values", "image_size"), ("target_pixel_values", "target_image_size")):
+            if out.get(pixels) is not None:
+                out[pixels] = self._prepare(out[pixels], out.pop(sizes, None))
+        return out
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -211,6 +223,15 @@ class TransferMode:
     # --- hooks with defaults --------------------------------------------------------------------
     def set_progress(self, progress: float) -> None:
         """Training progress in [0, 1] from the Trainer's global step (restored on resume)."""
+
+    def stepped_method(self, model: TransferModel):
+        """The method's own training step (a :class:`~hf_transfer.methods.domain.step.SteppedLoss`), or None
+        when the Trainer's one-loss step trains the mode."""
+        return None
+
+    def parameter_parts(self, model: TransferModel) -> dict[str, list[nn.Parameter]]:
+        """The trainable parameters by part (``features``, ``classifier``, ``method``), for a stepped method."""
+        raise NotImplementedError(f"mode {self.name!r} trains no method that owns its step")
 
     def optimizer_groups(self, model: TransferModel, lr: float, weight_decay: float) -> list[dict]:
         """Every trainable parameter at ``lr``, no weight decay on biases and norms: timm's

@@ -29,6 +29,7 @@ from hf_transfer.data.paired import PairedDataset, collate_paired
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.metrics import UNLABELLED
 from hf_transfer.methods.domain import build_loss, trade_off_weight
+from hf_transfer.methods.domain.step import CLASSIFIER, FEATURES, METHOD, SteppedLoss
 from hf_transfer.methods.finetune.lr import group_learning_rates, optimizer_groups_by_name
 from hf_transfer.training.modes import domain_parts
 from hf_transfer.training.modes.base import TransferMode, TransferModel, register_mode
@@ -134,7 +135,52 @@ class DomainMode(TransferMode):
         weights = self.weighting.class_weight(model, logits_s.dtype)
         return classification_loss(logits_s, labels, self.label_smoothing, weight=weights)
 
-    def forward(self, model, pixel_values=None, labels=None, target_pixel_values=None, **_):
+    def stepped_method(self, model) -> SteppedLoss | None:
+        """The method's module when it owns its training step (MCD, SDAT), else None."""
+        loss_fn = model.aux["transfer"]
+        return loss_fn if isinstance(loss_fn, SteppedLoss) else None
+
+    def _classifier(self, model) -> torch.nn.Module:
+        """The layer that maps the losses' features to logits: the bottleneck's head, or the backbone's."""
+        if self.bottleneck is not None and not self.bottleneck.folded:
+            return model.aux["bottleneck"].fc
+        return self.backbone.head
+
+    def parameter_parts(self, model) -> dict[str, list[torch.nn.Parameter]]:
+        """``classifier``: the layer that gives the logits; ``method``: the method's modules; ``features``:
+        every other trainable parameter (the backbone below its head, a bottleneck's layers)."""
+        classifier = [p for p in self._classifier(model).parameters() if p.requires_grad]
+        method = [p for p in model.aux["transfer"].parameters() if p.requires_grad]
+        taken = {id(p) for p in classifier + method}
+        features = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
+        return {FEATURES: features, CLASSIFIER: classifier, METHOD: method}
+
+    def _phase_forward(self, model, phase, pixel_values, labels, target_pixel_values):
+        """One pass of a stepped method over the paired batch: the features (without gradient in the
+        method's frozen-feature phases) and both domains' logits go to its ``phase_loss``."""
+        n_source = pixel_values.shape[0]
+        loss_fn = model.aux["transfer"]
+        pixels = torch.cat([pixel_values, target_pixel_values])
+        if phase in loss_fn.frozen_feature_phases:
+            with torch.no_grad():
+                features = self.features_and_logits(model, pixels)[0]
+            logits = self._classifier(model)(features)
+        else:
+            features, logits = self.features_and_logits(model, pixels)
+        loss, metrics = loss_fn.phase_loss(
+            phase,
+            features[:n_source],
+            features[n_source:],
+            logits[:n_source],
+            logits[n_source:],
+            lambda source_logits: self._source_loss(model, source_logits, labels),
+            self.trade_off(),
+        )
+        return {"loss": loss, "logits": logits[:n_source], "metrics": metrics}
+
+    def forward(self, model, pixel_values=None, labels=None, target_pixel_values=None, phase=None, **_):
+        if phase is not None:
+            return self._phase_forward(model, phase, pixel_values, labels, target_pixel_values)
         if target_pixel_values is None:  # evaluation (or source_only): one domain, no alignment term
             if self.bottleneck is not None and not self.bottleneck.folded:
                 logits = self.features_and_logits(model, pixel_values)[1]
