@@ -17,10 +17,10 @@ from hf_transfer.methods.domain import (
     LOSSES,
     AdversarialLoss,
     GradientReverseFunction,
-    GradientReverseLayer,
     TransferLoss,
     adapt_batchnorm,
     build_loss,
+    grad_reverse,
     grl_coefficient,
     register_loss,
 )
@@ -87,7 +87,7 @@ def test_the_table_has_one_row_per_registered_method():
         assert cls.__doc__, name
         if name != "source_only":
             assert cls.paper.startswith("http") and cls.paper in cls.__doc__, name
-        assert cls.needs_logits == METHODS[name].logits and cls.uses_source_weight == METHODS[name].source_weight
+        assert cls.uses_source_weight == METHODS[name].source_weight
         assert issubclass(cls, AdversarialLoss) == METHODS[name].adversarial
         assert issubclass(cls, SteppedLoss) == METHODS[name].stepped
 
@@ -211,7 +211,7 @@ def test_grl_negates_and_scales_the_gradient(coeff):
     (y * w).sum().backward()
     assert torch.allclose(x.grad, -coeff * w)
     x.grad = None
-    (GradientReverseLayer(coeff)(x) * w).sum().backward()
+    (grad_reverse(x, coeff) * w).sum().backward()
     assert torch.allclose(x.grad, -coeff * w)
 
 

@@ -24,7 +24,7 @@ from hf_transfer.methods.domain.coral import CORALLoss, coral  # noqa: E402
 from hf_transfer.methods.domain.dann import DANNLoss  # noqa: E402
 from hf_transfer.methods.domain.discriminator import DomainDiscriminator  # noqa: E402
 from hf_transfer.methods.domain.entropy import EntropyLoss, InformationMaximizationLoss  # noqa: E402
-from hf_transfer.methods.domain.grl import GradientReverseFunction, GradientReverseLayer, grad_reverse, grl_coefficient  # noqa: E402
+from hf_transfer.methods.domain.grl import GradientReverseFunction, grad_reverse, grl_coefficient  # noqa: E402
 from hf_transfer.methods.domain.mcc import MCCLoss, mcc  # noqa: E402
 from hf_transfer.methods.domain.mmd import MKMMDLoss, mk_mmd  # noqa: E402
 from hf_transfer.methods.domain.self_training import ClassBalancedSelfTrainingLoss, FixMatchLoss, PseudoLabelLoss  # noqa: E402
@@ -52,7 +52,6 @@ __all__ = [
     "adapt_batchnorm",
     "DomainDiscriminator",
     "GradientReverseFunction",
-    "GradientReverseLayer",
     "grad_reverse",
     "grl_coefficient",
     "mk_mmd",

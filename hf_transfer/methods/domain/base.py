@@ -31,7 +31,6 @@ class TransferLoss(nn.Module):
     * ``paper``: link to the method's paper (set by :func:`~hf_transfer.methods.domain.registry.register_loss`).
     * ``options``: the method's options, an instance of its registered config dataclass built from
       the constructor's keyword arguments (the dataclass holds the defaults and the help texts).
-    * ``needs_logits``: True when ``forward`` uses ``logits_s`` / ``logits_t``.
     * ``set_progress(p)``: training progress ``p = global_step / max_steps`` in [0, 1], set by the
       Trainer before every step. Every schedule of a loss is a pure function of ``self.progress``
       (no internal step counter), so restoring a checkpoint and setting the progress restores it.
@@ -44,7 +43,6 @@ class TransferLoss(nn.Module):
 
     paper: str = ""
     options_type: type = NoOptions
-    needs_logits: bool = False
     #: True when ``forward`` takes ``source_weight=`` (per-sample weights of the source rows, e.g.
     #: PADA's class weights on the source side of a domain loss)
     uses_source_weight: bool = False
@@ -137,7 +135,7 @@ class AdversarialLoss(TransferLoss):
 def require_logits(name: str, *logits: torch.Tensor | None) -> None:
     """Raise a clear error when a method that needs logits was called without them."""
     if any(x is None for x in logits):
-        raise ValueError(f"{name} needs classifier logits (needs_logits=True); got None")
+        raise ValueError(f"{name} needs classifier logits ; got None")
 
 
 def entropy(probs: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:

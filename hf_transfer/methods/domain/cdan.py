@@ -53,7 +53,6 @@ class CDANOptions(GRLOptions):
     description="The discriminator sees features conditioned on the class predictions.",
 )
 class CDANLoss(AdversarialLoss):
-    needs_logits = True
     uses_source_weight = True
 
     def __init__(self, feature_dim: int, num_classes: int, **options) -> None:

@@ -42,8 +42,6 @@ def coral(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
     description="Second-order statistics (feature covariances) of source and target are aligned.",
 )
 class CORALLoss(TransferLoss):
-    needs_logits = False
-
     def __init__(self, feature_dim: int = 0, num_classes: int = 0) -> None:
         super().__init__()
 

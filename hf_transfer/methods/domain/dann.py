@@ -40,7 +40,6 @@ class DANNOptions(GRLOptions):
     "and target features indistinguishable.",
 )
 class DANNLoss(AdversarialLoss):
-    needs_logits = False
     uses_source_weight = True
 
     def __init__(self, feature_dim: int, num_classes: int = 0, **options) -> None:

@@ -37,8 +37,6 @@ def information_maximization_loss(logits: torch.Tensor, diversity: float = 1.0) 
     description="The entropy of the target predictions is minimised (confident target predictions).",
 )
 class EntropyLoss(TransferLoss):
-    needs_logits = True
-
     def __init__(self, feature_dim: int = 0, num_classes: int = 0) -> None:
         super().__init__()
 
@@ -60,8 +58,6 @@ class IMOptions:
     description="Target predictions are made confident individually and diverse over the batch (SHOT's IM).",
 )
 class InformationMaximizationLoss(TransferLoss):
-    needs_logits = True
-
     def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options) -> None:
         super().__init__(**options)
         self.diversity = float(self.options.diversity)

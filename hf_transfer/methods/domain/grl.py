@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 from torch.autograd import Function
 
 
@@ -35,20 +34,6 @@ class GradientReverseFunction(Function):
 def grad_reverse(x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
     """Functional form of :class:`GradientReverseFunction`."""
     return GradientReverseFunction.apply(x, coeff)
-
-
-class GradientReverseLayer(nn.Module):
-    """Module wrapper; ``coeff`` may be overridden per call."""
-
-    def __init__(self, coeff: float = 1.0) -> None:
-        super().__init__()
-        self.coeff = float(coeff)
-
-    def forward(self, x: torch.Tensor, coeff: float | None = None) -> torch.Tensor:
-        return grad_reverse(x, self.coeff if coeff is None else coeff)
-
-    def extra_repr(self) -> str:
-        return f"coeff={self.coeff}"
 
 
 def grl_coefficient(progress: float, alpha: float = 10.0, hi: float = 1.0, hold: float = 0.0) -> float:

@@ -49,8 +49,6 @@ class MCCOptions:
     description="Confusion between classes in the target predictions is minimised.",
 )
 class MCCLoss(TransferLoss):
-    needs_logits = True
-
     def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options) -> None:
         super().__init__(**options)
         temperature = self.options.temperature

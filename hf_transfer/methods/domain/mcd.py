@@ -57,7 +57,6 @@ class MCDOptions:
     description="Two classifiers maximise their disagreement on the target; the features minimise it.",
 )
 class MCDLoss(SteppedLoss):
-    needs_logits = True
     frozen_feature_phases = frozenset({"b"})
     find_unused_parameters = True  # step B leaves the backbone without a gradient
 

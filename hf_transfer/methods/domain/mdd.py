@@ -58,7 +58,6 @@ class MDDOptions(GRLOptions):
     "disparity discrepancy, which the features minimise.",
 )
 class MDDLoss(AdversarialLoss):
-    needs_logits = True
     uses_source_weight = True
 
     def __init__(self, feature_dim: int, num_classes: int, **options) -> None:

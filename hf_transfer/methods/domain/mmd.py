@@ -103,8 +103,6 @@ class MKMMDOptions:
     description="A multi-kernel maximum mean discrepancy between source and target features is minimised.",
 )
 class MKMMDLoss(TransferLoss):
-    needs_logits = False
-
     def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options) -> None:
         super().__init__(**options)
         num_kernels, kernel_mul = self.options.num_kernels, self.options.kernel_mul

@@ -54,7 +54,6 @@ def sharpness_perturbation(params: list[torch.nn.Parameter], rho: float) -> list
     description="CDAN + MCC with sharpness-aware minimisation of the classification loss.",
 )
 class SDATLoss(SteppedLoss):
-    needs_logits = True
     find_unused_parameters = True  # pass 1 leaves the domain discriminator without a gradient
 
     def __init__(self, feature_dim: int, num_classes: int, **options) -> None:

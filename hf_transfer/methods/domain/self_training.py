@@ -43,8 +43,6 @@ class PseudoLabelOptions:
     description="Confident target predictions are trained on as labels (confidence-thresholded self-training).",
 )
 class PseudoLabelLoss(TransferLoss):
-    needs_logits = True
-
     def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options) -> None:
         super().__init__(**options)
         threshold = self.options.threshold
@@ -117,8 +115,6 @@ class ClassBalancedSelfTrainingLoss(TransferLoss):
 
     ``last_metrics``: ``mask_rate`` (fraction selected) and ``fraction`` (``p(t)``).
     """
-
-    needs_logits = True
 
     def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options) -> None:
         super().__init__(**options)
@@ -228,7 +224,6 @@ class FixMatchLoss(TransferLoss):
     strong-view predictions equal to the weak pseudo-label).
     """
 
-    needs_logits = True
     target_views = 2
 
     def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options) -> None:

@@ -18,8 +18,6 @@ from hf_transfer.methods.domain.registry import register_loss
     description="Trained on the labelled source domain only: the baseline every adaptation method is compared with.",
 )
 class SourceOnlyLoss(TransferLoss):
-    needs_logits = False
-
     def __init__(self, feature_dim: int = 0, num_classes: int = 0) -> None:
         super().__init__()
 
