@@ -4,6 +4,7 @@ End to end (kill + exact resume, 2-process DDP, every pass logged) the stepped m
 tests/test_recipes.py; here the runner's contract is checked on a three-part toy model."""
 
 import contextlib
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -12,6 +13,10 @@ from accelerate import Accelerator
 from torch import nn
 
 from hf_transfer.training.stepped import TrainerStepRunner
+
+from conftest import tiny_args
+
+SOURCE = "builtin:digits-printed"
 
 
 class Toy(nn.Module):
@@ -106,3 +111,18 @@ def test_keep_leaves_the_gradients_of_its_parts_for_the_trainers_step():
     assert all(p.grad is None for p in [*model.classifier.parameters(), *model.method.parameters()])
     with pytest.raises(ValueError, match="unknown parameter parts"):
         TrainerStepRunner(runner.trainer, model, batches, {"head": []})
+
+
+@pytest.mark.parametrize(
+    "given, refused",
+    [({"learning_rate": "auto"}, "learning_rate=auto"), ({"fsdp": "full_shard"}, "FSDP and DeepSpeed")],
+)
+def test_what_a_stepped_method_cannot_do_is_refused_before_the_run_starts(tmp_path, given, refused):
+    from hf_transfer.config import arguments_from_dict
+    from hf_transfer.errors import TransferConfigError
+    from hf_transfer.training.run import prepare_run
+
+    config = {**tiny_args(tmp_path), "mode": "domain", "method": "mcd", "source": SOURCE, **given}
+    with pytest.raises(TransferConfigError, match=refused):
+        prepare_run(*arguments_from_dict(config))
+    assert not os.path.exists(config["output_dir"])  # refused before the output folder was claimed

@@ -188,6 +188,12 @@ def _prepare_training_args(args: TransferArguments, training_args) -> None:
                 "model), which FSDP and DeepSpeed do not allow: their engines take one update per step over the "
                 "sharded model. Remove --fsdp/--deepspeed (DDP is fine), or pick a one-loss method."
             )
+        if args.lr_find:
+            raise TransferConfigError(
+                f"learning_rate=auto: the range test trains with one loss and one update per batch, which is not "
+                f"how method={args.method} trains (several passes per step): its pick would not fit. Give "
+                "--learning_rate a number."
+            )
     # the mode's datasets are tensors already; the Trainer must not drop "unused" columns
     training_args.remove_unused_columns = False
     training_args.label_names = ["labels"]
