@@ -91,11 +91,10 @@ class TrainerStepRunner:
         self._drop_grads_outside(parts)
 
 
-def prepared_batches(trainer: Trainer, model: nn.Module, batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def prepared_batches(trainer: Trainer, batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The step's micro-batches on the device, augmented once (see the module docstring)."""
-    unwrapped = trainer.accelerator.unwrap_model(model)
     out = []
     with torch.no_grad(), trainer.compute_loss_context_manager():
         for inputs in batches:
-            out.append(unwrapped.prepare_batch(trainer._prepare_inputs(inputs)))
+            out.append(trainer.model.prepare_batch(trainer._prepare_inputs(inputs)))
     return out

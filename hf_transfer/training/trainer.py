@@ -43,6 +43,8 @@ class TransferTrainer(Trainer):
         self.health = HealthGuard(self)
         kwargs["callbacks"] = [self.health, *(kwargs.get("callbacks") or [])]
         super().__init__(*args, **kwargs)
+        #: the method's own training step, or None for the one-loss path (decided once: no per-step lookup)
+        self._stepped_method = transfer_mode.stepped_method(self.model)
 
     @contextlib.contextmanager
     def _drop_last(self, value: bool):
@@ -102,7 +104,7 @@ class TransferTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.transfer_mode.set_progress(self._progress())
-        stepped = self.transfer_mode.stepped_method(self.accelerator.unwrap_model(model))
+        stepped = self._stepped_method
         if stepped is None:  # the one-loss path: the Trainer's own step
             loss = super().training_step(model, inputs, num_items_in_batch)
             supervised = self.step_metrics.get("cls_loss")  # domain mode: the classification part of the loss
@@ -124,9 +126,8 @@ class TransferTrainer(Trainer):
             return torch.zeros((), device=self.args.device), 0.0
         batches, self._held_batches = self._held_batches, []
         model.train()
-        unwrapped = self.accelerator.unwrap_model(model)
         runner = TrainerStepRunner(
-            self, model, prepared_batches(self, model, batches), self.transfer_mode.parameter_parts(unwrapped)
+            self, model, prepared_batches(self, batches), self.transfer_mode.parameter_parts(self.model)
         )
         loss = stepped.train_step(runner)
         self.step_metrics = runner.metrics
