@@ -24,7 +24,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 LABEL_KEYS = ("labels", "label", "targets")
 
 
-def _to(x: Any, device: torch.device | None) -> Any:
+def _to(x: Any, device: torch.device | str | None) -> Any:
+    """``x`` (a tensor, or a mapping or sequence of them) on ``device``; as it is when ``device`` is None."""
     if device is None:
         return x
     if isinstance(x, torch.Tensor):
@@ -48,7 +49,14 @@ def default_forward(model: nn.Module, batch: Any) -> Any:
     raise TypeError(f"cannot feed a batch of type {type(batch).__name__}; pass forward=")
 
 
+def _running_stats(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The running mean, variance and batch count of a layer that tracks them (every one AdaBN touches)."""
+    assert bn.running_mean is not None and bn.running_var is not None and bn.num_batches_tracked is not None
+    return bn.running_mean, bn.running_var, bn.num_batches_tracked
+
+
 def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
+    """The BatchNorm layers of ``model`` that keep running statistics (the ones AdaBN re-estimates)."""
     return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
 
 
@@ -72,13 +80,13 @@ def adapt_batchnorm(
         return model
     forward = forward or default_forward
     if device is None:
-        t = next(iter(model.parameters()), None)
+        t: torch.Tensor | None = next(iter(model.parameters()), None)
         if t is None:
             t = next(iter(model.buffers()), None)
         device = t.device if t is not None else None
     flags = {m: m.training for m in model.modules()}
     momenta = {bn: bn.momentum for bn in bns}
-    saved = {bn: (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()) for bn in bns}
+    saved = {bn: tuple(s.clone() for s in _running_stats(bn)) for bn in bns}
     n = 0
     try:
         model.eval()
@@ -94,10 +102,9 @@ def adapt_batchnorm(
         if n == 0:
             raise ValueError("adapt_batchnorm got no batches; running statistics left unchanged")
     except BaseException:
-        for bn, (mean, var, nbt) in saved.items():
-            bn.running_mean.copy_(mean)
-            bn.running_var.copy_(var)
-            bn.num_batches_tracked.copy_(nbt)
+        for bn, stats in saved.items():
+            for live, kept in zip(_running_stats(bn), stats, strict=True):
+                live.copy_(kept)
         raise
     finally:
         for bn, mom in momenta.items():

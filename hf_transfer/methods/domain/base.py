@@ -132,10 +132,11 @@ class AdversarialLoss(TransferLoss):
         return f"alpha={self.alpha}, hi={self.hi}, hold={self.hold}, progress={self.progress:.4f}"
 
 
-def require_logits(name: str, *logits: torch.Tensor | None) -> None:
-    """Raise a clear error when a method that needs logits was called without them."""
-    if any(x is None for x in logits):
-        raise ValueError(f"{name} needs classifier logits ; got None")
+def require_logits(name: str, logits: torch.Tensor | None) -> torch.Tensor:
+    """``logits``, or a clear error when a method that needs classifier logits was called without them."""
+    if logits is None:
+        raise ValueError(f"{name} needs classifier logits; got None")
+    return logits
 
 
 def entropy(probs: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +56,7 @@ class CDANOptions(GRLOptions):
 class CDANLoss(AdversarialLoss):
     uses_source_weight = True
 
-    def __init__(self, feature_dim: int, num_classes: int, **options) -> None:
+    def __init__(self, feature_dim: int, num_classes: int, **options: Any) -> None:
         super().__init__(**options)
         if num_classes < 1:
             raise ValueError(f"CDAN needs num_classes >= 1, got {num_classes}")
@@ -78,12 +79,22 @@ class CDANLoss(AdversarialLoss):
         self.discriminator = DomainDiscriminator(in_dim, hidden_size)
 
     def multilinear_map(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """T(f, g) of the module docstring: the randomized map or the flattened outer product."""
         if self.randomized:
-            return (f @ self.Rf.to(f.dtype)) * (g @ self.Rg.to(g.dtype)) / math.sqrt(self.map_dim)
+            rf, rg = self.get_buffer("Rf"), self.get_buffer("Rg")
+            return (f @ rf.to(f.dtype)) * (g @ rg.to(g.dtype)) / math.sqrt(self.map_dim)
         return torch.bmm(g.unsqueeze(2), f.unsqueeze(1)).flatten(1)
 
-    def forward(self, f_s, f_t, logits_s=None, logits_t=None, source_weight=None) -> torch.Tensor:
-        require_logits("cdan", logits_s, logits_t)
+    def forward(
+        self,
+        f_s: torch.Tensor,
+        f_t: torch.Tensor,
+        logits_s: torch.Tensor | None = None,
+        logits_t: torch.Tensor | None = None,
+        source_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        logits_s = require_logits("cdan", logits_s)
+        logits_t = logits_t = require_logits("cdan", logits_t)
         f = torch.cat([f_s, f_t], dim=0)
         g = F.softmax(torch.cat([logits_s, logits_t], dim=0).detach().float(), dim=1).to(f.dtype)
         h, coeff = self.reverse(self.multilinear_map(f, g))

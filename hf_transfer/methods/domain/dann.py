@@ -18,6 +18,7 @@ With ``source_weight`` (PADA, partial label spaces) the source term is a weighte
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -42,11 +43,18 @@ class DANNOptions(GRLOptions):
 class DANNLoss(AdversarialLoss):
     uses_source_weight = True
 
-    def __init__(self, feature_dim: int, num_classes: int = 0, **options) -> None:
+    def __init__(self, feature_dim: int, num_classes: int = 0, **options: Any) -> None:
         super().__init__(**options)
         self.discriminator = DomainDiscriminator(feature_dim, self.options.hidden_size)
 
-    def forward(self, f_s, f_t, logits_s=None, logits_t=None, source_weight=None) -> torch.Tensor:
+    def forward(
+        self,
+        f_s: torch.Tensor,
+        f_t: torch.Tensor,
+        logits_s: torch.Tensor | None = None,
+        logits_t: torch.Tensor | None = None,
+        source_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         f, coeff = self.reverse(torch.cat([f_s, f_t], dim=0))
         weight = source_side_weight(source_weight, f_t.shape[0], f.dtype)
         loss, acc = domain_bce(self.discriminator(f), f_s.shape[0], weight)

@@ -47,7 +47,7 @@ def domain_bce(d: torch.Tensor, n_s: int, weight: torch.Tensor | None = None) ->
     return 0.5 * (loss_s + loss_t), acc
 
 
-def source_side_weight(source_weight: torch.Tensor | None, n_t: int, dtype) -> torch.Tensor | None:
+def source_side_weight(source_weight: torch.Tensor | None, n_t: int, dtype: torch.dtype) -> torch.Tensor | None:
     """Per-sample weights ``[source_weight, 1 ... 1]`` for :func:`domain_bce` (None when unweighted)."""
     if source_weight is None:
         return None

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +41,14 @@ class EntropyLoss(TransferLoss):
     def __init__(self, feature_dim: int = 0, num_classes: int = 0) -> None:
         super().__init__()
 
-    def forward(self, f_s, f_t, logits_s=None, logits_t=None) -> torch.Tensor:
-        require_logits("entropy", logits_t)
+    def forward(
+        self,
+        f_s: torch.Tensor,
+        f_t: torch.Tensor,
+        logits_s: torch.Tensor | None = None,
+        logits_t: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        logits_t = require_logits("entropy", logits_t)
         return mean_entropy(logits_t)
 
 
@@ -58,12 +65,18 @@ class IMOptions:
     description="Target predictions are made confident individually and diverse over the batch (SHOT's IM).",
 )
 class InformationMaximizationLoss(TransferLoss):
-    def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options) -> None:
+    def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options: Any) -> None:
         super().__init__(**options)
         self.diversity = float(self.options.diversity)
 
-    def forward(self, f_s, f_t, logits_s=None, logits_t=None) -> torch.Tensor:
-        require_logits("im", logits_t)
+    def forward(
+        self,
+        f_s: torch.Tensor,
+        f_t: torch.Tensor,
+        logits_s: torch.Tensor | None = None,
+        logits_t: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        logits_t = require_logits("im", logits_t)
         return information_maximization_loss(logits_t, self.diversity)
 
     def extra_repr(self) -> str:

@@ -13,6 +13,7 @@ chance, features can become trivially domain-invariant and never recover.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch.autograd import Function
@@ -22,12 +23,12 @@ class GradientReverseFunction(Function):
     """``y = x`` forward, ``dL/dx = -coeff * dL/dy`` backward."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
         ctx.coeff = float(coeff)
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad_output.neg() * ctx.coeff, None
 
 

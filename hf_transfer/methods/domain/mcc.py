@@ -15,6 +15,7 @@ predictions give a large off-diagonal mass (at most ``(C - 1) / C``). Source fea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,15 +50,21 @@ class MCCOptions:
     description="Confusion between classes in the target predictions is minimised.",
 )
 class MCCLoss(TransferLoss):
-    def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options) -> None:
+    def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options: Any) -> None:
         super().__init__(**options)
         temperature = self.options.temperature
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
 
-    def forward(self, f_s, f_t, logits_s=None, logits_t=None) -> torch.Tensor:
-        require_logits("mcc", logits_t)
+    def forward(
+        self,
+        f_s: torch.Tensor,
+        f_t: torch.Tensor,
+        logits_s: torch.Tensor | None = None,
+        logits_t: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        logits_t = require_logits("mcc", logits_t)
         return mcc(logits_t, self.temperature)
 
     def extra_repr(self) -> str:

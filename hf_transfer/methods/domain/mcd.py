@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +61,7 @@ class MCDLoss(SteppedLoss):
     frozen_feature_phases = frozenset({"b"})
     find_unused_parameters = True  # step B leaves the backbone without a gradient
 
-    def __init__(self, feature_dim: int, num_classes: int, **options) -> None:
+    def __init__(self, feature_dim: int, num_classes: int, **options: Any) -> None:
         super().__init__(**options)
         if self.options.num_k < 1:
             raise ValueError(f"num_k must be >= 1, got {self.options.num_k}")
@@ -68,9 +69,15 @@ class MCDLoss(SteppedLoss):
             raise ValueError(f"entropy_weight must be >= 0, got {self.options.entropy_weight}")
         self.second_head = nn.Linear(int(feature_dim), int(num_classes))
 
-    def forward(self, f_s, f_t, logits_s=None, logits_t=None) -> torch.Tensor:
+    def forward(
+        self,
+        f_s: torch.Tensor,
+        f_t: torch.Tensor,
+        logits_s: torch.Tensor | None = None,
+        logits_t: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Step C's term: the discrepancy of the two classifiers on the target batch."""
-        require_logits("mcd", logits_t)
+        logits_t = require_logits("mcd", logits_t)
         loss = classifier_discrepancy(logits_t, self.second_head(f_t))
         self.last_metrics = {"discrepancy": float(loss.detach())}
         return loss

@@ -24,6 +24,7 @@ progress, no hold), and the backbone trains at 0.1x the learning rate (registere
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +61,7 @@ class MDDOptions(GRLOptions):
 class MDDLoss(AdversarialLoss):
     uses_source_weight = True
 
-    def __init__(self, feature_dim: int, num_classes: int, **options) -> None:
+    def __init__(self, feature_dim: int, num_classes: int, **options: Any) -> None:
         super().__init__(**options)
         if num_classes < 1 or self.options.margin <= 0:
             raise ValueError(f"MDD needs num_classes >= 1 and margin > 0, got {num_classes}, {self.options.margin}")
@@ -72,8 +73,16 @@ class MDDLoss(AdversarialLoss):
             nn.Linear(self.options.width, num_classes),
         )
 
-    def forward(self, f_s, f_t, logits_s=None, logits_t=None, source_weight=None) -> torch.Tensor:
-        require_logits("mdd", logits_s, logits_t)
+    def forward(
+        self,
+        f_s: torch.Tensor,
+        f_t: torch.Tensor,
+        logits_s: torch.Tensor | None = None,
+        logits_t: torch.Tensor | None = None,
+        source_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        logits_s = require_logits("mdd", logits_s)
+        logits_t = logits_t = require_logits("mdd", logits_t)
         n_s = f_s.shape[0]
         features, coeff = self.reverse(torch.cat([f_s, f_t], dim=0))
         adv = _atleast_float32(self.adversarial_head(features))

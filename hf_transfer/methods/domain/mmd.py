@@ -14,6 +14,7 @@ over consecutive pairs; needs equal source and target batch sizes, uses the firs
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -67,7 +68,7 @@ def mk_mmd(
         n = min(f_s.shape[0], f_t.shape[0]) // 2 * 2
         x1, x2, y1, y2 = f_s[0:n:2], f_s[1:n:2], f_t[0:n:2], f_t[1:n:2]
 
-        def k(a, b):
+        def k(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             return torch.exp(-(a - b).pow(2).sum(1, keepdim=True).T / bw.view(-1, 1)).mean(0)
 
         return (k(x1, x2) + k(y1, y2) - k(x1, y2) - k(x2, y1)).mean()
@@ -103,7 +104,7 @@ class MKMMDOptions:
     description="A multi-kernel maximum mean discrepancy between source and target features is minimised.",
 )
 class MKMMDLoss(TransferLoss):
-    def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options) -> None:
+    def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options: Any) -> None:
         super().__init__(**options)
         num_kernels, kernel_mul = self.options.num_kernels, self.options.kernel_mul
         bandwidth, estimator = self.options.bandwidth, self.options.estimator
@@ -116,7 +117,13 @@ class MKMMDLoss(TransferLoss):
         self.num_kernels, self.kernel_mul = int(num_kernels), float(kernel_mul)
         self.bandwidth, self.estimator = bandwidth, estimator
 
-    def forward(self, f_s, f_t, logits_s=None, logits_t=None) -> torch.Tensor:
+    def forward(
+        self,
+        f_s: torch.Tensor,
+        f_t: torch.Tensor,
+        logits_s: torch.Tensor | None = None,
+        logits_t: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return mk_mmd(f_s, f_t, self.num_kernels, self.kernel_mul, self.bandwidth, self.estimator)
 
     def extra_repr(self) -> str:

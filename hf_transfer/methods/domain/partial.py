@@ -20,19 +20,20 @@ Source classes the target lacks pull target features towards classes that never 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import datasets
 import numpy as np
 import torch
 from torch import nn
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 logger = logging.getLogger(__name__)
 #: a class whose PADA weight falls below this is reported as down-weighted
 DOWN_WEIGHTED_BELOW = 0.5
 
 
-def classes_to_exclude(alignment, label_names: list[str]) -> list[str]:
+def classes_to_exclude(alignment: Any, label_names: list[str]) -> list[str]:
     """Source classes the target does not declare and that are still in the label space."""
     if alignment is None:
         return []
@@ -52,7 +53,7 @@ class ClassWeights(nn.Module):
     """PADA class weights as a buffer: saved in Trainer checkpoints, so a resumed run continues
     with the weights of the last estimate."""
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.register_buffer("weights", torch.ones(num_classes))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
@@ -61,16 +62,18 @@ class ClassWeights(nn.Module):
     def update(self, probs: torch.Tensor) -> None:
         """``probs`` [N, K]: target softmax outputs -> mean over N, divided by its max."""
         w = probs.float().mean(0)
-        self.weights.copy_((w / w.max().clamp_min(1e-12)).to(self.weights))
-        self.updates += 1
+        weights = self.get_buffer("weights")
+        weights.copy_((w / w.max().clamp_min(1e-12)).to(weights))
+        self.get_buffer("updates").add_(1)
 
 
 def pada_summary(weights: ClassWeights, label_names: list[str], every: int) -> dict:
-    w = weights.weights.detach().cpu().tolist()
+    """What PADA did (the class weights of its last estimate), for results.json and the card."""
+    w = weights.get_buffer("weights").detach().cpu().tolist()
     return {
         "method": "pada",
         "every_steps": every,
-        "updates": int(weights.updates),
+        "updates": int(weights.get_buffer("updates")),
         "class_weights": {n: round(float(v), 4) for n, v in zip(label_names, w, strict=True)},
         "down_weighted": [n for n, v in zip(label_names, w, strict=True) if v < DOWN_WEIGHTED_BELOW],
         "down_weighted_below": DOWN_WEIGHTED_BELOW,
@@ -83,9 +86,11 @@ class PADACallback(TrainerCallback):
     every ``every``-th optimizer step (never at step 0: the model is untrained). Steps come from the Trainer's
     checkpointed state, so the estimates fall on the same steps after a resume."""
 
-    def __init__(self, weighting, every: int):
+    def __init__(self, weighting: Any, every: int) -> None:
         self.weighting, self.every = weighting, int(every)
 
-    def on_step_begin(self, args, state, control, model=None, **kwargs):
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
+    ) -> None:
         if state.global_step > 0 and state.global_step % self.every == 0:
             self.weighting.estimate_class_weights(model)

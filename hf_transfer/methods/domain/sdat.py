@@ -19,9 +19,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from hf_transfer.methods.domain.base import require_logits
 from hf_transfer.methods.domain.cdan import CDANLoss, CDANOptions
 from hf_transfer.methods.domain.mcc import mcc
 from hf_transfer.methods.domain.registry import register_loss
@@ -56,7 +58,7 @@ def sharpness_perturbation(params: list[torch.nn.Parameter], rho: float) -> list
 class SDATLoss(SteppedLoss):
     find_unused_parameters = True  # pass 1 leaves the domain discriminator without a gradient
 
-    def __init__(self, feature_dim: int, num_classes: int, **options) -> None:
+    def __init__(self, feature_dim: int, num_classes: int, **options: Any) -> None:
         super().__init__(**options)
         if self.options.rho < 0:
             raise ValueError(f"rho must be >= 0, got {self.options.rho}")
@@ -71,10 +73,16 @@ class SDATLoss(SteppedLoss):
         super().set_progress(progress)
         self.cdan.set_progress(progress)
 
-    def forward(self, f_s, f_t, logits_s=None, logits_t=None) -> torch.Tensor:
+    def forward(
+        self,
+        f_s: torch.Tensor,
+        f_t: torch.Tensor,
+        logits_s: torch.Tensor | None = None,
+        logits_t: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The alignment term of pass 2: CDAN + MCC."""
         cdan = self.cdan(f_s, f_t, logits_s, logits_t)
-        confusion = mcc(logits_t, self.options.temperature)
+        confusion = mcc(require_logits("sdat", logits_t), self.options.temperature)
         self.last_metrics = {**self.cdan.last_metrics, "cdan": float(cdan.detach()), "mcc": float(confusion.detach())}
         return cdan + confusion
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,15 +44,21 @@ class PseudoLabelOptions:
     description="Confident target predictions are trained on as labels (confidence-thresholded self-training).",
 )
 class PseudoLabelLoss(TransferLoss):
-    def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options) -> None:
+    def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options: Any) -> None:
         super().__init__(**options)
         threshold = self.options.threshold
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         self.threshold = float(threshold)
 
-    def forward(self, f_s, f_t, logits_s=None, logits_t=None) -> torch.Tensor:
-        require_logits("pseudo_label", logits_t)
+    def forward(
+        self,
+        f_s: torch.Tensor,
+        f_t: torch.Tensor,
+        logits_s: torch.Tensor | None = None,
+        logits_t: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        logits_t = require_logits("pseudo_label", logits_t)
         with torch.no_grad():
             conf, labels = F.softmax(logits_t.detach().float(), dim=1).max(dim=1)
             mask = (conf >= self.threshold).to(logits_t.dtype)
@@ -116,7 +123,7 @@ class ClassBalancedSelfTrainingLoss(TransferLoss):
     ``last_metrics``: ``mask_rate`` (fraction selected) and ``fraction`` (``p(t)``).
     """
 
-    def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options) -> None:
+    def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options: Any) -> None:
         super().__init__(**options)
         fraction, fraction_start = self.options.fraction, self.options.fraction_start
         for name, value in (("fraction", fraction), ("fraction_start", fraction_start)):
@@ -127,8 +134,14 @@ class ClassBalancedSelfTrainingLoss(TransferLoss):
     def current_fraction(self) -> float:
         return self.fraction_start + (self.fraction - self.fraction_start) * self.progress
 
-    def forward(self, f_s, f_t, logits_s=None, logits_t=None) -> torch.Tensor:
-        require_logits("cbst", logits_t)
+    def forward(
+        self,
+        f_s: torch.Tensor,
+        f_t: torch.Tensor,
+        logits_s: torch.Tensor | None = None,
+        logits_t: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        logits_t = require_logits("cbst", logits_t)
         p = self.current_fraction()
         with torch.no_grad():
             conf, labels = F.softmax(logits_t.detach().float(), dim=1).max(dim=1)
@@ -163,7 +176,7 @@ def strong_view(
     b, _, h, w = x.shape
     dtype, device = x.dtype, x.device
 
-    def u(*shape, lo=-1.0, hi=1.0):
+    def u(*shape: int, lo: float = -1.0, hi: float = 1.0) -> torch.Tensor:
         return (lo + (hi - lo) * torch.rand(*shape, generator=generator)).to(device)
 
     theta = u(b) * math.radians(rotate)
@@ -226,21 +239,27 @@ class FixMatchLoss(TransferLoss):
 
     target_views = 2
 
-    def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options) -> None:
+    def __init__(self, feature_dim: int = 0, num_classes: int = 0, **options: Any) -> None:
         super().__init__(**options)
         threshold, translate = self.options.threshold, self.options.translate
         rotate, cutout = self.options.rotate, self.options.cutout
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         self.threshold = float(threshold)
-        self.augment = {"translate": float(translate), "rotate": float(rotate), "cutout": float(cutout)}
+        self.translate, self.rotate, self.cutout = float(translate), float(rotate), float(cutout)
 
     def second_view(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The strong view of a (weakly augmented, normalised) target batch."""
-        return strong_view(pixel_values, **self.augment)
+        return strong_view(pixel_values, translate=self.translate, rotate=self.rotate, cutout=self.cutout)
 
-    def forward(self, f_s, f_t, logits_s=None, logits_t=None) -> torch.Tensor:
-        require_logits("fixmatch", logits_t)
+    def forward(
+        self,
+        f_s: torch.Tensor,
+        f_t: torch.Tensor,
+        logits_s: torch.Tensor | None = None,
+        logits_t: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        logits_t = require_logits("fixmatch", logits_t)
         if logits_t.shape[0] % 2:
             raise ValueError(
                 f"fixmatch expects the weak then the strong target rows (an even count), got {logits_t.shape[0]} rows"
@@ -257,4 +276,4 @@ class FixMatchLoss(TransferLoss):
         return (ce * mask).sum() / max(weak.shape[0], 1)
 
     def extra_repr(self) -> str:
-        return f"threshold={self.threshold}, " + ", ".join(f"{k}={v}" for k, v in self.augment.items())
+        return f"threshold={self.threshold}, translate={self.translate}, rotate={self.rotate}, cutout={self.cutout}"

@@ -21,6 +21,12 @@ class SourceOnlyLoss(TransferLoss):
     def __init__(self, feature_dim: int = 0, num_classes: int = 0) -> None:
         super().__init__()
 
-    def forward(self, f_s, f_t, logits_s=None, logits_t=None) -> torch.Tensor:
+    def forward(
+        self,
+        f_s: torch.Tensor,
+        f_t: torch.Tensor,
+        logits_s: torch.Tensor | None = None,
+        logits_t: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         # Connected to the graph with a zero gradient, so .backward() always works.
         return f_s.sum() * 0.0

@@ -61,8 +61,9 @@ class SteppedLoss(TransferLoss):
     #: ``torch.no_grad`` (the backbone's backward is skipped, and DDP must allow unused parameters)
     frozen_feature_phases: frozenset[str] = frozenset()
 
-    def train_step(self, runner: StepRunner) -> None:  # pragma: no cover - abstract
-        """Run this method's passes for one optimizer step, leaving the last update to the Trainer."""
+    def train_step(self, runner: StepRunner) -> torch.Tensor:  # pragma: no cover - abstract
+        """Run this method's passes for one optimizer step, leaving the last update to the Trainer; returns the
+        loss the step reports as its training loss (detached)."""
         raise NotImplementedError
 
     def phase_loss(  # pragma: no cover - abstract
