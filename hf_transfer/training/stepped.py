@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from hf_transfer.methods.domain.step import PARTS
+from hf_transfer.training.modes.base import TransferModel
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -33,7 +34,9 @@ if TYPE_CHECKING:
 class TrainerStepRunner:
     """One optimizer step's passes for a stepped method (see the module docstring)."""
 
-    def __init__(self, trainer: Trainer, model: nn.Module, batches: list[dict], parts: dict[str, list[nn.Parameter]]):
+    def __init__(
+        self, trainer: Trainer, model: nn.Module, batches: list[dict], parts: dict[str, list[nn.Parameter]]
+    ) -> None:
         self.trainer = trainer
         self.model = model
         self.batches = batches
@@ -83,18 +86,20 @@ class TrainerStepRunner:
         max_norm = self.trainer.args.max_grad_norm
         if max_norm and max_norm > 0:
             self.trainer.accelerator.clip_grad_norm_(self.parameters(parts), max_norm)
-        self.trainer.optimizer.step()
-        self.trainer.optimizer.zero_grad(set_to_none=True)
+        optimizer = self.trainer.optimizer
+        assert optimizer is not None, "the Trainer builds its optimizer before the first step"
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
     def keep(self, parts: Collection[str]) -> None:
         """Drop the gradients outside ``parts``: the Trainer's own optimizer step takes the rest."""
         self._drop_grads_outside(parts)
 
 
-def prepared_batches(trainer: Trainer, batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def prepared_batches(trainer: Trainer, model: TransferModel, batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The step's micro-batches on the device, augmented once (see the module docstring)."""
     out = []
     with torch.no_grad(), trainer.compute_loss_context_manager():
         for inputs in batches:
-            out.append(trainer.model.prepare_batch(trainer._prepare_inputs(inputs)))
+            out.append(model.prepare_batch(trainer._prepare_inputs(inputs)))
     return out

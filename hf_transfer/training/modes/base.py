@@ -9,7 +9,9 @@ subclass of :class:`TransferMode` plus one :func:`register_mode` call.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import datasets
 import numpy as np
@@ -28,8 +30,10 @@ logger = logging.getLogger(__name__)
 MODES: dict[str, type[TransferMode]] = {}
 
 
-def register_mode(name: str):
-    def wrap(cls):
+def register_mode(name: str) -> Callable[[type[TransferMode]], type[TransferMode]]:
+    """Class decorator: make a mode known to the runs by ``name``."""
+
+    def wrap(cls: type[TransferMode]) -> type[TransferMode]:
         if name in MODES:
             raise ValueError(f"Transfer mode {name!r} is already registered by {MODES[name].__name__}.")
         cls.name = name
@@ -40,6 +44,7 @@ def register_mode(name: str):
 
 
 def get_mode(name: str) -> type[TransferMode]:
+    """The registered mode ``name``; an error listing the known ones."""
     if name not in MODES:
         raise TransferConfigError(f"Unknown transfer mode {name!r}; available: {sorted(MODES)}.")
     return MODES[name]
@@ -116,7 +121,7 @@ class TransferModel(nn.Module):
         classifier: nn.Module,
         aux: dict[str, nn.Module] | None = None,
         input_transform: nn.Module | None = None,
-    ):
+    ) -> None:
         super().__init__()
         self.classifier = classifier
         self.aux = nn.ModuleDict(aux or {})
@@ -128,8 +133,8 @@ class TransferModel(nn.Module):
         object.__setattr__(self, "_mode", mode)  # not a submodule: no recursion, not in state_dict
         self.config = getattr(classifier, "config", None)
 
-    def _prepare(self, pixels, image_size=None):
-        if pixels is not None and pixels.dtype == torch.uint8 and self.input_transform is not None:
+    def _prepare(self, pixels: torch.Tensor | None, image_size: torch.Tensor | None = None) -> torch.Tensor | None:
+        if pixels is not None and pixels.dtype == torch.uint8 and isinstance(self.input_transform, nn.Module):
             pixels = self.input_transform(pixels, image_size)
         if self.channels_last and pixels is not None and pixels.dim() == 4:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
@@ -137,23 +142,24 @@ class TransferModel(nn.Module):
 
     def forward(
         self,
-        pixel_values=None,
-        labels=None,
-        target_pixel_values=None,
-        features=None,
-        target_labels=None,
-        row_index=None,
-        image_size=None,
-        target_image_size=None,
-        phase=None,
-    ):
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        target_pixel_values: torch.Tensor | None = None,
+        features: torch.Tensor | None = None,
+        target_labels: torch.Tensor | None = None,
+        row_index: torch.Tensor | None = None,
+        image_size: torch.Tensor | None = None,
+        target_image_size: torch.Tensor | None = None,
+        phase: str | None = None,
+    ) -> dict[str, Any]:
+        """The mode's forward (loss and logits) on a batch prepared for the model (see :meth:`_prepare`)."""
         # image_size: the original (H, W) of each image when a split mixes sizes (fast input path)
         pixel_values = self._prepare(pixel_values, image_size)
         target_pixel_values = self._prepare(target_pixel_values, target_image_size)
-        extra = {} if row_index is None else {"row_index": row_index}  # feature mode, features_on_device
+        extra: dict[str, Any] = {} if row_index is None else {"row_index": row_index}  # feature mode, on device
         if phase is not None:  # one pass of a method that owns its training step
             extra["phase"] = phase
-        return self._mode.forward(
+        return self.mode.forward(
             self,
             pixel_values=pixel_values,
             labels=labels,
@@ -171,10 +177,17 @@ class TransferModel(nn.Module):
                 out[pixels] = self._prepare(out[pixels], out.pop(sizes, None))
         return out
 
-    def train(self, mode: bool = True):
+    @property
+    def mode(self) -> TransferMode:
+        """The mode this model trains under (kept off the module tree: not a submodule, not in the state)."""
+        mode: TransferMode = self.__dict__["_mode"]
+        return mode
+
+    def train(self, mode: bool = True) -> TransferModel:
+        """``nn.Module.train``, then the mode's own switch (e.g. frozen BatchNorm stays in eval mode)."""
         super().train(mode)
         if mode:
-            self._mode.on_train_mode(self)
+            self.mode.on_train_mode(self)
         return self
 
 
@@ -189,7 +202,7 @@ class TransferMode:
     #: True when the mode trains in one solve (its ``fit(trainer)``) instead of the Trainer's loop
     fits_in_one_solve: bool = False
 
-    def __init__(self, args, backbone: Backbone, data: TransferData, training_args):
+    def __init__(self, args: Any, backbone: Backbone, data: TransferData, training_args: Any) -> None:
         self.args = args
         self.backbone = backbone
         self.data = data
@@ -215,7 +228,7 @@ class TransferMode:
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def forward(self, model: TransferModel, **inputs) -> dict[str, torch.Tensor]:
+    def forward(self, model: TransferModel, **inputs: Any) -> dict[str, Any]:
         """``{"loss", "logits"}``; a training step may add ``"metrics"``: floats the Trainer logs with the
         loss (e.g. DANN's coefficient), returned rather than kept on the mode."""
         raise NotImplementedError
@@ -224,7 +237,7 @@ class TransferMode:
     def set_progress(self, progress: float) -> None:
         """Training progress in [0, 1] from the Trainer's global step (restored on resume)."""
 
-    def stepped_method(self, model: TransferModel):
+    def stepped_method(self, model: TransferModel) -> Any:
         """The method's own training step (a :class:`~hf_transfer.methods.domain.step.SteppedLoss`), or None
         when the Trainer's one-loss step trains the mode."""
         return None
@@ -256,8 +269,13 @@ class TransferMode:
         """Distance between source and target features of the current model (None: not applicable)."""
         return None
 
-    def finish(self, model: TransferModel, trainer) -> None:
+    def fit(self, trainer: Any) -> Any:
+        """Train in one solve instead of the Trainer's loop (only a mode with ``fits_in_one_solve``)."""
+        raise NotImplementedError(f"mode {self.name!r} trains in the Trainer's loop")
+
+    def finish(self, model: TransferModel, trainer: Any) -> None:
         """After training, before the final evaluation (e.g. copy a trained head, AdaBN)."""
 
     def describe(self) -> dict:
+        """What the run used (mode, method, frozen groups), for results.json and the card."""
         return {"mode": self.name, "method": self.args.method, "frozen_groups": self.frozen_groups}
