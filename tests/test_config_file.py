@@ -8,7 +8,7 @@ import pytest
 
 from hf_transfer.cli import main as cli_main
 from hf_transfer.config import load_config_file, parse_args
-from hf_transfer.config_file import MAX_DEPTH, MAX_FILE_BYTES
+from hf_transfer.config.file import MAX_DEPTH, MAX_FILE_BYTES
 from hf_transfer.errors import TransferConfigError
 
 HEAD = "mode: task\nbackbone: test_resnet\ntarget: builtin:digits-handwritten\noutput_dir: out\n"
