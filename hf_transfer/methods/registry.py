@@ -265,6 +265,13 @@ def methods_for_option(name: str, value: Any = None) -> dict[str, tuple[str, ...
     return {n: modes for n, modes in out.items() if modes}
 
 
+def option_applies(option: str, name: str | None, mode: str | None) -> bool:
+    """Whether the shared ``option`` acts with the method ``name`` in ``mode`` (names read from a results.json:
+    an unknown one is False)."""
+    method, scope = METHODS.get(name or ""), OPTIONS.get(option)
+    return method is not None and scope is not None and scope.applies_to(method, mode or "")
+
+
 def is_baseline(name: str | None) -> bool:
     """Whether ``name`` (e.g. read from a results.json) is a registered baseline method (:attr:`Method.is_baseline`)."""
     method = METHODS.get(name or "")
