@@ -244,3 +244,27 @@ def test_the_registry_imports_no_registration_and_still_sees_every_method():
     code = "from hf_transfer.methods.registry import all_methods; print(' '.join(all_methods()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.split() == list(all_methods())
+
+
+def test_declared_needs_are_what_the_validation_helpers_read(monkeypatch):
+    import dataclasses
+
+    import torch
+
+    from hf_transfer.config.checks import check_backbone_needs, check_soft_targets
+
+    check_soft_targets(get_method("dann"), "mixup")  # every method today takes probability targets
+    hard = dataclasses.replace(get_method("full"), soft_targets=False)
+    with pytest.raises(TransferConfigError, match=r"mixup makes probability \(soft\) targets, but method=full"):
+        check_soft_targets(hard, "mixup")
+    # a method that declares BatchNorm layers is refused on a backbone without them, as adabn is
+    args, _ = arguments_from_dict({**DOMAIN, "method": "dann"})
+    layer_norm = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
+    check_backbone_needs(args, layer_norm, "ln")  # dann declares no such need
+    dann = get_method("dann")
+    monkeypatch.setitem(
+        registry.METHODS, "dann", dataclasses.replace(dann, needs=dataclasses.replace(dann.needs, batchnorm=True))
+    )
+    with pytest.raises(TransferConfigError, match=r"method='dann' needs a backbone with batchnorm layers; 'ln'"):
+        check_backbone_needs(args, layer_norm, "ln")
+    check_backbone_needs(args, torch.nn.Sequential(torch.nn.BatchNorm1d(2)), "bn")

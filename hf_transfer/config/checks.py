@@ -143,41 +143,56 @@ def _has_batchnorm(args, model) -> bool:
 BACKBONE_NEEDS: dict[str, Callable[[Any, Any], bool]] = {"batchnorm": _has_batchnorm}
 
 
-def backbone_needs(args) -> list[str]:
-    """The options set here whose declaration asks something of the backbone (e.g. ``adabn``)."""
-    fields = {f.name: f.default for f in dataclasses.fields(args)}
-    out = []
-    for name, default in fields.items():
+def backbone_needs(args) -> list[tuple[str, Any, tuple[str, ...]]]:
+    """What the run asks of its backbone: (who, value, needs) for each option set here whose declaration needs
+    something of it (``adabn``: BatchNorm), and for the method when it declares such a need itself."""
+    method = registry.get_method(args.method)
+    out = [("method", method.name, ("batchnorm",))] if method.needs.batchnorm else []
+    for name, default in {f.name: f.default for f in dataclasses.fields(args)}.items():
         value = getattr(args, name)
         scope = registry.option_scope(name, value)
         if scope is not None and scope.backbone and value != default:
-            out.append(name)
+            out.append((name, value, scope.backbone))
     return out
 
 
 def check_backbone_needs(args, model, backbone_id: str) -> None:
-    """Refuse an option whose declared backbone need (``adabn``: BatchNorm layers) ``model`` lacks, naming the
-    backbone. ``model``: the built backbone, or its architecture without weights; None: not known yet (the
-    check runs again on the loaded model, before training)."""
+    """Refuse what needs of the backbone what ``model`` lacks (``adabn``: BatchNorm layers), naming the backbone.
+    ``model``: the built backbone, or its architecture without weights; None: not known yet (the check runs
+    again on the loaded model, before training)."""
     if model is None:
         return
-    for name in backbone_needs(args):
-        for need in registry.option_scope(name, getattr(args, name)).backbone:
+    for who, value, needs in backbone_needs(args):
+        for need in needs:
             if not BACKBONE_NEEDS[need](args, model):
-                raise TransferConfigError(_missing_need(name, getattr(args, name), need, model, backbone_id))
+                raise TransferConfigError(_missing_need(who, value, need, model, backbone_id))
+
+
+def check_soft_targets(method: Method, producer: str) -> None:
+    """Refuse ``producer`` (an option that makes probability targets, as mixup or cutmix would) with a method
+    that does not declare it takes them (:attr:`~hf_transfer.methods.registry.Method.soft_targets`)."""
+    if not method.soft_targets:
+        takers = [n for n, m in registry.all_methods().items() if m.soft_targets and set(m.modes) & set(method.modes)]
+        raise TransferConfigError(
+            f"{producer} makes probability (soft) targets, but method={method.name} trains on hard labels only. "
+            f"Remove {producer}, or use a method that takes them: {', '.join(takers) or 'none'}."
+        )
 
 
 def _missing_need(name: str, value: Any, need: str, model, backbone_id: str) -> str:
     from hf_transfer.models.norm_layers import norm_layer_types
 
-    if need == "batchnorm":
-        norms = ", ".join(norm_layer_types(model)) or "none"
+    norms = ", ".join(norm_layer_types(model)) or "none"
+    if need == "batchnorm" and name == "adabn":
         return (
             f"{name}={value!r} does nothing with backbone {backbone_id!r}: it has no BatchNorm layer with running "
             f"statistics (its normalisation layers: {norms}), so AdaBN has nothing to re-estimate on the target. "
             f"Remove --{name}, or add --bottleneck_dim (AdaBN then re-estimates the bottleneck's BatchNorm1d)."
         )
-    return f"{name}={value!r} needs a backbone with {need}; {backbone_id!r} has none. Remove it."
+    return (
+        f"{name}={value!r} needs a backbone with {need} layers; {backbone_id!r} has none (its normalisation layers: "
+        f"{norms}). Choose another backbone, or remove it."
+    )
 
 
 #: TrainingArguments the run sets itself (hf_transfer.training.run): their value, and why
