@@ -8,7 +8,7 @@ import pytest
 
 from hf_transfer.cli import main as cli_main
 from hf_transfer.config import load_config_file, parse_args
-from hf_transfer.config_file import MAX_DEPTH, MAX_FILE_BYTES
+from hf_transfer.config.file import MAX_DEPTH, MAX_FILE_BYTES
 from hf_transfer.errors import TransferConfigError
 
 HEAD = "mode: task\nbackbone: test_resnet\ntarget: builtin:digits-handwritten\noutput_dir: out\n"
@@ -127,3 +127,67 @@ def test_the_loader_stays_safe(tmp_path):
     path.write_text("mode: !!python/object/apply:os.system [echo hi]\n")
     with pytest.raises(TransferConfigError, match="not valid YAML"):
         load_config_file(str(path))
+
+
+# --- a file fills the dataclasses directly (no command line is rebuilt from it) ---------------------------
+def _file(tmp_path, text: str) -> str:
+    path = tmp_path / "run.yaml"
+    path.write_text(HEAD + text)
+    return str(path)
+
+
+def test_a_file_is_typed_by_the_parser_and_never_turned_into_argv(tmp_path, monkeypatch):
+    from transformers import HfArgumentParser
+
+    def no_argv(*_a, **_k):
+        raise AssertionError("the config was parsed as a command line")
+
+    monkeypatch.setattr(HfArgumentParser, "parse_args_into_dataclasses", no_argv)
+    # PyYAML reads 1e-3 (no dot) as a string: the parser's own type makes it the number
+    path = _file(tmp_path, "learning_rate: 1e-3\nmax_steps: 4\nimage_column: 1.0\nk_shot: null\nbf16: false\n")
+    args, training = parse_args(["--config", path])
+    assert (training.learning_rate, training.max_steps, args.image_column, args.k_shot) == (1e-3, 4, "1.0", None)
+    args, training = parse_args(["--config", path, "--max_steps", "7", "--k_shot=2"])  # flags override the file
+    assert (training.max_steps, args.k_shot, training.learning_rate) == (7, 2, 1e-3)
+    assert "learning_rate" not in args.recipe_defaults  # given in the file: no recipe default replaces it
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("max_steps: 5.5\n", r"max_steps=5.5: invalid literal for int"),
+        ("input_path: slow\n", r"input_path='slow': choose one of \['fast', 'stock'\]"),
+        ("eval_strategy: sometimes\n", r"eval_strategy='sometimes': choose one of"),
+        ("max_step: 3\n", r"unknown key\(s\) \['max_step'\]"),
+    ],
+)
+def test_a_file_value_of_the_wrong_type_or_choice_is_refused_naming_the_key(tmp_path, text, message):
+    with pytest.raises(TransferConfigError, match=message):
+        parse_args(["--config", _file(tmp_path, text)])
+
+
+def test_a_prefix_typo_on_the_command_line_is_refused(tmp_path):
+    with pytest.raises(TransferConfigError, match=r"Unknown argument\(s\): \['--max_step', '3'\]"):
+        parse_args(["--config", _file(tmp_path, ""), "--max_step", "3"])
+
+
+@pytest.mark.parametrize(
+    "key, value, flag",
+    [
+        ("hub_strategy", "every_save", ["--hub_strategy", "every_save"]),
+        ("remove_unused_columns", True, ["--remove_unused_columns", "true"]),
+        ("label_names", ["label"], ["--label_names", "label"]),
+    ],
+)
+def test_what_the_run_sets_itself_is_refused_when_given_otherwise(tmp_path, key, value, flag):
+    from hf_transfer.config import arguments_from_dict
+
+    base = {"mode": "task", "backbone": "test_resnet", "target": "builtin:digits-handwritten", "output_dir": "o"}
+    with pytest.raises(TransferConfigError, match=rf"{key}=.*the run sets {key}="):
+        arguments_from_dict({**base, key: value})
+    with pytest.raises(TransferConfigError, match=rf"{key}=.*the run sets {key}="):
+        parse_args(["--config", _file(tmp_path, ""), *flag])
+    # the value the run uses is accepted (a recipe may spell it out)
+    same = {"hub_strategy": "end", "remove_unused_columns": False, "label_names": ["labels"]}[key]
+    _, training = arguments_from_dict({**base, key: same})
+    assert getattr(training, key) == same or getattr(getattr(training, key), "value", None) == same

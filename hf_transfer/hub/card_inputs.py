@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_transfer.errors import TransferConfigError
+from hf_transfer.methods.registry import option_applies
 
 README = "README.md"
 RESULTS_FILE = "results.json"
@@ -127,7 +128,7 @@ def training_config(results: dict) -> tuple[dict, bool]:
     if results.get("mode") == "domain":
         cfg["trade_off"] = results.get("trade_off")
         cfg["adabn"] = results.get("adabn") or None
-    if results.get("frozen_groups") and results.get("mode") == "task" and results.get("method") == "partial":
+    if results.get("frozen_groups") and option_applies("freeze", results.get("method"), results.get("mode")):
         cfg["freeze"] = ",".join(results["frozen_groups"])
     if dc.get("input_size"):
         cfg["image_size"] = int(dc["input_size"][-1])

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.hub.card_inputs import RESULTS_FILE, dataset_info, is_local_backbone, load_results
+from hf_transfer.methods.registry import default_method, is_baseline, modes
 
 logger = logging.getLogger(__name__)
 
 MAX_DEPTH = 32  # a chain longer than this is a loop of folders naming each other
-DEFAULT_METHOD = {"task": "full", "feature": "linear"}  # named by the mode alone in a chain
 
 
 def _origin(backbone: str | None, base_model: str | None, revision: str | None) -> dict:
@@ -112,8 +112,9 @@ def link_text(link: dict) -> str:
     mode, method = link.get("mode"), link.get("method")
     if mode == "domain":
         what = f"{method} on {_data(link.get('source'))}"
-        return what if method == "source_only" else f"{what} + unlabelled {_data(link.get('target'))}"
-    name = mode if method in (None, DEFAULT_METHOD.get(mode)) else f"{mode}/{method}"
+        return what if is_baseline(method) else f"{what} + unlabelled {_data(link.get('target'))}"
+    default = default_method(mode) if mode in modes() else None  # a mode's default method: named by the mode alone
+    name = mode if method in (None, default) else f"{mode}/{method}"
     return f"{name} on {_data(link.get('target'))}"
 
 

@@ -28,6 +28,7 @@ from hf_transfer.hub.card_inputs import (
     run_config,
 )
 from hf_transfer.hub.card_provenance import base_run, chain_text, hub_origin, initialisation, link_text, provenance_of
+from hf_transfer.methods.registry import is_baseline
 
 
 def backbone_text(results: dict, is_timm: bool) -> str:
@@ -142,7 +143,7 @@ def summary(results: dict, baseline: dict | None, upper: dict | None, backbone: 
         n = ((results.get("metrics") or {}).get("target") or {}).get("num_samples")
         parts.append(f"On the target test set{f' ({n} images)' if n else ''} it reaches {pct(acc)} accuracy")
         b = accuracy(baseline, "target")
-        if method == "source_only":
+        if is_baseline(method):
             parts[-1] += " - this *is* the source-only baseline that adapted models are compared with."
         elif b is not None:
             gain = 100 * (acc - b)
@@ -363,7 +364,7 @@ def results_tables(results: dict, baseline: dict | None, upper: dict | None, met
                 before,
             )
         )
-    if baseline and method != "source_only":
+    if baseline and not is_baseline(method):
         entries.append(("source-only baseline", baseline))
     if upper:
         entries.append(("upper bound: trained on target labels", upper))
@@ -385,7 +386,7 @@ def results_tables(results: dict, baseline: dict | None, upper: dict | None, met
     sources = [("target (this model)", results, "target")]
     if before is not None:
         sources.append(("target (base model, before)", before, "target"))
-    if baseline and method != "source_only":
+    if baseline and not is_baseline(method):
         sources.append(("target (baseline)", baseline, "target"))
     if "source" in domains:
         sources.append(("source (this model)", results, "source"))
@@ -426,7 +427,7 @@ def results_vars(results: dict, baseline: dict | None, upper: dict | None, metho
     has_cm = figures and "confusion_matrix" in ((results.get("metrics") or {}).get("target") or {})
     has_curves = figures and bool(curve_series(results.get("log_history") or []))
     note = []
-    if accuracy(baseline, "target") is None and method != "source_only" and mode == "domain":
+    if accuracy(baseline, "target") is None and not is_baseline(method) and mode == "domain":
         note.append("No source-only baseline was given for this card.")
     if accuracy(upper, "target") is None:
         note.append("No target-supervised upper bound was given for this card.")
@@ -475,7 +476,7 @@ def limitations(results: dict, baseline: dict | None) -> list[str]:
             "No target labels were used for training, and none for choosing hyper-parameters by this run; "
             "adaptation can still hurt some classes (compare the per-class table with the baseline)."
         )
-    if baseline is None and results.get("method") != "source_only" and mode == "domain":
+    if baseline is None and not is_baseline(results.get("method")) and mode == "domain":
         out.append("No source-only baseline was attached to this card, so the gain from adaptation is not shown.")
     if results.get("base_model") is None and initialisation(results) == "random":
         out.append(

@@ -47,6 +47,7 @@ from hf_transfer.evaluation.run_health import stop_marker_problem
 from hf_transfer.folder_lock import lock_folder
 from hf_transfer.hub import card_inputs, cards
 from hf_transfer.hub.card_metadata import base_model_license, declared_base_model
+from hf_transfer.methods.registry import is_baseline
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +297,7 @@ def run_commit_message(results: dict, baseline: dict | None = None) -> tuple[str
         line += f" -> {tgt['display']}"
     if acc is not None:
         line += f": target acc {100 * acc:.1f}%"
-        if b is not None and method != "source_only":
+        if b is not None and not is_baseline(method):
             line += f" (source-only {100 * b:.1f}%, {100 * (acc - b):+.1f} pts)"
     src = card_inputs.dataset_info(results.get("source"))
     desc = [

@@ -14,10 +14,22 @@ and the benchmarks all read :data:`METHODS`.
   ``learning_rate * backbone_lr_scale`` unless ``--backbone_lr_scale`` is given (e.g. MDD's 0.1x);
 * ``implementation``: the class that carries the method out (a domain method's loss), if any;
 * ``recipe``: training defaults of the method on top of its mode's (``hf_transfer.training.defaults``), used
-  for what the user leaves unset (e.g. LoRA's learning rate).
+  for what the user leaves unset (e.g. LoRA's learning rate);
+* ``needs`` (:class:`Needs`): what the method needs to run (source data, target images, target labels, a
+  trainable backbone, BatchNorm layers); ``adapters``: it trains adapters (PEFT) instead of the backbone's
+  weights; ``soft_targets``: its losses reach the labels only through a cross-entropy that also takes class
+  probabilities (mixup/cutmix targets); ``required_options``: options it cannot run without;
+  ``find_unused_parameters``: some training step leaves a trainable parameter without a gradient (DDP must
+  look for unused parameters).
 
-This module imports nothing else from ``hf_transfer`` but the errors; the registrations live with
-the methods (``methods/domain/<method>.py``, ``methods/finetune/catalog.py``) and are imported on first use.
+Which SHARED options (``TransferArguments`` fields such as ``trade_off``, ``freeze``, ``lora_r``) act with a
+method is not listed per method: each option declares, with :func:`declare_option`, the modes and the method
+properties it needs (:class:`OptionScope`); :func:`option_scope` and :meth:`Method.shared_options` derive the
+rest, and :mod:`hf_transfer.config` refuses an option set where it has no effect.
+
+This module imports nothing else from ``hf_transfer`` but the errors; the registrations live with the
+methods (``methods/domain/<method>.py``, ``methods/finetune/catalog.py``, ``methods/options.py``) and are
+imported by ``hf_transfer/methods/__init__.py``, which runs before this module is first imported.
 """
 
 from __future__ import annotations
@@ -38,6 +50,26 @@ class NoOptions:
 
 
 @dataclass(frozen=True)
+class Needs:
+    """What a method needs to run; options and validation read these, never a method's name."""
+
+    #: a labelled source domain (``--source``), trained on with its labels
+    source_data: bool = False
+    #: target images during training (unlabelled in domain adaptation)
+    target_images: bool = True
+    #: the target's labels during training
+    target_labels: bool = False
+    #: backbone weights that train (False: frozen, or only adapters train)
+    trainable_backbone: bool = True
+    #: BatchNorm layers with running statistics in the backbone
+    batchnorm: bool = False
+
+
+#: the method properties an option's scope may name (:class:`OptionScope`)
+PROPERTIES = (*(f.name for f in dataclasses.fields(Needs)), "adapters", "soft_targets")
+
+
+@dataclass(frozen=True)
 class Method:
     name: str
     title: str
@@ -49,6 +81,26 @@ class Method:
     backbone_lr_scale: float = 1.0
     implementation: type | None = None
     recipe: Mapping[str, Any] | None = None
+    needs: Needs = Needs()
+    adapters: bool = False
+    soft_targets: bool = False
+    required_options: tuple[str, ...] = ()
+    find_unused_parameters: bool = False
+
+    def has(self, prop: str) -> bool:
+        """The method property ``prop`` (a :class:`Needs` field, ``adapters`` or ``soft_targets``)."""
+        if prop not in PROPERTIES:
+            raise ValueError(f"unknown method property {prop!r}; known: {', '.join(PROPERTIES)}")
+        return bool(getattr(self.needs, prop) if hasattr(self.needs, prop) else getattr(self, prop))
+
+    @property
+    def is_baseline(self) -> bool:
+        """Trained on the source alone (no target image): the method adapted ones are compared with."""
+        return self.needs.source_data and not self.needs.target_images and not self.needs.target_labels
+
+    def shared_options(self, mode: str) -> list[str]:
+        """The shared options (:data:`OPTIONS`) that act with this method in ``mode``."""
+        return [name for name, scope in OPTIONS.items() if scope.applies_to(self, mode)]
 
     def option_fields(self) -> dict[str, dataclasses.Field]:
         return {f.name: f for f in dataclasses.fields(self.config)}
@@ -106,6 +158,11 @@ def register_method(
     backbone_lr_scale: float = 1.0,
     implementation: type | None = None,
     recipe: Mapping[str, Any] | None = None,
+    needs: Needs = Needs(),
+    adapters: bool = False,
+    soft_targets: bool = False,
+    required_options: tuple[str, ...] = (),
+    find_unused_parameters: bool = False,
 ) -> Method:
     """Register one method (see the module docstring); a second method of the same name is refused."""
     if name in METHODS:
@@ -117,6 +174,8 @@ def register_method(
         raise ValueError(f"register_method({name!r}): options without a help text: {missing}")
     if not set(default_for) <= set(modes):
         raise ValueError(f"register_method({name!r}): default_for={default_for} outside modes={modes}")
+    if not isinstance(needs, Needs):
+        raise TypeError(f"register_method({name!r}): needs must be a Needs, got {needs!r}")
     method = Method(
         name,
         title,
@@ -128,20 +187,99 @@ def register_method(
         float(backbone_lr_scale),
         implementation,
         dict(recipe) if recipe else None,
+        needs,
+        bool(adapters),
+        bool(soft_targets),
+        tuple(required_options),
+        bool(find_unused_parameters),
     )
     METHODS[name] = method
     return method
 
 
-def _load() -> None:
-    """Import the modules that register methods (on first use, so this module stays light)."""
-    import hf_transfer.methods.domain  # noqa: F401
-    import hf_transfer.methods.finetune.catalog  # noqa: F401
+@dataclass(frozen=True)
+class OptionScope:
+    """Where a shared option (or one value of it) acts: in ``modes``, with a method that has every property
+    of ``requires`` and none of ``excludes``; ``backbone``: what the backbone must have for it to act
+    (e.g. ``batchnorm``), checked on the architecture once it is known. ``why``: one line on why."""
+
+    modes: tuple[str, ...]
+    requires: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+    backbone: tuple[str, ...] = ()
+    why: str = ""
+
+    def applies_to(self, method: Method, mode: str) -> bool:
+        """Whether the option acts with ``method`` in ``mode`` (its backbone needs aside)."""
+        return (
+            mode in self.modes
+            and mode in method.modes
+            and all(method.has(p) for p in self.requires)
+            and not any(method.has(p) for p in self.excludes)
+        )
+
+    def describe(self) -> str:
+        """The scope in words, for a refusal: ``mode=task, a method with trainable_backbone``."""
+        parts = [f"mode={' or '.join(self.modes)}"]
+        parts += [f"a method with {p}" for p in self.requires]
+        parts += [f"a method without {p}" for p in self.excludes]
+        return ", ".join(parts) + (f" ({self.why})" if self.why else "")
+
+
+#: option name (or ``name=value`` for one value of it) -> where it acts
+OPTIONS: dict[str, OptionScope] = {}
+
+
+def declare_option(
+    name: str,
+    *,
+    modes: tuple[str, ...],
+    requires: tuple[str, ...] = (),
+    excludes: tuple[str, ...] = (),
+    backbone: tuple[str, ...] = (),
+    why: str = "",
+) -> OptionScope:
+    """Declare where the shared option ``name`` (``name=value``: that value only) acts (see :class:`OptionScope`)."""
+    unknown = [p for p in (*requires, *excludes) if p not in PROPERTIES]
+    if unknown:
+        raise ValueError(f"declare_option({name!r}): unknown method properties {unknown}; known: {PROPERTIES}")
+    if name in OPTIONS:
+        raise ValueError(f"option {name!r} is already declared")
+    OPTIONS[name] = scope = OptionScope(tuple(modes), tuple(requires), tuple(excludes), tuple(backbone), why)
+    return scope
+
+
+def option_scope(name: str, value: Any = None) -> OptionScope | None:
+    """The declared scope of ``name=value`` if that value has one, else of ``name``; None: not a shared option."""
+    if isinstance(value, str) and f"{name}={value}" in OPTIONS:
+        return OPTIONS[f"{name}={value}"]
+    return OPTIONS.get(name)
+
+
+def methods_for_option(name: str, value: Any = None) -> dict[str, tuple[str, ...]]:
+    """Method name -> the modes in which the option ``name`` (set to ``value``) acts with it."""
+    scope = option_scope(name, value)
+    if scope is None:
+        return {}
+    out = {n: tuple(mode for mode in m.modes if scope.applies_to(m, mode)) for n, m in METHODS.items()}
+    return {n: modes for n, modes in out.items() if modes}
+
+
+def option_applies(option: str, name: str | None, mode: str | None) -> bool:
+    """Whether the shared ``option`` acts with the method ``name`` in ``mode`` (names read from a results.json:
+    an unknown one is False)."""
+    method, scope = METHODS.get(name or ""), OPTIONS.get(option)
+    return method is not None and scope is not None and scope.applies_to(method, mode or "")
+
+
+def is_baseline(name: str | None) -> bool:
+    """Whether ``name`` (e.g. read from a results.json) is a registered baseline method (:attr:`Method.is_baseline`)."""
+    method = METHODS.get(name or "")
+    return method is not None and method.is_baseline
 
 
 def all_methods(mode: str | None = None) -> dict[str, Method]:
     """Registered methods in registration order, only those of ``mode`` when given."""
-    _load()
     return {n: m for n, m in METHODS.items() if mode is None or mode in m.modes}
 
 

@@ -24,6 +24,7 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from hf_transfer import __version__
 from hf_transfer.config import TransferArguments, push_repo_id, report_to_problem
+from hf_transfer.config.checks import backbone_needs, check_backbone_needs
 from hf_transfer.data.align import align_domains
 from hf_transfer.data.classes import select_classes
 from hf_transfer.data.load import load_domain
@@ -432,12 +433,11 @@ def _build_run(
     if threads_from != "OMP_NUM_THREADS" and (note := busy_machine_note(threads)):
         logger.warning(note)
     set_seed(training_args.seed)
-    if args.mode == "domain" and args.adabn and not args.bottleneck_dim:  # before any data is loaded
+    if backbone_needs(args):  # e.g. adabn: BatchNorm layers, read from the architecture before any data is loaded
         from hf_transfer.models.norm_layers import architecture_without_weights
-        from hf_transfer.training.modes.domain_parts import refuse_adabn_without_batchnorm
 
         architecture = architecture_without_weights(args.backbone, args.backbone_revision, args.trust_remote_code)
-        refuse_adabn_without_batchnorm(args, architecture, args.backbone)
+        check_backbone_needs(args, architecture, args.backbone)
     data = load_transfer_data(args, training_args.seed)
     if data.alignment is not None:
         logger.info(data.alignment.summary())

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from hf_transfer.methods.domain.base import TransferLoss
-from hf_transfer.methods.registry import NoOptions, get_method, register_method
+from hf_transfer.methods.registry import Needs, NoOptions, get_method, register_method
 
 #: name -> loss class of every registered domain method
 LOSSES: dict[str, type[TransferLoss]] = {}
@@ -24,9 +24,17 @@ def register_loss(
     config: type = NoOptions,
     backbone_lr_scale: float = 1.0,
     default: bool = False,
+    target_images: bool = True,
+    soft_targets: bool = True,
+    find_unused_parameters: bool = False,
 ) -> Callable[[T], T]:
     """Class decorator: the one registration call of a domain method (mode ``domain``; ``default``:
-    the method used when none is given; see :func:`~hf_transfer.methods.registry.register_method`)."""
+    the method used when none is given; see :func:`~hf_transfer.methods.registry.register_method`).
+
+    A domain method needs the labelled source and a backbone that trains; ``target_images``: whether it
+    trains on the (unlabelled) target images (False: the source-only baseline). ``soft_targets``: a
+    ``TransferLoss`` never sees the labels, only the mode's cross-entropy does, which takes class
+    probabilities too; a loss that reads labels itself declares False."""
 
     def deco(cls: T) -> T:
         if not (isinstance(cls, type) and issubclass(cls, TransferLoss)):
@@ -41,6 +49,9 @@ def register_loss(
             default_for=("domain",) if default else (),
             backbone_lr_scale=backbone_lr_scale,
             implementation=cls,
+            needs=Needs(source_data=True, target_images=target_images, target_labels=False),
+            soft_targets=soft_targets,
+            find_unused_parameters=find_unused_parameters,
         )
         LOSSES[name] = cls
         if not cls.__doc__:  # the method's module docstring holds the paper link and the formula

@@ -15,6 +15,7 @@ from hf_transfer.methods.domain.registry import register_loss
     "source_only",
     title="Source only (no adaptation)",
     default=True,
+    target_images=False,
     description="Trained on the labelled source domain only: the baseline every adaptation method is compared with.",
 )
 class SourceOnlyLoss(TransferLoss):

@@ -25,12 +25,14 @@ from collections import OrderedDict
 
 import torch
 
+from hf_transfer.config.checks import check_backbone_needs
 from hf_transfer.data.paired import PairedDataset, collate_paired
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.metrics import UNLABELLED
 from hf_transfer.methods.domain import build_loss, trade_off_weight
 from hf_transfer.methods.domain.step import CLASSIFIER, FEATURES, METHOD, SteppedLoss
 from hf_transfer.methods.finetune.lr import group_learning_rates, optimizer_groups_by_name
+from hf_transfer.methods.registry import get_method
 from hf_transfer.training.modes import domain_parts
 from hf_transfer.training.modes.base import TransferMode, TransferModel, register_mode
 from hf_transfer.training.modes.common import (
@@ -51,7 +53,7 @@ class DomainMode(TransferMode):
         super().__init__(args, backbone, data, training_args)
         if data.source is None:
             raise TransferConfigError("mode=domain needs a source domain (--source).")
-        domain_parts.refuse_adabn_without_batchnorm(args, backbone.model, backbone.model_id)
+        check_backbone_needs(args, backbone.model, backbone.model_id)  # adabn: BatchNorm (run.py checked the config)
         self.progress = 0.0
         self.bottleneck = domain_parts.Bottleneck(backbone, args.bottleneck_dim) if args.bottleneck_dim else None
         feature_dim = args.bottleneck_dim or backbone.feature_dim
@@ -91,7 +93,7 @@ class DomainMode(TransferMode):
 
     def train_dataset(self):
         source = train_images(self, self.weighting.source_rows(self.data.source["train"], self.data.label_names))
-        if self.args.method == "source_only":  # the baseline sees no target image (as in TLlib)
+        if not get_method(self.args.method).needs.target_images:  # the baseline sees none (as in TLlib)
             return source
         target = train_images(self, self.data.target["train"], with_labels=False)
         return PairedDataset(source, target, target_ratio=self.args.target_batch_ratio)

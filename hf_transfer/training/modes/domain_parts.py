@@ -143,24 +143,6 @@ def label_space_weighting(args, data, num_classes: int, target_images, batch_siz
     return SourceClasses(args.partial_weighting, excluded)
 
 
-def refuse_adabn_without_batchnorm(args, model: nn.Module | None, backbone_id: str) -> None:
-    """``--adabn`` on a backbone without BatchNorm (and no ``--bottleneck_dim``, whose BatchNorm1d AdaBN does
-    re-estimate) would change nothing while the card said it was applied: refuse it, naming the backbone and
-    its normalisation layers. ``model``: the built backbone, or its architecture without weights; None: not
-    known yet (the check runs again on the loaded model, before training)."""
-    from hf_transfer.methods.domain.adabn import batchnorm_layers
-    from hf_transfer.models.norm_layers import norm_layer_types
-
-    if args.mode != "domain" or not args.adabn or args.bottleneck_dim or model is None or batchnorm_layers(model):
-        return
-    norms = ", ".join(norm_layer_types(model)) or "none"
-    raise TransferConfigError(
-        f"adabn=True does nothing with backbone {backbone_id!r}: it has no BatchNorm layer with running "
-        f"statistics (its normalisation layers: {norms}), so AdaBN has nothing to re-estimate on the target. "
-        "Remove --adabn, or add --bottleneck_dim (AdaBN then re-estimates the bottleneck's BatchNorm1d)."
-    )
-
-
 def adabn(backbone, bottleneck: Bottleneck | None, target, batch_size: int) -> None:
     """AdaBN: re-estimate the BatchNorm statistics on the target training images (the bottleneck's
     too while it is not folded)."""

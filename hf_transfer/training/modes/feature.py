@@ -16,14 +16,13 @@ import copy
 import numpy as np
 import torch
 
-from hf_transfer.errors import TransferConfigError
 from hf_transfer.methods.feature.cache import FeatureCache, body_fingerprint
 from hf_transfer.methods.feature.lbfgs_head import fit_linear_head
+from hf_transfer.methods.registry import get_method
 from hf_transfer.models.speed import compile_options, use_channels_last, use_features_on_device
 from hf_transfer.training.modes.base import TransferMode, TransferModel, register_mode
 from hf_transfer.training.modes.common import classification_loss, eval_splits, subset
 
-FEATURE_METHODS = ("linear",)
 #: L-BFGS iterations when max_steps is not given (scikit-learn's LogisticRegression default)
 LBFGS_MAX_ITER = 100
 
@@ -90,10 +89,7 @@ class FeatureMode(TransferMode):
 
     def __init__(self, args, backbone, data, training_args):
         super().__init__(args, backbone, data, training_args)
-        if args.method not in FEATURE_METHODS:
-            raise TransferConfigError(
-                f"mode=feature: unknown method {args.method!r}; available: {list(FEATURE_METHODS)}."
-            )
+        get_method(args.method, "feature")  # an unknown method is refused naming the known ones
         self.frozen_groups = [g for g in backbone.param_groups() if g != "head"]
         self.cache = FeatureCache(
             args.feature_cache_dir,

@@ -30,6 +30,7 @@ from hf_transfer.methods.finetune.groups import freeze_parameters, resolve_froze
 from hf_transfer.methods.finetune.lr import group_learning_rates, optimizer_groups_by_name
 from hf_transfer.methods.finetune.regularizers import BSS, L2SP, check_regularizer
 from hf_transfer.methods.finetune.unfreeze import GradualUnfreezing
+from hf_transfer.methods.registry import get_method
 from hf_transfer.training.modes.base import TransferMode, TransferModel, register_mode
 from hf_transfer.training.modes.common import (
     classification_loss,
@@ -41,32 +42,25 @@ from hf_transfer.training.modes.common import (
 
 logger = logging.getLogger(__name__)
 
-TASK_METHODS = ("full", "partial", "linear", "lora")
-
 
 @register_mode("task")
 class TaskMode(TransferMode):
     def __init__(self, args, backbone, data, training_args):
         super().__init__(args, backbone, data, training_args)
-        if args.method not in TASK_METHODS:
-            raise TransferConfigError(f"mode=task: unknown method {args.method!r}; choose one of {TASK_METHODS}.")
+        method = get_method(args.method, "task")  # what it trains comes from its registration, not its name
         self.regularizer_name = check_regularizer(getattr(args, "regularizer", None))
         self.peft_model = None
         self.unfreezing: GradualUnfreezing | None = None
         self.regularizer = None
         self._bss_features = None
         groups = backbone.param_groups()
-        if args.method == "lora":
+        if method.adapters:
             self._setup_lora(args)
             return
-        if args.method == "linear":
-            spec = "backbone"
-        elif args.method == "partial":
-            if not args.freeze:
-                raise TransferConfigError("mode=task method=partial needs --freeze (e.g. 'stem,stage_0').")
-            spec = args.freeze
-        else:
-            spec = args.freeze
+        for name in method.required_options:  # also checked with the arguments; here for a mode built directly
+            if not getattr(args, name, None):
+                raise TransferConfigError(f"mode=task method={args.method} needs --{name}.")
+        spec = args.freeze if method.needs.trainable_backbone else "backbone"
         selected = select_parameters(spec, groups)
         self.frozen_groups = list(selected)
         frozen_ids = {id(p) for params in selected.values() for _, p in params}
@@ -92,7 +86,7 @@ class TaskMode(TransferMode):
             or getattr(args, "layer_decay", None)
         ):
             raise TransferConfigError(
-                "method=lora trains only the adapters and the head: freeze, unfreeze_every, "
+                f"method={args.method} trains only the adapters and the head: freeze, unfreeze_every, "
                 "layer_decay and regularizer do not apply."
             )
         self.peft_model = apply_lora(

@@ -2,7 +2,7 @@
 
 A YAML alias is a reference: ``a: &a [x, x]`` then ``b: &b [*a, *a]`` ... doubles at every line, so a file of a
 few hundred bytes describes billions of values. PyYAML loads it cheaply (the values are shared), but anything
-that later walks it (the argv round trip of :func:`hf_transfer.config.parse_args`, ``json.dumps``, a card)
+that later walks it (the typed conversion of :mod:`hf_transfer.config.parse`, ``json.dumps``, a card)
 expands it: 4 GB before a ``MemoryError``; a recursive alias (``a: &a [*a]``) ends in a bare "Circular
 reference detected". So the bound holds where the file is read, whatever reads the values after:
 

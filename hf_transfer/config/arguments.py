@@ -1,0 +1,324 @@
+"""The run's own arguments, :class:`TransferArguments`, a dataclass for ``HfArgumentParser``.
+
+Every ``transformers.TrainingArguments`` field is accepted as-is next to it (:mod:`hf_transfer.config.parse`).
+Building it checks it (:func:`hf_transfer.config.checks.check_arguments`): a bad value, or an option set
+where the run's mode and method give it no effect, is refused before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from hf_transfer.config.checks import HEAD_SOLVERS, check_arguments
+from hf_transfer.errors import TransferConfigError
+from hf_transfer.methods import registry
+
+
+@dataclass
+class TransferArguments:
+    #: the recipe defaults the parser filled in for what the user left unset (hf_transfer.training.defaults);
+    #: set by parse_args / arguments_from_dict, recorded in results.json and the card. Not an option.
+    recipe_defaults: ClassVar[dict[str, Any]] = {}
+    #: ``--learning_rate auto``: a range test picks the rate before training (hf_transfer.training.lr_find)
+    lr_find: ClassVar[bool] = False
+
+    mode: str = field(
+        metadata={"help": "Transfer mode: feature | domain | task (the modes of the registered methods)."}
+    )
+    backbone: str = field(
+        metadata={
+            "help": "Hub id (org/name, timm/name, hf-hub:...), local folder, or a timm architecture name (random init)."
+        }
+    )
+    target: str = field(
+        metadata={"help": "Target dataset spec: org/name[:config][@rev][#split], a local folder, or builtin:NAME."}
+    )
+    source: str | None = field(
+        default=None, metadata={"help": "Source dataset spec (labelled), required by mode=domain."}
+    )
+    method: str | None = field(
+        default=None,
+        metadata={
+            "help": "A registered method of the mode (README's method table, or hf-transfer plan): domain: source_only "
+            "(default) | dann | cdan | dan | coral | mcc | mdd | ... ; task: full (default) | partial | linear | "
+            "lora; feature: linear."
+        },
+    )
+    method_args: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "The method's own options as a dict (YAML) or JSON string, e.g. '{\"hold\": 0.15}'; "
+            "checked against the method's registered options (names and types)."
+        },
+    )
+    trade_off: float = field(default=1.0, metadata={"help": "Weight of the transfer loss (domain mode)."})
+    backbone_revision: str | None = field(default=None, metadata={"help": "Revision of the backbone on the Hub."})
+    image_column: str | None = field(default=None, metadata={"help": "Image column (default: found automatically)."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (default: found automatically)."})
+    label_policy: str = field(
+        default="shared",
+        metadata={
+            "help": "Classes not in both domains: shared (keep shared only) | partial (target subset of source) "
+            "| strict."
+        },
+    )
+    target_classes: str | None = field(
+        default=None,
+        metadata={
+            "help": "Keep only these target classes (rows and declared labels): first:K (the first K in the "
+            "target's label order, as the Office-Home 25-class partial tasks) or comma-separated names (as "
+            "Office-31's 10 Caltech classes). With label_policy=partial this makes a partial-DA task."
+        },
+    )
+    image_size: int | None = field(default=None, metadata={"help": "Override the backbone's input size."})
+    crop_pct: float | None = field(default=None, metadata={"help": "Override the backbone's eval crop fraction."})
+    augment: str = field(
+        default="standard",
+        metadata={
+            "help": "Training augmentation: standard (random resized crop + flip) | light (small shifts, no flip) "
+            "| none."
+        },
+    )
+    input_path: str = field(
+        default="fast",
+        metadata={
+            "help": "fast: decode images once into a uint8 cache and augment whole batches on the model's device "
+            "(exact resume); stock: torchvision PIL transforms per sample in the DataLoader.",
+            "choices": ("fast", "stock"),
+        },
+    )
+    decoded_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "fast input path: where decoded images live (default $HF_TRANSFER_CACHE/decoded)."},
+    )
+    skip_bad_images: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop the rows whose image cannot be decoded (their count is reported) instead of stopping "
+            "before training with an error that names them."
+        },
+    )
+    freeze: str | None = field(
+        default=None,
+        metadata={
+            "help": "task mode: comma-separated parameter groups to freeze (stem, stage_0, ..., neck, backbone)."
+        },
+    )
+    backbone_lr_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "Discriminative LR: backbone groups train at learning_rate * backbone_lr_scale, the head at "
+            "learning_rate. Default: the method's registered rule (1.0; mdd 0.1)."
+        },
+    )
+    adabn: bool = field(
+        default=False,
+        metadata={
+            "help": "domain mode: re-estimate BatchNorm statistics on the "
+            "target training images after training (AdaBN)."
+        },
+    )
+    # --- options every domain-adaptation method shares (mode=domain) ---
+    trade_off_schedule: str = field(
+        default="constant",
+        metadata={
+            "help": "domain mode: schedule of the transfer-loss weight over training progress p: constant | dann "
+            "(trade_off * (2 / (1 + exp(-10 p)) - 1)) | linear (0 -> trade_off over the first "
+            "trade_off_warmup of training)."
+        },
+    )
+    trade_off_warmup: float = field(
+        default=0.1,
+        metadata={"help": "trade_off_schedule=linear: fraction of training over which the weight ramps up, in (0, 1]."},
+    )
+    bottleneck_dim: int | None = field(
+        default=None,
+        metadata={
+            "help": "domain mode: put a bottleneck Linear(feature_dim, d) + BatchNorm1d(d) and a new head Linear(d, K) "
+            "on the backbone; alignment losses see the d-dim features. Folded into one plain Linear head at "
+            "export."
+        },
+    )
+    target_batch_ratio: float = field(
+        default=1.0, metadata={"help": "domain mode: target images per source image in each training batch (> 0)."}
+    )
+    partial_weighting: str = field(
+        default="exclude",
+        metadata={
+            "help": "domain mode, partial label spaces: none | exclude (drop the source rows of classes the target "
+            "does not declare) | pada (down-weight classes by the mean target prediction, PADA)."
+        },
+    )
+    pada_every: int = field(
+        default=100,
+        metadata={"help": "partial_weighting=pada: re-estimate the class weights every this many optimizer steps."},
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many training images per domain (seeded subset)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many test images per domain."}
+    )
+    feature_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "feature mode: where cached features live (default $HF_TRANSFER_CACHE/features)."},
+    )
+    feature_batch_size: int = field(default=256, metadata={"help": "Batch size of the feature extraction pass."})
+    channels_last: str = field(
+        default="auto",
+        metadata={
+            "help": "channels_last memory format for the model and its inputs (training and feature extraction): "
+            "auto (on for a convolutional backbone on CUDA or the CPU, off for transformers) | true | false. "
+            "For torch.compile "
+            "use TrainingArguments' --torch_compile (it also compiles the feature extraction pass)."
+        },
+    )
+    auto_bf16: bool = field(
+        default=True,
+        metadata={
+            "help": "When neither --bf16 nor --fp16 is given: bf16 mixed precision on a CUDA GPU that supports it "
+            "(tensor cores; no loss scaling needed), fp32 elsewhere (bf16 autocast is slower on most CPUs). "
+            "false: the TrainingArguments as given."
+        },
+    )
+    head_solver: str = field(
+        default="sgd",
+        metadata={
+            "help": "feature mode: how the linear head is trained on the cached features: sgd (the Trainer's "
+            "optimizer over num_train_epochs) | lbfgs (full-batch L-BFGS to the optimum of the L2-regularised "
+            "logistic loss, as scikit-learn's probes: at most max_steps iterations, default 100; L2 = "
+            "weight_decay, or 1/n when weight_decay is 0). With lbfgs, learning_rate and num_train_epochs do not "
+            "apply and are refused."
+        },
+    )
+    cpu_threads: str = field(
+        default="auto",
+        metadata={
+            "help": "intra-op threads of the training process: auto (OMP_NUM_THREADS when set; else the usable "
+            "cores per local process, minus one per loader worker on --input_path stock, whose workers decode and "
+            "augment with PIL) | a number. The resolved value is in results.json (speed.cpu_threads)."
+        },
+    )
+    features_on_device: str = field(
+        default="auto",
+        metadata={
+            "help": "feature mode: copy the cached TRAIN features to the training device once and train the head "
+            "on rows gathered there (no per-step host reads or copies): auto (on for CUDA when they take "
+            "under a quarter of the free device memory) | true | false (rows read from the memmap)."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over in an output_dir that holds a previous run: its outputs (weights, card, examples, "
+            "checkpoints, plots) are removed first. Without it such a folder is refused, unless the same run "
+            "is resumed with --resume_from_checkpoint."
+        },
+    )
+    hub_create_pr: bool = field(
+        default=False,
+        metadata={
+            "help": "With --push_to_hub: open a pull request on the Hub repo instead of committing to the branch."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom code from the Hub (off by default)."}
+    )
+    ranking: str | None = field(
+        default=None,
+        metadata={
+            "help": "The ranking.json of the `hf-transfer rank` that chose this backbone (the --top_k configs set "
+            "it): its candidates and scores are recorded in results.json and shown in the model card's "
+            "'Why this backbone' section. Refused when the file is not a ranking, or ranked other data or "
+            "did not rank this backbone."
+        },
+    )
+    # --- task adaptation strategies (mode=task; see hf_transfer.methods.finetune, regularizers, adapters) ---
+    unfreeze_every: float | None = field(
+        default=None,
+        metadata={
+            "help": "task mode: gradual unfreezing. The head trains from the start; the backbone groups not frozen by "
+            "--freeze are unfrozen one at a time from the head backwards, one every UNFREEZE_EVERY steps or "
+            "epochs (--unfreeze_unit). Resume-safe."
+        },
+    )
+    unfreeze_unit: str = field(
+        default="steps", metadata={"help": "Unit of --unfreeze_every: steps | epochs.", "choices": ("steps", "epochs")}
+    )
+    layer_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "task mode: layer-wise LR decay in (0, 1]: group g trains at learning_rate * layer_decay ** d, "
+            "d its distance from the head in stem, stage_0..N, neck, head (times backbone_lr_scale for "
+            "backbone groups)."
+        },
+    )
+    regularizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "task mode: regularised fine-tuning: l2sp (penalty towards the pretrained weights; replaces weight "
+            "decay) | bss (batch spectral shrinkage of the features)."
+        },
+    )
+    l2sp_alpha: float = field(
+        default=0.01, metadata={"help": "L2-SP: weight alpha of ||w - w_pretrained||^2 / 2 on the backbone."}
+    )
+    l2sp_beta: float = field(default=0.01, metadata={"help": "L2-SP: weight beta of ||w_head||^2 / 2 on the new head."})
+    bss_eta: float = field(
+        default=1e-3,
+        metadata={"help": "BSS: weight eta of the k smallest squared singular values of the batch features."},
+    )
+    bss_k: int = field(default=1, metadata={"help": "BSS: number k of smallest singular values penalised."})
+    k_shot: int | None = field(
+        default=None,
+        metadata={"help": "task mode: keep only k labelled target training images per class (seeded by --seed)."},
+    )
+    lora_r: int = field(default=8, metadata={"help": "method=lora: rank r of the LoRA updates."})
+    lora_alpha: float | None = field(
+        default=None, metadata={"help": "method=lora: LoRA alpha (scaling alpha / r); default r."}
+    )
+    lora_dropout: float = field(default=0.0, metadata={"help": "method=lora: dropout on the LoRA input."})
+    lora_target_modules: str | None = field(
+        default=None,
+        metadata={
+            "help": "method=lora: override the automatic per-architecture choice: comma-separated module names or "
+            "suffixes (qkv,proj) or re:<regex> over module names."
+        },
+    )
+    publish: str = field(
+        default="both",
+        metadata={
+            "help": "method=lora: what the run folder (and a push) holds: both (the merged full model at the root, "
+            "which pipeline/AutoModel/Inference Endpoints serve with no arguments, and the adapter in adapter/) | "
+            "merged (only the merged model) | adapter (only the adapter, plus an Endpoints handler.py)."
+        },
+    )
+
+    def __post_init__(self):
+        modes = registry.modes()
+        if self.mode not in modes:
+            raise TransferConfigError(f"mode={self.mode!r}: choose one of {modes}.")
+        if self.mode == "domain" and not self.source:
+            raise TransferConfigError("mode=domain needs --source (the labelled source domain).")
+        if isinstance(self.method_args, str):
+            try:
+                self.method_args = json.loads(self.method_args) if self.method_args.strip() else {}
+            except json.JSONDecodeError as err:
+                raise TransferConfigError(f"method_args is not valid JSON: {err}") from err
+        self.method_args = dict(self.method_args or {})
+        from hf_transfer.models.speed import normalize_auto_flag, resolve_cpu_threads
+
+        self.channels_last = normalize_auto_flag(self.channels_last)
+        self.cpu_threads = str(self.cpu_threads).strip().lower()
+        if self.head_solver not in HEAD_SOLVERS:
+            raise TransferConfigError(f"head_solver={self.head_solver!r}: choose one of {HEAD_SOLVERS}.")
+        resolve_cpu_threads(self.cpu_threads, self.input_path, 0)  # a bad value is refused here, before any work
+        self.features_on_device = normalize_auto_flag(self.features_on_device, "features_on_device")
+        if self.method is None:
+            self.method = registry.default_method(self.mode)
+        method = registry.get_method(self.method, self.mode)
+        check_arguments(self, method)
+        if self.backbone_lr_scale is None:
+            self.backbone_lr_scale = method.backbone_lr_scale

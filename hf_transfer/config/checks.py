@@ -1,0 +1,296 @@
+"""Every check of the run's arguments that reads the method registry, in one place, before anything loads.
+
+Where an option acts is not written here per method: each shared option declares the modes and method
+properties it needs (:mod:`hf_transfer.methods.options`), each method its properties
+(:class:`~hf_transfer.methods.registry.Needs`, ``adapters``, ``required_options``); this module refuses an
+option set away from its default where that declaration excludes the run's method, naming the option and
+what it needs. :data:`ARGUMENT_CONDITIONS` adds what depends on other arguments (``trade_off_warmup`` acts
+only with ``trade_off_schedule=linear``, ...). The backbone needs of an option (``adabn``: BatchNorm) are
+checked by :func:`check_backbone_needs` once the architecture is known (from its config, before the
+weights and the data load).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+from hf_transfer.errors import TransferConfigError
+from hf_transfer.methods import registry
+from hf_transfer.methods.registry import Method
+
+TRADE_OFF_SCHEDULES = ("constant", "dann", "linear")
+HEAD_SOLVERS = ("sgd", "lbfgs")
+PARTIAL_WEIGHTINGS = ("none", "exclude", "pada")
+
+
+def _loads_weights(backbone: str) -> bool:
+    """A Hub id or a folder, as :func:`hf_transfer.models.backbones.load_backbone` tells them from timm names."""
+    return not backbone.startswith("timm:") and ("/" in backbone or os.path.exists(backbone))
+
+
+#: conditions on OTHER arguments under which an option acts: (predicate on the arguments, what it needs)
+ARGUMENT_CONDITIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "method_args": (
+        lambda a: bool(registry.get_method(a.method).option_fields()),
+        "a method with options of its own (domain methods; task and feature methods take none)",
+    ),
+    "trade_off_warmup": (lambda a: a.trade_off_schedule == "linear", "trade_off_schedule=linear"),
+    "pada_every": (lambda a: a.partial_weighting == "pada", "partial_weighting=pada"),
+    "unfreeze_unit": (lambda a: a.unfreeze_every is not None, "unfreeze_every"),
+    "l2sp_alpha": (lambda a: a.regularizer == "l2sp", "regularizer=l2sp"),
+    "l2sp_beta": (lambda a: a.regularizer == "l2sp", "regularizer=l2sp"),
+    "bss_eta": (lambda a: a.regularizer == "bss", "regularizer=bss"),
+    "bss_k": (lambda a: a.regularizer == "bss", "regularizer=bss"),
+    "decoded_cache_dir": (lambda a: a.input_path == "fast", "input_path=fast"),
+    "label_policy": (lambda a: a.source is not None, "a --source to align with the target"),
+    "backbone_revision": (
+        lambda a: _loads_weights(a.backbone),
+        "a backbone from the Hub or a folder (a timm architecture name starts from random init)",
+    ),
+    "trust_remote_code": (
+        lambda a: _loads_weights(a.backbone),
+        "a backbone from the Hub or a folder (a timm architecture name runs no remote code)",
+    ),
+}
+
+
+def check_arguments(args, method: Method) -> None:
+    """All checks of a built ``TransferArguments`` against its ``method`` (called by its ``__post_init__``)."""
+    if method.needs.source_data and not args.source:
+        raise TransferConfigError(f"mode={args.mode} method={method.name} needs --source (the labelled source domain).")
+    _check_values(args)
+    check_options_act(args, method)
+    method.options(args.method_args)
+
+
+def check_required_options(args) -> None:
+    """The options the run's method cannot run without (``partial``: ``freeze``), checked on what the user gave
+    (not in ``__post_init__``: a run's default arguments are built without them to tell what was given)."""
+    method = registry.get_method(args.method, args.mode)
+    for name in method.required_options:
+        if not getattr(args, name):
+            raise TransferConfigError(f"mode={args.mode} method={method.name} needs --{name}.")
+
+
+def _is_unset(args, name: str, default: Any, method: Method) -> bool:
+    value = getattr(args, name)
+    if name == "backbone_lr_scale":  # None, or the method's own LR rule written out
+        return value in (None, method.backbone_lr_scale)
+    return value == default or (default is None and value == {})
+
+
+def check_options_act(args, method: Method) -> None:
+    """Refuse an option set where it has no effect (its declared scope, :data:`ARGUMENT_CONDITIONS`), naming it."""
+    defaults = {f.name: f.default for f in dataclasses.fields(args)}
+    for name, default in defaults.items():
+        if _is_unset(args, name, default, method):
+            continue
+        value = getattr(args, name)
+        scope = registry.option_scope(name, value)
+        if scope is not None and args.mode not in scope.modes:
+            raise TransferConfigError(
+                f"{name}={value!r}: {name} applies to mode={' or '.join(scope.modes)} only (mode={args.mode!r}); "
+                "remove it."
+            )
+        if scope is not None and not scope.applies_to(method, args.mode):
+            _refuse(args, name, value, scope.describe())
+        acts, needs = ARGUMENT_CONDITIONS.get(name, (None, ""))
+        if acts is not None and not acts(args):
+            _refuse(args, name, value, needs)
+
+
+def _refuse(args, name: str, value: Any, needs: str) -> None:
+    raise TransferConfigError(
+        f"{name}={value!r} has no effect with mode={args.mode} method={args.method}: it acts only with {needs}. "
+        "Remove it."
+    )
+
+
+def _check_values(args) -> None:
+    """The values of the options every run checks, whatever its mode."""
+    from hf_transfer.models.adapters import PUBLISH_FORMS
+
+    if args.trade_off_schedule not in TRADE_OFF_SCHEDULES:
+        raise TransferConfigError(
+            f"trade_off_schedule={args.trade_off_schedule!r}: choose one of {TRADE_OFF_SCHEDULES}."
+        )
+    if not 0.0 < args.trade_off_warmup <= 1.0:
+        raise TransferConfigError(f"trade_off_warmup={args.trade_off_warmup}: must be in (0, 1].")
+    if args.partial_weighting not in PARTIAL_WEIGHTINGS:
+        raise TransferConfigError(f"partial_weighting={args.partial_weighting!r}: choose one of {PARTIAL_WEIGHTINGS}.")
+    if args.bottleneck_dim is not None and args.bottleneck_dim < 1:
+        raise TransferConfigError(f"bottleneck_dim={args.bottleneck_dim}: must be a positive integer (or unset).")
+    if not (math.isfinite(args.target_batch_ratio) and args.target_batch_ratio > 0):
+        raise TransferConfigError(f"target_batch_ratio={args.target_batch_ratio}: must be a finite number > 0.")
+    if args.pada_every < 1:
+        raise TransferConfigError(f"pada_every={args.pada_every}: must be >= 1 (optimizer steps).")
+    if args.publish not in PUBLISH_FORMS:
+        raise TransferConfigError(f"publish={args.publish!r}: choose one of {', '.join(PUBLISH_FORMS)}.")
+
+
+def _has_batchnorm(args, model) -> bool:
+    from hf_transfer.methods.domain.adabn import batchnorm_layers
+
+    # a bottleneck adds a BatchNorm1d of its own (AdaBN re-estimates it)
+    return bool(args.bottleneck_dim) or bool(batchnorm_layers(model))
+
+
+#: what a backbone may have to have for an option to act (:attr:`OptionScope.backbone`): a check of the model
+BACKBONE_NEEDS: dict[str, Callable[[Any, Any], bool]] = {"batchnorm": _has_batchnorm}
+
+
+def backbone_needs(args) -> list[tuple[str, Any, tuple[str, ...]]]:
+    """What the run asks of its backbone: (who, value, needs) for each option set here whose declaration needs
+    something of it (``adabn``: BatchNorm), and for the method when it declares such a need itself."""
+    method = registry.get_method(args.method)
+    out = [("method", method.name, ("batchnorm",))] if method.needs.batchnorm else []
+    for name, default in {f.name: f.default for f in dataclasses.fields(args)}.items():
+        value = getattr(args, name)
+        scope = registry.option_scope(name, value)
+        if scope is not None and scope.backbone and value != default:
+            out.append((name, value, scope.backbone))
+    return out
+
+
+def check_backbone_needs(args, model, backbone_id: str) -> None:
+    """Refuse what needs of the backbone what ``model`` lacks (``adabn``: BatchNorm layers), naming the backbone.
+    ``model``: the built backbone, or its architecture without weights; None: not known yet (the check runs
+    again on the loaded model, before training)."""
+    if model is None:
+        return
+    for who, value, needs in backbone_needs(args):
+        for need in needs:
+            if not BACKBONE_NEEDS[need](args, model):
+                raise TransferConfigError(_missing_need(who, value, need, model, backbone_id))
+
+
+def check_soft_targets(method: Method, producer: str) -> None:
+    """Refuse ``producer`` (an option that makes probability targets, as mixup or cutmix would) with a method
+    that does not declare it takes them (:attr:`~hf_transfer.methods.registry.Method.soft_targets`)."""
+    if not method.soft_targets:
+        takers = [n for n, m in registry.all_methods().items() if m.soft_targets and set(m.modes) & set(method.modes)]
+        raise TransferConfigError(
+            f"{producer} makes probability (soft) targets, but method={method.name} trains on hard labels only. "
+            f"Remove {producer}, or use a method that takes them: {', '.join(takers) or 'none'}."
+        )
+
+
+def _missing_need(name: str, value: Any, need: str, model, backbone_id: str) -> str:
+    from hf_transfer.models.norm_layers import norm_layer_types
+
+    norms = ", ".join(norm_layer_types(model)) or "none"
+    if need == "batchnorm" and name == "adabn":
+        return (
+            f"{name}={value!r} does nothing with backbone {backbone_id!r}: it has no BatchNorm layer with running "
+            f"statistics (its normalisation layers: {norms}), so AdaBN has nothing to re-estimate on the target. "
+            f"Remove --{name}, or add --bottleneck_dim (AdaBN then re-estimates the bottleneck's BatchNorm1d)."
+        )
+    return (
+        f"{name}={value!r} needs a backbone with {need} layers; {backbone_id!r} has none (its normalisation layers: "
+        f"{norms}). Choose another backbone, or remove it."
+    )
+
+
+#: TrainingArguments the run sets itself (hf_transfer.training.run): their value, and why
+RUN_SETS = {
+    "remove_unused_columns": (False, "the mode's datasets are tensors already; no column may be dropped"),
+    "label_names": (["labels"], "every mode's batches carry their labels under 'labels'"),
+    "hub_strategy": ("end", "the finished run folder is pushed in one commit, not each checkpoint"),
+}
+
+
+def refuse_run_owned(given: dict[str, Any]) -> None:
+    """A TrainingArguments value the run overrides, given as something else: refused (it would be ignored)."""
+    for key, (value, why) in RUN_SETS.items():
+        if key in given and given[key] is not None and _plain(given[key]) != _plain(value):
+            raise TransferConfigError(f"{key}={given[key]!r}: the run sets {key}={value!r} itself ({why}). Remove it.")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return getattr(value, "value", value)  # an enum member (HubStrategy.END) compares as its value
+
+
+def check_training_arguments(args, training_args) -> None:
+    """TrainingArguments the Trainer would take silently although they do not do what they say."""
+    if training_args.max_steps < -1 or training_args.max_steps == 0:
+        raise TransferConfigError(
+            f"max_steps={training_args.max_steps}: give a positive number of optimizer steps, "
+            "or -1 (the default) to train for num_train_epochs."
+        )
+    if training_args.max_steps == -1 and not training_args.num_train_epochs > 0:
+        raise TransferConfigError(
+            f"num_train_epochs={training_args.num_train_epochs}: no training step would run "
+            "and an untrained model would be exported; give num_train_epochs > 0 or max_steps."
+        )
+    if args.head_solver == "lbfgs":
+        from transformers import TrainingArguments
+
+        defaults = TrainingArguments.__dataclass_fields__
+        for name in ("learning_rate", "num_train_epochs"):
+            if getattr(training_args, name) != defaults[name].default:
+                raise TransferConfigError(
+                    f"{name}={getattr(training_args, name)} has no effect with head_solver=lbfgs (a full-batch "
+                    "solve with a line search, at most max_steps iterations). Remove it, or use head_solver=sgd."
+                )
+        if args.features_on_device == "true":
+            raise TransferConfigError("features_on_device=true has no effect with head_solver=lbfgs. Remove it.")
+        if training_args.resume_from_checkpoint:
+            from hf_transfer.methods.feature.lbfgs_head import NO_RESUME
+
+            raise TransferConfigError(NO_RESUME)
+    if args.hub_create_pr and not training_args.push_to_hub:
+        raise TransferConfigError("hub_create_pr=True has no effect without --push_to_hub true. Remove it.")
+    check_report_to(training_args)
+    push_repo_id(args, training_args)
+
+
+def check_report_to(training_args) -> None:
+    """Refuse a ``report_to`` the Trainer does not know: it checks the names only when it is built, after the
+    data and the backbone are loaded (and ``plan`` never builds it)."""
+    from transformers import trainer  # the name the Trainer resolves when it is built
+
+    try:
+        trainer.get_reporting_integration_callbacks(training_args.report_to)
+    except ValueError as err:
+        raise TransferConfigError(f"report_to={training_args.report_to!r}: {err} Or none.") from None
+
+
+def report_to_problem(training_args) -> str | None:
+    """What this machine lacks for ``report_to`` (the integration's package: its callback refuses to start), or
+    None. ``train`` raises it before any work; ``plan`` reports it (the recipe may be meant for another machine)."""
+    from transformers import trainer
+
+    for callback in trainer.get_reporting_integration_callbacks(training_args.report_to):
+        try:
+            callback()  # what the Trainer does when it is built: imports the package, starts nothing
+        except Exception as err:
+            return f"report_to={training_args.report_to!r}: {type(err).__name__}: {err}"
+    return None
+
+
+def push_repo_id(args, training_args) -> str | None:
+    """The Hub repo ``--push_to_hub`` pushes to (None without it), refused when the push could not work."""
+    if not training_args.push_to_hub:
+        return None
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise TransferConfigError(f"hub_model_id {repo_id!r} is not a valid Hub repo id: {err}") from err
+    adapters = registry.get_method(args.method).adapters
+    if adapters and args.publish != "merged" and os.path.isdir(args.backbone):
+        # the push would refuse the adapter at the end (its base is a path on this disk): say it first
+        raise TransferConfigError(
+            f"--push_to_hub with method={args.method} on the local base {args.backbone!r}: the adapter would point "
+            "at a path on this machine. Train without --push_to_hub, then run `hf-transfer push OUTPUT_DIR REPO_ID "
+            "--allow_local_base` if that is what you want, or use a Hub base."
+        )
+    return repo_id

@@ -1,0 +1,60 @@
+"""Where each shared option acts, declared by the modes and the method properties it needs
+(:func:`hf_transfer.methods.registry.declare_option`).
+
+The set of methods an option applies to is derived from these declarations and the methods' own
+(:class:`~hf_transfer.methods.registry.Needs`, ``adapters``): a new method gets the options its properties
+call for, without a list to update. :mod:`hf_transfer.config` refuses an option set away from its default
+where its scope excludes the run's method. Conditions on other arguments (``trade_off_warmup`` only with
+the linear schedule, ...) are checked there too.
+"""
+
+from hf_transfer.methods.registry import declare_option
+
+_DOMAIN = ("domain",)
+_TASK = ("task",)
+_ALIGNS = ("source_data", "target_images")  # a transfer loss between source and target features
+
+# --- domain adaptation: a labelled source, the target's images ------------------------------------
+for _name in ("trade_off", "trade_off_schedule", "trade_off_warmup", "target_batch_ratio"):
+    declare_option(_name, modes=_DOMAIN, requires=_ALIGNS, why="it weights or feeds the transfer loss on target images")
+declare_option("bottleneck_dim", modes=_DOMAIN, requires=("source_data",))
+declare_option("partial_weighting", modes=_DOMAIN, requires=("source_data",))
+declare_option(
+    "partial_weighting=pada",
+    modes=_DOMAIN,
+    requires=_ALIGNS,
+    why="PADA estimates class weights from target predictions",
+)
+declare_option("pada_every", modes=_DOMAIN, requires=_ALIGNS)
+declare_option(
+    "adabn",
+    modes=_DOMAIN,
+    requires=("source_data",),
+    backbone=("batchnorm",),
+    why="AdaBN re-estimates BatchNorm statistics on the target images",
+)
+
+# --- what trains, at which rate: a backbone whose weights train -----------------------------------
+declare_option("backbone_lr_scale", modes=("domain", "task"), requires=("trainable_backbone",))
+for _name in ("layer_decay", "freeze", "unfreeze_every", "unfreeze_unit"):
+    declare_option(_name, modes=_TASK, requires=("trainable_backbone",))
+# L2-SP: alpha pulls the backbone towards its pretrained weights, beta is an L2 on the new head (it still
+# acts when the backbone is frozen: it replaces weight decay on the head); BSS shrinks the features'
+# small singular values, which only a backbone that trains can change
+declare_option("regularizer", modes=_TASK, excludes=("adapters",), why="the adapters are not regularised")
+declare_option("regularizer=bss", modes=_TASK, requires=("trainable_backbone",), why="frozen features cannot change")
+declare_option("l2sp_alpha", modes=_TASK, requires=("trainable_backbone",), why="it pulls backbone weights")
+declare_option("l2sp_beta", modes=_TASK, excludes=("adapters",))
+for _name in ("bss_eta", "bss_k"):
+    declare_option(_name, modes=_TASK, requires=("trainable_backbone",), why="frozen features cannot change")
+declare_option("k_shot", modes=_TASK, requires=("target_labels",))
+
+# --- adapters --------------------------------------------------------------------------------------
+for _name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "publish"):
+    declare_option(_name, modes=_TASK, requires=("adapters",))
+
+# --- options of one mode's input pipeline ----------------------------------------------------------
+declare_option("augment", modes=("domain", "task"), why="feature mode trains on cached features of un-augmented images")
+for _name in ("feature_cache_dir", "features_on_device", "head_solver"):
+    declare_option(_name, modes=("feature",))
+declare_option("feature_batch_size", modes=("feature", "domain"), why="feature extraction, or the domain-gap features")
