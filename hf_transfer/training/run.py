@@ -181,7 +181,8 @@ def _claim_output_dir(args: TransferArguments, training_args, identity: dict, re
 
 
 def _prepare_training_args(args: TransferArguments, training_args) -> None:
-    implementation = registry.get_method(args.method, args.mode).implementation
+    method = registry.get_method(args.method, args.mode)
+    implementation = method.implementation
     if isinstance(implementation, type) and issubclass(implementation, SteppedLoss):
         if training_args.fsdp or training_args.deepspeed:
             raise TransferConfigError(
@@ -207,7 +208,7 @@ def _prepare_training_args(args: TransferArguments, training_args) -> None:
         # the Trainer turns it on for any model that is not a PreTrainedModel (ours), which costs a graph
         # walk per step and warns on every DDP run: on only for a method that declares a backward pass
         # leaving trainable parameters without a gradient (e.g. MCD's step B)
-        training_args.ddp_find_unused_parameters = bool(getattr(implementation, "find_unused_parameters", False))
+        training_args.ddp_find_unused_parameters = method.find_unused_parameters
 
 
 def final_metrics(trainer, eval_sets: dict, num_classes: int) -> dict[str, dict]:

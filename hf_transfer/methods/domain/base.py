@@ -50,10 +50,6 @@ class TransferLoss(nn.Module):
     #: caller then builds it with ``second_view(target_pixels)``, runs it in the same forward, and
     #: passes ``f_t`` / ``logits_t`` with the first view's rows followed by the second view's rows
     target_views: int = 1
-    #: DDP: True when some backward pass of the method leaves trainable parameters without a gradient (a
-    #: method that owns its step, :mod:`~hf_transfer.methods.domain.step`); the run sets
-    #: ``ddp_find_unused_parameters`` from it unless the user does
-    find_unused_parameters: bool = False
 
     def __init__(self, **options: Any) -> None:
         super().__init__()

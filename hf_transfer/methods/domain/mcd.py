@@ -52,6 +52,7 @@ class MCDOptions:
 
 @register_loss(
     "mcd",
+    find_unused_parameters=True,  # step B leaves the backbone without a gradient
     title="MCD, maximum classifier discrepancy",
     paper="https://arxiv.org/abs/1712.02560",
     config=MCDOptions,
@@ -59,7 +60,6 @@ class MCDOptions:
 )
 class MCDLoss(SteppedLoss):
     frozen_feature_phases = frozenset({"b"})
-    find_unused_parameters = True  # step B leaves the backbone without a gradient
 
     def __init__(self, feature_dim: int, num_classes: int, **options: Any) -> None:
         super().__init__(**options)

@@ -50,14 +50,13 @@ def sharpness_perturbation(params: list[torch.nn.Parameter], rho: float) -> list
 
 @register_loss(
     "sdat",
+    find_unused_parameters=True,  # pass 1 leaves the domain discriminator without a gradient
     title="SDAT, smooth domain-adversarial training",
     paper="https://arxiv.org/abs/2206.08213",
     config=SDATOptions,
     description="CDAN + MCC with sharpness-aware minimisation of the classification loss.",
 )
 class SDATLoss(SteppedLoss):
-    find_unused_parameters = True  # pass 1 leaves the domain discriminator without a gradient
-
     def __init__(self, feature_dim: int, num_classes: int, **options: Any) -> None:
         super().__init__(**options)
         if self.options.rho < 0:
