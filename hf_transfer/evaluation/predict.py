@@ -59,7 +59,9 @@ def predict_logits(
     else:
         items, collate, to_input = ImageDomainDataset(ds, eval_transform(cfg)), collate_images, None
     loader = torch.utils.data.DataLoader(items, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
-    model = backbone.model.to(device).eval()
+    # transformers decorates PreTrainedModel.to with functools.wraps(nn.Module.to), which typeshed types as the
+    # unbound function (self first): the call is right, its annotation is not
+    model = backbone.model.to(device).eval()  # type: ignore[arg-type]
     logits, labels = [], []
     with torch.inference_mode():
         for batch in tqdm(
