@@ -306,6 +306,8 @@ def adapter_info(peft_model: PeftModel, backbone: Backbone) -> dict[str, Any]:
     cfg = peft_model.peft_config["default"]
     if not isinstance(cfg, LoraConfig):
         raise TypeError(f"adapter_info: a LoRA adapter was expected, got {type(cfg).__name__}.")
+    # apply_lora passes a list; peft's field also takes one regex string
+    targets = [cfg.target_modules] if isinstance(cfg.target_modules, str) else list(cfg.target_modules or [])
     return {
         "base_model_name_or_path": base,
         "base_revision": backbone.revision,
@@ -314,7 +316,7 @@ def adapter_info(peft_model: PeftModel, backbone: Backbone) -> dict[str, Any]:
         "label_names": backbone.label_names,
         "library": backbone.library,
         "head": backbone.head_name,
-        "target_modules": sorted([targets] if isinstance(targets := cfg.target_modules, str) else targets or []),
+        "target_modules": sorted(targets),
         "target_rule": getattr(peft_model, "hf_transfer_rule", None),
         "r": cfg.r,
         "lora_alpha": cfg.lora_alpha,
