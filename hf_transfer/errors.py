@@ -3,6 +3,8 @@
 Every module imports this one, so it is also where a package whose ``__init__.py`` is PyPI's ``hf-transfer``'s
 (same import name, see :mod:`hf_transfer.installation`) stops with an ImportError that says what to do."""
 
+import os
+
 from hf_transfer.installation import require_own_package
 
 require_own_package()
@@ -18,7 +20,7 @@ class NoSpaceError(OSError):
     An ``OSError`` with ``errno.ENOSPC`` whose message names the folder and the megabytes needed, because
     the libraries' own errors do not (torch: ``unexpected pos``; a memory-mapped write: SIGBUS)."""
 
-    def __init__(self, path, nbytes: int, free: int | None = None):
+    def __init__(self, path: str | os.PathLike[str], nbytes: int, free: int | None = None) -> None:
         import errno
 
         mb_needed = max(1, -(-int(nbytes) // 2**20))
@@ -27,5 +29,6 @@ class NoSpaceError(OSError):
         self.errno = errno.ENOSPC
         self.path, self.nbytes, self.free = str(path), int(nbytes), free
 
-    def __reduce__(self):  # OSError pickles its message as the only argument
+    # OSError pickles its message as the only argument
+    def __reduce__(self) -> tuple[type["NoSpaceError"], tuple[str, int, int | None]]:
         return type(self), (self.path, self.nbytes, self.free)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import datasets
 import numpy as np
@@ -48,10 +49,12 @@ class AlignmentReport:
             return "partial"
         return "open-set" if not self.source_only else "mixed"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values, with its setting, for results.json and the card."""
         return {**asdict(self), "setting": self.setting}
 
     def summary(self) -> str:
+        """The report as the few log lines a user reads before training starts."""
         lines = [f"label alignment ({self.policy}, {self.setting}): {len(self.shared)} shared classes"]
         if self.source_only:
             lines.append(f"  source only: {self.source_only}")
@@ -72,10 +75,12 @@ class AlignedDomains:
 
     @property
     def id2label(self) -> dict[int, str]:
+        """The shared label space as a model config's ``id2label``."""
         return dict(enumerate(self.label_names))
 
     @property
     def label2id(self) -> dict[str, int]:
+        """The shared label space as a model config's ``label2id``."""
         return {name: i for i, name in enumerate(self.label_names)}
 
 

@@ -32,9 +32,12 @@ What does differ from the stock transform, by construction:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import math
 import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +66,7 @@ def sample_crop_params(
     ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
     generator: torch.Generator | None = None,
     attempts: int = 10,
-):
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``RandomResizedCrop.get_params`` for a batch of image sizes, vectorised.
 
     Same algorithm as torchvision: up to ``attempts`` tries of an area fraction uniform in
@@ -106,13 +109,12 @@ def sample_crop_params(
 
 #: fewer rows than this per thread: the CPU crop loop uses fewer threads (a thread hand-off costs more)
 LOOP_ROWS_PER_THREAD = 8
-_POOLS: dict = {}
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
 @functools.lru_cache(maxsize=1)
-def _openmp_runtime():
+def _openmp_runtime() -> ctypes.CDLL | None:
     """The OpenMP runtime torch's kernels use (``libgomp`` shipped in ``torch/lib``), or None."""
-    import ctypes
     import ctypes.util
     import glob
 
@@ -148,13 +150,13 @@ def _one_openmp_thread() -> None:
     25-35% slower from the first augmented batch on (tests/test_fast_input.py checks the count after a
     big kernel)."""
     torch.get_num_threads()  # ATen's lazy init of this thread, now rather than on its first big kernel
-    _openmp_runtime().omp_set_num_threads(1)
+    runtime = _openmp_runtime()
+    if runtime is not None:  # the pool runs only where it is (see _crops_loop)
+        runtime.omp_set_num_threads(1)
 
 
-def _loop_pool(threads: int):
+def _loop_pool(threads: int) -> ThreadPoolExecutor:
     """A process-wide pool of ``threads`` one-OpenMP-thread threads for the CPU crop loop (one per size)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     key = (os.getpid(), threads)  # a forked child (a loader worker) must not reuse its parent's dead threads
     if key not in _POOLS:
         _POOLS[key] = ThreadPoolExecutor(
@@ -164,7 +166,7 @@ def _loop_pool(threads: int):
 
 
 @contextlib.contextmanager
-def _one_cpu_thread():
+def _one_cpu_thread() -> Iterator[None]:
     """Without an OpenMP runtime to set per thread (see :func:`_one_openmp_thread`): the crop loop runs in
     this thread with one intra-op thread, then the setting is restored."""
     n = torch.get_num_threads()
@@ -219,6 +221,14 @@ class BatchAugment(nn.Module):
     made on the CPU whatever the device (same boxes on CPU and CUDA for the same seed).
     """
 
+    # the buffers registered in __init__ (float32, [1, 3, 1, 1]; they follow .to(device))
+    fill: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    scale: torch.Tensor
+    shift: torch.Tensor
+    high: torch.Tensor
+
     def __init__(
         self,
         cfg: DataConfig,
@@ -229,7 +239,7 @@ class BatchAugment(nn.Module):
         out_dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
         generator: torch.Generator | None = None,
-    ):
+    ) -> None:
         super().__init__()
         if augment not in AUGMENTATIONS:
             raise TransferConfigError(f"Unknown augmentation {augment!r}; choose one of {AUGMENTATIONS}.")
@@ -309,7 +319,9 @@ class BatchAugment(nn.Module):
         return x[..., top : top + self.size, left : left + self.size].clamp_(0, 255)
 
     @torch.compiler.disable
-    def _draw(self, b: int, hs: int, ws: int, image_size: torch.Tensor | None):
+    def _draw(
+        self, b: int, hs: int, ws: int, image_size: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Boxes as fractions of the image, ``(x0, y0, x1, y1)`` float64 ``[B]`` each, and flips."""
         if image_size is None:
             heights = torch.full((b,), hs, dtype=torch.int64)
@@ -330,7 +342,15 @@ class BatchAugment(nn.Module):
         """0..255 values (any dtype) -> float32 ``(x / 255 - mean) / std``, in two passes."""
         return out.to(torch.float32).mul_(self.scale).add_(self.shift)
 
-    def _crops_grid(self, x, x0, y0, x1, y1, flip) -> torch.Tensor:
+    def _crops_grid(
+        self,
+        x: torch.Tensor,
+        x0: torch.Tensor,
+        y0: torch.Tensor,
+        x1: torch.Tensor,
+        y1: torch.Tensor,
+        flip: torch.Tensor,
+    ) -> torch.Tensor:
         b = x.shape[0]
         dev = x.device
         # box centre and half-size in normalised [-1, 1] coordinates (align_corners=False: -1/+1
@@ -351,7 +371,15 @@ class BatchAugment(nn.Module):
         return out
 
     @torch.compiler.disable
-    def _crops_loop(self, x, x0, y0, x1, y1, flip) -> torch.Tensor:
+    def _crops_loop(
+        self,
+        x: torch.Tensor,
+        x0: torch.Tensor,
+        y0: torch.Tensor,
+        x1: torch.Tensor,
+        y1: torch.Tensor,
+        flip: torch.Tensor,
+    ) -> torch.Tensor:
         b, _, hs, ws = x.shape
         # box edges in storage pixels (exact when the storage is at the original resolution)
         c0 = torch.round(x0 * ws).long().clamp_(0, ws - 1)

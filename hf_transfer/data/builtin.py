@@ -30,7 +30,7 @@ import io
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,7 +40,9 @@ import numpy as np
 from hf_transfer.cache import cache_path, remove_stale_staging, staged_entry
 
 if TYPE_CHECKING:
-    from PIL import Image
+    from PIL import Image, ImageFont
+
+    Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +125,10 @@ _LONG_DESCRIPTIONS = {
 # --------------------------------------------------------------------------------------------
 
 
-def builtin_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where generated domains are cached: ``cache_dir`` if given, else ``<cache root>/builtin``
-    (``$HF_TRANSFER_CACHE/builtin`` or ``~/.cache/hf_transfer/builtin``)."""
+def builtin_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where generated domains are cached: ``cache_dir`` if given, else ``<cache root>/builtin``.
+
+    The cache root is ``$HF_TRANSFER_CACHE`` or ``~/.cache/hf_transfer``."""
     return cache_path("builtin", cache_dir)
 
 
@@ -165,7 +168,7 @@ def load_builtin(name: str, cache_dir: str | os.PathLike | None = None) -> datas
 
 
 @contextlib.contextmanager
-def _quiet_datasets():
+def _quiet_datasets() -> Iterator[None]:
     """No 'Saving the dataset' progress bars for these small, internal writes."""
     from datasets.utils import logging as ds_logging
 
@@ -311,7 +314,7 @@ _FONT_SIZE = 48  # render size; glyphs are then normalised into a 2x canvas and 
 _CANVAS = 2 * IMAGE_SIZE
 
 
-def _glyph(digit: int, stroke: int, font, cache: dict) -> Image.Image:
+def _glyph(digit: int, stroke: int, font: Font, cache: dict[tuple[int, int], Image.Image]) -> Image.Image:
     """The tight, upright glyph mask of ``digit`` with ``stroke`` (rendered once, then reused)."""
     from PIL import Image, ImageDraw
 
@@ -331,7 +334,9 @@ def _glyph(digit: int, stroke: int, font, cache: dict) -> Image.Image:
     return cache[key]
 
 
-def _printed_mask(digit: int, rng: np.random.Generator, font, cache: dict) -> np.ndarray:
+def _printed_mask(
+    digit: int, rng: np.random.Generator, font: Font, cache: dict[tuple[int, int], Image.Image]
+) -> np.ndarray:
     """The 32x32 uint8 coverage mask (0..255) of one printed ``digit``: random stroke, rotation,
     shear, size normalisation, offset and blur."""
     from PIL import Image, ImageFilter
@@ -391,9 +396,9 @@ def _colourise(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         bg[bad] = rng.integers(0, 256, (k, 3))
         bad = np.abs((fg - bg) @ lum) < 70.0
     m = masks.astype(np.float32)[..., None] / 255.0
-    fg = fg.astype(np.float32)[:, None, None, :]
-    bg = bg.astype(np.float32)[:, None, None, :]
-    img = bg + (fg - bg) * m
+    fg_rgb = fg.astype(np.float32)[:, None, None, :]
+    bg_rgb = bg.astype(np.float32)[:, None, None, :]
+    img = bg_rgb + (fg_rgb - bg_rgb) * m
     sigma = rng.uniform(0.0, 12.0, n).astype(np.float32)[:, None, None, None]
     img = img + rng.standard_normal(img.shape, dtype=np.float32) * sigma
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)

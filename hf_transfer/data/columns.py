@@ -10,6 +10,8 @@ keeps the real value range of 16-bit and float images) and, when labelled, ``lab
 
 from __future__ import annotations
 
+from typing import Any
+
 import datasets
 from datasets import ClassLabel, Image, Value
 
@@ -29,6 +31,7 @@ def _features_of(ds: datasets.DatasetDict | datasets.Dataset) -> datasets.Featur
 
 
 def find_image_column(features: datasets.Features, where: str, requested: str | None = None) -> str:
+    """The image column: ``requested``, else the one ``Image`` feature, else the one conventionally named column."""
     if requested is not None:
         if requested not in features:
             raise TransferConfigError(f"{where}: image column {requested!r} not found; columns are {sorted(features)}.")
@@ -47,7 +50,7 @@ def find_image_column(features: datasets.Features, where: str, requested: str | 
     )
 
 
-def _is_class_value(feat) -> bool:
+def _is_class_value(feat: object) -> bool:
     """One class per row, as labels: a ClassLabel, or ints / strings / bools that become one."""
     if isinstance(feat, ClassLabel):
         return True
@@ -56,7 +59,7 @@ def _is_class_value(feat) -> bool:
     )
 
 
-def check_label_feature(feat, column: str, where: str) -> None:
+def check_label_feature(feat: object, column: str, where: str) -> None:
     """Refuse a label column that does not hold one class per image, naming it and what it holds.
 
     A list column (multi-label tags) reached Arrow's ``unique`` and failed there; a float column became one
@@ -78,6 +81,9 @@ def check_label_feature(feat, column: str, where: str) -> None:
 def find_label_column(
     features: datasets.Features, where: str, requested: str | None = None, required: bool = True
 ) -> str | None:
+    """The label column: ``requested``, else the one ``ClassLabel``, else the one conventionally named column.
+
+    None when there is none and ``required`` is false (unlabelled target images)."""
     if requested is not None:
         if requested not in features:
             raise TransferConfigError(f"{where}: label column {requested!r} not found; columns are {sorted(features)}.")
@@ -121,7 +127,7 @@ def _to_class_label(dsd: datasets.DatasetDict, column: str, where: str) -> datas
     label = ClassLabel(names=[str(v) for v in names])
     index = {v: i for i, v in enumerate(names)}
 
-    def encode(batch):
+    def encode(batch: dict[str, list[Any]]) -> dict[str, list[int]]:
         return {column: [index[v] if v is not None else -1 for v in batch[column]]}
 
     out = {}

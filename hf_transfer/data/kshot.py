@@ -11,13 +11,14 @@ import logging
 
 import datasets
 import numpy as np
+import numpy.typing as npt
 
 from hf_transfer.errors import TransferConfigError
 
 logger = logging.getLogger(__name__)
 
 
-def kshot_indices(labels, k: int, seed: int) -> list[int]:
+def kshot_indices(labels: npt.ArrayLike, k: int | None, seed: int) -> list[int]:
     """Row indices: the first ``k`` rows of each class in a seeded permutation (sorted)."""
     if k is None or int(k) < 1:
         raise TransferConfigError(f"k_shot={k!r}: must be a positive number of labelled images per class.")

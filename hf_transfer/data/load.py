@@ -158,8 +158,10 @@ def _bad_rows(ds: datasets.Dataset) -> dict[int, str]:
 def check_images(
     dsd: datasets.DatasetDict, where: str, skip: bool = False, skipped: dict[str, int] | None = None
 ) -> datasets.DatasetDict:
-    """Decode every image once. A bad one is an error naming ``where``, the split and the row;
-    with ``skip`` its row is dropped, with one warning, and ``skipped[split]`` counts them."""
+    """Decode every image once, so a bad one is met before training, not in the middle of it.
+
+    A bad one is an error naming ``where``, the split and the row; with ``skip`` its row is dropped, with one
+    warning, and ``skipped[split]`` counts them."""
     out = {}
     for split, ds in dsd.items():
         bad = _bad_rows(ds)
@@ -196,8 +198,9 @@ def load_domain(
     skip_bad_images: bool = False,
     skipped: dict[str, int] | None = None,
 ) -> datasets.DatasetDict:
-    """Load a domain: ``train`` and ``test`` splits with columns ``image`` (in the file's mode: input paths convert it
-    with :func:`hf_transfer.data.images.to_rgb`) and ``label``.
+    """Load a domain: ``train`` and ``test`` splits with the columns ``image`` and ``label``.
+
+    ``image`` stays in the file's mode (input paths convert it with :func:`hf_transfer.data.images.to_rgb`).
 
     Images that cannot be decoded are an error, or dropped with ``skip_bad_images`` (see the module
     doc); ``skipped``, when given, receives the number dropped per split of the dataset as stored

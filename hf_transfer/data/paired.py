@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import math
 
+import datasets
 import torch
 
-from hf_transfer.data.transforms import make_batch_transform
+from hf_transfer.data.transforms import ImageTransform, make_batch_transform
 
 
 class ImageDomainDataset(torch.utils.data.Dataset):
     """A ``datasets.Dataset`` (image, label) as tensors through ``transform``."""
 
-    def __init__(self, dataset, transform, with_labels: bool = True):
+    def __init__(self, dataset: datasets.Dataset, transform: ImageTransform, with_labels: bool = True) -> None:
         self.dataset = dataset.with_transform(make_batch_transform(transform, with_labels=with_labels))
 
     def __len__(self) -> int:
@@ -48,7 +49,7 @@ def _coprime_stride(n: int) -> int:
 class PairedDataset(torch.utils.data.Dataset):
     """Item ``i`` = source image + label, and an unlabelled target image (see module doc)."""
 
-    def __init__(self, source: ImageDomainDataset, target: ImageDomainDataset, target_ratio: float = 1.0):
+    def __init__(self, source: ImageDomainDataset, target: ImageDomainDataset, target_ratio: float = 1.0) -> None:
         if len(source) == 0 or len(target) == 0:
             raise ValueError("PairedDataset needs a non-empty source and target.")
         if not (math.isfinite(target_ratio) and target_ratio > 0):
@@ -62,6 +63,7 @@ class PairedDataset(torch.utils.data.Dataset):
         return max(len(self.source), math.ceil(len(self.target) / self.targets_per_item))
 
     def target_index(self, i: int, slot: int = 0) -> int:
+        """The target row paired with item ``i`` in ``slot``: a coprime stride visits every target row evenly."""
         return ((i * self.targets_per_item + slot) * self.stride) % len(self.target)
 
     def __getitem__(self, i: int) -> dict:
@@ -88,7 +90,9 @@ def collate_images(examples: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def collate_paired(examples: list[dict], target_ratio: float = 1.0) -> dict[str, torch.Tensor]:
-    """:func:`collate_images`, then keep ``max(1, round(target_ratio * B))`` target images (see module doc)."""
+    """Collate paired items: :func:`collate_images`, then keep ``max(1, round(target_ratio * B))`` target images.
+
+    See the module docstring."""
     if not examples or "target_pixel_values" not in examples[0]:
         return collate_images(examples)
     target_keys = [k for k in ("target_pixel_values", "target_image_size") if k in examples[0]]

@@ -16,12 +16,23 @@ ops, and both input paths use it: the stock :func:`eval_transform` and the decod
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from torchvision import transforms as T
 
 from hf_transfer.data.images import to_rgb
 from hf_transfer.errors import TransferConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+#: one PIL image -> one normalised tensor (a torchvision ``Compose``)
+ImageTransform = Callable[["Image.Image"], "torch.Tensor"]
+#: a ``Dataset.with_transform`` function over a batch of rows (column -> values)
+BatchTransform = Callable[[dict[str, list[Any]]], dict[str, list[Any]]]
 
 AUGMENTATIONS = ("standard", "light", "none")
 CROP_MODES = ("center", "squash", "border")
@@ -50,14 +61,17 @@ class DataConfig:
 
     @property
     def size(self) -> int:
+        """The square side, in pixels, that the model sees."""
         return int(self.input_size[-1])
 
     @property
     def border_fill(self) -> tuple[int, int, int]:
         """The padding colour of ``crop_mode='border'``: the mean, in 0..255, as timm pads."""
-        return tuple(round(255 * v) for v in self.mean)
+        red, green, blue = (round(255 * v) for v in self.mean)
+        return red, green, blue
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-ready values (lists, not tuples) for results.json, cards and cache keys."""
         out = asdict(self)
         out.pop("extra")
         out["input_size"] = list(self.input_size)
@@ -65,6 +79,7 @@ class DataConfig:
         return out
 
     def fingerprint(self) -> str:
+        """A stable text of every field, so caches keyed on it change when the preprocessing does."""
         return repr(sorted(self.to_dict().items()))
 
 
@@ -80,20 +95,22 @@ def eval_geometry(cfg: DataConfig) -> T.Compose:
         return T.Compose(
             [
                 ResizeKeepRatio((scale, scale), interpolation=interp.value, longest=1.0),
-                CenterCropOrPad(cfg.size, fill=list(cfg.border_fill)),
+                CenterCropOrPad(cfg.size, fill=cfg.border_fill),
             ]
         )
     return T.Compose([T.Resize(scale, interpolation=interp), T.CenterCrop(cfg.size)])
 
 
 def eval_transform(cfg: DataConfig) -> T.Compose:
-    """:func:`eval_geometry`, then ``ToTensor`` and ``Normalize``: timm's eval recipe."""
+    """Timm's eval recipe: :func:`eval_geometry`, then ``ToTensor`` and ``Normalize``."""
     return T.Compose([*eval_geometry(cfg).transforms, T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
 
 
 def train_transform(cfg: DataConfig, augment: str = "standard") -> T.Compose:
-    """``standard``: RandomResizedCrop + flip (natural images). ``light``: small shifts and scales
-    only, no flip (digits, text, anything whose meaning a flip changes). ``none``: eval transform."""
+    """The PIL training transform of the stock input path for the ``augment`` recipe.
+
+    ``standard``: RandomResizedCrop + flip (natural images). ``light``: small shifts and scales only, no flip
+    (digits, text, anything whose meaning a flip changes). ``none``: eval transform."""
     if augment not in AUGMENTATIONS:
         raise ValueError(f"Unknown augmentation {augment!r}; choose one of {AUGMENTATIONS}.")
     if augment == "none":
@@ -106,11 +123,11 @@ def train_transform(cfg: DataConfig, augment: str = "standard") -> T.Compose:
     return T.Compose(ops + [T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
 
 
-def make_batch_transform(transform, with_labels: bool = True):
+def make_batch_transform(transform: ImageTransform, with_labels: bool = True) -> BatchTransform:
     """A ``Dataset.with_transform`` function: PIL images -> ``pixel_values`` (+ ``labels``)."""
 
-    def apply(batch):
-        out = {"pixel_values": [transform(to_rgb(img)) for img in batch["image"]]}
+    def apply(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {"pixel_values": [transform(to_rgb(img)) for img in batch["image"]]}
         if with_labels and "label" in batch:
             out["labels"] = batch["label"]
         return out

@@ -13,12 +13,13 @@ Both take numpy arrays (or anything ``np.asarray`` accepts) of shape (N, D).
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from hf_transfer.methods.domain.mmd import mk_mmd
 
 
-def _array(x) -> np.ndarray:
+def _array(x: npt.ArrayLike | torch.Tensor) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     a = np.asarray(x, dtype=np.float64)
@@ -35,7 +36,12 @@ def _subsample(a: np.ndarray, n: int | None, rng: np.random.Generator) -> np.nda
 
 
 def proxy_a_distance(
-    f_s, f_t, seed: int = 0, test_size: float = 0.5, C: float = 1.0, max_samples: int | None = 5000
+    f_s: npt.ArrayLike | torch.Tensor,
+    f_t: npt.ArrayLike | torch.Tensor,
+    seed: int = 0,
+    test_size: float = 0.5,
+    C: float = 1.0,
+    max_samples: int | None = 5000,
 ) -> float:
     """Proxy A-distance ``2 * (1 - 2 * err)``, clipped to [0, 2].
 
@@ -63,7 +69,12 @@ def proxy_a_distance(
 
 
 def mmd_distance(
-    f_s, f_t, num_kernels: int = 5, kernel_mul: float = 2.0, max_samples: int | None = 2000, seed: int = 0
+    f_s: npt.ArrayLike | torch.Tensor,
+    f_t: npt.ArrayLike | torch.Tensor,
+    num_kernels: int = 5,
+    kernel_mul: float = 2.0,
+    max_samples: int | None = 2000,
+    seed: int = 0,
 ) -> float:
     """Squared multi-kernel MMD (biased V-statistic, >= 0) between the two feature sets.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,8 @@ def match_labels(model_id: str, model_names: list[str], dataset: str, dataset_na
             len(merged),
             "; ".join(" = ".join(repr(n) for n in group) for group in merged[:_SHOWN]),
         )
-    names, position = [], {}  # a name the model repeats (ImageNet's two "crane"s) is one class
+    names: list[str] = []
+    position: dict[str, int] = {}  # a name the model repeats (ImageNet's two "crane"s) is one class
     for _, n in shared:
         if norm(n) not in position:
             position[norm(n)] = len(names)
@@ -78,9 +80,11 @@ def match_labels(model_id: str, model_names: list[str], dataset: str, dataset_na
     )
 
 
-def known_rows(ds, match: LabelMatch):
-    """``(rows of the classes the model knows, {class: rows} of the others, lookup)``; ``lookup`` maps a
-    dataset label id to its shared-class index (-1: not shared; ``lookup[-1]`` keeps unlabelled rows -1)."""
+def known_rows(ds: Any, match: LabelMatch) -> tuple[Any, dict[str, int], np.ndarray]:
+    """The dataset cut to the classes the model knows, the row counts of the others, and the label lookup.
+
+    Returns ``(rows of the known classes, {class: rows} of the others, lookup)``; ``lookup`` maps a dataset label id
+    to its shared-class index (-1: not shared; ``lookup[-1]`` keeps unlabelled rows -1)."""
     from hf_transfer.data.class_names import class_key as norm
 
     names = list(ds.features["label"].names)
@@ -98,6 +102,7 @@ def known_rows(ds, match: LabelMatch):
 
 def score(logits: np.ndarray, labels: np.ndarray, match: LabelMatch) -> dict:
     """Training's metrics of the argmax over the shared classes, plus the argmax over all the model's classes.
+
     ``labels`` are shared-class indices (-1: not scored)."""
     from hf_transfer.evaluation.metrics import UNLABELLED, classification_report
 
@@ -112,8 +117,9 @@ def score(logits: np.ndarray, labels: np.ndarray, match: LabelMatch) -> dict:
 
 
 def same_rows_metrics(confusion: list[list[int]], known: list[int]) -> dict:
-    """Training's metrics of a model, from its confusion matrix, on only the rows whose true class is in
-    ``known`` (its predictions stay what they were): the adapted model on the rows the base was scored on."""
+    """Training's metrics of a model, from its confusion matrix, on only the rows of the ``known`` classes.
+
+    Its predictions stay what they were: the adapted model scored on the rows the base was scored on."""
     from hf_transfer.evaluation.metrics import classification_report
 
     cm = np.asarray(confusion, dtype=np.int64)

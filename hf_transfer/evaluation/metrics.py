@@ -7,15 +7,24 @@ around these same sklearn calls (the Trainer already gathers predictions across 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+import numpy.typing as npt
 from sklearn.metrics import confusion_matrix, f1_score
+
+if TYPE_CHECKING:
+    from transformers import EvalPrediction
 
 UNLABELLED = -1
 
 
-def classification_report(predictions, references, num_classes: int) -> dict:
-    """Metrics over the labelled rows only: a row labelled ``UNLABELLED`` is never scored (counted as
-    an error it would lower accuracy, macro-F1 and the confusion matrix's totals)."""
+def classification_report(predictions: npt.ArrayLike, references: npt.ArrayLike, num_classes: int) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class accuracy and the confusion matrix over the labelled rows only.
+
+    A row labelled ``UNLABELLED`` is never scored (counted as an error it would lower accuracy, macro-F1 and the
+    confusion matrix's totals)."""
     preds, refs = np.asarray(predictions, dtype=np.int64), np.asarray(references, dtype=np.int64)
     scored = refs != UNLABELLED
     preds, refs = preds[scored], refs[scored]
@@ -47,7 +56,7 @@ def unscored_message(where: str, names: list[str], num_classes: int, shown: int 
     )
 
 
-def scalar_metrics_fn(num_classes: int):
+def scalar_metrics_fn(num_classes: int) -> Callable[[EvalPrediction], dict[str, float]]:
     """``compute_metrics`` for the Trainer: scalars only (loggers choke on matrices).
 
     Every eval set also gets the unsupervised validators (entropy, IM, SND) of its predictions; an
@@ -56,7 +65,7 @@ def scalar_metrics_fn(num_classes: int):
     """
     from hf_transfer.evaluation.validators import VALIDATORS
 
-    def compute(eval_pred) -> dict[str, float]:
+    def compute(eval_pred: EvalPrediction) -> dict[str, float]:
         logits, labels = eval_pred.predictions, eval_pred.label_ids
         logits = logits[0] if isinstance(logits, (tuple, list)) else logits
         out = {name: float(fn(logits)) for name, fn in VALIDATORS.items()}

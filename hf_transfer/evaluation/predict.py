@@ -3,10 +3,19 @@ Trainer's on-device normalisation, or the stock PIL eval transform), batched, wi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from hf_transfer.errors import TransferConfigError
 
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
-def resolve_device(name: str):
+    from hf_transfer.models.backbones import Backbone
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device of ``--device`` (``auto``: CUDA when present), refused before any work when unusable."""
     import torch
 
     if name == "auto":
@@ -21,16 +30,16 @@ def resolve_device(name: str):
 
 
 def predict_logits(
-    backbone,
-    ds,
+    backbone: Backbone,
+    ds: Any,
     *,
     batch_size: int = 64,
-    device=None,
+    device: torch.device | None = None,
     input_path: str = "fast",
     decoded_cache_dir: str | None = None,
     num_workers: int = 0,
     progress: bool | None = None,
-):
+) -> tuple[np.ndarray, np.ndarray]:
     """``(logits [N, C] float32, labels [N])`` of ``backbone`` on ``ds`` through training's eval path."""
     import torch
     from tqdm.auto import tqdm
@@ -42,13 +51,17 @@ def predict_logits(
 
     device = device or torch.device("cpu")
     cfg = backbone.data_config
+    items: torch.utils.data.Dataset
+    to_input: BatchAugment | None
     if input_path == "fast":
         items = DecodedImages(ds, cfg, "eval", cache_dir=decoded_cache_dir, num_workers=num_workers, progress=progress)
         collate, to_input = collate_decoded, BatchAugment(cfg, "none").eval().to(device)
     else:
         items, collate, to_input = ImageDomainDataset(ds, eval_transform(cfg)), collate_images, None
     loader = torch.utils.data.DataLoader(items, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
-    model = backbone.model.to(device).eval()
+    # transformers decorates PreTrainedModel.to with functools.wraps(nn.Module.to), which typeshed types as the
+    # unbound function (self first): the call is right, its annotation is not
+    model = backbone.model.to(device).eval()  # type: ignore[arg-type]
     logits, labels = [], []
     with torch.inference_mode():
         for batch in tqdm(

@@ -81,8 +81,9 @@ def stop_marker_problem(folder: str | os.PathLike) -> str | None:
 
 
 def window_means(first: list[float], last: list[float], num_steps: int) -> tuple[float, float] | None:
-    """(mean of the first steps' losses, mean of the last steps'), over ``min(LOSS_WINDOW, num_steps // 5)``
-    steps each (at least one); None when no loss was recorded."""
+    """The mean loss of the first steps and of the last steps; None when no loss was recorded.
+
+    Each mean is over ``min(LOSS_WINDOW, num_steps // 5)`` steps (at least one)."""
     if not first or not last:
         return None
     window = max(1, min(LOSS_WINDOW, num_steps // 5, len(first), len(last)))
@@ -106,8 +107,9 @@ def at_chance(accuracy: float, num_samples: int, chance: float) -> bool:
 def divergence_warnings(
     loss_start: float | None, loss_end: float | None, target_metrics: dict | None, num_classes: int
 ) -> list[str]:
-    """The run's warning lines: the training loss ended far above where it began; the target test accuracy
-    is at chance. Empty when neither holds."""
+    """The run's warning lines: the loss ended far above where it began, or the target accuracy is at chance.
+
+    Empty when neither holds."""
     out = []
     if loss_start is not None and loss_end is not None and loss_end > DIVERGED_LOSS_RATIO * loss_start:
         out.append(

@@ -26,8 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+#: what the validators take: a numpy array or a tensor of shape (N, C)
+Matrix = np.ndarray | torch.Tensor
 
-def _tensor(x) -> torch.Tensor:
+
+def _tensor(x: Matrix) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
     t = t.detach().to("cpu", torch.float64)
     if t.ndim != 2 or t.shape[0] == 0:
@@ -39,19 +42,21 @@ def _entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return -(p * torch.log(p.clamp_min(1e-12))).sum(dim)
 
 
-def entropy_score(logits) -> float:
+def entropy_score(logits: Matrix) -> float:
     """Negative mean prediction entropy (nats); higher is better, at most 0."""
     p = F.softmax(_tensor(logits), dim=1)
     return float(-_entropy(p).mean())
 
 
-def information_maximization(logits) -> float:
+def information_maximization(logits: Matrix) -> float:
     """``H(mean p) - mean H(p)`` (nats), in [0, log C]; higher is better."""
     p = F.softmax(_tensor(logits), dim=1)
     return float(_entropy(p.mean(0)) - _entropy(p).mean())
 
 
-def snd(features_or_logits, temperature: float = 0.05, from_logits: bool = True, chunk_size: int = 1024) -> float:
+def snd(
+    features_or_logits: Matrix, temperature: float = 0.05, from_logits: bool = True, chunk_size: int = 1024
+) -> float:
     """Soft Neighborhood Density; higher is better.
 
     ``z_i``: softmax of the logits (``from_logits=True``, the paper's default) or the raw features,
@@ -77,7 +82,9 @@ def snd(features_or_logits, temperature: float = 0.05, from_logits: bool = True,
     return total / n
 
 
-def dev(source_features, source_losses, target_features, seed: int = 0, C: float = 1.0) -> float:
+def dev(
+    source_features: Matrix, source_losses: Matrix, target_features: Matrix, seed: int = 0, C: float = 1.0
+) -> float:
     """Deep Embedded Validation, negated so that higher is better.
 
     A logistic-regression domain classifier on the pooled source-validation and target features

@@ -4,6 +4,8 @@ domain-specific wording lives in one small place)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 GAP_MEASURES = (
     (
         "proxy_a_distance",
@@ -14,11 +16,11 @@ GAP_MEASURES = (
 )
 
 
-def _names(names) -> str:
+def _names(names: Iterable[str]) -> str:
     return ", ".join(f"`{n}`" for n in names)
 
 
-def _num(value, digits: int) -> str:
+def _num(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 

@@ -7,7 +7,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.methods.registry import option_applies
@@ -23,7 +23,19 @@ REFERENCE_PREDICTIONS = "reference_predictions.json"
 HUB = "https://huggingface.co"
 
 
-def load_results(source: str | os.PathLike | dict | None) -> dict | None:
+@overload
+def load_results(source: str | os.PathLike[str] | dict[str, Any]) -> dict[str, Any]: ...
+
+
+@overload
+def load_results(source: None) -> None: ...
+
+
+@overload
+def load_results(source: str | os.PathLike[str] | dict[str, Any] | None) -> dict[str, Any] | None: ...
+
+
+def load_results(source: str | os.PathLike[str] | dict[str, Any] | None) -> dict[str, Any] | None:
     """A results dict from a dict, a ``results.json`` path, or a run folder (None passes through)."""
     if source is None or isinstance(source, dict):
         return source
@@ -48,7 +60,7 @@ def load_results(source: str | os.PathLike | dict | None) -> dict | None:
 
 
 def dataset_info(spec: str | None) -> dict | None:
-    """kind (builtin | local | hub), display name, Hub id/config/revision of a dataset spec string."""
+    """What a card says of a dataset spec string: kind (builtin | local | hub), display name, Hub id/config/revision."""
     if not spec:
         return None
     from hf_transfer.data.spec import parse_dataset_spec
@@ -89,7 +101,7 @@ def accuracy(results: dict | None, domain: str) -> float | None:
     return ((results.get("metrics") or {}).get(domain) or {}).get("accuracy")
 
 
-def folder_library(folder: str | os.PathLike) -> dict:
+def folder_library(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """What the exported folder is: ``{"library": transformers|peft, "timm": bool}``."""
     folder = Path(folder)
     config = {}
@@ -110,8 +122,10 @@ def reference_rows(folder: str | os.PathLike) -> list[dict]:
 
 
 def training_config(results: dict) -> tuple[dict, bool]:
-    """(the arguments that reproduce the run, exact?). Uses ``results["arguments"]`` when the run
-    stored them; otherwise rebuilds them from the recorded fields (then not guaranteed exact)."""
+    """The arguments that reproduce the run, and whether they are exactly the ones it ran with.
+
+    Uses ``results["arguments"]`` when the run stored them; otherwise rebuilds them from the recorded fields (then
+    not guaranteed exact)."""
     if isinstance(results.get("arguments"), dict):
         return dict(results["arguments"]), True
     hp = results.get("hyperparameters") or {}
@@ -182,8 +196,10 @@ def _is_local_value(key: str, value: Any, results: dict) -> bool:
 
 
 def run_config(results: dict) -> tuple[dict, bool]:
-    """:func:`training_config` as a card shows it: every local path (the output folder, a local backbone or
-    dataset, a cache folder) replaced by a placeholder, since the path means nothing on another machine."""
+    """The run's :func:`training_config` as a card shows it, local paths replaced by placeholders.
+
+    Every local path (the output folder, a local backbone or dataset, a cache folder) means nothing on another
+    machine."""
     config, exact = training_config(results)
     config = {k: (path_placeholder(v) if _is_local_value(k, v, results) else v) for k, v in config.items()}
     config["output_dir"] = OUTPUT_DIR_PLACEHOLDER
@@ -196,8 +212,9 @@ def placeholders_in(config: dict) -> list[str]:
 
 
 def governing_schedule(results: dict) -> str | None:
-    """Which argument set the training length: ``max_steps`` (when set > 0, it overrides the epochs) or
-    ``num_train_epochs``; None when the run did not record its arguments."""
+    """Which argument set the training length: ``max_steps`` or ``num_train_epochs``.
+
+    ``max_steps`` when set > 0 (it overrides the epochs); None when the run did not record its arguments."""
     arguments = results.get("arguments")
     if not isinstance(arguments, dict):
         return None

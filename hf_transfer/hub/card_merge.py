@@ -5,6 +5,10 @@ metadata keys hf-transfer does not set are kept."""
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCard
 
 _SECTION = re.compile(r"<!-- hf-transfer:begin (?P<name>[\w-]+) -->.*?<!-- hf-transfer:end (?P=name) -->\n?", re.DOTALL)
 
@@ -37,12 +41,14 @@ def merge_body(old: str, new: str) -> str:
             out = out[: first.start()] + block + "\n" + out[first.start() :] if first else out.rstrip() + "\n\n" + block
         else:
             m = re.search(re.escape(f"<!-- hf-transfer:end {prev} -->") + r"\n?", out)
+            if m is None:  # _sections found the section, so its end marker is there
+                raise ValueError(f"model card: section {prev!r} has no end marker")
             out = out[: m.end()] + "\n" + block + out[m.end() :]
         present.add(name)
     return out
 
 
-def merge_card(existing: str | None, generated):
+def merge_card(existing: str | None, generated: ModelCard) -> ModelCard:
     """The generated ``ModelCard`` merged into an existing README text (None: the generated card).
 
     Metadata: keys hf-transfer sets are replaced, other keys (e.g. ``language`` added by hand) kept.

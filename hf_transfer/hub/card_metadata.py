@@ -6,19 +6,22 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from hf_transfer.hub.card_inputs import HUB, dataset_info, folder_library, reference_rows
 from hf_transfer.hub.card_provenance import hub_origin
 
+if TYPE_CHECKING:
+    from huggingface_hub import EvalResult, ModelCardData
+
 logger = logging.getLogger(__name__)
 
 BASELINE_CONFIG = "source-only-baseline"
 
 
-def eval_results(results: dict, baseline: dict | None = None) -> list:
+def eval_results(results: dict, baseline: dict | None = None) -> list[EvalResult]:
     """``EvalResult``s per domain and split (test) for this model and, when known, the source-only baseline."""
     from huggingface_hub import EvalResult
 
@@ -68,18 +71,19 @@ def card_data(
     repo_id: str | None,
     *,
     mode_tag: str | None,
-    folder: str | os.PathLike | None = None,
+    folder: str | os.PathLike[str] | None = None,
     baseline: dict | None = None,
     license: str | None = None,
     revision: str | None = None,
     endpoint: str | None = None,
     model_name: str | None = None,
-):
-    """The ``ModelCardData`` of a run (metadata only); ``mode_tag`` is the mode's Hub tag. ``repo_id`` None: a
-    local card (no widget: its images would be links into a repo that does not exist yet)."""
+) -> ModelCardData:
+    """The ``ModelCardData`` of a run (metadata only); ``mode_tag`` is the mode's Hub tag.
+
+    ``repo_id`` None: a local card (no widget: its images would be links into a repo that does not exist yet)."""
     from huggingface_hub import ModelCardData
 
-    lib = folder_library(folder) if folder else {"library": "transformers", "timm": False}
+    lib: dict[str, Any] = folder_library(folder) if folder else {"library": "transformers", "timm": False}
     method = results.get("method")
     tags = [
         "hf-transfer",
@@ -124,9 +128,10 @@ def card_data(
 
 
 def declared_base_model(results: dict) -> str | None:
-    """The ``base_model`` a card declares: the Hub id the weights came from, directly or through a chain of
-    local runs (:func:`~hf_transfer.hub.card_provenance.hub_origin`); never a local folder or a timm
-    architecture name, which are not Hub ids (None then)."""
+    """The ``base_model`` a card declares: the Hub id the weights came from, directly or through local runs.
+
+    The chain of local runs is :func:`~hf_transfer.hub.card_provenance.hub_origin`'s; never a local folder or a
+    timm architecture name, which are not Hub ids (None then)."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -148,7 +153,9 @@ def base_model_license(base_model: str | None, token: str | bool | None = None) 
     try:
         from huggingface_hub import ModelCard
 
-        data = ModelCard.load(base_model, token=token).data
+        # load passes the token on to hf_hub_download, which takes a bool too (False: no token); only the
+        # annotation of load says str
+        data = ModelCard.load(base_model, token=token).data  # type: ignore[arg-type]
         value = data.get("license")
         return value if isinstance(value, str) else None
     except Exception as err:  # no card, offline, gated...: the license is then simply not stated
@@ -156,19 +163,22 @@ def base_model_license(base_model: str | None, token: str | bool | None = None) 
         return None
 
 
-def validate_card(text: str, expected=None) -> list:
+def validate_card(text: str, expected: list[EvalResult] | None = None) -> list[EvalResult]:
     """Offline checks: the metadata parses and ``model-index`` round-trips; returns the eval results.
 
     Raises ``ValueError`` naming the problem.
     """
-    from huggingface_hub import ModelCard
+    from huggingface_hub import ModelCard, ModelCardData
     from huggingface_hub.repocard_data import (
         eval_results_to_model_index,
         model_index_to_eval_results,
     )
 
     card = ModelCard(text)  # raises on invalid YAML
-    raw = yaml.safe_load(re.match(r"\A---\n(.*?)\n---\n", text, re.DOTALL).group(1))
+    front = re.match(r"\A---\n(.*?)\n---\n", text, re.DOTALL)
+    if front is None:
+        raise ValueError("model card metadata: the card does not start with a YAML block between '---' lines")
+    raw = yaml.safe_load(front.group(1))
     for key in ("library_name", "pipeline_tag"):
         if not isinstance(raw.get(key), str):
             raise ValueError(f"model card metadata: {key!r} must be a string, got {raw.get(key)!r}")
@@ -177,7 +187,7 @@ def validate_card(text: str, expected=None) -> list:
     name, results = model_index_to_eval_results(raw["model-index"])
     if eval_results_to_model_index(name, results) != raw["model-index"]:
         raise ValueError("model card metadata: model-index does not round-trip through EvalResult")
-    if card.data.eval_results != results:
+    if not isinstance(card.data, ModelCardData) or card.data.eval_results != results:
         raise ValueError("model card metadata: ModelCardData parses model-index differently")
     if expected is not None and results != expected:
         raise ValueError("model card metadata: model-index differs from the results it was rendered from")

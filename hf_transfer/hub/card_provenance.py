@@ -58,8 +58,10 @@ def _base_results(path: str) -> dict | None:
 def run_provenance(
     backbone: str | None, base_model: str | None = None, revision: str | None = None, _seen: frozenset = frozenset()
 ) -> list[dict]:
-    """The chain of links *before* a run that started from ``backbone``: the origin first, then every earlier
-    hf-transfer run whose folder (a ``results.json`` beside the weights) the next one started from."""
+    """The chain of links *before* a run that started from ``backbone``, the origin first.
+
+    Then every earlier hf-transfer run whose folder (a ``results.json`` beside the weights) the next one started
+    from."""
     if not is_local_backbone(backbone, base_model):
         return [_origin(backbone, base_model, revision)]
     key = os.path.realpath(str(backbone))
@@ -119,8 +121,10 @@ def link_text(link: dict) -> str:
 
 
 def chain_text(results: dict) -> str:
-    """The whole chain up to this run: ``test_resnet (random init) -> source_only on builtin:digits-printed ->
-    this run: task on builtin:digits-handwritten``."""
+    """The whole chain of runs up to this one, as one line of text.
+
+    E.g. ``test_resnet (random init) -> source_only on builtin:digits-printed -> this run: task on
+    builtin:digits-handwritten``."""
     this = link_text(_run_link(results, "this run"))
     return " -> ".join([*(link_text(link) for link in provenance_of(results)), f"this run: {this}"])
 

@@ -8,8 +8,9 @@ from hf_transfer.hub.card_inputs import EXAMPLES_DIR, REPO_ID_PLACEHOLDER
 
 
 def adapter_vars(adapter: dict) -> dict:
-    """Template variables for the stock-library code that loads a PEFT adapter (see adapters.py); the
-    adapter lies at the repo root (``--publish adapter``) or in ``adapter_subfolder`` (``--publish both``)."""
+    """Template variables for the stock-library code that loads a PEFT adapter (see adapters.py).
+
+    The adapter lies at the repo root (``--publish adapter``) or in ``adapter_subfolder`` (``--publish both``)."""
     loading = adapter.get("stock_loading") or {}
     processor = loading.get("processor") or {"class": "AutoImageProcessor", "kwargs": {}}
     base_revision = adapter.get("base_revision")
@@ -103,8 +104,10 @@ LOCAL_NOTE = (
 def usage_vars(
     results: dict, library: dict, examples: list[dict], revision: str | None, *, local: bool = False
 ) -> dict:
-    """Template variables of the usage section. ``library``: :func:`~hf_transfer.hub.card_inputs.folder_library`;
-    ``examples``: the folder's reference rows; ``local``: a card written before any push (no repo yet)."""
+    """Template variables of the usage section.
+
+    ``library``: :func:`~hf_transfer.hub.card_inputs.folder_library`; ``examples``: the folder's reference rows;
+    ``local``: a card written before any push (no repo yet)."""
     adapter = results.get("adapter") or {}
     return dict(
         is_timm=library["timm"],

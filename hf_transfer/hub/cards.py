@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from hf_transfer.hub import card_sections as sections
 from hf_transfer.hub.card_domain import domain_option_lines
@@ -41,6 +42,11 @@ from hf_transfer.hub.card_merge import merge_card
 from hf_transfer.hub.card_metadata import card_data, validate_card
 from hf_transfer.hub.card_template import template_text
 from hf_transfer.hub.card_usage import usage_vars
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCard
+
+    from hf_transfer.methods.registry import Method
 
 __all__ = [
     "CONFIG_FILE",
@@ -78,27 +84,28 @@ MODES = {
 }
 
 
-def _registered(method: str | None):
+def _registered(method: str | None) -> Method | None:
     """The method's registration (title, paper, one line), None for a name the registry does not know."""
     from hf_transfer.methods.registry import all_methods
 
-    return all_methods().get(method)
+    return all_methods().get(method) if method is not None else None
 
 
-def _method_title(method: str | None):
+def _method_title(method: str | None) -> str | None:
     m = _registered(method)
     return m.title if m else method
 
 
-def _method_vars(results: dict) -> dict:
+def _method_vars(results: dict[str, Any]) -> dict[str, Any]:
     """Template variables of the "how it was adapted" section: the mode and method named from
     :data:`MODES` / the method registry, and the options the method ran with."""
     mode, method = results.get("mode"), results.get("method")
     registered = _registered(method)
+    mode_entry = MODES.get(mode) if isinstance(mode, str) else None
     return dict(
         mode=mode,
-        mode_title=MODES.get(mode, (mode, ""))[0],
-        mode_text=MODES.get(mode, ("", ""))[1],
+        mode_title=mode_entry[0] if mode_entry else mode,
+        mode_text=mode_entry[1] if mode_entry else "",
         method=method,
         method_title=_method_title(method),
         method_paper=(results.get("paper") if mode == "domain" else None) or (registered.paper if registered else ""),
@@ -112,19 +119,19 @@ def _method_vars(results: dict) -> dict:
 
 
 def render_card(
-    folder: str | os.PathLike,
+    folder: str | os.PathLike[str],
     repo_id: str | None,
     *,
-    results: dict | None = None,
-    baseline_results: str | os.PathLike | dict | None = None,
-    upper_bound_results: str | os.PathLike | dict | None = None,
+    results: dict[str, Any] | None = None,
+    baseline_results: str | os.PathLike[str] | dict[str, Any] | None = None,
+    upper_bound_results: str | os.PathLike[str] | dict[str, Any] | None = None,
     license: str | None = None,
     revision: str | None = None,
     endpoint: str | None = None,
-    template_path: str | os.PathLike | None = None,
+    template_path: str | os.PathLike[str] | None = None,
     figures: bool = True,
     model_name: str | None = None,
-):
+) -> ModelCard:
     """Render the card of the run in ``folder`` as it would be pushed to ``repo_id`` (nothing written).
 
     ``repo_id`` None: a local card, written before any push; it links to no Hub repo (none exists yet) and
@@ -144,7 +151,7 @@ def render_card(
     data = card_data(
         results,
         repo_id,
-        mode_tag=MODES.get(mode, ("", "", mode))[2],
+        mode_tag=MODES[mode][2] if mode in MODES else mode,
         folder=folder,
         baseline=baseline,
         license=license,
@@ -153,7 +160,7 @@ def render_card(
         model_name=model_name,
     )
     backbone = sections.backbone_text(results, library["timm"])
-    title = _method_title(results.get("method"))
+    title = str(_method_title(results.get("method")))
     return ModelCard.from_template(
         data,
         template_str=template_text(template_path),
@@ -173,7 +180,7 @@ def render_card(
     )
 
 
-def write_figures(folder: str | os.PathLike, results: dict | None = None) -> list[str]:
+def write_figures(folder: str | os.PathLike[str], results: dict[str, Any] | None = None) -> list[str]:
     """Write ``confusion_matrix.png`` (target test) and ``training_curves.png`` into ``folder``."""
     from hf_transfer.hub.plots import confusion_matrix_png, lr_find_png, training_curves_png
 
@@ -182,7 +189,8 @@ def write_figures(folder: str | os.PathLike, results: dict | None = None) -> lis
     written = []
     target = (results.get("metrics") or {}).get("target") or {}
     if target.get("confusion_matrix"):
-        dataset = dataset_info(results.get("target"))["display"]
+        target_info = dataset_info(results.get("target"))
+        dataset = target_info["display"] if target_info else results.get("target")
         title = f"Target test ({dataset}), {results.get('mode')}/{results.get('method')}"
         written.append(
             confusion_matrix_png(
@@ -196,15 +204,18 @@ def write_figures(folder: str | os.PathLike, results: dict | None = None) -> lis
     return written
 
 
-def local_repo_id(folder: str | os.PathLike) -> str:
+def local_repo_id(folder: str | os.PathLike[str]) -> str:
     """The name a local card (no repo yet) is titled with: the folder's name."""
     return Path(folder).resolve().name
 
 
-def write_card(folder: str | os.PathLike, repo_id: str | None, *, existing: str | None = None, **kwargs) -> str:
-    """Figures + ``train_config.yaml`` + ``README.md`` (merged into ``existing``, else into the folder's
-    README.md when there is one) written into ``folder``; returns the card text. ``repo_id`` None: a local
-    card (see :func:`render_card`)."""
+def write_card(
+    folder: str | os.PathLike[str], repo_id: str | None, *, existing: str | None = None, **kwargs: Any
+) -> str:
+    """Write the figures, ``train_config.yaml`` and ``README.md`` of the run into ``folder``; returns the card text.
+
+    The card is merged into ``existing``, else into the folder's README.md when there is one. ``repo_id`` None: a
+    local card (see :func:`render_card`); ``kwargs`` are :func:`render_card`'s options."""
     folder = Path(folder)
     results = load_results(kwargs.pop("results", None) or folder)
     write_figures(folder, results)
@@ -219,14 +230,15 @@ def write_card(folder: str | os.PathLike, repo_id: str | None, *, existing: str 
 
 
 def render_example(
-    run_dir: str | os.PathLike,
-    out_dir: str | os.PathLike = "model_cards/examples",
+    run_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] = "model_cards/examples",
     model_name: str = "digits-printed-to-handwritten-dann",
-    baseline_results: str | os.PathLike | dict | None = None,
-    upper_bound_results: str | os.PathLike | dict | None = None,
+    baseline_results: str | os.PathLike[str] | dict[str, Any] | None = None,
+    upper_bound_results: str | os.PathLike[str] | dict[str, Any] | None = None,
 ) -> str:
-    """Render the committed example card from a run folder (e.g. the demo's ``seed0/dann``, with its
-    ``seed0/source_only`` as baseline): ``README.md`` and its figures go to ``out_dir``. It is a local card,
+    """Render the committed example card from a run folder into ``out_dir``: ``README.md`` and its figures.
+
+    E.g. the demo's ``seed0/dann``, with its ``seed0/source_only`` as baseline. It is a local card,
     as training writes one: no repo of that name exists on the Hub, so it links to none. Nothing is fetched
     from the network."""
     import shutil

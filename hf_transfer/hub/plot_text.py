@@ -24,6 +24,9 @@ from dataclasses import dataclass
 
 from PIL import ImageFont
 
+#: a font Pillow draws with: a scalable one, or the bitmap default of a Pillow without FreeType
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
 MAX_CHARS = 24
 #: font files tried in order (globbed under the font folders); the first that draws every label wins
 FONT_PATTERNS = (
@@ -59,7 +62,7 @@ def font_files() -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=32)
-def _load(path: str | None, size: int):
+def _load(path: str | None, size: int) -> Font:
     if path is None:
         try:
             return ImageFont.load_default(size=size)
@@ -68,12 +71,12 @@ def _load(path: str | None, size: int):
     return ImageFont.truetype(path, size)
 
 
-def _signature(font, text: str):
+def _signature(font: Font, text: str) -> tuple[tuple[int, int], bytes]:
     mask = font.getmask(text)
     return mask.size, bytes(mask)
 
 
-def can_draw(font, text: str) -> bool:
+def can_draw(font: Font, text: str) -> bool:
     """Whether ``font`` has a glyph for every visible character of ``text`` (see the module doc)."""
     try:
         missing = _signature(font, _MISSING)
@@ -108,7 +111,7 @@ def shorten(index: int, label: str, max_chars: int = MAX_CHARS) -> str:
 def plot_labels(labels: list[str], size: int = 14) -> PlotLabels:
     """The font that draws the most ``labels`` (all, when one can) and each label's text (module doc)."""
     texts = [shorten(i, lab) for i, lab in enumerate(labels)]
-    best = None
+    best: tuple[str | None, list[bool]] | None = None
     for path in [*font_files(), None]:
         font = _load(path, size)
         drawable = [can_draw(font, t) for t in texts]
@@ -116,6 +119,7 @@ def plot_labels(labels: list[str], size: int = 14) -> PlotLabels:
             best = (path, drawable)
         if all(drawable):
             break
+    assert best is not None  # the candidates end with None (Pillow's default font): the loop ran
     path, drawable = best
     return PlotLabels(
         texts=[t if ok else f"#{i}" for i, (t, ok) in enumerate(zip(texts, drawable, strict=True))],
@@ -125,7 +129,7 @@ def plot_labels(labels: list[str], size: int = 14) -> PlotLabels:
     )
 
 
-def label_font(labels: PlotLabels, size: int):
+def label_font(labels: PlotLabels, size: int) -> Font:
     """The font of ``labels`` at ``size``."""
     return _load(labels.font_path, size)
 

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
+
+if TYPE_CHECKING:
+    from hf_transfer.hub.plot_text import Font
 
 _PALETTE = [
     (31, 119, 180),
@@ -41,29 +45,30 @@ _SKIP_KEYS = {
 }
 
 
-def _font(size: int):
+def _font(size: int) -> Font:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow without FreeType sizing
         return ImageFont.load_default()
 
 
-def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
-    box = draw.textbbox((0, 0), text, font=font)
-    return box[2] - box[0], box[3] - box[1]
+def _text_size(draw: ImageDraw.ImageDraw, text: str, font: Font) -> tuple[int, int]:
+    box = draw.textbbox((0, 0), text, font=font)  # whole pixels (typed float: anchors may be fractional)
+    return int(box[2] - box[0]), int(box[3] - box[1])
 
 
 def _blues(x: float) -> tuple[int, int, int]:
     x = min(max(x, 0.0), 1.0)
     lo, hi = (247, 251, 255), (8, 48, 107)
-    return tuple(int(round(a + (b - a) * x)) for a, b in zip(lo, hi, strict=True))
+    red, green, blue = (int(round(a + (b - a) * x)) for a, b in zip(lo, hi, strict=True))
+    return red, green, blue
 
 
 #: the confusion matrix's grid is at most this many pixels wide (cells shrink, then labels and counts go)
 MAX_GRID_PX = 1600
 
 
-def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: Font, width: int) -> str:
     """``text`` cut with an ellipsis to fit ``width`` pixels."""
     if _text_size(draw, text, font)[0] <= width:
         return text
@@ -192,14 +197,22 @@ def curve_panels(log_history: list[dict]) -> list[dict]:
 
 
 def _panel(
-    draw, box, series: dict[str, list[tuple[float, float]]], title: str, ylim, xlim, font, small, xlabel: str = "step"
+    draw: ImageDraw.ImageDraw,
+    box: tuple[float, float, float, float],
+    series: dict[str, list[tuple[float, float]]],
+    title: str,
+    ylim: tuple[float, float],
+    xlim: tuple[float, float],
+    font: Font,
+    small: Font,
+    xlabel: str = "step",
 ) -> None:
     x0, y0, x1, y1 = box
     draw.text((x0, y0 - 22), title, fill="black", font=font)
     draw.rectangle(box, outline=(120, 120, 120))
     (ymin, ymax), (xmin, xmax) = ylim, xlim
 
-    def to_px(x, y):
+    def to_px(x: float, y: float) -> tuple[float, float]:
         return (x0 + (x - xmin) / (xmax - xmin) * (x1 - x0), y1 - (y - ymin) / (ymax - ymin) * (y1 - y0))
 
     for frac in (0.0, 0.25, 0.5, 0.75, 1.0):  # y ticks
@@ -246,8 +259,10 @@ def training_curves_png(log_history: list[dict], path: str, title: str = "Traini
 def ranking_png(
     candidates: Sequence[str], scores: dict[str, Sequence[float | None]], path: str, title: str = "Backbone ranking"
 ) -> str:
-    """One horizontal bar panel per score (candidates in ranked order, one colour each); bars are scaled
-    from the panel's lowest to its highest value, the value written beside each bar, "n/a" where missing."""
+    """Draw the backbone ranking: one horizontal bar panel per score, candidates in ranked order.
+
+    One colour per candidate; bars are scaled from the panel's lowest to its highest value, the value written
+    beside each bar, "n/a" where missing."""
     font, small = _font(15), _font(12)
     name_w, bar_w, row_h = 230, 260, 20
     panel_h = 30 + row_h * len(candidates)
@@ -278,8 +293,9 @@ def ranking_png(
 
 
 def lr_find_png(lr_find: dict, path: str) -> str | None:
-    """The learning-rate range test (``results["lr_find"]``): smoothed loss against log10 of the rate, with the
-    rate at the minimum and the pick marked in the legend. None when there is no curve."""
+    """Draw the learning-rate range test (``results["lr_find"]``); None when there is no curve.
+
+    The smoothed loss against log10 of the rate, with the rate at the minimum and the pick marked in the legend."""
     import math
 
     rates, losses = lr_find.get("learning_rates") or [], lr_find.get("losses") or []

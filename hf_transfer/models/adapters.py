@@ -52,13 +52,19 @@ import logging
 import os
 import re
 import warnings
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from torch import nn
 
 from hf_transfer.cache import staged_files
+from hf_transfer.data.transforms import DataConfig
 from hf_transfer.disk import tensors_bytes
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.models.backbones import Backbone, _data_config_from_processor, _data_config_from_timm_cfg
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +82,15 @@ class NotPortableWarning(UserWarning):
 # --- target modules ----------------------------------------------------------------------------
 
 
-def _body_modules(model: nn.Module, head_name: str):
+def _body_modules(model: nn.Module, head_name: str) -> list[tuple[str, nn.Module]]:
     head_prefix = head_name + "."
     return [(n, m) for n, m in model.named_modules() if n and n != head_name and not n.startswith(head_prefix)]
 
 
 def default_target_modules(model: nn.Module, head_name: str) -> tuple[list[str], str]:
-    """(full module names, the rule that chose them) for ``model`` (see the module docstring)."""
+    """The automatic LoRA targets of ``model``: (full module names, the rule that chose them).
+
+    The rules are the module docstring's."""
     modules = _body_modules(model, head_name)
     linear = [n for n, m in modules if isinstance(m, nn.Linear)]
     convs = [n for n, m in modules if isinstance(m, nn.Conv2d) and m.groups == 1]
@@ -105,8 +113,10 @@ def default_target_modules(model: nn.Module, head_name: str) -> tuple[list[str],
 
 
 def resolve_target_modules(model: nn.Module, head_name: str, spec: str | list[str] | None) -> tuple[list[str], str]:
-    """The automatic choice, or ``spec``: comma-separated module names or name suffixes
-    (``qkv,proj``), or ``re:<regex>`` matched (fullmatch) against module names. Each must match."""
+    """The LoRA target modules: the automatic choice, or those ``spec`` names, each of which must match.
+
+    ``spec``: comma-separated module names or name suffixes (``qkv,proj``), or ``re:<regex>`` matched (fullmatch)
+    against module names."""
     if not spec:
         return default_target_modules(model, head_name)
     modules = _body_modules(model, head_name)
@@ -136,7 +146,7 @@ def resolve_target_modules(model: nn.Module, head_name: str, spec: str | list[st
 
 
 def base_reference(backbone: Backbone) -> tuple[str, bool]:
-    """(what ``base_model_name_or_path`` records, portable?) for ``backbone``."""
+    """What ``base_model_name_or_path`` records for ``backbone``, and whether it loads on another machine."""
     if backbone.base_model_id:
         return backbone.base_model_id, True
     if os.path.isdir(backbone.model_id):
@@ -147,7 +157,13 @@ def base_reference(backbone: Backbone) -> tuple[str, bool]:
     )
 
 
-def apply_lora(backbone: Backbone, r: int = 8, alpha: float | None = None, dropout: float = 0.0, target_modules=None):
+def apply_lora(
+    backbone: Backbone,
+    r: int = 8,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    target_modules: str | list[str] | None = None,
+) -> PeftModel:
     """Inject LoRA into ``backbone.model`` in place; returns the ``PeftModel`` (for saving)."""
     from peft import LoraConfig, get_peft_model
 
@@ -157,7 +173,8 @@ def apply_lora(backbone: Backbone, r: int = 8, alpha: float | None = None, dropo
     targets, rule = resolve_target_modules(backbone.model, backbone.head_name, target_modules)
     config = LoraConfig(
         r=int(r),
-        lora_alpha=float(alpha if alpha is not None else r),
+        # peft annotates an int; it only ever divides it by r, and a fractional alpha is a valid scale
+        lora_alpha=float(alpha if alpha is not None else r),  # type: ignore[arg-type]
         lora_dropout=float(dropout),
         target_modules=targets,
         modules_to_save=[backbone.head_name],
@@ -167,18 +184,20 @@ def apply_lora(backbone: Backbone, r: int = 8, alpha: float | None = None, dropo
     )
     peft_model = get_peft_model(backbone.model, config)
     peft_model.peft_config["default"].base_model_name_or_path = base
-    peft_model.hf_transfer_rule = rule
+    # a plain attribute: nn.Module's __setattr__ is typed for tensors and modules only
+    peft_model.hf_transfer_rule = rule  # type: ignore[assignment]
     return peft_model
 
 
 def trainable_parameter_count(model: nn.Module) -> int:
+    """How many parameter elements train: what LoRA saves over a full fine-tune, for the card."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 # --- portability -------------------------------------------------------------------------------
 
 
-def _same_data_config(a, b) -> bool:
+def _same_data_config(a: DataConfig, b: DataConfig) -> bool:
     return (
         tuple(a.input_size) == tuple(b.input_size)
         and abs(a.crop_pct - b.crop_pct) < 1e-6
@@ -187,7 +206,7 @@ def _same_data_config(a, b) -> bool:
     )
 
 
-def portability_report(backbone: Backbone, base: str) -> dict:
+def portability_report(backbone: Backbone, base: str) -> dict[str, Any]:
     """Does a stock loader, which reads config and image processor from ``base``, reproduce this run?"""
     from transformers import AutoConfig, TimmWrapperConfig
 
@@ -216,7 +235,7 @@ def portability_report(backbone: Backbone, base: str) -> dict:
 # --- export ------------------------------------------------------------------------------------
 
 
-def _save_processor(backbone: Backbone, folder: str) -> dict:
+def _save_processor(backbone: Backbone, folder: str | os.PathLike[str]) -> dict[str, Any]:
     """Write this run's preprocessing; returns how a stock loader reads it back (class + kwargs)."""
     from hf_transfer.models.export import _timm_pretrained_cfg
 
@@ -243,7 +262,7 @@ def _save_processor(backbone: Backbone, folder: str) -> dict:
     return {"class": "AutoImageProcessor", "kwargs": {}}
 
 
-def label_kwargs(label_names: list[str]) -> dict:
+def label_kwargs(label_names: list[str]) -> dict[str, Any]:
     """Keyword arguments that give a base model this run's head size and class names."""
     return {
         "num_labels": len(label_names),
@@ -253,7 +272,7 @@ def label_kwargs(label_names: list[str]) -> dict:
     }
 
 
-def merged_backbone(backbone: Backbone, peft_model) -> Backbone:
+def merged_backbone(backbone: Backbone, peft_model: PeftModel) -> Backbone:
     """A plain model with the LoRA weights merged in and the trained head (a copy; training state untouched)."""
     merged = copy.deepcopy(peft_model).merge_and_unload()
     merged.config.id2label = dict(enumerate(backbone.label_names))
@@ -268,9 +287,10 @@ def merged_backbone(backbone: Backbone, peft_model) -> Backbone:
     )
 
 
-def adapter_info(peft_model, backbone: Backbone) -> dict:
-    """What ``hf_transfer_adapter.json`` records (base, labels, targets, portability); logs when stock loaders
-    need the label kwargs. Sets the adapter config's base to :func:`base_reference`."""
+def adapter_info(peft_model: PeftModel, backbone: Backbone) -> dict[str, Any]:
+    """What ``hf_transfer_adapter.json`` records: base, labels, targets, portability.
+
+    Warns when the base is a local folder, and sets the adapter config's base to :func:`base_reference`."""
     base, portable = base_reference(backbone)
     if not portable:
         warnings.warn(
@@ -281,7 +301,13 @@ def adapter_info(peft_model, backbone: Backbone) -> dict:
         )
     peft_model.peft_config["default"].base_model_name_or_path = base
     report = portability_report(backbone, base)
+    from peft import LoraConfig
+
     cfg = peft_model.peft_config["default"]
+    if not isinstance(cfg, LoraConfig):
+        raise TypeError(f"adapter_info: a LoRA adapter was expected, got {type(cfg).__name__}.")
+    # apply_lora passes a list; peft's field also takes one regex string
+    targets = [cfg.target_modules] if isinstance(cfg.target_modules, str) else list(cfg.target_modules or [])
     return {
         "base_model_name_or_path": base,
         "base_revision": backbone.revision,
@@ -290,7 +316,7 @@ def adapter_info(peft_model, backbone: Backbone) -> dict:
         "label_names": backbone.label_names,
         "library": backbone.library,
         "head": backbone.head_name,
-        "target_modules": sorted(cfg.target_modules),
+        "target_modules": sorted(targets),
         "target_rule": getattr(peft_model, "hf_transfer_rule", None),
         "r": cfg.r,
         "lora_alpha": cfg.lora_alpha,
@@ -302,8 +328,12 @@ def adapter_info(peft_model, backbone: Backbone) -> dict:
 
 
 def export_adapter(
-    peft_model, backbone: Backbone, output_dir: str, results: dict | None = None, info: dict | None = None
-) -> dict:
+    peft_model: PeftModel,
+    backbone: Backbone,
+    output_dir: str,
+    results: dict[str, Any] | None = None,
+    info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write the adapter folder (with ``results.json`` unless ``results`` is None); returns the adapter info."""
     from hf_transfer.models.export import EXPORT_OVERHEAD_BYTES, RESULTS_FILE
 
@@ -323,7 +353,7 @@ def export_adapter(
     os.makedirs(output_dir, exist_ok=True)
     saved = [p for p in peft_model.parameters() if p.requires_grad]  # the adapter and the modules it saves
     with staged_files(output_dir, tensors_bytes(saved) + EXPORT_OVERHEAD_BYTES) as staging:
-        peft_model.save_pretrained(staging, safe_serialization=True)
+        peft_model.save_pretrained(str(staging), safe_serialization=True)
         readme = os.path.join(staging, "README.md")
         if os.path.exists(readme):  # PEFT's boilerplate card; the project's cards module writes the real one
             os.remove(readme)
@@ -339,8 +369,9 @@ def export_adapter(
 
 
 def write_endpoint_handler(output_dir: str, library: str) -> None:
-    """``handler.py`` (:mod:`hf_transfer.models.endpoint_handler`, stock libraries only) and
-    ``requirements.txt``: an Inference Endpoint then serves the adapter folder with this run's labels."""
+    """Write ``handler.py`` and ``requirements.txt``: an Inference Endpoint then serves the adapter with its labels.
+
+    The handler is :mod:`hf_transfer.models.endpoint_handler` (stock libraries only)."""
     from pathlib import Path
 
     source = Path(__file__).with_name("endpoint_handler.py").read_text(encoding="utf-8")
@@ -352,10 +383,15 @@ def write_endpoint_handler(output_dir: str, library: str) -> None:
 
 
 def export_lora(
-    peft_model, backbone: Backbone, output_dir: str, results: dict | None = None, publish: str = "both"
-) -> dict:
-    """Write the published form ``publish`` (see the module docstring) into ``output_dir``; returns the
-    adapter info (``publish`` and ``subfolder`` say where the adapter is, None for ``merged``)."""
+    peft_model: PeftModel,
+    backbone: Backbone,
+    output_dir: str,
+    results: dict[str, Any] | None = None,
+    publish: str = "both",
+) -> dict[str, Any]:
+    """Write the published form ``publish`` (see the module docstring) into ``output_dir``.
+
+    Returns the adapter info (``publish`` and ``subfolder`` say where the adapter is, None for ``merged``)."""
     from hf_transfer.models.export import export_model
 
     if publish not in PUBLISH_FORMS:
@@ -379,10 +415,19 @@ def export_lora(
     return info
 
 
-def load_adapter_model(folder: str, merge: bool = False, subfolder: str | None = None):
-    """One call for any adapter folder written here (``subfolder``: ``adapter`` for ``--publish both``), also
-    when the base's labels differ: the base is built with the adapter's labels (head size and names), then
-    the adapter is loaded onto it the way the model card says (``PeftModel.from_pretrained``)."""
+@overload
+def load_adapter_model(folder: str, merge: Literal[True], subfolder: str | None = None) -> PreTrainedModel: ...
+
+
+@overload
+def load_adapter_model(folder: str, merge: Literal[False] = False, subfolder: str | None = None) -> PeftModel: ...
+
+
+def load_adapter_model(folder: str, merge: bool = False, subfolder: str | None = None) -> PreTrainedModel | PeftModel:
+    """Load any adapter folder written here in one call, also when the base's labels differ.
+
+    ``subfolder``: ``adapter`` for ``--publish both``. The base is built with the adapter's labels (head size and
+    names), then the adapter is loaded onto it the way the model card says (``PeftModel.from_pretrained``)."""
     from peft import PeftModel
     from transformers import AutoModelForImageClassification
 
@@ -393,25 +438,31 @@ def load_adapter_model(folder: str, merge: bool = False, subfolder: str | None =
     )
     if base.config.model_type == "timm_wrapper":
         base.config.label_names = list(info["label_names"])
-    model = PeftModel.from_pretrained(base, folder, **({"subfolder": subfolder} if subfolder else {}))
+    if subfolder:
+        model = PeftModel.from_pretrained(base, folder, subfolder=subfolder)
+    else:
+        model = PeftModel.from_pretrained(base, folder)
     return model.merge_and_unload() if merge else model
 
 
-def stock_loading(info: dict) -> dict:
-    """How stock loaders load an adapter, from its ``hf_transfer_adapter.json`` info: ``needs_label_kwargs``
-    and ``processor`` (the image processor class and its ``from_pretrained`` kwargs)."""
+def stock_loading(info: dict[str, Any]) -> dict[str, Any]:
+    """How stock loaders load an adapter, from its ``hf_transfer_adapter.json`` info.
+
+    The keys: ``needs_label_kwargs`` and ``processor`` (the image processor class and its ``from_pretrained``
+    kwargs)."""
     return info["stock_loading"]
 
 
-def stock_pipeline_kwargs(folder: str) -> dict:
-    """The arguments that make ``pipeline("image-classification", model=folder, **kwargs)`` reproduce the
-    run with stock transformers only (the model card prints the same code)."""
+def stock_pipeline_kwargs(folder: str) -> dict[str, Any]:
+    """The arguments that make ``pipeline("image-classification", model=folder, **kwargs)`` reproduce the run.
+
+    Stock transformers only: the model card prints the same code."""
     import transformers
 
     with open(os.path.join(folder, ADAPTER_INFO)) as f:
         info = json.load(f)
     loading = stock_loading(info)
-    out = {}
+    out: dict[str, Any] = {}
     if loading["processor"]:
         proc = loading["processor"]
         out["image_processor"] = getattr(transformers, proc["class"]).from_pretrained(folder, **proc["kwargs"])

@@ -21,6 +21,7 @@ import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -29,6 +30,9 @@ from hf_transfer.data.transforms import DataConfig
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.logs import quiet_load_report
 from hf_transfer.models.weights import raise_if_unreadable
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +45,7 @@ _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 class Backbone:
     """A classification model plus what transfer learning needs to know about it."""
 
-    model: nn.Module
+    model: PreTrainedModel
     model_id: str
     library: str  # "timm" | "transformers"
     data_config: DataConfig
@@ -57,19 +61,23 @@ class Backbone:
     # --- the head -------------------------------------------------------------------------------
     @property
     def head(self) -> nn.Linear:
-        return self.model.get_submodule(self.head_name)
+        """The final classifier (under LoRA, PEFT's wrapper around it, which reads as the same ``nn.Linear``)."""
+        return cast(nn.Linear, self.model.get_submodule(self.head_name))
 
     @property
     def feature_dim(self) -> int:
+        """The width of the pooled features, the head's input."""
         return self.head.in_features
 
     @property
     def num_labels(self) -> int:
+        """The number of classes the head predicts."""
         return self.head.out_features
 
     @property
     def label_names(self) -> list[str]:
-        id2label = self.model.config.id2label
+        """The class names in head order, as the config records them for the Hub."""
+        id2label = {int(i): name for i, name in (self.model.config.id2label or {}).items()}
         return [id2label[i] for i in range(len(id2label))]
 
     @property
@@ -80,7 +88,9 @@ class Backbone:
         return self.model_id.removeprefix("hf-hub:")
 
     # --- forward --------------------------------------------------------------------------------
-    def features_and_logits(self, pixel_values: torch.Tensor, model: nn.Module | None = None):
+    def features_and_logits(
+        self, pixel_values: torch.Tensor, model: nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass returning (pooled features, logits). ``model`` may be a DDP wrapper."""
         captured: list[torch.Tensor] = []
         hook = self.head.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0]))
@@ -97,19 +107,32 @@ class Backbone:
         named = list(self.model.named_parameters())
         head = [(n, p) for n, p in named if n.startswith(head_prefix)]
         body = [(n, p) for n, p in named if not n.startswith(head_prefix)]
-        groups: OrderedDict[str, list] = OrderedDict()
+        groups: OrderedDict[str, list[tuple[str, nn.Parameter]]] = OrderedDict()
         if self.library == "timm":
-            groups.update(_timm_groups(self.model.timm_model, body))
+            groups.update(_timm_groups(_timm_model(self.model), body))
         else:
             groups.update(_name_pattern_groups(body))
         groups["head"] = head
         return OrderedDict((k, v) for k, v in groups.items() if v)
 
 
-def _find_head_name(model: nn.Module) -> str:
+class _TimmModel(Protocol):
+    """What this module asks of a timm model (every timm architecture has both methods)."""
+
+    def get_classifier(self) -> nn.Module: ...
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]: ...
+
+
+def _timm_model(model: nn.Module) -> nn.Module:
+    """The timm model inside a ``TimmWrapperForImageClassification``."""
+    return model.get_submodule("timm_model")
+
+
+def _find_head_name(model: PreTrainedModel) -> str:
     """Dotted name of the final classifier ``nn.Linear`` (timm: get_classifier; HF: ``classifier``)."""
     if hasattr(model, "timm_model"):
-        head = model.timm_model.get_classifier()
+        head = cast(_TimmModel, _timm_model(model)).get_classifier()
         for name, module in model.named_modules():
             if module is head:
                 if isinstance(module, nn.Linear):
@@ -129,14 +152,16 @@ def _find_head_name(model: nn.Module) -> str:
     return pool[-1][0]
 
 
-def _timm_groups(timm_model: nn.Module, body: list[tuple[str, nn.Parameter]]) -> OrderedDict:
+def _timm_groups(
+    timm_model: nn.Module, body: list[tuple[str, nn.Parameter]]
+) -> OrderedDict[str, list[tuple[str, nn.Parameter]]]:
     from timm.models import group_parameters
 
-    matcher = timm_model.group_matcher(coarse=True)
+    matcher = cast(_TimmModel, timm_model).group_matcher(coarse=True)
     by_id = group_parameters(timm_model, matcher)  # {group index: [param names]} in order
     order = {pname: idx for idx, (_gid, names) in enumerate(sorted(by_id.items())) for pname in names}
     n_groups = len(by_id)
-    groups: OrderedDict[str, list] = OrderedDict()
+    groups: OrderedDict[str, list[tuple[str, nn.Parameter]]] = OrderedDict()
     for name, param in body:
         idx = order.get(name.removeprefix("timm_model."), n_groups - 1)
         key = "stem" if idx == 0 else f"stage_{idx - 1}"
@@ -144,8 +169,10 @@ def _timm_groups(timm_model: nn.Module, body: list[tuple[str, nn.Parameter]]) ->
     return OrderedDict(sorted(groups.items(), key=lambda kv: _group_rank(kv[0])))
 
 
-def _name_pattern_groups(body: list[tuple[str, nn.Parameter]]) -> OrderedDict:
-    groups: OrderedDict[str, list] = OrderedDict()
+def _name_pattern_groups(
+    body: list[tuple[str, nn.Parameter]],
+) -> OrderedDict[str, list[tuple[str, nn.Parameter]]]:
+    groups: OrderedDict[str, list[tuple[str, nn.Parameter]]] = OrderedDict()
     for name, param in body:
         stage = _STAGE.search(name)
         if stage:
@@ -179,7 +206,7 @@ def _is_plain_timm_name(model_id: str) -> bool:
     return bool(timm.list_models(model_id))
 
 
-def _data_config_from_timm_cfg(pcfg: dict) -> DataConfig:
+def _data_config_from_timm_cfg(pcfg: dict[str, Any]) -> DataConfig:
     return DataConfig(
         input_size=tuple(pcfg.get("input_size", (3, 224, 224))),
         mean=tuple(pcfg.get("mean", _IMAGENET_MEAN)),
@@ -190,7 +217,7 @@ def _data_config_from_timm_cfg(pcfg: dict) -> DataConfig:
     )
 
 
-def _size_dict(size) -> dict:
+def _size_dict(size: int | dict[str, int] | Any | None) -> dict[str, int]:
     """A processor's size as a dict: transformers' processors hold a ``SizeDict``, custom ones a dict or an int."""
     if size is None:
         return {}
@@ -215,7 +242,9 @@ def _log_load(model_id: str, num_labels: int, head_pretrained: bool, other_fresh
         )
 
 
-def _data_config_from_processor(model_id: str, revision: str | None, config, trust_remote_code: bool) -> DataConfig:
+def _data_config_from_processor(
+    model_id: str, revision: str | None, config: PretrainedConfig, trust_remote_code: bool
+) -> DataConfig:
     from transformers import AutoImageProcessor
 
     try:
@@ -274,13 +303,13 @@ def load_backbone(
         arch = model_id.removeprefix("timm:")
         if not timm.list_models(arch):
             raise TransferConfigError(f"Unknown timm architecture {arch!r} (see timm.list_models()).")
-        pcfg = dict(timm.models.get_pretrained_cfg(arch).to_dict() if timm.models.get_pretrained_cfg(arch) else {})
+        timm_cfg = timm.models.get_pretrained_cfg(arch)
+        pcfg = dict(timm_cfg.to_dict() if timm_cfg else {})
         for key in ("url", "hf_hub_id", "hf_hub_filename", "tag", "num_classes", "license"):
             pcfg.pop(key, None)
         pcfg["architecture"] = arch
-        config = TimmWrapperConfig(
-            architecture=arch, num_labels=len(label_names), id2label=id2label, label2id=label2id, model_args={}
-        )
+        # id2label also sets num_labels
+        config = TimmWrapperConfig(architecture=arch, id2label=id2label, label2id=label2id, model_args={})
         config.pretrained_cfg = pcfg
         model = TimmWrapperForImageClassification(config)
         library, pretrained, data_config = "timm", False, _data_config_from_timm_cfg(pcfg)

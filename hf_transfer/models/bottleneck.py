@@ -20,7 +20,7 @@ from torch import nn
 class BottleneckHead(nn.Module):
     """``x -> (z, logits)``: the bottleneck features and the class logits."""
 
-    def __init__(self, feature_dim: int, bottleneck_dim: int, num_classes: int):
+    def __init__(self, feature_dim: int, bottleneck_dim: int, num_classes: int) -> None:
         super().__init__()
         self.bottleneck = nn.Linear(feature_dim, bottleneck_dim)
         self.bn = nn.BatchNorm1d(bottleneck_dim)
@@ -31,16 +31,23 @@ class BottleneckHead(nn.Module):
         return z, self.fc(z)
 
 
+def _bias(linear: nn.Linear) -> torch.Tensor:
+    """The bias of ``linear``, zeros when it has none."""
+    return linear.bias if linear.bias is not None else torch.zeros(linear.out_features, device=linear.weight.device)
+
+
 @torch.no_grad()
 def fold_bottleneck(head: BottleneckHead) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weight [K, feature_dim], bias [K]) of the single Linear equal to ``head`` in eval mode.
+    """The single Linear equal to ``head`` in eval mode: (weight [K, feature_dim], bias [K]).
 
     With ``s = gamma / sqrt(running_var + eps)``: ``W = W2 diag(s) W1`` and
     ``b = W2 (s * (b1 - running_mean) + beta) + b2``; computed in float64.
     """
     bn = head.bn
-    w1, b1 = head.bottleneck.weight.double(), head.bottleneck.bias.double()
-    w2, b2 = head.fc.weight.double(), head.fc.bias.double()
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("fold_bottleneck: the BatchNorm keeps no running statistics, so eval mode has none to fold.")
+    w1, b1 = head.bottleneck.weight.double(), _bias(head.bottleneck).double()
+    w2, b2 = head.fc.weight.double(), _bias(head.fc).double()
     gamma = bn.weight.double() if bn.affine else torch.ones_like(b1)
     beta = bn.bias.double() if bn.affine else torch.zeros_like(b1)
     s = gamma / torch.sqrt(bn.running_var.double() + bn.eps)

@@ -11,10 +11,13 @@ Stock libraries only (torch, transformers, peft, Pillow; timm for timm bases): t
 not have hf_transfer. Works with transformers 4.51.3 / peft 0.15.1 (the toolkit's pins) and newer.
 """
 
+from __future__ import annotations
+
 import base64
 import io
 import json
 import os
+from typing import Any
 
 import torch
 from PIL import Image
@@ -23,7 +26,9 @@ ADAPTER_INFO = "hf_transfer_adapter.json"
 
 
 class EndpointHandler:
-    def __init__(self, path=""):
+    """What the Endpoints toolkit calls: built once from the repo folder, then called once per request."""
+
+    def __init__(self, path: str = "") -> None:
         import transformers
         from peft import PeftModel
         from transformers import AutoModelForImageClassification
@@ -31,7 +36,7 @@ class EndpointHandler:
         with open(os.path.join(path, ADAPTER_INFO)) as f:
             info = json.load(f)
         labels = list(info["label_names"])
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         if info["stock_loading"]["needs_label_kwargs"]:
             kwargs = dict(
                 num_labels=len(labels),
@@ -48,14 +53,14 @@ class EndpointHandler:
         self.labels = labels
 
     @staticmethod
-    def _image(inputs):
+    def _image(inputs: Image.Image | bytes | str) -> Image.Image:
         if isinstance(inputs, Image.Image):
             return inputs.convert("RGB")
         if isinstance(inputs, str):  # base64 (the JSON form of a request) or a local path
             inputs = open(inputs, "rb").read() if os.path.isfile(inputs) else base64.b64decode(inputs)
         return Image.open(io.BytesIO(bytes(inputs))).convert("RGB")
 
-    def __call__(self, data):
+    def __call__(self, data: dict[str, Any] | Image.Image | bytes | str) -> list[dict[str, Any]]:
         """``{"inputs": PIL image | bytes | base64 str, "parameters": {"top_k": k}}`` ->
         ``[{"label", "score"}, ...]`` sorted by score (top 5 by default, as the image-classification pipeline)."""
         data = dict(data) if isinstance(data, dict) else {"inputs": data}

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 from safetensors.torch import save_file
 
 from hf_transfer.cache import staged_files
 from hf_transfer.disk import tensors_bytes
-from hf_transfer.models.backbones import Backbone
+from hf_transfer.models.backbones import Backbone, _timm_model
 from hf_transfer.models.served_processor import served_processor
 
 RESULTS_FILE = "results.json"
@@ -34,7 +35,7 @@ RESULTS_FILE = "results.json"
 EXPORT_OVERHEAD_BYTES = 256 * 2**10
 
 
-def _timm_pretrained_cfg(backbone: Backbone) -> dict:
+def _timm_pretrained_cfg(backbone: Backbone) -> dict[str, Any]:
     pcfg = dict(getattr(backbone.model.config, "pretrained_cfg", None) or {})
     cfg = backbone.data_config
     pcfg.update(
@@ -49,7 +50,7 @@ def _timm_pretrained_cfg(backbone: Backbone) -> dict:
     return pcfg
 
 
-def _save_timm(backbone: Backbone, folder: str) -> None:
+def _save_timm(backbone: Backbone, folder: str | os.PathLike[str]) -> None:
     from transformers import TimmWrapperImageProcessor
 
     config = backbone.model.config
@@ -57,7 +58,7 @@ def _save_timm(backbone: Backbone, folder: str) -> None:
     config.model_args = config.model_args or {}
     config.pretrained_cfg = _timm_pretrained_cfg(backbone)
     config.save_pretrained(folder)
-    state = {k: v.detach().contiguous().cpu() for k, v in backbone.model.timm_model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in _timm_model(backbone.model).state_dict().items()}
     save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
     processor = TimmWrapperImageProcessor(pretrained_cfg=config.pretrained_cfg, architecture=config.architecture)
     path = os.path.join(folder, "preprocessor_config.json")
@@ -70,7 +71,7 @@ def _save_timm(backbone: Backbone, folder: str) -> None:
         json.dump({**saved, "pretrained_cfg": config.pretrained_cfg}, f, indent=2, sort_keys=True)
 
 
-def _save_transformers(backbone: Backbone, folder: str) -> None:
+def _save_transformers(backbone: Backbone, folder: str | os.PathLike[str]) -> None:
     processor = served_processor(backbone.model_id, backbone.revision, backbone.data_config)  # checked first
     backbone.model.save_pretrained(folder, safe_serialization=True)
     processor.save_pretrained(folder)

@@ -26,8 +26,9 @@ def norm_layer_types(model: nn.Module) -> list[str]:
 def architecture_without_weights(
     model_id: str, revision: str | None = None, trust_remote_code: bool = False
 ) -> nn.Module | None:
-    """``model_id``'s architecture on the meta device, from its config; None when the config cannot be read
-    here (e.g. a Hub id offline and not cached): the caller then checks the loaded model instead."""
+    """``model_id``'s architecture on the meta device, from its config; None when the config cannot be read here.
+
+    None e.g. for a Hub id offline and not cached: the caller then checks the loaded model instead."""
     from hf_transfer.models.backbones import _is_plain_timm_name
 
     try:

@@ -13,18 +13,23 @@ calls it before training (:func:`hf_transfer.training.run.prepare_run`), the exp
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hf_transfer.data.transforms import DataConfig, eval_transform
 from hf_transfer.errors import TransferConfigError
 
+if TYPE_CHECKING:
+    from PIL import Image
+    from transformers import BaseImageProcessor
+
 #: largest difference (normalised units) between served and eval tensors taken as equal: a few grey levels of
 #: the resampling filters (measured 0.008 for ViT's processor); a geometry mismatch gives 0.3 and more
 TOLERANCE = 0.05
 
 
-def probe_images() -> list:
+def probe_images() -> list[Image.Image]:
     """Two non-square smooth pictures (wide and tall) on which crop, squash and scale differences all show."""
     from PIL import Image
 
@@ -36,7 +41,7 @@ def probe_images() -> list:
     return out
 
 
-def served_difference(processor, cfg: DataConfig) -> float:
+def served_difference(processor: BaseImageProcessor, cfg: DataConfig) -> float:
     """Largest difference between ``processor``'s pixels and the eval transform's, on :func:`probe_images`."""
     import torch
 
@@ -50,7 +55,7 @@ def served_difference(processor, cfg: DataConfig) -> float:
     return worst
 
 
-def _settings(cfg: DataConfig) -> list[dict]:
+def _settings(cfg: DataConfig) -> list[dict[str, Any]]:
     """Processor attributes that express ``cfg``'s eval recipe, most common first."""
     size, scale = cfg.size, int(math.floor(cfg.size / cfg.crop_pct))
     crop = {"do_center_crop": True, "crop_size": {"height": size, "width": size}}
@@ -62,7 +67,7 @@ def _settings(cfg: DataConfig) -> list[dict]:
     ]
 
 
-def served_processor(model_id: str, revision: str | None, cfg: DataConfig):
+def served_processor(model_id: str, revision: str | None, cfg: DataConfig) -> BaseImageProcessor:
     """``model_id``'s image processor set to give ``cfg``'s eval pixels (module doc); an error when none does."""
     from transformers import AutoImageProcessor, ViTImageProcessor
 
@@ -76,7 +81,7 @@ def served_processor(model_id: str, revision: str | None, cfg: DataConfig):
         base = AutoImageProcessor.from_pretrained(model_id.removeprefix("hf-hub:"), revision=revision)
     except (OSError, ValueError):
         base = ViTImageProcessor()
-    tried = []
+    tried: list[str] = []
     for setting in _settings(cfg):
         processor = base.__class__.from_dict({**base.to_dict(), **setting})
         processor.image_mean, processor.image_std = list(cfg.mean), list(cfg.std)

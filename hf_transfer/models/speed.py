@@ -21,19 +21,24 @@ what the loader workers do (:func:`resolve_cpu_threads`).
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from hf_transfer.errors import TransferConfigError
 
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
+
 CHANNELS_LAST = ("auto", "true", "false")
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
-def normalize_auto_flag(value, option: str = "channels_last") -> str:
-    """``auto`` | ``true`` | ``false`` from a bool or string (YAML gives bools, flags give strings), for
-    ``channels_last`` and ``features_on_device``; errors name ``option``."""
+def normalize_auto_flag(value: bool | str, option: str = "channels_last") -> str:
+    """The tri-state option ``option`` as ``auto``, ``true`` or ``false``, from a bool (YAML) or a string (flags).
+
+    Used for ``channels_last`` and ``features_on_device``; errors name ``option``."""
     text = str(value).strip().lower()
     if text == "auto":
         return "auto"
@@ -49,7 +54,7 @@ def is_convolutional(model: nn.Module) -> bool:
     return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1
 
 
-def use_channels_last(value, model: nn.Module, device: torch.device | str) -> bool:
+def use_channels_last(value: bool | str, model: nn.Module, device: torch.device | str) -> bool:
     """The resolved option: ``auto`` is on for a convolutional backbone on CUDA or the CPU, off otherwise."""
     value = normalize_auto_flag(value)
     if value == "auto":
@@ -62,11 +67,11 @@ def set_memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
     return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def compile_options(training_args) -> dict | None:
+def compile_options(training_args: TrainingArguments) -> dict[str, Any] | None:
     """``torch.compile`` keyword arguments from ``TrainingArguments.torch_compile*`` (None: eager)."""
     if not getattr(training_args, "torch_compile", False):
         return None
-    options = {}
+    options: dict[str, Any] = {}
     if training_args.torch_compile_backend:
         options["backend"] = training_args.torch_compile_backend
     if training_args.torch_compile_mode:
@@ -74,9 +79,11 @@ def compile_options(training_args) -> dict | None:
     return options
 
 
-def use_features_on_device(value, nbytes: int, device: torch.device | str, fraction: float = 0.25) -> bool:
-    """The resolved ``features_on_device``: ``auto`` is on for CUDA when ``nbytes`` fit in ``fraction``
-    of the device's free memory (the head and its optimizer need almost nothing beside them)."""
+def use_features_on_device(value: bool | str, nbytes: int, device: torch.device | str, fraction: float = 0.25) -> bool:
+    """The resolved ``features_on_device``: ``auto`` is on for CUDA when the features fit in a share of free memory.
+
+    The share is ``fraction`` of the device's free memory for ``nbytes`` (the head and its optimizer need almost
+    nothing beside them)."""
     value = normalize_auto_flag(value, "features_on_device")
     if value != "auto":
         return value == "true"
@@ -95,8 +102,10 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def resolve_cpu_threads(value, input_path: str, num_workers: int, local_processes: int = 1) -> tuple[int, str]:
-    """(intra-op threads, why) for the training process from ``cpu_threads``.
+def resolve_cpu_threads(
+    value: int | str, input_path: str, num_workers: int, local_processes: int = 1
+) -> tuple[int, str]:
+    """The intra-op thread count of the training process from ``cpu_threads``, with the reason for it.
 
     ``auto``: ``OMP_NUM_THREADS`` when the user set it (a shared machine's choice wins); otherwise the
     usable cores shared by the local processes, minus one core per loader worker on the stock input path
@@ -121,8 +130,9 @@ def resolve_cpu_threads(value, input_path: str, num_workers: int, local_processe
 
 
 def busy_machine_note(threads: int) -> str | None:
-    """A warning when ``threads`` intra-op threads start on a machine whose cores other processes already
-    keep busy (1-minute load average above half the usable cores): OpenMP threads that wait for each other
+    """A warning when ``threads`` intra-op threads start on a machine whose cores other processes keep busy.
+
+    Busy: a 1-minute load average above half the usable cores. OpenMP threads that wait for each other
     on shared cores make every step several times slower, and the thread count is not lowered silently
     (results depend on it, so it must follow the command, not the machine's load)."""
     try:

@@ -39,7 +39,7 @@ def weight_files(model_id: str, revision: str | None = None) -> list[str]:
 
 
 def unreadable_weight_file(model_id: str, revision: str | None = None) -> tuple[str, str] | None:
-    """(path, reason) of the first weight file whose safetensors header does not parse, or None."""
+    """The first weight file whose safetensors header does not parse, as (path, reason), or None."""
     from safetensors import SafetensorError, safe_open
 
     for path in weight_files(model_id, revision):
@@ -52,8 +52,10 @@ def unreadable_weight_file(model_id: str, revision: str | None = None) -> tuple[
 
 
 def raise_if_unreadable(model_id: str, revision: str | None = None, err: BaseException | None = None) -> None:
-    """A TransferConfigError naming the damaged weight file of ``model_id``, if one is on this disk: before any
-    work (``plan``, ``train`` before it claims its folder) and after a failed load (``err``, the load's error)."""
+    """Raise a TransferConfigError naming the damaged weight file of ``model_id``, if one is on this disk.
+
+    Called before any work (``plan``, ``train`` before it claims its folder) and after a failed load (``err``, the
+    load's error)."""
     found = unreadable_weight_file(model_id, revision)
     if found is None:
         return

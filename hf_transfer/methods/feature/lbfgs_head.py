@@ -14,6 +14,8 @@ mean loss.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torch import nn
@@ -29,7 +31,13 @@ NO_RESUME = (
 CHUNK_ROWS = 65536
 
 
-def _chunks(features, labels, device, chunk_rows: int):
+#: rows as a tensor, an array or a memory-mapped array (read in chunks)
+Rows = torch.Tensor | np.ndarray
+
+
+def _chunks(
+    features: Rows, labels: Rows, device: torch.device | str, chunk_rows: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(features, labels) row chunks on ``device``: the chunks of a memmap are read once and kept
     when they fit (the usual case); the caller passes tensors or arrays alike."""
     for start in range(0, len(features), chunk_rows):
@@ -40,8 +48,8 @@ def _chunks(features, labels, device, chunk_rows: int):
 
 def fit_linear_head(
     head: nn.Linear,
-    features,
-    labels,
+    features: Rows,
+    labels: Rows,
     *,
     l2: float | None = None,
     max_iter: int = 100,
@@ -92,7 +100,8 @@ def fit_linear_head(
     iterations = int(state.get("n_iter", 0))
     loss = float(objective())  # the objective and its gradient at the final weights
     with torch.no_grad():
-        grad_norm = float(torch.cat([p.grad.reshape(-1) for p in params]).abs().max())
+        # objective() ran last with zero_grad(set_to_none=False): every parameter has its gradient
+        grad_norm = float(torch.cat([p.grad.reshape(-1) for p in params if p.grad is not None]).abs().max())
     optimizer.zero_grad(set_to_none=True)
     return {
         "loss": loss,

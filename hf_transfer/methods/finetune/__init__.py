@@ -1,7 +1,10 @@
 """Fine-tuning strategies: *what* to freeze (groups, patterns), *when* to unfreeze (callbacks),
 and how fast each group learns (discriminative LR, layer-wise LR decay)."""
 
-from transformers import TrainerCallback
+from collections.abc import Callable
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from hf_transfer.methods.finetune.groups import (
     count_parameters,
@@ -23,13 +26,15 @@ class ModeCallbacks(TrainerCallback):
     """
 
     @staticmethod
-    def _targets(kwargs) -> list:
+    def _targets(kwargs: dict[str, Any]) -> list[TrainerCallback]:
         mode = getattr(kwargs.get("model"), "_mode", None)
         return mode.callbacks() if mode is not None else []
 
 
-def _forward_event(event: str):
-    def forward(self, args, state, control, **kwargs):
+def _forward_event(event: str) -> Callable[..., TrainerControl]:
+    def forward(
+        self: ModeCallbacks, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
         for cb in self._targets(kwargs):
             getattr(cb, event)(args, state, control, **kwargs)
         return control

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 
 from torch import nn
 
@@ -31,7 +32,7 @@ def _aliases(name: str) -> tuple[str, ...]:
     return (name, name.removeprefix(TIMM_PREFIX)) if name.startswith(TIMM_PREFIX) else (name,)
 
 
-def _pattern_matcher(entry: str):
+def _pattern_matcher(entry: str) -> Callable[[str], bool]:
     if entry.startswith("re:"):
         try:
             rx = re.compile(entry[3:])
@@ -45,14 +46,19 @@ def _is_pattern(entry: str) -> bool:
     return entry.startswith("re:") or any(c in entry for c in "*?[")
 
 
-def split_spec(spec: str | list[str] | None) -> list[str]:
+#: a freeze spec: comma-separated entries in one string, or a list of entries (YAML), or nothing
+FreezeSpec = str | list[str] | None
+
+
+def split_spec(spec: FreezeSpec) -> list[str]:
+    """The entries of a freeze spec, stripped, without empty ones."""
     if not spec:
         return []
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     return [s.strip() for s in items if s and s.strip()]
 
 
-def resolve_frozen_groups(spec, group_names: list[str]) -> list[str]:
+def resolve_frozen_groups(spec: FreezeSpec, group_names: list[str]) -> list[str]:
     """``"stem,stage_0"`` -> group names; ``backbone`` = every group but the head (patterns not allowed)."""
     out: list[str] = []
     for name in split_spec(spec):
@@ -70,7 +76,7 @@ def resolve_frozen_groups(spec, group_names: list[str]) -> list[str]:
 
 
 def select_parameters(
-    spec, groups: OrderedDict[str, list[tuple[str, nn.Parameter]]]
+    spec: FreezeSpec, groups: OrderedDict[str, list[tuple[str, nn.Parameter]]]
 ) -> OrderedDict[str, list[tuple[str, nn.Parameter]]]:
     """Resolve a freeze spec (group names, ``backbone``, globs, ``re:`` patterns) to parameters.
 
@@ -80,7 +86,7 @@ def select_parameters(
     """
     group_names = list(groups)
     head = {n for n, _ in groups.get("head", [])}
-    out: OrderedDict[str, list] = OrderedDict()
+    out: OrderedDict[str, list[tuple[str, nn.Parameter]]] = OrderedDict()
     for entry in split_spec(spec):
         if entry == "head":
             raise TransferConfigError("freeze: the head is always trained; remove 'head'.")
@@ -110,7 +116,7 @@ def select_parameters(
     return out
 
 
-def freeze_parameters(params) -> int:
+def freeze_parameters(params: Iterable[tuple[str, nn.Parameter]]) -> int:
     """``requires_grad=False`` on every parameter; returns how many elements were frozen."""
     n = 0
     for _, p in params:
@@ -120,4 +126,5 @@ def freeze_parameters(params) -> int:
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """How many elements ``model``'s parameters hold (by default only the trainable ones), for the logs and card."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

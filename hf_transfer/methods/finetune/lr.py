@@ -19,6 +19,8 @@ biases), as in :meth:`hf_transfer.training.modes.base.TransferMode.optimizer_gro
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -28,6 +30,7 @@ from hf_transfer.errors import TransferConfigError
 def group_learning_rates(
     group_names: list[str], lr: float, backbone_lr_scale: float = 1.0, layer_decay: float | None = None
 ) -> OrderedDict[str, float]:
+    """The learning rate of each named group, by the formula above (head: ``lr``; others scaled and decayed)."""
     if layer_decay is not None and not 0 < layer_decay <= 1:
         raise TransferConfigError(f"layer_decay={layer_decay}: must be in (0, 1].")
     decay = 1.0 if layer_decay is None else float(layer_decay)
@@ -47,13 +50,15 @@ def optimizer_groups_by_name(
     groups: OrderedDict[str, list[tuple[str, nn.Parameter]]],
     lrs: dict[str, float],
     weight_decay: float | dict[str, float],
-    include=None,
-) -> list[dict]:
-    """One optimizer group per (named group, decay / no-decay), then groups with the same learning rate and
-    weight decay merged into one (see :func:`merge_equal_groups`); ``include(param) -> bool`` selects the
-    parameters (default: those with ``requires_grad``). Every group carries its ``name`` and ``lr``."""
+    include: Callable[[nn.Parameter], bool] | None = None,
+) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: one per named group and decay / no-decay, equal ones merged.
+
+    Groups with the same learning rate and weight decay are merged into one (see :func:`merge_equal_groups`);
+    ``include(param) -> bool`` selects the parameters (default: those with ``requires_grad``). Every group carries
+    its ``name`` and ``lr``."""
     include = include or (lambda p: p.requires_grad)
-    out = []
+    out: list[dict[str, Any]] = []
     for gname, params in groups.items():
         wd = weight_decay[gname] if isinstance(weight_decay, dict) else weight_decay
         decay = [p for n, p in params if include(p) and not _no_decay(n, p)]
@@ -65,7 +70,7 @@ def optimizer_groups_by_name(
     return merge_equal_groups(out)
 
 
-def merge_equal_groups(groups: list[dict]) -> list[dict]:
+def merge_equal_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Optimizer groups with equal hyper-parameters merged (names joined with ``+``, first-seen order).
 
     Why: the optimizer's fused/foreach kernels run once per group, at a fixed cost per call; a backbone split
@@ -73,7 +78,7 @@ def merge_equal_groups(groups: list[dict]) -> list[dict]:
     13x the stock recipe's on a small CPU model). The update of every parameter is the same either way
     (AdamW is per tensor; schedulers scale every group's rate by the same factor); groups whose rates or
     decay differ stay apart."""
-    merged: dict[tuple, dict] = {}
+    merged: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
     for group in groups:
         key = tuple(sorted((k, v) for k, v in group.items() if k not in ("params", "name")))
         if key in merged:

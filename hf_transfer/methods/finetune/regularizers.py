@@ -41,7 +41,7 @@ class L2SP(nn.Module):
         head_params: list[tuple[str, nn.Parameter]],
         alpha: float = 0.01,
         beta: float = 0.01,
-    ):
+    ) -> None:
         super().__init__()
         self.alpha, self.beta = float(alpha), float(beta)
         # the anchors are plain attributes (not buffers): never in the model's state_dict or checkpoints,
@@ -66,7 +66,7 @@ class L2SP(nn.Module):
 class BSS(nn.Module):
     """Batch Spectral Shrinkage on the pooled features of a batch."""
 
-    def __init__(self, eta: float = 1e-3, k: int = 1):
+    def __init__(self, eta: float = 1e-3, k: int = 1) -> None:
         super().__init__()
         if k < 1:
             raise TransferConfigError(f"bss_k={k}: must be >= 1.")
@@ -79,6 +79,7 @@ class BSS(nn.Module):
 
 
 def check_regularizer(name: str | None) -> str | None:
+    """The ``regularizer`` option checked before training: a known name, or None for none/empty."""
     if name in (None, "", "none"):
         return None
     if name not in REGULARIZERS:

@@ -26,9 +26,11 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
+from collections.abc import Callable, Sized
+from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from hf_transfer.errors import TransferConfigError
 
@@ -46,7 +48,7 @@ class GradualUnfreezing(TrainerCallback):
         every: float,
         unit: str = "steps",
         mask: bool = False,
-    ):
+    ) -> None:
         if unit not in UNITS:
             raise TransferConfigError(f"unfreeze_unit={unit!r}: choose one of {UNITS}.")
         if not every or every <= 0:
@@ -59,7 +61,7 @@ class GradualUnfreezing(TrainerCallback):
         self.attached = False
         self._frozen: set[int] = set()
         self._count: int | None = None
-        self._hooks = []
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         if mask:
             for params in self.groups.values():
                 for _, p in params:
@@ -67,6 +69,7 @@ class GradualUnfreezing(TrainerCallback):
 
     # --- the schedule: a pure function of the optimisation step ----------------------------------
     def interval_steps(self) -> int:
+        """Optimisation steps between two unfreezings (``every`` epochs converted once the epoch length is known)."""
         if self.unit == "steps":
             return max(1, int(round(self.every)))
         if self.steps_per_epoch is None:
@@ -74,6 +77,7 @@ class GradualUnfreezing(TrainerCallback):
         return max(1, int(round(self.every * self.steps_per_epoch)))
 
     def unfrozen_count(self, step: int) -> int:
+        """How many scheduled groups train at ``step``."""
         return min(len(self.groups), step // self.interval_steps())
 
     def trainable_groups(self, step: int) -> list[str]:
@@ -86,6 +90,7 @@ class GradualUnfreezing(TrainerCallback):
         return {name: (i + 1) * k for i, name in enumerate(self.groups)}
 
     def apply(self, step: int) -> None:
+        """Freeze and unfreeze the groups as the schedule says for ``step`` (idempotent, so a resume lands right)."""
         count = self.unfrozen_count(step)
         self._frozen = set()
         for i, params in enumerate(self.groups.values()):
@@ -101,16 +106,23 @@ class GradualUnfreezing(TrainerCallback):
             self._count = count
 
     def frozen_parameter_ids(self) -> set[int]:
-        """ids of parameters the schedule holds frozen now (both ways: requires_grad or mask)."""
+        """The ids of the parameters the schedule holds frozen now (both ways: requires_grad or mask)."""
         if self.mask:
             return set(self._frozen)
         return {id(p) for params in self.groups.values() for _, p in params if not p.requires_grad}
 
-    def _mask_hook(self, p):
+    def _mask_hook(self, p: torch.nn.Parameter) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda grad: torch.zeros_like(grad) if id(p) in self._frozen else grad
 
     # --- TrainerCallback events ------------------------------------------------------------------
-    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        train_dataloader: Sized | None = None,
+        **kwargs: Any,
+    ) -> None:
         if self.unit == "epochs":
             if train_dataloader is not None:
                 self.steps_per_epoch = max(1, len(train_dataloader) // max(1, args.gradient_accumulation_steps))
@@ -119,10 +131,14 @@ class GradualUnfreezing(TrainerCallback):
         self.attached = True
         self.apply(state.global_step)
 
-    def on_step_begin(self, args, state, control, **kwargs):
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self.apply(state.global_step)
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if self.mask:
             for params in self.groups.values():
                 for _, p in params:
