@@ -22,8 +22,11 @@ with or without a bottleneck. Each shared option is a collaborator of :mod:`.dom
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import torch
+from torch import nn
+from torch.utils.data import Dataset
 
 from hf_transfer.config.checks import check_backbone_needs
 from hf_transfer.data.paired import PairedDataset, collate_paired
@@ -33,8 +36,9 @@ from hf_transfer.methods.domain import build_loss, trade_off_weight
 from hf_transfer.methods.domain.step import CLASSIFIER, FEATURES, METHOD, SteppedLoss
 from hf_transfer.methods.finetune.lr import group_learning_rates, optimizer_groups_by_name
 from hf_transfer.methods.registry import get_method
+from hf_transfer.models.backbones import Backbone
 from hf_transfer.training.modes import domain_parts
-from hf_transfer.training.modes.base import TransferMode, TransferModel, register_mode
+from hf_transfer.training.modes.base import TransferData, TransferMode, TransferModel, register_mode
 from hf_transfer.training.modes.common import (
     classification_loss,
     eval_dataset,
@@ -47,9 +51,11 @@ from hf_transfer.training.modes.common import (
 
 @register_mode("domain")
 class DomainMode(TransferMode):
+    """Labelled source + unlabelled target (see the module docstring)."""
+
     uses_unlabelled_target = True
 
-    def __init__(self, args, backbone, data, training_args):
+    def __init__(self, args: Any, backbone: Backbone, data: TransferData, training_args: Any) -> None:
         super().__init__(args, backbone, data, training_args)
         if data.source is None:
             raise TransferConfigError("mode=domain needs a source domain (--source).")
@@ -70,13 +76,14 @@ class DomainMode(TransferMode):
         )
 
     def build_model(self) -> TransferModel:
-        aux = {"transfer": self.transfer_loss}
+        """The backbone with the method's modules, the bottleneck and PADA's weights beside it."""
+        aux: dict[str, nn.Module] = {"transfer": self.transfer_loss}
         if self.bottleneck is not None:
             aux["bottleneck"] = self.bottleneck.head
         aux.update(self.weighting.aux)
         return TransferModel(self, self.backbone.model, aux=aux, input_transform=input_transform(self))
 
-    def optimizer_groups(self, model, lr, weight_decay):
+    def optimizer_groups(self, model: TransferModel, lr: float, weight_decay: float) -> list[dict]:
         """Discriminative learning rates with task mode's group logic: the backbone's groups at
         ``lr * backbone_lr_scale``; its head, the bottleneck and the method's own modules (e.g. the
         domain discriminator) at ``lr``."""
@@ -91,32 +98,39 @@ class DomainMode(TransferMode):
             raise RuntimeError(f"Trainable parameters in no optimizer group: {missed[:5]}")
         return out
 
-    def train_dataset(self):
+    def train_dataset(self) -> Dataset:
+        """Source rows, paired with target images unless the method trains on none (the baseline)."""
+        assert self.data.source is not None  # checked in __init__
         source = train_images(self, self.weighting.source_rows(self.data.source["train"], self.data.label_names))
         if not get_method(self.args.method).needs.target_images:  # the baseline sees none (as in TLlib)
             return source
         target = train_images(self, self.data.target["train"], with_labels=False)
         return PairedDataset(source, target, target_ratio=self.args.target_batch_ratio)
 
-    def eval_datasets(self):
+    def eval_datasets(self) -> dict[str, Dataset]:
+        """The source's and the target's test splits."""
         return eval_images(self)
 
-    def unlabelled_eval_datasets(self):
+    def unlabelled_eval_datasets(self) -> dict[str, Dataset]:
         """Target TRAIN images with their labels hidden (-1): for unsupervised checkpoint selection."""
         target = subset(self.data.target["train"], self.args.max_eval_samples, self.training_args.seed)
         hidden = target.remove_columns("label").add_column("label", [UNLABELLED] * len(target))
         return {"target_unlabelled": eval_dataset(self, hidden)}
 
     def callbacks(self) -> list:
+        """PADA's re-estimation of the class weights, when it is on."""
         return self.weighting.callbacks()
 
     def domain_gap(self, max_samples: int = 500) -> dict:
+        """MMD and proxy A-distance between source and target features of the current model."""
         return domain_parts.domain_gap(self.backbone, self.data, self.args, self.training_args, max_samples)
 
-    def collate(self, examples):
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """Paired source/target batches (``target_batch_ratio`` target images per source image)."""
         return collate_paired(examples, self.args.target_batch_ratio)
 
     def set_progress(self, progress: float) -> None:
+        """The progress drives the trade-off schedule and the method's own schedules."""
         self.progress = min(max(progress, 0.0), 1.0)
         self.transfer_loss.set_progress(self.progress)
 
@@ -126,42 +140,54 @@ class DomainMode(TransferMode):
             self.progress, self.args.trade_off, self.args.trade_off_schedule, self.args.trade_off_warmup
         )
 
-    def features_and_logits(self, model, pixel_values):
+    def features_and_logits(
+        self, model: TransferModel, pixel_values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(features the losses see, logits): the bottleneck's when there is one and it is not folded yet."""
         features, logits = self.backbone.features_and_logits(pixel_values, model=model.classifier)
         if self.bottleneck is not None and not self.bottleneck.folded:
-            features, logits = model.aux["bottleneck"](features)
+            features, logits = self.bottleneck.head(features)
         return features, logits
 
-    def _source_loss(self, model, logits_s, labels):
+    def _source_loss(self, model: TransferModel, logits_s: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The training loss of the labelled source rows (PADA's class weights when on)."""
         weights = self.weighting.class_weight(model, logits_s.dtype)
-        return classification_loss(logits_s, labels, self.label_smoothing, weight=weights)
+        loss = classification_loss(logits_s, labels, self.label_smoothing, weight=weights)
+        assert loss is not None, "a training batch carries its source labels"
+        return loss
 
-    def stepped_method(self, model) -> SteppedLoss | None:
+    def stepped_method(self, model: TransferModel) -> SteppedLoss | None:
         """The method's module when it owns its training step (MCD, SDAT), else None."""
-        loss_fn = model.aux["transfer"]
-        return loss_fn if isinstance(loss_fn, SteppedLoss) else None
+        return self.transfer_loss if isinstance(self.transfer_loss, SteppedLoss) else None
 
-    def _classifier(self, model) -> torch.nn.Module:
+    def _classifier(self, model: TransferModel) -> nn.Module:
         """The layer that maps the losses' features to logits: the bottleneck's head, or the backbone's."""
         if self.bottleneck is not None and not self.bottleneck.folded:
-            return model.aux["bottleneck"].fc
+            return self.bottleneck.head.fc
         return self.backbone.head
 
-    def parameter_parts(self, model) -> dict[str, list[torch.nn.Parameter]]:
+    def parameter_parts(self, model: TransferModel) -> dict[str, list[nn.Parameter]]:
         """``classifier``: the layer that gives the logits; ``method``: the method's modules; ``features``:
         every other trainable parameter (the backbone below its head, a bottleneck's layers)."""
         classifier = [p for p in self._classifier(model).parameters() if p.requires_grad]
-        method = [p for p in model.aux["transfer"].parameters() if p.requires_grad]
+        method = [p for p in self.transfer_loss.parameters() if p.requires_grad]
         taken = {id(p) for p in classifier + method}
         features = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
         return {FEATURES: features, CLASSIFIER: classifier, METHOD: method}
 
-    def _phase_forward(self, model, phase, pixel_values, labels, target_pixel_values):
+    def _phase_forward(
+        self,
+        model: TransferModel,
+        phase: str,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None,
+        target_pixel_values: torch.Tensor,
+    ) -> dict[str, Any]:
         """One pass of a stepped method over the paired batch: the features (without gradient in the
         method's frozen-feature phases) and both domains' logits go to its ``phase_loss``."""
         n_source = pixel_values.shape[0]
-        loss_fn = model.aux["transfer"]
+        loss_fn = self.transfer_loss
+        assert isinstance(loss_fn, SteppedLoss), f"method {self.args.method!r} has no passes of its own"
         pixels = torch.cat([pixel_values, target_pixel_values])
         if phase in loss_fn.frozen_feature_phases:
             with torch.no_grad():
@@ -180,8 +206,20 @@ class DomainMode(TransferMode):
         )
         return {"loss": loss, "logits": logits[:n_source], "metrics": metrics}
 
-    def forward(self, model, pixel_values=None, labels=None, target_pixel_values=None, phase=None, **_):
+    def forward(
+        self,
+        model: TransferModel,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        target_pixel_values: torch.Tensor | None = None,
+        phase: str | None = None,
+        **_: Any,
+    ) -> dict[str, Any]:
+        """Training: source loss + weighted alignment term over one paired batch (or a stepped method's
+        pass); evaluation: one domain's loss and logits."""
+        assert pixel_values is not None
         if phase is not None:
+            assert target_pixel_values is not None, "a stepped method's pass takes a paired batch"
             return self._phase_forward(model, phase, pixel_values, labels, target_pixel_values)
         if target_pixel_values is None:  # evaluation (or source_only): one domain, no alignment term
             if self.bottleneck is not None and not self.bottleneck.folded:
@@ -195,7 +233,7 @@ class DomainMode(TransferMode):
             )
             return {"loss": loss, "logits": logits}
         n_source = pixel_values.shape[0]
-        loss_fn = model.aux["transfer"]
+        loss_fn = self.transfer_loss
         if loss_fn.target_views == 2:  # e.g. FixMatch: a strong view of the same target images, same forward
             target_pixel_values = torch.cat([target_pixel_values, loss_fn.second_view(target_pixel_values)])
         features, logits = self.features_and_logits(model, torch.cat([pixel_values, target_pixel_values]))
@@ -214,7 +252,8 @@ class DomainMode(TransferMode):
         }
         return {"loss": cls_loss + weight * transfer, "logits": logits_s, "metrics": metrics}
 
-    def finish(self, model, trainer) -> None:
+    def finish(self, model: TransferModel, trainer: Any) -> None:
+        """AdaBN on the target's training images, then the bottleneck folded into the backbone's head."""
         if self.args.adabn:
             target = subset(self.data.target["train"], self.args.max_train_samples, self.training_args.seed)
             domain_parts.adabn(self.backbone, self.bottleneck, target, self.training_args.per_device_eval_batch_size)
@@ -226,6 +265,7 @@ class DomainMode(TransferMode):
         return self.weighting.summary(self.data.label_names)
 
     def describe(self) -> dict:
+        """The shared options and the method's, for results.json and the card."""
         return {
             **super().describe(),
             "trade_off": self.args.trade_off,
