@@ -16,14 +16,14 @@ import logging
 import os
 import sys
 
-from hf_transfer.installation import conflict  # before any module that imports hf_transfer.errors
+from hf_transfer.runtime.installation import conflict  # before any module that imports hf_transfer.errors
 
 
 def _setup_logging(training_args=None) -> None:
     import datasets
     import transformers
 
-    from hf_transfer.logs import quiet_unactionable_logs
+    from hf_transfer.runtime.logs import quiet_unactionable_logs
 
     level = logging.INFO
     if training_args is not None and not training_args.should_log:

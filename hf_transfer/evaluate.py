@@ -54,7 +54,7 @@ from hf_transfer.evaluation.label_match import (  # noqa: F401 - the command's A
 )
 from hf_transfer.evaluation.metrics import unscored_classes, unscored_message
 from hf_transfer.evaluation.predict import predict_logits, resolve_device  # noqa: F401
-from hf_transfer.folder_lock import LOCK_FILE, lock_folder
+from hf_transfer.runtime.folder_lock import LOCK_FILE, lock_folder
 
 logger = logging.getLogger(__name__)
 

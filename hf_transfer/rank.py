@@ -245,7 +245,7 @@ def _safe(name: str) -> str:
 def rank_backbones(args) -> dict:
     """The ranking of ``args.backbones`` on ``args.target`` (see the module doc); writes the outputs, holding
     ``--output_dir``'s lock from the argument checks to the last write (one writer per folder, as ``train``)."""
-    from hf_transfer.folder_lock import lock_folder
+    from hf_transfer.runtime.folder_lock import lock_folder
 
     check_args(args)
     with lock_folder(args.output_dir, "hf-transfer rank"):

@@ -48,7 +48,7 @@ def test_train_console_has_no_unactionable_warnings(tmp_path):
 
 
 def test_unactionable_library_lines_are_dropped(caplog):
-    from hf_transfer.logs import quiet_unactionable_logs
+    from hf_transfer.runtime.logs import quiet_unactionable_logs
 
     quiet_unactionable_logs()
     auto = logging.getLogger("transformers.models.auto.image_processing_auto")

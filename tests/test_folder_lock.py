@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_transfer.folder_lock import LOCK_FILE, FolderInUseError, lock_folder
+from hf_transfer.runtime.folder_lock import LOCK_FILE, FolderInUseError, lock_folder
 
 from conftest import tiny_args, two_process_launch
 
@@ -50,7 +50,7 @@ except TransferConfigError as err:  # what `hf-transfer train` does with it
 # holds a folder's lock as a run does, until killed
 HOLDER = """
 import sys, time
-from hf_transfer.folder_lock import lock_folder
+from hf_transfer.runtime.folder_lock import lock_folder
 lock = lock_folder(sys.argv[1], "hf-transfer train")
 print("held", flush=True)
 time.sleep(600)
@@ -134,7 +134,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(holder, caplog):
     proc.wait()
     assert (folder / LOCK_FILE).is_file()  # the stale lock file is there ...
     assert check_output_dir(str(folder), {}, resume=False, overwrite=False) == []  # ... but not "another run"
-    with caplog.at_level(logging.WARNING, logger="hf_transfer.folder_lock"):
+    with caplog.at_level(logging.WARNING, logger="hf_transfer.runtime.folder_lock"):
         lock = lock_folder(folder, "hf-transfer train")
     assert f"left by hf-transfer train (pid {proc.pid}" in caplog.text
     assert json.loads((folder / LOCK_FILE).read_text())["pid"] == os.getpid()

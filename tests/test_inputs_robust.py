@@ -244,7 +244,7 @@ def test_resuming_on_the_stock_path_warns(tmp_path, caplog):
 def _dead_writer_staging(root, name: str) -> str:
     """A staging folder made by a process that then died without cleaning up (as after kill -9)."""
     code = (
-        "import os, sys; from hf_transfer.cache import make_staging_dir; "
+        "import os, sys; from hf_transfer.runtime.cache import make_staging_dir; "
         "d = make_staging_dir(sys.argv[1], sys.argv[2]); "
         "open(os.path.join(d, 'part.npy'), 'wb').write(b'x' * 1000); "
         "print(d); os._exit(0)"

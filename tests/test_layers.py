@@ -9,7 +9,7 @@ import pytest
 import hf_transfer
 
 ROOT = pathlib.Path(hf_transfer.__file__).parent
-SHARED = ("hf_transfer.errors", "hf_transfer.cache", "hf_transfer.disk", "hf_transfer.logs", "hf_transfer.folder_lock")
+SHARED = ("hf_transfer.errors", "hf_transfer.runtime")
 ALLOWED = {  # folder -> what its modules may import from hf_transfer (besides SHARED)
     "data": ("hf_transfer.data",),
     "models": ("hf_transfer.data", "hf_transfer.models"),

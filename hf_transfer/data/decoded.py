@@ -50,19 +50,19 @@ Files live under ``cache_dir`` (default ``$HF_TRANSFER_CACHE/decoded``, else
 column, kind, size, storage size, interpolation, crop_pct and :data:`DECODED_VERSION`. The folder is
 written in a staging folder named after the writing process and renamed into place, so an
 interrupted or failed decode never leaves a cache that a later run would trust; staging folders of
-killed writers are removed by the next construction (:func:`hf_transfer.cache.remove_stale_staging`).
+killed writers are removed by the next construction (:func:`hf_transfer.runtime.cache.remove_stale_staging`).
 ``meta.json``, written last, records each file's size and checksum; the first construction in a process
 checks them (a file truncated or zeroed on disk later), and a bad or unrecorded entry is removed with a
-warning naming it and decoded again (:func:`hf_transfer.cache.entry_problem`). Later constructions in
+warning naming it and decoded again (:func:`hf_transfer.runtime.cache.entry_problem`). Later constructions in
 the same process only open the memmap. The space the cache needs is checked, and its file's blocks
 reserved, before decoding starts: a full disk is an error naming the folder and the megabytes, never
-SIGBUS (:mod:`hf_transfer.disk`).
+SIGBUS (:mod:`hf_transfer.runtime.disk`).
 
 An image that cannot be decoded is an error naming its row (the data loading checks every image
 before training, see :mod:`hf_transfer.data.load`, so this only fires for direct use).
 
 This module is part of the data layer: it imports nothing from ``hf_transfer`` outside
-``hf_transfer.data`` and the shared ``hf_transfer.errors`` and ``hf_transfer.cache``.
+``hf_transfer.data`` and the shared ``hf_transfer.errors`` and ``hf_transfer.runtime.cache``.
 """
 
 from __future__ import annotations
@@ -79,7 +79,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from hf_transfer.cache import (
+from hf_transfer.data.images import to_rgb
+from hf_transfer.data.load import IMAGE_ERRORS
+from hf_transfer.data.transforms import AUGMENTATIONS, DataConfig, eval_geometry
+from hf_transfer.errors import TransferConfigError
+from hf_transfer.runtime.cache import (
     FILES_RECORD,
     cache_path,
     discard_entry,
@@ -88,11 +92,7 @@ from hf_transfer.cache import (
     remove_stale_staging,
     staged_entry,
 )
-from hf_transfer.data.images import to_rgb
-from hf_transfer.data.load import IMAGE_ERRORS
-from hf_transfer.data.transforms import AUGMENTATIONS, DataConfig, eval_geometry
-from hf_transfer.disk import allocated_memmap, space_errors
-from hf_transfer.errors import TransferConfigError
+from hf_transfer.runtime.disk import allocated_memmap, space_errors
 
 __all__ = ["DECODED_VERSION", "DecodedImages", "collate_decoded", "decoded_cache_dir", "split_kind_for"]
 

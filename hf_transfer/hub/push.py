@@ -5,7 +5,7 @@ call. In order:
 
 0. The repo id is checked (``validate_repo_id``), a folder whose run was stopped for its health (its
    ``run_health.json``, see :mod:`hf_transfer.evaluation.run_health`) is refused naming the step and the loss,
-   the folder locked for the whole push (:mod:`hf_transfer.folder_lock`: a folder a run is still writing is
+   the folder locked for the whole push (:mod:`hf_transfer.runtime.folder_lock`: a folder a run is still writing is
    refused, naming the run's pid and host) and ``results.json`` read, before any slow step.
 1. :func:`check_round_trip`: every form the folder holds (the root with ``pipeline("image-classification")``,
    the Endpoints ``handler.py``, the ``adapter/`` subfolder with PeftModel; fresh objects, from disk only)
@@ -44,9 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hf_transfer.evaluation.run_health import stop_marker_problem
-from hf_transfer.folder_lock import lock_folder
 from hf_transfer.hub import card_inputs, cards
 from hf_transfer.hub.card_metadata import base_model_license, declared_base_model
+from hf_transfer.runtime.folder_lock import lock_folder
 
 logger = logging.getLogger(__name__)
 

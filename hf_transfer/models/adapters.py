@@ -55,10 +55,10 @@ import warnings
 
 from torch import nn
 
-from hf_transfer.cache import staged_files
-from hf_transfer.disk import tensors_bytes
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.models.backbones import Backbone, _data_config_from_processor, _data_config_from_timm_cfg
+from hf_transfer.runtime.cache import staged_files
+from hf_transfer.runtime.disk import tensors_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from torch import nn
 
 from hf_transfer.data.transforms import DataConfig
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.logs import quiet_load_report
 from hf_transfer.models.weights import raise_if_unreadable
+from hf_transfer.runtime.logs import quiet_load_report
 
 logger = logging.getLogger(__name__)
 

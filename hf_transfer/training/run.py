@@ -37,10 +37,10 @@ from hf_transfer.evaluation.metrics import (
     unscored_message,
 )
 from hf_transfer.evaluation.run_health import remove_stop_marker
-from hf_transfer.folder_lock import FolderInUseError, FolderLock, lock_folder
 from hf_transfer.models.backbones import load_backbone
 from hf_transfer.models.export import export_model
 from hf_transfer.models.speed import busy_machine_note, resolve_cpu_threads, set_memory_format, use_channels_last
+from hf_transfer.runtime.folder_lock import FolderInUseError, FolderLock, lock_folder
 from hf_transfer.training.checkpoints import resolve_resume
 from hf_transfer.training.lr_find import apply_range_test
 from hf_transfer.training.modes import TransferData, get_mode
@@ -366,8 +366,8 @@ def prepare_run(
 
     What can be checked without loading anything (options, method, dataset specs, backbone id form,
     the output folder, the Hub repo id) is checked first."""
-    from hf_transfer.logs import quiet_unactionable_logs
     from hf_transfer.plan import plan_run
+    from hf_transfer.runtime.logs import quiet_unactionable_logs
 
     quiet_unactionable_logs(http=False)
     plan = plan_run(args, training_args)  # every check plan makes: train refuses what plan refuses, and back

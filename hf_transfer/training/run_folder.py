@@ -12,7 +12,7 @@ convention, with the run's identity written down:
   run's outputs (weights, card, examples, checkpoints, plots) instead of overwriting some of them;
 * files hf_transfer does not write are never deleted: a folder holding them is refused (they would
   be pushed to the Hub with the model);
-* the folder is locked (:mod:`hf_transfer.folder_lock`) before it is checked and until the run's last write,
+* the folder is locked (:mod:`hf_transfer.runtime.folder_lock`) before it is checked and until the run's last write,
   so two runs started together cannot both find it free: the second is refused, naming the first's pid and
   host. The lock file is not a run output: it is never listed, cleared or counted as "used".
 * a run that fails before it wrote anything but its ``run_identity.json`` (a damaged backbone, a wrong
@@ -33,10 +33,10 @@ from contextlib import contextmanager
 
 from transformers import TrainerCallback
 
-from hf_transfer.cache import STAGING_PREFIX, write_atomic
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.run_health import HEALTH_FILE
-from hf_transfer.folder_lock import LOCK_FILE
+from hf_transfer.runtime.cache import STAGING_PREFIX, write_atomic
+from hf_transfer.runtime.folder_lock import LOCK_FILE
 from hf_transfer.training.checkpoints import IDENTITY_FILE
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ loads the entry; anything different is a miss.
 An entry is a folder ``<key>/`` holding ``features.npy`` (float32 ``[N, D]``), ``labels.npy``
 (int64 ``[N]``) and ``meta.json``. It is written in a staging folder named after the writing
 process and renamed, so a killed run never leaves a half cache, and the next run removes the
-staging folders of killed writers (:func:`hf_transfer.cache.remove_stale_staging`). Features are
+staging folders of killed writers (:func:`hf_transfer.runtime.cache.remove_stale_staging`). Features are
 streamed into the file batch by batch while they are extracted and opened memory-mapped when read
 (:meth:`FeatureCache.load`), so neither the extraction nor the head training ever holds the whole
 feature matrix in RAM; pages are read as rows are used.
@@ -27,7 +27,7 @@ entry from before the record); the processes share what they found, and a bad en
 main process with a warning naming it, then computed again by all of them, so no rank trains on what
 another refused. Before a miss is computed the processes also check together that the cache's disk has
 room for it (the shards and the joined entry), and every file is allocated before it is memory-mapped:
-a full disk is an error naming the folder and the megabytes, not SIGBUS (:mod:`hf_transfer.disk`).
+a full disk is an error naming the folder and the megabytes, not SIGBUS (:mod:`hf_transfer.runtime.disk`).
 
 Two input paths give the same features (equal within float tolerance, tests/test_features_fast.py):
 
@@ -56,7 +56,11 @@ from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from hf_transfer.cache import (
+from hf_transfer.data.paired import collate_images
+from hf_transfer.data.transforms import eval_transform, make_batch_transform
+from hf_transfer.errors import NoSpaceError, TransferConfigError
+from hf_transfer.models.backbones import Backbone
+from hf_transfer.runtime.cache import (
     FILES_RECORD,
     cache_path,
     discard_entry,
@@ -67,11 +71,7 @@ from hf_transfer.cache import (
     staged_file,
     write_atomic,
 )
-from hf_transfer.data.paired import collate_images
-from hf_transfer.data.transforms import eval_transform, make_batch_transform
-from hf_transfer.disk import allocated_memmap, free_bytes, space_errors
-from hf_transfer.errors import NoSpaceError, TransferConfigError
-from hf_transfer.models.backbones import Backbone
+from hf_transfer.runtime.disk import allocated_memmap, free_bytes, space_errors
 
 logger = logging.getLogger(__name__)
 CACHE_VERSION = "2"  # 2: images converted by data/images.to_rgb (16-bit and float images keep their range)
