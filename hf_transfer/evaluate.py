@@ -392,7 +392,7 @@ def evaluate(args) -> dict:
 
 
 def write_outputs(result: dict, output_dir: str) -> list[str]:
-    from hf_transfer.hub.plots import confusion_matrix_png
+    from hf_transfer.evaluation.plots import confusion_matrix_png
 
     paths = [os.path.join(output_dir, name) for name in OUTPUTS]
     with lock_folder(output_dir, "hf-transfer evaluate"):  # never into a folder a run or push is writing
@@ -403,7 +403,7 @@ def write_outputs(result: dict, output_dir: str) -> list[str]:
             json.dump({"labels": result["label_names"], "matrix": m["confusion_matrix"]}, f, indent=1)
         title = f"{os.path.basename(str(result['model']).rstrip('/'))} on {result['dataset']} ({result['split']})"
         confusion_matrix_png(m["confusion_matrix"], result["label_names"], paths[2], title=title)
-    from hf_transfer.hub.plot_text import label_note
+    from hf_transfer.evaluation.plot_text import label_note
 
     if note := label_note(result["label_names"]):  # names the figure cut or could not draw: said, as in a card
         logger.warning("%s: %s", CONFUSION_PNG, note)

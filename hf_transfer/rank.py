@@ -258,7 +258,7 @@ def _rank_backbones(args) -> dict:
     from transformers import set_seed
 
     from hf_transfer.config import arguments_from_dict
-    from hf_transfer.hub.plots import ranking_png
+    from hf_transfer.evaluation.plots import ranking_png
     from hf_transfer.methods.feature.cache import FeatureCache
     from hf_transfer.training.modes.common import subset
     from hf_transfer.training.run import load_transfer_data

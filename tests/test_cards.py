@@ -324,7 +324,7 @@ def test_optimizer_arguments_in_hyperparameter_table(run_dir, results):
 
 
 def test_training_curves_one_quantity_per_panel():
-    from hf_transfer.hub.plots import curve_panels
+    from hf_transfer.evaluation.plots import curve_panels
 
     history = []
     for step in range(1, 9):

@@ -420,7 +420,7 @@ def unscored_note(results: dict) -> str:
 
 def results_vars(results: dict, baseline: dict | None, upper: dict | None, method_title: str, figures: bool) -> dict:
     """Template variables of the results sections: tables, figures, the domain gap and what is missing."""
-    from hf_transfer.hub.plots import curve_series
+    from hf_transfer.evaluation.plots import curve_series
 
     mode, method = results.get("mode"), results.get("method")
     has_cm = figures and "confusion_matrix" in ((results.get("metrics") or {}).get("target") or {})
@@ -436,7 +436,7 @@ def results_vars(results: dict, baseline: dict | None, upper: dict | None, metho
     if unscored := unscored_note(results):
         note.insert(0, unscored)
     if has_cm:  # names the figure had to cut, or could not draw with the fonts installed here
-        from hf_transfer.hub.plot_text import label_note
+        from hf_transfer.evaluation.plot_text import label_note
 
         if names_note := label_note(results.get("label_names") or []):
             note.append(names_note)

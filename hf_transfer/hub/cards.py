@@ -175,7 +175,7 @@ def render_card(
 
 def write_figures(folder: str | os.PathLike, results: dict | None = None) -> list[str]:
     """Write ``confusion_matrix.png`` (target test) and ``training_curves.png`` into ``folder``."""
-    from hf_transfer.hub.plots import confusion_matrix_png, lr_find_png, training_curves_png
+    from hf_transfer.evaluation.plots import confusion_matrix_png, lr_find_png, training_curves_png
 
     folder = Path(folder)
     results = load_results(results if results is not None else folder)
