@@ -323,9 +323,9 @@ def check_output_dir(output_dir: str | None, overwrite: bool) -> None:
 def evaluate(args) -> dict:
     """Check everything cheap first (spec, output folder, model config, split, label overlap), then load the
     weights and score; writes the outputs when ``args.output_dir`` is set."""
+    from hf_transfer.data.kshot import subset
     from hf_transfer.data.load import load_split
     from hf_transfer.data.spec import parse_dataset_spec
-    from hf_transfer.training.modes.common import subset
 
     start = time.perf_counter()
     spec = parse_dataset_spec(args.dataset)

@@ -258,9 +258,9 @@ def _rank_backbones(args) -> dict:
     from transformers import set_seed
 
     from hf_transfer.config import arguments_from_dict
+    from hf_transfer.data.kshot import subset
     from hf_transfer.evaluation.plots import ranking_png
     from hf_transfer.methods.feature.cache import FeatureCache
-    from hf_transfer.training.modes.common import subset
     from hf_transfer.training.run import load_transfer_data
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -116,8 +116,8 @@ def _stock_logits(model_dir, rows):
 
 
 def test_partial_overlap_in_another_order_is_scored_by_name(tmp_path):
+    from hf_transfer.data.kshot import subset
     from hf_transfer.data.load import load_split
-    from hf_transfer.training.modes.common import subset
 
     # 7 digits in reverse order, "Three"/"seven" spelled otherwise, 3 digits missing, and a class the data lacks
     # with a huge bias: an id-based or unrestricted argmax would be all wrong

@@ -601,8 +601,8 @@ def _train_and_write(run: PreparedRun, start: float) -> dict[str, Any]:
 def base_model_evaluation(run: PreparedRun, metrics: dict) -> dict | None:
     """The base checkpoint with its own head on the run's target test rows (the card's "before" beside
     "after"): one batched pass, main process only; None when its class names do not overlap the target's."""
+    from hf_transfer.data.kshot import subset
     from hf_transfer.evaluate import evaluate_base
-    from hf_transfer.training.modes.common import subset
 
     args, training_args = run.args, run.training_args
     try:

@@ -25,6 +25,7 @@ from collections import OrderedDict
 
 import torch
 
+from hf_transfer.data.kshot import subset
 from hf_transfer.data.paired import PairedDataset, collate_paired
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.metrics import UNLABELLED
@@ -37,7 +38,6 @@ from hf_transfer.training.modes.common import (
     eval_dataset,
     eval_images,
     input_transform,
-    subset,
     train_images,
 )
 
