@@ -12,43 +12,13 @@ is reported in the plan, not raised.
 from __future__ import annotations
 
 import dataclasses
-import re
 
 from hf_transfer.config import check_training_arguments, report_to_problem
 from hf_transfer.data.align import POLICIES
 from hf_transfer.data.spec import parse_dataset_spec
 from hf_transfer.data.transforms import AUGMENTATIONS
 from hf_transfer.errors import TransferConfigError
-
-_HUB_MODEL_ID = re.compile(r"^(hf-hub:)?[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
-def _backbone_kind(model_id: str) -> str:
-    import os
-
-    if os.path.isdir(model_id):
-        return "local folder"
-    if model_id.startswith("timm:") or ("/" not in model_id):
-        import timm
-
-        arch = model_id.removeprefix("timm:")
-        if not timm.list_models(arch):
-            raise TransferConfigError(f"backbone {model_id!r}: not a timm architecture, Hub id or local folder.")
-        return "timm architecture, random init"
-    if not _HUB_MODEL_ID.match(model_id):
-        raise TransferConfigError(f"backbone {model_id!r}: not a valid Hub model id (org/name).")
-    return "timm weights on the Hub" if model_id.removeprefix("hf-hub:").startswith("timm/") else "Hub model"
-
-
-def check_backbone(model_id: str, revision: str | None = None) -> str:
-    """The backbone's kind (:func:`_backbone_kind`), its weight files on this disk checked readable (a local
-    folder, or Hub files already in the cache): a damaged one is named before any work."""
-    from hf_transfer.models.weights import raise_if_unreadable
-
-    kind = _backbone_kind(model_id)
-    if kind != "timm architecture, random init":
-        raise_if_unreadable(model_id.removeprefix("hf-hub:"), revision)
-    return kind
+from hf_transfer.models.backbones import check_backbone
 
 
 def _method_plan(args) -> dict:

@@ -90,7 +90,7 @@ def _run_dict(args, backbone: str, output_dir: str) -> dict:
 def check_args(args) -> None:
     """Everything checkable before loading anything, each error one line naming what to fix."""
     from hf_transfer.data.spec import parse_dataset_spec
-    from hf_transfer.plan import check_backbone
+    from hf_transfer.models.backbones import check_backbone
 
     if len(args.backbones) < 2:
         raise TransferConfigError("rank needs at least two --backbones to compare.")
