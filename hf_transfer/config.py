@@ -654,7 +654,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TransferArguments, Traini
     if "--help-all" in argv or "-h" in argv or "--help" in argv:
         from hf_transfer.help import full_help, short_help
 
-        print(full_help() if "--help-all" in argv else short_help())
+        print(full_help(_parser()) if "--help-all" in argv else short_help(TransferArguments))
         raise SystemExit(0)
     file_argv: list[str] = []
     given: set[str] = set()
