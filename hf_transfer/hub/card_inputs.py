@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_transfer.errors import TransferConfigError
+from hf_transfer.models.examples import EXAMPLES_DIR, REFERENCE_PREDICTIONS  # noqa: F401 - the card's usage reads EXAMPLES_DIR here
 
 README = "README.md"
 RESULTS_FILE = "results.json"
@@ -17,8 +18,6 @@ CONFUSION_PNG = "confusion_matrix.png"
 CURVES_PNG = "training_curves.png"
 LR_FIND_PNG = "lr_find.png"
 CONFIG_FILE = "train_config.yaml"
-EXAMPLES_DIR = "examples"
-REFERENCE_PREDICTIONS = "reference_predictions.json"
 HUB = "https://huggingface.co"
 
 
