@@ -143,8 +143,8 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(holder, caplog):
 
 
 def test_push_and_evaluate_into_a_folder_a_run_writes_are_refused(holder, hub_server, capsys):
-    from hf_transfer.cli import main
-    from hf_transfer.evaluate import check_output_dir
+    from hf_transfer.cli.main import main
+    from hf_transfer.runtime.folder_lock import check_output_folder
 
     folder, proc = holder
     (folder / "results.json").write_text('{"mode": "task", "metr')  # the run is writing it right now
@@ -153,7 +153,7 @@ def test_push_and_evaluate_into_a_folder_a_run_writes_are_refused(holder, hub_se
     assert rc == 2 and f"hf-transfer train (pid {proc.pid} on host {socket.gethostname()}" in err, err
     assert hub_server.requests == []  # refused before any Hub call
     with pytest.raises(FolderInUseError, match=rf"pid {proc.pid}"):
-        check_output_dir(str(folder), overwrite=True)
+        check_output_folder(str(folder), "hf-transfer evaluate", ("evaluation.json",), overwrite=True)
     assert (folder / "results.json").read_text() == '{"mode": "task", "metr'  # untouched
 
 
@@ -214,7 +214,7 @@ def test_a_refused_ddp_launch_ends_on_every_rank(holder, tmp_path):
 def test_rank_into_a_folder_another_writer_holds_is_refused_before_any_work(holder, capsys):
     """hf-transfer rank writes ranking.json, ranking.png and train configs into --output_dir: it holds the folder's
     lock too, and a held folder is refused naming the holder, before a candidate is loaded."""
-    from hf_transfer.cli import main
+    from hf_transfer.cli.main import main
 
     folder, proc = holder
     argv = [

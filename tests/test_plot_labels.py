@@ -94,7 +94,7 @@ def test_the_card_says_long_names_are_cut():
 def test_evaluate_says_which_names_its_figure_cut(tmp_path, caplog):
     import logging
 
-    from hf_transfer.evaluate import write_outputs
+    from hf_transfer.evaluation.evaluate import write_outputs
 
     result = {
         "model": "m",
@@ -103,6 +103,6 @@ def test_evaluate_says_which_names_its_figure_cut(tmp_path, caplog):
         "label_names": ["cat", "z" * 200],
         "metrics": {"confusion_matrix": _matrix(2)},
     }
-    with caplog.at_level(logging.WARNING, logger="hf_transfer.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="hf_transfer.evaluation.evaluate"):
         write_outputs(result, str(tmp_path))
     assert any("confusion_matrix.png" in r.getMessage() and "are cut" in r.getMessage() for r in caplog.records)
