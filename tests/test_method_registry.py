@@ -9,7 +9,7 @@ import pytest
 from hf_transfer.config import arguments_from_dict, parse_args
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.methods.registry import all_methods, default_method, get_method, modes
-from hf_transfer.plan import plan_run
+from hf_transfer.training.plan import plan_run
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 BASE = {"backbone": "test_resnet", "target": "builtin:digits-handwritten", "output_dir": "unused", "use_cpu": True}
