@@ -349,7 +349,8 @@ def ours_probe_arm(args, device, data, arch, size, dname, n, solver: str):
     Trainer, ``--probe_epochs`` epochs, as the naive arm) or ``lbfgs`` (one full-batch solve). Total wall
     time, setup included; then the test accuracy (untimed)."""
     from hf_transfer.methods.feature import cache as features
-    from hf_transfer.training.run import final_metrics, prepare_run
+    from hf_transfer.training.fit import final_metrics
+    from hf_transfer.training.run import prepare_run
 
     memory = Memory(device)
     extract_times: list[float] = []
