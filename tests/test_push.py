@@ -412,7 +412,7 @@ def _fewer_examples(run_copy):
 
 
 def _cli(capsys, *args) -> tuple[int, list[str], str]:
-    from hf_transfer.cli import main
+    from hf_transfer.cli.main import main
 
     rc = main([str(a) for a in args])
     err = capsys.readouterr().err
@@ -466,7 +466,7 @@ def test_hub_errors_end_in_one_line_and_leave_no_repo(hub_server, run_copy, caps
 def test_debug_shows_the_hub_error_behind_the_line(hub_server, run_copy):
     from huggingface_hub.errors import HfHubHTTPError
 
-    from hf_transfer.cli import main
+    from hf_transfer.cli.main import main
 
     _fewer_examples(run_copy)
     hub_server.faults.add("repo_info", status=503, times=None)
