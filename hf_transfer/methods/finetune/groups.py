@@ -52,23 +52,6 @@ def split_spec(spec: str | list[str] | None) -> list[str]:
     return [s.strip() for s in items if s and s.strip()]
 
 
-def resolve_frozen_groups(spec, group_names: list[str]) -> list[str]:
-    """``"stem,stage_0"`` -> group names; ``backbone`` = every group but the head (patterns not allowed)."""
-    out: list[str] = []
-    for name in split_spec(spec):
-        if name == "backbone":
-            out.extend(g for g in group_names if g != "head")
-        elif name in group_names:
-            out.append(name)
-        else:
-            raise TransferConfigError(
-                f"freeze={spec!r}: group {name!r} matches no parameters; groups are {group_names} (or 'backbone')."
-            )
-    if "head" in out:
-        raise TransferConfigError("freeze: the head is always trained; remove 'head'.")
-    return list(dict.fromkeys(out))
-
-
 def select_parameters(
     spec, groups: OrderedDict[str, list[tuple[str, nn.Parameter]]]
 ) -> OrderedDict[str, list[tuple[str, nn.Parameter]]]:
@@ -117,7 +100,3 @@ def freeze_parameters(params) -> int:
         p.requires_grad_(False)
         n += p.numel()
     return n
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -87,8 +87,6 @@ class RowIndexDataset(torch.utils.data.Dataset):
 
 @register_mode("feature")
 class FeatureMode(TransferMode):
-    trains_backbone = False
-
     def __init__(self, args, backbone, data, training_args):
         super().__init__(args, backbone, data, training_args)
         if args.method not in FEATURE_METHODS:
