@@ -119,7 +119,7 @@ def test_two_identical_runs_into_one_folder(tmp_path):
     assert reference and all((out / row["file"]).is_file() for row in reference)
     assert (out / "README.md").is_file() and (out / "model.safetensors").is_file()
     assert not (out / LOCK_FILE).exists()  # released (and removed) at the end of the run
-    from hf_transfer.hub.push import check_round_trip
+    from hf_transfer.hub.round_trip import check_round_trip
 
     check_round_trip(out)  # the exported model still predicts what the winner's run predicted
 

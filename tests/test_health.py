@@ -18,7 +18,8 @@ from transformers import TrainerCallback
 
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.evaluation.run_health import HEALTH_FILE, divergence_warnings
-from hf_transfer.hub.push import PushError, RoundTripError, _compare, push_run
+from hf_transfer.hub.push import PushError, push_run
+from hf_transfer.hub.round_trip import RoundTripError, _compare
 from hf_transfer.training.checkpoints import resolve_resume
 from hf_transfer.training.health_guard import STATE_FILE, TrainingHealthError
 from hf_transfer.training.run import run_transfer

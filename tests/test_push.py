@@ -22,7 +22,8 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.hub import card_inputs
 from hf_transfer.hub.card_metadata import BASELINE_CONFIG
-from hf_transfer.hub.push import PushError, RoundTripError, files_to_push, push_run
+from hf_transfer.hub.push import PushError, files_to_push, push_run
+from hf_transfer.hub.round_trip import RoundTripError
 from hf_transfer.testing.hub_server import USER_TOKEN
 
 TINY = dict(
