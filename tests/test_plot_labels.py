@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFont
 
+from hf_transfer.evaluation import plot_text
 from hf_transfer.evaluation.plot_text import MAX_CHARS, can_draw, label_note, plot_labels, shorten
 from hf_transfer.evaluation.plots import MAX_GRID_PX, confusion_matrix_png
-from hf_transfer.hub import plot_text
-from hf_transfer.hub.card_sections import results_vars
+from hf_transfer.hub.card_results import results_vars
 
 
 def _matrix(n: int) -> list[list[int]]:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.evaluation.metrics import unscored_classes, unscored_message
-from hf_transfer.hub.card_sections import unscored_note
+from hf_transfer.hub.card_results import unscored_note
 from hf_transfer.training.run import run_transfer
 
 from conftest import tiny_args

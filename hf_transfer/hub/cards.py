@@ -7,7 +7,8 @@ source-only baseline and of a target-supervised upper bound) through huggingface
 - :mod:`~hf_transfer.hub.card_inputs`: reading the run folder (results, exported library, arguments);
 - :mod:`~hf_transfer.hub.card_provenance`: the chain of runs a model came from (its lineage);
 - :mod:`~hf_transfer.hub.card_metadata`: ``ModelCardData`` / ``model-index`` and :func:`validate_card`;
-- :mod:`~hf_transfer.hub.card_sections` and :mod:`~hf_transfer.hub.card_domain`: the body text;
+- :mod:`~hf_transfer.hub.card_sections`, :mod:`~hf_transfer.hub.card_results` and
+  :mod:`~hf_transfer.hub.card_domain`: the body text;
 - :mod:`~hf_transfer.hub.card_usage`: the code that loads the pushed model;
 - :mod:`~hf_transfer.hub.card_template`: the shipped Jinja template;
 - :mod:`~hf_transfer.hub.card_merge`: regenerating a card without losing hand edits (:func:`merge_card`).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hf_transfer.hub import card_results
 from hf_transfer.hub import card_sections as sections
 from hf_transfer.hub.card_domain import domain_option_lines
 from hf_transfer.hub.card_inputs import (
@@ -165,9 +167,9 @@ def render_card(
         **sections.why_backbone_vars(results),
         **sections.data_vars(results, backbone),
         hyperparameters=sections.hyperparameters(results),
-        **sections.results_vars(results, baseline, upper, title, figures),
+        **card_results.results_vars(results, baseline, upper, title, figures),
         **usage_vars(results, library, reference_rows(folder), revision, local=repo_id is None),
-        limitations=sections.limitations(results, baseline),
+        limitations=card_results.limitations(results, baseline),
         **sections.reproduce_vars(results, repo_id, revision),
         versions=sorted((results.get("versions") or {}).items()),
     )
