@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from hf_transfer import cache as cache_module
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.data.decoded import DecodedImages
 from hf_transfer.data.transforms import DataConfig
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.methods.feature.cache import FeatureCache
 from hf_transfer.models.backbones import load_backbone
+from hf_transfer.runtime import cache as cache_module
 from hf_transfer.training.run import run_transfer
 
 from conftest import random_png_dataset, tiny_args

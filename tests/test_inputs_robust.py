@@ -20,7 +20,6 @@ import torch
 from PIL import Image
 from transformers import TrainerCallback
 
-from hf_transfer import cache
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.data.augment import BatchAugment
 from hf_transfer.data.decoded import DecodedImages
@@ -28,6 +27,7 @@ from hf_transfer.data.load import load_domain
 from hf_transfer.data.paired import PairedDataset, collate_images, collate_paired
 from hf_transfer.data.transforms import DataConfig
 from hf_transfer.errors import TransferConfigError
+from hf_transfer.runtime import cache
 from hf_transfer.training.run import prepare_run, run_transfer
 
 from conftest import tiny_args
