@@ -443,7 +443,7 @@ def stock_extract(args, device, ds, arch, num_classes, size) -> dict:
 
 def ours_extract(args, device, ds, backbone, cache_dir: str, input_path: str, workers: int) -> dict:
     from hf_transfer.data.decoded import DecodedImages
-    from hf_transfer.methods.feature.cache import extract_features
+    from hf_transfer.methods.feature.extract import extract_features
     from hf_transfer.models.speed import use_channels_last
 
     channels_last = use_channels_last(args.channels_last, backbone.model, device)  # as feature mode resolves it

@@ -21,6 +21,7 @@ import transformers.trainer
 from transformers import TrainerControl, TrainerState
 
 import hf_transfer.methods.feature.cache
+import hf_transfer.methods.feature.extract
 import hf_transfer.training.build
 import hf_transfer.training.run
 from hf_transfer.config import TransferArguments, arguments_from_dict, resolve_precision
@@ -129,6 +130,7 @@ def spies(monkeypatch):
 
     monkeypatch.setattr(hf_transfer.training.build, "load_backbone", load_backbone)
     monkeypatch.setattr(hf_transfer.methods.feature.cache, "iter_features", iter_features)
+    monkeypatch.setattr(hf_transfer.methods.feature.extract, "iter_features", iter_features)
     monkeypatch.setattr(transformers.trainer, "get_reporting_integration_callbacks", report)
 
 

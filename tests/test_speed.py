@@ -16,7 +16,8 @@ import torch
 
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.methods.feature.cache import FeatureCache, extract_features, shard_bounds
+from hf_transfer.methods.feature.cache import FeatureCache, shard_bounds
+from hf_transfer.methods.feature.extract import extract_features
 from hf_transfer.models.backbones import load_backbone
 from hf_transfer.models.speed import (
     compile_options,

@@ -25,7 +25,7 @@ from hf_transfer.methods.domain.partial import (
     drop_classes,
     pada_summary,
 )
-from hf_transfer.methods.feature.cache import extract_features
+from hf_transfer.methods.feature.extract import extract_features
 from hf_transfer.models.bottleneck import BottleneckHead, fold_into
 
 logger = logging.getLogger(__name__)
