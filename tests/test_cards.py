@@ -17,7 +17,7 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from hf_transfer.hub import cards
 from hf_transfer.hub.card_merge import merge_body
 from hf_transfer.hub.card_metadata import BASELINE_CONFIG
-from hf_transfer.testing.hub_server import card_metadata
+from hf_transfer.testing.hub_cards import card_metadata
 
 REPO = "user/digits-dann"
 

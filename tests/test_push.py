@@ -24,7 +24,7 @@ from hf_transfer.hub import card_inputs
 from hf_transfer.hub.card_metadata import BASELINE_CONFIG
 from hf_transfer.hub.push import PushError, files_to_push, push_run
 from hf_transfer.hub.round_trip import RoundTripError
-from hf_transfer.testing.hub_server import USER_TOKEN
+from hf_transfer.testing.hub_common import USER_TOKEN
 
 TINY = dict(
     image_size=32,

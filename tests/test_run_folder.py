@@ -165,7 +165,7 @@ def test_command_line_is_strict(tmp_path):
 @pytest.mark.parametrize("source", ["HF_TOKEN", "--hub_token", "config file"])
 def test_no_token_in_any_written_file(source, hub_server, tmp_path, caplog, capfd, monkeypatch):
     """The token reaches the push, and no file written (folder, checkpoints, caches) nor log holds it."""
-    from hf_transfer.testing.hub_server import USER_TOKEN
+    from hf_transfer.testing.hub_common import USER_TOKEN
 
     out = tmp_path / "out"
     argv = [
