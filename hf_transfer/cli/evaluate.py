@@ -10,7 +10,7 @@ import numpy as np
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.label_match import _first
 from hf_transfer.evaluation.metrics import unscored_message
-from hf_transfer.evaluation.model_source import _one_line
+from hf_transfer.evaluation.model_source import one_line
 from hf_transfer.runtime.logs import setup_logging
 
 
@@ -93,7 +93,7 @@ def main(argv: list[str]) -> int:
     try:
         result = evaluate(args)
     except TransferConfigError as err:  # e.g. a datasets or Hub message quoted inside: keep the error one line
-        raise TransferConfigError(_one_line(str(err))) from err
+        raise TransferConfigError(one_line(str(err))) from err
     print(format_summary(result))
     where = f"; wrote {', '.join(OUTPUTS)} to {args.output_dir}" if args.output_dir else ""
     print(f"Evaluated in {result['seconds']:.1f}s on {result['device']}{where}")

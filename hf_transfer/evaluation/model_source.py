@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from hf_transfer.errors import TransferConfigError
 
 
-def _one_line(text: str) -> str:
-    """Messages of other libraries span lines; an error of this command is one line."""
+def one_line(text: str) -> str:
+    """Messages of other libraries span lines; an error of ``hf-transfer evaluate`` is one line."""
     return " ".join(str(text).split())
 
 
@@ -100,7 +100,7 @@ def resolve_model(model_id: str, revision: str | None = None) -> ModelSource:
         cause = err.__cause__ or err
         raise TransferConfigError(
             f"Could not load model {model_id!r} (revision={revision!r}): {type(cause).__name__}: "
-            f"{_one_line(str(cause))} Give a Hub id (org/name, timm/name), a run folder or a published repo."
+            f"{one_line(str(cause))} Give a Hub id (org/name, timm/name), a run folder or a published repo."
         ) from err
     if not names:
         raise TransferConfigError(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.models.examples import EXAMPLES_DIR, REFERENCE_PREDICTIONS  # noqa: F401 - the card's usage reads EXAMPLES_DIR here
+from hf_transfer.models.examples import REFERENCE_PREDICTIONS
 
 README = "README.md"
 RESULTS_FILE = "results.json"

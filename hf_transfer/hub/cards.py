@@ -31,7 +31,6 @@ from hf_transfer.hub.card_inputs import (
     CURVES_PNG,
     LR_FIND_PNG,
     README,
-    REFERENCE_PREDICTIONS,
     REPO_ID_PLACEHOLDER,
     RESULTS_FILE,
     dataset_info,
@@ -43,6 +42,7 @@ from hf_transfer.hub.card_merge import merge_card
 from hf_transfer.hub.card_metadata import card_data, validate_card
 from hf_transfer.hub.card_template import template_text
 from hf_transfer.hub.card_usage import usage_vars
+from hf_transfer.models.examples import REFERENCE_PREDICTIONS
 
 __all__ = [
     "CONFIG_FILE",

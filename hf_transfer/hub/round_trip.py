@@ -12,7 +12,7 @@ import math
 import os
 from pathlib import Path
 
-from hf_transfer.hub import card_inputs
+from hf_transfer.models.examples import REFERENCE_PREDICTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def check_round_trip(
     form's predictions."""
     folder = Path(folder)
     model_dir = Path(model_dir) if model_dir is not None else folder
-    ref_path = folder / card_inputs.REFERENCE_PREDICTIONS
+    ref_path = folder / REFERENCE_PREDICTIONS
     if not ref_path.is_file():
         raise RoundTripError(
             f"{ref_path} is missing: the run folder has no reference predictions to check "
@@ -128,9 +128,7 @@ def check_round_trip(
         raise RoundTripError(f"{ref_path} lists no example images.")
     for row in reference:
         if not (folder / row["file"]).is_file():
-            raise RoundTripError(
-                f"Example image {row['file']} listed in {card_inputs.REFERENCE_PREDICTIONS} is missing."
-            )
+            raise RoundTripError(f"Example image {row['file']} listed in {REFERENCE_PREDICTIONS} is missing.")
     outputs = []
     for form in published_forms(model_dir):
         try:
