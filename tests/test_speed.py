@@ -314,9 +314,9 @@ def test_threaded_decode_gives_the_bytes_of_one_thread(tmp_path, monkeypatch):
     ds = _images(23, 24, 30)
     cfg = DataConfig(input_size=(3, 16, 16))
     used = []
-    real = decoded_module._in_threads
+    real = decoded_module.in_threads
     monkeypatch.setattr(
-        decoded_module, "_in_threads", lambda chunks, n: used.append((n, len(chunks))) or real(chunks, n)
+        decoded_module, "in_threads", lambda chunks, n: used.append((n, len(chunks))) or real(chunks, n)
     )
     before = torch.get_num_threads()
     try:
