@@ -31,8 +31,7 @@ def transfer_arguments(args: dict):
 
 
 def train(args: dict) -> dict:
-    """One run with the finetune callbacks (gradual unfreezing), as ``hf-transfer train`` runs it."""
-    from hf_transfer.methods.finetune import ModeCallbacks
+    """One run, as ``hf-transfer train`` runs it (the mode attaches its own callbacks, e.g. gradual unfreezing)."""
     from hf_transfer.training.run import run_transfer
 
-    return run_transfer(*transfer_arguments(args), callbacks=[ModeCallbacks()])
+    return run_transfer(*transfer_arguments(args))

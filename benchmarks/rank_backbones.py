@@ -151,8 +151,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from hf_transfer.rank import _parser as rank_parser
-    from hf_transfer.rank import rank_backbones
+    from hf_transfer.cli.rank import _parser as rank_parser
+    from hf_transfer.selection.rank import rank_backbones
 
     zoo, targets, steps_scale = ZOO, DOMAINS, 1.0
     if opts.quick:

@@ -111,7 +111,8 @@ def main() -> None:
         sys.exit("Run scripts/setup_endpoints.sh first (.venv-endpoints: the Endpoints toolkit's pins).")
     from huggingface_hub import HfApi
 
-    from hf_transfer.testing.hub_server import USER, USER_TOKEN, HubTestServer
+    from hf_transfer.testing.hub_common import USER, USER_TOKEN
+    from hf_transfer.testing.hub_server import HubTestServer
     from hf_transfer.testing.tiny_models import convnext_folder
 
     start = time.time()

@@ -349,7 +349,8 @@ def ours_probe_arm(args, device, data, arch, size, dname, n, solver: str):
     Trainer, ``--probe_epochs`` epochs, as the naive arm) or ``lbfgs`` (one full-batch solve). Total wall
     time, setup included; then the test accuracy (untimed)."""
     from hf_transfer.methods.feature import cache as features
-    from hf_transfer.training.run import final_metrics, prepare_run
+    from hf_transfer.training.fit import final_metrics
+    from hf_transfer.training.run import prepare_run
 
     memory = Memory(device)
     extract_times: list[float] = []
@@ -442,7 +443,7 @@ def stock_extract(args, device, ds, arch, num_classes, size) -> dict:
 
 def ours_extract(args, device, ds, backbone, cache_dir: str, input_path: str, workers: int) -> dict:
     from hf_transfer.data.decoded import DecodedImages
-    from hf_transfer.methods.feature.cache import extract_features
+    from hf_transfer.methods.feature.extract import extract_features
     from hf_transfer.models.speed import use_channels_last
 
     channels_last = use_channels_last(args.channels_last, backbone.model, device)  # as feature mode resolves it

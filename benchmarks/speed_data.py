@@ -79,13 +79,13 @@ class Data:
 
     def train(self, name: str, n: int | None):
         """The seeded subset hf_transfer takes with ``max_train_samples=n``."""
-        from hf_transfer.training.modes.common import subset
+        from hf_transfer.data.kshot import subset
 
         return subset(self.domain(name)["train"], n, self.args.seed)
 
     def test(self, name: str, n: int | None):
         """The seeded test subset hf_transfer takes with ``max_eval_samples=n``."""
-        from hf_transfer.training.modes.common import subset
+        from hf_transfer.data.kshot import subset
 
         return subset(self.domain(name)["test"], n, self.args.seed)
 

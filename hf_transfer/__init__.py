@@ -10,7 +10,7 @@ Import from the submodules: ``hf_transfer.data``, ``hf_transfer.models.backbones
 
 __version__ = "0.1.0"
 #: the distribution this ``hf_transfer`` comes from: PyPI's ``hf-transfer`` installs the same import name
-#: (:mod:`hf_transfer.installation` tells the two apart with it)
+#: (:mod:`hf_transfer.runtime.installation` tells the two apart with it)
 __distribution__ = "hf-transfer-learning"
 
 
@@ -19,7 +19,7 @@ def _warn_if_installed_with_the_other_package() -> None:
     import sys
     import warnings
 
-    from hf_transfer.installation import conflict
+    from hf_transfer.runtime.installation import conflict
 
     if os.path.basename(sys.argv[0]).startswith("hf-transfer"):  # the command says it as its error instead
         return

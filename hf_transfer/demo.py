@@ -19,7 +19,6 @@ compares with its seed's source-only run (:func:`attach_baseline`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -200,16 +199,3 @@ def format_table(summary: dict) -> str:
             f"{_mean_std(row['source'])} | {statistics.fmean(row['seconds']):.0f} |"
         )
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="hf-transfer demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--output_dir", default=DEFAULT_OUTPUT)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--steps", type=int, default=600, help="training steps of the image-based runs")
-    parser.add_argument("--only", nargs="+", default=None, help="run only these (names in the table)")
-    args = parser.parse_args(argv)
-    run_demo(args.output_dir, tuple(args.seeds), args.steps, args.only)
-    return 0

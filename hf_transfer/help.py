@@ -90,13 +90,12 @@ def _option_line(field: dataclasses.Field, width: int = 100) -> str:
     return "\n".join(textwrap.wrap(f"{head}  {body}", width=width, subsequent_indent="        "))
 
 
-def short_help() -> str:
-    """The grouped help of ``hf-transfer train --help``."""
+def short_help(transfer_arguments: type) -> str:
+    """The grouped help of ``hf-transfer train --help`` (``transfer_arguments``: the TransferArguments class, given
+    by the config that defines it)."""
     from transformers import TrainingArguments
 
-    from hf_transfer.config import TransferArguments
-
-    fields = {f.name: f for f in dataclasses.fields(TransferArguments)}
+    fields = {f.name: f for f in dataclasses.fields(transfer_arguments)}
     out = [
         USAGE,
         "",
@@ -116,10 +115,7 @@ def short_help() -> str:
     return "\n".join(out)
 
 
-def full_help() -> str:
-    """Every option, as HfArgumentParser describes it, under the subcommand's name."""
-    from hf_transfer.config import _parser
-
-    parser = _parser()
+def full_help(parser) -> str:
+    """Every option, as the config's HfArgumentParser describes it, under the subcommand's name."""
     parser.prog = "hf-transfer train"
     return parser.format_help()

@@ -8,7 +8,7 @@ Nothing launcher-specific here: accelerate (through the Trainer) reads the launc
 
 import sys
 
-from hf_transfer.cli import main
+from hf_transfer.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["train", *sys.argv[1:]]))

@@ -154,7 +154,7 @@ def test_lora_adapter_round_trip_three_loaders_and_handler(tmp_path):
     answer = endpoint_handler(out)({"inputs": image, "parameters": {"top_k": 10}})
     assert [r["score"] for r in answer] == sorted((r["score"] for r in answer), reverse=True)
     torch.testing.assert_close(torch.tensor([{r["label"]: r["score"] for r in answer}[n] for n in DIGITS]), probs)
-    from hf_transfer.hub.push import RoundTripError, check_round_trip, published_forms
+    from hf_transfer.hub.round_trip import RoundTripError, check_round_trip, published_forms
 
     assert published_forms(out) == ["adapter", "endpoint handler"]
     check_round_trip(out)
@@ -182,7 +182,7 @@ def test_default_publish_is_the_merged_model_at_the_root_and_the_adapter_in_a_su
     --publish merged: the root only. Both reproduce the trained model; the round-trip check checks each form."""
     from transformers import AutoModelForImageClassification, pipeline
 
-    from hf_transfer.hub.push import RoundTripError, check_round_trip, published_forms
+    from hf_transfer.hub.round_trip import RoundTripError, check_round_trip, published_forms
     from hf_transfer.models.adapters import ADAPTER_SUBDIR
 
     base = make_base(tmp_path / "base", labels=["x", "y", "z"])  # other labels: the usual Hub case

@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from hf_transfer.cache import STAGING_PREFIX
 from hf_transfer.data.transforms import eval_transform
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.models.backbones import load_backbone
 from hf_transfer.models.export import export_model
+from hf_transfer.runtime.cache import STAGING_PREFIX
 
 NAMES = ["zero", "one", "two"]
 

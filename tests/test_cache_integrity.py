@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from hf_transfer import cache as cache_module
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.data.decoded import DecodedImages
 from hf_transfer.data.transforms import DataConfig
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.methods.feature.cache import FeatureCache
 from hf_transfer.models.backbones import load_backbone
+from hf_transfer.runtime import cache as cache_module
 from hf_transfer.training.run import run_transfer
 
 from conftest import random_png_dataset, tiny_args
@@ -71,7 +71,7 @@ def test_damaged_decoded_cache_is_rebuilt_with_a_warning_naming_it(tmp_path, cap
     assert good.any() and first.decoded
     del first  # closes the memmap
     damage(str(tmp_path / next(os.walk(tmp_path))[1][0] / "images.npy"), how)
-    with caplog.at_level(logging.WARNING, logger="hf_transfer.cache"):
+    with caplog.at_level(logging.WARNING, logger="hf_transfer.runtime.cache"):
         again = DecodedImages(ds, cfg, "eval", cache_dir=tmp_path)
     assert again.decoded, "the damaged entry was used instead of being rebuilt"
     assert str(again.path) in caplog.text and "damaged" in caplog.text
@@ -112,7 +112,7 @@ def test_damaged_feature_cache_is_rebuilt_with_a_warning_naming_it(tmp_path, cap
     good = good.clone()
     assert good.abs().sum() > 0
     damage(os.path.join(path, "features.npy"), how)
-    with caplog.at_level(logging.WARNING, logger="hf_transfer.cache"):
+    with caplog.at_level(logging.WARNING, logger="hf_transfer.runtime.cache"):
         again, again_labels, again_path = cache.get_or_compute(backbone, ds, "train", batch_size=4, weights_hash="w")
     assert again_path == path and (cache.hits, cache.misses) == (0, 2)
     assert path in caplog.text and "damaged" in caplog.text
@@ -159,7 +159,7 @@ def test_zeroed_decoded_cache_in_a_run_is_rebuilt_and_the_accuracy_is_unchanged(
     before = run_transfer(*arguments_from_dict(tiny_args(tmp_path, **args)))
     for entry in os.listdir(decoded):  # every split's cache, as a crash of the disk would leave them
         damage(os.path.join(decoded, entry, "images.npy"), "zero")
-    with caplog.at_level(logging.WARNING, logger="hf_transfer.cache"):
+    with caplog.at_level(logging.WARNING, logger="hf_transfer.runtime.cache"):
         after = run_transfer(*arguments_from_dict(tiny_args(tmp_path, **args)))
     for entry in os.listdir(decoded):
         assert os.path.join(decoded, entry) in caplog.text
@@ -174,7 +174,7 @@ def test_truncated_feature_cache_in_a_run_is_rebuilt_and_the_accuracy_is_unchang
     assert len(entries) == 2  # train + target test
     for entry in entries:
         damage(os.path.join(features, entry, "features.npy"), "truncate")
-    with caplog.at_level(logging.WARNING, logger="hf_transfer.cache"):
+    with caplog.at_level(logging.WARNING, logger="hf_transfer.runtime.cache"):
         after = run_transfer(*arguments_from_dict(tiny_args(tmp_path, **args)))
     assert after["feature_cache"] == {"hits": 0, "misses": 2}
     for entry in entries:

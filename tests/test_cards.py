@@ -17,7 +17,7 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from hf_transfer.hub import cards
 from hf_transfer.hub.card_merge import merge_body
 from hf_transfer.hub.card_metadata import BASELINE_CONFIG
-from hf_transfer.testing.hub_server import card_metadata
+from hf_transfer.testing.hub_cards import card_metadata
 
 REPO = "user/digits-dann"
 
@@ -324,7 +324,7 @@ def test_optimizer_arguments_in_hyperparameter_table(run_dir, results):
 
 
 def test_training_curves_one_quantity_per_panel():
-    from hf_transfer.hub.plots import curve_panels
+    from hf_transfer.evaluation.plots import curve_panels
 
     history = []
     for step in range(1, 9):

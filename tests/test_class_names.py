@@ -88,7 +88,8 @@ def test_every_mode_refuses_it_before_training(tmp_path, mode, method, as_source
 
 
 def test_evaluate_refuses_it_instead_of_merging(tmp_path):
-    from hf_transfer.evaluate import _parser, evaluate
+    from hf_transfer.cli.evaluate import _parser
+    from hf_transfer.evaluation.evaluate import evaluate
     from hf_transfer.models.backbones import load_backbone
     from hf_transfer.models.export import export_model
 

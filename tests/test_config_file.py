@@ -6,7 +6,7 @@ import tracemalloc
 
 import pytest
 
-from hf_transfer.cli import main as cli_main
+from hf_transfer.cli.main import main as cli_main
 from hf_transfer.config import load_config_file, parse_args
 from hf_transfer.config.file import MAX_DEPTH, MAX_FILE_BYTES
 from hf_transfer.errors import TransferConfigError

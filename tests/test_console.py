@@ -48,7 +48,7 @@ def test_train_console_has_no_unactionable_warnings(tmp_path):
 
 
 def test_unactionable_library_lines_are_dropped(caplog):
-    from hf_transfer.logs import quiet_unactionable_logs
+    from hf_transfer.runtime.logs import quiet_unactionable_logs
 
     quiet_unactionable_logs()
     auto = logging.getLogger("transformers.models.auto.image_processing_auto")
@@ -66,7 +66,7 @@ def test_errors_end_in_one_line_and_debug_shows_the_traceback(tmp_path, monkeypa
     import pytest
     from PIL import Image
 
-    from hf_transfer import cli
+    from hf_transfer.cli import main as cli
 
     folder = tmp_path / "empty_test"
     folder.mkdir()
@@ -105,7 +105,7 @@ def test_errors_end_in_one_line_and_debug_shows_the_traceback(tmp_path, monkeypa
 
 
 def test_bare_debug_is_ours_and_debug_with_a_value_is_the_trainers():
-    from hf_transfer.cli import _take_debug_flag
+    from hf_transfer.cli.main import _take_debug_flag
 
     assert _take_debug_flag(["train", "--debug", "--max_steps", "2"]) == (["train", "--max_steps", "2"], True)
     assert _take_debug_flag(["train", "--max_steps", "2", "--debug"]) == (["train", "--max_steps", "2"], True)

@@ -18,13 +18,13 @@ import datasets
 import pytest
 import torch
 
-from hf_transfer import disk
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.data.decoded import DecodedImages
 from hf_transfer.data.transforms import DataConfig
 from hf_transfer.errors import NoSpaceError
 from hf_transfer.methods.feature.cache import FeatureCache
 from hf_transfer.models.backbones import load_backbone
+from hf_transfer.runtime import disk
 from hf_transfer.training.checkpoints import checkpoint_problem, last_complete_checkpoint
 from hf_transfer.training.run import run_transfer
 
@@ -64,7 +64,7 @@ import io
 import datasets
 import numpy as np
 from PIL import Image
-from hf_transfer import disk
+from hf_transfer.runtime import disk
 from hf_transfer.data.decoded import DecodedImages
 from hf_transfer.data.transforms import DataConfig
 if {skip_precheck!r}:  # another writer filled the disk after the check: only the allocation can catch it

@@ -13,10 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_transfer.cli import main
+from hf_transfer.cli.evaluate import _parser
+from hf_transfer.cli.main import main
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.data.transforms import eval_transform
-from hf_transfer.evaluate import OUTPUTS, _parser, evaluate, evaluate_base
+from hf_transfer.evaluation.evaluate import OUTPUTS, evaluate, evaluate_base
 from hf_transfer.models.backbones import load_backbone
 from hf_transfer.models.export import export_model
 from hf_transfer.training.run import run_transfer
@@ -116,8 +117,8 @@ def _stock_logits(model_dir, rows):
 
 
 def test_partial_overlap_in_another_order_is_scored_by_name(tmp_path):
+    from hf_transfer.data.kshot import subset
     from hf_transfer.data.load import load_split
-    from hf_transfer.training.modes.common import subset
 
     # 7 digits in reverse order, "Three"/"seven" spelled otherwise, 3 digits missing, and a class the data lacks
     # with a huge bias: an id-based or unrestricted argmax would be all wrong
@@ -286,7 +287,7 @@ def test_split_choices(tmp_path):
 
 
 def test_summary_lists_the_weakest_classes_when_there_are_many():
-    from hf_transfer.evaluate import format_summary
+    from hf_transfer.cli.evaluate import format_summary
 
     names = ["ant", "bee", "cat", "dog", "eel"]
     per_class = [0.9, 0.1, 0.5, None, 0.3]
@@ -320,7 +321,7 @@ def test_summary_lists_the_weakest_classes_when_there_are_many():
 
 def test_a_name_the_model_repeats_is_one_class():
     """ImageNet heads repeat names ("crane" the bird and the machine): both columns predict that one class."""
-    from hf_transfer.evaluate import match_labels, score
+    from hf_transfer.evaluation.label_match import match_labels, score
 
     match = match_labels("m", ["Crane", "zebra", "dog", "crane"], "d", ["dog", "crane", "cat"])
     assert match.names == ["Crane", "dog"] and match.model_only == ["zebra"] and match.dataset_only == ["cat"]

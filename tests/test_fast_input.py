@@ -22,6 +22,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from hf_transfer.data import augment as augment_module
+from hf_transfer.data import decode as decode_module
 from hf_transfer.data import decoded as decoded_module
 from hf_transfer.data.augment import BatchAugment, sample_crop_params
 from hf_transfer.data.decoded import DecodedImages, collate_decoded, split_kind_for
@@ -462,8 +463,8 @@ def test_cache_hit_memmap_and_keys(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(decoded_module, "_decode_chunk", boom)
-    monkeypatch.setattr(decoded_module, "_to_rgb", boom)
+    monkeypatch.setattr(decode_module, "_decode_chunk", boom)
+    monkeypatch.setattr(decode_module, "_to_rgb", boom)
     again = DecodedImages(ds, cfg, "train", cache_dir=tmp_path)
     assert not again.decoded and again.path == first.path
     assert isinstance(again.images, np.memmap) and not again.images.flags.writeable
@@ -486,7 +487,7 @@ def test_cache_hit_memmap_and_keys(tmp_path, monkeypatch):
 def test_failed_decode_leaves_no_cache(tmp_path, monkeypatch):
     cfg = DataConfig(input_size=(3, 16, 16))
     ds = _dataset([_photo(30, 40, k) for k in range(6)])
-    real = decoded_module._decode_chunk
+    real = decode_module._decode_chunk
     calls = []
 
     def fail_on_second(*a, **k):
@@ -495,12 +496,12 @@ def test_failed_decode_leaves_no_cache(tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         return real(*a, **k)
 
-    monkeypatch.setattr(decoded_module, "_decode_chunk", fail_on_second)
+    monkeypatch.setattr(decode_module, "_decode_chunk", fail_on_second)
     with pytest.raises(RuntimeError, match="disk full"):
         DecodedImages(ds, cfg, "eval", cache_dir=tmp_path, chunk_size=2)
     # decode threads may have started a few chunks past the failing one; none of it is left behind
     assert len(calls) >= 2 and list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(decoded_module, "_decode_chunk", real)
+    monkeypatch.setattr(decode_module, "_decode_chunk", real)
     ok = DecodedImages(ds, cfg, "eval", cache_dir=tmp_path, chunk_size=2)
     assert ok.decoded and [p.name for p in tmp_path.iterdir()] == [ok.path.name]
 

@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.methods.feature.cache import FeatureCache, cache_key, extract_features
+from hf_transfer.methods.feature.cache import FeatureCache, cache_key
+from hf_transfer.methods.feature.extract import extract_features
 from hf_transfer.models.backbones import load_backbone
 
 NAMES = ["a", "b", "c"]

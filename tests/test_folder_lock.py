@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_transfer.folder_lock import LOCK_FILE, FolderInUseError, lock_folder
+from hf_transfer.runtime.folder_lock import LOCK_FILE, FolderInUseError, lock_folder
 
 from conftest import tiny_args, two_process_launch
 
@@ -50,7 +50,7 @@ except TransferConfigError as err:  # what `hf-transfer train` does with it
 # holds a folder's lock as a run does, until killed
 HOLDER = """
 import sys, time
-from hf_transfer.folder_lock import lock_folder
+from hf_transfer.runtime.folder_lock import lock_folder
 lock = lock_folder(sys.argv[1], "hf-transfer train")
 print("held", flush=True)
 time.sleep(600)
@@ -119,7 +119,7 @@ def test_two_identical_runs_into_one_folder(tmp_path):
     assert reference and all((out / row["file"]).is_file() for row in reference)
     assert (out / "README.md").is_file() and (out / "model.safetensors").is_file()
     assert not (out / LOCK_FILE).exists()  # released (and removed) at the end of the run
-    from hf_transfer.hub.push import check_round_trip
+    from hf_transfer.hub.round_trip import check_round_trip
 
     check_round_trip(out)  # the exported model still predicts what the winner's run predicted
 
@@ -134,7 +134,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(holder, caplog):
     proc.wait()
     assert (folder / LOCK_FILE).is_file()  # the stale lock file is there ...
     assert check_output_dir(str(folder), {}, resume=False, overwrite=False) == []  # ... but not "another run"
-    with caplog.at_level(logging.WARNING, logger="hf_transfer.folder_lock"):
+    with caplog.at_level(logging.WARNING, logger="hf_transfer.runtime.folder_lock"):
         lock = lock_folder(folder, "hf-transfer train")
     assert f"left by hf-transfer train (pid {proc.pid}" in caplog.text
     assert json.loads((folder / LOCK_FILE).read_text())["pid"] == os.getpid()
@@ -143,8 +143,8 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(holder, caplog):
 
 
 def test_push_and_evaluate_into_a_folder_a_run_writes_are_refused(holder, hub_server, capsys):
-    from hf_transfer.cli import main
-    from hf_transfer.evaluate import check_output_dir
+    from hf_transfer.cli.main import main
+    from hf_transfer.runtime.folder_lock import check_output_folder
 
     folder, proc = holder
     (folder / "results.json").write_text('{"mode": "task", "metr')  # the run is writing it right now
@@ -153,7 +153,7 @@ def test_push_and_evaluate_into_a_folder_a_run_writes_are_refused(holder, hub_se
     assert rc == 2 and f"hf-transfer train (pid {proc.pid} on host {socket.gethostname()}" in err, err
     assert hub_server.requests == []  # refused before any Hub call
     with pytest.raises(FolderInUseError, match=rf"pid {proc.pid}"):
-        check_output_dir(str(folder), overwrite=True)
+        check_output_folder(str(folder), "hf-transfer evaluate", ("evaluation.json",), overwrite=True)
     assert (folder / "results.json").read_text() == '{"mode": "task", "metr'  # untouched
 
 
@@ -214,7 +214,7 @@ def test_a_refused_ddp_launch_ends_on_every_rank(holder, tmp_path):
 def test_rank_into_a_folder_another_writer_holds_is_refused_before_any_work(holder, capsys):
     """hf-transfer rank writes ranking.json, ranking.png and train configs into --output_dir: it holds the folder's
     lock too, and a held folder is refused naming the holder, before a candidate is loaded."""
-    from hf_transfer.cli import main
+    from hf_transfer.cli.main import main
 
     folder, proc = holder
     argv = [

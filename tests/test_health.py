@@ -18,7 +18,8 @@ from transformers import TrainerCallback
 
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.evaluation.run_health import HEALTH_FILE, divergence_warnings
-from hf_transfer.hub.push import PushError, RoundTripError, _compare, push_run
+from hf_transfer.hub.push import PushError, push_run
+from hf_transfer.hub.round_trip import RoundTripError, _compare
 from hf_transfer.training.checkpoints import resolve_resume
 from hf_transfer.training.health_guard import STATE_FILE, TrainingHealthError
 from hf_transfer.training.run import run_transfer
@@ -56,7 +57,7 @@ def _push_refused(output_dir, *expected: str) -> None:
 
 def test_nan_loss_stops_the_run_names_the_step_keeps_the_last_good_checkpoint_and_push_refuses(tmp_path, capsys):
     """The reported case: --learning_rate 1e38 gave exit 0, NaN tensors, a logged loss of 0 and a push."""
-    from hf_transfer.cli import main
+    from hf_transfer.cli.main import main
 
     args = tiny_args(tmp_path, mode="task", method="full", learning_rate=1e38, save_strategy="steps", save_steps=1)
     rc = main(["train", *_flags(args)])
@@ -185,7 +186,7 @@ def test_round_trip_check_fails_on_nonfinite_scores(tmp_path):
 def test_divergence_is_warned_in_the_log_results_and_card(tmp_path, caplog):
     """A loss that rose ~80x (below the stop) and accuracy at chance: a finished run, marked as suspect."""
     args = tiny_args(tmp_path, mode="task", method="full", learning_rate=1000)
-    with caplog.at_level(logging.WARNING, logger="hf_transfer.training.run"):
+    with caplog.at_level(logging.WARNING, logger="hf_transfer.training.results"):
         results = run_transfer(*arguments_from_dict(args))
     warnings = results["health"]["warnings"]
     assert any(w.startswith("The training loss ended at") for w in warnings), warnings

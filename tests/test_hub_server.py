@@ -11,7 +11,8 @@ import urllib.request
 
 import pytest
 
-from hf_transfer.testing.hub_server import OTHER_TOKEN, USER_TOKEN, HubTestServer
+from hf_transfer.testing.hub_common import OTHER_TOKEN, USER_TOKEN
+from hf_transfer.testing.hub_server import HubTestServer
 
 hf = pytest.importorskip("huggingface_hub")
 import httpx2  # noqa: E402  (huggingface_hub's HTTP client)

@@ -111,7 +111,7 @@ def test_every_path_sees_sixteen_bit_images_as_their_eight_bit_twins(tmp_path, m
 def test_reference_examples_keep_the_range(tmp_path):
     """The card's widget images (what a served model is shown) are converted the same way."""
     from hf_transfer.models.backbones import load_backbone
-    from hf_transfer.training.run import write_reference_predictions
+    from hf_transfer.models.examples import write_reference_predictions
 
     wide = load_domain(_folder(tmp_path, True))["test"]
     backbone = load_backbone("test_resnet", list(CLASSES), image_size=16, crop_pct=1.0)

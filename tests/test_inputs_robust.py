@@ -20,7 +20,6 @@ import torch
 from PIL import Image
 from transformers import TrainerCallback
 
-from hf_transfer import cache
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.data.augment import BatchAugment
 from hf_transfer.data.decoded import DecodedImages
@@ -28,6 +27,7 @@ from hf_transfer.data.load import load_domain
 from hf_transfer.data.paired import PairedDataset, collate_images, collate_paired
 from hf_transfer.data.transforms import DataConfig
 from hf_transfer.errors import TransferConfigError
+from hf_transfer.runtime import cache
 from hf_transfer.training.run import prepare_run, run_transfer
 
 from conftest import tiny_args
@@ -244,7 +244,7 @@ def test_resuming_on_the_stock_path_warns(tmp_path, caplog):
 def _dead_writer_staging(root, name: str) -> str:
     """A staging folder made by a process that then died without cleaning up (as after kill -9)."""
     code = (
-        "import os, sys; from hf_transfer.cache import make_staging_dir; "
+        "import os, sys; from hf_transfer.runtime.cache import make_staging_dir; "
         "d = make_staging_dir(sys.argv[1], sys.argv[2]); "
         "open(os.path.join(d, 'part.npy'), 'wb').write(b'x' * 1000); "
         "print(d); os._exit(0)"

@@ -13,7 +13,7 @@ import pytest
 from test_packaging import _build_wheel
 
 import hf_transfer
-from hf_transfer import installation
+from hf_transfer.runtime import installation
 
 OTHER_PIN = "hf-transfer==0.1.9"
 

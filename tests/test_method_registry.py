@@ -14,7 +14,7 @@ from hf_transfer.errors import TransferConfigError
 from hf_transfer.methods import registry
 from hf_transfer.methods.domain.step import SteppedLoss
 from hf_transfer.methods.registry import OPTIONS, all_methods, default_method, get_method, modes
-from hf_transfer.plan import plan_run
+from hf_transfer.training.plan import plan_run
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 BASE = {"backbone": "test_resnet", "target": "builtin:digits-handwritten", "output_dir": "unused", "use_cpu": True}

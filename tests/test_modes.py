@@ -493,7 +493,7 @@ def test_domain_mode_keeps_unlabelled_target_train_rows_as_target_images(tmp_pat
 
 def test_label_names_never_become_paths(tmp_path):
     """Labels such as 'a/b', '..' and 'c:\\d' are data: the example files stay in examples/ with safe names."""
-    from hf_transfer.training.run import example_file_name
+    from hf_transfer.models.examples import example_file_name
 
     labels = ["a/b", "..", "c:\\d"]
     target = _labelled_folder(tmp_path / "data", {"train": labels * 6, "test": labels * 2})

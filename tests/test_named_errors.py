@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hf_transfer.cli import main
+from hf_transfer.cli.main import main
 from hf_transfer.data.columns import standardize_columns
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.testing.tiny_models import convnext_folder

@@ -21,6 +21,8 @@ import transformers.trainer
 from transformers import TrainerControl, TrainerState
 
 import hf_transfer.methods.feature.cache
+import hf_transfer.methods.feature.extract
+import hf_transfer.training.build
 import hf_transfer.training.run
 from hf_transfer.config import TransferArguments, arguments_from_dict, resolve_precision
 from hf_transfer.errors import TransferConfigError
@@ -112,7 +114,7 @@ def _base(tmp_path, data, mode: str, /, **extra) -> dict:
 @pytest.fixture
 def spies(monkeypatch):
     """Record what reaches the backbone loader, the feature extractor and the Trainer's reporting."""
-    real_load, real_iter = hf_transfer.training.run.load_backbone, hf_transfer.methods.feature.cache.iter_features
+    real_load, real_iter = hf_transfer.training.build.load_backbone, hf_transfer.methods.feature.cache.iter_features
 
     def load_backbone(model_id, *a, **kw):
         SEEN["load_backbone"] = kw
@@ -126,8 +128,9 @@ def spies(monkeypatch):
         SEEN["report_to"] = report_to
         return []
 
-    monkeypatch.setattr(hf_transfer.training.run, "load_backbone", load_backbone)
+    monkeypatch.setattr(hf_transfer.training.build, "load_backbone", load_backbone)
     monkeypatch.setattr(hf_transfer.methods.feature.cache, "iter_features", iter_features)
+    monkeypatch.setattr(hf_transfer.methods.feature.extract, "iter_features", iter_features)
     monkeypatch.setattr(transformers.trainer, "get_reporting_integration_callbacks", report)
 
 

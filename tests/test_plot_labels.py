@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFont
 
-from hf_transfer.hub import plot_text
-from hf_transfer.hub.card_sections import results_vars
-from hf_transfer.hub.plot_text import MAX_CHARS, can_draw, label_note, plot_labels, shorten
-from hf_transfer.hub.plots import MAX_GRID_PX, confusion_matrix_png
+from hf_transfer.evaluation import plot_text
+from hf_transfer.evaluation.plot_text import MAX_CHARS, can_draw, label_note, plot_labels, shorten
+from hf_transfer.evaluation.plots import MAX_GRID_PX, confusion_matrix_png
+from hf_transfer.hub.card_results import results_vars
 
 
 def _matrix(n: int) -> list[list[int]]:
@@ -94,7 +94,7 @@ def test_the_card_says_long_names_are_cut():
 def test_evaluate_says_which_names_its_figure_cut(tmp_path, caplog):
     import logging
 
-    from hf_transfer.evaluate import write_outputs
+    from hf_transfer.evaluation.evaluate import write_outputs
 
     result = {
         "model": "m",
@@ -103,6 +103,6 @@ def test_evaluate_says_which_names_its_figure_cut(tmp_path, caplog):
         "label_names": ["cat", "z" * 200],
         "metrics": {"confusion_matrix": _matrix(2)},
     }
-    with caplog.at_level(logging.WARNING, logger="hf_transfer.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="hf_transfer.evaluation.evaluate"):
         write_outputs(result, str(tmp_path))
     assert any("confusion_matrix.png" in r.getMessage() and "are cut" in r.getMessage() for r in caplog.records)

@@ -22,8 +22,9 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.hub import card_inputs
 from hf_transfer.hub.card_metadata import BASELINE_CONFIG
-from hf_transfer.hub.push import PushError, RoundTripError, files_to_push, push_run
-from hf_transfer.testing.hub_server import USER_TOKEN
+from hf_transfer.hub.push import PushError, files_to_push, push_run
+from hf_transfer.hub.round_trip import RoundTripError
+from hf_transfer.testing.hub_common import USER_TOKEN
 
 TINY = dict(
     image_size=32,
@@ -412,7 +413,7 @@ def _fewer_examples(run_copy):
 
 
 def _cli(capsys, *args) -> tuple[int, list[str], str]:
-    from hf_transfer.cli import main
+    from hf_transfer.cli.main import main
 
     rc = main([str(a) for a in args])
     err = capsys.readouterr().err
@@ -466,7 +467,7 @@ def test_hub_errors_end_in_one_line_and_leave_no_repo(hub_server, run_copy, caps
 def test_debug_shows_the_hub_error_behind_the_line(hub_server, run_copy):
     from huggingface_hub.errors import HfHubHTTPError
 
-    from hf_transfer.cli import main
+    from hf_transfer.cli.main import main
 
     _fewer_examples(run_copy)
     hub_server.faults.add("repo_info", status=503, times=None)

@@ -8,7 +8,7 @@ import os
 import pytest
 from PIL import Image
 
-from hf_transfer.cli import main
+from hf_transfer.cli.main import main
 
 TARGET = "builtin:digits-handwritten"
 
@@ -66,7 +66,7 @@ def test_rank_tiny_zoo_end_to_end(tmp_path, capsys, tiny_vit_dir, resnet_with_he
         assert img.size[0] > 300 and img.size[1] > 300
 
     # the top-1 candidate is handed on as a feature-mode config that plans as is
-    from hf_transfer.plan import plan_from_argv
+    from hf_transfer.cli.plan import plan_from_argv
 
     top = result["top_k"][0]
     assert top["backbone"] == result["ranking"][0]

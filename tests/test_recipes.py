@@ -12,7 +12,7 @@ import torch
 import yaml
 from transformers import TrainerCallback
 
-from hf_transfer.cli import main as cli_main
+from hf_transfer.cli.main import main as cli_main
 from hf_transfer.config import arguments_from_dict, load_config_file, parse_args
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.methods.domain import LOSSES
@@ -79,7 +79,7 @@ def _config(tmp_path, mode, method, extra, **overrides) -> str:
 
 @pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "recipes", "configs"))))
 def test_every_shipped_config_resolves_to_a_plan_offline(name):
-    from hf_transfer.plan import plan_from_argv
+    from hf_transfer.cli.plan import plan_from_argv
 
     # the plan must not depend on this machine (what `hf-transfer plan --config FILE` resolves)
     plan = plan_from_argv(["--config", os.path.join(ROOT, "recipes", "configs", name)])
@@ -94,7 +94,7 @@ def test_every_shipped_config_resolves_to_a_plan_offline(name):
 
 
 def test_plan_rejects_bad_method_args(tmp_path):
-    from hf_transfer.plan import plan_run
+    from hf_transfer.training.plan import plan_run
 
     path = _config(tmp_path, "domain", "dann", {"method_args": {"hold": 0.1, "alpah": 3}})
     with pytest.raises(TransferConfigError, match="alpah"):
@@ -129,7 +129,7 @@ def test_plan_refuses_unknown_builtin_names(capsys):
 
 def test_plan_resolves_a_gpu_recipe_on_any_machine(tmp_path, capsys):
     """A dry run checks the recipe, not this machine: bf16 without a GPU is reported, not raised."""
-    from hf_transfer.plan import plan_from_argv
+    from hf_transfer.cli.plan import plan_from_argv
 
     path = _config(tmp_path, "domain", "dann", {}, use_cpu=False, bf16=True)
     plan = plan_from_argv(["--config", path])

@@ -165,7 +165,7 @@ def test_command_line_is_strict(tmp_path):
 @pytest.mark.parametrize("source", ["HF_TOKEN", "--hub_token", "config file"])
 def test_no_token_in_any_written_file(source, hub_server, tmp_path, caplog, capfd, monkeypatch):
     """The token reaches the push, and no file written (folder, checkpoints, caches) nor log holds it."""
-    from hf_transfer.testing.hub_server import USER_TOKEN
+    from hf_transfer.testing.hub_common import USER_TOKEN
 
     out = tmp_path / "out"
     argv = [
@@ -195,3 +195,23 @@ def test_no_token_in_any_written_file(source, hub_server, tmp_path, caplog, capf
     assert not leaks
     captured = capfd.readouterr()
     assert USER_TOKEN not in caplog.text + captured.out + captured.err
+
+
+def test_a_run_leaves_the_callers_training_arguments_unchanged(tmp_path):
+    """The run sets its own fields (the push taken out, the token cleared, columns kept, ...) on a copy."""
+    import dataclasses
+
+    from conftest import tiny_args
+
+    args, training_args = arguments_from_dict(tiny_args(tmp_path, mode="task", method="linear", max_steps=1))
+    training_args.hub_token = "not-a-real-token"  # the run takes it out of its own TrainingArguments
+
+    def fields(t):
+        return {f.name: repr(getattr(t, f.name)) for f in dataclasses.fields(t) if f.init}
+
+    before = fields(training_args)
+    results = run_transfer(args, training_args)
+    assert results["hyperparameters"]["max_steps"] == 1  # the run did run
+    after = fields(training_args)
+    assert after == before, {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    assert training_args.remove_unused_columns and training_args.hub_token == "not-a-real-token"

@@ -23,7 +23,8 @@ import pytest
 from test_adapters import DIGITS, lora_args, make_base
 
 from hf_transfer.config import arguments_from_dict
-from hf_transfer.testing.hub_server import USER, USER_TOKEN, HubTestServer
+from hf_transfer.testing.hub_common import USER, USER_TOKEN
+from hf_transfer.testing.hub_server import HubTestServer
 from hf_transfer.testing.tiny_models import convnext_folder
 from hf_transfer.training.run import run_transfer
 

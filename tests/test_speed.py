@@ -16,7 +16,8 @@ import torch
 
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.methods.feature.cache import FeatureCache, extract_features, shard_bounds
+from hf_transfer.methods.feature.cache import FeatureCache, shard_bounds
+from hf_transfer.methods.feature.extract import extract_features
 from hf_transfer.models.backbones import load_backbone
 from hf_transfer.models.speed import (
     compile_options,
@@ -313,9 +314,9 @@ def test_threaded_decode_gives_the_bytes_of_one_thread(tmp_path, monkeypatch):
     ds = _images(23, 24, 30)
     cfg = DataConfig(input_size=(3, 16, 16))
     used = []
-    real = decoded_module._in_threads
+    real = decoded_module.in_threads
     monkeypatch.setattr(
-        decoded_module, "_in_threads", lambda chunks, n: used.append((n, len(chunks))) or real(chunks, n)
+        decoded_module, "in_threads", lambda chunks, n: used.append((n, len(chunks))) or real(chunks, n)
     )
     before = torch.get_num_threads()
     try:

@@ -9,7 +9,7 @@ from hf_transfer.config import arguments_from_dict
 from hf_transfer.data.kshot import kshot, kshot_indices
 from hf_transfer.data.transforms import DataConfig
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.methods.finetune import GradualUnfreezing, ModeCallbacks, group_learning_rates, select_parameters
+from hf_transfer.methods.finetune import GradualUnfreezing, group_learning_rates, select_parameters
 from hf_transfer.methods.finetune.regularizers import BSS, L2SP
 from hf_transfer.models.backbones import Backbone
 from hf_transfer.training.run import prepare_run
@@ -109,7 +109,6 @@ def _unfreeze_run(tmp_path, out, **overrides):
     # is saved after accelerate's loader has prefetched the next batch), independent of unfreezing
     run = prepared(
         tmp_path,
-        callbacks=[ModeCallbacks()],
         method="full",
         unfreeze_every=2,
         max_steps=6,

@@ -14,7 +14,7 @@ from PIL import Image
 
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.evaluation.metrics import unscored_classes, unscored_message
-from hf_transfer.hub.card_sections import unscored_note
+from hf_transfer.hub.card_results import unscored_note
 from hf_transfer.training.run import run_transfer
 
 from conftest import tiny_args
@@ -49,7 +49,7 @@ def test_hundred_classes_of_two_images_say_which_are_not_scored(tmp_path, caplog
     labels = [f"kind {k:03d}" for k in range(100) for _ in range(2)]
     folder = _parquet_dir(tmp_path / "hundred", {"train": labels})
     args = tiny_args(tmp_path, mode="task", method="linear", target=folder, max_steps=1, max_eval_samples=None)
-    with caplog.at_level(logging.WARNING, logger="hf_transfer.training.run"):
+    with caplog.at_level(logging.WARNING, logger="hf_transfer.training.build"):
         results = run_transfer(*arguments_from_dict(args))
     per_class = results["metrics"]["target"]["per_class_accuracy"]
     missing = [name for name, acc in zip(results["label_names"], per_class, strict=True) if acc is None]
@@ -74,14 +74,15 @@ def test_card_note_for_a_class_without_test_rows():
 
 
 def test_evaluate_names_a_class_with_no_test_rows(tmp_path, caplog):
-    from hf_transfer.evaluate import _parser, evaluate, format_summary
+    from hf_transfer.cli.evaluate import _parser, format_summary
+    from hf_transfer.evaluation.evaluate import evaluate
     from hf_transfer.models.backbones import load_backbone
     from hf_transfer.models.export import export_model
 
     names = ["cat", "dog", "owl"]
     model = export_model(load_backbone("test_resnet", names, image_size=32, crop_pct=1.0), str(tmp_path / "m"))
     folder = _parquet_dir(tmp_path / "pets", {"train": names * 2, "test": ["cat", "owl", "cat", "owl"]})
-    with caplog.at_level(logging.WARNING, logger="hf_transfer.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="hf_transfer.evaluation.evaluate"):
         result = evaluate(_parser().parse_args([model, folder, "--device", "cpu"]))
     assert result["unscored_classes"] == ["dog"]
     assert any("1 of 3 classes" in r.getMessage() and "'dog'" in r.getMessage() for r in caplog.records)

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 import datasets
 import numpy as np
 
-from hf_transfer.cache import cache_path, remove_stale_staging, staged_entry
+from hf_transfer.runtime.cache import cache_path, remove_stale_staging, staged_entry
 
 if TYPE_CHECKING:
     from PIL import Image, ImageFont

@@ -50,25 +50,24 @@ Files live under ``cache_dir`` (default ``$HF_TRANSFER_CACHE/decoded``, else
 column, kind, size, storage size, interpolation, crop_pct and :data:`DECODED_VERSION`. The folder is
 written in a staging folder named after the writing process and renamed into place, so an
 interrupted or failed decode never leaves a cache that a later run would trust; staging folders of
-killed writers are removed by the next construction (:func:`hf_transfer.cache.remove_stale_staging`).
+killed writers are removed by the next construction (:func:`hf_transfer.runtime.cache.remove_stale_staging`).
 ``meta.json``, written last, records each file's size and checksum; the first construction in a process
 checks them (a file truncated or zeroed on disk later), and a bad or unrecorded entry is removed with a
-warning naming it and decoded again (:func:`hf_transfer.cache.entry_problem`). Later constructions in
+warning naming it and decoded again (:func:`hf_transfer.runtime.cache.entry_problem`). Later constructions in
 the same process only open the memmap. The space the cache needs is checked, and its file's blocks
 reserved, before decoding starts: a full disk is an error naming the folder and the megabytes, never
-SIGBUS (:mod:`hf_transfer.disk`).
+SIGBUS (:mod:`hf_transfer.runtime.disk`).
 
 An image that cannot be decoded is an error naming its row (the data loading checks every image
 before training, see :mod:`hf_transfer.data.load`, so this only fires for direct use).
 
 This module is part of the data layer: it imports nothing from ``hf_transfer`` outside
-``hf_transfer.data`` and the shared ``hf_transfer.errors`` and ``hf_transfer.cache``.
+``hf_transfer.data`` and the shared ``hf_transfer.errors`` and ``hf_transfer.runtime.cache``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
@@ -79,7 +78,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from hf_transfer.cache import (
+from hf_transfer.data.decode import DecodeChunks, header_sizes, in_threads, split_storage_shape
+from hf_transfer.data.transforms import AUGMENTATIONS, DataConfig
+from hf_transfer.errors import TransferConfigError
+from hf_transfer.runtime.cache import (
     FILES_RECORD,
     cache_path,
     discard_entry,
@@ -88,11 +90,7 @@ from hf_transfer.cache import (
     remove_stale_staging,
     staged_entry,
 )
-from hf_transfer.data.images import to_rgb
-from hf_transfer.data.load import IMAGE_ERRORS
-from hf_transfer.data.transforms import AUGMENTATIONS, DataConfig, eval_geometry
-from hf_transfer.disk import allocated_memmap, space_errors
-from hf_transfer.errors import TransferConfigError
+from hf_transfer.runtime.disk import allocated_memmap, space_errors
 
 __all__ = ["DECODED_VERSION", "DecodedImages", "collate_decoded", "decoded_cache_dir", "split_kind_for"]
 
@@ -112,213 +110,6 @@ def split_kind_for(augment: str, train: bool) -> str:
     if augment not in AUGMENTATIONS:
         raise TransferConfigError(f"Unknown augmentation {augment!r}; choose one of {AUGMENTATIONS}.")
     return "train" if train and augment != "none" else "eval"
-
-
-# --------------------------------------------------------------------------------------------
-# decoding (module-level functions so worker processes can run them and tests can patch them)
-
-
-def _pil_interpolation(name: str):
-    from torchvision.transforms import InterpolationMode
-
-    return {
-        "bilinear": InterpolationMode.BILINEAR,
-        "bicubic": InterpolationMode.BICUBIC,
-        "nearest": InterpolationMode.NEAREST,
-    }.get(name, InterpolationMode.BILINEAR)  # the stock transforms' fallback
-
-
-def _to_rgb(value):
-    """A decoded ``Image`` cell (PIL image, ``{"bytes", "path"}`` dict or array) as an RGB PIL image."""
-    from PIL import Image
-
-    if isinstance(value, Image.Image):
-        img = value
-    elif isinstance(value, dict):
-        if value.get("bytes") is not None:
-            img = Image.open(io.BytesIO(value["bytes"]))
-        elif value.get("path"):
-            img = Image.open(value["path"])
-        else:
-            raise TransferConfigError("An image cell has neither bytes nor a path.")
-    elif isinstance(value, np.ndarray):
-        img = Image.fromarray(value)
-    else:
-        raise TransferConfigError(f"Cannot read an image from a {type(value).__name__}.")
-    return to_rgb(img)  # exactly what the stock make_batch_transform does
-
-
-def _prepare(
-    img,
-    kind: str,
-    size: int,
-    crop_pct: float,
-    interpolation: str,
-    storage_hw: tuple[int, int],
-    crop_mode: str = "center",
-    mean: tuple[float, float, float] = DataConfig.mean,
-):
-    """One RGB PIL image -> uint8 ``[3, h, w]`` storage array (see the module doc)."""
-    from torchvision.transforms import functional as TF
-
-    interp = _pil_interpolation(interpolation)
-    if kind == "eval":  # the stock eval transform's own geometry, every crop_mode
-        cfg = DataConfig(
-            (3, size, size), tuple(mean), interpolation=interpolation, crop_pct=crop_pct, crop_mode=crop_mode
-        )
-        img = eval_geometry(cfg)(img)
-    else:
-        hs, ws = storage_hw
-        if (img.height, img.width) != (hs, ws):
-            img = TF.resize(img, [hs, ws], interpolation=interp)
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-
-
-def _cells(dataset, start: int, stop: int, image_column: str) -> list:
-    """The image cells of rows ``[start, stop)``; an undecodable one is an error that names its row."""
-    try:
-        return dataset[start:stop][image_column]
-    except IMAGE_ERRORS:  # decoded by datasets: find the row
-        for i in range(start, stop):
-            try:
-                dataset[i][image_column]
-            except IMAGE_ERRORS as err:
-                raise _bad_row(i, err) from err
-        raise
-
-
-def _bad_row(i: int, err: Exception) -> TransferConfigError:
-    return TransferConfigError(f"Row {i}: the image cannot be decoded ({type(err).__name__}: {err}).")
-
-
-def _decode_chunk(
-    dataset,
-    start: int,
-    stop: int,
-    image_column: str,
-    kind: str,
-    size: int,
-    crop_pct: float,
-    interpolation: str,
-    storage_hw: tuple[int, int],
-    crop_mode: str = "center",
-    mean: tuple[float, float, float] = DataConfig.mean,
-):
-    """Rows ``[start, stop)`` -> (uint8 ``[n, 3, Hs, Ws]``, int32 original ``[n, 2]`` (H, W))."""
-    cells = _cells(dataset, start, stop, image_column)
-    out = np.empty((stop - start, 3, *storage_hw), dtype=np.uint8)
-    sizes = np.empty((stop - start, 2), dtype=np.int32)
-    for k, cell in enumerate(cells):
-        try:
-            img = _to_rgb(cell)
-        except IMAGE_ERRORS as err:
-            raise _bad_row(start + k, err) from err
-        sizes[k] = (img.height, img.width)
-        out[k] = _prepare(img, kind, size, crop_pct, interpolation, storage_hw, crop_mode, mean)
-    return out, sizes
-
-
-class _Chunks(torch.utils.data.Dataset):
-    """Chunk ``k`` of the source dataset, decoded: lets a DataLoader decode with worker processes."""
-
-    def __init__(self, dataset, chunk_size: int, **kwargs):
-        self.dataset, self.chunk_size, self.kwargs = dataset, chunk_size, kwargs
-        self.n = len(dataset)
-
-    def __len__(self) -> int:
-        return (self.n + self.chunk_size - 1) // self.chunk_size
-
-    def __getitem__(self, k: int):
-        start = k * self.chunk_size
-        stop = min(self.n, start + self.chunk_size)
-        arr, sizes = _decode_chunk(self.dataset, start, stop, **self.kwargs)
-        return start, arr, sizes
-
-
-def _in_threads(chunks: _Chunks, threads: int):
-    """The decoded chunks in order, decoded by ``threads`` threads a few chunks ahead of the consumer.
-
-    Threads, not processes: PIL releases the GIL while it decodes and resizes, and threads cost no
-    start-up or pickling (worker processes were slower than one process on 2 cores). The window bounds
-    the RAM held by decoded chunks that wait for their turn. Same bytes as one thread (tested)."""
-    if threads <= 1 or len(chunks) <= 1:
-        yield from (chunks[k] for k in range(len(chunks)))
-        return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hf_transfer-decode") as pool:
-        pending: deque = deque()
-        try:
-            for k in range(len(chunks)):
-                pending.append(pool.submit(chunks.__getitem__, k))
-                if len(pending) >= 2 * threads:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:  # a failed chunk (or a consumer that stops) cancels the chunks not started yet
-            for future in pending:
-                future.cancel()
-
-
-def _storage_shape(hw: tuple[int, int], storage_size: int) -> tuple[int, int]:
-    """``hw`` with its short side brought down to ``storage_size`` (never up)."""
-    h, w = hw
-    short = min(h, w)
-    if short <= storage_size:
-        return int(h), int(w)  # already small: keep native resolution
-    scale = storage_size / short
-    hs = storage_size if h == short else max(storage_size, round(h * scale))
-    ws = storage_size if w == short else max(storage_size, round(w * scale))
-    return hs, ws
-
-
-def _split_storage_shape(sizes: np.ndarray, storage_size: int) -> tuple[int, int]:
-    """The train storage shape of a split: its majority size (if > half the images) or a square.
-
-    A property of the whole split, so no single image decides how the others are stored."""
-    if len(sizes):
-        values, counts = np.unique(np.asarray(sizes).reshape(-1, 2), axis=0, return_counts=True)
-        best = int(np.argmax(counts))
-        if 2 * counts[best] > len(sizes):
-            return _storage_shape((int(values[best][0]), int(values[best][1])), storage_size)
-    return storage_size, storage_size
-
-
-def _header_size(cell) -> tuple[int, int]:
-    """``(H, W)`` of an undecoded image cell from its header, as datasets would decode it (EXIF rotation)."""
-    from PIL import Image
-
-    if not isinstance(cell, dict):  # already decoded (a PIL image or an array)
-        img = _to_rgb(cell)
-        return img.height, img.width
-    source = io.BytesIO(cell["bytes"]) if cell.get("bytes") is not None else cell.get("path")
-    if source is None:
-        raise TransferConfigError("An image cell has neither bytes nor a path.")
-    with Image.open(source) as img:
-        w, h = img.size
-        rotated = img.getexif().get(0x0112) in (5, 6, 7, 8)  # Orientation: transposed by exif_transpose
-    return (w, h) if rotated else (h, w)
-
-
-def _header_sizes(dataset, image_column: str) -> np.ndarray:
-    """``[N, 2]`` original sizes read from the image headers (no pixel is decoded)."""
-    import datasets
-
-    feature = dataset.features[image_column]
-    if isinstance(feature, datasets.Image):
-        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
-    sizes = np.zeros((len(dataset), 2), dtype=np.int64)
-    for i, cell in enumerate(dataset[image_column]):
-        try:
-            sizes[i] = _header_size(cell)
-        except IMAGE_ERRORS as err:
-            raise _bad_row(i, err) from err
-    return sizes
-
-
-# --------------------------------------------------------------------------------------------
-# the decoded dataset
 
 
 class DecodedImages(torch.utils.data.Dataset):
@@ -435,7 +226,7 @@ class DecodedImages(torch.utils.data.Dataset):
         if self.split_kind == "eval":
             storage_hw = (self.size, self.size)
         else:
-            storage_hw = _split_storage_shape(_header_sizes(src, image_column), self.storage_size)
+            storage_hw = split_storage_shape(header_sizes(src, image_column), self.storage_size)
         kwargs = {
             "image_column": image_column,
             "kind": self.split_kind,
@@ -454,11 +245,11 @@ class DecodedImages(torch.utils.data.Dataset):
             chunk = max(1, int(chunk_size))
             if threads > 1:  # chunks small enough that every thread gets a few
                 chunk = min(chunk, -(-n // (4 * threads)))
-            chunks = _Chunks(src, chunk, **kwargs)
+            chunks = DecodeChunks(src, chunk, **kwargs)
             if num_workers > 0:
                 loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers)
             else:
-                loader = _in_threads(chunks, threads)
+                loader = in_threads(chunks, threads)
             with tqdm(
                 total=n,
                 unit="img",

@@ -1,4 +1,5 @@
-"""k-shot target data: keep ``k`` labelled images per class, chosen with a seed.
+"""Seeded row selections: :func:`subset` (at most ``n`` rows: ``max_*_samples``) and k-shot target data (keep
+``k`` labelled images per class, chosen with a seed).
 
 The same (dataset, k, seed) always gives the same images, and the selection for a larger ``k``
 contains the one for a smaller ``k`` with the same seed (one seeded order, the first ``k`` of each
@@ -16,6 +17,13 @@ import numpy.typing as npt
 from hf_transfer.errors import TransferConfigError
 
 logger = logging.getLogger(__name__)
+
+
+def subset(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Dataset:
+    """A seeded subset of at most ``n`` rows (the whole dataset when ``n`` is None)."""
+    if n is None or n >= len(ds):
+        return ds
+    return ds.shuffle(seed=seed).select(range(n))
 
 
 def kshot_indices(labels: npt.ArrayLike, k: int | None, seed: int) -> list[int]:

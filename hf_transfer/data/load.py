@@ -21,11 +21,11 @@ import os
 import datasets
 from PIL import Image
 
-from hf_transfer.cache import cache_path, write_atomic
 from hf_transfer.data.builtin import BUILTIN_DOMAINS, load_builtin
 from hf_transfer.data.columns import IMAGE_COLUMN, LABEL_COLUMN, standardize_columns
 from hf_transfer.data.spec import DatasetSpec, parse_dataset_spec
 from hf_transfer.errors import TransferConfigError
+from hf_transfer.runtime.cache import cache_path, write_atomic
 
 logger = logging.getLogger(__name__)
 

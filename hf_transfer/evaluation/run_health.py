@@ -21,7 +21,7 @@ import json
 import math
 import os
 
-from hf_transfer.cache import write_atomic
+from hf_transfer.runtime.cache import write_atomic
 
 HEALTH_FILE = "run_health.json"
 #: the training loss "ended far above where it began": its last steps' mean over its first steps' mean

@@ -11,9 +11,6 @@ torch tensors of shape (N, C) (logits, or features for ``snd(..., from_logits=Fa
 * :func:`snd`: Soft Neighborhood Density (Saito et al., ICCV 2021, https://arxiv.org/abs/2108.10860).
   Note: fully collapsed predictions (all identical) maximise SND too (every neighbour is equally
   close); the paper relies on training not collapsing. Pair it with ``information_maximization``.
-* :func:`dev`: Deep Embedded Validation (You et al., ICML 2019,
-  http://proceedings.mlr.press/v97/you19a.html); needs source validation losses and features, so it
-  has its own signature and is not in :data:`VALIDATORS`. Returned negated (DEV is a risk).
 
 This module imports nothing else from ``hf_transfer``.
 """
@@ -82,46 +79,6 @@ def snd(
     return total / n
 
 
-def dev(
-    source_features: Matrix, source_losses: Matrix, target_features: Matrix, seed: int = 0, C: float = 1.0
-) -> float:
-    """Deep Embedded Validation, negated so that higher is better.
-
-    A logistic-regression domain classifier on the pooled source-validation and target features
-    (half of each domain to fit, the source-validation half it did not see to evaluate, as in the
-    paper) gives density ratios ``w_i = n_s / n_t * P(t | x_i) / P(s | x_i)`` on held-out source
-    validation samples; with ``L_i = w_i * loss_i``:
-    ``DEV = mean(L) + eta * mean(w) - eta``, ``eta = -Cov(L, w) / Var(w)`` (control variate).
-    ``source_losses``: per-sample losses of the model on the source validation set.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    fs = _tensor(source_features).numpy()
-    ft = _tensor(target_features).numpy()
-    ls = np.asarray(torch.as_tensor(source_losses).detach().cpu().double().numpy()).reshape(-1)
-    if ls.shape[0] != fs.shape[0]:
-        raise ValueError("source_losses must have one value per source sample")
-    rng = np.random.default_rng(seed)
-    ps, pt = rng.permutation(len(fs)), rng.permutation(len(ft))
-    fit_s, val_s = ps[: len(fs) // 2], ps[len(fs) // 2 :]
-    fit_t = pt[: max(len(ft) // 2, 1)]
-    if len(fit_s) == 0 or len(val_s) == 0:
-        raise ValueError("dev needs at least 2 source samples")
-    x = np.concatenate([fs[fit_s], ft[fit_t]])
-    y = np.concatenate([np.zeros(len(fit_s)), np.ones(len(fit_t))])
-    scaler = StandardScaler().fit(x)
-    clf = LogisticRegression(C=C, max_iter=1000, random_state=seed).fit(scaler.transform(x), y)
-    prob = clf.predict_proba(scaler.transform(fs[val_s]))
-    prob = np.clip(prob, 1e-6, 1 - 1e-6)
-    w = (len(fit_s) / len(fit_t)) * prob[:, 1] / prob[:, 0]
-    weighted = w * ls[val_s]
-    var_w = np.var(w, ddof=1) if len(w) > 1 else 0.0
-    eta = 0.0 if var_w <= 1e-12 else -np.cov(weighted, w)[0, 1] / var_w
-    risk = weighted.mean() + eta * w.mean() - eta
-    return float(-risk)
-
-
 VALIDATORS: dict[str, Callable[..., float]] = {
     "entropy": entropy_score,
     "im": information_maximization,
@@ -129,4 +86,4 @@ VALIDATORS: dict[str, Callable[..., float]] = {
 }
 """Validators over target logits alone (name -> fn(logits) -> float, higher is better)."""
 
-__all__ = ["VALIDATORS", "entropy_score", "information_maximization", "snd", "dev"]
+__all__ = ["VALIDATORS", "entropy_score", "information_maximization", "snd"]

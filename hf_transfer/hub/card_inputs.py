@@ -11,6 +11,7 @@ from typing import Any, overload
 
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.methods.registry import option_applies
+from hf_transfer.models.examples import REFERENCE_PREDICTIONS
 
 README = "README.md"
 RESULTS_FILE = "results.json"
@@ -18,8 +19,6 @@ CONFUSION_PNG = "confusion_matrix.png"
 CURVES_PNG = "training_curves.png"
 LR_FIND_PNG = "lr_find.png"
 CONFIG_FILE = "train_config.yaml"
-EXAMPLES_DIR = "examples"
-REFERENCE_PREDICTIONS = "reference_predictions.json"
 HUB = "https://huggingface.co"
 
 

@@ -4,7 +4,8 @@ the pushed revision, with an example image from the repo."""
 
 from __future__ import annotations
 
-from hf_transfer.hub.card_inputs import EXAMPLES_DIR, REPO_ID_PLACEHOLDER
+from hf_transfer.hub.card_inputs import REPO_ID_PLACEHOLDER
+from hf_transfer.models.examples import EXAMPLES_DIR
 
 
 def adapter_vars(adapter: dict) -> dict:

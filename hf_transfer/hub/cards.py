@@ -7,7 +7,8 @@ source-only baseline and of a target-supervised upper bound) through huggingface
 - :mod:`~hf_transfer.hub.card_inputs`: reading the run folder (results, exported library, arguments);
 - :mod:`~hf_transfer.hub.card_provenance`: the chain of runs a model came from (its lineage);
 - :mod:`~hf_transfer.hub.card_metadata`: ``ModelCardData`` / ``model-index`` and :func:`validate_card`;
-- :mod:`~hf_transfer.hub.card_sections` and :mod:`~hf_transfer.hub.card_domain`: the body text;
+- :mod:`~hf_transfer.hub.card_sections`, :mod:`~hf_transfer.hub.card_results` and
+  :mod:`~hf_transfer.hub.card_domain`: the body text;
 - :mod:`~hf_transfer.hub.card_usage`: the code that loads the pushed model;
 - :mod:`~hf_transfer.hub.card_template`: the shipped Jinja template;
 - :mod:`~hf_transfer.hub.card_merge`: regenerating a card without losing hand edits (:func:`merge_card`).
@@ -22,6 +23,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hf_transfer.hub import card_results
 from hf_transfer.hub import card_sections as sections
 from hf_transfer.hub.card_domain import domain_option_lines
 from hf_transfer.hub.card_inputs import (
@@ -30,7 +32,6 @@ from hf_transfer.hub.card_inputs import (
     CURVES_PNG,
     LR_FIND_PNG,
     README,
-    REFERENCE_PREDICTIONS,
     REPO_ID_PLACEHOLDER,
     RESULTS_FILE,
     dataset_info,
@@ -42,6 +43,7 @@ from hf_transfer.hub.card_merge import merge_card
 from hf_transfer.hub.card_metadata import card_data, validate_card
 from hf_transfer.hub.card_template import template_text
 from hf_transfer.hub.card_usage import usage_vars
+from hf_transfer.models.examples import REFERENCE_PREDICTIONS
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
@@ -172,9 +174,9 @@ def render_card(
         **sections.why_backbone_vars(results),
         **sections.data_vars(results, backbone),
         hyperparameters=sections.hyperparameters(results),
-        **sections.results_vars(results, baseline, upper, title, figures),
+        **card_results.results_vars(results, baseline, upper, title, figures),
         **usage_vars(results, library, reference_rows(folder), revision, local=repo_id is None),
-        limitations=sections.limitations(results, baseline),
+        limitations=card_results.limitations(results, baseline),
         **sections.reproduce_vars(results, repo_id, revision),
         versions=sorted((results.get("versions") or {}).items()),
     )
@@ -182,7 +184,7 @@ def render_card(
 
 def write_figures(folder: str | os.PathLike[str], results: dict[str, Any] | None = None) -> list[str]:
     """Write ``confusion_matrix.png`` (target test) and ``training_curves.png`` into ``folder``."""
-    from hf_transfer.hub.plots import confusion_matrix_png, lr_find_png, training_curves_png
+    from hf_transfer.evaluation.plots import confusion_matrix_png, lr_find_png, training_curves_png
 
     folder = Path(folder)
     results = load_results(results if results is not None else folder)

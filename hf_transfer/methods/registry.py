@@ -2,7 +2,7 @@
 
 A registration ties together what the rest of the package needs to know about a method, so that
 nothing else keeps its own list: the CLI's validation and defaults (:mod:`hf_transfer.config`), the
-dry run (:mod:`hf_transfer.plan`), the model card, the README's method table (checked by a test)
+dry run (:mod:`hf_transfer.training.plan`), the model card, the README's method table (checked by a test)
 and the benchmarks all read :data:`METHODS`.
 
 * ``name``, ``title``, ``description`` (one line) and ``paper``;

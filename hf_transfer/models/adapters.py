@@ -56,11 +56,11 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from torch import nn
 
-from hf_transfer.cache import staged_files
 from hf_transfer.data.transforms import DataConfig
-from hf_transfer.disk import tensors_bytes
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.models.backbones import Backbone, _data_config_from_processor, _data_config_from_timm_cfg
+from hf_transfer.runtime.cache import staged_files
+from hf_transfer.runtime.disk import tensors_bytes
 
 if TYPE_CHECKING:
     from peft import PeftModel

@@ -28,8 +28,8 @@ from torch import nn
 
 from hf_transfer.data.transforms import DataConfig
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.logs import quiet_load_report
 from hf_transfer.models.weights import raise_if_unreadable
+from hf_transfer.runtime.logs import quiet_load_report
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
@@ -196,14 +196,41 @@ def _group_rank(key: str) -> tuple[int, int]:
 # --- loading ------------------------------------------------------------------------------------
 
 
-def _is_plain_timm_name(model_id: str) -> bool:
-    if model_id.startswith("timm:"):
-        return True
-    if "/" in model_id or os.path.exists(model_id):
-        return False
-    import timm
+#: what a backbone id names (the accepted ids of the module doc)
+LOCAL_FOLDER = "local folder"
+RANDOM_INIT = "timm architecture, random init"
+TIMM_ON_HUB = "timm weights on the Hub"
+HUB_MODEL = "Hub model"
+_HUB_MODEL_ID = re.compile(r"^(hf-hub:)?[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
-    return bool(timm.list_models(model_id))
+
+def backbone_kind(model_id: str) -> str:
+    """What ``model_id`` names (one of the kinds above): the one reading of a backbone id, for loading and for
+    the checks before any work alike. An id that names none of them is refused, saying why."""
+    if os.path.isdir(model_id):
+        return LOCAL_FOLDER
+    if model_id.startswith("timm:") or "/" not in model_id:
+        import timm
+
+        arch = model_id.removeprefix("timm:")
+        if not timm.list_models(arch):
+            raise TransferConfigError(
+                f"backbone {model_id!r}: Unknown timm architecture {arch!r} (see timm.list_models()), and not a Hub "
+                "id (org/name) or a local folder."
+            )
+        return RANDOM_INIT
+    if not _HUB_MODEL_ID.match(model_id):
+        raise TransferConfigError(f"backbone {model_id!r}: not a valid Hub model id (org/name) or a local folder.")
+    return TIMM_ON_HUB if model_id.removeprefix("hf-hub:").startswith("timm/") else HUB_MODEL
+
+
+def check_backbone(model_id: str, revision: str | None = None) -> str:
+    """The backbone's kind (:func:`backbone_kind`), its weight files on this disk checked readable (a local
+    folder, or Hub files already in the cache): a damaged one is named before any work."""
+    kind = backbone_kind(model_id)
+    if kind != RANDOM_INIT:
+        raise_if_unreadable(model_id.removeprefix("hf-hub:"), revision)
+    return kind
 
 
 def _data_config_from_timm_cfg(pcfg: dict[str, Any]) -> DataConfig:
@@ -297,7 +324,7 @@ def load_backbone(
     id2label = dict(enumerate(label_names))
     label2id = {name: i for i, name in enumerate(label_names)}
 
-    if _is_plain_timm_name(model_id):
+    if backbone_kind(model_id) == RANDOM_INIT:
         import timm
 
         arch = model_id.removeprefix("timm:")
@@ -378,7 +405,7 @@ def checkpoint_label_names(model_id: str, revision: str | None = None, trust_rem
     then says whether the checkpoint really held one). A plain timm name (random init) has none: ``[]``."""
     from transformers import AutoConfig
 
-    if _is_plain_timm_name(model_id):
+    if backbone_kind(model_id) == RANDOM_INIT:
         return []
     try:
         config = AutoConfig.from_pretrained(

@@ -14,7 +14,7 @@ with ``timm.create_model("local-dir:<folder>", pretrained=True)``:
 Files are first written to a temporary folder beside the target, then moved in one by one, so a
 failure never leaves a half-written export over a previous one. A disk without room for the weights is
 refused before anything is written, and a full disk met while writing names the folder and the
-megabytes (:func:`hf_transfer.cache.staged_files`).
+megabytes (:func:`hf_transfer.runtime.cache.staged_files`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from hf_transfer.cache import staged_files
-from hf_transfer.disk import tensors_bytes
 from hf_transfer.models.backbones import Backbone, _timm_model
 from hf_transfer.models.served_processor import served_processor
+from hf_transfer.runtime.cache import staged_files
+from hf_transfer.runtime.disk import tensors_bytes
 
 RESULTS_FILE = "results.json"
 #: room asked for besides the weights: configs, processor, results, headers

@@ -29,10 +29,10 @@ def architecture_without_weights(
     """``model_id``'s architecture on the meta device, from its config; None when the config cannot be read here.
 
     None e.g. for a Hub id offline and not cached: the caller then checks the loaded model instead."""
-    from hf_transfer.models.backbones import _is_plain_timm_name
+    from hf_transfer.models.backbones import RANDOM_INIT, backbone_kind
 
     try:
-        if _is_plain_timm_name(model_id):
+        if backbone_kind(model_id) == RANDOM_INIT:
             import timm
 
             with torch.device("meta"):

@@ -16,12 +16,17 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["HubTestServer", "Faults", "USER_TOKEN", "OTHER_TOKEN", "USER", "OTHER_USER"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hf_transfer.testing.hub_server import OTHER_TOKEN, OTHER_USER, USER, USER_TOKEN, Faults, HubTestServer
+    from hf_transfer.testing.hub_common import OTHER_TOKEN, OTHER_USER, USER, USER_TOKEN
+    from hf_transfer.testing.hub_faults import Faults
+    from hf_transfer.testing.hub_server import HubTestServer
+
+#: where each name lives
+_HOMES = {"HubTestServer": "hub_server", "Faults": "hub_faults"}
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from hf_transfer.testing import hub_server
+        import importlib
 
-        return getattr(hub_server, name)
+        return getattr(importlib.import_module(f"hf_transfer.testing.{_HOMES.get(name, 'hub_common')}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -50,7 +50,8 @@ from pathlib import Path
 
 import pytest
 
-from hf_transfer.testing.hub_server import OTHER_TOKEN, OTHER_USER, USER, USER_TOKEN, HubTestServer
+from hf_transfer.testing.hub_common import OTHER_TOKEN, OTHER_USER, USER, USER_TOKEN
+from hf_transfer.testing.hub_server import HubTestServer
 
 __all__ = ["hub_server", "hub_server_bare", "hub_subprocess_env", "run_with_hub"]
 

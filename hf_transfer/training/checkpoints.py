@@ -20,8 +20,8 @@ import os
 import re
 from typing import TYPE_CHECKING
 
-from hf_transfer.disk import tensors_bytes
 from hf_transfer.errors import TransferConfigError
+from hf_transfer.runtime.disk import tensors_bytes
 
 if TYPE_CHECKING:
     import torch

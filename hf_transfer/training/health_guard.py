@@ -29,8 +29,8 @@ from collections import deque
 import torch
 from transformers import TrainerCallback
 
-from hf_transfer.cache import write_atomic
 from hf_transfer.evaluation.run_health import LOSS_WINDOW, fmt_loss, write_stop_marker
+from hf_transfer.runtime.cache import write_atomic
 from hf_transfer.training.checkpoints import last_complete_checkpoint
 
 logger = logging.getLogger(__name__)

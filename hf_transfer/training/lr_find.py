@@ -164,7 +164,7 @@ def apply_range_test(trainer, output_dir: str, resuming: bool, is_main_process: 
             result.picked,
         )
         if is_main_process:
-            from hf_transfer.cache import write_atomic
+            from hf_transfer.runtime.cache import write_atomic
 
             write_atomic(path, json.dumps(result.to_dict(), indent=1))
     _check_same_pick(result.picked, next(trainer.model.parameters()).device)

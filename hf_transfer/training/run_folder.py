@@ -12,7 +12,7 @@ convention, with the run's identity written down:
   run's outputs (weights, card, examples, checkpoints, plots) instead of overwriting some of them;
 * files hf_transfer does not write are never deleted: a folder holding them is refused (they would
   be pushed to the Hub with the model);
-* the folder is locked (:mod:`hf_transfer.folder_lock`) before it is checked and until the run's last write,
+* the folder is locked (:mod:`hf_transfer.runtime.folder_lock`) before it is checked and until the run's last write,
   so two runs started together cannot both find it free: the second is refused, naming the first's pid and
   host. The lock file is not a run output: it is never listed, cleared or counted as "used".
 * a run that fails before it wrote anything but its ``run_identity.json`` (a damaged backbone, a wrong
@@ -33,11 +33,12 @@ from contextlib import contextmanager
 
 from transformers import TrainerCallback
 
-from hf_transfer.cache import STAGING_PREFIX, write_atomic
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.run_health import HEALTH_FILE
-from hf_transfer.folder_lock import LOCK_FILE
-from hf_transfer.training.checkpoints import IDENTITY_FILE
+from hf_transfer.runtime.cache import STAGING_PREFIX, write_atomic
+from hf_transfer.runtime.folder_lock import LOCK_FILE, FolderInUseError, FolderLock, lock_folder
+from hf_transfer.training.checkpoints import IDENTITY_FILE, resolve_resume
+from hf_transfer.training.run_arguments import non_default_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +121,6 @@ def run_identity(args, training_args) -> dict:
 
     ``dataloader_num_workers`` counts on the stock input path only: there the workers' RNG streams
     draw the augmentation, while the fast path's decode is byte-identical for any worker count."""
-    from hf_transfer.training.run import non_default_arguments
-
     identity = {k: v for k, v in non_default_arguments(args, training_args).items() if k not in NOT_IDENTITY}
     if args.input_path != "stock":
         identity.pop("dataloader_num_workers", None)
@@ -276,3 +275,57 @@ class RunIdentityCallback(TrainerCallback):
             if os.path.isdir(folder):
                 write_identity(folder, self.identity)
         return control
+
+
+def resume_checkpoint(training_args, identity: dict) -> str | None:
+    """The checkpoint ``--resume_from_checkpoint`` names (``last``: the newest complete one), refused unless this
+    same run wrote it."""
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    if resume is not None:
+        require_same_run(resume, identity)
+    return resume
+
+
+def lock_output_dir(output_dir: str) -> FolderLock | None:
+    """The main process locks the folder for the whole run; every process learns whether it could, so that
+    a refused launch ends on all its ranks with the same error (the other ranks never lock: one lock per run)."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    state = PartialState()
+    lock, refusal = None, None
+    if state.is_main_process and not os.path.isfile(output_dir):  # a file: check_output_dir says so
+        try:
+            lock = lock_folder(output_dir, "hf-transfer train")
+        except FolderInUseError as err:
+            refusal = str(err)
+    if state.num_processes > 1:
+        refusal = broadcast_object_list([refusal], from_process=0)[0]
+    if refusal is not None:
+        raise FolderInUseError(refusal)
+    return lock
+
+
+def claim_output_dir(training_args, identity: dict, resume: str | None, *, overwrite: bool) -> FolderLock | None:
+    """Lock the output folder (main process; returned, held until the run ends), check it on every process,
+    then (main process) clear it if asked and record the run."""
+    from accelerate import PartialState
+
+    output_dir = training_args.output_dir
+    lock = lock_output_dir(output_dir)
+    try:
+        resuming_here = resume is not None and os.path.abspath(
+            os.path.dirname(os.path.normpath(resume))
+        ) == os.path.abspath(output_dir)
+        stale = check_output_dir(output_dir, identity, resume=resuming_here, overwrite=overwrite)
+        state = PartialState()
+        state.wait_for_everyone()
+        if state.is_main_process:
+            clear_previous_outputs(output_dir, stale)
+            write_identity(output_dir, identity)
+        state.wait_for_everyone()
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock

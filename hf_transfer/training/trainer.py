@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hf_transfer.disk import ensure_free_space, space_errors
 from hf_transfer.methods.domain.step import SteppedLoss
+from hf_transfer.runtime.disk import ensure_free_space, space_errors
 from hf_transfer.training.checkpoints import checkpoint_bytes
 from hf_transfer.training.health_guard import HealthGuard
 from hf_transfer.training.modes.base import TransferMode, TransferModel

@@ -10,7 +10,7 @@ loads the entry; anything different is a miss.
 An entry is a folder ``<key>/`` holding ``features.npy`` (float32 ``[N, D]``), ``labels.npy``
 (int64 ``[N]``) and ``meta.json``. It is written in a staging folder named after the writing
 process and renamed, so a killed run never leaves a half cache, and the next run removes the
-staging folders of killed writers (:func:`hf_transfer.cache.remove_stale_staging`). Features are
+staging folders of killed writers (:func:`hf_transfer.runtime.cache.remove_stale_staging`). Features are
 streamed into the file batch by batch while they are extracted and opened memory-mapped when read
 (:meth:`FeatureCache.load`), so neither the extraction nor the head training ever holds the whole
 feature matrix in RAM; pages are read as rows are used.
@@ -27,7 +27,7 @@ entry from before the record); the processes share what they found, and a bad en
 main process with a warning naming it, then computed again by all of them, so no rank trains on what
 another refused. Before a miss is computed the processes also check together that the cache's disk has
 room for it (the shards and the joined entry), and every file is allocated before it is memory-mapped:
-a full disk is an error naming the folder and the megabytes, not SIGBUS (:mod:`hf_transfer.disk`).
+a full disk is an error naming the folder and the megabytes, not SIGBUS (:mod:`hf_transfer.runtime.disk`).
 
 Two input paths give the same features (equal within float tolerance, tests/test_features_fast.py):
 
@@ -53,10 +53,11 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from hf_transfer.cache import (
+from hf_transfer.errors import NoSpaceError, TransferConfigError
+from hf_transfer.methods.feature.extract import check_input_path, iter_features
+from hf_transfer.models.backbones import Backbone
+from hf_transfer.runtime.cache import (
     FILES_RECORD,
     cache_path,
     discard_entry,
@@ -67,23 +68,12 @@ from hf_transfer.cache import (
     staged_file,
     write_atomic,
 )
-from hf_transfer.data.paired import collate_images
-from hf_transfer.data.transforms import eval_transform, make_batch_transform
-from hf_transfer.disk import allocated_memmap, free_bytes, space_errors
-from hf_transfer.errors import NoSpaceError, TransferConfigError
-from hf_transfer.models.backbones import Backbone
+from hf_transfer.runtime.disk import allocated_memmap, free_bytes, space_errors
 
 logger = logging.getLogger(__name__)
 CACHE_VERSION = "2"  # 2: images converted by data/images.to_rgb (16-bit and float images keep their range)
-INPUT_PATHS = ("stock", "fast")
 #: rows copied per step when shards are joined (bounds the RAM the join uses)
 _JOIN_ROWS = 4096
-
-
-def _check_input_path(input_path: str) -> str:
-    if input_path not in INPUT_PATHS:
-        raise TransferConfigError(f"input_path must be one of {INPUT_PATHS}, got {input_path!r}.")
-    return input_path
 
 
 def default_cache_dir() -> str:
@@ -102,7 +92,7 @@ def cache_key(
     a bf16 or channels_last extraction is not reused by an fp32 / NCHW run, nor the reverse."""
     payload = {
         "numerics": numerics or {},
-        "input_path": _check_input_path(input_path),
+        "input_path": check_input_path(input_path),
         "version": CACHE_VERSION,
         "backbone": backbone.model_id,
         "revision": backbone.revision,
@@ -125,143 +115,6 @@ def body_fingerprint(backbone: Backbone) -> str:
         digest.update(name.encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
-
-
-def iter_features(
-    backbone: Backbone,
-    dataset,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    desc: str = "Extracting features",
-    *,
-    input_path: str = "stock",
-    decoded_cache_dir: str | None = None,
-    num_workers: int = 0,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    compile_options: dict | None = None,
-):
-    """Yield ``(features float32 [b, D] on the CPU, labels int64 [b] or None)`` batch by batch, in order.
-
-    Arguments as :func:`extract_features`; this is what the cache streams to disk.
-    """
-    device = torch.device(device)
-    if _check_input_path(input_path) == "fast":
-        loader, augment = _fast_loader(backbone, dataset, batch_size, device, decoded_cache_dir, num_workers)
-    else:
-        ds = dataset.with_transform(make_batch_transform(eval_transform(backbone.data_config)))
-        loader = DataLoader(
-            ds,
-            batch_size=batch_size,
-            shuffle=False,
-            collate_fn=collate_images,
-            num_workers=num_workers,
-            pin_memory=device.type == "cuda",
-        )
-        augment = None
-    model = backbone.model
-    was_training = model.training
-    model.eval().to(device)
-    # one hook for the whole pass (not one per batch): a compiled model then traces it once
-    captured: list[torch.Tensor] = []
-    hook = backbone.head.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0]))
-    run = torch.compile(model, **compile_options) if compile_options is not None else model
-    try:
-        # one bar per run, not one per DDP process (each extracts its own shard, or, for the domain gap, all rows)
-        for batch in tqdm(loader, desc=desc, unit="batch", disable=not PartialState().is_main_process or None):
-            # the contexts are entered per batch: none of them stays on while the caller runs
-            with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                pixels = batch["pixel_values"].to(device, non_blocking=True)
-                if augment is not None:
-                    pixels = augment(pixels)
-                if channels_last:
-                    pixels = pixels.contiguous(memory_format=torch.channels_last)
-                captured.clear()
-                run(pixel_values=pixels)
-                feats = captured[0].flatten(1).float().cpu()
-            yield feats, batch.get("labels")
-    finally:
-        hook.remove()
-        model.train(was_training)
-
-
-def extract_features(
-    backbone: Backbone,
-    dataset,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    desc: str = "Extracting features",
-    *,
-    input_path: str = "stock",
-    decoded_cache_dir: str | None = None,
-    num_workers: int = 0,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    compile_options: dict | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features float32 [N, D], labels int64 [N]) of ``dataset`` (columns image, label), in RAM.
-
-    ``input_path="stock"`` (default): PIL eval transform per image. ``"fast"``: decode once into a
-    :class:`~hf_transfer.data.decoded.DecodedImages` ``"eval"`` cache under ``decoded_cache_dir``
-    (``num_workers`` decoding processes; a later call reuses it), then normalise whole batches on
-    ``device`` (see the module doc). ``num_workers`` also sets the DataLoader's workers (for the
-    fast path: none on the CPU, at most 4 on CUDA, where they only copy from the memmap).
-    ``amp_dtype`` (e.g. ``torch.bfloat16`` on CUDA): run the backbone under autocast (default:
-    full precision). ``channels_last``: feed the batches in channels_last memory format (give the
-    model channels_last weights too, see :mod:`hf_transfer.models.speed`). ``compile_options``: keyword
-    arguments of ``torch.compile`` for the pass (None: eager). Rows without a ``label`` column get
-    label -1. :class:`FeatureCache` streams the same batches to disk instead.
-    """
-    feats, labels = [], []
-    for f, y in iter_features(
-        backbone,
-        dataset,
-        batch_size,
-        device,
-        desc,
-        input_path=input_path,
-        decoded_cache_dir=decoded_cache_dir,
-        num_workers=num_workers,
-        amp_dtype=amp_dtype,
-        channels_last=channels_last,
-        compile_options=compile_options,
-    ):
-        feats.append(f)
-        if y is not None:
-            labels.append(y)
-    features = torch.cat(feats) if feats else torch.empty(0, backbone.feature_dim)
-    targets = torch.cat(labels) if labels else torch.full((len(features),), -1, dtype=torch.long)
-    return features, targets
-
-
-def _fast_loader(
-    backbone: Backbone, dataset, batch_size: int, device: torch.device, decoded_cache_dir, num_workers: int
-):
-    """The ``"fast"`` input path: a loader over the decoded uint8 eval cache + the on-device normaliser."""
-    from hf_transfer.data.augment import BatchAugment
-    from hf_transfer.data.decoded import DecodedImages, collate_decoded
-
-    decoded = DecodedImages(
-        dataset,
-        backbone.data_config,
-        "eval",
-        cache_dir=decoded_cache_dir,
-        with_labels="label" in dataset.column_names,
-        num_workers=num_workers,
-    )
-    # reading the memmap is a copy: on the CPU the main process does it (workers would only add their
-    # start-up and compete with the backbone); on CUDA a few workers overlap it with the GPU
-    cuda = device.type == "cuda"
-    loader = DataLoader(
-        decoded,
-        batch_size=batch_size,
-        shuffle=False,
-        collate_fn=collate_decoded,
-        num_workers=min(num_workers, 4) if cuda else 0,
-        pin_memory=cuda,
-    )
-    augment = BatchAugment(backbone.data_config, "none").eval().to(device)
-    return loader, augment
 
 
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -296,7 +149,7 @@ class FeatureCache:
     """On-disk cache of (features, labels) per (backbone weights, data, transform, split, input path).
 
     ``input_path``, ``decoded_cache_dir``, ``num_workers``, ``amp_dtype``, ``channels_last`` and
-    ``compile_options``: how a miss is computed (see :func:`extract_features`);
+    ``compile_options``: how a miss is computed (see :func:`~hf_transfer.methods.feature.extract.extract_features`);
     ``get_or_compute(..., input_path=...)`` overrides the first. The processes that share a miss are
     accelerate's ``PartialState`` (the Trainer's; one process when nothing was launched).
     """
@@ -313,7 +166,7 @@ class FeatureCache:
         compile_options: dict | None = None,
     ):
         self.cache_dir = cache_dir or default_cache_dir()
-        self.input_path = _check_input_path(input_path)
+        self.input_path = check_input_path(input_path)
         self.decoded_cache_dir, self.num_workers, self.amp_dtype = decoded_cache_dir, num_workers, amp_dtype
         self.channels_last, self.compile_options = channels_last, compile_options
         self.hits = 0
@@ -349,7 +202,7 @@ class FeatureCache:
         input_path: str | None = None,
     ):
         """``(features, labels, path)``: memory-mapped tensors of the whole split (computed on a miss)."""
-        input_path = _check_input_path(input_path or self.input_path)
+        input_path = check_input_path(input_path or self.input_path)
         state = PartialState()
         remove_stale_staging(self.cache_dir)
         numerics = {"amp_dtype": str(self.amp_dtype), "channels_last": bool(self.channels_last)}

@@ -58,23 +58,6 @@ def split_spec(spec: FreezeSpec) -> list[str]:
     return [s.strip() for s in items if s and s.strip()]
 
 
-def resolve_frozen_groups(spec: FreezeSpec, group_names: list[str]) -> list[str]:
-    """``"stem,stage_0"`` -> group names; ``backbone`` = every group but the head (patterns not allowed)."""
-    out: list[str] = []
-    for name in split_spec(spec):
-        if name == "backbone":
-            out.extend(g for g in group_names if g != "head")
-        elif name in group_names:
-            out.append(name)
-        else:
-            raise TransferConfigError(
-                f"freeze={spec!r}: group {name!r} matches no parameters; groups are {group_names} (or 'backbone')."
-            )
-    if "head" in out:
-        raise TransferConfigError("freeze: the head is always trained; remove 'head'.")
-    return list(dict.fromkeys(out))
-
-
 def select_parameters(
     spec: FreezeSpec, groups: OrderedDict[str, list[tuple[str, nn.Parameter]]]
 ) -> OrderedDict[str, list[tuple[str, nn.Parameter]]]:
@@ -123,8 +106,3 @@ def freeze_parameters(params: Iterable[tuple[str, nn.Parameter]]) -> int:
         p.requires_grad_(False)
         n += p.numel()
     return n
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    """How many elements ``model``'s parameters hold (by default only the trainable ones), for the logs and card."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

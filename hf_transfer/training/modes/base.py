@@ -195,8 +195,6 @@ class TransferMode:
     """Base class. Subclasses set up the model, the datasets, the parameter groups and the loss."""
 
     name: str = "base"
-    #: False when the mode does not train a backbone at all (the feature mode trains only a head)
-    trains_backbone: bool = True
     #: True when the target's training images are used without their labels (then rows that lack one stay)
     uses_unlabelled_target: bool = False
     #: True when the mode trains in one solve (its ``fit(trainer)``) instead of the Trainer's loop

@@ -8,16 +8,10 @@ from torch import nn
 
 from hf_transfer.data.augment import BatchAugment
 from hf_transfer.data.decoded import DecodedImages, split_kind_for
+from hf_transfer.data.kshot import subset
 from hf_transfer.data.paired import ImageDomainDataset
 from hf_transfer.data.transforms import eval_transform, train_transform
 from hf_transfer.evaluation.metrics import UNLABELLED
-
-
-def subset(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Dataset:
-    """A seeded subset of at most ``n`` rows (the whole dataset when ``n`` is None)."""
-    if n is None or n >= len(ds):
-        return ds
-    return ds.shuffle(seed=seed).select(range(n))
 
 
 def _decoded(mode, ds: datasets.Dataset, kind: str, with_labels: bool = True) -> DecodedImages:

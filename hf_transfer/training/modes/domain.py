@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from hf_transfer.config.checks import check_backbone_needs
+from hf_transfer.data.kshot import subset
 from hf_transfer.data.paired import PairedDataset, collate_paired
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.metrics import UNLABELLED
@@ -44,7 +45,6 @@ from hf_transfer.training.modes.common import (
     eval_dataset,
     eval_images,
     input_transform,
-    subset,
     train_images,
 )
 

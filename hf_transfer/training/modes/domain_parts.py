@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from hf_transfer.data.kshot import subset
 from hf_transfer.data.paired import ImageDomainDataset, collate_images
 from hf_transfer.data.transforms import eval_transform
 from hf_transfer.errors import TransferConfigError
@@ -24,9 +25,8 @@ from hf_transfer.methods.domain.partial import (
     drop_classes,
     pada_summary,
 )
-from hf_transfer.methods.feature.cache import extract_features
+from hf_transfer.methods.feature.extract import extract_features
 from hf_transfer.models.bottleneck import BottleneckHead, fold_into
-from hf_transfer.training.modes.common import subset
 
 logger = logging.getLogger(__name__)
 

@@ -16,12 +16,13 @@ import copy
 import numpy as np
 import torch
 
+from hf_transfer.data.kshot import subset
 from hf_transfer.methods.feature.cache import FeatureCache, body_fingerprint
 from hf_transfer.methods.feature.lbfgs_head import fit_linear_head
 from hf_transfer.methods.registry import get_method
 from hf_transfer.models.speed import compile_options, use_channels_last, use_features_on_device
 from hf_transfer.training.modes.base import TransferMode, TransferModel, register_mode
-from hf_transfer.training.modes.common import classification_loss, eval_splits, subset
+from hf_transfer.training.modes.common import classification_loss, eval_splits
 
 #: L-BFGS iterations when max_steps is not given (scikit-learn's LogisticRegression default)
 LBFGS_MAX_ITER = 100
@@ -85,8 +86,6 @@ class RowIndexDataset(torch.utils.data.Dataset):
 
 @register_mode("feature")
 class FeatureMode(TransferMode):
-    trains_backbone = False
-
     def __init__(self, args, backbone, data, training_args):
         super().__init__(args, backbone, data, training_args)
         get_method(args.method, "feature")  # an unknown method is refused naming the known ones

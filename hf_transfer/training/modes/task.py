@@ -26,7 +26,7 @@ from collections import OrderedDict
 from hf_transfer.data.kshot import kshot
 from hf_transfer.data.paired import collate_images
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.methods.finetune.groups import freeze_parameters, resolve_frozen_groups, select_parameters  # noqa: F401
+from hf_transfer.methods.finetune.groups import freeze_parameters, select_parameters
 from hf_transfer.methods.finetune.lr import group_learning_rates, optimizer_groups_by_name
 from hf_transfer.methods.finetune.regularizers import BSS, L2SP, check_regularizer
 from hf_transfer.methods.finetune.unfreeze import GradualUnfreezing
@@ -166,8 +166,7 @@ class TaskMode(TransferMode):
         if self.unfreezing is not None and not self.unfreezing.attached:
             raise TransferConfigError(
                 "unfreeze_every is set but the gradual-unfreezing callback is not attached to the Trainer: pass "
-                "TaskMode.callbacks() as Trainer callbacks (prepare_run does) or use "
-                "hf_transfer.methods.finetune.ModeCallbacks()."
+                "TaskMode.callbacks() as Trainer callbacks (prepare_run does)."
             )
 
     def regularization(self, model, out: dict) -> dict:

@@ -1,4 +1,4 @@
-"""Dry run: resolve a config into a plan without downloading or training anything.
+"""The checks a run makes before any work, and the plan they resolve (without downloading or training anything).
 
 ``hf-transfer plan --config recipes/configs/office31_dann.yaml`` checks what can be checked offline
 (mode, method and its options, dataset specs, backbone id form and its weight files on this disk, label
@@ -12,43 +12,13 @@ is reported in the plan, not raised.
 from __future__ import annotations
 
 import dataclasses
-import re
 
-from hf_transfer.config import check_training_arguments, report_to_problem
+from hf_transfer.config import check_training_arguments
 from hf_transfer.data.align import POLICIES
 from hf_transfer.data.spec import parse_dataset_spec
 from hf_transfer.data.transforms import AUGMENTATIONS
 from hf_transfer.errors import TransferConfigError
-
-_HUB_MODEL_ID = re.compile(r"^(hf-hub:)?[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
-def _backbone_kind(model_id: str) -> str:
-    import os
-
-    if os.path.isdir(model_id):
-        return "local folder"
-    if model_id.startswith("timm:") or ("/" not in model_id):
-        import timm
-
-        arch = model_id.removeprefix("timm:")
-        if not timm.list_models(arch):
-            raise TransferConfigError(f"backbone {model_id!r}: not a timm architecture, Hub id or local folder.")
-        return "timm architecture, random init"
-    if not _HUB_MODEL_ID.match(model_id):
-        raise TransferConfigError(f"backbone {model_id!r}: not a valid Hub model id (org/name).")
-    return "timm weights on the Hub" if model_id.removeprefix("hf-hub:").startswith("timm/") else "Hub model"
-
-
-def check_backbone(model_id: str, revision: str | None = None) -> str:
-    """The backbone's kind (:func:`_backbone_kind`), its weight files on this disk checked readable (a local
-    folder, or Hub files already in the cache): a damaged one is named before any work."""
-    from hf_transfer.models.weights import raise_if_unreadable
-
-    kind = _backbone_kind(model_id)
-    if kind != "timm architecture, random init":
-        raise_if_unreadable(model_id.removeprefix("hf-hub:"), revision)
-    return kind
+from hf_transfer.models.backbones import check_backbone
 
 
 def _method_plan(args) -> dict:
@@ -76,33 +46,6 @@ def _method_plan(args) -> dict:
     return {**plan, "freeze": args.freeze}
 
 
-def parse_for_plan(argv: list[str]) -> tuple:
-    """``config.parse_args`` for a dry run: (transfer args, training args, device problem or None).
-
-    TrainingArguments refuses a precision this machine cannot run (bf16/fp16 without a GPU). The plan
-    is then resolved as with ``--use_cpu true`` and the refusal is returned, to be reported.
-    """
-    from hf_transfer.config import parse_args
-
-    try:
-        return (*parse_args(argv), None)
-    except TransferConfigError as err:
-        refused = str(err)
-    # any other problem (a device one is off the table now) is raised by this second parse
-    return (*parse_args([*argv, "--use_cpu", "true"]), refused)
-
-
-def plan_from_argv(argv: list[str]) -> dict:
-    """What ``hf-transfer plan`` prints: the plan of ``[--config FILE] [--flag value ...]``."""
-    transfer_args, training_args, device_problem = parse_for_plan(argv)
-    plan = plan_run(transfer_args, training_args)
-    if device_problem is not None:
-        plan["training"]["use_cpu"] = False  # what the recipe asks; it was only parsed as use_cpu
-    problems = [p for p in (device_problem, report_to_problem(training_args)) if p]
-    plan["training"]["on_this_machine"] = f"train would stop here: {'; '.join(problems)}" if problems else "ok"
-    return plan
-
-
 def plan_run(args, training_args) -> dict:
     """Everything the run would use, checked offline; raises TransferConfigError on the first problem."""
     check_training_arguments(args, training_args)
@@ -115,7 +58,7 @@ def plan_run(args, training_args) -> dict:
         datasets["source"] = parse_dataset_spec(args.source)
     ranking = None
     if args.ranking is not None:
-        from hf_transfer.rank import ranking_summary
+        from hf_transfer.evaluation.ranking import ranking_summary
 
         ranking = ranking_summary(args.ranking, args.backbone, args.target)
     return {

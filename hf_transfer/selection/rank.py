@@ -1,4 +1,4 @@
-"""``hf-transfer rank``: choose the backbone before training, from one frozen feature pass per candidate.
+"""Choose the backbone before training, from one frozen feature pass per candidate.
 
 For every candidate the target's train split goes once through the frozen backbone into the feature cache
 (:class:`~hf_transfer.methods.feature.cache.FeatureCache`, under the same key a later ``--mode feature``
@@ -21,7 +21,6 @@ error, the others are ranked and written, and the command exits 2.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -32,40 +31,9 @@ import time
 import numpy as np
 
 from hf_transfer.errors import TransferConfigError
+from hf_transfer.evaluation.ranking import SCORES, score_features
 
 logger = logging.getLogger(__name__)
-
-#: every score, in the table's order; "probe" only with --probe
-SCORES = ("logme", "leep", "nce", "hscore", "sfda", "knn", "probe")
-NEEDS_SOURCE_HEAD = ("leep", "nce")
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="hf-transfer rank",
-        allow_abbrev=False,
-        description="Rank candidate backbones for a target dataset from one cached frozen feature pass each "
-        "(LogME, LEEP, NCE, H-score, SFDA, leave-one-out k-NN; optionally a cross-validated linear probe).",
-    )
-    p.add_argument("--target", required=True, help="target dataset spec (labelled): org/name, ./folder, builtin:NAME")
-    p.add_argument("--backbones", required=True, nargs="+", metavar="ID", help="candidate backbone ids (two or more)")
-    p.add_argument("--source", default=None, help="source dataset spec: the target's classes are aligned with it")
-    p.add_argument("--output_dir", required=True, help="folder for ranking.json, ranking.png (and train configs)")
-    p.add_argument("--rank_by", default="sfda", choices=SCORES, help="the score that orders the table (sfda)")
-    p.add_argument("--probe", action="store_true", help="also a 5-fold cross-validated linear-probe accuracy")
-    p.add_argument("--top_k", type=int, default=None, help="write a feature-mode training config for the K best")
-    p.add_argument("--image_size", type=int, default=None, help="override every candidate's input size")
-    p.add_argument("--crop_pct", type=float, default=None, help="override every candidate's eval crop fraction")
-    p.add_argument("--max_train_samples", type=int, default=None, help="score a seeded subset of the train split")
-    p.add_argument("--seed", type=int, default=42, help="seed of the subset and of random-init weights (42)")
-    p.add_argument("--knn_k", type=int, default=5, help="neighbours of the k-NN score (5)")
-    p.add_argument("--label_policy", default=None, help="with --source: shared | partial | strict")
-    p.add_argument("--image_column", default=None)
-    p.add_argument("--label_column", default=None)
-    p.add_argument("--feature_cache_dir", default=None, help="default: $HF_TRANSFER_CACHE/features")
-    p.add_argument("--input_path", default="fast", choices=("fast", "stock"))
-    p.add_argument("--feature_batch_size", type=int, default=256)
-    return p
 
 
 def _run_dict(args, backbone: str, output_dir: str) -> dict:
@@ -90,7 +58,7 @@ def _run_dict(args, backbone: str, output_dir: str) -> dict:
 def check_args(args) -> None:
     """Everything checkable before loading anything, each error one line naming what to fix."""
     from hf_transfer.data.spec import parse_dataset_spec
-    from hf_transfer.plan import check_backbone
+    from hf_transfer.models.backbones import check_backbone
 
     if len(args.backbones) < 2:
         raise TransferConfigError("rank needs at least two --backbones to compare.")
@@ -114,39 +82,6 @@ def check_args(args) -> None:
         raise TransferConfigError(f"--max_train_samples must be >= 4, got {args.max_train_samples}.")
     if os.path.isfile(args.output_dir):
         raise TransferConfigError(f"--output_dir {args.output_dir!r} is a file; give a folder.")
-
-
-def probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int, folds: int = 5) -> float:
-    """Mean accuracy of a logistic-regression probe on standardised features, stratified k-fold
-    cross-validated (the costly reference the cheap scores stand in for)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    folds = max(2, min(folds, int(np.bincount(labels).min())))
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    return float(cross_val_score(model, features, labels, cv=cv).mean())
-
-
-def score_features(features, labels, source_probs, *, knn_k: int = 5, probe: bool = False, seed: int = 0) -> dict:
-    """Every score of one candidate; LEEP and NCE are None without ``source_probs``."""
-    from hf_transfer.evaluation import transferability as t
-
-    f = np.asarray(features, dtype=np.float64)
-    y = np.asarray(labels)
-    out = {
-        "logme": t.logme(f, y),
-        "leep": t.leep(f, y, source_probs) if source_probs is not None else None,
-        "nce": t.nce(f, y, source_probs) if source_probs is not None else None,
-        "hscore": t.hscore(f, y),
-        "sfda": t.sfda(f, y),
-        "knn": t.knn_accuracy(f, y, k=knn_k),
-    }
-    if probe:
-        out["probe"] = probe_accuracy(f, y, seed)
-    return out
 
 
 def _source_probs(backbone, features) -> np.ndarray:
@@ -245,7 +180,7 @@ def _safe(name: str) -> str:
 def rank_backbones(args) -> dict:
     """The ranking of ``args.backbones`` on ``args.target`` (see the module doc); writes the outputs, holding
     ``--output_dir``'s lock from the argument checks to the last write (one writer per folder, as ``train``)."""
-    from hf_transfer.folder_lock import lock_folder
+    from hf_transfer.runtime.folder_lock import lock_folder
 
     check_args(args)
     with lock_folder(args.output_dir, "hf-transfer rank"):
@@ -258,10 +193,10 @@ def _rank_backbones(args) -> dict:
     from transformers import set_seed
 
     from hf_transfer.config import arguments_from_dict
-    from hf_transfer.hub.plots import ranking_png
+    from hf_transfer.data.kshot import subset
+    from hf_transfer.evaluation.plots import ranking_png
     from hf_transfer.methods.feature.cache import FeatureCache
-    from hf_transfer.training.modes.common import subset
-    from hf_transfer.training.run import load_transfer_data
+    from hf_transfer.training.run_data import load_transfer_data
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     transfer_args, _ = arguments_from_dict(_run_dict(args, args.backbones[0], args.output_dir))
@@ -326,59 +261,3 @@ def _write_top_k(args, best: list[dict]) -> list[dict]:
             yaml.safe_dump(run, f, sort_keys=False)
         out.append({"backbone": c["backbone"], "config": config, "command": f"hf-transfer train --config {config}"})
     return out
-
-
-def ranking_summary(path: str, backbone: str, target: str) -> dict:
-    """What a run started from ``path`` (a ranking.json) records: every candidate's scores, best first,
-    and where this run's backbone stood. Refused (naming ``ranking``) where it cannot act: not a ranking,
-    a ranking of another target, or one that did not rank ``backbone``."""
-    try:
-        with open(path) as f:
-            ranking = json.load(f)
-        candidates = ranking["candidates"]
-        order = [c["backbone"] for c in candidates]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise TransferConfigError(
-            f"ranking={path!r}: not a ranking.json written by hf-transfer rank ({type(err).__name__}: {err})."
-        ) from None
-    if ranking.get("target_spec") not in (None, target):
-        raise TransferConfigError(
-            f"ranking={path!r} ranked backbones for target {ranking['target_spec']!r}, not {target!r}: "
-            "rank for this target, or remove ranking."
-        )
-    if backbone not in order:
-        raise TransferConfigError(
-            f"ranking={path!r} did not rank backbone {backbone!r} (its candidates: {order}); remove ranking."
-        )
-    names = [s for s in SCORES if any(c["scores"].get(s) is not None for c in candidates)]
-    return {
-        "path": os.path.abspath(path),
-        "target": ranking.get("target"),
-        "rank_by": ranking.get("rank_by"),
-        "num_images": ranking.get("num_images"),
-        "position": order.index(backbone) + 1,
-        "score_names": names,
-        "candidates": [
-            {
-                "backbone": c["backbone"],
-                "scores": {s: c["scores"].get(s) for s in names},
-                "num_params": c.get("num_params"),
-            }
-            for c in candidates
-        ],
-    }
-
-
-def main(argv: list[str]) -> int:
-    """The command; exit 2 when a candidate could not be ranked (the others are, and are written)."""
-    import sys
-
-    args = _parser().parse_args(argv)
-    result = rank_backbones(args)
-    print(result["table"])
-    print(f"Ranking of {len(result['ranking'])} backbones in {result['seconds']:.1f}s: {args.output_dir}/ranking.json")
-    for entry in result.get("top_k", []):
-        print(f"Train {entry['backbone']}: {entry['command']}")
-    for entry in result["not_ranked"]:
-        print(f"hf-transfer rank: error: not ranked: {entry['error']}", file=sys.stderr)
-    return 2 if result["not_ranked"] else 0

@@ -40,8 +40,8 @@ from pathlib import Path
 
 import xxhash
 
-from hf_transfer.disk import ensure_free_space, space_errors
 from hf_transfer.errors import TransferConfigError
+from hf_transfer.runtime.disk import ensure_free_space, space_errors
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def staged_files(folder: str | os.PathLike, nbytes: int = 0) -> Iterator[Path]:
 
     ``nbytes``: about what the files take; a disk with less free room is refused before anything is
     written, and a full disk met while writing is a :class:`~hf_transfer.errors.NoSpaceError` naming
-    ``folder`` (:mod:`hf_transfer.disk`)."""
+    ``folder`` (:mod:`hf_transfer.runtime.disk`)."""
     folder = Path(folder)
     ensure_free_space(folder, nbytes)
     tmp = make_staging_dir(folder, "files")

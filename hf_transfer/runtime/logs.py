@@ -55,3 +55,18 @@ class quiet_load_report:
 
     def __exit__(self, *exc) -> None:
         self._logger.removeFilter(self._filter)
+
+
+def setup_logging(training_args=None) -> None:
+    """The console of a command: timestamped INFO lines (WARNING on the processes that do not log), the
+    libraries at WARNING, and without the lines nobody can act on (:func:`quiet_unactionable_logs`)."""
+    import datasets
+    import transformers
+
+    level = logging.INFO
+    if training_args is not None and not training_args.should_log:
+        level = logging.WARNING
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, force=True)
+    transformers.utils.logging.set_verbosity_warning()
+    datasets.utils.logging.set_verbosity_warning()
+    quiet_unactionable_logs()

@@ -1,4 +1,5 @@
-"""PNG figures for model cards, drawn with Pillow only (no plotting dependency).
+"""PNG figures of a run's results (the model card's, ``hf-transfer evaluate``'s and ``rank``'s), drawn with Pillow
+only (no plotting dependency).
 
 - :func:`confusion_matrix_png`: a row-normalised heat map with the counts written in the cells.
 - :func:`training_curves_png`: the Trainer's ``log_history`` against the step, one quantity per panel
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageDraw, ImageFont
 
 if TYPE_CHECKING:
-    from hf_transfer.hub.plot_text import Font
+    from hf_transfer.evaluation.plot_text import Font
 
 _PALETTE = [
     (31, 119, 180),
@@ -81,9 +82,9 @@ def confusion_matrix_png(matrix: Sequence[Sequence[int]], labels: Sequence[str],
     """Rows are true classes, columns predicted ones; colour = fraction of the row, text = count.
 
     Any labels give a readable figure: long names are cut and names no installed font can draw become their
-    class id (:mod:`hf_transfer.hub.plot_text`, whose ``label_note`` the card prints); the grid is at most
+    class id (:mod:`hf_transfer.evaluation.plot_text`, whose ``label_note`` the card prints); the grid is at most
     :data:`MAX_GRID_PX` wide, counts are written only in cells that fit them and names only in rows that do."""
-    from hf_transfer.hub.plot_text import label_font, plot_labels
+    from hf_transfer.evaluation.plot_text import label_font, plot_labels
 
     n = len(labels)
     cell = max(1, min(56, max(28, 560 // max(n, 1)), MAX_GRID_PX // max(n, 1)))

@@ -203,3 +203,19 @@ def _drop(held: _Held) -> None:
             with contextlib.suppress(OSError):
                 os.rmdir(held.folder)  # only if empty: the run was refused before writing anything
         os.close(held.fd)
+
+
+def check_output_folder(output_dir: str | None, command: str, outputs: tuple[str, ...], *, overwrite: bool) -> None:
+    """Refuse, before any work, an ``--output_dir`` that ``command`` cannot write ``outputs`` into: a file, a
+    folder another process holds (a run writing it), or one holding files without ``--overwrite_output_dir``."""
+    if output_dir is None:
+        return
+    if os.path.isfile(output_dir):
+        raise TransferConfigError(f"--output_dir {output_dir!r} is a file; give a folder.")
+    if os.path.isdir(output_dir):  # a folder a run is writing: refused now, not after the work
+        lock_folder(output_dir, command, create=False).release()
+    if os.path.isdir(output_dir) and set(os.listdir(output_dir)) - {LOCK_FILE} and not overwrite:
+        raise TransferConfigError(
+            f"--output_dir {output_dir!r} already holds files; pass --overwrite_output_dir to write "
+            f"{', '.join(outputs)} there (other files are kept), or choose an empty folder."
+        )

@@ -18,7 +18,7 @@ import sys
 
 DISTRIBUTION = "hf-transfer-learning"
 OTHER_DISTRIBUTION = "hf-transfer"
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # hf_transfer/, above runtime/
 _COMPILED = (".so", ".pyd", ".dylib")  # this package ships no compiled file
 _OTHER_DIST_INFO = re.compile(r"hf[_-]transfer-[^-]+\.(dist|egg)-info", re.IGNORECASE)
 _OWN_DIST_INFO = "hf_transfer_learning-*.dist-info"

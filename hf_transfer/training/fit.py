@@ -1,0 +1,62 @@
+"""The training stage of a run: the learning-rate range test when asked, the Trainer's loop (resumed when asked),
+the mode's finishing step, then the metrics on every evaluated domain, gathered from every process, with the
+domain gap before and after."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from transformers.trainer_utils import TrainOutput
+
+from hf_transfer.evaluation.metrics import classification_report
+from hf_transfer.models.speed import set_memory_format
+from hf_transfer.training.build import PreparedRun
+from hf_transfer.training.lr_find import RangeTestResult, apply_range_test
+
+
+@dataclass
+class TrainedRun:
+    """What training gave, before anything is written."""
+
+    output: TrainOutput
+    metrics: dict[str, dict]  # per domain: classification_report
+    gap_before: dict | None
+    gap_after: dict | None
+    lr_find: RangeTestResult | None
+
+
+def train_run(run: PreparedRun) -> TrainedRun:
+    """Train ``run`` and score it; the weights are left in plain (contiguous) memory format for the export."""
+    trainer, mode, training_args = run.trainer, run.mode, run.training_args
+    lr_find = None
+    if run.args.lr_find:
+        lr_find = apply_range_test(trainer, training_args.output_dir, bool(run.resume), trainer.is_world_process_zero())
+    gap_before = mode.domain_gap()
+    output = trainer.train(resume_from_checkpoint=run.resume)
+    mode.finish(run.model, trainer)
+    trainer.health.check(trainer.state, run.backbone.model, " and the mode's finishing step (e.g. AdaBN, head copy)")
+    metrics = final_metrics(trainer, run.eval_sets, len(run.data.label_names))
+    if run.model.channels_last:  # exports and reference predictions from plain contiguous weights
+        set_memory_format(run.backbone.model, False)
+    return TrainedRun(output, metrics, gap_before, mode.domain_gap(), lr_find)
+
+
+def final_metrics(trainer, eval_sets: dict, num_classes: int) -> dict[str, dict]:
+    """Full metrics per domain (gathered across processes by ``predict``); a model whose outputs are not
+    finite stops the run (:class:`~hf_transfer.training.health_guard.HealthGuard`) instead of being scored."""
+    out = {}
+    for name, ds in eval_sets.items():
+        pred = trainer.predict(ds, metric_key_prefix=f"test_{name}")
+        logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+        bad_rows = int((~np.isfinite(logits)).any(axis=-1).sum())
+        if bad_rows:
+            trainer.health.stop(
+                "non-finite outputs",
+                trainer.state.global_step,
+                float("nan"),
+                f"after step {trainer.state.global_step} the model's outputs are not finite on {bad_rows} of "
+                f"the {len(logits)} {name} test images",
+            )
+        out[name] = classification_report(logits.argmax(-1), pred.label_ids, num_classes)
+    return out

@@ -1,0 +1,56 @@
+"""The datasets of one run, loaded and aligned: load errors name the dataset, rows dropped by ``--skip_bad_images``
+are counted per domain and split. Used by a training run and by ``hf-transfer rank`` (the same data, so the
+feature cache a ranking fills is the one a feature run reads)."""
+
+from __future__ import annotations
+
+from hf_transfer.config import TransferArguments
+from hf_transfer.data.align import align_domains
+from hf_transfer.data.classes import select_classes
+from hf_transfer.data.load import load_domain
+from hf_transfer.data.spec import parse_dataset_spec
+from hf_transfer.errors import TransferConfigError
+from hf_transfer.training.modes import TransferData
+
+
+def _load_checked(spec, args: TransferArguments, seed: int, role: str, skipped: dict[str, int]):
+    """One domain, with load errors that name the dataset; ``skipped["<role>/<split>"]`` counts the
+    rows dropped by ``--skip_bad_images``."""
+    counts: dict[str, int] = {}
+    try:
+        domain = load_domain(
+            spec, args.image_column, args.label_column, seed=seed, skip_bad_images=args.skip_bad_images, skipped=counts
+        )
+    except TransferConfigError:
+        raise
+    except (ValueError, OSError, KeyError) as err:  # e.g. datasets' "Instruction 'test' corresponds to no data"
+        raise TransferConfigError(
+            f"{role} dataset {spec.display_name!r} could not be loaded: {type(err).__name__}: {err}"
+        ) from err
+    skipped.update({f"{role}/{split}": n for split, n in counts.items() if n})
+    return domain
+
+
+def load_transfer_data(args: TransferArguments, seed: int) -> TransferData:
+    """The run's datasets: the target (its ``--target_classes``), and with ``--source`` both domains with their
+    labels aligned by name (``--label_policy``)."""
+    target_spec = parse_dataset_spec(args.target)
+    source_spec = parse_dataset_spec(args.source) if args.source else None
+    skipped: dict[str, int] = {}
+    target = select_classes(_load_checked(target_spec, args, seed, "target", skipped), args.target_classes)
+    if source_spec is None:
+        names = target["train"].features["label"].names
+        return TransferData(
+            target=target, label_names=list(names), target_name=target_spec.display_name, skipped_images=skipped
+        )
+    source = _load_checked(source_spec, args, seed, "source", skipped)
+    aligned = align_domains(source, target, policy=args.label_policy)
+    return TransferData(
+        target=aligned.target,
+        source=aligned.source,
+        label_names=aligned.label_names,
+        alignment=aligned.report,
+        source_name=source_spec.display_name,
+        target_name=target_spec.display_name,
+        skipped_images=skipped,
+    )
