@@ -126,3 +126,122 @@ def test_what_a_stepped_method_cannot_do_is_refused_before_the_run_starts(tmp_pa
     with pytest.raises(TransferConfigError, match=refused):
         prepare_run(*arguments_from_dict(config))
     assert not os.path.exists(config["output_dir"])  # refused before the output folder was claimed
+
+
+# --------------------------------------------------------------------------- the methods' steps, against their papers'
+class PairedToy(nn.Module):
+    """A paired-batch model that routes each pass to a stepped method, as the domain mode does."""
+
+    def __init__(self, method):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features, self.classifier, self.method = nn.Linear(3, 5), nn.Linear(5, 4), method
+
+    def encode(self, x):
+        return torch.relu(self.features(x))
+
+    def forward(self, x_s, y_s, x_t, phase):
+        x = torch.cat([x_s, x_t])
+        if phase in self.method.frozen_feature_phases:
+            with torch.no_grad():
+                f = self.encode(x)
+        else:
+            f = self.encode(x)
+        logits, n = self.classifier(f), x_s.shape[0]
+        loss, metrics = self.method.phase_loss(
+            phase, f[:n], f[n:], logits[:n], logits[n:], lambda lg: nn.functional.cross_entropy(lg, y_s), 1.0
+        )
+        return {"loss": loss, "metrics": metrics}
+
+
+def _paired_batch(seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return {"x_s": torch.randn(6, 3, generator=g), "y_s": torch.randint(0, 4, (6,), generator=g)} | {
+        "x_t": torch.randn(6, 3, generator=g) + 1.0
+    }
+
+
+def _run_stepped(model, optimizer):
+    """The method's passes through the runner, then the Trainer's own step (as TransferTrainer does)."""
+    trainer = SimpleNamespace(
+        accelerator=Accelerator(cpu=True),
+        compute_loss_context_manager=contextlib.nullcontext,
+        args=SimpleNamespace(max_grad_norm=0.0),
+        optimizer=optimizer,
+    )
+    parts = {
+        "features": list(model.features.parameters()),
+        "classifier": list(model.classifier.parameters()),
+        "method": list(model.method.parameters()),
+    }
+    model.method.train_step(TrainerStepRunner(trainer, model, [_paired_batch()], parts))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _sgd(params):
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=0.01)
+
+
+def test_mcd_step_is_the_papers_three_steps_with_an_optimizer_for_g_and_one_for_the_classifiers():
+    from hf_transfer.methods.domain.mcd import MCDLoss, classifier_discrepancy, mean_entropy
+
+    ours = PairedToy(MCDLoss(5, 4, num_k=3))
+    reference = PairedToy(MCDLoss(5, 4, num_k=3))
+    reference.load_state_dict(ours.state_dict())
+    # one optimizer over everything (ours) against TLlib's two (G; F1 and F2), over two optimizer steps (the
+    # momentum of the first carries into the second)
+    opt_ours = _sgd(ours.parameters())
+    g = reference.features
+    f1, f2 = reference.classifier, reference.method.second_head
+    opt_g, opt_f = _sgd(g.parameters()), _sgd([*f1.parameters(), *f2.parameters()])
+    eta = reference.method.options.entropy_weight
+    for _ in range(2):
+        _run_stepped(ours, opt_ours)
+        b = _paired_batch()
+        for step in ("A", "B", *["C"] * 3):
+            opt_g.zero_grad(), opt_f.zero_grad()
+            f = reference.encode(torch.cat([b["x_s"], b["x_t"]]))
+            y1, y2 = f1(f), f2(f)
+            ce = nn.functional.cross_entropy(y1[:6], b["y_s"]) + nn.functional.cross_entropy(y2[:6], b["y_s"])
+            ent = mean_entropy(y1[6:]) + mean_entropy(y2[6:])
+            disc = classifier_discrepancy(y1[6:], y2[6:])
+            loss = {"A": ce + eta * ent, "B": ce + eta * ent - disc, "C": disc}[step]
+            loss.backward()
+            if step in ("A", "C"):
+                opt_g.step()
+            if step in ("A", "B"):
+                opt_f.step()
+    for (name, a), b in zip(ours.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_sdat_step_is_sam_on_the_classification_loss_with_the_discriminator_unperturbed():
+    from hf_transfer.methods.domain.sdat import SDATLoss
+
+    ours = PairedToy(SDATLoss(5, 4, rho=0.05, hold=0.0))
+    reference = PairedToy(SDATLoss(5, 4, rho=0.05, hold=0.0))
+    reference.load_state_dict(ours.state_dict())
+    for m in (ours, reference):
+        m.method.set_progress(0.5)
+    opt_ours = _sgd(ours.parameters())
+    opt_ref = _sgd(reference.parameters())
+    model_params = [*reference.features.parameters(), *reference.classifier.parameters()]
+    for _ in range(2):
+        _run_stepped(ours, opt_ours)
+        b = _paired_batch()
+        opt_ref.zero_grad()
+        reference(**b, phase="sharpness")["loss"].backward()  # first pass: the classification loss alone
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in model_params]))
+        eps = [0.05 * p.grad / (norm + 1e-12) for p in model_params]
+        with torch.no_grad():
+            for p, e in zip(model_params, eps, strict=True):
+                p.add_(e)
+        opt_ref.zero_grad()
+        reference(**b, phase="sdat")["loss"].backward()  # second pass at w + e: CE + trade-off * (CDAN + MCC)
+        with torch.no_grad():
+            for p, e in zip(model_params, eps, strict=True):
+                p.sub_(e)
+        opt_ref.step()
+    for (name, a), b in zip(ours.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
