@@ -205,7 +205,7 @@ def test_the_baseline_is_known_by_its_declaration():
     # a one-loss step reaches every trainable weight; a stepped method's pass may not (MCD's step B, SDAT's pass 1)
     for name, method in all_methods().items():
         stepped = isinstance(method.implementation, type) and issubclass(method.implementation, SteppedLoss)
-        assert method.find_unused_parameters == stepped, name
+        assert method.owns_step == stepped and method.find_unused_parameters == stepped, name
 
 
 ROOT = pathlib.Path(registry.__file__).resolve().parents[2]

@@ -216,8 +216,28 @@ def _plain(value: Any) -> Any:
     return getattr(value, "value", value)  # an enum member (HubStrategy.END) compares as its value
 
 
+def check_own_step(args: Any, training_args: Any) -> None:
+    """Refuse, for a method that owns its training step, what assumes one loss and one update per batch."""
+    method = registry.get_method(args.method, args.mode)
+    if not method.owns_step:
+        return
+    if training_args.fsdp or training_args.deepspeed:
+        raise TransferConfigError(
+            f"method={args.method} owns its training step (several optimizer updates per batch on parts of the "
+            "model), which FSDP and DeepSpeed do not allow: their engines take one update per step over the "
+            "sharded model. Remove --fsdp/--deepspeed (DDP is fine), or pick a one-loss method."
+        )
+    if args.lr_find:
+        raise TransferConfigError(
+            "learning_rate=auto: the range test trains with one loss and one update per batch, which is not "
+            f"how method={args.method} trains (several passes per step): its pick would not fit. Give "
+            "--learning_rate a number."
+        )
+
+
 def check_training_arguments(args, training_args) -> None:
     """TrainingArguments the Trainer would take silently although they do not do what they say."""
+    check_own_step(args, training_args)
     if training_args.max_steps < -1 or training_args.max_steps == 0:
         raise TransferConfigError(
             f"max_steps={training_args.max_steps}: give a positive number of optimizer steps, "

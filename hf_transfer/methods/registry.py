@@ -20,7 +20,9 @@ and the benchmarks all read :data:`METHODS`.
   weights; ``soft_targets``: its losses reach the labels only through a cross-entropy that also takes class
   probabilities (mixup/cutmix targets); ``required_options``: options it cannot run without;
   ``find_unused_parameters``: some training step leaves a trainable parameter without a gradient (DDP must
-  look for unused parameters).
+  look for unused parameters); ``owns_step``: the method runs its own passes per optimizer step (several
+  updates on parts of the model, :mod:`hf_transfer.methods.domain.step`), which rules out what assumes one loss
+  and one update per batch (FSDP/DeepSpeed engines, the learning-rate range test).
 
 Which SHARED options (``TransferArguments`` fields such as ``trade_off``, ``freeze``, ``lora_r``) act with a
 method is not listed per method: each option declares, with :func:`declare_option`, the modes and the method
@@ -86,6 +88,7 @@ class Method:
     soft_targets: bool = False
     required_options: tuple[str, ...] = ()
     find_unused_parameters: bool = False
+    owns_step: bool = False
 
     def has(self, prop: str) -> bool:
         """The method property ``prop`` (a :class:`Needs` field, ``adapters`` or ``soft_targets``)."""
@@ -163,6 +166,7 @@ def register_method(
     soft_targets: bool = False,
     required_options: tuple[str, ...] = (),
     find_unused_parameters: bool = False,
+    owns_step: bool = False,
 ) -> Method:
     """Register one method (see the module docstring); a second method of the same name is refused."""
     if name in METHODS:
@@ -192,6 +196,7 @@ def register_method(
         bool(soft_targets),
         tuple(required_options),
         bool(find_unused_parameters),
+        bool(owns_step),
     )
     METHODS[name] = method
     return method

@@ -34,7 +34,7 @@ from hf_transfer.training.build import PreparedRun, build_run, refuse_before_loa
 from hf_transfer.training.fit import TrainedRun, train_run
 from hf_transfer.training.plan import plan_run
 from hf_transfer.training.results import base_model_evaluation, collect_results
-from hf_transfer.training.run_arguments import check_stepped_method, run_training_args
+from hf_transfer.training.run_arguments import run_training_args
 from hf_transfer.training.run_data import load_transfer_data
 from hf_transfer.training.run_folder import claim_output_dir, released_on_failure, resume_checkpoint, run_identity
 
@@ -51,7 +51,6 @@ def prepare_run(
     if problem := report_to_problem(training_args):  # plan reports it as a problem of this machine
         raise TransferConfigError(problem)
     training_args, push = run_training_args(args, training_args)  # the run's own copy
-    check_stepped_method(args, training_args)
     if training_args.ddp_find_unused_parameters is None:
         # the Trainer turns it on for any model that is not a PreTrainedModel (ours), which costs a graph
         # walk per step and warns on every DDP run: on only for a method that declares a backward pass

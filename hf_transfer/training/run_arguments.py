@@ -10,9 +10,6 @@ from dataclasses import dataclass
 from transformers import TrainingArguments
 
 from hf_transfer.config import TransferArguments, push_repo_id
-from hf_transfer.errors import TransferConfigError
-from hf_transfer.methods import registry
-from hf_transfer.methods.domain.step import SteppedLoss
 
 
 @dataclass
@@ -56,25 +53,6 @@ def run_training_args(
     if training_args.device.type == "cpu":  # pinned memory needs an accelerator; torch warns on every loader
         training_args.dataloader_pin_memory = False
     return training_args, push
-
-
-def check_stepped_method(args: TransferArguments, training_args: TrainingArguments) -> None:
-    """Refuse what a method that owns its training step cannot do, before the run claims its folder."""
-    implementation = registry.get_method(args.method, args.mode).implementation
-    if not (isinstance(implementation, type) and issubclass(implementation, SteppedLoss)):
-        return
-    if training_args.fsdp or training_args.deepspeed:
-        raise TransferConfigError(
-            f"method={args.method} owns its training step (several optimizer updates per batch on parts of the "
-            "model), which FSDP and DeepSpeed do not allow: their engines take one update per step over the "
-            "sharded model. Remove --fsdp/--deepspeed (DDP is fine), or pick a one-loss method."
-        )
-    if args.lr_find:
-        raise TransferConfigError(
-            "learning_rate=auto: the range test trains with one loss and one update per batch, which is not "
-            f"how method={args.method} trains (several passes per step): its pick would not fit. Give "
-            "--learning_rate a number."
-        )
 
 
 def non_default_arguments(args: TransferArguments, training_args) -> dict:

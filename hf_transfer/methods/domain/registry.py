@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from hf_transfer.methods.domain.base import TransferLoss
+from hf_transfer.methods.domain.step import SteppedLoss
 from hf_transfer.methods.registry import Needs, NoOptions, get_method, register_method
 
 #: name -> loss class of every registered domain method
@@ -52,6 +53,7 @@ def register_loss(
             needs=Needs(source_data=True, target_images=target_images, target_labels=False),
             soft_targets=soft_targets,
             find_unused_parameters=find_unused_parameters,
+            owns_step=issubclass(cls, SteppedLoss),
         )
         LOSSES[name] = cls
         if not cls.__doc__:  # the method's module docstring holds the paper link and the formula
