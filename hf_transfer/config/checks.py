@@ -283,7 +283,7 @@ def check_report_to(training_args: TrainingArguments) -> None:
 def report_to_problem(training_args: TrainingArguments) -> str | None:
     """What this machine lacks for ``report_to``, or None.
 
-    What lacks: the integration's package (its callback refuses to start). ``train`` raises it before any work;
+    What it lacks is the integration's package (its callback refuses to start). ``train`` raises it before any work;
     ``plan`` reports it (the recipe may be meant for another machine)."""
     from transformers import trainer
 

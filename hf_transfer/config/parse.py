@@ -67,7 +67,7 @@ PLACEHOLDER_MEANING = {
 def reject_placeholders(values: dict[str, Any], where: str) -> None:
     """Refuse a value still holding a placeholder of a model card's reproduce block, before anything runs.
 
-    (Otherwise ``<OUTPUT_DIR>`` becomes a folder of that name, and ``<PATH_TO: ...>`` a confusing load error)."""
+    Otherwise ``<OUTPUT_DIR>`` becomes a folder of that name, and ``<PATH_TO: ...>`` a confusing load error."""
     for key, value in values.items():
         found = CARD_PLACEHOLDER.search(value) if isinstance(value, str) else None
         if found:

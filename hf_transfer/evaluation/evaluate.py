@@ -63,7 +63,7 @@ DEFAULT_SEED = 42  # the Trainer's: the hold-out a training run with default arg
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    """Score the model ``args.model`` on a dataset split; the result as ``evaluation.json`` holds it.
+    """Score the model ``args.model`` on a dataset split; returns what ``evaluation.json`` holds.
 
     Checks everything cheap first (spec, output folder, model config, split, label overlap), then loads the
     weights and scores; writes the outputs when ``args.output_dir`` is set."""

@@ -19,7 +19,7 @@ SCORES = ("logme", "leep", "nce", "hscore", "sfda", "knn", "probe")
 def probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int, folds: int = 5) -> float:
     """Mean accuracy of a logistic-regression probe on standardised features, stratified k-fold cross-validated.
 
-    (The costly reference the cheap scores stand in for)."""
+    The costly reference the cheap scores stand in for."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline

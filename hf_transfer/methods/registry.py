@@ -271,7 +271,7 @@ def methods_for_option(name: str, value: Any = None) -> dict[str, tuple[str, ...
 def option_applies(option: str, name: str | None, mode: str | None) -> bool:
     """Whether the shared ``option`` acts with the method ``name`` in ``mode``.
 
-    (Names read from a results.json: an unknown one is False)."""
+    Names may be read from a results.json: an unknown one is False."""
     method, scope = METHODS.get(name or ""), OPTIONS.get(option)
     return method is not None and scope is not None and scope.applies_to(method, mode or "")
 

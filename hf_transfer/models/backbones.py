@@ -229,7 +229,7 @@ def backbone_kind(model_id: str) -> str:
 def check_backbone(model_id: str, revision: str | None = None) -> str:
     """The backbone's kind (:func:`backbone_kind`), once its weight files on this disk are checked readable.
 
-    (A local folder, or Hub files already in the cache): a damaged one is named before any work."""
+    The files of a local folder, or Hub files already in the cache: a damaged one is named before any work."""
     kind = backbone_kind(model_id)
     if kind != RANDOM_INIT:
         raise_if_unreadable(model_id.removeprefix("hf-hub:"), revision)

@@ -131,7 +131,7 @@ def remove_stale_staging(root: str | os.PathLike[str]) -> int:
 def staged_entry(root: str | os.PathLike[str], name: str, *, done: str) -> Iterator[Path]:
     """A new staging folder for the entry ``root/name``, renamed into place when the block ends without error.
 
-    It is and removed in any case. When another process renamed its copy first (``root/name/done``
+    It is removed in any case. When another process renamed its copy first (``root/name/done``
     exists), that copy is kept: same key, same content."""
     final = Path(root) / name
     tmp = make_staging_dir(root, name)
@@ -174,7 +174,7 @@ def staged_files(folder: str | os.PathLike[str], nbytes: int = 0) -> Iterator[Pa
 def staged_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary name next to ``path`` to write to, renamed onto ``path`` when the block ends without error.
 
-    (A reader sees the old file or the new one, never half of one), removed otherwise."""
+    A reader sees the old file or the new one, never half of one; the temporary name is removed otherwise."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")

@@ -94,7 +94,7 @@ def is_disk_full_error(err: BaseException, path: str | os.PathLike, nbytes: int)
 def space_errors(path: str | os.PathLike, nbytes: int) -> Iterator[None]:
     """Re-raise a full disk met in the block as :class:`NoSpaceError` naming ``path`` and ``nbytes``.
 
-    (The folder the caller writes and all it needs, rather than a staging file inside it)."""
+    The error names the folder the caller writes and all it needs, rather than a staging file inside it."""
     try:
         yield
     except NoSpaceError as err:  # from a file inside ``path``: name what the caller writes, and all it needs
@@ -113,7 +113,7 @@ def tensors_bytes(tensors: Iterable) -> int:
 def allocated_memmap(path: str | os.PathLike[str], dtype: npt.DTypeLike, shape: tuple[int, ...]) -> np.memmap[Any, Any]:
     """A new ``.npy`` file at ``path`` opened as a writable memmap, its blocks reserved first.
 
-    (See :func:`allocate`): a full disk is a :class:`NoSpaceError` here, never SIGBUS while it is written."""
+    See :func:`allocate`: a full disk is a :class:`NoSpaceError` here, never SIGBUS while it is written."""
     import numpy as np
 
     nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize

@@ -47,7 +47,7 @@ def _origins(package_dir: str) -> Iterator[str]:
 def reinstall_command(package_dir: str = _PACKAGE_DIR) -> str:
     """The pip command that reinstalls this package from where it came, or a general one.
 
-    Where it came from: its ``direct_url.json`` (the wheel or checkout it was installed from), or a general one."""
+    Where it came from is its ``direct_url.json``: the wheel or checkout it was installed from."""
     import json
     from urllib.parse import unquote, urlparse
 
@@ -139,7 +139,7 @@ def conflict(thorough: bool = False) -> str | None:
 def require_own_package() -> None:
     """Raise ImportError with the fix when the package ``__init__.py`` is the other package's.
 
-    (Our modules are then loaded under a foreign package and fail in confusing ways, e.g. ``cannot import name
-    '__version__'``)."""
+    Our modules are then loaded under a foreign package and fail in confusing ways, e.g. ``cannot import name
+    '__version__'``."""
     if init_replaced():
         raise ImportError(conflict())

@@ -30,7 +30,7 @@ def register_loss(
 ) -> Callable[[T], T]:
     """Class decorator: the one registration call of a domain method (mode ``domain``).
 
-    ``default``: the method used when none is given; see :func:`~hf_transfer.methods.registry.register_method`).
+    ``default``: the method used when none is given; see :func:`~hf_transfer.methods.registry.register_method`.
 
     A domain method needs the labelled source and a backbone that trains; ``target_images``: whether it
     trains on the (unlabelled) target images (False: the source-only baseline). ``soft_targets``: a
