@@ -23,6 +23,8 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Sequence
+from typing import Any
 
 DEFAULT_OUTPUT = "outputs/demo"
 
@@ -49,8 +51,10 @@ COMMON = {
 SOURCE, TARGET = "builtin:digits-printed", "builtin:digits-handwritten"
 
 
-def demo_runs(steps: int) -> list[tuple[str, str, dict]]:
-    """(name, description, arguments) in run order; ``{source_only}`` is that run's output folder."""
+def demo_runs(steps: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """The demo's runs as (name, description, arguments), in run order.
+
+    ``{source_only}`` in an argument is that run's output folder."""
     return [
         (
             "scratch",
@@ -113,11 +117,14 @@ def demo_runs(steps: int) -> list[tuple[str, str, dict]]:
     ]
 
 
-def run_demo(output_dir: str = DEFAULT_OUTPUT, seeds=(0,), steps: int = 600, only: list[str] | None = None) -> dict:
+def run_demo(
+    output_dir: str = DEFAULT_OUTPUT, seeds: Sequence[int] = (0,), steps: int = 600, only: list[str] | None = None
+) -> dict[str, Any]:
+    """Run every demo run for each seed into ``output_dir``; writes and returns the summary of their accuracies."""
     from hf_transfer.config import arguments_from_dict
     from hf_transfer.training.run import run_transfer
 
-    table: dict[str, dict] = {}
+    table: dict[str, dict[str, Any]] = {}
     for seed in seeds:
         outputs: dict[str, str] = {}
         for name, description, overrides in demo_runs(steps):
@@ -157,9 +164,10 @@ def run_demo(output_dir: str = DEFAULT_OUTPUT, seeds=(0,), steps: int = 600, onl
 
 
 def attach_baseline(outputs: dict[str, str]) -> list[str]:
-    """Re-write the card of every other run of a seed with that seed's ``source_only`` run as its source-only
-    baseline (training writes each card alone, and the scratch run comes before the baseline exists);
-    returns the folders whose cards now compare with it ([] when the seed had no source-only run)."""
+    """Re-write the card of every other run of a seed with that seed's ``source_only`` run as its baseline.
+
+    Training writes each card alone, and the scratch run comes before the baseline exists. Returns
+    the folders whose cards now compare with it ([] when the seed had no source-only run)."""
     from hf_transfer.hub.cards import write_card
 
     baseline = outputs.get("source_only")
@@ -178,7 +186,8 @@ def _mean_std(values: list[float]) -> str:
     return f"{mean:.1f} +- {100 * statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
 
 
-def format_table(summary: dict) -> str:
+def format_table(summary: dict[str, Any]) -> str:
+    """The Markdown table of a demo summary: each run's mean accuracies over the seeds, and its gain."""
     runs = summary["runs"]
     base = runs.get("source_only", {}).get("target")
     base_mean = statistics.fmean(base) if base else None

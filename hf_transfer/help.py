@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import textwrap
 
@@ -83,16 +84,17 @@ def _first_sentence(text: str) -> str:
 
 def _option_line(field: dataclasses.Field, width: int = 100) -> str:
     default = field.default if field.default is not dataclasses.MISSING else None
-    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        default = field.default_factory()  # type: ignore[misc]
+    if field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
     head = f"  --{field.name}" + (f" (default: {default})" if default not in (None, "", [], {}) else "")
     body = field.metadata.get("help", "")
     return "\n".join(textwrap.wrap(f"{head}  {body}", width=width, subsequent_indent="        "))
 
 
 def short_help(transfer_arguments: type) -> str:
-    """The grouped help of ``hf-transfer train --help`` (``transfer_arguments``: the TransferArguments class, given
-    by the config that defines it)."""
+    """The grouped help of ``hf-transfer train --help``.
+
+    ``transfer_arguments``: the TransferArguments class, given by the config that defines it."""
     from transformers import TrainingArguments
 
     fields = {f.name: f for f in dataclasses.fields(transfer_arguments)}
@@ -115,7 +117,7 @@ def short_help(transfer_arguments: type) -> str:
     return "\n".join(out)
 
 
-def full_help(parser) -> str:
+def full_help(parser: argparse.ArgumentParser) -> str:
     """Every option, as the config's HfArgumentParser describes it, under the subcommand's name."""
     parser.prog = "hf-transfer train"
     return parser.format_help()

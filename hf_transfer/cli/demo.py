@@ -9,6 +9,7 @@ from hf_transfer.runtime.logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``hf-transfer demo`` with ``argv`` (the command line when None); returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="hf-transfer demo", description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -86,6 +86,7 @@ def format_summary(result: dict, max_classes: int = 20) -> str:
 
 
 def main(argv: list[str]) -> int:
+    """Run ``hf-transfer evaluate`` with ``argv``; prints the summary, returns the exit status."""
     from hf_transfer.evaluation.evaluate import OUTPUTS, evaluate
 
     args = _parser().parse_args(argv)

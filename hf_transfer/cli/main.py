@@ -15,11 +15,12 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
 
 from hf_transfer.runtime.installation import conflict  # before any module that imports hf_transfer.errors
 
 
-def _command(name: str):
+def _command(name: str) -> Callable[[list[str]], int]:
     """The sub-command's ``main`` (:mod:`hf_transfer.cli`.<name>), imported when it runs: ``hf-transfer --help``
     and a refused command start without torch."""
 
@@ -45,6 +46,7 @@ def _take_debug_flag(argv: list[str]) -> tuple[list[str], bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``hf-transfer`` command named first in ``argv`` (the command line when None); returns its status."""
     problem = conflict(thorough=True)  # PyPI's hf-transfer shares our import name: nothing else can be trusted
     if problem:
         print(f"hf-transfer: error: {problem}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 
 def main(argv: list[str]) -> int:
+    """Run ``hf-transfer train`` with ``argv``; prints the target metrics, returns the exit status."""
     from hf_transfer.config import parse_args
     from hf_transfer.runtime.logs import setup_logging
     from hf_transfer.training.results import summarize

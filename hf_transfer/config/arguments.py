@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from hf_transfer.config.checks import HEAD_SOLVERS, check_arguments
 from hf_transfer.errors import TransferConfigError
@@ -18,12 +18,6 @@ from hf_transfer.methods import registry
 
 @dataclass
 class TransferArguments:
-    #: the recipe defaults the parser filled in for what the user left unset (hf_transfer.training.defaults);
-    #: set by parse_args / arguments_from_dict, recorded in results.json and the card. Not an option.
-    recipe_defaults: ClassVar[dict[str, Any]] = {}
-    #: ``--learning_rate auto``: a range test picks the rate before training (hf_transfer.training.lr_find)
-    lr_find: ClassVar[bool] = False
-
     mode: str = field(
         metadata={"help": "Transfer mode: feature | domain | task (the modes of the registered methods)."}
     )
@@ -296,7 +290,13 @@ class TransferArguments:
         },
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
+        #: the recipe defaults the parser filled in for what the user left unset (hf_transfer.training.defaults);
+        #: set by parse_args / arguments_from_dict, recorded in results.json and the card. Not an option (an
+        #: attribute, not a dataclass field).
+        self.recipe_defaults: dict[str, Any] = {}
+        #: ``--learning_rate auto``: a range test picks the rate before training (hf_transfer.training.lr_find)
+        self.lr_find: bool = False
         modes = registry.modes()
         if self.mode not in modes:
             raise TransferConfigError(f"mode={self.mode!r}: choose one of {modes}.")

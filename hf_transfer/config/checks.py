@@ -16,11 +16,19 @@ import dataclasses
 import math
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.methods import registry
 from hf_transfer.methods.registry import Method
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import TrainingArguments
+
+#: a :class:`~hf_transfer.config.arguments.TransferArguments` (that module imports this one, so the checks
+#: cannot name its class without an import cycle)
+TransferArgs = Any
 
 TRADE_OFF_SCHEDULES = ("constant", "dann", "linear")
 HEAD_SOLVERS = ("sgd", "lbfgs")
@@ -58,7 +66,7 @@ ARGUMENT_CONDITIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def check_arguments(args, method: Method) -> None:
+def check_arguments(args: TransferArgs, method: Method) -> None:
     """All checks of a built ``TransferArguments`` against its ``method`` (called by its ``__post_init__``)."""
     if method.needs.source_data and not args.source:
         raise TransferConfigError(f"mode={args.mode} method={method.name} needs --source (the labelled source domain).")
@@ -67,23 +75,25 @@ def check_arguments(args, method: Method) -> None:
     method.options(args.method_args)
 
 
-def check_required_options(args) -> None:
-    """The options the run's method cannot run without (``partial``: ``freeze``), checked on what the user gave
-    (not in ``__post_init__``: a run's default arguments are built without them to tell what was given)."""
+def check_required_options(args: TransferArgs) -> None:
+    """Refuse a run without the options its method cannot run without (``partial``: ``freeze``).
+
+    Checked on what the user gave (not in ``__post_init__``: a run's default arguments are built without them to
+    tell what was given)."""
     method = registry.get_method(args.method, args.mode)
     for name in method.required_options:
         if not getattr(args, name):
             raise TransferConfigError(f"mode={args.mode} method={method.name} needs --{name}.")
 
 
-def _is_unset(args, name: str, default: Any, method: Method) -> bool:
+def _is_unset(args: TransferArgs, name: str, default: Any, method: Method) -> bool:
     value = getattr(args, name)
     if name == "backbone_lr_scale":  # None, or the method's own LR rule written out
         return value in (None, method.backbone_lr_scale)
     return value == default or (default is None and value == {})
 
 
-def check_options_act(args, method: Method) -> None:
+def check_options_act(args: TransferArgs, method: Method) -> None:
     """Refuse an option set where it has no effect (its declared scope, :data:`ARGUMENT_CONDITIONS`), naming it."""
     defaults = {f.name: f.default for f in dataclasses.fields(args)}
     for name, default in defaults.items():
@@ -103,14 +113,14 @@ def check_options_act(args, method: Method) -> None:
             _refuse(args, name, value, needs)
 
 
-def _refuse(args, name: str, value: Any, needs: str) -> None:
+def _refuse(args: TransferArgs, name: str, value: Any, needs: str) -> None:
     raise TransferConfigError(
         f"{name}={value!r} has no effect with mode={args.mode} method={args.method}: it acts only with {needs}. "
         "Remove it."
     )
 
 
-def _check_values(args) -> None:
+def _check_values(args: TransferArgs) -> None:
     """The values of the options every run checks, whatever its mode."""
     from hf_transfer.models.adapters import PUBLISH_FORMS
 
@@ -132,7 +142,7 @@ def _check_values(args) -> None:
         raise TransferConfigError(f"publish={args.publish!r}: choose one of {', '.join(PUBLISH_FORMS)}.")
 
 
-def _has_batchnorm(args, model) -> bool:
+def _has_batchnorm(args: TransferArgs, model: nn.Module) -> bool:
     from hf_transfer.methods.domain.adabn import batchnorm_layers
 
     # a bottleneck adds a BatchNorm1d of its own (AdaBN re-estimates it)
@@ -140,14 +150,18 @@ def _has_batchnorm(args, model) -> bool:
 
 
 #: what a backbone may have to have for an option to act (:attr:`OptionScope.backbone`): a check of the model
-BACKBONE_NEEDS: dict[str, Callable[[Any, Any], bool]] = {"batchnorm": _has_batchnorm}
+BACKBONE_NEEDS: dict[str, Callable[[TransferArgs, nn.Module], bool]] = {"batchnorm": _has_batchnorm}
 
 
-def backbone_needs(args) -> list[tuple[str, Any, tuple[str, ...]]]:
-    """What the run asks of its backbone: (who, value, needs) for each option set here whose declaration needs
-    something of it (``adabn``: BatchNorm), and for the method when it declares such a need itself."""
+def backbone_needs(args: TransferArgs) -> list[tuple[str, Any, tuple[str, ...]]]:
+    """What the run asks of its backbone, as (who, value, needs).
+
+    One for each option set here whose declaration needs something of it (``adabn``: BatchNorm), and for the method
+    when it declares such a need itself."""
     method = registry.get_method(args.method)
-    out = [("method", method.name, ("batchnorm",))] if method.needs.batchnorm else []
+    out: list[tuple[str, Any, tuple[str, ...]]] = (
+        [("method", method.name, ("batchnorm",))] if method.needs.batchnorm else []
+    )
     for name, default in {f.name: f.default for f in dataclasses.fields(args)}.items():
         value = getattr(args, name)
         scope = registry.option_scope(name, value)
@@ -156,8 +170,9 @@ def backbone_needs(args) -> list[tuple[str, Any, tuple[str, ...]]]:
     return out
 
 
-def check_backbone_needs(args, model, backbone_id: str) -> None:
+def check_backbone_needs(args: TransferArgs, model: nn.Module | None, backbone_id: str) -> None:
     """Refuse what needs of the backbone what ``model`` lacks (``adabn``: BatchNorm layers), naming the backbone.
+
     ``model``: the built backbone, or its architecture without weights; None: not known yet (the check runs
     again on the loaded model, before training)."""
     if model is None:
@@ -169,8 +184,10 @@ def check_backbone_needs(args, model, backbone_id: str) -> None:
 
 
 def check_soft_targets(method: Method, producer: str) -> None:
-    """Refuse ``producer`` (an option that makes probability targets, as mixup or cutmix would) with a method
-    that does not declare it takes them (:attr:`~hf_transfer.methods.registry.Method.soft_targets`)."""
+    """Refuse ``producer``, an option that makes probability (soft) targets, with a method that cannot take them.
+
+    ``producer`` makes them as mixup or cutmix would; a method takes them when it declares so
+    (:attr:`~hf_transfer.methods.registry.Method.soft_targets`)."""
     if not method.soft_targets:
         takers = [n for n, m in registry.all_methods().items() if m.soft_targets and set(m.modes) & set(method.modes)]
         raise TransferConfigError(
@@ -179,7 +196,7 @@ def check_soft_targets(method: Method, producer: str) -> None:
         )
 
 
-def _missing_need(name: str, value: Any, need: str, model, backbone_id: str) -> str:
+def _missing_need(name: str, value: Any, need: str, model: nn.Module, backbone_id: str) -> str:
     from hf_transfer.models.norm_layers import norm_layer_types
 
     norms = ", ".join(norm_layer_types(model)) or "none"
@@ -216,7 +233,7 @@ def _plain(value: Any) -> Any:
     return getattr(value, "value", value)  # an enum member (HubStrategy.END) compares as its value
 
 
-def check_own_step(args: Any, training_args: Any) -> None:
+def check_own_step(args: TransferArgs, training_args: TrainingArguments) -> None:
     """Refuse, for a method that owns its training step, what assumes one loss and one update per batch."""
     method = registry.get_method(args.method, args.mode)
     if not method.owns_step:
@@ -235,7 +252,7 @@ def check_own_step(args: Any, training_args: Any) -> None:
         )
 
 
-def check_training_arguments(args, training_args) -> None:
+def check_training_arguments(args: TransferArgs, training_args: TrainingArguments) -> None:
     """TrainingArguments the Trainer would take silently although they do not do what they say."""
     check_own_step(args, training_args)
     if training_args.max_steps < -1 or training_args.max_steps == 0:
@@ -270,9 +287,11 @@ def check_training_arguments(args, training_args) -> None:
     push_repo_id(args, training_args)
 
 
-def check_report_to(training_args) -> None:
-    """Refuse a ``report_to`` the Trainer does not know: it checks the names only when it is built, after the
-    data and the backbone are loaded (and ``plan`` never builds it)."""
+def check_report_to(training_args: TrainingArguments) -> None:
+    """Refuse a ``report_to`` the Trainer does not know.
+
+    The Trainer checks the names only when it is built, after the data and the backbone are loaded (and ``plan``
+    never builds it)."""
     from transformers import trainer  # the name the Trainer resolves when it is built
 
     try:
@@ -281,9 +300,11 @@ def check_report_to(training_args) -> None:
         raise TransferConfigError(f"report_to={training_args.report_to!r}: {err} Or none.") from None
 
 
-def report_to_problem(training_args) -> str | None:
-    """What this machine lacks for ``report_to`` (the integration's package: its callback refuses to start), or
-    None. ``train`` raises it before any work; ``plan`` reports it (the recipe may be meant for another machine)."""
+def report_to_problem(training_args: TrainingArguments) -> str | None:
+    """What this machine lacks for ``report_to``, or None.
+
+    What it lacks is the integration's package (its callback refuses to start). ``train`` raises it before any work;
+    ``plan`` reports it (the recipe may be meant for another machine)."""
     from transformers import trainer
 
     for callback in trainer.get_reporting_integration_callbacks(training_args.report_to):
@@ -294,12 +315,13 @@ def report_to_problem(training_args) -> str | None:
     return None
 
 
-def push_repo_id(args, training_args) -> str | None:
+def push_repo_id(args: TransferArgs, training_args: TrainingArguments) -> str | None:
     """The Hub repo ``--push_to_hub`` pushes to (None without it), refused when the push could not work."""
     if not training_args.push_to_hub:
         return None
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    assert training_args.output_dir is not None, "TrainingArguments.__post_init__ fills its default output_dir"
     repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
     try:
         validate_repo_id(repo_id)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import yaml
 
@@ -31,7 +32,7 @@ MAX_EXPANDED = MAX_FILE_BYTES
 class _OutOfBounds(Exception):
     """Raised inside the loader; turned into a TransferConfigError that names the file."""
 
-    def __init__(self, message: str, mark, key: str | None):
+    def __init__(self, message: str, mark: yaml.Mark, key: str | None) -> None:
         super().__init__(message)
         self.mark, self.key = mark, key
 
@@ -40,12 +41,12 @@ class _BoundedLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses deep nesting while composing and over-expanding or recursive aliases
     before constructing (so nothing is ever expanded)."""
 
-    def __init__(self, stream):
+    def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
-        self._top_key = None  # the top-level key whose value is being composed (for the message)
+        self._top_key: str | None = None  # the top-level key whose value is being composed (for the message)
 
-    def compose_node(self, parent, index):
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
@@ -58,7 +59,7 @@ class _BoundedLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
-    def get_single_node(self):
+    def get_single_node(self) -> yaml.Node | None:
         node = super().get_single_node()
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
@@ -68,7 +69,7 @@ class _BoundedLoader(yaml.SafeLoader):
         return node
 
 
-def _children(node) -> list:
+def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.SequenceNode):
         return list(node.value)
     if isinstance(node, yaml.MappingNode):
@@ -76,7 +77,7 @@ def _children(node) -> list:
     return []
 
 
-def _check_expansion(root, key_node) -> None:
+def _check_expansion(root: yaml.Node, key_node: yaml.Node | None) -> None:
     """Expanded size of ``root`` (each node 1, each scalar also its length), aliases followed, computed on the
     shared node graph (memoised, iterative: linear in the file, never expanded); refuses a cycle."""
     size: dict[int, int] = {}
@@ -109,7 +110,7 @@ def _check_expansion(root, key_node) -> None:
         )
 
 
-def _located(root, key_node) -> tuple:
+def _located(root: yaml.Node, key_node: yaml.Node | None) -> tuple[yaml.Mark, str | None]:
     """(mark, key name) of a top-level value for the message."""
     if key_node is None:
         return root.start_mark, None
@@ -121,9 +122,11 @@ def _where(path: str, err: _OutOfBounds) -> str:
     return f"Config file {path!r}{key} (line {err.mark.line + 1}): {err}."
 
 
-def read_config_file(path: str):
-    """The value held by the YAML (or ``.json``) file at ``path``, refused with a message naming the file when
-    it is too large, too deep, expands too far through aliases, or does not parse."""
+def read_config_file(path: str) -> Any:
+    """The value held by the YAML (or ``.json``) file at ``path`` (any JSON value).
+
+    Refused with a message naming the file when it is too large, too deep, expands too far through aliases, or does
+    not parse."""
     if not os.path.isfile(path):
         raise TransferConfigError(f"Config file {path!r} does not exist.")
     with open(path, "rb") as f:

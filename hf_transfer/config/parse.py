@@ -15,6 +15,7 @@ import dataclasses
 import enum
 import re
 import sys
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from hf_transfer.config.arguments import TransferArguments
@@ -24,14 +25,15 @@ from hf_transfer.errors import TransferConfigError
 from hf_transfer.methods import registry
 
 if TYPE_CHECKING:
-    from transformers import TrainingArguments
-
-
-def _parser():
     from transformers import HfArgumentParser, TrainingArguments
 
+
+def _parser() -> HfArgumentParser:
+    from transformers import HfArgumentParser, TrainingArguments
+    from transformers.hf_argparser import DataClassType
+
     # allow_abbrev=False: argparse would otherwise take a prefix typo (--max_step) as the full name
-    return HfArgumentParser((TransferArguments, TrainingArguments), allow_abbrev=False)
+    return HfArgumentParser((DataClassType(TransferArguments), DataClassType(TrainingArguments)), allow_abbrev=False)
 
 
 #: options that were removed: naming one is refused with what replaced it (they are in no dataclass or help)
@@ -41,7 +43,7 @@ RETIRED_OPTIONS = {
 }
 
 
-def _refuse_retired(keys) -> None:
+def _refuse_retired(keys: Iterable[str]) -> None:
     """A removed option is refused naming its replacement, not as an unknown key."""
     for key in sorted(set(keys) & set(RETIRED_OPTIONS)):
         raise TransferConfigError(RETIRED_OPTIONS[key])
@@ -63,8 +65,9 @@ PLACEHOLDER_MEANING = {
 
 
 def reject_placeholders(values: dict[str, Any], where: str) -> None:
-    """Refuse a value still holding a placeholder of a model card's reproduce block, before anything runs
-    (otherwise ``<OUTPUT_DIR>`` becomes a folder of that name, and ``<PATH_TO: ...>`` a confusing load error)."""
+    """Refuse a value still holding a placeholder of a model card's reproduce block, before anything runs.
+
+    Otherwise ``<OUTPUT_DIR>`` becomes a folder of that name, and ``<PATH_TO: ...>`` a confusing load error."""
     for key, value in values.items():
         found = CARD_PLACEHOLDER.search(value) if isinstance(value, str) else None
         if found:
@@ -99,7 +102,7 @@ def _is_auto(value: Any) -> bool:
     return isinstance(value, str) and value.strip().lower() == "auto"
 
 
-def _actions(parser) -> dict[str, argparse.Action]:
+def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     """Field name -> the parser's action that reads ``--name`` (its type, nargs and choices)."""
     return {opt[2:]: a for a in parser._actions for opt in a.option_strings if opt.startswith("--") and a.dest}
 
@@ -109,7 +112,7 @@ def _typed(data: dict[str, Any], where: str) -> dict[str, Any]:
     ``5.5`` for an int is refused), and checked against its choices. Mappings (``method_args``) and lists for a
     single-valued field (``report_to``) go through as they are, for the dataclass to check."""
     actions = _actions(_parser())
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in data.items():
         action = actions.get(key)
         if key == "learning_rate" and _is_auto(value):
@@ -133,9 +136,11 @@ def _typed(data: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _convert(action: argparse.Action, value: Any) -> Any:
+    convert = action.type
+    assert callable(convert), "_typed converts only the values of flags whose type is a callable"
     if isinstance(value, bool) or isinstance(value, enum.Enum):
-        return value if action.type not in (int, float) else action.type(str(value))
-    return action.type(value if isinstance(value, str) else str(value))
+        return value if convert not in (int, float) else convert(str(value))
+    return convert(value if isinstance(value, str) else str(value))
 
 
 def _flags(argv: list[str]) -> dict[str, Any]:
@@ -172,13 +177,14 @@ def _split_config(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TransferArguments, TrainingArguments]:
-    """``[--config FILE] [--flag value ...]`` -> (TransferArguments, TrainingArguments), with the recipe defaults
-    (:mod:`hf_transfer.training.defaults`) for what neither sets."""
+    """Read ``[--config FILE] [--flag value ...]`` into (TransferArguments, TrainingArguments).
+
+    With the recipe defaults (:mod:`hf_transfer.training.defaults`) for what neither sets."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--help-all" in argv or "-h" in argv or "--help" in argv:
         from hf_transfer.help import full_help, short_help
 
-        print(full_help() if "--help-all" in argv else short_help())
+        print(full_help(_parser()) if "--help-all" in argv else short_help(TransferArguments))
         raise SystemExit(0)
     path, argv = _split_config(argv)
     data = {}
@@ -228,9 +234,10 @@ def _parse_dict(data: dict[str, Any]) -> tuple[TransferArguments, TrainingArgume
     if missing:
         raise TransferConfigError(f"Missing required argument(s): {', '.join('--' + k for k in missing)}.")
     try:
-        return _parser().parse_dict(data)
+        transfer_args, training_args = _parser().parse_dict(data)
     except (TypeError, ValueError) as err:  # TrainingArguments' own validation (e.g. bf16 without a GPU)
         raise TransferConfigError(str(err)) from err
+    return transfer_args, training_args
 
 
 def _no_default(f: dataclasses.Field) -> bool:
@@ -253,6 +260,7 @@ def _recipe_defaults(transfer_args: TransferArguments, given: set[str]) -> dict[
 
     if transfer_args.head_solver == "lbfgs":  # one full-batch solve: no optimizer, schedule or epochs to default
         return {}
+    assert transfer_args.method is not None, "TransferArguments.__post_init__ sets the mode's default method"
     method = registry.get_method(transfer_args.method, transfer_args.mode)
     return defaults_to_apply(recipe_for(transfer_args.mode, method.recipe), given)
 

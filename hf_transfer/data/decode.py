@@ -6,6 +6,8 @@ run them and tests can patch them."""
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,8 +17,16 @@ from hf_transfer.data.load import IMAGE_ERRORS
 from hf_transfer.data.transforms import DataConfig, eval_geometry
 from hf_transfer.errors import TransferConfigError
 
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
 
-def _pil_interpolation(name: str):
+#: one decoded chunk: (its first row, uint8 ``[n, 3, Hs, Ws]`` pixels, int32 ``[n, 2]`` original sizes)
+Chunk = tuple[int, np.ndarray, np.ndarray]
+
+
+def _pil_interpolation(name: str) -> InterpolationMode:
     from torchvision.transforms import InterpolationMode
 
     return {
@@ -26,7 +36,7 @@ def _pil_interpolation(name: str):
     }.get(name, InterpolationMode.BILINEAR)  # the stock transforms' fallback
 
 
-def _to_rgb(value):
+def _to_rgb(value: Any) -> Image.Image:
     """A decoded ``Image`` cell (PIL image, ``{"bytes", "path"}`` dict or array) as an RGB PIL image."""
     from PIL import Image
 
@@ -47,7 +57,7 @@ def _to_rgb(value):
 
 
 def _prepare(
-    img,
+    img: Image.Image,
     kind: str,
     size: int,
     crop_pct: float,
@@ -55,14 +65,18 @@ def _prepare(
     storage_hw: tuple[int, int],
     crop_mode: str = "center",
     mean: tuple[float, float, float] = DataConfig.mean,
-):
+) -> np.ndarray:
     """One RGB PIL image -> uint8 ``[3, h, w]`` storage array (see the module doc)."""
     from torchvision.transforms import functional as TF
 
     interp = _pil_interpolation(interpolation)
     if kind == "eval":  # the stock eval transform's own geometry, every crop_mode
         cfg = DataConfig(
-            (3, size, size), tuple(mean), interpolation=interpolation, crop_pct=crop_pct, crop_mode=crop_mode
+            (3, size, size),
+            (mean[0], mean[1], mean[2]),
+            interpolation=interpolation,
+            crop_pct=crop_pct,
+            crop_mode=crop_mode,
         )
         img = eval_geometry(cfg)(img)
     else:
@@ -72,7 +86,7 @@ def _prepare(
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def _cells(dataset, start: int, stop: int, image_column: str) -> list:
+def _cells(dataset: Dataset, start: int, stop: int, image_column: str) -> list[Any]:
     """The image cells of rows ``[start, stop)``; an undecodable one is an error that names its row."""
     try:
         return dataset[start:stop][image_column]
@@ -90,7 +104,7 @@ def _bad_row(i: int, err: Exception) -> TransferConfigError:
 
 
 def _decode_chunk(
-    dataset,
+    dataset: Dataset,
     start: int,
     stop: int,
     image_column: str,
@@ -101,7 +115,7 @@ def _decode_chunk(
     storage_hw: tuple[int, int],
     crop_mode: str = "center",
     mean: tuple[float, float, float] = DataConfig.mean,
-):
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``[start, stop)`` -> (uint8 ``[n, 3, Hs, Ws]``, int32 original ``[n, 2]`` (H, W))."""
     cells = _cells(dataset, start, stop, image_column)
     out = np.empty((stop - start, 3, *storage_hw), dtype=np.uint8)
@@ -119,21 +133,21 @@ def _decode_chunk(
 class DecodeChunks(torch.utils.data.Dataset):
     """Chunk ``k`` of the source dataset, decoded: lets a DataLoader decode with worker processes."""
 
-    def __init__(self, dataset, chunk_size: int, **kwargs):
+    def __init__(self, dataset: Dataset, chunk_size: int, **kwargs: Any) -> None:
         self.dataset, self.chunk_size, self.kwargs = dataset, chunk_size, kwargs
         self.n = len(dataset)
 
     def __len__(self) -> int:
         return (self.n + self.chunk_size - 1) // self.chunk_size
 
-    def __getitem__(self, k: int):
+    def __getitem__(self, k: int) -> Chunk:
         start = k * self.chunk_size
         stop = min(self.n, start + self.chunk_size)
         arr, sizes = _decode_chunk(self.dataset, start, stop, **self.kwargs)
         return start, arr, sizes
 
 
-def in_threads(chunks: DecodeChunks, threads: int):
+def in_threads(chunks: DecodeChunks, threads: int) -> Iterator[Chunk]:
     """The decoded chunks in order, decoded by ``threads`` threads a few chunks ahead of the consumer.
 
     Threads, not processes: PIL releases the GIL while it decodes and resizes, and threads cost no
@@ -143,10 +157,10 @@ def in_threads(chunks: DecodeChunks, threads: int):
         yield from (chunks[k] for k in range(len(chunks)))
         return
     from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hf_transfer-decode") as pool:
-        pending: deque = deque()
+        pending: deque[Future[Chunk]] = deque()
         try:
             for k in range(len(chunks)):
                 pending.append(pool.submit(chunks.__getitem__, k))
@@ -183,7 +197,7 @@ def split_storage_shape(sizes: np.ndarray, storage_size: int) -> tuple[int, int]
     return storage_size, storage_size
 
 
-def _header_size(cell) -> tuple[int, int]:
+def _header_size(cell: Any) -> tuple[int, int]:
     """``(H, W)`` of an undecoded image cell from its header, as datasets would decode it (EXIF rotation)."""
     from PIL import Image
 
@@ -199,7 +213,7 @@ def _header_size(cell) -> tuple[int, int]:
     return (w, h) if rotated else (h, w)
 
 
-def header_sizes(dataset, image_column: str) -> np.ndarray:
+def header_sizes(dataset: Dataset, image_column: str) -> np.ndarray:
     """``[N, 2]`` original sizes read from the image headers (no pixel is decoded)."""
     import datasets
 

@@ -71,9 +71,9 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -92,6 +92,9 @@ from hf_transfer.runtime.cache import (
 )
 from hf_transfer.runtime.disk import allocated_memmap, space_errors
 
+if TYPE_CHECKING:
+    from datasets import Dataset
+
 __all__ = ["DECODED_VERSION", "DecodedImages", "collate_decoded", "decoded_cache_dir", "split_kind_for"]
 
 #: Bump whenever the stored bytes for the same inputs change: it is part of the cache key.
@@ -100,7 +103,7 @@ DECODED_VERSION = "3"  # 2: the train storage shape no longer comes from the fir
 SPLIT_KINDS = ("train", "eval")
 
 
-def decoded_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+def decoded_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """``cache_dir`` if given, else ``$HF_TRANSFER_CACHE/decoded``, else ``~/.cache/hf_transfer/decoded``."""
     return cache_path("decoded", cache_dir)
 
@@ -141,10 +144,10 @@ class DecodedImages(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        dataset,
+        dataset: Dataset,
         cfg: DataConfig,
         split_kind: str = "train",
-        cache_dir=None,
+        cache_dir: str | os.PathLike[str] | None = None,
         with_labels: bool = True,
         *,
         storage_size: int | None = None,
@@ -155,7 +158,7 @@ class DecodedImages(torch.utils.data.Dataset):
         chunk_size: int = 256,
         progress: bool | None = None,
         cache_key: str | None = None,
-    ):
+    ) -> None:
         if split_kind not in SPLIT_KINDS:
             raise TransferConfigError(f"split_kind must be one of {SPLIT_KINDS}, got {split_kind!r}.")
         columns = getattr(dataset, "column_names", None)
@@ -177,7 +180,7 @@ class DecodedImages(torch.utils.data.Dataset):
         self.storage_size = int(storage_size or math.floor(cfg.size / cfg.crop_pct))
         if self.storage_size < 1:
             raise TransferConfigError(f"storage_size must be positive, got {storage_size}.")
-        key_fields = {
+        key_fields: dict[str, Any] = {
             "fingerprint": fingerprint,
             "image_column": image_column,
             "kind": split_kind,
@@ -218,7 +221,15 @@ class DecodedImages(torch.utils.data.Dataset):
 
     # -- cache ------------------------------------------------------------------------------
 
-    def _build(self, dataset, key_fields, image_column, num_workers, chunk_size, progress):
+    def _build(
+        self,
+        dataset: Dataset,
+        key_fields: dict[str, Any],
+        image_column: str,
+        num_workers: int,
+        chunk_size: int,
+        progress: bool | None,
+    ) -> None:
         from tqdm.auto import tqdm
 
         n = len(dataset)
@@ -246,6 +257,8 @@ class DecodedImages(torch.utils.data.Dataset):
             if threads > 1:  # chunks small enough that every thread gets a few
                 chunk = min(chunk, -(-n // (4 * threads)))
             chunks = DecodeChunks(src, chunk, **kwargs)
+            # a DataLoader with batch_size=None hands the chunk's arrays over as tensors
+            loader: Iterable[tuple[int, np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]]
             if num_workers > 0:
                 loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers)
             else:
@@ -279,7 +292,7 @@ class DecodedImages(torch.utils.data.Dataset):
             self._mm = np.load(self.path / "images.npy", mmap_mode="r")
         return self._mm
 
-    def __getstate__(self):  # worker processes reopen the memmap instead of pickling its bytes
+    def __getstate__(self) -> dict[str, Any]:  # worker processes reopen the memmap instead of pickling its bytes
         state = dict(self.__dict__)
         state["_mm"] = None
         return state
@@ -292,6 +305,7 @@ class DecodedImages(torch.utils.data.Dataset):
     def _item(self, i: int, pixels: torch.Tensor) -> dict:
         item: dict[str, Any] = {"pixel_values": pixels}
         if self.with_labels:
+            assert self.labels is not None, "__init__ reads the labels whenever with_labels is set"
             item["labels"] = int(self.labels[i])
         if self.return_image_size:
             item["image_size"] = torch.from_numpy(self.image_sizes[i].astype(np.int64))
@@ -310,9 +324,10 @@ class DecodedImages(torch.utils.data.Dataset):
         return [self._item(int(i), pixels[k]) for k, i in enumerate(idx)]
 
 
-def collate_decoded(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack every tensor key (``pixel_values``, ``target_pixel_values``, ``image_size``, ...);
-    labels to int64. Same output as :func:`~hf_transfer.data.paired.collate_images` plus the extra keys."""
+def collate_decoded(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack every tensor key (``pixel_values``, ``target_pixel_values``, ``image_size``, ...), labels to int64.
+
+    Same output as :func:`~hf_transfer.data.paired.collate_images` plus the extra keys."""
     batch: dict[str, torch.Tensor] = {}
     for key, value in examples[0].items():
         if isinstance(value, torch.Tensor):

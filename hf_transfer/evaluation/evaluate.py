@@ -34,10 +34,12 @@ Outputs (``--output_dir``): ``evaluation.json``, ``confusion_matrix.json`` and `
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import time
+from typing import TYPE_CHECKING, Any
 
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.label_match import _first, known_rows, match_labels, same_rows_metrics, score
@@ -45,6 +47,11 @@ from hf_transfer.evaluation.metrics import unscored_classes, unscored_message
 from hf_transfer.evaluation.model_source import load_model, resolve_model
 from hf_transfer.evaluation.predict import predict_logits, resolve_device
 from hf_transfer.runtime.folder_lock import check_output_folder, lock_folder
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from hf_transfer.data.transforms import DataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +62,11 @@ OUTPUTS = (EVALUATION_JSON, CONFUSION_JSON, CONFUSION_PNG)
 DEFAULT_SEED = 42  # the Trainer's: the hold-out a training run with default arguments makes
 
 
-def evaluate(args) -> dict:
-    """Check everything cheap first (spec, output folder, model config, split, label overlap), then load the
-    weights and score; writes the outputs when ``args.output_dir`` is set."""
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Score the model ``args.model`` on a dataset split; returns what ``evaluation.json`` holds.
+
+    Checks everything cheap first (spec, output folder, model config, split, label overlap), then loads the
+    weights and scores; writes the outputs when ``args.output_dir`` is set."""
     from hf_transfer.data.kshot import subset
     from hf_transfer.data.load import load_split
     from hf_transfer.data.spec import parse_dataset_spec
@@ -99,7 +108,7 @@ def evaluate(args) -> dict:
         decoded_cache_dir=args.decoded_cache_dir,
         num_workers=args.num_workers,
     )
-    result = {
+    result: dict[str, Any] = {
         "model": args.model,
         "model_kind": source.kind,
         "revision": args.revision,
@@ -126,7 +135,8 @@ def evaluate(args) -> dict:
     return result
 
 
-def write_outputs(result: dict, output_dir: str) -> list[str]:
+def write_outputs(result: dict[str, Any], output_dir: str) -> list[str]:
+    """Write ``result`` and its confusion matrix (JSON and PNG) into ``output_dir``; returns their paths."""
     from hf_transfer.evaluation.plots import confusion_matrix_png
 
     paths = [os.path.join(output_dir, name) for name in OUTPUTS]
@@ -147,14 +157,14 @@ def write_outputs(result: dict, output_dir: str) -> list[str]:
 
 def evaluate_base(
     model_id: str,
-    test_ds,
-    data_config,
+    test_ds: Dataset,
+    data_config: DataConfig,
     *,
     revision: str | None = None,
-    after: dict | None = None,
+    after: dict[str, Any] | None = None,
     trust_remote_code: bool = False,
-    **predict_kwargs,
-) -> dict | None:
+    **predict_kwargs: Any,
+) -> dict[str, Any] | None:
     """The base checkpoint's own head on a run's target test rows: the card's "before" beside "after".
 
     None (nothing is added) when the base has no classifier whose class names overlap the target's: a
@@ -182,7 +192,7 @@ def evaluate_base(
         return None
     backbone.data_config = data_config
     logits, labels = predict_logits(backbone, rows, **predict_kwargs)
-    out = {
+    out: dict[str, Any] = {
         "model": model_id,
         "revision": revision,
         "label_names": match.names,

@@ -13,8 +13,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hf_transfer.errors import TransferConfigError
+
+if TYPE_CHECKING:
+    from hf_transfer.models.backbones import Backbone
 
 
 def one_line(text: str) -> str:
@@ -116,14 +120,15 @@ def resolve_model(model_id: str, revision: str | None = None) -> ModelSource:
     return ModelSource(model_id, "full", names, revision, None, run.get("data_config"), run.get("seed"))
 
 
-def load_model(source: ModelSource):
+def load_model(source: ModelSource) -> Backbone:
     """The :class:`~hf_transfer.models.backbones.Backbone` with the checkpoint's own head (and names)."""
     from hf_transfer.data.transforms import DataConfig
-    from hf_transfer.models.backbones import Backbone, load_backbone
+    from hf_transfer.models.backbones import Backbone, load_backbone  # noqa: F811 (built here; typed above)
 
     if source.kind == "adapter":
         from hf_transfer.models.adapters import ADAPTER_INFO, load_adapter_model
 
+        assert source.folder is not None, "an adapter source is always read from its folder"
         model = load_adapter_model(source.folder, merge=True).eval()
         info = _read_json(os.path.join(source.folder, ADAPTER_INFO)) or {}
         backbone = Backbone(

@@ -8,6 +8,7 @@ import json
 import os
 
 import numpy as np
+import numpy.typing as npt
 
 from hf_transfer.errors import TransferConfigError
 
@@ -16,8 +17,9 @@ SCORES = ("logme", "leep", "nce", "hscore", "sfda", "knn", "probe")
 
 
 def probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int, folds: int = 5) -> float:
-    """Mean accuracy of a logistic-regression probe on standardised features, stratified k-fold
-    cross-validated (the costly reference the cheap scores stand in for)."""
+    """Mean accuracy of a logistic-regression probe on standardised features, stratified k-fold cross-validated.
+
+    The costly reference the cheap scores stand in for."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
@@ -29,13 +31,21 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int, folds: i
     return float(cross_val_score(model, features, labels, cv=cv).mean())
 
 
-def score_features(features, labels, source_probs, *, knn_k: int = 5, probe: bool = False, seed: int = 0) -> dict:
+def score_features(
+    features: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    source_probs: npt.ArrayLike | None,
+    *,
+    knn_k: int = 5,
+    probe: bool = False,
+    seed: int = 0,
+) -> dict[str, float | None]:
     """Every score of one candidate; LEEP and NCE are None without ``source_probs``."""
     from hf_transfer.evaluation import transferability as t
 
     f = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels)
-    out = {
+    out: dict[str, float | None] = {
         "logme": t.logme(f, y),
         "leep": t.leep(f, y, source_probs) if source_probs is not None else None,
         "nce": t.nce(f, y, source_probs) if source_probs is not None else None,
@@ -49,8 +59,10 @@ def score_features(features, labels, source_probs, *, knn_k: int = 5, probe: boo
 
 
 def ranking_summary(path: str, backbone: str, target: str) -> dict:
-    """What a run started from ``path`` (a ranking.json) records: every candidate's scores, best first,
-    and where this run's backbone stood. Refused (naming ``ranking``) where it cannot act: not a ranking,
+    """What a run started from ``path`` (a ranking.json) records about the ranking.
+
+    Every candidate's scores, best first, and where this run's backbone stood. Refused (naming ``ranking``) where it
+    cannot act: not a ranking,
     a ranking of another target, or one that did not rank ``backbone``."""
     try:
         with open(path) as f:

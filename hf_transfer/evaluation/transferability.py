@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 from hf_transfer.errors import TransferConfigError
 
@@ -21,7 +22,7 @@ __all__ = ["hscore", "knn_accuracy", "leep", "logme", "nce", "sfda"]
 # -- input checks -----------------------------------------------------------------------------------
 
 
-def _features(features, n: int | None = None) -> np.ndarray:
+def _features(features: npt.ArrayLike, n: int | None = None) -> np.ndarray:
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2 or f.shape[0] == 0 or f.shape[1] == 0:
         raise TransferConfigError(f"features must be a non-empty 2-D array [N, D], got shape {f.shape}.")
@@ -32,7 +33,7 @@ def _features(features, n: int | None = None) -> np.ndarray:
     return f
 
 
-def _labels(labels) -> tuple[np.ndarray, int]:
+def _labels(labels: npt.ArrayLike) -> tuple[np.ndarray, int]:
     """Labels re-indexed to 0..C-1 (in sorted order of the given values) and C; at least two classes."""
     y = np.asarray(labels)
     if y.ndim != 1 or y.size == 0:
@@ -45,7 +46,7 @@ def _labels(labels) -> tuple[np.ndarray, int]:
     return y.reshape(-1), len(classes)
 
 
-def _source_probs(source_probs, n: int) -> np.ndarray:
+def _source_probs(source_probs: npt.ArrayLike, n: int) -> np.ndarray:
     p = np.asarray(source_probs, dtype=np.float64)
     if p.ndim != 2 or p.shape[0] != n:
         raise TransferConfigError(f"source_probs must be [N, Z] with N = {n} rows, got shape {p.shape}.")
@@ -65,7 +66,7 @@ def _onehot(y: np.ndarray, num_classes: int) -> np.ndarray:
 # -- LogME ------------------------------------------------------------------------------------------
 
 
-def logme(features, labels, *, tol: float = 1e-6, max_iter: int = 100) -> float:
+def logme(features: npt.ArrayLike, labels: npt.ArrayLike, *, tol: float = 1e-6, max_iter: int = 100) -> float:
     """LogME: the log marginal evidence of a Bayesian linear model from features to each one-hot label column.
 
     You, Liu, Wang, Long, "LogME: Practical Assessment of Pre-trained Models for Transfer Learning",
@@ -105,7 +106,7 @@ def logme(features, labels, *, tol: float = 1e-6, max_iter: int = 100) -> float:
     floor = 1e-12 * n
     s2c = s2[:, None]
 
-    def terms(alpha, beta):
+    def terms(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         den = alpha + beta * s2c
         m2 = (beta**2 * s2c * z2 / den**2).sum(0)
         res2 = (alpha**2 * z2 / den**2).sum(0) + y_perp
@@ -140,7 +141,7 @@ def logme(features, labels, *, tol: float = 1e-6, max_iter: int = 100) -> float:
 # -- LEEP, NCE --------------------------------------------------------------------------------------
 
 
-def leep(features, labels, source_probs) -> float:
+def leep(features: npt.ArrayLike, labels: npt.ArrayLike, source_probs: npt.ArrayLike) -> float:
     """LEEP: the log expected empirical prediction of the source classifier turned into a target one.
 
     Nguyen, Hassner, Seeger, Archambeau, "LEEP: A New Measure to Evaluate Transferability of Learned
@@ -161,7 +162,7 @@ def leep(features, labels, source_probs) -> float:
     return float(np.mean(np.log(np.maximum(eep, np.finfo(np.float64).tiny))))
 
 
-def nce(features, labels, source_probs) -> float:
+def nce(features: npt.ArrayLike, labels: npt.ArrayLike, source_probs: npt.ArrayLike) -> float:
     """NCE: the negative conditional entropy of the target labels given the source model's hard labels.
 
     Tran, Nguyen, Hassner, "Transferability and Hardness of Supervised Classification Tasks", ICCV 2019.
@@ -184,7 +185,7 @@ def nce(features, labels, source_probs) -> float:
 # -- H-score ----------------------------------------------------------------------------------------
 
 
-def hscore(features, labels) -> float:
+def hscore(features: npt.ArrayLike, labels: npt.ArrayLike) -> float:
     """H-score: how much of the feature covariance the class-conditional means explain.
 
     Bao, Li, Huang, Wang, Zhang, Xia, Wang, "An Information-Theoretic Approach to Transferability in
@@ -211,7 +212,9 @@ def hscore(features, labels) -> float:
 # -- SFDA -------------------------------------------------------------------------------------------
 
 
-def _fda_proba(x: np.ndarray, y: np.ndarray, num_classes: int, shrinkage: float | None, a: float):
+def _fda_proba(
+    x: np.ndarray, y: np.ndarray, num_classes: int, shrinkage: float | None, a: float
+) -> tuple[np.ndarray, float]:
     """Class posteriors of the regularised Fisher classifier fitted on (x, y); and the shrinkage used."""
     n, d = x.shape
     counts = np.bincount(y, minlength=num_classes).astype(np.float64)
@@ -237,7 +240,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def sfda(features, labels, *, a: float = 5.0) -> float:
+def sfda(features: npt.ArrayLike, labels: npt.ArrayLike, *, a: float = 5.0) -> float:
     """SFDA: accuracy-like score of a regularised Fisher classifier on self-challenged (harder) features.
 
     Shao, Zhao, Ge, Ge, Shan, Liu, Luo, "Not All Models Are Equal: Predicting Model Transferability in a
@@ -270,7 +273,9 @@ def sfda(features, labels, *, a: float = 5.0) -> float:
 # -- k-NN -------------------------------------------------------------------------------------------
 
 
-def knn_accuracy(features, labels, *, k: int = 5, normalize: bool = True, chunk: int = 1024) -> float:
+def knn_accuracy(
+    features: npt.ArrayLike, labels: npt.ArrayLike, *, k: int = 5, normalize: bool = True, chunk: int = 1024
+) -> float:
     """Leave-one-out k-nearest-neighbour accuracy on the frozen features (in [0, 1]).
 
     Each row is classified by the majority label of its k nearest OTHER rows (Euclidean distance, on

@@ -105,15 +105,18 @@ class Method:
         """The shared options (:data:`OPTIONS`) that act with this method in ``mode``."""
         return [name for name, scope in OPTIONS.items() if scope.applies_to(self, mode)]
 
-    def option_fields(self) -> dict[str, dataclasses.Field]:
+    def option_fields(self) -> dict[str, dataclasses.Field[Any]]:
+        """The fields of this method's options dataclass (:attr:`config`), by name."""
         return {f.name: f for f in dataclasses.fields(self.config)}
 
     def option_defaults(self) -> dict[str, Any]:
+        """This method's options at their defaults, by name."""
         return dataclasses.asdict(self.config())
 
     def options(self, given: Mapping[str, Any] | None = None) -> Any:
-        """``given`` (the user's ``method_args``) checked against :attr:`config`: unknown names and
-        values of the wrong type are refused, naming them. Returns the config instance."""
+        """Check ``given`` (the user's ``method_args``) against :attr:`config`; returns the config instance.
+
+        Unknown names and values of the wrong type are refused, naming them. Returns the config instance."""
         given = dict(given or {})
         fields = self.option_fields()
         unknown = sorted(set(given) - set(fields))
@@ -271,8 +274,9 @@ def methods_for_option(name: str, value: Any = None) -> dict[str, tuple[str, ...
 
 
 def option_applies(option: str, name: str | None, mode: str | None) -> bool:
-    """Whether the shared ``option`` acts with the method ``name`` in ``mode`` (names read from a results.json:
-    an unknown one is False)."""
+    """Whether the shared ``option`` acts with the method ``name`` in ``mode``.
+
+    Names may be read from a results.json: an unknown one is False."""
     method, scope = METHODS.get(name or ""), OPTIONS.get(option)
     return method is not None and scope is not None and scope.applies_to(method, mode or "")
 
@@ -294,6 +298,7 @@ def modes() -> tuple[str, ...]:
 
 
 def default_method(mode: str) -> str:
+    """The method a run of ``mode`` uses when it names none."""
     (name,) = [n for n, m in all_methods(mode).items() if mode in m.default_for]
     return name
 

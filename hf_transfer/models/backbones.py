@@ -205,8 +205,10 @@ _HUB_MODEL_ID = re.compile(r"^(hf-hub:)?[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
 def backbone_kind(model_id: str) -> str:
-    """What ``model_id`` names (one of the kinds above): the one reading of a backbone id, for loading and for
-    the checks before any work alike. An id that names none of them is refused, saying why."""
+    """What ``model_id`` names (one of the kinds above).
+
+    The one reading of a backbone id, for loading and for the checks before any work alike. An id that names none of
+    them is refused, saying why."""
     if os.path.isdir(model_id):
         return LOCAL_FOLDER
     if model_id.startswith("timm:") or "/" not in model_id:
@@ -225,8 +227,9 @@ def backbone_kind(model_id: str) -> str:
 
 
 def check_backbone(model_id: str, revision: str | None = None) -> str:
-    """The backbone's kind (:func:`backbone_kind`), its weight files on this disk checked readable (a local
-    folder, or Hub files already in the cache): a damaged one is named before any work."""
+    """The backbone's kind (:func:`backbone_kind`), once its weight files on this disk are checked readable.
+
+    The files of a local folder, or Hub files already in the cache: a damaged one is named before any work."""
     kind = backbone_kind(model_id)
     if kind != RANDOM_INIT:
         raise_if_unreadable(model_id.removeprefix("hf-hub:"), revision)

@@ -7,24 +7,35 @@ from __future__ import annotations
 import json
 import os
 import re
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from hf_transfer.models.backbones import Backbone
 
 EXAMPLES_DIR = "examples"
 REFERENCE_PREDICTIONS = "reference_predictions.json"
 
 
 def example_file_name(index: int, label: str) -> str:
-    """``examples/<index>_<label>.png`` with the label reduced to ``[A-Za-z0-9_-]``: a label is data, and
-    ``a/b``, ``..`` or ``c:\\d`` must never become a path (the index keeps the names unique)."""
+    """The file name ``examples/<index>_<label>.png``, with the label reduced to ``[A-Za-z0-9_-]``.
+
+    A label is data, and ``a/b``, ``..`` or ``c:\\d`` must never become a path (the index keeps the names unique)."""
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", str(label)).strip("_")[:64]
     return f"{EXAMPLES_DIR}/{index}_{stem or 'label'}.png"
 
 
 @torch.no_grad()
-def write_reference_predictions(backbone, target_test, output_dir: str, k: int = 4) -> list[dict]:
-    """A few labelled target test images (the card's widget examples) and the trained model's
-    predictions on them, so that a later round-trip check can prove the exported folder predicts the same."""
+def write_reference_predictions(
+    backbone: Backbone, target_test: Dataset, output_dir: str, k: int = 4
+) -> list[dict[str, Any]]:
+    """Write a few labelled target test images and the trained model's predictions on them.
+
+    The images are the card's widget examples; the predictions let a later round-trip check prove that the
+    exported folder predicts the same."""
     from PIL import Image
 
     from hf_transfer.data.images import to_rgb
@@ -36,7 +47,7 @@ def write_reference_predictions(backbone, target_test, output_dir: str, k: int =
     os.makedirs(os.path.join(output_dir, EXAMPLES_DIR), exist_ok=True)
     label_feature = target_test.features["label"]
     labelled = [i for i, y in enumerate(target_test["label"]) if y is not None and y >= 0][:k]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i in labelled:
         item = target_test[i]
         image = to_rgb(item["image"])

@@ -37,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
@@ -59,11 +60,12 @@ _VERIFIED: set[tuple[int, int, int, int]] = set()
 
 
 def cache_root() -> Path:
+    """The root of every hf_transfer cache: ``$HF_TRANSFER_CACHE``, else ``~/.cache/hf_transfer``."""
     env = os.environ.get("HF_TRANSFER_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "hf_transfer"
 
 
-def cache_path(kind: str, cache_dir: str | os.PathLike | None = None) -> Path:
+def cache_path(kind: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """``cache_dir`` when given (used as is), else ``<cache root>/<kind>``."""
     return Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / kind
 
@@ -72,7 +74,7 @@ def _host() -> str:
     return socket.gethostname().replace("-", "_")  # "-" separates the fields of a staging name
 
 
-def make_staging_dir(root: str | os.PathLike, name: str) -> Path:
+def make_staging_dir(root: str | os.PathLike[str], name: str) -> Path:
     """A new, empty staging folder under ``root`` for the entry ``name``, named after this process."""
     os.makedirs(root, exist_ok=True)
     prefix = f"{STAGING_PREFIX}{name}-{_host()}-{os.getpid()}-"
@@ -106,7 +108,7 @@ def _abandoned(path: Path, host: str, pid: int) -> bool:
         return False
 
 
-def remove_stale_staging(root: str | os.PathLike) -> int:
+def remove_stale_staging(root: str | os.PathLike[str]) -> int:
     """Delete the staging folders under ``root`` whose writer is gone (see the module doc); returns how many."""
     try:
         entries = list(os.scandir(root))
@@ -126,9 +128,10 @@ def remove_stale_staging(root: str | os.PathLike) -> int:
 
 
 @contextlib.contextmanager
-def staged_entry(root: str | os.PathLike, name: str, *, done: str) -> Iterator[Path]:
-    """A new staging folder for the entry ``root/name``, renamed into place when the block ends without
-    an error and removed in any case. When another process renamed its copy first (``root/name/done``
+def staged_entry(root: str | os.PathLike[str], name: str, *, done: str) -> Iterator[Path]:
+    """A new staging folder for the entry ``root/name``, renamed into place when the block ends without error.
+
+    It is removed in any case. When another process renamed its copy first (``root/name/done``
     exists), that copy is kept: same key, same content."""
     final = Path(root) / name
     tmp = make_staging_dir(root, name)
@@ -145,10 +148,12 @@ def staged_entry(root: str | os.PathLike, name: str, *, done: str) -> Iterator[P
 
 
 @contextlib.contextmanager
-def staged_files(folder: str | os.PathLike, nbytes: int = 0) -> Iterator[Path]:
-    """A staging folder inside ``folder`` (created if needed); when the block ends without an error, each
-    file written there replaces its namesake in ``folder`` (``os.replace``, one file at a time), so a
-    failed write leaves the folder's earlier files as they were. The staging folder is removed in any case.
+def staged_files(folder: str | os.PathLike[str], nbytes: int = 0) -> Iterator[Path]:
+    """A staging folder inside ``folder`` (created if needed) whose files replace their namesakes on success.
+
+    When the block ends without an error, each file written there replaces its namesake in ``folder``
+    (``os.replace``, one file at a time), so a failed write leaves the folder's earlier files as they were.
+    The staging folder is removed in any case.
 
     ``nbytes``: about what the files take; a disk with less free room is refused before anything is
     written, and a full disk met while writing is a :class:`~hf_transfer.errors.NoSpaceError` naming
@@ -166,9 +171,10 @@ def staged_files(folder: str | os.PathLike, nbytes: int = 0) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def staged_file(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary name next to ``path`` to write to; renamed onto ``path`` when the block ends without an
-    error (a reader sees the old file or the new one, never half of one), removed otherwise."""
+def staged_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary name next to ``path`` to write to, renamed onto ``path`` when the block ends without error.
+
+    A reader sees the old file or the new one, never half of one; the temporary name is removed otherwise."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
@@ -179,7 +185,7 @@ def staged_file(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     """``path`` holds ``text`` (see :func:`staged_file`)."""
     with staged_file(path) as tmp:
         tmp.write_text(text)
@@ -189,12 +195,12 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
 # entry records: size + checksum of each file, checked on first use
 
 
-def _identity(path: str | os.PathLike) -> tuple[int, int, int, int]:
+def _identity(path: str | os.PathLike[str]) -> tuple[int, int, int, int]:
     st = os.stat(path)
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def file_checksum(path: str | os.PathLike) -> str:
+def file_checksum(path: str | os.PathLike[str]) -> str:
     """The XXH3-64 of the file's bytes, as 16 hex digits (read in chunks: any file size, little RAM)."""
     digest = xxhash.xxh3_64()
     buf = bytearray(_CHECKSUM_CHUNK)
@@ -205,7 +211,7 @@ def file_checksum(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def file_records(folder: str | os.PathLike, names: Iterable[str]) -> dict[str, dict]:
+def file_records(folder: str | os.PathLike[str], names: Iterable[str]) -> dict[str, dict[str, Any]]:
     """``{name: {"bytes", "xxh3_64"}}`` of the finished files ``folder/name``, for the entry's metadata."""
     records = {}
     for name in names:
@@ -215,7 +221,7 @@ def file_records(folder: str | os.PathLike, names: Iterable[str]) -> dict[str, d
     return records
 
 
-def _file_problem(path: Path, record) -> str | None:
+def _file_problem(path: Path, record: Any) -> str | None:
     if not isinstance(record, dict) or not {"bytes", CHECKSUM} <= set(record):
         return f"the record of {path.name} is malformed"
     try:
@@ -232,9 +238,11 @@ def _file_problem(path: Path, record) -> str | None:
     return None
 
 
-def entry_problem(folder: str | os.PathLike, meta_name: str = "meta.json") -> str | None:
-    """Why the cache entry ``folder`` cannot be used (None: it can): its metadata ``meta_name`` must
-    parse and hold a :data:`FILES_RECORD` (an entry without one is incomplete), and every recorded file
+def entry_problem(folder: str | os.PathLike[str], meta_name: str = "meta.json") -> str | None:
+    """Why the cache entry ``folder`` cannot be used (None: it can).
+
+    Its metadata ``meta_name`` must parse and hold a :data:`FILES_RECORD` (an entry without one is incomplete), and
+    every recorded file
     must have its size and checksum. Each file is read once per process (a checked file is remembered
     by device, inode, size and mtime)."""
     meta_path = Path(folder) / meta_name
@@ -254,7 +262,7 @@ def entry_problem(folder: str | os.PathLike, meta_name: str = "meta.json") -> st
     return None
 
 
-def discard_entry(folder: str | os.PathLike, problem: str, what: str = "cache entry") -> None:
+def discard_entry(folder: str | os.PathLike[str], problem: str, what: str = "cache entry") -> None:
     """Remove the bad entry ``folder`` with a warning naming it and ``problem``, so the caller rebuilds it.
 
     It is first renamed to a staging name (a reader never sees it half deleted; a removal killed midway is

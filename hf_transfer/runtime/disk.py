@@ -23,8 +23,13 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from hf_transfer.errors import NoSpaceError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 #: messages of errors that mean "the disk is full" whatever the library
 _FULL_MARKERS = ("no space left", "storagefull", "disk quota exceeded")
@@ -54,8 +59,9 @@ def ensure_free_space(path: str | os.PathLike, nbytes: int) -> None:
 
 
 def allocate(path: str | os.PathLike, nbytes: int) -> None:
-    """Reserve the blocks of the existing file ``path`` up to ``nbytes`` (``os.posix_fallocate``), so that
-    writing it later through a memory map cannot fail with SIGBUS; ENOSPC becomes :class:`NoSpaceError`.
+    """Reserve the blocks of the existing file ``path`` up to ``nbytes`` (``os.posix_fallocate``).
+
+    So writing it later through a memory map cannot fail with SIGBUS; ENOSPC becomes :class:`NoSpaceError`.
 
     Where the call does not exist (macOS, Windows) or the file system does not support it, nothing is
     reserved (:func:`ensure_free_space` before it is then the only check)."""
@@ -86,8 +92,9 @@ def is_disk_full_error(err: BaseException, path: str | os.PathLike, nbytes: int)
 
 @contextlib.contextmanager
 def space_errors(path: str | os.PathLike, nbytes: int) -> Iterator[None]:
-    """Re-raise a full disk met in the block as :class:`NoSpaceError` naming ``path`` and ``nbytes`` (the
-    folder the caller writes and all it needs, rather than a staging file inside it)."""
+    """Re-raise a full disk met in the block as :class:`NoSpaceError` naming ``path`` and ``nbytes``.
+
+    The error names the folder the caller writes and all it needs, rather than a staging file inside it."""
     try:
         yield
     except NoSpaceError as err:  # from a file inside ``path``: name what the caller writes, and all it needs
@@ -103,9 +110,10 @@ def tensors_bytes(tensors: Iterable) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def allocated_memmap(path: str | os.PathLike, dtype, shape: tuple[int, ...]):
-    """A new ``.npy`` file at ``path`` opened as a writable memmap, its blocks reserved first (see
-    :func:`allocate`): a full disk is a :class:`NoSpaceError` here, never SIGBUS while it is written."""
+def allocated_memmap(path: str | os.PathLike[str], dtype: npt.DTypeLike, shape: tuple[int, ...]) -> np.memmap[Any, Any]:
+    """A new ``.npy`` file at ``path`` opened as a writable memmap, its blocks reserved first.
+
+    See :func:`allocate`: a full disk is a :class:`NoSpaceError` here, never SIGBUS while it is written."""
     import numpy as np
 
     nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize

@@ -76,13 +76,15 @@ class FolderLock:
     def __enter__(self) -> FolderLock:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
 def lock_folder(folder: str | os.PathLike, command: str, *, create: bool = True) -> FolderLock:
-    """Hold ``folder`` for ``command`` (``train``, ``push``, ...) or raise :class:`FolderInUseError` naming the
-    holder's pid and host. ``create``: make the folder when missing (removed again on release if still empty)."""
+    """Hold ``folder`` for ``command`` (``train``, ``push``, ...), or raise :class:`FolderInUseError`.
+
+    The error names the holder's pid and host. ``create``: make the folder when missing (removed again on release if
+    still empty)."""
     folder = os.path.realpath(folder)
     path = os.path.join(folder, LOCK_FILE)
     with _GUARD:
@@ -206,8 +208,10 @@ def _drop(held: _Held) -> None:
 
 
 def check_output_folder(output_dir: str | None, command: str, outputs: tuple[str, ...], *, overwrite: bool) -> None:
-    """Refuse, before any work, an ``--output_dir`` that ``command`` cannot write ``outputs`` into: a file, a
-    folder another process holds (a run writing it), or one holding files without ``--overwrite_output_dir``."""
+    """Refuse, before any work, an ``--output_dir`` that ``command`` cannot write ``outputs`` into.
+
+    That is a file, a folder another process holds (a run writing it), or one holding files without
+    ``--overwrite_output_dir``."""
     if output_dir is None:
         return
     if os.path.isfile(output_dir):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Iterator
 
 DISTRIBUTION = "hf-transfer-learning"
 OTHER_DISTRIBUTION = "hf-transfer"
@@ -24,7 +25,7 @@ _OTHER_DIST_INFO = re.compile(r"hf[_-]transfer-[^-]+\.(dist|egg)-info", re.IGNOR
 _OWN_DIST_INFO = "hf_transfer_learning-*.dist-info"
 
 
-def _origins(package_dir: str):
+def _origins(package_dir: str) -> Iterator[str]:
     """This package's ``direct_url.json`` texts: the dist-info beside the package (a wheel install), then
     importlib.metadata's (an editable install keeps its dist-info in site-packages, away from the checkout)."""
     import glob
@@ -44,8 +45,9 @@ def _origins(package_dir: str):
 
 
 def reinstall_command(package_dir: str = _PACKAGE_DIR) -> str:
-    """The pip command that reinstalls this package from where it came (its ``direct_url.json``: the wheel or
-    checkout it was installed from), or a general one."""
+    """The pip command that reinstalls this package from where it came, or a general one.
+
+    Where it came from is its ``direct_url.json``: the wheel or checkout it was installed from."""
     import json
     from urllib.parse import unquote, urlparse
 
@@ -105,7 +107,9 @@ def _installed_other() -> str | None:
 
 
 def conflict(thorough: bool = False) -> str | None:
-    """What is wrong, in a sentence with the fix, or None. ``thorough`` also asks importlib.metadata (finds the
+    """What is wrong, in a sentence with the fix, or None.
+
+    ``thorough`` also asks importlib.metadata (finds the
     other package installed in another folder of sys.path too)."""
     found = []
     if init_replaced():
@@ -133,7 +137,9 @@ def conflict(thorough: bool = False) -> str | None:
 
 
 def require_own_package() -> None:
-    """ImportError with the fix when the package ``__init__.py`` is the other package's (our modules are then
-    loaded under a foreign package and fail in confusing ways, e.g. ``cannot import name '__version__'``)."""
+    """Raise ImportError with the fix when the package ``__init__.py`` is the other package's.
+
+    Our modules are then loaded under a foreign package and fail in confusing ways, e.g. ``cannot import name
+    '__version__'``."""
     if init_replaced():
         raise ImportError(conflict())

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 
 
 class _DropMessages(logging.Filter):
@@ -53,12 +57,14 @@ class quiet_load_report:
             self._logger.addFilter(self._filter)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._logger.removeFilter(self._filter)
 
 
-def setup_logging(training_args=None) -> None:
-    """The console of a command: timestamped INFO lines (WARNING on the processes that do not log), the
+def setup_logging(training_args: TrainingArguments | None = None) -> None:
+    """Set up the console of a command.
+
+    Timestamped INFO lines (WARNING on the processes that do not log), the
     libraries at WARNING, and without the lines nobody can act on (:func:`quiet_unactionable_logs`)."""
     import datasets
     import transformers

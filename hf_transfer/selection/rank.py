@@ -21,24 +21,34 @@ error, the others are ranked and written, and the command exits 2.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
 import os
 import re
 import time
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.ranking import SCORES, score_features
 
+if TYPE_CHECKING:
+    import torch
+    from datasets import Dataset
+
+    from hf_transfer.methods.feature.cache import FeatureCache
+    from hf_transfer.models.backbones import Backbone
+
 logger = logging.getLogger(__name__)
 
 
-def _run_dict(args, backbone: str, output_dir: str) -> dict:
+def _run_dict(args: argparse.Namespace, backbone: str, output_dir: str) -> dict[str, Any]:
     """The feature-mode run whose train features this ranking computes (also the --top_k config)."""
-    run = {"mode": "feature", "method": "linear", "backbone": backbone, "target": args.target}
+    run: dict[str, Any] = {"mode": "feature", "method": "linear", "backbone": backbone, "target": args.target}
     run["output_dir"] = output_dir
     optional = {
         "source": args.source,
@@ -55,7 +65,7 @@ def _run_dict(args, backbone: str, output_dir: str) -> dict:
     return run
 
 
-def check_args(args) -> None:
+def check_args(args: argparse.Namespace) -> None:
     """Everything checkable before loading anything, each error one line naming what to fix."""
     from hf_transfer.data.spec import parse_dataset_spec
     from hf_transfer.models.backbones import check_backbone
@@ -84,7 +94,7 @@ def check_args(args) -> None:
         raise TransferConfigError(f"--output_dir {args.output_dir!r} is a file; give a folder.")
 
 
-def _source_probs(backbone, features) -> np.ndarray:
+def _source_probs(backbone: Backbone, features: npt.ArrayLike) -> np.ndarray:
     """The pretrained classifier's softmax over its own classes, from the cached (pooled) features."""
     import torch
 
@@ -96,7 +106,9 @@ def _source_probs(backbone, features) -> np.ndarray:
         return torch.softmax(logits, 1).numpy()
 
 
-def rank_candidate(args, model_id: str, train, cache, device) -> dict:
+def rank_candidate(
+    args: argparse.Namespace, model_id: str, train: Dataset, cache: FeatureCache, device: torch.device
+) -> dict[str, Any]:
     """Load one candidate (keeping its own classifier when it has one), cache its features, score them."""
     import torch
     from transformers import set_seed
@@ -145,17 +157,18 @@ def rank_candidate(args, model_id: str, train, cache, device) -> dict:
     }
 
 
-def _order(candidates: list[dict], rank_by: str) -> list[dict]:
+def _order(candidates: list[dict[str, Any]], rank_by: str) -> list[dict[str, Any]]:
     """Best first by ``rank_by``; candidates without that score (n/a) last, in the given order."""
 
-    def key(c):
+    def key(c: dict[str, Any]) -> tuple[int, float]:
         v = c["scores"].get(rank_by)
         return (0, -v) if v is not None and math.isfinite(v) else (1, 0.0)
 
     return sorted(candidates, key=key)
 
 
-def format_table(candidates: list[dict], rank_by: str, score_names: list[str]) -> str:
+def format_table(candidates: list[dict[str, Any]], rank_by: str, score_names: list[str]) -> str:
+    """The ranking as a text table, best first: each candidate's scores, size, time and cache use."""
     names = [rank_by] + [s for s in score_names if s != rank_by]
     header = ["#", "backbone", *names, "dim", "params", "seconds", "cache"]
     rows = []
@@ -177,9 +190,11 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_.")[:60] or "backbone"
 
 
-def rank_backbones(args) -> dict:
-    """The ranking of ``args.backbones`` on ``args.target`` (see the module doc); writes the outputs, holding
-    ``--output_dir``'s lock from the argument checks to the last write (one writer per folder, as ``train``)."""
+def rank_backbones(args: argparse.Namespace) -> dict[str, Any]:
+    """The ranking of ``args.backbones`` on ``args.target`` (see the module doc).
+
+    Writes the outputs, holding ``--output_dir``'s lock from the argument checks to the last write (one writer per
+    folder, as ``train``)."""
     from hf_transfer.runtime.folder_lock import lock_folder
 
     check_args(args)
@@ -187,7 +202,7 @@ def rank_backbones(args) -> dict:
         return _rank_backbones(args)
 
 
-def _rank_backbones(args) -> dict:
+def _rank_backbones(args: argparse.Namespace) -> dict[str, Any]:
     """:func:`rank_backbones` once the output folder is held."""
     import torch
     from transformers import set_seed
@@ -247,7 +262,7 @@ def _rank_backbones(args) -> dict:
     return result
 
 
-def _write_top_k(args, best: list[dict]) -> list[dict]:
+def _write_top_k(args: argparse.Namespace, best: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One feature-mode config per best candidate: the same data and cache, so its features are a hit."""
     import yaml
 

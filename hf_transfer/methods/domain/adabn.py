@@ -38,8 +38,10 @@ def _to(x: Any, device: torch.device | str | None) -> Any:
 
 
 def default_forward(model: nn.Module, batch: Any) -> Any:
-    """Tensor -> ``model(batch)``; mapping -> ``model(**batch)`` without label keys;
-    tuple/list -> ``model(batch[0])`` (inputs first, labels ignored)."""
+    """The model's output on ``batch``, whatever form the batch takes.
+
+    Tensor -> ``model(batch)``; mapping -> ``model(**batch)`` without label keys; tuple/list -> ``model(batch[0])``
+    (inputs first, labels ignored)."""
     if isinstance(batch, torch.Tensor):
         return model(batch)
     if isinstance(batch, Mapping):

@@ -21,6 +21,7 @@ from hf_transfer.methods.domain.registry import register_loss
 
 
 def covariance(x: torch.Tensor) -> torch.Tensor:
+    """The unbiased ``[D, D]`` covariance of the rows of ``x`` (at least 2)."""
     n = x.shape[0]
     if n < 2:
         raise ValueError("CORAL needs at least 2 samples per domain")
@@ -29,6 +30,7 @@ def covariance(x: torch.Tensor) -> torch.Tensor:
 
 
 def coral(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+    """The CORAL distance: squared Frobenius gap of the two domains' feature covariances over ``4 d^2``."""
     dt = torch.promote_types(f_s.dtype, torch.float32)  # covariances in at least float32
     f_s, f_t = f_s.flatten(1).to(dt), f_t.flatten(1).to(dt)
     d = f_s.shape[1]

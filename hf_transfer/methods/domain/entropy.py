@@ -23,10 +23,12 @@ from hf_transfer.methods.domain.registry import register_loss
 
 
 def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """The mean entropy of the softmax predictions of ``logits``."""
     return entropy(F.softmax(_atleast_float32(logits), dim=1)).mean()
 
 
 def information_maximization_loss(logits: torch.Tensor, diversity: float = 1.0) -> torch.Tensor:
+    """Mean prediction entropy minus ``diversity`` times the entropy of the mean prediction (SHOT's IM loss)."""
     p = F.softmax(_atleast_float32(logits), dim=1)
     return entropy(p).mean() - diversity * entropy(p.mean(0), dim=0)
 

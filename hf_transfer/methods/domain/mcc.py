@@ -25,6 +25,9 @@ from hf_transfer.methods.domain.registry import register_loss
 
 
 def mcc(logits_t: torch.Tensor, temperature: float = 2.5) -> torch.Tensor:
+    """The class confusion of the target predictions that MCC minimises.
+
+    Entropy-weighted and row-normalised; its mass off the diagonal, over C."""
     b, c = logits_t.shape
     y = F.softmax(_atleast_float32(logits_t) / temperature, dim=1)
     with torch.no_grad():

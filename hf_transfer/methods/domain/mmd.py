@@ -23,6 +23,7 @@ from hf_transfer.methods.domain.registry import register_loss
 
 
 def gaussian_kernel_matrix(x: torch.Tensor, y: torch.Tensor, bandwidths: torch.Tensor) -> torch.Tensor:
+    """The ``[N, M]`` Gaussian kernel between the rows of ``x`` and ``y``, averaged over ``bandwidths``."""
     d2 = torch.cdist(x, y).pow(2)
     return torch.exp(-d2.unsqueeze(0) / bandwidths.view(-1, 1, 1)).mean(0)
 
@@ -56,6 +57,7 @@ def mk_mmd(
     estimator: str = "unbiased",
     bandwidth_floor: float = 1e-8,
 ) -> torch.Tensor:
+    """The multi-kernel MMD between the source and target features (``estimator``: unbiased, biased or linear)."""
     if f_s.shape[0] < 2 or f_t.shape[0] < 2:
         raise ValueError("MMD needs at least 2 samples per domain")
     # kernels in at least float32 (cdist has no bfloat16 kernel and half precision is too coarse)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from hf_transfer.methods.domain.base import TransferLoss
 from hf_transfer.methods.domain.step import SteppedLoss
@@ -29,8 +29,9 @@ def register_loss(
     soft_targets: bool = True,
     find_unused_parameters: bool = False,
 ) -> Callable[[T], T]:
-    """Class decorator: the one registration call of a domain method (mode ``domain``; ``default``:
-    the method used when none is given; see :func:`~hf_transfer.methods.registry.register_method`).
+    """Class decorator: the one registration call of a domain method (mode ``domain``).
+
+    ``default``: the method used when none is given; see :func:`~hf_transfer.methods.registry.register_method`.
 
     A domain method needs the labelled source and a backbone that trains; ``target_images``: whether it
     trains on the (unlabelled) target images (False: the source-only baseline). ``soft_targets``: a
@@ -64,7 +65,7 @@ def register_loss(
     return deco
 
 
-def build_loss(name: str, feature_dim: int, num_classes: int, **options) -> TransferLoss:
+def build_loss(name: str, feature_dim: int, num_classes: int, **options: Any) -> TransferLoss:
     """Instantiate the registered loss ``name`` with ``options`` (its ``method_args``).
 
     Unknown ``name``, an option the method does not take, or a value of the wrong type ->
@@ -72,4 +73,6 @@ def build_loss(name: str, feature_dim: int, num_classes: int, **options) -> Tran
     """
     method = get_method(name, "domain")
     method.options(options)
-    return method.implementation(feature_dim=int(feature_dim), num_classes=int(num_classes), **options)
+    loss_class = method.implementation
+    assert loss_class is not None and issubclass(loss_class, TransferLoss), "register_loss registers a TransferLoss"
+    return loss_class(feature_dim=int(feature_dim), num_classes=int(num_classes), **options)

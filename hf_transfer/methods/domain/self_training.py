@@ -132,6 +132,7 @@ class ClassBalancedSelfTrainingLoss(TransferLoss):
         self.fraction, self.fraction_start = float(fraction), float(fraction_start)
 
     def current_fraction(self) -> float:
+        """The fraction of target rows pseudo-labelled now: from ``fraction_start`` to ``fraction`` over training."""
         return self.fraction_start + (self.fraction - self.fraction_start) * self.progress
 
     def forward(

@@ -62,8 +62,9 @@ class SteppedLoss(TransferLoss):
     frozen_feature_phases: frozenset[str] = frozenset()
 
     def train_step(self, runner: StepRunner) -> torch.Tensor:  # pragma: no cover - abstract
-        """Run this method's passes for one optimizer step, leaving the last update to the Trainer; returns the
-        loss the step reports as its training loss (detached)."""
+        """Run this method's passes for one optimizer step, leaving the last update to the Trainer.
+
+        Returns the loss the step reports as its training loss (detached)."""
         raise NotImplementedError
 
     def phase_loss(  # pragma: no cover - abstract

@@ -48,6 +48,7 @@ import logging
 import os
 import shutil
 import socket
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -70,6 +71,9 @@ from hf_transfer.runtime.cache import (
 )
 from hf_transfer.runtime.disk import allocated_memmap, free_bytes, space_errors
 
+if TYPE_CHECKING:
+    from datasets import Dataset
+
 logger = logging.getLogger(__name__)
 CACHE_VERSION = "2"  # 2: images converted by data/images.to_rgb (16-bit and float images keep their range)
 #: rows copied per step when shards are joined (bounds the RAM the join uses)
@@ -77,6 +81,7 @@ _JOIN_ROWS = 4096
 
 
 def default_cache_dir() -> str:
+    """Where cached features live by default: ``$HF_TRANSFER_CACHE/features``."""
     return str(cache_path("features"))
 
 
@@ -86,9 +91,11 @@ def cache_key(
     split: str,
     weights_hash: str | None = None,
     input_path: str = "stock",
-    numerics: dict | None = None,
+    numerics: dict[str, Any] | None = None,
 ) -> str:
-    """``numerics``: what else changes the features' values (the extraction's autocast dtype, memory format):
+    """The cache key of ``backbone``'s features of one split of a dataset.
+
+    ``numerics``: what else changes the features' values (the extraction's autocast dtype, memory format):
     a bf16 or channels_last extraction is not reused by an fp32 / NCHW run, nor the reverse."""
     payload = {
         "numerics": numerics or {},
@@ -122,7 +129,7 @@ def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return n * rank // world_size, n * (rank + 1) // world_size
 
 
-def _all(state: PartialState, value) -> list:
+def _all(state: PartialState, value: Any) -> list[Any]:
     """``value`` of every process, in rank order, on every process (so all of them take the same branch)."""
     return gather_object([value]) if state.num_processes > 1 else [value]
 
@@ -138,7 +145,7 @@ def _save_npy(path: str, array: np.ndarray) -> None:
         np.save(f, array)
 
 
-def _write_meta(folder: str, meta: dict) -> None:
+def _write_meta(folder: str | os.PathLike[str], meta: dict[str, Any]) -> None:
     """The entry's ``meta.json`` with its files' sizes and checksums: written last, it marks the entry complete."""
     files = file_records(folder, ["features.npy", "labels.npy"])
     with open(os.path.join(folder, "meta.json"), "w") as f:
@@ -163,8 +170,8 @@ class FeatureCache:
         amp_dtype: torch.dtype | None = None,
         *,
         channels_last: bool = False,
-        compile_options: dict | None = None,
-    ):
+        compile_options: dict[str, Any] | None = None,
+    ) -> None:
         self.cache_dir = cache_dir or default_cache_dir()
         self.input_path = check_input_path(input_path)
         self.decoded_cache_dir, self.num_workers, self.amp_dtype = decoded_cache_dir, num_workers, amp_dtype
@@ -177,8 +184,8 @@ class FeatureCache:
         return os.path.join(self.cache_dir, key)
 
     @staticmethod
-    def load(path: str) -> tuple[np.memmap, np.memmap]:
-        """(features, labels) of an entry, memory-mapped: nothing is read until rows are used.
+    def load(path: str) -> tuple[np.ndarray, np.ndarray]:
+        """The (features, labels) of an entry, memory-mapped: nothing is read until rows are used.
 
         Opened copy-on-write (``mmap_mode="c"``): writable for ``torch.from_numpy``, never written back."""
         return (
@@ -187,20 +194,21 @@ class FeatureCache:
         )
 
     @staticmethod
-    def meta(path: str) -> dict:
+    def meta(path: str) -> dict[str, Any]:
+        """The entry's ``meta.json`` (what it holds, its shards, its files' records)."""
         with open(os.path.join(path, "meta.json")) as f:
             return json.load(f)
 
     def get_or_compute(
         self,
         backbone: Backbone,
-        dataset,
+        dataset: Dataset,
         split: str,
         batch_size: int = 256,
         device: torch.device | str = "cpu",
         weights_hash: str | None = None,
         input_path: str | None = None,
-    ):
+    ) -> tuple[torch.Tensor, torch.Tensor, str]:
         """``(features, labels, path)``: memory-mapped tensors of the whole split (computed on a miss)."""
         input_path = check_input_path(input_path or self.input_path)
         state = PartialState()
@@ -238,7 +246,17 @@ class FeatureCache:
 
     # -- a miss ----------------------------------------------------------------------------------
 
-    def _compute(self, backbone, dataset, split, batch_size, device, input_path, key, state) -> None:
+    def _compute(
+        self,
+        backbone: Backbone,
+        dataset: Dataset,
+        split: str,
+        batch_size: int,
+        device: torch.device | str,
+        input_path: str,
+        key: str,
+        state: PartialState,
+    ) -> None:
         os.makedirs(self.cache_dir, exist_ok=True)
         meta = {
             "backbone": backbone.model_id,
@@ -264,7 +282,18 @@ class FeatureCache:
         finally:
             state.wait_for_everyone()  # the entry is in place (or rank 0 failed: the others then find no entry)
 
-    def _extract_into(self, folder, prefix, backbone, dataset, split, batch_size, device, input_path, state) -> dict:
+    def _extract_into(
+        self,
+        folder: str | os.PathLike[str],
+        prefix: str,
+        backbone: Backbone,
+        dataset: Dataset,
+        split: str,
+        batch_size: int,
+        device: torch.device | str,
+        input_path: str,
+        state: PartialState,
+    ) -> dict[str, Any]:
         """Extract this rank's rows into ``folder/<prefix>{features,labels}.npy`` (+ ``.json``), streaming."""
         rank, world_size = state.process_index, state.num_processes
         start, stop = shard_bounds(len(dataset), rank, world_size)
@@ -310,7 +339,7 @@ class FeatureCache:
             write_atomic(os.path.join(folder, prefix + "json"), json.dumps(shard, indent=1))
         return shard
 
-    def _join(self, key: str, shard_dir: str, meta: dict, world_size: int) -> None:
+    def _join(self, key: str, shard_dir: str, meta: dict[str, Any], world_size: int) -> None:
         """Rank 0: the shards, in rank order, copied chunk by chunk into one entry."""
         prefixes = [os.path.join(shard_dir, f"shard-{r}-of-{world_size}.") for r in range(world_size)]
         shards = []

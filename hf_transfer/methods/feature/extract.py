@@ -6,6 +6,8 @@ them to disk; :func:`extract_features` returns them in memory."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import PartialState
@@ -16,6 +18,10 @@ from hf_transfer.data.paired import collate_images
 from hf_transfer.data.transforms import eval_transform, make_batch_transform
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.models.backbones import Backbone
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +37,7 @@ def check_input_path(input_path: str) -> str:
 
 def iter_features(
     backbone: Backbone,
-    dataset,
+    dataset: Dataset,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     desc: str = "Extracting features",
@@ -41,13 +47,14 @@ def iter_features(
     num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
-    compile_options: dict | None = None,
-):
+    compile_options: dict[str, Any] | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Yield ``(features float32 [b, D] on the CPU, labels int64 [b] or None)`` batch by batch, in order.
 
     Arguments as :func:`extract_features`; this is what the cache streams to disk.
     """
     device = torch.device(device)
+    augment: nn.Module | None
     if check_input_path(input_path) == "fast":
         loader, augment = _fast_loader(backbone, dataset, batch_size, device, decoded_cache_dir, num_workers)
     else:
@@ -89,7 +96,7 @@ def iter_features(
 
 def extract_features(
     backbone: Backbone,
-    dataset,
+    dataset: Dataset,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     desc: str = "Extracting features",
@@ -99,9 +106,9 @@ def extract_features(
     num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
-    compile_options: dict | None = None,
+    compile_options: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features float32 [N, D], labels int64 [N]) of ``dataset`` (columns image, label), in RAM.
+    """The (features float32 [N, D], labels int64 [N]) of ``dataset`` (columns image, label), in RAM.
 
     ``input_path="stock"`` (default): PIL eval transform per image. ``"fast"``: decode once into a
     :class:`~hf_transfer.data.decoded.DecodedImages` ``"eval"`` cache under ``decoded_cache_dir``
@@ -137,8 +144,13 @@ def extract_features(
 
 
 def _fast_loader(
-    backbone: Backbone, dataset, batch_size: int, device: torch.device, decoded_cache_dir, num_workers: int
-):
+    backbone: Backbone,
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device,
+    decoded_cache_dir: str | None,
+    num_workers: int,
+) -> tuple[DataLoader[dict[str, Any]], nn.Module]:
     """The ``"fast"`` input path: a loader over the decoded uint8 eval cache + the on-device normaliser."""
     from hf_transfer.data.augment import BatchAugment
     from hf_transfer.data.decoded import DecodedImages, collate_decoded
