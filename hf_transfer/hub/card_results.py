@@ -19,8 +19,10 @@ from hf_transfer.methods.registry import is_baseline
 
 
 def wilson_interval(acc: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """The Wilson score interval of an accuracy measured on ``n`` images (scipy's ``binomtest``): unlike
-    the normal approximation it does not collapse to +-0 at 0% or 100%, and stays inside [0, 1]."""
+    """The Wilson score interval of an accuracy measured on ``n`` images (scipy's ``binomtest``).
+
+    Unlike the normal approximation it does not collapse to +-0 at 0% or 100%, and stays inside [0, 1].
+    """
     from scipy.stats import binomtest
 
     ci = binomtest(int(round(acc * n)), n).proportion_ci(confidence_level=confidence, method="wilson")
@@ -46,8 +48,10 @@ def _ci(acc: float, n: int | None) -> str:
 
 
 def base_before(results: dict) -> dict | None:
-    """The base checkpoint's own head on the target test set before adaptation (``base_model_evaluation``,
-    written by training only when its class names overlap the target's), shaped like a results dict."""
+    """The base checkpoint's own head on the target test set before adaptation, shaped like a results dict.
+
+    From ``base_model_evaluation``, written by training only when its class names overlap the target's.
+    """
     ev = results.get("base_model_evaluation")
     if not ev or not ev.get("metrics"):
         return None
@@ -82,8 +86,11 @@ def base_before_note(before: dict | None) -> str:
 
 
 def results_tables(results: dict, baseline: dict | None, upper: dict | None, method_title: str) -> dict:
-    """The results table (this model, base model before adaptation, baseline, upper bound per domain) and
-    the per-class table."""
+    """The results table and the per-class table.
+
+    The results table has a row for this model, the base model before adaptation, the baseline and the upper
+    bound, with columns per domain.
+    """
     method = results.get("method")
     domains = [d for d in ("target", "source") if d in (results.get("metrics") or {})]
     columns = []

@@ -69,8 +69,11 @@ def _candidate_name(backbone: str) -> str:
 
 
 def why_backbone_vars(results: dict) -> dict:
-    """Template variables of the "Why this backbone" section, from ``results["ranking"]`` (a run started
-    from a ``hf-transfer rank`` config); empty rows (no section) for a run without a ranking."""
+    """Template variables of the "Why this backbone" section, from ``results["ranking"]``.
+
+    A run started from a ``hf-transfer rank`` config has a ranking; a run without one gets empty rows (no
+    section).
+    """
     ranking = results.get("ranking")
     if not ranking:
         return dict(why_backbone_intro="", why_backbone_columns=[], why_backbone_rows=[])
@@ -101,8 +104,10 @@ def _before_text(results: dict) -> str:
 
 
 def lineage(results: dict) -> str:
-    """The card's lineage line (the whole chain up to this run), "" for a run straight from an origin that
-    the backbone line already says (Hub model, random init)."""
+    """The card's lineage line: the whole chain up to this run.
+
+    "" for a run straight from an origin that the backbone line already says (Hub model, random init).
+    """
     return chain_text(results) if base_run(results) is not None else ""
 
 
@@ -251,7 +256,7 @@ def data_vars(results: dict, backbone: str) -> dict:
 
 
 def hyperparameters(results: dict) -> list[tuple]:
-    """(name, value) rows: the Trainer's hyper-parameters, the seed, the runtime and the final loss."""
+    """The (name, value) rows of the Trainer's hyper-parameters, the seed, the runtime and the final loss."""
     hp = dict(results.get("hyperparameters") or {})
     recipe = hp.pop("recipe_defaults", None) or {}
     if hp.get("optim_args") is None:  # runs recorded before optim_args was a hyper-parameter
@@ -284,8 +289,11 @@ def hyperparameters(results: dict) -> list[tuple]:
 
 
 def reproduce_vars(results: dict, repo_id: str | None, revision: str | None) -> dict:
-    """Template variables of the "reproduce this run" section: the arguments as YAML, what the placeholders
-    stand for, and the push command (``repo_id`` None: a local card, not pushed yet)."""
+    """Template variables of the "reproduce this run" section.
+
+    The arguments as YAML, what the placeholders stand for, and the push command (``repo_id`` None: a local
+    card, not pushed yet).
+    """
     config, exact = run_config(results)
     intro = (
         "The exact arguments of this run (`train_config.yaml` beside this card)."

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +33,12 @@ def check_repo_id(repo_id: str) -> None:
         raise PushError(f"Invalid repo id {repo_id!r}: {reason} Nothing was pushed.") from err
 
 
-def create_repo(api, repo_id: str, private: bool | None) -> tuple[str, bool]:
-    """(full repo id, whether this push created the repo): the Hub answers 200 to one creator and 409 to
-    every other, so of two first pushes at the same moment exactly one owns the creation."""
+def create_repo(api: HfApi, repo_id: str, private: bool | None) -> tuple[str, bool]:
+    """Create the repo, or find it there; returns (its full id, whether this push created it).
+
+    The Hub answers 200 to one creator and 409 to every other, so of two first pushes at the same moment
+    exactly one owns the creation.
+    """
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
@@ -49,9 +58,12 @@ class NewBranch:
     start: str | None
 
 
-def create_branch(api, repo_id: str, branch: str) -> NewBranch | None:
-    """Create ``branch`` from the head of main when it does not exist; None when it exists, including when
-    another writer created it between our listing and our request (409: the branch is theirs, not ours)."""
+def create_branch(api: HfApi, repo_id: str, branch: str) -> NewBranch | None:
+    """Create ``branch`` from the head of main when it does not exist.
+
+    None when it exists, including when another writer created it between our listing and our request (409:
+    the branch is theirs, not ours).
+    """
     from huggingface_hub import constants
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -68,7 +80,7 @@ def create_branch(api, repo_id: str, branch: str) -> NewBranch | None:
     return NewBranch(branch, start)
 
 
-def _others_work(api, repo_id: str, new_branch: NewBranch | None, whole_repo: bool) -> list[str]:
+def _others_work(api: HfApi, repo_id: str, new_branch: NewBranch | None, whole_repo: bool) -> list[str]:
     """What the repo (``whole_repo``) or the new branch holds beyond what this push's creation put there:
     [] when it holds nothing but that (the Hub's initial commit of a repo we created, or the commit a branch
     we created started at). Anything else is another writer's, or this push's own commit whose answer was
@@ -92,6 +104,7 @@ def _others_work(api, repo_id: str, new_branch: NewBranch | None, whole_repo: bo
         found += [f"the tag {t.name!r}" for t in refs.tags]
         found += [f"the pull request {p.ref}" for p in refs.pull_requests or []]
         return found
+    assert new_branch is not None, "a push that did not create the repo asks only about the branch it created"
     head = heads.get(new_branch.name)
     if head is not None and head != new_branch.start:
         history = api.list_repo_commits(repo_id, revision=head)
@@ -101,9 +114,10 @@ def _others_work(api, repo_id: str, new_branch: NewBranch | None, whole_repo: bo
     return found
 
 
-def undo_created(api, repo_id: str, created_repo: bool, new_branch: NewBranch | None) -> str:
-    """Delete the repo (or branch) a failed push created, only while it holds nothing but what the creation
-    put there; returns what was left and why (empty when nothing was created, or it was deleted).
+def undo_created(api: HfApi, repo_id: str, created_repo: bool, new_branch: NewBranch | None) -> str:
+    """Delete the repo (or branch) a failed push created, only while it holds nothing but what the creation put.
+
+    Returns what was left and why (empty when nothing was created, or it was deleted).
 
     Check, then delete: the Hub has no conditional delete (``delete_repo``/``delete_branch`` take no
     expected head), so a commit that lands after the listing in :func:`_others_work` and before the DELETE
@@ -113,14 +127,14 @@ def undo_created(api, repo_id: str, created_repo: bool, new_branch: NewBranch | 
     cause our failure to land inside that one round trip right after it; and never deleting would
     leave an empty repo behind every failed first push, which users then delete by hand with a far wider
     window. Anything found, or a listing that fails, leaves the repo and branch as they are."""
-    if not created_repo and (new_branch is None):
-        return ""
     if created_repo:
         what = f"the repo {repo_id} it created"
     else:
+        if new_branch is None:
+            return ""
         what = f"the branch {new_branch.name!r} it created in {repo_id}"
-    if not created_repo and new_branch.start is None:
-        return f"The failed push left {what} (its starting commit is unknown): run the same command again."
+        if new_branch.start is None:
+            return f"The failed push left {what} (its starting commit is unknown): run the same command again."
     try:
         found = _others_work(api, repo_id, new_branch, whole_repo=created_repo)
     except Exception as err:  # the Hub that failed the push may fail this too: then nothing is deleted
@@ -135,6 +149,7 @@ def undo_created(api, repo_id: str, created_repo: bool, new_branch: NewBranch | 
         if created_repo:
             api.delete_repo(repo_id, repo_type="model")
         else:
+            assert new_branch is not None, "a push that created neither returned above"
             api.delete_branch(repo_id, branch=new_branch.name)
     except Exception as err:  # the Hub that failed the push may fail this too
         return (
@@ -154,36 +169,39 @@ _HTTP_HINTS = {
 _NO_TOKEN = "No token was sent: set HF_TOKEN or run `hf auth login` with a write token."
 
 
-def _http_error_text(err, endpoint: str, repo_id: str, has_token: bool) -> str:
+def _http_error_text(err: HfHubHTTPError, endpoint: str, repo_id: str, has_token: bool) -> str:
     response = err.response
-    status = response.status_code if response is not None else "?"
+    status = response.status_code if response is not None else None
     reason = f" {response.reason_phrase}" if response is not None and response.reason_phrase else ""
     server = " ".join((err.server_message or "").split())
-    if isinstance(status, int) and status >= 500:
+    if status is None:
+        hint = ""
+    elif status >= 500:
         hint = "A server error: a push lands whole or not at all, so run the same command again later."
     elif status in (401, 403) and not has_token:
         hint = _NO_TOKEN
     else:
         hint = _HTTP_HINTS.get(status, "")
     return (
-        f"Push to {repo_id} failed: the Hub at {endpoint} answered {status}{reason}"
+        f"Push to {repo_id} failed: the Hub at {endpoint} answered {'?' if status is None else status}{reason}"
         + (f" ({server})." if server else ".")
         + (f" {hint}" if hint else "")
     )
 
 
-def _hub_cause(err: BaseException):
+def _hub_cause(err: BaseException) -> BaseException | None:
     """The Hub client's own error behind ``err`` (huggingface_hub wraps some, e.g. LFS uploads in a RuntimeError)."""
     import httpx2  # huggingface_hub's HTTP client: connection failures are its TransportError
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-    while err is not None and not isinstance(err, (HfHubHTTPError, OfflineModeIsEnabled, httpx2.TransportError)):
-        err = err.__cause__
-    return err
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, (HfHubHTTPError, OfflineModeIsEnabled, httpx2.TransportError)):
+        cause = cause.__cause__
+    return cause
 
 
 @contextlib.contextmanager
-def hub_errors(api, repo_id: str):
+def hub_errors(api: HfApi, repo_id: str) -> Iterator[None]:
     """Client exceptions from the Hub -> one PushError line (the original stays chained for --debug)."""
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
@@ -203,7 +221,7 @@ def hub_errors(api, repo_id: str):
         ) from err
 
 
-def _has_token(api) -> bool:
+def _has_token(api: HfApi) -> bool:
     from huggingface_hub import get_token
 
     return api.token is not False and bool(api.token or get_token())

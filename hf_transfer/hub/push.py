@@ -40,6 +40,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hf_transfer.evaluation.run_health import stop_marker_problem
 from hf_transfer.hub import card_inputs, cards
@@ -48,6 +49,9 @@ from hf_transfer.hub.hub_repo import PushError, check_repo_id, create_branch, cr
 from hf_transfer.hub.round_trip import DEFAULT_ATOL, check_round_trip, published_forms
 from hf_transfer.methods.registry import is_baseline
 from hf_transfer.runtime.folder_lock import lock_folder
+
+if TYPE_CHECKING:  # annotations only
+    from huggingface_hub import HfApi
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +113,7 @@ def files_to_push(folder: str | os.PathLike) -> list[str]:
 
 
 def run_commit_message(results: dict, baseline: dict | None = None) -> tuple[str, str]:
-    """(summary line, description) of the push commit: mode/method, base, target accuracy vs baseline."""
+    """The push commit's (summary line, description): mode/method, base, target accuracy vs baseline."""
     mode, method = results.get("mode"), results.get("method")
     base = (
         results.get("base_model")
@@ -162,7 +166,7 @@ def _is_main_process() -> bool:
     )
 
 
-def _remote_readme(api, repo_id: str, revision: str) -> str | None:
+def _remote_readme(api: HfApi, repo_id: str, revision: str) -> str | None:
     from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError
 
     if not api.file_exists(repo_id, card_inputs.README, revision=revision):
@@ -260,7 +264,7 @@ def push_run(
 
 
 def _commit_run(
-    api,
+    api: HfApi,
     folder: Path,
     repo_id: str,
     results: dict,
@@ -268,7 +272,7 @@ def _commit_run(
     *,
     revision: str | None,
     create_pr: bool,
-    token,
+    token: str | bool | None,
     commit_message: str | None,
     upper_bound: dict | None,
     license: str | None,
@@ -320,8 +324,11 @@ def _commit_run(
 
 
 def local_adapter_base(folder: str | os.PathLike) -> str | None:
-    """The local folder a LoRA adapter in ``folder`` (at the root, or in ``adapter/`` beside a merged model)
-    records as its base; None for a Hub base or no adapter (a merged-only folder points at no base)."""
+    """The local folder a LoRA adapter in ``folder`` records as its base, if it is one.
+
+    The adapter is at the root, or in ``adapter/`` beside a merged model. None for a Hub base or no adapter (a
+    merged-only folder points at no base).
+    """
     from hf_transfer.models.adapters import ADAPTER_SUBDIR
 
     for config in (Path(folder) / "adapter_config.json", Path(folder) / ADAPTER_SUBDIR / "adapter_config.json"):

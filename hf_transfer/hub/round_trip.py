@@ -10,13 +10,18 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from hf_transfer.models.examples import REFERENCE_PREDICTIONS
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ATOL = 1e-3
+
+# a loaded form: (image path, k) -> its top-k predictions, [{"label": ..., "score": ...}, ...]
+_Predict = Callable[[str, int], list[dict[str, Any]]]
 
 
 class RoundTripError(RuntimeError):
@@ -33,7 +38,7 @@ def _pipeline_kwargs(folder: Path) -> dict:
     return stock_pipeline_kwargs(str(folder))
 
 
-def _pipeline_form(model_dir: Path, device):
+def _pipeline_form(model_dir: Path, device: str | int | None) -> _Predict:
     """The folder's root with ``pipeline("image-classification")`` (for an adapter, with its card's arguments)."""
     from transformers import pipeline
 
@@ -41,18 +46,20 @@ def _pipeline_form(model_dir: Path, device):
     return lambda image, k: clf(image, top_k=k)
 
 
-def _handler_form(model_dir: Path):
+def _handler_form(model_dir: Path) -> _Predict:
     """The folder's ``handler.py`` as an Inference Endpoint runs it: ``EndpointHandler(dir)({"inputs": image})``."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("hf_transfer_checked_handler", model_dir / "handler.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{model_dir / 'handler.py'} cannot be loaded as a Python module")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     handler = module.EndpointHandler(str(model_dir))
     return lambda image, k: handler({"inputs": image, "parameters": {"top_k": k}})
 
 
-def _subfolder_adapter_form(model_dir: Path, subfolder: str):
+def _subfolder_adapter_form(model_dir: Path, subfolder: str) -> _Predict:
     """The adapter in ``subfolder`` as the card loads it: ``PeftModel.from_pretrained(base, repo, subfolder=...)``
     on the base built with the run's labels, preprocessed by the subfolder's own image processor."""
     import torch
@@ -67,7 +74,7 @@ def _subfolder_adapter_form(model_dir: Path, subfolder: str):
     processor = getattr(transformers, proc["class"]).from_pretrained(str(model_dir / subfolder), **proc["kwargs"])
     labels = info["label_names"]
 
-    def predict(image, k):
+    def predict(image: str, k: int) -> list[dict[str, Any]]:
         from PIL import Image
 
         with torch.no_grad():
@@ -79,8 +86,11 @@ def _subfolder_adapter_form(model_dir: Path, subfolder: str):
 
 
 def published_forms(model_dir: str | os.PathLike) -> list[str]:
-    """The forms a run folder holds, each checked by :func:`check_round_trip`: ``model`` or ``adapter`` (the
-    root, with pipeline()), ``endpoint handler`` (``handler.py``), ``adapter/`` (the PEFT subfolder)."""
+    """The forms a run folder holds, each checked by :func:`check_round_trip`.
+
+    ``model`` or ``adapter`` (the root, with pipeline()), ``endpoint handler`` (``handler.py``), ``adapter/``
+    (the PEFT subfolder).
+    """
     from hf_transfer.models.adapters import ADAPTER_SUBDIR, HANDLER_FILE
 
     model_dir = Path(model_dir)
@@ -92,7 +102,7 @@ def published_forms(model_dir: str | os.PathLike) -> list[str]:
     return forms
 
 
-def _load_form(form: str, model_dir: Path, device):
+def _load_form(form: str, model_dir: Path, device: str | int | None) -> tuple[_Predict, str]:
     if form == "endpoint handler":
         return _handler_form(model_dir), f"handler.py EndpointHandler({str(model_dir)!r})"
     if form.endswith("/"):
@@ -109,12 +119,14 @@ def check_round_trip(
     device: str | int | None = "cpu",
     model_dir: str | os.PathLike | None = None,
 ) -> list[dict]:
-    """Load every form ``folder`` (or ``model_dir``) holds (:func:`published_forms`: the root with
-    ``pipeline("image-classification")``, for an adapter with the arguments its model card gives; the
-    Endpoints ``handler.py``; the ``adapter/`` subfolder with PeftModel as the card says) and compare each
-    one's predictions on the example images with ``reference_predictions.json``: top-1 label equal (unless
-    the reference's top two are within ``atol``) and every class score within ``atol``. Returns the root
-    form's predictions."""
+    """Load every form ``folder`` (or ``model_dir``) holds and compare its predictions with the trained model's.
+
+    The forms (:func:`published_forms`): the root with ``pipeline("image-classification")``, for an adapter with
+    the arguments its model card gives; the Endpoints ``handler.py``; the ``adapter/`` subfolder with PeftModel
+    as the card says. Each one's predictions on the example images are compared with
+    ``reference_predictions.json``: top-1 label equal (unless the reference's top two are within ``atol``) and
+    every class score within ``atol``. Returns the root form's predictions.
+    """
     folder = Path(folder)
     model_dir = Path(model_dir) if model_dir is not None else folder
     ref_path = folder / REFERENCE_PREDICTIONS
@@ -146,7 +158,7 @@ def _nonfinite(scores: dict[str, float]) -> list[str]:
     return [label for label, v in scores.items() if not math.isfinite(v)]
 
 
-def _compare(folder: Path, reference: list[dict], predict, how: str, atol: float) -> list[dict]:
+def _compare(folder: Path, reference: list[dict], predict: _Predict, how: str, atol: float) -> list[dict]:
     """Every comparison with NaN is false, so non-finite scores (the exported model's or the reference's)
     fail first, by name: a NaN model "passed" the tolerance checks below."""
     out = []
@@ -166,8 +178,8 @@ def _compare(folder: Path, reference: list[dict], predict, how: str, atol: float
                 f"{row['file']}: {how} gives the labels {sorted(got)}, the trained model "
                 f"{sorted(want)} (id2label/label_names lost or reordered?). Nothing was pushed."
             )
-        ref_ranked = sorted(want, key=want.get, reverse=True)
-        ref_top, got_top = ref_ranked[0], max(got, key=got.get)
+        ref_ranked = sorted(want, key=lambda k: want[k], reverse=True)
+        ref_top, got_top = ref_ranked[0], max(got, key=lambda k: got[k])
         worst = max(want, key=lambda k: abs(got[k] - want[k]))
         diff = abs(got[worst] - want[worst])
         tie = len(ref_ranked) > 1 and want[ref_ranked[0]] - want[ref_ranked[1]] <= atol

@@ -24,6 +24,7 @@ def card_metadata(content: str) -> tuple[dict | None, list[str]]:
 
 
 def validate_metadata(meta: dict) -> list[str]:
+    """What the Hub refuses in a card's metadata: list-or-string fields, string fields, ``model-index`` shape."""
     errors: list[str] = []
 
     def str_or_list(key: str) -> None:

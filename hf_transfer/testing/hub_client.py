@@ -9,15 +9,32 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from hf_transfer.testing.hub_common import _PREFIX, USER_TOKEN
+
+if TYPE_CHECKING:  # annotations only
+    from hf_transfer.testing.hub_storage import Storage
 
 
 class ClientHelpers:
     """Test helpers of :class:`~hf_transfer.testing.hub_server.HubTestServer` (a mixin over its storage)."""
 
+    # what the helpers use of the server
+    storage: Storage
+    host: str
+
+    if TYPE_CHECKING:
+
+        @property
+        def url(self) -> str:
+            """The endpoint of the started server (see :class:`~hf_transfer.testing.hub_server.HubTestServer`)."""
+
+        def _create(self, rtype: str, repo_id: str, private: bool, owner: str) -> bool: ...
+
     def repo_url(self, repo_id: str, repo_type: str = "model") -> str:
+        """The URL of a repo's page on this server (what ``create_repo`` answers)."""
         return f"{self.url}/{_PREFIX[repo_type]}{repo_id}"
 
     def head(self, repo_id: str, repo_type: str = "model", revision: str = "main") -> str | None:
@@ -29,7 +46,7 @@ class ClientHelpers:
         oid = self.head(repo_id, repo_type, revision)
         if oid is None:
             raise KeyError(f"{repo_type} {repo_id}@{revision} not found")
-        files = self.storage.commit(repo_type, repo_id, oid)["files"]
+        files = self.storage.known_commit(repo_type, repo_id, oid)["files"]
         return {p: self.storage.blob_path(e["sha256"]).read_bytes() for p, e in sorted(files.items())}
 
     def create_repo(
@@ -55,6 +72,7 @@ class ClientHelpers:
         gated: bool | str | None = None,
         grant: list[str] | None = None,
     ) -> None:
+        """Change a repo's visibility, gating (True means ``"auto"``) or the users granted a gated repo."""
         with self.storage.lock(repo_type, repo_id):
             meta = self.storage.meta(repo_type, repo_id)
             if meta is None:
@@ -148,6 +166,7 @@ class ClientHelpers:
             # transformers keeps its own module-level HfApi (transformers.utils.hub.hf_api()), created
             # on first use with the endpoint of that moment: point it here too, or a push made after
             # an earlier server stopped goes to a dead port
+            tf_hub: ModuleType | None
             try:
                 import transformers.utils.hub as tf_hub
             except ImportError:

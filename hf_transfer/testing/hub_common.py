@@ -49,6 +49,7 @@ def git_blob_sha1(data: bytes) -> str:
 
 
 def lfs_pointer(sha256: str, size: int) -> bytes:
+    """The git-lfs pointer file that stands for an LFS file in git (its git blob id is the file's ``oid``)."""
     return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
 
 
@@ -71,7 +72,7 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 class HubError(Exception):
     """An HTTP error answered as the Hub does: JSON ``{"error"}`` plus X-Error-Code/Message."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.headers = status, message, code, dict(headers or {})
 

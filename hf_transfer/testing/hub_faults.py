@@ -42,8 +42,11 @@ class Faults:
         self._holds: list[Hold] = []
 
     def hold(self, point: str, *, times: int = 1, path: str | None = None, timeout: float = 120.0) -> Hold:
-        """Park the next ``times`` requests at ``point`` (``path``: a regex on the request path) until the
-        returned hold is released; they are then served normally. ``timeout``: released by itself after it."""
+        """Park the next ``times`` requests at ``point`` until the returned hold is released.
+
+        ``path`` (a regex on the request path) restricts the hold; the parked requests are then served normally.
+        ``timeout``: the hold releases itself after it.
+        """
         if point not in FAULT_POINTS:
             raise ValueError(f"unknown fault point {point!r}; expected one of {FAULT_POINTS}")
         hold = Hold(point, times, path, timeout)
@@ -105,12 +108,14 @@ class Faults:
         return rule
 
     def release_holds(self) -> None:
+        """Let every parked request go on and forget the holds (a stopping server must not keep any)."""
         with self._lock:
             for hold in self._holds:
                 hold.release()
             self._holds.clear()
 
     def clear(self) -> None:
+        """Release the holds and drop every rule and count: the server behaves normally again."""
         self.release_holds()
         with self._lock:
             self._rules.clear()
@@ -118,10 +123,12 @@ class Faults:
             self.fired.clear()
 
     def rules(self) -> list[dict]:
+        """Copies of the rules added so far, with how often each fired."""
         with self._lock:
             return [dict(r) for r in self._rules]
 
     def snapshot(self) -> dict:
+        """The rules and the per-point counts (what ``GET /_test/faults`` answers)."""
         with self._lock:
             return {"rules": [dict(r) for r in self._rules], "seen": dict(self.seen), "fired": dict(self.fired)}
 

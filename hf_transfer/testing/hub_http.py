@@ -8,15 +8,31 @@ import json
 import socket
 import time
 import urllib.parse
-from typing import Any
+from typing import Any, Protocol
 
 from hf_transfer.testing.hub_common import HubError, _Drop, _redact
+
+
+class _Hub(Protocol):
+    """What the handler uses of its :class:`~hf_transfer.testing.hub_server.HubTestServer` (which imports this)."""
+
+    _connections: set[socket.socket]
+    errors: list[str]
+
+    def _route(self, h: _Handler, method: str, raw_path: str, q: dict) -> None: ...
+
+    def _log(self, line: str) -> None: ...
+
+    def _record(self, method: str, raw_path: str, status: int, user: str | None, seconds: float) -> None: ...
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "HubTestServer/1.0"
-    hub: Any  # the HubTestServer, set on the subclass made per server
+    hub: _Hub  # the HubTestServer, set on the subclass made per server
+    _cached_body: bytes  # the current request's body once read (dropped at the start of each request)
+    _status: int  # the status answered to the current request (0: none yet, -1: dropped)
+    _user: str | None  # who the current request acts as (None: anonymous)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # our own access log (without headers) is written in _dispatch
@@ -73,7 +89,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except ValueError as e:
             raise HubError(400, "Invalid JSON body") from e
 
-    def _send(self, status: int, body: bytes = b"", headers: dict | None = None, ctype: str = "application/json"):
+    def _send(
+        self, status: int, body: bytes = b"", headers: dict | None = None, ctype: str = "application/json"
+    ) -> None:
         self.send_response(status)
         headers = dict(headers or {})
         headers.setdefault("Content-Type", ctype)
@@ -90,7 +108,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         self._status = 0
-        self._user: str | None = None
+        self._user = None
         self.__dict__.pop("_cached_body", None)  # one handler serves every request of a kept-alive connection
         t0 = time.monotonic()
         raw_path, _, query = self.path.partition("?")

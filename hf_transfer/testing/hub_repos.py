@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from hf_transfer.testing.hub_cards import card_metadata
 from hf_transfer.testing.hub_common import _PREFIX, DEFAULT_GITATTRIBUTES, HubError, _now, lfs_pointer
-from hf_transfer.testing.hub_storage import _file_entry
+from hf_transfer.testing.hub_storage import Storage, _file_entry
 
 if TYPE_CHECKING:  # annotations only
     from hf_transfer.testing.hub_http import _Handler
@@ -18,6 +18,35 @@ if TYPE_CHECKING:  # annotations only
 
 class RepoRoutes:
     """Repo routes of :class:`~hf_transfer.testing.hub_server.HubTestServer` (a mixin over its storage and faults)."""
+
+    # what the routes use of the server
+    storage: Storage
+    host: str
+    port: int
+
+    if TYPE_CHECKING:
+
+        @staticmethod
+        def _repo_id(repo_id: str) -> str: ...
+
+        def _can_write(self, user: str | None, namespace: str) -> bool: ...
+
+        def _repo_meta(self, h: _Handler, rtype: str, repo_id: str, write: bool = False) -> dict: ...
+
+        def _check_gated(self, h: _Handler, meta: dict, path: str) -> None: ...
+
+        def _fault(self, h: _Handler, point: str) -> None: ...
+
+        def set_repo_settings(
+            self,
+            repo_id: str,
+            repo_type: str = "model",
+            *,
+            private: bool | None = None,
+            gated: bool | str | None = None,
+            grant: list[str] | None = None,
+        ) -> None:
+            """Change a repo's visibility, gating or grants (defined by the client helpers)."""
 
     # repos ---------------------------------------------------------------------------------------
     def _create(self, rtype: str, repo_id: str, private: bool, owner: str) -> bool:
@@ -56,9 +85,9 @@ class RepoRoutes:
         if rtype not in _PREFIX:
             raise HubError(400, f"Repo type {rtype!r} is not served by the test server")
         name = body.get("name", "")
-        ns = body.get("organization") or h._user
         if h._user is None:  # as the Hub: anonymous writes are 401 whatever the namespace
             raise HubError(401, "You must be authenticated to create or delete a repo")
+        ns = body.get("organization") or h._user
         repo_id = self._repo_id(f"{ns}/{name}")
         if not self._can_write(h._user, ns):
             raise HubError(403, f"You don't have the rights to create a {rtype} under the namespace {ns!r}")
@@ -95,11 +124,11 @@ class RepoRoutes:
         oid = self.storage.resolve(rtype, repo_id, rev)
         if oid is None:
             raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
-        return oid, self.storage.commit(rtype, repo_id, oid)["files"]
+        return oid, self.storage.known_commit(rtype, repo_id, oid)["files"]
 
     def _repo_info(self, h: _Handler, rtype: str, repo_id: str, meta: dict, rev: str) -> None:
         oid, files = self._files(rtype, repo_id, rev)
-        commit = self.storage.commit(rtype, repo_id, oid)
+        commit = self.storage.known_commit(rtype, repo_id, oid)
         siblings = []
         for path, e in sorted(files.items()):
             s = {"rfilename": path, "size": e["size"], "blobId": e["oid"]}
@@ -173,7 +202,11 @@ class RepoRoutes:
             stop = len(parts) if recursive else 1
             for i in range(1, stop + 1):
                 names.add(prefix + "/".join(parts[:i]))
-        entries = [self._entry(files, n) for n in names]
+        entries = []
+        for n in names:
+            entry = self._entry(files, n)
+            assert entry is not None, "every name is a file's path or one of its folders"
+            entries.append(entry)
         entries.sort(key=lambda e: (e["type"] != "directory", e["path"]))
         h._send_json(entries)
 
@@ -241,7 +274,7 @@ class RepoRoutes:
         oid = self.storage.resolve(rtype, repo_id, rev)
         if oid is None:
             raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
-        files = self.storage.commit(rtype, repo_id, oid)["files"]
+        files = self.storage.known_commit(rtype, repo_id, oid)["files"]
         e = files.get(path)
         if e is None:
             raise HubError(404, f"Entry not found: {path}", "EntryNotFound", {"X-Repo-Commit": oid})

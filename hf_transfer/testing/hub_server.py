@@ -128,11 +128,13 @@ class HubTestServer(ClientHelpers, RepoRoutes, UploadRoutes):
     # lifecycle -----------------------------------------------------------------------------------
     @property
     def url(self) -> str:
+        """The endpoint (``HF_ENDPOINT``) of the started server, with the port it got."""
         if self._httpd is None:
             raise RuntimeError("HubTestServer is not started")
         return f"http://{self.host}:{self._httpd.server_address[1]}"
 
     def start(self) -> HubTestServer:
+        """Serve on a background thread (a started server is returned as it is)."""
         if self._httpd is not None:
             return self
         handler = type("HubHandler", (_Handler,), {"hub": self})
@@ -144,6 +146,7 @@ class HubTestServer(ClientHelpers, RepoRoutes, UploadRoutes):
         return self
 
     def stop(self) -> None:
+        """Stop serving, hang up kept-alive connections and delete a root the server made itself."""
         if self._httpd is None:
             return
         self.faults.release_holds()  # parked requests end before the server does
@@ -197,8 +200,7 @@ class HubTestServer(ClientHelpers, RepoRoutes, UploadRoutes):
     def _repo_meta(self, h: _Handler, rtype: str, repo_id: str, write: bool = False) -> dict:
         meta = self.storage.meta(rtype, repo_id)
         user = h._user
-        visible = meta is not None and (not meta.get("private") or self._can_write(user, meta["owner"]))
-        if not visible:
+        if meta is None or (meta.get("private") and not self._can_write(user, meta["owner"])):
             if user is None:
                 raise HubError(401, "Repository not found", "RepoNotFound")
             raise HubError(404, "Repository not found", "RepoNotFound")
@@ -358,7 +360,7 @@ class HubTestServer(ClientHelpers, RepoRoutes, UploadRoutes):
         if verb == "refs" and method == "GET":
             refs = self.storage.refs(rtype, repo_id)
 
-            def fmt(kind, items):
+            def fmt(kind: str, items: dict[str, str]) -> list[dict]:
                 return [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": c} for n, c in sorted(items.items())]
 
             out = {"branches": fmt("heads", refs["branches"]), "tags": fmt("tags", refs["tags"]), "converts": []}
@@ -366,10 +368,10 @@ class HubTestServer(ClientHelpers, RepoRoutes, UploadRoutes):
                 out["pullRequests"] = fmt("pr", refs["prs"])
             return h._send_json(out)
         if verb == "commits" and method == "GET":
-            oid = self._files(rtype, repo_id, self._split_rev(rest[1:])[0])[0]
+            oid: str | None = self._files(rtype, repo_id, self._split_rev(rest[1:])[0])[0]
             log = []
             while oid:
-                c = self.storage.commit(rtype, repo_id, oid)
+                c = self.storage.known_commit(rtype, repo_id, oid)
                 log.append(
                     {
                         "id": c["id"],
@@ -395,6 +397,7 @@ class HubTestServer(ClientHelpers, RepoRoutes, UploadRoutes):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Serve until interrupted (the command line of ``python -m hf_transfer.testing.hub_server``)."""
     p = argparse.ArgumentParser(
         prog="python -m hf_transfer.testing.hub_server",
         description="Serve a Hub-compatible test server on 127.0.0.1 until interrupted.",

@@ -27,13 +27,16 @@ class Storage:
 
     # blobs -----------------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
+        """The file holding a blob (whether or not it exists yet)."""
         return self.blobs / sha256
 
     def has_blob(self, sha256: str, size: int | None = None) -> bool:
+        """Whether the blob is stored (with that size, when ``size`` is given)."""
         p = self.blob_path(sha256)
         return p.is_file() and (size is None or p.stat().st_size == size)
 
     def put_bytes(self, data: bytes) -> str:
+        """Store ``data`` as a blob (atomically, once) and return its sha256."""
         sha = hashlib.sha256(data).hexdigest()
         if not self.has_blob(sha):
             fd, tmp = tempfile.mkstemp(dir=self.tmp)
@@ -61,33 +64,48 @@ class Storage:
 
     # repos -----------------------------------------------------------------------------------
     def repo_dir(self, rtype: str, repo_id: str) -> Path:
+        """The folder of a repo's metadata, refs and commits."""
         return self.root / "repos" / f"{rtype}s" / repo_id
 
     def lock(self, rtype: str, repo_id: str) -> threading.RLock:
+        """The repo's lock: a ref update reads and replaces ``refs.json`` under it."""
         with self._locks_guard:
             return self._locks.setdefault((rtype, repo_id), threading.RLock())
 
     def meta(self, rtype: str, repo_id: str) -> dict | None:
+        """The repo's ``repo.json`` (owner, visibility, gating), None when the repo does not exist."""
         p = self.repo_dir(rtype, repo_id) / "repo.json"
         return json.loads(p.read_text()) if p.is_file() else None
 
     def set_meta(self, rtype: str, repo_id: str, meta: dict) -> None:
+        """Replace the repo's ``repo.json`` atomically."""
         _write_json_atomic(self.repo_dir(rtype, repo_id) / "repo.json", meta)
 
     def refs(self, rtype: str, repo_id: str) -> dict:
+        """The repo's branches, tags and pull requests (name -> commit id), empty for a missing repo."""
         p = self.repo_dir(rtype, repo_id) / "refs.json"
         return json.loads(p.read_text()) if p.is_file() else {"branches": {}, "tags": {}, "prs": {}}
 
     def set_refs(self, rtype: str, repo_id: str, refs: dict) -> None:
+        """Replace the repo's ``refs.json`` atomically: the step that publishes a commit."""
         _write_json_atomic(self.repo_dir(rtype, repo_id) / "refs.json", refs)
 
     def commit(self, rtype: str, repo_id: str, oid: str) -> dict | None:
+        """A commit's snapshot (parents, files, title, message, date, authors), None when unknown."""
         p = self.repo_dir(rtype, repo_id) / "commits" / f"{oid}.json"
         return json.loads(p.read_text()) if p.is_file() else None
+
+    def known_commit(self, rtype: str, repo_id: str, oid: str) -> dict:
+        """The snapshot of a commit a ref or a parent link names (written before anything names it)."""
+        commit = self.commit(rtype, repo_id, oid)
+        if commit is None:
+            raise RuntimeError(f"{rtype} {repo_id}: commit {oid} is named but missing from the store")
+        return commit
 
     def write_commit(
         self, rtype: str, repo_id: str, parents: list[str], files: dict, title: str, message: str, author: str
     ) -> dict:
+        """Write a new commit's snapshot (its id hashes the content and a nonce); no ref moves yet."""
         body = {
             "parents": parents,
             "files": files,

@@ -10,12 +10,13 @@ import os
 import re
 import secrets
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hf_transfer.testing.hub_cards import card_metadata
 from hf_transfer.testing.hub_common import _PREFIX, _SHA40, LFS_PATTERNS, LFS_SIZE_THRESHOLD, HubError
-from hf_transfer.testing.hub_storage import _file_entry, _parse_commit
+from hf_transfer.testing.hub_storage import Storage, _file_entry, _parse_commit
 
 if TYPE_CHECKING:  # annotations only
     from hf_transfer.testing.hub_http import _Handler
@@ -23,6 +24,20 @@ if TYPE_CHECKING:  # annotations only
 
 class UploadRoutes:
     """Upload routes of :class:`~hf_transfer.testing.hub_server.HubTestServer` (a mixin over its storage and faults)."""
+
+    # what the routes use of the server
+    storage: Storage
+    default_user: str
+    multipart_threshold: int
+    multipart_chunk_size: int
+    _tickets: dict[str, dict]  # LFS upload ticket -> the object it grants (oid, size, parts received)
+    _tickets_lock: threading.Lock
+
+    if TYPE_CHECKING:
+
+        def _repo_meta(self, h: _Handler, rtype: str, repo_id: str, write: bool = False) -> dict: ...
+
+        def _fault(self, h: _Handler, point: str) -> None: ...
 
     # uploads -------------------------------------------------------------------------------------
     def _is_lfs(self, files: dict, path: str, size: int, sample: bytes) -> bool:
@@ -43,7 +58,7 @@ class UploadRoutes:
         oid = self.storage.resolve(rtype, repo_id, rev)
         if oid is None and not q.get("create_pr"):
             raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
-        files = self.storage.commit(rtype, repo_id, oid)["files"] if oid else {}
+        files = self.storage.known_commit(rtype, repo_id, oid)["files"] if oid else {}
         out = []
         for f in body.get("files", []):
             sample = base64.b64decode(f.get("sample") or "")
@@ -160,7 +175,7 @@ class UploadRoutes:
             parent = header.get("parentCommit")
             if parent and parent != head:
                 raise HubError(412, "A commit has happened since. Please refresh and try again.")
-            files = dict(self.storage.commit(rtype, repo_id, head)["files"])
+            files = dict(self.storage.known_commit(rtype, repo_id, head)["files"])
             readme_changed = False
             for op in operations:
                 readme_changed |= self._apply_operation(files, op)

@@ -87,9 +87,11 @@ def hub_subprocess_env(hub_server_bare: HubTestServer, tmp_path_factory: pytest.
 
 @pytest.fixture
 def run_with_hub(hub_subprocess_env: Callable[..., dict], tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
-    """``run_with_hub(code, token=USER_TOKEN, timeout=300, check=True)`` runs Python code in a fresh
-    interpreter talking to the server from an empty cache; returns the CompletedProcess (text
-    stdout/stderr). With ``check=True`` a non-zero exit fails the test and shows the output."""
+    """A runner of Python code in a fresh interpreter that talks to the server from an empty cache.
+
+    ``run_with_hub(code, token=USER_TOKEN, timeout=300, check=True)`` returns the CompletedProcess (text
+    stdout/stderr). With ``check=True`` a non-zero exit fails the test and shows the output.
+    """
     counter = itertools.count()
 
     def run(

@@ -12,9 +12,8 @@ def convnext_folder(folder: str | Path, num_labels: int, hidden_sizes: tuple[int
     from transformers import ConvNextConfig, ConvNextForImageClassification, ViTImageProcessor
 
     torch.manual_seed(0)
-    config = ConvNextConfig(
-        num_stages=2, depths=[1, 1], hidden_sizes=list(hidden_sizes), num_labels=num_labels, image_size=32
-    )
+    config = ConvNextConfig(num_stages=2, depths=[1, 1], hidden_sizes=list(hidden_sizes), image_size=32)
+    config.num_labels = num_labels  # not in the typed __init__; the setter makes the same id2label/label2id
     ConvNextForImageClassification(config).save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
         folder
