@@ -224,7 +224,7 @@ class TaskMode(TransferMode):
         return self.peft_model is not None
 
     def export(self, output_dir: str, results: dict) -> dict:
-        from hf_transfer.models.adapters import export_lora
+        from hf_transfer.models.adapter_export import export_lora
 
         return export_lora(self.peft_model, self.backbone, output_dir, results=results, publish=self.args.publish)
 
