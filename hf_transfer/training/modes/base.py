@@ -68,8 +68,9 @@ class TransferData:
     skipped_images: dict[str, int] = field(default_factory=dict)
 
     def drop_unlabelled(self, keep_target_train: bool = False) -> None:
-        """Remove the rows without a label from every split that is trained on or scored, with ONE
-        warning giving the counts. ``keep_target_train``: the domain mode's target training images are
+        """Remove the rows without a label from every split that is trained on or scored.
+
+        ONE warning gives the counts. ``keep_target_train``: the domain mode's target training images are
         unlabelled by design, so those rows stay (as unlabelled target images)."""
         if self.dropped_unlabelled or self.kept_unlabelled:
             return
@@ -169,8 +170,10 @@ class TransferModel(nn.Module):
         )
 
     def prepare_batch(self, inputs: dict) -> dict:
-        """``inputs`` with its image batches augmented and normalised once (fast input path), for a method
-        whose passes must all see the same augmented batch; the sizes the augmentation read are dropped."""
+        """Augment and normalise the image batches of ``inputs`` once (fast input path).
+
+        For a method whose passes must all see the same augmented batch; the sizes the augmentation read are
+        dropped."""
         out = dict(inputs)
         for pixels, sizes in (("pixel_values", "image_size"), ("target_pixel_values", "target_image_size")):
             if out.get(pixels) is not None:
@@ -215,20 +218,26 @@ class TransferMode:
 
     # --- hooks a mode writes ----------------------------------------------------------------
     def build_model(self) -> TransferModel:
+        """The model the Trainer trains: the classifier plus the mode's auxiliary modules."""
         raise NotImplementedError
 
     def train_dataset(self) -> torch.utils.data.Dataset:
+        """The rows the Trainer trains on."""
         raise NotImplementedError
 
     def eval_datasets(self) -> dict[str, torch.utils.data.Dataset]:
+        """The labelled evaluation sets by domain name (``target``, and ``source`` when given)."""
         raise NotImplementedError
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """One batch of the Trainer's loaders from its rows."""
         raise NotImplementedError
 
     def forward(self, model: TransferModel, **inputs: Any) -> dict[str, Any]:
-        """``{"loss", "logits"}``; a training step may add ``"metrics"``: floats the Trainer logs with the
-        loss (e.g. DANN's coefficient), returned rather than kept on the mode."""
+        """The loss and logits of one batch: ``{"loss", "logits"}``.
+
+        A training step may add ``"metrics"``: floats the Trainer logs with the loss (e.g. DANN's coefficient),
+        returned rather than kept on the mode."""
         raise NotImplementedError
 
     # --- hooks with defaults --------------------------------------------------------------------
@@ -236,8 +245,9 @@ class TransferMode:
         """Training progress in [0, 1] from the Trainer's global step (restored on resume)."""
 
     def stepped_method(self, model: TransferModel) -> Any:
-        """The method's own training step (a :class:`~hf_transfer.methods.domain.step.SteppedLoss`), or None
-        when the Trainer's one-loss step trains the mode."""
+        """The method's own training step, or None when the Trainer's one-loss step trains the mode.
+
+        The step is a :class:`~hf_transfer.methods.domain.step.SteppedLoss`."""
         return None
 
     def parameter_parts(self, model: TransferModel) -> dict[str, list[nn.Parameter]]:
@@ -245,8 +255,9 @@ class TransferMode:
         raise NotImplementedError(f"mode {self.name!r} trains no method that owns its step")
 
     def optimizer_groups(self, model: TransferModel, lr: float, weight_decay: float) -> list[dict]:
-        """Every trainable parameter at ``lr``, no weight decay on biases and norms: timm's
-        ``param_groups_weight_decay`` (with ``weight_decay=0`` one group holds them all)."""
+        """Every trainable parameter at ``lr``, no weight decay on biases and norms.
+
+        timm's ``param_groups_weight_decay`` (with ``weight_decay=0`` one group holds them all)."""
         return [
             {**g, "lr": lr, "name": "decay" if g["weight_decay"] else "no_decay"}
             for g in param_groups_weight_decay(model, weight_decay)
