@@ -64,7 +64,7 @@ def eval_splits(mode: TransferMode) -> dict[str, datasets.Dataset]:
     return {k: subset(v, mode.args.max_eval_samples, mode.training_args.seed) for k, v in splits.items()}
 
 
-def eval_images(mode: TransferMode) -> dict[str, DecodedImages | ImageDomainDataset]:
+def eval_images(mode: TransferMode) -> dict[str, torch.utils.data.Dataset]:
     """The evaluation images of each domain's labelled test split (see :func:`eval_splits`)."""
     return {name: eval_dataset(mode, ds) for name, ds in eval_splits(mode).items()}
 

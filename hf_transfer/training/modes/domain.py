@@ -84,9 +84,10 @@ class DomainMode(TransferMode):
         return TransferModel(self, self.backbone.model, aux=aux, input_transform=input_transform(self))
 
     def optimizer_groups(self, model: TransferModel, lr: float, weight_decay: float) -> list[dict]:
-        """Discriminative learning rates with task mode's group logic: the backbone's groups at
-        ``lr * backbone_lr_scale``; its head, the bottleneck and the method's own modules (e.g. the
-        domain discriminator) at ``lr``."""
+        """Discriminative learning rates with task mode's group logic.
+
+        The backbone's groups at ``lr * backbone_lr_scale``; its head, the bottleneck and the method's own
+        modules (e.g. the domain discriminator) at ``lr``."""
         groups = self.backbone.param_groups()
         lrs = group_learning_rates(list(groups), lr, self.args.backbone_lr_scale)
         aux = OrderedDict((f"aux.{name}", list(module.named_parameters())) for name, module in model.aux.items())
@@ -143,7 +144,9 @@ class DomainMode(TransferMode):
     def features_and_logits(
         self, model: TransferModel, pixel_values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features the losses see, logits): the bottleneck's when there is one and it is not folded yet."""
+        """The features the losses see and the logits.
+
+        The bottleneck's when there is one and it is not folded yet."""
         features, logits = self.backbone.features_and_logits(pixel_values, model=model.classifier)
         if self.bottleneck is not None and not self.bottleneck.folded:
             features, logits = self.bottleneck.head(features)
@@ -167,8 +170,10 @@ class DomainMode(TransferMode):
         return self.backbone.head
 
     def parameter_parts(self, model: TransferModel) -> dict[str, list[nn.Parameter]]:
-        """``classifier``: the layer that gives the logits; ``method``: the method's modules; ``features``:
-        every other trainable parameter (the backbone below its head, a bottleneck's layers)."""
+        """The trainable parameters by part, for a stepped method's passes.
+
+        ``classifier``: the layer that gives the logits; ``method``: the method's modules; ``features``: every
+        other trainable parameter (the backbone below its head, a bottleneck's layers)."""
         classifier = [p for p in self._classifier(model).parameters() if p.requires_grad]
         method = [p for p in self.transfer_loss.parameters() if p.requires_grad]
         taken = {id(p) for p in classifier + method}
@@ -215,8 +220,10 @@ class DomainMode(TransferMode):
         phase: str | None = None,
         **_: Any,
     ) -> dict[str, Any]:
-        """Training: source loss + weighted alignment term over one paired batch (or a stepped method's
-        pass); evaluation: one domain's loss and logits."""
+        """The loss and logits of one batch.
+
+        Training: source loss + weighted alignment term over one paired batch (or a stepped method's pass);
+        evaluation: one domain's loss and logits."""
         assert pixel_values is not None
         if phase is not None:
             assert target_pixel_values is not None, "a stepped method's pass takes a paired batch"
@@ -240,6 +247,7 @@ class DomainMode(TransferMode):
         f_s, f_t = features[:n_source], features[n_source:]
         logits_s, logits_t = logits[:n_source], logits[n_source:]
         cls_loss = self._source_loss(model, logits_s, labels)
+        assert labels is not None, "a paired training batch carries its source labels (_source_loss checked)"
         source_weight = self.weighting.source_weight(model, labels)
         extra = {"source_weight": source_weight} if source_weight is not None and loss_fn.uses_source_weight else {}
         transfer = loss_fn(f_s, f_t, logits_s, logits_t, **extra)
