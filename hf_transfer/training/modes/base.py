@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from timm.optim import param_groups_weight_decay
 from torch import nn
+from transformers import TrainingArguments
 
+from hf_transfer.config import TransferArguments
 from hf_transfer.data.align import AlignmentReport
 from hf_transfer.data.columns import LABEL_COLUMN
 from hf_transfer.errors import TransferConfigError
@@ -203,13 +205,28 @@ class TransferMode:
     #: True when the mode trains in one solve (its ``fit(trainer)``) instead of the Trainer's loop
     fits_in_one_solve: bool = False
 
-    def __init__(self, args: Any, backbone: Backbone, data: TransferData, training_args: Any) -> None:
+    def __init__(
+        self, args: TransferArguments, backbone: Backbone, data: TransferData, training_args: TrainingArguments
+    ) -> None:
         self.args = args
         self.backbone = backbone
         self.data = data
         self.training_args = training_args
         self.frozen_groups: list[str] = []
         data.drop_unlabelled(keep_target_train=self.uses_unlabelled_target)
+
+    @property
+    def method_name(self) -> str:
+        """The registered method the mode trains."""
+        assert self.args.method is not None, "TransferArguments.__post_init__ fills in the mode's default method"
+        return self.args.method
+
+    @property
+    def backbone_lr_scale(self) -> float:
+        """The backbone groups' learning rate as a fraction of the head's (discriminative learning rates)."""
+        scale = self.args.backbone_lr_scale
+        assert scale is not None, "TransferArguments.__post_init__ fills in the method's default scale"
+        return scale
 
     @property
     def label_smoothing(self) -> float:

@@ -27,7 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+from transformers import TrainingArguments
 
+from hf_transfer.config import TransferArguments
 from hf_transfer.config.checks import check_backbone_needs
 from hf_transfer.data.kshot import subset
 from hf_transfer.data.paired import PairedDataset, collate_paired
@@ -55,7 +57,9 @@ class DomainMode(TransferMode):
 
     uses_unlabelled_target = True
 
-    def __init__(self, args: Any, backbone: Backbone, data: TransferData, training_args: Any) -> None:
+    def __init__(
+        self, args: TransferArguments, backbone: Backbone, data: TransferData, training_args: TrainingArguments
+    ) -> None:
         super().__init__(args, backbone, data, training_args)
         if data.source is None:
             raise TransferConfigError("mode=domain needs a source domain (--source).")
@@ -64,7 +68,8 @@ class DomainMode(TransferMode):
         self.bottleneck = domain_parts.Bottleneck(backbone, args.bottleneck_dim) if args.bottleneck_dim else None
         feature_dim = args.bottleneck_dim or backbone.feature_dim
         try:
-            self.transfer_loss = build_loss(args.method, feature_dim, backbone.num_labels, **args.method_args)
+            assert isinstance(args.method_args, dict), "TransferArguments.__post_init__ parses method_args to a dict"
+            self.transfer_loss = build_loss(self.method_name, feature_dim, backbone.num_labels, **args.method_args)
         except (TypeError, ValueError) as err:
             raise TransferConfigError(f"method={args.method!r}, method_args={args.method_args}: {err}") from err
         self.weighting = domain_parts.label_space_weighting(
@@ -89,7 +94,7 @@ class DomainMode(TransferMode):
         The backbone's groups at ``lr * backbone_lr_scale``; its head, the bottleneck and the method's own
         modules (e.g. the domain discriminator) at ``lr``."""
         groups = self.backbone.param_groups()
-        lrs = group_learning_rates(list(groups), lr, self.args.backbone_lr_scale)
+        lrs = group_learning_rates(list(groups), lr, self.backbone_lr_scale)
         aux = OrderedDict((f"aux.{name}", list(module.named_parameters())) for name, module in model.aux.items())
         lrs.update({name: lr for name in aux})
         out = optimizer_groups_by_name(OrderedDict([*groups.items(), *aux.items()]), lrs, weight_decay)
@@ -103,7 +108,7 @@ class DomainMode(TransferMode):
         """Source rows, paired with target images unless the method trains on none (the baseline)."""
         assert self.data.source is not None  # checked in __init__
         source = train_images(self, self.weighting.source_rows(self.data.source["train"], self.data.label_names))
-        if not get_method(self.args.method).needs.target_images:  # the baseline sees none (as in TLlib)
+        if not get_method(self.method_name).needs.target_images:  # the baseline sees none (as in TLlib)
             return source
         target = train_images(self, self.data.target["train"], with_labels=False)
         return PairedDataset(source, target, target_ratio=self.args.target_batch_ratio)

@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import TrainingArguments
 from transformers.trainer_utils import TrainOutput
 
+from hf_transfer.config import TransferArguments
 from hf_transfer.data.kshot import subset
 from hf_transfer.methods.feature.cache import FeatureCache, body_fingerprint
 from hf_transfer.methods.feature.lbfgs_head import fit_linear_head
@@ -94,9 +96,11 @@ class RowIndexDataset(torch.utils.data.Dataset):
 
 @register_mode("feature")
 class FeatureMode(TransferMode):
-    def __init__(self, args: Any, backbone: Backbone, data: TransferData, training_args: Any) -> None:
+    def __init__(
+        self, args: TransferArguments, backbone: Backbone, data: TransferData, training_args: TrainingArguments
+    ) -> None:
         super().__init__(args, backbone, data, training_args)
-        get_method(args.method, "feature")  # an unknown method is refused naming the known ones
+        get_method(self.method_name, "feature")  # an unknown method is refused naming the known ones
         self.frozen_groups = [g for g in backbone.param_groups() if g != "head"]
         self.cache = FeatureCache(
             args.feature_cache_dir,

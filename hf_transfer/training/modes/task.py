@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 
+from hf_transfer.config import TransferArguments
 from hf_transfer.data.kshot import kshot
 from hf_transfer.data.paired import collate_images
 from hf_transfer.errors import TransferConfigError
@@ -60,9 +61,11 @@ ParamGroups = OrderedDict[str, list[tuple[str, nn.Parameter]]]
 class TaskMode(TransferMode):
     """Fine-tune the backbone with a new head on the target's labels (see the module docstring)."""
 
-    def __init__(self, args: Any, backbone: Backbone, data: TransferData, training_args: Any) -> None:
+    def __init__(
+        self, args: TransferArguments, backbone: Backbone, data: TransferData, training_args: TrainingArguments
+    ) -> None:
         super().__init__(args, backbone, data, training_args)
-        method = get_method(args.method, "task")  # what it trains comes from its registration, not its name
+        method = get_method(self.method_name, "task")  # what it trains comes from its registration, not its name
         self.regularizer_name = check_regularizer(getattr(args, "regularizer", None))
         self.peft_model: PeftModel | None = None
         self.unfreezing: GradualUnfreezing | None = None
@@ -121,7 +124,9 @@ class TaskMode(TransferMode):
             if params:
                 scheduled[name] = params
         mask = int(getattr(self.training_args, "world_size", 1) or 1) > 1
-        self.unfreezing = GradualUnfreezing(scheduled, self.args.unfreeze_every, self.args.unfreeze_unit, mask=mask)
+        every = self.args.unfreeze_every
+        assert every is not None, "set up only with --unfreeze_every (see __init__)"
+        self.unfreezing = GradualUnfreezing(scheduled, every, self.args.unfreeze_unit, mask=mask)
         if not mask:
             for params in scheduled.values():
                 for _, p in params:
@@ -143,8 +148,8 @@ class TaskMode(TransferMode):
     def train_dataset(self) -> Dataset:
         """The target's training images (``k_shot`` of them per class when asked)."""
         ds = self.data.target["train"]
-        if getattr(self.args, "k_shot", None):
-            ds = kshot(ds, self.args.k_shot, self.training_args.seed)
+        if k_shot := getattr(self.args, "k_shot", None):
+            ds = kshot(ds, k_shot, self.training_args.seed)
         return train_images(self, ds)
 
     def eval_datasets(self) -> dict[str, Dataset]:
@@ -158,7 +163,7 @@ class TaskMode(TransferMode):
     def group_learning_rates(self, lr: float) -> OrderedDict[str, float]:
         """The learning rate of each backbone group: ``backbone_lr_scale`` and ``layer_decay`` applied to ``lr``."""
         return group_learning_rates(
-            list(self.backbone.param_groups()), lr, self.args.backbone_lr_scale, getattr(self.args, "layer_decay", None)
+            list(self.backbone.param_groups()), lr, self.backbone_lr_scale, getattr(self.args, "layer_decay", None)
         )
 
     def optimizer_groups(self, model: TransferModel, lr: float, weight_decay: float) -> list[dict]:
