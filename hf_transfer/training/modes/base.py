@@ -18,13 +18,15 @@ import numpy as np
 import torch
 from timm.optim import param_groups_weight_decay
 from torch import nn
-from transformers import TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
+from transformers.trainer_utils import TrainOutput
 
 from hf_transfer.config import TransferArguments
 from hf_transfer.data.align import AlignmentReport
 from hf_transfer.data.columns import LABEL_COLUMN
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.metrics import UNLABELLED
+from hf_transfer.methods.domain.step import SteppedLoss
 from hf_transfer.models.backbones import Backbone
 
 logger = logging.getLogger(__name__)
@@ -261,7 +263,7 @@ class TransferMode:
     def set_progress(self, progress: float) -> None:
         """Training progress in [0, 1] from the Trainer's global step (restored on resume)."""
 
-    def stepped_method(self, model: TransferModel) -> Any:
+    def stepped_method(self, model: TransferModel) -> SteppedLoss | None:
         """The method's own training step, or None when the Trainer's one-loss step trains the mode.
 
         The step is a :class:`~hf_transfer.methods.domain.step.SteppedLoss`."""
@@ -280,7 +282,7 @@ class TransferMode:
             for g in param_groups_weight_decay(model, weight_decay)
         ]
 
-    def callbacks(self) -> list:
+    def callbacks(self) -> list[TrainerCallback]:
         """TrainerCallbacks the mode needs (e.g. gradual unfreezing: *when*, beside the mode's *what*)."""
         return []
 
@@ -295,7 +297,7 @@ class TransferMode:
         """Distance between source and target features of the current model (None: not applicable)."""
         return None
 
-    def fit(self, trainer: Any) -> Any:
+    def fit(self, trainer: Any) -> TrainOutput:  # trainer: the TransferTrainer (a higher module: no import)
         """Train in one solve instead of the Trainer's loop (only a mode with ``fits_in_one_solve``)."""
         raise NotImplementedError(f"mode {self.name!r} trains in the Trainer's loop")
 

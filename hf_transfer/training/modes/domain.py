@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from transformers import TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
 from hf_transfer.config import TransferArguments
 from hf_transfer.config.checks import check_backbone_needs
@@ -123,7 +123,7 @@ class DomainMode(TransferMode):
         hidden = target.remove_columns("label").add_column("label", [UNLABELLED] * len(target))
         return {"target_unlabelled": eval_dataset(self, hidden)}
 
-    def callbacks(self) -> list:
+    def callbacks(self) -> list[TrainerCallback]:
         """PADA's re-estimation of the class weights, when it is on."""
         return self.weighting.callbacks()
 
