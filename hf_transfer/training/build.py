@@ -14,12 +14,12 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 from hf_transfer.config import TransferArguments
 from hf_transfer.config.checks import backbone_needs, check_backbone_needs
 from hf_transfer.evaluation.metrics import scalar_metrics_fn, unscored_message
-from hf_transfer.models.backbones import load_backbone
+from hf_transfer.models.backbones import Backbone, load_backbone
 from hf_transfer.models.speed import busy_machine_note, resolve_cpu_threads, set_memory_format, use_channels_last
 from hf_transfer.runtime.folder_lock import FolderLock
-from hf_transfer.training.modes import TransferData, get_mode
+from hf_transfer.training.modes import TransferData, TransferMode, TransferModel, get_mode
 from hf_transfer.training.modes.common import eval_splits
-from hf_transfer.training.run_arguments import PushRequest
+from hf_transfer.training.run_arguments import PushRequest, run_output_dir
 from hf_transfer.training.run_folder import RunIdentityCallback
 from hf_transfer.training.trainer import TransferTrainer
 
@@ -33,10 +33,10 @@ class PreparedRun:
     args: TransferArguments
     training_args: TrainingArguments
     data: TransferData
-    backbone: object
-    mode: object
-    model: object
-    eval_sets: dict
+    backbone: Backbone
+    mode: TransferMode
+    model: TransferModel
+    eval_sets: dict[str, torch.utils.data.Dataset]
     trainer: TransferTrainer
     resume: str | None
     push: PushRequest | None = None
@@ -44,6 +44,11 @@ class PreparedRun:
     # the output folder's lock (main process; None on the others): held until run_transfer's last write
     folder_lock: FolderLock | None = None
     identity: dict | None = None  # what run_identity.json records (released again if the run fails: run_folder)
+
+    @property
+    def output_dir(self) -> str:
+        """The run's output folder."""
+        return run_output_dir(self.training_args)
 
 
 def set_up_process(args: TransferArguments, training_args: TrainingArguments) -> None:
@@ -61,8 +66,9 @@ def set_up_process(args: TransferArguments, training_args: TrainingArguments) ->
 
 
 def refuse_before_loading(args: TransferArguments) -> None:
-    """What the backbone's architecture alone refuses (e.g. ``--adabn`` without BatchNorm: the needs the options
-    and the method declare), read from its config before any data is loaded."""
+    """Refuse what the backbone's architecture alone rules out, from its config before any data is loaded.
+
+    E.g. ``--adabn`` without BatchNorm: the needs the options and the method declare."""
     if backbone_needs(args):
         from hf_transfer.models.norm_layers import architecture_without_weights
 

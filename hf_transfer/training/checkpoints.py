@@ -83,7 +83,7 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
-def resolve_resume(value, output_dir: str) -> str | None:
+def resolve_resume(value: str | None, output_dir: str) -> str | None:
     """``resume_from_checkpoint`` (a folder, or true/last/latest) -> the folder to resume from."""
     if value is None or str(value).lower() in ("false", ""):
         return None

@@ -7,12 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from transformers.trainer_utils import TrainOutput
 
 from hf_transfer.evaluation.metrics import classification_report
 from hf_transfer.models.speed import set_memory_format
 from hf_transfer.training.build import PreparedRun
 from hf_transfer.training.lr_find import RangeTestResult, apply_range_test
+from hf_transfer.training.trainer import TransferTrainer
 
 
 @dataclass
@@ -28,10 +30,10 @@ class TrainedRun:
 
 def train_run(run: PreparedRun) -> TrainedRun:
     """Train ``run`` and score it; the weights are left in plain (contiguous) memory format for the export."""
-    trainer, mode, training_args = run.trainer, run.mode, run.training_args
+    trainer, mode = run.trainer, run.mode
     lr_find = None
     if run.args.lr_find:
-        lr_find = apply_range_test(trainer, training_args.output_dir, bool(run.resume), trainer.is_world_process_zero())
+        lr_find = apply_range_test(trainer, run.output_dir, bool(run.resume), trainer.is_world_process_zero())
     gap_before = mode.domain_gap()
     output = trainer.train(resume_from_checkpoint=run.resume)
     mode.finish(run.model, trainer)
@@ -42,9 +44,13 @@ def train_run(run: PreparedRun) -> TrainedRun:
     return TrainedRun(output, metrics, gap_before, mode.domain_gap(), lr_find)
 
 
-def final_metrics(trainer, eval_sets: dict, num_classes: int) -> dict[str, dict]:
-    """Full metrics per domain (gathered across processes by ``predict``); a model whose outputs are not
-    finite stops the run (:class:`~hf_transfer.training.health_guard.HealthGuard`) instead of being scored."""
+def final_metrics(
+    trainer: TransferTrainer, eval_sets: dict[str, torch.utils.data.Dataset], num_classes: int
+) -> dict[str, dict]:
+    """Full metrics per domain, gathered across processes by ``predict``.
+
+    A model whose outputs are not finite stops the run (:class:`~hf_transfer.training.health_guard.HealthGuard`)
+    instead of being scored."""
     out = {}
     for name, ds in eval_sets.items():
         pred = trainer.predict(ds, metric_key_prefix=f"test_{name}")
@@ -58,5 +64,7 @@ def final_metrics(trainer, eval_sets: dict, num_classes: int) -> dict[str, dict]
                 f"after step {trainer.state.global_step} the model's outputs are not finite on {bad_rows} of "
                 f"the {len(logits)} {name} test images",
             )
-        out[name] = classification_report(logits.argmax(-1), pred.label_ids, num_classes)
+        labels = pred.label_ids
+        assert isinstance(labels, np.ndarray), "the run's label_names is ['labels']: one label array per set"
+        out[name] = classification_report(logits.argmax(-1), labels, num_classes)
     return out

@@ -25,9 +25,10 @@ import logging
 import math
 import os
 from collections import deque
+from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from hf_transfer.evaluation.run_health import LOSS_WINDOW, fmt_loss, write_stop_marker
 from hf_transfer.runtime.cache import write_atomic
@@ -49,8 +50,9 @@ class TrainingHealthError(RuntimeError):
 
 
 def nonfinite_tensors(module: torch.nn.Module) -> list[str]:
-    """Names of the floating-point parameters and buffers of ``module`` that hold a NaN or an infinity
-    (one device sync for all of them)."""
+    """Names of the floating-point parameters and buffers of ``module`` that hold a NaN or an infinity.
+
+    One device sync for all of them."""
     named = [
         (name, t)
         for name, t in [*module.named_parameters(), *module.named_buffers()]
@@ -67,7 +69,7 @@ class HealthGuard(TrainerCallback):
     """Owned by :class:`~hf_transfer.training.trainer.TransferTrainer`: it feeds :meth:`observe` each
     batch's loss; the callback hooks check at the log/evaluate/save steps and at the end."""
 
-    def __init__(self, trainer):
+    def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
         # the batches since the last check: steps and supervised losses on the host, losses on the device (a
         # scalar tensor each, stacked into one every PACK_EVERY batches: a run that never logs holds no more)
@@ -181,9 +183,11 @@ class HealthGuard(TrainerCallback):
             self.last_losses.append(sup)
         return None
 
-    def check(self, state, model: torch.nn.Module | None, where: str = "") -> None:
-        """Read the pending losses and check the weights; stop the run (marker, then
-        :class:`TrainingHealthError`) on the first non-finite or exploding loss or a non-finite weight."""
+    def check(self, state: TrainerState, model: torch.nn.Module | None, where: str = "") -> None:
+        """Read the pending losses and check the weights, stopping the run on the first problem.
+
+        Stops (marker, then :class:`TrainingHealthError`) on the first non-finite or exploding loss or a
+        non-finite weight."""
         problem = self._problem(self._step_losses())
         bad_weights = nonfinite_tensors(model) if model is not None else []
         accelerator = self.trainer.accelerator
@@ -196,6 +200,7 @@ class HealthGuard(TrainerCallback):
         if problem is not None:
             reason, step, loss = problem
             if reason == "exploding loss":
+                assert self.reference is not None, "an explosion is measured against the recorded first loss"
                 detail = (
                     f"the loss {fmt_loss(loss)} is over {EXPLOSION_FACTOR:.0e} times the run's first loss "
                     f"({fmt_loss(self.reference)})"
@@ -214,8 +219,9 @@ class HealthGuard(TrainerCallback):
             )
 
     def stop(self, reason: str, step: int, loss: float, what: str, advice: str = "") -> None:
-        """Mark the output folder (main process) and raise :class:`TrainingHealthError`; checkpoints written
-        before this point passed the same check, so the newest one is the last good one."""
+        """Mark the output folder (main process) and raise :class:`TrainingHealthError`.
+
+        Checkpoints written before this point passed the same check, so the newest one is the last good one."""
         output_dir = self.trainer.args.output_dir
         last_good = last_complete_checkpoint(output_dir) if output_dir else None
         message = (
@@ -240,34 +246,63 @@ class HealthGuard(TrainerCallback):
         raise TrainingHealthError(message)
 
     # --- the Trainer's hooks -----------------------------------------------------------------------
-    def on_step_end(self, args, state, control, model=None, **kwargs):
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: torch.nn.Module | None = None,
+        **kwargs: Any,
+    ) -> TrainerControl:
         if control.should_log or control.should_evaluate or control.should_save or control.should_training_stop:
             self.check(state, model)
         return control
 
-    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+    def on_epoch_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: torch.nn.Module | None = None,
+        **kwargs: Any,
+    ) -> TrainerControl:
         if control.should_log or control.should_evaluate or control.should_save:  # save_strategy=epoch etc.
             self.check(state, model)
         return control
 
-    def on_train_end(self, args, state, control, model=None, **kwargs):
+    def on_train_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: torch.nn.Module | None = None,
+        **kwargs: Any,
+    ) -> TrainerControl:
         self.check(state, model)
         return control
 
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        if state.is_world_process_zero and args.output_dir is not None:  # the Trainer saves into its output_dir
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             if os.path.isdir(folder):
                 write_atomic(os.path.join(folder, STATE_FILE), json.dumps(self.record()))
         return control
 
     # --- what the run reports ----------------------------------------------------------------------
-    def train_loss(self) -> dict | None:
-        """The mean loss and the steps it covers: the whole run, across resumes, unless the run was resumed
-        from a checkpoint that recorded none (then the steps after it, and ``note`` says so)."""
+    def train_loss(self) -> dict[str, Any] | None:
+        """The mean loss and the steps it covers.
+
+        The whole run, across resumes, unless the run was resumed from a checkpoint that recorded none (then
+        the steps after it, and ``note`` says so)."""
         if not self.loss_steps:
             return None
-        out = {"mean": self.loss_sum / self.loss_steps, "first_step": self.first_step, "last_step": self.last_step}
+        out: dict[str, Any] = {
+            "mean": self.loss_sum / self.loss_steps,
+            "first_step": self.first_step,
+            "last_step": self.last_step,
+        }
         if self.note:
             out["note"] = self.note
         elif self.resumed_without_record is not None:

@@ -27,6 +27,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from hf_transfer.training.modes.base import TransferModel
+from hf_transfer.training.trainer import TransferTrainer
+
 logger = logging.getLogger(__name__)
 
 #: where the curve and the pick are written in the output folder (a resumed run reuses the pick)
@@ -73,7 +76,9 @@ def _mean_over_processes(value: float, device: torch.device) -> float:
 
 
 def pick_rate(learning_rates: list[float], losses: list[float]) -> tuple[float, float]:
-    """(picked rate, rate at the minimum smoothed loss): a tenth of the latter, never below the first rate tried."""
+    """The picked rate and the rate at the minimum smoothed loss.
+
+    The pick is a tenth of the latter, never below the first rate tried."""
     finite = [(loss, lr) for lr, loss in zip(learning_rates, losses, strict=True) if math.isfinite(loss)]
     if not finite:
         raise ValueError("the range test gave no finite loss")
@@ -81,16 +86,18 @@ def pick_rate(learning_rates: list[float], losses: list[float]) -> tuple[float, 
     return max(at_min / 10.0, learning_rates[0]), at_min
 
 
-def range_test(trainer, steps: int = 100, start: float = 1e-7, end: float = 1.0) -> RangeTestResult:
+def range_test(trainer: TransferTrainer, steps: int = 100, start: float = 1e-7, end: float = 1.0) -> RangeTestResult:
     """Run the test on ``trainer``'s model, loader and mode (see the module docstring); the model is unchanged after."""
     mode, model, args = trainer.transfer_mode, trainer.model, trainer.args
+    assert isinstance(model, TransferModel), "before train() the Trainer holds the mode's own, unwrapped model"
     device = next(model.parameters()).device
     saved_weights = copy.deepcopy(model.state_dict())
     saved_rng = _rng_states()
     was_training = model.training
     groups = mode.optimizer_groups(model, 1.0, args.weight_decay)  # lr 1.0: each group's ratio to the base rate
     ratios = [g["lr"] for g in groups]
-    optimizer_cls, optimizer_kwargs = trainer.get_optimizer_cls_and_kwargs(args, model)
+    # annotated PreTrainedModel, but the Trainer reads only nn.Module's named_modules/parameters from it
+    optimizer_cls, optimizer_kwargs = trainer.get_optimizer_cls_and_kwargs(args, model)  # type: ignore[arg-type]
     optimizer = optimizer_cls(groups, **{**optimizer_kwargs, "lr": start})
     result = RangeTestResult()
     smoothed, best, beta = 0.0, math.inf, 0.98
@@ -146,7 +153,9 @@ def _check_same_pick(picked: float, device: torch.device) -> None:
         raise RuntimeError(f"learning_rate auto: the processes picked different rates {values}; rerun with a number")
 
 
-def apply_range_test(trainer, output_dir: str, resuming: bool, is_main_process: bool) -> RangeTestResult:
+def apply_range_test(
+    trainer: TransferTrainer, output_dir: str, resuming: bool, is_main_process: bool
+) -> RangeTestResult:
     """Pick the rate (or, when resuming, reuse the pick recorded in the folder) and set it on the trainer."""
     path = os.path.join(output_dir, LR_FIND_FILE)
     if resuming and os.path.isfile(path):
@@ -167,7 +176,9 @@ def apply_range_test(trainer, output_dir: str, resuming: bool, is_main_process: 
             from hf_transfer.runtime.cache import write_atomic
 
             write_atomic(path, json.dumps(result.to_dict(), indent=1))
-    _check_same_pick(result.picked, next(trainer.model.parameters()).device)
+    model = trainer.model
+    assert model is not None, "the run's Trainer is built with its model"
+    _check_same_pick(result.picked, next(model.parameters()).device)
     trainer.args.learning_rate = result.picked
     trainer.optimizer, trainer.lr_scheduler = None, None  # built by train() at the picked rate
     return result

@@ -12,8 +12,11 @@ is reported in the plan, not raised.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
-from hf_transfer.config import check_training_arguments
+from transformers import TrainingArguments
+
+from hf_transfer.config import TransferArguments, check_training_arguments
 from hf_transfer.data.align import POLICIES
 from hf_transfer.data.spec import parse_dataset_spec
 from hf_transfer.data.transforms import AUGMENTATIONS
@@ -21,11 +24,13 @@ from hf_transfer.errors import TransferConfigError
 from hf_transfer.models.backbones import check_backbone
 
 
-def _method_plan(args) -> dict:
+def _method_plan(args: TransferArguments) -> dict[str, Any]:
     """The registered method (title, paper, options with their defaults) and the mode's shared options."""
     from hf_transfer.methods.registry import get_method
 
+    assert args.method is not None, "TransferArguments.__post_init__ fills in the mode's default method"
     method = get_method(args.method, args.mode)
+    assert not isinstance(args.method_args, str), "TransferArguments.__post_init__ parses the JSON into a dict"
     options = dataclasses.asdict(method.options(args.method_args))
     plan = {
         "title": method.title,
@@ -34,6 +39,7 @@ def _method_plan(args) -> dict:
         "backbone_lr_scale": args.backbone_lr_scale,
     }
     if args.mode == "domain":
+        assert method.implementation is not None, "every domain method registers the loss that carries it out"
         return {
             **plan,
             "loss": method.implementation.__name__,
@@ -46,7 +52,7 @@ def _method_plan(args) -> dict:
     return {**plan, "freeze": args.freeze}
 
 
-def plan_run(args, training_args) -> dict:
+def plan_run(args: TransferArguments, training_args: TrainingArguments) -> dict[str, Any]:
     """Everything the run would use, checked offline; raises TransferConfigError on the first problem."""
     check_training_arguments(args, training_args)
     if args.label_policy not in POLICIES:

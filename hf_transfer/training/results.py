@@ -15,20 +15,24 @@ from hf_transfer import __version__
 from hf_transfer.evaluation.metrics import model_selection, unscored_classes
 from hf_transfer.training.build import PreparedRun
 from hf_transfer.training.fit import TrainedRun
+from hf_transfer.training.modes.feature import FeatureMode
 from hf_transfer.training.run_arguments import non_default_arguments
+from hf_transfer.training.trainer import TransferTrainer
 
 logger = logging.getLogger(__name__)
 
 
-def health_report(trainer, metrics: dict, num_classes: int, fallback_train_loss: float) -> dict:
-    """results.json's ``train_loss`` (the whole run's mean, across resumes), the steps it covers, and
+def health_report(trainer: TransferTrainer, metrics: dict, num_classes: int, fallback_train_loss: float) -> dict:
+    """The ``train_loss`` of results.json (the whole run's mean, across resumes), its steps, and ``health``.
+
     ``health``: the loss at the start and end of the run and the divergence warnings (also logged)."""
     from hf_transfer.evaluation.run_health import divergence_warnings, window_means
 
     guard = trainer.health
     loss = guard.train_loss()
     ends = window_means(guard.first_losses, list(guard.last_losses), guard.loss_steps)
-    warnings = divergence_warnings(*(ends or (None, None)), metrics.get("target"), num_classes)
+    loss_start, loss_end = ends if ends is not None else (None, None)
+    warnings = divergence_warnings(loss_start, loss_end, metrics.get("target"), num_classes)
     for line in warnings:
         logger.warning("Run health: %s", line)
     if loss is None:  # nothing observed (no training step ran)
@@ -47,6 +51,7 @@ def health_report(trainer, metrics: dict, num_classes: int, fallback_train_loss:
 
 
 def versions() -> dict[str, str]:
+    """The versions of hf_transfer, its main libraries and Python, so a run can be reproduced."""
     import accelerate
     import datasets
     import timm
@@ -63,9 +68,10 @@ def versions() -> dict[str, str]:
 
 
 def collect_results(run: PreparedRun, trained: TrainedRun, start: float, provenance: list[dict]) -> dict[str, Any]:
-    """``results.json``: what the run was (mode, method, data, arguments, versions, ``provenance``: where its
-    weights came from) and what it gave (metrics, model selection, domain gap, health), from every process's
-    gathered metrics."""
+    """The content of ``results.json``: what the run was and what it gave.
+
+    What it was: mode, method, data, arguments, versions, ``provenance`` (where its weights came from); what it
+    gave: metrics, model selection, domain gap, health, from every process's gathered metrics."""
     args, training_args = run.args, run.training_args
     trainer, mode, model, backbone, data = run.trainer, run.mode, run.model, run.backbone, run.data
     metrics, lr_find = trained.metrics, trained.lr_find
@@ -129,14 +135,17 @@ def collect_results(run: PreparedRun, trained: TrainedRun, start: float, provena
         "ranking": run.ranking,
         "lr_find": lr_find.to_dict() if lr_find else None,
     }
-    if getattr(mode, "solver_info", None):  # head_solver=lbfgs: the Trainer's optimizer settings did not apply
+    if (
+        isinstance(mode, FeatureMode) and mode.solver_info
+    ):  # head_solver=lbfgs: the Trainer's optimizer settings did not apply
         results["hyperparameters"] = mode.solver_hyperparameters(results["hyperparameters"])
     return results
 
 
 def base_model_evaluation(run: PreparedRun, metrics: dict) -> dict | None:
-    """The base checkpoint with its own head on the run's target test rows (the card's "before" beside
-    "after"): one batched pass, main process only; None when its class names do not overlap the target's."""
+    """The base checkpoint with its own head on the run's target test rows: the card's "before" beside "after".
+
+    One batched pass, main process only; None when its class names do not overlap the target's."""
     from hf_transfer.data.kshot import subset
     from hf_transfer.evaluation.evaluate import evaluate_base
 

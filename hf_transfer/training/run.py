@@ -32,9 +32,10 @@ from hf_transfer.models.export import export_model
 from hf_transfer.runtime.logs import quiet_unactionable_logs
 from hf_transfer.training.build import PreparedRun, build_run, refuse_before_loading, set_up_process
 from hf_transfer.training.fit import TrainedRun, train_run
+from hf_transfer.training.modes.task import TaskMode
 from hf_transfer.training.plan import plan_run
 from hf_transfer.training.results import base_model_evaluation, collect_results
-from hf_transfer.training.run_arguments import run_training_args
+from hf_transfer.training.run_arguments import run_output_dir, run_training_args
 from hf_transfer.training.run_data import load_transfer_data
 from hf_transfer.training.run_folder import claim_output_dir, released_on_failure, resume_checkpoint, run_identity
 
@@ -44,8 +45,9 @@ logger = logging.getLogger(__name__)
 def prepare_run(
     args: TransferArguments, training_args: TrainingArguments, callbacks: list[TrainerCallback] | None = None
 ) -> PreparedRun:
-    """Check the arguments, claim the output folder, load the data, build the mode and the Trainer (no training
-    yet). What can be checked without loading anything is checked first."""
+    """Check the arguments, claim the output folder, load the data, build the mode and the Trainer.
+
+    No training yet; what can be checked without loading anything is checked first."""
     quiet_unactionable_logs(http=False)
     plan = plan_run(args, training_args)  # every check plan makes: train refuses what plan refuses, and back
     if problem := report_to_problem(training_args):  # plan reports it as a problem of this machine
@@ -55,6 +57,7 @@ def prepare_run(
         # the Trainer turns it on for any model that is not a PreTrainedModel (ours), which costs a graph
         # walk per step and warns on every DDP run: on only for a method that declares a backward pass
         # leaving trainable parameters without a gradient (e.g. MCD's step B)
+        assert args.method is not None, "TransferArguments.__post_init__ fills in the mode's default method"
         training_args.ddp_find_unused_parameters = registry.get_method(args.method, args.mode).find_unused_parameters
     identity = run_identity(args, training_args)
     resume = resume_checkpoint(training_args, identity)
@@ -66,7 +69,7 @@ def prepare_run(
         )
     folder_lock = claim_output_dir(training_args, identity, resume, overwrite=args.overwrite_output_dir)
     try:
-        with released_on_failure(training_args.output_dir, identity):
+        with released_on_failure(run_output_dir(training_args), identity):
             set_up_process(args, training_args)
             refuse_before_loading(args)
             data = load_transfer_data(args, training_args.seed)
@@ -86,7 +89,8 @@ def run_transfer(
     start = time.time()
     run = prepare_run(args, training_args, callbacks)
     with run.folder_lock or contextlib.nullcontext():  # until the last write (export, card, push); errors too
-        with released_on_failure(run.training_args.output_dir, run.identity):
+        assert run.identity is not None, "build_run records the run's identity"
+        with released_on_failure(run.output_dir, run.identity):
             trained = train_run(run)
             results = collect_results(run, trained, start, _provenance(run))
             if run.trainer.is_world_process_zero():
@@ -105,13 +109,13 @@ def _provenance(run: PreparedRun) -> list[dict]:
 
 
 def write_outputs(run: PreparedRun, trained: TrainedRun, results: dict) -> None:
-    """(main process) The base model's "before" row, the export, the example images and the model card."""
+    """Write the base model's "before" row, the export, the example images and the model card (main process)."""
     from hf_transfer.hub.cards import write_card
 
-    output_dir = run.training_args.output_dir
+    output_dir = run.output_dir
     remove_stop_marker(output_dir)  # this run, resumed, finished healthy
     results["base_model_evaluation"] = base_model_evaluation(run, trained.metrics)
-    if getattr(run.mode, "exports_adapter", False):  # LoRA: the --publish form (merged model, adapter)
+    if isinstance(run.mode, TaskMode) and run.mode.exports_adapter:  # LoRA: the --publish form (merged model, adapter)
         results["adapter"] = run.mode.export(output_dir, results)
     else:
         export_model(run.backbone, output_dir, results=results)
@@ -123,14 +127,17 @@ def write_outputs(run: PreparedRun, trained: TrainedRun, results: dict) -> None:
 
 
 def push(run: PreparedRun) -> None:
-    """(main process) The finished folder to the Hub in one commit, as ``--push_to_hub`` asked."""
+    """Push the finished folder to the Hub in one commit, as ``--push_to_hub`` asked (main process)."""
     from hf_transfer.hub.push import push_run
 
+    request = run.push
+    if request is None:
+        raise ValueError("push: this run was not asked to push (no --push_to_hub)")
     push_run(
-        run.training_args.output_dir,
-        run.push.repo_id,
-        private=run.push.private,
-        revision=run.push.revision,
-        create_pr=run.push.create_pr,
-        token=run.push.token,
+        run.output_dir,
+        request.repo_id,
+        private=request.private,
+        revision=request.revision,
+        create_pr=request.create_pr,
+        token=request.token,
     )

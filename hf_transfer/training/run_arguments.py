@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from transformers import TrainingArguments
 
@@ -28,7 +29,8 @@ class PushRequest:
     token: str | None
 
     @classmethod
-    def take_from(cls, args: TransferArguments, training_args) -> PushRequest | None:
+    def take_from(cls, args: TransferArguments, training_args: TrainingArguments) -> PushRequest | None:
+        """The push settings of ``training_args``, taken out of it (None when the run pushes nothing)."""
         token, training_args.hub_token = training_args.hub_token, None
         repo_id = push_repo_id(args, training_args)  # checked by plan_run already, with the same function
         if repo_id is None:
@@ -40,8 +42,9 @@ class PushRequest:
 def run_training_args(
     args: TransferArguments, training_args: TrainingArguments
 ) -> tuple[TrainingArguments, PushRequest | None]:
-    """The run's own copy of ``training_args`` (the caller's object is never changed) with the push settings
-    taken out (:class:`PushRequest`) and the settings every mode needs."""
+    """The run's own copy of ``training_args``, with the push settings taken out and those every mode needs.
+
+    The caller's object is never changed; the push settings become a :class:`PushRequest`."""
     training_args = copy.deepcopy(training_args)
     push = PushRequest.take_from(args, training_args)
     # the mode's datasets are tensors already; the Trainer must not drop "unused" columns
@@ -55,7 +58,13 @@ def run_training_args(
     return training_args, push
 
 
-def non_default_arguments(args: TransferArguments, training_args) -> dict:
+def run_output_dir(training_args: TrainingArguments) -> str:
+    """The run's output folder, which TrainingArguments always has once built."""
+    assert training_args.output_dir is not None, "TrainingArguments.__post_init__ fills in a default output_dir"
+    return training_args.output_dir
+
+
+def non_default_arguments(args: TransferArguments, training_args: TrainingArguments) -> dict[str, Any]:
     """The arguments that differ from their defaults: a config that reproduces the run.
 
     Compared against default instances built the same way, so values normalised in

@@ -4,16 +4,20 @@ feature cache a ranking fills is the one a feature run reads)."""
 
 from __future__ import annotations
 
+import datasets
+
 from hf_transfer.config import TransferArguments
 from hf_transfer.data.align import align_domains
 from hf_transfer.data.classes import select_classes
 from hf_transfer.data.load import load_domain
-from hf_transfer.data.spec import parse_dataset_spec
+from hf_transfer.data.spec import DatasetSpec, parse_dataset_spec
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.training.modes import TransferData
 
 
-def _load_checked(spec, args: TransferArguments, seed: int, role: str, skipped: dict[str, int]):
+def _load_checked(
+    spec: DatasetSpec, args: TransferArguments, seed: int, role: str, skipped: dict[str, int]
+) -> datasets.DatasetDict:
     """One domain, with load errors that name the dataset; ``skipped["<role>/<split>"]`` counts the
     rows dropped by ``--skip_bad_images``."""
     counts: dict[str, int] = {}
@@ -32,8 +36,9 @@ def _load_checked(spec, args: TransferArguments, seed: int, role: str, skipped: 
 
 
 def load_transfer_data(args: TransferArguments, seed: int) -> TransferData:
-    """The run's datasets: the target (its ``--target_classes``), and with ``--source`` both domains with their
-    labels aligned by name (``--label_policy``)."""
+    """The run's datasets: the target (its ``--target_classes``), and the source when ``--source`` is given.
+
+    With a source, both domains have their labels aligned by name (``--label_policy``)."""
     target_spec = parse_dataset_spec(args.target)
     source_spec = parse_dataset_spec(args.source) if args.source else None
     skipped: dict[str, int] = {}

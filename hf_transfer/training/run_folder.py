@@ -30,15 +30,17 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from hf_transfer.config import TransferArguments
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.run_health import HEALTH_FILE
 from hf_transfer.runtime.cache import STAGING_PREFIX, write_atomic
 from hf_transfer.runtime.folder_lock import LOCK_FILE, FolderInUseError, FolderLock, lock_folder
 from hf_transfer.training.checkpoints import IDENTITY_FILE, resolve_resume
-from hf_transfer.training.run_arguments import non_default_arguments
+from hf_transfer.training.run_arguments import non_default_arguments, run_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +118,7 @@ NOT_IDENTITY = {
 }
 
 
-def run_identity(args, training_args) -> dict:
+def run_identity(args: TransferArguments, training_args: TrainingArguments) -> dict[str, Any]:
     """The resolved arguments that change a run's result (non-default ones only, plus the world size).
 
     ``dataloader_num_workers`` counts on the stock input path only: there the workers' RNG streams
@@ -128,7 +130,8 @@ def run_identity(args, training_args) -> dict:
     return dict(sorted(identity.items()))
 
 
-def read_identity(folder: str) -> dict | None:
+def read_identity(folder: str) -> dict[str, Any] | None:
+    """The identity recorded in ``folder`` (None when there is none or it cannot be read)."""
     path = os.path.join(folder, IDENTITY_FILE)
     if not os.path.isfile(path):
         return None
@@ -140,7 +143,8 @@ def read_identity(folder: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def write_identity(folder: str, identity: dict) -> None:
+def write_identity(folder: str, identity: dict[str, Any]) -> None:
+    """Record ``identity`` in ``folder`` (atomically: a crash never leaves half a file)."""
     write_atomic(os.path.join(folder, IDENTITY_FILE), json.dumps(identity, indent=2, default=str))
 
 
@@ -266,29 +270,33 @@ def require_same_run(folder: str, identity: dict) -> None:
 class RunIdentityCallback(TrainerCallback):
     """Writes ``run_identity.json`` into every checkpoint the Trainer saves (main process only)."""
 
-    def __init__(self, identity: dict):
+    def __init__(self, identity: dict[str, Any]) -> None:
         self.identity = identity
 
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        if state.is_world_process_zero and args.output_dir is not None:  # the Trainer saves into its output_dir
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             if os.path.isdir(folder):
                 write_identity(folder, self.identity)
         return control
 
 
-def resume_checkpoint(training_args, identity: dict) -> str | None:
-    """The checkpoint ``--resume_from_checkpoint`` names (``last``: the newest complete one), refused unless this
-    same run wrote it."""
-    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+def resume_checkpoint(training_args: TrainingArguments, identity: dict) -> str | None:
+    """The checkpoint ``--resume_from_checkpoint`` names (``last``: the newest complete one).
+
+    Refused unless this same run wrote it."""
+    resume = resolve_resume(training_args.resume_from_checkpoint, run_output_dir(training_args))
     if resume is not None:
         require_same_run(resume, identity)
     return resume
 
 
 def lock_output_dir(output_dir: str) -> FolderLock | None:
-    """The main process locks the folder for the whole run; every process learns whether it could, so that
-    a refused launch ends on all its ranks with the same error (the other ranks never lock: one lock per run)."""
+    """Lock the folder for the whole run (main process); every process learns whether it could.
+
+    So a refused launch ends on all its ranks with the same error (the other ranks never lock: one lock per run)."""
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
@@ -306,12 +314,16 @@ def lock_output_dir(output_dir: str) -> FolderLock | None:
     return lock
 
 
-def claim_output_dir(training_args, identity: dict, resume: str | None, *, overwrite: bool) -> FolderLock | None:
-    """Lock the output folder (main process; returned, held until the run ends), check it on every process,
-    then (main process) clear it if asked and record the run."""
+def claim_output_dir(
+    training_args: TrainingArguments, identity: dict, resume: str | None, *, overwrite: bool
+) -> FolderLock | None:
+    """Lock the output folder, check it on every process, then clear it if asked and record the run.
+
+    The lock is the main process's (returned, held until the run ends); clearing and recording are the main
+    process's too."""
     from accelerate import PartialState
 
-    output_dir = training_args.output_dir
+    output_dir = run_output_dir(training_args)
     lock = lock_output_dir(output_dir)
     try:
         resuming_here = resume is not None and os.path.abspath(

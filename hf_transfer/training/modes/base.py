@@ -18,11 +18,15 @@ import numpy as np
 import torch
 from timm.optim import param_groups_weight_decay
 from torch import nn
+from transformers import TrainerCallback, TrainingArguments
+from transformers.trainer_utils import TrainOutput
 
+from hf_transfer.config import TransferArguments
 from hf_transfer.data.align import AlignmentReport
 from hf_transfer.data.columns import LABEL_COLUMN
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.metrics import UNLABELLED
+from hf_transfer.methods.domain.step import SteppedLoss
 from hf_transfer.models.backbones import Backbone
 
 logger = logging.getLogger(__name__)
@@ -68,8 +72,9 @@ class TransferData:
     skipped_images: dict[str, int] = field(default_factory=dict)
 
     def drop_unlabelled(self, keep_target_train: bool = False) -> None:
-        """Remove the rows without a label from every split that is trained on or scored, with ONE
-        warning giving the counts. ``keep_target_train``: the domain mode's target training images are
+        """Remove the rows without a label from every split that is trained on or scored.
+
+        ONE warning gives the counts. ``keep_target_train``: the domain mode's target training images are
         unlabelled by design, so those rows stay (as unlabelled target images)."""
         if self.dropped_unlabelled or self.kept_unlabelled:
             return
@@ -169,8 +174,10 @@ class TransferModel(nn.Module):
         )
 
     def prepare_batch(self, inputs: dict) -> dict:
-        """``inputs`` with its image batches augmented and normalised once (fast input path), for a method
-        whose passes must all see the same augmented batch; the sizes the augmentation read are dropped."""
+        """Augment and normalise the image batches of ``inputs`` once (fast input path).
+
+        For a method whose passes must all see the same augmented batch; the sizes the augmentation read are
+        dropped."""
         out = dict(inputs)
         for pixels, sizes in (("pixel_values", "image_size"), ("target_pixel_values", "target_image_size")):
             if out.get(pixels) is not None:
@@ -200,7 +207,9 @@ class TransferMode:
     #: True when the mode trains in one solve (its ``fit(trainer)``) instead of the Trainer's loop
     fits_in_one_solve: bool = False
 
-    def __init__(self, args: Any, backbone: Backbone, data: TransferData, training_args: Any) -> None:
+    def __init__(
+        self, args: TransferArguments, backbone: Backbone, data: TransferData, training_args: TrainingArguments
+    ) -> None:
         self.args = args
         self.backbone = backbone
         self.data = data
@@ -209,35 +218,55 @@ class TransferMode:
         data.drop_unlabelled(keep_target_train=self.uses_unlabelled_target)
 
     @property
+    def method_name(self) -> str:
+        """The registered method the mode trains."""
+        assert self.args.method is not None, "TransferArguments.__post_init__ fills in the mode's default method"
+        return self.args.method
+
+    @property
+    def backbone_lr_scale(self) -> float:
+        """The backbone groups' learning rate as a fraction of the head's (discriminative learning rates)."""
+        scale = self.args.backbone_lr_scale
+        assert scale is not None, "TransferArguments.__post_init__ fills in the method's default scale"
+        return scale
+
+    @property
     def label_smoothing(self) -> float:
         """``label_smoothing_factor`` of the classification loss (every mode applies it itself)."""
         return float(getattr(self.training_args, "label_smoothing_factor", 0.0) or 0.0)
 
     # --- hooks a mode writes ----------------------------------------------------------------
     def build_model(self) -> TransferModel:
+        """The model the Trainer trains: the classifier plus the mode's auxiliary modules."""
         raise NotImplementedError
 
     def train_dataset(self) -> torch.utils.data.Dataset:
+        """The rows the Trainer trains on."""
         raise NotImplementedError
 
     def eval_datasets(self) -> dict[str, torch.utils.data.Dataset]:
+        """The labelled evaluation sets by domain name (``target``, and ``source`` when given)."""
         raise NotImplementedError
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """One batch of the Trainer's loaders from its rows."""
         raise NotImplementedError
 
     def forward(self, model: TransferModel, **inputs: Any) -> dict[str, Any]:
-        """``{"loss", "logits"}``; a training step may add ``"metrics"``: floats the Trainer logs with the
-        loss (e.g. DANN's coefficient), returned rather than kept on the mode."""
+        """The loss and logits of one batch: ``{"loss", "logits"}``.
+
+        A training step may add ``"metrics"``: floats the Trainer logs with the loss (e.g. DANN's coefficient),
+        returned rather than kept on the mode."""
         raise NotImplementedError
 
     # --- hooks with defaults --------------------------------------------------------------------
     def set_progress(self, progress: float) -> None:
         """Training progress in [0, 1] from the Trainer's global step (restored on resume)."""
 
-    def stepped_method(self, model: TransferModel) -> Any:
-        """The method's own training step (a :class:`~hf_transfer.methods.domain.step.SteppedLoss`), or None
-        when the Trainer's one-loss step trains the mode."""
+    def stepped_method(self, model: TransferModel) -> SteppedLoss | None:
+        """The method's own training step, or None when the Trainer's one-loss step trains the mode.
+
+        The step is a :class:`~hf_transfer.methods.domain.step.SteppedLoss`."""
         return None
 
     def parameter_parts(self, model: TransferModel) -> dict[str, list[nn.Parameter]]:
@@ -245,14 +274,15 @@ class TransferMode:
         raise NotImplementedError(f"mode {self.name!r} trains no method that owns its step")
 
     def optimizer_groups(self, model: TransferModel, lr: float, weight_decay: float) -> list[dict]:
-        """Every trainable parameter at ``lr``, no weight decay on biases and norms: timm's
-        ``param_groups_weight_decay`` (with ``weight_decay=0`` one group holds them all)."""
+        """Every trainable parameter at ``lr``, no weight decay on biases and norms.
+
+        timm's ``param_groups_weight_decay`` (with ``weight_decay=0`` one group holds them all)."""
         return [
             {**g, "lr": lr, "name": "decay" if g["weight_decay"] else "no_decay"}
             for g in param_groups_weight_decay(model, weight_decay)
         ]
 
-    def callbacks(self) -> list:
+    def callbacks(self) -> list[TrainerCallback]:
         """TrainerCallbacks the mode needs (e.g. gradual unfreezing: *when*, beside the mode's *what*)."""
         return []
 
@@ -267,7 +297,7 @@ class TransferMode:
         """Distance between source and target features of the current model (None: not applicable)."""
         return None
 
-    def fit(self, trainer: Any) -> Any:
+    def fit(self, trainer: Any) -> TrainOutput:  # trainer: the TransferTrainer (a higher module: no import)
         """Train in one solve instead of the Trainer's loop (only a mode with ``fits_in_one_solve``)."""
         raise NotImplementedError(f"mode {self.name!r} trains in the Trainer's loop")
 

@@ -12,9 +12,10 @@ from hf_transfer.data.kshot import subset
 from hf_transfer.data.paired import ImageDomainDataset
 from hf_transfer.data.transforms import eval_transform, train_transform
 from hf_transfer.evaluation.metrics import UNLABELLED
+from hf_transfer.training.modes.base import TransferMode
 
 
-def _decoded(mode, ds: datasets.Dataset, kind: str, with_labels: bool = True) -> DecodedImages:
+def _decoded(mode: TransferMode, ds: datasets.Dataset, kind: str, with_labels: bool = True) -> DecodedImages:
     """Decode once (the main process first under DDP; the others then read the cache), in
     ``dataloader_num_workers`` processes when > 0 (same bytes as one process: chunks land in order)."""
     with mode.training_args.main_process_first(desc="decoding images"):
@@ -28,29 +29,34 @@ def _decoded(mode, ds: datasets.Dataset, kind: str, with_labels: bool = True) ->
         )
 
 
-def train_images(mode, ds: datasets.Dataset, with_labels: bool = True):
-    """Training images: uint8 storage for the fast path (augmented in the model's forward), or
-    tensors through the stock per-sample PIL transforms."""
+def train_images(
+    mode: TransferMode, ds: datasets.Dataset, with_labels: bool = True
+) -> DecodedImages | ImageDomainDataset:
+    """Training images for the mode's input path.
+
+    uint8 storage for the fast path (augmented in the model's forward), or tensors through the stock
+    per-sample PIL transforms."""
     ds = subset(ds, mode.args.max_train_samples, mode.training_args.seed)
     if mode.args.input_path == "fast":
         return _decoded(mode, ds, split_kind_for(mode.args.augment, train=True), with_labels)
     return ImageDomainDataset(ds, train_transform(mode.backbone.data_config, mode.args.augment), with_labels)
 
 
-def eval_dataset(mode, ds: datasets.Dataset):
+def eval_dataset(mode: TransferMode, ds: datasets.Dataset) -> DecodedImages | ImageDomainDataset:
+    """Evaluation images for the mode's input path (no augmentation)."""
     if mode.args.input_path == "fast":
         return _decoded(mode, ds, "eval")
     return ImageDomainDataset(ds, eval_transform(mode.backbone.data_config))
 
 
-def input_transform(mode) -> BatchAugment | None:
+def input_transform(mode: TransferMode) -> BatchAugment | None:
     """The on-device augmentation + normalisation of the fast path (None for the stock path)."""
     if mode.args.input_path != "fast":
         return None
     return BatchAugment(mode.backbone.data_config, mode.args.augment)
 
 
-def eval_splits(mode) -> dict[str, datasets.Dataset]:
+def eval_splits(mode: TransferMode) -> dict[str, datasets.Dataset]:
     """The labelled test split of each domain, named ``target`` and (when given) ``source``."""
     splits = {"target": mode.data.target["test"]}
     if mode.data.source is not None:
@@ -58,7 +64,8 @@ def eval_splits(mode) -> dict[str, datasets.Dataset]:
     return {k: subset(v, mode.args.max_eval_samples, mode.training_args.seed) for k, v in splits.items()}
 
 
-def eval_images(mode) -> dict:
+def eval_images(mode: TransferMode) -> dict[str, torch.utils.data.Dataset]:
+    """The evaluation images of each domain's labelled test split (see :func:`eval_splits`)."""
     return {name: eval_dataset(mode, ds) for name, ds in eval_splits(mode).items()}
 
 

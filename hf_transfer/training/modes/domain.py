@@ -27,7 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+from transformers import TrainerCallback, TrainingArguments
 
+from hf_transfer.config import TransferArguments
 from hf_transfer.config.checks import check_backbone_needs
 from hf_transfer.data.kshot import subset
 from hf_transfer.data.paired import PairedDataset, collate_paired
@@ -55,7 +57,9 @@ class DomainMode(TransferMode):
 
     uses_unlabelled_target = True
 
-    def __init__(self, args: Any, backbone: Backbone, data: TransferData, training_args: Any) -> None:
+    def __init__(
+        self, args: TransferArguments, backbone: Backbone, data: TransferData, training_args: TrainingArguments
+    ) -> None:
         super().__init__(args, backbone, data, training_args)
         if data.source is None:
             raise TransferConfigError("mode=domain needs a source domain (--source).")
@@ -64,7 +68,8 @@ class DomainMode(TransferMode):
         self.bottleneck = domain_parts.Bottleneck(backbone, args.bottleneck_dim) if args.bottleneck_dim else None
         feature_dim = args.bottleneck_dim or backbone.feature_dim
         try:
-            self.transfer_loss = build_loss(args.method, feature_dim, backbone.num_labels, **args.method_args)
+            assert isinstance(args.method_args, dict), "TransferArguments.__post_init__ parses method_args to a dict"
+            self.transfer_loss = build_loss(self.method_name, feature_dim, backbone.num_labels, **args.method_args)
         except (TypeError, ValueError) as err:
             raise TransferConfigError(f"method={args.method!r}, method_args={args.method_args}: {err}") from err
         self.weighting = domain_parts.label_space_weighting(
@@ -84,11 +89,12 @@ class DomainMode(TransferMode):
         return TransferModel(self, self.backbone.model, aux=aux, input_transform=input_transform(self))
 
     def optimizer_groups(self, model: TransferModel, lr: float, weight_decay: float) -> list[dict]:
-        """Discriminative learning rates with task mode's group logic: the backbone's groups at
-        ``lr * backbone_lr_scale``; its head, the bottleneck and the method's own modules (e.g. the
-        domain discriminator) at ``lr``."""
+        """Discriminative learning rates with task mode's group logic.
+
+        The backbone's groups at ``lr * backbone_lr_scale``; its head, the bottleneck and the method's own
+        modules (e.g. the domain discriminator) at ``lr``."""
         groups = self.backbone.param_groups()
-        lrs = group_learning_rates(list(groups), lr, self.args.backbone_lr_scale)
+        lrs = group_learning_rates(list(groups), lr, self.backbone_lr_scale)
         aux = OrderedDict((f"aux.{name}", list(module.named_parameters())) for name, module in model.aux.items())
         lrs.update({name: lr for name in aux})
         out = optimizer_groups_by_name(OrderedDict([*groups.items(), *aux.items()]), lrs, weight_decay)
@@ -102,7 +108,7 @@ class DomainMode(TransferMode):
         """Source rows, paired with target images unless the method trains on none (the baseline)."""
         assert self.data.source is not None  # checked in __init__
         source = train_images(self, self.weighting.source_rows(self.data.source["train"], self.data.label_names))
-        if not get_method(self.args.method).needs.target_images:  # the baseline sees none (as in TLlib)
+        if not get_method(self.method_name).needs.target_images:  # the baseline sees none (as in TLlib)
             return source
         target = train_images(self, self.data.target["train"], with_labels=False)
         return PairedDataset(source, target, target_ratio=self.args.target_batch_ratio)
@@ -117,7 +123,7 @@ class DomainMode(TransferMode):
         hidden = target.remove_columns("label").add_column("label", [UNLABELLED] * len(target))
         return {"target_unlabelled": eval_dataset(self, hidden)}
 
-    def callbacks(self) -> list:
+    def callbacks(self) -> list[TrainerCallback]:
         """PADA's re-estimation of the class weights, when it is on."""
         return self.weighting.callbacks()
 
@@ -143,7 +149,9 @@ class DomainMode(TransferMode):
     def features_and_logits(
         self, model: TransferModel, pixel_values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features the losses see, logits): the bottleneck's when there is one and it is not folded yet."""
+        """The features the losses see and the logits.
+
+        The bottleneck's when there is one and it is not folded yet."""
         features, logits = self.backbone.features_and_logits(pixel_values, model=model.classifier)
         if self.bottleneck is not None and not self.bottleneck.folded:
             features, logits = self.bottleneck.head(features)
@@ -167,8 +175,10 @@ class DomainMode(TransferMode):
         return self.backbone.head
 
     def parameter_parts(self, model: TransferModel) -> dict[str, list[nn.Parameter]]:
-        """``classifier``: the layer that gives the logits; ``method``: the method's modules; ``features``:
-        every other trainable parameter (the backbone below its head, a bottleneck's layers)."""
+        """The trainable parameters by part, for a stepped method's passes.
+
+        ``classifier``: the layer that gives the logits; ``method``: the method's modules; ``features``: every
+        other trainable parameter (the backbone below its head, a bottleneck's layers)."""
         classifier = [p for p in self._classifier(model).parameters() if p.requires_grad]
         method = [p for p in self.transfer_loss.parameters() if p.requires_grad]
         taken = {id(p) for p in classifier + method}
@@ -215,8 +225,10 @@ class DomainMode(TransferMode):
         phase: str | None = None,
         **_: Any,
     ) -> dict[str, Any]:
-        """Training: source loss + weighted alignment term over one paired batch (or a stepped method's
-        pass); evaluation: one domain's loss and logits."""
+        """The loss and logits of one batch.
+
+        Training: source loss + weighted alignment term over one paired batch (or a stepped method's pass);
+        evaluation: one domain's loss and logits."""
         assert pixel_values is not None
         if phase is not None:
             assert target_pixel_values is not None, "a stepped method's pass takes a paired batch"
@@ -240,6 +252,7 @@ class DomainMode(TransferMode):
         f_s, f_t = features[:n_source], features[n_source:]
         logits_s, logits_t = logits[:n_source], logits[n_source:]
         cls_loss = self._source_loss(model, logits_s, labels)
+        assert labels is not None, "a paired training batch carries its source labels (_source_loss checked)"
         source_weight = self.weighting.source_weight(model, labels)
         extra = {"source_weight": source_weight} if source_weight is not None and loss_fn.uses_source_weight else {}
         transfer = loss_fn(f_s, f_t, logits_s, logits_t, **extra)

@@ -7,11 +7,16 @@ composes them; each can be read (and tested) alone.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sized
+from typing import Any
 
+import datasets
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
+from transformers import TrainerCallback, TrainingArguments
 
+from hf_transfer.config import TransferArguments
 from hf_transfer.data.kshot import subset
 from hf_transfer.data.paired import ImageDomainDataset, collate_images
 from hf_transfer.data.transforms import eval_transform
@@ -26,17 +31,20 @@ from hf_transfer.methods.domain.partial import (
     pada_summary,
 )
 from hf_transfer.methods.feature.extract import extract_features
+from hf_transfer.models.backbones import Backbone
 from hf_transfer.models.bottleneck import BottleneckHead, fold_into
+from hf_transfer.training.modes.base import TransferData, TransferModel
 
 logger = logging.getLogger(__name__)
 
 
 class Bottleneck:
-    """``bottleneck_dim``: Linear + BatchNorm1d + a new head on the backbone's features while training;
-    the backbone's own head is bypassed (frozen, so DDP sees no unused gradients) until :meth:`fold`
+    """``bottleneck_dim``: Linear + BatchNorm1d + a new head on the backbone's features while training.
+
+    The backbone's own head is bypassed (frozen, so DDP sees no unused gradients) until :meth:`fold`
     puts the folded bottleneck head into it, so evaluation and export see one plain Linear."""
 
-    def __init__(self, backbone, dim: int):
+    def __init__(self, backbone: Backbone, dim: int) -> None:
         self.backbone = backbone
         self.head = BottleneckHead(backbone.feature_dim, dim, backbone.num_labels)
         self.folded = False
@@ -44,16 +52,19 @@ class Bottleneck:
             p.requires_grad_(False)
 
     def fold(self) -> None:
+        """Put the trained bottleneck head, folded into one Linear, into the backbone's head (once)."""
         if not self.folded:
             fold_into(self.head, self.backbone.head)
             self.folded = True
 
 
 class SourceClasses:
-    """``partial_weighting`` none or exclude: the source training rows of the classes the target does
-    not declare are dropped (exclude) or kept (none); no per-sample weights."""
+    """``partial_weighting`` none or exclude: source rows of undeclared classes dropped or kept, no weights.
 
-    def __init__(self, method: str, excluded: list[str]):
+    The source training rows of the classes the target does not declare are dropped (exclude) or kept
+    (none); no per-sample weights."""
+
+    def __init__(self, method: str, excluded: list[str]) -> None:
         self.method, self.excluded, self.excluded_rows = method, excluded, 0
         self.aux: dict[str, nn.Module] = {}
         if excluded:
@@ -62,7 +73,8 @@ class SourceClasses:
                 excluded,
             )
 
-    def source_rows(self, ds, label_names: list[str]):
+    def source_rows(self, ds: datasets.Dataset, label_names: list[str]) -> datasets.Dataset:
+        """The source training rows, without those of the excluded classes."""
         rows = drop_classes(ds, label_names, self.excluded)
         if len(rows) == 0:
             raise TransferConfigError(
@@ -71,16 +83,20 @@ class SourceClasses:
         self.excluded_rows = len(ds) - len(rows)
         return rows
 
-    def class_weight(self, model, dtype) -> torch.Tensor | None:
+    def class_weight(self, model: TransferModel, dtype: torch.dtype) -> torch.Tensor | None:
+        """No per-class weight of the source cross-entropy."""
         return None
 
-    def source_weight(self, model, labels) -> torch.Tensor | None:
+    def source_weight(self, model: TransferModel, labels: torch.Tensor) -> torch.Tensor | None:
+        """No per-sample weight of the source side of the loss."""
         return None
 
-    def callbacks(self) -> list:
+    def callbacks(self) -> list[TrainerCallback]:
+        """No callback: nothing is re-estimated while training."""
         return []
 
-    def summary(self, label_names: list[str]) -> dict:
+    def summary(self, label_names: list[str]) -> dict[str, Any]:
+        """What was done about the source classes the target lacks, for results.json and the card."""
         return {
             "method": self.method,
             "excluded_classes": list(self.excluded),
@@ -89,35 +105,43 @@ class SourceClasses:
 
 
 class PADAWeighting:
-    """``partial_weighting=pada``: class weights (a buffer of the trained model, so checkpoints carry
-    them) re-estimated every ``every`` steps from the mean target softmax; they weight the source
+    """``partial_weighting=pada``: class weights re-estimated every ``every`` steps from the mean target softmax.
+
+    The weights are a buffer of the trained model, so checkpoints carry them; they weight the source
     cross-entropy per class and, for methods that take ``source_weight``, the source side of the loss."""
 
-    def __init__(self, num_classes: int, every: int, target_images, batch_size: int):
+    def __init__(self, num_classes: int, every: int, target_images: Callable[[], Dataset], batch_size: int) -> None:
         self.weights = ClassWeights(num_classes)
         self.aux = {"pada": self.weights}
         self.every, self.batch_size = every, batch_size
         self._target_images = target_images  # () -> the unlabelled target training images (built once, lazily)
-        self._pada_images = None
+        self._pada_images: Dataset | None = None
 
-    def source_rows(self, ds, label_names: list[str]):
+    def source_rows(self, ds: datasets.Dataset, label_names: list[str]) -> datasets.Dataset:
+        """Every source training row: PADA weights the classes instead of dropping them."""
         return ds
 
-    def class_weight(self, model, dtype) -> torch.Tensor:
-        return model.aux["pada"].weights.to(dtype)
+    def class_weight(self, model: TransferModel, dtype: torch.dtype) -> torch.Tensor:
+        """The class weights of the source cross-entropy, as the model carries them."""
+        return model.aux["pada"].get_buffer("weights").to(dtype)
 
-    def source_weight(self, model, labels) -> torch.Tensor:
-        return model.aux["pada"].weights[labels]
+    def source_weight(self, model: TransferModel, labels: torch.Tensor) -> torch.Tensor:
+        """Each source row's class weight, for the methods that weight the source side of their loss."""
+        return model.aux["pada"].get_buffer("weights")[labels]
 
-    def callbacks(self) -> list:
+    def callbacks(self) -> list[TrainerCallback]:
+        """The callback that re-estimates the weights every ``every`` steps."""
         return [PADACallback(self, self.every)]
 
     @torch.no_grad()
-    def estimate_class_weights(self, model) -> None:
+    def estimate_class_weights(self, model: TransferModel) -> None:
         """Mean target softmax over the target training images (eval mode, no RNG drawn)."""
         if self._pada_images is None:
             self._pada_images = self._target_images()
         images, bs = self._pada_images, self.batch_size
+        assert isinstance(images, Sized), "the target's image datasets know their length"
+        weights = model.aux["pada"]
+        assert isinstance(weights, ClassWeights), "PADA's weights are the model's aux['pada'] (see build_model)"
         was_training = model.training
         device = next(model.parameters()).device
         model.eval()
@@ -127,15 +151,22 @@ class PADAWeighting:
                 batch = collate_images([images[i] for i in range(start, min(len(images), start + bs))])
                 logits = model(pixel_values=batch["pixel_values"].to(device))["logits"]
                 probs.append(logits.float().softmax(-1))
-            model.aux["pada"].update(torch.cat(probs))
+            weights.update(torch.cat(probs))
         finally:
             model.train(was_training)
 
-    def summary(self, label_names: list[str]) -> dict:
+    def summary(self, label_names: list[str]) -> dict[str, Any]:
+        """The final class weights, for results.json and the card."""
         return pada_summary(self.weights, label_names, self.every)
 
 
-def label_space_weighting(args, data, num_classes: int, target_images, batch_size: int):
+def label_space_weighting(
+    args: TransferArguments,
+    data: TransferData,
+    num_classes: int,
+    target_images: Callable[[], Dataset],
+    batch_size: int,
+) -> PADAWeighting | SourceClasses:
     """The ``partial_weighting`` collaborator of a domain run."""
     if args.partial_weighting == "pada":
         return PADAWeighting(num_classes, args.pada_every, target_images, batch_size)
@@ -143,9 +174,10 @@ def label_space_weighting(args, data, num_classes: int, target_images, batch_siz
     return SourceClasses(args.partial_weighting, excluded)
 
 
-def adabn(backbone, bottleneck: Bottleneck | None, target, batch_size: int) -> None:
-    """AdaBN: re-estimate the BatchNorm statistics on the target training images (the bottleneck's
-    too while it is not folded)."""
+def adabn(backbone: Backbone, bottleneck: Bottleneck | None, target: datasets.Dataset, batch_size: int) -> None:
+    """AdaBN: re-estimate the BatchNorm statistics on the target training images.
+
+    The bottleneck's too while it is not folded."""
     images = ImageDomainDataset(target, eval_transform(backbone.data_config), with_labels=False)
     loader = DataLoader(images, batch_size=batch_size, collate_fn=collate_images)
     device = next(backbone.model.parameters()).device
@@ -154,18 +186,26 @@ def adabn(backbone, bottleneck: Bottleneck | None, target, batch_size: int) -> N
             backbone.model, loader, forward=lambda m, batch: m(pixel_values=batch["pixel_values"]), device=device
         )
         return
-    both = nn.ModuleList([backbone.model, bottleneck.head])
+    head = bottleneck.head  # the second module of ``both``: the forward runs it on the backbone's features
+    both = nn.ModuleList([backbone.model, head])
     adapt_batchnorm(
         both,
         loader,
         device=device,
-        forward=lambda m, batch: m[1](backbone.features_and_logits(batch["pixel_values"])[0]),
+        forward=lambda m, batch: head(backbone.features_and_logits(batch["pixel_values"])[0]),
     )
 
 
-def domain_gap(backbone, data, args, training_args, max_samples: int = 500) -> dict:
-    """Proxy A-distance and MMD between source and target TEST features of the backbone (its pooled
-    features, the input of the exported head: the same space with or without a bottleneck)."""
+def domain_gap(
+    backbone: Backbone,
+    data: TransferData,
+    args: TransferArguments,
+    training_args: TrainingArguments,
+    max_samples: int = 500,
+) -> dict[str, Any]:
+    """Proxy A-distance and MMD between source and target TEST features of the backbone.
+
+    Its pooled features, the input of the exported head: the same space with or without a bottleneck."""
     seed = training_args.seed
     n = min(max_samples, args.max_eval_samples or max_samples)
     feats = {}

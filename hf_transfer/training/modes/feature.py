@@ -12,23 +12,28 @@ model that ``from_pretrained`` and ``pipeline`` load.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import torch
+from transformers import TrainingArguments
+from transformers.trainer_utils import TrainOutput
 
+from hf_transfer.config import TransferArguments
 from hf_transfer.data.kshot import subset
 from hf_transfer.methods.feature.cache import FeatureCache, body_fingerprint
 from hf_transfer.methods.feature.lbfgs_head import fit_linear_head
 from hf_transfer.methods.registry import get_method
+from hf_transfer.models.backbones import Backbone
 from hf_transfer.models.speed import compile_options, use_channels_last, use_features_on_device
-from hf_transfer.training.modes.base import TransferMode, TransferModel, register_mode
+from hf_transfer.training.modes.base import TransferData, TransferMode, TransferModel, register_mode
 from hf_transfer.training.modes.common import classification_loss, eval_splits
 
 #: L-BFGS iterations when max_steps is not given (scikit-learn's LogisticRegression default)
 LBFGS_MAX_ITER = 100
 
 
-def nonfinite_rows(features, chunk_rows: int = 65536) -> int:
+def nonfinite_rows(features: torch.Tensor | np.ndarray, chunk_rows: int = 65536) -> int:
     """How many rows of a feature matrix (a memmap: read in chunks) hold a NaN or an infinity."""
     return sum(
         int((~np.isfinite(np.asarray(features[i : i + chunk_rows]))).any(axis=1).sum())
@@ -37,23 +42,28 @@ def nonfinite_rows(features, chunk_rows: int = 65536) -> int:
 
 
 class FeatureDataset(torch.utils.data.Dataset):
-    """Rows of cached features. From :meth:`from_cache` the tensors are views of the cache's
-    ``np.memmap`` (kept as ``memmap``): a batch reads only its rows, never the whole matrix."""
+    """Rows of cached features.
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor, path: str | None = None, memmap=None):
+    From :meth:`from_cache` the tensors are views of the cache's ``np.memmap`` (kept as ``memmap``): a batch
+    reads only its rows, never the whole matrix."""
+
+    def __init__(
+        self, features: torch.Tensor, labels: torch.Tensor, path: str | None = None, memmap: np.memmap | None = None
+    ) -> None:
         self.features, self.labels, self.path, self.memmap = features, labels, path, memmap
 
     @classmethod
     def from_cache(cls, path: str) -> FeatureDataset:
+        """The rows of the cache entry at ``path``, memory-mapped (nothing read until a batch needs it)."""
         features, labels = FeatureCache.load(path)
         return cls(torch.from_numpy(features), torch.from_numpy(labels), path, memmap=features)
 
-    def __getstate__(self):  # spawned loader workers reopen the memmap instead of pickling its bytes
+    def __getstate__(self) -> dict[str, Any]:  # spawned loader workers reopen the memmap instead of pickling its bytes
         if self.path is None:
             return dict(self.__dict__)
         return {"path": self.path}
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         if set(state) == {"path"}:
             state = FeatureDataset.from_cache(state["path"]).__dict__
         self.__dict__.update(state)
@@ -64,7 +74,7 @@ class FeatureDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         return {"features": self.features[i], "labels": self.labels[i]}
 
-    def __getitems__(self, indices) -> list[dict]:
+    def __getitems__(self, indices: list[int]) -> list[dict]:
         """One gather per batch (the DataLoader's auto-collation calls this)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         feats, labels = self.features[idx], self.labels[idx]
@@ -74,7 +84,7 @@ class FeatureDataset(torch.utils.data.Dataset):
 class RowIndexDataset(torch.utils.data.Dataset):
     """Row numbers only: the features are gathered on the device from :attr:`FeatureMode.device_table`."""
 
-    def __init__(self, num_rows: int):
+    def __init__(self, num_rows: int) -> None:
         self.num_rows = num_rows
 
     def __len__(self) -> int:
@@ -86,9 +96,11 @@ class RowIndexDataset(torch.utils.data.Dataset):
 
 @register_mode("feature")
 class FeatureMode(TransferMode):
-    def __init__(self, args, backbone, data, training_args):
+    def __init__(
+        self, args: TransferArguments, backbone: Backbone, data: TransferData, training_args: TrainingArguments
+    ) -> None:
         super().__init__(args, backbone, data, training_args)
-        get_method(args.method, "feature")  # an unknown method is refused naming the known ones
+        get_method(self.method_name, "feature")  # an unknown method is refused naming the known ones
         self.frozen_groups = [g for g in backbone.param_groups() if g != "head"]
         self.cache = FeatureCache(
             args.feature_cache_dir,
@@ -124,6 +136,7 @@ class FeatureMode(TransferMode):
             self.cache_files[name] = path
 
     def build_model(self) -> TransferModel:
+        """A copy of the backbone's head, trained on the cached features (the backbone is frozen)."""
         self._compute_features()
         for p in self.backbone.model.parameters():
             p.requires_grad_(False)
@@ -132,7 +145,8 @@ class FeatureMode(TransferMode):
             p.requires_grad_(True)
         return TransferModel(self, head)
 
-    def train_dataset(self):
+    def train_dataset(self) -> FeatureDataset | RowIndexDataset:
+        """The cached train features, or only their row numbers when the features sit on the device."""
         self._compute_features()
         train = self._features["train"]
         nbytes = train.features.element_size() * train.features.nelement()
@@ -142,11 +156,13 @@ class FeatureMode(TransferMode):
             return RowIndexDataset(len(train))
         return train
 
-    def eval_datasets(self):
+    def eval_datasets(self) -> dict[str, torch.utils.data.Dataset]:
+        """The cached features of each domain's test split."""
         self._compute_features()
         return {k: v for k, v in self._features.items() if k != "train"}
 
-    def collate(self, examples):
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """A batch of feature rows, or of row numbers for the device-resident train features."""
         if "row_index" in examples[0]:
             return {"row_index": torch.tensor([e["row_index"] for e in examples], dtype=torch.long)}
         return {
@@ -154,12 +170,11 @@ class FeatureMode(TransferMode):
             "labels": torch.stack([e["labels"] for e in examples]).long(),
         }
 
-    def fit(self, trainer):
-        """``head_solver=lbfgs``: the head fit full-batch by L-BFGS on the cached train features (see
-        :mod:`hf_transfer.methods.feature.lbfgs_head`), in place of the Trainer's epochs of SGD; logged
-        like a training step (loss, iterations) so the card and trackers see it."""
-        from transformers.trainer_utils import TrainOutput
+    def fit(self, trainer: Any) -> TrainOutput:
+        """Fit the head full-batch by L-BFGS on the cached train features (``head_solver=lbfgs``).
 
+        See :mod:`hf_transfer.methods.feature.lbfgs_head`; in place of the Trainer's epochs of SGD; logged
+        like a training step (loss, iterations) so the card and trackers see it."""
         train = self._features["train"]
         weight_decay = self.training_args.weight_decay
         max_iter = self.training_args.max_steps if self.training_args.max_steps > 0 else LBFGS_MAX_ITER
@@ -203,6 +218,7 @@ class FeatureMode(TransferMode):
     def solver_hyperparameters(self, trainer_hyperparameters: dict) -> dict:
         """The card's hyper-parameters of an L-BFGS head: the solve's own, not the Trainer optimizer's."""
         info = self.solver_info
+        assert info is not None, "called once the L-BFGS fit has reported (collect_results checks solver_info)"
         return {
             "head_solver": "lbfgs (full batch, strong-Wolfe line search)",
             "l2": info["l2"],
@@ -213,15 +229,24 @@ class FeatureMode(TransferMode):
             "world_size": trainer_hyperparameters.get("world_size"),
         }
 
-    def forward(self, model, features=None, labels=None, row_index=None, **_):
+    def forward(
+        self,
+        model: TransferModel,
+        features: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        row_index: torch.Tensor | None = None,
+        **_: Any,
+    ) -> dict[str, Any]:
+        """The head's loss and logits on a batch of features (gathered on the device from row numbers)."""
         if row_index is not None:  # a batch of the device-resident train features
+            assert self.device_table is not None, "row numbers come only from the device-resident train set"
             table, table_labels = self.device_table
             row_index = row_index.to(table.device)
             features, labels = table[row_index], table_labels[row_index].long()
         logits = model.classifier(features)
         return {"loss": classification_loss(logits, labels, self.label_smoothing), "logits": logits}
 
-    def finish(self, model, trainer) -> None:
+    def finish(self, model: TransferModel, trainer: Any) -> None:
         """The trained head goes back into the full model."""
         with torch.no_grad():
             self.backbone.head.load_state_dict(
@@ -229,6 +254,7 @@ class FeatureMode(TransferMode):
             )
 
     def describe(self) -> dict:
+        """What the run used, with the head solver, the feature cache's hits and where the features sat."""
         return {
             **super().describe(),
             "head_solver": {"name": self.args.head_solver, **(self.solver_info or {})},

@@ -22,7 +22,14 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
 
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from transformers import TrainerCallback, TrainingArguments
+
+from hf_transfer.config import TransferArguments
 from hf_transfer.data.kshot import kshot
 from hf_transfer.data.paired import collate_images
 from hf_transfer.errors import TransferConfigError
@@ -31,7 +38,8 @@ from hf_transfer.methods.finetune.lr import group_learning_rates, optimizer_grou
 from hf_transfer.methods.finetune.regularizers import BSS, L2SP, check_regularizer
 from hf_transfer.methods.finetune.unfreeze import GradualUnfreezing
 from hf_transfer.methods.registry import get_method
-from hf_transfer.training.modes.base import TransferMode, TransferModel, register_mode
+from hf_transfer.models.backbones import Backbone
+from hf_transfer.training.modes.base import TransferData, TransferMode, TransferModel, register_mode
 from hf_transfer.training.modes.common import (
     classification_loss,
     eval_images,
@@ -40,19 +48,29 @@ from hf_transfer.training.modes.common import (
     train_images,
 )
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+
 logger = logging.getLogger(__name__)
+
+#: a backbone's named parameter groups (:meth:`~hf_transfer.models.backbones.Backbone.param_groups`)
+ParamGroups = OrderedDict[str, list[tuple[str, nn.Parameter]]]
 
 
 @register_mode("task")
 class TaskMode(TransferMode):
-    def __init__(self, args, backbone, data, training_args):
+    """Fine-tune the backbone with a new head on the target's labels (see the module docstring)."""
+
+    def __init__(
+        self, args: TransferArguments, backbone: Backbone, data: TransferData, training_args: TrainingArguments
+    ) -> None:
         super().__init__(args, backbone, data, training_args)
-        method = get_method(args.method, "task")  # what it trains comes from its registration, not its name
+        method = get_method(self.method_name, "task")  # what it trains comes from its registration, not its name
         self.regularizer_name = check_regularizer(getattr(args, "regularizer", None))
-        self.peft_model = None
+        self.peft_model: PeftModel | None = None
         self.unfreezing: GradualUnfreezing | None = None
-        self.regularizer = None
-        self._bss_features = None
+        self.regularizer: L2SP | BSS | None = None
+        self._bss_features: torch.Tensor | None = None
         groups = backbone.param_groups()
         if method.adapters:
             self._setup_lora(args)
@@ -76,7 +94,7 @@ class TaskMode(TransferMode):
             backbone.head.register_forward_hook(self._capture_features)
 
     # --- setup of the strategies ----------------------------------------------------------------
-    def _setup_lora(self, args) -> None:
+    def _setup_lora(self, args: Any) -> None:
         from hf_transfer.models.adapters import apply_lora
 
         if (
@@ -99,49 +117,57 @@ class TaskMode(TransferMode):
         self.frozen_groups = ["backbone (LoRA adapters train)"]
         self._frozen_ids = set()
 
-    def _setup_unfreezing(self, groups, frozen_ids) -> None:
-        scheduled = OrderedDict()
+    def _setup_unfreezing(self, groups: ParamGroups, frozen_ids: set[int]) -> None:
+        scheduled: ParamGroups = OrderedDict()
         for name in reversed([g for g in groups if g != "head"]):  # from the head backwards
             params = [(n, p) for n, p in groups[name] if id(p) not in frozen_ids]
             if params:
                 scheduled[name] = params
         mask = int(getattr(self.training_args, "world_size", 1) or 1) > 1
-        self.unfreezing = GradualUnfreezing(scheduled, self.args.unfreeze_every, self.args.unfreeze_unit, mask=mask)
+        every = self.args.unfreeze_every
+        assert every is not None, "set up only with --unfreeze_every (see __init__)"
+        self.unfreezing = GradualUnfreezing(scheduled, every, self.args.unfreeze_unit, mask=mask)
         if not mask:
             for params in scheduled.values():
                 for _, p in params:
                     p.requires_grad_(False)
         self._scheduled_ids = {id(p) for params in scheduled.values() for _, p in params}
 
-    def _capture_features(self, _module, inputs, _output):
+    def _capture_features(self, _module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: Any) -> None:
         self._bss_features = inputs[0]  # the pooled features of the current forward (used by BSS)
 
     # --- hooks ----------------------------------------------------------------------------------
-    def callbacks(self) -> list:
+    def callbacks(self) -> list[TrainerCallback]:
         """Trainer callbacks this mode needs (gradual unfreezing); pass them to the Trainer."""
         return [self.unfreezing] if self.unfreezing is not None else []
 
     def build_model(self) -> TransferModel:
+        """The backbone itself (its new head included), with the fast path's on-device augmentation."""
         return TransferModel(self, self.backbone.model, input_transform=input_transform(self))
 
-    def train_dataset(self):
+    def train_dataset(self) -> Dataset:
+        """The target's training images (``k_shot`` of them per class when asked)."""
         ds = self.data.target["train"]
-        if getattr(self.args, "k_shot", None):
-            ds = kshot(ds, self.args.k_shot, self.training_args.seed)
+        if k_shot := getattr(self.args, "k_shot", None):
+            ds = kshot(ds, k_shot, self.training_args.seed)
         return train_images(self, ds)
 
-    def eval_datasets(self):
+    def eval_datasets(self) -> dict[str, Dataset]:
+        """The labelled test images of each domain."""
         return eval_images(self)
 
-    def collate(self, examples):
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """A batch of images and labels."""
         return collate_images(examples)
 
     def group_learning_rates(self, lr: float) -> OrderedDict[str, float]:
+        """The learning rate of each backbone group: ``backbone_lr_scale`` and ``layer_decay`` applied to ``lr``."""
         return group_learning_rates(
-            list(self.backbone.param_groups()), lr, self.args.backbone_lr_scale, getattr(self.args, "layer_decay", None)
+            list(self.backbone.param_groups()), lr, self.backbone_lr_scale, getattr(self.args, "layer_decay", None)
         )
 
-    def optimizer_groups(self, model, lr, weight_decay):
+    def optimizer_groups(self, model: TransferModel, lr: float, weight_decay: float) -> list[dict]:
+        """The trainable groups at their learning rates (LoRA: adapters and head at ``lr``; L2-SP: no decay)."""
         groups = self.backbone.param_groups()
         if self.peft_model is not None:  # LoRA: the adapters + the head at learning_rate
             lrs = {name: lr for name in groups}
@@ -157,19 +183,21 @@ class TaskMode(TransferMode):
             )
         return optimizer_groups_by_name(groups, lrs, weight_decay)
 
-    def on_train_mode(self, model):
+    def on_train_mode(self, model: TransferModel) -> None:
+        """Keep the BatchNorm layers of frozen (and not yet unfrozen) groups in eval mode."""
         freeze_batchnorm_of_frozen(model)
         if self.unfreezing is not None and self.unfreezing.mask:
             _batchnorm_eval_for(model, self.unfreezing.frozen_parameter_ids())
 
     def set_progress(self, progress: float) -> None:
+        """Refuse a run whose gradual unfreezing was never attached to the Trainer (nothing would unfreeze)."""
         if self.unfreezing is not None and not self.unfreezing.attached:
             raise TransferConfigError(
                 "unfreeze_every is set but the gradual-unfreezing callback is not attached to the Trainer: pass "
                 "TaskMode.callbacks() as Trainer callbacks (prepare_run does)."
             )
 
-    def regularization(self, model, out: dict) -> dict:
+    def regularization(self, model: TransferModel, out: dict[str, Any]) -> dict[str, Any]:
         """Add the regulariser's penalty to ``out['loss']`` (training only)."""
         if self.regularizer is None or out.get("loss") is None or not model.training:
             return out
@@ -184,6 +212,7 @@ class TaskMode(TransferMode):
         return {**out, "loss": out["loss"] + penalty, "metrics": metrics}
 
     def describe(self) -> dict:
+        """What the run used, with the trainable parameter count and the strategies' settings."""
         out = super().describe()
         out["trainable_parameters"] = sum(
             p.numel()
@@ -207,12 +236,17 @@ class TaskMode(TransferMode):
                 "order": list(self.unfreezing.groups),
             }
         if self.peft_model is not None:
+            from peft import LoraConfig
+
             cfg = self.peft_model.peft_config["default"]
+            assert isinstance(cfg, LoraConfig), "apply_lora configures a LoRA adapter named 'default'"
+            targets = cfg.target_modules
+            assert targets is not None and not isinstance(targets, str), "apply_lora names the modules, not a regex"
             strategies["lora"] = {
                 "r": cfg.r,
                 "alpha": cfg.lora_alpha,
                 "dropout": cfg.lora_dropout,
-                "target_modules": sorted(cfg.target_modules),
+                "target_modules": sorted(targets),
                 "rule": getattr(self.peft_model, "hf_transfer_rule", None),
             }
         out["strategies"] = strategies
@@ -221,22 +255,31 @@ class TaskMode(TransferMode):
     # --- export (run.py routes here for adapter runs) ---------------------------------------------
     @property
     def exports_adapter(self) -> bool:
+        """Whether the run exports a LoRA adapter (with its merged model) instead of a plain model."""
         return self.peft_model is not None
 
     def export(self, output_dir: str, results: dict) -> dict:
+        """Write the LoRA run's folder (the ``--publish`` form) and return what it wrote."""
         from hf_transfer.models.adapter_export import export_lora
 
+        if self.peft_model is None:
+            raise ValueError("TaskMode.export writes a LoRA run's adapter; this run trains none (see exports_adapter)")
         return export_lora(self.peft_model, self.backbone, output_dir, results=results, publish=self.args.publish)
 
-    def forward(self, model, pixel_values=None, labels=None, **_):
+    def forward(
+        self,
+        model: TransferModel,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **_: Any,
+    ) -> dict[str, Any]:
+        """The classification loss (plus the regulariser's penalty while training) and the logits."""
         logits = model.classifier(pixel_values=pixel_values).logits
         out = {"loss": classification_loss(logits, labels, self.label_smoothing), "logits": logits}
         return self.regularization(model, out)
 
 
-def _batchnorm_eval_for(model, param_ids: set[int]) -> None:
-    from torch import nn
-
+def _batchnorm_eval_for(model: nn.Module, param_ids: set[int]) -> None:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             params = list(module.parameters(recurse=False))
