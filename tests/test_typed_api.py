@@ -28,76 +28,6 @@ import hf_transfer
 
 ROOT = pathlib.Path(hf_transfer.__file__).parent
 
-# TEMPORARY, to be emptied: modules (paths under hf_transfer/) not yet typed. An entry whose module has no
-# offender left, or no longer exists, fails the test, so the list only shrinks.
-NOT_YET_TYPED: frozenset[str] = frozenset(
-    {
-        "cli/demo.py",
-        "cli/evaluate.py",
-        "cli/main.py",
-        "cli/train.py",
-        "config/checks.py",
-        "config/file.py",
-        "config/parse.py",
-        "data/decode.py",
-        "data/decoded.py",
-        "demo.py",
-        "evaluation/evaluate.py",
-        "evaluation/model_source.py",
-        "evaluation/ranking.py",
-        "evaluation/transferability.py",
-        "help.py",
-        "hub/card_results.py",
-        "hub/card_sections.py",
-        "hub/hub_repo.py",
-        "hub/push.py",
-        "hub/round_trip.py",
-        "methods/domain/adabn.py",
-        "methods/domain/coral.py",
-        "methods/domain/entropy.py",
-        "methods/domain/mcc.py",
-        "methods/domain/mmd.py",
-        "methods/domain/registry.py",
-        "methods/domain/self_training.py",
-        "methods/domain/step.py",
-        "methods/feature/cache.py",
-        "methods/feature/extract.py",
-        "methods/registry.py",
-        "models/backbones.py",
-        "models/examples.py",
-        "runtime/cache.py",
-        "runtime/disk.py",
-        "runtime/folder_lock.py",
-        "runtime/installation.py",
-        "runtime/logs.py",
-        "selection/rank.py",
-        "testing/hub_cards.py",
-        "testing/hub_client.py",
-        "testing/hub_common.py",
-        "testing/hub_faults.py",
-        "testing/hub_server.py",
-        "testing/hub_storage.py",
-        "testing/pytest_plugin.py",
-        "training/build.py",
-        "training/checkpoints.py",
-        "training/fit.py",
-        "training/health_guard.py",
-        "training/lr_find.py",
-        "training/modes/base.py",
-        "training/modes/common.py",
-        "training/modes/domain.py",
-        "training/modes/domain_parts.py",
-        "training/modes/feature.py",
-        "training/modes/task.py",
-        "training/plan.py",
-        "training/results.py",
-        "training/run.py",
-        "training/run_arguments.py",
-        "training/run_data.py",
-        "training/run_folder.py",
-    }
-)
-
 _SENTENCE = re.compile(r"""^[A-Z0-9`'"].*[.?!][`'")\]]*$""")
 
 
@@ -207,12 +137,8 @@ def _offenders(path: pathlib.Path) -> list[str]:
 
 def test_every_public_function_is_typed_and_documented():
     found = {path.relative_to(ROOT).as_posix(): _offenders(path) for path in _modules()}
-    offenders = [p for rel, problems in found.items() if rel not in NOT_YET_TYPED for p in problems]
+    offenders = [p for problems in found.values() for p in problems]
     assert not offenders, f"{len(offenders)} public functions/methods to fix:\n" + "\n".join(offenders)
-    gone = sorted(NOT_YET_TYPED - found.keys())
-    assert not gone, f"NOT_YET_TYPED names modules that no longer exist: {gone}"
-    clean = sorted(rel for rel in NOT_YET_TYPED & found.keys() if not found[rel])
-    assert not clean, f"NOT_YET_TYPED names modules that are typed now; remove them from the list: {clean}"
 
 
 def test_the_rule_catches_what_it_names():

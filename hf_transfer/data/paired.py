@@ -19,6 +19,7 @@ one map-style dataset (sharding and resume unchanged); ``r = 1`` is exactly the 
 from __future__ import annotations
 
 import math
+from typing import Any, Protocol
 
 import datasets
 import torch
@@ -46,10 +47,22 @@ def _coprime_stride(n: int) -> int:
     return stride
 
 
+class ImageRows(Protocol):
+    """What a paired dataset reads from each domain: rows of tensors by index (PIL-path or decoded-cache images)."""
+
+    def __len__(self) -> int:
+        """How many rows the domain has."""
+        ...
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """Row ``i``: its pixels, and its label and original size where the domain has them."""
+        ...
+
+
 class PairedDataset(torch.utils.data.Dataset):
     """Item ``i`` = source image + label, and an unlabelled target image (see module doc)."""
 
-    def __init__(self, source: ImageDomainDataset, target: ImageDomainDataset, target_ratio: float = 1.0) -> None:
+    def __init__(self, source: ImageRows, target: ImageRows, target_ratio: float = 1.0) -> None:
         if len(source) == 0 or len(target) == 0:
             raise ValueError("PairedDataset needs a non-empty source and target.")
         if not (math.isfinite(target_ratio) and target_ratio > 0):

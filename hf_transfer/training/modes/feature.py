@@ -48,7 +48,7 @@ class FeatureDataset(torch.utils.data.Dataset):
     reads only its rows, never the whole matrix."""
 
     def __init__(
-        self, features: torch.Tensor, labels: torch.Tensor, path: str | None = None, memmap: np.memmap | None = None
+        self, features: torch.Tensor, labels: torch.Tensor, path: str | None = None, memmap: np.ndarray | None = None
     ) -> None:
         self.features, self.labels, self.path, self.memmap = features, labels, path, memmap
 
