@@ -77,6 +77,7 @@ METHODS = {
     "mdd": Row("features", logits=True, adversarial=True, source_weight=True, reference=_mdd_reference),
     "mcd": Row("logits", logits=True, stepped=True),
     "sdat": Row("features", logits=True, stepped=True),
+    "bnm": Row("logits", logits=True),
 }
 
 
