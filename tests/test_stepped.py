@@ -33,6 +33,7 @@ class Toy(nn.Module):
 
 
 def _runner(model, batches, optimizer, max_grad_norm=0.0):
+    """The Trainer's runner over ``model``'s three parts (``features``, ``classifier``, ``method``)."""
     trainer = SimpleNamespace(
         accelerator=Accelerator(cpu=True),
         compute_loss_context_manager=contextlib.nullcontext,
@@ -163,18 +164,7 @@ def _paired_batch(seed=2):
 
 def _run_stepped(model, optimizer):
     """The method's passes through the runner, then the Trainer's own step (as TransferTrainer does)."""
-    trainer = SimpleNamespace(
-        accelerator=Accelerator(cpu=True),
-        compute_loss_context_manager=contextlib.nullcontext,
-        args=SimpleNamespace(max_grad_norm=0.0),
-        optimizer=optimizer,
-    )
-    parts = {
-        "features": list(model.features.parameters()),
-        "classifier": list(model.classifier.parameters()),
-        "method": list(model.method.parameters()),
-    }
-    model.method.train_step(TrainerStepRunner(trainer, model, [_paired_batch()], parts))
+    model.method.train_step(_runner(model, [_paired_batch()], optimizer))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
@@ -184,7 +174,8 @@ def _sgd(params):
 
 
 def test_mcd_step_is_the_papers_three_steps_with_an_optimizer_for_g_and_one_for_the_classifiers():
-    from hf_transfer.methods.domain.mcd import MCDLoss, classifier_discrepancy, mean_entropy
+    from hf_transfer.methods.domain.entropy import mean_entropy
+    from hf_transfer.methods.domain.mcd import MCDLoss, classifier_discrepancy
 
     ours = PairedToy(MCDLoss(5, 4, num_k=3))
     reference = PairedToy(MCDLoss(5, 4, num_k=3))

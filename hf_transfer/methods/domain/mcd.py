@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_transfer.methods.domain.base import _atleast_float32, entropy, require_logits
+from hf_transfer.methods.domain.base import _atleast_float32, require_logits
+from hf_transfer.methods.domain.entropy import mean_entropy
 from hf_transfer.methods.domain.registry import register_loss
 from hf_transfer.methods.domain.step import CLASSIFIER, FEATURES, METHOD, PARTS, SteppedLoss, StepRunner
 
@@ -35,11 +36,6 @@ from hf_transfer.methods.domain.step import CLASSIFIER, FEATURES, METHOD, PARTS,
 def classifier_discrepancy(logits_1: torch.Tensor, logits_2: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of the two classifiers' probabilities (the paper's L1 discrepancy)."""
     return (F.softmax(_atleast_float32(logits_1), 1) - F.softmax(_atleast_float32(logits_2), 1)).abs().mean()
-
-
-def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Mean prediction entropy (nats) of a batch of logits."""
-    return entropy(F.softmax(_atleast_float32(logits), 1)).mean()
 
 
 @dataclass(frozen=True)
