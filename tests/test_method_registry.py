@@ -131,6 +131,15 @@ OPTION_VALUES = {
     "features_on_device": ("true", {}),
     "head_solver": ("lbfgs", {}),
     "feature_batch_size": (4, {}),
+    "aa": ("rand-m9-mstd0.5-inc1", {}),
+    "reprob": (0.25, {}),
+    "remode": ("const", {"reprob": 0.25}),
+    "drop_path": (0.1, {}),
+    "mixup": (0.8, {}),
+    "cutmix": (1.0, {}),
+    "mixup_prob": (0.5, {"mixup": 0.8}),
+    "mixup_switch_prob": (0.3, {"mixup": 0.8, "cutmix": 1.0}),
+    "mixup_mode": ("elem", {"mixup": 0.8}),
 }
 
 

@@ -52,13 +52,23 @@ def _domain(path, classes, n_train, n_test, seed, corrupt: bool = False):
         if bad:
             images[0] = {"bytes": b"not an image", "path": None}
         return datasets.Dataset.from_dict(
-            {"image": images, "image2": inverted, "label": labels, "coarse": [y % 2 for y in labels]},
+            {
+                "image": images,
+                "image2": inverted,
+                "label": labels,
+                "coarse": [y % 2 for y in labels],
+                # two string columns that both name the coarse ids: no automatic pick, label_names_column picks
+                "coarse_name": [("even", "odd")[y % 2] for y in labels],
+                "coarse_word": [("zero", "one")[y % 2] for y in labels],
+            },
             features=datasets.Features(
                 {
                     "image": datasets.Image(),
                     "image2": datasets.Image(),
                     "label": datasets.ClassLabel(names=classes),
                     "coarse": datasets.Value("int64"),
+                    "coarse_name": datasets.Value("string"),
+                    "coarse_word": datasets.Value("string"),
                 }
             ),
         )
@@ -172,6 +182,26 @@ def loss(run, progress: float = 0.5):
         run.mode.set_progress(progress)
     torch.manual_seed(0)
     return round(run.model(**batch)["loss"].item(), 6)
+
+
+def mixed_batch(run):
+    """The first training batch as the model mixes it (numpy's RNG: timm's Mixup draws there)."""
+    batch = first_batch(run)
+    run.model.train()
+    np.random.seed(0)
+    torch.manual_seed(0)
+    out = run.model.prepare_batch(batch)
+    return (
+        tuple(out["labels"].shape),
+        round(out["pixel_values"].sum().item(), 4),
+        round(out["labels"].square().sum().item(), 4),
+    )
+
+
+def drop_path_rates(run):
+    from timm.layers import DropPath
+
+    return sorted({round(m.drop_prob, 4) for m in run.backbone.model.modules() if isinstance(m, DropPath)})
 
 
 def transfer_weight(run):
@@ -329,6 +359,7 @@ def ranking_recorded(run):
     return run.ranking and (run.ranking["position"], [c["backbone"] for c in run.ranking["candidates"]])
 
 
+IMAGE_MODES = ("domain", "task")  # modes that augment and mix images (feature mode trains on cached features)
 LORA = {"task": {"method": "lora", "backbone": "{base}"}}
 L2SP = {"task": {"regularizer": "l2sp"}}
 BSS = {"task": {"regularizer": "bss"}}
@@ -349,12 +380,23 @@ PROBES = {
     # data
     "image_column": Probe(("image2",), data_shape),
     "label_column": Probe(("coarse",), data_shape),
+    "label_names_column": Probe(("coarse_name",), data_shape, {m: {"label_column": "coarse"} for m in MODES}),
     "label_policy": Probe(("partial",), data_shape, {m: {"source": "{source}"} for m in ("task", "feature")}),
     "target_classes": Probe(("first:2",), data_shape),
     "image_size": Probe((24,), data_shape),
     "crop_pct": Probe((0.5,), data_shape),
     "augment": Probe(("light", "none"), train_pixels),
     "input_path": Probe(("stock",), input_kind),
+    # timm's recipe
+    "aa": Probe(("rand-m9-mstd0.5-inc1",), train_pixels),
+    "reprob": Probe((0.5,), train_pixels),
+    "remode": Probe(("const",), train_pixels, {m: {"reprob": 1.0} for m in IMAGE_MODES}),
+    "mixup": Probe((0.8,), mixed_batch),
+    "cutmix": Probe((1.0,), mixed_batch),
+    "mixup_prob": Probe((0.5,), mixed_batch, {m: {"mixup": 0.8} for m in IMAGE_MODES}),
+    "mixup_switch_prob": Probe((1.0,), mixed_batch, {m: {"mixup": 0.8, "cutmix": 1.0} for m in IMAGE_MODES}),
+    "mixup_mode": Probe(("elem",), mixed_batch, {m: {"mixup": 0.8} for m in IMAGE_MODES}),
+    "drop_path": Probe((0.1,), drop_path_rates),
     # feature mode decodes only when it extracts: a fresh feature cache
     "decoded_cache_dir": Probe(
         ("{tmp}/decoded",), files_in("decoded_cache_dir"), {"feature": {"feature_cache_dir": "{tmp}/features_decoded"}}

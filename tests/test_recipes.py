@@ -59,6 +59,26 @@ STEPPED = [
 ]
 
 
+#: timm's recipe: the policy and erasing (python's and torch's RNG), mixup/cutmix (numpy's) and drop-path draw every
+#: step; a stepped method mixes once per step (its passes share the batch)
+RECIPE = [
+    (
+        "task",
+        "full",
+        {
+            "augment": "standard",
+            "aa": "rand-m9-mstd0.5-inc1",
+            "reprob": 0.25,
+            "mixup": 0.8,
+            "cutmix": 1.0,
+            "drop_path": 0.1,
+            "label_smoothing_factor": 0.1,
+        },
+    ),
+    ("domain", "sdat", {"mixup": 0.8, "cutmix": 1.0, "gradient_accumulation_steps": 2}),
+]
+
+
 def _config(tmp_path, mode, method, extra, **overrides) -> str:
     cfg = {
         **TINY,
@@ -91,6 +111,27 @@ def test_every_shipped_config_resolves_to_a_plan_offline(name):
         assert plan["method_plan"]["paper"].startswith("https://") or plan["method"] == "source_only"
     if "partial" in name:
         assert plan["label_policy"] == "partial" and plan["target_classes"] == "first:25"
+    if name.startswith("caltech256"):  # an ImageNet backbone on the Hub copy whose class names are in `text`
+        assert plan["datasets"]["target"] == {
+            **plan["datasets"]["target"],
+            "kind": "hub",
+            "name": "ilee0022/Caltech-256",
+        }
+        assert plan["backbone"]["kind"] == "timm weights on the Hub"
+    if name == "caltech256_finetune.yaml":  # timm's recipe, under timm's names
+        assert plan["training_recipe"] == {
+            "aa": "rand-m9-mstd0.5-inc1",
+            "reprob": 0.25,
+            "remode": "pixel",
+            "mixup": 0.8,
+            "cutmix": 1.0,
+            "mixup_prob": 1.0,
+            "mixup_mode": "batch",
+            "mixup_switch_prob": 0.5,
+            "soft_targets": True,
+            "drop_path": 0.1,
+            "label_smoothing": 0.1,
+        }
 
 
 def test_plan_rejects_bad_method_args(tmp_path):
@@ -209,7 +250,7 @@ def _weights(output_dir):
     return load_file(os.path.join(output_dir, "model.safetensors"))
 
 
-@pytest.mark.parametrize("mode, method, extra", MODES + STEPPED)
+@pytest.mark.parametrize("mode, method, extra", MODES + STEPPED + RECIPE)
 def test_resume_matches_uninterrupted(tmp_path, mode, method, extra):
     base = {**TINY, "mode": mode, "method": method, **extra, "save_strategy": "steps", "save_steps": 2}
     if mode == "feature":  # feature-mode options are refused in the others, augment is refused here

@@ -51,6 +51,13 @@ class TransferArguments:
     backbone_revision: str | None = field(default=None, metadata={"help": "Revision of the backbone on the Hub."})
     image_column: str | None = field(default=None, metadata={"help": "Image column (default: found automatically)."})
     label_column: str | None = field(default=None, metadata={"help": "Label column (default: found automatically)."})
+    label_names_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "A string column holding each row's class name, for integer labels without names (default: "
+            "the one string column that maps 1:1 to the label ids, when there is one)."
+        },
+    )
     label_policy: str = field(
         default="shared",
         metadata={
@@ -73,6 +80,40 @@ class TransferArguments:
         metadata={
             "help": "Training augmentation: standard (random resized crop + flip) | light (small shifts, no flip) "
             "| none."
+        },
+    )
+    # --- timm's training recipe, under timm's train.py names ---------------------------------------------
+    aa: str | None = field(
+        default=None,
+        metadata={
+            "help": "Augmentation policy, timm's strings: rand-m9-mstd0.5-inc1 (RandAugment) | original | v0 "
+            "(AutoAugment) | 3a | augmix-m5-w3 | trivial (TrivialAugmentWide). Acts on every training image."
+        },
+    )
+    reprob: float = field(default=0.0, metadata={"help": "Random-erasing probability per training image (timm)."})
+    remode: str = field(
+        default="pixel", metadata={"help": "Random-erasing fill: pixel (per-pixel noise) | rand | const (timm)."}
+    )
+    mixup: float = field(
+        default=0.0, metadata={"help": "Mixup alpha (Beta distribution); > 0 turns mixup on (soft targets)."}
+    )
+    cutmix: float = field(
+        default=0.0, metadata={"help": "CutMix alpha (Beta distribution); > 0 turns cutmix on (soft targets)."}
+    )
+    mixup_prob: float = field(
+        default=1.0, metadata={"help": "Probability that a batch (or row) is mixed at all (mixup or cutmix on)."}
+    )
+    mixup_switch_prob: float = field(
+        default=0.5, metadata={"help": "Probability of cutmix rather than mixup when both are on."}
+    )
+    mixup_mode: str = field(
+        default="batch", metadata={"help": "How mix parameters are drawn: batch | pair | elem (per row) (timm)."}
+    )
+    drop_path: float | None = field(
+        default=None,
+        metadata={
+            "help": "Drop-path (stochastic depth) rate of the backbone's blocks; the backbone must have one "
+            "(timm models, transformers configs with drop_path_rate)."
         },
     )
     input_path: str = field(

@@ -54,6 +54,12 @@ ARGUMENT_CONDITIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "bss_eta": (lambda a: a.regularizer == "bss", "regularizer=bss"),
     "bss_k": (lambda a: a.regularizer == "bss", "regularizer=bss"),
     "decoded_cache_dir": (lambda a: a.input_path == "fast", "input_path=fast"),
+    "aa": (lambda a: a.augment != "none", "augment=standard or light (augment=none trains on un-augmented images)"),
+    "reprob": (lambda a: a.augment != "none", "augment=standard or light (augment=none trains on un-augmented images)"),
+    "remode": (lambda a: a.reprob > 0, "reprob > 0 (random erasing on)"),
+    "mixup_prob": (lambda a: a.mixup > 0 or a.cutmix > 0, "mixup > 0 or cutmix > 0"),
+    "mixup_mode": (lambda a: a.mixup > 0 or a.cutmix > 0, "mixup > 0 or cutmix > 0"),
+    "mixup_switch_prob": (lambda a: a.mixup > 0 and a.cutmix > 0, "both mixup > 0 and cutmix > 0"),
     "label_policy": (lambda a: a.source is not None, "a --source to align with the target"),
     "backbone_revision": (
         lambda a: _loads_weights(a.backbone),
@@ -71,6 +77,9 @@ def check_arguments(args: TransferArgs, method: Method) -> None:
     if method.needs.source_data and not args.source:
         raise TransferConfigError(f"mode={args.mode} method={method.name} needs --source (the labelled source domain).")
     _check_values(args)
+    for producer in ("mixup", "cutmix"):
+        if getattr(args, producer) > 0 and args.mode in method.modes:
+            check_soft_targets(method, producer)
     check_options_act(args, method)
     method.options(args.method_args)
 
@@ -140,6 +149,30 @@ def _check_values(args: TransferArgs) -> None:
         raise TransferConfigError(f"pada_every={args.pada_every}: must be >= 1 (optimizer steps).")
     if args.publish not in PUBLISH_FORMS:
         raise TransferConfigError(f"publish={args.publish!r}: choose one of {', '.join(PUBLISH_FORMS)}.")
+    _check_recipe_values(args)
+
+
+def _check_recipe_values(args: TransferArgs) -> None:
+    """The values of timm's recipe options (policy string, probabilities, alphas, modes)."""
+    from hf_transfer.data.mixing import MIX_MODES
+    from hf_transfer.data.policies import ERASE_MODES, check_policy
+
+    for name in ("reprob", "mixup_prob", "mixup_switch_prob"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise TransferConfigError(f"{name}={value}: must be a probability in [0, 1].")
+    for name in ("mixup", "cutmix"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value >= 0.0):
+            raise TransferConfigError(f"{name}={value}: must be >= 0 (a Beta distribution's alpha; 0 turns it off).")
+    if args.remode not in ERASE_MODES:
+        raise TransferConfigError(f"remode={args.remode!r}: choose one of {ERASE_MODES} (timm's random-erasing fills).")
+    if args.mixup_mode not in MIX_MODES:
+        raise TransferConfigError(f"mixup_mode={args.mixup_mode!r}: choose one of {MIX_MODES} (timm's Mixup modes).")
+    if args.drop_path is not None and not (math.isfinite(args.drop_path) and 0.0 <= args.drop_path < 1.0):
+        raise TransferConfigError(f"drop_path={args.drop_path}: must be a rate in [0, 1).")
+    if args.aa is not None:
+        check_policy(args.aa)
 
 
 def _has_batchnorm(args: TransferArgs, model: nn.Module) -> bool:

@@ -36,15 +36,20 @@ import ctypes
 import functools
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hf_transfer.data.transforms import AUGMENTATIONS, DataConfig
 from hf_transfer.errors import TransferConfigError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["BatchAugment", "sample_crop_params"]
 
@@ -214,6 +219,12 @@ class BatchAugment(nn.Module):
         out_dtype: output dtype (e.g. ``torch.bfloat16``); the arithmetic is float32.
         channels_last: return a channels_last tensor.
         generator: a ``torch.Generator`` on the CPU for the crop/flip draws (default: global RNG).
+        policy: an augmentation policy, PIL -> PIL (:func:`hf_transfer.data.policies.policy_transform`, timm's
+            ``--aa``), applied to each uint8 crop after the flip, as ``create_transform`` orders it. Its ops are
+            PIL ones: the crops then run in the ``loop`` implementation and the policy on the CPU, one image at a
+            time in this process (its draws come from python's RNG, which the Trainer's checkpoints save).
+        erasing: timm's ``RandomErasing`` (``--reprob``), applied to the normalised batch on its device, each
+            image drawn on its own.
 
     ``forward(x, image_size=None)``: ``image_size`` (int ``[B, 2]``, the original ``(H, W)`` from
     ``DecodedImages(return_image_size=True)``) is only needed for datasets of mixed aspect ratios;
@@ -239,6 +250,8 @@ class BatchAugment(nn.Module):
         out_dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
         generator: torch.Generator | None = None,
+        policy: Callable[[Image.Image], Image.Image] | None = None,
+        erasing: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         if augment not in AUGMENTATIONS:
@@ -257,6 +270,7 @@ class BatchAugment(nn.Module):
             "fill", torch.tensor(cfg.border_fill, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
         )
         self.out_dtype, self.channels_last, self.generator = out_dtype, channels_last, generator
+        self.policy, self.erasing = policy, erasing
         # buffers (not parameters): move with .to(device); not saved in state_dicts
         self.register_buffer("mean", torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -267,7 +281,8 @@ class BatchAugment(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"augment={self.augment!r}, size={self.size}, mode={self.mode!r}, impl={self.impl!r}, "
-            f"out_dtype={self.out_dtype}, channels_last={self.channels_last}"
+            f"out_dtype={self.out_dtype}, channels_last={self.channels_last}, policy={self.policy is not None}, "
+            f"erasing={self.erasing is not None}"
         )
 
     def forward(self, x: torch.Tensor, image_size: torch.Tensor | None = None) -> torch.Tensor:
@@ -277,8 +292,13 @@ class BatchAugment(nn.Module):
             raise TypeError(f"BatchAugment expects uint8 pixels (DecodedImages), got {x.dtype}.")
         if self.training and self.augment != "none":
             impl = self.impl if self.impl != "auto" else ("grid" if x.is_cuda else "loop")
+            if self.policy is not None:
+                impl = "loop"  # the policy's PIL ops take the uint8 crops
             boxes = self._draw(x.shape[0], x.shape[2], x.shape[3], image_size)
             out = self._crops_grid(x, *boxes) if impl == "grid" else self._crops_loop(x, *boxes)
+            if self.erasing is not None:
+                self.erasing.device = out.device  # type: ignore[attr-defined]  # timm's RandomErasing draws its noise there
+                out = self.erasing(out)
         else:
             out = self._eval_resize(x.float())
             out = out.div_(255.0).sub_(self.mean).div_(self.std)  # the same float32 ops as ToTensor + Normalize
@@ -418,4 +438,20 @@ class BatchAugment(nn.Module):
                 crop_rows(range(b))
         if not in_uint8:
             out.clamp_(0, 255)
+        if self.policy is not None:
+            out = self._apply_policy(out)
         return self._normalise(out)
+
+    @torch.compiler.disable
+    def _apply_policy(self, crops: torch.Tensor) -> torch.Tensor:
+        """The policy on each crop (0..255 values, any device) through PIL, back as uint8 on that device."""
+        from PIL import Image
+
+        assert self.policy is not None
+        cpu = crops.detach().to("cpu")
+        if cpu.dtype != torch.uint8:
+            cpu = cpu.round().to(torch.uint8)
+        rows = []
+        for image in cpu.permute(0, 2, 3, 1).numpy():
+            rows.append(torch.from_numpy(np.asarray(self.policy(Image.fromarray(image)), dtype=np.uint8).copy()))
+        return torch.stack(rows).permute(0, 3, 1, 2).to(crops.device)

@@ -10,6 +10,7 @@ keeps the real value range of 16-bit and float images) and, when labelled, ``lab
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import datasets
@@ -17,6 +18,8 @@ from datasets import ClassLabel, Image, Value
 
 from hf_transfer.data.class_names import check_distinct_class_names
 from hf_transfer.errors import TransferConfigError
+
+logger = logging.getLogger(__name__)
 
 IMAGE_COLUMN = "image"
 LABEL_COLUMN = "label"
@@ -113,8 +116,71 @@ def find_label_column(
     return None
 
 
-def _to_class_label(dsd: datasets.DatasetDict, column: str, where: str) -> datasets.DatasetDict:
-    """Strings or ints -> ClassLabel with the SAME names in every split (sorted, as imagefolder does)."""
+def _id_name_pairs(dsd: datasets.DatasetDict, ids: str, names: str) -> set[tuple[Any, Any]]:
+    """The distinct (id, name) pairs of two columns over every split (Arrow's group-by; no image is read)."""
+    pairs: set[tuple[Any, Any]] = set()
+    for split in dsd.values():
+        part = split.select_columns([ids, names])
+        if part._indices is None:  # the table is the rows: group it in Arrow
+            table = part.data.table.group_by([ids, names]).aggregate([])
+            pairs.update(zip(table.column(ids).to_pylist(), table.column(names).to_pylist(), strict=True))
+        else:
+            pairs.update(zip(part[ids], part[names], strict=True))
+    return {(i, n) for i, n in pairs if i is not None and n is not None}
+
+
+def _one_to_one(pairs: set[tuple[Any, Any]]) -> bool:
+    ids = {i for i, _ in pairs}
+    names = {n for _, n in pairs}
+    return len(ids) == len(names) == len(pairs)
+
+
+def label_names_from_column(
+    dsd: datasets.DatasetDict, label_column: str, where: str, requested: str | None = None
+) -> dict[int, str] | None:
+    """Class names for integer labels that carry none, from a companion string column that maps 1:1 to the ids.
+
+    ``requested`` (``label_names_column``) names that column, and a mapping that is not 1:1 is refused, naming
+    the ids or names that clash; without it, the one string column that maps 1:1 is used (None: none or several;
+    the ids then stay the names). A layout such as Caltech-256's on the Hub: an int64 ``label`` and ``text`` with
+    each row's class name."""
+    features = _features_of(dsd)
+    if requested is not None:
+        if requested not in features:
+            raise TransferConfigError(
+                f"{where}: label names column {requested!r} not found; columns are {sorted(features)}."
+            )
+        pairs = _id_name_pairs(dsd, label_column, requested)
+        if not _one_to_one(pairs):
+            by_id: dict[Any, set] = {}
+            for i, n in pairs:
+                by_id.setdefault(i, set()).add(n)
+            clash = {i: sorted(map(str, v))[:3] for i, v in by_id.items() if len(v) > 1}
+            detail = f"ids with several names: {dict(list(clash.items())[:3])}" if clash else "names shared by ids"
+            raise TransferConfigError(
+                f"{where}: label names column {requested!r} does not map 1:1 to label column {label_column!r} "
+                f"({detail}); name a column that holds each class's one name."
+            )
+        return {int(i): str(n) for i, n in pairs}
+    candidates = [
+        name
+        for name, feat in features.items()
+        if name != label_column and isinstance(feat, Value) and feat.dtype in ("string", "large_string")
+    ]
+    found = {c: pairs for c in candidates if _one_to_one(pairs := _id_name_pairs(dsd, label_column, c)) and pairs}
+    if len(found) != 1:
+        return None
+    ((column, pairs),) = found.items()
+    logger.info("%s: class names from column %r (it maps 1:1 to the ids of %r).", where, column, label_column)
+    return {int(i): str(n) for i, n in pairs}
+
+
+def _to_class_label(
+    dsd: datasets.DatasetDict, column: str, where: str, id_names: dict[int, str] | None = None
+) -> datasets.DatasetDict:
+    """Strings or ints -> ClassLabel with the SAME names in every split (sorted, as imagefolder does).
+
+    ``id_names``: the names of integer ids (from a companion column), in the ids' order."""
     feat = _features_of(dsd)[column]
     if isinstance(feat, ClassLabel):
         return _nulls_to_unlabelled(dsd, column)
@@ -124,7 +190,7 @@ def _to_class_label(dsd: datasets.DatasetDict, column: str, where: str) -> datas
     if not values:
         raise TransferConfigError(f"{where}: label column {column!r} holds no values.")
     names = sorted(values) if feat.dtype.startswith("int") else sorted(values, key=str)
-    label = ClassLabel(names=[str(v) for v in names])
+    label = ClassLabel(names=[id_names[v] if id_names else str(v) for v in names])
     index = {v: i for i, v in enumerate(names)}
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, list[int]]:
@@ -153,14 +219,22 @@ def _nulls_to_unlabelled(dsd: datasets.DatasetDict, column: str) -> datasets.Dat
     return datasets.DatasetDict(out)
 
 
+def _takes_names(feat: object) -> bool:
+    """Integer class ids without names (a ClassLabel has its own; strings are names)."""
+    return isinstance(feat, Value) and feat.dtype.startswith(("int", "uint"))
+
+
 def standardize_columns(
     dsd: datasets.DatasetDict,
     where: str,
     image_column: str | None = None,
     label_column: str | None = None,
     require_labels: bool = True,
+    label_names_column: str | None = None,
 ) -> datasets.DatasetDict:
-    """Keep only ``image`` and ``label`` (ClassLabel), renamed from whatever the data uses."""
+    """Keep only ``image`` and ``label`` (ClassLabel), renamed from whatever the data uses.
+
+    Integer labels without names take them from a companion string column (:func:`label_names_from_column`)."""
     features = _features_of(dsd)
     img = find_image_column(features, where, image_column)
     lab = find_label_column(features, where, label_column, required=require_labels)
@@ -169,10 +243,18 @@ def standardize_columns(
             f"{where}: column {img!r} is {features[img]!r}, not images. Cast it to datasets.Image() "
             "or name the image column with image_column=..."
         )
+    id_names = None
+    if lab is not None and _takes_names(features[lab]):
+        id_names = label_names_from_column(dsd, lab, where, label_names_column)
+    elif label_names_column is not None:
+        raise TransferConfigError(
+            f"{where}: label_names_column={label_names_column!r} names integer class ids, but the label column "
+            f"{lab!r} is {features[lab] if lab else 'missing'}; remove it."
+        )
     keep = [c for c in (img, lab) if c is not None]
     dsd = dsd.select_columns(keep)
     if lab is not None:
-        dsd = _to_class_label(dsd, lab, where)
+        dsd = _to_class_label(dsd, lab, where, id_names)
         check_distinct_class_names(_features_of(dsd)[lab].names, f"{where}, label column {lab!r}")
     renames = {old: new for old, new in ((img, IMAGE_COLUMN), (lab, LABEL_COLUMN)) if old and old != new}
     if renames:

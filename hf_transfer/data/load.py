@@ -197,6 +197,7 @@ def load_domain(
     cache_dir: str | None = None,
     skip_bad_images: bool = False,
     skipped: dict[str, int] | None = None,
+    label_names_column: str | None = None,
 ) -> datasets.DatasetDict:
     """Load a domain: ``train`` and ``test`` splits with the columns ``image`` and ``label``.
 
@@ -209,7 +210,7 @@ def load_domain(
     raw = _raw_load(spec, cache_dir)
     if not isinstance(raw, datasets.DatasetDict) or not raw:
         raise TransferConfigError(f"Dataset {spec}: loaded nothing.")
-    std = standardize_columns(raw, f"Dataset {spec}", image_column, label_column, require_labels)
+    std = standardize_columns(raw, f"Dataset {spec}", image_column, label_column, require_labels, label_names_column)
     used, train_name, test_name = _pick_splits(std, spec)
     if spec.kind != "builtin":  # generated here, from known-good PNGs
         used = check_images(used, f"Dataset {spec}", skip_bad_images, skipped)

@@ -252,7 +252,19 @@ def data_vars(results: dict, backbone: str) -> dict:
         mean=dc.get("mean"),
         std=dc.get("std"),
         augment=results.get("augment"),
+        recipe_text=recipe_text(results),
     )
+
+
+def recipe_text(results: dict) -> str:
+    """One sentence on timm's recipe options that acted in the run (empty when none did)."""
+    recipe = dict(results.get("training_recipe") or {})
+    if not recipe:
+        return ""
+    soft = recipe.pop("soft_targets", False)
+    items = ", ".join(f"`{k}={v}`" for k, v in recipe.items())
+    tail = " Mixed images train on probability (soft) targets; accuracy is scored on the hard labels." if soft else ""
+    return f"Training recipe (timm's option names): {items}.{tail}"
 
 
 def hyperparameters(results: dict) -> list[tuple]:

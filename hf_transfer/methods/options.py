@@ -55,6 +55,18 @@ for _name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "pu
 
 # --- options of one mode's input pipeline ----------------------------------------------------------
 declare_option("augment", modes=("domain", "task"), why="feature mode trains on cached features of un-augmented images")
+# timm's recipe: images are augmented (source and target), the labelled rows mixed; soft targets need a method
+# whose losses reach the labels through a cross-entropy only
+_IMAGES_WHY = "feature mode trains on cached features of un-augmented images"
+for _name in ("aa", "reprob", "remode", "drop_path"):
+    declare_option(_name, modes=("domain", "task"), why=_IMAGES_WHY)
+for _name in ("mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "mixup_mode"):
+    declare_option(
+        _name,
+        modes=("domain", "task"),
+        requires=("soft_targets",),
+        why="it mixes labelled images into probability (soft) targets",
+    )
 for _name in ("feature_cache_dir", "features_on_device", "head_solver"):
     declare_option(_name, modes=("feature",))
 declare_option("feature_batch_size", modes=("feature", "domain"), why="feature extraction, or the domain-gap features")

@@ -313,8 +313,12 @@ def load_backbone(
     image_size: int | None = None,
     crop_pct: float | None = None,
     trust_remote_code: bool = False,
+    drop_path: float | None = None,
 ) -> Backbone:
-    """Load ``model_id`` with a fresh head for ``label_names`` (real names go into the config)."""
+    """Load ``model_id`` with a fresh head for ``label_names`` (real names go into the config).
+
+    ``drop_path``: the stochastic-depth rate the blocks train with (timm's ``drop_path_rate``, or the transformers
+    config's); it is not kept in the exported config (inference never drops a path)."""
     from transformers import (
         AutoConfig,
         AutoModelForImageClassification,
@@ -339,7 +343,8 @@ def load_backbone(
             pcfg.pop(key, None)
         pcfg["architecture"] = arch
         # id2label also sets num_labels
-        config = TimmWrapperConfig(architecture=arch, id2label=id2label, label2id=label2id, model_args={})
+        model_args = {} if drop_path is None else {"drop_path_rate": float(drop_path)}
+        config = TimmWrapperConfig(architecture=arch, id2label=id2label, label2id=label2id, model_args=model_args)
         config.pretrained_cfg = pcfg
         model = TimmWrapperForImageClassification(config)
         library, pretrained, data_config = "timm", False, _data_config_from_timm_cfg(pcfg)
@@ -357,6 +362,8 @@ def load_backbone(
         if isinstance(config, TimmWrapperConfig):
             config.model_args = config.model_args or {}
             config.label_names = list(label_names)
+        if drop_path is not None:
+            set_drop_path(config, float(drop_path), model_id)
         config.id2label, config.label2id = id2label, label2id  # also sets num_labels
         with quiet_load_report():
             try:
@@ -384,6 +391,8 @@ def load_backbone(
             data_config = _data_config_from_processor(hub_id, revision, model.config, trust_remote_code)
         pretrained = True
     model.config.id2label, model.config.label2id = id2label, label2id
+    if drop_path is not None:  # the modules are built: the exported config keeps the backbone's own setting
+        clear_drop_path(model.config)
     if library == "timm":
         model.config.label_names = list(label_names)
     if image_size is not None:
@@ -421,3 +430,38 @@ def checkpoint_label_names(model_id: str, revision: str | None = None, trust_rem
         ) from err
     id2label = getattr(config, "id2label", None) or {}
     return [str(id2label[i]) for i in sorted(id2label)]
+
+
+def set_drop_path(config: Any, rate: float, model_id: str) -> None:
+    """Put the drop-path rate where the model reads it, or refuse a backbone without one, naming it."""
+    from transformers import TimmWrapperConfig
+
+    if isinstance(config, TimmWrapperConfig):
+        config.model_args = {**(config.model_args or {}), "drop_path_rate": rate}
+    elif hasattr(config, "drop_path_rate"):
+        config.drop_path_rate = rate
+    else:
+        raise TransferConfigError(
+            f"drop_path={rate}: backbone {model_id!r} ({type(config).__name__}) has no drop-path (stochastic depth) "
+            "setting. Remove --drop_path, or pick a backbone that has one (timm models; transformers ConvNeXt, Swin, "
+            "BEiT, DINOv2, ...)."
+        )
+
+
+def clear_drop_path(config: Any) -> None:
+    """Take the training-only drop-path rate back out of a timm config (transformers configs keep theirs)."""
+    model_args = getattr(config, "model_args", None)
+    if isinstance(model_args, dict):
+        model_args.pop("drop_path_rate", None)
+
+
+def check_drop_path(model_id: str, revision: str | None = None, trust_remote_code: bool = False) -> None:
+    """Refuse ``--drop_path`` on a backbone without the setting, from its config alone (before any data loads)."""
+    from transformers import AutoConfig
+
+    if backbone_kind(model_id) == RANDOM_INIT:
+        return  # every timm architecture takes drop_path_rate (unknown ones are refused when loading)
+    config = AutoConfig.from_pretrained(
+        model_id.removeprefix("hf-hub:"), revision=revision, trust_remote_code=trust_remote_code
+    )
+    set_drop_path(config, 0.0, model_id)

@@ -14,11 +14,11 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 from hf_transfer.config import TransferArguments
 from hf_transfer.config.checks import backbone_needs, check_backbone_needs
 from hf_transfer.evaluation.metrics import scalar_metrics_fn, unscored_message
-from hf_transfer.models.backbones import Backbone, load_backbone
+from hf_transfer.models.backbones import Backbone, check_drop_path, load_backbone
 from hf_transfer.models.speed import busy_machine_note, resolve_cpu_threads, set_memory_format, use_channels_last
 from hf_transfer.runtime.folder_lock import FolderLock
 from hf_transfer.training.modes import TransferData, TransferMode, TransferModel, get_mode
-from hf_transfer.training.modes.common import eval_splits
+from hf_transfer.training.modes.common import batch_mixing, eval_splits
 from hf_transfer.training.run_arguments import PushRequest, run_output_dir
 from hf_transfer.training.run_folder import RunIdentityCallback
 from hf_transfer.training.trainer import TransferTrainer
@@ -68,7 +68,10 @@ def set_up_process(args: TransferArguments, training_args: TrainingArguments) ->
 def refuse_before_loading(args: TransferArguments) -> None:
     """Refuse what the backbone's architecture alone rules out, from its config before any data is loaded.
 
-    E.g. ``--adabn`` without BatchNorm: the needs the options and the method declare."""
+    E.g. ``--adabn`` without BatchNorm: the needs the options and the method declare; ``--drop_path`` without a
+    drop-path setting."""
+    if args.drop_path is not None:
+        check_drop_path(args.backbone, args.backbone_revision, args.trust_remote_code)
     if backbone_needs(args):
         from hf_transfer.models.norm_layers import architecture_without_weights
 
@@ -96,6 +99,7 @@ def build_run(
         image_size=args.image_size,
         crop_pct=args.crop_pct,
         trust_remote_code=args.trust_remote_code,
+        drop_path=args.drop_path,
     )
     if backbone.library == "transformers":  # the processor the export will write gives the eval pixels: or stop now
         from hf_transfer.models.served_processor import served_processor
@@ -109,6 +113,7 @@ def build_run(
     warn_unscored_classes(eval_splits(mode), data.label_names)
     model = mode.build_model()
     model.channels_last = channels_last
+    model.mixing = batch_mixing(mode)
     eval_sets = mode.eval_datasets()
     trainer = TransferTrainer(
         model=model,

@@ -17,6 +17,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from hf_transfer.config import TransferArguments, check_training_arguments
+from hf_transfer.config.recipe import training_recipe
 from hf_transfer.data.align import POLICIES
 from hf_transfer.data.spec import parse_dataset_spec
 from hf_transfer.data.transforms import AUGMENTATIONS
@@ -81,6 +82,7 @@ def plan_run(args: TransferArguments, training_args: TrainingArguments) -> dict[
             for k, v in datasets.items()
         },
         "label_policy": args.label_policy,
+        "training_recipe": training_recipe(args, training_args),
         "target_classes": args.target_classes,
         "ranking": ranking,
         "training": {

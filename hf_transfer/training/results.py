@@ -12,6 +12,7 @@ import torch
 import transformers
 
 from hf_transfer import __version__
+from hf_transfer.config.recipe import training_recipe
 from hf_transfer.evaluation.metrics import model_selection, unscored_classes
 from hf_transfer.training.build import PreparedRun
 from hf_transfer.training.fit import TrainedRun
@@ -93,6 +94,7 @@ def collect_results(run: PreparedRun, trained: TrainedRun, start: float, provena
         "seed": training_args.seed,
         "data_config": backbone.data_config.to_dict(),
         "augment": args.augment,
+        "training_recipe": training_recipe(args, training_args),
         "speed": {
             "input_path": args.input_path,
             "channels_last": model.channels_last,

@@ -23,7 +23,13 @@ def _load_checked(
     counts: dict[str, int] = {}
     try:
         domain = load_domain(
-            spec, args.image_column, args.label_column, seed=seed, skip_bad_images=args.skip_bad_images, skipped=counts
+            spec,
+            args.image_column,
+            args.label_column,
+            seed=seed,
+            skip_bad_images=args.skip_bad_images,
+            skipped=counts,
+            label_names_column=args.label_names_column,
         )
     except TransferConfigError:
         raise

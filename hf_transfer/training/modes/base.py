@@ -135,6 +135,8 @@ class TransferModel(nn.Module):
         self.input_transform = input_transform
         # set by prepare_run (TransferArguments.channels_last): image batches enter the model NHWC
         self.channels_last = False
+        # set by prepare_run (--mixup/--cutmix): mixes the labelled training rows into probability targets
+        self.mixing: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
         object.__setattr__(self, "_mode", mode)  # not a submodule: no recursion, not in state_dict
         self.config = getattr(classifier, "config", None)
 
@@ -160,6 +162,7 @@ class TransferModel(nn.Module):
         """The mode's forward (loss and logits) on a batch prepared for the model (see :meth:`_prepare`)."""
         # image_size: the original (H, W) of each image when a split mixes sizes (fast input path)
         pixel_values = self._prepare(pixel_values, image_size)
+        pixel_values, labels = self._mix(pixel_values, labels)
         target_pixel_values = self._prepare(target_pixel_values, target_image_size)
         extra: dict[str, Any] = {} if row_index is None else {"row_index": row_index}  # feature mode, on device
         if phase is not None:  # one pass of a method that owns its training step
@@ -182,7 +185,24 @@ class TransferModel(nn.Module):
         for pixels, sizes in (("pixel_values", "image_size"), ("target_pixel_values", "target_image_size")):
             if out.get(pixels) is not None:
                 out[pixels] = self._prepare(out[pixels], out.pop(sizes, None))
+        if out.get("pixel_values") is not None:
+            out["pixel_values"], out["labels"] = self._mix(out["pixel_values"], out.get("labels"))
         return out
+
+    def _mix(
+        self, pixels: torch.Tensor | None, labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Mixup/CutMix of a labelled training batch (once: probability targets are not mixed again)."""
+        if (
+            self.mixing is None
+            or not self.training
+            or pixels is None
+            or labels is None
+            or labels.dim() != 1
+            or pixels.dim() != 4
+        ):
+            return pixels, labels
+        return self.mixing(pixels, labels)
 
     @property
     def mode(self) -> TransferMode:

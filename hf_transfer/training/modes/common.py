@@ -9,8 +9,10 @@ from torch import nn
 from hf_transfer.data.augment import BatchAugment
 from hf_transfer.data.decoded import DecodedImages, split_kind_for
 from hf_transfer.data.kshot import subset
+from hf_transfer.data.mixing import BatchMixing
 from hf_transfer.data.paired import ImageDomainDataset
-from hf_transfer.data.transforms import eval_transform, train_transform
+from hf_transfer.data.policies import policy_transform, random_erasing, stock_train_transform
+from hf_transfer.data.transforms import eval_transform
 from hf_transfer.evaluation.metrics import UNLABELLED
 from hf_transfer.training.modes.base import TransferMode
 
@@ -39,7 +41,9 @@ def train_images(
     ds = subset(ds, mode.args.max_train_samples, mode.training_args.seed)
     if mode.args.input_path == "fast":
         return _decoded(mode, ds, split_kind_for(mode.args.augment, train=True), with_labels)
-    return ImageDomainDataset(ds, train_transform(mode.backbone.data_config, mode.args.augment), with_labels)
+    args = mode.args
+    transform = stock_train_transform(mode.backbone.data_config, args.augment, args.aa, args.reprob, args.remode)
+    return ImageDomainDataset(ds, transform, with_labels)
 
 
 def eval_dataset(mode: TransferMode, ds: datasets.Dataset) -> DecodedImages | ImageDomainDataset:
@@ -53,7 +57,28 @@ def input_transform(mode: TransferMode) -> BatchAugment | None:
     """The on-device augmentation + normalisation of the fast path (None for the stock path)."""
     if mode.args.input_path != "fast":
         return None
-    return BatchAugment(mode.backbone.data_config, mode.args.augment)
+    args, cfg = mode.args, mode.backbone.data_config
+    return BatchAugment(
+        cfg,
+        args.augment,
+        policy=policy_transform(args.aa, cfg) if args.aa else None,
+        erasing=random_erasing(args.reprob, args.remode) if args.reprob > 0 else None,
+    )
+
+
+def batch_mixing(mode: TransferMode) -> BatchMixing | None:
+    """Mixup/CutMix of the labelled training rows (``--mixup``, ``--cutmix``), on either input path."""
+    args = mode.args
+    if args.mixup <= 0 and args.cutmix <= 0:
+        return None
+    return BatchMixing(
+        len(mode.data.label_names),
+        mixup=args.mixup,
+        cutmix=args.cutmix,
+        prob=args.mixup_prob,
+        switch_prob=args.mixup_switch_prob,
+        mode=args.mixup_mode,
+    )
 
 
 def eval_splits(mode: TransferMode) -> dict[str, datasets.Dataset]:
@@ -83,10 +108,16 @@ def classification_loss(
 ) -> torch.Tensor | None:
     """Cross-entropy over the labelled rows; rows labelled ``UNLABELLED`` (-1) are ignored.
 
+    ``labels``: class ids ``[B]``, or class probabilities ``[B, C]`` (mixup/cutmix targets; every row labelled).
     ``label_smoothing`` is ``TrainingArguments.label_smoothing_factor``: the modes compute their own
-    loss, so the Trainer's label smoother never sees it and it is applied here."""
+    loss, so the Trainer's label smoother never sees it and it is applied here, to both kinds of target
+    (torch smooths probabilities as timm's ``mixup_target`` does: ``(1 - s) p + s / C``)."""
     if labels is None:
         return None
+    if labels.dim() == 2:
+        return nn.functional.cross_entropy(
+            logits, labels.to(logits.dtype), weight=weight, label_smoothing=label_smoothing
+        )
     if not (labels != UNLABELLED).any():  # an unlabelled eval set: no supervised loss exists
         return logits.sum() * 0.0
     return nn.functional.cross_entropy(

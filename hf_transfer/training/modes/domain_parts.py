@@ -127,7 +127,10 @@ class PADAWeighting:
 
     def source_weight(self, model: TransferModel, labels: torch.Tensor) -> torch.Tensor:
         """Each source row's class weight, for the methods that weight the source side of their loss."""
-        return model.aux["pada"].get_buffer("weights")[labels]
+        weights = model.aux["pada"].get_buffer("weights")
+        if labels.dim() == 2:  # probability targets (mixup, cutmix): the expected class weight of each row
+            return labels.to(weights.dtype) @ weights
+        return weights[labels]
 
     def callbacks(self) -> list[TrainerCallback]:
         """The callback that re-estimates the weights every ``every`` steps."""
