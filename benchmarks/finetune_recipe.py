@@ -216,6 +216,9 @@ def main(argv=None) -> int:
     set_run_options(opts)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one weight-loading bar per scored domain otherwise
 
     start_all = time.time()
     pretrained = os.path.join(opts.output_dir, "pretrained_source_only")
