@@ -133,13 +133,15 @@ def render_card(
     template_path: str | os.PathLike[str] | None = None,
     figures: bool = True,
     model_name: str | None = None,
+    space_id: str | None = None,
 ) -> ModelCard:
     """Render the card of the run in ``folder`` as it would be pushed to ``repo_id`` (nothing written).
 
     ``repo_id`` None: a local card, written before any push; it links to no Hub repo (none exists yet) and
     shows ``<REPO_ID>`` where the repo goes; a push re-renders it for the real repo. ``model_name``: the
     title (default: the repo's name, else the folder's). ``figures``: reference
-    ``confusion_matrix.png``/``training_curves.png`` (see :func:`write_figures`).
+    ``confusion_matrix.png``/``training_curves.png`` (see :func:`write_figures`). ``space_id``: the demo Space
+    pushed beside the repo (``push --space``), linked from the summary.
     """
     from huggingface_hub import ModelCard
 
@@ -169,6 +171,7 @@ def render_card(
         repo_id=repo_id or REPO_ID_PLACEHOLDER,
         model_name=model_name,
         summary=sections.summary(results, baseline, upper, backbone, title),
+        space_url=space_url(space_id, endpoint),
         **_method_vars(results),
         lineage=sections.lineage(results),
         **sections.why_backbone_vars(results),
@@ -180,6 +183,15 @@ def render_card(
         **sections.reproduce_vars(results, repo_id, revision),
         versions=sorted((results.get("versions") or {}).items()),
     )
+
+
+def space_url(space_id: str | None, endpoint: str | None = None) -> str | None:
+    """The page of the Space ``space_id`` on the Hub at ``endpoint`` (None without a Space)."""
+    if not space_id:
+        return None
+    from huggingface_hub import constants
+
+    return f"{(endpoint or constants.ENDPOINT).rstrip('/')}/spaces/{space_id}"
 
 
 def write_figures(folder: str | os.PathLike[str], results: dict[str, Any] | None = None) -> list[str]:
