@@ -294,7 +294,7 @@ def build_page(
             if examples:
                 gr.Examples(examples=[[e] for e in examples], inputs=[image], label="Examples (target test split)")
             if loader is not None:
-                with gr.Accordion("Compare with another model", open=False):
+                with gr.Accordion("Compare with another model", open=False, elem_id="compare"):
                     other = gr.Textbox(label="a run folder, a downloaded repo or a Hub id", elem_id="other")
                     load = gr.Button("Load into the second column", elem_id="load")
         with gr.Tab("Transfer story"):
