@@ -124,7 +124,7 @@ def test_what_cannot_be_shown_is_named(da_runs, tmp_path, capsys):
     outputs, message = predict_all([model, None], str(broken), 5)
     assert outputs == [None, "", None, ""] and "Could not read `broken.png` as an image" in message
     outputs, message = predict_all([model, None], model.examples[0], 5)  # and the next image is served
-    assert message == "" and len(outputs[0]) == 5 and "<td class=\"score\">" in outputs[1]
+    assert message == "" and len(outputs[0]) == 5 and '<td class="score">' in outputs[1]
 
 
 # --- in a real browser ------------------------------------------------------------------------------------
@@ -142,7 +142,13 @@ def _browser():
         pytest.skip(f"{' and '.join(missing)} missing: apt-get install chromium chromium-driver (Debian)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1200"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1200",
+    ):
         options.add_argument(arg)
     # an explicit driver: selenium-manager never looks for (or downloads) one
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)

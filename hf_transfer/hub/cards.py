@@ -170,8 +170,7 @@ def render_card(
         template_str=template_text(template_path),
         repo_id=repo_id or REPO_ID_PLACEHOLDER,
         model_name=model_name,
-        summary=sections.summary(results, baseline, upper, backbone, title),
-        space_url=space_url(space_id, endpoint),
+        summary=sections.summary(results, baseline, upper, backbone, title) + space_line(space_id, endpoint),
         **_method_vars(results),
         lineage=sections.lineage(results),
         **sections.why_backbone_vars(results),
@@ -185,13 +184,17 @@ def render_card(
     )
 
 
-def space_url(space_id: str | None, endpoint: str | None = None) -> str | None:
-    """The page of the Space ``space_id`` on the Hub at ``endpoint`` (None without a Space)."""
+def space_line(space_id: str | None, endpoint: str | None = None) -> str:
+    """The summary's link to the demo Space ``space_id`` on the Hub at ``endpoint`` (empty without a Space)."""
     if not space_id:
-        return None
+        return ""
     from huggingface_hub import constants
 
-    return f"{(endpoint or constants.ENDPOINT).rstrip('/')}/spaces/{space_id}"
+    url = f"{(endpoint or constants.ENDPOINT).rstrip('/')}/spaces/{space_id}"
+    return (
+        f"\n\nTry it in your browser: [the demo Space]({url}) (drop or paste an image, see the top classes with their "
+        "probabilities)."
+    )
 
 
 def write_figures(folder: str | os.PathLike[str], results: dict[str, Any] | None = None) -> list[str]:
