@@ -105,8 +105,9 @@ def check_classifier(folder: Path) -> None:
 
 
 def pipeline_kwargs(folder: Path) -> dict[str, Any]:
-    """What ``pipeline()`` needs besides the folder for a LoRA adapter (as its model card says): the run's image
-    processor and, when the base's labels differ from the run's, the label keyword arguments."""
+    """What ``pipeline()`` needs besides the folder of a LoRA adapter, as its model card says.
+
+    The run's image processor and, when the base's labels differ from the run's, the label keyword arguments."""
     if not (folder / "adapter_config.json").is_file():
         return {}
     import transformers
@@ -141,7 +142,7 @@ def load_model(model: str, revision: str | None = None, name: str | None = None)
         raise ModelLoadError(
             f"{model} could not be loaded as an image classifier ({type(err).__name__}: {reason})."
         ) from err
-    id2label = classify.model.config.id2label
+    id2label = {int(i): str(name) for i, name in (classify.model.config.id2label or {}).items()}
     return LoadedModel(
         name=name or model,
         folder=folder,
@@ -164,8 +165,9 @@ def example_images(folder: Path) -> list[str]:
 
 
 def card_story(folder: Path) -> str:
-    """The card's generated transfer story (summary, results, per-class accuracy), images left out (the page
-    shows the plots itself); empty when the folder has no card."""
+    """The card's generated transfer story: summary, results and per-class accuracy (empty without a card).
+
+    Its images are left out: the page shows the plots itself."""
     card = folder / "README.md"
     if not card.is_file():
         return ""
@@ -195,8 +197,10 @@ def scores_html(predictions: list[dict[str, Any]]) -> str:
 
 
 def predict_all(models: list[LoadedModel | None], image: str | None, top_k: int) -> tuple[list[Any], str]:
-    """Every model's outputs for the page (a label dict and a scores table each) and a message; a file that is not
-    a readable image, or a model that fails on it, gives the message instead of that model's outputs."""
+    """Every model's outputs for the page (a label dict and a scores table each) and a message.
+
+    A file that is not a readable image, or a model that fails on it, gives the message instead of that model's
+    outputs."""
     outputs: list[Any] = []
     problems = []
     for model in models:
@@ -259,8 +263,10 @@ def build_page(
     loader: Callable[[str], LoadedModel] | None = None,
     top_k: int = 5,
 ) -> gr.Blocks:
-    """The page of one model, or two side by side (same image, same top-k); ``loader`` adds a box that loads
-    another model into the second column (a local tool only: a Space never loads what its visitors name)."""
+    """The page of one model, or two side by side (same image, same top-k).
+
+    ``loader`` adds a box that loads another model into the second column (a local tool only: a Space never loads
+    what its visitors name)."""
     import gradio as gr
 
     if not 1 <= len(models) <= len(SLOTS):
@@ -282,7 +288,9 @@ def build_page(
                     _tolerant_upload(image)
                     k = gr.Slider(1, most_labels, value=min(top_k, most_labels), step=1, label="top-k", elem_id="k")
                     run = gr.Button("Predict", variant="primary", elem_id="predict")
-                columns, outputs, headings = [], [], []
+                columns: list[gr.Column] = []
+                outputs: list[gr.Component] = []
+                headings: list[gr.Markdown] = []
                 for slot, model in zip(SLOTS, slots, strict=True):
                     with gr.Column(scale=1, visible=model is not None) as column:
                         headings.append(gr.Markdown(_model_heading(model), elem_id=f"name-{slot}"))
@@ -320,6 +328,7 @@ def build_page(
                 except Exception as err:  # the page says why; the server keeps serving the models it has
                     return [gr.update(), gr.update(), gr.update(), gr.update(), f"**{err}**"]
                 b = slots[1]
+                assert b is not None, "set just above"
                 return [
                     gr.update(visible=True),
                     _model_heading(b),

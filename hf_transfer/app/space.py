@@ -66,13 +66,11 @@ def app_source(models: list[str], revisions: list[str | None], title: str) -> st
     text = Path(page.__file__).read_text(encoding="utf-8")
     values = {"MODELS": repr(list(models)), "REVISIONS": repr(list(revisions)), "TITLE": repr(title)}
     for name, value in values.items():
-        text, n = re.subn(
-            rf"^{name}(: [^=]+)? = .*$",
-            lambda m, v=value, k=name: f"{k}{m.group(1) or ''} = {v}",
-            text,
-            count=1,
-            flags=re.M,
-        )
+
+        def assign(found: re.Match[str], value: str = value) -> str:
+            return f"{found.group(1)} = {value}"  # the line keeps its annotation; the value is a repr, not a pattern
+
+        text, n = re.subn(rf"^({name}(?:: [^=]+)?) = .*$", assign, text, count=1, flags=re.M)
         if n != 1:
             raise RuntimeError(f"hf_transfer/app/page.py has no module-level {name} to write the Space's value into")
     return text

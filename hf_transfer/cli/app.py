@@ -9,7 +9,7 @@ from hf_transfer.runtime.logs import setup_logging
 
 
 def main(argv: list[str]) -> int:
-    """``hf-transfer app MODEL [MODEL_B] [--single] [--host H] [--port P] [--top_k K] [--title T]``"""
+    """Serve ``hf-transfer app MODEL [MODEL_B] [--single] [--host H] [--port P] [--top_k K]`` until interrupted."""
     start = time.perf_counter()
     parser = argparse.ArgumentParser(
         prog="hf-transfer app",

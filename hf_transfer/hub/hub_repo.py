@@ -36,8 +36,7 @@ def check_repo_id(repo_id: str) -> None:
 def create_repo(
     api: HfApi, repo_id: str, private: bool | None, repo_type: str = "model", space_sdk: str | None = None
 ) -> tuple[str, bool]:
-    """Create the repo (a Space with ``space_sdk``), or find it there; returns (its full id, whether this push
-    created it).
+    """Create the repo (a Space with ``space_sdk``), or find it there; returns (its full id, whether we created it).
 
     The Hub answers 200 to one creator and 409 to every other, so of two first pushes at the same moment
     exactly one owns the creation.
