@@ -63,7 +63,8 @@ def test_a_domain_run_is_shown_beside_its_source_only_run(da_runs, tmp_path):
 
     models = page_models(str(da_runs["dann"]))
     assert [m.folder for m in models] == [da_runs["dann"], da_runs["source_only"].resolve()]
-    assert "source-only baseline" in models[1].name
+    assert models[0].name.startswith("dann: domain/dann, target test accuracy ")
+    assert models[1].name.startswith("source_only: domain/source_only") and models[1].name.endswith("baseline)")
     assert [m.folder for m in page_models(str(da_runs["source_only"]))] == [da_runs["source_only"]]  # the baseline
     alone = tmp_path / "dann"
     shutil.copytree(da_runs["dann"], alone)  # no source-only run beside it: nothing locates the baseline

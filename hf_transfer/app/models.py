@@ -18,7 +18,6 @@ from typing import Any
 
 from hf_transfer.app.page import LoadedModel, ModelLoadError, load_model
 from hf_transfer.errors import TransferConfigError
-from hf_transfer.methods.registry import is_baseline
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +28,24 @@ SAME_RUN_KEYS = ("source", "target", "label_names", "seed")  # what makes a sour
 def load(model: str, name: str | None = None) -> LoadedModel:
     """Load one model for the page; a model that cannot be shown ends in a TransferConfigError naming why."""
     try:
-        return load_model(model, name=name)
+        loaded = load_model(model, name=name)
     except ModelLoadError as err:
         raise TransferConfigError(str(err)) from err
+    if name is None:
+        loaded.name = display_name(model, loaded.folder)
+    return loaded
+
+
+def display_name(model: str, folder: Path) -> str:
+    """A run folder by its name, mode/method and target accuracy (``dann: domain/dann, ...``); else as given."""
+    results = _results(folder)
+    if results is None or not Path(model).expanduser().is_dir():
+        return model
+    accuracy = ((results.get("metrics") or {}).get("target") or {}).get("accuracy")
+    what = f"{results.get('mode')}/{results.get('method')}"
+    return f"{folder.resolve().name}: {what}" + (
+        f", target test accuracy {accuracy:.1%}" if accuracy is not None else ""
+    )
 
 
 def _results(folder: Path) -> dict[str, Any] | None:
@@ -42,10 +56,18 @@ def _results(folder: Path) -> dict[str, Any] | None:
         return None
 
 
+def _is_baseline(method: str | None) -> bool:
+    """The method registry's rule, imported only for a domain run: it loads every method (peft, datasets, ...),
+    which a page of any other model would wait for in vain."""
+    from hf_transfer.methods.registry import is_baseline
+
+    return is_baseline(method)
+
+
 def needs_baseline(folder: Path) -> bool:
     """A domain-adaptation run other than the baseline itself: its page compares with the source-only run."""
     results = _results(folder) or {}
-    return results.get("mode") == "domain" and not is_baseline(results.get("method"))
+    return results.get("mode") == "domain" and not _is_baseline(results.get("method"))
 
 
 def source_only_baseline(folder: Path) -> Path | None:
@@ -56,7 +78,7 @@ def source_only_baseline(folder: Path) -> Path | None:
     found = []
     for sibling in sorted(p for p in folder.resolve().parent.iterdir() if p.is_dir() and p != folder.resolve()):
         other = _results(sibling)
-        if other and other.get("mode") == "domain" and is_baseline(other.get("method")):
+        if other and other.get("mode") == "domain" and _is_baseline(other.get("method")):
             if all(other.get(key) == results.get(key) for key in SAME_RUN_KEYS):
                 found.append(sibling)
     return found[0] if len(found) == 1 else None
@@ -84,4 +106,6 @@ def page_models(model: str, model_b: str | None = None, single: bool = False) ->
             "(`hf-transfer app RUN BASELINE_RUN`), or --single to show this model alone."
         )
     logger.info("Comparing with the source-only baseline %s", baseline)
-    return [first, load(str(baseline), name=f"{baseline} (source-only baseline)")]
+    second = load(str(baseline))
+    second.name += " (the source-only baseline)"
+    return [first, second]

@@ -283,6 +283,7 @@ def build_page(
                         image_mode=None,  # the file as uploaded: the pipeline decodes it, as pipeline(path) does
                         sources=["upload", "clipboard"],
                         label="Drop or paste an image",
+                        height=260,
                         elem_id="image",
                     )
                     _tolerant_upload(image)
@@ -298,7 +299,8 @@ def build_page(
                         outputs.append(gr.HTML(elem_id=f"scores-{slot}"))
                     columns.append(column)
             message = gr.Markdown(elem_id="message")
-            examples = [e for m in models for e in m.examples][:MAX_EXAMPLES]
+            # two runs on one target show the same test images: each once
+            examples = list({Path(e).name: e for m in models for e in m.examples}.values())[:MAX_EXAMPLES]
             if examples:
                 gr.Examples(examples=[[e] for e in examples], inputs=[image], label="Examples (target test split)")
             if loader is not None:

@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
     offline_gradio()
     models = page_models(args.model, args.model_b, single=args.single)
     warm_up(models)
-    title = args.title or " vs ".join(m.name for m in models)
+    title = args.title or " vs ".join(m.name.split(":")[0] for m in models)
     page, url = serve(
         models, title=title, host=args.host or DEFAULT_HOST, port=args.port, top_k=args.top_k, loader=load
     )
