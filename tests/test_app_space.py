@@ -49,6 +49,7 @@ def test_push_space_holds_its_files_and_its_app_runs_from_a_download(
     from huggingface_hub import snapshot_download
     from transformers import pipeline
 
+    from hf_transfer.app.models import load
     from hf_transfer.cli.main import main
 
     assert main(["push", str(run_folder), "user/digits", "--space", "user/digits-demo"]) == 0
@@ -70,6 +71,13 @@ def test_push_space_holds_its_files_and_its_app_runs_from_a_download(
     assert "hf_transfer" not in imported and "MODELS: list[str] = ['user/digits']" in app
     card = hub_server.files("user/digits")["README.md"].decode()
     assert f"[the demo Space]({hub_server.url}/spaces/user/digits-demo)" in card
+    image = str(run_folder / json.loads((run_folder / "reference_predictions.json").read_text())[0]["file"])
+    want = [
+        (p["label"], f"{p['score']:.4f}")
+        for p in pipeline("image-classification", model=str(run_folder))(image, top_k=3)
+    ]
+    hub_model = load("user/digits")  # `hf-transfer app user/digits`: the model by its Hub id
+    assert [(p["label"], f"{p['score']:.4f}") for p in hub_model.predict(image, 3)] == want
 
     # app.py from a download of the Space, in a fresh interpreter with an empty cache, serves the pushed model
     space = Path(snapshot_download("user/digits-demo", repo_type="space", local_dir=tmp_path / "space"))
@@ -90,14 +98,11 @@ def test_push_space_holds_its_files_and_its_app_runs_from_a_download(
             except OSError:
                 assert time.monotonic() < deadline, "app.py did not serve within 240 s"
                 time.sleep(0.5)
-        image = json.loads((run_folder / "reference_predictions.json").read_text())[0]["file"]
-        image = str(run_folder / image)
         outputs = Client(url, verbose=False, analytics_enabled=False).predict(
             handle_file(image), 3, api_name="/on_image"
         )
         shown = [(r.split("</td>")[0].split(">")[-1], r.split('"score">')[1][:6]) for r in outputs[1].split("<tr>")[2:]]
-        want = pipeline("image-classification", model=str(run_folder))(image, top_k=3)
-        assert shown == [(p["label"], f"{p['score']:.4f}") for p in want]
+        assert shown == want
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 
 from hf_transfer.runtime.logs import setup_logging
@@ -34,6 +35,10 @@ def main(argv: list[str]) -> int:
 
     if args.top_k < 1:
         raise TransferConfigError(f"--top_k {args.top_k}: give 1 or more.")
+    if importlib.util.find_spec("gradio") is None:  # before any model loads
+        raise TransferConfigError(
+            "hf-transfer app needs gradio: pip install 'hf-transfer-learning[app]' (or pip install 'gradio>=6,<7')."
+        )
     offline_gradio()
     models = page_models(args.model, args.model_b, single=args.single)
     warm_up(models)
