@@ -73,3 +73,19 @@ def test_report_to_trackio_logs_locally(tmp_path, no_network, case):
     logged = {key for row in SQLiteStorage.get_logs(project, f"tiny-{case}") for key in row}
     assert EXPECTED[case] <= logged, sorted(logged)
     assert no_network == []
+
+
+def test_the_demo_passes_report_to_to_every_run(tmp_path, monkeypatch):
+    import hf_transfer.training.run
+    from hf_transfer.cli.demo import main
+
+    seen = []
+
+    def fake_run(transfer_args, training_args):
+        seen.append(training_args)
+        return {"metrics": {"target": {"accuracy": 0.5}}}
+
+    monkeypatch.setattr(hf_transfer.training.run, "run_transfer", fake_run)
+    argv = ["--only", "source_only", "--steps", "1", "--output_dir", str(tmp_path), "--report_to", "trackio"]
+    assert main(argv) == 0
+    assert [(a.report_to, a.run_name) for a in seen] == [(["trackio"], "demo-seed0-source_only")]
