@@ -51,7 +51,9 @@ def test_the_page_predicts_what_pipeline_predicts(da_runs):
 
     model = load_model(str(da_runs["dann"]))
     assert model.label_names == DIGITS and model.examples and model.plots
-    assert "## Results" in model.story and "![" not in model.story  # the card's table; the page shows the plots
+    assert (
+        "## Results" in model.story and "![" not in model.story and not model.story.startswith("# ")
+    )  # the card's table; the page shows the plots
     for image in model.examples:
         got = [(p["label"], round(p["score"], 4)) for p in model.predict(image, 10)]
         assert got == _pipeline_top(da_runs["dann"], image, 10)

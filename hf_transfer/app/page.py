@@ -167,7 +167,7 @@ def example_images(folder: Path) -> list[str]:
 def card_story(folder: Path) -> str:
     """The card's generated transfer story: summary, results and per-class accuracy (empty without a card).
 
-    Its images are left out: the page shows the plots itself."""
+    Its images and title are left out: the page shows the plots and names the model itself."""
     card = folder / "README.md"
     if not card.is_file():
         return ""
@@ -180,7 +180,8 @@ def card_story(folder: Path) -> str:
             re.S,
         )
         if found:
-            parts.append(re.sub(r"^!\[[^\]]*\]\([^)]*\)\s*$", "", found.group(1), flags=re.M).strip())
+            # the card's images and its title go: the page shows the plots and names the model itself
+            parts.append(re.sub(r"^(!\[[^\]]*\]\([^)]*\)|# .*)\s*$", "", found.group(1), flags=re.M).strip())
     return "\n\n".join(p for p in parts if p)
 
 
