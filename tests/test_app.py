@@ -124,8 +124,10 @@ def test_what_cannot_be_shown_is_named(da_runs, tmp_path, capsys):
     model = load_model(str(da_runs["source_only"]))
     broken = tmp_path / "broken.png"
     broken.write_bytes(Path(model.examples[0]).read_bytes()[:40])  # a PNG cut short
-    outputs, message = predict_all([model, None], str(broken), 5)
-    assert outputs == [None, "", None, ""] and "Could not read `broken.png` as an image" in message
+    for cut in (40, 200):  # unidentifiable; identified but broken
+        broken.write_bytes(Path(model.examples[0]).read_bytes()[:cut])
+        outputs, message = predict_all([model, None], str(broken), 5)
+        assert outputs == [None, "", None, ""] and "Could not read `broken.png` as an image" in message
     outputs, message = predict_all([model, None], model.examples[0], 5)  # and the next image is served
     assert message == "" and len(outputs[0]) == 5 and '<td class="score">' in outputs[1]
 

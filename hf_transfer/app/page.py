@@ -200,36 +200,38 @@ def scores_html(predictions: list[dict[str, Any]]) -> str:
 def predict_all(models: list[LoadedModel | None], image: str | None, top_k: int) -> tuple[list[Any], str]:
     """Every model's outputs for the page (a label dict and a scores table each) and a message.
 
-    A file that is not a readable image, or a model that fails on it, gives the message instead of that model's
-    outputs."""
+    A file that is not a readable image, or a model that fails on it, gives the message instead of the outputs."""
+    empty = [None, ""] * len(models)
+    if image is None:
+        return empty, ""
+    from PIL import Image
+
+    try:
+        with Image.open(image) as im:
+            im.verify()  # a truncated or non-image file is named here, before any model sees it
+    except Exception as err:
+        return empty, (
+            f"**Could not read `{Path(image).name}` as an image** ({type(err).__name__}: {_first_line(err)}). "
+            "Drop a PNG, JPEG, WebP, BMP or GIF file."
+        )
     outputs: list[Any] = []
     problems = []
     for model in models:
-        if model is None or image is None:
+        if model is None:
             outputs += [None, ""]
             continue
         try:
-            from PIL import Image
-
-            with Image.open(image) as im:
-                im.verify()  # a truncated or non-image file is named here, before the model sees it
             predictions = model.predict(image, top_k)
         except Exception as err:
             outputs += [None, ""]
-            problems.append(_problem(model, image, err))
+            problems.append(f"**{model.name} failed on this image** ({type(err).__name__}: {_first_line(err)}).")
             continue
         outputs += [{p["label"]: p["score"] for p in predictions}, scores_html(predictions)]
-    return outputs, " ".join(dict.fromkeys(problems))
+    return outputs, " ".join(problems)
 
 
-def _problem(model: LoadedModel, image: str, err: Exception) -> str:
-    reason = (str(err).strip().splitlines() or [""])[0]
-    if isinstance(err, OSError | SyntaxError | ValueError) and "image" in f"{type(err).__name__} {reason}".lower():
-        return (
-            f"**Could not read `{Path(image).name}` as an image** ({type(err).__name__}: {reason}). "
-            "Drop a PNG, JPEG, WebP, BMP or GIF file."
-        )
-    return f"**{model.name} failed on this image** ({type(err).__name__}: {reason})."
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [""])[0]
 
 
 def _tolerant_upload(component: gr.Image) -> None:
