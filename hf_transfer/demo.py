@@ -118,9 +118,16 @@ def demo_runs(steps: int) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def run_demo(
-    output_dir: str = DEFAULT_OUTPUT, seeds: Sequence[int] = (0,), steps: int = 600, only: list[str] | None = None
+    output_dir: str = DEFAULT_OUTPUT,
+    seeds: Sequence[int] = (0,),
+    steps: int = 600,
+    only: list[str] | None = None,
+    report_to: str | None = None,
 ) -> dict[str, Any]:
-    """Run every demo run for each seed into ``output_dir``; writes and returns the summary of their accuracies."""
+    """Run every demo run for each seed into ``output_dir``; writes and returns the summary of their accuracies.
+
+    ``report_to``: where every run logs as it trains (the Trainer's integrations, e.g. ``trackio``; default none);
+    each run is named ``demo-seed<seed>-<run>``."""
     from hf_transfer.config import arguments_from_dict
     from hf_transfer.training.run import run_transfer
 
@@ -132,6 +139,8 @@ def run_demo(
                 continue
             out = os.path.join(output_dir, f"seed{seed}", name)
             args = {**COMMON, **overrides, "seed": seed, "output_dir": out}
+            if report_to is not None:
+                args.update(report_to=report_to, run_name=f"demo-seed{seed}-{name}")
             args = {k: (v.format(**outputs) if isinstance(v, str) and "{" in v else v) for k, v in args.items()}
             transfer_args, training_args = arguments_from_dict(args)
             print(

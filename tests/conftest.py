@@ -16,6 +16,12 @@ os.environ["HF_UPDATE_DOWNLOAD_COUNTS"] = "0"
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("HF_TOKEN", None)
+# --report_to trackio logs into the session's folder (trackio reads TRACKIO_DIR at import), never to a Space or
+# a server; gradio (the app's page) sends no analytics
+os.environ["TRACKIO_DIR"] = os.path.join(_SESSION_HOME, "trackio")
+for _remote in ("TRACKIO_SPACE_ID", "TRACKIO_SERVER_URL", "TRACKIO_BUCKET_ID", "TRACKIO_DATASET_ID"):
+    os.environ.pop(_remote, None)
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 # Offline unless a test starts the local Hub test server (see hf_transfer.testing).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

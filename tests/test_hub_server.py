@@ -370,3 +370,30 @@ def test_timm_push_to_hf_hub_and_create_model(hub_server):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(reloaded(x), model(x), atol=1e-6)
+
+
+def test_space_repos_are_served(hub_server):
+    """A Space is created with its sdk (refused without one, as on the Hub), reports it, takes commits and pull
+    requests and is downloaded like any repo."""
+    api = HfApi()
+    raw = httpx2.post(  # the client checks the sdk itself: the server's own check, over HTTP
+        f"{hub_server.url}/api/repos/create",
+        json={"name": "demo", "type": "space"},
+        headers={"Authorization": f"Bearer {USER_TOKEN}"},
+    )
+    assert raw.status_code == 400 and "sdk" in raw.json()["error"]
+    assert api.create_repo("user/demo", repo_type="space", space_sdk="gradio", private=True).endswith(
+        "spaces/user/demo"
+    )
+    api.upload_file(path_or_fileobj=b"print('hi')\n", path_in_repo="app.py", repo_id="user/demo", repo_type="space")
+    info = api.space_info("user/demo")
+    assert (
+        info.sdk == "gradio" and info.private and {s.rfilename for s in info.siblings} == {".gitattributes", "app.py"}
+    )
+    pr = api.create_commit(
+        "user/demo", [CommitOperationAdd("b.txt", b"b")], commit_message="b", repo_type="space", create_pr=True
+    )
+    assert pr.pr_revision == "refs/pr/1" and "b.txt" not in hub_server.files("user/demo", "space")
+    folder = snapshot_download("user/demo", repo_type="space")
+    assert open(os.path.join(folder, "app.py")).read() == "print('hi')\n"
+    assert hub_server.files("user/demo", "space", revision="refs/pr/1")["b.txt"] == b"b"

@@ -46,6 +46,8 @@ RULES = {
     # choosing a backbone: a frozen feature pass over a run's data, before any training
     "hf_transfer.selection": (*BELOW_TRAINING, "hf_transfer.config", "hf_transfer.training", "hf_transfer.selection"),
     "hf_transfer.demo": ("hf_transfer.config", "hf_transfer.training", "hf_transfer.hub"),
+    # trying a model in the browser, and its Space beside the model repo: on top, beside the command line
+    "hf_transfer.app": (*BELOW_TRAINING, "hf_transfer.hub", "hf_transfer.app"),
     # the command line: any layer's library code, never the test tooling
     "hf_transfer.cli": tuple(f"hf_transfer.{p.stem}" for p in ROOT.iterdir() if p.stem != "testing"),
     "hf_transfer.testing": ("hf_transfer",),  # test tooling (the Hub test server, tiny models): may use anything

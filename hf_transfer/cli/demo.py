@@ -17,7 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--steps", type=int, default=600, help="training steps of the image-based runs")
     parser.add_argument("--only", nargs="+", default=None, help="run only these (names in the table)")
+    parser.add_argument(
+        "--report_to",
+        default=None,
+        help="live tracking of every run (the Trainer's integrations: trackio, tensorboard, ...; default none)",
+    )
     args = parser.parse_args(argv)
     setup_logging()
-    demo.run_demo(args.output_dir, tuple(args.seeds), args.steps, args.only)
+    demo.run_demo(args.output_dir, tuple(args.seeds), args.steps, args.only, report_to=args.report_to)
     return 0

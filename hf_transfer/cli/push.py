@@ -1,5 +1,5 @@
-"""``hf-transfer push OUTPUT_DIR REPO_ID``: its options; the check and the one-commit push are
-:func:`hf_transfer.hub.push.push_run`'s."""
+"""``hf-transfer push OUTPUT_DIR REPO_ID [--space USER/NAME]``: its options; the check and the one-commit push are
+:func:`hf_transfer.hub.push.push_run`'s, the Space's :func:`hf_transfer.app.space.push_space`'s."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hf_transfer.runtime.logs import setup_logging
 
 
 def main(argv: list[str]) -> int:
-    """``hf-transfer push OUTPUT_DIR REPO_ID [--private] [--revision BRANCH] [--create_pr] ...``"""
+    """``hf-transfer push OUTPUT_DIR REPO_ID [--private] [--revision BRANCH] [--create_pr] [--space USER/NAME] ...``"""
     parser = argparse.ArgumentParser(
         prog="hf-transfer push",
         description="Check a finished run folder (round trip through pipeline()), write its model card and push "
@@ -34,10 +34,22 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="push a LoRA adapter whose base is a local folder (it then loads only where that folder exists)",
     )
+    parser.add_argument(
+        "--space",
+        default=None,
+        metavar="USER/NAME",
+        help="also create or update a Gradio Space that demos the model (app.py, pinned requirements.txt, README), "
+        "with the same --private and --create_pr; the model card links to it",
+    )
     args = parser.parse_args(argv)
     setup_logging()
 
     from hf_transfer.hub.push import push_run
+
+    if args.space is not None:  # before the model's push: a bad Space id costs nothing
+        from hf_transfer.app.space import check_space_id
+
+        check_space_id(args.space)
 
     # PushError, RoundTripError and the rest end in main(): one line, or the traceback with --debug
     result = push_run(
@@ -52,10 +64,23 @@ def main(argv: list[str]) -> int:
         license=args.license,
         check=not args.skip_round_trip_check,
         allow_local_base=args.allow_local_base,
+        space_id=args.space,
     )
-    if result is not None:
-        print(
-            f"Pushed {len(result.files)} files to {result.repo_id}@{result.revision}: "
-            f"{result.pr_url or result.commit_url}"
+    if result is None:
+        return 0
+    print(
+        f"Pushed {len(result.files)} files to {result.repo_id}@{result.revision}: {result.pr_url or result.commit_url}"
+    )
+    if args.space is not None:
+        from hf_transfer.app.space import push_space
+
+        space = push_space(
+            args.space,
+            result.repo_id,
+            args.output_dir,
+            revision=None if result.revision == "main" else result.revision,
+            private=args.private,
+            create_pr=args.create_pr,
         )
+        print(f"Pushed the Space {space.space_id} ({', '.join(space.files)}): {space.pr_url or space.url}")
     return 0

@@ -133,13 +133,15 @@ def render_card(
     template_path: str | os.PathLike[str] | None = None,
     figures: bool = True,
     model_name: str | None = None,
+    space_id: str | None = None,
 ) -> ModelCard:
     """Render the card of the run in ``folder`` as it would be pushed to ``repo_id`` (nothing written).
 
     ``repo_id`` None: a local card, written before any push; it links to no Hub repo (none exists yet) and
     shows ``<REPO_ID>`` where the repo goes; a push re-renders it for the real repo. ``model_name``: the
     title (default: the repo's name, else the folder's). ``figures``: reference
-    ``confusion_matrix.png``/``training_curves.png`` (see :func:`write_figures`).
+    ``confusion_matrix.png``/``training_curves.png`` (see :func:`write_figures`). ``space_id``: the demo Space
+    pushed beside the repo (``push --space``), linked from the summary.
     """
     from huggingface_hub import ModelCard
 
@@ -168,7 +170,7 @@ def render_card(
         template_str=template_text(template_path),
         repo_id=repo_id or REPO_ID_PLACEHOLDER,
         model_name=model_name,
-        summary=sections.summary(results, baseline, upper, backbone, title),
+        summary=sections.summary(results, baseline, upper, backbone, title) + space_line(space_id, endpoint),
         **_method_vars(results),
         lineage=sections.lineage(results),
         **sections.why_backbone_vars(results),
@@ -179,6 +181,19 @@ def render_card(
         limitations=card_results.limitations(results, baseline),
         **sections.reproduce_vars(results, repo_id, revision),
         versions=sorted((results.get("versions") or {}).items()),
+    )
+
+
+def space_line(space_id: str | None, endpoint: str | None = None) -> str:
+    """The summary's link to the demo Space ``space_id`` on the Hub at ``endpoint`` (empty without a Space)."""
+    if not space_id:
+        return ""
+    from huggingface_hub import constants
+
+    url = f"{(endpoint or constants.ENDPOINT).rstrip('/')}/spaces/{space_id}"
+    return (
+        f"\n\nTry it in your browser: [the demo Space]({url}) (drop or paste an image, see the top classes with their "
+        "probabilities)."
     )
 
 

@@ -33,8 +33,10 @@ def check_repo_id(repo_id: str) -> None:
         raise PushError(f"Invalid repo id {repo_id!r}: {reason} Nothing was pushed.") from err
 
 
-def create_repo(api: HfApi, repo_id: str, private: bool | None) -> tuple[str, bool]:
-    """Create the repo, or find it there; returns (its full id, whether this push created it).
+def create_repo(
+    api: HfApi, repo_id: str, private: bool | None, repo_type: str = "model", space_sdk: str | None = None
+) -> tuple[str, bool]:
+    """Create the repo (a Space with ``space_sdk``), or find it there; returns (its full id, whether we created it).
 
     The Hub answers 200 to one creator and 409 to every other, so of two first pushes at the same moment
     exactly one owns the creation.
@@ -42,12 +44,13 @@ def create_repo(api: HfApi, repo_id: str, private: bool | None) -> tuple[str, bo
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        return api.create_repo(repo_id, private=private, repo_type="model").repo_id, True
+        return api.create_repo(repo_id, private=private, repo_type=repo_type, space_sdk=space_sdk).repo_id, True
     except HfHubHTTPError as err:
         if err.response is None or err.response.status_code not in (401, 402, 403, 409):
             raise
     # 409: it exists; 401-403: it may exist and be writable (create_repo's exist_ok logic re-checks)
-    return api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model").repo_id, False
+    again = api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, space_sdk=space_sdk)
+    return again.repo_id, False
 
 
 @dataclass
@@ -80,19 +83,21 @@ def create_branch(api: HfApi, repo_id: str, branch: str) -> NewBranch | None:
     return NewBranch(branch, start)
 
 
-def _others_work(api: HfApi, repo_id: str, new_branch: NewBranch | None, whole_repo: bool) -> list[str]:
+def _others_work(
+    api: HfApi, repo_id: str, new_branch: NewBranch | None, whole_repo: bool, repo_type: str = "model"
+) -> list[str]:
     """What the repo (``whole_repo``) or the new branch holds beyond what this push's creation put there:
     [] when it holds nothing but that (the Hub's initial commit of a repo we created, or the commit a branch
     we created started at). Anything else is another writer's, or this push's own commit whose answer was
     lost after it landed: either way it is not deleted."""
     from huggingface_hub import constants
 
-    refs = api.list_repo_refs(repo_id, include_pull_requests=whole_repo)
+    refs = api.list_repo_refs(repo_id, include_pull_requests=whole_repo, repo_type=repo_type)
     heads = {b.name: b.target_commit for b in refs.branches}
     found = []
     if whole_repo:
         main = heads.get(constants.DEFAULT_REVISION)
-        history = api.list_repo_commits(repo_id, revision=main) if main else []
+        history = api.list_repo_commits(repo_id, revision=main, repo_type=repo_type) if main else []
         if len(history) != 1:  # the initial commit the Hub made when WE created the repo, and nothing after it
             newest = history[0] if history else None
             found.append(
@@ -107,14 +112,16 @@ def _others_work(api: HfApi, repo_id: str, new_branch: NewBranch | None, whole_r
     assert new_branch is not None, "a push that did not create the repo asks only about the branch it created"
     head = heads.get(new_branch.name)
     if head is not None and head != new_branch.start:
-        history = api.list_repo_commits(repo_id, revision=head)
+        history = api.list_repo_commits(repo_id, revision=head, repo_type=repo_type)
         found.append(
             f"commits made after its creation, the newest {history[0].title!r} by {', '.join(history[0].authors)}"
         )
     return found
 
 
-def undo_created(api: HfApi, repo_id: str, created_repo: bool, new_branch: NewBranch | None) -> str:
+def undo_created(
+    api: HfApi, repo_id: str, created_repo: bool, new_branch: NewBranch | None, repo_type: str = "model"
+) -> str:
     """Delete the repo (or branch) a failed push created, only while it holds nothing but what the creation put.
 
     Returns what was left and why (empty when nothing was created, or it was deleted).
@@ -136,7 +143,7 @@ def undo_created(api: HfApi, repo_id: str, created_repo: bool, new_branch: NewBr
         if new_branch.start is None:
             return f"The failed push left {what} (its starting commit is unknown): run the same command again."
     try:
-        found = _others_work(api, repo_id, new_branch, whole_repo=created_repo)
+        found = _others_work(api, repo_id, new_branch, whole_repo=created_repo, repo_type=repo_type)
     except Exception as err:  # the Hub that failed the push may fail this too: then nothing is deleted
         return (
             f"The failed push could not check what {what} holds ({type(err).__name__}), so it left it: "
@@ -147,10 +154,10 @@ def undo_created(api: HfApi, repo_id: str, created_repo: bool, new_branch: NewBr
         return f"The failed push left {what}: it holds more than that creation ({'; '.join(found)})."
     try:
         if created_repo:
-            api.delete_repo(repo_id, repo_type="model")
+            api.delete_repo(repo_id, repo_type=repo_type)
         else:
             assert new_branch is not None, "a push that created neither returned above"
-            api.delete_branch(repo_id, branch=new_branch.name)
+            api.delete_branch(repo_id, branch=new_branch.name, repo_type=repo_type)
     except Exception as err:  # the Hub that failed the push may fail this too
         return (
             f"The failed push could not delete {what} ({type(err).__name__}): delete it, or run the same command again."

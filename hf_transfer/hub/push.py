@@ -196,6 +196,7 @@ def push_run(
     check: bool = True,
     atol: float = DEFAULT_ATOL,
     allow_local_base: bool = False,
+    space_id: str | None = None,
 ) -> PushResult | None:
     """Check, card and push the run in ``output_dir`` to ``repo_id`` in one commit.
 
@@ -203,7 +204,8 @@ def push_run(
     when new). ``create_pr``: open a pull request instead of committing to the branch. ``license``:
     overrides the one read from the base model's card. ``allow_local_base``: push a LoRA adapter whose base
     is a local folder (refused otherwise: the pushed adapter and its card's code would point at a path on
-    this machine). Returns None on non-main processes.
+    this machine). ``space_id``: the demo Space pushed beside it (``push --space``), which the card links to.
+    Returns None on non-main processes.
     """
     from huggingface_hub import HfApi
 
@@ -255,6 +257,7 @@ def push_run(
                     commit_message=commit_message,
                     upper_bound=upper_bound,
                     license=license,
+                    space_id=space_id,
                 )
         except Exception as err:
             leftover = undo_created(api, repo_id, created, new_branch)
@@ -276,6 +279,7 @@ def _commit_run(
     commit_message: str | None,
     upper_bound: dict | None,
     license: str | None,
+    space_id: str | None = None,
 ) -> PushResult:
     """Card merged with the remote one, then ONE commit pinned to the head that card was read at."""
     from huggingface_hub import CommitOperationAdd, constants
@@ -296,6 +300,7 @@ def _commit_run(
         license=license,
         revision=revision,
         endpoint=api.endpoint,
+        space_id=space_id,
     )
     paths = files_to_push(folder)
     if not paths:

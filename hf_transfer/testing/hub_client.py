@@ -31,7 +31,7 @@ class ClientHelpers:
         def url(self) -> str:
             """The endpoint of the started server (see :class:`~hf_transfer.testing.hub_server.HubTestServer`)."""
 
-        def _create(self, rtype: str, repo_id: str, private: bool, owner: str) -> bool: ...
+        def _create(self, rtype: str, repo_id: str, private: bool, owner: str, sdk: str | None = None) -> bool: ...
 
     def repo_url(self, repo_id: str, repo_type: str = "model") -> str:
         """The URL of a repo's page on this server (what ``create_repo`` answers)."""
@@ -56,9 +56,11 @@ class ClientHelpers:
         private: bool = False,
         gated: bool = False,
         owner: str | None = None,
+        space_sdk: str = "gradio",
     ) -> str:
-        """Create a repo directly (no HTTP); returns its url."""
-        self._create(repo_type, repo_id, private, owner or repo_id.split("/")[0])
+        """Create a repo directly (no HTTP); returns its url. ``space_sdk``: a Space's sdk (``repo_type="space"``)."""
+        sdk = space_sdk if repo_type == "space" else None
+        self._create(repo_type, repo_id, private, owner or repo_id.split("/")[0], sdk)
         if gated:
             self.set_repo_settings(repo_id, repo_type, gated=True)
         return self.repo_url(repo_id, repo_type)

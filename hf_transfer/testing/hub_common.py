@@ -40,7 +40,9 @@ FAULT_POINTS = (
 _SHA40 = re.compile(r"^[0-9a-f]{40}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9_]{6,}")
-_PREFIX = {"model": "", "dataset": "datasets/"}
+_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+_TYPE_OF_PREFIX = {p.rstrip("/"): t for t, p in _PREFIX.items() if p}  # "datasets" -> "dataset", ...
+SPACE_SDKS = ("gradio", "docker", "static", "streamlit")  # what the Hub accepts as a Space's sdk
 
 
 def git_blob_sha1(data: bytes) -> str:

@@ -9,7 +9,7 @@ import shutil
 from typing import TYPE_CHECKING
 
 from hf_transfer.testing.hub_cards import card_metadata
-from hf_transfer.testing.hub_common import _PREFIX, DEFAULT_GITATTRIBUTES, HubError, _now, lfs_pointer
+from hf_transfer.testing.hub_common import _PREFIX, DEFAULT_GITATTRIBUTES, SPACE_SDKS, HubError, _now, lfs_pointer
 from hf_transfer.testing.hub_storage import Storage, _file_entry
 
 if TYPE_CHECKING:  # annotations only
@@ -49,7 +49,7 @@ class RepoRoutes:
             """Change a repo's visibility, gating or grants (defined by the client helpers)."""
 
     # repos ---------------------------------------------------------------------------------------
-    def _create(self, rtype: str, repo_id: str, private: bool, owner: str) -> bool:
+    def _create(self, rtype: str, repo_id: str, private: bool, owner: str, sdk: str | None = None) -> bool:
         with self.storage.lock(rtype, repo_id):
             if self.storage.meta(rtype, repo_id) is not None:
                 return False
@@ -63,6 +63,7 @@ class RepoRoutes:
                     "owner": owner,
                     "gated": False,
                     "createdAt": _now(),
+                    **({"sdk": sdk} if rtype == "space" else {}),
                 },
             )
             data = DEFAULT_GITATTRIBUTES.encode()
@@ -93,10 +94,13 @@ class RepoRoutes:
             raise HubError(403, f"You don't have the rights to create a {rtype} under the namespace {ns!r}")
         url = f"http://{h.headers.get('Host', f'{self.host}:{self.port}')}/{_PREFIX[rtype]}{repo_id}"
         if segs == ["create"] and method == "POST":
-            if body.get("sdk") or rtype not in _PREFIX:
-                raise HubError(400, "Spaces are not served by the test server")
+            sdk = body.get("sdk")
+            if rtype == "space" and sdk not in SPACE_SDKS:  # as the Hub: a Space names its sdk
+                raise HubError(400, f"A Space needs an sdk, one of {list(SPACE_SDKS)}; got {sdk!r}")
+            if rtype != "space" and sdk:
+                raise HubError(400, f"sdk is for Spaces, not a {rtype} repo")
             private = body.get("private", body.get("visibility") == "private")
-            if not self._create(rtype, repo_id, bool(private), ns):
+            if not self._create(rtype, repo_id, bool(private), ns, sdk):
                 return h._send_json(
                     {"error": "You already created this repo", "url": url},
                     409,
@@ -160,6 +164,7 @@ class RepoRoutes:
                 "createdAt": meta.get("createdAt", _now()),
                 "lastModified": commit["date"],
                 "usedStorage": sum(e["size"] for e in files.values()),
+                **({"sdk": meta.get("sdk")} if rtype == "space" else {}),
             }
         )
 

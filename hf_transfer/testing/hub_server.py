@@ -14,7 +14,8 @@ this project.
 
 What it implements
 ------------------
-Models and datasets: ``whoami-v2``, repo create/delete/settings, repo info (``siblings`` with LFS
+Models, datasets and Spaces (their repos: created with an ``sdk``, which repo info reports; nothing is run):
+``whoami-v2``, repo create/delete/settings, repo info (``siblings`` with LFS
 info), tree (recursive or not, per path), paths-info, refs, commits, branches, tags,
 ``validate-yaml`` (a real YAML parse of the card's front matter plus ``model-index`` checks),
 preupload (LFS for ``.gitattributes`` patterns, binary samples and files of 10 MB or more), the LFS
@@ -83,7 +84,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_transfer.testing.hub_client import ClientHelpers
-from hf_transfer.testing.hub_common import _NAME, USER, HubError, _Drop, _redact
+from hf_transfer.testing.hub_common import _NAME, _TYPE_OF_PREFIX, USER, HubError, _Drop, _redact
 from hf_transfer.testing.hub_faults import Faults
 from hf_transfer.testing.hub_http import _Handler, _ThreadingServer
 from hf_transfer.testing.hub_repos import RepoRoutes
@@ -229,8 +230,8 @@ class HubTestServer(ClientHelpers, RepoRoutes, UploadRoutes):
         if segs[:1] == ["api"]:
             return self._api(h, method, segs[1:], q)
         # /{P}{repo}.git/info/lfs/objects/batch  and  /{P}{repo}/resolve/{rev}/{path}
-        rtype = "dataset" if segs[:1] == ["datasets"] else "model"
-        rest = segs[1:] if rtype == "dataset" else segs
+        rtype = _TYPE_OF_PREFIX.get(segs[0], "model") if segs else "model"
+        rest = segs[1:] if rtype != "model" else segs
         if len(rest) >= 5 and rest[-4:] == ["info", "lfs", "objects", "batch"] and method == "POST":
             repo_id = "/".join(rest[:-4])
             if not repo_id.endswith(".git"):
@@ -307,7 +308,7 @@ class HubTestServer(ClientHelpers, RepoRoutes, UploadRoutes):
             return self._validate_yaml(h)
         if segs[:1] == ["repos"] and method in ("POST", "DELETE"):
             return self._repos(h, method, segs[1:])
-        if len(segs) >= 2 and segs[0] in ("models", "datasets"):
+        if len(segs) >= 2 and segs[0] in ("models", "datasets", "spaces"):
             # The repo id is 1 or 2 segments ("gpt2" or "ns/name"): a known verb in 3rd place ends it.
             verbs = (
                 "revision",
