@@ -49,11 +49,23 @@ ARGUMENT_CONDITIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trade_off_warmup": (lambda a: a.trade_off_schedule == "linear", "trade_off_schedule=linear"),
     "pada_every": (lambda a: a.partial_weighting == "pada", "partial_weighting=pada"),
     "unfreeze_unit": (lambda a: a.unfreeze_every is not None, "unfreeze_every"),
+    "unfreeze_every": (lambda a: a.method != "lp_ft", "a method that does not schedule its own unfreezing (not lp_ft)"),
     "l2sp_alpha": (lambda a: a.regularizer == "l2sp", "regularizer=l2sp"),
     "l2sp_beta": (lambda a: a.regularizer == "l2sp", "regularizer=l2sp"),
     "bss_eta": (lambda a: a.regularizer == "bss", "regularizer=bss"),
     "bss_k": (lambda a: a.regularizer == "bss", "regularizer=bss"),
     "decoded_cache_dir": (lambda a: a.input_path == "fast", "input_path=fast"),
+    "model_ema_decay": (lambda a: a.model_ema, "model_ema=true"),
+    "model_ema_warmup": (lambda a: a.model_ema, "model_ema=true"),
+    "validation_fraction": (
+        lambda a: a.model_ema or a.wise_ft_alpha is not None,
+        "model_ema=true or wise_ft_alpha (what the validation split chooses)",
+    ),
+    "wise_ft_alpha": (
+        lambda a: a.method == "lp_ft" or _loads_weights(a.backbone),
+        "method=lp_ft (its probe head is the head at alpha=0) or a backbone with pretrained weights (a timm "
+        "architecture name starts from random init: there is no starting model worth interpolating towards)",
+    ),
     "label_policy": (lambda a: a.source is not None, "a --source to align with the target"),
     "backbone_revision": (
         lambda a: _loads_weights(a.backbone),
@@ -140,6 +152,14 @@ def _check_values(args: TransferArgs) -> None:
         raise TransferConfigError(f"pada_every={args.pada_every}: must be >= 1 (optimizer steps).")
     if args.publish not in PUBLISH_FORMS:
         raise TransferConfigError(f"publish={args.publish!r}: choose one of {', '.join(PUBLISH_FORMS)}.")
+    if not 0.0 < args.model_ema_decay < 1.0:
+        raise TransferConfigError(f"model_ema_decay={args.model_ema_decay}: must be in (0, 1) (timm's default 0.9998).")
+    if not 0.0 < args.validation_fraction <= 0.5:
+        raise TransferConfigError(f"validation_fraction={args.validation_fraction}: must be in (0, 0.5].")
+    if args.wise_ft_alpha is not None:
+        from hf_transfer.methods.finetune.wise_ft import parse_alphas
+
+        parse_alphas(args.wise_ft_alpha)  # refused here when it does not parse
 
 
 def _has_batchnorm(args: TransferArgs, model: nn.Module) -> bool:

@@ -58,3 +58,21 @@ declare_option("augment", modes=("domain", "task"), why="feature mode trains on 
 for _name in ("feature_cache_dir", "features_on_device", "head_solver"):
     declare_option(_name, modes=("feature",))
 declare_option("feature_batch_size", modes=("feature", "domain"), why="feature extraction, or the domain-gap features")
+
+# --- robust fine-tuning: weight averaging (every mode that trains weights on labels through the Trainer) and
+# interpolation towards the starting weights (a backbone that trains, without adapters) -----------------------
+for _name in ("model_ema", "model_ema_decay", "model_ema_warmup"):
+    declare_option(
+        _name, modes=("domain", "task"), why="feature mode fits a head on cached features, with no weights to average"
+    )
+declare_option(
+    "validation_fraction", modes=("domain", "task"), why="the validation split chooses EMA or raw weights, or alpha"
+)
+declare_option(
+    "wise_ft_alpha",
+    modes=_TASK,
+    requires=("trainable_backbone",),
+    excludes=("adapters",),
+    why="it interpolates fine-tuned backbone weights with the starting ones (LoRA: the exported adapter would need "
+    "its scale rewritten; a frozen backbone has nothing to interpolate)",
+)
