@@ -34,7 +34,9 @@ VALIDATION_RULE = (
 
 def accuracy(trainer: TransferTrainer, dataset: torch.utils.data.Dataset, name: str) -> float:
     """The accuracy of the trainer's model now on ``dataset`` (gathered over processes, not logged)."""
-    return float(trainer.predict(dataset, metric_key_prefix=name).metrics[f"{name}_accuracy"])
+    metrics = trainer.predict(dataset, metric_key_prefix=name).metrics
+    assert metrics is not None, "the run's compute_metrics scores every labelled set"
+    return float(metrics[f"{name}_accuracy"])
 
 
 def scores(run: PreparedRun) -> dict[str, float]:
@@ -99,19 +101,19 @@ def wise_ft(run: PreparedRun) -> dict[str, Any] | None:
     model = run.backbone.model
     start, head = start_with_head(run)
     finetuned = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    sweep = []
+    sweep: list[tuple[float, dict[str, float]]] = []
     for alpha in parse_alphas(run.args.wise_ft_alpha):
         _load(model, interpolate(start, finetuned, alpha))
-        sweep.append({"alpha": alpha, "accuracy": scores(run)})
-    best = max(sweep, key=lambda row: (row["accuracy"]["validation"], row["alpha"]))
-    _load(model, interpolate(start, finetuned, best["alpha"]))
-    logger.info("WiSE-FT: alpha %.2f is best on validation (%.4f).", best["alpha"], best["accuracy"]["validation"])
+        sweep.append((alpha, scores(run)))
+    best, best_scores = max(sweep, key=lambda row: (row[1]["validation"], row[0]))
+    _load(model, interpolate(start, finetuned, best))
+    logger.info("WiSE-FT: alpha %.2f is best on validation (%.4f).", best, best_scores["validation"])
     return {
-        "alphas": [row["alpha"] for row in sweep],
-        "exported_alpha": best["alpha"],
+        "alphas": [alpha for alpha, _ in sweep],
+        "exported_alpha": best,
         "alpha_0": head,
         "rule": VALIDATION_RULE + "; a tie takes the larger alpha",
-        "sweep": sweep,
+        "sweep": [{"alpha": alpha, "accuracy": accuracies} for alpha, accuracies in sweep],
     }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,7 +124,12 @@ class ProbeThenFineTune(GradualUnfreezing):
 
     # --- TrainerCallback events ------------------------------------------------------------------
     def on_train_begin(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        train_dataloader: Sized | None = None,
+        **kwargs: Any,
     ) -> None:
         if self.options.probe_steps is None:
             self._boundary = max(1, round(self.options.probe_fraction * state.max_steps))
@@ -132,7 +138,7 @@ class ProbeThenFineTune(GradualUnfreezing):
                 f"method=lp_ft: the probe stage ({self.interval_steps()} steps) leaves no fine-tuning step of the "
                 f"run's {state.max_steps}; lower probe_steps or probe_fraction, or train longer."
             )
-        super().on_train_begin(args, state, control, **kwargs)
+        super().on_train_begin(args, state, control, train_dataloader, **kwargs)
         if state.global_step > self.interval_steps() and self.probe_head is None:
             raise TransferConfigError(
                 f"method=lp_ft: resumed at step {state.global_step}, after the probe stage, from a checkpoint "

@@ -87,7 +87,7 @@ class TaskMode(TransferMode):
         self._frozen_ids = frozen_ids
         if getattr(args, "unfreeze_every", None):
             self._setup_unfreezing(groups, frozen_ids)
-        options = method.options(args.method_args)
+        options = method.options(args.method_args if isinstance(args.method_args, dict) else None)
         if isinstance(options, LpFtOptions):
             self._setup_lp_ft(groups, frozen_ids, options)
         if self.regularizer_name == "l2sp":
