@@ -131,6 +131,11 @@ OPTION_VALUES = {
     "features_on_device": ("true", {}),
     "head_solver": ("lbfgs", {}),
     "feature_batch_size": (4, {}),
+    "model_ema": (True, {}),
+    "model_ema_decay": (0.5, {"model_ema": True}),
+    "model_ema_warmup": (True, {"model_ema": True}),
+    "validation_fraction": (0.25, {"model_ema": True}),
+    "wise_ft_alpha": ("0.5", {}),
 }
 
 

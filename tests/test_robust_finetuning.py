@@ -272,10 +272,9 @@ def test_wise_ft_sweep_on_every_domain_chosen_on_validation_with_its_plot(tmp_pa
         ({"mode": "feature", "wise_ft_alpha": "0.5"}, "wise_ft_alpha applies to mode=task only"),
         ({"method": "lora", "wise_ft_alpha": "0.5"}, "wise_ft_alpha='0.5' has no effect .* method=lora"),
         ({"method": "linear", "wise_ft_alpha": "0.5"}, "wise_ft_alpha='0.5' has no effect .* method=linear"),
-        ({"wise_ft_alpha": "0.5"}, "wise_ft_alpha='0.5' has no effect .* random init"),
         ({"method": "lp_ft", "wise_ft_alpha": "1.5"}, r"wise_ft_alpha='1.5': every alpha must be in \[0, 1\]"),
         ({"method": "lp_ft", "wise_ft_alpha": "half"}, "wise_ft_alpha='half': give a number"),
-        ({"method": "lp_ft", "unfreeze_every": 2}, r"unfreeze_every=2.0 has no effect .* \(not lp_ft\)"),
+        ({"method": "lp_ft", "unfreeze_every": 2}, r"unfreeze_every=2.0 has no effect .* without schedules_unfreezing"),
         ({"method": "lp_ft", "method_args": {"probe_fraction": 1.5}}, r"probe_fraction=1.5 must be in \(0, 1\)"),
         ({"method": "full", "method_args": {"probe_steps": 2}}, "method_args"),
     ],
@@ -285,7 +284,17 @@ def test_refused_before_anything_loads(tmp_path, overrides, message):
         arguments_from_dict(tiny_args(tmp_path, **{"mode": "task", **overrides}))
 
 
-def test_refused_where_the_head_at_alpha_0_would_be_random(tmp_path, pretrained):
+def test_refused_where_the_head_at_alpha_0_would_be_random(tmp_path, pretrained, monkeypatch):
+    import hf_transfer.training.run
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the data was loaded before the refusal")
+
+    with monkeypatch.context() as patched:  # a random-init backbone: refused from the arguments, before any loading
+        patched.setattr(hf_transfer.training.run, "load_transfer_data", no_loading)
+        with pytest.raises(TransferConfigError, match="wise_ft_alpha='0.5': backbone 'test_resnet' starts from random"):
+            _run(tmp_path, wise_ft_alpha="0.5")
+    # a loaded backbone whose head does not have the target's classes: refused once loaded, before training
     with pytest.raises(TransferConfigError, match="the head at alpha=0 must classify the target's classes"):
         _run(tmp_path, backbone=pretrained, target_classes="first:5", wise_ft_alpha="0.5")
 

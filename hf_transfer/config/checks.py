@@ -49,7 +49,6 @@ ARGUMENT_CONDITIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trade_off_warmup": (lambda a: a.trade_off_schedule == "linear", "trade_off_schedule=linear"),
     "pada_every": (lambda a: a.partial_weighting == "pada", "partial_weighting=pada"),
     "unfreeze_unit": (lambda a: a.unfreeze_every is not None, "unfreeze_every"),
-    "unfreeze_every": (lambda a: a.method != "lp_ft", "a method that does not schedule its own unfreezing (not lp_ft)"),
     "l2sp_alpha": (lambda a: a.regularizer == "l2sp", "regularizer=l2sp"),
     "l2sp_beta": (lambda a: a.regularizer == "l2sp", "regularizer=l2sp"),
     "bss_eta": (lambda a: a.regularizer == "bss", "regularizer=bss"),
@@ -60,11 +59,6 @@ ARGUMENT_CONDITIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "validation_fraction": (
         lambda a: a.model_ema or a.wise_ft_alpha is not None,
         "model_ema=true or wise_ft_alpha (what the validation split chooses)",
-    ),
-    "wise_ft_alpha": (
-        lambda a: a.method == "lp_ft" or _loads_weights(a.backbone),
-        "method=lp_ft (its probe head is the head at alpha=0) or a backbone with pretrained weights (a timm "
-        "architecture name starts from random init: there is no starting model worth interpolating towards)",
     ),
     "label_policy": (lambda a: a.source is not None, "a --source to align with the target"),
     "backbone_revision": (
@@ -301,10 +295,28 @@ def check_training_arguments(args: TransferArgs, training_args: TrainingArgument
             from hf_transfer.methods.feature.lbfgs_head import NO_RESUME
 
             raise TransferConfigError(NO_RESUME)
+    check_wise_ft_start(args)
     if args.hub_create_pr and not training_args.push_to_hub:
         raise TransferConfigError("hub_create_pr=True has no effect without --push_to_hub true. Remove it.")
     check_report_to(training_args)
     push_repo_id(args, training_args)
+
+
+def check_wise_ft_start(args: TransferArgs) -> None:
+    """Refuse ``wise_ft_alpha`` where the head at alpha=0 would be a random one, as far as the arguments tell.
+
+    That head is LP-FT's probe head, or the backbone's own when it has the target's classes: a timm architecture
+    name starts from random init, so only lp_ft has one. (A loaded backbone's head is checked once it is loaded.)"""
+    from hf_transfer.methods.finetune.lp_ft import has_probe_head
+
+    if args.wise_ft_alpha is None or has_probe_head(args.method):
+        return
+    if not _loads_weights(args.backbone):
+        raise TransferConfigError(
+            f"wise_ft_alpha={args.wise_ft_alpha!r}: backbone {args.backbone!r} starts from random init, so neither "
+            "a starting model nor a head at alpha=0 is worth interpolating towards. Use --method lp_ft (its probe "
+            "head is the head at alpha=0) or a pretrained backbone whose classifier has the target's classes."
+        )
 
 
 def check_report_to(training_args: TrainingArguments) -> None:

@@ -36,8 +36,16 @@ declare_option(
 
 # --- what trains, at which rate: a backbone whose weights train -----------------------------------
 declare_option("backbone_lr_scale", modes=("domain", "task"), requires=("trainable_backbone",))
-for _name in ("layer_decay", "freeze", "unfreeze_every", "unfreeze_unit"):
+for _name in ("layer_decay", "freeze"):
     declare_option(_name, modes=_TASK, requires=("trainable_backbone",))
+for _name in ("unfreeze_every", "unfreeze_unit"):
+    declare_option(
+        _name,
+        modes=_TASK,
+        requires=("trainable_backbone",),
+        excludes=("schedules_unfreezing",),
+        why="a method that schedules its own unfreezing (lp_ft) would be overridden",
+    )
 # L2-SP: alpha pulls the backbone towards its pretrained weights, beta is an L2 on the new head (it still
 # acts when the backbone is frozen: it replaces weight decay on the head); BSS shrinks the features'
 # small singular values, which only a backbone that trains can change

@@ -17,6 +17,7 @@ from hf_transfer.data.kshot import subset
 from hf_transfer.data.validation import VALIDATION
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.metrics import scalar_metrics_fn, unscored_message
+from hf_transfer.methods.finetune.lp_ft import has_probe_head
 from hf_transfer.models.backbones import Backbone, load_backbone
 from hf_transfer.models.speed import busy_machine_note, resolve_cpu_threads, set_memory_format, use_channels_last
 from hf_transfer.runtime.folder_lock import FolderLock
@@ -175,7 +176,7 @@ def wise_ft_start(args: TransferArguments, backbone: Backbone) -> dict[str, torc
     target's classes; a fresh random head has no meaning at alpha=0."""
     if args.wise_ft_alpha is None:
         return None
-    if args.method != "lp_ft" and not backbone.head_pretrained:
+    if not has_probe_head(args.method) and not backbone.head_pretrained:
         raise TransferConfigError(
             f"wise_ft_alpha={args.wise_ft_alpha!r}: the head at alpha=0 must classify the target's classes, but "
             f"{args.backbone!r} gets a new head here (its own classifier does not have exactly these classes). Use "

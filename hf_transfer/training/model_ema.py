@@ -60,7 +60,7 @@ class ModelEma(TrainerCallback):
 
     @property
     def ema(self) -> ModelEmaV3:
-        """timm's average, started from the model's state where the Trainer placed it (its device) on first use."""
+        """The timm average, started on first use from the model's state where the Trainer placed it (its device)."""
         if self._ema is None:
             self._ema = ModelEmaV3(_StateHolder(self.model.state_dict()), decay=self.decay, use_warmup=self.warmup)
         return self._ema

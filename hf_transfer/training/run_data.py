@@ -42,8 +42,9 @@ def needs_validation(args: TransferArguments) -> bool:
 
 
 def with_validation(data: TransferData, args: TransferArguments, seed: int) -> TransferData:
-    """``data`` with a validation split held out of the labelled training split: the source's in domain mode (the
-    target's labels are never seen there), the target's otherwise."""
+    """The run's data with a validation split held out of the labelled training split.
+
+    The source's in domain mode (the target's labels are never seen there), the target's otherwise."""
     if not needs_validation(args):
         return data
     role = "source" if args.mode == "domain" else "target"

@@ -62,7 +62,13 @@ METHOD = register_method(
     config=LpFtOptions,
     needs=Needs(target_labels=True, trainable_backbone=True),
     soft_targets=True,
+    schedules_unfreezing=True,
 )
+
+
+def has_probe_head(method: str | None) -> bool:
+    """Whether the method ``method`` ends with a probe head of its own (WiSE-FT's head at alpha=0)."""
+    return method == METHOD.name
 
 
 def check_options(options: LpFtOptions) -> None:
