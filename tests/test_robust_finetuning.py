@@ -302,3 +302,49 @@ def test_refused_where_the_head_at_alpha_0_would_be_random(tmp_path, pretrained,
 def test_lp_ft_refuses_a_probe_stage_as_long_as_the_run(tmp_path):
     with pytest.raises(TransferConfigError, match="leaves no fine-tuning step"):
         _run(tmp_path, method="lp_ft", method_args={"probe_steps": 6})
+
+
+# --- DDP -----------------------------------------------------------------------------------------------
+@pytest.mark.ddp
+def test_ema_and_lp_ft_under_two_process_ddp(tmp_path):
+    """accelerate launch --multi_gpu --num_processes 2 on CPU (gloo): the average the main process saved is the one
+    exported when it wins, every row is scored once, LP-FT's stages run with masked gradients."""
+    import subprocess
+
+    import yaml
+
+    from conftest import two_process_launch
+
+    args = tiny_args(
+        tmp_path,
+        mode="task",
+        **LEARNS,
+        method="lp_ft",
+        method_args={"probe_steps": 3},
+        model_ema=True,
+        model_ema_decay=0.7,
+        wise_ft_alpha="1",
+        save_strategy="steps",
+        save_steps=6,
+        per_device_eval_batch_size=8,
+    )
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(args))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = two_process_launch(os.path.join(ROOT, "recipes", "train.py"), "--config", str(config))
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = args["output_dir"]
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    assert results["hyperparameters"]["world_size"] == 2
+    assert sum(map(sum, results["metrics"]["target"]["confusion_matrix"])) == 32  # gathered from both
+    assert results["strategies"]["lp_ft"]["probe_steps"] == 3
+    assert results["wise_ft"]["exported_alpha"] == 1.0
+    checkpoint = os.path.join(out, "checkpoint-6")
+    assert os.path.isfile(os.path.join(checkpoint, EMA_FILE))
+    # alpha=1: the export is the chosen weights, as the main process saved them
+    chosen = EMA_FILE if results["model_ema"]["exported"] == "ema" else "model.safetensors"
+    exported = _exported(out)
+    for name, value in _classifier_part(load_file(os.path.join(checkpoint, chosen))).items():
+        torch.testing.assert_close(exported[name], value, msg=name)
