@@ -348,3 +348,13 @@ def test_ema_and_lp_ft_under_two_process_ddp(tmp_path):
     exported = _exported(out)
     for name, value in _classifier_part(load_file(os.path.join(checkpoint, chosen))).items():
         torch.testing.assert_close(exported[name], value, msg=name)
+
+
+@pytest.mark.parametrize("given", [{"model_ema": True}, {"method": "lp_ft", "wise_ft_alpha": "0.5"}])
+def test_sharded_training_is_refused_before_the_run_starts(tmp_path, given):
+    from hf_transfer.training.run import prepare_run
+
+    config = {**tiny_args(tmp_path, mode="task"), **given, "fsdp": "full_shard"}
+    with pytest.raises(TransferConfigError, match="which FSDP and DeepSpeed shard across processes"):
+        prepare_run(*arguments_from_dict(config))
+    assert not os.path.exists(config["output_dir"])

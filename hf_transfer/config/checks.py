@@ -296,6 +296,12 @@ def check_training_arguments(args: TransferArgs, training_args: TrainingArgument
 
             raise TransferConfigError(NO_RESUME)
     check_wise_ft_start(args)
+    if (args.model_ema or args.wise_ft_alpha is not None) and (training_args.fsdp or training_args.deepspeed):
+        what = "model_ema" if args.model_ema else "wise_ft_alpha"
+        raise TransferConfigError(
+            f"{what} averages or interpolates the whole model's state on every process, which FSDP and DeepSpeed "
+            f"shard across processes. Remove --fsdp/--deepspeed (DDP is fine), or remove --{what}."
+        )
     if args.hub_create_pr and not training_args.push_to_hub:
         raise TransferConfigError("hub_create_pr=True has no effect without --push_to_hub true. Remove it.")
     check_report_to(training_args)
