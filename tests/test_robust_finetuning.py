@@ -277,6 +277,7 @@ def test_wise_ft_sweep_on_every_domain_chosen_on_validation_with_its_plot(tmp_pa
         ({"method": "lp_ft", "unfreeze_every": 2}, r"unfreeze_every=2.0 has no effect .* without schedules_unfreezing"),
         ({"method": "lp_ft", "method_args": {"probe_fraction": 1.5}}, r"probe_fraction=1.5 must be in \(0, 1\)"),
         ({"method": "full", "method_args": {"probe_steps": 2}}, "method_args"),
+        ({"method": "lp_ft", "method_args": {"probe_steps": 2, "probe_fraction": 0.3}}, "give one of them"),
     ],
 )
 def test_refused_before_anything_loads(tmp_path, overrides, message):

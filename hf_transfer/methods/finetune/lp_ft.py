@@ -75,6 +75,12 @@ def check_options(options: LpFtOptions) -> None:
     """Refuse option values that leave no probe or no fine-tuning stage, naming them."""
     if options.probe_steps is None and not 0.0 < options.probe_fraction < 1.0:
         raise TransferConfigError(f"method=lp_ft: probe_fraction={options.probe_fraction} must be in (0, 1).")
+    default_fraction = LpFtOptions.__dataclass_fields__["probe_fraction"].default
+    if options.probe_steps is not None and options.probe_fraction != default_fraction:
+        raise TransferConfigError(
+            f"method=lp_ft: probe_steps={options.probe_steps} sets the probe stage's length, so "
+            f"probe_fraction={options.probe_fraction} would do nothing; give one of them."
+        )
     if options.probe_steps is not None and options.probe_steps < 1:
         raise TransferConfigError(f"method=lp_ft: probe_steps={options.probe_steps} must be >= 1.")
     if not options.probe_lr_scale > 0:
