@@ -47,6 +47,13 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "pada_every",
     ),
     "Feature transfer (mode=feature)": ("head_solver", "feature_cache_dir", "feature_batch_size", "features_on_device"),
+    "Robust fine-tuning (EMA, WiSE-FT)": (
+        "model_ema",
+        "model_ema_decay",
+        "model_ema_warmup",
+        "wise_ft_alpha",
+        "validation_fraction",
+    ),
     "Speed": ("channels_last", "auto_bf16", "cpu_threads"),
     "Output folder and Hub": ("overwrite_output_dir", "hub_create_pr"),
 }

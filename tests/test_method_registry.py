@@ -140,6 +140,11 @@ OPTION_VALUES = {
     "mixup_prob": (0.5, {"mixup": 0.8}),
     "mixup_switch_prob": (0.3, {"mixup": 0.8, "cutmix": 1.0}),
     "mixup_mode": ("elem", {"mixup": 0.8}),
+    "model_ema": (True, {}),
+    "model_ema_decay": (0.5, {"model_ema": True}),
+    "model_ema_warmup": (True, {"model_ema": True}),
+    "validation_fraction": (0.25, {"model_ema": True}),
+    "wise_ft_alpha": ("0.5", {}),
 }
 
 

@@ -366,6 +366,7 @@ BSS = {"task": {"regularizer": "bss"}}
 PARTIAL = {"domain": {"label_policy": "partial"}}
 SAVING = {m: {"save_strategy": "steps", "save_steps": 1} for m in MODES}
 HUB_BACKBONE = {m: {"backbone": "org/model"} for m in MODES}
+EMA = {m: {"model_ema": True} for m in ("domain", "task")}  # refused in feature mode
 
 PROBES = {
     # what a run is
@@ -436,6 +437,12 @@ PROBES = {
         {"domain": {"label_policy": "partial", "partial_weighting": "pada"}},
     ),
     "adabn": Probe((True,), batchnorm_after_finish),
+    # robust fine-tuning: the moving average, the validation split that chooses, WiSE-FT's starting state
+    "model_ema": Probe((True,), lambda run: (run.trainer.model_ema is not None, sorted(run.trainer.eval_dataset))),
+    "model_ema_decay": Probe((0.5,), lambda run: run.trainer.model_ema.current_decay(5), EMA),
+    "model_ema_warmup": Probe((True,), lambda run: run.trainer.model_ema.current_decay(5), EMA),
+    "validation_fraction": Probe((0.25,), lambda run: len(run.validation_set), EMA),
+    "wise_ft_alpha": Probe(("0.5",), lambda run: run.start_state is not None, {"task": {"method": "lp_ft"}}),
     # speed and caches
     "feature_cache_dir": Probe(("{tmp}/features",), files_in("feature_cache_dir")),
     "feature_batch_size": Probe((4,), extraction_batch_sizes, {"feature": {"feature_cache_dir": "{tmp}/features_bs"}}),

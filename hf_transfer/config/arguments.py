@@ -331,6 +331,44 @@ class TransferArguments:
         },
     )
 
+    # --- robust fine-tuning: weight averaging and interpolation (mode=task, domain; see training/robust.py) ---
+    model_ema: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep an exponential moving average of the weights (timm's ModelEmaV3), evaluated beside the raw "
+            "weights at every evaluation (eval_ema_* metrics); the better of the two on the validation split is "
+            "exported, and results.json and the card say which, with both numbers."
+        },
+    )
+    model_ema_decay: float = field(
+        default=0.9998, metadata={"help": "model_ema: decay of the moving average per optimizer step, in (0, 1)."}
+    )
+    model_ema_warmup: bool = field(
+        default=False,
+        metadata={
+            "help": "model_ema: timm's decay warm-up, min(decay, 1 - (1 + step) ** -2/3), so the average follows "
+            "the weights closely early in a short run."
+        },
+    )
+    validation_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "With model_ema or wise_ft_alpha: the seeded, class-stratified fraction of the labelled training "
+            "split (target in task mode, source in domain mode) held out as the validation split that chooses "
+            "between EMA and raw weights and the WiSE-FT alpha (never the test split), in (0, 0.5]."
+        },
+    )
+    wise_ft_alpha: str | None = field(
+        default=None,
+        metadata={
+            "help": "task mode: WiSE-FT, the exported weights become (1 - alpha) * start + alpha * fine-tuned. One "
+            "alpha in [0, 1], a comma-separated sweep (0,0.5,1) or 'sweep' (0, 0.1, ..., 1): the best on the "
+            "validation split is exported, the sweep on every evaluated domain goes to results.json and the card. "
+            "The head at alpha=0 is lp_ft's probe head, or the backbone's own head when it already has the "
+            "target's classes."
+        },
+    )
+
     def __post_init__(self) -> None:
         #: the recipe defaults the parser filled in for what the user left unset (hf_transfer.training.defaults);
         #: set by parse_args / arguments_from_dict, recorded in results.json and the card. Not an option (an

@@ -60,6 +60,12 @@ ARGUMENT_CONDITIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mixup_prob": (lambda a: a.mixup > 0 or a.cutmix > 0, "mixup > 0 or cutmix > 0"),
     "mixup_mode": (lambda a: a.mixup > 0 or a.cutmix > 0, "mixup > 0 or cutmix > 0"),
     "mixup_switch_prob": (lambda a: a.mixup > 0 and a.cutmix > 0, "both mixup > 0 and cutmix > 0"),
+    "model_ema_decay": (lambda a: a.model_ema, "model_ema=true"),
+    "model_ema_warmup": (lambda a: a.model_ema, "model_ema=true"),
+    "validation_fraction": (
+        lambda a: a.model_ema or a.wise_ft_alpha is not None,
+        "model_ema=true or wise_ft_alpha (what the validation split chooses)",
+    ),
     "label_policy": (lambda a: a.source is not None, "a --source to align with the target"),
     "backbone_revision": (
         lambda a: _loads_weights(a.backbone),
@@ -149,6 +155,14 @@ def _check_values(args: TransferArgs) -> None:
         raise TransferConfigError(f"pada_every={args.pada_every}: must be >= 1 (optimizer steps).")
     if args.publish not in PUBLISH_FORMS:
         raise TransferConfigError(f"publish={args.publish!r}: choose one of {', '.join(PUBLISH_FORMS)}.")
+    if not 0.0 < args.model_ema_decay < 1.0:
+        raise TransferConfigError(f"model_ema_decay={args.model_ema_decay}: must be in (0, 1) (timm's default 0.9998).")
+    if not 0.0 < args.validation_fraction <= 0.5:
+        raise TransferConfigError(f"validation_fraction={args.validation_fraction}: must be in (0, 0.5].")
+    if args.wise_ft_alpha is not None:
+        from hf_transfer.methods.finetune.wise_ft import parse_alphas
+
+        parse_alphas(args.wise_ft_alpha)  # refused here when it does not parse
     _check_recipe_values(args)
 
 
@@ -314,10 +328,34 @@ def check_training_arguments(args: TransferArgs, training_args: TrainingArgument
             from hf_transfer.methods.feature.lbfgs_head import NO_RESUME
 
             raise TransferConfigError(NO_RESUME)
+    check_wise_ft_start(args)
+    if (args.model_ema or args.wise_ft_alpha is not None) and (training_args.fsdp or training_args.deepspeed):
+        what = "model_ema" if args.model_ema else "wise_ft_alpha"
+        raise TransferConfigError(
+            f"{what} averages or interpolates the whole model's state on every process, which FSDP and DeepSpeed "
+            f"shard across processes. Remove --fsdp/--deepspeed (DDP is fine), or remove --{what}."
+        )
     if args.hub_create_pr and not training_args.push_to_hub:
         raise TransferConfigError("hub_create_pr=True has no effect without --push_to_hub true. Remove it.")
     check_report_to(training_args)
     push_repo_id(args, training_args)
+
+
+def check_wise_ft_start(args: TransferArgs) -> None:
+    """Refuse ``wise_ft_alpha`` where the head at alpha=0 would be a random one, as far as the arguments tell.
+
+    That head is LP-FT's probe head, or the backbone's own when it has the target's classes: a timm architecture
+    name starts from random init, so only lp_ft has one. (A loaded backbone's head is checked once it is loaded.)"""
+    from hf_transfer.methods.finetune.lp_ft import has_probe_head
+
+    if args.wise_ft_alpha is None or has_probe_head(args.method):
+        return
+    if not _loads_weights(args.backbone):
+        raise TransferConfigError(
+            f"wise_ft_alpha={args.wise_ft_alpha!r}: backbone {args.backbone!r} starts from random init, so neither "
+            "a starting model nor a head at alpha=0 is worth interpolating towards. Use --method lp_ft (its probe "
+            "head is the head at alpha=0) or a pretrained backbone whose classifier has the target's classes."
+        )
 
 
 def check_report_to(training_args: TrainingArguments) -> None:

@@ -207,6 +207,7 @@ def _panel(
     font: Font,
     small: Font,
     xlabel: str = "step",
+    xformat: str = ".0f",
 ) -> None:
     x0, y0, x1, y1 = box
     draw.text((x0, y0 - 22), title, fill="black", font=font)
@@ -224,7 +225,7 @@ def _panel(
     for frac in (0.0, 0.5, 1.0):  # x ticks
         x = xmin + frac * (xmax - xmin)
         px, _ = to_px(x, ymin)
-        draw.text((px - 10, y1 + 4), f"{x:.0f}", fill="black", font=small)
+        draw.text((px - 10, y1 + 4), format(x, xformat), fill="black", font=small)
     draw.text(((x0 + x1) / 2 - 12, y1 + 18), xlabel, fill="black", font=small)
     for k, (name, pts) in enumerate(sorted(series.items())):
         colour = _PALETTE[k % len(_PALETTE)]
@@ -322,4 +323,28 @@ def lr_find_png(lr_find: dict, path: str) -> str | None:
         draw, (70, 70, 70 + pw, 70 + ph), clipped, "loss", ylim, (min(xs), max(xs)), font, small, "log10(learning rate)"
     )
     img.save(path)
+    return path
+
+
+def wise_ft_png(wise_ft: dict, path: str) -> str | None:
+    """Draw the WiSE-FT sweep (``results["wise_ft"]``): accuracy against alpha, one line per evaluated split.
+
+    The exported alpha (the best on validation) is named in the legend; None when the sweep has under 2 alphas."""
+    sweep = wise_ft.get("sweep") or []
+    if len(sweep) < 2:
+        return None
+    series: dict[str, list[tuple[float, float]]] = {}
+    for row in sweep:
+        for split, acc in row["accuracy"].items():
+            series.setdefault(split if split == "validation" else f"{split} test", []).append((row["alpha"], acc))
+    chosen = wise_ft["exported_alpha"]
+    ylim = _range([y for pts in series.values() for _, y in pts], unit=True)
+    series[f"exported: alpha={chosen:g}"] = [(chosen, ylim[0]), (chosen, ylim[1])]  # a vertical line
+    font, small = _font(15), _font(12)
+    pw, ph = 520, 240
+    img = Image.new("RGB", (80 + pw + 260, 70 + ph + 60), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 8), "WiSE-FT: (1 - alpha) * start + alpha * fine-tuned", fill="black", font=_font(16))
+    _panel(draw, (70, 70, 70 + pw, 70 + ph), series, "accuracy", ylim, (0.0, 1.0), font, small, "alpha", ".2g")
+    img.save(path, format="PNG", optimize=True)
     return path

@@ -18,6 +18,7 @@ RESULTS_FILE = "results.json"
 CONFUSION_PNG = "confusion_matrix.png"
 CURVES_PNG = "training_curves.png"
 LR_FIND_PNG = "lr_find.png"
+WISE_FT_PNG = "wise_ft.png"
 CONFIG_FILE = "train_config.yaml"
 HUB = "https://huggingface.co"
 

@@ -11,6 +11,7 @@ from hf_transfer.hub.card_domain import domain_gap_table
 from hf_transfer.hub.card_inputs import (
     CONFUSION_PNG,
     CURVES_PNG,
+    WISE_FT_PNG,
     accuracy,
     pct,
 )
@@ -195,6 +196,54 @@ def results_vars(results: dict, baseline: dict | None, upper: dict | None, metho
         domain_gap_rows=gap_rows,
         domain_gap_intro=gap_intro,
         **results_tables(results, baseline, upper, method_title),
+        **robust_vars(results, figures),
+    )
+
+
+def _ordered(scores: dict) -> list[str]:
+    """Split names: validation first (it chose), then target, source and any other evaluated domain."""
+    first = [n for n in ("validation", "target", "source") if n in scores]
+    return first + sorted(set(scores) - set(first))
+
+
+def _splits(scores: dict) -> str:
+    return ", ".join(f"{n if n == 'validation' else n + ' test'} {pct(scores[n])}" for n in _ordered(scores))
+
+
+def robust_vars(results: dict, figures: bool) -> dict:
+    """The card's lines on the weights chosen on the validation split (``model_ema``, ``wise_ft``) and the sweep."""
+    lines, rows, columns = [], [], []
+    validation = results.get("validation") or {}
+    if validation:
+        lines.append(
+            f"The choices below were made on a validation split of {validation['rows']} images held out of the "
+            f"{validation['held_out_of']} split ({100 * validation['fraction']:g}%), never on a test split."
+        )
+    ema = results.get("model_ema")
+    if ema:
+        kept = "the moving average (EMA)" if ema["exported"] == "ema" else "the raw weights"
+        lines.append(
+            f"**Model EMA** (decay {ema['decay']:g}{', warm-up' if ema['warmup'] else ''}): this model holds {kept}. "
+            f"EMA: {_splits(ema['accuracy']['ema'])}; raw: {_splits(ema['accuracy']['raw'])}."
+        )
+    wise = results.get("wise_ft")
+    if wise:
+        lines.append(
+            f"**WiSE-FT**: this model is (1 - alpha) * start + alpha * fine-tuned at alpha={wise['exported_alpha']:g}, "
+            f"the best on validation; at alpha=0, {wise['alpha_0']}."
+        )
+        names = _ordered(wise["sweep"][0]["accuracy"])
+        columns = [n if n == "validation" else f"{n} test" for n in names]
+        rows = [
+            {"name": f"{row['alpha']:g}", "values": [pct(row["accuracy"].get(n)) for n in names]}
+            for row in wise["sweep"]
+        ]
+    has_plot = figures and wise is not None and len(wise.get("sweep") or []) > 1
+    return dict(
+        robust_lines=lines,
+        wise_ft_columns=columns,
+        wise_ft_rows=rows,
+        wise_ft_png=WISE_FT_PNG if has_plot else None,
     )
 
 

@@ -34,6 +34,7 @@ from hf_transfer.hub.card_inputs import (
     README,
     REPO_ID_PLACEHOLDER,
     RESULTS_FILE,
+    WISE_FT_PNG,
     dataset_info,
     folder_library,
     load_results,
@@ -199,7 +200,7 @@ def space_line(space_id: str | None, endpoint: str | None = None) -> str:
 
 def write_figures(folder: str | os.PathLike[str], results: dict[str, Any] | None = None) -> list[str]:
     """Write ``confusion_matrix.png`` (target test) and ``training_curves.png`` into ``folder``."""
-    from hf_transfer.evaluation.plots import confusion_matrix_png, lr_find_png, training_curves_png
+    from hf_transfer.evaluation.plots import confusion_matrix_png, lr_find_png, training_curves_png, wise_ft_png
 
     folder = Path(folder)
     results = load_results(results if results is not None else folder)
@@ -218,6 +219,8 @@ def write_figures(folder: str | os.PathLike[str], results: dict[str, Any] | None
         written.append(str(folder / CURVES_PNG))
     if results.get("lr_find") and lr_find_png(results["lr_find"], str(folder / LR_FIND_PNG)):
         written.append(str(folder / LR_FIND_PNG))
+    if results.get("wise_ft") and wise_ft_png(results["wise_ft"], str(folder / WISE_FT_PNG)):
+        written.append(str(folder / WISE_FT_PNG))
     return written
 
 

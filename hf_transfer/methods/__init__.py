@@ -9,4 +9,5 @@ registry itself imports none of them (no import cycle).
 
 import hf_transfer.methods.domain  # noqa: F401  (the domain methods register themselves)
 import hf_transfer.methods.finetune.catalog  # noqa: F401  (the task and feature methods)
+import hf_transfer.methods.finetune.lp_ft  # noqa: F401  (LP-FT: probe, then fine-tune)
 import hf_transfer.methods.options  # noqa: F401  (where each shared option acts)

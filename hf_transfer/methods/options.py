@@ -36,8 +36,16 @@ declare_option(
 
 # --- what trains, at which rate: a backbone whose weights train -----------------------------------
 declare_option("backbone_lr_scale", modes=("domain", "task"), requires=("trainable_backbone",))
-for _name in ("layer_decay", "freeze", "unfreeze_every", "unfreeze_unit"):
+for _name in ("layer_decay", "freeze"):
     declare_option(_name, modes=_TASK, requires=("trainable_backbone",))
+for _name in ("unfreeze_every", "unfreeze_unit"):
+    declare_option(
+        _name,
+        modes=_TASK,
+        requires=("trainable_backbone",),
+        excludes=("schedules_unfreezing",),
+        why="a method that schedules its own unfreezing (lp_ft) would be overridden",
+    )
 # L2-SP: alpha pulls the backbone towards its pretrained weights, beta is an L2 on the new head (it still
 # acts when the backbone is frozen: it replaces weight decay on the head); BSS shrinks the features'
 # small singular values, which only a backbone that trains can change
@@ -70,3 +78,21 @@ for _name in ("mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "mixup_mode"
 for _name in ("feature_cache_dir", "features_on_device", "head_solver"):
     declare_option(_name, modes=("feature",))
 declare_option("feature_batch_size", modes=("feature", "domain"), why="feature extraction, or the domain-gap features")
+
+# --- robust fine-tuning: weight averaging (every mode that trains weights on labels through the Trainer) and
+# interpolation towards the starting weights (a backbone that trains, without adapters) -----------------------
+for _name in ("model_ema", "model_ema_decay", "model_ema_warmup"):
+    declare_option(
+        _name, modes=("domain", "task"), why="feature mode fits a head on cached features, with no weights to average"
+    )
+declare_option(
+    "validation_fraction", modes=("domain", "task"), why="the validation split chooses EMA or raw weights, or alpha"
+)
+declare_option(
+    "wise_ft_alpha",
+    modes=_TASK,
+    requires=("trainable_backbone",),
+    excludes=("adapters",),
+    why="it interpolates fine-tuned backbone weights with the starting ones (LoRA: the exported adapter would need "
+    "its scale rewritten; a frozen backbone has nothing to interpolate)",
+)

@@ -22,7 +22,8 @@ and the benchmarks all read :data:`METHODS`.
   ``find_unused_parameters``: some training step leaves a trainable parameter without a gradient (DDP must
   look for unused parameters); ``owns_step``: the method runs its own passes per optimizer step (several
   updates on parts of the model, :mod:`hf_transfer.methods.domain.step`), which rules out what assumes one loss
-  and one update per batch (FSDP/DeepSpeed engines, the learning-rate range test).
+  and one update per batch (FSDP/DeepSpeed engines, the learning-rate range test); ``schedules_unfreezing``: the
+  method freezes and unfreezes the backbone on a schedule of its own (LP-FT), which rules out gradual unfreezing.
 
 Which SHARED options (``TransferArguments`` fields such as ``trade_off``, ``freeze``, ``lora_r``) act with a
 method is not listed per method: each option declares, with :func:`declare_option`, the modes and the method
@@ -68,7 +69,7 @@ class Needs:
 
 
 #: the method properties an option's scope may name (:class:`OptionScope`)
-PROPERTIES = (*(f.name for f in dataclasses.fields(Needs)), "adapters", "soft_targets")
+PROPERTIES = (*(f.name for f in dataclasses.fields(Needs)), "adapters", "soft_targets", "schedules_unfreezing")
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class Method:
     required_options: tuple[str, ...] = ()
     find_unused_parameters: bool = False
     owns_step: bool = False
+    schedules_unfreezing: bool = False
 
     def has(self, prop: str) -> bool:
         """The method property ``prop`` (a :class:`Needs` field, ``adapters`` or ``soft_targets``)."""
@@ -170,6 +172,7 @@ def register_method(
     required_options: tuple[str, ...] = (),
     find_unused_parameters: bool = False,
     owns_step: bool = False,
+    schedules_unfreezing: bool = False,
 ) -> Method:
     """Register one method (see the module docstring); a second method of the same name is refused."""
     if name in METHODS:
@@ -200,6 +203,7 @@ def register_method(
         tuple(required_options),
         bool(find_unused_parameters),
         bool(owns_step),
+        bool(schedules_unfreezing),
     )
     METHODS[name] = method
     return method

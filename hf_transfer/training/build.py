@@ -13,12 +13,17 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from hf_transfer.config import TransferArguments
 from hf_transfer.config.checks import backbone_needs, check_backbone_needs
+from hf_transfer.data.kshot import subset
+from hf_transfer.data.validation import VALIDATION
+from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.metrics import scalar_metrics_fn, unscored_message
+from hf_transfer.methods.finetune.lp_ft import has_probe_head
 from hf_transfer.models.backbones import Backbone, check_drop_path, load_backbone
 from hf_transfer.models.speed import busy_machine_note, resolve_cpu_threads, set_memory_format, use_channels_last
 from hf_transfer.runtime.folder_lock import FolderLock
+from hf_transfer.training.model_ema import ModelEma
 from hf_transfer.training.modes import TransferData, TransferMode, TransferModel, get_mode
-from hf_transfer.training.modes.common import batch_mixing, eval_splits
+from hf_transfer.training.modes.common import batch_mixing, eval_dataset, eval_splits
 from hf_transfer.training.run_arguments import PushRequest, run_output_dir
 from hf_transfer.training.run_folder import RunIdentityCallback
 from hf_transfer.training.trainer import TransferTrainer
@@ -44,6 +49,10 @@ class PreparedRun:
     # the output folder's lock (main process; None on the others): held until run_transfer's last write
     folder_lock: FolderLock | None = None
     identity: dict | None = None  # what run_identity.json records (released again if the run fails: run_folder)
+    #: the labelled validation split that chooses between weights the run made (EMA, WiSE-FT), or None
+    validation_set: torch.utils.data.Dataset | None = None
+    #: ``--wise_ft_alpha``: the backbone's starting state (CPU), interpolated with the fine-tuned one after training
+    start_state: dict[str, torch.Tensor] | None = None
 
     @property
     def output_dir(self) -> str:
@@ -115,19 +124,70 @@ def build_run(
     model.channels_last = channels_last
     model.mixing = batch_mixing(mode)
     eval_sets = mode.eval_datasets()
+    validation = validation_set(mode)
+    start_state = wise_ft_start(args, backbone)
+    model_ema = ModelEma(model, args.model_ema_decay, args.model_ema_warmup) if args.model_ema else None
     trainer = TransferTrainer(
         model=model,
         args=training_args,
         train_dataset=mode.train_dataset(),
-        eval_dataset={**eval_sets, **mode.unlabelled_eval_datasets()},
+        eval_dataset={
+            **eval_sets,
+            **mode.unlabelled_eval_datasets(),
+            **({VALIDATION: validation} if validation else {}),
+        },
         data_collator=mode.collate,
         compute_metrics=scalar_metrics_fn(len(data.label_names)),
         transfer_mode=mode,
-        callbacks=[*(callbacks or []), *mode.callbacks(), RunIdentityCallback(identity)],
+        callbacks=[
+            *(callbacks or []),
+            *mode.callbacks(),
+            *([model_ema] if model_ema else []),
+            RunIdentityCallback(identity),
+        ],
     )
+    trainer.model_ema = model_ema
     return PreparedRun(
-        args, training_args, data, backbone, mode, model, eval_sets, trainer, resume, push, ranking, identity=identity
+        args,
+        training_args,
+        data,
+        backbone,
+        mode,
+        model,
+        eval_sets,
+        trainer,
+        resume,
+        push,
+        ranking,
+        identity=identity,
+        validation_set=validation,
+        start_state=start_state,
     )
+
+
+def validation_set(mode: TransferMode) -> torch.utils.data.Dataset | None:
+    """The evaluation images of the validation split held out for the run's choices (``--max_eval_samples`` of them)."""
+    for dsd in (mode.data.target, mode.data.source):
+        if dsd is not None and VALIDATION in dsd:
+            ds = subset(dsd[VALIDATION], mode.args.max_eval_samples, mode.training_args.seed)
+            return eval_dataset(mode, ds)
+    return None
+
+
+def wise_ft_start(args: TransferArguments, backbone: Backbone) -> dict[str, torch.Tensor] | None:
+    """``--wise_ft_alpha``: the backbone's starting state, refused when no head at alpha=0 classifies the target.
+
+    That head is LP-FT's probe head (taken at its stage boundary) or the backbone's own when it already had the
+    target's classes; a fresh random head has no meaning at alpha=0."""
+    if args.wise_ft_alpha is None:
+        return None
+    if not has_probe_head(args.method) and not backbone.head_pretrained:
+        raise TransferConfigError(
+            f"wise_ft_alpha={args.wise_ft_alpha!r}: the head at alpha=0 must classify the target's classes, but "
+            f"{args.backbone!r} gets a new head here (its own classifier does not have exactly these classes). Use "
+            "--method lp_ft (its probe head is the head at alpha=0), or a backbone whose classifier has these classes."
+        )
+    return {k: v.detach().to("cpu", copy=True) for k, v in backbone.model.state_dict().items()}
 
 
 def warn_unscored_classes(splits: dict, label_names: list[str]) -> dict[str, list[str]]:

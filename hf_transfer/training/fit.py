@@ -1,10 +1,11 @@
 """The training stage of a run: the learning-rate range test when asked, the Trainer's loop (resumed when asked),
-the mode's finishing step, then the metrics on every evaluated domain, gathered from every process, with the
-domain gap before and after."""
+the choices between the weights it made (EMA, WiSE-FT: :mod:`~hf_transfer.training.robust`), the mode's finishing
+step, then the metrics on every evaluated domain, gathered from every process, with the domain gap before and
+after."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from hf_transfer.evaluation.metrics import classification_report
 from hf_transfer.models.speed import set_memory_format
 from hf_transfer.training.build import PreparedRun
 from hf_transfer.training.lr_find import RangeTestResult, apply_range_test
+from hf_transfer.training.robust import choose_weights
 from hf_transfer.training.trainer import TransferTrainer
 
 
@@ -26,6 +28,8 @@ class TrainedRun:
     gap_before: dict | None
     gap_after: dict | None
     lr_find: RangeTestResult | None
+    #: the choices made after training on the validation split (``model_ema``, ``wise_ft``, ``validation``)
+    robust: dict = field(default_factory=dict)
 
 
 def train_run(run: PreparedRun) -> TrainedRun:
@@ -36,12 +40,13 @@ def train_run(run: PreparedRun) -> TrainedRun:
         lr_find = apply_range_test(trainer, run.output_dir, bool(run.resume), trainer.is_world_process_zero())
     gap_before = mode.domain_gap()
     output = trainer.train(resume_from_checkpoint=run.resume)
+    robust = choose_weights(run)  # EMA or raw, then WiSE-FT: before the mode's finishing step (e.g. AdaBN)
     mode.finish(run.model, trainer)
     trainer.health.check(trainer.state, run.backbone.model, " and the mode's finishing step (e.g. AdaBN, head copy)")
     metrics = final_metrics(trainer, run.eval_sets, len(run.data.label_names))
     if run.model.channels_last:  # exports and reference predictions from plain contiguous weights
         set_memory_format(run.backbone.model, False)
-    return TrainedRun(output, metrics, gap_before, mode.domain_gap(), lr_find)
+    return TrainedRun(output, metrics, gap_before, mode.domain_gap(), lr_find, robust)
 
 
 def final_metrics(

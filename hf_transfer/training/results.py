@@ -136,6 +136,7 @@ def collect_results(run: PreparedRun, trained: TrainedRun, start: float, provena
         "arguments": non_default_arguments(args, training_args),
         "ranking": run.ranking,
         "lr_find": lr_find.to_dict() if lr_find else None,
+        **trained.robust,  # model_ema, wise_ft, validation: the choices made on the validation split
     }
     if (
         isinstance(mode, FeatureMode) and mode.solver_info

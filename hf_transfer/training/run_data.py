@@ -11,6 +11,7 @@ from hf_transfer.data.align import align_domains
 from hf_transfer.data.classes import select_classes
 from hf_transfer.data.load import load_domain
 from hf_transfer.data.spec import DatasetSpec, parse_dataset_spec
+from hf_transfer.data.validation import hold_out_validation
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.training.modes import TransferData
 
@@ -41,6 +42,24 @@ def _load_checked(
     return domain
 
 
+def needs_validation(args: TransferArguments) -> bool:
+    """Whether the run chooses between weights it made (``model_ema``, ``wise_ft_alpha``) on a validation split."""
+    return bool(getattr(args, "model_ema", False) or getattr(args, "wise_ft_alpha", None) is not None)
+
+
+def with_validation(data: TransferData, args: TransferArguments, seed: int) -> TransferData:
+    """The run's data with a validation split held out of the labelled training split.
+
+    The source's in domain mode (the target's labels are never seen there), the target's otherwise."""
+    if not needs_validation(args):
+        return data
+    role = "source" if args.mode == "domain" else "target"
+    dsd = getattr(data, role)
+    assert dsd is not None, "domain mode has a source (checked with the arguments)"
+    setattr(data, role, hold_out_validation(dsd, args.validation_fraction, seed, role))
+    return data
+
+
 def load_transfer_data(args: TransferArguments, seed: int) -> TransferData:
     """The run's datasets: the target (its ``--target_classes``), and the source when ``--source`` is given.
 
@@ -51,12 +70,13 @@ def load_transfer_data(args: TransferArguments, seed: int) -> TransferData:
     target = select_classes(_load_checked(target_spec, args, seed, "target", skipped), args.target_classes)
     if source_spec is None:
         names = target["train"].features["label"].names
-        return TransferData(
+        data = TransferData(
             target=target, label_names=list(names), target_name=target_spec.display_name, skipped_images=skipped
         )
+        return with_validation(data, args, seed)
     source = _load_checked(source_spec, args, seed, "source", skipped)
     aligned = align_domains(source, target, policy=args.label_policy)
-    return TransferData(
+    data = TransferData(
         target=aligned.target,
         source=aligned.source,
         label_names=aligned.label_names,
@@ -65,3 +85,4 @@ def load_transfer_data(args: TransferArguments, seed: int) -> TransferData:
         target_name=target_spec.display_name,
         skipped_images=skipped,
     )
+    return with_validation(data, args, seed)

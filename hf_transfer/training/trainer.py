@@ -32,12 +32,16 @@ from hf_transfer.methods.domain.step import SteppedLoss
 from hf_transfer.runtime.disk import ensure_free_space, space_errors
 from hf_transfer.training.checkpoints import checkpoint_bytes
 from hf_transfer.training.health_guard import HealthGuard
+from hf_transfer.training.model_ema import ModelEma
 from hf_transfer.training.modes.base import TransferMode, TransferModel
 from hf_transfer.training.stepped import TrainerStepRunner, prepared_batches
 
 
 class TransferTrainer(Trainer):
     """The one training loop (see the module docstring)."""
+
+    #: ``--model_ema``: the moving average evaluated beside the weights at every evaluation (set by build_run)
+    model_ema: ModelEma | None = None
 
     def __init__(self, *args: Any, transfer_mode: TransferMode, **kwargs: Any) -> None:
         self.transfer_mode = transfer_mode
@@ -106,6 +110,9 @@ class TransferTrainer(Trainer):
 
                 checkpoint = get_last_checkpoint(self.args.output_dir)
             self.health.resume_from(checkpoint if isinstance(checkpoint, str) else None)
+            for callback in self.callback_handler.callbacks:  # state kept beside the weights (EMA, LP-FT's head)
+                if callback is not self.health and hasattr(callback, "restore_from"):
+                    callback.restore_from(checkpoint if isinstance(checkpoint, str) else None)
             return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
         if resume_from_checkpoint:
             from hf_transfer.errors import TransferConfigError
@@ -212,6 +219,18 @@ class TransferTrainer(Trainer):
         ensure_free_space(folder, needed)
         with space_errors(folder, needed):
             super()._save(output_dir, state_dict=state_dict)
+
+    def evaluate(
+        self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        """The Trainer's evaluation, and with ``--model_ema`` the moving average's too (``eval_ema_<domain>_*``)."""
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if self.model_ema is None or isinstance(dataset, dict) or metric_key_prefix.startswith("eval_ema"):
+            return metrics  # a dict: the Trainer evaluates each set through this method, which adds the EMA's
+        with self.model_ema.swapped_in():
+            ema = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix.replace("eval", "eval_ema", 1))
+        return {**metrics, **ema}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """The Trainer's log, with the mode's own numbers added to a training log."""

@@ -34,6 +34,7 @@ from hf_transfer.data.kshot import kshot
 from hf_transfer.data.paired import collate_images
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.methods.finetune.groups import freeze_parameters, select_parameters
+from hf_transfer.methods.finetune.lp_ft import LpFtOptions, ProbeThenFineTune
 from hf_transfer.methods.finetune.lr import group_learning_rates, optimizer_groups_by_name
 from hf_transfer.methods.finetune.regularizers import BSS, L2SP, check_regularizer
 from hf_transfer.methods.finetune.unfreeze import GradualUnfreezing
@@ -86,6 +87,9 @@ class TaskMode(TransferMode):
         self._frozen_ids = frozen_ids
         if getattr(args, "unfreeze_every", None):
             self._setup_unfreezing(groups, frozen_ids)
+        options = method.options(args.method_args if isinstance(args.method_args, dict) else None)
+        if isinstance(options, LpFtOptions):
+            self._setup_lp_ft(groups, frozen_ids, options)
         if self.regularizer_name == "l2sp":
             body = [(n, p) for g, ps in groups.items() if g != "head" for n, p in ps]
             self.regularizer = L2SP(body, groups["head"], alpha=args.l2sp_alpha, beta=args.l2sp_beta)
@@ -132,6 +136,16 @@ class TaskMode(TransferMode):
                 for _, p in params:
                     p.requires_grad_(False)
         self._scheduled_ids = {id(p) for params in scheduled.values() for _, p in params}
+
+    def _setup_lp_ft(self, groups: ParamGroups, frozen_ids: set[int], options: LpFtOptions) -> None:
+        """LP-FT: the backbone (less what --freeze keeps frozen) is one group that unfreezes at the boundary."""
+        body = [(n, p) for g, ps in groups.items() if g != "head" for n, p in ps if id(p) not in frozen_ids]
+        mask = int(getattr(self.training_args, "world_size", 1) or 1) > 1
+        self.unfreezing = ProbeThenFineTune(body, self.backbone.head, options, mask=mask)
+        if not mask:
+            for _, p in body:
+                p.requires_grad_(False)
+        self._scheduled_ids = {id(p) for _, p in body}
 
     def _capture_features(self, _module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: Any) -> None:
         self._bss_features = inputs[0]  # the pooled features of the current forward (used by BSS)
@@ -188,6 +202,9 @@ class TaskMode(TransferMode):
         freeze_batchnorm_of_frozen(model)
         if self.unfreezing is not None and self.unfreezing.mask:
             _batchnorm_eval_for(model, self.unfreezing.frozen_parameter_ids())
+        if isinstance(self.unfreezing, ProbeThenFineTune) and self.unfreezing.in_probe_stage:
+            model.classifier.eval()  # LP-FT's probe: fixed features (no BatchNorm update, dropout or drop-path)
+            self.backbone.head.train()
 
     def set_progress(self, progress: float) -> None:
         """Refuse a run whose gradual unfreezing was never attached to the Trainer (nothing would unfreeze)."""
@@ -229,7 +246,12 @@ class TaskMode(TransferMode):
             strategies.update(l2sp_alpha=self.args.l2sp_alpha, l2sp_beta=self.args.l2sp_beta)
         elif self.regularizer_name == "bss":
             strategies.update(bss_eta=self.args.bss_eta, bss_k=self.args.bss_k)
-        if self.unfreezing is not None:
+        if isinstance(self.unfreezing, ProbeThenFineTune):
+            strategies["lp_ft"] = {
+                "probe_steps": self.unfreezing.boundary,
+                "probe_lr_scale": self.unfreezing.options.probe_lr_scale,
+            }
+        elif self.unfreezing is not None:
             strategies["gradual_unfreezing"] = {
                 "every": self.args.unfreeze_every,
                 "unit": self.args.unfreeze_unit,
