@@ -12,6 +12,8 @@ splits). Rows:
 - plain FT: crop (``augment=light``) only;
 - each recipe piece on top of it (``--aa``, ``--reprob``, ``--mixup``/``--cutmix``, ``--label_smoothing_factor``,
   ``--drop_path``), then all of them together (``full recipe``);
+- robust fine-tuning: model EMA (``--model_ema``), LP-FT (``--method lp_ft``), WiSE-FT (``--wise_ft_alpha sweep``,
+  the alpha chosen on a validation hold-out of the target's training split), and combinations;
 - ``peer``: the stock ``transformers.Trainer`` fed by ``timm.data.create_transform(is_training=True, ...)`` in the
   DataLoader and ``timm.data.Mixup`` + ``SoftTargetCrossEntropy`` in ``compute_loss``: timm's own recipe, same
   model, data, optimizer, schedule, steps and batch, the same recipe values.
@@ -82,6 +84,23 @@ def rows() -> list[tuple[str, str, dict]]:
         ("+ label smoothing", "label_smoothing_factor 0.1", {"label_smoothing_factor": 0.1}),
         ("+ drop_path", "drop-path 0.1", {"drop_path": 0.1}),
         ("full recipe", "all of the above", dict(RECIPE)),
+        (
+            "+ EMA",
+            "model EMA (decay 0.99, warm-up), EMA or raw chosen on a 10% validation hold-out",
+            {"model_ema": True, "model_ema_decay": 0.99, "model_ema_warmup": True},
+        ),
+        ("full recipe + EMA", "both", {**RECIPE, "model_ema": True, "model_ema_decay": 0.99, "model_ema_warmup": True}),
+        ("LP-FT", "linear probe for half the steps (lr x10), then everything", {"method": "lp_ft"}),
+        (
+            "WiSE-FT",
+            "plain FT, weights interpolated towards the start (its own head), alpha 0..1 chosen on validation",
+            {"wise_ft_alpha": "sweep"},
+        ),
+        (
+            "LP-FT + WiSE-FT",
+            "LP-FT, interpolated towards the start with the probe's head",
+            {"method": "lp_ft", "wise_ft_alpha": "sweep"},
+        ),
     ]
 
 
@@ -202,6 +221,16 @@ def peer_run(pretrained: str, target: str, seed: int, steps: int, out: str) -> t
     return evaluate(args)["metrics"]["accuracy"], timer.seconds
 
 
+def _choice(results: dict) -> str:
+    """What a run chose on validation: EMA or raw weights, the WiSE-FT alpha."""
+    parts = []
+    if results.get("model_ema"):
+        parts.append(results["model_ema"]["exported"])
+    if results.get("wise_ft"):
+        parts.append(f"a={results['wise_ft']['exported_alpha']:g}")
+    return " ".join(parts)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_options(parser)
@@ -236,6 +265,7 @@ def main(argv=None) -> int:
                     continue
                 out = os.path.join(opts.output_dir, target, f"seed{seed}", name.replace(" ", "_").replace("/", "_"))
                 t = time.time()
+                choice = ""
                 if overrides is None:
                     acc, loop = peer_run(pretrained, target, seed, opts.steps, out)
                 else:
@@ -250,14 +280,17 @@ def main(argv=None) -> int:
                     }
                     res, loop = ours(args)
                     acc = res["metrics"]["target"]["accuracy"]
+                    choice = _choice(res)
                 ood = ood_scores(out, target)
                 row = table.setdefault(
-                    f"{target}|{name}", {"description": description, "id": [], "ood": [], "ips": [], "s": []}
+                    f"{target}|{name}",
+                    {"description": description, "id": [], "ood": [], "ips": [], "s": [], "chosen": []},
                 )
                 row["id"].append(acc)
                 row["ood"].append(statistics.fmean(ood.values()))
                 row["ips"].append(opts.steps * BATCH / loop)
                 row["s"].append(time.time() - t)
+                row["chosen"].append(choice)
                 print(
                     f"[bench] {target} seed {seed} {name}: ID {acc:.4f} OOD {row['ood'][-1]:.4f} "
                     f"{row['ips'][-1]:.0f} img/s ({row['s'][-1]:.0f} s)",
@@ -309,8 +342,8 @@ def format_table(summary: dict) -> str:
             "",
             f"## target {target}",
             "",
-            "| run | what | ID acc | OOD acc | img/s | s/run |",
-            "|---|---|---|---|---|---|",
+            "| run | what | ID acc | OOD acc | img/s | s/run | chosen on validation (per seed) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for key, row in summary["runs"].items():
             if not key.startswith(target + "|"):
@@ -318,7 +351,8 @@ def format_table(summary: dict) -> str:
             name = key.split("|", 1)[1]
             lines.append(
                 f"| {name} | {row['description']} | {_pm(row['id'])} | {_pm(row['ood'])} | "
-                f"{statistics.fmean(row['ips']):.0f} | {statistics.fmean(row['s']):.0f} |"
+                f"{statistics.fmean(row['ips']):.0f} | {statistics.fmean(row['s']):.0f} | "
+                f"{', '.join(c for c in row.get('chosen', []) if c) or '-'} |"
             )
     return "\n".join(lines)
 
