@@ -46,7 +46,13 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "partial_weighting",
         "pada_every",
     ),
-    "Feature transfer (mode=feature)": ("head_solver", "feature_cache_dir", "feature_batch_size", "features_on_device"),
+    "Feature transfer (mode=feature)": (
+        "head_solver",
+        "feature_cache_dir",
+        "feature_dtype",
+        "feature_batch_size",
+        "features_on_device",
+    ),
     "Speed": ("channels_last", "auto_bf16", "cpu_threads"),
     "Output folder and Hub": ("overwrite_output_dir", "hub_create_pr"),
 }

@@ -396,6 +396,11 @@ PROBES = {
     "adabn": Probe((True,), batchnorm_after_finish),
     # speed and caches
     "feature_cache_dir": Probe(("{tmp}/features",), files_in("feature_cache_dir")),
+    "feature_dtype": Probe(
+        ("float16",),
+        lambda run: str(run.trainer.train_dataset.features.dtype),
+        {"feature": {"feature_cache_dir": "{tmp}/f16"}},
+    ),
     "feature_batch_size": Probe((4,), extraction_batch_sizes, {"feature": {"feature_cache_dir": "{tmp}/features_bs"}}),
     "channels_last": Probe(("false",), lambda run: run.model.channels_last),  # auto: on for this convnet
     "cpu_threads": Probe(("1",), lambda run: torch.get_num_threads()),

@@ -159,6 +159,14 @@ class TransferArguments:
         default=None,
         metadata={"help": "feature mode: where cached features live (default $HF_TRANSFER_CACHE/features)."},
     )
+    feature_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "feature mode: how the feature cache stores features: float32 | float16 (half the disk and page "
+            "cache; the head still trains in float32; a feature beyond float16's range is an error).",
+            "choices": ("float32", "float16"),
+        },
+    )
     feature_batch_size: int = field(default=256, metadata={"help": "Batch size of the feature extraction pass."})
     channels_last: str = field(
         default="auto",

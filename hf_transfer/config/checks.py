@@ -122,7 +122,10 @@ def _refuse(args: TransferArgs, name: str, value: Any, needs: str) -> None:
 
 def _check_values(args: TransferArgs) -> None:
     """The values of the options every run checks, whatever its mode."""
+    from hf_transfer.methods.feature.cache import check_feature_dtype
     from hf_transfer.models.adapters import PUBLISH_FORMS
+
+    check_feature_dtype(args.feature_dtype)
 
     if args.trade_off_schedule not in TRADE_OFF_SCHEDULES:
         raise TransferConfigError(

@@ -55,6 +55,6 @@ for _name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "pu
 
 # --- options of one mode's input pipeline ----------------------------------------------------------
 declare_option("augment", modes=("domain", "task"), why="feature mode trains on cached features of un-augmented images")
-for _name in ("feature_cache_dir", "features_on_device", "head_solver"):
+for _name in ("feature_cache_dir", "features_on_device", "head_solver", "feature_dtype"):
     declare_option(_name, modes=("feature",))
 declare_option("feature_batch_size", modes=("feature", "domain"), why="feature extraction, or the domain-gap features")
