@@ -236,16 +236,47 @@ def _plain(value: Any) -> Any:
     return getattr(value, "value", value)  # an enum member (HubStrategy.END) compares as its value
 
 
+#: what ``accelerate launch`` sets in every process when its config (or flags) ask for a sharding engine
+LAUNCH_ENGINES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
+
+
+def launched_engine() -> str | None:
+    """The sharding engine (``"FSDP"``, ``"DeepSpeed"``) this process was launched under by accelerate, or None.
+
+    A launch config's ``distributed_type: FSDP`` reaches the Trainer through the environment only, never through
+    ``TrainingArguments.fsdp``."""
+    for variable, engine in LAUNCH_ENGINES.items():
+        if os.environ.get(variable, "false").lower() in ("1", "true"):
+            return engine
+    return None
+
+
+def check_launch_engine(training_args: TrainingArguments) -> None:
+    """Refuse an FSDP or DeepSpeed launch on the CPU: accelerate would train it as plain DDP without a word."""
+    engine = launched_engine()
+    if engine is None:
+        return
+    import torch
+
+    if training_args.use_cpu or not torch.cuda.is_available():
+        raise TransferConfigError(
+            f"this process was launched for {engine} (the accelerate config's distributed_type), but the run trains "
+            "on the CPU, where accelerate runs it as plain DDP (it shards only on GPUs). Launch with a DDP config "
+            "on the CPU (recipes/accelerate/README.md), or run on GPUs."
+        )
+
+
 def check_own_step(args: TransferArgs, training_args: TrainingArguments) -> None:
     """Refuse, for a method that owns its training step, what assumes one loss and one update per batch."""
     method = registry.get_method(args.method, args.mode)
     if not method.owns_step:
         return
-    if training_args.fsdp or training_args.deepspeed:
+    if training_args.fsdp or training_args.deepspeed or launched_engine():
         raise TransferConfigError(
             f"method={args.method} owns its training step (several optimizer updates per batch on parts of the "
             "model), which FSDP and DeepSpeed do not allow: their engines take one update per step over the "
-            "sharded model. Remove --fsdp/--deepspeed (DDP is fine), or pick a one-loss method."
+            "sharded model. Remove --fsdp/--deepspeed or launch with a DDP config (recipes/accelerate/ddp_*.yaml), or "
+            "pick a one-loss method."
         )
     if args.lr_find:
         raise TransferConfigError(
@@ -258,6 +289,7 @@ def check_own_step(args: TransferArgs, training_args: TrainingArguments) -> None
 def check_training_arguments(args: TransferArgs, training_args: TrainingArguments) -> None:
     """TrainingArguments the Trainer would take silently although they do not do what they say."""
     check_own_step(args, training_args)
+    check_launch_engine(training_args)
     if training_args.max_steps < -1 or training_args.max_steps == 0:
         raise TransferConfigError(
             f"max_steps={training_args.max_steps}: give a positive number of optimizer steps, "
