@@ -22,7 +22,15 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "skip_bad_images",
         "k_shot",
     ),
-    "Preprocessing and input": ("image_size", "crop_pct", "augment", "input_path", "decoded_cache_dir"),
+    "Preprocessing and input": (
+        "image_size",
+        "crop_pct",
+        "augment",
+        "input_path",
+        "decoded_cache_dir",
+        "decode_cache_format",
+        "decode_cache_quality",
+    ),
     "Fine-tuning (mode=task)": (
         "freeze",
         "backbone_lr_scale",

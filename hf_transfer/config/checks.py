@@ -54,6 +54,11 @@ ARGUMENT_CONDITIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "bss_eta": (lambda a: a.regularizer == "bss", "regularizer=bss"),
     "bss_k": (lambda a: a.regularizer == "bss", "regularizer=bss"),
     "decoded_cache_dir": (lambda a: a.input_path == "fast", "input_path=fast"),
+    "decode_cache_format": (lambda a: a.input_path == "fast", "input_path=fast"),
+    "decode_cache_quality": (
+        lambda a: a.input_path == "fast" and a.decode_cache_format != "raw",
+        "input_path=fast and decode_cache_format=jpeg or auto",
+    ),
     "label_policy": (lambda a: a.source is not None, "a --source to align with the target"),
     "backbone_revision": (
         lambda a: _loads_weights(a.backbone),
@@ -122,10 +127,12 @@ def _refuse(args: TransferArgs, name: str, value: Any, needs: str) -> None:
 
 def _check_values(args: TransferArgs) -> None:
     """The values of the options every run checks, whatever its mode."""
+    from hf_transfer.data.decoded import check_storage_format
     from hf_transfer.methods.feature.cache import check_feature_dtype
     from hf_transfer.models.adapters import PUBLISH_FORMS
 
     check_feature_dtype(args.feature_dtype)
+    check_storage_format(args.decode_cache_format, args.decode_cache_quality)
 
     if args.trade_off_schedule not in TRADE_OFF_SCHEDULES:
         raise TransferConfigError(

@@ -56,6 +56,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
+from hf_transfer.data.decoded import resolve_storage_format
 from hf_transfer.errors import NoSpaceError, TransferConfigError
 from hf_transfer.methods.feature.extract import check_input_path, iter_features
 from hf_transfer.models.backbones import Backbone
@@ -190,12 +191,15 @@ class FeatureCache:
         channels_last: bool = False,
         compile_options: dict[str, Any] | None = None,
         feature_dtype: str = "float32",
+        decode_format: tuple[str, int] = ("raw", 90),
     ) -> None:
         self.feature_dtype = check_feature_dtype(feature_dtype)
         self.cache_dir = cache_dir or default_cache_dir()
         self.input_path = check_input_path(input_path)
         self.decoded_cache_dir, self.num_workers, self.amp_dtype = decoded_cache_dir, num_workers, amp_dtype
         self.channels_last, self.compile_options = channels_last, compile_options
+        #: how the fast path stores the decoded images (``storage_format``, ``jpeg_quality``)
+        self.decode_format = decode_format
         self.hits = 0
         self.misses = 0
 
@@ -236,6 +240,12 @@ class FeatureCache:
         numerics: dict[str, Any] = {"amp_dtype": str(self.amp_dtype), "channels_last": bool(self.channels_last)}
         if self.feature_dtype != "float32":  # float32 entries keep the keys they had before the option existed
             numerics["feature_dtype"] = self.feature_dtype
+        size = backbone.data_config.size  # JPEG-stored images give other features: their own entry
+        if (
+            input_path == "fast"
+            and resolve_storage_format(self.decode_format[0], len(dataset) * 3 * size * size) == "jpeg"
+        ):
+            numerics["decoded"] = f"jpeg-{self.decode_format[1]}"
         key = cache_key(backbone, dataset._fingerprint, split, weights_hash, input_path, numerics)
         path = self.path(key)
         # every process checks the entry on its first use; a shard writer also needs room for the join
@@ -346,6 +356,7 @@ class FeatureCache:
                     input_path=input_path,
                     decoded_cache_dir=self.decoded_cache_dir,
                     num_workers=self.num_workers,
+                    decode_format=self.decode_format,
                     amp_dtype=self.amp_dtype,
                     channels_last=self.channels_last,
                     compile_options=self.compile_options,

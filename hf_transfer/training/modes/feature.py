@@ -111,6 +111,7 @@ class FeatureMode(TransferMode):
             channels_last=use_channels_last(args.channels_last, backbone.model, training_args.device),
             compile_options=compile_options(training_args),
             feature_dtype=args.feature_dtype,
+            decode_format=(args.decode_cache_format, args.decode_cache_quality),
         )
         self.cache_files: dict[str, str] = {}
         #: head_solver=lbfgs: TransferTrainer.train calls :meth:`fit` instead of its loop
