@@ -560,8 +560,8 @@ def test_auto_storage_rule_and_bad_values(tmp_path):
     assert resolve_storage_format("auto", raw_bytes=25, memory_bytes=100) == "raw"
     assert resolve_storage_format("auto", raw_bytes=26, memory_bytes=100) == "jpeg"
     assert resolve_storage_format("raw", raw_bytes=10**15) == "raw"
-    ds = _dataset([_photo(40, 40)])
+    ds, cfg = _dataset([_photo(40, 40)]), DataConfig(input_size=(3, 32, 32))
     with pytest.raises(TransferConfigError, match="decode_cache_format"):
-        DecodedImages(ds, DataConfig(input_size=(3, 32, 32)), "eval", cache_dir=tmp_path, storage_format="png")
+        DecodedImages(ds, cfg, "eval", cache_dir=tmp_path, storage_format="png")
     with pytest.raises(TransferConfigError, match="decode_cache_quality"):
-        DecodedImages(ds, DataConfig(input_size=(3, 32, 32)), "eval", cache_dir=tmp_path, storage_format="jpeg", jpeg_quality=0)
+        DecodedImages(ds, cfg, "eval", cache_dir=tmp_path, storage_format="jpeg", jpeg_quality=0)
