@@ -174,7 +174,8 @@ def render(rows: dict) -> str:
         return "-" if value is None else f"{value * scale:.{digits}f}"
 
     runs = sorted(rows["runs"], key=lambda r: (r["images"], CASES.index(r["case"])))
-    lines = [f"Machine: {rows['machine']}", ""]
+    lines = ["# Scale benchmark: the input pipeline from 1k to 10k images (`benchmarks/scale.py`)", ""]
+    lines += [f"Machine: {rows['machine']}", ""]
     lines += [
         "| images | case | load (s) | decode (ms/img) | one read pass (ms/img) | cache bytes/img | peak RSS (MB) |",
         "|---|---|---|---|---|---|---|",
@@ -205,6 +206,8 @@ def render(rows: dict) -> str:
         "Each row is a fresh process with empty caches (a cold start). The labels of the synthetic images carry no",
         "signal (image k has label k % 10): the runs measure cost, not accuracy. `decode-*`: the train split only;",
         "run rows: the whole run's caches (train and test splits; the feature runs decode the eval storage, 224 px).",
+        "Times follow the load of the shared machine (one run per cell): compare rows of one size, which ran back",
+        "to back (here the 1k rows ran on a quieter machine than the 10k rows).",
         "Command: `nice python benchmarks/scale.py --sizes 1000 10000 --out benchmarks/results/scale.json "
         "--md benchmarks/results/scale.md`.",
     ]
