@@ -10,6 +10,7 @@ tests are seeded (deterministic) and each one also checks that a wrong variant w
 from __future__ import annotations
 
 import math
+import os
 import pickle
 
 import datasets
@@ -25,7 +26,7 @@ from hf_transfer.data import augment as augment_module
 from hf_transfer.data import decode as decode_module
 from hf_transfer.data import decoded as decoded_module
 from hf_transfer.data.augment import BatchAugment, sample_crop_params
-from hf_transfer.data.decoded import DecodedImages, collate_decoded, split_kind_for
+from hf_transfer.data.decoded import DecodedImages, collate_decoded, resolve_storage_format, split_kind_for
 from hf_transfer.data.paired import ImageDomainDataset, PairedDataset, collate_images
 from hf_transfer.data.transforms import DataConfig, eval_transform, train_transform
 from hf_transfer.errors import TransferConfigError
@@ -528,3 +529,39 @@ def test_config_errors(tmp_path):
     assert split_kind_for("light", False) == "eval"
     assert decoded_module.decoded_cache_dir(tmp_path) == tmp_path
     assert math.floor(16 / cfg.crop_pct) == DecodedImages(ds, cfg, cache_dir=tmp_path).storage_size
+
+
+def test_jpeg_storage_is_compact_deterministic_and_close_to_raw(tmp_path):
+    """decode_cache_format=jpeg: a fraction of the raw bytes, the same pixels on every read (exact resume), within
+    JPEG rounding of the raw pixels; workers decode the same bytes as the main process."""
+    ds = _dataset([_photo(256, 320, seed=s) for s in range(12)])
+    cfg = DataConfig(input_size=(3, 224, 224), crop_pct=0.875)
+    raw = DecodedImages(ds, cfg, "train", cache_dir=tmp_path, progress=False)
+    jpeg = DecodedImages(ds, cfg, "train", cache_dir=tmp_path, progress=False, storage_format="jpeg")
+    assert jpeg.path != raw.path and jpeg.storage_hw == raw.storage_hw == (256, 320)
+    assert sorted(os.listdir(jpeg.path)) == ["jpeg.bin", "meta.json", "offsets.npy", "sizes.npy"]
+    assert jpeg.stored_bytes * 4 <= raw.stored_bytes
+    rows = list(range(len(ds)))
+    first = collate_decoded(jpeg.__getitems__(rows))
+    assert torch.equal(first["pixel_values"], collate_decoded(jpeg.__getitems__(rows))["pixel_values"])
+    assert torch.equal(first["pixel_values"][3], jpeg[3]["pixel_values"]) and first["labels"].tolist() == ds["label"]
+    diff = (first["pixel_values"].float() - collate_decoded(raw.__getitems__(rows))["pixel_values"].float()).abs()
+    assert diff.mean() < 8.0  # under the sigma of the noise _photo adds (the part JPEG drops first)
+    loader = torch.utils.data.DataLoader(jpeg, batch_size=5, num_workers=1, collate_fn=collate_decoded)
+    assert torch.equal(torch.cat([b["pixel_values"] for b in loader]), first["pixel_values"])
+    # a hit reopens the entry; another quality is another entry
+    again = DecodedImages(ds, cfg, "train", cache_dir=tmp_path, progress=False, storage_format="jpeg")
+    assert not again.decoded and again.path == jpeg.path
+    lower = DecodedImages(ds, cfg, "train", cache_dir=tmp_path, progress=False, storage_format="jpeg", jpeg_quality=50)
+    assert lower.path != jpeg.path and lower.stored_bytes < jpeg.stored_bytes
+
+
+def test_auto_storage_rule_and_bad_values(tmp_path):
+    assert resolve_storage_format("auto", raw_bytes=25, memory_bytes=100) == "raw"
+    assert resolve_storage_format("auto", raw_bytes=26, memory_bytes=100) == "jpeg"
+    assert resolve_storage_format("raw", raw_bytes=10**15) == "raw"
+    ds, cfg = _dataset([_photo(40, 40)]), DataConfig(input_size=(3, 32, 32))
+    with pytest.raises(TransferConfigError, match="decode_cache_format"):
+        DecodedImages(ds, cfg, "eval", cache_dir=tmp_path, storage_format="png")
+    with pytest.raises(TransferConfigError, match="decode_cache_quality"):
+        DecodedImages(ds, cfg, "eval", cache_dir=tmp_path, storage_format="jpeg", jpeg_quality=0)

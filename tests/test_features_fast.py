@@ -9,6 +9,7 @@ paths apart.
 from __future__ import annotations
 
 import io
+import os
 
 import datasets
 import numpy as np
@@ -117,3 +118,37 @@ def test_cache_key_includes_the_extraction_numerics(backbone, tmp_path):
         _, _, again = cache.get_or_compute(backbone, ds, "train", batch_size=4, weights_hash="w")
         assert (cache.hits, again) == (1, paths[name])
     assert len(set(paths.values())) == 3
+
+
+def test_float16_cache_halves_the_entry_and_keeps_the_features(backbone, tmp_path):
+    """``feature_dtype="float16"``: its own entry, half the bytes, the float32 features within float16 rounding."""
+    ds = _images(6, 45, 60)
+    folder = str(tmp_path / "features")
+    full = FeatureCache(folder, input_path="fast", decoded_cache_dir=str(tmp_path / "decoded"))
+    half = FeatureCache(folder, input_path="fast", decoded_cache_dir=str(tmp_path / "decoded"), feature_dtype="float16")
+    f32, y32, p32 = full.get_or_compute(backbone, ds, "train", batch_size=4, weights_hash="w")
+    f16, y16, p16 = half.get_or_compute(backbone, ds, "train", batch_size=4, weights_hash="w")
+    assert p16 != p32 and (f32.dtype, f16.dtype) == (torch.float32, torch.float16)
+    assert torch.equal(y16, y32)
+    torch.testing.assert_close(f16.float(), f32, rtol=1e-3, atol=1e-3)
+    size = {p: os.path.getsize(os.path.join(p, "features.npy")) - 128 for p in (p32, p16)}  # minus the npy header
+    assert size[p16] * 2 == size[p32]
+    assert FeatureCache.meta(p16)["feature_dtype"] == "float16"
+    with pytest.raises(TransferConfigError, match="feature_dtype"):
+        FeatureCache(folder, feature_dtype="bfloat16")
+
+
+def test_float16_overflow_is_refused_not_stored_as_inf(backbone, tmp_path, monkeypatch):
+    import hf_transfer.methods.feature.cache as cache_module
+
+    real = cache_module.iter_features
+
+    def huge(*args, **kwargs):
+        for f, y in real(*args, **kwargs):
+            yield f + 1e6, y
+
+    monkeypatch.setattr(cache_module, "iter_features", huge)
+    cache = FeatureCache(str(tmp_path / "features"), feature_dtype="float16")
+    with pytest.raises(TransferConfigError, match="--feature_dtype float32"):
+        cache.get_or_compute(backbone, _images(4, 32, 32), "train", batch_size=4, weights_hash="w")
+    assert not [n for n in os.listdir(tmp_path / "features") if not n.startswith(".")]  # no entry was completed

@@ -170,6 +170,24 @@ def test_cached_features_match_full_model(tmp_path):
     assert saved["metrics"]["target"]["num_samples"] == 32
 
 
+@pytest.mark.parametrize("on_device", ["false", "true"])
+def test_float16_feature_cache_trains_the_float32_head(tmp_path, on_device):
+    """float16-stored features (from the memmap or the device table) train the head in float32."""
+    cache = str(tmp_path / "cache")
+    run = prepared(
+        tmp_path, mode="feature", feature_cache_dir=cache, feature_dtype="float16", features_on_device=on_device
+    )
+    assert run.mode.describe()["feature_dtype"] == "float16"
+    before = run.model.classifier.weight.detach().clone()
+    run.trainer.train()
+    assert run.model.classifier.weight.dtype == torch.float32
+    assert not torch.equal(before, run.model.classifier.weight)
+    assert all(
+        json.load(open(os.path.join(p, "meta.json")))["feature_dtype"] == "float16"
+        for p in run.mode.cache_files.values()
+    )
+
+
 @pytest.mark.parametrize("mode, method", [("feature", "linear"), ("domain", "dann"), ("task", "full")])
 def test_transformers_native_backbone_in_every_mode(tmp_path, tiny_vit_dir, mode, method):
     from transformers import pipeline

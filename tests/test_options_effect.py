@@ -281,6 +281,16 @@ def files_in(folder_key):
     return observe
 
 
+def decoded_storage(run):
+    """How the training images are stored (format, quality, bytes); feature mode: its feature cache entries."""
+    from hf_transfer.data.decoded import DecodedImages
+
+    ds = run.trainer.train_dataset
+    parts = [ds, getattr(ds, "source", None), getattr(ds, "target", None)]
+    found = [(p.storage_format, p.jpeg_quality, p.stored_bytes) for p in parts if isinstance(p, DecodedImages)]
+    return found or sorted(run.mode.cache_files.values())
+
+
 def seen(key):
     return lambda run: repr(SEEN.get(key))
 
@@ -402,6 +412,8 @@ PROBES = {
     "decoded_cache_dir": Probe(
         ("{tmp}/decoded",), files_in("decoded_cache_dir"), {"feature": {"feature_cache_dir": "{tmp}/features_decoded"}}
     ),
+    "decode_cache_format": Probe(("jpeg",), decoded_storage),
+    "decode_cache_quality": Probe((50,), decoded_storage, {m: {"decode_cache_format": "jpeg"} for m in MODES}),
     "max_train_samples": Probe((8,), data_shape),
     "max_eval_samples": Probe((4,), data_shape),
     "skip_bad_images": Probe((True,), data_shape, {m: {"target": "{corrupt}"} for m in MODES}),
@@ -445,6 +457,11 @@ PROBES = {
     "wise_ft_alpha": Probe(("0.5",), lambda run: run.start_state is not None, {"task": {"method": "lp_ft"}}),
     # speed and caches
     "feature_cache_dir": Probe(("{tmp}/features",), files_in("feature_cache_dir")),
+    "feature_dtype": Probe(
+        ("float16",),
+        lambda run: str(run.trainer.train_dataset.features.dtype),
+        {"feature": {"feature_cache_dir": "{tmp}/f16"}},
+    ),
     "feature_batch_size": Probe((4,), extraction_batch_sizes, {"feature": {"feature_cache_dir": "{tmp}/features_bs"}}),
     "channels_last": Probe(("false",), lambda run: run.model.channels_last),  # auto: on for this convnet
     "cpu_threads": Probe(("1",), lambda run: torch.get_num_threads()),

@@ -128,6 +128,19 @@ class TransferArguments:
         default=None,
         metadata={"help": "fast input path: where decoded images live (default $HF_TRANSFER_CACHE/decoded)."},
     )
+    decode_cache_format: str = field(
+        default="raw",
+        metadata={
+            "help": "fast input path: how decoded images are stored: raw (uint8 pixels) | jpeg (each resized image "
+            "JPEG-encoded at decode_cache_quality, decoded per batch in the loader: a fraction of the bytes) | auto "
+            "(raw while the pixels fit in a quarter of this machine's RAM, jpeg beyond).",
+            "choices": ("raw", "jpeg", "auto"),
+        },
+    )
+    decode_cache_quality: int = field(
+        default=90,
+        metadata={"help": "decode_cache_format=jpeg or auto: the JPEG quality (1-100) of the stored images."},
+    )
     skip_bad_images: bool = field(
         default=False,
         metadata={
@@ -199,6 +212,14 @@ class TransferArguments:
     feature_cache_dir: str | None = field(
         default=None,
         metadata={"help": "feature mode: where cached features live (default $HF_TRANSFER_CACHE/features)."},
+    )
+    feature_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "feature mode: how the feature cache stores features: float32 | float16 (half the disk and page "
+            "cache; the head still trains in float32; a feature beyond float16's range is an error).",
+            "choices": ("float32", "float16"),
+        },
     )
     feature_batch_size: int = field(default=256, metadata={"help": "Batch size of the feature extraction pass."})
     channels_last: str = field(

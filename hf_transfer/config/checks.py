@@ -66,6 +66,11 @@ ARGUMENT_CONDITIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda a: a.model_ema or a.wise_ft_alpha is not None,
         "model_ema=true or wise_ft_alpha (what the validation split chooses)",
     ),
+    "decode_cache_format": (lambda a: a.input_path == "fast", "input_path=fast"),
+    "decode_cache_quality": (
+        lambda a: a.input_path == "fast" and a.decode_cache_format != "raw",
+        "input_path=fast and decode_cache_format=jpeg or auto",
+    ),
     "label_policy": (lambda a: a.source is not None, "a --source to align with the target"),
     "backbone_revision": (
         lambda a: _loads_weights(a.backbone),
@@ -137,7 +142,12 @@ def _refuse(args: TransferArgs, name: str, value: Any, needs: str) -> None:
 
 def _check_values(args: TransferArgs) -> None:
     """The values of the options every run checks, whatever its mode."""
+    from hf_transfer.data.decoded import check_storage_format
+    from hf_transfer.methods.feature.cache import check_feature_dtype
     from hf_transfer.models.adapters import PUBLISH_FORMS
+
+    check_feature_dtype(args.feature_dtype)
+    check_storage_format(args.decode_cache_format, args.decode_cache_quality)
 
     if args.trade_off_schedule not in TRADE_OFF_SCHEDULES:
         raise TransferConfigError(
@@ -280,16 +290,47 @@ def _plain(value: Any) -> Any:
     return getattr(value, "value", value)  # an enum member (HubStrategy.END) compares as its value
 
 
+#: what ``accelerate launch`` sets in every process when its config (or flags) ask for a sharding engine
+LAUNCH_ENGINES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
+
+
+def launched_engine() -> str | None:
+    """The sharding engine (``"FSDP"``, ``"DeepSpeed"``) this process was launched under by accelerate, or None.
+
+    A launch config's ``distributed_type: FSDP`` reaches the Trainer through the environment only, never through
+    ``TrainingArguments.fsdp``."""
+    for variable, engine in LAUNCH_ENGINES.items():
+        if os.environ.get(variable, "false").lower() in ("1", "true"):
+            return engine
+    return None
+
+
+def check_launch_engine(training_args: TrainingArguments) -> None:
+    """Refuse an FSDP or DeepSpeed launch on the CPU: accelerate would train it as plain DDP without a word."""
+    engine = launched_engine()
+    if engine is None:
+        return
+    import torch
+
+    if training_args.use_cpu or not torch.cuda.is_available():
+        raise TransferConfigError(
+            f"this process was launched for {engine} (the accelerate config's distributed_type), but the run trains "
+            "on the CPU, where accelerate runs it as plain DDP (it shards only on GPUs). Launch with a DDP config "
+            "on the CPU (recipes/accelerate/README.md), or run on GPUs."
+        )
+
+
 def check_own_step(args: TransferArgs, training_args: TrainingArguments) -> None:
     """Refuse, for a method that owns its training step, what assumes one loss and one update per batch."""
     method = registry.get_method(args.method, args.mode)
     if not method.owns_step:
         return
-    if training_args.fsdp or training_args.deepspeed:
+    if training_args.fsdp or training_args.deepspeed or launched_engine():
         raise TransferConfigError(
             f"method={args.method} owns its training step (several optimizer updates per batch on parts of the "
             "model), which FSDP and DeepSpeed do not allow: their engines take one update per step over the "
-            "sharded model. Remove --fsdp/--deepspeed (DDP is fine), or pick a one-loss method."
+            "sharded model. Remove --fsdp/--deepspeed or launch with a DDP config (recipes/accelerate/ddp_*.yaml), or "
+            "pick a one-loss method."
         )
     if args.lr_find:
         raise TransferConfigError(
@@ -302,6 +343,7 @@ def check_own_step(args: TransferArgs, training_args: TrainingArguments) -> None
 def check_training_arguments(args: TransferArgs, training_args: TrainingArguments) -> None:
     """TrainingArguments the Trainer would take silently although they do not do what they say."""
     check_own_step(args, training_args)
+    check_launch_engine(training_args)
     if training_args.max_steps < -1 or training_args.max_steps == 0:
         raise TransferConfigError(
             f"max_steps={training_args.max_steps}: give a positive number of optimizer steps, "

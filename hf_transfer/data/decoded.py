@@ -58,6 +58,17 @@ the same process only open the memmap. The space the cache needs is checked, and
 reserved, before decoding starts: a full disk is an error naming the folder and the megabytes, never
 SIGBUS (:mod:`hf_transfer.runtime.disk`).
 
+Compact storage (``storage_format="jpeg"``)
+-------------------------------------------
+The same resized uint8 images, each stored as a JPEG file at ``jpeg_quality`` (FFCV-style): the files of an entry
+are concatenated in one memory-mapped ``jpeg.bin`` with their ``offsets.npy``, and a batch is decoded by one call
+of torchvision's libjpeg-turbo decoder where the batch is gathered (the DataLoader's worker processes when
+``dataloader_num_workers`` > 0, else the main process). Decoding the same bytes gives the same pixels every time,
+so training, its random crops and resume stay exact; only the JPEG rounding of the stored pixels differs from
+``"raw"`` (a separate cache entry). ``storage_format="auto"`` (:func:`resolve_storage_format`) keeps raw pixels
+while they fit in a quarter of the machine's RAM (the page cache then serves every epoch without decoding)
+and stores JPEG beyond that.
+
 An image that cannot be decoded is an error naming its row (the data loading checks every image
 before training, see :mod:`hf_transfer.data.load`, so this only fires for direct use).
 
@@ -67,6 +78,7 @@ This module is part of the data layer: it imports nothing from ``hf_transfer`` o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -78,7 +90,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from hf_transfer.data.decode import DecodeChunks, header_sizes, in_threads, split_storage_shape
+from hf_transfer.data.decode import (
+    DecodeChunks,
+    decode_jpeg_rows,
+    encode_jpeg_rows,
+    header_sizes,
+    in_threads,
+    split_storage_shape,
+)
 from hf_transfer.data.transforms import AUGMENTATIONS, DataConfig
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.runtime.cache import (
@@ -95,12 +114,49 @@ from hf_transfer.runtime.disk import allocated_memmap, space_errors
 if TYPE_CHECKING:
     from datasets import Dataset
 
-__all__ = ["DECODED_VERSION", "DecodedImages", "collate_decoded", "decoded_cache_dir", "split_kind_for"]
+__all__ = [
+    "DECODED_VERSION",
+    "STORAGE_FORMATS",
+    "DecodedImages",
+    "collate_decoded",
+    "decoded_cache_dir",
+    "resolve_storage_format",
+    "split_kind_for",
+]
 
 #: Bump whenever the stored bytes for the same inputs change: it is part of the cache key.
 DECODED_VERSION = "3"  # 2: the train storage shape no longer comes from the first image; 3: crop_mode, 16-bit images
 
 SPLIT_KINDS = ("train", "eval")
+#: how the decoded images are stored (``--decode_cache_format``; ``auto`` picks one by size)
+STORAGE_FORMATS = ("raw", "jpeg", "auto")
+#: ``auto`` stores JPEG once the raw pixels would take more than this fraction of the machine's RAM
+AUTO_RAW_FRACTION = 0.25
+
+
+def machine_memory_bytes() -> int:
+    """Physical RAM of this machine (what the page cache can hold at most)."""
+    return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+
+
+def check_storage_format(storage_format: str, jpeg_quality: int = 90) -> str:
+    """``storage_format`` when it names a storage format and the quality is valid, else the error naming them."""
+    if storage_format not in STORAGE_FORMATS:
+        raise TransferConfigError(
+            f"decode_cache_format={storage_format!r}: choose one of {', '.join(STORAGE_FORMATS)}."
+        )
+    if not 1 <= int(jpeg_quality) <= 100:
+        raise TransferConfigError(f"decode_cache_quality={jpeg_quality}: give a JPEG quality from 1 to 100.")
+    return storage_format
+
+
+def resolve_storage_format(storage_format: str, raw_bytes: int, memory_bytes: int | None = None) -> str:
+    """``"raw"`` or ``"jpeg"``: ``auto`` is raw while ``raw_bytes`` fit in :data:`AUTO_RAW_FRACTION` of the RAM."""
+    check_storage_format(storage_format)
+    if storage_format != "auto":
+        return storage_format
+    memory = machine_memory_bytes() if memory_bytes is None else memory_bytes
+    return "raw" if raw_bytes <= AUTO_RAW_FRACTION * memory else "jpeg"
 
 
 def decoded_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -135,6 +191,8 @@ class DecodedImages(torch.utils.data.Dataset):
         chunk_size: rows decoded per step (bounds the RAM used while decoding).
         progress: show a tqdm bar while decoding (None: only on a terminal).
         cache_key: use this instead of the dataset's ``_fingerprint`` (for datasets without one).
+        storage_format: ``"raw"`` (uint8 pixels), ``"jpeg"`` (each image a JPEG file at ``jpeg_quality``) or
+            ``"auto"`` (by size, :func:`resolve_storage_format`); see the module doc.
 
     Items: ``{"pixel_values": uint8 [3, Hs, Ws], "labels": int}`` (+ ``image_size``). After
     construction: ``path`` (the cache folder), ``storage_hw``, ``image_sizes`` (``[N, 2]``),
@@ -158,7 +216,10 @@ class DecodedImages(torch.utils.data.Dataset):
         chunk_size: int = 256,
         progress: bool | None = None,
         cache_key: str | None = None,
+        storage_format: str = "raw",
+        jpeg_quality: int = 90,
     ) -> None:
+        check_storage_format(storage_format, jpeg_quality)
         if split_kind not in SPLIT_KINDS:
             raise TransferConfigError(f"split_kind must be one of {SPLIT_KINDS}, got {split_kind!r}.")
         columns = getattr(dataset, "column_names", None)
@@ -195,6 +256,11 @@ class DecodedImages(torch.utils.data.Dataset):
                 key_fields["border_fill"] = list(cfg.border_fill)
         else:
             key_fields["storage_size"] = self.storage_size
+        side = self.size if split_kind == "eval" else self.storage_size  # an estimate for train: the short side
+        self.storage_format = resolve_storage_format(storage_format, len(dataset) * 3 * side * side)
+        if self.storage_format == "jpeg":  # raw entries keep the keys they had before the option existed
+            key_fields["format"], key_fields["jpeg_quality"] = "jpeg", int(jpeg_quality)
+        self.jpeg_quality = int(jpeg_quality)
         digest = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:20]
         label = self.size if split_kind == "eval" else self.storage_size
         self.root = decoded_cache_dir(cache_dir)
@@ -207,14 +273,19 @@ class DecodedImages(torch.utils.data.Dataset):
             self._build(dataset, key_fields, image_column, num_workers, chunk_size, progress)
             self.decoded = True
         self._mm: np.memmap | None = None
-        arr = self.images  # opens the memmap, checks the file
         self.image_sizes = np.load(self.path / "sizes.npy")
-        if len(arr) != len(dataset) or len(self.image_sizes) != len(dataset):
+        if self.storage_format == "jpeg":
+            self.offsets = np.load(self.path / "offsets.npy")
+            hw = json.loads((self.path / "meta.json").read_text())["storage_hw"]
+            stored, self.storage_hw = len(self.offsets) - 1, (int(hw[0]), int(hw[1]))
+        else:
+            arr = self.images  # opens the memmap, checks the file
+            stored, self.storage_hw = len(arr), (int(arr.shape[2]), int(arr.shape[3]))
+        if stored != len(dataset) or len(self.image_sizes) != len(dataset):
             raise TransferConfigError(
-                f"Decoded cache {self.path} holds {len(arr)} images for a dataset of {len(dataset)}; "
+                f"Decoded cache {self.path} holds {stored} images for a dataset of {len(dataset)}; "
                 "delete the folder to rebuild it."
             )
-        self.storage_hw = (int(arr.shape[2]), int(arr.shape[3]))
         self.same_size = bool(len(dataset) == 0 or np.all(self.image_sizes == self.image_sizes[0]))
         self.return_image_size = not self.same_size if return_image_size is None else return_image_size
         self.labels = np.asarray(dataset[label_column], dtype=np.int64) if with_labels else None
@@ -249,8 +320,17 @@ class DecodedImages(torch.utils.data.Dataset):
             "storage_hw": storage_hw,
         }
         nbytes = n * (3 * storage_hw[0] * storage_hw[1] + 8)  # the images and their sizes
-        with staged_entry(self.root, self.path.name, done="meta.json") as tmp, space_errors(self.root, nbytes):
-            images = allocated_memmap(tmp / "images.npy", np.uint8, (n, 3, *storage_hw))
+        jpeg = self.storage_format == "jpeg"
+        with (
+            staged_entry(self.root, self.path.name, done="meta.json") as tmp,
+            space_errors(self.root, nbytes),
+            contextlib.ExitStack() as files_open,
+        ):
+            if jpeg:  # the files' sizes are known once encoded: written as they come, ENOSPC named by space_errors
+                images: Any = files_open.enter_context(open(tmp / "jpeg.bin", "wb"))
+                offsets = np.zeros(n + 1, dtype=np.int64)
+            else:
+                images = allocated_memmap(tmp / "images.npy", np.uint8, (n, 3, *storage_hw))
             sizes = np.zeros((n, 2), dtype=np.int32)
             threads = torch.get_num_threads() if num_workers == 0 else 1
             chunk = max(1, int(chunk_size))
@@ -272,13 +352,23 @@ class DecodedImages(torch.utils.data.Dataset):
                 for start, arr, sz in loader:
                     start = int(start)
                     arr, sz = np.asarray(arr), np.asarray(sz)
-                    images[start : start + len(arr)] = arr
+                    if jpeg:  # chunks come in order: each one's files follow the previous one's
+                        payload, lengths = encode_jpeg_rows(arr, self.jpeg_quality)
+                        images.write(payload.tobytes())
+                        offsets[start + 1 : start + len(arr) + 1] = offsets[start] + np.cumsum(lengths)
+                    else:
+                        images[start : start + len(arr)] = arr
                     sizes[start : start + len(arr)] = sz
                     bar.update(len(arr))
-            images.flush()
+            if jpeg:
+                images.close()
+                np.save(tmp / "offsets.npy", offsets)
+            else:
+                images.flush()
             del images
             np.save(tmp / "sizes.npy", sizes)
-            files = file_records(tmp, ["images.npy", "sizes.npy"])  # last: a record means the data is complete
+            names = ["jpeg.bin", "offsets.npy", "sizes.npy"] if jpeg else ["images.npy", "sizes.npy"]
+            files = file_records(tmp, names)  # last: a record means the data is complete
             (tmp / "meta.json").write_text(
                 json.dumps(
                     {**key_fields, "storage_hw": list(storage_hw), "num_images": n, FILES_RECORD: files}, indent=1
@@ -287,10 +377,25 @@ class DecodedImages(torch.utils.data.Dataset):
 
     @property
     def images(self) -> np.memmap:
-        """The read-only ``uint8 [N, 3, Hs, Ws]`` memmap (opened lazily, once per process)."""
+        """The read-only ``uint8 [N, 3, Hs, Ws]`` memmap of a raw entry (opened lazily, once per process)."""
+        if self.storage_format != "raw":
+            raise AttributeError("a JPEG entry has no pixel array: index the dataset (its items are decoded)")
         if self._mm is None:
             self._mm = np.load(self.path / "images.npy", mmap_mode="r")
         return self._mm
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of the entry's image data on disk (``images.npy`` or ``jpeg.bin``)."""
+        return os.path.getsize(self.path / ("jpeg.bin" if self.storage_format == "jpeg" else "images.npy"))
+
+    def _jpeg_pixels(self, idx: np.ndarray) -> torch.Tensor:
+        """The rows ``idx`` of a JPEG entry, decoded: uint8 ``[k, 3, Hs, Ws]``."""
+        if self._mm is None:
+            self._mm = np.memmap(self.path / "jpeg.bin", dtype=np.uint8, mode="r")
+        blob = self._mm
+        files = [torch.from_numpy(np.array(blob[self.offsets[i] : self.offsets[i + 1]])) for i in idx]
+        return decode_jpeg_rows(files)
 
     def __getstate__(self) -> dict[str, Any]:  # worker processes reopen the memmap instead of pickling its bytes
         state = dict(self.__dict__)
@@ -315,12 +420,17 @@ class DecodedImages(torch.utils.data.Dataset):
         i = int(i)
         if i < 0:
             i += len(self)
+        if self.storage_format == "jpeg":
+            return self._item(i, self._jpeg_pixels(np.array([i]))[0])
         return self._item(i, torch.from_numpy(np.array(self.images[i])))
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict]:
         """One gather from the memmap for a whole batch (used by DataLoader's auto-collation)."""
         idx = np.asarray(indices, dtype=np.int64)
-        pixels = torch.from_numpy(self.images[idx])  # fancy indexing copies into RAM
+        if self.storage_format == "jpeg":
+            pixels = self._jpeg_pixels(idx)
+        else:
+            pixels = torch.from_numpy(self.images[idx])  # fancy indexing copies into RAM
         return [self._item(int(i), pixels[k]) for k, i in enumerate(idx)]
 
 

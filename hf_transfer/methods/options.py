@@ -75,7 +75,7 @@ for _name in ("mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "mixup_mode"
         requires=("soft_targets",),
         why="it mixes labelled images into probability (soft) targets",
     )
-for _name in ("feature_cache_dir", "features_on_device", "head_solver"):
+for _name in ("feature_cache_dir", "features_on_device", "head_solver", "feature_dtype"):
     declare_option(_name, modes=("feature",))
 declare_option("feature_batch_size", modes=("feature", "domain"), why="feature extraction, or the domain-gap features")
 

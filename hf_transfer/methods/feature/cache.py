@@ -7,8 +7,9 @@ the backbone's weights (so a local folder that was retrained is a miss), the dat
 the transform's data config, the split and the input path. A second run with the same inputs
 loads the entry; anything different is a miss.
 
-An entry is a folder ``<key>/`` holding ``features.npy`` (float32 ``[N, D]``), ``labels.npy``
-(int64 ``[N]``) and ``meta.json``. It is written in a staging folder named after the writing
+An entry is a folder ``<key>/`` holding ``features.npy`` (``[N, D]``, float32, or float16 with
+``feature_dtype="float16"``: half the disk and page cache, the head still trains in float32 on the rows read),
+``labels.npy`` (int64 ``[N]``) and ``meta.json``. It is written in a staging folder named after the writing
 process and renamed, so a killed run never leaves a half cache, and the next run removes the
 staging folders of killed writers (:func:`hf_transfer.runtime.cache.remove_stale_staging`). Features are
 streamed into the file batch by batch while they are extracted and opened memory-mapped when read
@@ -55,6 +56,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
+from hf_transfer.data.decoded import resolve_storage_format
 from hf_transfer.errors import NoSpaceError, TransferConfigError
 from hf_transfer.methods.feature.extract import check_input_path, iter_features
 from hf_transfer.models.backbones import Backbone
@@ -78,6 +80,8 @@ logger = logging.getLogger(__name__)
 CACHE_VERSION = "2"  # 2: images converted by data/images.to_rgb (16-bit and float images keep their range)
 #: rows copied per step when shards are joined (bounds the RAM the join uses)
 _JOIN_ROWS = 4096
+#: how the features may be stored (``--feature_dtype``)
+FEATURE_DTYPES: dict[str, type[np.floating[Any]]] = {"float32": np.float32, "float16": np.float16}
 
 
 def default_cache_dir() -> str:
@@ -134,9 +138,22 @@ def _all(state: PartialState, value: Any) -> list[Any]:
     return gather_object([value]) if state.num_processes > 1 else [value]
 
 
-def _entry_bytes(num_rows: int, feature_dim: int) -> int:
-    """Bytes of an entry's features and labels."""
-    return num_rows * (feature_dim * 4 + 8)
+def _entry_bytes(num_rows: int, feature_dim: int, itemsize: int = 4) -> int:
+    """Bytes of an entry's features (``itemsize`` bytes a value) and labels."""
+    return num_rows * (feature_dim * itemsize + 8)
+
+
+def float16_overflow(features: np.ndarray) -> int:
+    """How many finite values of ``features`` lie outside float16's range (they would be stored as inf)."""
+    finfo = np.finfo(np.float16)
+    return int(((np.abs(features) > finfo.max) & np.isfinite(features)).sum())
+
+
+def check_feature_dtype(feature_dtype: str) -> str:
+    """``feature_dtype`` when it names a storage dtype, else the error naming the choices."""
+    if feature_dtype not in FEATURE_DTYPES:
+        raise TransferConfigError(f"feature_dtype={feature_dtype!r}: choose one of {', '.join(FEATURE_DTYPES)}.")
+    return feature_dtype
 
 
 def _save_npy(path: str, array: np.ndarray) -> None:
@@ -155,9 +172,11 @@ def _write_meta(folder: str | os.PathLike[str], meta: dict[str, Any]) -> None:
 class FeatureCache:
     """On-disk cache of (features, labels) per (backbone weights, data, transform, split, input path).
 
-    ``input_path``, ``decoded_cache_dir``, ``num_workers``, ``amp_dtype``, ``channels_last`` and
-    ``compile_options``: how a miss is computed (see :func:`~hf_transfer.methods.feature.extract.extract_features`);
-    ``get_or_compute(..., input_path=...)`` overrides the first. The processes that share a miss are
+    ``feature_dtype``: how the features are stored (``"float16"`` halves the entry; a feature outside float16's
+    range is an error naming the fix, never a silent inf). ``input_path``, ``decoded_cache_dir``, ``num_workers``,
+    ``amp_dtype``, ``channels_last`` and ``compile_options``: how a miss is computed (see
+    :func:`~hf_transfer.methods.feature.extract.extract_features`); ``get_or_compute(..., input_path=...)``
+    overrides ``input_path``. The processes that share a miss are
     accelerate's ``PartialState`` (the Trainer's; one process when nothing was launched).
     """
 
@@ -171,11 +190,16 @@ class FeatureCache:
         *,
         channels_last: bool = False,
         compile_options: dict[str, Any] | None = None,
+        feature_dtype: str = "float32",
+        decode_format: tuple[str, int] = ("raw", 90),
     ) -> None:
+        self.feature_dtype = check_feature_dtype(feature_dtype)
         self.cache_dir = cache_dir or default_cache_dir()
         self.input_path = check_input_path(input_path)
         self.decoded_cache_dir, self.num_workers, self.amp_dtype = decoded_cache_dir, num_workers, amp_dtype
         self.channels_last, self.compile_options = channels_last, compile_options
+        #: how the fast path stores the decoded images (``storage_format``, ``jpeg_quality``)
+        self.decode_format = decode_format
         self.hits = 0
         self.misses = 0
 
@@ -213,11 +237,20 @@ class FeatureCache:
         input_path = check_input_path(input_path or self.input_path)
         state = PartialState()
         remove_stale_staging(self.cache_dir)
-        numerics = {"amp_dtype": str(self.amp_dtype), "channels_last": bool(self.channels_last)}
+        numerics: dict[str, Any] = {"amp_dtype": str(self.amp_dtype), "channels_last": bool(self.channels_last)}
+        if self.feature_dtype != "float32":  # float32 entries keep the keys they had before the option existed
+            numerics["feature_dtype"] = self.feature_dtype
+        size = backbone.data_config.size  # JPEG-stored images give other features: their own entry
+        if (
+            input_path == "fast"
+            and resolve_storage_format(self.decode_format[0], len(dataset) * 3 * size * size) == "jpeg"
+        ):
+            numerics["decoded"] = f"jpeg-{self.decode_format[1]}"
         key = cache_key(backbone, dataset._fingerprint, split, weights_hash, input_path, numerics)
         path = self.path(key)
         # every process checks the entry on its first use; a shard writer also needs room for the join
-        needed = _entry_bytes(len(dataset), backbone.feature_dim) * (1 if state.num_processes == 1 else 2)
+        itemsize = np.dtype(FEATURE_DTYPES[self.feature_dtype]).itemsize
+        needed = _entry_bytes(len(dataset), backbone.feature_dim, itemsize) * (1 if state.num_processes == 1 else 2)
         found = entry_problem(path) if os.path.isdir(path) else None
         reports = _all(state, (os.path.isdir(path), found, free_bytes(self.cache_dir)))
         problems = [p for _, p, _ in reports if p is not None]
@@ -264,18 +297,26 @@ class FeatureCache:
             "input_path": input_path,
             "num_rows": len(dataset),
             "feature_dim": backbone.feature_dim,
+            "feature_dtype": self.feature_dtype,
             "world_size": state.num_processes,
         }
         if state.num_processes == 1:
             with staged_entry(self.cache_dir, key, done="meta.json") as tmp:
                 shard = self._extract_into(tmp, "", backbone, dataset, split, batch_size, device, input_path, state)
+                self._check_range(split, [shard])  # an entry with inf in it is never completed
                 _write_meta(tmp, {**meta, "shards": [shard]})
             return
         shard_dir = os.path.join(self.cache_dir, f".{key}.shards")
         os.makedirs(shard_dir, exist_ok=True)
         prefix = f"shard-{state.process_index}-of-{state.num_processes}."
-        self._extract_into(shard_dir, prefix, backbone, dataset, split, batch_size, device, input_path, state)
+        shard = self._extract_into(shard_dir, prefix, backbone, dataset, split, batch_size, device, input_path, state)
         state.wait_for_everyone()  # every shard is on disk
+        try:  # every process raises alike: none is left waiting at the next barrier
+            self._check_range(split, _all(state, shard))
+        except TransferConfigError:
+            if state.is_main_process:
+                shutil.rmtree(shard_dir, ignore_errors=True)
+            raise
         try:
             if state.process_index == 0:
                 self._join(key, shard_dir, meta, state.num_processes)
@@ -300,9 +341,10 @@ class FeatureCache:
         rows = dataset if (start, stop) == (0, len(dataset)) else dataset.select(range(start, stop))
         feats_path = os.path.join(folder, prefix + "features.npy")
         labels = np.full(stop - start, -1, dtype=np.int64)
-        done = 0
+        done = overflow = 0
+        dtype = FEATURE_DTYPES[self.feature_dtype]
         with staged_file(feats_path) as tmp:
-            out = allocated_memmap(tmp, np.float32, (stop - start, backbone.feature_dim))
+            out = allocated_memmap(tmp, dtype, (stop - start, backbone.feature_dim))
             if stop > start:
                 desc = f"Features ({split})" + (f" rank {rank}/{world_size}" if world_size > 1 else "")
                 for f, y in iter_features(
@@ -314,11 +356,16 @@ class FeatureCache:
                     input_path=input_path,
                     decoded_cache_dir=self.decoded_cache_dir,
                     num_workers=self.num_workers,
+                    decode_format=self.decode_format,
                     amp_dtype=self.amp_dtype,
                     channels_last=self.channels_last,
                     compile_options=self.compile_options,
                 ):
-                    out[done : done + len(f)] = f.numpy()
+                    values = f.numpy()
+                    if dtype is np.float16:
+                        overflow += float16_overflow(values)
+                    with np.errstate(over="ignore"):  # counted above, refused by _check_range
+                        out[done : done + len(f)] = values
                     if y is not None:
                         labels[done : done + len(f)] = y.numpy()
                     done += len(f)
@@ -332,12 +379,22 @@ class FeatureCache:
             "start": start,
             "stop": stop,
             "rows_extracted": done,
+            "float16_overflow": overflow,
             "host": socket.gethostname(),
             "pid": os.getpid(),
         }
         if prefix:  # a shard: its record last, so a record means the shard is complete
             write_atomic(os.path.join(folder, prefix + "json"), json.dumps(shard, indent=1))
         return shard
+
+    def _check_range(self, split: str, shards: list[dict[str, Any]]) -> None:
+        """Refuse float16 features that overflowed (stored as inf), naming the fix."""
+        overflow = sum(s.get("float16_overflow", 0) for s in shards)
+        if overflow:
+            raise TransferConfigError(
+                f"feature_dtype=float16: {overflow} feature values of the {split} split are beyond float16's range "
+                f"(+-{float(np.finfo(np.float16).max):.0f}) and would be stored as inf. Use --feature_dtype float32."
+            )
 
     def _join(self, key: str, shard_dir: str, meta: dict[str, Any], world_size: int) -> None:
         """Rank 0: the shards, in rank order, copied chunk by chunk into one entry."""
@@ -350,7 +407,9 @@ class FeatureCache:
                 shards.append(json.load(f))
         with staged_entry(self.cache_dir, key, done="meta.json") as tmp:
             out = allocated_memmap(
-                os.path.join(tmp, "features.npy"), np.float32, (meta["num_rows"], meta["feature_dim"])
+                os.path.join(tmp, "features.npy"),
+                FEATURE_DTYPES[meta["feature_dtype"]],
+                (meta["num_rows"], meta["feature_dim"]),
             )
             labels = np.empty(meta["num_rows"], dtype=np.int64)
             for p, shard in zip(prefixes, shards, strict=True):

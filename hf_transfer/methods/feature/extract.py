@@ -48,15 +48,19 @@ def iter_features(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     compile_options: dict[str, Any] | None = None,
+    decode_format: tuple[str, int] = ("raw", 90),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Yield ``(features float32 [b, D] on the CPU, labels int64 [b] or None)`` batch by batch, in order.
 
-    Arguments as :func:`extract_features`; this is what the cache streams to disk.
+    Arguments as :func:`extract_features`; this is what the cache streams to disk. ``decode_format``: the fast
+    path's ``(storage_format, jpeg_quality)`` of :class:`~hf_transfer.data.decoded.DecodedImages`.
     """
     device = torch.device(device)
     augment: nn.Module | None
     if check_input_path(input_path) == "fast":
-        loader, augment = _fast_loader(backbone, dataset, batch_size, device, decoded_cache_dir, num_workers)
+        loader, augment = _fast_loader(
+            backbone, dataset, batch_size, device, decoded_cache_dir, num_workers, decode_format
+        )
     else:
         ds = dataset.with_transform(make_batch_transform(eval_transform(backbone.data_config)))
         loader = DataLoader(
@@ -150,6 +154,7 @@ def _fast_loader(
     device: torch.device,
     decoded_cache_dir: str | None,
     num_workers: int,
+    decode_format: tuple[str, int] = ("raw", 90),
 ) -> tuple[DataLoader[dict[str, Any]], nn.Module]:
     """The ``"fast"`` input path: a loader over the decoded uint8 eval cache + the on-device normaliser."""
     from hf_transfer.data.augment import BatchAugment
@@ -162,6 +167,8 @@ def _fast_loader(
         cache_dir=decoded_cache_dir,
         with_labels="label" in dataset.column_names,
         num_workers=num_workers,
+        storage_format=decode_format[0],
+        jpeg_quality=decode_format[1],
     )
     # reading the memmap is a copy: on the CPU the main process does it (workers would only add their
     # start-up and compete with the backbone); on CUDA a few workers overlap it with the GPU

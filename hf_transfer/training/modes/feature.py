@@ -110,6 +110,8 @@ class FeatureMode(TransferMode):
             amp_dtype=torch.bfloat16 if training_args.bf16 else None,
             channels_last=use_channels_last(args.channels_last, backbone.model, training_args.device),
             compile_options=compile_options(training_args),
+            feature_dtype=args.feature_dtype,
+            decode_format=(args.decode_cache_format, args.decode_cache_quality),
         )
         self.cache_files: dict[str, str] = {}
         #: head_solver=lbfgs: TransferTrainer.train calls :meth:`fit` instead of its loop
@@ -243,7 +245,8 @@ class FeatureMode(TransferMode):
             table, table_labels = self.device_table
             row_index = row_index.to(table.device)
             features, labels = table[row_index], table_labels[row_index].long()
-        logits = model.classifier(features)
+        assert features is not None, "a batch holds features or row numbers"
+        logits = model.classifier(features.float())  # float16-stored features: the head still runs in float32
         return {"loss": classification_loss(logits, labels, self.label_smoothing), "logits": logits}
 
     def finish(self, model: TransferModel, trainer: Any) -> None:
@@ -259,5 +262,6 @@ class FeatureMode(TransferMode):
             **super().describe(),
             "head_solver": {"name": self.args.head_solver, **(self.solver_info or {})},
             "feature_cache": {"hits": self.cache.hits, "misses": self.cache.misses},
+            "feature_dtype": self.cache.feature_dtype,
             "features_on_device": self.device_table is not None,
         }
