@@ -131,6 +131,7 @@ OPTION_VALUES = {
     "features_on_device": ("true", {}),
     "head_solver": ("lbfgs", {}),
     "feature_batch_size": (4, {}),
+    "feature_dtype": ("float16", {}),
     "aa": ("rand-m9-mstd0.5-inc1", {}),
     "reprob": (0.25, {}),
     "remode": ("const", {"reprob": 0.25}),
