@@ -30,7 +30,11 @@ class TransferArguments:
         metadata={"help": "Target dataset spec: org/name[:config][@rev][#split], a local folder, or builtin:NAME."}
     )
     source: str | None = field(
-        default=None, metadata={"help": "Source dataset spec (labelled), required by mode=domain."}
+        default=None,
+        metadata={
+            "help": "Source dataset spec (labelled), required by mode=domain, except with a source-free method "
+            "(which adapts a trained classifier --backbone with no source data)."
+        },
     )
     method: str | None = field(
         default=None,
@@ -300,8 +304,6 @@ class TransferArguments:
         modes = registry.modes()
         if self.mode not in modes:
             raise TransferConfigError(f"mode={self.mode!r}: choose one of {modes}.")
-        if self.mode == "domain" and not self.source:
-            raise TransferConfigError("mode=domain needs --source (the labelled source domain).")
         if isinstance(self.method_args, str):
             try:
                 self.method_args = json.loads(self.method_args) if self.method_args.strip() else {}

@@ -65,6 +65,12 @@ __all__ = [
     "write_figures",
 ]
 
+#: the mode line of a source-free run (no source data at all)
+SOURCE_FREE_TEXT = (
+    "Source-free domain adaptation: a trained classifier is adapted with target images *without* labels only; "
+    "no source data is seen. The target labels are used only to evaluate."
+)
+
 MODES = {
     "domain": (
         "Unsupervised domain adaptation",
@@ -107,7 +113,7 @@ def _method_vars(results: dict[str, Any]) -> dict[str, Any]:
     return dict(
         mode=mode,
         mode_title=mode_entry[0] if mode_entry else mode,
-        mode_text=mode_entry[1] if mode_entry else "",
+        mode_text=(SOURCE_FREE_TEXT if results.get("source_free") else (mode_entry[1] if mode_entry else "")),
         method=method,
         method_title=_method_title(method),
         method_paper=(results.get("paper") if mode == "domain" else None) or (registered.paper if registered else ""),
