@@ -1,5 +1,5 @@
 """The ``hf-transfer`` command: ``train``, ``plan`` (offline dry run), ``demo``, ``push``, ``rank`` (choose a
-backbone), ``evaluate`` (score a classifier on a dataset).
+backbone), ``evaluate`` (score a classifier on a dataset), ``tta`` (adapt a classifier online to a target's test split).
 
 ``hf-transfer train --config recipes/configs/x.yaml [--flag value ...]`` is the same run as
 ``accelerate launch recipes/train.py --config ...``; flags override the file.
@@ -30,7 +30,7 @@ def _command(name: str) -> Callable[[list[str]], int]:
     return run
 
 
-COMMANDS = {name: _command(name) for name in ("train", "plan", "demo", "push", "rank", "evaluate")}
+COMMANDS = {name: _command(name) for name in ("train", "plan", "demo", "push", "rank", "evaluate", "tta")}
 
 
 def _take_debug_flag(argv: list[str]) -> tuple[list[str], bool]:

@@ -290,7 +290,7 @@ class FeatureDrift:
 
     def __init__(
         self, backbone: Backbone, data: TransferData, args: TransferArguments, training_args: TrainingArguments
-    ):
+    ) -> None:
         self.backbone, self.data, self.args, self.training_args = backbone, data, args, training_args
         self.start: Any = None
 
