@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,7 +130,7 @@ def online_pass(
         collate, to_input = collate_decoded, BatchAugment(cfg, "none").eval().to(device)
     else:
         items, collate, to_input = ImageDomainDataset(rows, eval_transform(cfg)), collate_images, None
-    model = backbone.model.to(device)  # type: ignore[arg-type]  # transformers types .to as the unbound function
+    model = backbone.model.to(device)
     original = copy.deepcopy(model.state_dict())
     params = configure_for_tta(model)
     if not params:
@@ -165,7 +166,7 @@ def online_pass(
                 logits = model(pixel_values=pixels).logits.float()
             _batchnorm_train(model)
         else:
-            logits = method.adapt(lambda pixels=pixels: model(pixel_values=pixels).logits).float()
+            logits = method.adapt(_forward(model, pixels)).float()
             adapted += 1
         logits_out.append(logits.cpu())
         labels_out.append(batch["labels"])
@@ -194,6 +195,11 @@ def online_pass(
         adapted,
         dict(method.last_metrics),
     )
+
+
+def _forward(model: Any, pixels: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """The model's logits on this batch, as a method calls it (once or, for SAR, twice)."""
+    return lambda: model(pixel_values=pixels).logits
 
 
 def _batchnorm_train(model: torch.nn.Module) -> None:

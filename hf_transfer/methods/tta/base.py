@@ -140,7 +140,7 @@ def register_tta(
         TTA_METHODS[name] = cls
         if not cls.__doc__:
             cls.__doc__ = sys.modules[cls.__module__].__doc__
-        cls.options_type, cls.paper = config, paper  # type: ignore[attr-defined]
+        cls.options_type, cls.paper = config, paper
         return cls
 
     return deco

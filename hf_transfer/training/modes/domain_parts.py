@@ -235,7 +235,8 @@ class SourceFreeRefresh(TrainerCallback):
         self, loss: SourceFreeLoss, images: Callable[[], Dataset], batch_size: int, forward: Callable[..., Any]
     ) -> None:
         self.loss, self.batch_size = loss, batch_size
-        self._images_fn, self._images = images, None  # the target training rows, eval preprocessing (built lazily)
+        self._images_fn = images  # the target training rows, eval preprocessing (built lazily)
+        self._images: Dataset | None = None
         self._forward = forward  # (model, pixel_values) -> (features, logits)
         #: what the last pass reported (logged, and in results.json)
         self.last: dict[str, float] = {}
