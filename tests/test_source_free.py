@@ -63,6 +63,9 @@ def test_source_free_refusals_name_the_fix(source_run, tmp_path):
         arguments_from_dict(tiny_args(tmp_path, mode="domain", method="nrc", backbone=folder, source=SOURCE))
     with pytest.raises(TransferConfigError, match=r"bottleneck_dim=16 has no effect with mode=domain method=shot"):
         arguments_from_dict(tiny_args(tmp_path, mode="domain", method="shot", backbone=folder, bottleneck_dim=16))
+    auto = arguments_from_dict(tiny_args(tmp_path, mode="domain", method="shot", backbone=folder, learning_rate="auto"))
+    with pytest.raises(TransferConfigError, match=r"learning_rate=auto: .*method=shot's pass over the target"):
+        plan_run(*auto)
     random_init = arguments_from_dict(tiny_args(tmp_path, mode="domain", method="aad"))  # test_resnet: random init
     with pytest.raises(TransferConfigError, match=r"random init: it has no trained classifier.*source_only"):
         plan_run(*random_init)

@@ -302,8 +302,16 @@ def _plain(value: Any) -> Any:
 
 
 def check_own_step(args: TransferArgs, training_args: TrainingArguments) -> None:
-    """Refuse, for a method that owns its training step, what assumes one loss and one update per batch."""
+    """Refuse, for a method that owns its training step, what assumes one loss and one update per batch.
+
+    And the range test for a source-free method: it would train without the method's pass over the target."""
     method = registry.get_method(args.method, args.mode)
+    if args.lr_find and args.mode == "domain" and not method.needs.source_data:
+        raise TransferConfigError(
+            f"learning_rate=auto: the range test trains without method={args.method}'s pass over the target images "
+            "(which fills its pseudo-labels or memory banks before training), so its pick would not fit. Give "
+            "--learning_rate a number."
+        )
     if not method.owns_step:
         return
     if training_args.fsdp or training_args.deepspeed:
