@@ -119,7 +119,9 @@ def printed_digits_model(tmp_path_factory):
     return args["output_dir"]
 
 
-def test_tent_run_writes_an_adapted_model_whose_before_and_after_are_evaluates(printed_digits_model, tmp_path):
+def test_tent_run_writes_an_adapted_model_whose_before_and_after_are_evaluates(
+    printed_digits_model, tmp_path, hub_server
+):
     from hf_transfer.cli.evaluate import _parser
     from hf_transfer.evaluation.evaluate import evaluate
 
@@ -159,6 +161,13 @@ def test_tent_run_writes_an_adapted_model_whose_before_and_after_are_evaluates(p
     assert any(not torch.equal(s, p.detach()) for s, p in zip(start, params, strict=True))  # served: it adapted
     handler({"inputs": images[0]})  # one image: predicted without an update
     assert handler.updates == 1
+    from huggingface_hub import hf_hub_download
+
+    from hf_transfer.hub.push import push_run
+
+    push_run(out, "user/tent")  # Hub-ready like a train run: the round-trip check (pipeline and handler) passes
+    card = open(hf_hub_download("user/tent", "README.md")).read()
+    assert "adapted at test time" in card and "changes with its inputs" in card
 
 
 def test_tta_refusals_name_the_option(printed_digits_model, tmp_path):

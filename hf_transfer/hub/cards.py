@@ -43,6 +43,7 @@ from hf_transfer.hub.card_merge import merge_card
 from hf_transfer.hub.card_metadata import card_data, validate_card
 from hf_transfer.hub.card_template import template_text
 from hf_transfer.hub.card_usage import usage_vars
+from hf_transfer.methods.tta.base import TTA_MODE
 from hf_transfer.models.examples import REFERENCE_PREDICTIONS
 
 if TYPE_CHECKING:
@@ -226,6 +227,12 @@ def write_card(
     local card (see :func:`render_card`); ``kwargs`` are :func:`render_card`'s options."""
     folder = Path(folder)
     results = load_results(kwargs.pop("results", None) or folder)
+    if results.get("mode") == TTA_MODE:  # a folder of `hf-transfer tta`: its own card (no training to describe)
+        from hf_transfer.hub.card_tta import render_tta_card
+
+        text = render_tta_card(results, repo_id or local_repo_id(folder))
+        (folder / README).write_text(text)
+        return text
     write_figures(folder, results)
     sections.write_config(folder, results)
     card = render_card(folder, repo_id, results=results, **kwargs)

@@ -240,18 +240,22 @@ def run_tta(args: argparse.Namespace) -> dict[str, Any]:
     from hf_transfer.evaluation.label_match import known_rows, match_labels, score
     from hf_transfer.evaluation.model_source import load_model, resolve_model
     from hf_transfer.evaluation.predict import resolve_device
+    from hf_transfer.models.examples import write_reference_predictions
     from hf_transfer.models.export import export_model
     from hf_transfer.runtime.folder_lock import check_output_folder, lock_folder
 
     started = time.perf_counter()
     settings = tta_settings(args)
     spec = parse_dataset_spec(args.target)
-    check_output_folder(args.output_dir, "hf-transfer tta", (TTA_OUTPUTS), overwrite=args.overwrite_output_dir)
+    check_output_folder(args.output_dir, "hf-transfer tta", TTA_OUTPUTS, overwrite=args.overwrite_output_dir)
     device = resolve_device(args.device)
     source = resolve_model(args.model, args.revision)
     seed = args.seed if args.seed is not None else (source.seed if source.seed is not None else DEFAULT_SEED)
     before = evaluate(evaluate_namespace(args, args.model, seed))
-    ds = subset(load_split(spec, args.split, args.image_column, args.label_column, seed=seed), args.max_samples, seed)
+    ds = load_split(
+        spec, args.split, args.image_column, args.label_column, seed=seed, skip_bad_images=args.skip_bad_images
+    )
+    ds = subset(ds, args.max_samples, seed)
     match = match_labels(args.model, source.label_names, spec.display_name, list(ds.features["label"].names))
     rows, _excluded, lookup = known_rows(ds, match)
     backbone = load_model(source)
@@ -296,6 +300,8 @@ def run_tta(args: argparse.Namespace) -> dict[str, Any]:
     os.makedirs(args.output_dir, exist_ok=True)
     with lock_folder(args.output_dir, "hf-transfer tta"):
         export_model(backbone, args.output_dir, results=results)
+        # the card's examples and the predictions a push's round-trip check compares the published model with
+        write_reference_predictions(backbone, rows, args.output_dir)
     after = evaluate(evaluate_namespace(args, args.output_dir, seed))
     results["before_after"]["after"] = _row(after["metrics"])
     results["metrics"] = {"target": after["metrics"]}
