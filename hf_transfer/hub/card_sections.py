@@ -131,7 +131,7 @@ def summary(results: dict, baseline: dict | None, upper: dict | None, backbone: 
     if mode == "domain" and source_free:
         what = (
             f"This model adapts a trained {base} image classifier to {t} (unlabelled target images only) with "
-            f"{method_title}: **source-free**, no source data was seen in this run."
+            f"{method_title}. It is **source-free**: no source data was seen in this run."
         )
     elif mode == "domain":
         start = "a randomly initialised " if random else "a "
