@@ -25,6 +25,12 @@ RULES = {
     "hf_transfer.models": ("hf_transfer.data", "hf_transfer.models"),
     # the losses: pure torch, no other layer (the registry is where they register)
     "hf_transfer.methods.domain": ("hf_transfer.methods.domain", "hf_transfer.methods.registry"),
+    # the test-time methods: pure torch too, and SDAT's SAM step (SAR's ascent)
+    "hf_transfer.methods.tta": (
+        "hf_transfer.methods.tta",
+        "hf_transfer.methods.registry",
+        "hf_transfer.methods.domain",
+    ),
     "hf_transfer.methods": ("hf_transfer.data", "hf_transfer.models", "hf_transfer.methods"),
     # the arguments: checked against the registered methods, model options and the recipe defaults
     "hf_transfer.config": (

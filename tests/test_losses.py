@@ -27,6 +27,7 @@ from hf_transfer.methods.domain import (
 from hf_transfer.methods.domain.cdan import CDANLoss
 from hf_transfer.methods.domain.coral import coral
 from hf_transfer.methods.domain.mmd import mk_mmd
+from hf_transfer.methods.domain.source_free import SourceFreeLoss
 from hf_transfer.methods.domain.step import SteppedLoss
 from hf_transfer.methods.registry import all_methods
 
@@ -54,6 +55,7 @@ class Row:
     zero_grad_ok: bool = False  # the gradient may vanish on the test batch (thresholded methods)
     reference: Callable | None = None  # (loss in eval mode, f_s, f_t, l_s, l_t) -> the paper's value
     stepped: bool = False  # owns its training step (SteppedLoss): several passes per optimizer step
+    source_free: bool = False  # no source: a term over target rows with their indices (SourceFreeLoss)
 
 
 def _mdd_reference(m, f_s, f_t, l_s, l_t):
@@ -78,6 +80,9 @@ METHODS = {
     "mcd": Row("logits", logits=True, stepped=True),
     "sdat": Row("features", logits=True, stepped=True),
     "bnm": Row("logits", logits=True),
+    "shot": Row("logits", logits=True, source_free=True),
+    "nrc": Row("logits", logits=True, source_free=True),
+    "aad": Row("logits", logits=True, source_free=True),
 }
 
 
@@ -91,6 +96,9 @@ def test_the_table_has_one_row_per_registered_method():
         assert cls.uses_source_weight == METHODS[name].source_weight
         assert issubclass(cls, AdversarialLoss) == METHODS[name].adversarial
         assert issubclass(cls, SteppedLoss) == METHODS[name].stepped
+        assert (
+            issubclass(cls, SourceFreeLoss) == METHODS[name].source_free == (not all_methods()[name].needs.source_data)
+        )
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -101,7 +109,12 @@ def test_every_loss_is_a_finite_scalar_with_gradients(name):
     f_s, f_t, l_s, l_t = batch(shift=1.0)
     f_t.requires_grad_(True)
     l_t = (3 * l_t).requires_grad_(True)  # confident enough for pseudo_label to pass sometimes
-    out = loss(f_s, f_t, l_s, l_t)
+    if METHODS[name].source_free:  # no source rows; the per-row state filled by a pass over these target rows
+        loss.allocate(len(f_t))
+        loss.refresh(f_t.detach(), l_t.detach(), epoch=0)
+        out = loss(f_s[:0], f_t, l_s[:0], l_t, rows=torch.arange(len(f_t)))
+    else:
+        out = loss(f_s, f_t, l_s, l_t)
     assert out.ndim == 0 and torch.isfinite(out)
     assert all(isinstance(v, float) for v in loss.last_metrics.values())
     if METHODS[name].grad == "none":
@@ -593,3 +606,96 @@ def test_pada_class_weights_are_mean_prediction_over_max():
     cw.update(probs)
     torch.testing.assert_close(cw.weights, torch.tensor([0.7, 0.2, 0.1]) / 0.7)
     assert int(cw.updates) == 1 and set(cw.state_dict()) == {"weights", "updates"}  # checkpointed
+
+
+# --------------------------------------------------------------------------- source-free methods (hand computations)
+def test_shot_pseudo_labels_are_the_nearest_weighted_centroid_twice():
+    from hf_transfer.methods.domain.shot import shot_pseudo_labels
+
+    features = torch.tensor([[2.0, 0.1], [1.5, -0.2], [0.2, 1.8], [0.1, 2.2], [1.0, 1.1]])
+    logits = torch.tensor([[3.0, 0.0], [2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.5, 0.0]])  # row 3 and 4 lean wrong
+    f = torch.cat([features, torch.ones(5, 1)], 1)
+    f = f / f.norm(dim=1, keepdim=True)
+    weights = logits.softmax(1)
+    labels = None
+    for _ in range(2):  # SHOT's obtain_label: soft centroids, nearest (cosine); then hard centroids, nearest
+        centroids = [(weights[:, k : k + 1] * f).sum(0) / weights[:, k].sum() for k in range(2)]
+        labels = torch.tensor([min(range(2), key=lambda k: 1 - F.cosine_similarity(row, centroids[k], 0)) for row in f])
+        weights = F.one_hot(labels, 2).float()
+    assert labels.tolist() == [0, 0, 1, 1, 0]  # row 3 is moved to the cluster it sits in
+    assert shot_pseudo_labels(features, logits).tolist() == labels.tolist()
+
+
+def test_shot_loss_is_im_plus_weighted_pseudo_label_ce_and_labels_refresh_once_per_epoch():
+    loss = build_loss("shot", D, C, pseudo_label_weight=0.3)
+    f_t, logits = torch.randn(6, D, generator=gen(1)), torch.randn(6, C, generator=gen(2))
+    loss.allocate(6)
+    assert loss.needs_refresh(0)
+    loss.refresh(f_t, logits, epoch=0)
+    assert not loss.needs_refresh(0) and loss.needs_refresh(1)
+    labels = loss.get_buffer("pseudo_labels")
+    rows = torch.tensor([4, 1, 2])
+    p = logits[rows].softmax(1)
+    ent = -(p * torch.log(p + 1e-8)).sum(1).mean()
+    mean = p.mean(0)
+    div = -(mean * torch.log(mean + 1e-8)).sum()
+    ce = -torch.log(p[torch.arange(3), labels[rows]]).mean()
+    out = loss(f_t[:0], f_t[rows], logits[:0], logits[rows], rows=rows)
+    assert out.item() == pytest.approx((ent - div + 0.3 * ce).item(), rel=1e-5)
+
+
+def test_nrc_loss_is_the_affinity_weighted_neighbourhood_agreement_by_hand():
+    loss = build_loss("nrc", 2, 2, k=1, k_expanded=1, expanded_weight=0.1)
+    bank_f = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    bank_logits = torch.tensor([[2.0, 0.0], [1.0, 0.0], [0.0, 2.0], [0.0, 1.0]])
+    loss.allocate(4)
+    loss.refresh(bank_f, bank_logits, epoch=0)
+    rows = torch.tensor([0, 2])
+    f_t, logits = torch.tensor([[1.0, 0.05], [0.05, 1.0]]), torch.tensor([[0.5, 0.0], [0.0, 0.3]])
+    out = loss(f_t[:0], f_t, logits[:0], logits, rows=rows)
+    # by hand: the batch rows are written into the bank first, then each row's nearest other row, and that
+    # row's nearest other row (row 0 <-> 1 and 2 <-> 3 are mutual: affinity 1)
+    bank = F.normalize(bank_f, dim=1)
+    bank[rows] = F.normalize(f_t, dim=1)
+    scores = bank_logits.softmax(1)
+    p = logits.softmax(1)
+    scores[rows] = p
+    total = 0.0
+    for i, row in enumerate(rows.tolist()):
+        sim = bank[row] @ bank.T
+        sim[row] = -2
+        j = int(sim.argmax())
+        sim_j = bank[j] @ bank.T
+        sim_j[j] = -2
+        m = int(sim_j.argmax())
+        affinity = 1.0 if m == row else 0.1
+        total += -(affinity * scores[j] @ p[i]) - 0.1 * (scores[m] @ p[i])
+    mean = p.mean(0)
+    expected = total / 2 + (mean * torch.log(mean + 1e-5)).sum()
+    assert out.item() == pytest.approx(float(expected), rel=1e-5)
+    assert torch.allclose(loss.get_buffer("score_bank")[rows], p)  # the batch's rows are written into the bank
+
+
+def test_aad_attracts_to_bank_neighbours_and_disperses_the_batch_with_a_decaying_weight():
+    loss = build_loss("aad", 2, 2, k=2, alpha=1.0, beta=5.0)
+    bank_f = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.8, 0.3], [0.0, 1.0]])
+    bank_logits = torch.tensor([[2.0, 0.0], [1.0, 0.0], [0.5, 0.0], [0.0, 2.0]])
+    loss.allocate(4)
+    loss.refresh(bank_f, bank_logits, epoch=0)
+    loss.set_progress(0.1)
+    rows = torch.tensor([0, 3])
+    f_t, logits = bank_f[rows], torch.tensor([[1.0, 0.0], [0.0, 0.4]])
+    out = loss(f_t[:0], f_t, logits[:0], logits, rows=rows)
+    p = logits.softmax(1)
+    scores = bank_logits.softmax(1)
+    scores[rows] = p
+    bank = F.normalize(bank_f, dim=1)
+    attract = 0.0
+    for i, row in enumerate(rows.tolist()):
+        sim = bank[row] @ bank.T
+        sim[row] = -2
+        attract += -sum(scores[j] @ p[i] for j in sim.topk(2).indices.tolist())
+    disperse = 2 * (p[0] @ p[1]) / 2  # each row with the other one, averaged over the 2 rows
+    weight = (1 + 10 * 0.1) ** -5.0
+    assert loss.dispersion_weight == pytest.approx(weight)
+    assert out.item() == pytest.approx(float(attract / 2 + weight * disperse), rel=1e-5)

@@ -17,6 +17,7 @@ from hf_transfer.config import arguments_from_dict, load_config_file, parse_args
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.methods.domain import LOSSES
 from hf_transfer.methods.domain.step import SteppedLoss
+from hf_transfer.methods.registry import all_methods
 from hf_transfer.training.run import run_transfer
 
 from conftest import two_process_launch
@@ -57,6 +58,8 @@ STEPPED = [
     for name, cls in LOSSES.items()
     if issubclass(cls, SteppedLoss)
 ]
+#: every source-free method (no --source: it starts from a trained classifier, the source_only run's folder)
+SOURCE_FREE = sorted(name for name, m in all_methods("domain").items() if not m.needs.source_data)
 
 
 #: timm's recipe: the policy and erasing (python's and torch's RNG), mixup/cutmix (numpy's) and drop-path draw every
@@ -105,7 +108,10 @@ def test_every_shipped_config_resolves_to_a_plan_offline(name):
     plan = plan_from_argv(["--config", os.path.join(ROOT, "recipes", "configs", name)])
     assert plan["mode"] in ("feature", "domain", "task")
     assert plan["datasets"]["target"]["kind"] in ("hub", "builtin", "local")
-    if name.startswith(("office", "officehome")):
+    if plan["method_plan"].get("source_free"):  # no source: it starts from the source-only run's folder
+        assert "source" not in plan["datasets"] and plan["method"] in SOURCE_FREE
+        assert plan["method_plan"]["paper"].startswith("https://")
+    elif name.startswith(("office", "officehome")):
         assert plan["datasets"]["source"]["kind"] == "hub" and plan["datasets"]["source"]["config"]
         assert plan["backbone"]["kind"] == "timm weights on the Hub"
         assert plan["method_plan"]["paper"].startswith("https://") or plan["method"] == "source_only"
@@ -282,6 +288,36 @@ def test_resume_matches_uninterrupted(tmp_path, mode, method, extra):
         assert last[0] == last[1] and set(last[0]) == phases
 
 
+@pytest.fixture(scope="module")
+def source_only_folder(tmp_path_factory) -> str:
+    """A tiny source_only run: the classifier the source-free methods adapt."""
+    out = tmp_path_factory.mktemp("source_only") / "run"
+    base = {**TINY, "mode": "domain", "method": "source_only", "output_dir": str(out), "save_strategy": "no"}
+    run_transfer(*arguments_from_dict(base))
+    return str(out)
+
+
+@pytest.mark.parametrize("method", SOURCE_FREE)
+def test_source_free_resume_matches_uninterrupted(tmp_path, source_only_folder, method):
+    """A source-free method's per-row state (SHOT's pseudo-labels of the epoch, the memory banks) comes back exactly:
+    24 target rows in batches of 8 make 3 steps an epoch, so SHOT's pass runs at steps 0 and 3, and the run killed
+    at step 5 resumes from checkpoint-4 with the labels of step 3."""
+    base = {**TINY, "mode": "domain", "method": method, "backbone": source_only_folder, "max_train_samples": 24}
+    base.update(save_strategy="steps", save_steps=2, logging_steps=1)
+    del base["source"]
+    full = run_transfer(*arguments_from_dict({**base, "output_dir": str(tmp_path / "full")}))
+    crashed_dir = str(tmp_path / "crashed")
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(*arguments_from_dict({**base, "output_dir": crashed_dir}), callbacks=[_KillAt(5)])
+    resumed = run_transfer(*arguments_from_dict({**base, "output_dir": crashed_dir, "resume_from_checkpoint": "last"}))
+    assert resumed["metrics"]["target"]["confusion_matrix"] == full["metrics"]["target"]["confusion_matrix"]
+    a, b = _weights(tmp_path / "full"), _weights(crashed_dir)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    losses = [[row["loss"] for row in r["log_history"] if "loss" in row] for r in (full, resumed)]
+    assert losses[0][-2:] == losses[1][-2:]  # steps 5 and 6, after the resume
+
+
 def _env():
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -438,6 +474,7 @@ def test_every_domain_method_under_two_process_ddp(tmp_path):
     for method in LOSSES:
         results = json.load(open(tmp_path / method / "results.json"))
         assert results["method"] == method and results["hyperparameters"]["world_size"] == 2
+        assert (results["source"] is None) == (method in SOURCE_FREE)
         assert sum(map(sum, results["metrics"]["target"]["confusion_matrix"])) == 16
     shared = json.load(open(tmp_path / "dann_shared_options" / "results.json"))
     assert shared["bottleneck_dim"] == 16 and shared["hyperparameters"]["world_size"] == 2

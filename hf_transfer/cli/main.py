@@ -1,5 +1,6 @@
 """The ``hf-transfer`` command: ``train``, ``plan`` (offline dry run), ``demo``, ``push``, ``rank`` (choose a
-backbone), ``evaluate`` (score a classifier on a dataset), ``app`` (try a model in the browser).
+backbone), ``evaluate`` (score a classifier on a dataset), ``app`` (try a model in the browser), ``tta`` (adapt a classifier
+online to a target's test split).
 
 ``hf-transfer train --config recipes/configs/x.yaml [--flag value ...]`` is the same run as
 ``accelerate launch recipes/train.py --config ...``; flags override the file.
@@ -30,7 +31,7 @@ def _command(name: str) -> Callable[[list[str]], int]:
     return run
 
 
-COMMANDS = {name: _command(name) for name in ("train", "plan", "demo", "push", "rank", "evaluate", "app")}
+COMMANDS = {name: _command(name) for name in ("train", "plan", "demo", "push", "rank", "evaluate", "app", "tta")}
 
 
 def _take_debug_flag(argv: list[str]) -> tuple[list[str], bool]:

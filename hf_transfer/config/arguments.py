@@ -14,6 +14,7 @@ from typing import Any
 from hf_transfer.config.checks import HEAD_SOLVERS, check_arguments
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.methods import registry
+from hf_transfer.methods.tta.base import TTA_MODE
 
 
 @dataclass
@@ -30,7 +31,11 @@ class TransferArguments:
         metadata={"help": "Target dataset spec: org/name[:config][@rev][#split], a local folder, or builtin:NAME."}
     )
     source: str | None = field(
-        default=None, metadata={"help": "Source dataset spec (labelled), required by mode=domain."}
+        default=None,
+        metadata={
+            "help": "Source dataset spec (labelled), required by mode=domain, except with a source-free method "
+            "(which adapts a trained classifier --backbone with no source data)."
+        },
     )
     method: str | None = field(
         default=None,
@@ -397,11 +402,15 @@ class TransferArguments:
         self.recipe_defaults: dict[str, Any] = {}
         #: ``--learning_rate auto``: a range test picks the rate before training (hf_transfer.training.lr_find)
         self.lr_find: bool = False
-        modes = registry.modes()
+        modes = tuple(m for m in registry.modes() if m != TTA_MODE)
+        if self.mode == TTA_MODE:
+            names = "|".join(registry.all_methods(TTA_MODE))
+            raise TransferConfigError(
+                "mode=tta: test-time adaptation is not trained by `hf-transfer train`; run `hf-transfer tta MODEL "
+                f"--target DATASET --method {names} --output_dir DIR`."
+            )
         if self.mode not in modes:
             raise TransferConfigError(f"mode={self.mode!r}: choose one of {modes}.")
-        if self.mode == "domain" and not self.source:
-            raise TransferConfigError("mode=domain needs --source (the labelled source domain).")
         if isinstance(self.method_args, str):
             try:
                 self.method_args = json.loads(self.method_args) if self.method_args.strip() else {}

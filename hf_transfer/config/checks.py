@@ -87,12 +87,80 @@ def check_arguments(args: TransferArgs, method: Method) -> None:
     """All checks of a built ``TransferArguments`` against its ``method`` (called by its ``__post_init__``)."""
     if method.needs.source_data and not args.source:
         raise TransferConfigError(f"mode={args.mode} method={method.name} needs --source (the labelled source domain).")
+    if args.mode == "domain" and not method.needs.source_data and args.source:
+        raise TransferConfigError(
+            f"source={args.source!r}: method={method.name} is source-free (it adapts the trained classifier --backbone "
+            "to the target without any source data). Remove --source, or choose a method that trains on a labelled "
+            "source (e.g. dann)."
+        )
     _check_values(args)
     for producer in ("mixup", "cutmix"):
         if getattr(args, producer) > 0 and args.mode in method.modes:
             check_soft_targets(method, producer)
     check_options_act(args, method)
     method.options(args.method_args)
+
+
+#: how to get what a source-free method starts from
+SOURCE_FREE_FIX = (
+    "Train one on the source first (`hf-transfer train --mode domain --method source_only --source SOURCE "
+    "--target TARGET --output_dir DIR`) and pass DIR as --backbone, or give a Hub classifier whose config.json has "
+    "id2label with class names"
+)
+
+
+def source_free_classifier_problem(args: TransferArgs) -> str | None:
+    """Why ``--backbone`` cannot start a source-free run (no trained classifier with class names), or None.
+
+    Read from its config on this disk only (a folder, or Hub files already cached); a Hub id not cached yet is
+    checked once loaded (:func:`check_source_free_backbone`)."""
+    from hf_transfer.models.backbones import RANDOM_INIT, backbone_kind
+
+    if backbone_kind(args.backbone) == RANDOM_INIT:
+        return f"backbone {args.backbone!r} is a timm architecture with random init: it has no trained classifier"
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(
+            args.backbone.removeprefix("hf-hub:"),
+            revision=args.backbone_revision,
+            trust_remote_code=args.trust_remote_code,
+            local_files_only=True,
+        )
+    except Exception:  # not on this disk yet: checked when loaded
+        return None
+    return _label_names_problem(args.backbone, list((getattr(config, "id2label", None) or {}).values()))
+
+
+def _label_names_problem(backbone: str, names: list[str]) -> str | None:
+    if not names or all(str(n).startswith("LABEL_") for n in names):
+        return (
+            f"backbone {backbone!r} has no classifier with class names (its config has no id2label, or only "
+            "LABEL_i placeholders)"
+        )
+    return None
+
+
+def _refuse_source_free(method: str, problem: str) -> None:
+    raise TransferConfigError(
+        f"method={method} is source-free: it adapts a trained classifier to the target, and {problem}. "
+        f"{SOURCE_FREE_FIX}."
+    )
+
+
+def check_source_free_backbone(args: TransferArgs, names: list[str] | None = None, has_head: bool = True) -> None:
+    """Refuse a source-free method whose ``--backbone`` is no trained classifier, naming the fix.
+
+    Without ``names``: from its config on this disk (before anything loads); with ``names`` (the loaded model's class
+    names) and ``has_head`` (its classifier's weights came from the checkpoint): on the loaded model."""
+    method = registry.get_method(args.method, args.mode)
+    if method.needs.source_data or args.mode != "domain":
+        return
+    problem = source_free_classifier_problem(args) if names is None else _label_names_problem(args.backbone, names)
+    if problem is None and not has_head:
+        problem = f"backbone {args.backbone!r} holds no classifier weights"
+    if problem is not None:
+        _refuse_source_free(method.name, problem)
 
 
 def check_required_options(args: TransferArgs) -> None:
@@ -321,8 +389,16 @@ def check_launch_engine(training_args: TrainingArguments) -> None:
 
 
 def check_own_step(args: TransferArgs, training_args: TrainingArguments) -> None:
-    """Refuse, for a method that owns its training step, what assumes one loss and one update per batch."""
+    """Refuse, for a method that owns its training step, what assumes one loss and one update per batch.
+
+    And the range test for a source-free method: it would train without the method's pass over the target."""
     method = registry.get_method(args.method, args.mode)
+    if args.lr_find and args.mode == "domain" and not method.needs.source_data:
+        raise TransferConfigError(
+            f"learning_rate=auto: the range test trains without method={args.method}'s pass over the target images "
+            "(which fills its pseudo-labels or memory banks before training), so its pick would not fit. Give "
+            "--learning_rate a number."
+        )
     if not method.owns_step:
         return
     if training_args.fsdp or training_args.deepspeed or launched_engine():

@@ -146,3 +146,35 @@ def align_domains(source: datasets.DatasetDict, target: datasets.DatasetDict, po
     if source_only or target_only:
         logger.warning(report.summary())
     return AlignedDomains(new_source, new_target, list(names), report)
+
+
+def align_to_classifier(target: datasets.DatasetDict, names: list[str]) -> AlignedDomains:
+    """The target re-encoded to a trained classifier's classes ``names`` (its ``id2label``, in head order), by name.
+
+    For a source-free run: there is no source, the classifier's classes are the label space (its head keeps its
+    order). Target rows of classes the classifier does not know are dropped (reported as target-only); classes
+    only the classifier has stay in the label space (the head can still predict them). Nothing shared is an
+    error naming both lists."""
+    tgt_names = _names(target, "target domain")
+    check_distinct_class_names(names, "the classifier's id2label")
+    known = {class_key(n) for n in names}
+    tgt_keys = {class_key(n) for n in tgt_names}
+    shared = [n for n in names if class_key(n) in tgt_keys]
+    if not shared:
+        raise TransferConfigError(
+            "The classifier (--backbone) and the target share no class name. "
+            f"Classifier classes: {names[:20]}{' ...' if len(names) > 20 else ''}; "
+            f"target classes: {tgt_names[:20]}{' ...' if len(tgt_names) > 20 else ''}. "
+            "Start from a classifier trained on the target's classes, or rename the target's classes to match."
+        )
+    report = AlignmentReport(
+        "classifier",
+        list(names),
+        shared,
+        [n for n in names if class_key(n) not in tgt_keys],
+        [n for n in tgt_names if class_key(n) not in known],
+    )
+    new_target, report.dropped_rows["target"] = remap_labels(target, list(names), "target domain")
+    if report.source_only or report.target_only:
+        logger.warning(report.summary())
+    return AlignedDomains(datasets.DatasetDict(), new_target, list(names), report)

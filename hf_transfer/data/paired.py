@@ -90,15 +90,37 @@ class PairedDataset(torch.utils.data.Dataset):
         return item
 
 
+class IndexedRows(torch.utils.data.Dataset):
+    """Rows of one domain, each with its index in the domain (``row_index``): for methods that keep something per
+    image (a source-free method's pseudo-label or memory-bank row). Still one map-style dataset, so the Trainer's
+    sampler shards and resumes it as any other."""
+
+    def __init__(self, rows: ImageRows) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.rows[int(i)], "row_index": int(i)}
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """One gather for a whole batch where the rows offer it (the decoded cache)."""
+        many = getattr(self.rows, "__getitems__", None)
+        items = many(indices) if many is not None else [self.rows[int(i)] for i in indices]
+        return [{**item, "row_index": int(i)} for item, i in zip(items, indices, strict=True)]
+
+
 #: per-image tensors a batch carries: pixels, and the original ``(H, W)`` of mixed-size decoded images
 _STACKED = ("pixel_values", "target_pixel_values", "image_size", "target_image_size")
 
 
 def collate_images(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack pixel tensors (and image sizes); labels to int64. Works for plain and paired items."""
+    """Stack pixel tensors (and image sizes); labels and row indices to int64. Works for plain and paired items."""
     batch = {key: torch.stack([e[key] for e in examples]) for key in _STACKED if key in examples[0]}
-    if "labels" in examples[0]:
-        batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
+    for key in ("labels", "row_index"):
+        if key in examples[0]:
+            batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.long)
     return batch
 
 

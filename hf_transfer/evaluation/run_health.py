@@ -111,7 +111,13 @@ def divergence_warnings(
 
     Empty when neither holds."""
     out = []
-    if loss_start is not None and loss_end is not None and loss_end > DIVERGED_LOSS_RATIO * loss_start:
+    # a loss that starts at or below 0 (a source-free method's negative affinity) has no "2x where it began"
+    if (
+        loss_start is not None
+        and loss_end is not None
+        and loss_start > 0
+        and loss_end > DIVERGED_LOSS_RATIO * loss_start
+    ):
         out.append(
             f"The training loss ended at {fmt_loss(loss_end)}, {loss_end / loss_start:.3g}x where it began "
             f"({fmt_loss(loss_start)}): the run diverged (try a lower learning rate)."

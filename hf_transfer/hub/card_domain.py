@@ -41,6 +41,13 @@ def domain_gap_table(results: dict) -> tuple[list[dict], str]:
     if not rows:
         return [], ""
     n = after.get("num_samples") or before.get("num_samples") or {}
+    if results.get("source_free"):  # no source: how far adaptation moved the target's own features
+        intro = (
+            "Source-free run (no source data): the distance between the target test images' features under the "
+            "starting model and under the adapted one (the backbone's pooled features), i.e. how far adaptation "
+            f"moved them, on {n.get('target', '?')} target images. 0 = unchanged."
+        )
+        return rows, intro
     intro = (
         "Distance between the source and target test images in the backbone's pooled features (the input of "
         "the classifier), before training and after adaptation (lower is closer)"

@@ -112,6 +112,8 @@ def link_text(link: dict) -> str:
             return f"{model}" + (f"@{link['revision']}" if link.get("revision") else "") + " (Hub)"
         return f"local folder {model} (no results.json: earlier history unknown)"
     mode, method = link.get("mode"), link.get("method")
+    if mode == "domain" and not link.get("source"):  # a source-free run: the target's images alone
+        return f"{method} (source-free) on unlabelled {_data(link.get('target'))}"
     if mode == "domain":
         what = f"{method} on {_data(link.get('source'))}"
         return what if is_baseline(method) else f"{what} + unlabelled {_data(link.get('target'))}"

@@ -170,7 +170,9 @@ def results_vars(results: dict, baseline: dict | None, upper: dict | None, metho
     has_cm = figures and "confusion_matrix" in ((results.get("metrics") or {}).get("target") or {})
     has_curves = figures and bool(curve_series(results.get("log_history") or []))
     note = []
-    if accuracy(baseline, "target") is None and not is_baseline(method) and mode == "domain":
+    if results.get("source_free"):  # its baseline is the starting model, scored on the same rows (base row)
+        note.append("Source-free: the baseline is the starting model before adaptation (the base-model row).")
+    elif accuracy(baseline, "target") is None and not is_baseline(method) and mode == "domain":
         note.append("No source-only baseline was given for this card.")
     if accuracy(upper, "target") is None:
         note.append("No target-supervised upper bound was given for this card.")
@@ -267,7 +269,12 @@ def limitations(results: dict, baseline: dict | None) -> list[str]:
             "No target labels were used for training, and none for choosing hyper-parameters by this run; "
             "adaptation can still hurt some classes (compare the per-class table with the baseline)."
         )
-    if baseline is None and not is_baseline(results.get("method")) and mode == "domain":
+    if (
+        baseline is None
+        and not is_baseline(results.get("method"))
+        and mode == "domain"
+        and not results.get("source_free")
+    ):
         out.append("No source-only baseline was attached to this card, so the gain from adaptation is not shown.")
     if results.get("base_model") is None and initialisation(results) == "random":
         out.append(

@@ -127,7 +127,13 @@ def summary(results: dict, baseline: dict | None, upper: dict | None, backbone: 
     else:
         base = f"`{os.path.basename(str(results.get('backbone', '?')).rstrip('/' + os.sep))}`"
     random = not results.get("base_model") and previous is None and initialisation(results) == "random"
-    if mode == "domain":
+    source_free = bool(results.get("source_free"))
+    if mode == "domain" and source_free:
+        what = (
+            f"This model adapts a trained {base} image classifier to {t} (unlabelled target images only) with "
+            f"{method_title}. It is **source-free**: no source data was seen in this run."
+        )
+    elif mode == "domain":
         start = "a randomly initialised " if random else "a "
         what = (
             f"This model adapts {start}{base} image classifier from {s} (labelled source) to {t} (unlabelled "
@@ -147,6 +153,18 @@ def summary(results: dict, baseline: dict | None, upper: dict | None, backbone: 
         n = ((results.get("metrics") or {}).get("target") or {}).get("num_samples")
         parts.append(f"On the target test set{f' ({n} images)' if n else ''} it reaches {pct(acc)} accuracy")
         b = accuracy(baseline, "target")
+        before = base_before(results)
+        if source_free:  # the baseline is the starting model itself, scored on the same rows
+            b = accuracy(before, "target") if before is not None else None
+            if b is None:
+                parts[-1] += " (the starting model could not be scored on the target to compare with)."
+            else:
+                gain = 100 * (acc - b)
+                parts[-1] += (
+                    f", {abs(gain):.1f} points {'better' if gain >= 0 else 'worse'} than the starting model before "
+                    f"adaptation ({pct(b)}, the source-free baseline)."
+                )
+            return " ".join(parts)
         if is_baseline(method):
             parts[-1] += " - this *is* the source-only baseline that adapted models are compared with."
         elif b is not None:
@@ -164,7 +182,6 @@ def summary(results: dict, baseline: dict | None, upper: dict | None, backbone: 
                 parts[-1] += f", and even above a model trained on the target labels ({pct(u)})."
         else:
             parts[-1] += " (no source-only baseline was given to compare with)."
-        before = base_before(results)
         if before is not None:
             parts.append(
                 f"Before adaptation, the base model's own classifier scored {pct(accuracy(before, 'target'))}"
@@ -218,6 +235,19 @@ def alignment_text(results: dict) -> str:
     names = results.get("label_names") or []
     if not al:
         return f"{len(names)} classes: {', '.join(f'`{n}`' for n in names)}."
+    if al.get("policy") == "classifier":  # source-free: the starting classifier's classes are the label space
+        lines = [
+            f"Source-free: the label space is the starting classifier's own {len(names)} classes (its `id2label`), "
+            f"matched to the target's by name: {len(al.get('shared') or names)} shared."
+        ]
+        if al.get("source_only"):
+            lines.append(f"Classes only the classifier knows, kept: {', '.join(f'`{n}`' for n in al['source_only'])}.")
+        if al.get("target_only"):
+            lines.append(
+                f"Target classes the classifier does not know, their rows dropped: "
+                f"{', '.join(f'`{n}`' for n in al['target_only'])}."
+            )
+        return " ".join(lines)
     lines = [
         f"Label spaces were aligned by class name with policy `{al.get('policy')}` "
         f"({al.get('setting', '').replace('-', ' ')}): {len(al.get('shared') or names)} shared classes "

@@ -44,6 +44,7 @@ from hf_transfer.hub.card_merge import merge_card
 from hf_transfer.hub.card_metadata import card_data, validate_card
 from hf_transfer.hub.card_template import template_text
 from hf_transfer.hub.card_usage import usage_vars
+from hf_transfer.methods.tta.base import TTA_MODE
 from hf_transfer.models.examples import REFERENCE_PREDICTIONS
 
 if TYPE_CHECKING:
@@ -65,6 +66,12 @@ __all__ = [
     "write_card",
     "write_figures",
 ]
+
+#: the mode line of a source-free run (no source data at all)
+SOURCE_FREE_TEXT = (
+    "Source-free domain adaptation: a trained classifier is adapted with target images *without* labels only; "
+    "no source data is seen. The target labels are used only to evaluate."
+)
 
 MODES = {
     "domain": (
@@ -108,7 +115,7 @@ def _method_vars(results: dict[str, Any]) -> dict[str, Any]:
     return dict(
         mode=mode,
         mode_title=mode_entry[0] if mode_entry else mode,
-        mode_text=mode_entry[1] if mode_entry else "",
+        mode_text=(SOURCE_FREE_TEXT if results.get("source_free") else (mode_entry[1] if mode_entry else "")),
         method=method,
         method_title=_method_title(method),
         method_paper=(results.get("paper") if mode == "domain" else None) or (registered.paper if registered else ""),
@@ -238,6 +245,12 @@ def write_card(
     local card (see :func:`render_card`); ``kwargs`` are :func:`render_card`'s options."""
     folder = Path(folder)
     results = load_results(kwargs.pop("results", None) or folder)
+    if results.get("mode") == TTA_MODE:  # a folder of `hf-transfer tta`: its own card (no training to describe)
+        from hf_transfer.hub.card_tta import render_tta_card
+
+        text = render_tta_card(results, repo_id or local_repo_id(folder))
+        (folder / README).write_text(text)
+        return text
     write_figures(folder, results)
     sections.write_config(folder, results)
     card = render_card(folder, repo_id, results=results, **kwargs)

@@ -17,6 +17,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from hf_transfer.config import TransferArguments, check_training_arguments
+from hf_transfer.config.checks import check_source_free_backbone
 from hf_transfer.config.recipe import training_recipe
 from hf_transfer.data.align import POLICIES
 from hf_transfer.data.spec import parse_dataset_spec
@@ -39,6 +40,9 @@ def _method_plan(args: TransferArguments) -> dict[str, Any]:
         "options": options,
         "backbone_lr_scale": args.backbone_lr_scale,
     }
+    if args.mode == "domain" and not method.needs.source_data:  # source-free: none of the source-side options
+        assert method.implementation is not None, "every domain method registers the loss that carries it out"
+        return {**plan, "loss": method.implementation.__name__, "source_free": True}
     if args.mode == "domain":
         assert method.implementation is not None, "every domain method registers the loss that carries it out"
         return {
@@ -56,6 +60,8 @@ def _method_plan(args: TransferArguments) -> dict[str, Any]:
 def plan_run(args: TransferArguments, training_args: TrainingArguments) -> dict[str, Any]:
     """Everything the run would use, checked offline; raises TransferConfigError on the first problem."""
     check_training_arguments(args, training_args)
+    backbone_kind = check_backbone(args.backbone, args.backbone_revision)
+    check_source_free_backbone(args)  # a source-free method starts from a trained classifier
     if args.label_policy not in POLICIES:
         raise TransferConfigError(f"label_policy={args.label_policy!r}: choose one of {POLICIES}.")
     if args.augment not in AUGMENTATIONS:
@@ -74,7 +80,7 @@ def plan_run(args: TransferArguments, training_args: TrainingArguments) -> dict[
         "method_plan": _method_plan(args),
         "backbone": {
             "id": args.backbone,
-            "kind": check_backbone(args.backbone, args.backbone_revision),
+            "kind": backbone_kind,
             "revision": args.backbone_revision,
         },
         "datasets": {

@@ -7,12 +7,14 @@ from __future__ import annotations
 import datasets
 
 from hf_transfer.config import TransferArguments
-from hf_transfer.data.align import align_domains
+from hf_transfer.data.align import align_domains, align_to_classifier
 from hf_transfer.data.classes import select_classes
 from hf_transfer.data.load import load_domain
 from hf_transfer.data.spec import DatasetSpec, parse_dataset_spec
 from hf_transfer.data.validation import hold_out_validation
 from hf_transfer.errors import TransferConfigError
+from hf_transfer.methods import registry
+from hf_transfer.models.backbones import checkpoint_label_names
 from hf_transfer.training.modes import TransferData
 
 
@@ -63,11 +65,23 @@ def with_validation(data: TransferData, args: TransferArguments, seed: int) -> T
 def load_transfer_data(args: TransferArguments, seed: int) -> TransferData:
     """The run's datasets: the target (its ``--target_classes``), and the source when ``--source`` is given.
 
-    With a source, both domains have their labels aligned by name (``--label_policy``)."""
+    With a source, both domains have their labels aligned by name (``--label_policy``); a source-free method's
+    target is aligned by name to the classifier's own classes (``id2label`` of ``--backbone``)."""
     target_spec = parse_dataset_spec(args.target)
     source_spec = parse_dataset_spec(args.source) if args.source else None
     skipped: dict[str, int] = {}
     target = select_classes(_load_checked(target_spec, args, seed, "target", skipped), args.target_classes)
+    if source_spec is None and not registry.get_method(str(args.method)).needs.source_data and args.mode == "domain":
+        # source-free: the label space is the trained classifier's own, the target aligned to it by name
+        names = checkpoint_label_names(args.backbone, args.backbone_revision, args.trust_remote_code)
+        aligned = align_to_classifier(target, names)
+        return TransferData(
+            target=aligned.target,
+            label_names=aligned.label_names,
+            alignment=aligned.report,
+            target_name=target_spec.display_name,
+            skipped_images=skipped,
+        )
     if source_spec is None:
         names = target["train"].features["label"].names
         data = TransferData(

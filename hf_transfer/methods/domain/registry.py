@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from hf_transfer.methods.domain.base import TransferLoss
+from hf_transfer.methods.domain.source_free import SourceFreeLoss
 from hf_transfer.methods.domain.step import SteppedLoss
 from hf_transfer.methods.registry import Needs, NoOptions, get_method, register_method
 
@@ -28,6 +29,7 @@ def register_loss(
     target_images: bool = True,
     soft_targets: bool = True,
     find_unused_parameters: bool = False,
+    source_free: bool = False,
 ) -> Callable[[T], T]:
     """Class decorator: the one registration call of a domain method (mode ``domain``).
 
@@ -36,11 +38,15 @@ def register_loss(
     A domain method needs the labelled source and a backbone that trains; ``target_images``: whether it
     trains on the (unlabelled) target images (False: the source-only baseline). ``soft_targets``: a
     ``TransferLoss`` never sees the labels, only the mode's cross-entropy does, which takes class
-    probabilities too; a loss that reads labels itself declares False."""
+    probabilities too; a loss that reads labels itself declares False. ``source_free``: the method adapts a
+    trained classifier (``--backbone``) to the target without any source data (a
+    :class:`~hf_transfer.methods.domain.source_free.SourceFreeLoss`)."""
 
     def deco(cls: T) -> T:
         if not (isinstance(cls, type) and issubclass(cls, TransferLoss)):
             raise TypeError(f"register_loss({name!r}) expects a TransferLoss subclass, got {cls!r}")
+        if source_free != issubclass(cls, SourceFreeLoss):
+            raise TypeError(f"register_loss({name!r}): source_free=True goes with a SourceFreeLoss, and only with it")
         register_method(
             name,
             title=title,
@@ -51,7 +57,7 @@ def register_loss(
             default_for=("domain",) if default else (),
             backbone_lr_scale=backbone_lr_scale,
             implementation=cls,
-            needs=Needs(source_data=True, target_images=target_images, target_labels=False),
+            needs=Needs(source_data=not source_free, target_images=target_images, target_labels=False),
             soft_targets=soft_targets,
             find_unused_parameters=find_unused_parameters,
             owns_step=issubclass(cls, SteppedLoss),

@@ -1,8 +1,10 @@
 """Domain adaptation: labelled source + unlabelled target, one forward pass over both.
 
-The ``source_only`` baseline trains on source batches alone (target images never enter training,
-not even BatchNorm statistics). Otherwise: loss = cross-entropy on the source batch + w(p) * the
-method's alignment term over (source features, target features[, logits]), with ``w(p)`` the
+A source-free method (``shot``, ``nrc``, ``aad``: no ``--source``) trains on the target images alone, each batch
+with its rows' indices, from the trained classifier ``--backbone`` (its own classes are the label space); see
+:mod:`hf_transfer.methods.domain.source_free`. The ``source_only`` baseline trains on source batches alone
+(target images never enter training, not even BatchNorm statistics). Otherwise: loss = cross-entropy on the
+source batch + w(p) * the method's alignment term over (source features, target features[, logits]), with ``w(p)`` the
 ``trade_off`` under ``trade_off_schedule`` at training progress ``p`` (see
 :mod:`hf_transfer.methods.domain.tradeoff`). Methods are the registered :mod:`hf_transfer.methods.domain`. Target
 labels are never seen in training; they are used to evaluate on the target's test split only.
@@ -24,18 +26,20 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+import datasets
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 from transformers import TrainerCallback, TrainingArguments
 
 from hf_transfer.config import TransferArguments
-from hf_transfer.config.checks import check_backbone_needs
+from hf_transfer.config.checks import check_backbone_needs, check_source_free_backbone
 from hf_transfer.data.kshot import subset
-from hf_transfer.data.paired import PairedDataset, collate_paired
+from hf_transfer.data.paired import IndexedRows, PairedDataset, collate_paired
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.metrics import UNLABELLED
 from hf_transfer.methods.domain import build_loss, trade_off_weight
+from hf_transfer.methods.domain.source_free import SourceFreeLoss
 from hf_transfer.methods.domain.step import CLASSIFIER, FEATURES, METHOD, SteppedLoss
 from hf_transfer.methods.finetune.lr import group_learning_rates, optimizer_groups_by_name
 from hf_transfer.methods.registry import get_method
@@ -61,9 +65,13 @@ class DomainMode(TransferMode):
         self, args: TransferArguments, backbone: Backbone, data: TransferData, training_args: TrainingArguments
     ) -> None:
         super().__init__(args, backbone, data, training_args)
-        if data.source is None:
+        #: the method adapts the trained classifier --backbone with no source data (SHOT, NRC, AaD)
+        self.source_free = not get_method(self.method_name).needs.source_data
+        if data.source is None and not self.source_free:
             raise TransferConfigError("mode=domain needs a source domain (--source).")
         check_backbone_needs(args, backbone.model, backbone.model_id)  # adabn: BatchNorm (run.py checked the config)
+        if self.source_free:  # plan checked its config; now the loaded classifier itself
+            check_source_free_backbone(args, backbone.label_names, backbone.head_pretrained)
         self.progress = 0.0
         self.bottleneck = domain_parts.Bottleneck(backbone, args.bottleneck_dim) if args.bottleneck_dim else None
         feature_dim = args.bottleneck_dim or backbone.feature_dim
@@ -72,13 +80,41 @@ class DomainMode(TransferMode):
             self.transfer_loss = build_loss(self.method_name, feature_dim, backbone.num_labels, **args.method_args)
         except (TypeError, ValueError) as err:
             raise TransferConfigError(f"method={args.method!r}, method_args={args.method_args}: {err}") from err
-        self.weighting = domain_parts.label_space_weighting(
-            args,
-            data,
-            backbone.num_labels,
-            lambda: self.unlabelled_eval_datasets()["target_unlabelled"],
-            training_args.per_device_eval_batch_size,
+        self.weighting = (
+            domain_parts.SourceClasses("none", [])  # no source rows to weight
+            if self.source_free
+            else domain_parts.label_space_weighting(
+                args,
+                data,
+                backbone.num_labels,
+                lambda: self.unlabelled_eval_datasets()["target_unlabelled"],
+                training_args.per_device_eval_batch_size,
+            )
         )
+        self.refresh: domain_parts.SourceFreeRefresh | None = None
+        self.drift: domain_parts.FeatureDrift | None = None
+        if isinstance(self.transfer_loss, SourceFreeLoss):
+            self._set_up_source_free(self.transfer_loss)
+
+    def _set_up_source_free(self, loss: SourceFreeLoss) -> None:
+        """Size the method's per-row state, freeze the source hypothesis where the method does, and prepare its
+        pass over the target training images and the feature-drift measure."""
+        loss.allocate(len(self._target_train_rows()))
+        if loss.frozen_head:
+            for p in self.backbone.head.parameters():
+                p.requires_grad_(False)
+        self.refresh = domain_parts.SourceFreeRefresh(
+            loss,
+            lambda: eval_dataset(self, self._target_train_rows()),
+            self.training_args.per_device_eval_batch_size,
+            self.features_and_logits,
+        )
+        self.drift = domain_parts.FeatureDrift(self.backbone, self.data, self.args, self.training_args)
+
+    def _target_train_rows(self) -> datasets.Dataset:
+        """The target training rows a source-free run trains on (in the training set's order), labels hidden."""
+        rows = subset(self.data.target["train"], self.args.max_train_samples, self.training_args.seed)
+        return rows.remove_columns("label").add_column("label", [UNLABELLED] * len(rows))
 
     def build_model(self) -> TransferModel:
         """The backbone with the method's modules, the bottleneck and PADA's weights beside it."""
@@ -106,6 +142,8 @@ class DomainMode(TransferMode):
 
     def train_dataset(self) -> Dataset:
         """Source rows, paired with target images unless the method trains on none (the baseline)."""
+        if self.source_free:  # the target images alone, each with its row index (the method's per-row state)
+            return IndexedRows(train_images(self, self.data.target["train"], with_labels=False))
         assert self.data.source is not None  # checked in __init__
         source = train_images(self, self.weighting.source_rows(self.data.source["train"], self.data.label_names))
         if not get_method(self.method_name).needs.target_images:  # the baseline sees none (as in TLlib)
@@ -124,11 +162,15 @@ class DomainMode(TransferMode):
         return {"target_unlabelled": eval_dataset(self, hidden)}
 
     def callbacks(self) -> list[TrainerCallback]:
-        """PADA's re-estimation of the class weights, when it is on."""
-        return self.weighting.callbacks()
+        """PADA's re-estimation of the class weights, when it is on; a source-free method's target pass."""
+        return [*self.weighting.callbacks(), *([self.refresh] if self.refresh is not None else [])]
 
     def domain_gap(self, max_samples: int = 500) -> dict:
-        """MMD and proxy A-distance between source and target features of the current model."""
+        """MMD and proxy A-distance between source and target features of the current model.
+
+        Source-free (no source): between the target features of the starting model and of the current one."""
+        if self.drift is not None:
+            return self.drift.measure(max_samples)
         return domain_parts.domain_gap(self.backbone, self.data, self.args, self.training_args, max_samples)
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -223,6 +265,7 @@ class DomainMode(TransferMode):
         labels: torch.Tensor | None = None,
         target_pixel_values: torch.Tensor | None = None,
         phase: str | None = None,
+        row_index: torch.Tensor | None = None,
         **_: Any,
     ) -> dict[str, Any]:
         """The loss and logits of one batch.
@@ -230,6 +273,8 @@ class DomainMode(TransferMode):
         Training: source loss + weighted alignment term over one paired batch (or a stepped method's pass);
         evaluation: one domain's loss and logits."""
         assert pixel_values is not None
+        if row_index is not None:  # a source-free training batch: target images and their rows
+            return self._source_free_forward(model, pixel_values, row_index)
         if phase is not None:
             assert target_pixel_values is not None, "a stepped method's pass takes a paired batch"
             return self._phase_forward(model, phase, pixel_values, labels, target_pixel_values)
@@ -265,6 +310,15 @@ class DomainMode(TransferMode):
         }
         return {"loss": cls_loss + weight * transfer, "logits": logits_s, "metrics": metrics}
 
+    def _source_free_forward(
+        self, model: TransferModel, pixel_values: torch.Tensor, row_index: torch.Tensor
+    ) -> dict[str, Any]:
+        """The source-free method's term on the target batch (there is no source loss and no trade-off)."""
+        features, logits = self.features_and_logits(model, pixel_values)
+        transfer = self.transfer_loss(features[:0], features, logits[:0], logits, rows=row_index)
+        metrics = {"transfer_loss": float(transfer.detach()), **self.transfer_loss.last_metrics}
+        return {"loss": transfer, "logits": logits, "metrics": metrics}
+
     def finish(self, model: TransferModel, trainer: Any) -> None:
         """AdaBN on the target's training images, then the bottleneck folded into the backbone's head."""
         if self.args.adabn:
@@ -279,6 +333,18 @@ class DomainMode(TransferMode):
 
     def describe(self) -> dict:
         """The shared options and the method's, for results.json and the card."""
+        if self.source_free:  # none of the source-side options acts
+            loss = self.transfer_loss
+            return {
+                **super().describe(),
+                "source_free": {
+                    "starting_model": self.args.backbone,
+                    "frozen_head": bool(getattr(loss, "frozen_head", False)),
+                    "last_target_pass": self.refresh.last if self.refresh is not None else {},
+                },
+                "method_args": self.args.method_args,
+                "paper": getattr(loss, "paper", ""),
+            }
         return {
             **super().describe(),
             "trade_off": self.args.trade_off,

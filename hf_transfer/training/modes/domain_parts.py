@@ -1,7 +1,8 @@
 """The domain mode's collaborators, one per shared option: the bottleneck (``bottleneck_dim``), what
 is done about source classes the target lacks (``partial_weighting``: exclusion or PADA), AdaBN
-(``adabn``) and the domain-gap measurement. :class:`~hf_transfer.training.modes.domain.DomainMode`
-composes them; each can be read (and tested) alone.
+(``adabn``) and the domain-gap measurement; and a source-free method's pass over the target training images
+(:class:`SourceFreeRefresh`) with its gap measure (:class:`FeatureDrift`).
+:class:`~hf_transfer.training.modes.domain.DomainMode` composes them; each can be read (and tested) alone.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from hf_transfer.methods.domain.partial import (
     drop_classes,
     pada_summary,
 )
+from hf_transfer.methods.domain.source_free import SourceFreeLoss
 from hf_transfer.methods.feature.extract import extract_features
 from hf_transfer.models.backbones import Backbone
 from hf_transfer.models.bottleneck import BottleneckHead, fold_into
@@ -222,3 +224,97 @@ def domain_gap(
         "mmd": mmd_distance(feats["source"], feats["target"], seed=seed),
         "num_samples": {k: int(len(v)) for k, v in feats.items()},
     }
+
+
+class SourceFreeRefresh(TrainerCallback):
+    """Runs a source-free method's pass over every target training image when the method asks for one.
+
+    At the start of an optimizer step, with the epoch taken from the Trainer's checkpointed step (``global_step //
+    steps per epoch``), so a resumed run asks at the same steps; the method's state it refills is in the
+    checkpoint, so a resumed run does not redo a pass its epoch already had (see
+    :mod:`hf_transfer.methods.domain.source_free`)."""
+
+    def __init__(
+        self, loss: SourceFreeLoss, images: Callable[[], Dataset], batch_size: int, forward: Callable[..., Any]
+    ) -> None:
+        self.loss, self.batch_size = loss, batch_size
+        self._images_fn = images  # the target training rows, eval preprocessing (built lazily)
+        self._images: Dataset | None = None
+        self._forward = forward  # (model, pixel_values) -> (features, logits)
+        #: what the last pass reported (logged, and in results.json)
+        self.last: dict[str, float] = {}
+
+    def on_step_begin(
+        self,
+        args: TrainingArguments,
+        state: Any,
+        control: Any,
+        model: Any = None,
+        train_dataloader: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        steps = len(train_dataloader) if train_dataloader is not None else 1
+        accumulation = max(1, args.gradient_accumulation_steps)
+        per_epoch = max(1, steps // accumulation + int(steps % accumulation > 0))  # as the Trainer counts them
+        epoch = state.global_step // per_epoch
+        if self.loss.needs_refresh(epoch):
+            self.refresh(model, epoch, state.global_step)
+
+    @torch.no_grad()
+    def refresh(self, model: TransferModel, epoch: int, step: int) -> None:
+        """The pass (eval mode: BatchNorm statistics untouched, no RNG drawn), then the method's refresh."""
+        if self._images is None:
+            self._images = self._images_fn()
+        images = self._images
+        assert isinstance(images, Sized), "the target's image datasets know their length"
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            features, logits = [], []
+            for start in range(0, len(images), self.batch_size):
+                batch = collate_images([images[i] for i in range(start, min(len(images), start + self.batch_size))])
+                pixels = model.prepare_batch({"pixel_values": batch["pixel_values"].to(device)})["pixel_values"]
+                f, z = self._forward(model, pixels)
+                features.append(f.float())
+                logits.append(z.float())
+            self.last = self.loss.refresh(torch.cat(features), torch.cat(logits), epoch)
+        finally:
+            model.train(was_training)
+        logger.info(
+            "Source-free pass over %d target images at step %d (epoch %d): %s", len(images), step, epoch, self.last
+        )
+
+
+class FeatureDrift:
+    """A source-free run's "domain gap": how far adaptation moved the target's features (there is no source).
+
+    The first measure keeps the target test features of the starting model; the next ones give the proxy
+    A-distance and MMD between those and the current model's features of the same images."""
+
+    def __init__(
+        self, backbone: Backbone, data: TransferData, args: TransferArguments, training_args: TrainingArguments
+    ) -> None:
+        self.backbone, self.data, self.args, self.training_args = backbone, data, args, training_args
+        self.start: Any = None
+
+    def measure(self, max_samples: int = 500) -> dict[str, Any]:
+        """``num_samples`` on the first call; then the distances to the starting model's target features."""
+        seed = self.training_args.seed
+        n = min(max_samples, self.args.max_eval_samples or max_samples)
+        ds = subset(self.data.target["test"], n, seed)
+        feats = extract_features(
+            self.backbone, ds, self.args.feature_batch_size, self.training_args.device, desc="Feature drift (target)"
+        )[0].numpy()
+        if self.start is None:
+            self.start = feats
+            return {
+                "between": "target features: starting model vs adapted model",
+                "num_samples": {"target": len(feats)},
+            }
+        return {
+            "between": "target features: starting model vs adapted model",
+            "proxy_a_distance": proxy_a_distance(self.start, feats, seed=seed),
+            "mmd": mmd_distance(self.start, feats, seed=seed),
+            "num_samples": {"target": int(len(feats))},
+        }
