@@ -78,6 +78,9 @@ METHODS = {
     "mcd": Row("logits", logits=True, stepped=True),
     "sdat": Row("features", logits=True, stepped=True),
     "bnm": Row("logits", logits=True),
+    "bsp": Row("features", source_weight=True),
+    "afn": Row("features"),
+    "jan": Row("features", logits=True),
 }
 
 
