@@ -242,7 +242,7 @@ def test_schedule_is_a_pure_function_of_progress():
     c0 = a.coefficient
     for _ in range(5):
         a(f_s, f_t)
-    assert a.coefficient == c0 == grl_coefficient(0.4, hold=0.1)
+    assert a.coefficient == c0 == grl_coefficient(0.4, hi=a.hi, hold=0.1)
     a.eval()
     b = build_loss("dann", D, C, hold=0.1)
     b.load_state_dict(a.state_dict())
