@@ -57,8 +57,9 @@ METHODS = [
 ARMS = [
     ("dan+bottleneck64", "domain", "dan", {"bottleneck_dim": 64}),
     ("dann+dann_schedule", "domain", "dann", {"method_args": {"hold": 0.15}, "trade_off_schedule": "dann"}),
-    # DANN with the paper's reversal ramp to 1 (the registered default ramps to 0.3)
+    # DANN with the paper's reversal ramp to 1, and to 0.3 (the registered default ramps to 0.1)
     ("dann+hi1", "domain", "dann", {"method_args": {"hold": 0.15, "hi": 1.0}}),
+    ("dann+hi0.3", "domain", "dann", {"method_args": {"hold": 0.15, "hi": 0.3}}),
     (
         "pseudo_label+warmup0.5",
         "domain",
