@@ -51,11 +51,15 @@ METHODS = [
     ("mcc", "domain", "mcc", {}),
     ("im", "domain", "im", {"trade_off": 0.3}),
     ("pseudo_label", "domain", "pseudo_label", {"method_args": {"threshold": 0.95}}),
+    ("afn", "domain", "afn", {"trade_off": 0.05}),  # the paper's lambda
 ]
 # Variants with the options every method shares; run them with --methods NAME (not in the default table)
 ARMS = [
     ("dan+bottleneck64", "domain", "dan", {"bottleneck_dim": 64}),
     ("dann+dann_schedule", "domain", "dann", {"method_args": {"hold": 0.15}, "trade_off_schedule": "dann"}),
+    # DANN with the paper's reversal ramp to 1, and to 0.3 (the registered default ramps to 0.1)
+    ("dann+hi1", "domain", "dann", {"method_args": {"hold": 0.15, "hi": 1.0}}),
+    ("dann+hi0.3", "domain", "dann", {"method_args": {"hold": 0.15, "hi": 0.3}}),
     (
         "pseudo_label+warmup0.5",
         "domain",

@@ -83,6 +83,9 @@ METHODS = {
     "shot": Row("logits", logits=True, source_free=True),
     "nrc": Row("logits", logits=True, source_free=True),
     "aad": Row("logits", logits=True, source_free=True),
+    "bsp": Row("features", source_weight=True),
+    "afn": Row("features"),
+    "jan": Row("features", logits=True),
 }
 
 
@@ -252,7 +255,7 @@ def test_schedule_is_a_pure_function_of_progress():
     c0 = a.coefficient
     for _ in range(5):
         a(f_s, f_t)
-    assert a.coefficient == c0 == grl_coefficient(0.4, hold=0.1)
+    assert a.coefficient == c0 == grl_coefficient(0.4, hi=a.hi, hold=0.1)
     a.eval()
     b = build_loss("dann", D, C, hold=0.1)
     b.load_state_dict(a.state_dict())

@@ -79,7 +79,8 @@ def test_domain_dann_paired_batches_and_schedule(tmp_path):
     run.mode.set_progress = lambda p: (seen.append(p), original(p))
     run.trainer.train()
     assert seen == [0.0, 0.25, 0.5, 0.75]  # progress = global_step / max_steps, from the Trainer's state
-    assert run.mode.transfer_loss.coefficient == pytest.approx(grl_coefficient(0.75, hold=0.25))
+    loss = run.mode.transfer_loss
+    assert loss.coefficient == pytest.approx(grl_coefficient(0.75, hi=loss.hi, hold=0.25))
     # the discriminator is part of the trained model (optimizer + checkpoints)
     disc = {id(p) for p in run.model.aux["transfer"].parameters()}
     in_opt = {id(p) for g in run.trainer.optimizer.param_groups for p in g["params"]}
@@ -89,7 +90,7 @@ def test_domain_dann_paired_batches_and_schedule(tmp_path):
 
 def test_domain_gradient_reversal_reaches_backbone(tmp_path):
     """With the coefficient > 0 the backbone receives the NEGATED discriminator gradient."""
-    run = prepared(tmp_path, mode="domain", method="dann", method_args={"hold": 0.0})
+    run = prepared(tmp_path, mode="domain", method="dann", method_args={"hold": 0.0, "hi": 1.0})
     model, mode = run.model, run.mode
     model.train()
     batch = next(iter(run.trainer.get_train_dataloader()))

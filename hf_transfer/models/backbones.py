@@ -20,6 +20,7 @@ import logging
 import os
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -89,15 +90,24 @@ class Backbone:
 
     # --- forward --------------------------------------------------------------------------------
     def features_and_logits(
-        self, pixel_values: torch.Tensor, model: nn.Module | None = None
+        self,
+        pixel_values: torch.Tensor,
+        model: nn.Module | None = None,
+        head_input: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward pass returning (pooled features, logits). ``model`` may be a DDP wrapper."""
+        """One forward pass returning (pooled features, logits). ``model`` may be a DDP wrapper.
+
+        ``head_input``: applied to the pooled features before the head; the features returned are its output."""
         captured: list[torch.Tensor] = []
-        hook = self.head.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0]))
+        hooks = []
+        if head_input is not None:
+            hooks.append(self.head.register_forward_pre_hook(lambda _m, inp: (head_input(inp[0]), *inp[1:])))
+        hooks.append(self.head.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0])))
         try:
             logits = (model or self.model)(pixel_values=pixel_values).logits
         finally:
-            hook.remove()
+            for hook in hooks:
+                hook.remove()
         return captured[0].flatten(1), logits
 
     # --- parameter groups -----------------------------------------------------------------------

@@ -13,6 +13,8 @@ standardises the features the discrepancy terms compare.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -26,8 +28,13 @@ class BottleneckHead(nn.Module):
         self.bn = nn.BatchNorm1d(bottleneck_dim)
         self.fc = nn.Linear(bottleneck_dim, num_classes)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, head_input: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z, logits)``; ``head_input`` (e.g. a dropout) is applied to ``z`` before the last Linear."""
         z = self.bn(self.bottleneck(x))
+        if head_input is not None:
+            z = head_input(z)
         return z, self.fc(z)
 
 

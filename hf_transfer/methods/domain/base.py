@@ -36,6 +36,8 @@ class TransferLoss(nn.Module):
       (no internal step counter), so restoring a checkpoint and setting the progress restores it.
     * ``last_metrics``: floats worth logging from the latest ``forward`` (e.g. discriminator
       accuracy, GRL coefficient, fraction of pseudo-labelled samples).
+    * ``classifier_input(features)``: with ``changes_classifier_input``, what the classifier sees in place
+      of the features while training (AFN's dropout); the loss then receives those features too.
 
     Learnable parts (e.g. a domain discriminator) are sub-modules, so ``loss.parameters()`` must be
     given to the optimizer (and the module moved to the device and switched with train/eval).
@@ -50,6 +52,9 @@ class TransferLoss(nn.Module):
     #: caller then builds it with ``second_view(target_pixels)``, runs it in the same forward, and
     #: passes ``f_t`` / ``logits_t`` with the first view's rows followed by the second view's rows
     target_views: int = 1
+    #: True when the method changes the classifier's input while training (:meth:`classifier_input`, e.g. AFN's
+    #: dropout): the mode then passes the pooled (or bottleneck) features through it before the classifier
+    changes_classifier_input: bool = False
 
     def __init__(self, **options: Any) -> None:
         super().__init__()
@@ -60,6 +65,10 @@ class TransferLoss(nn.Module):
     def second_view(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The second target view of a (normalised) target batch; only for ``target_views == 2``."""
         raise NotImplementedError(f"{type(self).__name__} has target_views={self.target_views}")
+
+    def classifier_input(self, features: torch.Tensor) -> torch.Tensor:
+        """The features the classifier and this loss see, from the pooled (or bottleneck) ones; the identity here."""
+        return features
 
     def set_progress(self, progress: float) -> None:
         """Set the training progress in [0, 1] (``global_step / max_steps``)."""

@@ -193,10 +193,15 @@ class DomainMode(TransferMode):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The features the losses see and the logits.
 
-        The bottleneck's when there is one and it is not folded yet."""
-        features, logits = self.backbone.features_and_logits(pixel_values, model=model.classifier)
-        if self.bottleneck is not None and not self.bottleneck.folded:
-            features, logits = self.bottleneck.head(features)
+        The bottleneck's when there is one and it is not folded yet; through the method's
+        ``classifier_input`` (e.g. AFN's dropout) before the classifier, when it has one."""
+        head_input = self.transfer_loss.classifier_input if self.transfer_loss.changes_classifier_input else None
+        bottleneck = self.bottleneck is not None and not self.bottleneck.folded
+        features, logits = self.backbone.features_and_logits(
+            pixel_values, model=model.classifier, head_input=None if bottleneck else head_input
+        )
+        if self.bottleneck is not None and bottleneck:
+            features, logits = self.bottleneck.head(features, head_input)
         return features, logits
 
     def _source_loss(self, model: TransferModel, logits_s: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
