@@ -1,6 +1,6 @@
 """The ``hf-transfer`` command: ``train``, ``plan`` (offline dry run), ``demo``, ``push``, ``rank`` (choose a
-backbone), ``evaluate`` (score a classifier on a dataset), ``app`` (try a model in the browser), ``tta`` (adapt a classifier
-online to a target's test split).
+backbone), ``evaluate`` (score a classifier on a dataset), ``app`` (try a model in the browser), ``tta`` (adapt a
+classifier online to a target's test split).
 
 ``hf-transfer train --config recipes/configs/x.yaml [--flag value ...]`` is the same run as
 ``accelerate launch recipes/train.py --config ...``; flags override the file.
