@@ -156,7 +156,7 @@ def test_mixup_is_refused_with_a_method_that_trains_on_hard_labels(tmp_path, mon
 
     full = registry.get_method("full")
     monkeypatch.setitem(registry.METHODS, "full", dataclasses.replace(full, soft_targets=False))
-    with pytest.raises(TransferConfigError, match=r"cutmix makes probability \(soft\) targets, but method=full"):
+    with pytest.raises(TransferConfigError, match=r"cutmix=1.0 makes probability \(soft\) targets, but method=full"):
         arguments_from_dict(tiny_args(tmp_path, mode="task", method="full", cutmix=1.0))
 
 

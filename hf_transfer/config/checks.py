@@ -94,9 +94,10 @@ def check_arguments(args: TransferArgs, method: Method) -> None:
             "source (e.g. dann)."
         )
     _check_values(args)
+    labelled = method.needs.source_data or method.needs.target_labels  # without labelled rows: nothing to mix
     for producer in ("mixup", "cutmix"):
-        if getattr(args, producer) > 0 and args.mode in method.modes:
-            check_soft_targets(method, producer)
+        if getattr(args, producer) > 0 and args.mode in method.modes and labelled:
+            check_soft_targets(method, f"{producer}={getattr(args, producer)}")
     check_options_act(args, method)
     method.options(args.method_args)
 
