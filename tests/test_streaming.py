@@ -1,0 +1,150 @@
+"""``--streaming true``: the training split read as a stream (local parquet shards), the refusals, the per-process
+assignment of its shards."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import datasets
+import pytest
+import torch
+
+from hf_transfer.config import arguments_from_dict
+from hf_transfer.data.stream import StreamedImages, load_train_stream, rank_stream
+from hf_transfer.data.transforms import DataConfig
+from hf_transfer.errors import TransferConfigError
+from hf_transfer.training import run as run_module
+from hf_transfer.training.run import prepare_run, run_transfer
+
+from conftest import random_png_dataset, tiny_args
+
+NAMES = ["a", "b", "c"]
+
+
+def _parquet_folder(root, n_train_shards: int = 3, n: int = 24) -> str:
+    """A folder of ``train-*.parquet`` shards and one ``test-*.parquet`` (random PNGs, ClassLabel labels)."""
+    folder = os.path.join(root, "data")
+    os.makedirs(folder)
+    train = random_png_dataset(n, 20, 28, NAMES, seed=1)  # not square: the stream carries the original size
+    for k in range(n_train_shards):
+        train.shard(n_train_shards, k, contiguous=True).to_parquet(
+            os.path.join(folder, f"train-{k:05d}-of-{n_train_shards:05d}.parquet")
+        )
+    random_png_dataset(9, 20, 28, NAMES, seed=2).to_parquet(os.path.join(folder, "test-00000-of-00001.parquet"))
+    return str(root)
+
+
+@pytest.fixture
+def parquet_folder(tmp_path):
+    return _parquet_folder(tmp_path / "ds")
+
+
+def _no_data(*_args, **_kwargs):
+    raise AssertionError("the data was loaded before the refusal")
+
+
+def test_stream_keeps_shards_names_and_loads_the_test_split(parquet_folder):
+    stream = load_train_stream(parquet_folder)
+    assert stream.dataset.n_shards == 3 and stream.label_names == NAMES
+    assert len(stream.test) == 9 and stream.test.features["label"].names == NAMES
+    assert stream.info == {"train_split": "train", "test_split": "test", "n_shards": 3}
+
+
+def test_streamed_items_are_uint8_storage_with_the_original_size(parquet_folder):
+    stream = load_train_stream(parquet_folder)
+    cfg = DataConfig(input_size=(3, 16, 16), crop_pct=0.8)
+    images = StreamedImages(stream.dataset, cfg, "train", stream.image_column, stream.label_column, seed=0)
+    items = []
+    for item in images:  # endless: take two passes' worth
+        items.append(item)
+        if len(items) == 48:
+            break
+    first = items[0]
+    assert first["pixel_values"].dtype == torch.uint8 and tuple(first["pixel_values"].shape) == (3, 20, 20)
+    assert first["image_size"].tolist() == [20, 28]
+    labels = [it["labels"] for it in items]
+    assert sorted(labels[:24]) == sorted(labels[24:]) == sorted(k % 3 for k in range(24))  # every row once a pass
+    pixels = [it["pixel_values"] for it in items]
+    assert not all(torch.equal(a, b) for a, b in zip(pixels[:24], pixels[24:], strict=True))  # each pass reshuffled
+
+
+def test_unlabelled_label_feature_is_refused_naming_the_fix(tmp_path):
+    folder = tmp_path / "ds" / "data"
+    os.makedirs(folder)
+    ds = random_png_dataset(6, 8, 8, NAMES).cast_column("label", datasets.Value("int64"))
+    ds.to_parquet(str(folder / "train-00000-of-00001.parquet"))
+    ds.to_parquet(str(folder / "test-00000-of-00001.parquet"))
+    with pytest.raises(TransferConfigError, match="not a ClassLabel.*ClassLabel\\(names"):
+        load_train_stream(str(tmp_path / "ds"))
+
+
+def test_a_stream_without_a_test_split_is_refused(tmp_path):
+    folder = tmp_path / "ds" / "data"
+    os.makedirs(folder)
+    random_png_dataset(6, 8, 8, NAMES).to_parquet(str(folder / "train-00000-of-00001.parquet"))
+    with pytest.raises(TransferConfigError, match="needs a stored test split"):
+        load_train_stream(str(tmp_path / "ds"))
+
+
+@pytest.mark.parametrize(
+    "n_shards, world_size, rule", [(4, 2, "whole shards per process"), (3, 2, "every process reads all shards")]
+)
+def test_rank_assignment_covers_every_row_once(tmp_path, n_shards, world_size, rule, caplog):
+    stream = load_train_stream(_parquet_folder(tmp_path / "ds", n_train_shards=n_shards)).dataset
+    parts = []
+    for rank in range(world_size):
+        part, assignment = rank_stream(stream, rank, world_size)
+        assert assignment["rule"].startswith(rule) and assignment["n_shards"] == n_shards
+        parts.append([row["image"].tobytes() for row in part])
+    assert sum(len(p) for p in parts) == 24
+    assert len({b for p in parts for b in p}) == 24  # the processes' parts are disjoint and cover the split
+    warned = "do not divide among" in caplog.text
+    assert warned == (n_shards % world_size != 0)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"k_shot": 2}, "k_shot=2 does not work with --streaming"),
+        ({"max_train_samples": 8}, "max_train_samples=8 does not work with --streaming"),
+        ({"input_path": "stock"}, "input_path='stock' does not work with --streaming"),
+        ({"mode": "feature", "method": "linear"}, "streaming applies to mode=task only"),
+    ],
+)
+def test_refusals_name_the_option_before_any_data_loads(tmp_path, monkeypatch, parquet_folder, overrides, match):
+    monkeypatch.setattr(run_module, "load_transfer_data", _no_data)
+    args = tiny_args(tmp_path, **{"mode": "task", "target": parquet_folder, "streaming": True, **overrides})
+    if "max_train_samples" not in overrides:
+        args.pop("max_train_samples")
+    with pytest.raises(TransferConfigError, match=match):
+        prepare_run(*arguments_from_dict(args))
+
+
+def test_streaming_needs_max_steps(tmp_path, monkeypatch, parquet_folder):
+    monkeypatch.setattr(run_module, "load_transfer_data", _no_data)
+    args = tiny_args(tmp_path, mode="task", target=parquet_folder, streaming=True, num_train_epochs=1)
+    args.pop("max_train_samples")
+    args.pop("max_steps")
+    with pytest.raises(TransferConfigError, match="streaming=true needs --max_steps > 0"):
+        prepare_run(*arguments_from_dict(args))
+
+
+def test_a_streaming_task_run_trains_and_scores(tmp_path, parquet_folder):
+    args = tiny_args(
+        tmp_path, mode="task", target=parquet_folder, streaming=True, max_steps=3, per_device_train_batch_size=8
+    )
+    args.pop("max_train_samples")
+    results = run_transfer(*arguments_from_dict(args))
+    assert results["streaming"]["enabled"] is True
+    assert results["streaming"]["assignment"] == {
+        "world_size": 1,
+        "n_shards": 3,
+        "rule": "whole shards per process",
+        "shards_per_process": 3,
+    }
+    with open(os.path.join(args["output_dir"], "results.json")) as f:
+        written = json.load(f)
+    assert written["streaming"]["n_shards"] == 3 and "resume" in written["streaming"]
+    assert max(entry.get("step", 0) for entry in written["log_history"]) == 3  # max_steps ended the stream
+    assert written["metrics"]["target"]["num_samples"] == 9  # the whole test split, scored as without streaming
