@@ -148,3 +148,25 @@ def test_a_streaming_task_run_trains_and_scores(tmp_path, parquet_folder):
     assert written["streaming"]["n_shards"] == 3 and "resume" in written["streaming"]
     assert max(entry.get("step", 0) for entry in written["log_history"]) == 3  # max_steps ended the stream
     assert written["metrics"]["target"]["num_samples"] == 9  # the whole test split, scored as without streaming
+
+
+def test_a_resumed_streaming_run_ends_where_the_uninterrupted_one_does(tmp_path, parquet_folder):
+    args = tiny_args(
+        tmp_path,
+        mode="task",
+        target=parquet_folder,
+        streaming=True,
+        max_steps=4,
+        per_device_train_batch_size=5,  # 24 rows: the passes and the batches do not line up
+        save_strategy="steps",
+        save_steps=2,
+    )
+    args.pop("max_train_samples")
+    whole = prepare_run(*arguments_from_dict(args))
+    whole.trainer.train()
+    expected = {k: v.clone() for k, v in whole.backbone.model.state_dict().items()}
+    resumed = prepare_run(*arguments_from_dict({**args, "resume_from_checkpoint": True}))
+    resumed.trainer.train(resume_from_checkpoint=os.path.join(args["output_dir"], "checkpoint-2"))
+    assert resumed.trainer.state.global_step == 4
+    got = resumed.backbone.model.state_dict()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
