@@ -170,3 +170,25 @@ def test_a_resumed_streaming_run_ends_where_the_uninterrupted_one_does(tmp_path,
     assert resumed.trainer.state.global_step == 4
     got = resumed.backbone.model.state_dict()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+@pytest.mark.ddp
+def test_two_processes_read_disjoint_shards_and_train_the_same_weights(tmp_path):
+    import subprocess
+
+    from conftest import two_process_launch
+
+    folder = _parquet_folder(tmp_path / "ds", n_train_shards=4)
+    cmd = two_process_launch(os.path.join(os.path.dirname(__file__), "ddp_streaming.py"), str(tmp_path), folder)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-4000:]
+    first, second = (json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1))
+    assert first["streaming"]["assignment"]["rule"] == "whole shards per process"
+    assert first["streaming"]["assignment"]["world_size"] == 2
+    assert first["streaming"]["assignment"]["shards_per_process"] == 2
+    for report in (first, second):  # each pass is this process's whole part, once (not re-sharded by accelerate)
+        one, two = report["passes"]
+        assert len(set(one)) == 12 and set(one) == set(two) and one != two  # the same rows, reshuffled
+    assert not set(first["passes"][0]) & set(second["passes"][0])  # the processes' parts are disjoint
+    assert first["weights"] == second["weights"]  # DDP kept them in step
