@@ -44,11 +44,19 @@ def _no_data(*_args, **_kwargs):
     raise AssertionError("the data was loaded before the refusal")
 
 
-def test_stream_keeps_shards_names_and_loads_the_test_split(parquet_folder):
+def test_stream_keeps_shards_names_and_loads_the_test_split(tmp_path, parquet_folder):
     stream = load_train_stream(parquet_folder)
     assert stream.dataset.n_shards == 3 and stream.label_names == NAMES
     assert len(stream.test) == 9 and stream.test.features["label"].names == NAMES
     assert stream.info == {"train_split": "train", "test_split": "test", "n_shards": 3}
+    again = load_train_stream(parquet_folder).test
+    assert again._fingerprint == stream.test._fingerprint  # cached once per content (image check, decoded images)
+    other = load_train_stream(_parquet_folder(tmp_path / "other", n=6)).test  # the same test file, other train rows
+    assert other._fingerprint == stream.test._fingerprint
+    third = tmp_path / "third"
+    _parquet_folder(third)
+    random_png_dataset(9, 20, 28, NAMES, seed=3).to_parquet(str(third / "data" / "test-00000-of-00001.parquet"))
+    assert load_train_stream(str(third)).test._fingerprint != stream.test._fingerprint
 
 
 def test_streamed_items_are_uint8_storage_with_the_original_size(parquet_folder):
