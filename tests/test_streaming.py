@@ -138,9 +138,16 @@ def test_streaming_needs_max_steps(tmp_path, monkeypatch, parquet_folder):
         prepare_run(*arguments_from_dict(args))
 
 
-def test_a_streaming_task_run_trains_and_scores(tmp_path, parquet_folder):
+@pytest.mark.parametrize("workers", [0, 2])  # 2: the loader's worker processes split the shards between them
+def test_a_streaming_task_run_trains_and_scores(tmp_path, parquet_folder, workers):
     args = tiny_args(
-        tmp_path, mode="task", target=parquet_folder, streaming=True, max_steps=3, per_device_train_batch_size=8
+        tmp_path,
+        mode="task",
+        target=parquet_folder,
+        streaming=True,
+        max_steps=3,
+        per_device_train_batch_size=8,
+        dataloader_num_workers=workers,
     )
     args.pop("max_train_samples")
     results = run_transfer(*arguments_from_dict(args))
