@@ -21,6 +21,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "max_train_samples",
         "max_eval_samples",
         "skip_bad_images",
+        "streaming",
         "k_shot",
     ),
     "Preprocessing and input": (

@@ -123,6 +123,7 @@ OPTION_VALUES = {
     "bss_eta": (1.0, {"regularizer": "bss"}),
     "bss_k": (2, {"regularizer": "bss"}),
     "k_shot": (1, {}),
+    "streaming": (True, {}),
     "lora_r": (4, {}),
     "lora_alpha": (16.0, {}),
     "lora_dropout": (0.1, {}),

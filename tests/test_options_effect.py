@@ -84,8 +84,17 @@ def data(tmp_path_factory):
         "target": _domain(root / "target", ["a", "b", "c"], 24, 12, 0),
         "source": _domain(root / "source", ["a", "b", "c", "d"], 32, 8, 1),
         "corrupt": _domain(root / "corrupt", ["a", "b", "c"], 24, 12, 0, corrupt=True),
+        "parquet": _parquet(_domain(root / "target_parquet_src", ["a", "b", "c"], 24, 12, 0), root / "parquet"),
         "base": _pretrained(root / "base"),
     }
+
+
+def _parquet(saved: str, folder) -> str:
+    """The splits of a saved domain as parquet files (what ``--streaming`` reads)."""
+    os.makedirs(folder / "data")
+    for split, ds in datasets.load_from_disk(saved).items():
+        ds.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return str(folder)
 
 
 def _pretrained(folder) -> str:
@@ -281,6 +290,12 @@ def files_in(folder_key):
     return observe
 
 
+def train_input(run):
+    """What the Trainer trains on: its dataset's type and whether it has a length (a stream has none)."""
+    ds = run.trainer.train_dataset
+    return type(ds).__name__, hasattr(ds, "__len__")
+
+
 def decoded_storage(run):
     """How the training images are stored (format, quality, bytes); feature mode: its feature cache entries."""
     from hf_transfer.data.decoded import DecodedImages
@@ -417,6 +432,7 @@ PROBES = {
     "max_train_samples": Probe((8,), data_shape),
     "max_eval_samples": Probe((4,), data_shape),
     "skip_bad_images": Probe((True,), data_shape, {m: {"target": "{corrupt}"} for m in MODES}),
+    "streaming": Probe((True,), train_input, {m: {"target": "{parquet}"} for m in MODES}),
     # what trains, at which rate
     "freeze": Probe(("stem",), trainable),
     "backbone_lr_scale": Probe((0.1,), optimizer_groups),

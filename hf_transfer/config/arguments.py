@@ -153,6 +153,15 @@ class TransferArguments:
             "before training with an error that names them."
         },
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "mode=task: read the target's training split as a stream (datasets' streaming=True; a Hub id or "
+            "local parquet files with a ClassLabel label column and a stored test split): nothing is downloaded or "
+            "decoded ahead, images are decoded in the DataLoader and augmented on the device. Needs max_steps > 0; "
+            "the test split is loaded as usual."
+        },
+    )
     freeze: str | None = field(
         default=None,
         metadata={

@@ -99,7 +99,40 @@ def check_arguments(args: TransferArgs, method: Method) -> None:
         if getattr(args, producer) > 0 and args.mode in method.modes and labelled:
             check_soft_targets(method, f"{producer}={getattr(args, producer)}")
     check_options_act(args, method)
+    check_streaming(args)
     method.options(args.method_args)
+
+
+#: options that need a map-style pass over the training split, with why (refused with --streaming)
+STREAMING_REFUSED: dict[str, str] = {
+    "k_shot": "it picks k images per class from the whole training split",
+    "target_classes": "it selects classes from the whole training split",
+    "max_train_samples": "it draws a seeded subset of the whole training split (max_steps bounds a stream)",
+    "label_names_column": "class names from a column need the whole split; store the labels as a ClassLabel",
+    "skip_bad_images": "bad images are found by decoding the whole split before training",
+    "model_ema": "its validation split is held out of the whole training split",
+    "wise_ft_alpha": "its validation split is held out of the whole training split",
+}
+
+
+def check_streaming(args: TransferArgs) -> None:
+    """Refuse ``--streaming`` with what needs the whole training split at hand, naming the option."""
+    if not args.streaming:
+        return
+    for name, why in STREAMING_REFUSED.items():
+        value = getattr(args, name)
+        if value not in (None, False, 0, "", []):
+            raise TransferConfigError(
+                f"{name}={value!r} does not work with --streaming true: {why}. Remove {name}, or run without "
+                "--streaming."
+            )
+    if args.input_path != "fast":
+        raise TransferConfigError(
+            f"input_path={args.input_path!r} does not work with --streaming true: streamed images are decoded to the "
+            "fast path's uint8 storage and augmented on the device. Remove --input_path."
+        )
+    if args.source:
+        raise TransferConfigError("--streaming true reads one target domain; remove --source.")
 
 
 #: how to get what a source-free method starts from
@@ -425,6 +458,15 @@ def check_training_arguments(args: TransferArgs, training_args: TrainingArgument
         raise TransferConfigError(
             f"max_steps={training_args.max_steps}: give a positive number of optimizer steps, "
             "or -1 (the default) to train for num_train_epochs."
+        )
+    if getattr(args, "streaming", False) and training_args.max_steps <= 0:
+        raise TransferConfigError(
+            "streaming=true needs --max_steps > 0: a stream has no length, so num_train_epochs cannot end the run."
+        )
+    if getattr(args, "streaming", False) and getattr(args, "lr_find", False):
+        raise TransferConfigError(
+            "learning_rate=auto does not work with --streaming true (the range test reads the training split as a "
+            "map-style dataset). Give --learning_rate a number."
         )
     if training_args.max_steps == -1 and not training_args.num_train_epochs > 0:
         raise TransferConfigError(

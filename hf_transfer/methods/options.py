@@ -56,6 +56,7 @@ declare_option("l2sp_beta", modes=_TASK, excludes=("adapters",))
 for _name in ("bss_eta", "bss_k"):
     declare_option(_name, modes=_TASK, requires=("trainable_backbone",), why="frozen features cannot change")
 declare_option("k_shot", modes=_TASK, requires=("target_labels",))
+declare_option("streaming", modes=_TASK, why="domain and feature modes read the training split more than once")
 
 # --- adapters --------------------------------------------------------------------------------------
 for _name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "publish"):

@@ -9,8 +9,9 @@ import datasets
 from hf_transfer.config import TransferArguments
 from hf_transfer.data.align import align_domains, align_to_classifier
 from hf_transfer.data.classes import select_classes
-from hf_transfer.data.load import load_domain
+from hf_transfer.data.load import check_images, load_domain
 from hf_transfer.data.spec import DatasetSpec, parse_dataset_spec
+from hf_transfer.data.stream import load_train_stream
 from hf_transfer.data.validation import hold_out_validation
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.methods import registry
@@ -62,12 +63,22 @@ def with_validation(data: TransferData, args: TransferArguments, seed: int) -> T
     return data
 
 
+def _streaming_data(spec: DatasetSpec, args: TransferArguments) -> TransferData:
+    """``--streaming``: the target's training split as a stream, its test split loaded (and checked) as usual."""
+    stream = load_train_stream(spec, args.image_column, args.label_column)
+    where = f"Dataset {spec}"
+    test = check_images(datasets.DatasetDict({"test": stream.test}), where)
+    return TransferData(target=test, label_names=stream.label_names, target_name=spec.display_name, train_stream=stream)
+
+
 def load_transfer_data(args: TransferArguments, seed: int) -> TransferData:
     """The run's datasets: the target (its ``--target_classes``), and the source when ``--source`` is given.
 
     With a source, both domains have their labels aligned by name (``--label_policy``); a source-free method's
     target is aligned by name to the classifier's own classes (``id2label`` of ``--backbone``)."""
     target_spec = parse_dataset_spec(args.target)
+    if getattr(args, "streaming", False):
+        return _streaming_data(target_spec, args)
     source_spec = parse_dataset_spec(args.source) if args.source else None
     skipped: dict[str, int] = {}
     target = select_classes(_load_checked(target_spec, args, seed, "target", skipped), args.target_classes)

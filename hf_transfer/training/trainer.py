@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from hf_transfer.data.stream import StreamedImages
 from hf_transfer.methods.domain.step import SteppedLoss
 from hf_transfer.runtime.disk import ensure_free_space, space_errors
 from hf_transfer.training.checkpoints import checkpoint_bytes
@@ -82,8 +83,26 @@ class TransferTrainer(Trainer):
 
     def get_train_dataloader(self) -> DataLoader:
         """The Trainer's loader, dropping a last batch of one sample (see :meth:`_single_trailing_batch`)."""
+        if isinstance(self.train_dataset, StreamedImages):
+            return self._stream_dataloader(self.train_dataset)
         with self._drop_last(self.args.dataloader_drop_last or self._single_trailing_batch()):
             return super().get_train_dataloader()
+
+    def _stream_dataloader(self, stream: StreamedImages) -> DataLoader:
+        """``--streaming``: a plain DataLoader over this process's part of the stream, NOT passed through
+        ``accelerator.prepare``: accelerate would shard the (already per-process) stream again (IterableDatasetShard
+        keeps one batch in N). The Trainer moves each batch to the device itself."""
+        args = self.args
+        return DataLoader(
+            stream,
+            batch_size=args.per_device_train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+            drop_last=True,
+            persistent_workers=args.dataloader_persistent_workers and args.dataloader_num_workers > 0,
+            prefetch_factor=args.dataloader_prefetch_factor if args.dataloader_num_workers > 0 else None,
+        )
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> DataLoader:
         """The Trainer's loader with every row kept."""

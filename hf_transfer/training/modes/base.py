@@ -24,6 +24,7 @@ from transformers.trainer_utils import TrainOutput
 from hf_transfer.config import TransferArguments
 from hf_transfer.data.align import AlignmentReport
 from hf_transfer.data.columns import LABEL_COLUMN
+from hf_transfer.data.stream import TrainStream
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.metrics import UNLABELLED
 from hf_transfer.methods.domain.step import SteppedLoss
@@ -70,6 +71,8 @@ class TransferData:
     kept_unlabelled: dict[str, int] = field(default_factory=dict)
     #: rows whose image cannot be decoded, dropped per ``domain/split`` (``--skip_bad_images``)
     skipped_images: dict[str, int] = field(default_factory=dict)
+    #: ``--streaming``: the target's training split as a stream (``target`` then holds its test split only)
+    train_stream: TrainStream | None = None
 
     def drop_unlabelled(self, keep_target_train: bool = False) -> None:
         """Remove the rows without a label from every split that is trained on or scored.

@@ -12,6 +12,7 @@ from hf_transfer.data.kshot import subset
 from hf_transfer.data.mixing import BatchMixing
 from hf_transfer.data.paired import ImageDomainDataset
 from hf_transfer.data.policies import policy_transform, random_erasing, stock_train_transform
+from hf_transfer.data.stream import RESUME_BEHAVIOUR, SHUFFLE_BUFFER, StreamedImages, TrainStream, rank_stream
 from hf_transfer.data.transforms import eval_transform
 from hf_transfer.evaluation.metrics import UNLABELLED
 from hf_transfer.training.modes.base import TransferMode
@@ -46,6 +47,23 @@ def train_images(
     args = mode.args
     transform = stock_train_transform(mode.backbone.data_config, args.augment, args.aa, args.reprob, args.remode)
     return ImageDomainDataset(ds, transform, with_labels)
+
+
+def streamed_images(mode: TransferMode, stream: TrainStream) -> StreamedImages:
+    """``--streaming``: this process's part of the training stream, decoded in the DataLoader (fast path items).
+
+    Records the shard assignment in ``stream.info`` (results.json)."""
+    args, training_args = mode.args, mode.training_args
+    part, assignment = rank_stream(stream.dataset, training_args.process_index, training_args.world_size)
+    stream.info.update(
+        assignment=assignment, shuffle_buffer=SHUFFLE_BUFFER, resume=RESUME_BEHAVIOUR, seed=training_args.seed
+    )
+    kind = split_kind_for(args.augment, train=True)
+    images = StreamedImages(
+        part, mode.backbone.data_config, kind, stream.image_column, stream.label_column, training_args.seed
+    )
+    stream.info["storage_hw"] = list(images.storage_hw)
+    return images
 
 
 def eval_dataset(mode: TransferMode, ds: datasets.Dataset) -> DecodedImages | ImageDomainDataset:

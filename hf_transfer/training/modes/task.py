@@ -46,6 +46,7 @@ from hf_transfer.training.modes.common import (
     eval_images,
     freeze_batchnorm_of_frozen,
     input_transform,
+    streamed_images,
     train_images,
 )
 
@@ -161,6 +162,8 @@ class TaskMode(TransferMode):
 
     def train_dataset(self) -> Dataset:
         """The target's training images (``k_shot`` of them per class when asked)."""
+        if self.data.train_stream is not None:
+            return streamed_images(self, self.data.train_stream)
         ds = self.data.target["train"]
         if k_shot := getattr(self.args, "k_shot", None):
             ds = kshot(ds, k_shot, self.training_args.seed)
@@ -272,6 +275,8 @@ class TaskMode(TransferMode):
                 "rule": getattr(self.peft_model, "hf_transfer_rule", None),
             }
         out["strategies"] = strategies
+        if self.data.train_stream is not None:
+            out["streaming"] = {"enabled": True, **self.data.train_stream.info}
         return out
 
     # --- export (run.py routes here for adapter runs) ---------------------------------------------
