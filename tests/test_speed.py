@@ -208,7 +208,9 @@ def test_mode_decodes_with_dataloader_workers(tmp_path, monkeypatch):
         return SimpleNamespace(
             training_args=training_args,
             backbone=backbone,
-            args=SimpleNamespace(decoded_cache_dir=str(tmp_path / cache)),
+            args=SimpleNamespace(
+                decoded_cache_dir=str(tmp_path / cache), decode_cache_format="raw", decode_cache_quality=90
+            ),
         )
 
     for kind in ("train", "eval"):
