@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_fast_input import _photo
 
 from hf_transfer.config import arguments_from_dict
 from hf_transfer.data.augment import BatchAugment
@@ -23,16 +24,6 @@ from hf_transfer.training.modes.common import classification_loss
 from conftest import tiny_args
 
 POLICY = "rand-m9-mstd0.5-inc1"
-
-
-def _photo(h: int, w: int, seed: int = 0) -> Image.Image:
-    """Colour ramps, a disk and noise: every op of a policy changes something."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    arr = np.stack([255 * xx / (w - 1), 255 * yy / (h - 1), 128 + 60 * np.sin(xx / 5 + yy / 7)], -1)
-    arr[(xx - 0.3 * w) ** 2 + (yy - 0.6 * h) ** 2 < (0.2 * min(h, w)) ** 2] = (250, 20, 90)
-    arr += rng.normal(0, 8, arr.shape)
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
 def _stats_stock(img: Image.Image, cfg: DataConfig, n: int, **recipe) -> tuple[torch.Tensor, torch.Tensor]:

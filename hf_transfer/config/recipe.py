@@ -10,20 +10,6 @@ if TYPE_CHECKING:
     from hf_transfer.config.arguments import TransferArguments
 
 
-#: timm's recipe options, as results.json records them (``training_recipe``) when they act
-RECIPE_OPTIONS = (
-    "aa",
-    "reprob",
-    "remode",
-    "mixup",
-    "cutmix",
-    "mixup_prob",
-    "mixup_switch_prob",
-    "mixup_mode",
-    "drop_path",
-)
-
-
 def training_recipe(args: TransferArguments, training_args: TrainingArguments) -> dict[str, Any]:
     """The timm-recipe options that acted in the run (policy, erasing, mixing, drop-path, label smoothing)."""
     out: dict[str, Any] = {}

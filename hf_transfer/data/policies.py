@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from hf_transfer.data.augment import CROP_RANGES, FLIP
 from hf_transfer.data.transforms import _INTERPOLATION, AUGMENTATIONS, DataConfig, eval_transform
 from hf_transfer.errors import TransferConfigError
 
@@ -31,8 +32,6 @@ __all__ = ["ERASE_MODES", "check_policy", "policy_transform", "random_erasing", 
 
 #: timm's ``RandomErasing`` fill modes
 ERASE_MODES = ("const", "rand", "pixel")
-#: ``RandomResizedCrop`` (scale, ratio, horizontal flip probability) of each ``augment`` recipe
-_PRIMARY = {"standard": ((0.08, 1.0), (3.0 / 4.0, 4.0 / 3.0), 0.5), "light": ((0.75, 1.0), (0.9, 1.1), 0.0)}
 _TRIVIAL = "trivial"
 
 
@@ -102,7 +101,8 @@ def stock_train_transform(
         raise TransferConfigError(f"Unknown augmentation {augment!r}; choose one of {AUGMENTATIONS}.")
     if augment == "none":
         return eval_transform(cfg)
-    scale, ratio, hflip = _PRIMARY[augment]
+    scale, ratio = CROP_RANGES[augment]  # the fast path's ranges and flip, so both paths draw alike
+    hflip = 0.5 if FLIP[augment] else 0.0
     primary, secondary, final = create_transform(
         cfg.size,
         is_training=True,
