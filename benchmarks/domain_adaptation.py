@@ -188,6 +188,7 @@ def run_tta(pair: str, name: str, method: str, backbone: str, seed: int, out: st
         "before": ba["before"]["accuracy"],
         "online": ba["online"]["accuracy"],
         "resets": results["tta"]["resets"],
+        "unlabelled_im": None,
         "seconds": time.time() - start,
     }
 
@@ -247,15 +248,38 @@ def run_one(pair: str, name: str, mode: str, method: str, extra: dict, seed: int
 
     if mode == "domain" and get_method(method).needs.source_data:  # a source-free method sees no source
         args["source"] = source
+    if REUSE and (previous := _reusable(args["output_dir"], args["max_steps"])) is not None:
+        return run_row(previous, previous.get("train_runtime_s", 0.0))
     start = time.time()
     results = run_transfer(*transfer_arguments(args))
+    return run_row(results, time.time() - start)
+
+
+#: --reuse: a run folder whose results.json has the same steps is read, not run again (resume a long table)
+REUSE = False
+
+
+def _reusable(folder: str, steps: int) -> dict | None:
+    path = os.path.join(folder, "results.json")
+    if not os.path.isfile(path):
+        return None
+    results = json.load(open(path))
+    return results if results.get("hyperparameters", {}).get("max_steps") == steps else None
+
+
+def run_row(results: dict, seconds: float) -> dict:
+    """What the table reads of one run's results: the kept weights' accuracy, the last step's, the oracle's pick,
+    and the validator's score of the kept weights on the unlabelled target images (the negative-transfer check)."""
     selection = results.get("model_selection") or {}
     return {
         "target": results["metrics"]["target"]["accuracy"],
         "source": results["metrics"].get("source", {}).get("accuracy"),
+        "last": selection.get("last", {}).get("target_accuracy"),
         "im_pick": selection.get("im", {}).get("target_accuracy"),
         "oracle": selection.get("oracle", {}).get("target_accuracy"),
-        "seconds": time.time() - start,
+        "picked_step": (results.get("checkpoint_selection") or {}).get("picked_step"),
+        "unlabelled_im": (results.get("target_unlabelled_scores") or {}).get("im"),
+        "seconds": seconds,
     }
 
 
@@ -267,19 +291,59 @@ def fmt(values: list[float | None]) -> str:
     return f"{mean:.1f} +- {100 * statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
 
 
+def worst(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    return f"{100 * min(values):.1f}" if values else "-"
+
+
+def negative_transfer(runs: list[dict], baseline: list[dict] | None) -> tuple[list[bool], list[bool | None]]:
+    """Per seed: below the source-only run of that seed (target test labels), and flagged by the validator (the
+    kept weights' IM on the unlabelled target images below the source-only run's: what the card warns of)."""
+    if not baseline:
+        return [], []
+    below = [r["target"] < b["target"] for r, b in zip(runs, baseline, strict=True)]
+    flagged = [
+        None if r["unlabelled_im"] is None or b["unlabelled_im"] is None else r["unlabelled_im"] < b["unlabelled_im"]
+        for r, b in zip(runs, baseline, strict=True)
+    ]
+    return below, flagged
+
+
+def _count(flags: list) -> str:
+    known = [f for f in flags if f is not None]
+    return f"{sum(known)}/{len(known)}" if known else "-"
+
+
 def table(pair: str, rows: dict, seeds, steps: int) -> str:
     lines = [
         f"### {pair} ({steps} steps, seeds {list(seeds)})",
         "",
-        "| method | target acc | source acc | IM-picked target acc | oracle-picked | s/run |",
-        "|---|---|---|---|---|---|",
+        "| method | target acc | worst seed | source acc | last-step acc | oracle-picked | below source-only "
+        "(seeds) | validator flags (seeds) | s/run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    baseline = rows.get("source_only")
+    agreement = {"below": 0, "flagged_below": 0, "flagged": 0}
     for name, runs in rows.items():
+        below, flagged = negative_transfer(runs, baseline) if name != "source_only" else ([], [])
+        for b, f in zip(below, flagged, strict=True):
+            if f is None:
+                continue
+            agreement["below"] += b
+            agreement["flagged"] += f
+            agreement["flagged_below"] += b and f
         lines.append(
-            f"| {name} | {fmt([r['target'] for r in runs])} | {fmt([r['source'] for r in runs])} | "
-            f"{fmt([r['im_pick'] for r in runs])} | {fmt([r['oracle'] for r in runs])} | "
+            f"| {name} | {fmt([r['target'] for r in runs])} | {worst([r['target'] for r in runs])} | "
+            f"{fmt([r['source'] for r in runs])} | {fmt([r.get('last') for r in runs])} | "
+            f"{fmt([r['oracle'] for r in runs])} | {_count(below)} | {_count(flagged)} | "
             f"{statistics.fmean(r['seconds'] for r in runs):.0f} |"
         )
+    lines += [
+        "",
+        f"Negative-transfer check over every adapted run of this pair (against the source-only run of the same "
+        f"seed): {agreement['below']} runs are below source-only on the target test labels; the validator flagged "
+        f"{agreement['flagged_below']} of them, and flagged {agreement['flagged']} runs in all.",
+    ]
     online = {name: runs for name, runs in rows.items() if runs and "online" in runs[0]}
     if online:  # test-time methods: the starting model, the predictions made during the pass, the model after it
         lines += [
@@ -296,6 +360,47 @@ def table(pair: str, rows: dict, seeds, steps: int) -> str:
                 f"{statistics.fmean(r['seconds'] for r in runs):.0f} |"
             )
     return "\n".join(lines)
+
+
+def _cell(pair: str, row: tuple, seed: int, steps: int, workdir: str, run_options: dict, reuse: bool) -> dict:
+    """One run of the table in a worker process (one CPU thread)."""
+    import _runs
+    import torch
+
+    global REUSE
+    torch.set_num_threads(1)
+    _runs.RUN_OPTIONS.update(run_options)
+    REUSE = reuse
+    name, mode, method, extra = row
+    return run_one(pair, name, mode, method, extra, seed, steps, workdir)
+
+
+def run_cells(cells: list[tuple], args: argparse.Namespace) -> dict[tuple, dict]:
+    """Every (pair, row, seed) run; the rows that start from another row's model after that row's runs."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from _runs import RUN_OPTIONS
+
+    stages = [[c for c in cells if "init_from" not in c[1][3]], [c for c in cells if "init_from" in c[1][3]]]
+    done: dict[tuple, dict] = {}
+    with ProcessPoolExecutor(max_workers=max(args.jobs, 1), mp_context=get_context("spawn")) as pool:
+        for stage in stages:
+            futures = {
+                pool.submit(_cell, pair, row, seed, args.steps, args.workdir, dict(RUN_OPTIONS), args.reuse): (
+                    pair,
+                    row[0],
+                    seed,
+                )
+                for pair, row, seed in stage
+            }
+            for future, (pair, name, seed) in futures.items():
+                r = done[(pair, name, seed)] = future.result()
+                print(
+                    f"[bench] {pair} {name} seed {seed}: target {100 * r['target']:.1f} ({r['seconds']:.0f} s)",
+                    flush=True,
+                )
+    return done
 
 
 def main(argv=None) -> int:
@@ -317,20 +422,23 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--append", action="store_true", help="append the new rows (and the command) to --out instead of rewriting it"
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once, each in its own process with one CPU thread (a two-stage row waits for its first stage)",
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="read a run whose folder already holds results.json with these steps"
+    )
     args = parser.parse_args(argv)
     set_run_options(args)
     chosen = [m for m in default_rows + ARMS if m[0] in args.methods]
+    cells = [(pair, row, seed) for pair in args.pairs for row in chosen for seed in args.seeds]
+    done = run_cells(cells, args)
     sections, raw = [], {}
     for pair in args.pairs:
-        rows: dict[str, list] = {}
-        for name, mode, method, extra in chosen:
-            for seed in args.seeds:
-                r = run_one(pair, name, mode, method, extra, seed, args.steps, args.workdir)
-                rows.setdefault(name, []).append(r)
-                print(
-                    f"[bench] {pair} {name} seed {seed}: target {100 * r['target']:.1f} ({r['seconds']:.0f} s)",
-                    flush=True,
-                )
+        rows = {row[0]: [done[(pair, row[0], seed)] for seed in args.seeds] for row in chosen}
         raw[pair] = rows
         sections.append(table(pair, rows, args.seeds, args.steps))
     command = "python benchmarks/domain_adaptation.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -64,6 +64,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "bottleneck_dim",
         "target_batch_ratio",
         "adabn",
+        "checkpoint_selection",
         "partial_weighting",
         "pada_every",
     ),

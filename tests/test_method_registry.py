@@ -103,6 +103,7 @@ def test_a_method_declares_its_backbone_learning_rate():
 #: a value away from the default for every declared shared option, and what makes its other conditions hold
 OPTION_VALUES = {
     "trade_off": (0.5, {}),
+    "checkpoint_selection": ("last", {}),
     "trade_off_schedule": ("dann", {}),
     "trade_off_warmup": (0.5, {"trade_off_schedule": "linear"}),
     "target_batch_ratio": (2.0, {}),

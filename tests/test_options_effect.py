@@ -465,6 +465,12 @@ PROBES = {
         {"domain": {"label_policy": "partial", "partial_weighting": "pada"}},
     ),
     "adabn": Probe((True,), batchnorm_after_finish),
+    # auto: IM picks in a run that evaluates; another validator, or the last weights
+    "checkpoint_selection": Probe(
+        ("snd", "last"),
+        lambda run: getattr(run.trainer.checkpoint_selection, "validator", None),
+        {"domain": {"eval_strategy": "steps", "eval_steps": 1}},
+    ),
     # robust fine-tuning: the moving average, the validation split that chooses, WiSE-FT's starting state
     "model_ema": Probe((True,), lambda run: (run.trainer.model_ema is not None, sorted(run.trainer.eval_dataset))),
     "model_ema_decay": Probe((0.5,), lambda run: run.trainer.model_ema.current_decay(5), EMA),

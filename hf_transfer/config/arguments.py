@@ -182,6 +182,15 @@ class TransferArguments:
             "target training images after training (AdaBN)."
         },
     )
+    checkpoint_selection: str = field(
+        default="auto",
+        metadata={
+            "help": "domain mode: which weights the run keeps. im | snd | entropy: those of the evaluation step whose "
+            "predictions on the unlabelled target training images score best under that unsupervised validator "
+            "(needs --eval_strategy steps or epoch) | last: the last step's | auto (default): im when the run "
+            "evaluates during training (and neither model_ema nor load_best_model_at_end chooses), else last."
+        },
+    )
     # --- options every domain-adaptation method shares (mode=domain) ---
     trade_off_schedule: str = field(
         default="constant",

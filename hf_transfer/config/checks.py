@@ -33,6 +33,8 @@ TransferArgs = Any
 TRADE_OFF_SCHEDULES = ("constant", "dann", "linear")
 HEAD_SOLVERS = ("sgd", "lbfgs")
 PARTIAL_WEIGHTINGS = ("none", "exclude", "pada")
+#: --checkpoint_selection: auto, last, or an unsupervised validator (hf_transfer.evaluation.validators.VALIDATORS)
+CHECKPOINT_SELECTIONS = ("auto", "last", "im", "snd", "entropy")
 
 
 def _loads_weights(backbone: str) -> bool:
@@ -251,6 +253,10 @@ def _check_values(args: TransferArgs) -> None:
     check_feature_dtype(args.feature_dtype)
     check_storage_format(args.decode_cache_format, args.decode_cache_quality)
 
+    if args.checkpoint_selection not in CHECKPOINT_SELECTIONS:
+        raise TransferConfigError(
+            f"checkpoint_selection={args.checkpoint_selection!r}: choose one of {CHECKPOINT_SELECTIONS}."
+        )
     if args.trade_off_schedule not in TRADE_OFF_SCHEDULES:
         raise TransferConfigError(
             f"trade_off_schedule={args.trade_off_schedule!r}: choose one of {TRADE_OFF_SCHEDULES}."
@@ -450,6 +456,23 @@ def check_own_step(args: TransferArgs, training_args: TrainingArguments) -> None
         )
 
 
+def check_checkpoint_selection(args: TransferArgs, training_args: TrainingArguments) -> None:
+    """A validator named by --checkpoint_selection needs evaluations to pick from, and no other rule picking."""
+    chosen = args.checkpoint_selection
+    if chosen in ("auto", "last"):
+        return
+    if training_args.eval_strategy == "no":
+        raise TransferConfigError(
+            f"checkpoint_selection={chosen}: the validator picks among the evaluated steps, and this run evaluates "
+            "none. Add --eval_strategy steps --eval_steps N (or epoch), or remove --checkpoint_selection."
+        )
+    for other, on in (("model_ema", args.model_ema), ("load_best_model_at_end", training_args.load_best_model_at_end)):
+        if on:
+            raise TransferConfigError(
+                f"checkpoint_selection={chosen} and {other}=true both choose the exported weights; keep one of them."
+            )
+
+
 def check_training_arguments(args: TransferArgs, training_args: TrainingArguments) -> None:
     """TrainingArguments the Trainer would take silently although they do not do what they say."""
     check_own_step(args, training_args)
@@ -496,6 +519,7 @@ def check_training_arguments(args: TransferArgs, training_args: TrainingArgument
             f"{what} averages or interpolates the whole model's state on every process, which FSDP and DeepSpeed "
             f"shard across processes. Remove --fsdp/--deepspeed (DDP is fine), or remove --{what}."
         )
+    check_checkpoint_selection(args, training_args)
     if args.hub_create_pr and not training_args.push_to_hub:
         raise TransferConfigError("hub_create_pr=True has no effect without --push_to_hub true. Remove it.")
     check_report_to(training_args)

@@ -178,7 +178,9 @@ def render_card(
         template_str=template_text(template_path),
         repo_id=repo_id or REPO_ID_PLACEHOLDER,
         model_name=model_name,
-        summary=sections.summary(results, baseline, upper, backbone, title) + space_line(space_id, endpoint),
+        summary=sections.summary(results, baseline, upper, backbone, title)
+        + negative_transfer_line(results, baseline)
+        + space_line(space_id, endpoint),
         **_method_vars(results),
         lineage=sections.lineage(results),
         **sections.why_backbone_vars(results),
@@ -190,6 +192,14 @@ def render_card(
         **sections.reproduce_vars(results, repo_id, revision),
         versions=sorted((results.get("versions") or {}).items()),
     )
+
+
+def negative_transfer_line(results: dict[str, Any], baseline: dict[str, Any] | None) -> str:
+    """The summary's warning when the unsupervised validator says the model is likely worse than its baseline."""
+    from hf_transfer.evaluation.negative_transfer import negative_transfer, warning_text
+
+    text = warning_text(negative_transfer(results, baseline))
+    return f"\n\n> {text}" if text else ""
 
 
 def space_line(space_id: str | None, endpoint: str | None = None) -> str:

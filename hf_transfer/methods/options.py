@@ -33,6 +33,11 @@ declare_option(
     backbone=("batchnorm",),
     why="AdaBN re-estimates BatchNorm statistics on the target images",
 )
+declare_option(
+    "checkpoint_selection",
+    modes=_DOMAIN,
+    why="the validators score predictions on the unlabelled target training images, which only domain mode holds",
+)
 
 # --- what trains, at which rate: a backbone whose weights train -----------------------------------
 declare_option("backbone_lr_scale", modes=("domain", "task"), requires=("trainable_backbone",))

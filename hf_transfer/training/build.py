@@ -21,6 +21,7 @@ from hf_transfer.methods.finetune.lp_ft import has_probe_head
 from hf_transfer.models.backbones import Backbone, check_drop_path, load_backbone
 from hf_transfer.models.speed import busy_machine_note, resolve_cpu_threads, set_memory_format, use_channels_last
 from hf_transfer.runtime.folder_lock import FolderLock
+from hf_transfer.training.checkpoint_selection import ValidatorSelection, resolve_selection
 from hf_transfer.training.model_ema import ModelEma
 from hf_transfer.training.modes import TransferData, TransferMode, TransferModel, get_mode
 from hf_transfer.training.modes.common import batch_mixing, eval_dataset, eval_splits
@@ -127,6 +128,7 @@ def build_run(
     validation = validation_set(mode)
     start_state = wise_ft_start(args, backbone)
     model_ema = ModelEma(model, args.model_ema_decay, args.model_ema_warmup) if args.model_ema else None
+    selection = checkpoint_selection(args, training_args, model)
     trainer = TransferTrainer(
         model=model,
         args=training_args,
@@ -143,10 +145,12 @@ def build_run(
             *(callbacks or []),
             *mode.callbacks(),
             *([model_ema] if model_ema else []),
+            *([selection] if selection else []),
             RunIdentityCallback(identity),
         ],
     )
     trainer.model_ema = model_ema
+    trainer.checkpoint_selection = selection
     return PreparedRun(
         args,
         training_args,
@@ -163,6 +167,20 @@ def build_run(
         validation_set=validation,
         start_state=start_state,
     )
+
+
+def checkpoint_selection(
+    args: TransferArguments, training_args: TrainingArguments, model: TransferModel
+) -> ValidatorSelection | None:
+    """``--checkpoint_selection``: the callback that keeps the validator's best weights (None: the last weights)."""
+    validator = resolve_selection(
+        args.checkpoint_selection,
+        args.mode,
+        evaluates=training_args.eval_strategy != "no",
+        ema=args.model_ema,
+        trainer_best=bool(training_args.load_best_model_at_end),
+    )
+    return None if validator == "last" else ValidatorSelection(model, validator)
 
 
 def validation_set(mode: TransferMode) -> torch.utils.data.Dataset | None:

@@ -12,8 +12,10 @@ import torch
 from transformers.trainer_utils import TrainOutput
 
 from hf_transfer.evaluation.metrics import classification_report
+from hf_transfer.evaluation.validators import VALIDATORS
 from hf_transfer.models.speed import set_memory_format
 from hf_transfer.training.build import PreparedRun
+from hf_transfer.training.checkpoint_selection import UNLABELLED_SET
 from hf_transfer.training.lr_find import RangeTestResult, apply_range_test
 from hf_transfer.training.robust import choose_weights
 from hf_transfer.training.trainer import TransferTrainer
@@ -30,6 +32,10 @@ class TrainedRun:
     lr_find: RangeTestResult | None
     #: the choices made after training on the validation split (``model_ema``, ``wise_ft``, ``validation``)
     robust: dict = field(default_factory=dict)
+    #: ``--checkpoint_selection``: the evaluation step whose weights the validator kept (None: the last weights)
+    checkpoint_selection: dict | None = None
+    #: the unsupervised validators of the exported weights on the unlabelled target training images (domain mode)
+    target_unlabelled_scores: dict | None = None
 
 
 def train_run(run: PreparedRun) -> TrainedRun:
@@ -40,13 +46,46 @@ def train_run(run: PreparedRun) -> TrainedRun:
         lr_find = apply_range_test(trainer, run.output_dir, bool(run.resume), trainer.is_world_process_zero())
     gap_before = mode.domain_gap()
     output = trainer.train(resume_from_checkpoint=run.resume)
+    selection = restore_selected(run)
     robust = choose_weights(run)  # EMA or raw, then WiSE-FT: before the mode's finishing step (e.g. AdaBN)
     mode.finish(run.model, trainer)
     trainer.health.check(trainer.state, run.backbone.model, " and the mode's finishing step (e.g. AdaBN, head copy)")
     metrics = final_metrics(trainer, run.eval_sets, len(run.data.label_names))
+    unlabelled = unlabelled_scores(trainer)
     if run.model.channels_last:  # exports and reference predictions from plain contiguous weights
         set_memory_format(run.backbone.model, False)
-    return TrainedRun(output, metrics, gap_before, mode.domain_gap(), lr_find, robust)
+    return TrainedRun(output, metrics, gap_before, mode.domain_gap(), lr_find, robust, selection, unlabelled)
+
+
+def restore_selected(run: PreparedRun) -> dict | None:
+    """``--checkpoint_selection``: score the last step if no evaluation did, then keep the best-scoring weights."""
+    trainer, selection = run.trainer, run.trainer.checkpoint_selection
+    if selection is None:
+        return None
+    step = trainer.state.global_step
+    if not selection.scores or selection.scores[-1][0] != step:
+        unlabelled = _unlabelled_set(trainer)
+        assert unlabelled is not None, "checkpoint_selection is resolved to a validator only with this eval set"
+        trainer.evaluate(eval_dataset=unlabelled, metric_key_prefix=f"eval_{UNLABELLED_SET}")
+    return selection.restore(step)
+
+
+def _unlabelled_set(trainer: TransferTrainer) -> torch.utils.data.Dataset | None:
+    sets = trainer.eval_dataset if isinstance(trainer.eval_dataset, dict) else {}
+    return sets.get(UNLABELLED_SET)
+
+
+def unlabelled_scores(trainer: TransferTrainer) -> dict[str, float] | None:
+    """The validators of the weights as exported (after any finishing step) on the unlabelled target images.
+
+    What the negative-transfer check compares with the source-only run's (:mod:`hf_transfer.evaluation.
+    negative_transfer`); None outside domain mode."""
+    unlabelled = _unlabelled_set(trainer)
+    if unlabelled is None:
+        return None
+    prefix = f"final_{UNLABELLED_SET}"
+    metrics = trainer.predict(unlabelled, metric_key_prefix=prefix).metrics or {}
+    return {name: float(metrics[f"{prefix}_{name}"]) for name in VALIDATORS if f"{prefix}_{name}" in metrics}
 
 
 def final_metrics(

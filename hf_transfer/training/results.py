@@ -126,6 +126,9 @@ def collect_results(run: PreparedRun, trained: TrainedRun, start: float, provena
             if (names := unscored_classes(m["per_class_accuracy"], data.label_names))
         },
         "model_selection": model_selection(trainer.state.log_history),
+        # --checkpoint_selection: the step whose weights were kept, picked without target labels
+        "checkpoint_selection": trained.checkpoint_selection,
+        "target_unlabelled_scores": trained.target_unlabelled_scores,
         "domain_gap": (
             {"before": trained.gap_before, "after": trained.gap_after} if trained.gap_before is not None else None
         ),

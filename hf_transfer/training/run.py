@@ -115,6 +115,13 @@ def write_outputs(run: PreparedRun, trained: TrainedRun, results: dict) -> None:
     output_dir = run.output_dir
     remove_stop_marker(output_dir)  # this run, resumed, finished healthy
     results["base_model_evaluation"] = base_model_evaluation(run, trained.metrics)
+    baseline = source_only_folder(output_dir, results)
+    if baseline is not None:  # a source-only run beside this one: the card compares, and checks negative transfer
+        from hf_transfer.evaluation.negative_transfer import negative_transfer
+        from hf_transfer.hub.card_baseline import read_results
+
+        results["negative_transfer"] = negative_transfer(results, read_results(baseline))
+        results["negative_transfer_baseline"] = os.path.relpath(baseline, output_dir)
     if isinstance(run.mode, TaskMode) and run.mode.exports_adapter:  # LoRA: the --publish form (merged model, adapter)
         results["adapter"] = run.mode.export(output_dir, results)
     else:
@@ -122,8 +129,18 @@ def write_outputs(run: PreparedRun, trained: TrainedRun, results: dict) -> None:
     write_reference_predictions(run.backbone, run.data.target["test"], output_dir)
     # the folder is Hub-ready as it is: README.md card + its figures (a later push re-renders them); with no push
     # requested, a local card with no links into a repo that does not exist (yet)
-    write_card(output_dir, run.push.repo_id if run.push else None)
+    write_card(output_dir, run.push.repo_id if run.push else None, baseline_results=baseline)
     logger.info("Wrote %s and its model card README.md", os.path.join(output_dir, "results.json"))
+
+
+def source_only_folder(output_dir: str, results: dict) -> str | None:
+    """The source-only run beside this domain-adaptation run (same source, target, labels, seed), if there is one."""
+    from hf_transfer.hub.card_baseline import needs_baseline, source_only_baseline
+
+    if not needs_baseline(results):
+        return None
+    found = source_only_baseline(output_dir, results)
+    return str(found) if found is not None else None
 
 
 def push(run: PreparedRun) -> None:

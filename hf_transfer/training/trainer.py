@@ -31,6 +31,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from hf_transfer.data.stream import StreamedImages
 from hf_transfer.methods.domain.step import SteppedLoss
 from hf_transfer.runtime.disk import ensure_free_space, space_errors
+from hf_transfer.training.checkpoint_selection import ValidatorSelection
 from hf_transfer.training.checkpoints import checkpoint_bytes
 from hf_transfer.training.health_guard import HealthGuard
 from hf_transfer.training.model_ema import ModelEma
@@ -43,6 +44,8 @@ class TransferTrainer(Trainer):
 
     #: ``--model_ema``: the moving average evaluated beside the weights at every evaluation (set by build_run)
     model_ema: ModelEma | None = None
+    #: ``--checkpoint_selection``: the validator's pick among the evaluated steps (set by build_run; None: the last)
+    checkpoint_selection: ValidatorSelection | None = None
 
     def __init__(self, *args: Any, transfer_mode: TransferMode, **kwargs: Any) -> None:
         self.transfer_mode = transfer_mode
