@@ -165,3 +165,13 @@ def test_negative_transfer_verdict_and_warning():
     assert negative_transfer(_results(0.8, 0.5, mode="task"), baseline) is None
     assert negative_transfer(_results(0.8, 0.5), None) is None
     assert negative_transfer({"mode": "domain"}, baseline) is None  # a run from before the scores were recorded
+
+
+def test_a_pushed_card_keeps_the_recorded_warning():
+    """A push without --baseline re-renders the card: the check the run recorded beside its neighbour stays on it."""
+    from hf_transfer.evaluation.negative_transfer import recorded_or_new
+
+    recorded = negative_transfer(_results(0.8, 0.5), _results(1.0, 0.6))
+    results = {**_results(0.8, 0.5), "negative_transfer": recorded}
+    assert recorded_or_new(results, None) == recorded
+    assert recorded_or_new(results, _results(0.5, 0.4))["likely_worse"] is False  # a given baseline wins

@@ -43,6 +43,11 @@ def negative_transfer(results: dict[str, Any], baseline: dict[str, Any] | None) 
     return out
 
 
+def recorded_or_new(results: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The check against ``baseline`` when a card is given one, else the one the run recorded (its neighbour's)."""
+    return negative_transfer(results, baseline) if baseline is not None else results.get("negative_transfer")
+
+
 def warning_text(check: dict[str, Any] | None) -> str | None:
     """The card's warning line when the validator says the adapted model is likely worse; None otherwise."""
     if not check or not check["likely_worse"]:

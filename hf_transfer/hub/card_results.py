@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 
-from hf_transfer.evaluation.negative_transfer import negative_transfer, warning_text
+from hf_transfer.evaluation.negative_transfer import recorded_or_new, warning_text
 from hf_transfer.hub.card_domain import domain_gap_table
 from hf_transfer.hub.card_inputs import (
     CONFUSION_PNG,
@@ -254,7 +254,7 @@ def limitations(results: dict, baseline: dict | None) -> list[str]:
     """Bullet lines: sample size, closed label set, what domain adaptation cannot promise, input size."""
     mode = results.get("mode")
     out = [f"Training health: {line}" for line in health_warnings(results)]
-    if warning := warning_text(negative_transfer(results, baseline)):
+    if warning := warning_text(recorded_or_new(results, baseline)):
         out.insert(0, warning)
     tm = (results.get("metrics") or {}).get("target") or {}
     if tm.get("num_samples"):

@@ -196,9 +196,9 @@ def render_card(
 
 def negative_transfer_line(results: dict[str, Any], baseline: dict[str, Any] | None) -> str:
     """The summary's warning when the unsupervised validator says the model is likely worse than its baseline."""
-    from hf_transfer.evaluation.negative_transfer import negative_transfer, warning_text
+    from hf_transfer.evaluation.negative_transfer import recorded_or_new, warning_text
 
-    text = warning_text(negative_transfer(results, baseline))
+    text = warning_text(recorded_or_new(results, baseline))
     return f"\n\n> {text}" if text else ""
 
 
