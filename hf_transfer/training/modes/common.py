@@ -32,7 +32,7 @@ def _decoded(mode: TransferMode, ds: datasets.Dataset, kind: str, with_labels: b
             kind,
             cache_dir=mode.args.decoded_cache_dir,
             with_labels=with_labels,
-            num_workers=mode.training_args.dataloader_num_workers,
+            num_workers=training_args.dataloader_num_workers,
             storage_format=mode.args.decode_cache_format,
             jpeg_quality=mode.args.decode_cache_quality,
             decode_device=jpeg_decode_device(training_args.device, training_args.dataloader_num_workers),
