@@ -557,6 +557,30 @@ def test_jpeg_storage_is_compact_deterministic_and_close_to_raw(tmp_path):
     assert lower.path != jpeg.path and lower.stored_bytes < jpeg.stored_bytes
 
 
+@pytest.mark.parametrize("ratio", [1.0, 2.0])
+def test_paired_batch_gathers_each_domain_once(tmp_path, monkeypatch, ratio):
+    """PairedDataset over decoded JPEG domains: a batch is one decode per domain (one nvjpeg call each on CUDA), and
+    its items are exactly the per-item ones."""
+    cfg = DataConfig(input_size=(3, 16, 16))
+    kwargs = {"cache_dir": tmp_path, "progress": False, "storage_format": "jpeg"}
+    src = DecodedImages(_dataset([_photo(20, 24, k) for k in range(5)]), cfg, "train", **kwargs)
+    tgt = DecodedImages(_dataset([_photo(20, 24, 10 + k) for k in range(7)]), cfg, "train", with_labels=False, **kwargs)
+    pairs = PairedDataset(src, tgt, target_ratio=ratio)
+    calls = []
+    real = decoded_module.decode_jpeg_rows
+    monkeypatch.setattr(decoded_module, "decode_jpeg_rows", lambda files, *a: calls.append(len(files)) or real(files))
+    rows = [6, 0, 3, 6]
+    batch = pairs.__getitems__(rows)
+    k = int(ratio)
+    assert calls == [len(rows), k * len(rows)]
+    for item, i in zip(batch, rows, strict=True):
+        one = pairs[i]
+        assert item.keys() == one.keys() and item["labels"] == one["labels"]
+        assert all(torch.equal(item[key], one[key]) for key in ("pixel_values", "target_pixel_values"))
+    one_image = (3, *tgt.storage_hw)
+    assert batch[0]["target_pixel_values"].shape == (one_image if k == 1 else (k, *one_image))
+
+
 def test_jpeg_decoder_choice():
     """nvjpeg only when the main process gathers the batches of a CUDA run; the CPU everywhere else."""
     from hf_transfer.training.run_arguments import run_jpeg_decoder
