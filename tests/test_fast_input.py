@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+from types import SimpleNamespace
 
 import datasets
 import numpy as np
@@ -554,6 +555,94 @@ def test_jpeg_storage_is_compact_deterministic_and_close_to_raw(tmp_path):
     assert not again.decoded and again.path == jpeg.path
     lower = DecodedImages(ds, cfg, "train", cache_dir=tmp_path, progress=False, storage_format="jpeg", jpeg_quality=50)
     assert lower.path != jpeg.path and lower.stored_bytes < jpeg.stored_bytes
+
+
+@pytest.mark.parametrize("ratio", [1.0, 2.0])
+def test_paired_batch_gathers_each_domain_once(tmp_path, monkeypatch, ratio):
+    """PairedDataset over decoded JPEG domains: a batch is one decode per domain (one nvjpeg call each on CUDA), and
+    its items are exactly the per-item ones."""
+    cfg = DataConfig(input_size=(3, 16, 16))
+    kwargs = {"cache_dir": tmp_path, "progress": False, "storage_format": "jpeg"}
+    src = DecodedImages(_dataset([_photo(20, 24, k) for k in range(5)]), cfg, "train", **kwargs)
+    tgt = DecodedImages(_dataset([_photo(20, 24, 10 + k) for k in range(7)]), cfg, "train", with_labels=False, **kwargs)
+    pairs = PairedDataset(src, tgt, target_ratio=ratio)
+    calls = []
+    real = decoded_module.decode_jpeg_rows
+    monkeypatch.setattr(decoded_module, "decode_jpeg_rows", lambda files, *a: calls.append(len(files)) or real(files))
+    rows = [6, 0, 3, 6]
+    batch = pairs.__getitems__(rows)
+    k = int(ratio)
+    assert calls == [len(rows), k * len(rows)]
+    for item, i in zip(batch, rows, strict=True):
+        one = pairs[i]
+        assert item.keys() == one.keys() and item["labels"] == one["labels"]
+        assert all(torch.equal(item[key], one[key]) for key in ("pixel_values", "target_pixel_values"))
+    one_image = (3, *tgt.storage_hw)
+    assert batch[0]["target_pixel_values"].shape == (one_image if k == 1 else (k, *one_image))
+
+
+def test_jpeg_decoder_choice():
+    """nvjpeg only when the main process gathers the batches of a CUDA run; the CPU everywhere else."""
+    from hf_transfer.training.run_arguments import run_jpeg_decoder
+
+    cpu = torch.device("cpu")
+    assert decoded_module.jpeg_decode_device("cpu", 0) == cpu
+    assert decoded_module.jpeg_decode_device(torch.device("cuda", 1), 0) == torch.device("cuda", 1)
+    assert decoded_module.jpeg_decode_device("cuda", 2) == cpu  # forked workers never touch CUDA
+    assert decoded_module.jpeg_decoder("jpeg", "cuda", 0) == "nvjpeg"
+    assert decoded_module.jpeg_decoder("auto", "cuda", 0) == "nvjpeg"  # for the entries auto stores as JPEG
+    assert decoded_module.jpeg_decoder("jpeg", "cuda", 4) == "cpu"
+    assert decoded_module.jpeg_decoder("jpeg", "cpu", 0) == "cpu"
+    assert decoded_module.jpeg_decoder("raw", "cuda", 0) is None
+    for input_path, fmt, device, workers, expected in (
+        ("fast", "jpeg", "cuda", 0, "nvjpeg"),
+        ("fast", "jpeg", "cuda", 2, "cpu"),
+        ("fast", "jpeg", "cpu", 0, "cpu"),
+        ("fast", "raw", "cuda", 0, None),
+        ("stock", "jpeg", "cuda", 0, None),
+    ):
+        args = SimpleNamespace(input_path=input_path, decode_cache_format=fmt)
+        training_args = SimpleNamespace(device=torch.device(device), dataloader_num_workers=workers)
+        assert run_jpeg_decoder(args, training_args) == expected
+
+
+def test_jpeg_entry_for_cuda_decodes_on_the_cpu_in_workers(tmp_path):
+    """An entry built for nvjpeg (decode_device cuda) says so, and its worker processes still decode on the CPU:
+    the same pixels as a CPU entry (this runs without a GPU: the main process would be the one to use it)."""
+    ds = _dataset([_photo(40, 48, seed=s) for s in range(6)])
+    cfg = DataConfig(input_size=(3, 32, 32))
+    on_cpu = DecodedImages(ds, cfg, "train", cache_dir=tmp_path, progress=False, storage_format="jpeg")
+    for_cuda = DecodedImages(
+        ds, cfg, "train", cache_dir=tmp_path, progress=False, storage_format="jpeg", decode_device="cuda"
+    )
+    assert on_cpu.jpeg_decoder == "cpu" and for_cuda.jpeg_decoder == "nvjpeg" and for_cuda.path == on_cpu.path
+    raw = DecodedImages(ds, cfg, "train", cache_dir=tmp_path, progress=False, decode_device="cuda")
+    assert raw.jpeg_decoder is None
+    loader = torch.utils.data.DataLoader(for_cuda, batch_size=4, num_workers=1, collate_fn=collate_decoded)
+    pixels = torch.cat([b["pixel_values"] for b in loader])
+    assert pixels.device.type == "cpu"
+    assert torch.equal(pixels, collate_decoded(on_cpu.__getitems__(list(range(len(ds)))))["pixel_values"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_nvjpeg_batch_matches_the_cpu_decode(tmp_path):
+    """decode_device cuda: a batch lands on the GPU, decoded by nvjpeg, within a few levels of libjpeg-turbo's
+    pixels, and the same pixels on every read (exact resume on the same device)."""
+    ds = _dataset([_photo(256, 320, seed=s) for s in range(8)])
+    cfg = DataConfig(input_size=(3, 224, 224), crop_pct=0.875)
+    kwargs = {"cache_dir": tmp_path, "progress": False, "storage_format": "jpeg"}
+    cpu = DecodedImages(ds, cfg, "train", **kwargs)
+    gpu = DecodedImages(ds, cfg, "train", decode_device="cuda", **kwargs)
+    rows = list(range(len(ds)))
+    on_gpu = collate_decoded(gpu.__getitems__(rows))["pixel_values"]
+    assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.uint8 and on_gpu.shape == (8, 3, 256, 320)
+    assert torch.equal(on_gpu, collate_decoded(gpu.__getitems__(rows))["pixel_values"])
+    assert torch.equal(gpu[2]["pixel_values"], on_gpu[2])
+    diff = (on_gpu.cpu().float() - collate_decoded(cpu.__getitems__(rows))["pixel_values"].float()).abs()
+    assert diff.mean() < 1.5 and (diff > 8).float().mean() < 0.01
+    loader = torch.utils.data.DataLoader(gpu, batch_size=4, collate_fn=collate_decoded)  # the main process gathers
+    batch = next(iter(loader))
+    assert batch["pixel_values"].device.type == "cuda" and torch.equal(batch["pixel_values"], on_gpu[:4])
 
 
 def test_auto_storage_rule_and_bad_values(tmp_path):

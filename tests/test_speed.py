@@ -202,7 +202,9 @@ def test_mode_decodes_with_dataloader_workers(tmp_path, monkeypatch):
 
     def fake_mode(workers, cache):
         training_args = SimpleNamespace(
-            dataloader_num_workers=workers, main_process_first=lambda desc: contextlib.nullcontext()
+            dataloader_num_workers=workers,
+            device=torch.device("cpu"),
+            main_process_first=lambda desc: contextlib.nullcontext(),
         )
         backbone = SimpleNamespace(data_config=DataConfig(input_size=(3, 16, 16)))
         return SimpleNamespace(
@@ -275,9 +277,12 @@ def test_auto_bf16_only_on_a_bf16_cuda_device(tmp_path, monkeypatch):
     assert not resolve_precision(args, training()).bf16
 
 
-def test_precision_is_recorded(tmp_path):
-    results = run_transfer(*arguments_from_dict(tiny(tmp_path, mode="feature", max_steps=2)))
+def test_precision_and_jpeg_decoder_are_recorded(tmp_path):
+    results = run_transfer(
+        *arguments_from_dict(tiny(tmp_path, mode="feature", max_steps=2, decode_cache_format="jpeg"))
+    )
     assert results["speed"]["mixed_precision"] == "no"
+    assert results["speed"]["decode_cache_format"] == "jpeg" and results["speed"]["jpeg_decoder"] == "cpu"
 
 
 def test_cpu_threads_follow_the_cores_and_what_the_workers_do(monkeypatch):

@@ -137,7 +137,8 @@ class TransferArguments:
         default="raw",
         metadata={
             "help": "fast input path: how decoded images are stored: raw (uint8 pixels) | jpeg (each resized image "
-            "JPEG-encoded at decode_cache_quality, decoded per batch in the loader: a fraction of the bytes) | auto "
+            "JPEG-encoded at decode_cache_quality, decoded per batch where the loader gathers it: by nvjpeg onto "
+            "the GPU on CUDA with dataloader_num_workers 0, else on the CPU; a fraction of the bytes) | auto "
             "(raw while the pixels fit in a quarter of this machine's RAM, jpeg beyond).",
             "choices": ("raw", "jpeg", "auto"),
         },

@@ -62,10 +62,15 @@ Compact storage (``storage_format="jpeg"``)
 -------------------------------------------
 The same resized uint8 images, each stored as a JPEG file at ``jpeg_quality`` (FFCV-style): the files of an entry
 are concatenated in one memory-mapped ``jpeg.bin`` with their ``offsets.npy``, and a batch is decoded by one call
-of torchvision's libjpeg-turbo decoder where the batch is gathered (the DataLoader's worker processes when
-``dataloader_num_workers`` > 0, else the main process). Decoding the same bytes gives the same pixels every time,
-so training, its random crops and resume stay exact; only the JPEG rounding of the stored pixels differs from
-``"raw"`` (a separate cache entry). ``storage_format="auto"`` (:func:`resolve_storage_format`) keeps raw pixels
+of torchvision's decoder where the batch is gathered (the DataLoader's worker processes when
+``dataloader_num_workers`` > 0, else the main process). Which decoder (:func:`jpeg_decode_device`): nvjpeg, straight
+onto the model's CUDA device, when the batch is gathered in the main process of a CUDA run (``decode_device``); else
+libjpeg-turbo on the CPU (always in worker processes: a forked worker cannot use CUDA). Decoding the same bytes
+gives the same pixels every time on the same decoder, so training, its random crops and resume stay exact; only the
+JPEG rounding of the stored pixels differs from ``"raw"`` (a separate cache entry). nvjpeg's pixels may differ from
+libjpeg-turbo's by a few levels (its IDCT and chroma upsampling are its own): a run resumed on the same kind of
+device continues exactly, one resumed on the other decoder sees slightly different pixels.
+``storage_format="auto"`` (:func:`resolve_storage_format`) keeps raw pixels
 while they fit in a quarter of the machine's RAM (the page cache then serves every epoch without decoding)
 and stores JPEG beyond that.
 
@@ -117,9 +122,12 @@ if TYPE_CHECKING:
 __all__ = [
     "DECODED_VERSION",
     "STORAGE_FORMATS",
+    "JPEG_DECODERS",
     "DecodedImages",
     "collate_decoded",
     "decoded_cache_dir",
+    "jpeg_decode_device",
+    "jpeg_decoder",
     "resolve_storage_format",
     "split_kind_for",
 ]
@@ -130,6 +138,8 @@ DECODED_VERSION = "3"  # 2: the train storage shape no longer comes from the fir
 SPLIT_KINDS = ("train", "eval")
 #: how the decoded images are stored (``--decode_cache_format``; ``auto`` picks one by size)
 STORAGE_FORMATS = ("raw", "jpeg", "auto")
+#: which decoder reads a JPEG entry back: libjpeg-turbo on the CPU, or nvjpeg on a CUDA device
+JPEG_DECODERS = ("cpu", "nvjpeg")
 #: ``auto`` stores JPEG once the raw pixels would take more than this fraction of the machine's RAM
 AUTO_RAW_FRACTION = 0.25
 
@@ -157,6 +167,20 @@ def resolve_storage_format(storage_format: str, raw_bytes: int, memory_bytes: in
         return storage_format
     memory = machine_memory_bytes() if memory_bytes is None else memory_bytes
     return "raw" if raw_bytes <= AUTO_RAW_FRACTION * memory else "jpeg"
+
+
+def jpeg_decode_device(device: torch.device | str, num_workers: int) -> torch.device:
+    """Where a JPEG entry's batches are decoded: the model's CUDA ``device`` (nvjpeg) when the main process gathers
+    them (``num_workers == 0``), else the CPU (libjpeg-turbo; worker processes must not touch CUDA)."""
+    device = torch.device(device)
+    return device if device.type == "cuda" and int(num_workers) == 0 else torch.device("cpu")
+
+
+def jpeg_decoder(storage_format: str, device: torch.device | str, num_workers: int) -> str | None:
+    """The decoder (:data:`JPEG_DECODERS`) that reads ``storage_format`` entries back, None for ``"raw"``."""
+    if check_storage_format(storage_format) == "raw":
+        return None
+    return "nvjpeg" if jpeg_decode_device(device, num_workers).type == "cuda" else "cpu"
 
 
 def decoded_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -193,11 +217,13 @@ class DecodedImages(torch.utils.data.Dataset):
         cache_key: use this instead of the dataset's ``_fingerprint`` (for datasets without one).
         storage_format: ``"raw"`` (uint8 pixels), ``"jpeg"`` (each image a JPEG file at ``jpeg_quality``) or
             ``"auto"`` (by size, :func:`resolve_storage_format`); see the module doc.
+        decode_device: where the batches of a JPEG entry are decoded when the main process gathers them (a CUDA
+            device: nvjpeg, see :func:`jpeg_decode_device`); DataLoader worker processes always decode on the CPU.
 
     Items: ``{"pixel_values": uint8 [3, Hs, Ws], "labels": int}`` (+ ``image_size``). After
     construction: ``path`` (the cache folder), ``storage_hw``, ``image_sizes`` (``[N, 2]``),
     ``same_size`` (all images have one original size), ``decoded`` (whether this
-    construction had to decode, False on a cache hit).
+    construction had to decode, False on a cache hit), ``jpeg_decoder`` (``"cpu"``, ``"nvjpeg"``, None when raw).
     """
 
     def __init__(
@@ -218,8 +244,10 @@ class DecodedImages(torch.utils.data.Dataset):
         cache_key: str | None = None,
         storage_format: str = "raw",
         jpeg_quality: int = 90,
+        decode_device: torch.device | str = "cpu",
     ) -> None:
         check_storage_format(storage_format, jpeg_quality)
+        self.decode_device = torch.device(decode_device)
         if split_kind not in SPLIT_KINDS:
             raise TransferConfigError(f"split_kind must be one of {SPLIT_KINDS}, got {split_kind!r}.")
         columns = getattr(dataset, "column_names", None)
@@ -385,17 +413,26 @@ class DecodedImages(torch.utils.data.Dataset):
         return self._mm
 
     @property
+    def jpeg_decoder(self) -> str | None:
+        """The decoder that reads this entry back in the main process (:data:`JPEG_DECODERS`), None for raw."""
+        if self.storage_format != "jpeg":
+            return None
+        return "nvjpeg" if self.decode_device.type == "cuda" else "cpu"
+
+    @property
     def stored_bytes(self) -> int:
         """Bytes of the entry's image data on disk (``images.npy`` or ``jpeg.bin``)."""
         return os.path.getsize(self.path / ("jpeg.bin" if self.storage_format == "jpeg" else "images.npy"))
 
     def _jpeg_pixels(self, idx: np.ndarray) -> torch.Tensor:
-        """The rows ``idx`` of a JPEG entry, decoded: uint8 ``[k, 3, Hs, Ws]``."""
+        """The rows ``idx`` of a JPEG entry, decoded: uint8 ``[k, 3, Hs, Ws]`` on ``decode_device`` (the CPU in a
+        DataLoader worker process)."""
         if self._mm is None:
             self._mm = np.memmap(self.path / "jpeg.bin", dtype=np.uint8, mode="r")
         blob = self._mm
         files = [torch.from_numpy(np.array(blob[self.offsets[i] : self.offsets[i + 1]])) for i in idx]
-        return decode_jpeg_rows(files)
+        in_worker = torch.utils.data.get_worker_info() is not None
+        return decode_jpeg_rows(files, "cpu" if in_worker else self.decode_device)
 
     def __getstate__(self) -> dict[str, Any]:  # worker processes reopen the memmap instead of pickling its bytes
         state = dict(self.__dict__)

@@ -80,14 +80,33 @@ class PairedDataset(torch.utils.data.Dataset):
         return ((i * self.targets_per_item + slot) * self.stride) % len(self.target)
 
     def __getitem__(self, i: int) -> dict:
-        src = self.source[i % len(self.source)]
-        item = {key: src[key] for key in ("pixel_values", "labels", "image_size") if key in src}
+        return self._pair(self.source[i % len(self.source)], [self.target[j] for j in self._target_rows(i)])
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """The same items as :meth:`__getitem__`, each domain's rows read in one gather where the rows offer it (the
+        decoded cache: one memmap read, or one batched JPEG decode, per domain and batch)."""
         k = self.targets_per_item
-        targets = [self.target[self.target_index(i, j)] for j in range(k)]
+        sources = _gather(self.source, [int(i) % len(self.source) for i in indices])
+        targets = _gather(self.target, [j for i in indices for j in self._target_rows(int(i))])
+        return [self._pair(src, targets[n * k : (n + 1) * k]) for n, src in enumerate(sources)]
+
+    def _target_rows(self, i: int) -> list[int]:
+        return [self.target_index(i, j) for j in range(self.targets_per_item)]
+
+    @staticmethod
+    def _pair(src: dict, targets: list[dict]) -> dict:
+        """One item from its source row and its ``targets_per_item`` target rows."""
+        item = {key: src[key] for key in ("pixel_values", "labels", "image_size") if key in src}
         for key in ("pixel_values", "image_size"):  # image_size: mixed-size decoded images (data.decoded)
             if key in targets[0]:
-                item[f"target_{key}"] = targets[0][key] if k == 1 else torch.stack([t[key] for t in targets])
+                item[f"target_{key}"] = targets[0][key] if len(targets) == 1 else torch.stack([t[key] for t in targets])
         return item
+
+
+def _gather(rows: ImageRows, indices: list[int]) -> list[dict]:
+    """``rows[i]`` for every index, in one ``__getitems__`` call where the rows have it."""
+    many = getattr(rows, "__getitems__", None)
+    return many(indices) if many is not None else [rows[i] for i in indices]
 
 
 class IndexedRows(torch.utils.data.Dataset):
@@ -106,8 +125,7 @@ class IndexedRows(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
         """One gather for a whole batch where the rows offer it (the decoded cache)."""
-        many = getattr(self.rows, "__getitems__", None)
-        items = many(indices) if many is not None else [self.rows[int(i)] for i in indices]
+        items = _gather(self.rows, [int(i) for i in indices])
         return [{**item, "row_index": int(i)} for item, i in zip(items, indices, strict=True)]
 
 

@@ -17,7 +17,7 @@ from hf_transfer.evaluation.metrics import model_selection, unscored_classes
 from hf_transfer.training.build import PreparedRun
 from hf_transfer.training.fit import TrainedRun
 from hf_transfer.training.modes.feature import FeatureMode
-from hf_transfer.training.run_arguments import non_default_arguments
+from hf_transfer.training.run_arguments import non_default_arguments, run_jpeg_decoder
 from hf_transfer.training.trainer import TransferTrainer
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,9 @@ def collect_results(run: PreparedRun, trained: TrainedRun, start: float, provena
         "training_recipe": training_recipe(args, training_args),
         "speed": {
             "input_path": args.input_path,
+            # the fast path's decode cache: how it was asked to store images, and what decoded its JPEG entries
+            "decode_cache_format": args.decode_cache_format if args.input_path == "fast" else None,
+            "jpeg_decoder": run_jpeg_decoder(args, training_args),
             "channels_last": model.channels_last,
             "cpu_threads": torch.get_num_threads(),
             "torch_compile": bool(training_args.torch_compile),

@@ -11,6 +11,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from hf_transfer.config import TransferArguments, push_repo_id
+from hf_transfer.data.decoded import jpeg_decoder
 
 
 @dataclass
@@ -55,7 +56,19 @@ def run_training_args(
     training_args.hub_strategy = "end"
     if training_args.device.type == "cpu":  # pinned memory needs an accelerator; torch warns on every loader
         training_args.dataloader_pin_memory = False
+    if run_jpeg_decoder(args, training_args) == "nvjpeg":  # batches decoded onto the GPU: torch refuses to pin them
+        training_args.dataloader_pin_memory = False
     return training_args, push
+
+
+def run_jpeg_decoder(args: TransferArguments, training_args: TrainingArguments) -> str | None:
+    """Which decoder reads the run's compact decode-cache entries back (``"cpu"``, ``"nvjpeg"``), None without any.
+
+    nvjpeg when the model is on CUDA and the main process gathers the batches
+    (:func:`~hf_transfer.data.decoded.jpeg_decode_device`): for results.json and the loaders' pinning."""
+    if args.input_path != "fast":
+        return None
+    return jpeg_decoder(args.decode_cache_format, training_args.device, training_args.dataloader_num_workers)
 
 
 def run_output_dir(training_args: TrainingArguments) -> str:

@@ -158,8 +158,14 @@ def _fast_loader(
 ) -> tuple[DataLoader[dict[str, Any]], nn.Module]:
     """The ``"fast"`` input path: a loader over the decoded uint8 eval cache + the on-device normaliser."""
     from hf_transfer.data.augment import BatchAugment
-    from hf_transfer.data.decoded import DecodedImages, collate_decoded
+    from hf_transfer.data.decoded import DecodedImages, collate_decoded, jpeg_decode_device
 
+    # reading the memmap is a copy: on the CPU the main process does it (workers would only add their
+    # start-up and compete with the backbone); on CUDA a few workers overlap it with the GPU
+    cuda = device.type == "cuda"
+    loader_workers = min(num_workers, 4) if cuda else 0
+    # JPEG entries: nvjpeg straight onto the GPU when the main process gathers the batches (nothing to pin then)
+    decode_device = jpeg_decode_device(device, loader_workers)
     decoded = DecodedImages(
         dataset,
         backbone.data_config,
@@ -169,17 +175,15 @@ def _fast_loader(
         num_workers=num_workers,
         storage_format=decode_format[0],
         jpeg_quality=decode_format[1],
+        decode_device=decode_device,
     )
-    # reading the memmap is a copy: on the CPU the main process does it (workers would only add their
-    # start-up and compete with the backbone); on CUDA a few workers overlap it with the GPU
-    cuda = device.type == "cuda"
     loader = DataLoader(
         decoded,
         batch_size=batch_size,
         shuffle=False,
         collate_fn=collate_decoded,
-        num_workers=min(num_workers, 4) if cuda else 0,
-        pin_memory=cuda,
+        num_workers=loader_workers,
+        pin_memory=cuda and decoded.jpeg_decoder != "nvjpeg",
     )
     augment = BatchAugment(backbone.data_config, "none").eval().to(device)
     return loader, augment

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from hf_transfer.data.augment import BatchAugment
-from hf_transfer.data.decoded import DecodedImages, split_kind_for
+from hf_transfer.data.decoded import DecodedImages, jpeg_decode_device, split_kind_for
 from hf_transfer.data.kshot import subset
 from hf_transfer.data.mixing import BatchMixing
 from hf_transfer.data.paired import ImageDomainDataset
@@ -20,17 +20,22 @@ from hf_transfer.training.modes.base import TransferMode
 
 def _decoded(mode: TransferMode, ds: datasets.Dataset, kind: str, with_labels: bool = True) -> DecodedImages:
     """Decode once (the main process first under DDP; the others then read the cache), in
-    ``dataloader_num_workers`` processes when > 0 (same bytes as one process: chunks land in order)."""
-    with mode.training_args.main_process_first(desc="decoding images"):
+    ``dataloader_num_workers`` processes when > 0 (same bytes as one process: chunks land in order).
+
+    A JPEG entry's batches are decoded onto the model's CUDA device (nvjpeg) when the main process gathers them
+    (:func:`~hf_transfer.data.decoded.jpeg_decode_device`)."""
+    training_args = mode.training_args
+    with training_args.main_process_first(desc="decoding images"):
         return DecodedImages(
             ds,
             mode.backbone.data_config,
             kind,
             cache_dir=mode.args.decoded_cache_dir,
             with_labels=with_labels,
-            num_workers=mode.training_args.dataloader_num_workers,
+            num_workers=training_args.dataloader_num_workers,
             storage_format=mode.args.decode_cache_format,
             jpeg_quality=mode.args.decode_cache_quality,
+            decode_device=jpeg_decode_device(training_args.device, training_args.dataloader_num_workers),
         )
 
 
