@@ -8,7 +8,9 @@ from torch import nn
 
 from hf_transfer.data.augment import BatchAugment
 from hf_transfer.data.decoded import DecodedImages, jpeg_decode_device, split_kind_for
+from hf_transfer.data.deferred import DeferredDataset
 from hf_transfer.data.kshot import subset
+from hf_transfer.data.load import check_images
 from hf_transfer.data.mixing import BatchMixing
 from hf_transfer.data.paired import ImageDomainDataset
 from hf_transfer.data.policies import policy_transform, random_erasing, stock_train_transform
@@ -71,11 +73,30 @@ def streamed_images(mode: TransferMode, stream: TrainStream) -> StreamedImages:
     return images
 
 
-def eval_dataset(mode: TransferMode, ds: datasets.Dataset) -> DecodedImages | ImageDomainDataset:
-    """Evaluation images for the mode's input path (no augmentation)."""
+def eval_dataset(
+    mode: TransferMode, ds: datasets.Dataset, domain: str = "target"
+) -> DecodedImages | ImageDomainDataset | DeferredDataset:
+    """Evaluation images for the mode's input path (no augmentation).
+
+    A streaming run checks and decodes them at the first evaluation (:mod:`hf_transfer.data.deferred`): it starts
+    training without a pass over a split whose size grows with the dataset."""
+    if mode.data.train_stream is not None:
+        return DeferredDataset(lambda: _eval_images(mode, checked_in_full(mode, ds, domain)), f"{domain} evaluation")
+    return _eval_images(mode, ds)
+
+
+def _eval_images(mode: TransferMode, ds: datasets.Dataset) -> DecodedImages | ImageDomainDataset:
     if mode.args.input_path == "fast":
         return _decoded(mode, ds, "eval")
     return ImageDomainDataset(ds, eval_transform(mode.backbone.data_config))
+
+
+def checked_in_full(mode: TransferMode, ds: datasets.Dataset, domain: str = "target") -> datasets.Dataset:
+    """A streaming run's evaluation rows with every image decoded once (before training only their head was): a bad
+    one is the same error naming the row as before any other run, or dropped with ``--skip_bad_images``."""
+    name = mode.data.source_name if domain == "source" else mode.data.target_name
+    where = f"Dataset {name or domain} ({domain} evaluation rows, checked at the first evaluation)"
+    return check_images(datasets.DatasetDict({"eval": ds}), where, skip=mode.args.skip_bad_images)["eval"]
 
 
 def input_transform(mode: TransferMode) -> BatchAugment | None:
@@ -116,7 +137,7 @@ def eval_splits(mode: TransferMode) -> dict[str, datasets.Dataset]:
 
 def eval_images(mode: TransferMode) -> dict[str, torch.utils.data.Dataset]:
     """The evaluation images of each domain's labelled test split (see :func:`eval_splits`)."""
-    return {name: eval_dataset(mode, ds) for name, ds in eval_splits(mode).items()}
+    return {name: eval_dataset(mode, ds, name) for name, ds in eval_splits(mode).items()}
 
 
 def freeze_batchnorm_of_frozen(model: nn.Module) -> None:
