@@ -117,7 +117,7 @@ def test_rank_assignment_covers_every_row_once(tmp_path, n_shards, world_size, r
         ({"k_shot": 2}, "k_shot=2 does not work with --streaming"),
         ({"max_train_samples": 8}, "max_train_samples=8 does not work with --streaming"),
         ({"input_path": "stock"}, "input_path='stock' does not work with --streaming"),
-        ({"mode": "feature", "method": "linear"}, "streaming applies to mode=task only"),
+        ({"mode": "feature", "method": "linear"}, "streaming applies to mode=task or domain only"),
     ],
 )
 def test_refusals_name_the_option_before_any_data_loads(tmp_path, monkeypatch, parquet_folder, overrides, match):
