@@ -168,3 +168,13 @@ def test_a_resumed_streaming_domain_run_ends_where_the_uninterrupted_one_does(tm
     got = resumed.model.state_dict()
     assert any(k.startswith("aux.transfer") for k in got)  # the discriminator is compared too
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_loader_workers_read_both_streams_or_are_refused(tmp_path, domains):
+    run = prepare_run(*arguments_from_dict(_args(tmp_path, domains, dataloader_num_workers=2)))
+    for _, batch in zip(range(3), run.trainer.get_train_dataloader(), strict=False):
+        assert batch["pixel_values"].shape[0] == 4 and batch["target_pixel_values"].shape[0] == 4
+    one_shard = _parquet_domain(tmp_path / "one_shard", ["a", "b", "c"], n_shards=1, seed=3)
+    args = _args(tmp_path, {**domains, "target": one_shard}, dataloader_num_workers=2)
+    with pytest.raises(TransferConfigError, match="dataloader_num_workers=2: .* 2 source and 1 target shard"):
+        prepare_run(*arguments_from_dict(args))

@@ -77,6 +77,15 @@ def test_streamed_items_are_uint8_storage_with_the_original_size(parquet_folder)
     assert not all(torch.equal(a, b) for a, b in zip(pixels[:24], pixels[24:], strict=True))  # each pass reshuffled
 
 
+def test_loader_workers_beyond_the_shard_count_stay_idle(tmp_path):
+    stream = load_train_stream(_parquet_folder(tmp_path / "ds", n_train_shards=1, n=8))
+    cfg = DataConfig(input_size=(3, 16, 16), crop_pct=0.8)
+    images = StreamedImages(stream.dataset, cfg, "train", stream.image_column, stream.label_column, seed=0)
+    loader = torch.utils.data.DataLoader(images, batch_size=4, num_workers=2)  # the second worker gets no shard
+    labels = [label for _, batch in zip(range(4), loader, strict=False) for label in batch["labels"].tolist()]
+    assert sorted(labels) == sorted(2 * [k % 3 for k in range(8)])  # two passes of the one worker with the shard
+
+
 def test_unlabelled_label_feature_is_refused_naming_the_fix(tmp_path):
     folder = tmp_path / "ds" / "data"
     os.makedirs(folder)

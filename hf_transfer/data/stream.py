@@ -273,6 +273,9 @@ class StreamedImages(torch.utils.data.IterableDataset):
         return item
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and worker.id >= self.stream.n_shards:
+            return  # a loader worker beyond the shard count: datasets gives it no shard, the others read them all
         epoch = 0
         while True:  # max_steps ends the run; each pass is reshuffled
             self.stream.set_epoch(epoch)

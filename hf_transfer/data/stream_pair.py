@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from hf_transfer.data.stream import StreamedImages
+from hf_transfer.errors import TransferConfigError
 
 
 class PairedStreams(torch.utils.data.IterableDataset):
@@ -31,6 +32,20 @@ class PairedStreams(torch.utils.data.IterableDataset):
         self.source, self.target = source, target
         self.target_ratio = float(target_ratio)
         self.targets_per_item = math.ceil(self.target_ratio)
+
+    def check_loader_workers(self, num_workers: int) -> None:
+        """Refuse ``num_workers`` loader workers that would not share both streams' shards alike.
+
+        datasets gives each worker its own shards of each stream, none to a worker beyond a stream's shard count:
+        such a worker would hold source shards and no target image (or target shards never trained on)."""
+        shards = {"source": self.source.stream.n_shards, "target": self.target.stream.n_shards}
+        if num_workers > 0 and min(num_workers, shards["source"]) != min(num_workers, shards["target"]):
+            raise TransferConfigError(
+                f"dataloader_num_workers={num_workers}: with --streaming in domain mode each loader worker reads its "
+                f"own shards of both streams, and this process has {shards['source']} source and "
+                f"{shards['target']} target shard(s). Use at most {min(shards.values())} workers, or store both "
+                "training splits in as many shards as workers."
+            )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         targets = iter(self.target)

@@ -177,7 +177,9 @@ class DomainMode(TransferMode):
             return source
         target_map = label_lookup(target_stream.label_names, names)
         target = streamed_images(self, target_stream, target_map, with_labels=False, seed_offset=1)
-        return PairedStreams(source, target, target_ratio=self.args.target_batch_ratio)
+        paired = PairedStreams(source, target, target_ratio=self.args.target_batch_ratio)
+        paired.check_loader_workers(self.training_args.dataloader_num_workers)
+        return paired
 
     def eval_datasets(self) -> dict[str, Dataset]:
         """The source's and the target's test splits."""
