@@ -178,3 +178,13 @@ def test_loader_workers_read_both_streams_or_are_refused(tmp_path, domains):
     args = _args(tmp_path, {**domains, "target": one_shard}, dataloader_num_workers=2)
     with pytest.raises(TransferConfigError, match="dataloader_num_workers=2: .* 2 source and 1 target shard"):
         prepare_run(*arguments_from_dict(args))
+
+
+def test_partial_weighting_exclude_skips_the_excluded_source_classes_as_streamed():
+    from hf_transfer.training.modes.domain_parts import SourceClasses
+
+    excluded = SourceClasses("exclude", ["d"])
+    lookup = excluded.stream_label_map(["d", "B", "a", "x"], ["a", "b", "d"])  # matched by name, "x" unknown
+    assert lookup[:4].tolist() == [-1, 1, 0, -1]
+    assert excluded.summary(["a", "b", "d"])["excluded_source_rows"] is None  # not counted: no pass
+    assert SourceClasses("none", []).stream_label_map(["d", "a"], ["a", "b", "d"])[:2].tolist() == [2, 0]

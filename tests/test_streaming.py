@@ -216,3 +216,28 @@ def test_two_processes_read_disjoint_shards_and_train_the_same_weights(tmp_path)
         assert len(set(one)) == 12 and set(one) == set(two) and one != two  # the same rows, reshuffled
     assert not set(first["passes"][0]) & set(second["passes"][0])  # the processes' parts are disjoint
     assert first["weights"] == second["weights"]  # DDP kept them in step
+
+
+@pytest.mark.ddp
+def test_two_processes_stream_both_domains_of_a_domain_run(tmp_path):
+    import subprocess
+
+    from conftest import two_process_launch
+
+    source = _parquet_folder(tmp_path / "source", n_train_shards=4)
+    target = _parquet_folder(tmp_path / "target", n_train_shards=2, n=16)
+    script = os.path.join(os.path.dirname(__file__), "ddp_streaming.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(
+        two_process_launch(script, str(tmp_path), target, source), env=env, capture_output=True, text=True, timeout=400
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    first, second = (json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1))
+    for role, shards in (("source", 2), ("target", 1)):  # each process reads whole shards of both streams
+        assignment = first["streaming"][role]["assignment"]
+        assert assignment["rule"] == "whole shards per process" and assignment["shards_per_process"] == shards
+    for report in (first, second):  # each source pass is this process's whole part, once, reshuffled
+        one, two = report["passes"]
+        assert len(set(one)) == 12 and set(one) == set(two) and one != two
+    assert not set(first["passes"][0]) & set(second["passes"][0])  # the processes' source parts are disjoint
+    assert first["weights"] == second["weights"]  # DDP kept them in step
