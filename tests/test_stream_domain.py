@@ -112,7 +112,7 @@ def test_batches_carry_both_domains_with_labels_matched_by_name(tmp_path, domain
 
 
 def test_a_streaming_domain_run_trains_on_both_domains_and_scores(tmp_path, domains):
-    args = _args(tmp_path, domains, max_eval_samples=6)
+    args = _args(tmp_path, domains, max_eval_samples=6, eval_strategy="steps", eval_steps=3)
     results = run_transfer(*arguments_from_dict(args))
     with open(os.path.join(args["output_dir"], "results.json")) as f:
         written = json.load(f)
@@ -125,6 +125,8 @@ def test_a_streaming_domain_run_trains_on_both_domains_and_scores(tmp_path, doma
     train_logs = [e for e in written["log_history"] if "loss" in e]
     assert len(train_logs) == 3 and all(e["transfer_loss"] > 0 for e in train_logs)  # target images in every batch
     assert max(e.get("step", 0) for e in written["log_history"]) == 3
+    unsupervised = [k for e in written["log_history"] for k in e if k.startswith("eval_target_unlabelled_")]
+    assert unsupervised and not any("accuracy" in k for k in unsupervised)  # the head feeds the validators only
     assert results["metrics"]["target"]["num_samples"] == 6 and results["metrics"]["source"]["num_samples"] == 6
 
 
