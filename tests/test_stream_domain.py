@@ -109,6 +109,7 @@ def test_batches_carry_both_domains_with_labels_matched_by_name(tmp_path, domain
     assert target_classes == {"a", "b", "c"}  # "e" skipped; the target's labels never travel
     assert "labels" not in next(iter(run.trainer.train_dataset.target))
     assert len(run.data.target["train"]) == 12  # the unlabelled head: the 16 target rows without "e"'s 4
+    assert run.data.train_stream.info["unlabelled_head"] == {"rows_read": 16, "rows_kept": 12}
 
 
 def test_a_streaming_domain_run_trains_on_both_domains_and_scores(tmp_path, domains):
@@ -121,7 +122,8 @@ def test_a_streaming_domain_run_trains_on_both_domains_and_scores(tmp_path, doma
     for role in ("source", "target"):
         assert streaming[role]["assignment"]["rule"] == "whole shards per process"
         assert streaming[role]["n_shards"] == 2
-    assert streaming["target"]["unlabelled_head_rows"] == 6  # max_eval_samples bounds the head
+    head = streaming["target"]["unlabelled_head"]  # max_eval_samples bounds the head; "e" rows dropped from it
+    assert head["rows_read"] == 6 and 0 < head["rows_kept"] <= 6
     train_logs = [e for e in written["log_history"] if "loss" in e]
     assert len(train_logs) == 3 and all(e["transfer_loss"] > 0 for e in train_logs)  # target images in every batch
     assert max(e.get("step", 0) for e in written["log_history"]) == 3

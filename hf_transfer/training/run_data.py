@@ -81,10 +81,11 @@ def _streaming_domain_data(
     source = load_train_stream(source_spec, args.image_column, args.label_column)
     target = load_train_stream(target_spec, args.image_column, args.label_column)
     head = stream_head(target, args.max_eval_samples or TARGET_HEAD_ROWS, seed)
-    target.info["unlabelled_head_rows"] = len(head)
     source_splits = check_images(datasets.DatasetDict({"test": source.test}), f"Dataset {source_spec}")
     target_splits = check_images(datasets.DatasetDict({"train": head, "test": target.test}), f"Dataset {target_spec}")
     aligned = align_domains(source_splits, target_splits, policy=args.label_policy)
+    # rows of a class outside the label space are dropped from the head as from every split
+    target.info["unlabelled_head"] = {"rows_read": len(head), "rows_kept": len(aligned.target["train"])}
     return TransferData(
         target=aligned.target,
         source=aligned.source,

@@ -389,7 +389,7 @@ class DomainMode(TransferMode):
                 "resume": RESUME_BEHAVIOUR,
                 "source": self.data.source_stream.info,
                 "target": self.data.train_stream.info,
-                "unlabelled_target": "the first unlabelled_head_rows rows of the target stream (seeded shuffle "
+                "unlabelled_target": "target.unlabelled_head: the first rows of the target stream (seeded shuffle "
                 "buffer), read once before training, scored by the unsupervised validators",
             }
         return {
