@@ -1,7 +1,8 @@
 """Launched by tests/test_streaming.py under `accelerate launch --multi_gpu --num_processes 2` (CPU, gloo): one
-streaming task run on a parquet folder (``argv[2]``), trained and scored as `hf-transfer train` does it. Each process
-writes into ``<out>/rank<i>.json`` a digest of its parameters after training, the shard assignment it recorded and the
-digests of the images of its first pass over its part of the stream (from the run's own training loader)."""
+streaming task run on a parquet folder (``argv[2]``), or with a source parquet folder (``argv[3]``) a streaming domain
+run (dann) from it to ``argv[2]``, trained and scored as `hf-transfer train` does it. Each process writes into
+``<out>/rank<i>.json`` a digest of its parameters after training, the shard assignment(s) it recorded and the digests
+of the (source) images of its first pass over its part of the stream (from the run's own training loader)."""
 
 import hashlib
 import json
@@ -13,9 +14,10 @@ from hf_transfer.training.fit import train_run
 from hf_transfer.training.run import prepare_run
 
 out, folder = sys.argv[1], sys.argv[2]
+source = sys.argv[3] if len(sys.argv) > 3 else None
 args, training_args = arguments_from_dict(
     {
-        "mode": "task",
+        **({"mode": "domain", "method": "dann", "source": source} if source else {"mode": "task"}),
         "backbone": "test_resnet",
         "target": folder,
         "streaming": True,

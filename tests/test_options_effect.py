@@ -85,6 +85,9 @@ def data(tmp_path_factory):
         "source": _domain(root / "source", ["a", "b", "c", "d"], 32, 8, 1),
         "corrupt": _domain(root / "corrupt", ["a", "b", "c"], 24, 12, 0, corrupt=True),
         "parquet": _parquet(_domain(root / "target_parquet_src", ["a", "b", "c"], 24, 12, 0), root / "parquet"),
+        "parquet_source": _parquet(
+            _domain(root / "source_parquet_src", ["a", "b", "c", "d"], 32, 8, 1), root / "parquet_source"
+        ),
         "base": _pretrained(root / "base"),
     }
 
@@ -432,7 +435,14 @@ PROBES = {
     "max_train_samples": Probe((8,), data_shape),
     "max_eval_samples": Probe((4,), data_shape),
     "skip_bad_images": Probe((True,), data_shape, {m: {"target": "{corrupt}"} for m in MODES}),
-    "streaming": Probe((True,), train_input, {m: {"target": "{parquet}"} for m in MODES}),
+    "streaming": Probe(
+        (True,),
+        train_input,
+        {
+            **{m: {"target": "{parquet}"} for m in MODES},
+            "domain": {"target": "{parquet}", "source": "{parquet_source}"},
+        },
+    ),
     # what trains, at which rate
     "freeze": Probe(("stem",), trainable),
     "backbone_lr_scale": Probe((0.1,), optimizer_groups),

@@ -77,6 +77,15 @@ def test_streamed_items_are_uint8_storage_with_the_original_size(parquet_folder)
     assert not all(torch.equal(a, b) for a, b in zip(pixels[:24], pixels[24:], strict=True))  # each pass reshuffled
 
 
+def test_loader_workers_beyond_the_shard_count_stay_idle(tmp_path):
+    stream = load_train_stream(_parquet_folder(tmp_path / "ds", n_train_shards=1, n=8))
+    cfg = DataConfig(input_size=(3, 16, 16), crop_pct=0.8)
+    images = StreamedImages(stream.dataset, cfg, "train", stream.image_column, stream.label_column, seed=0)
+    loader = torch.utils.data.DataLoader(images, batch_size=4, num_workers=2)  # the second worker gets no shard
+    labels = [label for _, batch in zip(range(4), loader, strict=False) for label in batch["labels"].tolist()]
+    assert sorted(labels) == sorted(2 * [k % 3 for k in range(8)])  # two passes of the one worker with the shard
+
+
 def test_unlabelled_label_feature_is_refused_naming_the_fix(tmp_path):
     folder = tmp_path / "ds" / "data"
     os.makedirs(folder)
@@ -117,7 +126,7 @@ def test_rank_assignment_covers_every_row_once(tmp_path, n_shards, world_size, r
         ({"k_shot": 2}, "k_shot=2 does not work with --streaming"),
         ({"max_train_samples": 8}, "max_train_samples=8 does not work with --streaming"),
         ({"input_path": "stock"}, "input_path='stock' does not work with --streaming"),
-        ({"mode": "feature", "method": "linear"}, "streaming applies to mode=task only"),
+        ({"mode": "feature", "method": "linear"}, "streaming applies to mode=task or domain only"),
     ],
 )
 def test_refusals_name_the_option_before_any_data_loads(tmp_path, monkeypatch, parquet_folder, overrides, match):
@@ -206,4 +215,29 @@ def test_two_processes_read_disjoint_shards_and_train_the_same_weights(tmp_path)
         one, two = report["passes"]
         assert len(set(one)) == 12 and set(one) == set(two) and one != two  # the same rows, reshuffled
     assert not set(first["passes"][0]) & set(second["passes"][0])  # the processes' parts are disjoint
+    assert first["weights"] == second["weights"]  # DDP kept them in step
+
+
+@pytest.mark.ddp
+def test_two_processes_stream_both_domains_of_a_domain_run(tmp_path):
+    import subprocess
+
+    from conftest import two_process_launch
+
+    source = _parquet_folder(tmp_path / "source", n_train_shards=4)
+    target = _parquet_folder(tmp_path / "target", n_train_shards=2, n=16)
+    script = os.path.join(os.path.dirname(__file__), "ddp_streaming.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(
+        two_process_launch(script, str(tmp_path), target, source), env=env, capture_output=True, text=True, timeout=400
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    first, second = (json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1))
+    for role, shards in (("source", 2), ("target", 1)):  # each process reads whole shards of both streams
+        assignment = first["streaming"][role]["assignment"]
+        assert assignment["rule"] == "whole shards per process" and assignment["shards_per_process"] == shards
+    for report in (first, second):  # each source pass is this process's whole part, once, reshuffled
+        one, two = report["passes"]
+        assert len(set(one)) == 12 and set(one) == set(two) and one != two
+    assert not set(first["passes"][0]) & set(second["passes"][0])  # the processes' source parts are disjoint
     assert first["weights"] == second["weights"]  # DDP kept them in step

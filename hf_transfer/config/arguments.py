@@ -157,10 +157,10 @@ class TransferArguments:
     streaming: bool = field(
         default=False,
         metadata={
-            "help": "mode=task: read the target's training split as a stream (datasets' streaming=True; a Hub id or "
-            "local parquet files with a ClassLabel label column and a stored test split): nothing is downloaded or "
-            "decoded ahead, images are decoded in the DataLoader and augmented on the device. Needs max_steps > 0; "
-            "the test split is loaded as usual."
+            "help": "mode=task or domain: read the training split (domain: the source's and the target's, zipped "
+            "batch by batch) as a stream (datasets' streaming=True; a Hub id or local parquet files with a ClassLabel "
+            "label column and a stored test split): nothing is downloaded or decoded ahead, images are decoded in the "
+            "DataLoader and augmented on the device. Needs max_steps > 0; the test splits are loaded as usual."
         },
     )
     freeze: str | None = field(

@@ -105,7 +105,8 @@ def check_arguments(args: TransferArgs, method: Method) -> None:
     method.options(args.method_args)
 
 
-#: options that need a map-style pass over the training split, with why (refused with --streaming)
+#: options (``name``, or ``name=value`` for one value) that need a map-style pass over a training split, with why
+#: (refused with --streaming)
 STREAMING_REFUSED: dict[str, str] = {
     "k_shot": "it picks k images per class from the whole training split",
     "target_classes": "it selects classes from the whole training split",
@@ -114,27 +115,42 @@ STREAMING_REFUSED: dict[str, str] = {
     "skip_bad_images": "bad images are found by decoding the whole split before training",
     "model_ema": "its validation split is held out of the whole training split",
     "wise_ft_alpha": "its validation split is held out of the whole training split",
+    "adabn": "AdaBN re-estimates the BatchNorm statistics over the whole target training split after training",
+    "partial_weighting=pada": "PADA re-estimates its class weights from predictions over the whole target training "
+    "split every pada_every steps (partial_weighting=exclude works on a stream)",
 }
 
 
+def _streaming_refusal(args: TransferArgs) -> tuple[str, Any, str] | None:
+    """The first option set that :data:`STREAMING_REFUSED` refuses: (name, value, why), or None."""
+    for key, why in STREAMING_REFUSED.items():
+        name, _, refused_value = key.partition("=")
+        value = getattr(args, name)
+        if (value == refused_value) if refused_value else value not in (None, False, 0, "", []):
+            return name, value, why
+    return None
+
+
 def check_streaming(args: TransferArgs) -> None:
-    """Refuse ``--streaming`` with what needs the whole training split at hand, naming the option."""
+    """Refuse ``--streaming`` with what needs a whole training split at hand, naming the option."""
     if not args.streaming:
         return
-    for name, why in STREAMING_REFUSED.items():
-        value = getattr(args, name)
-        if value not in (None, False, 0, "", []):
-            raise TransferConfigError(
-                f"{name}={value!r} does not work with --streaming true: {why}. Remove {name}, or run without "
-                "--streaming."
-            )
+    refused = _streaming_refusal(args)
+    if refused is not None:
+        name, value, why = refused
+        raise TransferConfigError(
+            f"{name}={value!r} does not work with --streaming true: {why}. Remove {name}, or run without --streaming."
+        )
     if args.input_path != "fast":
         raise TransferConfigError(
             f"input_path={args.input_path!r} does not work with --streaming true: streamed images are decoded to the "
             "fast path's uint8 storage and augmented on the device. Remove --input_path."
         )
-    if args.source:
-        raise TransferConfigError("--streaming true reads one target domain; remove --source.")
+    if args.source and args.mode != "domain":
+        raise TransferConfigError(
+            f"source={args.source!r} does not work with --streaming true in mode={args.mode}: it streams one domain "
+            "(mode=domain streams both). Remove --source."
+        )
 
 
 #: how to get what a source-free method starts from

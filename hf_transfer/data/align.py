@@ -92,11 +92,18 @@ def _names(dsd: datasets.DatasetDict, where: str) -> list[str]:
     return list(feat.names)
 
 
+def label_lookup(old: list[str], names: list[str]) -> np.ndarray:
+    """Old class id -> its id in ``names``, matched by name (:func:`class_key`); -1 for a class not in ``names``.
+
+    One entry more than ``old``: -1 at the end, so that an unlabelled row (id -1) maps to -1."""
+    new_index = {class_key(n): i for i, n in enumerate(names)}
+    return np.array([new_index.get(class_key(n), -1) for n in old] + [-1], dtype=np.int64)
+
+
 def remap_labels(dsd: datasets.DatasetDict, names: list[str], where: str) -> tuple[datasets.DatasetDict, dict]:
     """Drop rows whose class is not in ``names`` and re-encode the rest to ``ClassLabel(names)``."""
     old = next(iter(dsd.values())).features[LABEL_COLUMN].names
-    new_index = {class_key(n): i for i, n in enumerate(names)}
-    lookup = np.array([new_index.get(class_key(n), -1) for n in old] + [-1], dtype=np.int64)
+    lookup = label_lookup(old, names)
     target_label = ClassLabel(names=list(names))
     out, dropped = {}, {}
     for split, ds in dsd.items():

@@ -11,6 +11,12 @@ reshuffled (``set_epoch``), until ``max_steps`` ends the run.
 The test split is small and scored as today: it is streamed once, kept as a map-style ``datasets.Dataset`` (its
 image bytes as stored) and checked like any loaded split. A training split without ``ClassLabel`` names has no
 class list before the whole split is read: it is refused, naming the fix.
+
+Domain mode streams the source's and the target's training splits, each per process and endlessly as above, and
+zips them (:mod:`hf_transfer.data.stream_pair`). Each stream's labels are re-encoded on the fly to the run's label
+space (``label_map``, matched by name from the streams' ``ClassLabel`` names: no pass), rows of a class outside it
+skipped; the target's images are kept without their labels, unlabelled rows included. The unlabelled target images
+the unsupervised validators score are a bounded head of the target stream (:func:`stream_head`), kept map-style.
 """
 
 from __future__ import annotations
@@ -84,8 +90,8 @@ def _streamed(spec: DatasetSpec) -> datasets.IterableDatasetDict:
     return loaded
 
 
-def _materialize_test(stream: datasets.IterableDataset, image_column: str) -> datasets.Dataset:
-    """The test split, read once into a map-style dataset that keeps each image's stored bytes.
+def _materialize(stream: datasets.IterableDataset, image_column: str) -> datasets.Dataset:
+    """A (bounded) stream, read once into a map-style dataset that keeps each image's stored bytes.
 
     Its fingerprint is a digest of what was read, so the image check and the decoded eval images are cached
     once per content, as for a split loaded without streaming (``from_list`` would give a random one)."""
@@ -135,7 +141,7 @@ def load_train_stream(
             "list before it is read to the end. Store the labels as a ClassLabel (Dataset.cast_column(..., "
             "ClassLabel(names=[...])) before writing the parquet files) or run without --streaming."
         )
-    test = _materialize_test(splits[test_name].select_columns([img, lab]), img)
+    test = _materialize(splits[test_name].select_columns([img, lab]), img)
     if img != IMAGE_COLUMN:
         test = test.rename_column(img, IMAGE_COLUMN)
     if lab != LABEL_COLUMN:
@@ -145,6 +151,24 @@ def load_train_stream(
     test = test.cast_column(LABEL_COLUMN, feat)
     info = {"train_split": train_name, "test_split": test_name, "n_shards": train.n_shards}
     return TrainStream(train.select_columns([img, lab]), list(feat.names), img, lab, test, info)
+
+
+#: unlabelled target images in the head of the target stream (domain mode) when ``max_eval_samples`` sets no count
+TARGET_HEAD_ROWS = 1000
+
+
+def stream_head(stream: TrainStream, rows: int, seed: int) -> datasets.Dataset:
+    """The first ``rows`` examples of the training stream, shuffled with the seeded buffer (shard order too), as a
+    map-style dataset with columns ``image`` and ``label`` (the stream's ``ClassLabel``).
+
+    Domain mode's unlabelled target images for the unsupervised validators: read once, before training."""
+    head = stream.dataset.shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER).take(rows)
+    ds = _materialize(head, stream.image_column)
+    if len(ds) == 0:
+        raise TransferConfigError("The target's training stream is empty: no target image to adapt to.")
+    renames = {stream.image_column: IMAGE_COLUMN, stream.label_column: LABEL_COLUMN}
+    ds = ds.rename_columns({old: new for old, new in renames.items() if old != new})
+    return ds.cast_column(LABEL_COLUMN, datasets.ClassLabel(names=stream.label_names))
 
 
 def rank_stream(
@@ -186,7 +210,11 @@ class StreamedImages(torch.utils.data.IterableDataset):
     """A shuffled, endlessly repeated image stream decoded to the fast path's uint8 items in the DataLoader.
 
     Items: ``{"pixel_values": uint8 [3, Hs, Ws], "labels": int, "image_size": int64 [2]}`` (train storage),
-    or the stock eval geometry (``split_kind="eval"``, ``--augment none``) without ``image_size``."""
+    or the stock eval geometry (``split_kind="eval"``, ``--augment none``) without ``image_size``.
+
+    ``label_map``: the stream's class id -> the run's (:func:`hf_transfer.data.align.label_lookup`; -1: not in the
+    run's label space, the row is skipped). ``with_labels=False``: items carry no ``labels`` and unlabelled rows are
+    kept (domain mode's target images)."""
 
     def __init__(
         self,
@@ -197,8 +225,11 @@ class StreamedImages(torch.utils.data.IterableDataset):
         label_column: str,
         seed: int,
         buffer_size: int = SHUFFLE_BUFFER,
+        label_map: np.ndarray | None = None,
+        with_labels: bool = True,
     ) -> None:
         super().__init__()
+        self.label_map, self.with_labels = label_map, with_labels
         undecoded = stream.cast_column(image_column, datasets.Image(decode=False))
         self.stream = undecoded.shuffle(seed=seed, buffer_size=buffer_size)
         self.cfg, self.split_kind = cfg, split_kind
@@ -207,8 +238,13 @@ class StreamedImages(torch.utils.data.IterableDataset):
 
     def _item(self, row: dict[str, Any]) -> dict[str, Any] | None:
         label = row[self.label_column]
-        if label is None or label < 0:  # unlabelled rows are never trained on
-            return None
+        if label is None or label < 0:  # unlabelled rows: never trained on with labels, kept as target images
+            if self.with_labels:
+                return None
+        elif self.label_map is not None:
+            label = int(self.label_map[label])
+            if label < 0:  # a class outside the run's label space
+                return None
         try:
             img = _to_rgb(row[self.image_column])
             pixels = _prepare(
@@ -229,32 +265,42 @@ class StreamedImages(torch.utils.data.IterableDataset):
                 f"{err}). Fix or remove it from the dataset, or run without --streaming (which checks every image "
                 "before training and can skip bad ones)."
             ) from err
-        item: dict[str, Any] = {"pixel_values": torch.from_numpy(np.array(pixels, order="C")), "labels": int(label)}
+        item: dict[str, Any] = {"pixel_values": torch.from_numpy(np.array(pixels, order="C"))}
+        if self.with_labels:
+            item["labels"] = int(label)
         if self.split_kind != "eval":
             item["image_size"] = torch.tensor([img.height, img.width], dtype=torch.int64)
         return item
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and worker.id >= self.stream.n_shards:
+            return  # a loader worker beyond the shard count: datasets gives it no shard, the others read them all
         epoch = 0
         while True:  # max_steps ends the run; each pass is reshuffled
             self.stream.set_epoch(epoch)
-            seen = False
+            kept = False
             for row in self.stream:
-                seen = True
                 item = self._item(row)
                 if item is not None:
+                    kept = True
                     yield item
-            if not seen:
-                raise TransferConfigError("The training stream of this process is empty: no example to train on.")
+            if not kept:
+                raise TransferConfigError(
+                    "The training stream of this process has no example to train on: it is empty, or every row is "
+                    "unlabelled or of a class outside the run's label space."
+                )
             epoch += 1
 
 
 __all__ = [
     "RESUME_BEHAVIOUR",
     "SHUFFLE_BUFFER",
+    "TARGET_HEAD_ROWS",
     "StreamedImages",
     "TrainStream",
     "load_train_stream",
     "rank_stream",
+    "stream_head",
     "stream_storage_hw",
 ]

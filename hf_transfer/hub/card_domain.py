@@ -63,10 +63,15 @@ def label_space_text(results: dict) -> str:
     pw = results.get("partial_weighting") or {}
     method = pw.get("method")
     if method == "exclude" and pw.get("excluded_classes"):
+        rows = pw.get("excluded_source_rows", 0)
+        counted = (
+            "their source training rows (not counted: the source was streamed)"
+            if rows is None
+            else f"their {rows} source training rows"
+        )
         return (
             f"Partial label space: the target dataset does not declare {_names(pw['excluded_classes'])}, so "
-            f"their {pw.get('excluded_source_rows', 0)} source training rows were left out of training "
-            "(`partial_weighting=exclude`; the head still has these classes)."
+            f"{counted} were left out of training (`partial_weighting=exclude`; the head still has these classes)."
         )
     if method == "pada":
         weights = pw.get("class_weights") or {}

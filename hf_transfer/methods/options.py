@@ -61,7 +61,14 @@ declare_option("l2sp_beta", modes=_TASK, excludes=("adapters",))
 for _name in ("bss_eta", "bss_k"):
     declare_option(_name, modes=_TASK, requires=("trainable_backbone",), why="frozen features cannot change")
 declare_option("k_shot", modes=_TASK, requires=("target_labels",))
-declare_option("streaming", modes=_TASK, why="domain and feature modes read the training split more than once")
+declare_option(
+    "streaming",
+    modes=("task", "domain"),
+    excludes=("target_pass",),
+    why="a stream is read batch by batch, never whole: feature mode extracts and re-reads the whole training split, "
+    "and a method with target_pass (source-free SHOT, NRC, AaD) refills per-image pseudo-labels or memory banks "
+    "from passes over the whole target training split",
+)
 
 # --- adapters --------------------------------------------------------------------------------------
 for _name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "publish"):

@@ -16,9 +16,10 @@ and the benchmarks all read :data:`METHODS`.
 * ``recipe``: training defaults of the method on top of its mode's (``hf_transfer.training.defaults``), used
   for what the user leaves unset (e.g. LoRA's learning rate);
 * ``needs`` (:class:`Needs`): what the method needs to run (source data, target images, target labels, a
-  trainable backbone, BatchNorm layers); ``adapters``: it trains adapters (PEFT) instead of the backbone's
-  weights; ``soft_targets``: its losses reach the labels only through a cross-entropy that also takes class
-  probabilities (mixup/cutmix targets); ``required_options``: options it cannot run without;
+  trainable backbone, BatchNorm layers, passes over the whole target training split); ``adapters``: it trains
+  adapters (PEFT) instead of the backbone's weights; ``soft_targets``: its losses reach the labels only through
+  a cross-entropy that also takes class probabilities (mixup/cutmix targets); ``required_options``: options it
+  cannot run without;
   ``find_unused_parameters``: some training step leaves a trainable parameter without a gradient (DDP must
   look for unused parameters); ``owns_step``: the method runs its own passes per optimizer step (several
   updates on parts of the model, :mod:`hf_transfer.methods.domain.step`), which rules out what assumes one loss
@@ -66,6 +67,9 @@ class Needs:
     trainable_backbone: bool = True
     #: BatchNorm layers with running statistics in the backbone
     batchnorm: bool = False
+    #: passes over every target training image while training (per-image pseudo-labels or memory banks refilled
+    #: from the whole split): the split must be at hand, not read once as a stream
+    target_pass: bool = False
 
 
 #: the method properties an option's scope may name (:class:`OptionScope`)

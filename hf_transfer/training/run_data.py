@@ -11,7 +11,7 @@ from hf_transfer.data.align import align_domains, align_to_classifier
 from hf_transfer.data.classes import select_classes
 from hf_transfer.data.load import check_images, load_domain
 from hf_transfer.data.spec import DatasetSpec, parse_dataset_spec
-from hf_transfer.data.stream import load_train_stream
+from hf_transfer.data.stream import TARGET_HEAD_ROWS, load_train_stream, stream_head
 from hf_transfer.data.validation import hold_out_validation
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.methods import registry
@@ -71,15 +71,44 @@ def _streaming_data(spec: DatasetSpec, args: TransferArguments) -> TransferData:
     return TransferData(target=test, label_names=stream.label_names, target_name=spec.display_name, train_stream=stream)
 
 
+def _streaming_domain_data(
+    source_spec: DatasetSpec, target_spec: DatasetSpec, args: TransferArguments, seed: int
+) -> TransferData:
+    """``--streaming`` in domain mode: both training splits as streams, the label spaces matched by name from their
+    ``ClassLabel`` names (no pass), the test splits loaded and checked as usual; ``target["train"]`` is a head of
+    the target stream (``max_eval_samples`` rows, else ``TARGET_HEAD_ROWS``): the unlabelled target images the
+    unsupervised validators score, never trained on."""
+    source = load_train_stream(source_spec, args.image_column, args.label_column)
+    target = load_train_stream(target_spec, args.image_column, args.label_column)
+    head = stream_head(target, args.max_eval_samples or TARGET_HEAD_ROWS, seed)
+    source_splits = check_images(datasets.DatasetDict({"test": source.test}), f"Dataset {source_spec}")
+    target_splits = check_images(datasets.DatasetDict({"train": head, "test": target.test}), f"Dataset {target_spec}")
+    aligned = align_domains(source_splits, target_splits, policy=args.label_policy)
+    # rows of a class outside the label space are dropped from the head as from every split
+    target.info["unlabelled_head"] = {"rows_read": len(head), "rows_kept": len(aligned.target["train"])}
+    return TransferData(
+        target=aligned.target,
+        source=aligned.source,
+        label_names=aligned.label_names,
+        alignment=aligned.report,
+        source_name=source_spec.display_name,
+        target_name=target_spec.display_name,
+        train_stream=target,
+        source_stream=source,
+    )
+
+
 def load_transfer_data(args: TransferArguments, seed: int) -> TransferData:
     """The run's datasets: the target (its ``--target_classes``), and the source when ``--source`` is given.
 
     With a source, both domains have their labels aligned by name (``--label_policy``); a source-free method's
     target is aligned by name to the classifier's own classes (``id2label`` of ``--backbone``)."""
     target_spec = parse_dataset_spec(args.target)
+    source_spec = parse_dataset_spec(args.source) if args.source else None
+    if getattr(args, "streaming", False) and source_spec is not None and args.mode == "domain":
+        return _streaming_domain_data(source_spec, target_spec, args, seed)
     if getattr(args, "streaming", False):
         return _streaming_data(target_spec, args)
-    source_spec = parse_dataset_spec(args.source) if args.source else None
     skipped: dict[str, int] = {}
     target = select_classes(_load_checked(target_spec, args, seed, "target", skipped), args.target_classes)
     if source_spec is None and not registry.get_method(str(args.method)).needs.source_data and args.mode == "domain":

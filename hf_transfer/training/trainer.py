@@ -24,11 +24,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hf_transfer.data.stream import StreamedImages
 from hf_transfer.methods.domain.step import SteppedLoss
 from hf_transfer.runtime.disk import ensure_free_space, space_errors
 from hf_transfer.training.checkpoint_selection import ValidatorSelection
@@ -86,12 +85,12 @@ class TransferTrainer(Trainer):
 
     def get_train_dataloader(self) -> DataLoader:
         """The Trainer's loader, dropping a last batch of one sample (see :meth:`_single_trailing_batch`)."""
-        if isinstance(self.train_dataset, StreamedImages):
+        if isinstance(self.train_dataset, IterableDataset):  # --streaming: StreamedImages, or PairedStreams
             return self._stream_dataloader(self.train_dataset)
         with self._drop_last(self.args.dataloader_drop_last or self._single_trailing_batch()):
             return super().get_train_dataloader()
 
-    def _stream_dataloader(self, stream: StreamedImages) -> DataLoader:
+    def _stream_dataloader(self, stream: IterableDataset) -> DataLoader:
         """``--streaming``: a plain DataLoader over this process's part of the stream, NOT passed through
         ``accelerator.prepare``: accelerate would shard the (already per-process) stream again (IterableDatasetShard
         keeps one batch in N). The Trainer moves each batch to the device itself."""

@@ -57,7 +57,10 @@ def register_loss(
             default_for=("domain",) if default else (),
             backbone_lr_scale=backbone_lr_scale,
             implementation=cls,
-            needs=Needs(source_data=not source_free, target_images=target_images, target_labels=False),
+            # a source-free loss keeps per-image state that passes over the whole target split refill
+            needs=Needs(
+                source_data=not source_free, target_images=target_images, target_labels=False, target_pass=source_free
+            ),
             soft_targets=soft_targets,
             find_unused_parameters=find_unused_parameters,
             owns_step=issubclass(cls, SteppedLoss),

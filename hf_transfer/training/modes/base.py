@@ -71,8 +71,11 @@ class TransferData:
     kept_unlabelled: dict[str, int] = field(default_factory=dict)
     #: rows whose image cannot be decoded, dropped per ``domain/split`` (``--skip_bad_images``)
     skipped_images: dict[str, int] = field(default_factory=dict)
-    #: ``--streaming``: the target's training split as a stream (``target`` then holds its test split only)
+    #: ``--streaming``: the target's training split as a stream (``target`` then holds its test split only; in domain
+    #: mode also ``train``: a head of the stream, the unlabelled target images the unsupervised validators score)
     train_stream: TrainStream | None = None
+    #: ``--streaming`` in domain mode: the source's training split as a stream (``source`` holds its test split)
+    source_stream: TrainStream | None = None
 
     def drop_unlabelled(self, keep_target_train: bool = False) -> None:
         """Remove the rows without a label from every split that is trained on or scored.

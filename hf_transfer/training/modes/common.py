@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datasets
+import numpy as np
 import torch
 from torch import nn
 
@@ -56,18 +57,31 @@ def train_images(
     return ImageDomainDataset(ds, transform, with_labels)
 
 
-def streamed_images(mode: TransferMode, stream: TrainStream) -> StreamedImages:
+def streamed_images(
+    mode: TransferMode,
+    stream: TrainStream,
+    label_map: np.ndarray | None = None,
+    with_labels: bool = True,
+    seed_offset: int = 0,
+) -> StreamedImages:
     """``--streaming``: this process's part of the training stream, decoded in the DataLoader (fast path items).
 
+    ``label_map``/``with_labels``: see :class:`StreamedImages`; its buffer is shuffled with ``seed + seed_offset``.
     Records the shard assignment in ``stream.info`` (results.json)."""
     args, training_args = mode.args, mode.training_args
     part, assignment = rank_stream(stream.dataset, training_args.process_index, training_args.world_size)
-    stream.info.update(
-        assignment=assignment, shuffle_buffer=SHUFFLE_BUFFER, resume=RESUME_BEHAVIOUR, seed=training_args.seed
-    )
+    seed = training_args.seed + seed_offset
+    stream.info.update(assignment=assignment, shuffle_buffer=SHUFFLE_BUFFER, resume=RESUME_BEHAVIOUR, seed=seed)
     kind = split_kind_for(args.augment, train=True)
     images = StreamedImages(
-        part, mode.backbone.data_config, kind, stream.image_column, stream.label_column, training_args.seed
+        part,
+        mode.backbone.data_config,
+        kind,
+        stream.image_column,
+        stream.label_column,
+        seed,
+        label_map=label_map,
+        with_labels=with_labels,
     )
     stream.info["storage_hw"] = list(images.storage_hw)
     return images

@@ -19,6 +19,15 @@ groups train at ``learning_rate * backbone_lr_scale``, its head, the bottleneck 
 modules (discriminator) at ``learning_rate``. The domain gap is always measured on the backbone's
 pooled features (the input of the exported head), so "before" and "after" compare the same space
 with or without a bottleneck. Each shared option is a collaborator of :mod:`.domain_parts`.
+
+``--streaming``: the source's and the target's training splits are read as streams, per process, endless and
+zipped (:class:`~hf_transfer.data.stream_pair.PairedStreams`): every batch carries the source rows and the
+``target_batch_ratio`` target images a map-style batch carries. The label spaces are matched by name from the
+streams' ``ClassLabel`` names. Scored as without streaming: the source's and the target's test splits (loaded
+map-style), and, for the unsupervised validators, a head of the target stream (``max_eval_samples`` rows, else
+:data:`~hf_transfer.data.stream.TARGET_HEAD_ROWS`, read once before training; see
+:func:`~hf_transfer.data.stream.stream_head`) in place of the whole target training split. What needs a whole
+target split (source-free methods, ``adabn``, ``partial_weighting=pada``) is refused with the arguments.
 """
 
 from __future__ import annotations
@@ -34,8 +43,11 @@ from transformers import TrainerCallback, TrainingArguments
 
 from hf_transfer.config import TransferArguments
 from hf_transfer.config.checks import check_backbone_needs, check_source_free_backbone
+from hf_transfer.data.align import label_lookup
 from hf_transfer.data.kshot import subset
 from hf_transfer.data.paired import IndexedRows, PairedDataset, collate_paired
+from hf_transfer.data.stream import RESUME_BEHAVIOUR
+from hf_transfer.data.stream_pair import PairedStreams
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.evaluation.metrics import UNLABELLED
 from hf_transfer.methods.domain import build_loss, trade_off_weight
@@ -51,6 +63,7 @@ from hf_transfer.training.modes.common import (
     eval_dataset,
     eval_images,
     input_transform,
+    streamed_images,
     train_images,
 )
 
@@ -142,6 +155,8 @@ class DomainMode(TransferMode):
 
     def train_dataset(self) -> Dataset:
         """Source rows, paired with target images unless the method trains on none (the baseline)."""
+        if self.data.source_stream is not None:
+            return self._streamed_train_dataset()
         if self.source_free:  # the target images alone, each with its row index (the method's per-row state)
             return IndexedRows(train_images(self, self.data.target["train"], with_labels=False))
         assert self.data.source is not None  # checked in __init__
@@ -151,12 +166,29 @@ class DomainMode(TransferMode):
         target = train_images(self, self.data.target["train"], with_labels=False)
         return PairedDataset(source, target, target_ratio=self.args.target_batch_ratio)
 
+    def _streamed_train_dataset(self) -> Dataset:
+        """``--streaming``: the source stream (its labels re-encoded to the run's classes by name), zipped with the
+        target stream's images (labels dropped) unless the method trains on none (the baseline)."""
+        source_stream, target_stream = self.data.source_stream, self.data.train_stream
+        assert source_stream is not None and target_stream is not None, "run_data streams both domains"
+        names = self.data.label_names
+        source = streamed_images(self, source_stream, self.weighting.stream_label_map(source_stream.label_names, names))
+        if not get_method(self.method_name).needs.target_images:
+            return source
+        target_map = label_lookup(target_stream.label_names, names)
+        target = streamed_images(self, target_stream, target_map, with_labels=False, seed_offset=1)
+        paired = PairedStreams(source, target, target_ratio=self.args.target_batch_ratio)
+        paired.check_loader_workers(self.training_args.dataloader_num_workers)
+        return paired
+
     def eval_datasets(self) -> dict[str, Dataset]:
         """The source's and the target's test splits."""
         return eval_images(self)
 
     def unlabelled_eval_datasets(self) -> dict[str, Dataset]:
-        """Target TRAIN images with their labels hidden (-1): for unsupervised checkpoint selection."""
+        """Target TRAIN images with their labels hidden (-1): for unsupervised checkpoint selection.
+
+        ``--streaming``: the head of the target stream read before training (see the module docstring)."""
         target = subset(self.data.target["train"], self.args.max_eval_samples, self.training_args.seed)
         hidden = target.remove_columns("label").add_column("label", [UNLABELLED] * len(target))
         return {"target_unlabelled": eval_dataset(self, hidden)}
@@ -350,8 +382,19 @@ class DomainMode(TransferMode):
                 "method_args": self.args.method_args,
                 "paper": getattr(loss, "paper", ""),
             }
+        streaming = {}
+        if self.data.source_stream is not None and self.data.train_stream is not None:
+            streaming["streaming"] = {
+                "enabled": True,
+                "resume": RESUME_BEHAVIOUR,
+                "source": self.data.source_stream.info,
+                "target": self.data.train_stream.info,
+                "unlabelled_target": "target.unlabelled_head: the first rows of the target stream (seeded shuffle "
+                "buffer), read once before training, scored by the unsupervised validators",
+            }
         return {
             **super().describe(),
+            **streaming,
             "trade_off": self.args.trade_off,
             "trade_off_schedule": self.args.trade_off_schedule,
             "trade_off_warmup": self.args.trade_off_warmup if self.args.trade_off_schedule == "linear" else None,

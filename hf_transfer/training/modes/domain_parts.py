@@ -12,12 +12,14 @@ from collections.abc import Callable, Sized
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers import TrainerCallback, TrainingArguments
 
 from hf_transfer.config import TransferArguments
+from hf_transfer.data.align import label_lookup
 from hf_transfer.data.kshot import subset
 from hf_transfer.data.paired import ImageDomainDataset, collate_images
 from hf_transfer.data.transforms import eval_transform
@@ -67,7 +69,9 @@ class SourceClasses:
     (none); no per-sample weights."""
 
     def __init__(self, method: str, excluded: list[str]) -> None:
-        self.method, self.excluded, self.excluded_rows = method, excluded, 0
+        self.method, self.excluded = method, excluded
+        #: source rows left out; None: streamed, skipped as read and not counted
+        self.excluded_rows: int | None = 0
         self.aux: dict[str, nn.Module] = {}
         if excluded:
             logger.warning(
@@ -84,6 +88,14 @@ class SourceClasses:
             )
         self.excluded_rows = len(ds) - len(rows)
         return rows
+
+    def stream_label_map(self, stream_names: list[str], label_names: list[str]) -> np.ndarray:
+        """``--streaming``: the source stream's class id -> the run's (by name); -1 for a class outside the label
+        space or excluded, whose rows are skipped as the stream is read (not counted: no pass)."""
+        lookup = label_lookup(stream_names, label_names)
+        lookup[np.isin(lookup, [label_names.index(c) for c in self.excluded])] = -1
+        self.excluded_rows = None
+        return lookup
 
     def class_weight(self, model: TransferModel, dtype: torch.dtype) -> torch.Tensor | None:
         """No per-class weight of the source cross-entropy."""
@@ -102,7 +114,7 @@ class SourceClasses:
         return {
             "method": self.method,
             "excluded_classes": list(self.excluded),
-            "excluded_source_rows": int(self.excluded_rows),
+            "excluded_source_rows": None if self.excluded_rows is None else int(self.excluded_rows),
         }
 
 
@@ -122,6 +134,11 @@ class PADAWeighting:
     def source_rows(self, ds: datasets.Dataset, label_names: list[str]) -> datasets.Dataset:
         """Every source training row: PADA weights the classes instead of dropping them."""
         return ds
+
+    def stream_label_map(self, stream_names: list[str], label_names: list[str]) -> np.ndarray:
+        """The source stream's class id -> the run's (by name): PADA keeps every class (it is refused with
+        ``--streaming``, whose pass over the target split it cannot make; this keeps the interface whole)."""
+        return label_lookup(stream_names, label_names)
 
     def class_weight(self, model: TransferModel, dtype: torch.dtype) -> torch.Tensor:
         """The class weights of the source cross-entropy, as the model carries them."""
