@@ -174,6 +174,30 @@ def test_a_streaming_task_run_trains_and_scores(tmp_path, parquet_folder, worker
     assert written["metrics"]["target"]["num_samples"] == 9  # the whole test split, scored as without streaming
 
 
+def test_the_test_split_is_checked_and_decoded_at_the_first_evaluation(tmp_path, monkeypatch):
+    """Training starts without a pass over the test split (only its head is decoded before); the first evaluation
+    checks every row, and a bad image past the head stops the run there, naming the row."""
+    from hf_transfer.data.deferred import DeferredDataset
+    from hf_transfer.training import run_data
+
+    monkeypatch.setattr(run_data, "STREAM_TEST_CHECK_ROWS", 4)
+    root = _parquet_folder(tmp_path / "ds")
+    test_file = os.path.join(root, "data", "test-00000-of-00001.parquet")
+    test = datasets.Dataset.from_parquet(test_file)
+    rows = test.to_dict()
+    rows["image"][6] = {"bytes": b"not an image", "path": None}
+    datasets.Dataset.from_dict(rows, features=test.features).to_parquet(test_file)
+    args = tiny_args(tmp_path, mode="task", target=root, streaming=True, max_steps=2, per_device_train_batch_size=8)
+    args.pop("max_train_samples")
+    run = prepare_run(*arguments_from_dict(args))
+    target = run.eval_sets["target"]
+    assert isinstance(target, DeferredDataset) and not target.is_built
+    run.trainer.train()  # no evaluation during training: nothing of the test split decoded past its head
+    assert not target.is_built
+    with pytest.raises(TransferConfigError, match=r"target evaluation rows, checked at the first evaluation.*row 6"):
+        run.trainer.evaluate()
+
+
 def test_a_resumed_streaming_run_ends_where_the_uninterrupted_one_does(tmp_path, parquet_folder):
     args = tiny_args(
         tmp_path,

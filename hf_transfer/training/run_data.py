@@ -64,25 +64,44 @@ def with_validation(data: TransferData, args: TransferArguments, seed: int) -> T
 
 
 def _streaming_data(spec: DatasetSpec, args: TransferArguments) -> TransferData:
-    """``--streaming``: the target's training split as a stream, its test split loaded (and checked) as usual."""
+    """``--streaming``: the target's training split as a stream, its test split loaded (its head checked now, the
+    rest at the first evaluation)."""
     stream = load_train_stream(spec, args.image_column, args.label_column)
-    where = f"Dataset {spec}"
-    test = check_images(datasets.DatasetDict({"test": stream.test}), where)
+    check_head(stream.test, f"Dataset {spec}", args.skip_bad_images)
+    test = datasets.DatasetDict({"test": stream.test})
     return TransferData(target=test, label_names=stream.label_names, target_name=spec.display_name, train_stream=stream)
+
+
+#: test rows a streaming run decodes before training; all of them are checked at the first evaluation
+#: (:func:`hf_transfer.training.modes.common.eval_dataset`), so the start does not wait for a pass over the split
+STREAM_TEST_CHECK_ROWS = 256
+
+
+def check_head(test: datasets.Dataset, where: str, skip: bool) -> None:
+    """A streaming run's test split: its first rows decoded now, so a split that cannot be read at all (a wrong
+    column, another format) stops the run before training; the rest at the first evaluation."""
+    head = test.select(range(min(STREAM_TEST_CHECK_ROWS, len(test))))
+    check_images(datasets.DatasetDict({"test": head}), where, skip=skip)
 
 
 def _streaming_domain_data(
     source_spec: DatasetSpec, target_spec: DatasetSpec, args: TransferArguments, seed: int
 ) -> TransferData:
     """``--streaming`` in domain mode: both training splits as streams, the label spaces matched by name from their
-    ``ClassLabel`` names (no pass), the test splits loaded and checked as usual; ``target["train"]`` is a head of
+    ``ClassLabel`` names (no pass), the test splits loaded (checked in full at the first evaluation, their head
+    now); ``target["train"]`` is a head of
     the target stream (``max_eval_samples`` rows, else ``TARGET_HEAD_ROWS``): the unlabelled target images the
     unsupervised validators score, never trained on."""
     source = load_train_stream(source_spec, args.image_column, args.label_column)
     target = load_train_stream(target_spec, args.image_column, args.label_column)
     head = stream_head(target, args.max_eval_samples or TARGET_HEAD_ROWS, seed)
-    source_splits = check_images(datasets.DatasetDict({"test": source.test}), f"Dataset {source_spec}")
-    target_splits = check_images(datasets.DatasetDict({"train": head, "test": target.test}), f"Dataset {target_spec}")
+    check_head(source.test, f"Dataset {source_spec}", args.skip_bad_images)
+    check_head(target.test, f"Dataset {target_spec}", args.skip_bad_images)
+    source_splits = datasets.DatasetDict({"test": source.test})
+    target_splits = check_images(
+        datasets.DatasetDict({"train": head}), f"Dataset {target_spec}", skip=args.skip_bad_images
+    )
+    target_splits["test"] = target.test
     aligned = align_domains(source_splits, target_splits, policy=args.label_policy)
     # rows of a class outside the label space are dropped from the head as from every split
     target.info["unlabelled_head"] = {"rows_read": len(head), "rows_kept": len(aligned.target["train"])}
