@@ -16,6 +16,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "image_column",
         "label_column",
         "label_names_column",
+        "class_names",
         "label_policy",
         "target_classes",
         "max_train_samples",

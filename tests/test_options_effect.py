@@ -443,6 +443,12 @@ PROBES = {
             "domain": {"target": "{parquet}", "source": "{parquet_source}"},
         },
     ),
+    # a streamed label column of integer ids without names ("coarse": 0/1)
+    "class_names": Probe(
+        ("even,odd",),
+        lambda run: run.data.label_names,
+        {"task": {"streaming": True, "target": "{parquet}", "label_column": "coarse"}},
+    ),
     # what trains, at which rate
     "freeze": Probe(("stem",), trainable),
     "backbone_lr_scale": Probe((0.1,), optimizer_groups),

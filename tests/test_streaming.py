@@ -174,6 +174,41 @@ def test_a_streaming_task_run_trains_and_scores(tmp_path, parquet_folder, worker
     assert written["metrics"]["target"]["num_samples"] == 9  # the whole test split, scored as without streaming
 
 
+def _ids_without_names(root, labels_test=None) -> str:
+    """A parquet folder whose label column holds plain integer ids (no ClassLabel names)."""
+    folder = os.path.join(root, "data")
+    os.makedirs(folder)
+    for split, n, seed in (("train", 12, 1), ("test", 6, 2)):
+        ds = random_png_dataset(n, 20, 28, NAMES, seed=seed).cast_column("label", datasets.Value("int64"))
+        if split == "test" and labels_test is not None:
+            ds = ds.remove_columns("label").add_column("label", labels_test)
+        ds.to_parquet(os.path.join(folder, f"{split}-00000-of-00001.parquet"))
+    return str(root)
+
+
+def test_integer_labels_without_names_take_the_declared_class_names(tmp_path):
+    root = _ids_without_names(tmp_path / "ids")
+    with pytest.raises(TransferConfigError, match="--class_names NAME0,NAME1"):
+        load_train_stream(root)
+    stream = load_train_stream(root, class_names=["x", "y", "z"])
+    assert stream.label_names == ["x", "y", "z"] and stream.info["class_names"] == "declared"
+    assert stream.test.features["label"].names == ["x", "y", "z"]
+    row = next(iter(stream.dataset))
+    assert row["label"] in (0, 1, 2)
+    args = tiny_args(tmp_path, mode="task", target=root, streaming=True, max_steps=2, class_names="x,y,z")
+    args.pop("max_train_samples")
+    results = run_transfer(*arguments_from_dict(args))
+    assert results["label_names"] == ["x", "y", "z"] and results["streaming"]["class_names"] == "declared"
+    # ids past the declared names, and names where the stream declares its own, are refused naming the option
+    with pytest.raises(TransferConfigError, match="label id 2 does not fit --class_names"):
+        load_train_stream(_ids_without_names(tmp_path / "big", labels_test=[0, 1, 2, 3, 4, 5]), class_names=["x", "y"])
+    with pytest.raises(TransferConfigError, match="class_names='x,y,z' has no effect"):
+        named = _parquet_folder(tmp_path / "named")
+        prepare_run(*arguments_from_dict({**args, "target": named, "output_dir": str(tmp_path / "named_run")}))
+    with pytest.raises(TransferConfigError, match="class_names"):
+        arguments_from_dict({**args, "streaming": False})
+
+
 def test_the_test_split_is_checked_and_decoded_at_the_first_evaluation(tmp_path, monkeypatch):
     """Training starts without a pass over the test split (only its head is decoded before); the first evaluation
     checks every row, and a bad image past the head stops the run there, naming the row."""

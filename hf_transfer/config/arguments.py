@@ -63,6 +63,14 @@ class TransferArguments:
             "the one string column that maps 1:1 to the label ids, when there is one)."
         },
     )
+    class_names: str | None = field(
+        default=None,
+        metadata={
+            "help": "--streaming: the class names of a stream whose label column holds integer ids (or the names as "
+            "strings) without ClassLabel names: comma-separated, the name of id 0 first, or a text file with one "
+            "name per line."
+        },
+    )
     label_policy: str = field(
         default="shared",
         metadata={

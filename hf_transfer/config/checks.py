@@ -74,6 +74,7 @@ ARGUMENT_CONDITIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "input_path=fast and decode_cache_format=jpeg or auto",
     ),
     "label_policy": (lambda a: a.source is not None, "a --source to align with the target"),
+    "class_names": (lambda a: a.streaming, "streaming=true (a map-style dataset's classes come from its rows)"),
     "backbone_revision": (
         lambda a: _loads_weights(a.backbone),
         "a backbone from the Hub or a folder (a timm architecture name starts from random init)",

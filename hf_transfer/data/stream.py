@@ -21,6 +21,7 @@ the unsupervised validators score are a bounded head of the target stream (:func
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -111,10 +112,32 @@ def _materialize(stream: datasets.IterableDataset, image_column: str) -> dataset
     return ds.cast_column(image_column, datasets.Image())
 
 
+def parse_class_names(value: str) -> list[str]:
+    """``--class_names``: comma-separated names, or a text file with one name per line (ids 0, 1, ... in order)."""
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            names = [line.strip() for line in f if line.strip()]
+    else:
+        names = [name.strip() for name in value.split(",")]
+    if len(names) < 2 or any(not n for n in names) or len(set(names)) != len(names):
+        raise TransferConfigError(
+            f"class_names={value!r}: give at least two distinct, non-empty class names, comma-separated (a,b,c) or "
+            "one per line in a text file; the first names label id 0."
+        )
+    return names
+
+
 def load_train_stream(
-    spec: str | DatasetSpec, image_column: str | None = None, label_column: str | None = None
+    spec: str | DatasetSpec,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    class_names: list[str] | None = None,
 ) -> TrainStream:
-    """The training split of ``spec`` as a stream, and its test split loaded (columns ``image``, ``label``)."""
+    """The training split of ``spec`` as a stream, and its test split loaded (columns ``image``, ``label``).
+
+    ``class_names``: the names of a label column that holds integer ids (or the names themselves, as strings) but no
+    ``ClassLabel``; a stream cannot list its classes before it is read to the end. ``info["class_names"]`` says
+    whether they were used (``"declared"``) or the stream's own were (``"features"``)."""
     spec = parse_dataset_spec(spec)
     where = f"Dataset {spec}"
     splits = _streamed(spec)
@@ -135,22 +158,70 @@ def load_train_stream(
     lab = find_label_column(features, where, label_column)
     assert lab is not None, "required labels: find_label_column raises when there is none"
     feat = features[lab]
-    if not isinstance(feat, datasets.ClassLabel):
+    declared = not isinstance(feat, datasets.ClassLabel)
+    if declared and class_names is None:
         raise TransferConfigError(
             f"{where}: label column {lab!r} holds {feat!r}, not a ClassLabel with class names; a stream has no class "
-            "list before it is read to the end. Store the labels as a ClassLabel (Dataset.cast_column(..., "
-            "ClassLabel(names=[...])) before writing the parquet files) or run without --streaming."
+            "list before it is read to the end. Declare them with --class_names NAME0,NAME1,... (the name of id 0 "
+            "first), store the labels as a ClassLabel (Dataset.cast_column(..., ClassLabel(names=[...])) before "
+            "writing the parquet files), or run without --streaming."
         )
+    if declared:
+        if not _label_dtype_fits(feat):
+            raise TransferConfigError(
+                f"{where}: label column {lab!r} holds {feat!r}; --class_names names integer ids or the class names "
+                "themselves as strings."
+            )
+        feat = datasets.ClassLabel(names=list(class_names or []))
+        named = features.copy()
+        named[lab] = feat
+        train = train.map(functools.partial(_declared_label, column=lab, names=feat.names, where=where), features=named)
     test = _materialize(splits[test_name].select_columns([img, lab]), img)
+    if declared:
+        test = test.map(functools.partial(_declared_label, column=lab, names=feat.names, where=where))
     if img != IMAGE_COLUMN:
         test = test.rename_column(img, IMAGE_COLUMN)
     if lab != LABEL_COLUMN:
         test = test.rename_column(lab, LABEL_COLUMN)
     if len(test) == 0:
         raise TransferConfigError(f"{where}: split {test_name!r} is empty.")
-    test = test.cast_column(LABEL_COLUMN, feat)
-    info = {"train_split": train_name, "test_split": test_name, "n_shards": train.n_shards}
+    try:
+        test = test.cast_column(LABEL_COLUMN, feat)
+    except (ValueError, TypeError, KeyError) as err:
+        raise TransferConfigError(
+            f"{where}: the labels of split {test_name!r} do not fit --class_names ({len(feat.names)} names: ids 0 to "
+            f"{len(feat.names) - 1}, or those names): {err}"
+        ) from err
+    info = {
+        "train_split": train_name,
+        "test_split": test_name,
+        "n_shards": train.n_shards,
+        "class_names": "declared" if declared else "features",
+    }
     return TrainStream(train.select_columns([img, lab]), list(feat.names), img, lab, test, info)
+
+
+def _declared_label(row: dict[str, Any], column: str, names: list[str], where: str) -> dict[str, Any]:
+    """One row's label under ``--class_names``: an id in range or one of the names (as its id); None or a negative
+    id stays unlabelled. Anything else stops the run naming the option (datasets' cast would let an id through)."""
+    label = row[column]
+    if isinstance(label, str):
+        if label not in names:
+            raise TransferConfigError(
+                f"{where}: label {label!r} is not one of --class_names ({len(names)} names: {names[:10]}...)."
+            )
+        return {column: names.index(label)}
+    if label is not None and label >= len(names):
+        raise TransferConfigError(
+            f"{where}: label id {label} does not fit --class_names ({len(names)} names: ids 0 to {len(names) - 1})."
+        )
+    return {column: label}
+
+
+def _label_dtype_fits(feature: Any) -> bool:
+    """An integer or string label column: what ``--class_names`` can name."""
+    dtype = getattr(feature, "dtype", "")
+    return isinstance(feature, datasets.Value) and (dtype.startswith("int") or dtype in ("string", "large_string"))
 
 
 #: unlabelled target images in the head of the target stream (domain mode) when ``max_eval_samples`` sets no count
@@ -300,6 +371,7 @@ __all__ = [
     "StreamedImages",
     "TrainStream",
     "load_train_stream",
+    "parse_class_names",
     "rank_stream",
     "stream_head",
     "stream_storage_hw",

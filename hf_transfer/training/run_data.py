@@ -11,7 +11,7 @@ from hf_transfer.data.align import align_domains, align_to_classifier
 from hf_transfer.data.classes import select_classes
 from hf_transfer.data.load import check_images, load_domain
 from hf_transfer.data.spec import DatasetSpec, parse_dataset_spec
-from hf_transfer.data.stream import TARGET_HEAD_ROWS, load_train_stream, stream_head
+from hf_transfer.data.stream import TARGET_HEAD_ROWS, TrainStream, load_train_stream, parse_class_names, stream_head
 from hf_transfer.data.validation import hold_out_validation
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.methods import registry
@@ -66,10 +66,25 @@ def with_validation(data: TransferData, args: TransferArguments, seed: int) -> T
 def _streaming_data(spec: DatasetSpec, args: TransferArguments) -> TransferData:
     """``--streaming``: the target's training split as a stream, its test split loaded (its head checked now, the
     rest at the first evaluation)."""
-    stream = load_train_stream(spec, args.image_column, args.label_column)
+    stream = load_train_stream(spec, args.image_column, args.label_column, _class_names(args))
+    _check_class_names_used(args, [stream])
     check_head(stream.test, f"Dataset {spec}", args.skip_bad_images)
     test = datasets.DatasetDict({"test": stream.test})
     return TransferData(target=test, label_names=stream.label_names, target_name=spec.display_name, train_stream=stream)
+
+
+def _class_names(args: TransferArguments) -> list[str] | None:
+    return parse_class_names(args.class_names) if args.class_names else None
+
+
+def _check_class_names_used(args: TransferArguments, streams: list[TrainStream]) -> None:
+    """``--class_names`` names the labels of a stream without ``ClassLabel`` names; refused where every stream has
+    its own (it would change nothing)."""
+    if args.class_names and all(s.info.get("class_names") == "features" for s in streams):
+        raise TransferConfigError(
+            f"class_names={args.class_names!r} has no effect: every streamed dataset of this run declares its own "
+            "class names (a ClassLabel). Remove --class_names."
+        )
 
 
 #: test rows a streaming run decodes before training; all of them are checked at the first evaluation
@@ -92,8 +107,9 @@ def _streaming_domain_data(
     now); ``target["train"]`` is a head of
     the target stream (``max_eval_samples`` rows, else ``TARGET_HEAD_ROWS``): the unlabelled target images the
     unsupervised validators score, never trained on."""
-    source = load_train_stream(source_spec, args.image_column, args.label_column)
-    target = load_train_stream(target_spec, args.image_column, args.label_column)
+    source = load_train_stream(source_spec, args.image_column, args.label_column, _class_names(args))
+    target = load_train_stream(target_spec, args.image_column, args.label_column, _class_names(args))
+    _check_class_names_used(args, [source, target])
     head = stream_head(target, args.max_eval_samples or TARGET_HEAD_ROWS, seed)
     check_head(source.test, f"Dataset {source_spec}", args.skip_bad_images)
     check_head(target.test, f"Dataset {target_spec}", args.skip_bad_images)
