@@ -235,9 +235,19 @@ def flatness(runs: list[dict]) -> list[str]:
             continue
         cost = _per_image_cost(b) / _per_image_cost(a) if _per_image_cost(a) and _per_image_cost(b) else None
         rss = b["peak_rss_mb"] / a["peak_rss_mb"]
-        flags = [name for name, v in (("time", cost), ("RSS", rss)) if v is not None and v > FLAT_WITHIN]
+        anon = (
+            b["rss_anon_end_mb"] / a["rss_anon_end_mb"]
+            if a.get("rss_anon_end_mb") and b.get("rss_anon_end_mb")
+            else None
+        )
+        flags = [
+            name
+            for name, v in (("time", cost), ("peak RSS", rss), ("own memory", anon))
+            if v is not None and v > FLAT_WITHIN
+        ]
         parts.append(
-            f"{case} time/img {'-' if cost is None else f'{cost:.2f}x'}, RSS {rss:.2f}x"
+            f"{case} time/img {'-' if cost is None else f'{cost:.2f}x'}, peak RSS {rss:.2f}x, own memory (anon "
+            f"RSS at the end) {'-' if anon is None else f'{anon:.2f}x'}"
             + (f" (over: {', '.join(flags)})" if flags else "")
         )
     lines = [
