@@ -175,3 +175,12 @@ def test_a_pushed_card_keeps_the_recorded_warning():
     results = {**_results(0.8, 0.5), "negative_transfer": recorded}
     assert recorded_or_new(results, None) == recorded
     assert recorded_or_new(results, _results(0.5, 0.4))["likely_worse"] is False  # a given baseline wins
+
+
+def test_plan_says_which_weights_the_run_keeps(tmp_path):
+    from hf_transfer.training.plan import plan_run
+
+    args = tiny_args(tmp_path, mode="domain", method="dann", source=SOURCE)
+    assert plan_run(*arguments_from_dict(args))["training"]["checkpoint_selection"] == "last"  # no evaluation
+    evaluated = {**args, "eval_strategy": "steps", "eval_steps": 2}
+    assert plan_run(*arguments_from_dict(evaluated))["training"]["checkpoint_selection"] == "im"
