@@ -145,7 +145,11 @@ def test_tent_run_writes_an_adapted_model_whose_before_and_after_are_evaluates(
     assert norm_affine and all(not torch.equal(start[k], adapted[k]) for k in norm_affine)
     conv = [k for k in start if k.endswith("conv1.weight")]
     assert conv and all(torch.equal(start[k], adapted[k]) for k in conv)  # only the normalisation layers adapt
-    assert "changes with its inputs" in open(os.path.join(out, "README.md")).read()
+    card = open(os.path.join(out, "README.md")).read()
+    assert "changes with its inputs" in card
+    ba = results["before_after"]
+    assert results["tta"]["worse_than_start"] == (ba["after"]["accuracy"] < ba["before"]["accuracy"])
+    assert ("Worse than the starting model" in card) == results["tta"]["worse_than_start"]
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("tta_handler_under_test", os.path.join(out, "handler.py"))
@@ -182,3 +186,24 @@ def test_tta_refusals_name_the_option(printed_digits_model, tmp_path):
     with pytest.raises(TransferConfigError, match="unknown method_args"):
         tta_settings(parse([*base, "--method", "sar", "--method_args", '{"rh": 1}']))
     assert tta_settings(parse([*base, "--method", "sar"]))["reset"] == "on_collapse"  # SAR's recovery by default
+
+
+def test_a_written_model_worse_than_its_start_is_flagged_on_the_card():
+    from hf_transfer.hub.card_tta import render_tta_card
+    from hf_transfer.training.tta import worse_than_start
+
+    before_after = {"before": {"accuracy": 0.51}, "online": {"accuracy": 0.51}, "after": {"accuracy": 0.097}}
+    assert worse_than_start(before_after)
+    assert not worse_than_start({**before_after, "after": {"accuracy": 0.55}})
+    assert not worse_than_start({"before": {"accuracy": 0.51}})  # not scored after: nothing to say
+    results = {
+        "method": "sar",
+        "target": "builtin:digits-blended",
+        "starting_model": "runs/source_only",
+        "tta": {"reset": "on_collapse", "resets": 4, "worse_than_start": True},
+        "before_after": before_after,
+        "metrics": {"target": {"accuracy": 0.097, "macro_f1": 0.02, "num_samples": 299}},
+    }
+    assert "Worse than the starting model" in render_tta_card(results, "sar")
+    results["tta"]["worse_than_start"] = False
+    assert "Worse than the starting model" not in render_tta_card(results, "sar")

@@ -66,6 +66,12 @@ def render_tta_card(results: dict[str, Any], name: str) -> str:
         if tta.get("adapts_with_inputs_when_served")
         else ""
     )
+    worse = (
+        "\n> **Worse than the starting model.** On these labelled rows the model written here scores below the one "
+        "it started from: use the starting model, or run again with another `--reset` or `--learning_rate`.\n"
+        if tta.get("worse_than_start")
+        else ""
+    )
     body = f"""
 # {name}
 
@@ -76,7 +82,7 @@ BatchNorm normalising with each batch's statistics. No label was used. Reset: {r
 statistics are those of the target images of the pass.{served}
 
 ## Before and after
-
+{worse}
 {_table(results)}
 
 "before" and "after" score the same rows; "online" is the usual test-time-adaptation number.

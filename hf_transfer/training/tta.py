@@ -304,6 +304,14 @@ def run_tta(args: argparse.Namespace) -> dict[str, Any]:
         write_reference_predictions(backbone, rows, args.output_dir)
     after = evaluate(evaluate_namespace(args, args.output_dir, seed))
     results["before_after"]["after"] = _row(after["metrics"])
+    results["tta"]["worse_than_start"] = worse_than_start(results["before_after"])
+    if results["tta"]["worse_than_start"]:
+        logger.warning(
+            "Test-time adaptation made the written model worse than the starting one on these rows (%s -> %s "
+            "accuracy): use the starting model, or another --reset / --learning_rate.",
+            results["before_after"]["before"]["accuracy"],
+            results["before_after"]["after"]["accuracy"],
+        )
     results["metrics"] = {"target": after["metrics"]}
     results["seconds"] = round(time.perf_counter() - started, 3)
     with lock_folder(args.output_dir, "hf-transfer tta"):
@@ -317,6 +325,12 @@ def run_tta(args: argparse.Namespace) -> dict[str, Any]:
 
 #: what ``hf-transfer tta`` writes into its output folder (besides the export's weights and configs)
 TTA_OUTPUTS = ("results.json", "README.md", "config.json", "model.safetensors")
+
+
+def worse_than_start(before_after: dict[str, dict[str, Any]]) -> bool:
+    """The written (after) model scores below the starting (before) one on the same labelled rows."""
+    before, after = before_after["before"].get("accuracy"), before_after.get("after", {}).get("accuracy")
+    return before is not None and after is not None and after < before
 
 
 def _row(metrics: dict[str, Any]) -> dict[str, Any]:
