@@ -48,7 +48,7 @@ def test_stream_keeps_shards_names_and_loads_the_test_split(tmp_path, parquet_fo
     stream = load_train_stream(parquet_folder)
     assert stream.dataset.n_shards == 3 and stream.label_names == NAMES
     assert len(stream.test) == 9 and stream.test.features["label"].names == NAMES
-    assert stream.info == {"train_split": "train", "test_split": "test", "n_shards": 3}
+    assert stream.info == {"train_split": "train", "test_split": "test", "n_shards": 3, "class_names": "features"}
     again = load_train_stream(parquet_folder).test
     assert again._fingerprint == stream.test._fingerprint  # cached once per content (image check, decoded images)
     other = load_train_stream(_parquet_folder(tmp_path / "other", n=6)).test  # the same test file, other train rows

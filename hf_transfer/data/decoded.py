@@ -170,8 +170,10 @@ def resolve_storage_format(storage_format: str, raw_bytes: int, memory_bytes: in
 
 
 def jpeg_decode_device(device: torch.device | str, num_workers: int) -> torch.device:
-    """Where a JPEG entry's batches are decoded: the model's CUDA ``device`` (nvjpeg) when the main process gathers
-    them (``num_workers == 0``), else the CPU (libjpeg-turbo; worker processes must not touch CUDA)."""
+    """Where a JPEG entry's batches are decoded: on the GPU by nvjpeg, or on the CPU.
+
+    The model's CUDA ``device`` when the main process gathers them (``num_workers == 0``), else the CPU (libjpeg-turbo;
+    worker processes must not touch CUDA)."""
     device = torch.device(device)
     return device if device.type == "cuda" and int(num_workers) == 0 else torch.device("cpu")
 

@@ -229,8 +229,9 @@ TARGET_HEAD_ROWS = 1000
 
 
 def stream_head(stream: TrainStream, rows: int, seed: int) -> datasets.Dataset:
-    """The first ``rows`` examples of the training stream, shuffled with the seeded buffer (shard order too), as a
-    map-style dataset with columns ``image`` and ``label`` (the stream's ``ClassLabel``).
+    """The first ``rows`` examples of the training stream as a map-style dataset (columns ``image``, ``label``).
+
+    Shuffled with the seeded buffer (shard order too); the labels keep the stream's ``ClassLabel``.
 
     Domain mode's unlabelled target images for the unsupervised validators: read once, before training."""
     head = stream.dataset.shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER).take(rows)

@@ -27,8 +27,10 @@ def read_results(folder: str | Path) -> dict[str, Any] | None:
 
 
 def is_baseline(method: str | None) -> bool:
-    """The method registry's rule, imported only when asked: it loads every method (peft, datasets, ...), which a
-    page of any other model would wait for in vain."""
+    """Whether ``method`` is the baseline, by the method registry's rule.
+
+    The registry is imported only when asked: it loads every method (peft, datasets, ...), which a page of any other
+    model would wait for in vain."""
     from hf_transfer.methods.registry import is_baseline as registered
 
     return registered(method)

@@ -93,8 +93,9 @@ STREAM_TEST_CHECK_ROWS = 256
 
 
 def check_head(test: datasets.Dataset, where: str, skip: bool) -> None:
-    """A streaming run's test split: its first rows decoded now, so a split that cannot be read at all (a wrong
-    column, another format) stops the run before training; the rest at the first evaluation."""
+    """Decode the first rows of a streaming run's test split now; the rest are checked at the first evaluation.
+
+    A split that cannot be read at all (a wrong column, another format) then stops the run before training."""
     head = test.select(range(min(STREAM_TEST_CHECK_ROWS, len(test))))
     check_images(datasets.DatasetDict({"test": head}), where, skip=skip)
 

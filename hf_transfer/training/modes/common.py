@@ -106,8 +106,9 @@ def _eval_images(mode: TransferMode, ds: datasets.Dataset) -> DecodedImages | Im
 
 
 def checked_in_full(mode: TransferMode, ds: datasets.Dataset, domain: str = "target") -> datasets.Dataset:
-    """A streaming run's evaluation rows with every image decoded once (before training only their head was): a bad
-    one is the same error naming the row as before any other run, or dropped with ``--skip_bad_images``."""
+    """A streaming run's evaluation rows with every image decoded once; before training only their head was.
+
+    A bad one is the same error naming the row as before any other run, or dropped with ``--skip_bad_images``."""
     name = mode.data.source_name if domain == "source" else mode.data.target_name
     where = f"Dataset {name or domain} ({domain} evaluation rows, checked at the first evaluation)"
     return check_images(datasets.DatasetDict({"eval": ds}), where, skip=mode.args.skip_bad_images)["eval"]

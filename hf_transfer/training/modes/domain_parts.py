@@ -90,8 +90,10 @@ class SourceClasses:
         return rows
 
     def stream_label_map(self, stream_names: list[str], label_names: list[str]) -> np.ndarray:
-        """``--streaming``: the source stream's class id -> the run's (by name); -1 for a class outside the label
-        space or excluded, whose rows are skipped as the stream is read (not counted: no pass)."""
+        """``--streaming``: the source stream's class id -> the run's, matched by name.
+
+        -1 for a class outside the label space or excluded, whose rows are skipped as the stream is read (not
+        counted: no pass)."""
         lookup = label_lookup(stream_names, label_names)
         lookup[np.isin(lookup, [label_names.index(c) for c in self.excluded])] = -1
         self.excluded_rows = None
@@ -136,8 +138,10 @@ class PADAWeighting:
         return ds
 
     def stream_label_map(self, stream_names: list[str], label_names: list[str]) -> np.ndarray:
-        """The source stream's class id -> the run's (by name): PADA keeps every class (it is refused with
-        ``--streaming``, whose pass over the target split it cannot make; this keeps the interface whole)."""
+        """The source stream's class id -> the run's, matched by name; PADA keeps every class.
+
+        PADA is refused with ``--streaming`` (its pass over the target split cannot be made); this keeps the
+        interface whole."""
         return label_lookup(stream_names, label_names)
 
     def class_weight(self, model: TransferModel, dtype: torch.dtype) -> torch.Tensor:
