@@ -21,7 +21,7 @@ from hf_transfer.methods.finetune.lp_ft import has_probe_head
 from hf_transfer.models.backbones import Backbone, check_drop_path, load_backbone
 from hf_transfer.models.speed import busy_machine_note, resolve_cpu_threads, set_memory_format, use_channels_last
 from hf_transfer.runtime.folder_lock import FolderLock
-from hf_transfer.training.checkpoint_selection import ValidatorSelection, resolve_selection
+from hf_transfer.training.checkpoint_selection import ValidatorSelection, run_selection
 from hf_transfer.training.model_ema import ModelEma
 from hf_transfer.training.modes import TransferData, TransferMode, TransferModel, get_mode
 from hf_transfer.training.modes.common import batch_mixing, eval_dataset, eval_splits
@@ -173,13 +173,7 @@ def checkpoint_selection(
     args: TransferArguments, training_args: TrainingArguments, model: TransferModel
 ) -> ValidatorSelection | None:
     """``--checkpoint_selection``: the callback that keeps the validator's best weights (None: the last weights)."""
-    validator = resolve_selection(
-        args.checkpoint_selection,
-        args.mode,
-        evaluates=training_args.eval_strategy != "no",
-        ema=args.model_ema,
-        trainer_best=bool(training_args.load_best_model_at_end),
-    )
+    validator = run_selection(args, training_args)
     return None if validator == "last" else ValidatorSelection(model, validator)
 
 

@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from hf_transfer.config import TransferArguments
+
 logger = logging.getLogger(__name__)
 
 #: the validator auto picks (confident AND diverse predictions: a collapse onto few classes scores low)
@@ -47,6 +49,17 @@ def resolve_selection(selection: str, mode: str, evaluates: bool, ema: bool, tra
     if selection != "auto":
         return selection
     return AUTO_VALIDATOR if mode == "domain" and evaluates and not ema and not trainer_best else "last"
+
+
+def run_selection(args: TransferArguments, training_args: TrainingArguments) -> str:
+    """What ``--checkpoint_selection`` resolves to for this run's arguments."""
+    return resolve_selection(
+        args.checkpoint_selection,
+        args.mode,
+        evaluates=training_args.eval_strategy != "no",
+        ema=args.model_ema,
+        trainer_best=bool(training_args.load_best_model_at_end),
+    )
 
 
 class ValidatorSelection(TrainerCallback):

@@ -24,7 +24,7 @@ from hf_transfer.data.spec import parse_dataset_spec
 from hf_transfer.data.transforms import AUGMENTATIONS
 from hf_transfer.errors import TransferConfigError
 from hf_transfer.models.backbones import check_backbone
-from hf_transfer.training.checkpoint_selection import resolve_selection
+from hf_transfer.training.checkpoint_selection import run_selection
 
 
 def _method_plan(args: TransferArguments) -> dict[str, Any]:
@@ -103,12 +103,6 @@ def plan_run(args: TransferArguments, training_args: TrainingArguments) -> dict[
             "use_cpu": training_args.use_cpu,
             "seed": training_args.seed,
             # which weights the run keeps: the validator's pick among the evaluations (domain mode), else the last
-            "checkpoint_selection": resolve_selection(
-                args.checkpoint_selection,
-                args.mode,
-                evaluates=training_args.eval_strategy != "no",
-                ema=args.model_ema,
-                trainer_best=bool(training_args.load_best_model_at_end),
-            ),
+            "checkpoint_selection": run_selection(args, training_args),
         },
     }

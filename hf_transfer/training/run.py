@@ -115,13 +115,15 @@ def write_outputs(run: PreparedRun, trained: TrainedRun, results: dict) -> None:
     output_dir = run.output_dir
     remove_stop_marker(output_dir)  # this run, resumed, finished healthy
     results["base_model_evaluation"] = base_model_evaluation(run, trained.metrics)
-    baseline = source_only_folder(output_dir, results)
-    if baseline is not None:  # a source-only run beside this one: the card compares, and checks negative transfer
+    baseline_folder = source_only_folder(output_dir, results)
+    baseline = None
+    if baseline_folder is not None:  # a source-only run beside this one: the card compares, checks negative transfer
         from hf_transfer.evaluation.negative_transfer import negative_transfer
         from hf_transfer.hub.card_baseline import read_results
 
-        results["negative_transfer"] = negative_transfer(results, read_results(baseline))
-        results["negative_transfer_baseline"] = os.path.relpath(baseline, output_dir)
+        baseline = read_results(baseline_folder)
+        results["negative_transfer"] = negative_transfer(results, baseline)
+        results["negative_transfer_baseline"] = os.path.relpath(baseline_folder, output_dir)
     if isinstance(run.mode, TaskMode) and run.mode.exports_adapter:  # LoRA: the --publish form (merged model, adapter)
         results["adapter"] = run.mode.export(output_dir, results)
     else:
